@@ -1,0 +1,3 @@
+from petloc.cli import main
+
+main()

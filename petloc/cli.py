@@ -1,0 +1,180 @@
+"""The `petloc` command. Thin: it parses, calls the modules, and prints.
+
+A user error (PetlocError) is one line on stderr and exit code 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
+
+import click
+
+from petloc.errors import PetlocError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """petloc: find the head of a cat or dog; sweep, track and pull the best model by name."""
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def train(experiment, overrides):
+    """One tracked training run with the experiment's fixed hyperparameters.
+
+    OVERRIDES are key=value pairs such as data.path=../photos space.backbone=simple train.epochs=5.
+    """
+    import mlflow
+
+    from petloc import tracking
+    from petloc.config import load_experiment
+    from petloc.experiment import prepare_data, train_tracked
+
+    exp = load_experiment(experiment, overrides)
+    hp = exp.fixed_hyperparameters()
+    data = prepare_data(exp.data, hp["image_size"])
+    click.echo(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    tracking.configure(exp.tracking.uri)
+    run = mlflow.MlflowClient().create_run(tracking.experiment_id(exp.tracking.experiment), run_name=f"train-{hp['backbone']}")
+    try:
+        summary = train_tracked(exp, hp, data, run.info.run_id)
+    except BaseException as err:
+        mlflow.MlflowClient().set_tag(run.info.run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.MlflowClient().set_terminated(run.info.run_id, "FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
+        raise
+    mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
+    click.echo(_table([{k: v for k, v in summary.items()}]))
+    click.echo(f"MLflow run {run.info.run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
+    click.echo(f"model: runs:/{run.info.run_id}/model   browse: petloc ui")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("data", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
+def evaluate(model, data, as_json, on_bad):
+    """mIoU, IoU >= 0.5 share, accuracy and latency of MODEL on the dataset at DATA."""
+    from petloc.data.pipeline import load_arrays
+    from petloc.evaluate import latencies, quality
+    from petloc.predict import load_keras
+
+    keras_model = load_keras(model)
+    size = int(keras_model.input_shape[1])
+    arrays = load_arrays(data, size, on_bad=on_bad)
+    figures, _ = quality(keras_model, arrays)
+    result = {"model": model, "data": str(data), "images": len(arrays), "skipped": len(arrays.skipped), **figures, **latencies(keras_model, size)}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for skipped in arrays.skipped:
+            click.echo(f"skipped {skipped}", err=True)
+        click.echo(_table([result]))
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per image.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write annotated copies of the images here.")
+def predict(model, images, as_json, out):
+    """Class and head box for each image; an unreadable image gets an error line, the rest go on."""
+    from petloc.data.images import BadImage, read_rgb
+    from petloc.gallery import draw_box_on_photo, save_rgb
+    from petloc.predict import load_predictor
+
+    predictor = load_predictor(model)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in images:
+        try:
+            pixels = read_rgb(path)
+        except (BadImage, OSError) as err:
+            failed += 1
+            _print_prediction({"image": path, "error": str(err)}, as_json)
+            continue
+        pred = predictor.predict([pixels])[0]
+        _print_prediction({"image": path, **pred.to_dict()}, as_json)
+        if out:
+            save_rgb(draw_box_on_photo(pixels, pred), Path(out) / (Path(path).stem + ".png"))
+    if failed == len(images):
+        sys.exit(1)
+
+
+def _print_prediction(row: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(row))
+    elif "error" in row:
+        click.echo(f"{row['image']}: error: {row['error']}")
+    else:
+        click.echo(f"{row['image']}: {row['label']} {row['score']:.2f} box {row['box']}")
+
+
+@cli.group()
+def data():
+    """Make and inspect datasets."""
+
+
+@data.command()
+@click.option("--out", default="data/synthetic", show_default=True, type=click.Path(file_okay=False))
+@click.option("--count", default=1500, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--size", default=128, show_default=True, type=click.IntRange(32, 1024))
+def synth(out, count, seed, size):
+    """Deterministic synthetic pet photos with exact head boxes, in the cats_dogs layout."""
+    import time
+
+    from petloc.data.synth import generate
+
+    start = time.perf_counter()
+    generate(Path(out), count=count, seed=seed, size=size)
+    click.echo(f"wrote {count} images to {out} in {time.perf_counter() - start:.1f} s")
+
+
+@data.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
+def check(path, as_json, on_bad):
+    """Counts per class and split, box statistics, and every problem found."""
+    from petloc.data.check import check_dataset, format_report
+
+    report = check_dataset(path, on_bad=on_bad)
+    click.echo(json.dumps(report.to_dict()) if as_json else format_report(report))
+
+
+def _table(rows: list[dict]) -> str:
+    """A plain aligned table; floats to 4 significant places."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [[_cell(row.get(k)) for k in keys] for row in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except PetlocError as err:
+        click.echo(f"petloc: error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("petloc: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2)

@@ -1,0 +1,198 @@
+"""The experiment file: its schema, `key=value` overrides, and one-line errors.
+
+An experiment file says everything about a run or a sweep: the data, the training
+settings, the search space (each hyperparameter fixed, a list of choices, or a range),
+the tuner, tracking and the registry. Unknown or mistyped keys are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from petloc.errors import PetlocError
+
+Scalar = Union[bool, int, float, str, None]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(Strict):
+    """A numeric range: `{min: 1e-4, max: 3e-3, sampling: log}` or `{min: 0, max: 0.6, step: 0.2}`."""
+
+    min: float
+    max: float
+    step: float | None = None
+    sampling: Literal["linear", "log"] = "linear"
+    default: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        if self.sampling == "log" and self.min <= 0:
+            raise ValueError("log sampling needs min > 0")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be positive")
+        return self
+
+
+Param = Union[Range, list[Scalar], Scalar]
+
+# Every searchable hyperparameter: its type and the value used when the file leaves it out.
+HYPERPARAMS: dict[str, tuple[type, Any]] = {
+    "backbone": (str, "simple"),
+    "width": (float, 1.0),
+    "weights": (str, "none"),
+    "image_size": (int, None),  # None: data.image_size
+    "aug_strength": (float, 0.3),
+    "head_units": (int, 128),
+    "head_depth": (int, 1),
+    "dropout": (float, 0.2),
+    "box_loss": (str, "giou"),
+    "box_loss_weight": (float, 1.0),
+    "learning_rate": (float, 1e-3),
+    "batch_size": (int, 32),
+}
+
+
+def _check_type(name: str, value: Any) -> Any:
+    kind = HYPERPARAMS[name][0]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{name}: {value!r} is not a {kind.__name__}")
+    return value
+
+
+class DataConfig(Strict):
+    path: str = "synthetic"  # "synthetic" = the embedded generator, else a dataset folder
+    image_size: int = Field(64, ge=32, le=512)
+    val_split: float = Field(0.15, gt=0.0, lt=1.0)
+    seed: int = 0
+    on_bad: Literal["skip", "fail"] = "skip"
+    synthetic_count: int = Field(1500, ge=20)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    early_stopping: int = Field(0, ge=0)  # patience in epochs on val_miou; 0 = off
+    seed: int = 0
+
+
+class TunerConfig(Strict):
+    kind: Literal["random", "bayesian", "hyperband"] = "random"
+    max_trials: int = Field(6, ge=1)
+    seed: int = 0
+    max_consecutive_failures: int = Field(3, ge=1)
+
+
+class TrackingConfig(Strict):
+    experiment: str = "petloc"
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
+    gallery_images: int = Field(16, ge=0, le=64)
+
+
+class RegistryConfig(Strict):
+    name: str = "petloc"
+    alias: str = "champion"
+    register_when_not_better: bool = True
+
+
+class Experiment(Strict):
+    name: str = "experiment"
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    space: dict[str, Param] = {}
+    tuner: TunerConfig = TunerConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @field_validator("space")
+    @classmethod
+    def _known_and_typed(cls, space: dict[str, Param]) -> dict[str, Param]:
+        checked = {}
+        for name, value in space.items():
+            if name not in HYPERPARAMS:
+                raise ValueError(f"unknown hyperparameter {name!r}; known: {', '.join(HYPERPARAMS)}")
+            if isinstance(value, list):
+                if not value:
+                    raise ValueError(f"{name}: empty list of choices")
+                value = [_check_type(name, v) for v in value]
+            elif isinstance(value, Range):
+                if HYPERPARAMS[name][0] not in (int, float):
+                    raise ValueError(f"{name}: a range needs a numeric hyperparameter")
+            else:
+                value = _check_type(name, value)
+            checked[name] = value
+        return checked
+
+    def fixed_hyperparameters(self) -> dict[str, Any]:
+        """One value per hyperparameter for a single run: first choice, range default or min."""
+        values = {name: default for name, (_, default) in HYPERPARAMS.items()}
+        for name, param in self.space.items():
+            if isinstance(param, list):
+                values[name] = param[0]
+            elif isinstance(param, Range):
+                value = param.default if param.default is not None else param.min
+                values[name] = int(value) if HYPERPARAMS[name][0] is int else value
+            else:
+                values[name] = param
+        if values["image_size"] is None:
+            values["image_size"] = self.data.image_size
+        return values
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b=value` sets raw["a"]["b"] = value, the value read as YAML (so 3 is an int)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise PetlocError(f"override {item!r}: expected key=value, e.g. tuner.max_trials=4")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PetlocError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise PetlocError(f"override {item!r}: value is not valid YAML ({err.__class__.__name__})") from None
+    return raw
+
+
+def _first_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "Range")))
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {key}: {msg}{more}"
+
+
+def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise PetlocError(_first_error(source, err)) from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise PetlocError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise PetlocError(f"{path}: not valid YAML{line}") from None
+    if not isinstance(raw, dict):
+        raise PetlocError(f"{path}: expected a mapping of sections (data, train, space, ...)")
+    return parse_experiment(apply_overrides(raw, list(overrides)), str(path))

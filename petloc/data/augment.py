@@ -1,0 +1,96 @@
+"""Box-aware augmentation on batches, driven by one `strength` in [0, 1] (0 = none).
+
+Geometry is one op: each image gets a random crop window (zoom in or out, shifted, with a
+little aspect change) that always contains the whole head box, resampled to the output
+size with `tf.image.crop_and_resize`; the box is mapped into the window's coordinates.
+A horizontal flip and colour jitter follow. Boxes are normalised [x1, y1, x2, y2].
+
+We write our own ops because Keras 3.15's box-aware layers were seen to collapse boxes
+when one bounding-box dict is reused across layers (see DESIGN.md); one window per image
+is also simpler and keeps the head in frame by construction.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _uniform(shape, low, high, seed):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def random_windows(boxes: tf.Tensor, strength: float, seed) -> tf.Tensor:
+    """Per-image windows [x1, y1, x2, y2] in normalised image coordinates that contain the box.
+
+    Window side is 1 +- 0.5 * strength of the image (zoom in below 1, out above 1), aspect
+    within +-20% * strength; position uniform among the places that keep the box inside
+    (when the box is larger than the window would be, the window grows to fit it).
+    """
+    n = tf.shape(boxes)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    scale = _uniform([n], 1.0 - 0.5 * strength, 1.0 + 0.5 * strength, seeds[0])
+    aspect = _uniform([n], 1.0 - 0.2 * strength, 1.0 + 0.2 * strength, seeds[1])
+    sizes = tf.stack([scale * aspect, scale / aspect], axis=1)  # [n, 2] (w, h)
+    lo, hi = boxes[:, :2], boxes[:, 2:]
+    sizes = tf.maximum(sizes, hi - lo)
+    # Where the window's top-left corner may go: it must start before the box and end after it.
+    start_min = hi - sizes
+    start_max = lo
+    t = tf.random.stateless_uniform([n, 2], seed=seeds[2])
+    start = start_min + t * (start_max - start_min)
+    return tf.concat([start, start + sizes], axis=1)
+
+
+def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor):
+    """Resamples each image's window to the full output size and maps its box along."""
+    size = tf.shape(images)[1:3]
+    h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
+    # crop_and_resize places sample j at a + j * (b - a) / (S - 1) on pixel centres (0..S-1);
+    # convert our pixel-edge windows so that output pixel centres land on window pixel centres.
+    x1, y1, x2, y2 = (windows[:, i] for i in range(4))
+
+    def to_centres(a, b, side):
+        span = (b - a) * side
+        return ((a * side - 0.5 + 0.5 * span / side) / (side - 1), (a * side - 0.5 + (side - 0.5) * span / side) / (side - 1))
+
+    cy1, cy2 = to_centres(y1, y2, h)
+    cx1, cx2 = to_centres(x1, x2, w)
+    crop_boxes = tf.stack([cy1, cx1, cy2, cx2], axis=1)
+    out = tf.image.crop_and_resize(images, crop_boxes, tf.range(tf.shape(images)[0]), size, extrapolation_value=0.0)
+    span = tf.concat([windows[:, 2:] - windows[:, :2]] * 2, axis=1)
+    new_boxes = (boxes - tf.concat([windows[:, :2]] * 2, axis=1)) / span
+    return out, tf.clip_by_value(new_boxes, 0.0, 1.0)
+
+
+def flip_horizontally(images: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor):
+    """Mirrors the images where `flip` is true; x1 becomes 1 - x2 and x2 becomes 1 - x1."""
+    flipped_boxes = tf.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], axis=1)
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return images, tf.where(flip[:, None], flipped_boxes, boxes)
+
+
+def jitter_colours(images: tf.Tensor, strength: float, seed) -> tf.Tensor:
+    """Brightness, contrast and saturation changes of up to +-40% * strength; 0..255 kept."""
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    amount = 0.4 * strength
+    brightness = _uniform([n, 1, 1, 1], 1.0 - amount, 1.0 + amount, seeds[0])
+    contrast = _uniform([n, 1, 1, 1], 1.0 - amount, 1.0 + amount, seeds[1])
+    saturation = _uniform([n, 1, 1, 1], 1.0 - amount, 1.0 + amount, seeds[2])
+    grey = tf.reduce_mean(images, axis=-1, keepdims=True)
+    images = grey + (images - grey) * saturation
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = mean + (images - mean) * contrast
+    return tf.clip_by_value(images * brightness, 0.0, 255.0)
+
+
+def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed) -> tuple[tf.Tensor, tf.Tensor]:
+    """The whole augmentation for a batch of float images (0..255) and normalised boxes."""
+    if strength <= 0:
+        return images, boxes
+    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 3)
+    images = tf.cast(images, tf.float32)
+    images, boxes = crop_to_windows(images, boxes, random_windows(boxes, strength, seeds[0]))
+    flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seeds[1]) < 0.5
+    images, boxes = flip_horizontally(images, boxes, flip)
+    return jitter_colours(images, strength, seeds[2]), boxes

@@ -1,0 +1,134 @@
+"""From a dataset folder to tf.data batches.
+
+Images are decoded and resized once into uint8 arrays and cached on disk (keyed by the
+files' content digest and the size), so later runs and every trial of a sweep start in
+seconds. Augmentation runs per batch inside tf.data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from sklearn.model_selection import train_test_split
+
+from petloc.data.augment import augment
+from petloc.data.readers import scan
+from petloc.data.records import Skipped
+from petloc.errors import PetlocError
+
+DEFAULT_CACHE = Path("data/.cache")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".txt", ".xml"}
+
+
+@dataclass
+class Arrays:
+    """A whole dataset in memory, boxes normalised to the image."""
+
+    images: np.ndarray  # [N, S, S, 3] uint8 RGB
+    labels: np.ndarray  # [N] int32, 0 = cat, 1 = dog
+    boxes: np.ndarray  # [N, 4] float32, normalised [x1, y1, x2, y2]
+    paths: list[str]
+    splits: list[str]  # "" where the layout does not say
+    skipped: list[Skipped] = field(default_factory=list)
+    digest: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> "Arrays":
+        return Arrays(
+            self.images[index], self.labels[index], self.boxes[index],
+            [self.paths[i] for i in index], [self.splits[i] for i in index], [], self.digest,
+        )
+
+
+def dataset_digest(root: Path) -> str:
+    """sha256 over every image and annotation file's relative path and bytes."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _decode_all(root: Path, image_size: int, on_bad: str) -> Arrays:
+    images, labels, boxes, paths, splits, skipped = [], [], [], [], [], []
+    for item in scan(root, on_bad=on_bad):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+            continue
+        sample, pixels = item
+        images.append(cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_AREA))
+        labels.append(sample.label)
+        boxes.append(np.array(sample.box, np.float32) / np.array([sample.width, sample.height] * 2, np.float32))
+        paths.append(str(sample.path))
+        splits.append(sample.split or "")
+    if not images:
+        raise PetlocError(f"{root}: no usable images ({len(skipped)} skipped)")
+    return Arrays(np.stack(images), np.array(labels, np.int32), np.stack(boxes).astype(np.float32), paths, splits, skipped)
+
+
+def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_dir: Path | None = DEFAULT_CACHE) -> Arrays:
+    """Decoded, resized dataset; read from the cache when the files have not changed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PetlocError(f"{root}: data folder does not exist")
+    digest = dataset_digest(root)
+    cache = cache_dir / f"{digest[:16]}-{image_size}.npz" if cache_dir else None
+    if cache and cache.is_file():
+        with np.load(cache) as npz:
+            meta = json.loads(str(npz["meta"]))
+            skipped = [Skipped(Path(p), r) for p, r in meta["skipped"]]
+            if on_bad == "fail" and skipped:
+                raise PetlocError(str(skipped[0]))
+            return Arrays(npz["images"], npz["labels"], npz["boxes"], meta["paths"], meta["splits"], skipped, digest)
+    arrays = _decode_all(root, image_size, on_bad)
+    arrays.digest = digest
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"paths": arrays.paths, "splits": arrays.splits, "skipped": [[str(s.path), s.reason] for s in arrays.skipped]}
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, images=arrays.images, labels=arrays.labels, boxes=arrays.boxes, meta=json.dumps(meta))
+        tmp.replace(cache)  # a crash mid-write never leaves a half cache behind
+    return arrays
+
+
+def split_train_val(arrays: Arrays, val_share: float, seed: int) -> tuple[Arrays, Arrays]:
+    """The layout's own train/valid folders when it has them, else a stratified split."""
+    splits = np.array(arrays.splits)
+    if (splits == "valid").any():
+        return arrays.subset(np.flatnonzero(splits == "train")), arrays.subset(np.flatnonzero(splits == "valid"))
+    index = np.arange(len(arrays))
+    stratify = arrays.labels if np.bincount(arrays.labels).min() >= 2 else None
+    train_idx, val_idx = train_test_split(index, test_size=val_share, random_state=seed, stratify=stratify)
+    return arrays.subset(np.sort(train_idx)), arrays.subset(np.sort(val_idx))
+
+
+def _targets(images, labels, boxes):
+    return tf.cast(images, tf.float32), {"cls": labels, "box": boxes}
+
+
+def train_batches(arrays: Arrays, batch_size: int, aug_strength: float, seed: int) -> tf.data.Dataset:
+    """Shuffled, augmented batches; a new augmentation draw every epoch."""
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels, arrays.boxes))
+    ds = ds.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if aug_strength > 0:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, s: (*augment(tf.cast(batch[0], tf.float32), batch[2], aug_strength, s), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).map(lambda images, boxes, labels: _targets(images, labels, boxes))
+    else:
+        ds = ds.map(_targets)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(arrays: Arrays, batch_size: int) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels, arrays.boxes)).batch(batch_size)
+    return ds.map(_targets).prefetch(tf.data.AUTOTUNE)

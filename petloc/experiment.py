@@ -1,0 +1,112 @@
+"""One tracked training run: data ready, model fitted, figures and pictures in MLflow.
+
+`petloc train` runs this once; a sweep runs it once per trial inside a child run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from petloc import tracking
+from petloc.config import DataConfig, Experiment
+from petloc.data.pipeline import Arrays, load_arrays, split_train_val
+from petloc.evaluate import latencies, per_image_iou, quality
+from petloc.gallery import draw_prediction, gallery, plot_curves, save_rgb
+from petloc.train import fit_model
+
+SYNTHETIC_DIR = Path("data/synthetic")
+
+
+@dataclass
+class PreparedData:
+    source: Path
+    all: Arrays
+    train: Arrays
+    val: Arrays
+
+    def tags(self) -> dict[str, Any]:
+        return {
+            "dataset_path": str(self.source),
+            "dataset_digest": self.all.digest,
+            "skipped_images": len(self.all.skipped),
+        }
+
+
+def data_folder(cfg: DataConfig, log=print) -> Path:
+    """The dataset folder; for `synthetic`, the embedded generator's set, made on first use."""
+    if cfg.path != "synthetic":
+        return Path(cfg.path).expanduser()
+    if not any(SYNTHETIC_DIR.glob("*.txt")):
+        from petloc.data.synth import generate
+
+        log(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
+        generate(SYNTHETIC_DIR, count=cfg.synthetic_count, seed=cfg.seed)
+    return SYNTHETIC_DIR
+
+
+def prepare_data(cfg: DataConfig, image_size: int | None = None, log=print) -> PreparedData:
+    source = data_folder(cfg, log)
+    arrays = load_arrays(source, image_size or cfg.image_size, on_bad=cfg.on_bad)
+    for skipped in arrays.skipped:
+        log(f"skipped {skipped}")
+    if arrays.skipped:
+        log(f"{len(arrays.skipped)} file(s) skipped, {len(arrays)} images used")
+    train, val = split_train_val(arrays, cfg.val_split, cfg.seed)
+    return PreparedData(source, arrays, train, val)
+
+
+def gallery_image(arrays: Arrays, pred, count: int) -> np.ndarray:
+    """The first `count` validation images with true and predicted boxes drawn."""
+    ious = per_image_iou(arrays, pred)
+    tiles = [
+        draw_prediction(arrays.images[i], arrays.boxes[i], pred.boxes[i], int(arrays.labels[i]), int(pred.labels[i]), float(pred.scores[i]), float(ious[i]))
+        for i in range(min(count, len(arrays)))
+    ]
+    return gallery(tiles)
+
+
+def train_tracked(exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str, verbose: int | None = None) -> dict[str, float]:
+    """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary metrics."""
+    import mlflow
+
+    mlflow.log_params(tracking.flat_params({**hp, "seed": exp.train.seed, "epochs": exp.train.epochs, "val_split": exp.data.val_split}), run_id=run_id)
+    client = mlflow.MlflowClient()
+    for key, value in {**data.tags(), "git_commit": tracking.git_commit(), "seed": exp.train.seed}.items():
+        client.set_tag(run_id, key, str(value))
+
+    start = time.perf_counter()
+    model, history = fit_model(
+        hp, data.train, data.val, exp.train.epochs, seed=exp.train.seed,
+        early_stopping=exp.train.early_stopping, callbacks=[tracking.EpochLogger(run_id)], verbose=verbose,
+    )
+    train_seconds = time.perf_counter() - start
+    figures, pred = quality(model, data.val)
+    summary = {
+        "best_val_miou": figures["miou"],
+        "val_accuracy": figures["accuracy"],
+        "val_iou50": figures["iou50"],
+        **latencies(model, int(hp["image_size"])),
+        "params_count": float(model.count_params()),
+        "train_seconds": train_seconds,
+        "epochs_trained": float(len(history.history.get("loss", []))),
+        "skipped_images": float(len(data.all.skipped)),
+    }
+    mlflow.log_metrics(summary, run_id=run_id)
+
+    with tracking.scratch_dir() as tmp:
+        files = {
+            "": plot_curves(history.history, Path(tmp) / "curves.png"),
+            "gallery": save_rgb(gallery_image(data.val, pred, exp.tracking.gallery_images), Path(tmp) / "val_gallery.png"),
+        }
+        if data.all.skipped:
+            skipped = Path(tmp) / "skipped.txt"
+            skipped.write_text("".join(f"{s}\n" for s in data.all.skipped), encoding="utf-8")
+            files["data"] = skipped
+        tracking.log_files(run_id, files)
+    tracking.log_model(model, run_id)
+    return summary

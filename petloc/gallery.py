@@ -1,0 +1,86 @@
+"""Pictures of a model at work: the prediction gallery and the training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from petloc.data.records import CLASS_NAMES
+
+TRUE_COLOUR = (0, 200, 0)  # RGB
+PRED_COLOUR = (255, 0, 255)
+RIGHT, WRONG = (0, 170, 0), (220, 0, 0)
+TILE = 192
+
+
+def draw_prediction(image: np.ndarray, true_box, pred_box, true_label: int, pred_label: int, score: float, iou: float) -> np.ndarray:
+    """One tile: true box green, predicted box magenta, label green when right and red when
+    wrong (bottom left), IoU in the top-right corner. Boxes are normalised."""
+    tile = cv2.resize(np.ascontiguousarray(image, dtype=np.uint8), (TILE, TILE), interpolation=cv2.INTER_LINEAR)
+    for box, colour, thickness in ((true_box, TRUE_COLOUR, 2), (pred_box, PRED_COLOUR, 2)):
+        x1, y1, x2, y2 = (int(round(float(v) * TILE)) for v in box)
+        cv2.rectangle(tile, (x1, y1), (x2, y2), colour, thickness)
+    _label(tile, f"{CLASS_NAMES[pred_label]} {score:.2f}", (4, TILE - 6), RIGHT if pred_label == true_label else WRONG)
+    text = f"IoU {iou:.2f}"
+    (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    _label(tile, text, (TILE - w - 6, 16), (40, 40, 40))
+    return tile
+
+
+def _label(tile: np.ndarray, text: str, origin: tuple[int, int], colour) -> None:
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    x, y = origin
+    cv2.rectangle(tile, (x - 2, y - h - 3), (x + w + 2, y + base), (255, 255, 255), -1)
+    cv2.putText(tile, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+
+
+def gallery(tiles: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    """Tiles in a grid with a 4 px white gutter, as one RGB image."""
+    rows = -(-len(tiles) // columns)
+    gap = 4
+    sheet = np.full((rows * (TILE + gap) + gap, columns * (TILE + gap) + gap, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        sheet[gap + r * (TILE + gap):gap + r * (TILE + gap) + TILE, gap + c * (TILE + gap):gap + c * (TILE + gap) + TILE] = tile
+    return sheet
+
+
+def save_rgb(image: np.ndarray, path: Path) -> Path:
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def plot_curves(history: dict[str, list[float]], path: Path) -> Path:
+    """Loss and val mIoU / accuracy per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "val_loss"):
+        if key in history:
+            left.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    left.set(title="loss", xlabel="epoch")
+    left.legend()
+    for key in ("miou", "val_miou", "accuracy", "val_accuracy"):
+        if key in history:
+            right.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    right.set(title="mIoU and accuracy", xlabel="epoch", ylim=(0, 1))
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
+    """The photo at its own size with the predicted head box and 'label score' drawn."""
+    photo = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    x1, y1, x2, y2 = (int(round(v)) for v in prediction.box)
+    thickness = max(2, round(max(photo.shape[:2]) / 200))
+    cv2.rectangle(photo, (x1, y1), (x2, y2), PRED_COLOUR, thickness)
+    _label(photo, f"{prediction.label} {prediction.score:.2f}", (max(x1, 2) + 2, max(y1, 20) - 4), (40, 40, 40))
+    return photo

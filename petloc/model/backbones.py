@@ -1,0 +1,113 @@
+"""Backbone registry: name -> builder. Adding a backbone is one short function.
+
+A builder takes the input size, a width multiplier and a weights choice, and returns a
+`keras.Model` mapping RGB pixels in 0..255 to a feature map. Each builder puts the
+scaling its network expects inside the returned model, so saved models take raw pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers
+
+from petloc.errors import PetlocError
+
+Builder = Callable[[int, float, str | None], keras.Model]
+BACKBONES: dict[str, Builder] = {}
+
+
+def register(name: str):
+    def add(builder: Builder) -> Builder:
+        BACKBONES[name] = builder
+        return builder
+
+    return add
+
+
+def build_backbone(name: str, image_size: int, width: float = 1.0, weights: str | None = None) -> keras.Model:
+    if name not in BACKBONES:
+        raise PetlocError(f"backbone: unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](image_size, width, _weights_arg(weights))
+
+
+def _weights_arg(weights: str | None) -> str | None:
+    """None / "none" = random init, "imagenet" = Keras download, anything else = a local file."""
+    if weights in (None, "none"):
+        return None
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise PetlocError(f"weights: {weights!r} is neither 'none', 'imagenet' nor an existing weights file")
+    return weights
+
+
+@keras.saving.register_keras_serializable(package="petloc")
+class CaffePreprocess(layers.Layer):
+    """RGB 0..255 -> BGR minus the ImageNet mean: what ResNet50 and VGG16 weights expect."""
+
+    def call(self, x):
+        bgr = keras.ops.flip(x, axis=-1)
+        return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+
+
+def _with_preprocess(preprocess: layers.Layer, net: keras.Model, image_size: int, name: str) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    return keras.Model(inputs, net(preprocess(inputs)), name=name)
+
+
+def _applications(app, image_size: int, weights: str | None, **kwargs) -> keras.Model:
+    """Builds a keras.applications network; a local weights file is loaded after building."""
+    file = weights if weights not in (None, "imagenet") else None
+    net = app(include_top=False, input_shape=(image_size, image_size, 3), weights=None if file else weights, **kwargs)
+    if file:
+        net.load_weights(file)
+    return net
+
+
+@register("simple")
+def simple(image_size: int, width: float, weights: str | None) -> keras.Model:
+    """Our own small CNN: conv blocks doubling channels and halving resolution, down to ~4x4."""
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    filters = max(8, int(round(32 * width)))
+    blocks = max(3, min(6, (image_size // 4).bit_length() - 1))  # 64 px -> 4 blocks, 128 px -> 5
+    for i in range(blocks):
+        f = min(filters * 2**i, 512)
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D()(x)
+    model = keras.Model(inputs, x, name="simple")
+    if weights == "imagenet":
+        raise PetlocError("weights: the 'simple' backbone has no imagenet weights; use 'none' or a weights file")
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+@register("mobilenetv2")
+def mobilenetv2(image_size: int, width: float, weights: str | None) -> keras.Model:
+    net = _applications(keras.applications.MobileNetV2, image_size, weights, alpha=width)
+    return _with_preprocess(layers.Rescaling(1 / 127.5, offset=-1.0), net, image_size, "mobilenetv2")
+
+
+@register("efficientnetb0")
+def efficientnetb0(image_size: int, width: float, weights: str | None) -> keras.Model:
+    # EfficientNet rescales and normalises inside itself: it takes 0..255 as they are.
+    return _applications(keras.applications.EfficientNetB0, image_size, weights)
+
+
+@register("resnet50")
+def resnet50(image_size: int, width: float, weights: str | None) -> keras.Model:
+    net = _applications(keras.applications.ResNet50, image_size, weights)
+    return _with_preprocess(CaffePreprocess(), net, image_size, "resnet50")
+
+
+@register("vgg16")
+def vgg16(image_size: int, width: float, weights: str | None) -> keras.Model:
+    net = _applications(keras.applications.VGG16, image_size, weights)
+    return _with_preprocess(CaffePreprocess(), net, image_size, "vgg16")

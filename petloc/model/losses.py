@@ -1,0 +1,52 @@
+"""Box losses, by name. Boxes are normalised [x1, y1, x2, y2]; predictions may be inverted
+(four independent sigmoids), so the IoU-based loss orders each predicted box's corners first."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def ordered(box):
+    """Corners sorted so that x1 <= x2 and y1 <= y2."""
+    x1, y1, x2, y2 = (box[..., i] for i in range(4))
+    return ops.minimum(x1, x2), ops.minimum(y1, y2), ops.maximum(x1, x2), ops.maximum(y1, y2)
+
+
+def iou_and_enclosure(y_true, y_pred):
+    """Per-box IoU and the area of the smallest box enclosing both (for GIoU)."""
+    tx1, ty1, tx2, ty2 = ordered(y_true)
+    px1, py1, px2, py2 = ordered(y_pred)
+    iw = ops.maximum(ops.minimum(tx2, px2) - ops.maximum(tx1, px1), 0.0)
+    ih = ops.maximum(ops.minimum(ty2, py2) - ops.maximum(ty1, py1), 0.0)
+    inter = iw * ih
+    union = (tx2 - tx1) * (ty2 - ty1) + (px2 - px1) * (py2 - py1) - inter
+    enclosure = (ops.maximum(tx2, px2) - ops.minimum(tx1, px1)) * (ops.maximum(ty2, py2) - ops.minimum(ty1, py1))
+    eps = keras.backend.epsilon()
+    return inter / (union + eps), enclosure + eps, union
+
+
+@keras.saving.register_keras_serializable(package="petloc")
+def giou_loss(y_true, y_pred):
+    y_true = ops.cast(y_true, y_pred.dtype)
+    iou, enclosure, union = iou_and_enclosure(y_true, y_pred)
+    giou = iou - (enclosure - union) / enclosure
+    return 1.0 - giou
+
+
+@keras.saving.register_keras_serializable(package="petloc")
+def smooth_l1_loss(y_true, y_pred):
+    y_true = ops.cast(y_true, y_pred.dtype)
+    # beta = 1/9 on boxes in 0..1, the common detection setting scaled to normalised boxes.
+    diff = ops.abs(y_true - y_pred)
+    beta = 1.0 / 9.0
+    return ops.mean(ops.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="petloc")
+def mse_loss(y_true, y_pred):
+    y_true = ops.cast(y_true, y_pred.dtype)
+    return ops.mean(ops.square(y_true - y_pred), axis=-1)
+
+
+BOX_LOSSES = {"mse": mse_loss, "smooth_l1": smooth_l1_loss, "giou": giou_loss}

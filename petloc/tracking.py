@@ -1,0 +1,118 @@
+"""Everything that talks to MLflow runs: the store, params, per-epoch metrics, artifacts.
+
+The local store is `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/artifacts/`;
+`MLFLOW_TRACKING_URI` (or `tracking.uri` in the experiment file) points elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from petloc.errors import PetlocError
+
+STORE_DIR = Path("mlruns")
+EPOCH_METRICS = {  # Keras log name -> MLflow metric name
+    "loss": "train/loss",
+    "miou": "train/miou",
+    "accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_miou": "val/miou",
+    "val_accuracy": "val/accuracy",
+}
+
+
+def default_uri() -> str:
+    return f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def configure(uri: str | None = None) -> str:
+    """Points MLflow at $MLFLOW_TRACKING_URI, else `uri`, else the project's local store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or default_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # quiet the store's migrations
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The MLflow experiment `name`, created on first use with artifacts under mlruns/artifacts."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (STORE_DIR / "artifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def flat_params(hp: dict[str, Any]) -> dict[str, Any]:
+    """Params as MLflow shows them: numbers stay numbers, None becomes 'none'."""
+    return {k: ("none" if v is None else v) for k, v in hp.items()}
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Per-epoch curves (`train/loss`, `val/miou`, `val/accuracy`, ...) with step = epoch."""
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs and key in logs}
+        if metrics:
+            mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
+
+
+def log_model(model: keras.Model, run_id: str) -> str:
+    """The model in MLflow's Keras flavour, loadable as a pyfunc that takes JPEGs; returns its URI."""
+    from petloc import serving
+
+    with mlflow.start_run(run_id=run_id, nested=True):
+        info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=serving, keras_model=model)
+    return info.model_uri
+
+
+def log_files(run_id: str, files: dict[str, Path]) -> None:
+    """Each local file under the artifact folder named by its key ("" = top level)."""
+    client = MlflowClient()
+    for folder, path in files.items():
+        client.log_artifact(run_id, str(path), folder or None)
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="petloc-")
+
+
+def load_logged_model(uri: str) -> keras.Model:
+    """A Keras model logged by petloc, by MLflow URI."""
+    import mlflow.keras
+
+    configure()
+    try:
+        return mlflow.keras.load_model(uri)
+    except MlflowException as err:
+        raise PetlocError(f"{uri}: {err.message.splitlines()[0]}") from None
+    except OSError as err:
+        raise PetlocError(f"{uri}: cannot read the model ({err})") from None

@@ -1,0 +1,91 @@
+"""Fitting one model with fixed hyperparameters: pure Keras, no tracking here."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import keras
+
+from petloc.data.pipeline import Arrays, eval_batches, train_batches
+from petloc.model import ModelSpec, build_model, compile_model
+
+# Our tf.data pipeline shuffles itself; Keras warns that its own shuffle flag is ignored.
+warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+
+# Keras names multi-output metrics after the output; petloc's contract uses short names.
+LOG_NAMES = {
+    "loss": "loss",
+    "cls_accuracy": "accuracy",
+    "box_miou": "miou",
+    "cls_loss": "cls_loss",
+    "box_loss": "box_loss",
+}
+
+
+class ShortMetricNames(keras.callbacks.Callback):
+    """Adds `miou`, `accuracy`, `val_miou`, `val_accuracy`, ... to the epoch logs, so that
+    early stopping, Keras Tuner's objective and the trackers read one set of names."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for keras_name, short in LOG_NAMES.items():
+            for prefix in ("", "val_"):
+                if prefix + keras_name in logs:
+                    logs[prefix + short] = logs[prefix + keras_name]
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Ends training with the weights of the epoch with the best val_miou."""
+
+    def __init__(self):
+        super().__init__()
+        self.best, self.weights = -1.0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and logs.get("val_miou", -1.0) > self.best:
+            self.best, self.weights = logs["val_miou"], self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+def model_spec(hp: dict[str, Any]) -> ModelSpec:
+    fields = ModelSpec.__dataclass_fields__
+    spec = {k: v for k, v in hp.items() if k in fields}
+    if spec.get("weights") == "none":
+        spec["weights"] = None
+    return ModelSpec(**spec)
+
+
+def fit_model(
+    hp: dict[str, Any],
+    train: Arrays,
+    val: Arrays,
+    epochs: int,
+    seed: int = 0,
+    early_stopping: int = 0,
+    callbacks: list[keras.callbacks.Callback] = (),
+    verbose: int | None = None,
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """Builds, compiles and trains the model `hp` describes; keeps the best val_miou weights."""
+    keras.utils.set_random_seed(seed)
+    spec = model_spec(hp)
+    batch_size = int(hp["batch_size"])
+    model = build_model(spec, int(hp["image_size"]))
+    steps = -(-len(train) // batch_size)
+    compile_model(model, spec, steps_per_epoch=steps, epochs=epochs)
+    every_epoch = [ShortMetricNames(), KeepBest()]
+    if early_stopping:
+        every_epoch.append(keras.callbacks.EarlyStopping("val_miou", mode="max", patience=early_stopping))
+    history = model.fit(
+        train_batches(train, batch_size, float(hp["aug_strength"]), seed),
+        validation_data=eval_batches(val, batch_size),
+        epochs=epochs,
+        callbacks=every_epoch + list(callbacks),
+        verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
+    )
+    return model, history
