@@ -61,12 +61,15 @@ HYPERPARAMS: dict[str, tuple[type, Any]] = {
 }
 
 
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
 def _check_type(name: str, value: Any) -> Any:
     kind = HYPERPARAMS[name][0]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{name}: {value!r} is not a {kind.__name__}")
+        raise ValueError(f"{name}: {value!r} is not {TYPE_NAMES[kind]}")
     return value
 
 

@@ -29,10 +29,13 @@ class PreparedData:
     train: Arrays
     val: Arrays
 
+    val_key: str = ""  # what validation data this is: same key, comparable figures
+
     def tags(self) -> dict[str, Any]:
         return {
             "dataset_path": str(self.source),
             "dataset_digest": self.all.digest,
+            "val_data": self.val_key,
             "skipped_images": len(self.all.skipped),
         }
 
@@ -57,7 +60,7 @@ def prepare_data(cfg: DataConfig, image_size: int | None = None, log=print) -> P
     if arrays.skipped:
         log(f"{len(arrays.skipped)} file(s) skipped, {len(arrays)} images used")
     train, val = split_train_val(arrays, cfg.val_split, cfg.seed)
-    return PreparedData(source, arrays, train, val)
+    return PreparedData(source, arrays, train, val, f"{arrays.digest[:16]}/val{cfg.val_split}/seed{cfg.seed}")
 
 
 def gallery_image(arrays: Arrays, pred, count: int) -> np.ndarray:
@@ -70,20 +73,28 @@ def gallery_image(arrays: Arrays, pred, count: int) -> np.ndarray:
     return gallery(tiles)
 
 
-def train_tracked(exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str, verbose: int | None = None) -> dict[str, float]:
+def train_tracked(
+    exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str, verbose: int | None = None,
+    epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
+) -> dict[str, float]:
     """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary metrics."""
     import mlflow
 
-    mlflow.log_params(tracking.flat_params({**hp, "seed": exp.train.seed, "epochs": exp.train.epochs, "val_split": exp.data.val_split}), run_id=run_id)
+    epochs = epochs or exp.train.epochs
+    mlflow.log_params(tracking.flat_params({**hp, "seed": exp.train.seed, "epochs": epochs, "val_split": exp.data.val_split}), run_id=run_id)
     client = mlflow.MlflowClient()
     for key, value in {**data.tags(), "git_commit": tracking.git_commit(), "seed": exp.train.seed}.items():
         client.set_tag(run_id, key, str(value))
 
     start = time.perf_counter()
     model, history = fit_model(
-        hp, data.train, data.val, exp.train.epochs, seed=exp.train.seed,
-        early_stopping=exp.train.early_stopping, callbacks=[tracking.EpochLogger(run_id)], verbose=verbose,
+        hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
+        callbacks=[tracking.EpochLogger(run_id)], verbose=verbose, initial_epoch=initial_epoch,
+        initial_weights=str(initial_weights) if initial_weights else None,
     )
+    if save_weights:
+        save_weights.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(save_weights)
     train_seconds = time.perf_counter() - start
     figures, pred = quality(model, data.val)
     summary = {
@@ -108,5 +119,5 @@ def train_tracked(exp: Experiment, hp: dict[str, Any], data: PreparedData, run_i
             skipped.write_text("".join(f"{s}\n" for s in data.all.skipped), encoding="utf-8")
             files["data"] = skipped
         tracking.log_files(run_id, files)
-    tracking.log_model(model, run_id)
+    client.set_tag(run_id, "model_uri", tracking.log_model(model, run_id))
     return summary

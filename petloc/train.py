@@ -70,14 +70,20 @@ def fit_model(
     early_stopping: int = 0,
     callbacks: list[keras.callbacks.Callback] = (),
     verbose: int | None = None,
+    initial_epoch: int = 0,
+    initial_weights: str | None = None,
 ) -> tuple[keras.Model, keras.callbacks.History]:
-    """Builds, compiles and trains the model `hp` describes; keeps the best val_miou weights."""
+    """Builds, compiles and trains the model `hp` describes; keeps the best val_miou weights.
+
+    `initial_weights` and `initial_epoch` continue an earlier run (Hyperband's brackets)."""
     keras.utils.set_random_seed(seed)
     spec = model_spec(hp)
     batch_size = int(hp["batch_size"])
     model = build_model(spec, int(hp["image_size"]))
     steps = -(-len(train) // batch_size)
     compile_model(model, spec, steps_per_epoch=steps, epochs=epochs)
+    if initial_weights:
+        model.load_weights(initial_weights)
     every_epoch = [ShortMetricNames(), KeepBest()]
     if early_stopping:
         every_epoch.append(keras.callbacks.EarlyStopping("val_miou", mode="max", patience=early_stopping))
@@ -85,6 +91,7 @@ def fit_model(
         train_batches(train, batch_size, float(hp["aug_strength"]), seed),
         validation_data=eval_batches(val, batch_size),
         epochs=epochs,
+        initial_epoch=initial_epoch,
         callbacks=every_epoch + list(callbacks),
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
     )

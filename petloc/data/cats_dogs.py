@@ -1,0 +1,108 @@
+"""The cats_dogs layout: `NAME.jpg` + `NAME.txt` holding one line `CLASS x1 y1 x2 y2`.
+
+CLASS is 1 = cat, 2 = dog; the box is the head's top-left and bottom-right corners in
+pixels of the image. The pairs sit in one folder, or in `train/ valid/ test/` subfolders
+(which then give `Sample.split`). The box is checked against the image by `readers.scan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from petloc.data.images import BadImage, SizeOf
+from petloc.data.records import Sample, Skipped
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "valid", "test")
+CLASS_IDS = {1: 0, 2: 1}  # file's CLASS -> model label (cat = 0, dog = 1)
+
+
+class BadAnnotation(Exception):
+    """An annotation file that cannot be used; the message is the reason."""
+
+
+def looks_like(root: Path) -> bool:
+    """True when the folder or one of its split subfolders holds an image with its .txt."""
+    return any(_has_pair(folder) for folder in [root, *_split_folders(root).values()])
+
+
+def _has_pair(folder: Path) -> bool:
+    images, texts = _pairs(folder)
+    return any(image.stem in texts for image in images)
+
+
+def read(root: Path, size_of: SizeOf) -> Iterator[Sample | Skipped]:
+    """Every image under `root` in sorted order, as a Sample or the reason it is skipped."""
+    splits = _split_folders(root)
+    if not splits:
+        yield from _read_folder(root, None, size_of)
+        return
+    for split, folder in splits.items():
+        yield from _read_folder(folder, split, size_of)
+    for image in _pairs(root)[0]:
+        yield Skipped(image, "outside the train/, valid/ and test/ folders: not used")
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    return {split: root / split for split in SPLITS if (root / split).is_dir()}
+
+
+def _pairs(folder: Path) -> tuple[list[Path], dict[str, Path]]:
+    """The folder's images (sorted) and its .txt files by stem; suffixes in any case."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    texts = {p.stem: p for p in files if p.suffix.lower() == ".txt"}
+    return images, texts
+
+
+def _read_folder(folder: Path, split: str | None, size_of: SizeOf) -> Iterator[Sample | Skipped]:
+    images, texts = _pairs(folder)
+    for image in images:
+        yield _read_pair(image, texts.get(image.stem), split, size_of)
+    image_stems = {image.stem for image in images}
+    for stem, text in texts.items():
+        if stem not in image_stems:
+            yield Skipped(text, "annotation without an image")
+
+
+def _read_pair(image: Path, text: Path | None, split: str | None, size_of: SizeOf) -> Sample | Skipped:
+    if text is None:
+        return Skipped(image, f"no annotation file {image.stem}.txt")
+    try:
+        label, box = parse_annotation(text)
+    except BadAnnotation as err:
+        return Skipped(image, f"{text.name}: {err}")
+    try:
+        width, height = size_of(image)
+    except BadImage as err:
+        return Skipped(image, str(err))
+    return Sample(image, label, box, width, height, split)
+
+
+def parse_annotation(text: Path) -> tuple[int, tuple[float, float, float, float]]:
+    """(label, box) from a `CLASS x1 y1 x2 y2` file; raises `BadAnnotation`."""
+    try:
+        content = text.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadAnnotation(f"cannot read it ({err})") from None
+    lines = [line for line in content.splitlines() if line.strip()]
+    if not lines:
+        raise BadAnnotation("empty annotation file")
+    if len(lines) > 1:
+        raise BadAnnotation(f"{len(lines)} lines, expected one 'CLASS x1 y1 x2 y2' line")
+    return _parse_line(lines[0])
+
+
+def _parse_line(line: str) -> tuple[int, tuple[float, float, float, float]]:
+    fields = line.split()
+    try:
+        if len(fields) != 5:
+            raise ValueError
+        class_id = int(fields[0])
+        box = tuple(float(v) for v in fields[1:])
+    except ValueError:
+        raise BadAnnotation(f"expected 'CLASS x1 y1 x2 y2' with numbers, got {line.strip()[:40]!r}") from None
+    if class_id not in CLASS_IDS:
+        raise BadAnnotation(f"class {class_id} is not 1 (cat) or 2 (dog)")
+    return CLASS_IDS[class_id], box

@@ -1,0 +1,104 @@
+"""The Oxford-IIIT Pet layout: `images/NAME.jpg` + `annotations/xmls/NAME.xml` (head box).
+
+Only images with an xml have a head box, so the xmls drive the reading. The list files
+`annotations/trainval.txt` and `annotations/test.txt` (`NAME CLASS_ID SPECIES BREED_ID`,
+SPECIES 1 = cat, 2 = dog) give the split and a second word on the species.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+from petloc.data.images import BadImage, SizeOf
+from petloc.data.records import CLASS_NAMES, Sample, Skipped
+
+# Oxford's trainval becomes "train": a validation split is carved from it downstream.
+LIST_FILES = {"trainval.txt": "train", "test.txt": "test"}
+SPECIES_IDS = {"1": 0, "2": 1}  # list file's SPECIES -> model label (cat = 0, dog = 1)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class BadXml(Exception):
+    """A VOC xml that cannot be used; the message is the reason."""
+
+
+def looks_like(root: Path) -> bool:
+    return (root / "images").is_dir() and (root / "annotations" / "xmls").is_dir()
+
+
+def read(root: Path, size_of: SizeOf) -> Iterator[Sample | Skipped]:
+    """One Sample (or Skipped) per head-box xml, in sorted order."""
+    listed = read_lists(root / "annotations")
+    for xml in sorted((root / "annotations" / "xmls").glob("*.xml")):
+        yield _read_one(root / "images", xml, listed.get(xml.stem), size_of)
+
+
+def read_lists(annotations: Path) -> dict[str, tuple[str, int]]:
+    """NAME -> (split, label) from the list files that exist; malformed lines are ignored."""
+    listed = {}
+    for filename, split in LIST_FILES.items():
+        path = annotations / filename
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            fields = line.split()
+            if len(fields) == 4 and not line.startswith("#") and fields[2] in SPECIES_IDS:
+                listed[fields[0]] = (split, SPECIES_IDS[fields[2]])
+    return listed
+
+
+def _read_one(images: Path, xml: Path, listed: tuple[str, int] | None, size_of: SizeOf) -> Sample | Skipped:
+    image = _image_for(images, xml.stem)
+    if image is None:
+        return Skipped(xml, f"no image {xml.stem}.jpg in {images}")
+    try:
+        label, box, declared = parse_xml(xml)
+    except BadXml as err:
+        return Skipped(image, f"{xml.name}: {err}")
+    split = None
+    if listed is not None:
+        split, listed_label = listed
+        if listed_label != label:
+            return Skipped(image, f"{xml.name} says {CLASS_NAMES[label]}, the list file says {CLASS_NAMES[listed_label]}")
+    try:
+        width, height = size_of(image)
+    except BadImage as err:
+        return Skipped(image, str(err))
+    if (width, height) != declared:
+        return Skipped(image, f"image is {width}x{height} but {xml.name} says {declared[0]}x{declared[1]}")
+    return Sample(image, label, box, width, height, split)
+
+
+def _image_for(images: Path, stem: str) -> Path | None:
+    return next((images / (stem + s) for s in IMAGE_SUFFIXES if (images / (stem + s)).is_file()), None)
+
+
+def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[int, int]]:
+    """(label, box, (width, height)) from a VOC xml with exactly one cat or dog; raises `BadXml`."""
+    try:
+        root = ET.parse(xml).getroot()
+    except ET.ParseError as err:
+        raise BadXml(f"malformed XML ({err})") from None
+    except OSError as err:
+        raise BadXml(f"cannot read it ({err.strerror or err})") from None
+    objects = root.findall("object")
+    if len(objects) != 1:
+        raise BadXml(f"{len(objects)} <object> elements, expected one")
+    name = (objects[0].findtext("name") or "").strip().lower()
+    if name not in CLASS_NAMES:
+        raise BadXml(f"object name {name!r} is not cat or dog")
+    width, height = (int(_number(root, f"size/{tag}")) for tag in ("width", "height"))
+    xmin, ymin, xmax, ymax = (_number(objects[0], f"bndbox/{tag}") for tag in ("xmin", "ymin", "xmax", "ymax"))
+    # VOC counts pixels from 1 and includes both ends: pixel i spans [i-1, i] in
+    # continuous corner coordinates, so the box is (xmin-1, ymin-1, xmax, ymax).
+    return CLASS_NAMES.index(name), (xmin - 1, ymin - 1, xmax, ymax), (width, height)
+
+
+def _number(element: ET.Element, path: str) -> float:
+    text = element.findtext(path)
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise BadXml(f"<{path}> is {'missing' if text is None else repr(text)}, expected a number") from None

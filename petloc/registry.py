@@ -1,0 +1,158 @@
+"""The MLflow Model Registry: promotion (only when better than the current champion) and
+loading by name (`petloc@champion`, `petloc/3`, `models:/petloc@champion`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from petloc.errors import PetlocError
+
+# Version tags copied from the source run's metrics and tags.
+METRIC_TAGS = ("best_val_miou", "val_accuracy", "val_iou50", "latency_ms_b1", "latency_ms_b32", "params_count")
+RUN_TAGS = ("dataset_digest", "val_data", "sweep_run_id", "trial_id")
+NAME_ALIAS = re.compile(r"^(?P<name>[\w.-]+)@(?P<alias>[\w-]+)$")
+NAME_VERSION = re.compile(r"^(?P<name>[\w.-]+)/(?P<version>\d+)$")
+
+
+def model_uri(ref: str) -> str | None:
+    """An MLflow URI for `ref`, or None when `ref` is not a registry or MLflow reference."""
+    if ref.startswith(("models:/", "runs:/")):
+        return ref
+    if NAME_ALIAS.match(ref) or NAME_VERSION.match(ref):
+        return f"models:/{ref}"
+    return None
+
+
+def check_exists(uri: str) -> None:
+    """A one-line error listing what is registered when `uri` names no registered version."""
+    ref = uri.removeprefix("models:/")
+    client = MlflowClient()
+    try:
+        if m := NAME_ALIAS.match(ref):
+            client.get_model_version_by_alias(m["name"], m["alias"])
+        elif m := NAME_VERSION.match(ref):
+            client.get_model_version(m["name"], m["version"])
+        return
+    except MlflowException:
+        pass
+    raise PetlocError(f"{uri}: no such registered model version; registered: {describe_registry() or 'nothing yet'}")
+
+
+def describe_registry() -> str:
+    """`petloc (versions 1-3, champion=2); other (versions 1-1)` for error messages."""
+    parts = []
+    for model in MlflowClient().search_registered_models():
+        versions = sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name='{model.name}'"))
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(model.aliases.items()))
+        span = f"versions {versions[0]}-{versions[-1]}" if versions else "no versions"
+        parts.append(f"{model.name} ({span}{', ' + aliases if aliases else ''})")
+    return "; ".join(parts)
+
+
+@dataclass
+class Promotion:
+    name: str
+    version: str | None  # None when nothing was registered
+    champion: bool
+    reason: str
+
+
+def champion_version(name: str, alias: str):
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def promote(
+    run_id: str,
+    name: str = "petloc",
+    alias: str = "champion",
+    force: bool = False,
+    register_when_not_better: bool = True,
+    score_champion: Callable[[str], float] | None = None,
+) -> Promotion:
+    """Registers run `run_id`'s model and moves `alias` to it when it beats the current holder.
+
+    The comparison is on the same validation data: the holder's recorded best_val_miou when
+    its `val_data` tag matches the run's, else `score_champion(model_uri)` measured afresh.
+    """
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    score = run.data.metrics.get("best_val_miou")
+    model_source = run.data.tags.get("model_uri")
+    if score is None or not model_source:
+        raise PetlocError(f"run {run_id}: has no logged model with best_val_miou; promote a finished petloc trial")
+    holder = champion_version(name, alias)
+    if holder is not None and holder.run_id == run_id:
+        return Promotion(name, holder.version, True, f"already {name}@{alias} (version {holder.version})")
+    holder_score = _holder_score(holder, run.data.tags.get("val_data"), score_champion)
+    better = holder is None or score > holder_score
+    if not (better or force or register_when_not_better):
+        return Promotion(name, None, False, f"val mIoU {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered")
+    version = _existing_version(name, run_id) or _register(run, model_source, name)
+    if better or force:
+        client.set_registered_model_alias(name, alias, version)
+        why = "forced" if not better else ("first champion" if holder is None else f"beats {holder_score:.4f}")
+        return Promotion(name, version, True, f"{name}@{alias} is now version {version} (val mIoU {score:.4f}, {why})")
+    return Promotion(name, version, False, f"registered as version {version}; val mIoU {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
+
+
+def _holder_score(holder, val_data: str | None, score_champion) -> float:
+    if holder is None:
+        return float("-inf")
+    if holder.tags.get("val_data") == val_data or score_champion is None:
+        return float(holder.tags.get("best_val_miou", "-inf"))
+    return score_champion(f"models:/{holder.name}/{holder.version}")
+
+
+def _existing_version(name: str, run_id: str) -> str | None:
+    """A version already registered from this run: promotion never registers a run twice."""
+    try:
+        found = MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    return found[0].version if found else None
+
+
+def _register(run, model_source: str, name: str) -> str:
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="petloc: cat/dog head localiser (class + head box)")
+    tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
+    tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
+    tags["source_run"] = run.info.run_id
+    version = client.create_model_version(name, model_source, run_id=run.info.run_id, tags=tags)
+    return version.version
+
+
+def list_versions() -> list[dict]:
+    """Every registered version with its aliases and headline figures, for `petloc models`."""
+    client = MlflowClient()
+    rows = []
+    for model in client.search_registered_models():
+        by_version: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
+        for v in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
+            rows.append({
+                "name": model.name,
+                "version": v.version,
+                "aliases": ",".join(sorted(by_version.get(v.version, []))) or "-",
+                "val_miou": _float(v.tags.get("best_val_miou")),
+                "val_accuracy": _float(v.tags.get("val_accuracy")),
+                "latency_ms_b1": _float(v.tags.get("latency_ms_b1")),
+                "source_run": v.run_id or v.tags.get("source_run", "-"),
+            })
+    return rows
+
+
+def _float(text: str | None):
+    return float(text) if text not in (None, "") else "-"

@@ -1,0 +1,142 @@
+"""Keras Tuner over the experiment's search space, each trial a tracked MLflow child run.
+
+The HyperModel turns the space into Keras Tuner hyperparameters; `TrackedTuner` is a plain
+`keras_tuner.Tuner` around any of its oracles that only adds what tracking needs: a child
+run per trial (params, curves, figures, model, gallery), FAILED runs for failed trials, and
+no double logging when a stopped sweep is resumed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import keras_tuner as kt
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from petloc.config import HYPERPARAMS, Experiment, Range
+from petloc.experiment import PreparedData, train_tracked
+from petloc.model import build_model
+from petloc.train import model_spec
+
+OBJECTIVE = kt.Objective("val_miou", direction="max")
+
+
+def _oracle_random(exp: Experiment):
+    return kt.oracles.RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=exp.tuner.seed,
+                                         max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+
+
+def _oracle_bayesian(exp: Experiment):
+    return kt.oracles.BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=exp.tuner.seed,
+                                                 max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+
+
+def _oracle_hyperband(exp: Experiment):
+    # Hyperband decides the epochs of each trial itself, up to train.epochs.
+    return kt.oracles.HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=exp.tuner.seed,
+                                      max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+
+
+ORACLES: dict[str, Callable[[Experiment], kt.Oracle]] = {
+    "random": _oracle_random,
+    "bayesian": _oracle_bayesian,
+    "hyperband": _oracle_hyperband,
+}
+
+
+class SpaceHyperModel(kt.HyperModel):
+    """The experiment's `space:` as Keras Tuner hyperparameters, and the model they build."""
+
+    def __init__(self, exp: Experiment):
+        super().__init__(name="petloc")
+        self.exp = exp
+
+    def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
+        fixed = self.exp.fixed_hyperparameters()
+        for name in HYPERPARAMS:
+            param = self.exp.space.get(name, fixed[name])
+            kind = HYPERPARAMS[name][0]
+            if isinstance(param, list):
+                hp.Choice(name, param)
+            elif isinstance(param, Range) and kind is int:
+                hp.Int(name, int(param.min), int(param.max), step=int(param.step) if param.step else None, sampling=param.sampling)
+            elif isinstance(param, Range):
+                hp.Float(name, param.min, param.max, step=param.step, sampling=param.sampling)
+            else:
+                hp.Fixed(name, param)
+
+    def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        """petloc's hyperparameters of a trial (Keras Tuner's own `tuner/*` left out)."""
+        return {name: hp.values[name] for name in HYPERPARAMS if name in hp.values}
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        values = self.values(hp)
+        return build_model(model_spec(values), int(values["image_size"]))
+
+
+class TrackedTuner(kt.Tuner):
+    """Runs each trial as `petloc train` would, inside an MLflow child run of the sweep."""
+
+    def __init__(self, exp: Experiment, parent_run_id: str, data_for: Callable[[int], PreparedData], **kwargs):
+        self.exp, self.parent_run_id, self.data_for = exp, parent_run_id, data_for
+        self.client = MlflowClient()
+        super().__init__(oracle=ORACLES[exp.tuner.kind](exp), hypermodel=SpaceHyperModel(exp), **kwargs)
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args, **kwargs) -> dict[str, float]:
+        hp = trial.hyperparameters
+        values = self.hypermodel.values(hp)
+        run_id = self._child_run(trial)
+        try:
+            data = self.data_for(int(values["image_size"]))
+            initial = self._warm_start_weights(hp)
+            summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
+                                    initial_epoch=hp.values.get("tuner/initial_epoch", 0), initial_weights=initial,
+                                    save_weights=self._weights_file(trial.trial_id))
+        except BaseException as err:
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            self.client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+            self.client.set_terminated(run_id, status)
+            if isinstance(err, Exception):
+                raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}
+
+    def _child_run(self, trial) -> str:
+        """A new child run for this trial; a run left by an interrupted attempt is deleted,
+        so every trial appears once."""
+        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        stale = self.client.search_runs(
+            [experiment_id],
+            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.trial_id = '{trial.trial_id}'",
+        )
+        for run in stale:
+            self.client.delete_run(run.info.run_id)
+        hp = trial.hyperparameters.values
+        tags = {"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id}
+        tags.update({k: str(v) for k, v in hp.items() if k.startswith("tuner/")})
+        name = f"trial-{trial.trial_id}-{hp.get('backbone', '')}"
+        return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+    def _weights_file(self, trial_id: str) -> Path:
+        return Path(self.get_trial_dir(trial_id)) / "weights.weights.h5"
+
+    def _warm_start_weights(self, hp) -> Path | None:
+        """Hyperband continues a trial of an earlier bracket from that trial's weights."""
+        previous = hp.values.get("tuner/trial_id")
+        if previous and self._weights_file(previous).is_file():
+            return self._weights_file(previous)
+        return None
+
+
+def tuner_dir(exp: Experiment, store: Path) -> Path:
+    return store / "tuner" / exp.name
+
+
+def reset(directory: Path) -> None:
+    if directory.exists():
+        shutil.rmtree(directory)

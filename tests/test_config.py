@@ -1,0 +1,79 @@
+"""Experiment files: what is accepted, and the one-line errors for what is not."""
+
+from pathlib import Path
+
+import pytest
+
+from petloc.config import Range, load_experiment, parse_experiment
+from petloc.errors import PetlocError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiment_files_are_valid(path):
+    exp = load_experiment(path)
+    assert exp.fixed_hyperparameters()["backbone"]
+
+
+def test_choices_ranges_and_fixed_values():
+    exp = parse_experiment({
+        "space": {
+            "backbone": ["simple", "mobilenetv2"],
+            "learning_rate": {"min": 1e-4, "max": 3e-3, "sampling": "log"},
+            "head_units": 64,
+            "dropout": 0,
+        }
+    })
+    assert exp.space["backbone"] == ["simple", "mobilenetv2"]
+    assert isinstance(exp.space["learning_rate"], Range) and exp.space["learning_rate"].sampling == "log"
+    hp = exp.fixed_hyperparameters()
+    assert hp["backbone"] == "simple" and hp["learning_rate"] == 1e-4 and hp["head_units"] == 64
+    assert hp["dropout"] == 0.0 and isinstance(hp["dropout"], float)
+    assert hp["image_size"] == exp.data.image_size
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dta:\n  path: x\n", r"exp.yaml: dta: Extra inputs are not permitted"),
+        ("data:\n  image_sise: 64\n", r"data.image_sise: Extra inputs"),
+        ("data:\n  image_size: big\n", r"data.image_size: .*integer"),
+        ("space:\n  backbone: []\n", r"space: .*backbone: empty list of choices"),
+        ("space:\n  learning_rate: {min: 0.1, max: 0.01}\n", r"space.learning_rate.*min 0.1 is greater than max 0.01"),
+        ("space:\n  head_unit: 64\n", r"unknown hyperparameter 'head_unit'"),
+        ("space:\n  head_units: [64, wide]\n", r"head_units: 'wide' is not an integer"),
+        ("tuner:\n  kind: grid\n", r"tuner.kind: Input should be 'random', 'bayesian' or 'hyperband'"),
+        ("data: [1, 2\n", r"exp.yaml: not valid YAML at line"),
+        ("- a\n- b\n", r"expected a mapping"),
+    ],
+)
+def test_bad_files_get_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(PetlocError, match=message) as err:
+        load_experiment(write(tmp_path, text))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PetlocError, match="no such experiment file"):
+        load_experiment(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_typed_and_reach_nested_keys(tmp_path):
+    path = write(tmp_path, "tuner:\n  max_trials: 6\n")
+    exp = load_experiment(path, ["tuner.max_trials=4", "space.backbone=[simple, vgg16]", "data.path=../photos"])
+    assert exp.tuner.max_trials == 4
+    assert exp.space["backbone"] == ["simple", "vgg16"]
+    assert exp.data.path == "../photos"
+
+
+@pytest.mark.parametrize("override, message", [("tuner.max_trials", "expected key=value"), ("tuner.maxtrials=4", "tuner.maxtrials")])
+def test_bad_overrides(tmp_path, override, message):
+    with pytest.raises(PetlocError, match=message):
+        load_experiment(write(tmp_path, "{}\n"), [override])

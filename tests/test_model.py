@@ -1,0 +1,87 @@
+"""The network: every registered backbone trains, the heads have the contract's shape,
+losses and metrics agree with hand-computed values, and a saved model reloads safely."""
+
+import keras
+import numpy as np
+import pytest
+
+from petloc.errors import PetlocError
+from petloc.model import BACKBONES, BOX_LOSSES, ModelSpec, build_backbone, build_model, compile_model
+from petloc.model.metrics import box_iou, summarise
+
+SIZE = 32
+
+
+def batch(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
+    y = {"cls": rng.integers(0, 2, n), "box": np.tile([[0.2, 0.3, 0.6, 0.9]], (n, 1)).astype(np.float32)}
+    return x, y
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_runs_forward_and_backward(name):
+    spec = ModelSpec(backbone=name, width=0.35 if name == "mobilenetv2" else 0.5, head_units=16)
+    model = compile_model(build_model(spec, SIZE), spec)
+    model.run_eagerly = True  # tracing the big backbones' train step takes a minute each
+    x, y = batch()
+    out = model(x)
+    assert out["cls"].shape == (4, 2) and out["box"].shape == (4, 4)
+    np.testing.assert_allclose(np.asarray(out["cls"]).sum(axis=1), 1.0, rtol=1e-5)
+    assert ((np.asarray(out["box"]) >= 0) & (np.asarray(out["box"]) <= 1)).all()
+    before = [w.copy() for w in model.get_weights()]
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_unknown_backbone_names_the_choices():
+    with pytest.raises(PetlocError, match="unknown backbone 'vgg19'.*mobilenetv2"):
+        build_backbone("vgg19", SIZE)
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    net = build_backbone("simple", SIZE, 0.5)
+    path = tmp_path / "simple.weights.h5"
+    net.save_weights(path)
+    again = build_backbone("simple", SIZE, 0.5, str(path))
+    for a, b in zip(net.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_weights_file_is_a_user_error(tmp_path):
+    with pytest.raises(PetlocError, match="weights"):
+        build_backbone("simple", SIZE, 0.5, str(tmp_path / "nope.h5"))
+
+
+def test_iou_by_hand():
+    true = np.array([[0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 1, 1]], float)
+    pred = np.array([[1, 1, 3, 3], [0, 0, 1, 1], [2, 2, 3, 3]], float)
+    np.testing.assert_allclose(box_iou(true, pred), [1 / 7, 1.0, 0.0])
+    # An inverted prediction is read with its corners ordered.
+    np.testing.assert_allclose(box_iou([[0, 0, 1, 1]], [[1, 1, 0, 0]]), [1.0])
+    figures = summarise([0, 1, 1], [0, 1, 0], true, pred)
+    assert figures == pytest.approx({"miou": (1 / 7 + 1) / 3, "iou50": 1 / 3, "accuracy": 2 / 3})
+
+
+def test_box_losses_are_zero_on_a_perfect_box_and_grow_with_error():
+    true = np.array([[0.2, 0.2, 0.6, 0.6]], np.float32)
+    near = np.array([[0.25, 0.2, 0.6, 0.65]], np.float32)
+    far = np.array([[0.7, 0.7, 0.9, 0.9]], np.float32)
+    for name, loss in BOX_LOSSES.items():
+        perfect, close, wrong = (float(np.asarray(loss(true, p))[0]) for p in (true, near, far))
+        assert perfect == pytest.approx(0.0, abs=1e-5), name
+        assert 0 < close < wrong, name
+    # GIoU keeps a gradient for disjoint boxes: its loss exceeds 1 there.
+    assert float(np.asarray(BOX_LOSSES["giou"](true, far))[0]) > 1.0
+
+
+def test_saved_model_reloads_in_safe_mode_with_same_outputs(tmp_path):
+    spec = ModelSpec(backbone="resnet50", head_units=8)  # resnet50 carries a custom layer
+    model = compile_model(build_model(spec, SIZE), spec)
+    x, _ = batch(2)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    for key in ("cls", "box"):
+        np.testing.assert_allclose(np.asarray(model(x)[key]), np.asarray(again(x)[key]), rtol=1e-4, atol=1e-5)
