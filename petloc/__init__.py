@@ -1,3 +1,15 @@
-"""petloc: find the head of a cat or dog in a photo, and the experiment framework around it."""
+"""petloc: find the head of a cat or dog in a photo, and the experiment framework around it.
+
+    import petloc
+    model = petloc.load_model("petloc@champion")   # or a .keras file, or models:/petloc/3
+    predictions = model.predict([rgb_image])         # label, score, box in the image's pixels
+"""
 
 __version__ = "0.1.0"
+
+
+def load_model(source: str):
+    """A `Predictor` for a registered name, an MLflow model URI or a `.keras` file."""
+    from petloc.predict import load_predictor
+
+    return load_predictor(source)

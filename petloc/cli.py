@@ -55,6 +55,76 @@ def train(experiment, overrides):
 
 
 @cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--fresh", is_flag=True, help="Forget this sweep's earlier trials and start over.")
+def sweep(experiment, overrides, fresh):
+    """Keras Tuner sweep over the experiment's space; every trial an MLflow run; the best promoted.
+
+    Running the same sweep again continues where it stopped.
+    """
+    import time
+
+    from petloc.config import load_experiment
+    from petloc.sweep import markdown, run_sweep
+
+    exp = load_experiment(experiment, overrides)
+    start = time.perf_counter()
+    result = run_sweep(exp, fresh=fresh, log=click.echo)
+    click.echo(f"\nLeaderboard of sweep '{exp.name}' ({len(result.leaderboard)} finished, {result.failed} failed, {time.perf_counter() - start:.0f} s):")
+    click.echo(_table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard]) or "no finished trials")
+    if result.promotion:
+        click.echo(f"\nregistry: {result.promotion.reason}")
+    name, alias = exp.registry.name, exp.registry.alias
+    click.echo(f"\nparent run {result.parent_run_id}; browse with: petloc ui")
+    click.echo(f"pull the model by name: petloc predict {name}@{alias} photo.jpg  |  petloc evaluate {name}@{alias} DATA")
+    click.echo(f"from Python: petloc.load_model('{name}@{alias}').predict([image])")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--name", default="petloc", show_default=True, help="Registered model name.")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--force", is_flag=True, help="Move the alias even when the run is not better.")
+def promote(run_id, name, alias, force):
+    """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force)."""
+    from petloc import registry, tracking
+
+    tracking.configure()
+    click.echo(registry.promote(run_id, name, alias, force=force).reason)
+
+
+@cli.command()
+def models():
+    """Registered models, their versions, aliases and figures."""
+    from petloc import registry, tracking
+
+    tracking.configure()
+    rows = registry.list_versions()
+    click.echo(_table(rows) if rows else "no registered models yet: run a sweep, or petloc promote RUN_ID")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(host, port):
+    """The MLflow UI on the project's store (mlruns/)."""
+    import subprocess
+
+    from petloc import tracking
+
+    uri = tracking.configure()
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (tracking.STORE_DIR / "artifacts").resolve().as_uri()]
+    try:
+        sys.exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
 @click.argument("model")
 @click.argument("data", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")

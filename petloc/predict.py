@@ -49,17 +49,18 @@ class Predictor:
         return results
 
 
-MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "file:/")
-
-
 def load_keras(source: str | Path) -> keras.Model:
-    """A `.keras` file, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/...)."""
+    """A `.keras` file, a registered name (`petloc@champion`, `petloc/3`) or an MLflow model
+    URI (`models:/petloc@champion`, `runs:/RUN/model`)."""
     text = str(source)
-    if text.startswith(MLFLOW_SCHEMES):
-        from petloc.tracking import load_logged_model
-
-        return load_logged_model(text)
     path = Path(text)
+    if not path.exists():
+        from petloc.registry import model_uri
+
+        if uri := model_uri(text):
+            from petloc.tracking import load_logged_model
+
+            return load_logged_model(uri)
     if not path.is_file():
         raise PetlocError(f"{text}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
     try:

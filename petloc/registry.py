@@ -145,7 +145,7 @@ def list_versions() -> list[dict]:
             rows.append({
                 "name": model.name,
                 "version": v.version,
-                "aliases": ",".join(sorted(by_version.get(v.version, []))) or "-",
+                "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
                 "val_miou": _float(v.tags.get("best_val_miou")),
                 "val_accuracy": _float(v.tags.get("val_accuracy")),
                 "latency_ms_b1": _float(v.tags.get("latency_ms_b1")),

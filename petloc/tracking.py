@@ -109,7 +109,11 @@ def load_logged_model(uri: str) -> keras.Model:
     """A Keras model logged by petloc, by MLflow URI."""
     import mlflow.keras
 
+    from petloc.registry import check_exists
+
     configure()
+    if uri.startswith("models:/"):
+        check_exists(uri)
     try:
         return mlflow.keras.load_model(uri)
     except MlflowException as err:

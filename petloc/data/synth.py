@@ -26,7 +26,7 @@ import numpy as np
 from petloc.data.records import CLASS_NAMES, annotation_line
 
 DOG_SHARE = 0.7
-HEAD_SIZE_RANGE = (0.12, 0.45)  # longest side of the head box, as a share of the image side
+HEAD_SIZE_RANGE = (0.15, 0.45)  # longest side of the head box, as a share of the image side
 OCCLUSION_PROB = 0.25
 JPEG_QUALITY = 90
 _SHIFT = 4  # fractional bits for cv2 drawing: sub-pixel accurate shapes
@@ -77,7 +77,7 @@ def _cat_head(rng: np.random.Generator) -> Head:
     for side in (-1, 1):
         inner = _on_ellipse(a, b, -90 + side * rng.uniform(12, 28))
         outer = _on_ellipse(a, b, -90 + side * rng.uniform(60, 80))
-        tip = (side * a * rng.uniform(0.5, 0.85), -b - rng.uniform(0.5, 0.85))
+        tip = (side * a * rng.uniform(0.5, 0.85), -b - rng.uniform(0.6, 0.95))
         ear = np.array([inner, tip, outer])
         centre = ear.mean(0)
         head.parts.append((ear, None, 0.0))
@@ -165,7 +165,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     t = (xx * np.cos(angle) + yy * np.sin(angle) + 1.5) / 3
     start, end = rng.uniform(30, 230, 3), rng.uniform(30, 230, 3)
     image = np.ascontiguousarray(start * (1 - t[..., None]) + end * t[..., None], dtype=np.float32)
-    for _ in range(int(rng.integers(2, 8))):
+    for _ in range(int(rng.integers(1, 6))):
         # half-way to the backdrop colour: clutter, but less eye-catching than the pet
         colour = tuple(float(c) for c in (rng.uniform(0, 255, 3) + (start + end) / 2) / 2)
         p = rng.uniform(-0.1, 1.1, (2, 2)) * size
@@ -221,7 +221,8 @@ def _place_head(rng: np.random.Generator, head: Head, size: int):
 
 
 def _draw_body(rng, image, fur, to_px, scale, size, is_cat):
-    """Body ellipse below/beside the head, legs and a tail, in the same fur, a bit darker."""
+    """Body ellipse below/beside the head, legs and a tail, in the same fur, shaded darker
+    so the head stands out from it."""
     side = rng.choice([-1, 1])
     cx, cy = to_px((side * rng.uniform(0.0, 1.6), rng.uniform(1.0, 1.6)))
     rx, ry = scale * rng.uniform(1.4, 2.4), scale * rng.uniform(0.9, 1.3)
@@ -235,7 +236,7 @@ def _draw_body(rng, image, fur, to_px, scale, size, is_cat):
     bend = base + scale * np.array([side * rng.uniform(0.4, 0.9), -rng.uniform(0.2, 1.0)])
     tip = bend + scale * np.array([side * rng.uniform(-0.2, 0.4), -rng.uniform(0.3, 1.0 if is_cat else 0.4)])
     cv2.polylines(mask, [_px(np.array([base, bend, tip]))], False, 255, width, cv2.LINE_AA, _SHIFT)
-    return _blend(image, fur * rng.uniform(0.8, 1.0), mask.astype(np.float32)[..., None] / 255)
+    return _blend(image, fur * rng.uniform(0.6, 0.85), mask.astype(np.float32)[..., None] / 255)
 
 
 def _draw_head(image, fur, head: Head, to_px, scale, size) -> np.ndarray:
