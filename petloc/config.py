@@ -64,12 +64,22 @@ HYPERPARAMS: dict[str, tuple[type, Any]] = {
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
+def _named_choices() -> dict[str, dict]:
+    """Hyperparameters whose values name a registry entry."""
+    from petloc.model import BACKBONES, BOX_LOSSES
+
+    return {"backbone": BACKBONES, "box_loss": BOX_LOSSES}
+
+
 def _check_type(name: str, value: Any) -> Any:
     kind = HYPERPARAMS[name][0]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"{name}: {value!r} is not {TYPE_NAMES[kind]}")
+    registry = _named_choices().get(name)
+    if registry is not None and value not in registry:
+        raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
     return value
 
 

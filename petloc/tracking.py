@@ -37,6 +37,8 @@ def default_uri() -> str:
 
 def configure(uri: str | None = None) -> str:
     """Points MLflow at $MLFLOW_TRACKING_URI, else `uri`, else the project's local store."""
+    # Download progress bars would land in `predict --json` output; petloc prints its own.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or default_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

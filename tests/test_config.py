@@ -77,3 +77,12 @@ def test_overrides_are_typed_and_reach_nested_keys(tmp_path):
 def test_bad_overrides(tmp_path, override, message):
     with pytest.raises(PetlocError, match=message):
         load_experiment(write(tmp_path, "{}\n"), [override])
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"backbone": ["simple", "resnet18"]}, "backbone: unknown backbone 'resnet18'; choose from efficientnetb0, mobilenetv2"),
+    ({"box_loss": "iou"}, "box_loss: unknown box loss 'iou'; choose from giou, mse, smooth_l1"),
+])
+def test_registry_names_are_checked(space, message):
+    with pytest.raises(PetlocError, match=message):
+        parse_experiment({"space": space})

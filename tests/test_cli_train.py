@@ -1,0 +1,111 @@
+"""`petloc train`, `evaluate` and `predict` end to end on a real (tiny) MLflow store."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from petloc.cli import cli
+from tests.helpers import tiny_dataset, tiny_experiment
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tracked training run in a fresh project folder, shared by the tests below."""
+    root = tmp_path_factory.mktemp("project")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        data = tiny_dataset(root / "photos")
+        exp = tiny_experiment(root, data)
+        result = run("train", exp, "train.epochs=2")
+        assert result.exit_code == 0, result.output
+        run_id = result.output.split("MLflow run ")[1].split()[0]
+        yield root, data, run_id
+
+
+def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
+    root, data, run_id = trained
+    monkeypatch.chdir(root)
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    client = MlflowClient()
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["backbone"] == "simple" and float(r.data.params["learning_rate"]) == 0.003
+    assert r.data.params["image_size"] == "32" and r.data.params["seed"] == "0"
+    for key in ("best_val_miou", "val_accuracy", "latency_ms_b1", "latency_ms_b32", "params_count"):
+        assert key in r.data.metrics, key
+    assert 0 <= r.data.metrics["best_val_miou"] <= 1
+    assert [m.step for m in client.get_metric_history(run_id, "val/miou")] == [1, 2]
+    assert len(client.get_metric_history(run_id, "train/loss")) == 2
+    assert r.data.tags["dataset_digest"] and r.data.tags["git_commit"]
+    files = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "gallery")}
+    assert {"curves.png", "gallery/val_gallery.png"} <= files
+    assert (root / "mlruns" / "mlflow.db").is_file() and (root / "mlruns" / "artifacts").is_dir()
+
+
+def test_evaluate_json_has_the_figures(trained, monkeypatch):
+    root, data, run_id = trained
+    monkeypatch.chdir(root)
+    result = run("evaluate", f"runs:/{run_id}/model", data, "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["images"] == 60 and 0 <= figures["miou"] <= 1 and 0 <= figures["accuracy"] <= 1
+    assert figures["latency_ms_b1"] > 0 and "iou50" in figures
+
+
+def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tmp_path):
+    root, data, run_id = trained
+    monkeypatch.chdir(root)
+    photo = sorted(data.glob("*.jpg"))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    result = run("predict", f"runs:/{run_id}/model", photo, broken, "--json", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert lines[0]["image"] == str(photo) and lines[0]["label"] in ("cat", "dog")
+    assert 0 <= lines[0]["score"] <= 1
+    x1, y1, x2, y2 = lines[0]["box"]
+    assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64  # pixels of the 64 px photo, not 0..1
+    assert lines[1]["image"] == str(broken) and "error" in lines[1]
+    assert (tmp_path / "out" / f"{photo.stem}.png").is_file()
+
+
+def test_python_api_loads_by_uri(trained, monkeypatch):
+    import petloc
+
+    root, data, run_id = trained
+    monkeypatch.chdir(root)
+    predictor = petloc.load_model(f"runs:/{run_id}/model")
+    image = np.zeros((100, 50, 3), np.uint8)
+    [pred] = predictor.predict([image])
+    assert pred.label in ("cat", "dog") and pred.box[2] <= 50 and pred.box[3] <= 100
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["space.backbone=resnet18"], "unknown backbone 'resnet18'"),
+        (["data.path=/nonexistent/photos"], "/nonexistent/photos: data folder does not exist"),
+        (["train.epoks=2"], "train.epoks: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    exp = tiny_experiment(tmp_path, tmp_path / "photos")
+    (tmp_path / "photos").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "petloc", "train", str(exp), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
