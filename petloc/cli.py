@@ -71,6 +71,8 @@ def sweep(experiment, overrides, fresh):
     exp = load_experiment(experiment, overrides)
     start = time.perf_counter()
     result = run_sweep(exp, fresh=fresh, log=click.echo)
+    if not result.leaderboard:
+        raise PetlocError(f"sweep '{exp.name}': no trial finished ({result.failed} failed); see the FAILED runs' 'error' tags in petloc ui")
     click.echo(f"\nLeaderboard of sweep '{exp.name}' ({len(result.leaderboard)} finished, {result.failed} failed, {time.perf_counter() - start:.0f} s):")
     click.echo(_table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard]) or "no finished trials")
     if result.promotion:

@@ -86,6 +86,14 @@ class TrackedTuner(kt.Tuner):
         self.client = MlflowClient()
         super().__init__(oracle=ORACLES[exp.tuner.kind](exp), hypermodel=SpaceHyperModel(exp), **kwargs)
 
+    def _populate_initial_space(self):
+        # The space has no conditional hyperparameters, so declaring it is enough: Keras
+        # Tuner's default also builds a model to discover conditions, which for a big
+        # backbone costs a minute and fails the whole sweep on one bad combination.
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+
     def run_trial(self, trial: kt.engine.trial.Trial, *args, **kwargs) -> dict[str, float]:
         hp = trial.hyperparameters
         values = self.hypermodel.values(hp)
@@ -117,7 +125,7 @@ class TrackedTuner(kt.Tuner):
         for run in stale:
             self.client.delete_run(run.info.run_id)
         hp = trial.hyperparameters.values
-        tags = {"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id}
+        tags = {"mlflow.parentRunId": self.parent_run_id, "sweep_run_id": self.parent_run_id, "trial_id": trial.trial_id}
         tags.update({k: str(v) for k, v in hp.items() if k.startswith("tuner/")})
         name = f"trial-{trial.trial_id}-{hp.get('backbone', '')}"
         return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id

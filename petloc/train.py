@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from typing import Any
@@ -22,6 +23,10 @@ LOG_NAMES = {
     "cls_loss": "cls_loss",
     "box_loss": "box_loss",
 }
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
 
 
 class ShortMetricNames(keras.callbacks.Callback):
@@ -84,7 +89,7 @@ def fit_model(
     compile_model(model, spec, steps_per_epoch=steps, epochs=epochs)
     if initial_weights:
         model.load_weights(initial_weights)
-    every_epoch = [ShortMetricNames(), KeepBest()]
+    every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest()]
     if early_stopping:
         every_epoch.append(keras.callbacks.EarlyStopping("val_miou", mode="max", patience=early_stopping))
     history = model.fit(
@@ -95,4 +100,7 @@ def fit_model(
         callbacks=every_epoch + list(callbacks),
         verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
     )
+    losses = history.history.get("loss", [])
+    if not losses or not math.isfinite(losses[-1]):
+        raise TrainingDiverged(f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate")
     return model, history

@@ -26,8 +26,8 @@ import numpy as np
 from petloc.data.records import CLASS_NAMES, annotation_line
 
 DOG_SHARE = 0.7
-HEAD_SIZE_RANGE = (0.15, 0.45)  # longest side of the head box, as a share of the image side
-OCCLUSION_PROB = 0.25
+HEAD_SIZE_RANGE = (0.16, 0.5)  # longest side of the head box, as a share of the image side
+OCCLUSION_PROB = 0.2
 JPEG_QUALITY = 90
 _SHIFT = 4  # fractional bits for cv2 drawing: sub-pixel accurate shapes
 

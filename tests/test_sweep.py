@@ -1,0 +1,132 @@
+"""`petloc sweep` end to end: real Keras Tuner oracle, real MLflow store and registry."""
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from petloc.cli import cli
+from petloc.errors import PetlocError
+from tests.helpers import tiny_dataset, tiny_experiment
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def children(client, parent_id):
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        data = tiny_dataset(root / "photos")
+        exp = tiny_experiment(root, data, space={"head_units": [8, 16], "aug_strength": [0.0, 0.3]})
+        first = invoke("sweep", exp)
+        assert first.exit_code == 0, first.output
+        mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+        client = MlflowClient()
+        parent_id = first.output.split("parent run ")[1].split(";")[0]
+        yield root, exp, client, parent_id, first.output
+
+
+def test_one_parent_run_with_a_child_run_per_trial(swept):
+    root, exp, client, parent_id, output = swept
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert "space.head_units" in parent.data.params and parent.data.tags["dataset_digest"]
+    runs = children(client, parent_id)
+    assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["head_units"] in ("8", "16")
+        assert not any(k.startswith("tuner/") for k in r.data.params)
+        assert {"best_val_miou", "val_accuracy", "latency_ms_b1", "latency_ms_b32", "params_count", "train_seconds"} <= set(r.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"leaderboard.csv", "leaderboard.md", "search_space.json"} <= artifacts
+    best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert "Leaderboard of sweep 'tiny' (2 finished, 0 failed" in output
+
+
+def test_best_trial_becomes_champion_with_version_tags(swept):
+    root, exp, client, parent_id, _ = swept
+    version = client.get_model_version_by_alias("petloc", "champion")
+    best_run = client.get_run(parent_id).data.tags["best_run_id"]
+    assert version.run_id == best_run
+    for key in ("best_val_miou", "val_accuracy", "latency_ms_b1", "source_run", "dataset_digest", "sweep_run_id"):
+        assert key in version.tags, key
+
+
+def test_predict_and_evaluate_by_registered_name(swept, monkeypatch):
+    root, exp, client, parent_id, _ = swept
+    monkeypatch.chdir(root)
+    photo = sorted((root / "photos").glob("*.jpg"))[0]
+    for ref in ("petloc@champion", "models:/petloc@champion", "models:/petloc/1"):
+        result = invoke("predict", ref, photo, "--json")
+        assert result.exit_code == 0, result.output
+        assert '"label"' in result.stdout
+    with pytest.raises(PetlocError, match=r"petloc@nope: no such registered model version; registered: petloc \(versions 1-"):
+        invoke("predict", "petloc@nope", photo)
+
+
+def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
+    root, exp, client, parent_id, _ = swept
+    monkeypatch.chdir(root)
+    before = {r.info.run_id for r in children(client, parent_id)}
+    versions = len(client.search_model_versions("name='petloc'"))
+    again = invoke("sweep", exp)
+    assert again.exit_code == 0, again.output
+    assert f"parent run {parent_id};" in again.output
+    assert {r.info.run_id for r in children(client, parent_id)} == before
+    assert len(client.search_model_versions("name='petloc'")) == versions
+    # A bigger budget runs only the new trial.
+    more = invoke("sweep", exp, "tuner.max_trials=3")
+    assert more.exit_code == 0, more.output
+    after = children(client, parent_id)
+    assert len(after) == 3 and before < {r.info.run_id for r in after}
+
+
+def test_changed_settings_need_fresh(swept, monkeypatch):
+    root, exp, client, parent_id, _ = swept
+    monkeypatch.chdir(root)
+    with pytest.raises(PetlocError, match="started with different settings; run it with --fresh"):
+        invoke("sweep", exp, "train.epochs=2")
+
+
+def test_manual_promotion_respects_the_champion_unless_forced(swept, monkeypatch):
+    root, exp, client, parent_id, _ = swept
+    monkeypatch.chdir(root)
+    champion = client.get_model_version_by_alias("petloc", "champion")
+    worst = min(children(client, parent_id), key=lambda r: r.data.metrics["best_val_miou"])
+    if worst.info.run_id == champion.run_id:
+        pytest.skip("all trials scored the same")
+    result = invoke("promote", worst.info.run_id)
+    assert "does not beat" in result.output
+    assert client.get_model_version_by_alias("petloc", "champion").version == champion.version
+    forced = invoke("promote", worst.info.run_id, "--force")
+    assert "forced" in forced.output
+    assert client.get_model_version_by_alias("petloc", "champion").run_id == worst.info.run_id
+    listing = invoke("models")
+    assert "champion" in listing.output
+
+
+def test_failed_trials_are_failed_runs_and_stop_the_sweep(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_dataset(tmp_path / "photos", count=24)
+    exp = tiny_experiment(tmp_path, data, space={"weights": str(tmp_path / "missing.weights.h5"), "head_units": [8, 16, 32]},
+                          tuner={"max_consecutive_failures": 2, "max_trials": 5})
+    with pytest.raises(PetlocError, match="no trial finished"):
+        invoke("sweep", exp)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    client = MlflowClient()
+    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    runs = children(client, parent.info.run_id)
+    assert len(runs) == 2
+    assert all(r.info.status == "FAILED" and "missing.weights.h5" in r.data.tags["error"] for r in runs)
