@@ -48,7 +48,8 @@ class ImagePyfunc:
     def __init__(self, predictor):
         self.predictor = predictor
 
-    def predict(self, model_input, params=None):
+    def predict(self, model_input, params=None) -> list[dict]:
+        """One dict per row: label, score, box (pixels), or `error` for an unreadable image."""
         import pandas as pd
 
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
@@ -58,10 +59,10 @@ class ImagePyfunc:
                 images.append(decode_rgb(_image_bytes(row)))
                 where.append(i)
             except (BadImage, ValueError) as err:
-                results[i] = {"label": None, "score": None, "box": None, "error": str(err)}
+                results[i] = {"error": str(err)}
         for i, pred in zip(where, self.predictor.predict(images)):
-            results[i] = {**pred.to_dict(), "error": None}
-        return pd.DataFrame(results)
+            results[i] = pred.to_dict()
+        return results
 
 
 def _image_bytes(row) -> bytes:

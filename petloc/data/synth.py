@@ -7,8 +7,8 @@ round flat face, a small nose and whiskers; dogs have floppy or rounded ears, a 
 head and a long protruding muzzle with a big nose. Scale, position, tilt, head aspect,
 clutter and partial occlusion vary per image.
 
-The head box is measured from the drawn head silhouette (ears included, clipped to the
-image), so it is tight by construction; an occluder drawn over the head does not shrink it.
+The head box is the exact extent of the head's shapes (ears included), clipped to the
+image, so it is tight by construction; an occluder drawn over the head does not shrink it.
 
 Class balance: about 30% cats / 70% dogs, drawn independently per image (mirrors the
 real cats_dogs data). Image `i` of `generate(seed=s)` has its own generator seeded with
@@ -29,9 +29,11 @@ DOG_SHARE = 0.7
 HEAD_SIZE_RANGE = (0.16, 0.5)  # longest side of the head box, as a share of the image side
 OCCLUSION_PROB = 0.2
 JPEG_QUALITY = 90
+MIN_SIZE = 32  # px; below this the smallest heads are a few pixels wide
 _SHIFT = 4  # fractional bits for cv2 drawing: sub-pixel accurate shapes
 
 Colour = tuple[float, float, float]
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 FUR_COLOURS = np.array(  # RGB, shared by cats and dogs
     [(210, 120, 50), (35, 30, 30), (235, 230, 220), (130, 130, 135), (110, 70, 40),
      (225, 200, 160), (200, 160, 80), (170, 120, 70), (70, 70, 75)], dtype=np.float32)
@@ -111,16 +113,18 @@ def _dog_head(rng: np.random.Generator) -> Head:
             ear = _ellipse(side * a * 0.62, -0.9, rng.uniform(0.25, 0.32), rng.uniform(0.3, 0.4), side * 25)
         ears.append((ear, ear_colour, ear_mix))
     face = (_ellipse(0, 0, a, b), None, 0.0)
-    head.parts += ears + [face] if not floppy else [face] + ears  # floppy ears hang in front
+    head.parts += [face, *ears] if floppy else [*ears, face]  # floppy ears hang in front of the face
     muzzle_y, muzzle_ry = rng.uniform(0.45, 0.6), rng.uniform(0.45, 0.6)
-    head.parts.append((_ellipse(0, muzzle_y, a * rng.uniform(0.42, 0.58), muzzle_ry), CREAM, rng.uniform(0.2, 0.7)))
+    muzzle = _ellipse(0, muzzle_y, a * rng.uniform(0.42, 0.58), muzzle_ry)
+    head.parts.append((muzzle, CREAM, rng.uniform(0.2, 0.7)))
     if rng.random() < 0.4:
         head.parts.append((_ellipse(0, muzzle_y + muzzle_ry * 0.85, 0.14, 0.2), PINK, 1.0))
     iris = DOG_EYES[rng.integers(len(DOG_EYES))]
     for side in (-1, 1):
         _eye(head, side * 0.4 * a, -0.25, rng.uniform(0.1, 0.14), iris, slit=False)
     nose_y = muzzle_y - muzzle_ry * 0.3
-    head.parts.append((_ellipse(0, nose_y, rng.uniform(0.17, 0.23), rng.uniform(0.11, 0.14)), BLACK, 1.0))
+    nose = _ellipse(0, nose_y, rng.uniform(0.17, 0.23), rng.uniform(0.11, 0.14))
+    head.parts.append((nose, BLACK, 1.0))
     mouth = np.array([(-0.25, muzzle_y + 0.25), (0, muzzle_y + 0.15), (0.25, muzzle_y + 0.25)])
     head.strokes.append((np.array([(0, nose_y), (0, muzzle_y + 0.15)]), BLACK, 0.04))
     head.strokes.append((mouth, BLACK, 0.04))
@@ -220,18 +224,19 @@ def _place_head(rng: np.random.Generator, head: Head, size: int):
     return (lambda local: (np.asarray(local) @ rotation.T) * scale + offset), scale
 
 
-def _draw_body(rng, image, fur, to_px, scale, size, is_cat):
+def _draw_body(rng: np.random.Generator, image: np.ndarray, fur: np.ndarray, to_px, scale: float,
+               is_cat: bool) -> np.ndarray:
     """Body ellipse below/beside the head, legs and a tail, in the same fur, shaded darker
     so the head stands out from it."""
     side = rng.choice([-1, 1])
     cx, cy = to_px((side * rng.uniform(0.0, 1.6), rng.uniform(1.0, 1.6)))
     rx, ry = scale * rng.uniform(1.4, 2.4), scale * rng.uniform(0.9, 1.3)
-    mask = np.zeros((size, size), np.uint8)
+    mask = np.zeros(image.shape[:2], np.uint8)
     cv2.ellipse(mask, _px((cx, cy)), _px((rx, ry)), rng.uniform(-20, 20), 0, 360, 255, -1, cv2.LINE_AA, _SHIFT)
     width = max(1, int(scale * (0.25 if is_cat else 0.35)))
-    for x in cx + rx * rng.uniform(-0.8, 0.8, int(rng.integers(2, 5))):
-        top = (x, cy + ry * 0.5)
-        cv2.line(mask, _px(top), _px((x, top[1] + scale * rng.uniform(0.6, 1.2))), 255, width, cv2.LINE_AA, _SHIFT)
+    for x in cx + rx * rng.uniform(-0.8, 0.8, int(rng.integers(2, 5))):  # legs
+        top, length = cy + ry * 0.5, scale * rng.uniform(0.6, 1.2)
+        cv2.line(mask, _px((x, top)), _px((x, top + length)), 255, width, cv2.LINE_AA, _SHIFT)
     base = np.array([cx + side * rx * 0.9, cy])
     bend = base + scale * np.array([side * rng.uniform(0.4, 0.9), -rng.uniform(0.2, 1.0)])
     tip = bend + scale * np.array([side * rng.uniform(-0.2, 0.4), -rng.uniform(0.3, 1.0 if is_cat else 0.4)])
@@ -239,9 +244,9 @@ def _draw_body(rng, image, fur, to_px, scale, size, is_cat):
     return _blend(image, fur * rng.uniform(0.6, 0.85), mask.astype(np.float32)[..., None] / 255)
 
 
-def _draw_head(image, fur, head: Head, to_px, scale, size) -> np.ndarray:
+def _draw_head(image: np.ndarray, fur: np.ndarray, head: Head, to_px, scale: float) -> np.ndarray:
     """Draws the head in place; returns its silhouette (bool mask)."""
-    silhouette = np.zeros((size, size), np.float32)
+    silhouette = np.zeros(image.shape[:2], np.float32)
     for polygon, colour, mix in head.parts:
         _paint_polygon(image, fur, silhouette, to_px(polygon), colour, mix)
     for line, colour, width in head.strokes:
@@ -250,14 +255,15 @@ def _draw_head(image, fur, head: Head, to_px, scale, size) -> np.ndarray:
     return silhouette >= 0.5
 
 
-def _occlude(rng: np.random.Generator, image: np.ndarray, box, size: int) -> None:
+def _occlude(rng: np.random.Generator, image: np.ndarray, box: tuple[float, ...]) -> None:
     """A foreground bar or blob over part of the head (the box still marks the whole head)."""
     x1, y1, x2, y2 = box
     side = max(x2 - x1, y2 - y1)
     centre = rng.uniform((x1, y1), (x2, y2))
     colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
     if rng.random() < 0.5:
-        direction = np.array([np.cos(a := rng.uniform(0, np.pi)), np.sin(a)]) * 2 * size
+        angle = rng.uniform(0, np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle)]) * 2 * image.shape[0]  # crosses the image
         thickness = max(1, int(side * rng.uniform(0.12, 0.25)))
         cv2.line(image, _px(centre - direction), _px(centre + direction), colour, thickness, cv2.LINE_AA, _SHIFT)
     else:
@@ -265,39 +271,52 @@ def _occlude(rng: np.random.Generator, image: np.ndarray, box, size: int) -> Non
         cv2.ellipse(image, _px(centre), axes, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA, _SHIFT)
 
 
-def _box(silhouette: np.ndarray) -> tuple[float, float, float, float]:
-    """Tight pixel box around the mask: pixel i spans [i, i + 1)."""
-    ys, xs = np.nonzero(silhouette)
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+def _head_box(head: Head, to_px, size: int) -> Box:
+    """Exact extent of the head's shapes (ears included), clipped to the image.
+
+    cv2 draws at pixel centres; boxes count pixel i as [i, i + 1), hence the half pixel.
+    """
+    points = np.concatenate([to_px(polygon) for polygon, _, _ in head.parts]) + 0.5
+    (x1, y1), (x2, y2) = np.clip(points.min(0), 0, size), np.clip(points.max(0), 0, size)
+    return float(x1), float(y1), float(x2), float(y2)
 
 
-def render(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, int, tuple[float, float, float, float]]:
-    """One synthetic pet: RGB uint8 image, label (0 = cat, 1 = dog), head box in pixels."""
+def render(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, int, Box]:
+    """One synthetic pet: RGB uint8 image (size x size), label (0 = cat, 1 = dog), head box in pixels."""
+    if size < MIN_SIZE:
+        raise ValueError(f"size is {size}, expected at least {MIN_SIZE} px (smaller heads vanish)")
     label = int(rng.random() < DOG_SHARE)
     head = _dog_head(rng) if label else _cat_head(rng)
     to_px, scale = _place_head(rng, head, size)
     fur = _fur_texture(rng, size, scale)
     image = _background(rng, size)
-    image = _draw_body(rng, image, fur, to_px, scale, size, is_cat=not label)
-    silhouette = _draw_head(image, fur * rng.uniform(0.95, 1.1), head, to_px, scale, size)
+    image = _draw_body(rng, image, fur, to_px, scale, is_cat=not label)
+    silhouette = _draw_head(image, fur * rng.uniform(0.95, 1.1), head, to_px, scale)
     if rng.random() < 0.5:  # cartoon outline, drawn inside the silhouette so the box is unchanged
         edge = silhouette & ~cv2.erode(silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         image[edge] *= 0.4
-    box = _box(silhouette)
+    box = _head_box(head, to_px, size)
     if rng.random() < OCCLUSION_PROB:
-        _occlude(rng, image, box, size)
+        _occlude(rng, image, box)
     image += rng.uniform(2, 8) * rng.standard_normal(image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), label, box
 
 
 def generate(out: Path, count: int = 1500, seed: int = 0, size: int = 128) -> Path:
-    """Writes `count` images as `out/synth_<class>_<index>.jpg` + `.txt` (cats_dogs layout)."""
+    """Writes `count` images as `out/synth_<class>_<index>.jpg` + `.txt` (cats_dogs layout).
+
+    Files of an earlier run in `out` (`synth_*.jpg|txt`) are removed first, so the folder
+    holds exactly this set; other files are left alone.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("synth_*.jpg"), *out.glob("synth_*.txt")]:
+        old.unlink()
     for index in range(count):
         image, label, box = render(np.random.default_rng([seed, index]), size)
         name = f"synth_{CLASS_NAMES[label]}_{index:05d}"
-        cv2.imwrite(str(out / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        if not cv2.imwrite(str(out / f"{name}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+            raise OSError(f"{out / name}.jpg: could not write the image")
         (out / f"{name}.txt").write_text(annotation_line(label, box))
     return out
