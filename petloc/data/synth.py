@@ -193,7 +193,7 @@ def _px(points: np.ndarray) -> np.ndarray | tuple[int, int]:
 def _paint_polygon(image, layer, silhouette, polygon, colour, mix) -> None:
     """Blends fur (or fur mixed with a colour) into the polygon, in place, only within its bounds."""
     low = np.maximum(np.floor(polygon.min(0)).astype(int) - 1, 0)
-    high = np.minimum(np.ceil(polygon.max(0)).astype(int) + 2, image.shape[0])
+    high = np.minimum(np.ceil(polygon.max(0)).astype(int) + 2, image.shape[1::-1])  # (width, height)
     if (high <= low).any():
         return
     (x0, y0), (x1, y1) = low, high
