@@ -211,6 +211,20 @@ def synth(out, count, seed, size):
 
 
 @data.command()
+@click.option("--out", default="data/oxford-iiit-pet", show_default=True, type=click.Path(file_okay=False))
+@click.option("--url", default=None, help="Base URL of the two archives (a mirror, or file:///folder/); default: the official site.")
+@click.option("--val-share", default=0.15, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Redo the conversion even when it is there.")
+def oxford(out, url, val_share, seed, force):
+    """Download the Oxford-IIIT Pet archives and convert the head boxes to the cats_dogs layout."""
+    from petloc.data.oxford_download import OFFICIAL_BASE, download_oxford
+
+    converted = download_oxford(Path(out), base_url=url or OFFICIAL_BASE, val_share=val_share, seed=seed, log=click.echo, force=force)
+    click.echo(f"ready: {converted}  (petloc sweep experiments/cats_dogs.yaml uses it by default)")
+
+
+@data.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)

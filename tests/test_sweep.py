@@ -130,3 +130,22 @@ def test_failed_trials_are_failed_runs_and_stop_the_sweep(tmp_path, monkeypatch)
     runs = children(client, parent.info.run_id)
     assert len(runs) == 2
     assert all(r.info.status == "FAILED" and "missing.weights.h5" in r.data.tags["error"] for r in runs)
+
+
+@pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
+def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_dataset(tmp_path / "photos", count=24)
+    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"kind": kind, "max_trials": 2}, train={"epochs": 2})
+    result = invoke("sweep", exp)
+    assert result.exit_code == 0, result.output
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    client = MlflowClient()
+    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    runs = children(client, parent.info.run_id)
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    if kind == "hyperband":
+        # Hyperband's bookkeeping stays in tags; each trial trains the epochs its bracket gives it.
+        assert all("tuner/epochs" in r.data.tags and "tuner/epochs" not in r.data.params for r in runs)
+        assert {r.data.params["epochs"] for r in runs} <= {"1", "2"}

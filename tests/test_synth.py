@@ -28,6 +28,10 @@ def annotations(folder):
     return result
 
 
+def smoothed(pixels):
+    return cv2.GaussianBlur(pixels.astype(np.float32), (0, 0), 1.5)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("synth") / "set", count=40, seed=0, size=64)
@@ -86,9 +90,8 @@ def test_files_hold_what_render_draws_for_seed_and_index(dataset):
     name = f"synth_{('cat', 'dog')[label]}_00012"
     assert annotations(dataset)[name] == (label + 1, *(float(round(v)) for v in box))
     written = cv2.cvtColor(cv2.imread(str(dataset / f"{name}.jpg")), cv2.COLOR_BGR2RGB)
-    smooth = lambda pixels: cv2.GaussianBlur(pixels.astype(np.float32), (0, 0), 1.5)  # noqa: E731
     # the same picture up to JPEG loss (which is mostly the fine noise, hence the blur)
-    assert np.abs(smooth(written) - smooth(image)).mean() < 3
+    assert np.abs(smoothed(written) - smoothed(image)).mean() < 3
 
 
 def test_render_is_deterministic():
@@ -103,10 +106,10 @@ def test_render_gives_an_rgb_image_a_label_and_a_head_sized_box(seed, size):
     assert image.shape == (size, size, 3) and image.dtype == np.uint8
     assert label in (0, 1)
     assert 0 <= x1 < x2 <= size and 0 <= y1 < y2 <= size
-    # the head's longest side is drawn at HEAD_SIZE_RANGE of the image; up to 15% may be cut
-    # off by the image border, and anti-aliasing may trim a pixel
-    longest = max(x2 - x1, y2 - y1)
-    assert HEAD_SIZE_RANGE[0] * size * 0.85 - 2 <= longest <= HEAD_SIZE_RANGE[1] * size + 1
+    # the head's longest side is drawn at HEAD_SIZE_RANGE of the image; the image border
+    # may cut off up to 15% of it
+    low, high = HEAD_SIZE_RANGE
+    assert low * size * 0.85 - 0.5 <= max(x2 - x1, y2 - y1) <= high * size + 1e-6
 
 
 @pytest.mark.parametrize("make_head", [synth._cat_head, synth._dog_head])

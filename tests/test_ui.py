@@ -1,0 +1,230 @@
+"""`petloc ui` in a real browser: a sweep's runs, metrics and champion as a user sees them.
+
+Runs a tiny sweep, starts the real `petloc ui` (MLflow's UI) on a free port and drives
+Debian's headless Chromium with Playwright. Skipped only when /usr/bin/chromium is missing
+(`.ci/run` installs it); no Playwright browser download is needed or used.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from playwright.sync_api import expect, sync_playwright
+
+from petloc.cli import cli
+from tests.helpers import tiny_dataset, tiny_experiment
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STARTUP_S = 90  # `petloc ui` imports TensorFlow, then MLflow forks 4 web workers and its job runners
+TIMEOUT_MS = 30_000  # for clicks and expect()
+FIRST_LOAD_MS = 90_000  # parsing MLflow's 4 MB bundle took 5-35 s on a busy 2-CPU machine
+
+pytestmark = [
+    pytest.mark.ui,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def petloc_command() -> str:
+    beside = Path(sys.executable).with_name("petloc")
+    return str(beside) if beside.exists() else shutil.which("petloc") or "petloc"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the UI's whole process group (MLflow, uvicorn workers, job runners), then SIGKILL."""
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the group leader so it does not linger as a zombie
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def wait_until_answering(url: str, proc: subprocess.Popen, log: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"petloc ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"petloc ui did not answer at {url} in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """A tiny two-trial sweep and `petloc ui` on it; the UI boots while the sweep trains."""
+    root = tmp_path_factory.mktemp("ui")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = root / "ui.log"
+    proc = None
+    with pytest.MonkeyPatch.context() as mp, open(log, "w") as log_file:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        try:
+            data = tiny_dataset(root / "photos")
+            exp = tiny_experiment(root, data, space={"head_units": [8, 16]})
+            # Create the store before the UI opens it, so the two never race to migrate an empty database.
+            uri = f"sqlite:///{root}/mlruns/mlflow.db"
+            (root / "mlruns").mkdir()
+            MlflowClient(uri).search_experiments()
+            env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+            proc = subprocess.Popen(
+                [petloc_command(), "ui", "--port", str(port)],
+                cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            result = CliRunner().invoke(cli, ["sweep", str(exp)], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            parent_id = result.output.split("parent run ")[1].split(";")[0]
+            client = MlflowClient(uri, registry_uri=uri)
+            parent = client.get_run(parent_id)
+            trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+            champion = client.get_model_version_by_alias("petloc", "champion")
+            wait_until_answering(url + "/", proc, log, STARTUP_S)
+            yield SimpleNamespace(
+                url=url,
+                experiment_id=parent.info.experiment_id,
+                parent=parent,
+                trials=trials,
+                champion=champion,
+                champion_run=client.get_run(champion.run_id),
+            )
+        finally:
+            if proc is not None:
+                stop(proc)
+
+
+@pytest.fixture(scope="module")
+def tab(app, tmp_path_factory):
+    """One Chromium tab on the UI's home page; tests then move between hash routes of one app (no reloads)."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1920, "height": 1080})
+        context.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)
+        page = context.new_page()
+        # MLflow pops up a modal about the "new Model Registry UI" on a first visit; close it whenever it shows.
+        promo = page.get_by_role("dialog", name=re.compile("new Model Registry UI"))
+        page.add_locator_handler(promo, lambda dialog: dialog.get_by_role("button", name="Close").click())
+        try:
+            page.goto(app.url + "/", timeout=FIRST_LOAD_MS)
+            # The home page's "Recent Experiments" lists the sweep's experiment: the UI reads the project's store.
+            expect(page.get_by_role("link", name="tiny", exact=True)).to_be_visible(timeout=FIRST_LOAD_MS)
+        except Exception:
+            shot = tmp_path_factory.mktemp("ui-failure") / "home.png"
+            page.screenshot(path=shot, full_page=True)
+            print(f"screenshot of {page.url} at failure: {shot}")
+            raise
+        yield page
+        context.close()
+        browser.close()
+
+
+@pytest.fixture
+def page(tab, request, tmp_path):
+    """The tab, screenshotted to tmp_path/failure.png when the test fails."""
+    failed_before = request.session.testsfailed
+    yield tab
+    if request.session.testsfailed > failed_before:
+        shot = tmp_path / "failure.png"
+        tab.screenshot(path=shot, full_page=True)
+        print(f"screenshot of {tab.url} at failure: {shot}")
+
+
+def metric_cell(page, run_id: str, metric: str):
+    """The runs table's cell of `metric` in the row of `run_id` (ag-grid keeps the run id on the row)."""
+    return page.locator(f'[role="row"][row-id="{run_id}"] [role="gridcell"][col-id*="{metric}"]')
+
+
+def test_experiment_page_nests_the_trials_under_the_sweep_run_and_shows_their_metric(app, page):
+    page.goto(f"{app.url}/#/experiments/{app.experiment_id}/runs")
+    expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible()
+    trial_links = page.get_by_role("link", name=re.compile(r"^trial-"))
+    expect(trial_links).to_have_count(0)  # collapsed: trials are not top-level rows
+    expect(page.get_by_text(f"{1 + len(app.trials)} matching runs")).to_be_visible()
+
+    page.get_by_role("gridcell", name="sweep-tiny").get_by_role("button").click()  # the parent's expand toggle
+    names = sorted(t.info.run_name for t in app.trials)
+    assert len(names) == 2 and all(n.startswith("trial-") for n in names)
+    expect(trial_links).to_have_count(len(names))
+    assert sorted(trial_links.all_inner_texts()) == names
+
+    # Metric columns are hidden by default; a user adds one from the "Columns" picker.
+    page.get_by_role("button", name="Columns").click()
+    page.get_by_role("dialog").get_by_text("best_val_miou", exact=True).click()
+    page.keyboard.press("Escape")
+    header = page.get_by_role("columnheader", name="best_val_miou", exact=True).last
+    header.scroll_into_view_if_needed()
+    expect(header).to_be_visible()
+    for run in (app.parent, *app.trials):
+        cell = metric_cell(page, run.info.run_id, "best_val_miou")
+        expect(cell).to_have_text(re.compile(r"\d"))
+        assert float(cell.inner_text()) == pytest.approx(run.data.metrics["best_val_miou"]), run.info.run_name
+
+
+def test_champion_trial_page_shows_metrics_parent_run_and_registered_model(app, page):
+    run = app.champion_run
+    page.goto(f"{app.url}/#/experiments/{app.experiment_id}/runs/{run.info.run_id}")
+    expect(page.get_by_role("heading", name=run.info.run_name)).to_be_visible()
+    for metric in ("best_val_miou", "val_accuracy", "latency_ms_b1"):
+        row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=metric, exact=True))
+        value = row.get_by_role("cell").nth(1)
+        expect(value).to_have_text(re.compile(r"\d"))
+        assert float(value.inner_text()) == pytest.approx(run.data.metrics[metric]), metric
+    expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible()  # "Parent run"
+    expect(page.get_by_role("link", name="petloc", exact=True)).to_be_visible()  # "Registered models"
+
+
+def test_models_page_shows_petloc_with_the_champion_alias(app, page):
+    version = app.champion.version
+    page.goto(f"{app.url}/#/models")
+    expect(page.get_by_role("heading", name="Registered Models")).to_be_visible()
+    listed = page.get_by_role("row").filter(has=page.get_by_role("link", name="petloc", exact=True))
+    expect(listed).to_be_visible()
+    expect(listed.get_by_role("status", name="champion")).to_be_visible()
+    expect(listed.get_by_role("link", name=re.compile(rf"champion\s*:\s*Version {version}$"))).to_be_visible()
+
+    listed.get_by_role("link", name="petloc", exact=True).click()
+    expect(page.get_by_role("heading", name="petloc", exact=True)).to_be_visible()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"Version {version}", exact=True))
+    expect(row.get_by_role("status", name="champion")).to_be_visible()
+    expect(row.get_by_role("status", name="source_run")).to_contain_text(app.champion.run_id)
