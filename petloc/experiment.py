@@ -64,11 +64,13 @@ def prepare_data(cfg: DataConfig, image_size: int | None = None, log=print) -> P
 
 
 def gallery_image(arrays: Arrays, pred, count: int) -> np.ndarray:
-    """The first `count` validation images with true and predicted boxes drawn."""
+    """`count` validation images spread over the set (files are sorted by class), with the
+    true box in green and the predicted one in magenta."""
     ious = per_image_iou(arrays, pred)
+    picks = np.unique(np.linspace(0, len(arrays) - 1, min(count, len(arrays))).round().astype(int))
     tiles = [
         draw_prediction(arrays.images[i], arrays.boxes[i], pred.boxes[i], int(arrays.labels[i]), int(pred.labels[i]), float(pred.scores[i]), float(ious[i]))
-        for i in range(min(count, len(arrays)))
+        for i in picks
     ]
     return gallery(tiles)
 

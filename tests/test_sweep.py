@@ -137,7 +137,7 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_dataset(tmp_path / "photos", count=24)
-    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"kind": kind, "max_trials": 2}, train={"epochs": 2})
+    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"kind": kind, "max_trials": 2}, train={"epochs": 2 if kind == "hyperband" else 1})
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
