@@ -66,7 +66,7 @@ def sweep(experiment, overrides, fresh):
     import time
 
     from petloc.config import load_experiment
-    from petloc.sweep import markdown, run_sweep
+    from petloc.sweep import run_sweep
 
     exp = load_experiment(experiment, overrides)
     start = time.perf_counter()
@@ -90,18 +90,18 @@ def sweep(experiment, overrides, fresh):
 @click.option("--force", is_flag=True, help="Move the alias even when the run is not better.")
 def promote(run_id, name, alias, force):
     """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force)."""
-    from petloc import registry, tracking
+    from petloc import registry, store
 
-    tracking.configure()
+    store.configure()
     click.echo(registry.promote(run_id, name, alias, force=force).reason)
 
 
 @cli.command()
 def models():
     """Registered models, their versions, aliases and figures."""
-    from petloc import registry, tracking
+    from petloc import registry, store
 
-    tracking.configure()
+    store.configure()
     rows = registry.list_versions()
     click.echo(_table(rows) if rows else "no registered models yet: run a sweep, or petloc promote RUN_ID")
 
@@ -113,13 +113,14 @@ def ui(host, port):
     """The MLflow UI on the project's store (mlruns/)."""
     import subprocess
 
-    from petloc import tracking
+    from petloc import store
 
-    uri = tracking.configure()
+    uri = store.configure()
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (tracking.STORE_DIR / "artifacts").resolve().as_uri()]
+        cmd += ["--default-artifact-root", (store.STORE_DIR / "artifacts").resolve().as_uri()]
+    cmd += ["--workers", "1"]  # one user on a laptop; MLflow's default of 4 costs memory and start-up
     try:
         sys.exit(subprocess.call(cmd))
     except KeyboardInterrupt:

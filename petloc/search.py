@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import keras
 import keras_tuner as kt
-import mlflow
 from mlflow.tracking import MlflowClient
 
 from petloc.config import HYPERPARAMS, Experiment, Range

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 
-import numpy as np
 
 import petloc
 from petloc.data.images import BadImage, decode_rgb

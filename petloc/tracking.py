@@ -1,13 +1,7 @@
-"""Everything that talks to MLflow runs: the store, params, per-epoch metrics, artifacts.
-
-The local store is `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/artifacts/`;
-`MLFLOW_TRACKING_URI` (or `tracking.uri` in the experiment file) points elsewhere.
-"""
+"""Everything that talks to MLflow runs: experiments, params, per-epoch metrics, artifacts."""
 
 from __future__ import annotations
 
-import logging
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,8 +13,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
+from petloc.store import STORE_DIR, configure
 
-STORE_DIR = Path("mlruns")
+__all__ = ["STORE_DIR", "configure"]  # re-exported: callers here deal in runs and the store alike
+
 EPOCH_METRICS = {  # Keras log name -> MLflow metric name
     "loss": "train/loss",
     "miou": "train/miou",
@@ -29,23 +25,6 @@ EPOCH_METRICS = {  # Keras log name -> MLflow metric name
     "val_miou": "val/miou",
     "val_accuracy": "val/accuracy",
 }
-
-
-def default_uri() -> str:
-    return f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
-
-
-def configure(uri: str | None = None) -> str:
-    """Points MLflow at $MLFLOW_TRACKING_URI, else `uri`, else the project's local store."""
-    # Download progress bars would land in `predict --json` output; petloc prints its own.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or default_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # quiet the store's migrations
-    return uri
 
 
 def experiment_id(name: str) -> str:
