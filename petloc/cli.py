@@ -109,7 +109,8 @@ def models():
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
-def ui(host, port):
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Web server processes.")
+def ui(host, port, workers):
     """The MLflow UI on the project's store (mlruns/)."""
     import subprocess
 
@@ -120,9 +121,13 @@ def ui(host, port):
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (store.STORE_DIR / "artifacts").resolve().as_uri()]
-    cmd += ["--workers", "1"]  # one user on a laptop; MLflow's default of 4 costs memory and start-up
+    cmd += ["--workers", str(workers)]  # MLflow's default of 4 costs memory and start-up for one user
+    # MLflow's job queues serve its GenAI features, which petloc does not use; off, the UI
+    # starts in seconds and leaves nothing behind in /dev/shm.
+    env = {**os.environ}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     try:
-        sys.exit(subprocess.call(cmd))
+        sys.exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
         pass
 

@@ -51,7 +51,15 @@ def build_model(spec: ModelSpec, image_size: int) -> keras.Model:
     )
 
     # Box: where matters, so keep the spatial layout (a thin 1x1 conv, then flatten).
-    squeezed = layers.Conv2D(32, 1, activation="relu", name="box_squeeze")(features)
+    # BatchNorm keeps the flattened map's scale steady: without it the box sigmoids were
+    # seen to saturate on real photos (every prediction the whole image, no gradient).
+    # Large inputs give large maps; pooling them to about 8x8 keeps the flattened width
+    # (and the head's first Dense) the same at 64 px and 128 px.
+    side = features.shape[1]
+    if side and side > 8:
+        features = layers.AveragePooling2D(side // 8, name="box_pool")(features)
+    squeezed = layers.Conv2D(32, 1, use_bias=False, name="box_squeeze")(features)
+    squeezed = layers.Activation("relu", name="box_squeeze_relu")(layers.BatchNormalization(momentum=0.9, name="box_squeeze_bn")(squeezed))
     flat = layers.Flatten(name="box_flatten")(squeezed)
     box = layers.Dense(4, activation="sigmoid", name="box")(
         _dense_stack(flat, spec.head_units, spec.head_depth, spec.dropout, "box")
