@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -57,21 +58,42 @@ def petloc_command() -> str:
     return str(beside) if beside.exists() else shutil.which("petloc") or "petloc"
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the UI's whole process group (MLflow, uvicorn workers, job runners), then SIGKILL."""
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+def job_queue_dirs(pgid: int) -> set[Path]:
+    """The /dev/shm folder that MLflow's job runners of this process group queue in (MLflow leaves it behind)."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        found |= {Path(os.fsdecode(v.partition(b"=")[2])) for v in environ if v.startswith(b"_MLFLOW_HUEY_STORAGE_PATH=")}
+    return found
+
+
+def signal_group(proc: subprocess.Popen, sig: int, grace: float) -> bool:
+    """Sends `sig` to the process group of `proc`; True once the whole group is gone (within `grace` s)."""
+    deadline = time.monotonic() + grace
+    try:
+        os.killpg(proc.pid, sig)
         while time.monotonic() < deadline:
             proc.poll()  # reap the group leader so it does not linger as a zombie
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
+            os.killpg(proc.pid, 0)
             time.sleep(0.2)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stops the UI's whole process group (MLflow, uvicorn workers, job runners) and its /dev/shm queues."""
+    leftovers = job_queue_dirs(proc.pid)
+    if not signal_group(proc, signal.SIGTERM, 15):
+        signal_group(proc, signal.SIGKILL, 5)
+    for folder in leftovers:
+        if folder.parent in (Path("/dev/shm"), Path(tempfile.gettempdir())):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_until_answering(url: str, proc: subprocess.Popen, log: Path, seconds: float) -> None:
