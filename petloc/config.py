@@ -7,6 +7,7 @@ the tuner, tracking and the registry. Unknown or mistyped keys are errors.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -77,10 +78,36 @@ def _check_type(name: str, value: Any) -> Any:
         return float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"{name}: {value!r} is not {TYPE_NAMES[kind]}")
+    if kind in (int, float):
+        _check_bounds(name, value)
     registry = _named_choices().get(name)
     if registry is not None and value not in registry:
         raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
     return value
+
+
+def _check_range(name: str, r: Range) -> None:
+    kind = HYPERPARAMS[name][0]
+    if kind not in (int, float):
+        raise ValueError(f"{name}: a range needs a numeric hyperparameter")
+    if kind is int and r.step is not None and (r.step < 1 or r.step != int(r.step)):
+        raise ValueError(f"{name}: step {r.step} must be a whole number >= 1")
+    if r.sampling == "log" and r.step is not None and r.step <= 1:
+        raise ValueError(f"{name}: with log sampling, step is a factor and must be > 1")
+    for bound in (r.min, r.max):
+        _check_bounds(name, bound)
+
+
+def _check_bounds(name: str, value) -> None:
+    low, high = BOUNDS.get(name, (None, None))
+    if low is not None and not low <= value <= high:
+        raise ValueError(f"{name}: {value} is outside {low}..{high}")
+
+
+# Where a value outside these is certainly a mistake (image_size as in data.image_size).
+BOUNDS = {"image_size": (32, 512), "aug_strength": (0.0, 1.0), "dropout": (0.0, 0.9), "width": (0.1, 4.0),
+          "head_units": (1, 4096), "head_depth": (0, 8), "batch_size": (1, 1024), "learning_rate": (1e-7, 1.0),
+          "box_loss_weight": (0.0, 1000.0)}
 
 
 class DataConfig(Strict):
@@ -138,8 +165,7 @@ class Experiment(Strict):
                     raise ValueError(f"{name}: empty list of choices")
                 value = [_check_type(name, v) for v in value]
             elif isinstance(value, Range):
-                if HYPERPARAMS[name][0] not in (int, float):
-                    raise ValueError(f"{name}: a range needs a numeric hyperparameter")
+                _check_range(name, value)
             else:
                 value = _check_type(name, value)
             checked[name] = value
@@ -161,6 +187,21 @@ class Experiment(Strict):
         return values
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `1e-3` is a string; users mean a number (YAML 1.2)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """`a.b=value` sets raw["a"]["b"] = value, the value read as YAML (so 3 is an int)."""
     for item in overrides:
@@ -175,7 +216,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise PetlocError(f"override {item!r}: {part!r} is not a section")
             node = child
         try:
-            node[leaf] = yaml.safe_load(text)
+            node[leaf] = _yaml(text)
         except yaml.YAMLError as err:
             raise PetlocError(f"override {item!r}: value is not valid YAML ({err.__class__.__name__})") from None
     return raw
@@ -201,7 +242,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     if not path.is_file():
         raise PetlocError(f"{path}: no such experiment file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = _yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

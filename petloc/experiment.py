@@ -44,9 +44,9 @@ def data_folder(cfg: DataConfig, log=print) -> Path:
     """The dataset folder; for `synthetic`, the embedded generator's set, made on first use."""
     if cfg.path != "synthetic":
         return Path(cfg.path).expanduser()
-    if not any(SYNTHETIC_DIR.glob("*.txt")):
-        from petloc.data.synth import generate
+    from petloc.data.synth import generate, is_generated
 
+    if not is_generated(SYNTHETIC_DIR, cfg.synthetic_count, cfg.seed):
         log(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
         generate(SYNTHETIC_DIR, count=cfg.synthetic_count, seed=cfg.seed)
     return SYNTHETIC_DIR

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -83,7 +84,10 @@ def promote(
     its `val_data` tag matches the run's, else `score_champion(model_uri)` measured afresh.
     """
     client = MlflowClient()
-    run = client.get_run(run_id)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PetlocError(f"run {run_id}: not found in {mlflow.get_tracking_uri()}") from None
     score = run.data.metrics.get("best_val_miou")
     model_source = run.data.tags.get("model_uri")
     if score is None or not model_source:
@@ -92,7 +96,13 @@ def promote(
     if holder is not None and holder.run_id == run_id:
         return Promotion(name, holder.version, True, f"already {name}@{alias} (version {holder.version})")
     holder_score = _holder_score(holder, run.data.tags.get("val_data"), score_champion)
-    better = holder is None or score > holder_score
+    if holder is not None and holder_score is None and not force:
+        why = f"{name}@{alias} (version {holder.version}) was measured on other validation data; compare with a sweep on the same data, or use --force"
+        if not register_when_not_better:
+            return Promotion(name, None, False, why + "; not registered")
+        version = _existing_version(name, run_id) or _register(run, model_source, name)
+        return Promotion(name, version, False, f"registered as version {version}; {why}")
+    better = holder is None or (holder_score is not None and score > holder_score)
     if not (better or force or register_when_not_better):
         return Promotion(name, None, False, f"val mIoU {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered")
     version = _existing_version(name, run_id) or _register(run, model_source, name)
@@ -103,12 +113,16 @@ def promote(
     return Promotion(name, version, False, f"registered as version {version}; val mIoU {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
 
 
-def _holder_score(holder, val_data: str | None, score_champion) -> float:
+def _holder_score(holder, val_data: str | None, score_champion) -> float | None:
+    """The alias holder's val mIoU on `val_data`, or None when it cannot be known."""
     if holder is None:
-        return float("-inf")
-    if holder.tags.get("val_data") == val_data or score_champion is None:
-        return float(holder.tags.get("best_val_miou", "-inf"))
-    return score_champion(f"models:/{holder.name}/{holder.version}")
+        return None
+    recorded = holder.tags.get("best_val_miou")
+    if recorded is not None and holder.tags.get("val_data") == val_data:
+        return float(recorded)
+    if score_champion is not None:
+        return score_champion(f"models:/{holder.name}/{holder.version}")
+    return None
 
 
 def _existing_version(name: str, run_id: str) -> str | None:

@@ -20,10 +20,11 @@ def default_uri() -> str:
 
 
 def configure(uri: str | None = None) -> str:
-    """Points MLflow at $MLFLOW_TRACKING_URI, else `uri`, else the project's local store."""
+    """Points MLflow at `uri` (an experiment's tracking.uri), else $MLFLOW_TRACKING_URI, else
+    the project's local store."""
     # Download progress bars would land in `predict --json` output; petloc prints its own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or default_uri()
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

@@ -168,8 +168,8 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
         if "consecutive failures" not in str(err):
             raise
         stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
-    except KeyboardInterrupt:
-        client.set_terminated(parent, "KILLED")
+    except BaseException as err:
+        client.set_terminated(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
 
     rows = leaderboard(parent)
@@ -183,7 +183,7 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
             score_champion=lambda uri: _score_on(uri, exp, data_for),
         )
         client.set_tag(parent, "promotion", promotion.reason)
-    client.set_terminated(parent, "FAILED" if stopped and not rows else "FINISHED")
+    client.set_terminated(parent, "FINISHED" if rows else "FAILED")
     if stopped:
         log(f"sweep {stopped}")
     return SweepResult(parent, rows, promotion, failed)

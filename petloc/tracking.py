@@ -31,6 +31,8 @@ def experiment_id(name: str) -> str:
     """The MLflow experiment `name`, created on first use with artifacts under mlruns/artifacts."""
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
+    if found and found.lifecycle_stage == "deleted":
+        raise PetlocError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment to another name")
     if found:
         return found.experiment_id
     location = None

@@ -9,6 +9,7 @@ from typing import Any
 
 import keras
 
+from petloc.errors import PetlocError
 from petloc.data.pipeline import Arrays, eval_batches, train_batches
 from petloc.model import ModelSpec, build_model, compile_model
 
@@ -25,7 +26,7 @@ LOG_NAMES = {
 }
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PetlocError):
     """The loss became NaN or infinite."""
 
 

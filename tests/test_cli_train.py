@@ -84,10 +84,18 @@ def test_python_api_loads_by_uri(trained, monkeypatch):
 
     root, data, run_id = trained
     monkeypatch.chdir(root)
+    import cv2
+
     predictor = petloc.load_model(f"runs:/{run_id}/model")
-    image = np.zeros((100, 50, 3), np.uint8)
-    [pred] = predictor.predict([image])
-    assert pred.label in ("cat", "dog") and pred.box[2] <= 50 and pred.box[3] <= 100
+    photo = cv2.imread(str(sorted(data.glob("*.jpg"))[0]))[:, :, ::-1]
+    wide = cv2.resize(photo, (300, 150))  # not square, not the model's size
+    [pred] = predictor.predict([wide])
+    size = predictor.image_size
+    normalised = np.asarray(predictor.model.predict(cv2.resize(wide, (size, size), interpolation=cv2.INTER_AREA)[None].astype(np.float32), verbose=0)["box"])[0]
+    x1, x2 = sorted(normalised[[0, 2]] * 300)
+    y1, y2 = sorted(normalised[[1, 3]] * 150)
+    assert pred.box == pytest.approx((x1, y1, x2, y2), abs=0.01)  # pixels of the 300 x 150 photo
+    assert pred.label in ("cat", "dog")
 
 
 @pytest.mark.parametrize(

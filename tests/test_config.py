@@ -86,3 +86,19 @@ def test_bad_overrides(tmp_path, override, message):
 def test_registry_names_are_checked(space, message):
     with pytest.raises(PetlocError, match=message):
         parse_experiment({"space": space})
+
+
+def test_exponent_floats_read_as_numbers(tmp_path):
+    exp = load_experiment(write(tmp_path, "space:\n  learning_rate: [1e-3, 3e-4]\n"), ["space.box_loss_weight=5e0"])
+    assert exp.space["learning_rate"] == [1e-3, 3e-4] and exp.space["box_loss_weight"] == 5.0
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"image_size": [16, 64]}, "image_size: 16 is outside 32..512"),
+    ({"head_units": {"min": 8, "max": 64, "step": 0.5}}, "head_units: step 0.5 must be a whole number"),
+    ({"learning_rate": {"min": 1e-4, "max": 1e-2, "sampling": "log", "step": 0.5}}, "step is a factor and must be > 1"),
+    ({"aug_strength": {"min": 0.0, "max": 2.0}}, "aug_strength: 2.0 is outside 0.0..1.0"),
+])
+def test_values_outside_what_can_work(space, message):
+    with pytest.raises(PetlocError, match=message):
+        parse_experiment({"space": space})

@@ -116,6 +116,19 @@ def test_manual_promotion_respects_the_champion_unless_forced(swept, monkeypatch
     assert "champion" in listing.output
 
 
+def test_promotion_never_compares_figures_from_other_validation_data(swept, monkeypatch):
+    root, exp, client, parent_id, _ = swept
+    monkeypatch.chdir(root)
+    champion = client.get_model_version_by_alias("petloc", "champion")
+    trained = invoke("train", exp, "data.seed=1")  # another split: another validation set
+    run_id = trained.output.split("MLflow run ")[1].split()[0]
+    result = invoke("promote", run_id)
+    assert "measured on other validation data" in result.output
+    assert client.get_model_version_by_alias("petloc", "champion").version == champion.version
+    with pytest.raises(PetlocError, match="run 0123456789abcdef: not found"):
+        invoke("promote", "0123456789abcdef")
+
+
 def test_failed_trials_are_failed_runs_and_stop_the_sweep(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -130,6 +143,7 @@ def test_failed_trials_are_failed_runs_and_stop_the_sweep(tmp_path, monkeypatch)
     runs = children(client, parent.info.run_id)
     assert len(runs) == 2
     assert all(r.info.status == "FAILED" and "missing.weights.h5" in r.data.tags["error"] for r in runs)
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
 
 
 @pytest.mark.parametrize("kind", ["bayesian", "hyperband"])

@@ -2,10 +2,8 @@
 
 Decoding is by content (a PNG named `.jpg` loads). JPEGs get two extra checks, because
 libjpeg decodes damaged files into garbage-filled pixels and only prints a warning:
-- structure: the marker stream must reach the end-of-image marker (FFD9) and the file
-  must end there: a cut file has no FFD9, and bytes after it mean the file was altered
-  (strict on purpose for datasets; it also refuses camera files that append data after
-  the image, such as motion photos);
+- structure: the marker stream must reach the end-of-image marker (FFD9): a cut file
+  has none (bytes after it are allowed: phones append trailers there);
 - libjpeg's own verdict: its "Corrupt JPEG data" / "Premature end" warnings are read
   from the decoder's stderr (fd 2 is redirected for the duration of one decode), turned
   into the reason, and kept off the terminal. Corruption after which the Huffman stream

@@ -23,6 +23,7 @@ from petloc.data.records import Skipped
 from petloc.errors import PetlocError
 
 DEFAULT_CACHE = Path("data/.cache")
+CACHE_VERSION = 1  # bump when decoding or box conversion changes, so old caches are not reused
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".txt", ".xml"}
 
 
@@ -80,7 +81,7 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
     if not root.is_dir():
         raise PetlocError(f"{root}: data folder does not exist")
     digest = dataset_digest(root)
-    cache = cache_dir / f"{digest[:16]}-{image_size}.npz" if cache_dir else None
+    cache = cache_dir / f"{digest[:16]}-{image_size}-v{CACHE_VERSION}.npz" if cache_dir else None
     if cache and cache.is_file():
         with np.load(cache) as npz:
             meta = json.loads(str(npz["meta"]))
@@ -103,11 +104,18 @@ def split_train_val(arrays: Arrays, val_share: float, seed: int) -> tuple[Arrays
     """The layout's own train/valid folders when it has them, else a stratified split."""
     splits = np.array(arrays.splits)
     if (splits == "valid").any():
-        return arrays.subset(np.flatnonzero(splits == "train")), arrays.subset(np.flatnonzero(splits == "valid"))
-    index = np.arange(len(arrays))
-    stratify = arrays.labels if np.bincount(arrays.labels).min() >= 2 else None
-    train_idx, val_idx = train_test_split(index, test_size=val_share, random_state=seed, stratify=stratify)
-    return arrays.subset(np.sort(train_idx)), arrays.subset(np.sort(val_idx))
+        train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
+    else:
+        pool = np.flatnonzero(splits != "test")  # a layout's test photos are never trained or tuned on
+        labels = arrays.labels[pool]
+        stratify = labels if len(np.unique(labels)) > 1 and np.bincount(labels).min() >= 2 else None
+        try:
+            train, val = train_test_split(pool, test_size=val_share, random_state=seed, stratify=stratify)
+        except ValueError as err:
+            raise PetlocError(f"cannot split {len(pool)} images into train and validation: {err}") from None
+    if not len(train) or not len(val):
+        raise PetlocError(f"train/validation split left {len(train)} training and {len(val)} validation images")
+    return arrays.subset(np.sort(train)), arrays.subset(np.sort(val))
 
 
 def _targets(images, labels, boxes):

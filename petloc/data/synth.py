@@ -17,6 +17,8 @@ real cats_dogs data). Image `i` of `generate(seed=s)` has its own generator seed
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -319,4 +321,21 @@ def generate(out: Path, count: int = 1500, seed: int = 0, size: int = 128) -> Pa
         if not cv2.imwrite(str(out / f"{name}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
             raise OSError(f"{out / name}.jpg: could not write the image")
         (out / f"{name}.txt").write_text(annotation_line(label, box))
+    # Written last: its presence says the set is complete, its content which set it is.
+    (out / SETTINGS_FILE).write_text(json.dumps(settings(count, seed, size)))
     return out
+
+
+SETTINGS_FILE = ".synth.json"
+
+
+def settings(count: int, seed: int, size: int) -> dict:
+    return {"count": count, "seed": seed, "size": size}
+
+
+def is_generated(out: Path, count: int, seed: int, size: int = 128) -> bool:
+    """True when `out` holds a complete set made with these settings."""
+    try:
+        return json.loads((Path(out) / SETTINGS_FILE).read_text()) == settings(count, seed, size)
+    except (OSError, ValueError):
+        return False
