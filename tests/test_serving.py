@@ -50,7 +50,10 @@ def champion(tmp_path_factory):
 def server(champion):
     root, data = champion
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db"}
+    # `mlflow models serve` starts `uvicorn` by name: the venv's bin must be on PATH, as it is
+    # for a user whose venv is active (make test runs .venv/bin/python without activating).
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db"}
     mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/petloc@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen(mlflow_cli, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -68,8 +71,9 @@ def server(champion):
             pytest.fail(f"server did not answer in 120 s: {(root / 'serve.log').read_text()[-2000:]}")
         yield port, data
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
         log.close()
 
 
