@@ -1,7 +1,9 @@
 """Small shared fixtures: a tiny synthetic dataset and a tiny experiment file."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import yaml
 
 from petloc.data.synth import generate
@@ -34,3 +36,12 @@ def tiny_experiment(folder: Path, data: Path, **sections) -> Path:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
+
+
+@contextmanager
+def in_project(root: Path):
+    """Run inside `root` as a fresh project: its own mlruns/ store, no MLFLOW_TRACKING_URI."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield

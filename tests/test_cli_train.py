@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
-from tests.helpers import tiny_dataset, tiny_experiment
+from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 
 def run(*args):
@@ -21,9 +21,7 @@ def run(*args):
 def trained(tmp_path_factory):
     """One tracked training run in a fresh project folder, shared by the tests below."""
     root = tmp_path_factory.mktemp("project")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_project(root):
         data = tiny_dataset(root / "photos")
         exp = tiny_experiment(root, data)
         result = run("train", exp, "train.epochs=2")

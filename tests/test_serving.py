@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from petloc.cli import cli
-from tests.helpers import tiny_dataset, tiny_experiment
+from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 
 def free_port() -> int:
@@ -35,9 +35,7 @@ def post(port: int, body: dict) -> dict:
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_project(root):
         data = tiny_dataset(root / "photos", count=40)
         result = CliRunner().invoke(cli, ["train", str(tiny_experiment(root, data))], catch_exceptions=False)
         run_id = result.output.split("MLflow run ")[1].split()[0]

@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
 from petloc.errors import PetlocError
-from tests.helpers import tiny_dataset, tiny_experiment
+from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 
 def invoke(*args):
@@ -22,9 +22,7 @@ def children(client, parent_id):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with in_project(root):
         data = tiny_dataset(root / "photos")
         exp = tiny_experiment(root, data, space={"head_units": [8, 16], "aug_strength": [0.0, 0.3]})
         first = invoke("sweep", exp)
