@@ -81,7 +81,7 @@ def test_bad_overrides(tmp_path, override, message):
 
 @pytest.mark.parametrize("space, message", [
     ({"backbone": ["simple", "resnet18"]}, "backbone: unknown backbone 'resnet18'; choose from efficientnetb0, mobilenetv2"),
-    ({"box_loss": "iou"}, "box_loss: unknown box loss 'iou'; choose from giou, mse, smooth_l1"),
+    ({"box_loss": "iou"}, "box_loss: unknown box loss 'iou'; choose from giou, l1, mse, smooth_l1"),
 ])
 def test_registry_names_are_checked(space, message):
     with pytest.raises(PetlocError, match=message):

@@ -44,9 +44,16 @@ def smooth_l1_loss(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="petloc")
+def l1_loss(y_true, y_pred):
+    # Unlike smooth L1, the pull stays full-size for small errors: it keeps tightening boxes.
+    y_true = ops.cast(y_true, y_pred.dtype)
+    return ops.mean(ops.abs(y_true - y_pred), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="petloc")
 def mse_loss(y_true, y_pred):
     y_true = ops.cast(y_true, y_pred.dtype)
     return ops.mean(ops.square(y_true - y_pred), axis=-1)
 
 
-BOX_LOSSES = {"mse": mse_loss, "smooth_l1": smooth_l1_loss, "giou": giou_loss}
+BOX_LOSSES = {"mse": mse_loss, "l1": l1_loss, "smooth_l1": smooth_l1_loss, "giou": giou_loss}
