@@ -5,6 +5,7 @@ A user error (PetlocError) is one line on stderr and exit code 2; a traceback me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -42,16 +43,58 @@ def train(experiment, overrides):
     click.echo(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
     tracking.configure(exp.tracking.uri)
     run = mlflow.MlflowClient().create_run(tracking.experiment_id(exp.tracking.experiment), run_name=f"train-{hp['backbone']}")
-    try:
+    with _run_status(run.info.run_id):
         summary = train_tracked(exp, hp, data, run.info.run_id)
-    except BaseException as err:
-        mlflow.MlflowClient().set_tag(run.info.run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.MlflowClient().set_terminated(run.info.run_id, "FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
-        raise
-    mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
     click.echo(_table([{k: v for k, v in summary.items()}]))
     click.echo(f"MLflow run {run.info.run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
     click.echo(f"model: runs:/{run.info.run_id}/model   browse: petloc ui")
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def pretrain(experiment, overrides):
+    """Pretrain a backbone as a cat / dog classifier and register it for transfer.
+
+    Uses the experiment's data and its `pretrain:` section (overrides such as
+    pretrain.epochs=30). A localiser then starts from it with
+    space.backbone=registered:petloc-backbone@champion.
+    """
+    import mlflow
+
+    from petloc import registry, tracking
+    from petloc.config import load_experiment
+    from petloc.experiment import prepare_data
+    from petloc.pretrain import pretrain_tracked
+
+    exp = load_experiment(experiment, overrides)
+    cfg = exp.pretrain
+    data = prepare_data(exp.data)
+    crops = " and their head crops" if cfg.head_crops else ""
+    click.echo(f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}")
+    tracking.configure(exp.tracking.uri)
+    run = mlflow.MlflowClient().create_run(tracking.experiment_id(exp.tracking.experiment), run_name=f"pretrain-{cfg.backbone}")
+    with _run_status(run.info.run_id):
+        summary = pretrain_tracked(exp, data, run.info.run_id)
+    click.echo(_table([summary]))
+    promotion = registry.promote(run.info.run_id, cfg.register_as, cfg.alias, metric="val_accuracy")
+    click.echo(f"registry: {promotion.reason}")
+    click.echo(f"use it: petloc train {experiment} space.backbone=registered:{cfg.register_as}@{cfg.alias}")
+
+
+@contextlib.contextmanager
+def _run_status(run_id: str):
+    """Ends MLflow run `run_id` FINISHED, or FAILED / KILLED with the reason as its `error` tag."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        yield
+    except BaseException as err:
+        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 @cli.command()

@@ -59,21 +59,32 @@ HYPERPARAMS: dict[str, tuple[type, Any]] = {
     "box_loss_weight": (float, 1.0),
     "learning_rate": (float, 1e-3),
     "batch_size": (int, 32),
+    "class_weight": (str, "none"),  # none, or balanced: cats and dogs weigh the same in the class loss
+    "tta": (str, "none"),  # none, or flip: average each photo with its mirror image at test time
+    "second_stage": (str, "none"),  # none, or head_crop: the class head also sees the head crop
+    "freeze_backbone": (bool, False),  # true: train only the heads (for a pretrained backbone)
 }
 
+
+REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
 def _named_choices() -> dict[str, dict]:
     """Hyperparameters whose values name a registry entry."""
-    from petloc.model import BACKBONES, BOX_LOSSES
+    from petloc.model import BACKBONES, BOX_LOSSES, SECOND_STAGES, TTA
+    from petloc.train import CLASS_WEIGHTS
 
-    return {"backbone": BACKBONES, "box_loss": BOX_LOSSES}
+    return {"backbone": BACKBONES, "box_loss": BOX_LOSSES, "tta": TTA, "class_weight": CLASS_WEIGHTS, "second_stage": SECOND_STAGES}
 
 
 def _check_type(name: str, value: Any) -> Any:
     kind = HYPERPARAMS[name][0]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: {value!r} is not true or false")
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -81,6 +92,8 @@ def _check_type(name: str, value: Any) -> Any:
     if kind in (int, float):
         _check_bounds(name, value)
     registry = _named_choices().get(name)
+    if name == "backbone" and value.startswith(REGISTERED):
+        return value  # resolved when the model is built: the registry may be elsewhere
     if registry is not None and value not in registry:
         raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
     return value
@@ -144,6 +157,30 @@ class RegistryConfig(Strict):
     register_when_not_better: bool = True
 
 
+class PretrainConfig(Strict):
+    """`petloc pretrain`: a cat / dog classifier whose backbone a localiser can start from."""
+
+    backbone: str = "small_resnet"
+    width: float = Field(0.5, ge=0.1, le=4.0)
+    epochs: int = Field(20, ge=1)
+    aug_strength: float = Field(0.6, ge=0.0, le=1.0)
+    dropout: float = Field(0.3, ge=0.0, le=0.9)
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1)
+    head_crops: bool = True  # also learn from a crop around each head
+    register_as: str = "petloc-backbone"
+    alias: str = "champion"
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from petloc.model import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r}; choose from {', '.join(sorted(BACKBONES))}")
+        return value
+
+
 class Experiment(Strict):
     name: str = "experiment"
     data: DataConfig = DataConfig()
@@ -152,6 +189,7 @@ class Experiment(Strict):
     tuner: TunerConfig = TunerConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @field_validator("space")
     @classmethod

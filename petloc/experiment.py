@@ -17,6 +17,7 @@ from petloc.config import DataConfig, Experiment
 from petloc.data.pipeline import Arrays, load_arrays, split_train_val
 from petloc.evaluate import latencies, per_image_iou, quality
 from petloc.gallery import draw_prediction, gallery, plot_curves, save_rgb
+from petloc.model import TTA
 from petloc.train import fit_model
 
 SYNTHETIC_DIR = Path("data/synthetic")
@@ -98,6 +99,7 @@ def train_tracked(
         save_weights.parent.mkdir(parents=True, exist_ok=True)
         model.save_weights(save_weights)
     train_seconds = time.perf_counter() - start
+    model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
     figures, pred = quality(model, data.val)
     summary = {
         "best_val_miou": figures["miou"],

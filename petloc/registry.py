@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from petloc.errors import PetlocError
 
 # Version tags copied from the source run's metrics and tags.
+METRIC_LABELS = {"best_val_miou": "val mIoU", "val_accuracy": "val accuracy"}
 METRIC_TAGS = ("best_val_miou", "val_accuracy", "val_iou50", "latency_ms_b1", "latency_ms_b32", "params_count")
 RUN_TAGS = ("dataset_digest", "val_data", "sweep_run_id", "trial_id")
 NAME_ALIAS = re.compile(r"^(?P<name>[\w.-]+)@(?P<alias>[\w-]+)$")
@@ -29,16 +30,15 @@ def model_uri(ref: str) -> str | None:
     return None
 
 
-def check_exists(uri: str) -> None:
-    """A one-line error listing what is registered when `uri` names no registered version."""
+def check_exists(uri: str):
+    """The registered version `uri` names; a one-line error listing what is registered when none."""
     ref = uri.removeprefix("models:/")
     client = MlflowClient()
     try:
         if m := NAME_ALIAS.match(ref):
-            client.get_model_version_by_alias(m["name"], m["alias"])
-        elif m := NAME_VERSION.match(ref):
-            client.get_model_version(m["name"], m["version"])
-        return
+            return client.get_model_version_by_alias(m["name"], m["alias"])
+        if m := NAME_VERSION.match(ref):
+            return client.get_model_version(m["name"], m["version"])
     except MlflowException:
         pass
     raise PetlocError(f"{uri}: no such registered model version; registered: {describe_registry() or 'nothing yet'}")
@@ -77,25 +77,27 @@ def promote(
     force: bool = False,
     register_when_not_better: bool = True,
     score_champion: Callable[[str], float] | None = None,
+    metric: str = "best_val_miou",
 ) -> Promotion:
     """Registers run `run_id`'s model and moves `alias` to it when it beats the current holder.
 
-    The comparison is on the same validation data: the holder's recorded best_val_miou when
-    its `val_data` tag matches the run's, else `score_champion(model_uri)` measured afresh.
+    The comparison is on the same validation data: the holder's recorded `metric` when its
+    `val_data` tag matches the run's, else `score_champion(model_uri)` measured afresh.
     """
+    label = METRIC_LABELS.get(metric, metric)
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise PetlocError(f"run {run_id}: not found in {mlflow.get_tracking_uri()}") from None
-    score = run.data.metrics.get("best_val_miou")
+    score = run.data.metrics.get(metric)
     model_source = run.data.tags.get("model_uri")
     if score is None or not model_source:
-        raise PetlocError(f"run {run_id}: has no logged model with best_val_miou; promote a finished petloc trial")
+        raise PetlocError(f"run {run_id}: has no logged model with {metric}; promote a finished petloc run")
     holder = champion_version(name, alias)
     if holder is not None and holder.run_id == run_id:
         return Promotion(name, holder.version, True, f"already {name}@{alias} (version {holder.version})")
-    holder_score = _holder_score(holder, run.data.tags.get("val_data"), score_champion)
+    holder_score = _holder_score(holder, run.data.tags.get("val_data"), score_champion, metric)
     if holder is not None and holder_score is None and not force:
         why = f"{name}@{alias} (version {holder.version}) was measured on other validation data; compare with a sweep on the same data, or use --force"
         if not register_when_not_better:
@@ -104,20 +106,20 @@ def promote(
         return Promotion(name, version, False, f"registered as version {version}; {why}")
     better = holder is None or (holder_score is not None and score > holder_score)
     if not (better or force or register_when_not_better):
-        return Promotion(name, None, False, f"val mIoU {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered")
+        return Promotion(name, None, False, f"{label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered")
     version = _existing_version(name, run_id) or _register(run, model_source, name)
     if better or force:
         client.set_registered_model_alias(name, alias, version)
         why = "forced" if not better else ("first champion" if holder is None else f"beats {holder_score:.4f}")
-        return Promotion(name, version, True, f"{name}@{alias} is now version {version} (val mIoU {score:.4f}, {why})")
-    return Promotion(name, version, False, f"registered as version {version}; val mIoU {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
+        return Promotion(name, version, True, f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})")
+    return Promotion(name, version, False, f"registered as version {version}; {label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
 
 
-def _holder_score(holder, val_data: str | None, score_champion) -> float | None:
-    """The alias holder's val mIoU on `val_data`, or None when it cannot be known."""
+def _holder_score(holder, val_data: str | None, score_champion, metric: str) -> float | None:
+    """The alias holder's `metric` on `val_data`, or None when it cannot be known."""
     if holder is None:
         return None
-    recorded = holder.tags.get("best_val_miou")
+    recorded = holder.tags.get(metric)
     if recorded is not None and holder.tags.get("val_data") == val_data:
         return float(recorded)
     if score_champion is not None:
@@ -139,12 +141,18 @@ def _register(run, model_source: str, name: str) -> str:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="petloc: cat/dog head localiser (class + head box)")
+        kind = "cat/dog classifier whose backbone localisers start from" if run.data.tags.get("petloc_kind") == "pretrain" else "cat/dog head localiser (class + head box)"
+        client.create_registered_model(name, description=f"petloc: {kind}")
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
     tags["source_run"] = run.info.run_id
     version = client.create_model_version(name, model_source, run_id=run.info.run_id, tags=tags)
     return version.version
+
+
+def source_params(uri: str) -> dict[str, str]:
+    """The params of the run that registered version `uri` (models:/NAME@ALIAS or NAME/N) came from."""
+    return MlflowClient().get_run(check_exists(uri).run_id).data.params
 
 
 def list_versions() -> list[dict]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import keras
+import numpy as np
 
 from petloc.errors import PetlocError
+from petloc.data.records import CLASS_NAMES
 from petloc.data.pipeline import Arrays, eval_batches, train_batches
 from petloc.model import ModelSpec, build_model, compile_model
 
@@ -44,19 +46,29 @@ class ShortMetricNames(keras.callbacks.Callback):
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Ends training with the weights of the epoch with the best val_miou."""
+    """Ends training with the weights of the epoch with the best `monitor` (higher is better)."""
 
-    def __init__(self):
+    def __init__(self, monitor: str = "val_miou"):
         super().__init__()
-        self.best, self.weights = -1.0, None
+        self.monitor, self.best, self.weights = monitor, -1.0, None
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs and logs.get("val_miou", -1.0) > self.best:
-            self.best, self.weights = logs["val_miou"], self.model.get_weights()
+        if logs and logs.get(self.monitor, -1.0) > self.best:
+            self.best, self.weights = logs[self.monitor], self.model.get_weights()
 
     def on_train_end(self, logs=None):
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+def _balanced(labels: np.ndarray) -> np.ndarray:
+    """Each class weighs total / (classes x its count): both classes count equally in the loss."""
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    return len(labels) / (len(CLASS_NAMES) * np.maximum(counts, 1))
+
+
+# How much each class's images weigh in the class loss, from the training labels.
+CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {"none": lambda labels: None, "balanced": _balanced}
 
 
 def model_spec(hp: dict[str, Any]) -> ModelSpec:
@@ -94,7 +106,7 @@ def fit_model(
     if early_stopping:
         every_epoch.append(keras.callbacks.EarlyStopping("val_miou", mode="max", patience=early_stopping))
     history = model.fit(
-        train_batches(train, batch_size, float(hp["aug_strength"]), seed),
+        train_batches(train, batch_size, float(hp["aug_strength"]), seed, CLASS_WEIGHTS[hp.get("class_weight", "none")](train.labels)),
         validation_data=eval_batches(val, batch_size),
         epochs=epochs,
         initial_epoch=initial_epoch,

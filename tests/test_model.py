@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from petloc.errors import PetlocError
-from petloc.model import BACKBONES, BOX_LOSSES, ModelSpec, build_backbone, build_model, compile_model
+from petloc.model import BACKBONES, BOX_LOSSES, TTA, ModelSpec, build_backbone, build_model, compile_model
 from petloc.model.metrics import box_iou, summarise
 
 SIZE = 32
@@ -85,3 +85,55 @@ def test_saved_model_reloads_in_safe_mode_with_same_outputs(tmp_path):
     again = keras.saving.load_model(path, safe_mode=True)
     for key in ("cls", "box"):
         np.testing.assert_allclose(np.asarray(model(x)[key]), np.asarray(again(x)[key]), rtol=1e-4, atol=1e-5)
+
+
+def test_flip_tta_averages_each_photo_with_its_mirror_and_reloads(tmp_path):
+    spec = ModelSpec(backbone="simple", width=0.25, head_units=8)
+    model = build_model(spec, SIZE)
+    tta = TTA["flip"](model)
+    x, _ = batch(3)
+    plain, mirrored = model(x), model(x[:, :, ::-1])
+    mb = np.asarray(mirrored["box"])
+    unmirrored = np.stack([1 - mb[:, 2], mb[:, 1], 1 - mb[:, 0], mb[:, 3]], axis=1)
+    out = tta(x)
+    np.testing.assert_allclose(np.asarray(out["box"]), (np.asarray(plain["box"]) + unmirrored) / 2, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["cls"]), (np.asarray(plain["cls"]) + np.asarray(mirrored["cls"])) / 2, atol=1e-5)
+    # A photo that is its own mirror image gets a box symmetric about the centre line.
+    sym = np.concatenate([x[:, :, : SIZE // 2], x[:, :, : SIZE // 2][:, :, ::-1]], axis=2)
+    box = np.asarray(tta(sym)["box"])
+    np.testing.assert_allclose(box[:, 0] + box[:, 2], 1.0, atol=1e-5)
+    path = tmp_path / "tta.keras"
+    tta.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(again(x)["box"]), np.asarray(out["box"]), atol=1e-5)
+
+
+def test_l1_giou_is_l1_plus_part_of_giou():
+    true = np.array([[0.2, 0.2, 0.6, 0.6]], np.float32)
+    pred = np.array([[0.3, 0.1, 0.7, 0.5]], np.float32)
+    mixed = float(np.asarray(BOX_LOSSES["l1_giou"](true, pred))[0])
+    parts = [float(np.asarray(BOX_LOSSES[n](true, pred))[0]) for n in ("l1", "giou")]
+    assert mixed == pytest.approx(parts[0] + 0.4 * parts[1], rel=1e-5)
+
+
+def test_head_crop_cuts_the_box_with_its_margin():
+    from petloc.model.build import CropBoxes
+
+    images = np.zeros((1, 40, 40, 3), np.float32)
+    images[0, 10:20, 20:30] = 255.0  # a 10 x 10 "head" at x 20..30, y 10..20
+    box = np.array([[0.5, 0.25, 0.75, 0.5]], np.float32)
+    crop = np.asarray(CropBoxes(20, margin=0.0)(images, box))
+    assert crop.shape == (1, 20, 20, 3) and crop[0, 2:-2, 2:-2].min() > 200  # the head fills the crop
+    wide = np.asarray(CropBoxes(20, margin=0.5)(images, box))[0, ..., 0]
+    assert wide[10, 10] > 200 and wide[1, 1] < 50  # head in the middle, background at the edge
+
+
+def test_head_crop_stage_trains_and_reloads(tmp_path):
+    spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", second_stage="head_crop")
+    model = compile_model(build_model(spec, SIZE), spec)
+    x, y = batch()
+    assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
+    path = tmp_path / "crop.keras"
+    model.save(path)
+    again = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(again(x)["cls"]), np.asarray(model(x)["cls"]), atol=1e-5)

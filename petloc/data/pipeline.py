@@ -122,8 +122,24 @@ def _targets(images, labels, boxes):
     return tf.cast(images, tf.float32), {"cls": labels, "box": boxes}
 
 
-def train_batches(arrays: Arrays, batch_size: int, aug_strength: float, seed: int) -> tf.data.Dataset:
-    """Shuffled, augmented batches; a new augmentation draw every epoch."""
+def _weighted(class_weights: np.ndarray):
+    """Targets plus a per-output sample weight: the class loss weighted by the true class,
+    the box loss left as it is (a cat's head is no harder to find for being rarer)."""
+    table = tf.constant(class_weights, tf.float32)
+
+    def targets(images, labels, boxes):
+        images, y = _targets(images, labels, boxes)
+        return images, y, {"cls": tf.gather(table, labels), "box": tf.ones_like(boxes[:, 0])}
+
+    return targets
+
+
+def train_batches(
+    arrays: Arrays, batch_size: int, aug_strength: float, seed: int, class_weights: np.ndarray | None = None
+) -> tf.data.Dataset:
+    """Shuffled, augmented batches; a new augmentation draw every epoch.
+    `class_weights` (one per class) weight each image's class loss."""
+    targets = _targets if class_weights is None else _weighted(class_weights)
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels, arrays.boxes))
     ds = ds.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     if aug_strength > 0:
@@ -131,9 +147,9 @@ def train_batches(arrays: Arrays, batch_size: int, aug_strength: float, seed: in
         ds = tf.data.Dataset.zip(ds, seeds).map(
             lambda batch, s: (*augment(tf.cast(batch[0], tf.float32), batch[2], aug_strength, s), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
-        ).map(lambda images, boxes, labels: _targets(images, labels, boxes))
+        ).map(lambda images, boxes, labels: targets(images, labels, boxes))
     else:
-        ds = ds.map(_targets)
+        ds = ds.map(targets)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

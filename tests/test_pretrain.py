@@ -1,0 +1,91 @@
+"""`petloc pretrain` registers a classifier; a localiser starts from its backbone by name,
+frozen or fine-tuned; head crops keep the head box right."""
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from petloc.cli import cli
+from petloc.data.pipeline import Arrays
+from petloc.pretrain import with_head_crops
+from tests.helpers import in_project, tiny_dataset, tiny_experiment
+
+PRETRAIN = {"backbone": "simple", "width": 0.25, "epochs": 1, "batch_size": 16, "aug_strength": 0.3}
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_head_crop_box_still_frames_the_head():
+    images = np.zeros((2, 40, 40, 3), np.uint8)
+    boxes = np.array([[0.25, 0.5, 0.5, 0.75], [0.5, 0.0, 1.0, 0.5]], np.float32)
+    for img, (x1, y1, x2, y2) in zip(images, boxes * 40):
+        img[int(y1):int(y2), int(x1):int(x2)] = 255
+    both = with_head_crops(Arrays(images, np.array([0, 1]), boxes, ["a.jpg", "b.jpg"], ["", ""]))
+    assert len(both) == 4 and list(both.labels) == [0, 1, 0, 1] and both.paths[2] == "a.jpg#head"
+    for img, (x1, y1, x2, y2) in zip(both.images[2:], both.boxes[2:] * 40):
+        painted = np.argwhere(img[..., 0] > 127)
+        (top, left), (bottom, right) = painted.min(0), painted.max(0) + 1
+        assert (left, top, right, bottom) == pytest.approx((x1, y1, x2, y2), abs=1.5)
+        assert (x2 - x1) * (y2 - y1) > 0.3 * 40 * 40  # the head fills much more of the crop
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    with in_project(root):
+        exp = tiny_experiment(root, tiny_dataset(root / "photos"), pretrain=PRETRAIN)
+        result = run("pretrain", exp)
+        assert result.exit_code == 0, result.output
+        yield root, exp, result.output
+
+
+def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
+    root, exp, output = pretrained
+    monkeypatch.chdir(root)
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("petloc-backbone", "champion")
+    r = client.get_run(version.run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["petloc_kind"] == "pretrain"
+    assert r.data.params["backbone"] == "simple" and r.data.params["head_crops"] == "True"
+    assert r.data.metrics["train_images"] == 2 * 45  # 45 training photos and their head crops
+    assert 0 <= r.data.metrics["val_accuracy"] <= 1 and "val_head_accuracy" in r.data.metrics
+    assert len(client.get_metric_history(r.info.run_id, "val/accuracy")) == 1
+    assert "petloc-backbone@champion is now version 1" in output
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, freeze):
+    root, exp, _ = pretrained
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = run("train", exp, "space.backbone=registered:petloc-backbone@champion", f"space.freeze_backbone={str(freeze).lower()}")
+    assert result.exit_code == 0, result.output
+    run_id = result.output.split("MLflow run ")[1].split()[0]
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    localiser = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    classifier = mlflow.keras.load_model("models:/petloc-backbone@champion")
+    source, = (layer for layer in classifier.layers if isinstance(layer, keras.Model))
+    target, = (layer for layer in localiser.layers if isinstance(layer, keras.Model))
+    same = [np.array_equal(a, b) for a, b in zip(source.get_weights(), target.get_weights())]
+    assert len(same) == len(source.get_weights()) > 0
+    # Frozen, the backbone is exactly the pretrained one; fine-tuned, training moved it.
+    assert all(same) if freeze else not all(same)
+
+
+def test_unknown_registered_backbone_is_one_line(pretrained, monkeypatch):
+    import subprocess
+    import sys
+
+    root, exp, _ = pretrained
+    monkeypatch.chdir(root)
+    proc = subprocess.run([sys.executable, "-m", "petloc", "train", str(exp), "space.backbone=registered:nothing@champion"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "models:/nothing@champion: no such registered model version; registered: petloc-backbone" in proc.stderr
+    assert "Traceback" not in proc.stderr
