@@ -5,7 +5,6 @@ A user error (PetlocError) is one line on stderr and exit code 2; a traceback me
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -43,7 +42,7 @@ def train(experiment, overrides):
     click.echo(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
     tracking.configure(exp.tracking.uri)
     run = mlflow.MlflowClient().create_run(tracking.experiment_id(exp.tracking.experiment), run_name=f"train-{hp['backbone']}")
-    with _run_status(run.info.run_id):
+    with tracking.run_status(run.info.run_id):
         summary = train_tracked(exp, hp, data, run.info.run_id)
     click.echo(_table([{k: v for k, v in summary.items()}]))
     click.echo(f"MLflow run {run.info.run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
@@ -74,27 +73,12 @@ def pretrain(experiment, overrides):
     click.echo(f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}")
     tracking.configure(exp.tracking.uri)
     run = mlflow.MlflowClient().create_run(tracking.experiment_id(exp.tracking.experiment), run_name=f"pretrain-{cfg.backbone}")
-    with _run_status(run.info.run_id):
+    with tracking.run_status(run.info.run_id):
         summary = pretrain_tracked(exp, data, run.info.run_id)
     click.echo(_table([summary]))
-    promotion = registry.promote(run.info.run_id, cfg.register_as, cfg.alias, metric="val_accuracy")
+    promotion = registry.promote(run.info.run_id, cfg.register_as, cfg.alias)
     click.echo(f"registry: {promotion.reason}")
     click.echo(f"use it: petloc train {experiment} space.backbone=registered:{cfg.register_as}@{cfg.alias}")
-
-
-@contextlib.contextmanager
-def _run_status(run_id: str):
-    """Ends MLflow run `run_id` FINISHED, or FAILED / KILLED with the reason as its `error` tag."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    try:
-        yield
-    except BaseException as err:
-        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
 
 
 @cli.command()
@@ -180,22 +164,33 @@ def ui(host, port, workers):
 @click.argument("data", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 @click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
-def evaluate(model, data, as_json, on_bad):
+@click.option("--subset", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
+              help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).")
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="The split's seed (data.seed).")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: also average each photo with its mirror image (on top of what the model does).")
+def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
     """mIoU, IoU >= 0.5 share, accuracy and latency of MODEL on the dataset at DATA."""
-    from petloc.data.pipeline import load_arrays
+    from petloc.data.pipeline import load_arrays, split_train_val
     from petloc.evaluate import latencies, quality
+    from petloc.model import TTA
     from petloc.predict import load_keras
 
-    keras_model = load_keras(model)
+    keras_model = TTA[tta](load_keras(model))
     size = int(keras_model.input_shape[1])
     arrays = load_arrays(data, size, on_bad=on_bad)
+    skipped = arrays.skipped
+    if subset != "all":
+        arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed)))[subset]
     figures, _ = quality(keras_model, arrays)
-    result = {"model": model, "data": str(data), "images": len(arrays), "skipped": len(arrays.skipped), **figures, **latencies(keras_model, size)}
+    result = {"model": model, "data": str(data), "subset": subset, "tta": tta, "images": len(arrays), "skipped": len(skipped),
+              **figures, **latencies(keras_model, size)}
     if as_json:
         click.echo(json.dumps(result))
     else:
-        for skipped in arrays.skipped:
-            click.echo(f"skipped {skipped}", err=True)
+        for bad in skipped:
+            click.echo(f"skipped {bad}", err=True)
         click.echo(_table([result]))
 
 

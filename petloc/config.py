@@ -61,22 +61,24 @@ HYPERPARAMS: dict[str, tuple[type, Any]] = {
     "batch_size": (int, 32),
     "class_weight": (str, "none"),  # none, or balanced: cats and dogs weigh the same in the class loss
     "tta": (str, "none"),  # none, or flip: average each photo with its mirror image at test time
+    "box_head": (str, "dense"),  # dense: corners from the flattened map; centre: heat-map centre + size
     "second_stage": (str, "none"),  # none, or head_crop: the class head also sees the head crop
     "freeze_backbone": (bool, False),  # true: train only the heads (for a pretrained backbone)
 }
 
 
 REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
+REGISTERED_REF = re.compile(r"[\w.-]+(@[\w-]+|/\d+)")
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
 def _named_choices() -> dict[str, dict]:
     """Hyperparameters whose values name a registry entry."""
-    from petloc.model import BACKBONES, BOX_LOSSES, SECOND_STAGES, TTA
+    from petloc.model import BACKBONES, BOX_HEADS, BOX_LOSSES, SECOND_STAGES, TTA
     from petloc.train import CLASS_WEIGHTS
 
-    return {"backbone": BACKBONES, "box_loss": BOX_LOSSES, "tta": TTA, "class_weight": CLASS_WEIGHTS, "second_stage": SECOND_STAGES}
+    return {"backbone": BACKBONES, "box_loss": BOX_LOSSES, "tta": TTA, "class_weight": CLASS_WEIGHTS, "second_stage": SECOND_STAGES, "box_head": BOX_HEADS}
 
 
 def _check_type(name: str, value: Any) -> Any:
@@ -93,6 +95,8 @@ def _check_type(name: str, value: Any) -> Any:
         _check_bounds(name, value)
     registry = _named_choices().get(name)
     if name == "backbone" and value.startswith(REGISTERED):
+        if not REGISTERED_REF.fullmatch(value.removeprefix(REGISTERED)):
+            raise ValueError(f"backbone: {value!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION")
         return value  # resolved when the model is built: the registry may be elsewhere
     if registry is not None and value not in registry:
         raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
@@ -139,7 +143,7 @@ class TrainConfig(Strict):
 
 
 class TunerConfig(Strict):
-    kind: Literal["random", "bayesian", "hyperband"] = "random"
+    kind: Literal["random", "bayesian", "grid", "hyperband"] = "random"
     max_trials: int = Field(6, ge=1)
     seed: int = 0
     max_consecutive_failures: int = Field(3, ge=1)
@@ -168,8 +172,8 @@ class PretrainConfig(Strict):
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
     batch_size: int = Field(32, ge=1)
     head_crops: bool = True  # also learn from a crop around each head
-    register_as: str = "petloc-backbone"
-    alias: str = "champion"
+    register_as: str = Field("petloc-backbone", pattern=r"^[\w.-]+$")
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][\w-]*$")  # MLflow reserves `latest` and v<N>
 
     @field_validator("backbone")
     @classmethod

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from petloc import tracking
-from petloc.config import DataConfig, Experiment
+from petloc.config import REGISTERED, DataConfig, Experiment
+from petloc.errors import PetlocError
 from petloc.data.pipeline import Arrays, load_arrays, split_train_val
 from petloc.evaluate import latencies, per_image_iou, quality
 from petloc.gallery import draw_prediction, gallery, plot_curves, save_rgb
@@ -76,6 +77,18 @@ def gallery_image(arrays: Arrays, pred, count: int) -> np.ndarray:
     return gallery(tiles)
 
 
+def _check_transfer(backbone: str, val_key: str) -> None:
+    """A pretrained backbone must not have trained on this run's validation photos."""
+    if not backbone.startswith(REGISTERED):
+        return
+    from petloc.registry import source_run
+
+    pretrained_on = source_run(backbone.removeprefix(REGISTERED)).data.tags.get("val_data")
+    if pretrained_on != val_key:
+        raise PetlocError(f"backbone: {backbone} was pretrained on another split ({pretrained_on}, this run {val_key}), "
+                          "so its training photos may be in this run's validation set; pretrain with the same data.path, val_split and seed")
+
+
 def train_tracked(
     exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str, verbose: int | None = None,
     epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
@@ -84,6 +97,7 @@ def train_tracked(
     import mlflow
 
     epochs = epochs or exp.train.epochs
+    _check_transfer(hp["backbone"], data.val_key)
     mlflow.log_params(tracking.flat_params({**hp, "seed": exp.train.seed, "epochs": epochs, "val_split": exp.data.val_split}), run_id=run_id)
     client = mlflow.MlflowClient()
     for key, value in {**data.tags(), "git_commit": tracking.git_commit(), "seed": exp.train.seed}.items():
@@ -99,12 +113,17 @@ def train_tracked(
         save_weights.parent.mkdir(parents=True, exist_ok=True)
         model.save_weights(save_weights)
     train_seconds = time.perf_counter() - start
+    lever = {}
+    if hp.get("tta", "none") != "none":  # what test-time augmentation was worth, on the same weights
+        plain, _ = quality(model, data.val)
+        lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
     model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
     figures, pred = quality(model, data.val)
     summary = {
         "best_val_miou": figures["miou"],
         "val_accuracy": figures["accuracy"],
         "val_iou50": figures["iou50"],
+        **lever,
         **latencies(model, int(hp["image_size"])),
         "params_count": float(model.count_params()),
         "train_seconds": train_seconds,

@@ -14,7 +14,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers
 
 from petloc import tracking
@@ -22,23 +21,21 @@ from petloc.config import Experiment
 from petloc.data.pipeline import Arrays, eval_batches, train_batches
 from petloc.experiment import PreparedData
 from petloc.model import build_backbone
+from petloc.model.build import CropBoxes, crop_windows
 from petloc.train import KeepBest, ShortMetricNames
 
-BACKBONE_TAGS = ("backbone", "width", "image_size")  # what rebuilding the backbone needs
-
-
-def with_head_crops(arrays: Arrays, margin: float = 0.25) -> Arrays:
+def with_head_crops(arrays: Arrays, margin: float = 0.25, chunk: int = 256) -> Arrays:
     """The photos plus, for each, a crop around its head (`margin` of the box on each side),
     resized to the photo size, with the head box moved into the crop's coordinates."""
-    b = arrays.boxes
-    size = np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]] * 2, axis=1)
-    crop = np.clip(b + np.array([-1, -1, 1, 1]) * margin * size, 0.0, 1.0).astype(np.float32)
     side = arrays.images.shape[1]
-    crops = tf.image.crop_and_resize(
-        arrays.images.astype(np.float32), crop[:, [1, 0, 3, 2]], np.arange(len(arrays)), (side, side)
-    ).numpy()
-    origin, extent = crop[:, [0, 1, 0, 1]], (crop[:, [2, 3, 2, 3]] - crop[:, [0, 1, 0, 1]])
-    boxes = np.clip((b - origin) / extent, 0.0, 1.0).astype(np.float32)
+    cut = CropBoxes(side, margin)
+    crops = np.concatenate([
+        np.asarray(cut(arrays.images[i:i + chunk].astype(np.float32), arrays.boxes[i:i + chunk]))
+        for i in range(0, len(arrays), chunk)
+    ])
+    window = np.asarray(crop_windows(arrays.boxes, margin))
+    origin, extent = window[:, [0, 1, 0, 1]], window[:, [2, 3, 2, 3]] - window[:, [0, 1, 0, 1]]
+    boxes = np.clip((arrays.boxes - origin) / extent, 0.0, 1.0).astype(np.float32)
     return Arrays(
         np.concatenate([arrays.images, np.round(crops).clip(0, 255).astype(np.uint8)]),
         np.concatenate([arrays.labels, arrays.labels]),
@@ -58,7 +55,7 @@ def build_classifier(backbone: str, width: float, image_size: int, dropout: floa
     return keras.Model(inputs, layers.Dense(2, activation="softmax", name="cls")(x), name=f"classifier_{backbone}")
 
 
-def _class_only(batches: tf.data.Dataset) -> tf.data.Dataset:
+def _class_only(batches):
     return batches.map(lambda x, y: (x, y["cls"]))
 
 

@@ -31,17 +31,28 @@ def model_uri(ref: str) -> str | None:
 
 
 def check_exists(uri: str):
-    """The registered version `uri` names; a one-line error listing what is registered when none."""
+    """The registered version `uri` names, or None for a URI MLflow resolves itself (such as
+    models:/petloc/latest); a one-line error listing what is registered when there is none."""
     ref = uri.removeprefix("models:/")
+    alias, number = NAME_ALIAS.match(ref), NAME_VERSION.match(ref)
+    if not (alias or number):
+        return None
     client = MlflowClient()
     try:
-        if m := NAME_ALIAS.match(ref):
-            return client.get_model_version_by_alias(m["name"], m["alias"])
-        if m := NAME_VERSION.match(ref):
-            return client.get_model_version(m["name"], m["version"])
+        if alias:
+            return client.get_model_version_by_alias(alias["name"], alias["alias"])
+        return client.get_model_version(number["name"], number["version"])
     except MlflowException:
-        pass
-    raise PetlocError(f"{uri}: no such registered model version; registered: {describe_registry() or 'nothing yet'}")
+        raise PetlocError(f"{uri}: no such registered model version; registered: {describe_registry() or 'nothing yet'}") from None
+
+
+def source_run(ref: str):
+    """The run that registered version `ref` (NAME@ALIAS, NAME/N or models:/...) came from."""
+    uri = model_uri(ref) or ref
+    version = check_exists(uri)
+    if version is None:
+        raise PetlocError(f"{ref}: name a registered version as NAME@ALIAS or NAME/VERSION")
+    return MlflowClient().get_run(version.run_id)
 
 
 def describe_registry() -> str:
@@ -77,19 +88,21 @@ def promote(
     force: bool = False,
     register_when_not_better: bool = True,
     score_champion: Callable[[str], float] | None = None,
-    metric: str = "best_val_miou",
+    metric: str | None = None,
 ) -> Promotion:
     """Registers run `run_id`'s model and moves `alias` to it when it beats the current holder.
 
     The comparison is on the same validation data: the holder's recorded `metric` when its
     `val_data` tag matches the run's, else `score_champion(model_uri)` measured afresh.
     """
-    label = METRIC_LABELS.get(metric, metric)
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise PetlocError(f"run {run_id}: not found in {mlflow.get_tracking_uri()}") from None
+    # A localiser is ranked by val mIoU; a pretrained classifier by val accuracy.
+    metric = metric or ("val_accuracy" if run.data.tags.get("petloc_kind") == "pretrain" else "best_val_miou")
+    label = METRIC_LABELS.get(metric, metric)
     score = run.data.metrics.get(metric)
     model_source = run.data.tags.get("model_uri")
     if score is None or not model_source:
@@ -148,11 +161,6 @@ def _register(run, model_source: str, name: str) -> str:
     tags["source_run"] = run.info.run_id
     version = client.create_model_version(name, model_source, run_id=run.info.run_id, tags=tags)
     return version.version
-
-
-def source_params(uri: str) -> dict[str, str]:
-    """The params of the run that registered version `uri` (models:/NAME@ALIAS or NAME/N) came from."""
-    return MlflowClient().get_run(check_exists(uri).run_id).data.params
 
 
 def list_versions() -> list[dict]:

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from petloc.config import HYPERPARAMS, Experiment, Range
 from petloc.experiment import PreparedData, train_tracked
+from petloc.tracking import run_status
 from petloc.model import build_model
 from petloc.train import model_spec
 
@@ -34,6 +35,12 @@ def _oracle_bayesian(exp: Experiment):
                                                  max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
 
 
+def _oracle_grid(exp: Experiment):
+    # Every combination of the choices, in the order the file lists them (ranges need a step).
+    return kt.oracles.GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=exp.tuner.seed,
+                                       max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+
+
 def _oracle_hyperband(exp: Experiment):
     # Hyperband decides the epochs of each trial itself, up to train.epochs.
     return kt.oracles.HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=exp.tuner.seed,
@@ -43,6 +50,7 @@ def _oracle_hyperband(exp: Experiment):
 ORACLES: dict[str, Callable[[Experiment], kt.Oracle]] = {
     "random": _oracle_random,
     "bayesian": _oracle_bayesian,
+    "grid": _oracle_grid,
     "hyperband": _oracle_hyperband,
 }
 
@@ -98,19 +106,14 @@ class TrackedTuner(kt.Tuner):
         values = self.hypermodel.values(hp)
         run_id = self._child_run(trial)
         try:
-            data = self.data_for(int(values["image_size"]))
-            initial = self._warm_start_weights(hp)
-            summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
-                                    initial_epoch=hp.values.get("tuner/initial_epoch", 0), initial_weights=initial,
-                                    save_weights=self._weights_file(trial.trial_id))
-        except BaseException as err:
-            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-            self.client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-            self.client.set_terminated(run_id, status)
-            if isinstance(err, Exception):
-                raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
-            raise
-        self.client.set_terminated(run_id, "FINISHED")
+            with run_status(run_id):
+                data = self.data_for(int(values["image_size"]))
+                initial = self._warm_start_weights(hp)
+                summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
+                                        initial_epoch=hp.values.get("tuner/initial_epoch", 0), initial_weights=initial,
+                                        save_weights=self._weights_file(trial.trial_id))
+        except Exception as err:
+            raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}
 
     def _child_run(self, trial) -> str:

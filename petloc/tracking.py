@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from pathlib import Path
@@ -75,6 +76,19 @@ def log_model(model: keras.Model, run_id: str) -> str:
     with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=serving, keras_model=model)
     return info.model_uri
+
+
+@contextlib.contextmanager
+def run_status(run_id: str):
+    """Ends MLflow run `run_id` FINISHED, or FAILED / KILLED with the reason as its `error` tag."""
+    client = MlflowClient()
+    try:
+        yield
+    except BaseException as err:
+        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 def log_files(run_id: str, files: dict[str, Path]) -> None:

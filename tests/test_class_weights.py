@@ -34,9 +34,14 @@ def test_batches_carry_class_weights_for_the_class_loss_only():
             np.testing.assert_array_equal(sw["box"].numpy(), 1.0)
 
 
-def test_a_model_trains_with_balanced_class_weights():
+def test_balanced_class_weights_change_what_the_class_head_learns():
     data = arrays([0, 1, 1, 1] * 4)
     hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": 32, "aug_strength": 0.0,
-          "batch_size": 8, "box_loss": "l1", "class_weight": "balanced"}
-    model, history = fit_model(hp, data, data, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+          "batch_size": 8, "box_loss": "l1"}
+    kernels = []
+    for weighting in ("none", "none", "balanced"):  # same seed and data; only the weighting differs
+        model, history = fit_model({**hp, "class_weight": weighting}, data, data, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        kernels.append(np.asarray(model.get_layer("cls").kernel))
+    rerun_noise = np.abs(kernels[1] - kernels[0]).max()
+    assert np.abs(kernels[2] - kernels[0]).max() > 10 * rerun_noise + 1e-6

@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     with in_project(root):
         data = tiny_dataset(root / "photos")
         exp = tiny_experiment(root, data)
-        result = run("train", exp, "train.epochs=2")
+        result = run("train", exp, "train.epochs=2", "space.tta=flip")
         assert result.exit_code == 0, result.output
         run_id = result.output.split("MLflow run ")[1].split()[0]
         yield root, data, run_id
@@ -42,6 +42,7 @@ def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
     for key in ("best_val_miou", "val_accuracy", "latency_ms_b1", "latency_ms_b32", "params_count"):
         assert key in r.data.metrics, key
     assert 0 <= r.data.metrics["best_val_miou"] <= 1
+    assert r.data.params["tta"] == "flip" and 0 <= r.data.metrics["val_miou_without_tta"] <= 1
     assert [m.step for m in client.get_metric_history(run_id, "val/miou")] == [1, 2]
     assert len(client.get_metric_history(run_id, "train/loss")) == 2
     assert r.data.tags["dataset_digest"] and r.data.tags["git_commit"]
@@ -58,6 +59,21 @@ def test_evaluate_json_has_the_figures(trained, monkeypatch):
     figures = json.loads(result.stdout)
     assert figures["images"] == 60 and 0 <= figures["miou"] <= 1 and 0 <= figures["accuracy"] <= 1
     assert figures["latency_ms_b1"] > 0 and "iou50" in figures
+
+
+def test_evaluate_on_the_runs_validation_split_reproduces_its_figures(trained, monkeypatch):
+    root, data, run_id = trained
+    monkeypatch.chdir(root)
+    result = run("evaluate", f"runs:/{run_id}/model", data, "--json", "--subset", "val", "--val-split", "0.25", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    logged = MlflowClient().get_run(run_id).data.metrics
+    assert figures["images"] == 15 and figures["subset"] == "val"
+    assert figures["miou"] == pytest.approx(logged["best_val_miou"], abs=1e-4)
+    assert figures["accuracy"] == pytest.approx(logged["val_accuracy"], abs=1e-4)  # the logged model has the TTA in it
+    flipped = json.loads(run("evaluate", f"runs:/{run_id}/model", data, "--json", "--tta", "flip").stdout)
+    assert flipped["tta"] == "flip" and flipped["images"] == 60 and 0 <= flipped["miou"] <= 1
 
 
 def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tmp_path):

@@ -38,7 +38,9 @@ def test_head_crop_box_still_frames_the_head():
 def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     with in_project(root):
-        exp = tiny_experiment(root, tiny_dataset(root / "photos"), pretrain=PRETRAIN)
+        # The experiment's own tracking.uri, not the default store: the backbone is looked up there.
+        exp = tiny_experiment(root, tiny_dataset(root / "photos"), pretrain=PRETRAIN,
+                              tracking={"uri": f"sqlite:///{root}/elsewhere/mlflow.db"})
         result = run("pretrain", exp)
         assert result.exit_code == 0, result.output
         yield root, exp, result.output
@@ -47,7 +49,8 @@ def pretrained(tmp_path_factory):
 def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
     root, exp, output = pretrained
     monkeypatch.chdir(root)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
     client = MlflowClient()
     version = client.get_model_version_by_alias("petloc-backbone", "champion")
     r = client.get_run(version.run_id)
@@ -67,7 +70,9 @@ def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, 
     result = run("train", exp, "space.backbone=registered:petloc-backbone@champion", f"space.freeze_backbone={str(freeze).lower()}")
     assert result.exit_code == 0, result.output
     run_id = result.output.split("MLflow run ")[1].split()[0]
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
+    assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     localiser = mlflow.keras.load_model(f"runs:/{run_id}/model")
     classifier = mlflow.keras.load_model("models:/petloc-backbone@champion")
     source, = (layer for layer in classifier.layers if isinstance(layer, keras.Model))
@@ -78,14 +83,33 @@ def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, 
     assert all(same) if freeze else not all(same)
 
 
-def test_unknown_registered_backbone_is_one_line(pretrained, monkeypatch):
+def petloc_train(exp, *args):
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-m", "petloc", "train", str(exp), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["space.backbone=registered:nothing@champion"], "models:/nothing@champion: no such registered model version; registered: petloc-backbone"),
+    (["space.backbone=registered:petloc-backbone"], "should be registered:NAME@ALIAS or registered:NAME/VERSION"),
+    # Another split: the backbone may have trained on this run's validation photos.
+    (["space.backbone=registered:petloc-backbone@champion", "data.seed=1"], "was pretrained on another split"),
+])
+def test_bad_registered_backbone_is_one_line(pretrained, monkeypatch, args, message):
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
-    proc = subprocess.run([sys.executable, "-m", "petloc", "train", str(exp), "space.backbone=registered:nothing@champion"],
-                          capture_output=True, text=True, timeout=300)
+    proc = petloc_train(exp, *args)
     assert proc.returncode == 2, proc.stderr
-    assert "models:/nothing@champion: no such registered model version; registered: petloc-backbone" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_localiser_is_not_a_backbone(pretrained, monkeypatch):
+    root, exp, _ = pretrained
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/elsewhere/mlflow.db")  # for petloc promote
+    trained = run("train", exp)
+    run_id = trained.output.split("MLflow run ")[1].split()[0]
+    assert run("promote", run_id).exit_code == 0  # petloc@champion, a localiser
+    proc = petloc_train(exp, "space.backbone=registered:petloc@champion")
+    assert proc.returncode == 2 and "registered:petloc@champion is not a network from petloc pretrain" in proc.stderr

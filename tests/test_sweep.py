@@ -144,12 +144,14 @@ def test_failed_trials_are_failed_runs_and_stop_the_sweep(tmp_path, monkeypatch)
     assert client.get_run(parent.info.run_id).info.status == "FAILED"
 
 
-@pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
+@pytest.mark.parametrize("kind", ["bayesian", "grid", "hyperband"])
 def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_dataset(tmp_path / "photos", count=24)
-    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"kind": kind, "max_trials": 2}, train={"epochs": 2 if kind == "hyperband" else 1})
+    space = {"head_units": [8, 16]} if kind != "grid" else {"head_units": [8, 16], "dropout": [0.0, 0.1]}
+    exp = tiny_experiment(tmp_path, data, space=space, tuner={"kind": kind, "max_trials": 2 if kind != "grid" else 6},
+                          train={"epochs": 2 if kind == "hyperband" else 1})
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -157,6 +159,10 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
     [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
     runs = children(client, parent.info.run_id)
     assert runs and all(r.info.status == "FINISHED" for r in runs)
+    if kind == "grid":  # each combination once, the last-listed hyperparameter turning fastest, then it stops
+        order = sorted(runs, key=lambda r: int(r.data.tags["trial_id"]))
+        assert [(r.data.params["head_units"], r.data.params["dropout"]) for r in order] == [
+            ("8", "0.0"), ("8", "0.1"), ("16", "0.0"), ("16", "0.1")]
     if kind == "hyperband":
         # Hyperband's bookkeeping stays in tags; each trial trains the epochs its bracket gives it.
         assert all("tuner/epochs" in r.data.tags and "tuner/epochs" not in r.data.params for r in runs)

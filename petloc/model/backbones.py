@@ -38,20 +38,26 @@ def build_backbone(name: str, image_size: int, width: float = 1.0, weights: str 
 
 def registered_backbone(ref: str, image_size: int) -> keras.Model:
     """The backbone of a classifier that `petloc pretrain` registered (`petloc-backbone@champion`),
-    rebuilt at `image_size` with the pretrained weights (the networks are fully convolutional)."""
-    from petloc.registry import model_uri, source_params
-    from petloc.tracking import load_logged_model
+    rebuilt at `image_size` with the pretrained weights (the networks are fully convolutional).
+    Its architecture and width are the pretrained network's own."""
+    import mlflow.keras
+    from mlflow.exceptions import MlflowException
 
-    uri = model_uri(ref)
-    if uri is None or not uri.startswith("models:/"):
-        raise PetlocError(f"backbone: {REGISTERED}{ref} should name a registered model, such as {REGISTERED}petloc-backbone@champion")
-    classifier = load_logged_model(uri)
-    params = source_params(uri)
+    from petloc.registry import source_run
+
+    run = source_run(ref)
+    if run.data.tags.get("petloc_kind") != "pretrain":
+        raise PetlocError(f"backbone: {REGISTERED}{ref} is not a network from petloc pretrain")
+    try:
+        classifier = mlflow.keras.load_model(f"models:/{ref}")
+    except (MlflowException, OSError) as err:
+        raise PetlocError(f"backbone: cannot load {REGISTERED}{ref} ({str(err).splitlines()[0][:200]})") from None
     pretrained = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
-    if pretrained is None or "backbone" not in params:
-        raise PetlocError(f"backbone: {uri} is not a backbone from petloc pretrain")
-    net = build_backbone(params["backbone"], image_size, float(params.get("width", 1.0)))
-    net.set_weights(pretrained.get_weights())
+    net = build_backbone(run.data.params["backbone"], image_size, float(run.data.params["width"]))
+    try:
+        net.set_weights(pretrained.get_weights())
+    except (AttributeError, ValueError) as err:
+        raise PetlocError(f"backbone: {REGISTERED}{ref} does not hold a {run.data.params['backbone']} backbone ({err})") from None
     return net
 
 

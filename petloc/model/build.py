@@ -30,6 +30,7 @@ class ModelSpec:
     box_loss: str = "giou"
     box_loss_weight: float = 1.0
     learning_rate: float = 1e-3
+    box_head: str = "dense"  # dense: regress corners from the flattened map; centre: heat map + size
     second_stage: str = "none"  # none, or head_crop: classify from the head crop as well
     freeze_backbone: bool = False  # train only the heads, keeping a pretrained backbone as it is
 
@@ -40,6 +41,13 @@ def _dense_stack(x, units: int, depth: int, dropout: float, prefix: str):
         if dropout > 0:
             x = layers.Dropout(dropout, name=f"{prefix}_dropout{i + 1}")(x)
     return x
+
+
+def crop_windows(boxes, margin: float):
+    """Each box widened by `margin` of its size on every side, clipped to the image."""
+    x1, y1, x2, y2 = ordered(boxes)
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    return ops.clip(ops.stack([x1 - dx, y1 - dy, x2 + dx, y2 + dy], axis=-1), 0.0, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="petloc")
@@ -54,11 +62,10 @@ class CropBoxes(layers.Layer):
     def call(self, images, boxes):
         import tensorflow as tf
 
-        x1, y1, x2, y2 = ordered(ops.stop_gradient(boxes))
-        dx, dy = (x2 - x1) * self.margin, (y2 - y1) * self.margin
-        window = ops.clip(ops.stack([y1 - dy, x1 - dx, y2 + dy, x2 + dx], axis=-1), 0.0, 1.0)
+        window = crop_windows(ops.stop_gradient(boxes), self.margin)
         index = tf.range(tf.shape(images)[0])
-        return tf.image.crop_and_resize(images, window, index, (self.size, self.size))
+        yx = ops.take(window, [1, 0, 3, 2], axis=-1)  # crop_and_resize wants [y1, x1, y2, x2]
+        return tf.image.crop_and_resize(images, yx, index, (self.size, self.size))
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "margin": self.margin}
@@ -80,16 +87,8 @@ def _head_crop_stage(spec: ModelSpec, inputs, box, pooled):
 SECOND_STAGES = {"none": lambda spec, inputs, box, pooled: pooled, "head_crop": _head_crop_stage}
 
 
-def build_model(spec: ModelSpec, image_size: int) -> keras.Model:
-    backbone = build_backbone(spec.backbone, image_size, spec.width, spec.weights)
-    backbone.trainable = not spec.freeze_backbone  # frozen, its BatchNorms also stay in inference mode
-    inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    features = backbone(inputs)
-
-    # Class: what is in the picture does not depend on where, so pool globally.
-    pooled = layers.GlobalAveragePooling2D(name="cls_pool")(features)
-
-    # Box: where matters, so keep the spatial layout (a thin 1x1 conv, then flatten).
+def _dense_box_head(spec: ModelSpec, features):
+    """Keep the spatial layout (a thin 1x1 conv), flatten, and regress the four corners."""
     # BatchNorm keeps the flattened map's scale steady: without it the box sigmoids were
     # seen to saturate on real photos (every prediction the whole image, no gradient).
     # Large inputs give large maps; pooling them to about 8x8 keeps the flattened width
@@ -103,6 +102,64 @@ def build_model(spec: ModelSpec, image_size: int) -> keras.Model:
     box = layers.Dense(4, activation="sigmoid", name="box")(
         _dense_stack(flat, spec.head_units, spec.head_depth, spec.dropout, "box")
     )
+    return box, None
+
+
+@keras.saving.register_keras_serializable(package="petloc")
+class SoftArgmaxPool(layers.Layer):
+    """From a map of logits and the features under it: the expected position (softmax over
+    the cells, so between cells too) as [cx, cy] in 0..1, and the features averaged with
+    the same weights."""
+
+    def call(self, logits, features):
+        h, w, c = features.shape[1], features.shape[2], features.shape[3]
+        weights = ops.softmax(ops.reshape(logits, (-1, h * w)), axis=-1)
+        xs = (ops.arange(w, dtype="float32") + 0.5) / w
+        ys = (ops.arange(h, dtype="float32") + 0.5) / h
+        grid_x, grid_y = ops.tile(xs, [h]), ops.repeat(ys, w)  # row-major, like the reshape
+        centre = ops.stack([ops.sum(weights * grid_x, axis=-1), ops.sum(weights * grid_y, axis=-1)], axis=-1)
+        pooled = ops.einsum("bn,bnc->bc", weights, ops.reshape(features, (-1, h * w, c)))
+        return centre, pooled
+
+
+@keras.saving.register_keras_serializable(package="petloc")
+class CentreSizeBox(layers.Layer):
+    """[cx, cy] and [w, h] -> [x1, y1, x2, y2], clipped to the image."""
+
+    def call(self, centre, size):
+        half = size / 2.0
+        return ops.clip(ops.concatenate([centre - half, centre + half], axis=-1), 0.0, 1.0)
+
+
+def _centre_box_head(spec: ModelSpec, features):
+    """Where: a heat map over the feature map, read out as its expected position (translation
+    equivariant, and exact between cells). How big: regressed from the features there."""
+    x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="box_map_conv")(features)
+    x = layers.Activation("relu", name="box_map_relu")(layers.BatchNormalization(momentum=0.9, name="box_map_bn")(x))
+    logits = layers.Conv2D(1, 1, name="box_heatmap")(x)
+    centre, at_head = SoftArgmaxPool(name="box_centre")(logits, features)
+    size = layers.Dense(2, activation="sigmoid", name="box_size")(
+        _dense_stack(at_head, spec.head_units, spec.head_depth, spec.dropout, "box")
+    )
+    return CentreSizeBox(name="box")(centre, size), at_head
+
+
+# How the box is read off the feature map.
+BOX_HEADS = {"dense": _dense_box_head, "centre": _centre_box_head}
+
+
+def build_model(spec: ModelSpec, image_size: int) -> keras.Model:
+    backbone = build_backbone(spec.backbone, image_size, spec.width, spec.weights)
+    backbone.trainable = not spec.freeze_backbone  # frozen, its BatchNorms also stay in inference mode
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    features = backbone(inputs)
+
+    # Class: what is in the picture does not depend on where, so pool globally.
+    pooled = layers.GlobalAveragePooling2D(name="cls_pool")(features)
+
+    box, head_features = BOX_HEADS[spec.box_head](spec, features)
+    if head_features is not None:  # the box head found where the head is: let the class head see it
+        pooled = layers.Concatenate(name="cls_with_head")([pooled, head_features])
 
     # A second stage may look again at the head the box found, and classify from both.
     pooled = SECOND_STAGES[spec.second_stage](spec, inputs, box, pooled)
