@@ -19,7 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from petloc import registry, tracking
-from petloc.config import Experiment
+from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
 from petloc.experiment import PreparedData, prepare_data
 from petloc.search import TrackedTuner, reset, tuner_dir
@@ -81,8 +81,14 @@ def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
     client.set_tag(run_id, "git_commit", tracking.git_commit())
 
 
-def leaderboard(parent_run_id: str) -> list[dict]:
-    """Finished trials of the sweep, best val mIoU first."""
+def searched(exp: Experiment) -> list[str]:
+    """The hyperparameters the space varies beyond the leaderboard's own columns."""
+    shown = {key.split(".", 1)[1] for _, key in LEADERBOARD_COLUMNS}
+    return [name for name, value in exp.space.items() if isinstance(value, (list, Range)) and name not in shown]
+
+
+def leaderboard(parent_run_id: str, extra: list[str] = ()) -> list[dict]:
+    """Finished trials of the sweep, best val mIoU first; `extra` hyperparameters as columns too."""
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     runs = mlflow.search_runs(
@@ -96,6 +102,7 @@ def leaderboard(parent_run_id: str) -> list[dict]:
             kind, name = key.split(".", 1)
             source = {"tags": run.data.tags, "params": run.data.params, "metrics": run.data.metrics}[kind]
             row[column] = source.get(name, "")
+        row.update({name: run.data.params.get(name, "") for name in extra})
         rows.append(row)
     return rows
 
@@ -103,7 +110,7 @@ def leaderboard(parent_run_id: str) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     if not rows:
         return "No finished trials.\n"
-    keys = [c for c, _ in LEADERBOARD_COLUMNS] + ["run_id"]
+    keys = list(rows[0])[1:] + ["run_id"]  # run_id last
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -118,7 +125,7 @@ def _log_leaderboard(parent_run_id: str, rows: list[dict], failed: int) -> None:
     with tracking.scratch_dir() as tmp:
         csv_path = Path(tmp) / "leaderboard.csv"
         with csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[c for c, _ in LEADERBOARD_COLUMNS] + ["run_id"])
+            writer = csv.DictWriter(f, fieldnames=(list(rows[0])[1:] if rows else [c for c, _ in LEADERBOARD_COLUMNS]) + ["run_id"])
             writer.writeheader()
             writer.writerows(rows)
         md_path = Path(tmp) / "leaderboard.md"
@@ -172,7 +179,7 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
         client.set_terminated(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
 
-    rows = leaderboard(parent)
+    rows = leaderboard(parent, searched(exp))
     failed = _failed_trials(parent)
     _log_leaderboard(parent, rows, failed)
     promotion = None

@@ -163,6 +163,8 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
         order = sorted(runs, key=lambda r: int(r.data.tags["trial_id"]))
         assert [(r.data.params["head_units"], r.data.params["dropout"]) for r in order] == [
             ("8", "0.0"), ("8", "0.1"), ("16", "0.0"), ("16", "0.1")]
+        header = result.output.split("Leaderboard of sweep")[1].splitlines()[1]
+        assert "dropout" in header.split() and "head_units" in header.split()  # what the space varies is shown
     if kind == "hyperband":
         # Hyperband's bookkeeping stays in tags; each trial trains the epochs its bracket gives it.
         assert all("tuner/epochs" in r.data.tags and "tuner/epochs" not in r.data.params for r in runs)

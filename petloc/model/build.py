@@ -112,10 +112,10 @@ class SoftArgmaxPool(layers.Layer):
     the same weights."""
 
     def call(self, logits, features):
-        h, w, c = features.shape[1], features.shape[2], features.shape[3]
+        _, h, w, c = ops.shape(features)  # dynamic: tf.data batches may not carry static sizes
         weights = ops.softmax(ops.reshape(logits, (-1, h * w)), axis=-1)
-        xs = (ops.arange(w, dtype="float32") + 0.5) / w
-        ys = (ops.arange(h, dtype="float32") + 0.5) / h
+        xs = (ops.cast(ops.arange(w), "float32") + 0.5) / ops.cast(w, "float32")
+        ys = (ops.cast(ops.arange(h), "float32") + 0.5) / ops.cast(h, "float32")
         grid_x, grid_y = ops.tile(xs, [h]), ops.repeat(ys, w)  # row-major, like the reshape
         centre = ops.stack([ops.sum(weights * grid_x, axis=-1), ops.sum(weights * grid_y, axis=-1)], axis=-1)
         pooled = ops.einsum("bn,bnc->bc", weights, ops.reshape(features, (-1, h * w, c)))
