@@ -34,7 +34,7 @@ def tiny_experiment(folder: Path, data: Path, **sections) -> Path:
     for key, value in sections.items():
         body[key] = {**body.get(key, {}), **value}
     path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(body))
+    path.write_text(yaml.safe_dump(body, sort_keys=False))  # the file keeps the order written here
     return path
 
 
