@@ -49,7 +49,7 @@ def test_choices_ranges_and_fixed_values():
         ("space:\n  learning_rate: {min: 0.1, max: 0.01}\n", r"space.learning_rate.*min 0.1 is greater than max 0.01"),
         ("space:\n  head_unit: 64\n", r"unknown hyperparameter 'head_unit'"),
         ("space:\n  head_units: [64, wide]\n", r"head_units: 'wide' is not an integer"),
-        ("tuner:\n  kind: grid\n", r"tuner.kind: Input should be 'random', 'bayesian' or 'hyperband'"),
+        ("tuner:\n  kind: annealing\n", r"tuner.kind: Input should be 'random', 'bayesian', 'grid' or 'hyperband'"),
         ("data: [1, 2\n", r"exp.yaml: not valid YAML at line"),
         ("- a\n- b\n", r"expected a mapping"),
     ],
@@ -81,7 +81,7 @@ def test_bad_overrides(tmp_path, override, message):
 
 @pytest.mark.parametrize("space, message", [
     ({"backbone": ["simple", "resnet18"]}, "backbone: unknown backbone 'resnet18'; choose from efficientnetb0, mobilenetv2"),
-    ({"box_loss": "iou"}, "box_loss: unknown box loss 'iou'; choose from giou, l1, mse, smooth_l1"),
+    ({"box_loss": "iou"}, "box_loss: unknown box loss 'iou'; choose from giou, l1, l1_giou, mse, smooth_l1"),
 ])
 def test_registry_names_are_checked(space, message):
     with pytest.raises(PetlocError, match=message):
