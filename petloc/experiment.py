@@ -98,10 +98,8 @@ def train_tracked(
 
     epochs = epochs or exp.train.epochs
     _check_transfer(hp["backbone"], data.val_key)
-    mlflow.log_params(tracking.flat_params({**hp, "seed": exp.train.seed, "epochs": epochs, "val_split": exp.data.val_split}), run_id=run_id)
-    client = mlflow.MlflowClient()
-    for key, value in {**data.tags(), "git_commit": tracking.git_commit(), "seed": exp.train.seed}.items():
-        client.set_tag(run_id, key, str(value))
+    params = {**hp, "seed": exp.train.seed, "epochs": epochs, "val_split": exp.data.val_split}
+    tracking.log_run_inputs(run_id, params, data.tags(), exp.train.seed)
 
     start = time.perf_counter()
     model, history = fit_model(
@@ -142,5 +140,5 @@ def train_tracked(
             skipped.write_text("".join(f"{s}\n" for s in data.all.skipped), encoding="utf-8")
             files["data"] = skipped
         tracking.log_files(run_id, files)
-    client.set_tag(run_id, "model_uri", tracking.log_model(model, run_id))
+    mlflow.MlflowClient().set_tag(run_id, "model_uri", tracking.log_model(model, run_id))
     return summary

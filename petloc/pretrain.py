@@ -62,14 +62,12 @@ def _class_only(batches):
 def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str, verbose: int | None = None) -> dict[str, float]:
     """Trains the classifier inside MLflow run `run_id`; logs and returns its figures."""
     import mlflow
+    import mlflow.keras
 
     cfg = exp.pretrain
     params: dict[str, Any] = {**cfg.model_dump(exclude={"register_as", "alias"}), "image_size": exp.data.image_size,
                               "seed": exp.train.seed, "val_split": exp.data.val_split}
-    mlflow.log_params(tracking.flat_params(params), run_id=run_id)
-    client = mlflow.MlflowClient()
-    for key, value in {**data.tags(), "git_commit": tracking.git_commit(), "seed": exp.train.seed, "petloc_kind": "pretrain"}.items():
-        client.set_tag(run_id, key, str(value))
+    tracking.log_run_inputs(run_id, params, data.tags(), exp.train.seed, petloc_kind="pretrain")
 
     keras.utils.set_random_seed(exp.train.seed)
     train = with_head_crops(data.train) if cfg.head_crops else data.train
@@ -104,5 +102,5 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str, verbose: 
     mlflow.log_metrics(summary, run_id=run_id)
     with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.keras.log_model(model, name="model")
-    client.set_tag(run_id, "model_uri", info.model_uri)
+    mlflow.MlflowClient().set_tag(run_id, "model_uri", info.model_uri)
     return summary

@@ -78,6 +78,14 @@ def log_model(model: keras.Model, run_id: str) -> str:
     return info.model_uri
 
 
+def log_run_inputs(run_id: str, params: dict[str, Any], data_tags: dict[str, Any], seed: int, **tags: Any) -> None:
+    """What a run was given: flat params, the data's tags, the git commit and the seed."""
+    mlflow.log_params(flat_params(params), run_id=run_id)
+    client = MlflowClient()
+    for key, value in {**data_tags, "git_commit": git_commit(), "seed": seed, **tags}.items():
+        client.set_tag(run_id, key, str(value))
+
+
 @contextlib.contextmanager
 def run_status(run_id: str):
     """Ends MLflow run `run_id` FINISHED, or FAILED / KILLED with the reason as its `error` tag."""
