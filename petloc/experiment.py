@@ -98,14 +98,14 @@ def train_tracked(
 
     epochs = epochs or exp.train.epochs
     _check_transfer(hp["backbone"], data.val_key)
-    params = {**hp, "seed": exp.train.seed, "epochs": epochs, "val_split": exp.data.val_split}
+    params = {**hp, "seed": exp.train.seed, "epochs": epochs, "val_split": exp.data.val_split, "xla": exp.train.xla}
     tracking.log_run_inputs(run_id, params, data.tags(), exp.train.seed)
 
     start = time.perf_counter()
     model, history = fit_model(
         hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
         callbacks=[tracking.EpochLogger(run_id)], verbose=verbose, initial_epoch=initial_epoch,
-        initial_weights=str(initial_weights) if initial_weights else None,
+        initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
     )
     if save_weights:
         save_weights.parent.mkdir(parents=True, exist_ok=True)

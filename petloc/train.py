@@ -90,6 +90,7 @@ def fit_model(
     verbose: int | None = None,
     initial_epoch: int = 0,
     initial_weights: str | None = None,
+    xla: bool = False,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """Builds, compiles and trains the model `hp` describes; keeps the best val_miou weights.
 
@@ -99,7 +100,7 @@ def fit_model(
     batch_size = int(hp["batch_size"])
     model = build_model(spec, int(hp["image_size"]))
     steps = -(-len(train) // batch_size)
-    compile_model(model, spec, steps_per_epoch=steps, epochs=epochs)
+    compile_model(model, spec, steps_per_epoch=steps, epochs=epochs, jit_compile=xla or "auto")
     if initial_weights:
         model.load_weights(initial_weights)
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest()]

@@ -124,6 +124,32 @@ def test_head_crop_cuts_the_box_with_its_margin():
     assert wide[10, 10] > 200 and wide[1, 1] < 50  # head in the middle, background at the edge
 
 
+def test_head_crop_resamples_like_tensorflows_crop_and_resize():
+    import tensorflow as tf
+
+    from petloc.model.build import CropBoxes, crop_windows
+
+    images = np.random.default_rng(0).uniform(0, 255, (3, 48, 40, 3)).astype(np.float32)
+    boxes = np.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0], [0.3, 0.3, 0.35, 0.4]], np.float32)
+    ours = np.asarray(CropBoxes(16, margin=0.2)(images, boxes))
+    yx = np.asarray(crop_windows(boxes, 0.2))[:, [1, 0, 3, 2]]
+    theirs = tf.image.crop_and_resize(images, yx, tf.range(3), (16, 16)).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=0.01)
+
+
+@pytest.mark.parametrize("second_stage", ["none", "head_crop"])
+def test_context_backbone_and_head_crop_train_under_xla(second_stage):
+    spec = ModelSpec(backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre",
+                     second_stage=second_stage)
+    model = compile_model(build_model(spec, SIZE), spec, jit_compile=True)
+    assert model.get_layer("simple_context").output.shape[1] == SIZE // 8  # still stride 8
+    x, y = batch()
+    first = model.train_on_batch(x, y, return_dict=True)["loss"]
+    for _ in range(4):
+        last = model.train_on_batch(x, y, return_dict=True)["loss"]
+    assert np.isfinite(first) and last < first
+
+
 def test_head_crop_stage_trains_and_reloads(tmp_path):
     spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", second_stage="head_crop")
     model = compile_model(build_model(spec, SIZE), spec)

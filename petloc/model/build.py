@@ -50,22 +50,32 @@ def crop_windows(boxes, margin: float):
     return ops.clip(ops.stack([x1 - dx, y1 - dy, x2 + dx, y2 + dy], axis=-1), 0.0, 1.0)
 
 
+def _bilinear_weights(starts, ends, source: int, size: int):
+    """(batch, size, source) weights that resample `source` pixels to `size` samples spread
+    evenly from `starts` to `ends` (0..1, TensorFlow's crop_and_resize convention)."""
+    steps = ops.cast(ops.arange(size), "float32") / max(size - 1, 1)
+    at = (starts[:, None] + (ends - starts)[:, None] * steps[None, :]) * (source - 1)  # (batch, size)
+    pixels = ops.cast(ops.arange(source), "float32")
+    return ops.relu(1.0 - ops.abs(at[:, :, None] - pixels[None, None, :]))  # the bilinear tent
+
+
 @keras.saving.register_keras_serializable(package="petloc")
 class CropBoxes(layers.Layer):
     """Cuts each image at its box, widened by `margin` of the box on every side, and resizes
-    the cut to `size` x `size`. No gradient flows into the boxes: the crop is a look, not a loss."""
+    the cut to `size` x `size`. No gradient flows into the boxes: the crop is a look, not a loss.
+
+    Bilinear resampling is separable, so the crop is two small matrix products per image:
+    plain ops that XLA compiles (tf.image.crop_and_resize has no XLA kernel)."""
 
     def __init__(self, size: int, margin: float = 0.2, **kwargs):
         super().__init__(**kwargs)
         self.size, self.margin = size, margin
 
     def call(self, images, boxes):
-        import tensorflow as tf
-
-        window = crop_windows(ops.stop_gradient(boxes), self.margin)
-        index = tf.range(tf.shape(images)[0])
-        yx = ops.take(window, [1, 0, 3, 2], axis=-1)  # crop_and_resize wants [y1, x1, y2, x2]
-        return tf.image.crop_and_resize(images, yx, index, (self.size, self.size))
+        x1, y1, x2, y2 = ops.unstack(crop_windows(ops.stop_gradient(boxes), self.margin), axis=-1)
+        rows = _bilinear_weights(y1, y2, images.shape[1], self.size)
+        cols = _bilinear_weights(x1, x2, images.shape[2], self.size)
+        return ops.einsum("bih,bhwc,bjw->bijc", rows, images, cols)
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "margin": self.margin}
@@ -169,8 +179,9 @@ def build_model(spec: ModelSpec, image_size: int) -> keras.Model:
     return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_" + re.sub(r"[^\w]+", "_", spec.backbone).strip("_"))
 
 
-def compile_model(model: keras.Model, spec: ModelSpec, steps_per_epoch: int = 0, epochs: int = 0) -> keras.Model:
-    """Adam, with cosine decay over the whole run when its length is known."""
+def compile_model(model: keras.Model, spec: ModelSpec, steps_per_epoch: int = 0, epochs: int = 0, jit_compile="auto") -> keras.Model:
+    """Adam, with cosine decay over the whole run when its length is known. `jit_compile`
+    is Keras's: "auto" means no XLA on a CPU."""
     lr = spec.learning_rate
     if steps_per_epoch and epochs:
         lr = keras.optimizers.schedules.CosineDecay(spec.learning_rate, steps_per_epoch * epochs, alpha=0.05)
@@ -179,5 +190,6 @@ def compile_model(model: keras.Model, spec: ModelSpec, steps_per_epoch: int = 0,
         loss={"cls": "sparse_categorical_crossentropy", "box": BOX_LOSSES[spec.box_loss]},
         loss_weights={"cls": 1.0, "box": spec.box_loss_weight},
         metrics={"cls": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], "box": [MeanIoU()]},
+        jit_compile=jit_compile,
     )
     return model

@@ -1,0 +1,86 @@
+"""What makes a training step faster on this CPU? Times training steps of the localiser
+under each setting (float32, mixed_bfloat16, XLA), alternating, in one run, and prints
+each one's time and its ratio to float32.
+
+    python benchmarks/training_step.py [--backbone simple] [--box-head centre] [--size 128]
+                                       [--batch 16] [--steps 10] [--rounds 3] [--settings float32 xla]
+
+Mixed precision only pays where the CPU has bf16 units (AVX512_BF16 or AMX); the script
+prints which of those /proc/cpuinfo lists. Keras turns XLA off on CPUs unless asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+
+from petloc.model import ModelSpec, build_model, compile_model
+
+# setting -> (Keras dtype policy, jit_compile)
+SETTINGS = {
+    "float32": ("float32", False),
+    "mixed_bfloat16": ("mixed_bfloat16", False),
+    "xla": ("float32", True),
+}
+
+
+def cpu_bf16_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
+
+
+def training_step(setting: str, args):
+    """A compiled model under `setting` and a function that times `n` training steps on one batch."""
+    policy, jit = SETTINGS[setting]
+    keras.mixed_precision.set_global_policy(policy)
+    spec = ModelSpec(backbone=args.backbone, width=0.5, head_units=128, box_loss="l1", box_loss_weight=5.0, box_head=args.box_head)
+    model = compile_model(build_model(spec, args.size), spec, jit_compile=jit)
+    keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype(np.float32)
+    y = {"cls": rng.integers(0, 2, args.batch), "box": np.tile([[0.2, 0.2, 0.6, 0.7]], (args.batch, 1)).astype(np.float32)}
+
+    def steps(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            model.train_on_batch(x, y)
+        return (time.perf_counter() - start) / n
+
+    steps(3)  # trace and warm up
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="simple")
+    parser.add_argument("--box-head", default="centre")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per timing")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+    print(f"CPU bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}")
+    runners = {setting: training_step(setting, args) for setting in dict.fromkeys(["float32", *args.settings])}
+    times = {setting: float("inf") for setting in runners}
+    for _ in range(args.rounds):  # alternate, so a change in machine load hits all alike; keep the best
+        for setting, steps in runners.items():
+            times[setting] = min(times[setting], steps(args.steps))
+    what = f"{args.backbone}, {args.box_head} head, {args.size} px, batch {args.batch}"
+    for setting, t in times.items():
+        print(f"{setting:>15}: {t * 1000:7.1f} ms per training step ({what}), {t / times['float32']:.2f}x float32")
+
+
+if __name__ == "__main__":
+    main()
