@@ -64,11 +64,11 @@ def pretrain(experiment, overrides):
     from petloc import registry, tracking
     from petloc.config import load_experiment
     from petloc.experiment import prepare_data
-    from petloc.pretrain import pretrain_tracked
+    from petloc.pretrain import image_size, pretrain_tracked
 
     exp = load_experiment(experiment, overrides)
     cfg = exp.pretrain
-    data = prepare_data(exp.data)
+    data = prepare_data(exp.data, image_size(exp))
     crops = " and their head crops" if cfg.head_crops else ""
     click.echo(f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}")
     tracking.configure(exp.tracking.uri)
@@ -296,7 +296,16 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _interrupt_on_sigterm(signum, frame):
+    # `kill`, a CI timeout or a container stop sends SIGTERM: treat it as Ctrl+C, so the
+    # runs in progress end KILLED in MLflow instead of staying RUNNING forever.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         cli.main(standalone_mode=False)
     except PetlocError as err:

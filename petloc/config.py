@@ -175,6 +175,7 @@ class PretrainConfig(Strict):
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
     batch_size: int = Field(32, ge=1)
     head_crops: bool = True  # also learn from a crop around each head
+    image_size: int | None = Field(None, ge=32, le=1024)  # None: data.image_size; smaller pretrains faster
     register_as: str = Field("petloc-backbone", pattern=r"^[\w.-]+$")
     alias: str = Field("champion", pattern=r"^[A-Za-z_][\w-]*$")  # MLflow reserves `latest` and v<N>
 

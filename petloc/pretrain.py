@@ -59,19 +59,24 @@ def _class_only(batches):
     return batches.map(lambda x, y: (x, y["cls"]))
 
 
+def image_size(exp: Experiment) -> int:
+    """The pretraining image size; the backbone is convolutional, so a localiser may use another."""
+    return exp.pretrain.image_size or exp.data.image_size
+
+
 def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str, verbose: int | None = None) -> dict[str, float]:
     """Trains the classifier inside MLflow run `run_id`; logs and returns its figures."""
     import mlflow
     import mlflow.keras
 
     cfg = exp.pretrain
-    params: dict[str, Any] = {**cfg.model_dump(exclude={"register_as", "alias"}), "image_size": exp.data.image_size,
+    params: dict[str, Any] = {**cfg.model_dump(exclude={"register_as", "alias"}), "image_size": image_size(exp),
                               "seed": exp.train.seed, "val_split": exp.data.val_split, "xla": exp.train.xla}
     tracking.log_run_inputs(run_id, params, data.tags(), exp.train.seed, petloc_kind="pretrain")
 
     keras.utils.set_random_seed(exp.train.seed)
     train = with_head_crops(data.train) if cfg.head_crops else data.train
-    model = build_classifier(cfg.backbone, cfg.width, exp.data.image_size, cfg.dropout)
+    model = build_classifier(cfg.backbone, cfg.width, image_size(exp), cfg.dropout)
     steps = -(-len(train) // cfg.batch_size)
     model.compile(
         optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps * cfg.epochs, alpha=0.05)),

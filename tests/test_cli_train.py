@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     with in_project(root):
         data = tiny_dataset(root / "photos")
         exp = tiny_experiment(root, data)
-        result = run("train", exp, "train.epochs=2", "space.tta=flip")
+        result = run("train", exp, "train.epochs=2", "space.tta=flip", "train.xla=true")
         assert result.exit_code == 0, result.output
         run_id = result.output.split("MLflow run ")[1].split()[0]
         yield root, data, run_id
@@ -43,6 +43,7 @@ def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
         assert key in r.data.metrics, key
     assert 0 <= r.data.metrics["best_val_miou"] <= 1
     assert r.data.params["tta"] == "flip" and 0 <= r.data.metrics["val_miou_without_tta"] <= 1
+    assert r.data.params["xla"] == "True"
     assert [m.step for m in client.get_metric_history(run_id, "val/miou")] == [1, 2]
     assert len(client.get_metric_history(run_id, "train/loss")) == 2
     assert r.data.tags["dataset_digest"] and r.data.tags["git_commit"]

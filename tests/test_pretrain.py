@@ -13,7 +13,8 @@ from petloc.data.pipeline import Arrays
 from petloc.pretrain import with_head_crops
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
-PRETRAIN = {"backbone": "simple", "width": 0.25, "epochs": 1, "batch_size": 16, "aug_strength": 0.3}
+# Pretrained at 40 px; the localisers below take its weights at the experiment's 32 px.
+PRETRAIN = {"backbone": "simple", "width": 0.25, "epochs": 1, "batch_size": 16, "aug_strength": 0.3, "image_size": 40}
 
 
 def run(*args):
@@ -56,6 +57,7 @@ def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
     r = client.get_run(version.run_id)
     assert r.info.status == "FINISHED" and r.data.tags["petloc_kind"] == "pretrain"
     assert r.data.params["backbone"] == "simple" and r.data.params["head_crops"] == "True"
+    assert r.data.params["image_size"] == "40"
     assert r.data.metrics["train_images"] == 2 * 45  # 45 training photos and their head crops
     assert 0 <= r.data.metrics["val_accuracy"] <= 1 and "val_head_accuracy" in r.data.metrics
     assert len(client.get_metric_history(r.info.run_id, "val/accuracy")) == 1
