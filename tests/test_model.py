@@ -179,11 +179,12 @@ def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
     np.testing.assert_allclose(np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6)  # clipped at the top
 
 
-def test_centre_box_head_trains_and_reloads(tmp_path):
+@pytest.mark.parametrize("second_stage, xla", [("none", False), ("head_crop", False), ("head_crop", True)])
+def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_stage, xla):
     import tensorflow as tf
 
-    spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", box_head="centre")
-    model = compile_model(build_model(spec, SIZE), spec)
+    spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", box_head="centre", second_stage=second_stage)
+    model = compile_model(build_model(spec, SIZE), spec, jit_compile=xla)
     x, y = batch()
     before = np.asarray(model(x)["box"])
     # Batches whose image size is not static, as the augmentation pipeline makes them.

@@ -50,12 +50,13 @@ def crop_windows(boxes, margin: float):
     return ops.clip(ops.stack([x1 - dx, y1 - dy, x2 + dx, y2 + dy], axis=-1), 0.0, 1.0)
 
 
-def _bilinear_weights(starts, ends, source: int, size: int):
+def _bilinear_weights(starts, ends, source, size: int):
     """(batch, size, source) weights that resample `source` pixels to `size` samples spread
-    evenly from `starts` to `ends` (0..1, TensorFlow's crop_and_resize convention)."""
+    evenly from `starts` to `ends` (0..1, TensorFlow's crop_and_resize convention).
+    `source` may be a tensor: tf.data batches may not carry a static image size."""
     steps = ops.cast(ops.arange(size), "float32") / max(size - 1, 1)
-    at = (starts[:, None] + (ends - starts)[:, None] * steps[None, :]) * (source - 1)  # (batch, size)
     pixels = ops.cast(ops.arange(source), "float32")
+    at = (starts[:, None] + (ends - starts)[:, None] * steps[None, :]) * (ops.cast(source, "float32") - 1)  # (batch, size)
     return ops.relu(1.0 - ops.abs(at[:, :, None] - pixels[None, None, :]))  # the bilinear tent
 
 
@@ -73,8 +74,9 @@ class CropBoxes(layers.Layer):
 
     def call(self, images, boxes):
         x1, y1, x2, y2 = ops.unstack(crop_windows(ops.stop_gradient(boxes), self.margin), axis=-1)
-        rows = _bilinear_weights(y1, y2, images.shape[1], self.size)
-        cols = _bilinear_weights(x1, x2, images.shape[2], self.size)
+        _, height, width, _ = ops.shape(images)
+        rows = _bilinear_weights(y1, y2, height, self.size)
+        cols = _bilinear_weights(x1, x2, width, self.size)
         return ops.einsum("bih,bhwc,bjw->bijc", rows, images, cols)
 
     def get_config(self):
