@@ -3,7 +3,7 @@ under each setting (float32, mixed_bfloat16, XLA), alternating, in one run, and 
 each one's time and its ratio to float32.
 
     python benchmarks/training_step.py [--backbone simple] [--box-head centre] [--size 128]
-                                       [--batch 16] [--steps 10] [--rounds 3] [--settings float32 xla]
+                                       [--second-stage none] [--batch 16] [--steps 10] [--rounds 3] [--settings float32 xla]
 
 Mixed precision only pays where the CPU has bf16 units (AVX512_BF16 or AMX); the script
 prints which of those /proc/cpuinfo lists. Keras turns XLA off on CPUs unless asked.
@@ -44,7 +44,8 @@ def training_step(setting: str, args):
     """A compiled model under `setting` and a function that times `n` training steps on one batch."""
     policy, jit = SETTINGS[setting]
     keras.mixed_precision.set_global_policy(policy)
-    spec = ModelSpec(backbone=args.backbone, width=0.5, head_units=128, box_loss="l1", box_loss_weight=5.0, box_head=args.box_head)
+    spec = ModelSpec(backbone=args.backbone, width=0.5, head_units=128, box_loss="l1", box_loss_weight=5.0, box_head=args.box_head,
+                     second_stage=args.second_stage)
     model = compile_model(build_model(spec, args.size), spec, jit_compile=jit)
     keras.mixed_precision.set_global_policy("float32")
     rng = np.random.default_rng(0)
@@ -65,19 +66,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="simple")
     parser.add_argument("--box-head", default="centre")
+    parser.add_argument("--second-stage", default="none", choices=["none", "head_crop"])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="training steps per timing")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
+    if args.second_stage == "head_crop" and "xla" in args.settings:
+        parser.error("XLA cannot compile the head crop (tf.image.crop_and_resize): add --settings float32 mixed_bfloat16")
     print(f"CPU bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}")
     runners = {setting: training_step(setting, args) for setting in dict.fromkeys(["float32", *args.settings])}
     times = {setting: float("inf") for setting in runners}
     for _ in range(args.rounds):  # alternate, so a change in machine load hits all alike; keep the best
         for setting, steps in runners.items():
             times[setting] = min(times[setting], steps(args.steps))
-    what = f"{args.backbone}, {args.box_head} head, {args.size} px, batch {args.batch}"
+    what = f"{args.backbone}, {args.box_head} head, second stage {args.second_stage}, {args.size} px, batch {args.batch}"
     for setting, t in times.items():
         print(f"{setting:>15}: {t * 1000:7.1f} ms per training step ({what}), {t / times['float32']:.2f}x float32")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -153,10 +154,12 @@ def ui(host, port, workers):
     # starts in seconds and leaves nothing behind in /dev/shm.
     env = {**os.environ}
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    server = subprocess.Popen(cmd, env=env)
     try:
-        sys.exit(subprocess.call(cmd, env=env))
-    except KeyboardInterrupt:
-        pass
+        sys.exit(server.wait())
+    except KeyboardInterrupt:  # Ctrl+C reaches the server too; SIGTERM reaches only us: pass it on
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @cli.command()
@@ -296,24 +299,29 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl+C is."""
+
+
 def _interrupt_on_sigterm(signum, frame):
     # `kill`, a CI timeout or a container stop sends SIGTERM: treat it as Ctrl+C, so the
-    # runs in progress end KILLED in MLflow instead of staying RUNNING forever.
-    raise KeyboardInterrupt(f"signal {signum}")
+    # runs in progress end KILLED in MLflow instead of staying RUNNING forever. A second
+    # SIGTERM must not cut that clean-up short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(f"signal {signum}")
 
 
 def main() -> None:
-    import signal
-
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         cli.main(standalone_mode=False)
     except PetlocError as err:
         click.echo(f"petloc: error: {err}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("petloc: aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as err:  # click turns KeyboardInterrupt into Abort
+        terminated = isinstance(err.__cause__, Terminated)
+        click.echo(f"petloc: {'terminated' if terminated else 'aborted'}", err=True)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except click.ClickException as err:
         err.show()
         sys.exit(2)

@@ -140,8 +140,8 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     early_stopping: int = Field(0, ge=0)  # patience in epochs on val_miou; 0 = off
     seed: int = 0
-    # XLA-compiled training steps: about 16% faster on this 2-core CPU
-    # (benchmarks/training_step.py); Keras leaves XLA off on CPUs unless asked.
+    # XLA-compiled training steps, which Keras leaves off on CPUs: 16% faster for
+    # simple_context on this 2-core CPU (benchmarks/training_step.py). Not with a head crop.
     xla: bool = False
 
 
@@ -176,6 +176,7 @@ class PretrainConfig(Strict):
     batch_size: int = Field(32, ge=1)
     head_crops: bool = True  # also learn from a crop around each head
     image_size: int | None = Field(None, ge=32, le=1024)  # None: data.image_size; smaller pretrains faster
+    xla: bool = False  # XLA-compiled training steps, as train.xla
     register_as: str = Field("petloc-backbone", pattern=r"^[\w.-]+$")
     alias: str = Field("champion", pattern=r"^[A-Za-z_][\w-]*$")  # MLflow reserves `latest` and v<N>
 
@@ -216,6 +217,13 @@ class Experiment(Strict):
                 value = _check_type(name, value)
             checked[name] = value
         return checked
+
+    @model_validator(mode="after")
+    def _xla_can_compile(self) -> "Experiment":
+        stages = self.space.get("second_stage", [])
+        if self.train.xla and "head_crop" in (stages if isinstance(stages, list) else [stages]):
+            raise ValueError("train.xla: XLA cannot compile second_stage head_crop (tf.image.crop_and_resize); set train.xla=false")
+        return self
 
     def fixed_hyperparameters(self) -> dict[str, Any]:
         """One value per hyperparameter for a single run: first choice, range default or min."""
@@ -273,7 +281,7 @@ def _first_error(source: str, err: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "Range")))
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {key}: {msg}{more}"
+    return f"{source}: {key + ': ' if key else ''}{msg}{more}"
 
 
 def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:

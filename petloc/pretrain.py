@@ -71,7 +71,7 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str, verbose: 
 
     cfg = exp.pretrain
     params: dict[str, Any] = {**cfg.model_dump(exclude={"register_as", "alias"}), "image_size": image_size(exp),
-                              "seed": exp.train.seed, "val_split": exp.data.val_split, "xla": exp.train.xla}
+                              "seed": exp.train.seed, "val_split": exp.data.val_split}
     tracking.log_run_inputs(run_id, params, data.tags(), exp.train.seed, petloc_kind="pretrain")
 
     keras.utils.set_random_seed(exp.train.seed)
@@ -82,7 +82,7 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str, verbose: 
         optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps * cfg.epochs, alpha=0.05)),
         loss="sparse_categorical_crossentropy",
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=exp.train.xla or "auto",
+        jit_compile=cfg.xla or "auto",
     )
     start = time.perf_counter()
     # KeepBest watches val_miou; for a classifier the score to keep is accuracy.

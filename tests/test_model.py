@@ -124,25 +124,11 @@ def test_head_crop_cuts_the_box_with_its_margin():
     assert wide[10, 10] > 200 and wide[1, 1] < 50  # head in the middle, background at the edge
 
 
-def test_head_crop_resamples_like_tensorflows_crop_and_resize():
-    import tensorflow as tf
-
-    from petloc.model.build import CropBoxes, crop_windows
-
-    images = np.random.default_rng(0).uniform(0, 255, (3, 48, 40, 3)).astype(np.float32)
-    boxes = np.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0], [0.3, 0.3, 0.35, 0.4]], np.float32)
-    ours = np.asarray(CropBoxes(16, margin=0.2)(images, boxes))
-    yx = np.asarray(crop_windows(boxes, 0.2))[:, [1, 0, 3, 2]]
-    theirs = tf.image.crop_and_resize(images, yx, tf.range(3), (16, 16)).numpy()
-    np.testing.assert_allclose(ours, theirs, atol=0.01)
-
-
-@pytest.mark.parametrize("second_stage", ["none", "head_crop"])
-def test_context_backbone_and_head_crop_train_under_xla(second_stage):
-    spec = ModelSpec(backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre",
-                     second_stage=second_stage)
+def test_context_backbone_trains_under_xla():
+    spec = ModelSpec(backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre")
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=True)
     assert model.get_layer("simple_context").output.shape[1] == SIZE // 8  # still stride 8
+    assert model.jit_compile is True  # Keras turns XLA off silently for layers it cannot compile
     x, y = batch()
     first = model.train_on_batch(x, y, return_dict=True)["loss"]
     for _ in range(4):
@@ -179,12 +165,13 @@ def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
     np.testing.assert_allclose(np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6)  # clipped at the top
 
 
-@pytest.mark.parametrize("second_stage, xla", [("none", False), ("head_crop", False), ("head_crop", True)])
+@pytest.mark.parametrize("second_stage, xla", [("none", False), ("head_crop", False), ("none", True)])
 def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_stage, xla):
     import tensorflow as tf
 
     spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", box_head="centre", second_stage=second_stage)
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=xla)
+    assert model.jit_compile is xla
     x, y = batch()
     before = np.asarray(model(x)["box"])
     # Batches whose image size is not static, as the augmentation pipeline makes them.

@@ -125,6 +125,7 @@ def app(tmp_path_factory):
             wait_until_answering(url + "/", proc, log, STARTUP_S)
             yield SimpleNamespace(
                 url=url,
+                proc=proc,
                 experiment_id=parent.info.experiment_id,
                 parent=parent,
                 trials=trials,
@@ -231,3 +232,17 @@ def test_models_page_shows_petloc_with_the_champion_alias(app, page):
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"Version {version}", exact=True))
     expect(row.get_by_role("status", name="champion")).to_be_visible()
     expect(row.get_by_role("status", name="source_run")).to_contain_text(app.champion.run_id)
+
+
+def test_sigterm_to_petloc_ui_stops_its_server_too(app):
+    """Last in this file: it stops the UI. Only petloc gets the signal, not its process group."""
+    app.proc.send_signal(signal.SIGTERM)
+    assert app.proc.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(app.url + "/", timeout=2).close()
+        except OSError:  # refused: nothing listens on the port any more
+            return
+        time.sleep(1)
+    pytest.fail(f"the MLflow server still answers at {app.url} after petloc ui was terminated")

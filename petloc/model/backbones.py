@@ -103,8 +103,8 @@ def simple(image_size: int, width: float, weights: str | None) -> keras.Model:
 @register("simple_context")
 def simple_context(image_size: int, width: float, weights: str | None) -> keras.Model:
     """`simple` plus two residual convolutions dilated 2 and 4 at the same stride 8: each
-    cell then sees about 150 px instead of 52, the whole of a 128 px photo, so a cell at
-    the head can tell how big the head is, for 60% more compute and a same-size map."""
+    cell then sees about 150 px around it instead of 52 (from the centre, all of a 128 px
+    photo), so a cell at the head can tell how big the head is; 60% more compute, same map."""
     return _simple("simple_context", image_size, width, weights, dilations=(2, 4))
 
 

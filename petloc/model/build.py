@@ -50,34 +50,22 @@ def crop_windows(boxes, margin: float):
     return ops.clip(ops.stack([x1 - dx, y1 - dy, x2 + dx, y2 + dy], axis=-1), 0.0, 1.0)
 
 
-def _bilinear_weights(starts, ends, source, size: int):
-    """(batch, size, source) weights that resample `source` pixels to `size` samples spread
-    evenly from `starts` to `ends` (0..1, TensorFlow's crop_and_resize convention).
-    `source` may be a tensor: tf.data batches may not carry a static image size."""
-    steps = ops.cast(ops.arange(size), "float32") / max(size - 1, 1)
-    pixels = ops.cast(ops.arange(source), "float32")
-    at = (starts[:, None] + (ends - starts)[:, None] * steps[None, :]) * (ops.cast(source, "float32") - 1)  # (batch, size)
-    return ops.relu(1.0 - ops.abs(at[:, :, None] - pixels[None, None, :]))  # the bilinear tent
-
-
 @keras.saving.register_keras_serializable(package="petloc")
 class CropBoxes(layers.Layer):
     """Cuts each image at its box, widened by `margin` of the box on every side, and resizes
-    the cut to `size` x `size`. No gradient flows into the boxes: the crop is a look, not a loss.
-
-    Bilinear resampling is separable, so the crop is two small matrix products per image:
-    plain ops that XLA compiles (tf.image.crop_and_resize has no XLA kernel)."""
+    the cut to `size` x `size`. No gradient flows into the boxes: the crop is a look, not a loss."""
 
     def __init__(self, size: int, margin: float = 0.2, **kwargs):
         super().__init__(**kwargs)
         self.size, self.margin = size, margin
 
     def call(self, images, boxes):
-        x1, y1, x2, y2 = ops.unstack(crop_windows(ops.stop_gradient(boxes), self.margin), axis=-1)
-        _, height, width, _ = ops.shape(images)
-        rows = _bilinear_weights(y1, y2, height, self.size)
-        cols = _bilinear_weights(x1, x2, width, self.size)
-        return ops.einsum("bih,bhwc,bjw->bijc", rows, images, cols)
+        import tensorflow as tf
+
+        window = crop_windows(ops.stop_gradient(boxes), self.margin)
+        index = tf.range(tf.shape(images)[0])
+        yx = ops.take(window, [1, 0, 3, 2], axis=-1)  # crop_and_resize wants [y1, x1, y2, x2]
+        return tf.image.crop_and_resize(images, yx, index, (self.size, self.size))
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "margin": self.margin}
