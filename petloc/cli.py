@@ -160,6 +160,7 @@ def ui(host, port, workers):
     except KeyboardInterrupt:  # Ctrl+C reaches the server too; SIGTERM reaches only us: pass it on
         server.terminate()
         server.wait(timeout=30)
+        raise
 
 
 @cli.command()
