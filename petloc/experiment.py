@@ -89,6 +89,13 @@ def _check_transfer(backbone: str, val_key: str) -> None:
                           "so its training photos may be in this run's validation set; pretrain with the same data.path, val_split and seed")
 
 
+def run_settings(exp: Experiment, epochs: int) -> dict[str, Any]:
+    """What else shapes a run besides its hyperparameters, logged alike by runs and sweeps:
+    `seed` seeds the training, `data_seed` and `val_split` make the split."""
+    return {"epochs": epochs, "early_stopping": exp.train.early_stopping, "seed": exp.train.seed, "xla": exp.train.xla,
+            "val_split": exp.data.val_split, "data_seed": exp.data.seed}
+
+
 def train_tracked(
     exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str, verbose: int | None = None,
     epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
@@ -98,7 +105,7 @@ def train_tracked(
 
     epochs = epochs or exp.train.epochs
     _check_transfer(hp["backbone"], data.val_key)
-    params = {**hp, "seed": exp.train.seed, "epochs": epochs, "val_split": exp.data.val_split, "xla": exp.train.xla}
+    params = {**hp, **run_settings(exp, epochs)}
     tracking.log_run_inputs(run_id, params, data.tags(), exp.train.seed)
 
     start = time.perf_counter()

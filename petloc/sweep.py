@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from petloc import registry, tracking
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
-from petloc.experiment import PreparedData, prepare_data
+from petloc.experiment import PreparedData, prepare_data, run_settings
 from petloc.search import TrackedTuner, reset, tuner_dir
 
 LEADERBOARD_COLUMNS = [
@@ -75,7 +75,8 @@ def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
     space = {name: (p.model_dump() if hasattr(p, "model_dump") else p) for name, p in exp.space.items()}
     params = {f"space.{k}": json.dumps(v) for k, v in space.items()}
     params.update({f"tuner.{k}": v for k, v in exp.tuner.model_dump().items()})
-    params.update({"epochs": exp.train.epochs, "image_size": exp.data.image_size, "val_split": exp.data.val_split, "seed": exp.data.seed})
+    params.update(run_settings(exp, exp.train.epochs))
+    params["image_size"] = exp.data.image_size
     mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()}, run_id=run_id)
     client.log_dict(run_id, {"space": space, "experiment": exp.model_dump(mode="json")}, "search_space.json")
     client.set_tag(run_id, "git_commit", tracking.git_commit())

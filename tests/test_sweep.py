@@ -24,7 +24,7 @@ def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     with in_project(root):
         data = tiny_dataset(root / "photos")
-        exp = tiny_experiment(root, data, space={"head_units": [8, 16], "aug_strength": [0.0, 0.3]})
+        exp = tiny_experiment(root, data, space={"head_units": [8, 16], "aug_strength": [0.0, 0.3]}, train={"seed": 3})
         first = invoke("sweep", exp)
         assert first.exit_code == 0, first.output
         mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
@@ -38,10 +38,13 @@ def test_one_parent_run_with_a_child_run_per_trial(swept):
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert "space.head_units" in parent.data.params and parent.data.tags["dataset_digest"]
+    assert (parent.data.params["seed"], parent.data.params["data_seed"]) == ("3", "0")  # train.seed, data.seed
+    settings = ("epochs", "early_stopping", "seed", "xla", "val_split", "data_seed")
     runs = children(client, parent_id)
     assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
     for r in runs:
         assert r.info.status == "FINISHED"
+        assert {k: r.data.params[k] for k in settings} == {k: parent.data.params[k] for k in settings}
         assert r.data.params["head_units"] in ("8", "16")
         assert not any(k.startswith("tuner/") for k in r.data.params)
         assert {"best_val_miou", "val_accuracy", "latency_ms_b1", "latency_ms_b32", "params_count", "train_seconds"} <= set(r.data.metrics)
