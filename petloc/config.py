@@ -62,7 +62,7 @@ HYPERPARAMS: dict[str, tuple[type, Any]] = {
     "class_weight": (str, "none"),  # none, or balanced: cats and dogs weigh the same in the class loss
     "tta": (str, "none"),  # none, or flip: average each photo with its mirror image at test time
     "box_head": (str, "dense"),  # dense: corners from the flattened map; centre: heat-map centre + size
-    "second_stage": (str, "none"),  # none; head_crop: the class head also sees the head crop; head_refine: the crop also corrects the box
+    "second_stage": (str, "none"),  # none, or head_crop: the class head also sees the head crop
     "freeze_backbone": (bool, False),  # true: train only the heads (for a pretrained backbone)
 }
 
@@ -221,9 +221,8 @@ class Experiment(Strict):
     @model_validator(mode="after")
     def _xla_can_compile(self) -> "Experiment":
         stages = self.space.get("second_stage", [])
-        crops = [s for s in (stages if isinstance(stages, list) else [stages]) if s != "none"]
-        if self.train.xla and crops:
-            raise ValueError(f"train.xla: XLA cannot compile second_stage {crops[0]} (tf.image.crop_and_resize); set train.xla=false")
+        if self.train.xla and "head_crop" in (stages if isinstance(stages, list) else [stages]):
+            raise ValueError("train.xla: XLA cannot compile second_stage head_crop (tf.image.crop_and_resize); set train.xla=false")
         return self
 
     def fixed_hyperparameters(self) -> dict[str, Any]:

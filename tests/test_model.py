@@ -147,32 +147,6 @@ def test_head_crop_stage_trains_and_reloads(tmp_path):
     np.testing.assert_allclose(np.asarray(again(x)["cls"]), np.asarray(model(x)["cls"]), atol=1e-5)
 
 
-def test_refine_box_moves_the_centre_and_scales_the_sides():
-    from petloc.model.build import RefineBox
-
-    box = np.array([[0.2, 0.4, 0.6, 0.6]], np.float32)  # centre (0.4, 0.5), size 0.4 x 0.2
-    np.testing.assert_allclose(np.asarray(RefineBox()(box, np.zeros((1, 4), np.float32))), box, atol=1e-6)
-    t = np.arctanh(0.5)  # tanh(t) = 0.5: the centre moves by a quarter of the box, the sides scale by e^0.5
-    moved = np.asarray(RefineBox()(box, np.array([[t, -t, 0.0, 0.0]], np.float32)))
-    np.testing.assert_allclose(moved, [[0.3, 0.35, 0.7, 0.55]], atol=1e-5)
-    grown = np.asarray(RefineBox()(box, np.array([[0.0, 0.0, t, t]], np.float32)))
-    half = np.array([0.2, 0.1]) * np.exp(0.5)
-    np.testing.assert_allclose(grown, [[0.4 - half[0], 0.5 - half[1], 0.4 + half[0], 0.5 + half[1]]], atol=1e-5)
-
-
-def test_head_refine_starts_at_the_first_box_and_trains_both():
-    spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", box_head="centre", second_stage="head_refine")
-    model = compile_model(build_model(spec, SIZE), spec)
-    first = keras.Model(model.input, model.get_layer("box").output)  # the box before the crop's correction
-    x, y = batch()
-    np.testing.assert_allclose(np.asarray(model(x)["box"]), np.asarray(first(x)), atol=1e-6)
-    size_before = model.get_layer("box_size").get_weights()[0].copy()  # feeds nothing but the box
-    for _ in range(3):
-        model.train_on_batch(x, y)
-    assert not np.allclose(np.asarray(model(x)["box"]), np.asarray(first(x)), atol=1e-4)  # the correction learned
-    assert not np.allclose(model.get_layer("box_size").get_weights()[0], size_before)  # the loss reached the first box
-
-
 def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
     from petloc.model.build import CentreSizeBox, SoftArgmaxPool
 
@@ -191,7 +165,7 @@ def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
     np.testing.assert_allclose(np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6)  # clipped at the top
 
 
-@pytest.mark.parametrize("second_stage, xla", [("none", False), ("head_crop", False), ("head_refine", False), ("none", True)])
+@pytest.mark.parametrize("second_stage, xla", [("none", False), ("head_crop", False), ("none", True)])
 def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_stage, xla):
     import tensorflow as tf
 

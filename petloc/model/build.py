@@ -31,7 +31,7 @@ class ModelSpec:
     box_loss_weight: float = 1.0
     learning_rate: float = 1e-3
     box_head: str = "dense"  # dense: regress corners from the flattened map; centre: heat map + size
-    second_stage: str = "none"  # none; head_crop: classify from the head crop too; head_refine: and refine the box
+    second_stage: str = "none"  # none, or head_crop: classify from the head crop as well
     freeze_backbone: bool = False  # train only the heads, keeping a pretrained backbone as it is
 
 
@@ -71,50 +71,20 @@ class CropBoxes(layers.Layer):
         return {**super().get_config(), "size": self.size, "margin": self.margin}
 
 
-@keras.saving.register_keras_serializable(package="petloc")
-class RefineBox(layers.Layer):
-    """Moves and rescales a box by offsets read from its crop: the centre by up to half the
-    box's size, each side by a factor within e^-1..e. Zero offsets leave the box as it is."""
-
-    def call(self, boxes, offsets):
-        x1, y1, x2, y2 = ordered(boxes)
-        size = ops.stack([x2 - x1, y2 - y1], axis=-1)
-        centre = ops.stack([x1 + x2, y1 + y2], axis=-1) / 2.0 + 0.5 * ops.tanh(offsets[:, :2]) * size
-        half = size * ops.exp(ops.tanh(offsets[:, 2:])) / 2.0
-        return ops.clip(ops.concatenate([centre - half, centre + half], axis=-1), 0.0, 1.0)
-
-
-def _refine_from_crop(spec: ModelSpec, box, crop_map):
-    """Offsets for the box from the crop's feature map, flattened so that where things are
-    in the crop counts. The last layer starts at zero: training begins from the first box."""
-    x = layers.Conv2D(16, 1, use_bias=False, name="refine_squeeze")(crop_map)
-    x = layers.Activation("relu", name="refine_relu")(layers.BatchNormalization(momentum=0.9, name="refine_bn")(x))
-    x = _dense_stack(layers.Flatten(name="refine_flatten")(x), spec.head_units, 1, spec.dropout, "refine")
-    offsets = layers.Dense(4, kernel_initializer="zeros", name="refine_offsets")(x)
-    return RefineBox(name="refined_box")(box, offsets)
-
-
-def _head_crop_stage(spec: ModelSpec, inputs, box, pooled, refine: bool = False):
+def _head_crop_stage(spec: ModelSpec, inputs, box, pooled):
     """A second backbone of the same kind, on the head crop at half the input size; its pooled
-    features join the whole photo's. With `refine`, the crop also corrects the box: the box
-    loss then reaches the first box through the correction (not through the crop's place)."""
+    features join the whole photo's."""
     size = max(32, inputs.shape[1] // 2)
     net = build_backbone(spec.backbone, size, spec.width, spec.weights)
     crop_net = keras.Model(net.input, net.output, name=f"crop_{net.name}")  # names must be unique
     crop_net.trainable = not spec.freeze_backbone
-    crop_map = crop_net(CropBoxes(size, name="head_crop")(inputs, box))
-    crop_pooled = layers.GlobalAveragePooling2D(name="crop_pool")(crop_map)
-    if refine:
-        box = _refine_from_crop(spec, box, crop_map)
-    return box, layers.Concatenate(name="cls_features")([pooled, crop_pooled])
+    crops = CropBoxes(size, name="head_crop")(inputs, box)
+    crop_pooled = layers.GlobalAveragePooling2D(name="crop_pool")(crop_net(crops))
+    return layers.Concatenate(name="cls_features")([pooled, crop_pooled])
 
 
-# What a second look at the head crop does: nothing, feed the class head, or also refine the box.
-SECOND_STAGES = {
-    "none": lambda spec, inputs, box, pooled: (box, pooled),
-    "head_crop": _head_crop_stage,
-    "head_refine": lambda spec, inputs, box, pooled: _head_crop_stage(spec, inputs, box, pooled, refine=True),
-}
+# How the class head sees the photo: the whole photo only, or also the head crop.
+SECOND_STAGES = {"none": lambda spec, inputs, box, pooled: pooled, "head_crop": _head_crop_stage}
 
 
 def _dense_box_head(spec: ModelSpec, features):
@@ -192,7 +162,7 @@ def build_model(spec: ModelSpec, image_size: int) -> keras.Model:
         pooled = layers.Concatenate(name="cls_with_head")([pooled, head_features])
 
     # A second stage may look again at the head the box found, and classify from both.
-    box, pooled = SECOND_STAGES[spec.second_stage](spec, inputs, box, pooled)
+    pooled = SECOND_STAGES[spec.second_stage](spec, inputs, box, pooled)
     cls = layers.Dense(2, activation="softmax", name="cls")(
         _dense_stack(pooled, spec.head_units, spec.head_depth, spec.dropout, "cls")
     )
