@@ -212,7 +212,7 @@ def predict(model, images, as_json, out):
     predictor = load_predictor(model)
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failed, written = 0, set()
     for path in images:
         try:
             pixels = read_rgb(path)
@@ -223,9 +223,20 @@ def predict(model, images, as_json, out):
         pred = predictor.predict([pixels])[0]
         _print_prediction({"image": path, **pred.to_dict()}, as_json)
         if out:
-            save_rgb(draw_box_on_photo(pixels, pred), Path(out) / (Path(path).stem + ".png"))
+            save_rgb(draw_box_on_photo(pixels, pred), Path(out) / _annotated_name(Path(path).stem, written))
     if failed == len(images):
         sys.exit(1)
+
+
+def _annotated_name(stem: str, written: set[str]) -> str:
+    """STEM.png, or STEM-2.png, STEM-3.png, ... when an earlier image of the same call (a/x.jpg
+    and b/x.jpg, or x.jpg and x.png) took it, so no annotated copy overwrites another."""
+    name, n = f"{stem}.png", 1
+    while name in written:
+        n += 1
+        name = f"{stem}-{n}.png"
+    written.add(name)
+    return name
 
 
 def _print_prediction(row: dict, as_json: bool) -> None:

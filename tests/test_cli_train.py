@@ -83,7 +83,10 @@ def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tm
     photo = sorted(data.glob("*.jpg"))[0]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    result = run("predict", f"runs:/{run_id}/model", photo, broken, "--json", "--out", tmp_path / "out")
+    twin = tmp_path / "elsewhere" / photo.name  # the same file name in another folder
+    twin.parent.mkdir()
+    twin.write_bytes(photo.read_bytes())
+    result = run("predict", f"runs:/{run_id}/model", photo, broken, twin, "--json", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert lines[0]["image"] == str(photo) and lines[0]["label"] in ("cat", "dog")
@@ -91,7 +94,8 @@ def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tm
     x1, y1, x2, y2 = lines[0]["box"]
     assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64  # pixels of the 64 px photo, not 0..1
     assert lines[1]["image"] == str(broken) and "error" in lines[1]
-    assert (tmp_path / "out" / f"{photo.stem}.png").is_file()
+    assert lines[2]["image"] == str(twin) and lines[2]["box"] == lines[0]["box"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{photo.stem}-2.png", f"{photo.stem}.png"]  # none overwritten
 
 
 def test_python_api_loads_by_uri(trained, monkeypatch):
