@@ -187,3 +187,16 @@ def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_
     model.save(path)
     again = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_allclose(np.asarray(again(x)["box"]), np.asarray(model(x)["box"]), atol=1e-5)
+
+
+def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
+    # benchmarks/training_step.py times this setting; the box's position stays float32.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre", second_stage="head_crop")
+        model = compile_model(build_model(spec, SIZE), spec)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x, y = batch()
+    assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
+    assert model(x)["box"].dtype == "float32"

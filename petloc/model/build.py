@@ -78,7 +78,7 @@ def _head_crop_stage(spec: ModelSpec, inputs, box, pooled):
     net = build_backbone(spec.backbone, size, spec.width, spec.weights)
     crop_net = keras.Model(net.input, net.output, name=f"crop_{net.name}")  # names must be unique
     crop_net.trainable = not spec.freeze_backbone
-    crops = CropBoxes(size, name="head_crop")(inputs, box)
+    crops = CropBoxes(size, name="head_crop", dtype="float32")(inputs, box)  # crop_and_resize has no bfloat16
     crop_pooled = layers.GlobalAveragePooling2D(name="crop_pool")(crop_net(crops))
     return layers.Concatenate(name="cls_features")([pooled, crop_pooled])
 
@@ -137,11 +137,12 @@ def _centre_box_head(spec: ModelSpec, features):
     x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="box_map_conv")(features)
     x = layers.Activation("relu", name="box_map_relu")(layers.BatchNormalization(momentum=0.9, name="box_map_bn")(x))
     logits = layers.Conv2D(1, 1, name="box_heatmap")(x)
-    centre, at_head = SoftArgmaxPool(name="box_centre")(logits, features)
+    # float32 even under mixed precision: a bfloat16 position is off by up to a pixel.
+    centre, at_head = SoftArgmaxPool(name="box_centre", dtype="float32")(logits, features)
     size = layers.Dense(2, activation="sigmoid", name="box_size")(
         _dense_stack(at_head, spec.head_units, spec.head_depth, spec.dropout, "box")
     )
-    return CentreSizeBox(name="box")(centre, size), at_head
+    return CentreSizeBox(name="box", dtype="float32")(centre, size), at_head
 
 
 # How the box is read off the feature map.
