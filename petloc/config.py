@@ -140,8 +140,9 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     early_stopping: int = Field(0, ge=0)  # patience in epochs on val_miou; 0 = off
     seed: int = 0
-    # XLA-compiled training steps, which Keras leaves off on CPUs: 16% faster for
-    # simple_context on this 2-core CPU (benchmarks/training_step.py). Not with a head crop.
+    # XLA-compiled training steps, which Keras leaves off on CPUs: for simple_context 0.84x
+    # the step time on one 2-core CPU, 1.4x on another (benchmarks/training_step.py).
+    # Not with a head crop.
     xla: bool = False
 
 
