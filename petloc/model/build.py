@@ -137,7 +137,7 @@ def _centre_box_head(spec: ModelSpec, features):
     x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="box_map_conv")(features)
     x = layers.Activation("relu", name="box_map_relu")(layers.BatchNormalization(momentum=0.9, name="box_map_bn")(x))
     logits = layers.Conv2D(1, 1, name="box_heatmap")(x)
-    # float32 even under mixed precision: a bfloat16 position is off by up to a pixel.
+    # float32 even under mixed precision: bfloat16 rounds a position to 1/256 (half a pixel at 128 px).
     centre, at_head = SoftArgmaxPool(name="box_centre", dtype="float32")(logits, features)
     size = layers.Dense(2, activation="sigmoid", name="box_size")(
         _dense_stack(at_head, spec.head_units, spec.head_depth, spec.dropout, "box")
