@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from petloc.model import ModelSpec, build_model, compile_model
+from petloc.train import dtype_policy
 
 # setting -> (Keras dtype policy, jit_compile)
 SETTINGS = {
@@ -43,11 +44,10 @@ def cpu_bf16_flags() -> list[str]:
 def training_step(setting: str, args):
     """A compiled model under `setting` and a function that times `n` training steps on one batch."""
     policy, jit = SETTINGS[setting]
-    keras.mixed_precision.set_global_policy(policy)
     spec = ModelSpec(backbone=args.backbone, width=0.5, head_units=128, box_loss="l1", box_loss_weight=5.0, box_head=args.box_head,
                      second_stage=args.second_stage)
-    model = compile_model(build_model(spec, args.size), spec, jit_compile=jit)
-    keras.mixed_precision.set_global_policy("float32")
+    with dtype_policy(policy):
+        model = compile_model(build_model(spec, args.size), spec, jit_compile=jit)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype(np.float32)
     y = {"cls": rng.integers(0, 2, args.batch), "box": np.tile([[0.2, 0.2, 0.6, 0.7]], (args.batch, 1)).astype(np.float32)}

@@ -93,7 +93,7 @@ def run_settings(exp: Experiment, epochs: int) -> dict[str, Any]:
     """What else shapes a run besides its hyperparameters, logged alike by runs and sweeps:
     `seed` seeds the training, `data_seed` and `val_split` make the split."""
     return {"epochs": epochs, "early_stopping": exp.train.early_stopping, "seed": exp.train.seed, "xla": exp.train.xla,
-            "val_split": exp.data.val_split, "data_seed": exp.data.seed}
+            "precision": exp.train.precision, "val_split": exp.data.val_split, "data_seed": exp.data.seed}
 
 
 def train_tracked(
@@ -113,6 +113,7 @@ def train_tracked(
         hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
         callbacks=[tracking.EpochLogger(run_id)], verbose=verbose, initial_epoch=initial_epoch,
         initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
+        precision=exp.train.precision,
     )
     if save_weights:
         save_weights.parent.mkdir(parents=True, exist_ok=True)

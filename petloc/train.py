@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import keras
@@ -91,14 +92,17 @@ def fit_model(
     initial_epoch: int = 0,
     initial_weights: str | None = None,
     xla: bool = False,
+    precision: str = "float32",
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """Builds, compiles and trains the model `hp` describes; keeps the best val_miou weights.
 
-    `initial_weights` and `initial_epoch` continue an earlier run (Hyperband's brackets)."""
+    `initial_weights` and `initial_epoch` continue an earlier run (Hyperband's brackets).
+    `precision` is a Keras dtype policy for training; the model returned is float32."""
     keras.utils.set_random_seed(seed)
     spec = model_spec(hp)
     batch_size = int(hp["batch_size"])
-    model = build_model(spec, int(hp["image_size"]))
+    with dtype_policy(precision):
+        model = build_model(spec, int(hp["image_size"]))
     steps = -(-len(train) // batch_size)
     compile_model(model, spec, steps_per_epoch=steps, epochs=epochs, jit_compile=xla or "auto")
     if initial_weights:
@@ -117,4 +121,25 @@ def fit_model(
     losses = history.history.get("loss", [])
     if not losses or not math.isfinite(losses[-1]):
         raise TrainingDiverged(f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate")
+    if precision != "float32":
+        model = in_float32(model, spec, int(hp["image_size"]))
     return model, history
+
+
+@contextmanager
+def dtype_policy(name: str):
+    """Layers built inside take the Keras dtype policy `name`."""
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def in_float32(model: keras.Model, spec: ModelSpec, image_size: int) -> keras.Model:
+    """The same network and weights in float32. A saved mixed-precision model computes in
+    bfloat16 wherever it is loaded, which is 14x slower on CPUs without bf16 units."""
+    again = build_model(spec, image_size)
+    again.set_weights(model.get_weights())  # mixed precision keeps its weights in float32
+    return compile_model(again, spec)

@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     with in_project(root):
         data = tiny_dataset(root / "photos")
         exp = tiny_experiment(root, data)
-        result = run("train", exp, "train.epochs=2", "space.tta=flip", "train.xla=true")
+        result = run("train", exp, "train.epochs=2", "space.tta=flip", "train.xla=true", "train.precision=mixed_bfloat16")
         assert result.exit_code == 0, result.output
         run_id = result.output.split("MLflow run ")[1].split()[0]
         yield root, data, run_id
@@ -43,7 +43,7 @@ def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
         assert key in r.data.metrics, key
     assert 0 <= r.data.metrics["best_val_miou"] <= 1
     assert r.data.params["tta"] == "flip" and 0 <= r.data.metrics["val_miou_without_tta"] <= 1
-    assert r.data.params["xla"] == "True"
+    assert r.data.params["xla"] == "True" and r.data.params["precision"] == "mixed_bfloat16"
     assert [m.step for m in client.get_metric_history(run_id, "val/miou")] == [1, 2]
     assert len(client.get_metric_history(run_id, "train/loss")) == 2
     assert r.data.tags["dataset_digest"] and r.data.tags["git_commit"]
@@ -115,6 +115,15 @@ def test_python_api_loads_by_uri(trained, monkeypatch):
     y1, y2 = sorted(normalised[[1, 3]] * 150)
     assert pred.box == pytest.approx((x1, y1, x2, y2), abs=0.01)  # pixels of the 300 x 150 photo
     assert pred.label in ("cat", "dog")
+    # Trained in mixed_bfloat16, logged in float32: it computes in float32 wherever it is loaded.
+    assert dtype_policies(predictor.model) == {"float32"}
+
+
+def dtype_policies(model) -> set[str]:
+    found = set()
+    for layer in model.layers:
+        found |= dtype_policies(layer) if hasattr(layer, "layers") else {layer.dtype_policy.name}
+    return found
 
 
 @pytest.mark.parametrize(

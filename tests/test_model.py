@@ -200,3 +200,25 @@ def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     x, y = batch()
     assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
     assert model(x)["box"].dtype == "float32"
+
+
+def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_float32():
+    from petloc.data.pipeline import Arrays
+    from petloc.train import fit_model
+
+    class Look(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.trained = self.model  # after KeepBest has put the best weights back
+
+    x, y = batch(n=8)
+    data = Arrays(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
+    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
+          "box_loss": "l1", "box_head": "centre"}
+    look = Look()
+    model, _ = fit_model(hp, data, data, epochs=1, verbose=0, precision="mixed_bfloat16", callbacks=[look])
+    assert look.trained.get_layer("box_heatmap").compute_dtype == "bfloat16"
+    assert model.get_layer("box_heatmap").compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever comes next
+    for a, b in zip(model.get_weights(), look.trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.asarray(model(x)["box"]), np.asarray(look.trained(x)["box"]), atol=0.03)

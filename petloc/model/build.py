@@ -2,6 +2,7 @@
 
 Outputs are a dict: "cls" (softmax over cat, dog) and "box" (4 sigmoids, normalised
 [x1, y1, x2, y2]). The input is RGB pixels in 0..255 at `image_size` x `image_size`.
+Under a mixed-precision policy the outputs, the box's position and the head crop stay float32.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def _dense_box_head(spec: ModelSpec, features):
     squeezed = layers.Conv2D(32, 1, use_bias=False, name="box_squeeze")(features)
     squeezed = layers.Activation("relu", name="box_squeeze_relu")(layers.BatchNormalization(momentum=0.9, name="box_squeeze_bn")(squeezed))
     flat = layers.Flatten(name="box_flatten")(squeezed)
-    box = layers.Dense(4, activation="sigmoid", name="box")(
+    box = layers.Dense(4, activation="sigmoid", name="box", dtype="float32")(
         _dense_stack(flat, spec.head_units, spec.head_depth, spec.dropout, "box")
     )
     return box, None
@@ -139,7 +140,7 @@ def _centre_box_head(spec: ModelSpec, features):
     logits = layers.Conv2D(1, 1, name="box_heatmap")(x)
     # float32 even under mixed precision: bfloat16 rounds a position to 1/256 (half a pixel at 128 px).
     centre, at_head = SoftArgmaxPool(name="box_centre", dtype="float32")(logits, features)
-    size = layers.Dense(2, activation="sigmoid", name="box_size")(
+    size = layers.Dense(2, activation="sigmoid", name="box_size", dtype="float32")(
         _dense_stack(at_head, spec.head_units, spec.head_depth, spec.dropout, "box")
     )
     return CentreSizeBox(name="box", dtype="float32")(centre, size), at_head
@@ -164,7 +165,7 @@ def build_model(spec: ModelSpec, image_size: int) -> keras.Model:
 
     # A second stage may look again at the head the box found, and classify from both.
     pooled = SECOND_STAGES[spec.second_stage](spec, inputs, box, pooled)
-    cls = layers.Dense(2, activation="softmax", name="cls")(
+    cls = layers.Dense(2, activation="softmax", name="cls", dtype="float32")(
         _dense_stack(pooled, spec.head_units, spec.head_depth, spec.dropout, "cls")
     )
     return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_" + re.sub(r"[^\w]+", "_", spec.backbone).strip("_"))
