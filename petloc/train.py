@@ -140,6 +140,7 @@ def dtype_policy(name: str):
 def in_float32(model: keras.Model, spec: ModelSpec, image_size: int) -> keras.Model:
     """The same network and weights in float32. A saved mixed-precision model computes in
     bfloat16 wherever it is loaded, which is 14x slower on CPUs without bf16 units."""
-    again = build_model(spec, image_size)
+    with dtype_policy("float32"):
+        again = build_model(spec, image_size)
     again.set_weights(model.get_weights())  # mixed precision keeps its weights in float32
     return compile_model(again, spec)

@@ -191,12 +191,14 @@ def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_
 
 def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     # benchmarks/training_step.py times this setting; the box's position stays float32.
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    from petloc.train import dtype_policy
+
+    with dtype_policy("mixed_bfloat16"):
         spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre", second_stage="head_crop")
         model = compile_model(build_model(spec, SIZE), spec)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("box_heatmap").compute_dtype == "bfloat16"
+    for name in ("box_centre", "box", "box_size", "cls", "head_crop"):
+        assert model.get_layer(name).compute_dtype == "float32", name
     x, y = batch()
     assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
     assert model(x)["box"].dtype == "float32"
@@ -219,6 +221,7 @@ def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_floa
     assert look.trained.get_layer("box_heatmap").compute_dtype == "bfloat16"
     assert model.get_layer("box_heatmap").compute_dtype == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever comes next
+    assert len(model.get_weights()) == len(look.trained.get_weights())
     for a, b in zip(model.get_weights(), look.trained.get_weights()):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(np.asarray(model(x)["box"]), np.asarray(look.trained(x)["box"]), atol=0.03)

@@ -39,7 +39,7 @@ def test_one_parent_run_with_a_child_run_per_trial(swept):
     assert parent.info.status == "FINISHED"
     assert "space.head_units" in parent.data.params and parent.data.tags["dataset_digest"]
     assert (parent.data.params["seed"], parent.data.params["data_seed"]) == ("3", "0")  # train.seed, data.seed
-    settings = ("epochs", "early_stopping", "seed", "xla", "val_split", "data_seed")
+    settings = ("epochs", "early_stopping", "seed", "xla", "precision", "val_split", "data_seed")
     runs = children(client, parent_id)
     assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
     for r in runs:
