@@ -275,11 +275,24 @@ def synth(out, count, seed, size):
 @click.option("--val-share", default=0.15, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Redo the conversion even when it is there.")
-def oxford(out, url, val_share, seed, force):
+@click.option("--md5", multiple=True, metavar="NAME=MD5", help="Expected MD5 of an archive on your mirror, instead of the official one (repeatable).")
+@click.option(
+    "--replace-foreign", is_flag=True, help="Replace an OUT/cats_dogs petloc did not make: moved aside to cats_dogs.old-<time>, not deleted."
+)
+def oxford(out, url, val_share, seed, force, md5, replace_foreign):
     """Download the Oxford-IIIT Pet archives and convert the head boxes to the cats_dogs layout."""
-    from petloc.data.oxford_download import OFFICIAL_BASE, download_oxford
+    from petloc.data.oxford_download import OFFICIAL_BASE, download_oxford, parse_digests
 
-    converted = download_oxford(Path(out), base_url=url or OFFICIAL_BASE, val_share=val_share, seed=seed, log=click.echo, force=force)
+    converted = download_oxford(
+        Path(out),
+        base_url=url or OFFICIAL_BASE,
+        val_share=val_share,
+        seed=seed,
+        log=click.echo,
+        force=force,
+        digests=parse_digests(md5),
+        replace_foreign=replace_foreign,
+    )
     click.echo(f"ready: {converted}  (petloc sweep experiments/cats_dogs.yaml uses it by default)")
 
 

@@ -2,23 +2,32 @@
 
 Steps, each skipped when its result is already there, so a second run is cheap:
 download (`out/downloads/`, via a `.part` file that is resumed and renamed only when whole),
-check (a readable gzip tar with the expected members; a bad one is removed), extract
-(into a staging folder, then moved: `out/images/` exists only when complete), convert
-(a stratified train/valid split in the cats_dogs layout under `out/cats_dogs/`).
+verify (the MD5 published for each archive; a mismatching file is kept aside as
+`NAME.bad-md5`, never extracted), check (a readable gzip tar with the expected members; a bad
+one is removed), extract (member by member into a staging folder, regular files and folders
+under the archive's own top folder only, then moved: `out/images/` exists only when complete),
+convert (a stratified train/valid split in the cats_dogs layout under `out/cats_dogs/`).
+
+Nothing lost: everything this module deletes lies inside `out` (see `remove_inside`), and
+it replaces `out/cats_dogs/` only when it made that folder itself; a folder it did not make is
+refused, or with `replace_foreign` moved aside, never deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import os
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import zlib
 from collections import Counter
 from fnmatch import fnmatch
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
@@ -32,10 +41,22 @@ ARCHIVES = {
     "images.tar.gz": ("images", ("images/*.jpg",)),
     "annotations.tar.gz": ("annotations", ("annotations/xmls/*.xml", "annotations/trainval.txt")),
 }
+# The digests torchvision's OxfordIIITPet loader checks (torchvision/datasets/oxford_iiit_pet.py).
+OFFICIAL_MD5 = {
+    "images.tar.gz": "5c4f3ee8e5d25df40f4fd59a7f44e54c",
+    "annotations.tar.gz": "95a8c909bbe2e81eed6a22bccdf3f68f",
+}
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
-SETTINGS_FILE = ".oxford-split.json"  # in cats_dogs/: the split it was made with
+SETTINGS_FILE = ".oxford-split.json"  # in cats_dogs/: the split it was made with, and the mark that petloc made it
 OFFLINE_HINT = "check the network or pass --url to a mirror or a local folder (file://...)"
+MEMBER_KINDS = {
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "fifo",
+}
 
 
 def download_oxford(
@@ -45,32 +66,72 @@ def download_oxford(
     seed: int = 0,
     log=print,
     force: bool = False,
+    digests: dict[str, str] | None = None,
+    replace_foreign: bool = False,
 ) -> Path:
-    """Download, check and extract the dataset into `out`, convert it; returns `out / "cats_dogs"`.
+    """Download, verify and extract the dataset into `out`, convert it; returns `out / "cats_dogs"`.
 
     `force` redoes the conversion only; delete `out/downloads/` or `out/images/` to redo the rest.
+    `digests` (archive name -> MD5) replaces the official digests, for a mirror whose files differ.
+    `replace_foreign` lets it replace an `out/cats_dogs/` it did not make, which is moved aside.
     """
     if not 0 < val_share < 1:
         raise PetlocError(f"val_share is {val_share}, expected a share between 0 and 1")
     out = Path(out)
+    digests = {**OFFICIAL_MD5, **(digests or {})}
+    if is_foreign(out / "cats_dogs") and not replace_foreign:  # refuse before a long download, not after
+        raise PetlocError(foreign_refusal(out / "cats_dogs"))
     for name, (top, patterns) in ARCHIVES.items():
         if (out / top).is_dir():
             log(f"{out / top} already extracted: {name} not needed")
             continue
         archive = out / "downloads" / name
-        fetch(base_url.rstrip("/") + "/" + name, archive, log)
-        check_archive(archive, patterns)
+        fetch(base_url.rstrip("/") + "/" + name, archive, out, log)
+        verify_md5(archive, digests[name], out)
+        check_archive(archive, patterns, out)
         extract(archive, out, top, log)
-    return convert(out, val_share, seed, log, force)
+    return convert(out, val_share, seed, log, force, replace_foreign)
 
 
-def fetch(url: str, dest: Path, log=print) -> None:
+def parse_digests(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`["images.tar.gz=<md5>", ...]` (the CLI's --md5) as {archive name: md5}."""
+    digests = {}
+    for pair in pairs:
+        name, _, md5 = pair.partition("=")
+        if name not in ARCHIVES or len(md5) != 32 or any(c not in "0123456789abcdefABCDEF" for c in md5):
+            raise PetlocError(f"--md5 {pair}: expected NAME=MD5 with NAME one of {', '.join(ARCHIVES)} and 32 hex digits")
+        digests[name] = md5.lower()
+    return digests
+
+
+def remove_inside(path: Path, root: Path) -> None:
+    """Delete the file, link or folder at `path`, which must lie inside `root`; absent is fine.
+
+    Every delete of this module goes through here, so a wrong path can never reach beyond `out`.
+    """
+    target = resolved_inside(path, root)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)  # a link goes, never what it points to
+
+
+def resolved_inside(path: Path, root: Path) -> Path:
+    """`path` resolved (a final link kept as the link); a PetlocError unless strictly inside `root`."""
+    path = Path(path)
+    target = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
+    if Path(root).resolve() not in target.parents:
+        raise PetlocError(f"{path}: refusing to touch it, it is not inside {root}, the folder this command owns")
+    return target
+
+
+def fetch(url: str, dest: Path, out: Path, log=print) -> None:
     """Download `url` to `dest` through `dest.part`; a present `dest` is complete by construction."""
     if dest.is_file():
         log(f"{dest} already downloaded")
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = resolved_inside(dest.with_name(dest.name + ".part"), out)  # never write through a link leading out
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -87,8 +148,8 @@ def fetch(url: str, dest: Path, log=print) -> None:
                     bar.update(len(chunk))
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # the .part is not a prefix the server can continue: start over
-            part.unlink()
-            return fetch(url, dest, log)
+            remove_inside(part, out)
+            return fetch(url, dest, out, log)
         raise PetlocError(f"cannot download {url}: HTTP {err.code} {err.reason}; {OFFLINE_HINT}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         raise PetlocError(f"cannot download {url}: {_reason(err)}; {OFFLINE_HINT}") from None
@@ -99,42 +160,109 @@ def fetch(url: str, dest: Path, log=print) -> None:
     part.rename(dest)
 
 
-def check_archive(path: Path, patterns: tuple[str, ...]) -> None:
+def verify_md5(archive: Path, expected: str, out: Path) -> None:
+    """Refuse an archive whose MD5 is not `expected`, keeping it aside as `NAME.bad-md5` to look at."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(archive, "rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual == expected.lower():
+        return
+    aside = archive.with_name(archive.name + ".bad-md5")
+    remove_inside(aside, out)  # an older rejected copy
+    archive.rename(aside)
+    raise PetlocError(
+        f"{archive}: MD5 {actual} is not the expected {expected}; kept it as {aside.name}, not extracted "
+        f"(if your mirror's {archive.name} is meant to differ, pass --md5 {archive.name}={actual})"
+    )
+
+
+def check_archive(path: Path, patterns: tuple[str, ...], out: Path) -> None:
     """Refuse an archive that is not a whole gzip tar with the expected members, removing it."""
     try:
         with tarfile.open(path, "r:gz") as tar:
             names = tar.getnames()  # reads to the end, so a truncated file fails here
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        _reject(path, f"not a readable .tar.gz ({_reason(err)})")
+        _reject(path, out, f"not a readable .tar.gz ({_reason(err)})")
     missing = [p for p in patterns if not any(fnmatch(n, p) for n in names)]
     if missing:
-        _reject(path, f"no member matching {', '.join(missing)}")
+        _reject(path, out, f"no member matching {', '.join(missing)}")
+
+
+class UnsafeMember(Exception):
+    """A member extraction refuses: the message names it and says why."""
 
 
 def extract(archive: Path, out: Path, top: str, log=print) -> None:
-    """Unpack into a staging folder, then move `top` into `out`, so `out/top` means complete."""
+    """Unpack into a staging folder, then move `top` into `out`, so `out/top` means complete.
+
+    Member by member under our own rules, not tarfile's filters: before the patched Pythons,
+    filter="data" lets a symlink chain longer than PATH_MAX lead outside (CVE-2025-4517), and
+    the dataset needs nothing but regular files and folders anyway.
+    """
     staging = archive.with_name(archive.name + ".extracting")
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_inside(staging, out)
+    staging.mkdir()
     log(f"extracting {archive}")
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            # "data" refuses absolute paths, "..", links leading outside and device files.
-            tar.extractall(staging, filter="data")
-    except tarfile.FilterError as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        _reject(archive, f"unsafe member ({err})")
+            for member in tar:
+                extract_member(tar, member, staging, top)
+    except UnsafeMember as err:
+        remove_inside(staging, out)
+        _reject(archive, out, f"refused member {err}")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_inside(staging, out)
         raise PetlocError(f"cannot extract {archive}: {_reason(err)}") from None
     (staging / top).rename(out / top)
-    shutil.rmtree(staging)
+    remove_inside(staging, out)
 
 
-def convert(out: Path, val_share: float, seed: int, log=print, force: bool = False) -> Path:
+def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, top: str) -> None:
+    """Write one regular file or folder of `tar` into `staging`, after `member_destination` allowed it."""
+    destination = member_destination(member, staging, top)
+    if member.isdir():
+        destination.mkdir(parents=True, exist_ok=True)
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tar.extractfile(member) as source, open(destination, "wb") as target:
+        shutil.copyfileobj(source, target, CHUNK_BYTES)
+
+
+def member_destination(member: tarfile.TarInfo, staging: Path, top: str) -> Path:
+    """Where `member` goes in `staging`; UnsafeMember unless it is a plain file or folder under `top/`."""
+    reason = unsafe_reason(member, top)
+    destination = staging.joinpath(*PurePosixPath(member.name).parts)
+    # Nothing in staging is a link, so this holds by construction; checked anyway, it is cheap.
+    if reason is None and staging.resolve() not in destination.resolve().parents:
+        reason = "it resolves outside the staging folder"
+    if reason is not None:
+        raise UnsafeMember(f"{member.name!r}: {reason}")  # repr: a crafted name stays on one line
+    return destination
+
+
+def unsafe_reason(member: tarfile.TarInfo, top: str) -> str | None:
+    parts = PurePosixPath(member.name).parts
+    if member.name.startswith("/"):
+        return "an absolute path"
+    if ".." in parts:
+        return "a '..' in its path"
+    if parts[:1] != (top,):
+        return f"not under {top}/"
+    if not (member.isreg() or member.isdir()):
+        return f"a {MEMBER_KINDS.get(member.type, 'special member')}, only regular files and folders are accepted"
+    return None
+
+
+def convert(out: Path, val_share: float, seed: int, log=print, force: bool = False, replace_foreign: bool = False) -> Path:
     """The usable Oxford samples as `out/cats_dogs/{train,valid}/NAME.jpg + NAME.txt`."""
     dest = out / "cats_dogs"
     settings = {"val_share": val_share, "seed": seed}
-    if dest.is_dir() and not force:
+    foreign = is_foreign(dest)
+    if foreign and not replace_foreign:
+        raise PetlocError(foreign_refusal(dest))
+    if dest.is_dir() and not foreign and not force:
         if _read_settings(dest) == settings:
             log(f"{dest} already converted with val_share={val_share}, seed={seed}: nothing to do (force=True redoes it)")
             return dest
@@ -145,7 +273,7 @@ def convert(out: Path, val_share: float, seed: int, log=print, force: bool = Fal
         log(f"  skipped {item}")
     splits = dict(zip(("train", "valid"), _split(samples, val_share, seed)))
     staging = out / "cats_dogs.part"  # renamed when complete: an interrupted run leaves no half dataset
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_inside(staging, out)
     for split, chosen in splits.items():
         folder = staging / split
         folder.mkdir(parents=True)
@@ -153,12 +281,40 @@ def convert(out: Path, val_share: float, seed: int, log=print, force: bool = Fal
             shutil.copyfile(sample.path, folder / sample.path.name)
             (folder / f"{sample.path.stem}.txt").write_text(annotation_line(sample.label, sample.box))
     (staging / SETTINGS_FILE).write_text(json.dumps(settings))
-    shutil.rmtree(dest, ignore_errors=True)
+    if foreign:
+        log(f"{dest} was not made by petloc: moved it aside to {move_aside(dest)}")
+    else:
+        remove_inside(dest, out)
     staging.rename(dest)
     for split, chosen in splits.items():
         counts = Counter(CLASS_NAMES[s.label] for s in chosen)
         log(f"{dest / split}: {len(chosen)} images ({', '.join(f'{n} {counts[n]}' for n in CLASS_NAMES)})")
     return dest
+
+
+def is_foreign(dest: Path) -> bool:
+    """`dest` exists but petloc did not make it: it is a link, a file, or a folder without our settings file."""
+    if not os.path.lexists(dest):
+        return False
+    return dest.is_symlink() or not (dest / SETTINGS_FILE).is_file()
+
+
+def foreign_refusal(dest: Path) -> str:
+    return (
+        f"{dest} exists and petloc did not make it (no {SETTINGS_FILE} in it): refusing to replace it; "
+        f"move it away, choose another --out, or pass --replace-foreign to move it aside to {dest.name}.old-<time>"
+    )
+
+
+def move_aside(path: Path) -> Path:
+    """Rename `path` to `NAME.old-<time>` beside it (never over anything) and return the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}.old-{stamp}"), 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = path.with_name(f"{path.name}.old-{stamp}-{n}")
+    path.rename(aside)
+    return aside
 
 
 def _usable(out: Path) -> tuple[list[Sample], list[Skipped]]:
@@ -189,8 +345,8 @@ def _read_settings(dest: Path) -> dict | None:
         return None
 
 
-def _reject(path: Path, reason: str):
-    path.unlink(missing_ok=True)  # so the next run downloads it again
+def _reject(path: Path, out: Path, reason: str):
+    remove_inside(path, out)  # so the next run downloads it again
     raise PetlocError(f"{path}: {reason}; removed it, run again to download it afresh")
 
 
