@@ -183,7 +183,9 @@ def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
 
     keras_model = TTA[tta](load_keras(model))
     size = int(keras_model.input_shape[1])
-    arrays = load_arrays(data, size, on_bad=on_bad)
+    # Every photo that decodes is scored; only re-making a run's split needs the photos its
+    # training kept (training skips the JPEGs the decoder had to repair).
+    arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all")
     skipped = arrays.skipped
     if subset != "all":
         arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed)))[subset]
@@ -202,41 +204,43 @@ def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per image.")
-@click.option("--out", type=click.Path(file_okay=False), help="Write annotated copies of the images here.")
+@click.option("--out", type=click.Path(), help="Write annotated copies of the images here (never over an existing file: x.png, x-2.png, ...).")
 def predict(model, images, as_json, out):
-    """Class and head box for each image; an unreadable image gets an error line, the rest go on."""
-    from petloc.data.images import BadImage, read_rgb
-    from petloc.gallery import draw_box_on_photo, save_rgb
+    """Class and head box for each image, one line each.
+
+    An unreadable image gets an error line and the rest go on. Exit code 0 when every image
+    was answered, 1 when any failed (unreadable, or its annotated copy not written), 2 for a
+    bad MODEL or --out. A photo the decoder had to repair gets a warning with its answer.
+    """
+    from petloc.gallery import writable_folder
     from petloc.predict import load_predictor
 
+    folder = writable_folder(out) if out else None  # before the model loads: a mistake costs no wait
     predictor = load_predictor(model)
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-    failed, written = 0, set()
-    for path in images:
-        try:
-            pixels = read_rgb(path)
-        except (BadImage, OSError) as err:
-            failed += 1
-            _print_prediction({"image": path, "error": str(err)}, as_json)
-            continue
-        pred = predictor.predict([pixels])[0]
-        _print_prediction({"image": path, **pred.to_dict()}, as_json)
-        if out:
-            save_rgb(draw_box_on_photo(pixels, pred), Path(out) / _annotated_name(Path(path).stem, written))
-    if failed == len(images):
+    failed = sum(not _predict_one(predictor, path, folder, as_json) for path in images)
+    if failed:
         sys.exit(1)
 
 
-def _annotated_name(stem: str, written: set[str]) -> str:
-    """STEM.png, or STEM-2.png, STEM-3.png, ... when an earlier image of the same call (a/x.jpg
-    and b/x.jpg, or x.jpg and x.png) took it, so no annotated copy overwrites another."""
-    name, n = f"{stem}.png", 1
-    while name in written:
-        n += 1
-        name = f"{stem}-{n}.png"
-    written.add(name)
-    return name
+def _predict_one(predictor, path: str, folder: Path | None, as_json: bool) -> bool:
+    """Print one image's line (and write its annotated copy); False when it failed."""
+    from petloc.data.images import BadImage, read_image
+    from petloc.gallery import draw_box_on_photo, save_new_png
+
+    try:
+        image = read_image(path)
+    except BadImage as err:
+        _print_prediction({"image": path, "error": str(err)}, as_json)
+        return False
+    pred = predictor.predict([image.pixels])[0]
+    row = {"image": path, **pred.to_dict(), **({"warning": "; ".join(image.warnings)} if image.warnings else {})}
+    if folder:
+        try:
+            save_new_png(draw_box_on_photo(image.pixels, pred), folder, Path(path).stem)
+        except OSError as err:
+            row = {"image": path, "error": f"cannot write the annotated copy: {err.strerror or err}"}
+    _print_prediction(row, as_json)
+    return "error" not in row
 
 
 def _print_prediction(row: dict, as_json: bool) -> None:
@@ -245,7 +249,8 @@ def _print_prediction(row: dict, as_json: bool) -> None:
     elif "error" in row:
         click.echo(f"{row['image']}: error: {row['error']}")
     else:
-        click.echo(f"{row['image']}: {row['label']} {row['score']:.2f} box {row['box']}")
+        warning = f" (warning: {row['warning']})" if "warning" in row else ""
+        click.echo(f"{row['image']}: {row['label']} {row['score']:.2f} box {row['box']}{warning}")
 
 
 @cli.group()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from petloc.data.records import CLASS_NAMES
+from petloc.errors import PetlocError
 
 TRUE_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (255, 0, 255)
@@ -48,8 +51,45 @@ def gallery(tiles: list[np.ndarray], columns: int = 4) -> np.ndarray:
 
 
 def save_rgb(image: np.ndarray, path: Path) -> Path:
-    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    """An RGB image written in the format of the path's suffix; OSError when it was not."""
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):  # cv2 reports failure only so
+        raise OSError(f"{path}: cannot write the image")
     return path
+
+
+def save_new_png(image: np.ndarray, folder: Path, stem: str) -> Path:
+    """An RGB image written as folder/STEM.png, or STEM-2.png, STEM-3.png, ... when that name
+    is taken: never over an existing file (such as the photo itself). OSError when not written."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError("cannot encode the image as PNG")
+    for n in itertools.count(1):
+        path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
+        try:
+            file = open(path, "xb")  # "x": refuses a name that exists, even one made a moment ago
+        except FileExistsError:
+            continue
+        with file:
+            try:
+                file.write(encoded.tobytes())
+            except OSError:
+                path.unlink(missing_ok=True)  # no half-written copy left behind
+                raise
+        return path
+
+
+def writable_folder(path: str | Path) -> Path:
+    """`path` as a folder that exists and takes new files (made when missing); a one-line
+    `PetlocError` saying why not."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise PetlocError(f"{folder}: is a file, expected a folder for the annotated copies")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # the one sure test of "can write here", also for root
+    except OSError as err:
+        raise PetlocError(f"{folder}: cannot write annotated copies there ({err.strerror or err})") from None
+    return folder
 
 
 def plot_curves(history: dict[str, list[float]], path: Path) -> Path:

@@ -14,6 +14,9 @@ from petloc.data.records import CLASS_NAMES
 from petloc.errors import PetlocError
 
 
+EXPECTED_OUTPUTS = {"cls": 2, "box": 4}  # output name -> values per image
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str  # "cat" or "dog"
@@ -32,16 +35,17 @@ class Predictor:
         self.source = source
         self.image_size = int(model.input_shape[1])
 
-    def predict(self, images: list[np.ndarray], batch_size: int = 32) -> list[Prediction]:
-        """RGB uint8 images (H x W x 3), any sizes; boxes come back in each image's pixels."""
+    def predict(self, images: list[np.ndarray], batch_size: int = 32, sizes: list[tuple[int, int]] | None = None) -> list[Prediction]:
+        """RGB uint8 images (H x W x 3), any sizes; boxes come back in each image's pixels, or
+        in pixels of `sizes` (width, height) when the images are shrunk copies of larger ones."""
         if not len(images):
             return []
         batch = np.stack([cv2.resize(im, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA) for im in images])
         out = self.model.predict(batch.astype(np.float32), batch_size=batch_size, verbose=0)
         probs, boxes = np.asarray(out["cls"]), np.asarray(out["box"])
+        sizes = sizes or [(im.shape[1], im.shape[0]) for im in images]
         results = []
-        for image, p, b in zip(images, probs, boxes):
-            h, w = image.shape[:2]
+        for (w, h), p, b in zip(sizes, probs, boxes):
             x1, x2 = sorted((float(b[0]) * w, float(b[2]) * w))
             y1, y2 = sorted((float(b[1]) * h, float(b[3]) * h))
             label = int(p.argmax())
@@ -50,9 +54,16 @@ class Predictor:
 
 
 def load_keras(source: str | Path) -> keras.Model:
-    """A `.keras` file, a registered name (`petloc@champion`, `petloc/3`) or an MLflow model
-    URI (`models:/petloc@champion`, `runs:/RUN/model`)."""
+    """A petloc localiser from a `.keras` file, a registered name (`petloc@champion`,
+    `petloc/3`) or an MLflow model URI (`models:/petloc@champion`, `runs:/RUN/model`)."""
     text = str(source)
+    model = _load_any_keras(text)
+    if problem := localiser_problem(model):
+        raise PetlocError(f"{text}: not a petloc localiser ({problem})")
+    return model
+
+
+def _load_any_keras(text: str) -> keras.Model:
     path = Path(text)
     if not path.exists():
         from petloc.registry import model_uri
@@ -60,13 +71,37 @@ def load_keras(source: str | Path) -> keras.Model:
         if uri := model_uri(text):
             from petloc.tracking import load_logged_model
 
-            return load_logged_model(uri)
+            return _loaded(text, lambda: load_logged_model(uri))
     if not path.is_file():
         raise PetlocError(f"{text}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
+    return _loaded(text, lambda: keras.saving.load_model(path, safe_mode=True))
+
+
+def _loaded(text: str, load) -> keras.Model:
     try:
-        return keras.saving.load_model(path, safe_mode=True)
-    except Exception as err:  # Keras raises many types for a bad file; all mean the same to a user
+        return load()
+    except PetlocError:
+        raise
+    except Exception as err:  # Keras raises many types for a bad file (safe_mode: ValueError); all mean the same to a user
         raise PetlocError(f"{text}: not a loadable Keras model ({str(err).splitlines()[0][:200]})") from None
+
+
+def localiser_problem(model) -> str | None:
+    """Why `model` is not a petloc localiser (square RGB images in; "cls" (2) and "box" (4)
+    out), or None."""
+    try:
+        inputs, outputs = model.input_shape, model.output
+    except (AttributeError, ValueError):
+        return "it has no defined input and output"
+    if not isinstance(outputs, dict) or set(outputs) != set(EXPECTED_OUTPUTS):
+        found = ", ".join(sorted(outputs)) if isinstance(outputs, dict) else f"shape {model.output_shape}"
+        return f"its output is {found}; expected 'cls' (2 class scores) and 'box' (4 corners)"
+    for name, width in EXPECTED_OUTPUTS.items():
+        if tuple(outputs[name].shape[1:]) != (width,):
+            return f"its '{name}' output has shape {tuple(outputs[name].shape)}; expected (None, {width})"
+    if not (isinstance(inputs, tuple) and len(inputs) == 4 and inputs[3] == 3 and inputs[1] and inputs[1] == inputs[2]):
+        return f"its input has shape {inputs}; expected square RGB images (None, N, N, 3)"
+    return None
 
 
 def load_predictor(source: str | Path) -> Predictor:

@@ -4,16 +4,26 @@
 base64-encoded image (`{"dataframe_records": [{"image": "<base64>"}]}`) with the label, score
 and head box in pixels of that image. Keras's own pyfunc would want a tensor of the exact
 input size; users of a localiser have photos.
+
+One request must not be able to take the server's memory: a request answers at most
+PETLOC_MAX_ROWS rows, each image at most PETLOC_MAX_IMAGE_BYTES encoded and
+PETLOC_MAX_IMAGE_PIXELS (width x height, read from its header before decoding), and each
+image is shrunk to WORKING_SIDE right after decoding (the model looks at 128-224 px). A row
+over a limit gets its own error; the others are answered.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-
+from dataclasses import dataclass
 
 import petloc
-from petloc.data.images import BadImage, decode_rgb
+from petloc.data.images import BadImage, decode_image, max_image_pixels, positive_setting
+
+MAX_ROWS_SETTING, DEFAULT_MAX_ROWS = "PETLOC_MAX_ROWS", 64
+MAX_BYTES_SETTING, DEFAULT_MAX_BYTES = "PETLOC_MAX_IMAGE_BYTES", 20_000_000  # a 50 MP phone JPEG is 10-20 MB
+WORKING_SIDE = 1024  # px; boxes still come back in the original image's pixels
 
 PIP_REQUIREMENTS = [f"petloc=={petloc.__version__}", "tensorflow", "keras", "opencv-python-headless"]
 
@@ -37,8 +47,22 @@ def _load_pyfunc(path):
 
     from petloc.predict import Predictor
 
+    RequestLimits.from_environment()  # a mistyped setting stops the server at start, not at a request
+    max_image_pixels()
     conf = Model.load(os.path.join(path, "MLmodel"))
     return ImagePyfunc(Predictor(_load_keras_model(path, conf)))
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Read at each request, so a changed setting needs no new model load."""
+
+    rows: int
+    image_bytes: int
+
+    @classmethod
+    def from_environment(cls) -> "RequestLimits":
+        return cls(positive_setting(MAX_ROWS_SETTING, DEFAULT_MAX_ROWS), positive_setting(MAX_BYTES_SETTING, DEFAULT_MAX_BYTES))
 
 
 class ImagePyfunc:
@@ -48,26 +72,48 @@ class ImagePyfunc:
         self.predictor = predictor
 
     def predict(self, model_input, params=None) -> list[dict]:
-        """One dict per row: label, score, box (pixels), or `error` for an unreadable image."""
-        import pandas as pd
-
-        rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
-        results, images, where = [None] * len(rows), [], []
+        """One dict per row: label, score, box (pixels) and maybe a decoder `warning`, or
+        `error` for an unreadable or over-limit image."""
+        limits = RequestLimits.from_environment()
+        rows = _rows(model_input, limits.rows)
+        results: list[dict | None] = [None] * len(rows)
+        decoded, where = [], []
         for i, row in enumerate(rows):
+            if i >= limits.rows:
+                results[i] = _over_row_limit(limits.rows)
+                continue
             try:
-                images.append(decode_rgb(_image_bytes(row)))
+                decoded.append(decode_image(_image_bytes(row, limits.image_bytes), max_side=WORKING_SIDE))
                 where.append(i)
             except (BadImage, ValueError) as err:
                 results[i] = {"error": str(err)}
-        for i, pred in zip(where, self.predictor.predict(images)):
-            results[i] = pred.to_dict()
+        predictions = self.predictor.predict([d.pixels for d in decoded], sizes=[(d.width, d.height) for d in decoded])
+        for i, image, pred in zip(where, decoded, predictions):
+            results[i] = {**pred.to_dict(), **({"warning": "; ".join(image.warnings)} if image.warnings else {})}
         return results
 
 
-def _image_bytes(row) -> bytes:
+def _rows(model_input, limit: int) -> list:
+    """The request's rows; only the first `limit` are turned into dicts (the rest get an error)."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        return model_input.iloc[:limit].to_dict("records") + [None] * max(0, len(model_input) - limit)
+    return list(model_input)
+
+
+def _over_row_limit(limit: int) -> dict:
+    return {"error": f"over the limit of {limit} rows per request ({MAX_ROWS_SETTING}): send this image in another request"}
+
+
+def _image_bytes(row, max_bytes: int) -> bytes:
     value = row.get("image") if isinstance(row, dict) else row
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
     if isinstance(value, str):
-        return base64.b64decode(value, validate=False)
-    raise ValueError("each row needs an 'image' field holding a base64-encoded JPEG or PNG")
+        if len(value.rstrip("=\r\n ")) * 3 // 4 > max_bytes:  # checked before the base64 is decoded
+            raise ValueError(f"image is over the limit of {max_bytes} bytes ({MAX_BYTES_SETTING}): {len(value)} characters of base64")
+        value = base64.b64decode(value, validate=False)
+    if not isinstance(value, (bytes, bytearray)):
+        raise ValueError("each row needs an 'image' field holding a base64-encoded JPEG or PNG")
+    if len(value) > max_bytes:
+        raise ValueError(f"image is {len(value)} bytes, over the limit of {max_bytes} bytes ({MAX_BYTES_SETTING})")
+    return bytes(value)

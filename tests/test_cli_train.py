@@ -87,7 +87,7 @@ def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tm
     twin.parent.mkdir()
     twin.write_bytes(photo.read_bytes())
     result = run("predict", f"runs:/{run_id}/model", photo, broken, twin, "--json", "--out", tmp_path / "out")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # one image failed
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert lines[0]["image"] == str(photo) and lines[0]["label"] in ("cat", "dog")
     assert 0 <= lines[0]["score"] <= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import cv2
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from petloc.data import readers
-from petloc.data.images import BadImage, read_rgb
+from petloc.data.images import BadImage, decode_image, decode_rgb, header_size, read_image, read_rgb
 from petloc.data.readers import OVERSHOOT_TOLERANCE_PX, checked_box, detect_layout, scan
 from petloc.data.records import Sample, Skipped
 from petloc.errors import PetlocError
@@ -180,6 +181,106 @@ def test_corrupt_jpeg_is_refused_without_libjpeg_noise_on_stderr(tmp_path, capfd
     assert "Corrupt JPEG" not in capfd.readouterr().err
 
 
+def with_extraneous_bytes(jpeg: bytes, count: int = 240) -> bytes:
+    """Garbage before the end marker: libjpeg skips it, the image is complete."""
+    return jpeg[:-2] + bytes(range(1, count + 1)) + jpeg[-2:]
+
+
+def test_extraneous_bytes_are_a_warning_when_lenient_and_refused_when_strict(tmp_path):
+    (tmp_path / "padded.jpg").write_bytes(with_extraneous_bytes(GOOD_JPEG))
+    image = read_image(tmp_path / "padded.jpg")
+    np.testing.assert_array_equal(image.pixels, decode_rgb(GOOD_JPEG))  # every viewer shows the whole photo
+    [warning] = image.warnings
+    assert re.fullmatch(r"the JPEG decoder skipped \d+ extraneous bytes before marker 0xd9; the image decoded in full", warning)
+    with pytest.raises(BadImage, match=r"corrupt JPEG data \(\d+ extraneous bytes before marker 0xd9\)"):
+        read_rgb(tmp_path / "padded.jpg")  # training data: strict by default
+
+
+@pytest.mark.parametrize("data, reason", [
+    (GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3], r"truncated JPEG: no end-of-image marker"),
+    (GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3] + b"\xff\xd9", r"corrupt JPEG data \(premature end of data segment\)"),
+])
+def test_truncated_jpegs_stay_errors_when_lenient(data, reason):
+    with pytest.raises(BadImage, match=reason):
+        decode_image(data)
+
+
+def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[274] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def marked_photo() -> np.ndarray:
+    """Gray, with a red block in the stored top-left corner."""
+    rgb = np.full((H, W, 3), 128, np.uint8)
+    rgb[:12, :16] = (255, 0, 0)
+    return rgb
+
+
+def test_a_phone_photo_is_read_upright_as_a_viewer_shows_it(tmp_path):
+    (tmp_path / "phone.jpg").write_bytes(jpeg_with_orientation(marked_photo(), 6))  # turned 90 degrees clockwise
+    pixels = read_rgb(tmp_path / "phone.jpg")
+    assert pixels.shape == (W, H, 3)  # portrait
+    assert header_size(tmp_path / "phone.jpg") == (H, W)
+    assert (pixels[:12, -8:, 0] > 200).all() and (pixels[:12, -8:, 1] < 60).all()  # the marker is now top right
+    assert (pixels[-12:, :8, 0] < 160).all()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillows_exif_transpose(orientation):
+    from PIL import Image, ImageOps
+
+    data = jpeg_with_orientation(marked_photo(), orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")).astype(int)
+    assert np.abs(decode_rgb(data).astype(int) - expected).max() <= 3  # two JPEG decoders' rounding
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A black 8-bit gray PNG: width x height bytes once decoded, a thousandth of that on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    deflate, row = zlib.compressobj(9), bytes(width + 1)  # filter byte + a row of zeros
+    body = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(blank_png(20000, 20000))  # 390 kB that decode to 400 MB, 1.2 GB in RGB
+    reason = r"image is 400000000 pixels, over the limit of 50000000 pixels \(PETLOC_MAX_IMAGE_PIXELS\)"
+    with pytest.raises(BadImage, match=reason):
+        read_rgb(tmp_path / "bomb.png")
+    with pytest.raises(BadImage, match=reason):
+        header_size(tmp_path / "bomb.png")
+
+
+def test_the_pixel_limit_is_a_setting(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(encode(photo(), ".png"))
+    monkeypatch.setenv("PETLOC_MAX_IMAGE_PIXELS", "3000")
+    with pytest.raises(BadImage, match=r"image is 64x48 pixels, over the limit of 3000 pixels \(PETLOC_MAX_IMAGE_PIXELS\)"):
+        read_image(tmp_path / "a.png")
+    monkeypatch.setenv("PETLOC_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(PetlocError, match="PETLOC_MAX_IMAGE_PIXELS=lots: expected a whole number above 0"):
+        read_image(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_decoding_with_max_side_shrinks_but_keeps_the_original_size(ext):
+    big = cv2.resize(photo(), (640, 480))
+    image = decode_image(encode(big, ext), max_side=100)
+    assert image.pixels.shape == (75, 100, 3) and (image.width, image.height) == (640, 480)
+    assert np.abs(image.pixels.astype(int) - cv2.resize(big, (100, 75), interpolation=cv2.INTER_AREA)).mean() < 3
+
+
 # ---- cats_dogs layout -----------------------------------------------------------------
 
 
@@ -193,6 +294,14 @@ def test_cats_dogs_pairs_become_samples_with_model_labels_and_pixels(tmp_path):
         "Abyssinian_1.jpg", 0, (10, 5, 40, 30), W, H, None)
     assert dog.label == 1 and dog.box == (0, 0, 64, 48)
     assert cat_pixels.shape == (H, W, 3)
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_boxes_of_a_phone_photo_are_checked_in_its_upright_frame(tmp_path, decode):
+    write_pair(tmp_path, "portrait", "1 2 40 46 62", jpeg_with_orientation(marked_photo(), 6))  # fits 48x64, not 64x48
+    [(sample, pixels)], skipped = items(tmp_path, decode=decode)
+    assert skipped == [] and (sample.width, sample.height, sample.box) == (H, W, (2, 40, 46, 62))
+    assert pixels is None or pixels.shape == (W, H, 3)
 
 
 def test_train_valid_test_subfolders_set_the_split(tmp_path):
@@ -286,7 +395,7 @@ def test_each_image_is_decoded_once(tmp_path, monkeypatch):
     for i in range(3):
         write_pair(tmp_path, f"pet{i}", "1 1 1 30 30")
     calls = []
-    monkeypatch.setattr(readers, "read_rgb", lambda path: calls.append(path) or photo())
+    monkeypatch.setattr(readers, "read_rgb", lambda path, strict: calls.append(path) or photo())
     assert len(items(tmp_path)[0]) == 3
     assert len(calls) == 3 and len(set(calls)) == 3
 

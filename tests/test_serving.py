@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import numpy as np
 from click.testing import CliRunner
 
 from petloc.cli import cli
@@ -101,3 +102,105 @@ def test_pyfunc_in_process_matches_the_cli(champion, monkeypatch):
 
     direct = load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()
     assert served[0] == direct
+
+
+# ---- limits: one request must not take the server's memory -------------------------------
+
+HUGE_PNG_REQUEST = """
+import base64, json, resource, sys
+import cv2, numpy as np, pandas as pd
+from petloc.model import ModelSpec, build_model
+from petloc.predict import Predictor
+from petloc.serving import ImagePyfunc
+
+pyfunc = ImagePyfunc(Predictor(build_model(ModelSpec(width=0.25, head_units=8), 32)))
+small = base64.b64encode(cv2.imencode(".png", np.zeros((40, 30, 3), np.uint8))[1].tobytes()).decode()
+pyfunc.predict(pd.DataFrame({"image": [small]}))  # warm up: the model's first call costs memory of its own
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux reports kB)
+before = peak()
+huge = base64.b64encode(open(sys.argv[1], "rb").read()).decode()
+rows = pyfunc.predict(pd.DataFrame({"image": [huge, small]}))
+print(json.dumps({"growth_mb": peak() - before, "rows": rows}))
+"""
+
+
+def test_a_huge_png_costs_the_pyfunc_little_memory_and_gets_its_own_error(tmp_path):
+    from tests.test_readers import blank_png
+
+    (tmp_path / "huge.png").write_bytes(blank_png(20000, 20000))  # 0.5 MB of base64; decoded in RGB, 1.2 GB
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PETLOC_")}
+    proc = subprocess.run([sys.executable, "-c", HUGE_PNG_REQUEST, str(tmp_path / "huge.png")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    huge, small = answer["rows"]
+    assert huge == {"error": "image is 400000000 pixels, over the limit of 50000000 pixels (PETLOC_MAX_IMAGE_PIXELS)"}
+    assert small["label"] in ("cat", "dog")
+    assert answer["growth_mb"] < 100, answer  # peak RSS growth; decoding it costs 1.5 GB
+
+
+@pytest.fixture(scope="module")
+def tiny_pyfunc():
+    """The pyfunc `mlflow models serve` loads, around an untrained localiser."""
+    from petloc.model import ModelSpec, build_model
+    from petloc.predict import Predictor
+    from petloc.serving import ImagePyfunc
+
+    return ImagePyfunc(Predictor(build_model(ModelSpec(width=0.25, head_units=8), 32)))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def jpeg(rgb, quality: int = 90) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def test_rows_and_images_over_the_limits_get_their_own_error(tiny_pyfunc, monkeypatch):
+    import pandas as pd
+
+    from tests.test_readers import photo
+
+    small, large = jpeg(photo()), jpeg(photo(w=400, h=300))
+    monkeypatch.setenv("PETLOC_MAX_ROWS", "3")
+    monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", str(len(small) + 100))
+    monkeypatch.setenv("PETLOC_MAX_IMAGE_PIXELS", str(200 * 200))
+    rows = tiny_pyfunc.predict(pd.DataFrame({"image": [b64(small), b64(large), b64(small), b64(small)]}))
+    assert [("label" in row) for row in rows] == [True, False, True, False]
+    assert rows[1]["error"].startswith(f"image is over the limit of {len(small) + 100} bytes (PETLOC_MAX_IMAGE_BYTES)")
+    assert rows[3]["error"] == "over the limit of 3 rows per request (PETLOC_MAX_ROWS): send this image in another request"
+    monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", str(len(large)))
+    [too_many_pixels] = tiny_pyfunc.predict(pd.DataFrame({"image": [b64(large)]}))
+    assert too_many_pixels == {"error": "image is 400x300 pixels, over the limit of 40000 pixels (PETLOC_MAX_IMAGE_PIXELS)"}
+
+
+def test_a_large_photo_is_shrunk_but_boxed_in_its_own_pixels(tiny_pyfunc):
+    import cv2
+    import pandas as pd
+
+    from tests.test_readers import photo
+
+    big = cv2.resize(photo(), (3000, 2000), interpolation=cv2.INTER_LINEAR)
+    data = jpeg(big)
+    [served] = tiny_pyfunc.predict(pd.DataFrame({"image": [b64(data)]}))
+    from petloc.data.images import decode_rgb
+
+    [direct] = tiny_pyfunc.predictor.predict([decode_rgb(data)])
+    assert served["box"] == pytest.approx(direct.to_dict()["box"], abs=15)  # 0.5% of 3000 px: resampling only
+
+
+def test_served_phone_photo_is_upright_and_a_repaired_jpeg_is_answered_with_a_warning(tiny_pyfunc):
+    import cv2
+    import pandas as pd
+
+    from tests.test_readers import jpeg_with_orientation, marked_photo, with_extraneous_bytes
+
+    phone = jpeg_with_orientation(marked_photo(), 6)
+    stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(phone, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    [upright] = tiny_pyfunc.predictor.predict([cv2.rotate(stored, cv2.ROTATE_90_CLOCKWISE)])
+    served, repaired = tiny_pyfunc.predict(pd.DataFrame({"image": [b64(phone), b64(with_extraneous_bytes(phone))]}))
+    assert served == upright.to_dict()
+    assert repaired["warning"].startswith("the JPEG decoder skipped") and repaired["box"] == served["box"]

@@ -1,28 +1,43 @@
-"""Image files to RGB arrays; a damaged file raises `BadImage` with a short reason.
+"""Image files to upright RGB arrays; a damaged file raises `BadImage` with a short reason.
 
-Decoding is by content (a PNG named `.jpg` loads). JPEGs get two extra checks, because
-libjpeg decodes damaged files into garbage-filled pixels and only prints a warning:
+Decoding is by content (a PNG named `.jpg` loads), upright as a viewer shows the photo (the
+EXIF orientation applied, so boxes are in that frame), and only after the header has shown
+that the image is within the pixel limit (PETLOC_MAX_IMAGE_PIXELS): half a megabyte of PNG
+can decode to gigabytes.
+
+JPEGs get two extra checks, because libjpeg decodes damaged files into garbage-filled
+pixels and only prints a warning:
 - structure: the marker stream must reach the end-of-image marker (FFD9): a cut file
   has none (bytes after it are allowed: phones append trailers there);
 - libjpeg's own verdict: its "Corrupt JPEG data" / "Premature end" warnings are read
-  from the decoder's stderr (fd 2 is redirected for the duration of one decode), turned
-  into the reason, and kept off the terminal. Corruption after which the Huffman stream
-  happens to resynchronise leaves a valid stream: no decoder can see it.
+  from the decoder's stderr (fd 2 is redirected for the duration of one decode) and kept
+  off the terminal. Extraneous bytes before a marker leave a complete image (the decoder
+  skips bytes that belong to no segment): a lenient read (prediction, evaluation, serving)
+  returns them as warnings, a strict one (training data, by default) refuses the file.
+  Every other warning (premature end, bad Huffman code) means damaged pixels: refused by
+  both. Corruption after which the Huffman stream happens to resynchronise leaves a
+  valid stream: no decoder can see it.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from petloc.errors import PetlocError
 
 SIGNATURES = {
     b"\xff\xd8\xff": "JPEG",
@@ -33,8 +48,24 @@ SIGNATURES = {
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
-# libjpeg warnings that mean the pixels are not what was encoded.
+MAX_PIXELS_SETTING = "PETLOC_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000  # above any phone's default photo; 150 MB once decoded
+# libjpeg warnings that mean the pixels may not be what was encoded.
 DAMAGE_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
+# ... of which this one leaves the image complete: the skipped bytes belong to no segment.
+RECOVERABLE_WARNING = re.compile(r"Corrupt JPEG data: (\d+ extraneous bytes before marker 0x[0-9a-f]+)")
+ORIENTATION_TAG = 274  # EXIF
+# EXIF orientation -> how to turn the stored pixels upright (what Pillow's exif_transpose does).
+_UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],  # mirrored
+    3: lambda a: a[::-1, ::-1],  # upside down
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # rotate 90 degrees clockwise: a phone held upright
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: a.swapaxes(0, 1)[::-1],  # rotate 90 degrees anticlockwise
+}
+_JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 # A marker: FF then a code that is not stuffing (00), fill (FF) or a restart (D0-D7).
 _MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 _STANDALONE_MARKERS = {0x01, 0xD8}
@@ -48,41 +79,163 @@ class BadImage(Exception):
     """An image file that cannot be used; the message is the reason (one short line)."""
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """The image at `path` as an H x W x 3 uint8 RGB array (EXIF orientation not applied)."""
-    try:
-        data = Path(path).read_bytes()  # Python I/O: any file name works
-    except OSError as err:
-        raise BadImage(f"cannot read file: {err.strerror or err}") from None
-    return decode_rgb(data)
+@dataclass(frozen=True)
+class Decoded:
+    """An image read leniently: upright RGB pixels (shrunk when asked), the full upright
+    size, and the decoder's warnings about an image that still decoded completely."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    warnings: tuple[str, ...] = ()
+
+
+def read_rgb(path: str | Path, *, strict: bool = True) -> np.ndarray:
+    """The image at `path`, upright, as H x W x 3 uint8 RGB. Strict (training data): a
+    recoverable decoder warning is a `BadImage` too; lenient: only damage is."""
+    return _decode(_read_bytes(path), strict=strict).pixels
+
+
+def read_image(path: str | Path, *, max_side: int | None = None) -> Decoded:
+    """The image at `path`, read leniently (see `Decoded`); raises `BadImage`."""
+    return _decode(_read_bytes(path), strict=False, max_side=max_side)
+
+
+def decode_rgb(data: bytes, *, strict: bool = True) -> np.ndarray:
+    """Encoded image bytes to upright H x W x 3 uint8 RGB; raises `BadImage`."""
+    return _decode(data, strict=strict).pixels
+
+
+def decode_image(data: bytes, *, max_side: int | None = None) -> Decoded:
+    """Encoded image bytes, read leniently; with `max_side`, the pixels are shrunk to fit
+    max_side x max_side right after decoding (JPEGs are decoded at 1/2, 1/4 or 1/8 scale
+    when that is still large enough), while width and height stay the original's."""
+    return _decode(data, strict=False, max_side=max_side)
 
 
 def header_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file's header alone, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError  # pillow comes with matplotlib
+    """Upright (width, height) from the file's header alone, without decoding the pixels."""
+    width, height, orientation = _header(path, kind=None)
+    check_pixel_limit(width, height)
+    return _upright_size(width, height, orientation)
 
+
+def max_image_pixels() -> int:
+    """The pixel limit (width x height) of an image petloc decodes, read from the
+    environment each time so a served model follows its setting."""
+    return positive_setting(MAX_PIXELS_SETTING, DEFAULT_MAX_PIXELS)
+
+
+def positive_setting(name: str, default: int) -> int:
+    """A whole number above 0 from environment variable `name`, else `default`."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
     try:
-        with Image.open(path) as image:
-            return image.size
-    except UnidentifiedImageError:
-        raise BadImage("not an image (unknown file format)") from None
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PetlocError(f"{name}={text}: expected a whole number above 0")
+    return value
+
+
+def check_pixel_limit(width: int, height: int) -> None:
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise BadImage(f"image is {width}x{height} pixels, over the limit of {limit} pixels ({MAX_PIXELS_SETTING})")
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()  # Python I/O: any file name works
     except OSError as err:
         raise BadImage(f"cannot read file: {err.strerror or err}") from None
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Encoded image bytes to H x W x 3 uint8 RGB; raises `BadImage`."""
+def _decode(data: bytes, *, strict: bool, max_side: int | None = None) -> Decoded:
     if not data:
         raise BadImage("empty file")
     kind = image_kind(data)
     if kind == "JPEG":
         check_jpeg_structure(data)
-    pixels, damage = _decode_quietly(data)
-    if damage:
-        raise BadImage(_damage_reason(damage[0]))
+    width, height, orientation = _header(io.BytesIO(data), kind)
+    check_pixel_limit(width, height)  # before decoding: the header is cheap, the pixels are not
+    pixels, messages = _decode_quietly(data, _decode_flags(kind, width, height, max_side))
+    recoverable = [m for m in messages if RECOVERABLE_WARNING.match(m)]
+    damage = [m for m in messages if not RECOVERABLE_WARNING.match(m)]
+    if damage or (strict and recoverable):
+        raise BadImage(_damage_reason((damage or recoverable)[0]))
     if pixels is None:
         raise BadImage(f"damaged {kind} file: cannot decode it" if kind else "not an image (unknown file format)")
-    return to_rgb(pixels)
+    rgb = upright(to_rgb(_shrunk(pixels, max_side)), orientation)
+    return Decoded(rgb, *_upright_size(width, height, orientation), tuple(_warning_text(m) for m in recoverable))
+
+
+def _header(source: str | Path | io.BytesIO, kind: str | None) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) as stored, read by Pillow without decoding pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # petloc's own limit applies
+        try:
+            with Image.open(source) as image:
+                return image.size[0], image.size[1], _orientation(image)
+        except UnidentifiedImageError:
+            raise BadImage(f"damaged {kind} file: cannot read its header" if kind else "not an image (unknown file format)") from None
+        except Image.DecompressionBombError as err:  # over Pillow's own limit (179 MP), which hides the size
+            raise BadImage(_bomb_reason(str(err))) from None
+        except OSError as err:
+            raise BadImage(f"cannot read file: {err.strerror or err}") from None
+
+
+def _bomb_reason(pillow_message: str) -> str:
+    """Pillow's "Image size (400000000 pixels) exceeds limit of 178956970 pixels, ..." -> a reason."""
+    counts = [int(n) for n in re.findall(r"\d+", pillow_message)]
+    if len(counts) < 2:
+        return f"image is too large ({pillow_message})"
+    pixels, pillow_limit = counts[:2]
+    limit = max_image_pixels()
+    if limit < pillow_limit:
+        return f"image is {pixels} pixels, over the limit of {limit} pixels ({MAX_PIXELS_SETTING})"
+    return f"image is {pixels} pixels, over Pillow's limit of {pillow_limit} pixels"
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 = upright as stored, up to 8)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1  # Pillow would decode the whole PNG to look for a late eXIf chunk
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # a malformed EXIF block (many error types): show the pixels as stored
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored pixels turned as the EXIF orientation says a viewer shows them."""
+    turn = _UPRIGHT.get(orientation)
+    return np.ascontiguousarray(turn(pixels)) if turn else pixels
+
+
+def _upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _decode_flags(kind: str | None, width: int, height: int, max_side: int | None) -> int:
+    """libjpeg can decode at 1/2, 1/4 or 1/8 scale, never holding the full-size pixels."""
+    if kind == "JPEG" and max_side:
+        for factor, flag in _JPEG_REDUCTIONS:
+            if max(width, height) // factor >= max_side:
+                return flag | cv2.IMREAD_IGNORE_ORIENTATION  # orientation is applied by `upright`
+    return cv2.IMREAD_UNCHANGED  # all channels, any depth, no EXIF rotation
+
+
+def _shrunk(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return pixels
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 def image_kind(data: bytes) -> str | None:
@@ -120,15 +273,15 @@ def _end_of_image(data: bytes) -> int | None:
     return None
 
 
-def _decode_quietly(data: bytes) -> tuple[np.ndarray | None, list[str]]:
-    """cv2 decode (all channels, any depth) and the libjpeg damage warnings it printed.
+def _decode_quietly(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> tuple[np.ndarray | None, list[str]]:
+    """cv2 decode and the libjpeg damage warnings it printed.
 
     After a successful decode, other captured lines (maybe another thread's) are written
     back to stderr; after a failed one they only describe that failure, which `BadImage`
     reports instead.
     """
     with _stderr_lines() as lines:
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # no EXIF rotation
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     damage = [line for line in lines if line.startswith(DAMAGE_WARNINGS)]
     others = [line for line in lines if not line.startswith(DAMAGE_WARNINGS)]
     if others and pixels is not None and sys.stderr is not None:
@@ -142,6 +295,12 @@ def _damage_reason(warning: str) -> str:
     if warning.startswith(prefix):
         return f"corrupt JPEG data ({warning[len(prefix):]})"
     return f"damaged JPEG ({warning[0].lower()}{warning[1:]})"
+
+
+def _warning_text(warning: str) -> str:
+    """libjpeg's "Corrupt JPEG data: 240 extraneous bytes before marker 0xd9" -> a warning."""
+    skipped = RECOVERABLE_WARNING.match(warning)[1]
+    return f"the JPEG decoder skipped {skipped}; the image decoded in full"
 
 
 @contextmanager

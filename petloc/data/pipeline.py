@@ -23,7 +23,7 @@ from petloc.data.records import Skipped
 from petloc.errors import PetlocError
 
 DEFAULT_CACHE = Path("data/.cache")
-CACHE_VERSION = 1  # bump when decoding or box conversion changes, so old caches are not reused
+CACHE_VERSION = 3  # bump when decoding or box conversion changes, so old caches are not reused (3: EXIF orientation)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".txt", ".xml"}
 
 
@@ -58,9 +58,9 @@ def dataset_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def _decode_all(root: Path, image_size: int, on_bad: str) -> Arrays:
+def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Arrays:
     images, labels, boxes, paths, splits, skipped = [], [], [], [], [], []
-    for item in scan(root, on_bad=on_bad):
+    for item in scan(root, on_bad=on_bad, strict=strict):
         if isinstance(item, Skipped):
             skipped.append(item)
             continue
@@ -75,13 +75,16 @@ def _decode_all(root: Path, image_size: int, on_bad: str) -> Arrays:
     return Arrays(np.stack(images), np.array(labels, np.int32), np.stack(boxes).astype(np.float32), paths, splits, skipped)
 
 
-def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_dir: Path | None = DEFAULT_CACHE) -> Arrays:
-    """Decoded, resized dataset; read from the cache when the files have not changed."""
+def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_dir: Path | None = DEFAULT_CACHE,
+                strict: bool = True) -> Arrays:
+    """Decoded, resized dataset; read from the cache when the files have not changed.
+    strict=False keeps JPEGs the decoder repaired (see `scan`)."""
     root = Path(root)
     if not root.is_dir():
         raise PetlocError(f"{root}: data folder does not exist")
     digest = dataset_digest(root)
-    cache = cache_dir / f"{digest[:16]}-{image_size}-v{CACHE_VERSION}.npz" if cache_dir else None
+    kind = "" if strict else "-lenient"
+    cache = cache_dir / f"{digest[:16]}-{image_size}{kind}-v{CACHE_VERSION}.npz" if cache_dir else None
     if cache and cache.is_file():
         with np.load(cache) as npz:
             meta = json.loads(str(npz["meta"]))
@@ -89,7 +92,7 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
             if on_bad == "fail" and skipped:
                 raise PetlocError(str(skipped[0]))
             return Arrays(npz["images"], npz["labels"], npz["boxes"], meta["paths"], meta["splits"], skipped, digest)
-    arrays = _decode_all(root, image_size, on_bad)
+    arrays = _decode_all(root, image_size, on_bad, strict)
     arrays.digest = digest
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)

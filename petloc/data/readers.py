@@ -55,20 +55,21 @@ def detect_layout(root: str | Path) -> str:
     )
 
 
-def scan(root: str | Path, *, decode: bool = True, on_bad: str = "skip") -> Iterator[Item]:
+def scan(root: str | Path, *, decode: bool = True, on_bad: str = "skip", strict: bool = True) -> Iterator[Item]:
     """(Sample, RGB pixels or None when decode=False) per usable image, else a Skipped.
 
     Layout errors raise at once; with on_bad="fail" the first problem raises
-    `PetlocError` naming the file and the reason.
+    `PetlocError` naming the file and the reason. strict=False keeps JPEGs the decoder
+    repaired (extraneous bytes before a marker), which training skips by default.
     """
     if on_bad not in ON_BAD:
         raise PetlocError(f"on_bad is {on_bad!r}, expected one of {', '.join(ON_BAD)}")
     root = Path(root)
-    return _scan(root, LAYOUTS[detect_layout(root)], decode, on_bad == "fail")
+    return _scan(root, LAYOUTS[detect_layout(root)], decode, on_bad == "fail", strict)
 
 
-def _scan(root: Path, layout: Layout, decode: bool, fail: bool) -> Iterator[Item]:
-    images = _DecodeOnce() if decode else None
+def _scan(root: Path, layout: Layout, decode: bool, fail: bool, strict: bool) -> Iterator[Item]:
+    images = _DecodeOnce(strict) if decode else None
     for item in layout.read(root, images.size_of if images else header_size):
         pixels = images.take(item.path) if images else None
         if isinstance(item, Sample):
@@ -84,12 +85,13 @@ def _scan(root: Path, layout: Layout, decode: bool, fail: bool) -> Iterator[Item
 class _DecodeOnce:
     """The layout asks for an image's size; the pixels wait here until `scan` takes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool) -> None:
         self._last: tuple[Path, np.ndarray] | None = None
+        self._strict = strict
 
     def size_of(self, path: Path) -> tuple[int, int]:
         self._last = None
-        pixels = read_rgb(path)
+        pixels = read_rgb(path, strict=self._strict)
         self._last = (path, pixels)
         return pixels.shape[1], pixels.shape[0]
 
