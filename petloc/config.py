@@ -194,6 +194,10 @@ class PretrainConfig(Strict):
         return value
 
 
+# A sweep's name becomes a folder (mlruns/tuner/NAME): one plain path component, never a path.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
 class Experiment(Strict):
     name: str = "experiment"
     data: DataConfig = DataConfig()
@@ -203,6 +207,14 @@ class Experiment(Strict):
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     pretrain: PretrainConfig = PretrainConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not SAFE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a usable sweep name: letters, digits, '_', '.' and '-' only, "
+                             "not starting with '.', at most 100 characters")
+        return value
 
     @field_validator("space")
     @classmethod

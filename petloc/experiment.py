@@ -15,6 +15,7 @@ import numpy as np
 from petloc import tracking
 from petloc.config import REGISTERED, DataConfig, Experiment
 from petloc.errors import PetlocError
+from petloc.files import waiting_lock
 from petloc.data.pipeline import Arrays, load_arrays, split_train_val
 from petloc.evaluate import latencies, per_image_iou, quality
 from petloc.gallery import draw_prediction, gallery, plot_curves, save_rgb
@@ -48,9 +49,11 @@ def data_folder(cfg: DataConfig, log=print) -> Path:
         return Path(cfg.path).expanduser()
     from petloc.data.synth import generate, is_generated
 
-    if not is_generated(SYNTHETIC_DIR, cfg.synthetic_count, cfg.seed):
-        log(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
-        generate(SYNTHETIC_DIR, count=cfg.synthetic_count, seed=cfg.seed)
+    # Two sweeps started together on a new checkout: one makes the set, the other waits for it.
+    with waiting_lock(SYNTHETIC_DIR.with_name(SYNTHETIC_DIR.name + ".lock")):
+        if not is_generated(SYNTHETIC_DIR, cfg.synthetic_count, cfg.seed):
+            log(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
+            generate(SYNTHETIC_DIR, count=cfg.synthetic_count, seed=cfg.seed)
     return SYNTHETIC_DIR
 
 

@@ -8,7 +8,6 @@ no double logging when a stopped sweep is resumed.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from petloc.config import HYPERPARAMS, Experiment, Range
 from petloc.experiment import PreparedData, train_tracked
-from petloc.tracking import run_status
+from petloc import tracking
 from petloc.model import build_model
 from petloc.train import model_spec
 
@@ -107,7 +106,7 @@ class TrackedTuner(kt.Tuner):
         values = self.hypermodel.values(hp)
         run_id = self._child_run(trial)
         try:
-            with run_status(run_id):
+            with tracking.run_status(run_id):
                 data = self.data_for(int(values["image_size"]))
                 initial = self._warm_start_weights(hp)
                 summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
@@ -118,20 +117,16 @@ class TrackedTuner(kt.Tuner):
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}
 
     def _child_run(self, trial) -> str:
-        """A new child run for this trial; a run left by an interrupted attempt is deleted,
-        so every trial appears once."""
-        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        stale = self.client.search_runs(
-            [experiment_id],
-            f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.trial_id = '{trial.trial_id}'",
-        )
-        for run in stale:
+        """A new child run for this trial. A run left by an earlier attempt of the same trial
+        (its process interrupted or killed) is deleted, so every trial appears once; the sweep
+        holds its lock, so no live process owns such a run."""
+        for run in tracking.child_runs(self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'"):
             self.client.delete_run(run.info.run_id)
         hp = trial.hyperparameters.values
         tags = {"mlflow.parentRunId": self.parent_run_id, "sweep_run_id": self.parent_run_id, "trial_id": trial.trial_id}
         tags.update({k: str(v) for k, v in hp.items() if k.startswith("tuner/")})
-        name = f"trial-{trial.trial_id}-{hp.get('backbone', '')}"
-        return self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        return tracking.create_run(experiment_id, f"trial-{trial.trial_id}-{hp.get('backbone', '')}", tags)
 
     def _weights_file(self, trial_id: str) -> Path:
         return Path(self.get_trial_dir(trial_id)) / "weights.weights.h5"
@@ -146,8 +141,3 @@ class TrackedTuner(kt.Tuner):
 
 def tuner_dir(exp: Experiment, store: Path) -> Path:
     return store / "tuner" / exp.name
-
-
-def reset(directory: Path) -> None:
-    if directory.exists():
-        shutil.rmtree(directory)

@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
+
+from petloc.files import waiting_lock
 
 STORE_DIR = Path("mlruns")
 
@@ -25,9 +28,24 @@ def configure(uri: str | None = None) -> str:
     # Download progress bars would land in `predict --json` output; petloc prints its own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # quiet the store's migrations
+    if uri.startswith("sqlite:///"):
+        _open_sqlite_store(uri)
     return uri
+
+
+def _open_sqlite_store(uri: str) -> None:
+    """Create or migrate the SQLite store one process at a time.
+
+    Two processes opening a new store at once both run MLflow's schema migration, and one
+    of them crashes ("Online migration expected to match one row"). MLflow keeps the opened
+    stores for the life of the process, so later calls here cost no lock.
+    """
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with waiting_lock(db.with_name(db.name + ".lock")):
+        client = MlflowClient(uri, uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)

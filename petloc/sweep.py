@@ -3,11 +3,13 @@ end, and the winner offered to the registry.
 
 A sweep's state lives in `mlruns/tuner/<name>/`: Keras Tuner's own oracle files and
 `sweep.json` (the parent run and a fingerprint of the experiment). Running the same
-sweep again continues it; `--fresh` starts over.
+sweep again continues it; `--fresh` starts over. `mlruns/tuner/<name>.lock` is held by the
+process running the sweep, so a second start of the same sweep is refused at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -22,7 +24,8 @@ from petloc import registry, tracking
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
 from petloc.experiment import PreparedData, prepare_data, run_settings
-from petloc.search import TrackedTuner, reset, tuner_dir
+from petloc.files import atomic_write_text, exclusive_lock, remove_tree
+from petloc.search import TrackedTuner, tuner_dir
 
 LEADERBOARD_COLUMNS = [
     ("trial", "tags.trial_id"), ("backbone", "params.backbone"), ("image_size", "params.image_size"),
@@ -50,24 +53,64 @@ def fingerprint(exp: Experiment) -> str:
 def _parent_run(exp: Experiment, state_file: Path, experiment_id: str) -> str:
     """The sweep's parent run: the one recorded in sweep.json, or a new one."""
     client = MlflowClient()
-    if state_file.is_file():
-        state = json.loads(state_file.read_text())
-        if state.get("fingerprint") != fingerprint(exp):
+    state = _read_state(state_file)
+    if state is not None:
+        if state["fingerprint"] != fingerprint(exp):
             raise PetlocError(
                 f"{state_file.parent}: the sweep '{exp.name}' was started with different settings; "
                 "run it with --fresh to start over, or give the experiment another name"
             )
         try:
             client.get_run(state["parent_run_id"])
-            client.update_run(state["parent_run_id"], status="RUNNING")
-            return state["parent_run_id"]
         except mlflow.exceptions.MlflowException:
             raise PetlocError(f"{state_file}: its parent run is not in {mlflow.get_tracking_uri()}; run with --fresh") from None
-    run = client.create_run(experiment_id, run_name=f"sweep-{exp.name}", tags={"petloc.kind": "sweep"})
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"parent_run_id": run.info.run_id, "fingerprint": fingerprint(exp)}))
-    _log_sweep_settings(exp, run.info.run_id)
-    return run.info.run_id
+        _end_orphans(state["parent_run_id"], "ended when the sweep was resumed")
+        tracking.claim_run(state["parent_run_id"])
+        return state["parent_run_id"]
+    run_id = tracking.create_run(experiment_id, f"sweep-{exp.name}", {"petloc.kind": "sweep"})
+    atomic_write_text(state_file, json.dumps({"parent_run_id": run_id, "fingerprint": fingerprint(exp)}))
+    _log_sweep_settings(exp, run_id)
+    return run_id
+
+
+def _read_state(state_file: Path) -> dict | None:
+    """sweep.json, None when the sweep has not started; a damaged file is a user error."""
+    if not state_file.exists():
+        return None
+    try:
+        state = json.loads(state_file.read_text())
+        if isinstance(state, dict) and {"parent_run_id", "fingerprint"} <= set(state):
+            return state
+    except (OSError, ValueError):
+        pass
+    raise PetlocError(f"{state_file}: damaged sweep state (empty or cut short); run with --fresh to start over")
+
+
+def _end_orphans(parent_run_id: str, why: str) -> None:
+    """Runs of this sweep left RUNNING by a process that died (kill -9, power loss) end KILLED."""
+    runs = [parent_run_id, *(r.info.run_id for r in tracking.child_runs(parent_run_id, "attributes.status = 'RUNNING'"))]
+    tracking.end_orphans(runs, why)
+
+
+def _retire(state_file: Path) -> None:
+    """--fresh: the old sweep's runs that a dead process left RUNNING end KILLED."""
+    try:
+        state = _read_state(state_file)
+    except PetlocError:
+        return  # damaged state: nothing to retire, and --fresh replaces it
+    if state is not None:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            _end_orphans(state["parent_run_id"], "the sweep was started again with --fresh")
+
+
+def check_state_files(directory: Path) -> None:
+    """Keras Tuner's own JSON files (oracle, trials) must be whole, or it fails with a traceback."""
+    for path in sorted(directory.rglob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise PetlocError(f"{path}: damaged sweep state (empty or cut short, as a kill during a write leaves it); "
+                              "run with --fresh to start over") from None
 
 
 def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
@@ -90,12 +133,7 @@ def searched(exp: Experiment) -> list[str]:
 
 def leaderboard(parent_run_id: str, extra: list[str] = ()) -> list[dict]:
     """Finished trials of the sweep, best val mIoU first; `extra` hyperparameters as columns too."""
-    client = MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    runs = mlflow.search_runs(
-        [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FINISHED'",
-        order_by=["metrics.best_val_miou DESC"], output_format="list",
-    )
+    runs = tracking.child_runs(parent_run_id, "attributes.status = 'FINISHED'", order_by=["metrics.best_val_miou DESC"])
     rows = []
     for run in runs:
         row = {"run_id": run.info.run_id}
@@ -142,21 +180,34 @@ def _log_leaderboard(parent_run_id: str, rows: list[dict], failed: int) -> None:
     mlflow.log_metrics(metrics, run_id=parent_run_id)
 
 
-def _failed_trials(parent_run_id: str) -> int:
-    client = MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    return len(client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'FAILED'"))
+def _failed_trials(tuner: TrackedTuner) -> int:
+    """Failed trials as the oracle counts them, this run and earlier ones of the sweep."""
+    return sum(trial.status == "FAILED" for trial in tuner.oracle.trials.values())
 
 
 def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] = print) -> SweepResult:
     """The whole sweep: search, leaderboard, promotion. Safe to run again to continue."""
     tracking.configure(exp.tracking.uri)
-    experiment_id = tracking.experiment_id(exp.tracking.experiment)
     directory = tuner_dir(exp, tracking.STORE_DIR)
-    if fresh:
-        reset(directory)
-    parent = _parent_run(exp, directory / "sweep.json", experiment_id)
+    busy = f"sweep '{exp.name}' is already running in another process; wait for it, or stop it and run this again"
+    with exclusive_lock(directory.with_name(directory.name + ".lock"), busy):
+        experiment_id = tracking.experiment_id(exp.tracking.experiment)
+        if fresh:
+            _retire(directory / "sweep.json")
+            remove_tree(directory, directory.parent)
+        check_state_files(directory)
+        parent = _parent_run(exp, directory / "sweep.json", experiment_id)
+        try:
+            result = _search(exp, parent, directory, log)
+        except BaseException as err:
+            tracking.end_run(parent, err)
+            raise
+        MlflowClient().set_terminated(parent, "FINISHED")
+        return result
 
+
+def _search(exp: Experiment, parent: str, directory: Path, log: Callable[[str], None]) -> SweepResult:
+    """Trials, leaderboard and promotion under the parent run; raises when no trial finished."""
     cache: dict[int, PreparedData] = {}
 
     def data_for(size: int) -> PreparedData:
@@ -165,8 +216,7 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
         return cache[size]
 
     client = MlflowClient()
-    first = data_for(exp.data.image_size)
-    for key, value in first.tags().items():
+    for key, value in data_for(exp.data.image_size).tags().items():
         client.set_tag(parent, key, str(value))
     tuner = TrackedTuner(exp, parent, data_for, directory=str(directory.parent), project_name=directory.name, overwrite=False)
     stopped = None
@@ -176,24 +226,20 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
         if "consecutive failures" not in str(err):
             raise
         stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
-    except BaseException as err:
-        client.set_terminated(parent, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
 
     rows = leaderboard(parent, searched(exp))
-    failed = _failed_trials(parent)
+    failed = _failed_trials(tuner)
     _log_leaderboard(parent, rows, failed)
-    promotion = None
-    if rows:
-        promotion = registry.promote(
-            rows[0]["run_id"], exp.registry.name, exp.registry.alias,
-            register_when_not_better=exp.registry.register_when_not_better,
-            score_champion=lambda uri: _score_on(uri, exp, data_for),
-        )
-        client.set_tag(parent, "promotion", promotion.reason)
-    client.set_terminated(parent, "FINISHED" if rows else "FAILED")
     if stopped:
         log(f"sweep {stopped}")
+    if not rows:
+        raise PetlocError(f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui")
+    promotion = registry.promote(
+        rows[0]["run_id"], exp.registry.name, exp.registry.alias,
+        register_when_not_better=exp.registry.register_when_not_better,
+        score_champion=lambda uri: _score_on(uri, exp, data_for),
+    )
+    client.set_tag(parent, "promotion", promotion.reason)
     return SweepResult(parent, rows, promotion, failed)
 
 

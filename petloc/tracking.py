@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -40,6 +42,77 @@ def experiment_id(name: str) -> str:
     if mlflow.get_tracking_uri().startswith("sqlite:"):
         location = (STORE_DIR / "artifacts").resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+OWNER_TAG = "petloc.owner"  # host:pid:start time of the process that runs it
+
+
+def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+    """A new RUNNING run owned by this process; every petloc run starts here."""
+    tags = {**(tags or {}), OWNER_TAG: this_process()}
+    return MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def claim_run(run_id: str) -> None:
+    """Mark an existing run (a resumed sweep's parent) RUNNING and owned by this process."""
+    client = MlflowClient()
+    client.set_tag(run_id, OWNER_TAG, this_process())
+    if "error" in client.get_run(run_id).data.tags:  # the reason it stopped last time no longer holds
+        client.delete_tag(run_id, "error")
+    client.update_run(run_id, status="RUNNING")
+
+
+def this_process() -> str:
+    return _owner(os.getpid())
+
+
+def _owner(pid: int) -> str | None:
+    """host:pid:start; the start time (clock ticks after boot) tells a reused pid apart."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{socket.gethostname()}:{pid}:{start}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named by an OWNER_TAG value still runs. A process on another host
+    cannot be checked from here, so it counts as alive."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _owner(int(pid)) == owner
+
+
+def end_orphans(run_ids: list[str], why: str) -> list[str]:
+    """End KILLED each RUNNING run among `run_ids` whose owning process has died; returns them."""
+    client = MlflowClient()
+    ended = []
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        owner = run.data.tags.get(OWNER_TAG)
+        if run.info.status != "RUNNING" or not owner or owner_alive(owner):
+            continue
+        client.set_tag(run_id, "error", f"its process ({owner}) ended without closing the run; {why}")
+        client.set_terminated(run_id, "KILLED")
+        ended.append(run_id)
+    return ended
+
+
+def child_runs(parent_run_id: str, where: str = "", order_by: list[str] | None = None) -> list:
+    """The runs nested under `parent_run_id`, optionally filtered (`attributes.status = 'FAILED'`)."""
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {where}" if where else "")
+    return client.search_runs([experiment_id], query, order_by=order_by, max_results=50000)
+
+
+def end_run(run_id: str, err: BaseException) -> None:
+    """End `run_id` FAILED, or KILLED for an interrupt, with the reason as its `error` tag."""
+    client = MlflowClient()
+    client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+    client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
 
 def git_commit() -> str:
@@ -89,14 +162,12 @@ def log_run_inputs(run_id: str, params: dict[str, Any], data_tags: dict[str, Any
 @contextlib.contextmanager
 def run_status(run_id: str):
     """Ends MLflow run `run_id` FINISHED, or FAILED / KILLED with the reason as its `error` tag."""
-    client = MlflowClient()
     try:
         yield
     except BaseException as err:
-        client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        end_run(run_id, err)
         raise
-    client.set_terminated(run_id, "FINISHED")
+    MlflowClient().set_terminated(run_id, "FINISHED")
 
 
 def log_files(run_id: str, files: dict[str, Path]) -> None:

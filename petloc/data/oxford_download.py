@@ -8,7 +8,7 @@ one is removed), extract (member by member into a staging folder, regular files 
 under the archive's own top folder only, then moved: `out/images/` exists only when complete),
 convert (a stratified train/valid split in the cats_dogs layout under `out/cats_dogs/`).
 
-Nothing lost: everything this module deletes lies inside `out` (see `remove_inside`), and
+Nothing lost: everything this module deletes lies inside `out` (see `petloc.files.remove_tree`), and
 it replaces `out/cats_dogs/` only when it made that folder itself; a folder it did not make is
 refused, or with `replace_foreign` moved aside, never deleted.
 """
@@ -34,6 +34,7 @@ from tqdm import tqdm
 from petloc.data.readers import scan
 from petloc.data.records import CLASS_NAMES, Sample, Skipped, annotation_line
 from petloc.errors import PetlocError
+from petloc.files import inside, remove_tree
 
 OFFICIAL_BASE = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 # archive -> (the folder it unpacks to, member patterns it must hold)
@@ -104,34 +105,13 @@ def parse_digests(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return digests
 
 
-def remove_inside(path: Path, root: Path) -> None:
-    """Delete the file, link or folder at `path`, which must lie inside `root`; absent is fine.
-
-    Every delete of this module goes through here, so a wrong path can never reach beyond `out`.
-    """
-    target = resolved_inside(path, root)
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    else:
-        target.unlink(missing_ok=True)  # a link goes, never what it points to
-
-
-def resolved_inside(path: Path, root: Path) -> Path:
-    """`path` resolved (a final link kept as the link); a PetlocError unless strictly inside `root`."""
-    path = Path(path)
-    target = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
-    if Path(root).resolve() not in target.parents:
-        raise PetlocError(f"{path}: refusing to touch it, it is not inside {root}, the folder this command owns")
-    return target
-
-
 def fetch(url: str, dest: Path, out: Path, log=print) -> None:
     """Download `url` to `dest` through `dest.part`; a present `dest` is complete by construction."""
     if dest.is_file():
         log(f"{dest} already downloaded")
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = resolved_inside(dest.with_name(dest.name + ".part"), out)  # never write through a link leading out
+    part = inside(dest.with_name(dest.name + ".part"), out)  # never write through a link leading out
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -148,7 +128,7 @@ def fetch(url: str, dest: Path, out: Path, log=print) -> None:
                     bar.update(len(chunk))
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # the .part is not a prefix the server can continue: start over
-            remove_inside(part, out)
+            remove_tree(part, out)
             return fetch(url, dest, out, log)
         raise PetlocError(f"cannot download {url}: HTTP {err.code} {err.reason}; {OFFLINE_HINT}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
@@ -170,7 +150,7 @@ def verify_md5(archive: Path, expected: str, out: Path) -> None:
     if actual == expected.lower():
         return
     aside = archive.with_name(archive.name + ".bad-md5")
-    remove_inside(aside, out)  # an older rejected copy
+    remove_tree(aside, out)  # an older rejected copy
     archive.rename(aside)
     raise PetlocError(
         f"{archive}: MD5 {actual} is not the expected {expected}; kept it as {aside.name}, not extracted "
@@ -202,7 +182,7 @@ def extract(archive: Path, out: Path, top: str, log=print) -> None:
     the dataset needs nothing but regular files and folders anyway.
     """
     staging = archive.with_name(archive.name + ".extracting")
-    remove_inside(staging, out)
+    remove_tree(staging, out)
     staging.mkdir()
     log(f"extracting {archive}")
     try:
@@ -210,13 +190,13 @@ def extract(archive: Path, out: Path, top: str, log=print) -> None:
             for member in tar:
                 extract_member(tar, member, staging, top)
     except UnsafeMember as err:
-        remove_inside(staging, out)
+        remove_tree(staging, out)
         _reject(archive, out, f"refused member {err}")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-        remove_inside(staging, out)
+        remove_tree(staging, out)
         raise PetlocError(f"cannot extract {archive}: {_reason(err)}") from None
     (staging / top).rename(out / top)
-    remove_inside(staging, out)
+    remove_tree(staging, out)
 
 
 def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, top: str) -> None:
@@ -273,7 +253,7 @@ def convert(out: Path, val_share: float, seed: int, log=print, force: bool = Fal
         log(f"  skipped {item}")
     splits = dict(zip(("train", "valid"), _split(samples, val_share, seed)))
     staging = out / "cats_dogs.part"  # renamed when complete: an interrupted run leaves no half dataset
-    remove_inside(staging, out)
+    remove_tree(staging, out)
     for split, chosen in splits.items():
         folder = staging / split
         folder.mkdir(parents=True)
@@ -284,7 +264,7 @@ def convert(out: Path, val_share: float, seed: int, log=print, force: bool = Fal
     if foreign:
         log(f"{dest} was not made by petloc: moved it aside to {move_aside(dest)}")
     else:
-        remove_inside(dest, out)
+        remove_tree(dest, out)
     staging.rename(dest)
     for split, chosen in splits.items():
         counts = Counter(CLASS_NAMES[s.label] for s in chosen)
@@ -346,7 +326,7 @@ def _read_settings(dest: Path) -> dict | None:
 
 
 def _reject(path: Path, out: Path, reason: str):
-    remove_inside(path, out)  # so the next run downloads it again
+    remove_tree(path, out)  # so the next run downloads it again
     raise PetlocError(f"{path}: {reason}; removed it, run again to download it afresh")
 
 

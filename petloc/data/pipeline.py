@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,10 +99,21 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         meta = {"paths": arrays.paths, "splits": arrays.splits, "skipped": [[str(s.path), s.reason] for s in arrays.skipped]}
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, images=arrays.images, labels=arrays.labels, boxes=arrays.boxes, meta=json.dumps(meta))
-        tmp.replace(cache)  # a crash mid-write never leaves a half cache behind
+        _write_cache(cache, images=arrays.images, labels=arrays.labels, boxes=arrays.boxes, meta=json.dumps(meta))
     return arrays
+
+
+def _write_cache(cache: Path, **arrays) -> None:
+    """Through a temp file of this process's own, renamed when whole: a crash never leaves a
+    half cache, and two processes preparing the same dataset never write one file."""
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(tmp, cache)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def split_train_val(arrays: Arrays, val_share: float, seed: int) -> tuple[Arrays, Arrays]:

@@ -1,0 +1,86 @@
+"""File-system steps that must not lose data: atomic writes, deletes confined to the folder
+petloc owns, and OS locks that a killed process releases by itself."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from petloc.errors import PetlocError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`path` holds either its old content or all of `text`, whenever the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of its own: two processes writing the same file never share a temp file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def inside(path: Path, root: Path) -> Path:
+    """`path` resolved (a final link kept as the link itself); a PetlocError unless it lies
+    strictly inside `root`."""
+    path = Path(path)
+    target = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
+    if Path(root).resolve() not in target.parents:
+        raise PetlocError(f"{path}: refusing to touch it, it is not inside {root}, the folder petloc owns here")
+    return target
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Delete the file, link or folder at `path`, which must lie inside `root`; absent is fine."""
+    target = inside(path, root)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)  # a link goes, never what it points to
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str):
+    """Hold an OS lock on `path` for the block, or raise PetlocError(`busy`) at once when
+    another process holds it. The lock dies with its process, so a kill -9 frees it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip()
+            raise PetlocError(f"{busy} (process {holder or '?'} holds {path})") from None
+        file.seek(0)
+        file.truncate()
+        file.write(str(os.getpid()))
+        file.flush()
+        try:
+            yield
+        finally:
+            file.truncate(0)
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path):
+    """Hold an OS lock on `path` for the block, waiting for any other holder to finish."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)

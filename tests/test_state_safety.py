@@ -1,0 +1,234 @@
+"""Sweep state and the store: names never reach outside mlruns/, damaged state is one line,
+run status tells the truth, and several processes on one store do not corrupt each other."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from petloc import tracking
+from petloc.cli import cli
+from petloc.data.pipeline import CACHE_VERSION, dataset_digest, load_arrays
+from petloc.errors import PetlocError
+from petloc.files import atomic_write_text, exclusive_lock, remove_tree
+from tests.helpers import in_project, tiny_dataset, tiny_experiment
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def sweep_runs(root: Path, name: str = "tiny"):
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(name)
+    parents = client.search_runs([experiment.experiment_id], "tags.`petloc.kind` = 'sweep'", run_view_type=3)
+    return client, parents
+
+
+def petloc_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+# --- names and deletes -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["{victim}", "../../victim", "a/b", ".hidden", "..", "x" * 101, "", "a\\b"])
+def test_sweep_names_that_are_paths_are_refused(tmp_path, name):
+    project, victim = tmp_path / "project", tmp_path / "victim"
+    (project / "mlruns" / "tuner").mkdir(parents=True)
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    exp = tiny_experiment(project, tmp_path / "photos")
+    with in_project(project), pytest.raises(PetlocError, match="is not a usable sweep name"):
+        invoke("sweep", exp, f"name={json.dumps(name.format(victim=victim))}", "--fresh")
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_remove_tree_deletes_only_inside_its_root_and_never_follows_a_link(tmp_path):
+    root, keep = tmp_path / "out", tmp_path / "keep"
+    (root / "staging" / "sub").mkdir(parents=True)
+    (root / "staging" / "sub" / "f").write_text("x")
+    keep.mkdir()
+    (keep / "precious.txt").write_text("mine")
+    (root / "link").symlink_to(keep)
+    for outside in (keep, root / ".." / "keep", root / "staging" / ".." / "..", root, root / "link" / "precious.txt"):
+        with pytest.raises(PetlocError, match="refusing to touch it, it is not inside"):
+            remove_tree(outside, root)
+    remove_tree(root / "link", root)  # the link goes, its target stays
+    remove_tree(root / "staging", root)
+    remove_tree(root / "absent", root)
+    assert not list(root.iterdir()) and [p.name for p in keep.iterdir()] == ["precious.txt"]
+
+
+def test_atomic_write_keeps_the_old_content_when_the_write_fails(tmp_path):
+    state = tmp_path / "sweep.json"
+    atomic_write_text(state, '{"old": 1}')
+
+    with pytest.raises(TypeError):
+        atomic_write_text(state, 42)  # fails mid-way: not text
+    assert json.loads(state.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]  # no temp file left behind
+
+
+# --- one small sweep, then damage and resume ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def one_trial(tmp_path_factory):
+    root = tmp_path_factory.mktemp("state")
+    data = tiny_dataset(root / "photos", count=24)
+    exp = tiny_experiment(root, data, tuner={"max_trials": 1})
+    with in_project(root):
+        assert invoke("sweep", exp).exit_code == 0
+    return root, exp
+
+
+@pytest.mark.parametrize("file, content", [("sweep.json", ""), ("sweep.json", '{"parent_run_id": "ab'),
+                                           ("oracle.json", '{"ongoing_trials": {'), ("trial_0/trial.json", "")])
+def test_damaged_state_files_are_one_line_that_suggests_fresh(one_trial, file, content):
+    root, exp = one_trial
+    path = root / "mlruns" / "tuner" / "tiny" / file
+    before = path.read_text()
+    path.write_text(content)
+    try:
+        with in_project(root), pytest.raises(PetlocError, match=rf"{file}: damaged sweep state .*run with --fresh"):
+            invoke("sweep", exp)
+    finally:
+        path.write_text(before)
+    with in_project(root):
+        assert invoke("sweep", exp).exit_code == 0  # whole again: the sweep continues
+
+
+def test_a_sweep_already_running_is_refused_at_once(one_trial):
+    root, exp = one_trial
+    with in_project(root), exclusive_lock(Path("mlruns/tuner/tiny.lock"), "held by the test"):
+        with pytest.raises(PetlocError, match="sweep 'tiny' is already running in another process"):
+            invoke("sweep", exp, "--fresh")
+        assert (root / "mlruns" / "tuner" / "tiny" / "oracle.json").is_file()  # --fresh deleted nothing
+
+
+def test_runs_left_running_by_a_dead_process_end_killed_and_live_ones_are_kept(one_trial):
+    root, exp = one_trial
+    dead = subprocess.Popen(["sleep", "60"])
+    dead_owner = tracking._owner(dead.pid)
+    dead.kill()
+    dead.wait()
+    client, [parent] = sweep_runs(root)
+    experiment_id = parent.info.experiment_id
+    with in_project(root):
+        tracking.configure()
+        orphan = tracking.create_run(experiment_id, "orphan", {"mlflow.parentRunId": parent.info.run_id})
+        client.set_tag(orphan, tracking.OWNER_TAG, dead_owner)
+        live = tracking.create_run(experiment_id, "live", {"mlflow.parentRunId": parent.info.run_id})  # this process
+        elsewhere = tracking.create_run(experiment_id, "elsewhere", {"mlflow.parentRunId": parent.info.run_id})
+        client.set_tag(elsewhere, tracking.OWNER_TAG, "another-host:1:1")
+        assert invoke("sweep", exp).exit_code == 0
+    ended = client.get_run(orphan)
+    assert ended.info.status == "KILLED" and f"its process ({dead_owner}) ended" in ended.data.tags["error"]
+    assert ended.data.tags["error"].endswith("ended when the sweep was resumed")
+    assert client.get_run(live).info.status == "RUNNING"
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+    for run_id in (live, elsewhere):
+        client.delete_run(run_id)
+
+
+# --- run status ----------------------------------------------------------------------------
+
+def test_a_sweep_that_fails_after_its_parent_run_exists_ends_it_failed(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+        (photos / f"bad{i}.txt").write_text("1 1 1 5 5\n")
+    exp = tiny_experiment(tmp_path, photos)
+    with in_project(tmp_path), pytest.raises(PetlocError, match="no usable images"):
+        invoke("sweep", exp)
+    _, [parent] = sweep_runs(tmp_path)
+    assert parent.info.status == "FAILED"
+    assert "no usable images" in parent.data.tags["error"]
+
+
+# --- several processes, one store ----------------------------------------------------------
+
+OPEN_STORE = "from petloc import store, tracking; store.configure(); tracking.experiment_id('e')"
+
+
+def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
+    """MLflow migrates a new SQLite store on first open; two processes doing it at once
+    crashed one of them ("Online migration expected to match one row")."""
+    for attempt in range(3):
+        root = tmp_path / str(attempt)
+        root.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE], cwd=root, env=petloc_env(),
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.strip().splitlines()[-1]
+
+
+def test_preparing_a_dataset_never_writes_into_another_process_temp_file(tmp_path):
+    """Two processes preparing one new dataset both wrote `<cache>.tmp.npz`, and the first to
+    finish renamed the other's half-written file into place."""
+    data = tiny_dataset(tmp_path / "photos", count=24)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    name = f"{dataset_digest(data)[:16]}-48-v{CACHE_VERSION}"
+    others = {cache / f"{name}.tmp.npz": b"another process, mid-write", cache / f".{name}.tmp": b"and another"}
+    for path, content in others.items():
+        path.write_bytes(content)
+    arrays = load_arrays(data, 48, cache_dir=cache)
+    assert all(path.read_bytes() == content for path, content in others.items())
+    assert len(load_arrays(data, 48, cache_dir=cache)) == len(arrays) == 24  # read back from the cache
+
+
+@pytest.mark.slow
+def test_sweep_killed_with_sigkill_resumes_and_fresh_retires_its_runs(tmp_path):
+    """kill -9 mid-trial: the lock is released, the run it left RUNNING ends KILLED with a
+    reason, a second start of the same sweep while one runs is refused, and --fresh retires
+    the old parent run."""
+    data = tiny_dataset(tmp_path / "photos", count=40)
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 1000}, tuner={"max_trials": 1})
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    proc = subprocess.Popen([sys.executable, "-m", "petloc", "sweep", str(exp)], cwd=tmp_path, env=petloc_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        trial = _wait_for_training_trial(client, proc)
+        second = subprocess.run([sys.executable, "-m", "petloc", "sweep", str(exp)], cwd=tmp_path, env=petloc_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert "is already running in another process" in second.stderr.strip().splitlines()[-1]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    parent_id = trial.data.tags["mlflow.parentRunId"]
+    assert client.get_run(trial.info.run_id).info.status == "RUNNING"  # what kill -9 leaves
+    fresh = subprocess.run([sys.executable, "-m", "petloc", "sweep", str(exp), "train.epochs=1", "--fresh"],
+                           cwd=tmp_path, env=petloc_env(), capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr
+    for run_id in (parent_id, trial.info.run_id):
+        old = client.get_run(run_id)
+        assert old.info.status == "KILLED"
+        assert "ended without closing the run; the sweep was started again with --fresh" in old.data.tags["error"]
+    assert socket.gethostname() in client.get_run(parent_id).data.tags[tracking.OWNER_TAG]
+
+
+def _wait_for_training_trial(client, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(2)
+        try:
+            experiment = client.get_experiment_by_name("tiny")
+            runs = client.search_runs([experiment.experiment_id], "tags.trial_id = '0'") if experiment else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "val/miou"):
+                return runs[0]
+        except Exception:  # the other process is still creating the store
+            pass
+    raise AssertionError(f"no trial started: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
