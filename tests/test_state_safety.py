@@ -232,3 +232,19 @@ def _wait_for_training_trial(client, proc, timeout=240):
         except Exception:  # the other process is still creating the store
             pass
     raise AssertionError(f"no trial started: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
+
+
+@pytest.mark.slow
+def test_two_different_sweeps_started_together_on_a_new_store_both_finish(tmp_path):
+    data = tiny_dataset(tmp_path / "photos", count=24)
+    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"max_trials": 2})
+    procs = [subprocess.Popen([sys.executable, "-m", "petloc", "sweep", str(exp), f"name={name}"], cwd=tmp_path, env=petloc_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("first", "second")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.strip().splitlines()[-1:]
+        assert "(2 finished, 0 failed" in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    [experiment] = [e for e in client.search_experiments() if e.name == "tiny"]
+    parents = client.search_runs([experiment.experiment_id], "tags.`petloc.kind` = 'sweep'")
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "FINISHED"]
