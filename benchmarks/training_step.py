@@ -21,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from petloc.model import ModelSpec, build_model, compile_model
-from petloc.train import dtype_policy
+from petloc.model import Hyperparameters, build_model, compile_model
+from petloc.training.fit import dtype_policy
 
 # setting -> (Keras dtype policy, jit_compile)
 SETTINGS = {
@@ -44,7 +44,7 @@ def cpu_bf16_flags() -> list[str]:
 def training_step(setting: str, args):
     """A compiled model under `setting` and a function that times `n` training steps on one batch."""
     policy, jit = SETTINGS[setting]
-    spec = ModelSpec(backbone=args.backbone, width=0.5, head_units=128, box_loss="l1", box_loss_weight=5.0, box_head=args.box_head,
+    spec = Hyperparameters(backbone=args.backbone, width=0.5, head_units=128, box_loss="l1", box_loss_weight=5.0, box_head=args.box_head,
                      second_stage=args.second_stage)
     with dtype_policy(policy):
         model = compile_model(build_model(spec, args.size), spec, jit_compile=jit)

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 def load_model(source: str):
     """A `Predictor` for a registered name, an MLflow model URI or a `.keras` file."""
-    from petloc.predict import load_predictor
+    # Imported here, not above: `import petloc` (and `petloc --help`) stays free of TensorFlow.
+    from petloc.tracking.registry import load_predictor
 
     return load_predictor(source)

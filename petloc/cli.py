@@ -33,21 +33,15 @@ def train(experiment, overrides):
     """
     import mlflow
 
-    from petloc import tracking
     from petloc.config import load_experiment
-    from petloc.experiment import prepare_data, train_tracked
+    from petloc.report import table
+    from petloc.tracking.training_runs import train_run
 
     exp = load_experiment(experiment, overrides)
-    hp = exp.fixed_hyperparameters()
-    data = prepare_data(exp.data, hp["image_size"])
-    click.echo(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
-    tracking.configure(exp.tracking.uri)
-    run_id = tracking.create_run(tracking.experiment_id(exp.tracking.experiment), f"train-{hp['backbone']}")
-    with tracking.run_status(run_id):
-        summary = train_tracked(exp, hp, data, run_id)
-    click.echo(_table([{k: v for k, v in summary.items()}]))
-    click.echo(f"MLflow run {run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
-    click.echo(f"model: runs:/{run_id}/model   browse: petloc ui")
+    run = train_run(exp, click.echo)
+    click.echo(table([run.summary]))
+    click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
+    click.echo(f"model: runs:/{run.run_id}/model   browse: petloc ui")
 
 
 @cli.command()
@@ -60,24 +54,17 @@ def pretrain(experiment, overrides):
     pretrain.epochs=30). A localiser then starts from it with
     space.backbone=registered:petloc-backbone@champion.
     """
-    from petloc import registry, tracking
     from petloc.config import load_experiment
-    from petloc.experiment import prepare_data
-    from petloc.pretrain import image_size, pretrain_tracked
+    from petloc.report import table
+    from petloc.tracking import registry
+    from petloc.tracking.training_runs import pretrain_run
 
     exp = load_experiment(experiment, overrides)
-    cfg = exp.pretrain
-    data = prepare_data(exp.data, image_size(exp))
-    crops = " and their head crops" if cfg.head_crops else ""
-    click.echo(f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}")
-    tracking.configure(exp.tracking.uri)
-    run_id = tracking.create_run(tracking.experiment_id(exp.tracking.experiment), f"pretrain-{cfg.backbone}")
-    with tracking.run_status(run_id):
-        summary = pretrain_tracked(exp, data, run_id)
-    click.echo(_table([summary]))
-    promotion = registry.promote(run_id, cfg.register_as, cfg.alias)
+    run = pretrain_run(exp, click.echo)
+    click.echo(table([run.summary]))
+    promotion = registry.promote(run.run_id, exp.pretrain.register_as, exp.pretrain.alias)
     click.echo(f"registry: {promotion.reason}")
-    click.echo(f"use it: petloc train {experiment} space.backbone=registered:{cfg.register_as}@{cfg.alias}")
+    click.echo(f"use it: petloc train {experiment} space.backbone=registered:{exp.pretrain.register_as}@{exp.pretrain.alias}")
 
 
 @cli.command()
@@ -92,13 +79,14 @@ def sweep(experiment, overrides, fresh):
     import time
 
     from petloc.config import load_experiment
-    from petloc.sweep import run_sweep
+    from petloc.report import table
+    from petloc.search.sweep import run_sweep
 
     exp = load_experiment(experiment, overrides)
     start = time.perf_counter()
     result = run_sweep(exp, fresh=fresh, log=click.echo)
     click.echo(f"\nLeaderboard of sweep '{exp.name}' ({len(result.leaderboard)} finished, {result.failed} failed, {time.perf_counter() - start:.0f} s):")
-    click.echo(_table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard]) or "no finished trials")
+    click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard]))
     if result.promotion:
         click.echo(f"\nregistry: {result.promotion.reason}")
     name, alias = exp.registry.name, exp.registry.alias
@@ -114,7 +102,7 @@ def sweep(experiment, overrides, fresh):
 @click.option("--force", is_flag=True, help="Move the alias even when the run is not better.")
 def promote(run_id, name, alias, force):
     """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force)."""
-    from petloc import registry, store
+    from petloc.tracking import registry, store
 
     store.configure()
     click.echo(registry.promote(run_id, name, alias, force=force).reason)
@@ -123,11 +111,12 @@ def promote(run_id, name, alias, force):
 @cli.command()
 def models():
     """Registered models, their versions, aliases and figures."""
-    from petloc import registry, store
+    from petloc.report import table
+    from petloc.tracking import registry, store
 
     store.configure()
     rows = registry.list_versions()
-    click.echo(_table(rows) if rows else "no registered models yet: run a sweep, or petloc promote RUN_ID")
+    click.echo(table(rows) if rows else "no registered models yet: run a sweep, or petloc promote RUN_ID")
 
 
 @cli.command()
@@ -138,7 +127,7 @@ def ui(host, port, workers):
     """The MLflow UI on the project's store (mlruns/)."""
     import subprocess
 
-    from petloc import store
+    from petloc.tracking import store
 
     uri = store.configure()
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C to stop)")
@@ -172,28 +161,19 @@ def ui(host, port, workers):
               help="flip: also average each photo with its mirror image (on top of what the model does).")
 def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
     """mIoU, IoU >= 0.5 share, accuracy and latency of MODEL on the dataset at DATA."""
-    from petloc.data.pipeline import load_arrays, split_train_val
-    from petloc.evaluate import latencies, quality
     from petloc.model import TTA
-    from petloc.predict import load_keras
+    from petloc.report import table
+    from petloc.tracking.registry import load_localiser
+    from petloc.training.evaluate import evaluate_dataset
 
-    keras_model = TTA[tta](load_keras(model))
-    size = int(keras_model.input_shape[1])
-    # Every photo that decodes is scored; only re-making a run's split needs the photos its
-    # training kept (training skips the JPEGs the decoder had to repair).
-    arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all")
-    skipped = arrays.skipped
-    if subset != "all":
-        arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed)))[subset]
-    figures, _ = quality(keras_model, arrays)
-    result = {"model": model, "data": str(data), "subset": subset, "tta": tta, "images": len(arrays), "skipped": len(skipped),
-              **figures, **latencies(keras_model, size)}
+    figures, skipped = evaluate_dataset(TTA[tta](load_localiser(model)), data, on_bad, subset, val_split, seed)
+    result = {"model": model, "data": str(data), "subset": subset, "tta": tta, **figures}
     if as_json:
         click.echo(json.dumps(result))
     else:
         for bad in skipped:
             click.echo(f"skipped {bad}", err=True)
-        click.echo(_table([result]))
+        click.echo(table([result]))
 
 
 @cli.command()
@@ -208,35 +188,17 @@ def predict(model, images, as_json, out):
     was answered, 1 when any failed (unreadable, or its annotated copy not written), 2 for a
     bad MODEL or --out. A photo the decoder had to repair gets a warning with its answer.
     """
-    from petloc.gallery import writable_folder
-    from petloc.predict import load_predictor
+    from petloc.tracking.registry import load_predictor
+    from petloc.training.gallery import writable_folder
+    from petloc.training.predict import predict_files
 
     folder = writable_folder(out) if out else None  # before the model loads: a mistake costs no wait
-    predictor = load_predictor(model)
-    failed = sum(not _predict_one(predictor, path, folder, as_json) for path in images)
+    failed = 0
+    for row in predict_files(load_predictor(model), list(images), folder):
+        _print_prediction(row, as_json)
+        failed += "error" in row
     if failed:
         sys.exit(1)
-
-
-def _predict_one(predictor, path: str, folder: Path | None, as_json: bool) -> bool:
-    """Print one image's line (and write its annotated copy); False when it failed."""
-    from petloc.data.images import BadImage, read_image
-    from petloc.gallery import draw_box_on_photo, save_new_png
-
-    try:
-        image = read_image(path)
-    except BadImage as err:
-        _print_prediction({"image": path, "error": str(err)}, as_json)
-        return False
-    pred = predictor.predict([image.pixels])[0]
-    row = {"image": path, **pred.to_dict(), **({"warning": "; ".join(image.warnings)} if image.warnings else {})}
-    if folder:
-        try:
-            save_new_png(draw_box_on_photo(image.pixels, pred), folder, Path(path).stem)
-        except OSError as err:
-            row = {"image": path, "error": f"cannot write the annotated copy: {err.strerror or err}"}
-    _print_prediction(row, as_json)
-    return "error" not in row
 
 
 def _print_prediction(row: dict, as_json: bool) -> None:
@@ -247,6 +209,21 @@ def _print_prediction(row: dict, as_json: bool) -> None:
     else:
         warning = f" (warning: {row['warning']})" if "warning" in row else ""
         click.echo(f"{row['image']}: {row['label']} {row['score']:.2f} box {row['box']}{warning}")
+
+
+@cli.command()
+def hyperparameters():
+    """Every searchable hyperparameter: type, default, bounds or choices, and what it does."""
+    from petloc.model import hyperparams
+    from petloc.report import table
+
+    rows = []
+    for name in hyperparams.DECLARED:
+        choices, bounds = hyperparams.choices(name), hyperparams.bounds(name)
+        values = ", ".join(choices) if choices else (f"{bounds[0]} .. {bounds[1]}" if bounds else "")
+        rows.append({"name": name, "type": hyperparams.kind(name).__name__, "default": hyperparams.default(name),
+                     "values": values, "what": hyperparams.doc(name)})
+    click.echo(table(rows))
 
 
 @cli.group()
@@ -307,22 +284,6 @@ def check(path, as_json, on_bad):
 
     report = check_dataset(path, on_bad=on_bad)
     click.echo(json.dumps(report.to_dict()) if as_json else format_report(report))
-
-
-def _table(rows: list[dict]) -> str:
-    """A plain aligned table; floats to 4 significant places."""
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    cells = [[_cell(row.get(k)) for k in keys] for row in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class Terminated(KeyboardInterrupt):

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from petloc.errors import PetlocError
+from petloc.model import BACKBONES, REGISTERED, hyperparams
 
 Scalar = Union[bool, int, float, str, None]
 
@@ -45,66 +46,35 @@ class Range(Strict):
 
 Param = Union[Range, list[Scalar], Scalar]
 
-# Every searchable hyperparameter: its type and the value used when the file leaves it out.
-HYPERPARAMS: dict[str, tuple[type, Any]] = {
-    "backbone": (str, "simple"),
-    "width": (float, 1.0),
-    "weights": (str, "none"),
-    "image_size": (int, None),  # None: data.image_size
-    "aug_strength": (float, 0.3),
-    "head_units": (int, 128),
-    "head_depth": (int, 1),
-    "dropout": (float, 0.2),
-    "box_loss": (str, "giou"),
-    "box_loss_weight": (float, 1.0),
-    "learning_rate": (float, 1e-3),
-    "batch_size": (int, 32),
-    "class_weight": (str, "none"),  # none, or balanced: cats and dogs weigh the same in the class loss
-    "tta": (str, "none"),  # none, or flip: average each photo with its mirror image at test time
-    "box_head": (str, "dense"),  # dense: corners from the flattened map; centre: heat-map centre + size
-    "second_stage": (str, "none"),  # none, or head_crop: the class head also sees the head crop
-    "freeze_backbone": (bool, False),  # true: train only the heads (for a pretrained backbone)
-}
-
-
-REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
 REGISTERED_REF = re.compile(r"[\w.-]+(@[\w-]+|/\d+)")
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
-def _named_choices() -> dict[str, dict]:
-    """Hyperparameters whose values name a registry entry."""
-    from petloc.model import BACKBONES, BOX_HEADS, BOX_LOSSES, SECOND_STAGES, TTA
-    from petloc.train import CLASS_WEIGHTS
-
-    return {"backbone": BACKBONES, "box_loss": BOX_LOSSES, "tta": TTA, "class_weight": CLASS_WEIGHTS, "second_stage": SECOND_STAGES, "box_head": BOX_HEADS}
-
-
 def _check_type(name: str, value: Any) -> Any:
-    kind = HYPERPARAMS[name][0]
+    kind = hyperparams.kind(name)
     if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name}: {value!r} is not true or false")
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"{name}: {value!r} is not {TYPE_NAMES[kind]}")
     if kind in (int, float):
         _check_bounds(name, value)
-    registry = _named_choices().get(name)
     if name == "backbone" and value.startswith(REGISTERED):
         if not REGISTERED_REF.fullmatch(value.removeprefix(REGISTERED)):
             raise ValueError(f"backbone: {value!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION")
         return value  # resolved when the model is built: the registry may be elsewhere
+    registry = hyperparams.choices(name)
     if registry is not None and value not in registry:
         raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
     return value
 
 
 def _check_range(name: str, r: Range) -> None:
-    kind = HYPERPARAMS[name][0]
+    kind = hyperparams.kind(name)
     if kind not in (int, float):
         raise ValueError(f"{name}: a range needs a numeric hyperparameter")
     if kind is int and r.step is not None and (r.step < 1 or r.step != int(r.step)):
@@ -116,15 +86,9 @@ def _check_range(name: str, r: Range) -> None:
 
 
 def _check_bounds(name: str, value) -> None:
-    low, high = BOUNDS.get(name, (None, None))
+    low, high = hyperparams.bounds(name) or (None, None)
     if low is not None and not low <= value <= high:
         raise ValueError(f"{name}: {value} is outside {low}..{high}")
-
-
-# Where a value outside these is certainly a mistake (image_size as in data.image_size).
-BOUNDS = {"image_size": (32, 512), "aug_strength": (0.0, 1.0), "dropout": (0.0, 0.9), "width": (0.1, 4.0),
-          "head_units": (1, 4096), "head_depth": (0, 8), "batch_size": (1, 1024), "learning_rate": (1e-7, 1.0),
-          "box_loss_weight": (0.0, 1000.0)}
 
 
 class DataConfig(Strict):
@@ -140,12 +104,11 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     early_stopping: int = Field(0, ge=0)  # patience in epochs on val_miou; 0 = off
     seed: int = 0
-    # XLA-compiled training steps, which Keras leaves off on CPUs: for simple_context 0.84x
-    # the step time on one 2-core CPU, 1.4x on another (benchmarks/training_step.py).
-    # Not with a head crop.
+    # XLA-compiled training steps, which Keras leaves off on CPUs: faster on some CPUs,
+    # slower on others (measure with benchmarks/training_step.py). Not with a head crop.
     xla: bool = False
-    # mixed_bfloat16: bfloat16 maths with float32 weights, 0.81x the float32 step time on a
-    # CPU with bf16 units (14x on one without). The logged model is float32 either way.
+    # mixed_bfloat16: bfloat16 maths with float32 weights; pays only on CPUs with bf16
+    # units (benchmarks/training_step.py). The logged model is float32 either way.
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
 
 
@@ -187,8 +150,6 @@ class PretrainConfig(Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from petloc.model import BACKBONES
-
         if value not in BACKBONES:
             raise ValueError(f"unknown backbone {value!r}; choose from {', '.join(sorted(BACKBONES))}")
         return value
@@ -221,8 +182,8 @@ class Experiment(Strict):
     def _known_and_typed(cls, space: dict[str, Param]) -> dict[str, Param]:
         checked = {}
         for name, value in space.items():
-            if name not in HYPERPARAMS:
-                raise ValueError(f"unknown hyperparameter {name!r}; known: {', '.join(HYPERPARAMS)}")
+            if name not in hyperparams.DECLARED:
+                raise ValueError(f"unknown hyperparameter {name!r}; known: {', '.join(hyperparams.DECLARED)}")
             if isinstance(value, list):
                 if not value:
                     raise ValueError(f"{name}: empty list of choices")
@@ -243,13 +204,13 @@ class Experiment(Strict):
 
     def fixed_hyperparameters(self) -> dict[str, Any]:
         """One value per hyperparameter for a single run: first choice, range default or min."""
-        values = {name: default for name, (_, default) in HYPERPARAMS.items()}
+        values = {name: hyperparams.default(name) for name in hyperparams.DECLARED}
         for name, param in self.space.items():
             if isinstance(param, list):
                 values[name] = param[0]
             elif isinstance(param, Range):
                 value = param.default if param.default is not None else param.min
-                values[name] = int(value) if HYPERPARAMS[name][0] is int else value
+                values[name] = int(value) if hyperparams.kind(name) is int else value
             else:
                 values[name] = param
         if values["image_size"] is None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import petloc
 from petloc.data.images import BadImage, decode_image, max_image_pixels, positive_setting
+from petloc.training.predict import Predictor
 
 MAX_ROWS_SETTING, DEFAULT_MAX_ROWS = "PETLOC_MAX_ROWS", 64
 MAX_BYTES_SETTING, DEFAULT_MAX_BYTES = "PETLOC_MAX_IMAGE_BYTES", 20_000_000  # a 50 MP phone JPEG is 10-20 MB
@@ -44,8 +45,6 @@ def _load_pyfunc(path):
     """Called by `mlflow.pyfunc.load_model` with the local model folder."""
     from mlflow.keras.load import _load_keras_model
     from mlflow.models import Model
-
-    from petloc.predict import Predictor
 
     RequestLimits.from_environment()  # a mistyped setting stops the server at start, not at a request
     max_image_pixels()

@@ -64,7 +64,7 @@ def test_format_report_shows_the_counts_table_stats_and_reasons(dataset):
     assert ["split", "cat", "dog", "total"] in [line.split() for line in lines]
     assert ["train", "2", "1", "3"] in [line.split() for line in lines]
     assert ["total", "2", "2", "4"] in [line.split() for line in lines]
-    assert ["box", "area", "/", "image", "0.062", "0.250", "1.000"] in [line.split() for line in lines]
+    assert ["box", "area", "/", "image", "0.0625", "0.25", "1"] in [line.split() for line in lines]
     assert f"  {dataset / 'train' / 'odd_d.jpg'}: odd_d.txt: class 3 is not 1 (cat) or 2 (dog)" in lines
 
 

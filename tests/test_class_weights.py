@@ -4,8 +4,9 @@ and a model trains with it."""
 import numpy as np
 import pytest
 
-from petloc.data.pipeline import Arrays, train_batches
-from petloc.train import CLASS_WEIGHTS, fit_model
+from petloc.data.pipeline import ImageSet, train_batches
+from petloc.model import CLASS_WEIGHTS
+from petloc.training.fit import fit_localiser
 
 
 def arrays(labels):
@@ -13,7 +14,7 @@ def arrays(labels):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
     boxes = np.tile([[0.2, 0.2, 0.7, 0.8]], (n, 1)).astype(np.float32)
-    return Arrays(images, np.asarray(labels, np.int32), boxes, [f"{i}.jpg" for i in range(n)], [""] * n)
+    return ImageSet(images, np.asarray(labels, np.int32), boxes, [f"{i}.jpg" for i in range(n)], [""] * n)
 
 
 def test_balanced_weights_make_both_classes_count_the_same():
@@ -40,7 +41,7 @@ def test_balanced_class_weights_change_what_the_class_head_learns():
           "batch_size": 8, "box_loss": "l1"}
     kernels = []
     for weighting in ("none", "none", "balanced"):  # same seed and data; only the weighting differs
-        model, history = fit_model({**hp, "class_weight": weighting}, data, data, epochs=1, verbose=0)
+        model, history = fit_localiser({**hp, "class_weight": weighting}, data, data, epochs=1)
         assert np.isfinite(history.history["loss"][0])
         kernels.append(np.asarray(model.get_layer("cls").kernel))
     rerun_noise = np.abs(kernels[1] - kernels[0]).max()

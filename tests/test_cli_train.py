@@ -110,7 +110,7 @@ def test_python_api_loads_by_uri(trained, monkeypatch):
     wide = cv2.resize(photo, (300, 150))  # not square, not the model's size
     [pred] = predictor.predict([wide])
     size = predictor.image_size
-    normalised = np.asarray(predictor.model.predict(cv2.resize(wide, (size, size), interpolation=cv2.INTER_AREA)[None].astype(np.float32), verbose=0)["box"])[0]
+    normalised = np.asarray(predictor.model.predict(cv2.resize(wide, (size, size), interpolation=cv2.INTER_AREA)[None].astype(np.float32))["box"])[0]
     x1, x2 = sorted(normalised[[0, 2]] * 300)
     y1, y2 = sorted(normalised[[1, 3]] * 150)
     assert pred.box == pytest.approx((x1, y1, x2, y2), abs=0.01)  # pixels of the 300 x 150 photo

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from petloc.errors import PetlocError
-from petloc.model import BACKBONES, BOX_LOSSES, TTA, ModelSpec, build_backbone, build_model, compile_model
+from petloc.model import BACKBONES, BOX_LOSSES, TTA, Hyperparameters, build_backbone, build_model, compile_model
 from petloc.model.metrics import box_iou, summarise
 
 SIZE = 32
@@ -21,7 +21,7 @@ def batch(n=4, seed=0):
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_runs_forward_and_backward(name):
-    spec = ModelSpec(backbone=name, width=0.35 if name == "mobilenetv2" else 0.5, head_units=16)
+    spec = Hyperparameters(backbone=name, width=0.35 if name == "mobilenetv2" else 0.5, head_units=16)
     model = compile_model(build_model(spec, SIZE), spec)
     model.run_eagerly = True  # tracing the big backbones' train step takes a minute each
     x, y = batch()
@@ -77,7 +77,7 @@ def test_box_losses_are_zero_on_a_perfect_box_and_grow_with_error():
 
 
 def test_saved_model_reloads_in_safe_mode_with_same_outputs(tmp_path):
-    spec = ModelSpec(backbone="resnet50", head_units=8)  # resnet50 carries a custom layer
+    spec = Hyperparameters(backbone="resnet50", head_units=8)  # resnet50 carries a custom layer
     model = compile_model(build_model(spec, SIZE), spec)
     x, _ = batch(2)
     path = tmp_path / "m.keras"
@@ -88,7 +88,7 @@ def test_saved_model_reloads_in_safe_mode_with_same_outputs(tmp_path):
 
 
 def test_flip_tta_averages_each_photo_with_its_mirror_and_reloads(tmp_path):
-    spec = ModelSpec(backbone="simple", width=0.25, head_units=8)
+    spec = Hyperparameters(backbone="simple", width=0.25, head_units=8)
     model = build_model(spec, SIZE)
     tta = TTA["flip"](model)
     x, _ = batch(3)
@@ -113,7 +113,7 @@ def test_l1_giou_is_l1_plus_part_of_giou():
 
 
 def test_head_crop_cuts_the_box_with_its_margin():
-    from petloc.model.build import CropBoxes
+    from petloc.model.heads import CropBoxes
 
     images = np.zeros((1, 40, 40, 3), np.float32)
     images[0, 10:20, 20:30] = 255.0  # a 10 x 10 "head" at x 20..30, y 10..20
@@ -125,7 +125,7 @@ def test_head_crop_cuts_the_box_with_its_margin():
 
 
 def test_context_backbone_trains_under_xla():
-    spec = ModelSpec(backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre")
+    spec = Hyperparameters(backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre")
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=True)
     assert model.get_layer("simple_context").output.shape[1] == SIZE // 8  # still stride 8
     assert model.jit_compile is True  # Keras turns XLA off silently for layers it cannot compile
@@ -137,7 +137,7 @@ def test_context_backbone_trains_under_xla():
 
 
 def test_head_crop_stage_trains_and_reloads(tmp_path):
-    spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", second_stage="head_crop")
+    spec = Hyperparameters(backbone="simple", width=0.25, head_units=8, box_loss="l1", second_stage="head_crop")
     model = compile_model(build_model(spec, SIZE), spec)
     x, y = batch()
     assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
@@ -148,7 +148,7 @@ def test_head_crop_stage_trains_and_reloads(tmp_path):
 
 
 def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
-    from petloc.model.build import CentreSizeBox, SoftArgmaxPool
+    from petloc.model.heads import CentreSizeBox, SoftArgmaxPool
 
     logits = np.full((1, 4, 8, 1), -50.0, np.float32)
     logits[0, 1, 6, 0] = 50.0  # row 1 of 4, column 6 of 8
@@ -169,7 +169,7 @@ def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
 def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_stage, xla):
     import tensorflow as tf
 
-    spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1", box_head="centre", second_stage=second_stage)
+    spec = Hyperparameters(backbone="simple", width=0.25, head_units=8, box_loss="l1", box_head="centre", second_stage=second_stage)
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=xla)
     assert model.jit_compile is xla
     x, y = batch()
@@ -180,7 +180,7 @@ def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_
 
     unsized = tf.data.Dataset.from_tensors((x, y)).map(forget_size)
     assert unsized.element_spec[0].shape[1] is None
-    history = model.fit(unsized.repeat(3), epochs=1, verbose=0)
+    history = model.fit(unsized.repeat(3), epochs=1)
     assert np.isfinite(history.history["loss"][-1])
     assert not np.allclose(before, np.asarray(model(x)["box"]))
     path = tmp_path / "centre.keras"
@@ -191,10 +191,10 @@ def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_
 
 def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     # benchmarks/training_step.py times this setting; the box's position stays float32.
-    from petloc.train import dtype_policy
+    from petloc.training.fit import dtype_policy
 
     with dtype_policy("mixed_bfloat16"):
-        spec = ModelSpec(backbone="simple", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre", second_stage="head_crop")
+        spec = Hyperparameters(backbone="simple", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre", second_stage="head_crop")
         model = compile_model(build_model(spec, SIZE), spec)
     assert model.get_layer("box_heatmap").compute_dtype == "bfloat16"
     for name in ("box_centre", "box", "box_size", "cls", "head_crop"):
@@ -205,19 +205,19 @@ def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
 
 
 def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_float32():
-    from petloc.data.pipeline import Arrays
-    from petloc.train import fit_model
+    from petloc.data.pipeline import ImageSet
+    from petloc.training.fit import fit_localiser
 
     class Look(keras.callbacks.Callback):
         def on_train_end(self, logs=None):
             self.trained = self.model  # after KeepBest has put the best weights back
 
     x, y = batch(n=8)
-    data = Arrays(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
+    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
     hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
           "box_loss": "l1", "box_head": "centre"}
     look = Look()
-    model, _ = fit_model(hp, data, data, epochs=1, verbose=0, precision="mixed_bfloat16", callbacks=[look])
+    model, _ = fit_localiser(hp, data, data, epochs=1, precision="mixed_bfloat16", callbacks=[look])
     assert look.trained.get_layer("box_heatmap").compute_dtype == "bfloat16"
     assert model.get_layer("box_heatmap").compute_dtype == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever comes next

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from petloc.cli import cli
 from petloc.errors import PetlocError
-from petloc.model import ModelSpec, build_model
-from petloc.predict import load_predictor
+from petloc.model import Hyperparameters, build_model
+from petloc.tracking.registry import load_predictor
 from tests.helpers import in_project, tiny_dataset
 
 SIZE = 32
@@ -45,7 +45,7 @@ def jpeg(rgb: np.ndarray) -> bytes:
 def models(tmp_path_factory):
     """A petloc localiser (untrained: plumbing needs no training) and a plain Keras model."""
     folder = tmp_path_factory.mktemp("models")
-    build_model(ModelSpec(width=0.25, head_units=8), SIZE).save(folder / "tiny.keras")
+    build_model(Hyperparameters(width=0.25, head_units=8), SIZE).save(folder / "tiny.keras")
     inputs = keras.Input((SIZE, SIZE, 3))
     keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))).save(folder / "plain.keras")
     return folder
@@ -76,7 +76,7 @@ def test_an_annotated_copy_that_cannot_be_written_is_an_error_line_and_a_failure
 
 
 def test_save_rgb_raises_when_opencv_could_not_write(tmp_path):
-    from petloc.gallery import save_rgb
+    from petloc.training.gallery import save_rgb
 
     with pytest.raises(OSError, match="cannot write the image"):
         save_rgb(photo(), tmp_path / "no such folder" / "x.png")
@@ -120,7 +120,7 @@ def test_a_logged_model_with_a_lambda_layer_is_refused_in_one_line(tmp_path):
     import mlflow
     import mlflow.keras
 
-    from petloc import store
+    from petloc.tracking import store
 
     inputs = keras.Input((SIZE, SIZE, 3))
     doubled = keras.layers.Lambda(lambda x: x * 2.0)(inputs)  # arbitrary code: safe_mode refuses to load it

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
-from petloc.data.pipeline import Arrays
-from petloc.pretrain import with_head_crops
+from petloc.data.pipeline import ImageSet
+from petloc.training.pretrain import with_head_crops
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 # Pretrained at 40 px; the localisers below take its weights at the experiment's 32 px.
@@ -26,7 +26,7 @@ def test_head_crop_box_still_frames_the_head():
     boxes = np.array([[0.25, 0.5, 0.5, 0.75], [0.5, 0.0, 1.0, 0.5]], np.float32)
     for img, (x1, y1, x2, y2) in zip(images, boxes * 40):
         img[int(y1):int(y2), int(x1):int(x2)] = 255
-    both = with_head_crops(Arrays(images, np.array([0, 1]), boxes, ["a.jpg", "b.jpg"], ["", ""]))
+    both = with_head_crops(ImageSet(images, np.array([0, 1]), boxes, ["a.jpg", "b.jpg"], ["", ""]))
     assert len(both) == 4 and list(both.labels) == [0, 1, 0, 1] and both.paths[2] == "a.jpg#head"
     for img, (x1, y1, x2, y2) in zip(both.images[2:], both.boxes[2:] * 40):
         painted = np.argwhere(img[..., 0] > 127)

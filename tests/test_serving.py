@@ -109,11 +109,11 @@ def test_pyfunc_in_process_matches_the_cli(champion, monkeypatch):
 HUGE_PNG_REQUEST = """
 import base64, json, resource, sys
 import cv2, numpy as np, pandas as pd
-from petloc.model import ModelSpec, build_model
-from petloc.predict import Predictor
+from petloc.model import Hyperparameters, build_model
+from petloc.training.predict import Predictor
 from petloc.serving import ImagePyfunc
 
-pyfunc = ImagePyfunc(Predictor(build_model(ModelSpec(width=0.25, head_units=8), 32)))
+pyfunc = ImagePyfunc(Predictor(build_model(Hyperparameters(width=0.25, head_units=8), 32)))
 small = base64.b64encode(cv2.imencode(".png", np.zeros((40, 30, 3), np.uint8))[1].tobytes()).decode()
 pyfunc.predict(pd.DataFrame({"image": [small]}))  # warm up: the model's first call costs memory of its own
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB (Linux reports kB)
@@ -142,11 +142,11 @@ def test_a_huge_png_costs_the_pyfunc_little_memory_and_gets_its_own_error(tmp_pa
 @pytest.fixture(scope="module")
 def tiny_pyfunc():
     """The pyfunc `mlflow models serve` loads, around an untrained localiser."""
-    from petloc.model import ModelSpec, build_model
-    from petloc.predict import Predictor
+    from petloc.model import Hyperparameters, build_model
+    from petloc.training.predict import Predictor
     from petloc.serving import ImagePyfunc
 
-    return ImagePyfunc(Predictor(build_model(ModelSpec(width=0.25, head_units=8), 32)))
+    return ImagePyfunc(Predictor(build_model(Hyperparameters(width=0.25, head_units=8), 32)))
 
 
 def b64(data: bytes) -> str:

@@ -10,12 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from petloc import tracking
+from petloc.tracking import runs, store
 from petloc.cli import cli
 from petloc.data.pipeline import CACHE_VERSION, dataset_digest, load_arrays
 from petloc.errors import PetlocError
@@ -117,18 +116,18 @@ def test_a_sweep_already_running_is_refused_at_once(one_trial):
 def test_runs_left_running_by_a_dead_process_end_killed_and_live_ones_are_kept(one_trial):
     root, exp = one_trial
     dead = subprocess.Popen(["sleep", "60"])
-    dead_owner = tracking._owner(dead.pid)
+    dead_owner = runs._owner(dead.pid)
     dead.kill()
     dead.wait()
     client, [parent] = sweep_runs(root)
     experiment_id = parent.info.experiment_id
     with in_project(root):
-        tracking.configure()
-        orphan = tracking.create_run(experiment_id, "orphan", {"mlflow.parentRunId": parent.info.run_id})
-        client.set_tag(orphan, tracking.OWNER_TAG, dead_owner)
-        live = tracking.create_run(experiment_id, "live", {"mlflow.parentRunId": parent.info.run_id})  # this process
-        elsewhere = tracking.create_run(experiment_id, "elsewhere", {"mlflow.parentRunId": parent.info.run_id})
-        client.set_tag(elsewhere, tracking.OWNER_TAG, "another-host:1:1")
+        store.configure()
+        orphan = runs.create_run(experiment_id, "orphan", {"mlflow.parentRunId": parent.info.run_id})
+        client.set_tag(orphan, runs.OWNER_TAG, dead_owner)
+        live = runs.create_run(experiment_id, "live", {"mlflow.parentRunId": parent.info.run_id})  # this process
+        elsewhere = runs.create_run(experiment_id, "elsewhere", {"mlflow.parentRunId": parent.info.run_id})
+        client.set_tag(elsewhere, runs.OWNER_TAG, "another-host:1:1")
         assert invoke("sweep", exp).exit_code == 0
     ended = client.get_run(orphan)
     assert ended.info.status == "KILLED" and f"its process ({dead_owner}) ended" in ended.data.tags["error"]
@@ -157,7 +156,7 @@ def test_a_sweep_that_fails_after_its_parent_run_exists_ends_it_failed(tmp_path)
 
 # --- several processes, one store ----------------------------------------------------------
 
-OPEN_STORE = "from petloc import store, tracking; store.configure(); tracking.experiment_id('e')"
+OPEN_STORE = "from petloc.tracking import runs, store; store.configure(); runs.experiment_id('e')"
 
 
 def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
@@ -217,7 +216,7 @@ def test_sweep_killed_with_sigkill_resumes_and_fresh_retires_its_runs(tmp_path):
         old = client.get_run(run_id)
         assert old.info.status == "KILLED"
         assert "ended without closing the run; the sweep was started again with --fresh" in old.data.tags["error"]
-    assert socket.gethostname() in client.get_run(parent_id).data.tags[tracking.OWNER_TAG]
+    assert socket.gethostname() in client.get_run(parent_id).data.tags[runs.OWNER_TAG]
 
 
 def _wait_for_training_trial(client, proc, timeout=240):

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from petloc.data.images import BadImage, SizeOf
+from petloc.data.images import BadImage, IMAGE_SUFFIXES, SizeOf
 from petloc.data.records import Sample, Skipped
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "valid", "test")
 CLASS_IDS = {1: 0, 2: 1}  # file's CLASS -> model label (cat = 0, dog = 1)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from petloc.data.readers import detect_layout, scan
 from petloc.data.records import CLASS_NAMES, Sample, Skipped
+from petloc.report import table
 
 NO_SPLIT = "all"  # the counts' key when the layout has no train/valid/test split
 MAX_SKIPPED_SHOWN = 20
@@ -82,17 +83,15 @@ def _size_spreads(samples: list[Sample]) -> tuple[Spread | None, Spread | None]:
 def format_report(report: DatasetReport) -> str:
     """A compact table for people: counts, sizes, box spreads, then the skipped files."""
     lines = [f"{report.root}  (layout {report.layout}): {report.usable} usable, {len(report.skipped)} skipped", ""]
-    lines += _table(["split", *CLASS_NAMES, "total"], _count_rows(report.counts))
-    lines.append("")
-    spreads = {  # name -> (spread, number format)
-        "image width px": (report.image_width, ".0f"),
-        "image height px": (report.image_height, ".0f"),
-        "box width / image": (report.box_width, ".3f"),
-        "box height / image": (report.box_height, ".3f"),
-        "box area / image": (report.box_area, ".3f"),
+    lines += [table(_count_rows(report.counts)), ""]
+    spreads = {
+        "image width px": report.image_width,
+        "image height px": report.image_height,
+        "box width / image": report.box_width,
+        "box height / image": report.box_height,
+        "box area / image": report.box_area,
     }
-    rows = [[name, *(format(v, fmt) for v in asdict(spread).values())] for name, (spread, fmt) in spreads.items() if spread]
-    lines += _table(["", "min", "median", "max"], rows)
+    lines.append(table([{"": name, **asdict(spread)} for name, spread in spreads.items() if spread]))
     if report.skipped:
         lines += ["", "skipped:"] + [f"  {s}" for s in report.skipped[:MAX_SKIPPED_SHOWN]]
         if len(report.skipped) > MAX_SKIPPED_SHOWN:
@@ -100,15 +99,9 @@ def format_report(report: DatasetReport) -> str:
     return "\n".join(lines)
 
 
-def _count_rows(counts: dict[str, dict[str, int]]) -> list[list[str]]:
-    rows = [[split, *map(str, by_class.values()), str(sum(by_class.values()))] for split, by_class in counts.items()]
+def _count_rows(counts: dict[str, dict[str, int]]) -> list[dict]:
+    rows = [{"split": split, **by_class, "total": sum(by_class.values())} for split, by_class in counts.items()]
     if len(counts) > 1:
-        totals = [sum(by_class[name] for by_class in counts.values()) for name in CLASS_NAMES]
-        rows.append(["total", *map(str, totals), str(sum(totals))])
+        totals = {name: sum(by_class[name] for by_class in counts.values()) for name in CLASS_NAMES}
+        rows.append({"split": "total", **totals, "total": sum(totals.values())})
     return rows
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    align = [str.ljust] + [str.rjust] * (len(header) - 1)
-    return ["  ".join(a(cell, w) for a, cell, w in zip(align, row, widths)) for row in [header, *rows]]

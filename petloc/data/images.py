@@ -39,6 +39,8 @@ from PIL import Image, UnidentifiedImageError
 
 from petloc.errors import PetlocError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the photo files a dataset folder may hold
+
 SIGNATURES = {
     b"\xff\xd8\xff": "JPEG",
     b"\x89PNG\r\n\x1a\n": "PNG",

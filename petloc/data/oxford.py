@@ -11,13 +11,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from petloc.data.images import BadImage, SizeOf
+from petloc.data.images import BadImage, IMAGE_SUFFIXES, SizeOf
 from petloc.data.records import CLASS_NAMES, Sample, Skipped
 
 # Oxford's trainval becomes "train": a validation split is carved from it downstream.
 LIST_FILES = {"trainval.txt": "train", "test.txt": "test"}
 SPECIES_IDS = {"1": 0, "2": 1}  # list file's SPECIES -> model label (cat = 0, dog = 1)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class BadXml(Exception):

@@ -20,17 +20,18 @@ import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
 from petloc.data.augment import augment
+from petloc.data.images import IMAGE_SUFFIXES
 from petloc.data.readers import scan
 from petloc.data.records import Skipped
 from petloc.errors import PetlocError
 
 DEFAULT_CACHE = Path("data/.cache")
 CACHE_VERSION = 3  # bump when decoding or box conversion changes, so old caches are not reused (3: EXIF orientation)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".txt", ".xml"}
+DATASET_FILES = {*IMAGE_SUFFIXES, ".txt", ".xml"}  # what the digest covers: photos and their annotations
 
 
 @dataclass
-class Arrays:
+class ImageSet:
     """A whole dataset in memory, boxes normalised to the image."""
 
     images: np.ndarray  # [N, S, S, 3] uint8 RGB
@@ -44,8 +45,8 @@ class Arrays:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "Arrays":
-        return Arrays(
+    def subset(self, index: np.ndarray) -> "ImageSet":
+        return ImageSet(
             self.images[index], self.labels[index], self.boxes[index],
             [self.paths[i] for i in index], [self.splits[i] for i in index], [], self.digest,
         )
@@ -54,13 +55,13 @@ class Arrays:
 def dataset_digest(root: Path) -> str:
     """sha256 over every image and annotation file's relative path and bytes."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in DATASET_FILES and p.is_file()):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
-def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Arrays:
+def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> ImageSet:
     images, labels, boxes, paths, splits, skipped = [], [], [], [], [], []
     for item in scan(root, on_bad=on_bad, strict=strict):
         if isinstance(item, Skipped):
@@ -74,11 +75,11 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Array
         splits.append(sample.split or "")
     if not images:
         raise PetlocError(f"{root}: no usable images ({len(skipped)} skipped)")
-    return Arrays(np.stack(images), np.array(labels, np.int32), np.stack(boxes).astype(np.float32), paths, splits, skipped)
+    return ImageSet(np.stack(images), np.array(labels, np.int32), np.stack(boxes).astype(np.float32), paths, splits, skipped)
 
 
 def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_dir: Path | None = DEFAULT_CACHE,
-                strict: bool = True) -> Arrays:
+                strict: bool = True) -> ImageSet:
     """Decoded, resized dataset; read from the cache when the files have not changed.
     strict=False keeps JPEGs the decoder repaired (see `scan`)."""
     root = Path(root)
@@ -93,7 +94,7 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
             skipped = [Skipped(Path(p), r) for p, r in meta["skipped"]]
             if on_bad == "fail" and skipped:
                 raise PetlocError(str(skipped[0]))
-            return Arrays(npz["images"], npz["labels"], npz["boxes"], meta["paths"], meta["splits"], skipped, digest)
+            return ImageSet(npz["images"], npz["labels"], npz["boxes"], meta["paths"], meta["splits"], skipped, digest)
     arrays = _decode_all(root, image_size, on_bad, strict)
     arrays.digest = digest
     if cache:
@@ -116,7 +117,7 @@ def _write_cache(cache: Path, **arrays) -> None:
         raise
 
 
-def split_train_val(arrays: Arrays, val_share: float, seed: int) -> tuple[Arrays, Arrays]:
+def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[ImageSet, ImageSet]:
     """The layout's own train/valid folders when it has them, else a stratified split."""
     splits = np.array(arrays.splits)
     if (splits == "valid").any():
@@ -151,7 +152,7 @@ def _weighted(class_weights: np.ndarray):
 
 
 def train_batches(
-    arrays: Arrays, batch_size: int, aug_strength: float, seed: int, class_weights: np.ndarray | None = None
+    arrays: ImageSet, batch_size: int, aug_strength: float, seed: int, class_weights: np.ndarray | None = None
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches; a new augmentation draw every epoch.
     `class_weights` (one per class) weight each image's class loss."""
@@ -169,6 +170,6 @@ def train_batches(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(arrays: Arrays, batch_size: int) -> tf.data.Dataset:
+def eval_batches(arrays: ImageSet, batch_size: int) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels, arrays.boxes)).batch(batch_size)
     return ds.map(_targets).prefetch(tf.data.AUTOTUNE)

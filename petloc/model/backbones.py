@@ -7,14 +7,16 @@ scaling its network expects inside the returned model, so saved models take raw 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import keras
 from keras import layers
 
-from petloc.config import REGISTERED
 from petloc.errors import PetlocError
+
+REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
 
 Builder = Callable[[int, float, str | None], keras.Model]
 BACKBONES: dict[str, Builder] = {}
@@ -28,42 +30,42 @@ def register(name: str):
     return add
 
 
-def build_backbone(name: str, image_size: int, width: float = 1.0, weights: str | None = None) -> keras.Model:
+@dataclass(frozen=True)
+class Pretrained:
+    """A backbone that `petloc pretrain` trained, as the tracking side found it by name."""
+
+    ref: str  # NAME@ALIAS or NAME/VERSION in the Model Registry
+    backbone: str  # the architecture: a name in BACKBONES
+    width: float
+    weights: list = field(repr=False)  # the backbone's weights, in Keras's order
+    val_data: str | None  # the split it was trained on (train/val of which data)
+
+
+def build_backbone(name: str, image_size: int, width: float = 1.0, weights: str = "none", pretrained: Pretrained | None = None) -> keras.Model:
+    """The backbone `name` at `image_size`; `registered:NAME@ALIAS` needs the `pretrained` network."""
     if name.startswith(REGISTERED):
-        return registered_backbone(name.removeprefix(REGISTERED), image_size)
+        return _from_pretrained(name, image_size, pretrained)
     if name not in BACKBONES:
         raise PetlocError(f"backbone: unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name](image_size, width, _weights_arg(weights))
 
 
-def registered_backbone(ref: str, image_size: int) -> keras.Model:
-    """The backbone of a classifier that `petloc pretrain` registered (`petloc-backbone@champion`),
-    rebuilt at `image_size` with the pretrained weights (the networks are fully convolutional).
-    Its architecture and width are the pretrained network's own."""
-    import mlflow.keras
-    from mlflow.exceptions import MlflowException
-
-    from petloc.registry import source_run
-
-    run = source_run(ref)
-    if run.data.tags.get("petloc_kind") != "pretrain":
-        raise PetlocError(f"backbone: {REGISTERED}{ref} is not a network from petloc pretrain")
+def _from_pretrained(name: str, image_size: int, pretrained: Pretrained | None) -> keras.Model:
+    """The pretrained network rebuilt at `image_size` with its weights (the networks are fully
+    convolutional). Its architecture and width are its own."""
+    if pretrained is None or REGISTERED + pretrained.ref != name:
+        raise PetlocError(f"backbone: {name} was not loaded from the Model Registry")
+    net = build_backbone(pretrained.backbone, image_size, pretrained.width)
     try:
-        classifier = mlflow.keras.load_model(f"models:/{ref}")
-    except (MlflowException, OSError) as err:
-        raise PetlocError(f"backbone: cannot load {REGISTERED}{ref} ({str(err).splitlines()[0][:200]})") from None
-    pretrained = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
-    net = build_backbone(run.data.params["backbone"], image_size, float(run.data.params["width"]))
-    try:
-        net.set_weights(pretrained.get_weights())
-    except (AttributeError, ValueError) as err:
-        raise PetlocError(f"backbone: {REGISTERED}{ref} does not hold a {run.data.params['backbone']} backbone ({err})") from None
+        net.set_weights(pretrained.weights)
+    except ValueError as err:
+        raise PetlocError(f"backbone: {name} does not hold a {pretrained.backbone} backbone ({err})") from None
     return net
 
 
-def _weights_arg(weights: str | None) -> str | None:
-    """None / "none" = random init, "imagenet" = Keras download, anything else = a local file."""
-    if weights in (None, "none"):
+def _weights_arg(weights: str) -> str | None:
+    """"none" = random init, "imagenet" = Keras download, anything else = a local file."""
+    if weights == "none":
         return None
     if weights != "imagenet" and not Path(weights).is_file():
         raise PetlocError(f"weights: {weights!r} is neither 'none', 'imagenet' nor an existing weights file")

@@ -1,10 +1,17 @@
-"""Box losses, by name. Boxes are normalised [x1, y1, x2, y2]; predictions may be inverted
+"""Losses by name: box losses (BOX_LOSSES) and class weightings (CLASS_WEIGHTS).
+
+Box losses: Boxes are normalised [x1, y1, x2, y2]; predictions may be inverted
 (four independent sigmoids), so the IoU-based loss orders each predicted box's corners first."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
+import numpy as np
 from keras import ops
+
+from petloc.data.records import CLASS_NAMES
 
 
 def ordered(box):
@@ -64,3 +71,13 @@ def l1_giou_loss(y_true, y_pred):
 
 
 BOX_LOSSES = {"mse": mse_loss, "l1": l1_loss, "smooth_l1": smooth_l1_loss, "giou": giou_loss, "l1_giou": l1_giou_loss}
+
+
+def _balanced(labels: np.ndarray) -> np.ndarray:
+    """Each class weighs total / (classes x its count): both classes count equally in the loss."""
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
+    return len(labels) / (len(CLASS_NAMES) * np.maximum(counts, 1))
+
+
+# How much each class's images weigh in the class loss, from the training labels.
+CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {"none": lambda labels: None, "balanced": _balanced}

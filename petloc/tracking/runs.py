@@ -1,33 +1,18 @@
-"""Everything that talks to MLflow runs: experiments, params, per-epoch metrics, artifacts."""
+"""The life of an MLflow run, owned here alone: experiments, creating and nesting runs,
+their status, which process owns them, and finding a sweep's children."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
-import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import keras
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
-from petloc.store import STORE_DIR, configure
-
-__all__ = ["STORE_DIR", "configure"]  # re-exported: callers here deal in runs and the store alike
-
-EPOCH_METRICS = {  # Keras log name -> MLflow metric name
-    "loss": "train/loss",
-    "miou": "train/miou",
-    "accuracy": "train/accuracy",
-    "val_loss": "val/loss",
-    "val_miou": "val/miou",
-    "val_accuracy": "val/accuracy",
-}
+from petloc.tracking.store import STORE_DIR
 
 
 def experiment_id(name: str) -> str:
@@ -115,50 +100,6 @@ def end_run(run_id: str, err: BaseException) -> None:
     client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def flat_params(hp: dict[str, Any]) -> dict[str, Any]:
-    """Params as MLflow shows them: numbers stay numbers, None becomes 'none'."""
-    return {k: ("none" if v is None else v) for k, v in hp.items()}
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch curves (`train/loss`, `val/miou`, `val/accuracy`, ...) with step = epoch."""
-
-    def __init__(self, run_id: str):
-        super().__init__()
-        self.run_id = run_id
-        self.client = MlflowClient()
-
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs and key in logs}
-        if metrics:
-            mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
-
-
-def log_model(model: keras.Model, run_id: str) -> str:
-    """The model in MLflow's Keras flavour, loadable as a pyfunc that takes JPEGs; returns its URI."""
-    from petloc import serving
-
-    with mlflow.start_run(run_id=run_id, nested=True):
-        info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=serving, keras_model=model)
-    return info.model_uri
-
-
-def log_run_inputs(run_id: str, params: dict[str, Any], data_tags: dict[str, Any], seed: int, **tags: Any) -> None:
-    """What a run was given: flat params, the data's tags, the git commit and the seed."""
-    mlflow.log_params(flat_params(params), run_id=run_id)
-    client = MlflowClient()
-    for key, value in {**data_tags, "git_commit": git_commit(), "seed": seed, **tags}.items():
-        client.set_tag(run_id, key, str(value))
-
-
 @contextlib.contextmanager
 def run_status(run_id: str):
     """Ends MLflow run `run_id` FINISHED, or FAILED / KILLED with the reason as its `error` tag."""
@@ -168,31 +109,3 @@ def run_status(run_id: str):
         end_run(run_id, err)
         raise
     MlflowClient().set_terminated(run_id, "FINISHED")
-
-
-def log_files(run_id: str, files: dict[str, Path]) -> None:
-    """Each local file under the artifact folder named by its key ("" = top level)."""
-    client = MlflowClient()
-    for folder, path in files.items():
-        client.log_artifact(run_id, str(path), folder or None)
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="petloc-")
-
-
-def load_logged_model(uri: str) -> keras.Model:
-    """A Keras model logged by petloc, by MLflow URI."""
-    import mlflow.keras
-
-    from petloc.registry import check_exists
-
-    configure()
-    if uri.startswith("models:/"):
-        check_exists(uri)
-    try:
-        return mlflow.keras.load_model(uri)
-    except MlflowException as err:
-        raise PetlocError(f"{uri}: {err.message.splitlines()[0]}") from None
-    except OSError as err:
-        raise PetlocError(f"{uri}: cannot read the model ({err})") from None

@@ -1,7 +1,8 @@
-"""Using a trained model: load it from a file or MLflow, predict labels, scores and pixel boxes."""
+"""Using a trained localiser: load it from a `.keras` file, predict labels, scores and pixel boxes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import keras
 import numpy as np
 
 import petloc.model  # noqa: F401  (registers petloc's custom layers and losses for loading)
+from petloc.data.images import BadImage, read_image
 from petloc.data.records import CLASS_NAMES
 from petloc.errors import PetlocError
+from petloc.training.gallery import draw_box_on_photo, save_new_png
 
 
 EXPECTED_OUTPUTS = {"cls": 2, "box": 4}  # output name -> values per image
@@ -30,9 +33,8 @@ class Prediction:
 class Predictor:
     """A trained localiser that takes RGB images of any size."""
 
-    def __init__(self, model: keras.Model, source: str = ""):
+    def __init__(self, model: keras.Model):
         self.model = model
-        self.source = source
         self.image_size = int(model.input_shape[1])
 
     def predict(self, images: list[np.ndarray], batch_size: int = 32, sizes: list[tuple[int, int]] | None = None) -> list[Prediction]:
@@ -53,37 +55,24 @@ class Predictor:
         return results
 
 
-def load_keras(source: str | Path) -> keras.Model:
-    """A petloc localiser from a `.keras` file, a registered name (`petloc@champion`,
-    `petloc/3`) or an MLflow model URI (`models:/petloc@champion`, `runs:/RUN/model`)."""
-    text = str(source)
-    model = _load_any_keras(text)
-    if problem := localiser_problem(model):
-        raise PetlocError(f"{text}: not a petloc localiser ({problem})")
-    return model
+def load_keras_file(path: str | Path) -> keras.Model:
+    """A petloc localiser from a `.keras` file (safe mode: no code runs from the file)."""
+    if not Path(path).is_file():
+        raise PetlocError(f"{path}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
+    return checked_localiser(str(path), lambda: keras.saving.load_model(path, safe_mode=True))
 
 
-def _load_any_keras(text: str) -> keras.Model:
-    path = Path(text)
-    if not path.exists():
-        from petloc.registry import model_uri
-
-        if uri := model_uri(text):
-            from petloc.tracking import load_logged_model
-
-            return _loaded(text, lambda: load_logged_model(uri))
-    if not path.is_file():
-        raise PetlocError(f"{text}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
-    return _loaded(text, lambda: keras.saving.load_model(path, safe_mode=True))
-
-
-def _loaded(text: str, load) -> keras.Model:
+def checked_localiser(source: str, load) -> keras.Model:
+    """`load()`'s model, a one-line PetlocError naming `source` unless it loads and is a localiser."""
     try:
-        return load()
+        model = load()
     except PetlocError:
         raise
     except Exception as err:  # Keras raises many types for a bad file (safe_mode: ValueError); all mean the same to a user
-        raise PetlocError(f"{text}: not a loadable Keras model ({str(err).splitlines()[0][:200]})") from None
+        raise PetlocError(f"{source}: not a loadable Keras model ({str(err).splitlines()[0][:200]})") from None
+    if problem := localiser_problem(model):
+        raise PetlocError(f"{source}: not a petloc localiser ({problem})")
+    return model
 
 
 def localiser_problem(model) -> str | None:
@@ -104,5 +93,20 @@ def localiser_problem(model) -> str | None:
     return None
 
 
-def load_predictor(source: str | Path) -> Predictor:
-    return Predictor(load_keras(source), str(source))
+def predict_files(predictor: Predictor, paths: list[str], out: Path | None = None) -> Iterator[dict]:
+    """One row per image file: its answer (with a `warning` when the decoder had to repair
+    it), or `error`; with `out`, an annotated copy beside the others, never over a file."""
+    for path in paths:
+        try:
+            image = read_image(path)
+        except BadImage as err:
+            yield {"image": path, "error": str(err)}
+            continue
+        pred = predictor.predict([image.pixels])[0]
+        row = {"image": path, **pred.to_dict(), **({"warning": "; ".join(image.warnings)} if image.warnings else {})}
+        if out:
+            try:
+                save_new_png(draw_box_on_photo(image.pixels, pred), out, Path(path).stem)
+            except OSError as err:
+                row = {"image": path, "error": f"cannot write the annotated copy: {err.strerror or err}"}
+        yield row

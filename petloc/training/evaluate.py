@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from petloc.data.pipeline import Arrays
+from petloc.data.pipeline import ImageSet, load_arrays, split_train_val
 from petloc.model.metrics import box_iou, summarise
 
 
@@ -27,13 +28,13 @@ def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 64)
     return Predictions(labels, probs[np.arange(len(labels)), labels], np.asarray(out["box"]))
 
 
-def quality(model: keras.Model, arrays: Arrays) -> tuple[dict[str, float], Predictions]:
+def quality(model: keras.Model, arrays: ImageSet) -> tuple[dict[str, float], Predictions]:
     """miou, iou50, accuracy on `arrays`, and the predictions they came from."""
     pred = predict_arrays(model, arrays.images)
     return summarise(arrays.labels, pred.labels, arrays.boxes, pred.boxes), pred
 
 
-def per_image_iou(arrays: Arrays, pred: Predictions) -> np.ndarray:
+def per_image_iou(arrays: ImageSet, pred: Predictions) -> np.ndarray:
     return box_iou(arrays.boxes, pred.boxes)
 
 
@@ -57,3 +58,18 @@ def latencies(model: keras.Model, image_size: int) -> dict[str, float]:
         "latency_ms_b1": latency_ms(model, image_size, 1, repeats=20),
         "latency_ms_b32": latency_ms(model, image_size, 32, repeats=5),
     }
+
+
+def evaluate_dataset(model: keras.Model, data: str | Path, on_bad: str = "skip", subset: str = "all",
+                     val_split: float = 0.15, seed: int = 0) -> tuple[dict, list]:
+    """Figures and latency of `model` on the dataset at `data` (or one side of the split a run
+    made of it), and the files skipped."""
+    size = int(model.input_shape[1])
+    # Every photo that decodes is scored; only re-making a run's split needs the photos its
+    # training kept (training skips the JPEGs the decoder had to repair).
+    arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all")
+    skipped = arrays.skipped
+    if subset != "all":
+        arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed)))[subset]
+    figures, _ = quality(model, arrays)
+    return {"images": len(arrays), "skipped": len(skipped), **figures, **latencies(model, size)}, skipped

@@ -15,11 +15,11 @@ import keras
 import keras_tuner as kt
 from mlflow.tracking import MlflowClient
 
-from petloc.config import HYPERPARAMS, Experiment, Range
-from petloc.experiment import PreparedData, train_tracked
-from petloc import tracking
-from petloc.model import build_model
-from petloc.train import model_spec
+from petloc.config import Experiment, Range
+from petloc.model import Hyperparameters, build_model, hyperparams
+from petloc.tracking import runs
+from petloc.tracking.training_runs import train_tracked
+from petloc.training.dataset import PreparedData
 
 OBJECTIVE = kt.Objective("val_miou", direction="max")
 
@@ -64,9 +64,9 @@ class SpaceHyperModel(kt.HyperModel):
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         fixed = self.exp.fixed_hyperparameters()
         # The file's order first: the grid oracle turns the last-listed hyperparameter fastest.
-        for name in [*self.exp.space, *(n for n in HYPERPARAMS if n not in self.exp.space)]:
+        for name in [*self.exp.space, *(n for n in hyperparams.DECLARED if n not in self.exp.space)]:
             param = self.exp.space.get(name, fixed[name])
-            kind = HYPERPARAMS[name][0]
+            kind = hyperparams.kind(name)
             if isinstance(param, list):
                 hp.Choice(name, param)
             elif isinstance(param, Range) and kind is int:
@@ -78,11 +78,12 @@ class SpaceHyperModel(kt.HyperModel):
 
     def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
         """petloc's hyperparameters of a trial (Keras Tuner's own `tuner/*` left out)."""
-        return {name: hp.values[name] for name in HYPERPARAMS if name in hp.values}
+        return {name: hp.values[name] for name in hyperparams.DECLARED if name in hp.values}
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
+        """Keras Tuner's hook; petloc's trials build and train through `train_tracked`."""
         values = self.values(hp)
-        return build_model(model_spec(values), int(values["image_size"]))
+        return build_model(Hyperparameters.of(values), int(values["image_size"]))
 
 
 class TrackedTuner(kt.Tuner):
@@ -106,7 +107,7 @@ class TrackedTuner(kt.Tuner):
         values = self.hypermodel.values(hp)
         run_id = self._child_run(trial)
         try:
-            with tracking.run_status(run_id):
+            with runs.run_status(run_id):
                 data = self.data_for(int(values["image_size"]))
                 initial = self._warm_start_weights(hp)
                 summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
@@ -120,13 +121,13 @@ class TrackedTuner(kt.Tuner):
         """A new child run for this trial. A run left by an earlier attempt of the same trial
         (its process interrupted or killed) is deleted, so every trial appears once; the sweep
         holds its lock, so no live process owns such a run."""
-        for run in tracking.child_runs(self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'"):
+        for run in runs.child_runs(self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'"):
             self.client.delete_run(run.info.run_id)
         hp = trial.hyperparameters.values
         tags = {"mlflow.parentRunId": self.parent_run_id, "sweep_run_id": self.parent_run_id, "trial_id": trial.trial_id}
         tags.update({k: str(v) for k, v in hp.items() if k.startswith("tuner/")})
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        return tracking.create_run(experiment_id, f"trial-{trial.trial_id}-{hp.get('backbone', '')}", tags)
+        return runs.create_run(experiment_id, f"trial-{trial.trial_id}-{hp.get('backbone', '')}", tags)
 
     def _weights_file(self, trial_id: str) -> Path:
         return Path(self.get_trial_dir(trial_id)) / "weights.weights.h5"

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+import keras
 import mlflow
+import mlflow.keras
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
+from petloc.model import Pretrained
+from petloc.training.predict import Predictor, checked_localiser, load_keras_file
+from petloc.tracking.store import configure
 
 # Version tags copied from the source run's metrics and tags.
 METRIC_LABELS = {"best_val_miou": "val mIoU", "val_accuracy": "val accuracy"}
@@ -30,7 +36,50 @@ def model_uri(ref: str) -> str | None:
     return None
 
 
-def check_exists(uri: str):
+def load_localiser(source: str | Path) -> keras.Model:
+    """A petloc localiser from a `.keras` file, a registered name (`petloc@champion`,
+    `petloc/3`) or an MLflow model URI (`models:/petloc@champion`, `runs:/RUN/model`)."""
+    text = str(source)
+    uri = None if Path(text).exists() else model_uri(text)
+    if uri is None:
+        return load_keras_file(text)
+    return checked_localiser(text, lambda: _load_logged(uri))
+
+
+def load_predictor(source: str | Path) -> Predictor:
+    return Predictor(load_localiser(source))
+
+
+def _load_logged(uri: str) -> keras.Model:
+    """A Keras model logged by petloc, by MLflow URI."""
+    configure()
+    if uri.startswith("models:/"):
+        registered_version(uri)
+    try:
+        return mlflow.keras.load_model(uri)
+    except MlflowException as err:
+        raise PetlocError(f"{uri}: {err.message.splitlines()[0]}") from None
+    except OSError as err:
+        raise PetlocError(f"{uri}: cannot read the model ({err})") from None
+
+
+def pretrained_backbone(ref: str) -> Pretrained:
+    """The backbone of a classifier that `petloc pretrain` registered (`petloc-backbone@champion`):
+    its architecture, width and weights, for a localiser to start from."""
+    run = source_run(ref)
+    if run.data.tags.get("petloc_kind") != "pretrain":
+        raise PetlocError(f"backbone: registered:{ref} is not a network from petloc pretrain")
+    try:
+        classifier = mlflow.keras.load_model(f"models:/{ref}")
+    except (MlflowException, OSError) as err:
+        raise PetlocError(f"backbone: cannot load registered:{ref} ({str(err).splitlines()[0][:200]})") from None
+    net = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
+    if net is None:
+        raise PetlocError(f"backbone: registered:{ref} holds no backbone network")
+    return Pretrained(ref, run.data.params["backbone"], float(run.data.params["width"]), net.get_weights(), run.data.tags.get("val_data"))
+
+
+def registered_version(uri: str):
     """The registered version `uri` names, or None for a URI MLflow resolves itself (such as
     models:/petloc/latest); a one-line error listing what is registered when there is none."""
     ref = uri.removeprefix("models:/")
@@ -49,7 +98,7 @@ def check_exists(uri: str):
 def source_run(ref: str):
     """The run that registered version `ref` (NAME@ALIAS, NAME/N or models:/...) came from."""
     uri = model_uri(ref) or ref
-    version = check_exists(uri)
+    version = registered_version(uri)
     if version is None:
         raise PetlocError(f"{ref}: name a registered version as NAME@ALIAS or NAME/VERSION")
     return MlflowClient().get_run(version.run_id)
@@ -88,7 +137,6 @@ def promote(
     force: bool = False,
     register_when_not_better: bool = True,
     score_champion: Callable[[str], float] | None = None,
-    metric: str | None = None,
 ) -> Promotion:
     """Registers run `run_id`'s model and moves `alias` to it when it beats the current holder.
 
@@ -101,7 +149,7 @@ def promote(
     except MlflowException:
         raise PetlocError(f"run {run_id}: not found in {mlflow.get_tracking_uri()}") from None
     # A localiser is ranked by val mIoU; a pretrained classifier by val accuracy.
-    metric = metric or ("val_accuracy" if run.data.tags.get("petloc_kind") == "pretrain" else "best_val_miou")
+    metric = ("val_accuracy" if run.data.tags.get("petloc_kind") == "pretrain" else "best_val_miou")
     label = METRIC_LABELS.get(metric, metric)
     score = run.data.metrics.get(metric)
     model_source = run.data.tags.get("model_uri")

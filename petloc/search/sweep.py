@@ -10,7 +10,6 @@ process running the sweep, so a second start of the same sweep is refused at onc
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,12 +19,15 @@ from typing import Callable
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from petloc import registry, tracking
+from petloc import report
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
-from petloc.experiment import PreparedData, prepare_data, run_settings
 from petloc.files import atomic_write_text, exclusive_lock, remove_tree
-from petloc.search import TrackedTuner, tuner_dir
+from petloc.search.tuner import TrackedTuner, tuner_dir
+from petloc.tracking import log, registry, runs, store
+from petloc.tracking.training_runs import run_settings
+from petloc.training.dataset import PreparedData, prepare_data
+from petloc.training.evaluate import quality
 
 LEADERBOARD_COLUMNS = [
     ("trial", "tags.trial_id"), ("backbone", "params.backbone"), ("image_size", "params.image_size"),
@@ -65,9 +67,9 @@ def _parent_run(exp: Experiment, state_file: Path, experiment_id: str) -> str:
         except mlflow.exceptions.MlflowException:
             raise PetlocError(f"{state_file}: its parent run is not in {mlflow.get_tracking_uri()}; run with --fresh") from None
         _end_orphans(state["parent_run_id"], "ended when the sweep was resumed")
-        tracking.claim_run(state["parent_run_id"])
+        runs.claim_run(state["parent_run_id"])
         return state["parent_run_id"]
-    run_id = tracking.create_run(experiment_id, f"sweep-{exp.name}", {"petloc.kind": "sweep"})
+    run_id = runs.create_run(experiment_id, f"sweep-{exp.name}", {"petloc.kind": "sweep"})
     atomic_write_text(state_file, json.dumps({"parent_run_id": run_id, "fingerprint": fingerprint(exp)}))
     _log_sweep_settings(exp, run_id)
     return run_id
@@ -88,8 +90,8 @@ def _read_state(state_file: Path) -> dict | None:
 
 def _end_orphans(parent_run_id: str, why: str) -> None:
     """Runs of this sweep left RUNNING by a process that died (kill -9, power loss) end KILLED."""
-    runs = [parent_run_id, *(r.info.run_id for r in tracking.child_runs(parent_run_id, "attributes.status = 'RUNNING'"))]
-    tracking.end_orphans(runs, why)
+    running = [parent_run_id, *(r.info.run_id for r in runs.child_runs(parent_run_id, "attributes.status = 'RUNNING'"))]
+    runs.end_orphans(running, why)
 
 
 def _retire(state_file: Path) -> None:
@@ -122,7 +124,7 @@ def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
     params["image_size"] = exp.data.image_size
     mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()}, run_id=run_id)
     client.log_dict(run_id, {"space": space, "experiment": exp.model_dump(mode="json")}, "search_space.json")
-    client.set_tag(run_id, "git_commit", tracking.git_commit())
+    client.set_tag(run_id, "git_commit", log.git_commit())
 
 
 def searched(exp: Experiment) -> list[str]:
@@ -133,42 +135,45 @@ def searched(exp: Experiment) -> list[str]:
 
 def leaderboard(parent_run_id: str, extra: list[str] = ()) -> list[dict]:
     """Finished trials of the sweep, best val mIoU first; `extra` hyperparameters as columns too."""
-    runs = tracking.child_runs(parent_run_id, "attributes.status = 'FINISHED'", order_by=["metrics.best_val_miou DESC"])
+    finished = runs.child_runs(parent_run_id, "attributes.status = 'FINISHED'", order_by=["metrics.best_val_miou DESC"])
     rows = []
-    for run in runs:
+    for run in finished:
         row = {"run_id": run.info.run_id}
         for column, key in LEADERBOARD_COLUMNS:
             kind, name = key.split(".", 1)
             source = {"tags": run.data.tags, "params": run.data.params, "metrics": run.data.metrics}[kind]
-            row[column] = source.get(name, "")
-        row.update({name: run.data.params.get(name, "") for name in extra})
+            row[column] = _number_or_text(source.get(name, ""))
+        row.update({name: _number_or_text(run.data.params.get(name, "")) for name in extra})
         rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    if not rows:
-        return "No finished trials.\n"
-    keys = list(rows[0])[1:] + ["run_id"]  # run_id last
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def _number_or_text(value):
+    """MLflow keeps params as text; a number reads back as one, so tables can round it."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def leaderboard_columns(rows: list[dict]) -> list[str]:
+    """The leaderboard's columns: what each row holds, run_id last."""
+    return [c for c in (rows[0] if rows else dict(LEADERBOARD_COLUMNS)) if c != "run_id"] + ["run_id"]
 
 
 def _log_leaderboard(parent_run_id: str, rows: list[dict], failed: int) -> None:
     client = MlflowClient()
-    with tracking.scratch_dir() as tmp:
-        csv_path = Path(tmp) / "leaderboard.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=(list(rows[0])[1:] if rows else [c for c, _ in LEADERBOARD_COLUMNS]) + ["run_id"])
-            writer.writeheader()
-            writer.writerows(rows)
-        md_path = Path(tmp) / "leaderboard.md"
-        md_path.write_text(markdown(rows))
+    columns = leaderboard_columns(rows)
+    with log.scratch_dir() as tmp:
+        csv_path, md_path = Path(tmp) / "leaderboard.csv", Path(tmp) / "leaderboard.md"
+        csv_path.write_text(report.csv_text(rows, columns))
+        md_path.write_text(report.table(rows, columns, markdown=True) or "No finished trials.\n")
         client.log_artifact(parent_run_id, str(csv_path))
         client.log_artifact(parent_run_id, str(md_path))
     metrics = {"trials_finished": float(len(rows)), "trials_failed": float(failed)}
@@ -187,11 +192,11 @@ def _failed_trials(tuner: TrackedTuner) -> int:
 
 def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] = print) -> SweepResult:
     """The whole sweep: search, leaderboard, promotion. Safe to run again to continue."""
-    tracking.configure(exp.tracking.uri)
-    directory = tuner_dir(exp, tracking.STORE_DIR)
+    store.configure(exp.tracking.uri)
+    directory = tuner_dir(exp, store.STORE_DIR)
     busy = f"sweep '{exp.name}' is already running in another process; wait for it, or stop it and run this again"
     with exclusive_lock(directory.with_name(directory.name + ".lock"), busy):
-        experiment_id = tracking.experiment_id(exp.tracking.experiment)
+        experiment_id = runs.experiment_id(exp.tracking.experiment)
         if fresh:
             _retire(directory / "sweep.json")
             remove_tree(directory, directory.parent)
@@ -200,7 +205,7 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
         try:
             result = _search(exp, parent, directory, log)
         except BaseException as err:
-            tracking.end_run(parent, err)
+            runs.end_run(parent, err)
             raise
         MlflowClient().set_terminated(parent, "FINISHED")
         return result
@@ -245,10 +250,6 @@ def _search(exp: Experiment, parent: str, directory: Path, log: Callable[[str], 
 
 def _score_on(uri: str, exp: Experiment, data_for) -> float:
     """The current champion's val mIoU on this sweep's validation data."""
-    from petloc.evaluate import quality
-    from petloc.predict import load_keras
-
-    model = load_keras(uri)
+    model = registry.load_localiser(uri)
     figures, _ = quality(model, data_for(int(model.input_shape[1])).val)
     return figures["miou"]
-

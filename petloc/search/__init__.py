@@ -1,0 +1,1 @@
+"""Keras Tuner sweeps: the search space as a HyperModel, tracked trials, and the sweep around them."""

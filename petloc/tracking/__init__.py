@@ -1,0 +1,1 @@
+"""Everything that talks to MLflow: the store, runs, what they log, the Model Registry."""

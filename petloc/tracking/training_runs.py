@@ -1,0 +1,146 @@
+"""Tracked training: data ready, network fitted, figures, pictures and the model in MLflow.
+
+`petloc train` and `petloc pretrain` each make one such run; a sweep makes one per trial,
+as a child of its parent run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import mlflow
+
+from petloc.config import Experiment
+from petloc.errors import PetlocError
+from petloc.model import REGISTERED, TTA, Pretrained
+from petloc.tracking import log, registry, runs, store
+from petloc.training.dataset import PreparedData, gallery_image, prepare_data
+from petloc.training.evaluate import latencies, quality
+from petloc.training.fit import fit_localiser
+from petloc.training.gallery import plot_curves, save_rgb
+from petloc.training.pretrain import classifier_figures, fit_classifier
+
+
+@dataclass
+class TrackedRun:
+    run_id: str
+    summary: dict[str, float]
+    data: PreparedData
+
+
+def train_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun:
+    """`petloc train`: one run with the experiment's fixed hyperparameters."""
+    hp = exp.fixed_hyperparameters()
+    data = prepare_data(exp.data, hp["image_size"], say)
+    say(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    store.configure(exp.tracking.uri)
+    run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"train-{hp['backbone']}")
+    with runs.run_status(run_id):
+        summary = train_tracked(exp, hp, data, run_id)
+    return TrackedRun(run_id, summary, data)
+
+
+def pretrain_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun:
+    """`petloc pretrain`: the cat / dog classifier of the `pretrain:` section, tracked."""
+    cfg = exp.pretrain
+    data = prepare_data(exp.data, cfg.image_size or exp.data.image_size, say)
+    crops = " and their head crops" if cfg.head_crops else ""
+    say(f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}")
+    store.configure(exp.tracking.uri)
+    run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"pretrain-{cfg.backbone}")
+    with runs.run_status(run_id):
+        summary = pretrain_tracked(exp, data, run_id)
+    return TrackedRun(run_id, summary, data)
+
+
+def run_settings(exp: Experiment, epochs: int) -> dict[str, Any]:
+    """What else shapes a run besides its hyperparameters, logged alike by runs and sweeps:
+    `seed` seeds the training, `data_seed` and `val_split` make the split."""
+    return {"epochs": epochs, "early_stopping": exp.train.early_stopping, "seed": exp.train.seed, "xla": exp.train.xla,
+            "precision": exp.train.precision, "val_split": exp.data.val_split, "data_seed": exp.data.seed}
+
+
+def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
+    """The registered network a `registered:` backbone names, checked not to have trained on
+    this run's validation photos; None for a built-in backbone."""
+    if not backbone.startswith(REGISTERED):
+        return None
+    pretrained = registry.pretrained_backbone(backbone.removeprefix(REGISTERED))
+    if pretrained.val_data != val_key:
+        raise PetlocError(f"backbone: {backbone} was pretrained on another split ({pretrained.val_data}, this run {val_key}), "
+                          "so its training photos may be in this run's validation set; pretrain with the same data.path, val_split and seed")
+    return pretrained
+
+
+def train_tracked(
+    exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str,
+    epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
+) -> dict[str, float]:
+    """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary metrics."""
+    epochs = epochs or exp.train.epochs
+    pretrained = pretrained_for(hp["backbone"], data.val_key)
+    log.log_run_inputs(run_id, {**hp, **run_settings(exp, epochs)}, data.tags(), exp.train.seed)
+
+    start = time.perf_counter()
+    model, history = fit_localiser(
+        hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
+        callbacks=[log.EpochLogger(run_id)], initial_epoch=initial_epoch,
+        initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
+        precision=exp.train.precision, pretrained=pretrained,
+    )
+    if save_weights:
+        save_weights.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(save_weights)
+    train_seconds = time.perf_counter() - start
+    lever = {}
+    if hp.get("tta", "none") != "none":  # what test-time augmentation was worth, on the same weights
+        plain, _ = quality(model, data.val)
+        lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
+    model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
+    figures, pred = quality(model, data.val)
+    summary = {
+        "best_val_miou": figures["miou"],
+        "val_accuracy": figures["accuracy"],
+        "val_iou50": figures["iou50"],
+        **lever,
+        **latencies(model, int(hp["image_size"])),
+        "params_count": float(model.count_params()),
+        "train_seconds": train_seconds,
+        "epochs_trained": float(len(history.history.get("loss", []))),
+        "skipped_images": float(len(data.whole.skipped)),
+    }
+    mlflow.log_metrics(summary, run_id=run_id)
+    with log.scratch_dir() as tmp:
+        files = {
+            "": plot_curves(history.history, Path(tmp) / "curves.png"),
+            "gallery": save_rgb(gallery_image(data.val, pred, exp.tracking.gallery_images), Path(tmp) / "val_gallery.png"),
+        }
+        if data.whole.skipped:
+            skipped = Path(tmp) / "skipped.txt"
+            skipped.write_text("".join(f"{s}\n" for s in data.whole.skipped), encoding="utf-8")
+            files["data"] = skipped
+        log.log_files(run_id, files)
+    log.log_model(model, run_id, localiser=True)
+    return summary
+
+
+def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[str, float]:
+    """Trains the classifier inside MLflow run `run_id`; logs and returns its figures."""
+    cfg = exp.pretrain
+    params: dict[str, Any] = {**cfg.model_dump(exclude={"register_as", "alias"}), "image_size": int(data.train.images.shape[1]),
+                              "seed": exp.train.seed, "val_split": exp.data.val_split}
+    log.log_run_inputs(run_id, params, data.tags(), exp.train.seed, petloc_kind="pretrain")
+    start = time.perf_counter()
+    model, history = fit_classifier(cfg, data, exp.train.seed, callbacks=[log.EpochLogger(run_id)])
+    summary = {
+        **classifier_figures(model, data.val),
+        "train_images": float(len(data.train) * (2 if cfg.head_crops else 1)),
+        "train_seconds": time.perf_counter() - start,
+        "epochs_trained": float(len(history.history.get("loss", []))),
+    }
+    mlflow.log_metrics(summary, run_id=run_id)
+    log.log_model(model, run_id, localiser=False)
+    return summary

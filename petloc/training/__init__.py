@@ -1,0 +1,1 @@
+"""Training networks and using them: data ready, fitting, figures, prediction. Pure Keras: no MLflow here."""

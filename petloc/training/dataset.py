@@ -1,0 +1,72 @@
+"""A run's data, ready: the dataset folder (the synthetic set made on first use), decoded,
+split into training and validation, and a picture of predictions on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from petloc.config import DataConfig
+from petloc.data.pipeline import ImageSet, load_arrays, split_train_val
+from petloc.data.synth import generate, is_generated
+from petloc.files import waiting_lock
+from petloc.training.evaluate import per_image_iou
+from petloc.training.gallery import draw_prediction, gallery
+
+SYNTHETIC_DIR = Path("data/synthetic")
+
+
+@dataclass
+class PreparedData:
+    source: Path
+    whole: ImageSet  # every usable image, before the split
+    train: ImageSet
+    val: ImageSet
+
+    val_key: str = ""  # what validation data this is: same key, comparable figures
+
+    def tags(self) -> dict[str, Any]:
+        return {
+            "dataset_path": str(self.source),
+            "dataset_digest": self.whole.digest,
+            "val_data": self.val_key,
+            "skipped_images": len(self.whole.skipped),
+        }
+
+
+def data_folder(cfg: DataConfig, log=print) -> Path:
+    """The dataset folder; for `synthetic`, the embedded generator's set, made on first use."""
+    if cfg.path != "synthetic":
+        return Path(cfg.path).expanduser()
+    # Two sweeps started together on a new checkout: one makes the set, the other waits for it.
+    with waiting_lock(SYNTHETIC_DIR.with_name(SYNTHETIC_DIR.name + ".lock")):
+        if not is_generated(SYNTHETIC_DIR, cfg.synthetic_count, cfg.seed):
+            log(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
+            generate(SYNTHETIC_DIR, count=cfg.synthetic_count, seed=cfg.seed)
+    return SYNTHETIC_DIR
+
+
+def prepare_data(cfg: DataConfig, image_size: int | None = None, log=print) -> PreparedData:
+    source = data_folder(cfg, log)
+    arrays = load_arrays(source, image_size or cfg.image_size, on_bad=cfg.on_bad)
+    for skipped in arrays.skipped:
+        log(f"skipped {skipped}")
+    if arrays.skipped:
+        log(f"{len(arrays.skipped)} file(s) skipped, {len(arrays)} images used")
+    train, val = split_train_val(arrays, cfg.val_split, cfg.seed)
+    return PreparedData(source, arrays, train, val, f"{arrays.digest[:16]}/val{cfg.val_split}/seed{cfg.seed}")
+
+
+def gallery_image(arrays: ImageSet, pred, count: int) -> np.ndarray:
+    """`count` validation images spread over the set (files are sorted by class), with the
+    true box in green and the predicted one in magenta."""
+    ious = per_image_iou(arrays, pred)
+    picks = np.unique(np.linspace(0, len(arrays) - 1, min(count, len(arrays))).round().astype(int))
+    tiles = [
+        draw_prediction(arrays.images[i], arrays.boxes[i], pred.boxes[i], int(arrays.labels[i]), int(pred.labels[i]), float(pred.scores[i]), float(ious[i]))
+        for i in picks
+    ]
+    return gallery(tiles)

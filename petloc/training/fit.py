@@ -1,0 +1,156 @@
+"""Fitting a network: the one fit path of the localiser and the pretrained classifier.
+Pure Keras, no tracking here."""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+
+from petloc.data.pipeline import ImageSet, eval_batches, train_batches
+from petloc.errors import PetlocError
+from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
+
+# Our tf.data pipeline shuffles itself; Keras warns that its own shuffle flag is ignored.
+warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+
+# Keras names multi-output metrics after the output; petloc's contract uses short names.
+LOG_NAMES = {
+    "loss": "loss",
+    "cls_accuracy": "accuracy",
+    "box_miou": "miou",
+    "cls_loss": "cls_loss",
+    "box_loss": "box_loss",
+}
+
+
+class TrainingDiverged(PetlocError):
+    """The loss became NaN or infinite."""
+
+
+class ShortMetricNames(keras.callbacks.Callback):
+    """Adds `miou`, `accuracy`, `val_miou`, `val_accuracy`, ... to the epoch logs, so that
+    early stopping, Keras Tuner's objective and the trackers read one set of names."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for keras_name, short in LOG_NAMES.items():
+            for prefix in ("", "val_"):
+                if prefix + keras_name in logs:
+                    logs[prefix + short] = logs[prefix + keras_name]
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Ends training with the weights of the epoch with the best `monitor` (higher is better)."""
+
+    def __init__(self, monitor: str = "val_miou"):
+        super().__init__()
+        self.monitor, self.best, self.weights = monitor, -1.0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and logs.get(self.monitor, -1.0) > self.best:
+            self.best, self.weights = logs[self.monitor], self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+def fit(
+    build: Callable[[], keras.Model],
+    batches: Callable[[], tuple[tf.data.Dataset, tf.data.Dataset]],
+    epochs: int,
+    seed: int = 0,
+    monitor: str = "val_miou",
+    early_stopping: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+    initial_weights: str | None = None,
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """The one fit path of petloc's networks: seed, build (compiled), make the training and
+    validation batches, fit, and end with the weights of the epoch with the best `monitor`;
+    a NaN or infinite loss is an error. Both callables run after the seed is set, in this
+    order, so a run repeats exactly.
+
+    `initial_weights` and `initial_epoch` continue an earlier run (Hyperband's brackets)."""
+    keras.utils.set_random_seed(seed)
+    model = build()
+    if initial_weights:
+        model.load_weights(initial_weights)
+    every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor)]
+    if early_stopping:
+        every_epoch.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=early_stopping))
+    train, val = batches()
+    history = model.fit(
+        train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+        callbacks=every_epoch + list(callbacks), verbose=1 if sys.stdout.isatty() else 2,
+    )
+    losses = history.history.get("loss", [])
+    if not losses or not math.isfinite(losses[-1]):
+        raise TrainingDiverged(f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate")
+    return model, history
+
+
+def fit_localiser(
+    values: dict[str, Any],
+    train: ImageSet,
+    val: ImageSet,
+    epochs: int,
+    seed: int = 0,
+    early_stopping: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+    initial_weights: str | None = None,
+    xla: bool = False,
+    precision: str = "float32",
+    pretrained: Pretrained | None = None,
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """Builds and trains the localiser the hyperparameter `values` describe; keeps the best
+    val_miou weights. `precision` is a Keras dtype policy for training; the model returned
+    is float32. `pretrained` is the network a `registered:` backbone names."""
+    hp = Hyperparameters.of(values)
+    image_size, batch_size = int(hp.image_size), hp.batch_size
+
+    def build() -> keras.Model:
+        with dtype_policy(precision):
+            model = build_model(hp, image_size, pretrained)
+        return compile_model(model, hp, steps_per_epoch=-(-len(train) // batch_size), epochs=epochs, jit_compile=xla or "auto")
+
+    def batches():
+        weights = CLASS_WEIGHTS[hp.class_weight](train.labels)
+        return train_batches(train, batch_size, hp.aug_strength, seed, weights), eval_batches(val, batch_size)
+
+    model, history = fit(
+        build, batches, epochs, seed=seed, early_stopping=early_stopping, callbacks=callbacks,
+        initial_epoch=initial_epoch, initial_weights=initial_weights,
+    )
+    if precision != "float32":
+        model = in_float32(model, hp, image_size, pretrained)
+    return model, history
+
+
+@contextmanager
+def dtype_policy(name: str):
+    """Layers built inside take the Keras dtype policy `name`."""
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def in_float32(model: keras.Model, hp: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
+    """The same network and weights in float32. A saved mixed-precision model computes in
+    bfloat16 wherever it is loaded, which is 14x slower on CPUs without bf16 units."""
+    with dtype_policy("float32"):
+        again = build_model(hp, image_size, pretrained)
+    again.set_weights(model.get_weights())  # mixed precision keeps its weights in float32
+    return compile_model(again, hp)
