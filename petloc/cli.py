@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -15,10 +16,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 import click
 
-from petloc.errors import PetlocError
+from petloc.errors import COMMAND_ENV, PetlocError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandLine(click.Group):
+    """The petloc group; it notes the command line it was given, for the runs' provenance."""
+
+    def parse_args(self, ctx, args):
+        os.environ[COMMAND_ENV] = shlex.join(["petloc", *args])
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """petloc: find the head of a cat or dog; sweep, track and pull the best model by name."""
 
@@ -106,6 +115,23 @@ def promote(run_id, name, alias, force):
 
     store.configure()
     click.echo(registry.promote(run_id, name, alias, force=force).reason)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--force", is_flag=True, help="Go on when the data or the code differ from the run's.")
+def reproduce(run_id, force):
+    """Train RUN_ID (a training run or trial) again from what it logged, and compare.
+
+    The new run is tagged `reproduces`. Refused when the data digest or the git commit differ
+    from the run's, unless --force.
+    """
+    from petloc.report import table
+    from petloc.tracking.reproduce import reproduce as reproduce_run
+
+    result = reproduce_run(run_id, force=force, say=click.echo)
+    click.echo(table(result.figures))
+    click.echo(f"reproduction: MLflow run {result.run_id} (tag reproduces={run_id})")
 
 
 @cli.command()

@@ -124,7 +124,10 @@ def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
     params["image_size"] = exp.data.image_size
     mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()}, run_id=run_id)
     client.log_dict(run_id, {"space": space, "experiment": exp.model_dump(mode="json")}, "search_space.json")
-    client.set_tag(run_id, "git_commit", log.git_commit())
+    for key, value in log.provenance().items():
+        client.set_tag(run_id, key, value)
+    client.set_tag(run_id, "mlflow.note.content", f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, up to {exp.tuner.max_trials} trials); "
+                   "its trials are the child runs, the leaderboard is in the artifacts")
 
 
 def searched(exp: Experiment) -> list[str]:

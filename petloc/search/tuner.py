@@ -112,7 +112,8 @@ class TrackedTuner(kt.Tuner):
                 initial = self._warm_start_weights(hp)
                 summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
                                         initial_epoch=hp.values.get("tuner/initial_epoch", 0), initial_weights=initial,
-                                        save_weights=self._weights_file(trial.trial_id))
+                                        save_weights=self._weights_file(trial.trial_id),
+                                        description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'")
         except Exception as err:
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import shlex
 import subprocess
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import keras
 import mlflow
 import mlflow.keras
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
+import petloc
 from petloc import serving
+from petloc.config import Experiment
+from petloc.errors import COMMAND_ENV
+from petloc.training.dataset import PreparedData
 
 EPOCH_METRICS = {  # Keras log name -> MLflow metric name
     "loss": "train/loss",
@@ -24,12 +38,25 @@ EPOCH_METRICS = {  # Keras log name -> MLflow metric name
 }
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance() -> dict[str, str]:
+    """Where a run comes from: the command line, petloc's version and, in a git work tree
+    with commits, the commit (MLflow's own source tags too) and whether the tree was dirty."""
+    command = os.environ.get(COMMAND_ENV) or shlex.join(sys.argv)  # Python use: the script that called petloc
+    tags = {"petloc_version": petloc.__version__, "command": command,
+            "mlflow.source.name": command, "mlflow.source.type": "LOCAL"}
+    commit = _git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if commit:  # no repository, or one without commits: no commit to name
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        tags.update({"git_commit": commit, "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower()})
+    return tags
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -58,13 +85,50 @@ def log_model(model: keras.Model, run_id: str, localiser: bool = True) -> str:
     return info.model_uri
 
 
-def log_run_inputs(run_id: str, params: dict[str, Any], data_tags: dict[str, Any], seed: int, **tags: Any) -> None:
-    """What a run was given: flat params, the data's tags, the git commit and the seed."""
+def log_run_inputs(run_id: str, params: dict[str, Any], data: PreparedData, seed: int, description: str, **tags: Any) -> None:
+    """What a run was given: flat params, its data (tags and MLflow datasets), where it comes
+    from, the seed, and a description the MLflow UI shows."""
     # MLflow shows a missing value as "None"; petloc's files say "none".
     mlflow.log_params({k: ("none" if v is None else v) for k, v in params.items()}, run_id=run_id)
     client = MlflowClient()
-    for key, value in {**data_tags, "git_commit": git_commit(), "seed": seed, **tags}.items():
+    every = {**data.tags(), **provenance(), "seed": seed, "mlflow.note.content": description, **tags}
+    for key, value in every.items():
         client.set_tag(run_id, key, str(value))
+    log_datasets(run_id, data)
+
+
+def log_datasets(run_id: str, data: PreparedData) -> None:
+    """The training and validation sides as MLflow datasets (name, digest, source, context),
+    so the UI's Datasets column shows what each run trained and was measured on."""
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder, either way
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(Path(data.source).resolve()))
+    inputs = []
+    for context, side in (("training", data.train), ("validation", data.val)):
+        # Same folder, another side of the split: its own digest (folder digest + split + side).
+        digest = hashlib.sha256(f"{data.whole.digest}/{data.val_key}/{context}".encode()).hexdigest()[:16]
+        dataset = MetaDataset(source, name=f"{Path(data.source).name}-{context}", digest=digest)
+        tags = [InputTag("mlflow.data.context", context), InputTag("images", str(len(side)))]
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+    # Through the client: `mlflow.log_input` needs an active run, and ending one marks it FINISHED.
+    MlflowClient().log_inputs(run_id, datasets=inputs)
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str):
+    """CPU, memory, disk and network as `system/*` metrics of `run_id` while the block runs,
+    through MLflow's own monitor (every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds, 10 by default)."""
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=10)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def log_experiment(run_id: str, exp: Experiment) -> None:
+    """The resolved experiment as `experiment.json`: what `petloc reproduce` re-runs."""
+    MlflowClient().log_dict(run_id, exp.model_dump(mode="json"), "experiment.json")
 
 
 def log_files(run_id: str, files: dict[str, Path]) -> None:

@@ -12,6 +12,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
+from petloc.tracking import log
 from petloc.tracking.store import STORE_DIR
 
 
@@ -104,7 +105,8 @@ def end_run(run_id: str, err: BaseException) -> None:
 def run_status(run_id: str):
     """Ends MLflow run `run_id` FINISHED, or FAILED / KILLED with the reason as its `error` tag."""
     try:
-        yield
+        with log.system_metrics(run_id):
+            yield
     except BaseException as err:
         end_run(run_id, err)
         raise

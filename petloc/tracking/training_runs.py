@@ -78,11 +78,16 @@ def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
 def train_tracked(
     exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str,
     epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
+    description: str = "",
 ) -> dict[str, float]:
     """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary metrics."""
     epochs = epochs or exp.train.epochs
     pretrained = pretrained_for(hp["backbone"], data.val_key)
-    log.log_run_inputs(run_id, {**hp, **run_settings(exp, epochs)}, data.tags(), exp.train.seed)
+    description = description or f"Training run of experiment '{exp.name}'"
+    description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
+                    f"validated on {len(data.val)}")
+    log.log_run_inputs(run_id, {**hp, **run_settings(exp, epochs)}, data, exp.train.seed, description)
+    log.log_experiment(run_id, exp)
 
     start = time.perf_counter()
     model, history = fit_localiser(
@@ -132,7 +137,10 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
     cfg = exp.pretrain
     params: dict[str, Any] = {**cfg.model_dump(exclude={"register_as", "alias"}), "image_size": int(data.train.images.shape[1]),
                               "seed": exp.train.seed, "val_split": exp.data.val_split}
-    log.log_run_inputs(run_id, params, data.tags(), exp.train.seed, petloc_kind="pretrain")
+    description = (f"Pretraining of experiment '{exp.name}': a {cfg.backbone} cat / dog classifier for localisers to start from, "
+                   f"on {len(data.train)} photos of {data.source}")
+    log.log_run_inputs(run_id, params, data, exp.train.seed, description, petloc_kind="pretrain")
+    log.log_experiment(run_id, exp)
     start = time.perf_counter()
     model, history = fit_classifier(cfg, data, exp.train.seed, callbacks=[log.EpochLogger(run_id)])
     summary = {

@@ -1,0 +1,99 @@
+"""`petloc reproduce RUN_ID`: run a training run or trial again from what it logged.
+
+A run logs its hyperparameters (params), the resolved experiment (`experiment.json`), its
+data's digest and the code's git commit. Reproducing trains the same hyperparameters on
+the same data with the same seeds in a new run tagged `reproduces`; it refuses when the
+data or the code differ, since the figures could then not be compared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from petloc.config import Experiment, parse_experiment
+from petloc.errors import PetlocError
+from petloc.model import hyperparams
+from petloc.tracking import log, runs, store
+from petloc.tracking.training_runs import train_tracked
+from petloc.training.dataset import prepare_data
+
+FIGURES = ("best_val_miou", "val_accuracy", "val_iou50", "latency_ms_b1", "train_seconds")
+
+
+@dataclass
+class Reproduction:
+    original: str
+    run_id: str
+    figures: list[dict]  # the original's, the reproduction's, and their difference
+
+
+def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
+    store.configure()
+    client = MlflowClient()
+    try:
+        original = client.get_run(run_id)
+    except MlflowException:
+        raise PetlocError(f"run {run_id}: not found in {store.configure()}") from None
+    if original.data.tags.get("petloc_kind") == "pretrain" or "best_val_miou" not in original.data.metrics:
+        raise PetlocError(f"run {run_id}: not a finished localiser training run or trial; reproduce re-runs those")
+    if int(original.data.tags.get("tuner/initial_epoch", "0") or 0):
+        raise PetlocError(f"run {run_id}: a Hyperband trial that continued another trial's weights; reproduce that trial's first bracket instead")
+    exp = _logged_experiment(client, run_id)
+    values = _hyperparameters(original.data.params)
+    data = prepare_data(exp.data, values["image_size"], say)
+    _check_same(original.data.tags, data.whole.digest, force)
+
+    experiment_id = original.info.experiment_id
+    new_id = runs.create_run(experiment_id, f"reproduce-{original.info.run_name}", {"reproduces": run_id})
+    with runs.run_status(new_id):
+        summary = train_tracked(exp, values, data, new_id, epochs=int(original.data.params["epochs"]),
+                                description=f"Reproduction of run {run_id}")
+    before = {k: original.data.metrics.get(k, float("nan")) for k in FIGURES}
+    after = {k: summary[k] for k in FIGURES}
+    rows = [{"run": run_id, **before}, {"run": new_id, **after},
+            {"run": "difference", **{k: after[k] - before[k] for k in FIGURES}}]
+    return Reproduction(run_id, new_id, rows)
+
+
+def _logged_experiment(client: MlflowClient, run_id: str) -> Experiment:
+    try:
+        path = client.download_artifacts(run_id, "experiment.json")
+    except (MlflowException, OSError):
+        raise PetlocError(f"run {run_id}: it logged no experiment.json (made by an older petloc); nothing to reproduce from") from None
+    with open(path, encoding="utf-8") as file:
+        return parse_experiment(json.load(file), f"run {run_id}: experiment.json")
+
+
+def _hyperparameters(params: dict[str, str]) -> dict:
+    """The run's hyperparameters as typed values (MLflow keeps params as text)."""
+    values = {}
+    for name in hyperparams.DECLARED:
+        if name not in params:
+            continue
+        text, kind = params[name], hyperparams.kind(name)
+        values[name] = text == "True" if kind is bool else kind(text) if text != "none" or kind is str else None
+    return values
+
+
+def _check_same(tags: dict[str, str], digest: str, force: bool) -> None:
+    """Refuse (unless `force`) when the data or the code are not what the run had."""
+    now = log.provenance()
+    differences = []
+    if tags.get("dataset_digest") != digest:
+        differences.append(f"the data differ (digest {digest[:12]}, the run had {tags.get('dataset_digest', '?')[:12]})")
+    was = (tags.get("git_commit"), tags.get("git_dirty"))
+    if was != (now.get("git_commit"), now.get("git_dirty")):
+        differences.append(f"the code differs (commit {_code(now.get('git_commit'), now.get('git_dirty'))}, "
+                           f"the run had {_code(*was)})")
+    if differences and not force:
+        raise PetlocError("; ".join(differences) + "; pass --force to reproduce anyway")
+
+
+def _code(commit: str | None, dirty: str | None) -> str:
+    if not commit:
+        return "none"
+    return commit[:12] + (" with uncommitted changes" if dirty == "true" else "")
