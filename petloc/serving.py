@@ -10,35 +10,108 @@ PETLOC_MAX_ROWS rows, each image at most PETLOC_MAX_IMAGE_BYTES encoded and
 PETLOC_MAX_IMAGE_PIXELS (width x height, read from its header before decoding), and each
 image is shrunk to WORKING_SIDE right after decoding (the model looks at 128-224 px). A row
 over a limit gets its own error; the others are answered.
+
+A logged model carries what a server elsewhere needs: its signature (an `image` string in;
+label, score, box, warning, error out) and a tiny JPEG as input example, petloc's own code
+(petloc is not on PyPI, so the package folder is copied into the model and put first on
+sys.path when MLflow loads it), and petloc's dependencies pinned to the versions it was
+trained with.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.metadata
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import petloc
 from petloc.data.images import BadImage, decode_image, max_image_pixels, positive_setting
+from petloc.errors import PetlocError
 from petloc.training.predict import Predictor
 
 MAX_ROWS_SETTING, DEFAULT_MAX_ROWS = "PETLOC_MAX_ROWS", 64
 MAX_BYTES_SETTING, DEFAULT_MAX_BYTES = "PETLOC_MAX_IMAGE_BYTES", 20_000_000  # a 50 MP phone JPEG is 10-20 MB
 WORKING_SIDE = 1024  # px; boxes still come back in the original image's pixels
 
-PIP_REQUIREMENTS = [f"petloc=={petloc.__version__}", "tensorflow", "keras", "opencv-python-headless"]
+PACKAGE_DIR = Path(petloc.__file__).parent
 
 
 def save_model(keras_model, path, mlflow_model=None, **kwargs):
-    """Called by `mlflow.models.Model.log`: writes the Keras flavour, then our pyfunc entry."""
+    """Called by `mlflow.models.Model.log`: the Keras flavour, then petloc's code, the pyfunc
+    entry, its signature and input example."""
     import mlflow.keras
     from mlflow import pyfunc
     from mlflow.models import Model
+    from mlflow.models.utils import _save_example
+    from mlflow.utils.model_utils import _validate_and_copy_code_paths
 
     mlflow_model = mlflow_model or Model()
-    mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, pip_requirements=PIP_REQUIREMENTS, **kwargs)
-    pyfunc.add_to_model(mlflow_model, loader_module="petloc.serving", conda_env="conda.yaml", python_env="python_env.yaml")
+    mlflow_model.signature = signature()
+    mlflow_model.metadata = {**(mlflow_model.metadata or {}), "petloc_version": petloc.__version__}
+    with _quiet_keras_signature_warning():
+        mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, pip_requirements=pip_requirements(), **kwargs)
+    _save_example(mlflow_model, input_example(), path)  # how every MLflow flavour stores its example
+    code = _validate_and_copy_code_paths([str(PACKAGE_DIR)], path)
+    pyfunc.add_to_model(mlflow_model, loader_module="petloc.serving", code=code, conda_env="conda.yaml", python_env="python_env.yaml")
     mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+def signature():
+    """What the pyfunc takes and answers, as the MLflow UI and `mlflow models serve` read it."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    answer = [
+        ColSpec(DataType.string, "label", required=False),
+        ColSpec(DataType.double, "score", required=False),
+        ColSpec(Array(DataType.double), "box", required=False),  # [x1, y1, x2, y2] in pixels of the image
+        ColSpec(DataType.string, "warning", required=False),
+        ColSpec(DataType.string, "error", required=False),  # instead of label, score and box
+    ]
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "image")]), outputs=Schema(answer))
+
+
+def input_example():
+    """One row with a tiny grey JPEG, made here so the example needs no file."""
+    import cv2
+    import numpy as np
+    import pandas as pd
+
+    jpeg = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes()
+    return pd.DataFrame({"image": [base64.b64encode(jpeg).decode()]})
+
+
+def pip_requirements() -> list[str]:
+    """petloc's own dependencies, each pinned to the version installed now (the one the model
+    was trained with). petloc itself travels as code in the model, not as a requirement."""
+    from packaging.requirements import Requirement
+
+    try:
+        declared = [Requirement(text) for text in importlib.metadata.requires("petloc") or []]
+    except importlib.metadata.PackageNotFoundError:
+        raise PetlocError("cannot log a model: petloc is not installed (pip install -e .), so its dependencies are unknown") from None
+    runtime = [req for req in declared if req.marker is None or req.marker.evaluate({"extra": ""})]
+    return [f"{req.name}=={importlib.metadata.version(req.name)}" for req in runtime]
+
+
+@contextmanager
+def _quiet_keras_signature_warning():
+    """MLflow's Keras flavour warns when not given a signature, yet only accepts one of tensors;
+    the signature users need is the pyfunc's (set on the model above), so that warning is wrong here."""
+    keras_save_logger = logging.getLogger("mlflow.keras.save")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "without specifying model signature" not in record.getMessage()
+
+    keras_save_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        keras_save_logger.removeFilter(keep)
 
 
 def _load_pyfunc(path):
