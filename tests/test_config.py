@@ -50,7 +50,7 @@ def test_choices_ranges_and_fixed_values():
         ("space:\n  head_unit: 64\n", r"unknown hyperparameter 'head_unit'"),
         ("space:\n  head_units: [64, wide]\n", r"head_units: 'wide' is not an integer"),
         ("tuner:\n  kind: annealing\n", r"tuner.kind: Input should be 'random', 'bayesian', 'grid' or 'hyperband'"),
-        ("train:\n  precision: mixed_float16\n", r"exp.yaml: train.precision: Input should be 'float32' or 'mixed_bfloat16'"),
+        ("train:\n  precision: mixed_float16\n", r"exp.yaml: train.precision: Input should be 'auto', 'float32' or 'mixed_bfloat16'"),
         ("data: [1, 2\n", r"exp.yaml: not valid YAML at line"),
         ("- a\n- b\n", r"expected a mapping"),
         ("train:\n  xla: true\nspace:\n  second_stage: [none, head_crop]\n", r"exp.yaml: train.xla: XLA cannot compile second_stage head_crop"),

@@ -19,7 +19,7 @@ from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
 from petloc.training.evaluate import latencies, quality
-from petloc.training.fit import fit_localiser
+from petloc.training.fit import fit_localiser, resolved_precision
 from petloc.training.gallery import plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
 
@@ -60,7 +60,7 @@ def run_settings(exp: Experiment, epochs: int) -> dict[str, Any]:
     """What else shapes a run besides its hyperparameters, logged alike by runs and sweeps:
     `seed` seeds the training, `data_seed` and `val_split` make the split."""
     return {"epochs": epochs, "early_stopping": exp.train.early_stopping, "seed": exp.train.seed, "xla": exp.train.xla,
-            "precision": exp.train.precision, "val_split": exp.data.val_split, "data_seed": exp.data.seed}
+            "precision": resolved_precision(exp.train.precision), "val_split": exp.data.val_split, "data_seed": exp.data.seed}
 
 
 def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:

@@ -4,10 +4,10 @@ Pure Keras, no tracking here."""
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable
 
 import keras
@@ -16,6 +16,7 @@ import tensorflow as tf
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
 from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
+from petloc.training import progress
 
 # Our tf.data pipeline shuffles itself; Keras warns that its own shuffle flag is ignored.
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -87,10 +88,12 @@ def fit(
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor)]
     if early_stopping:
         every_epoch.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=early_stopping))
+    if not progress.detailed():
+        every_epoch.append(progress.EpochLine())  # instead of Keras's line, which repeats each metric under two names
     train, val = batches()
     history = model.fit(
         train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
-        callbacks=every_epoch + list(callbacks), verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=every_epoch + list(callbacks), verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
     if not losses or not math.isfinite(losses[-1]):
@@ -117,6 +120,7 @@ def fit_localiser(
     is float32. `pretrained` is the network a `registered:` backbone names."""
     hp = Hyperparameters.of(values)
     image_size, batch_size = int(hp.image_size), hp.batch_size
+    precision = resolved_precision(precision)
 
     def build() -> keras.Model:
         with dtype_policy(precision):
@@ -134,6 +138,22 @@ def fit_localiser(
     if precision != "float32":
         model = in_float32(model, hp, image_size, pretrained)
     return model, history
+
+
+BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPU flags under which bfloat16 maths is faster (benchmarks/RESULTS.md)
+
+
+def resolved_precision(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The Keras dtype policy `train.precision` means on this machine: `auto` is
+    mixed_bfloat16 where the CPU has bf16 units, float32 elsewhere (without them bfloat16
+    is emulated, 14x slower)."""
+    if precision != "auto":
+        return precision
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        flags = set()
+    return "mixed_bfloat16" if flags & BF16_UNITS else "float32"
 
 
 @contextmanager

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import cv2
 import keras
 import numpy as np
+import tensorflow as tf
 
 import petloc.model  # noqa: F401  (registers petloc's custom layers and losses for loading)
 from petloc.data.images import BadImage, read_image
@@ -36,16 +39,31 @@ class Predictor:
     def __init__(self, model: keras.Model):
         self.model = model
         self.image_size = int(model.input_shape[1])
+        # One traced graph for every batch size. `model.predict` builds a tf.data pipeline
+        # on each call: 6.5x the forward pass at batch 1 (benchmarks/RESULTS.md).
+        signature = [tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)]
+        self._forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
 
     def predict(self, images: list[np.ndarray], batch_size: int = 32, sizes: list[tuple[int, int]] | None = None) -> list[Prediction]:
         """RGB uint8 images (H x W x 3), any sizes; boxes come back in each image's pixels, or
         in pixels of `sizes` (width, height) when the images are shrunk copies of larger ones."""
         if not len(images):
             return []
-        batch = np.stack([cv2.resize(im, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA) for im in images])
-        out = self.model.predict(batch.astype(np.float32), batch_size=batch_size, verbose=0)
-        probs, boxes = np.asarray(out["cls"]), np.asarray(out["box"])
         sizes = sizes or [(im.shape[1], im.shape[0]) for im in images]
+        batch = np.stack([self.model_input(im) for im in images])
+        results = []
+        for start in range(0, len(batch), batch_size):
+            results += self.predict_resized(batch[start:start + batch_size], sizes[start:start + batch_size])
+        return results
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """One RGB image resized to the model's square input."""
+        return cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
+
+    def predict_resized(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[Prediction]:
+        """Images already at the model's input size, answered in pixels of `sizes` (width, height)."""
+        out = self._forward(tf.convert_to_tensor(batch, tf.float32))
+        probs, boxes = out["cls"].numpy(), out["box"].numpy()
         results = []
         for (w, h), p, b in zip(sizes, probs, boxes):
             x1, x2 = sorted((float(b[0]) * w, float(b[2]) * w))
@@ -93,20 +111,51 @@ def localiser_problem(model) -> str | None:
     return None
 
 
-def predict_files(predictor: Predictor, paths: list[str], out: Path | None = None) -> Iterator[dict]:
-    """One row per image file: its answer (with a `warning` when the decoder had to repair
-    it), or `error`; with `out`, an annotated copy beside the others, never over a file."""
-    for path in paths:
-        try:
-            image = read_image(path)
-        except BadImage as err:
-            yield {"image": path, "error": str(err)}
+def predict_files(predictor: Predictor, paths: Iterable[str], out: Path | None = None, batch_size: int = 32) -> Iterator[dict]:
+    """One row per image file, in order: its answer (with a `warning` when the decoder had to
+    repair it), or `error`; with `out`, an annotated copy beside the others, never over a file.
+    Files are decoded on worker threads and answered `batch_size` at a time, so memory holds
+    one batch of photos however many files there are."""
+    paths = iter(paths)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        while chunk := list(islice(paths, batch_size)):
+            yield from _answer_chunk(predictor, chunk, pool.map(lambda path: _read(predictor, path, keep_photo=out is not None), chunk), out)
+
+
+@dataclass
+class _Read:
+    """One file after decoding: the model's input, or the reason it has none."""
+
+    error: str = ""
+    resized: np.ndarray | None = None
+    size: tuple[int, int] = (0, 0)
+    warnings: tuple[str, ...] = ()
+    photo: np.ndarray | None = None  # kept only to draw an annotated copy
+
+
+def _read(predictor: Predictor, path: str, keep_photo: bool) -> _Read:
+    try:
+        image = read_image(path)
+    except BadImage as err:
+        return _Read(error=str(err))
+    pixels = image.pixels
+    return _Read(resized=predictor.model_input(pixels), size=(pixels.shape[1], pixels.shape[0]), warnings=image.warnings,
+                 photo=pixels if keep_photo else None)
+
+
+def _answer_chunk(predictor: Predictor, paths: list[str], reads: Iterable[_Read], out: Path | None) -> Iterator[dict]:
+    reads = list(reads)
+    good = [r for r in reads if not r.error]
+    preds = iter(predictor.predict_resized(np.stack([r.resized for r in good]), [r.size for r in good]) if good else [])
+    for path, read in zip(paths, reads):
+        if read.error:
+            yield {"image": path, "error": read.error}
             continue
-        pred = predictor.predict([image.pixels])[0]
-        row = {"image": path, **pred.to_dict(), **({"warning": "; ".join(image.warnings)} if image.warnings else {})}
+        pred = next(preds)
+        row = {"image": path, **pred.to_dict(), **({"warning": "; ".join(read.warnings)} if read.warnings else {})}
         if out:
             try:
-                save_new_png(draw_box_on_photo(image.pixels, pred), out, Path(path).stem)
+                save_new_png(draw_box_on_photo(read.photo, pred), out, Path(path).stem)
             except OSError as err:
                 row = {"image": path, "error": f"cannot write the annotated copy: {err.strerror or err}"}
         yield row

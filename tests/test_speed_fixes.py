@@ -1,0 +1,105 @@
+"""The speed fixes of issue #15 keep their answers: Predictor's compiled call gives the
+predictions `model.predict` gave, `predict` streams files in batches with every per-image
+line and exit code kept, and `train.precision: auto` resolves by the CPU's bf16 units."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from petloc.cli import cli
+from petloc.config import parse_experiment
+from petloc.errors import PetlocError
+from petloc.model import Hyperparameters, build_model
+from petloc.training.fit import resolved_precision
+from petloc.training.predict import Predictor, predict_files
+from tests.helpers import encode, photo
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(Hyperparameters(width=0.25, head_units=8, box_head="centre", tta="flip"), SIZE)
+
+
+def test_predictor_answers_as_model_predict_did(model):
+    images = [photo(seed=i, w=40 + 7 * i, h=30 + 5 * i) for i in range(5)]  # several sizes, batches of 2, 2, 1
+    resized = np.stack([cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for im in images]).astype(np.float32)
+    expected = model.predict(resized, verbose=0)
+    preds = Predictor(model).predict(images, batch_size=2)
+    assert len(preds) == 5
+    for im, pred, p, b in zip(images, preds, expected["cls"], expected["box"]):
+        h, w = im.shape[:2]
+        assert pred.label == ("cat", "dog")[int(p.argmax())]
+        assert pred.score == pytest.approx(float(p.max()), abs=1e-5)
+        x1, x2 = sorted((b[0] * w, b[2] * w))
+        y1, y2 = sorted((b[1] * h, b[3] * h))
+        np.testing.assert_allclose(pred.box, (x1, y1, x2, y2), atol=1e-5 * max(w, h))
+
+
+def test_predict_files_streams_in_batches_and_keeps_each_images_line(model, tmp_path):
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"p{i}.jpg"
+        path.write_bytes(b"not an image" if i == 4 else encode(photo(seed=i)))
+        paths.append(str(path))
+    pulled = []
+
+    def lazily():
+        for path in paths:
+            pulled.append(path)
+            yield path
+
+    rows = predict_files(Predictor(model), lazily(), batch_size=3)
+    first = next(rows)
+    assert len(pulled) == 3  # the first answer came before the rest of the files were read
+    rows = [first, *rows]
+    assert [r["image"] for r in rows] == paths
+    assert "error" in rows[4] and all("label" in r for i, r in enumerate(rows) if i != 4)
+    one_by_one = [row for path in paths for row in predict_files(Predictor(model), [path])]
+    assert rows == one_by_one  # batching changes no answer
+
+
+def test_predict_command_on_more_files_than_a_batch(model, tmp_path):
+    model.save(tmp_path / "m.keras")
+    paths = []
+    for i in range(40):  # more than one batch of 32
+        path = tmp_path / f"p{i:02d}.jpg"
+        path.write_bytes(b"\xff\xd8\xff broken" if i == 33 else encode(photo(seed=i)))
+        paths.append(str(path))
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "m.keras"), *paths, "--json"], catch_exceptions=False)
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["image"] for r in rows] == paths
+    assert "error" in rows[33] and sum("error" in r for r in rows) == 1
+    assert result.exit_code == 1
+    good = CliRunner().invoke(cli, ["predict", str(tmp_path / "m.keras"), *paths[:33]], catch_exceptions=False)
+    assert good.exit_code == 0 and len(good.stdout.strip().splitlines()) == 33
+
+
+def test_precision_auto_is_the_default_and_resolves_by_the_cpus_bf16_units(tmp_path):
+    assert parse_experiment({"name": "x"}).train.precision == "auto"
+    for value in ("float32", "mixed_bfloat16"):
+        assert parse_experiment({"name": "x", "train": {"precision": value}}).train.precision == value
+        assert resolved_precision(value) == value  # an explicit choice is kept whatever the CPU
+    with pytest.raises(PetlocError, match="train.precision"):
+        from petloc.config import load_experiment
+
+        (tmp_path / "e.yaml").write_text("name: x\ntrain:\n  precision: bf16\n")
+        load_experiment(tmp_path / "e.yaml")
+    cpus = {"amx": "flags : fpu sse2 avx512f amx_bf16 amx_tile\n", "avx512": "flags : fpu avx512f avx512_bf16\n",
+            "none": "flags : fpu sse2 avx2 avx512f\n"}
+    for name, text in cpus.items():
+        (tmp_path / name).write_text(text)
+    assert resolved_precision("auto", tmp_path / "amx") == "mixed_bfloat16"
+    assert resolved_precision("auto", tmp_path / "avx512") == "mixed_bfloat16"
+    assert resolved_precision("auto", tmp_path / "none") == "float32"
+    assert resolved_precision("auto", tmp_path / "missing") == "float32"
+
+
+def test_precision_auto_on_this_machine():
+    with open("/proc/cpuinfo") as f:
+        has_units = bool({"avx512_bf16", "amx_bf16"} & set(f.read().split()))
+    assert resolved_precision("auto") == ("mixed_bfloat16" if has_units else "float32")
