@@ -4,7 +4,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from petloc.cli import cli
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import (blank_png, free_port, in_project, invoke, jpeg, jpeg_with_orientation, marked_photo, photo,
+                           run_id_of, tiny_dataset, tiny_experiment, with_extraneous_bytes)
 
 
 def post(port: int, body: dict) -> dict:
@@ -38,9 +32,8 @@ def champion(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     with in_project(root):
         data = tiny_dataset(root / "photos", count=40)
-        result = CliRunner().invoke(cli, ["train", str(tiny_experiment(root, data))], catch_exceptions=False)
-        run_id = result.output.split("MLflow run ")[1].split()[0]
-        promoted = CliRunner().invoke(cli, ["promote", run_id], catch_exceptions=False)
+        result = invoke("train", tiny_experiment(root, data))
+        promoted = invoke("promote", run_id_of(result.output))
         assert "petloc@champion is now version 1" in promoted.output, promoted.output
         yield root, data
 
@@ -76,6 +69,7 @@ def server(champion):
         log.close()
 
 
+@pytest.mark.slow
 def test_rest_request_with_a_jpeg_gets_label_score_and_pixel_box(server):
     port, data = server
     photo = sorted(Path(data).glob("*.jpg"))[0]
@@ -86,22 +80,6 @@ def test_rest_request_with_a_jpeg_gets_label_score_and_pixel_box(server):
     x1, y1, x2, y2 = good["box"]
     assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64  # pixels of the 64 px photo
     assert "not an image" in bad["error"]
-
-
-def test_pyfunc_in_process_matches_the_cli(champion, monkeypatch):
-    import mlflow.pyfunc
-    import pandas as pd
-
-    root, data = champion
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlruns/mlflow.db")
-    from petloc import load_model
-
-    photo = sorted(Path(data).glob("*.jpg"))[0]
-    served = mlflow.pyfunc.load_model("models:/petloc@champion").predict(pd.DataFrame({"image": [base64.b64encode(photo.read_bytes()).decode()]}))
-    from petloc.data.images import read_rgb
-
-    direct = load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()
-    assert served[0] == direct
 
 
 # ---- limits: one request must not take the server's memory -------------------------------
@@ -124,9 +102,8 @@ print(json.dumps({"growth_mb": peak() - before, "rows": rows}))
 """
 
 
+@pytest.mark.slow
 def test_a_huge_png_costs_the_pyfunc_little_memory_and_gets_its_own_error(tmp_path):
-    from tests.test_readers import blank_png
-
     (tmp_path / "huge.png").write_bytes(blank_png(20000, 20000))  # 0.5 MB of base64; decoded in RGB, 1.2 GB
     env = {k: v for k, v in os.environ.items() if not k.startswith("PETLOC_")}
     proc = subprocess.run([sys.executable, "-c", HUGE_PNG_REQUEST, str(tmp_path / "huge.png")],
@@ -153,16 +130,8 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def jpeg(rgb, quality: int = 90) -> bytes:
-    import cv2
-
-    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
-
-
 def test_rows_and_images_over_the_limits_get_their_own_error(tiny_pyfunc, monkeypatch):
     import pandas as pd
-
-    from tests.test_readers import photo
 
     small, large = jpeg(photo()), jpeg(photo(w=400, h=300))
     monkeypatch.setenv("PETLOC_MAX_ROWS", "3")
@@ -181,8 +150,6 @@ def test_a_large_photo_is_shrunk_but_boxed_in_its_own_pixels(tiny_pyfunc):
     import cv2
     import pandas as pd
 
-    from tests.test_readers import photo
-
     big = cv2.resize(photo(), (3000, 2000), interpolation=cv2.INTER_LINEAR)
     data = jpeg(big)
     [served] = tiny_pyfunc.predict(pd.DataFrame({"image": [b64(data)]}))
@@ -196,11 +163,111 @@ def test_served_phone_photo_is_upright_and_a_repaired_jpeg_is_answered_with_a_wa
     import cv2
     import pandas as pd
 
-    from tests.test_readers import jpeg_with_orientation, marked_photo, with_extraneous_bytes
-
     phone = jpeg_with_orientation(marked_photo(), 6)
     stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(phone, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
     [upright] = tiny_pyfunc.predictor.predict([cv2.rotate(stored, cv2.ROTATE_90_CLOCKWISE)])
     served, repaired = tiny_pyfunc.predict(pd.DataFrame({"image": [b64(phone), b64(with_extraneous_bytes(phone))]}))
     assert served == upright.to_dict()
     assert repaired["warning"].startswith("the JPEG decoder skipped") and repaired["box"] == served["box"]
+
+
+# ---- petloc serve, and a model served far from the project -----------------------------
+
+def serve_until_answering(cmd: list, cwd: Path, env: dict, log_path: Path, seconds: float = 180) -> subprocess.Popen:
+    """Starts `cmd` in its own process group and waits for /ping on the port after `--port`."""
+    port = cmd[cmd.index("--port") + 1]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[:4]} exited: {log_path.read_text()[-3000:]}")
+            time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"{cmd[:4]} did not answer in {seconds:.0f} s: {log_path.read_text()[-3000:]}")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
+def test_petloc_serve_refuses_an_unknown_model_in_one_line(tmp_path):
+    from petloc.errors import PetlocError
+
+    with in_project(tmp_path), pytest.raises(PetlocError) as refused:
+        CliRunner().invoke(cli, ["serve", "petloc@nope"], catch_exceptions=False)
+    assert str(refused.value) == "models:/petloc@nope: no such registered model version; registered: nothing yet"
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_petloc_serve_answers_from_the_project_folder_and_stops_on_sigterm(champion):
+    root, data = champion
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the project's own store
+    petloc = str(Path(sys.executable).with_name("petloc"))
+    proc = serve_until_answering([petloc, "serve", "petloc@champion", "--port", str(port)], root, env, root / "petloc-serve.log")
+    try:
+        image = base64.b64encode(sorted(Path(data).glob("*.jpg"))[0].read_bytes()).decode()
+        split = post(port, {"dataframe_split": {"columns": ["image"], "data": [[image]]}})["predictions"]
+        inputs = post(port, {"inputs": [{"image": image}]})["predictions"]
+        assert split == inputs and split[0]["label"] in ("cat", "dog")
+        assert not (root / "mlflow.db").exists()  # MLflow's default store was never made
+        proc.send_signal(signal.SIGTERM)  # to petloc alone, as `kill PID` sends it
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30  # its worker ends on its own signal, after finishing requests
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+            except OSError:  # refused: nothing listens any more
+                return
+            time.sleep(1)
+        pytest.fail(f"the server still answers on port {port} after petloc serve was terminated")
+    finally:
+        stop_group(proc)
+
+
+# Run before anything else in the server's Python processes (site imports it after the .pth
+# files): drops the venv's editable-install finder, so petloc is importable only from the
+# model's own copy of its code.
+NO_PETLOC_SOURCE = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path[:] = [p for p in sys.path if p.rstrip("/") != {source!r}]
+"""
+
+
+@pytest.mark.slow
+def test_a_downloaded_model_serves_outside_the_project_without_petlocs_source(champion, tmp_path):
+    import mlflow
+
+    root, data = champion
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    model = Path(mlflow.artifacts.download_artifacts("models:/petloc@champion", dst_path=str(tmp_path / "model")))
+    blocker = tmp_path / "no-petloc"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_PETLOC_SOURCE.format(source=str(Path(__file__).parents[1])))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))}
+    env.update(PYTHONPATH=str(blocker), PYTHONNOUSERSITE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    cannot = subprocess.run([sys.executable, "-c", "import petloc"], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert "No module named 'petloc'" in cannot.stderr  # the isolation holds: no petloc but the model's
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    proc = serve_until_answering(cmd, elsewhere, env, tmp_path / "serve.log")
+    try:
+        image = base64.b64encode(sorted(Path(data).glob("*.jpg"))[0].read_bytes()).decode()
+        [answer] = post(port, {"dataframe_records": [{"image": image}]})["predictions"]
+        assert answer["label"] in ("cat", "dog") and len(answer["box"]) == 4
+    finally:
+        stop_group(proc)
