@@ -5,17 +5,25 @@ A user error (PetlocError) is one line on stderr and exit code 2; a traceback me
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import json
+import logging
 import os
+import re
 import shlex
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
+TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ  # a level the user set always wins
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
 
 import click
 
+from petloc import __version__
 from petloc.errors import COMMAND_ENV, PetlocError
 
 
@@ -28,8 +36,75 @@ class CommandLine(click.Group):
 
 
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
+@click.version_option(__version__, "--version", prog_name="petloc", message="%(prog)s %(version)s")
+@click.option("--verbose", is_flag=True,
+              help="Also show TensorFlow's start-up log, Keras's own progress with every metric, and failed trials' tracebacks.")
+def cli(verbose):
     """petloc: find the head of a cat or dog; sweep, track and pull the best model by name."""
+    logging.getLogger("petloc").setLevel(logging.DEBUG if verbose else logging.INFO)  # read by petloc.training.progress
+    if not TF_LOG_LEVEL_FROM_USER:
+        # Quiet: TensorFlow's C++ errors too (such as "failed call to cuInit" on a machine
+        # without a GPU); a real failure reaches Python as an exception.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if verbose else "3"
+    if not verbose:
+        hide_tensorflow_startup_log()
+
+
+# TensorFlow's C++ start-up lines, written to file descriptor 2 while `import tensorflow` runs,
+# before TF_CPP_MIN_LOG_LEVEL applies (tensorflow/tensorflow#100442): absl's notice, then
+# glog-style INFO / WARNING lines (oneDNN, CUDA drivers, CPU features). Errors are kept.
+TENSORFLOW_STARTUP_LOG = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d+\.\d+: [IW] \S+:\d+\] "
+    r"|To enable the following instructions: .* rebuild TensorFlow"
+)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Makes the first `import tensorflow` run with file descriptor 2 caught, and writes back
+    what is not TensorFlow's start-up log. Only that import: later output goes straight out."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):
+                with _native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
+                    run_module(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def hide_tensorflow_startup_log() -> None:
+    """TensorFlow, imported later by whichever command needs it, starts without its log lines."""
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered(hidden: re.Pattern):
+    """File descriptor 2 (C++ libraries write there, not to sys.stderr) goes to a temp file;
+    afterwards its lines that `hidden` does not match are written to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not hidden.match(line)))
+            sys.stderr.flush()
 
 
 @cli.command()
@@ -51,6 +126,28 @@ def train(experiment, overrides):
     click.echo(table([run.summary]))
     click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
     click.echo(f"model: runs:/{run.run_id}/model   browse: petloc ui")
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def config(experiment, overrides):
+    """The experiment as it would run, as YAML: every section with its defaults filled in,
+    and the hyperparameters `petloc train` would use.
+
+    OVERRIDES are key=value pairs, as for train and sweep. The output is itself an experiment file.
+    """
+    import yaml
+
+    from petloc.config import load_experiment
+
+    exp = load_experiment(experiment, overrides)
+    given = " with " + " ".join(overrides) if overrides else ""
+    click.echo(f"# {experiment}{given}, every default filled in")
+    click.echo(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False).rstrip())
+    click.echo("# petloc train uses these hyperparameters (the first choice of each list, the default or min of each range):")
+    for line in yaml.safe_dump(exp.fixed_hyperparameters(), sort_keys=False).splitlines():
+        click.echo(f"#   {line}")
 
 
 @cli.command()
@@ -95,7 +192,7 @@ def sweep(experiment, overrides, fresh):
     start = time.perf_counter()
     result = run_sweep(exp, fresh=fresh, log=click.echo)
     click.echo(f"\nLeaderboard of sweep '{exp.name}' ({len(result.leaderboard)} finished, {result.failed} failed, {time.perf_counter() - start:.0f} s):")
-    click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard]))
+    click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard], same_decimals=True))
     if result.promotion:
         click.echo(f"\nregistry: {result.promotion.reason}")
     name, alias = exp.registry.name, exp.registry.alias

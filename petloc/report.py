@@ -4,30 +4,66 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+
+SIGNIFICANT = 4  # digits a column's largest number keeps: 0.7281 mIoU, 16.60 ms, 123.4 s
+MAX_DECIMALS = 8
 
 
 def number(value) -> str:
     """A cell: whole numbers without decimals (837900, not 8.379e+05), others to 4
     significant digits (0.001885, not 0.0018852184173460574)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_number(value):
         return str(value)
-    if isinstance(value, int) or (value.is_integer() and abs(value) >= 1):
+    if isinstance(value, int) or value.is_integer() or abs(value) >= 1000:
         return f"{value:.0f}"
-    if abs(value) >= 1000:
-        return f"{value:.0f}"
-    return f"{value:.4g}"
+    return f"{value:.{_decimals(value)}f}"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_numeric(value) -> bool:
+    """A number or NaN / infinity: a cell right-aligned with the numbers."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _decimals(value: float) -> int:
+    """Decimals that show `value` to SIGNIFICANT digits, trailing zeros dropped."""
+    if value == 0 or float(value).is_integer():
+        return 0
+    wanted = SIGNIFICANT - 1 - math.floor(math.log10(abs(value)))
+    text = f"{value:.{max(0, min(wanted, MAX_DECIMALS))}f}".rstrip("0")
+    return len(text.partition(".")[2])
+
+
+def column(values: list) -> list[str]:
+    """One column's cells. Numbers share one count of decimals so that they line up: as
+    many as the most precise value needs, at most SIGNIFICANT digits of the largest."""
+    numbers = [v for v in values if _is_number(v)]
+    if not numbers:
+        return [str(v) for v in values]
+    largest = max(abs(v) for v in numbers)
+    cap = SIGNIFICANT - 1 - math.floor(math.log10(largest)) if largest else 0
+    decimals = max(0, min(max(_decimals(v) for v in numbers), cap, MAX_DECIMALS))
+    return [f"{v:.{decimals}f}" if _is_number(v) else str(v) for v in values]
 
 
 def _numeric(values: list) -> bool:
-    return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v not in ("", None))
+    return any(_is_numeric(v) for v in values) and all(_is_numeric(v) for v in values if v not in ("", None))
 
 
-def table(rows: list[dict], columns: list[str] | None = None, markdown: bool = False) -> str:
-    """`rows` aligned under their keys: numbers right, text left; Markdown when asked."""
+def table(rows: list[dict], columns: list[str] | None = None, markdown: bool = False, same_decimals: bool = False) -> str:
+    """`rows` aligned under their keys: numbers right, text left; Markdown when asked.
+    `same_decimals` gives each column's numbers one count of decimals, for tables whose
+    columns each hold one quantity (a leaderboard); else each cell keeps 4 significant digits."""
     if not rows:
         return ""
     columns = columns or list(rows[0])
-    cells = [[number(row.get(c, "")) for c in columns] for row in rows]
+    cell = column if same_decimals else (lambda values: [number(v) for v in values])
+    by_column = [cell([row.get(c, "") for row in rows]) for c in columns]
+    cells = [list(row) for row in zip(*by_column)]
     right = [_numeric([row.get(c, "") for row in rows]) for c in columns]
     if markdown:
         lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if r else "---" for r in right) + "|"]

@@ -27,7 +27,6 @@ from petloc.search.tuner import TrackedTuner, tuner_dir
 from petloc.tracking import log, registry, runs, store
 from petloc.tracking.training_runs import run_settings
 from petloc.training.dataset import PreparedData, prepare_data
-from petloc.training.evaluate import quality
 
 LEADERBOARD_COLUMNS = [
     ("trial", "tags.trial_id"), ("backbone", "params.backbone"), ("image_size", "params.image_size"),
@@ -176,7 +175,7 @@ def _log_leaderboard(parent_run_id: str, rows: list[dict], failed: int) -> None:
     with log.scratch_dir() as tmp:
         csv_path, md_path = Path(tmp) / "leaderboard.csv", Path(tmp) / "leaderboard.md"
         csv_path.write_text(report.csv_text(rows, columns))
-        md_path.write_text(report.table(rows, columns, markdown=True) or "No finished trials.\n")
+        md_path.write_text(report.table(rows, columns, markdown=True, same_decimals=True) or "No finished trials.\n")
         client.log_artifact(parent_run_id, str(csv_path))
         client.log_artifact(parent_run_id, str(md_path))
     metrics = {"trials_finished": float(len(rows)), "trials_failed": float(failed)}
@@ -226,7 +225,7 @@ def _search(exp: Experiment, parent: str, directory: Path, log: Callable[[str], 
     client = MlflowClient()
     for key, value in data_for(exp.data.image_size).tags().items():
         client.set_tag(parent, key, str(value))
-    tuner = TrackedTuner(exp, parent, data_for, directory=str(directory.parent), project_name=directory.name, overwrite=False)
+    tuner = TrackedTuner(exp, parent, data_for, log, directory=str(directory.parent), project_name=directory.name, overwrite=False)
     stopped = None
     try:
         tuner.search()
@@ -245,14 +244,7 @@ def _search(exp: Experiment, parent: str, directory: Path, log: Callable[[str], 
     promotion = registry.promote(
         rows[0]["run_id"], exp.registry.name, exp.registry.alias,
         register_when_not_better=exp.registry.register_when_not_better,
-        score_champion=lambda uri: _score_on(uri, exp, data_for),
     )
     client.set_tag(parent, "promotion", promotion.reason)
     return SweepResult(parent, rows, promotion, failed)
 
-
-def _score_on(uri: str, exp: Experiment, data_for) -> float:
-    """The current champion's val mIoU on this sweep's validation data."""
-    model = registry.load_localiser(uri)
-    figures, _ = quality(model, data_for(int(model.input_shape[1])).val)
-    return figures["miou"]

@@ -13,12 +13,15 @@ from typing import Any, Callable
 
 import keras
 import keras_tuner as kt
+import keras_tuner.src.config
 from mlflow.tracking import MlflowClient
 
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
+from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs
 from petloc.tracking.training_runs import train_tracked
+from petloc.training import progress
 from petloc.training.dataset import PreparedData
 
 OBJECTIVE = kt.Objective("val_miou", direction="max")
@@ -89,10 +92,35 @@ class SpaceHyperModel(kt.HyperModel):
 class TrackedTuner(kt.Tuner):
     """Runs each trial as `petloc train` would, inside an MLflow child run of the sweep."""
 
-    def __init__(self, exp: Experiment, parent_run_id: str, data_for: Callable[[int], PreparedData], **kwargs):
+    def __init__(self, exp: Experiment, parent_run_id: str, data_for: Callable[[int], PreparedData],
+                 say: Callable[[str], None] = print, **kwargs):
         self.exp, self.parent_run_id, self.data_for = exp, parent_run_id, data_for
         self.client = MlflowClient()
+        self.figures: dict[str, dict[str, float]] = {}  # trial_id -> summary of the trials this process ran
+        self.errors: dict[str, str] = {}  # trial_id -> why it failed
         super().__init__(oracle=ORACLES[exp.tuner.kind](exp), hypermodel=SpaceHyperModel(exp), **kwargs)
+        # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
+        # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
+        self.oracle.verbose = 0
+        # Keras Tuner prints a failed trial's traceback; its run's `error` tag and petloc's
+        # line say what failed, and --verbose brings the traceback back.
+        keras_tuner.src.config.DEBUG = progress.detailed()
+        self.progress = SweepProgress(planned_trials(exp, self.oracle), say)
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        searched = [name for name, value in self.exp.space.items() if isinstance(value, (list, Range))]
+        values = {name: trial.hyperparameters.values[name] for name in searched if name in trial.hyperparameters.values}
+        if "tuner/epochs" in trial.hyperparameters.values:  # Hyperband gives each trial its epochs
+            values["epochs"] = trial.hyperparameters.values["tuner/epochs"]
+        self.progress.trial_begins(trial.trial_id, len(self.oracle.trials), values)
+
+    def on_trial_end(self, trial):
+        # Before Keras Tuner's own end: it raises when too many trials failed in a row.
+        ended = len(self.oracle.end_order) + 1
+        why = self.errors.get(trial.trial_id) or "see its run's error tag"
+        self.progress.trial_ends(trial.trial_id, ended, self.figures.get(trial.trial_id), why)
+        super().on_trial_end(trial)
 
     def _populate_initial_space(self):
         # The space has no conditional hyperparameters, so declaring it is enough: Keras
@@ -115,7 +143,9 @@ class TrackedTuner(kt.Tuner):
                                         save_weights=self._weights_file(trial.trial_id),
                                         description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'")
         except Exception as err:
+            self.errors[trial.trial_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
+        self.figures[trial.trial_id] = summary
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}
 
     def _child_run(self, trial) -> str:

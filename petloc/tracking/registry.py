@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import keras
 import mlflow
 import mlflow.keras
@@ -136,12 +134,15 @@ def promote(
     alias: str = "champion",
     force: bool = False,
     register_when_not_better: bool = True,
-    score_champion: Callable[[str], float] | None = None,
 ) -> Promotion:
     """Registers run `run_id`'s model and moves `alias` to it when it beats the current holder.
 
-    The comparison is on the same validation data: the holder's recorded `metric` when its
-    `val_data` tag matches the run's, else `score_champion(model_uri)` measured afresh.
+    Figures compare only when measured on the same validation photos: the holder's `val_data`
+    tag (dataset digest, val split and seed) equals the run's. A holder from other data (the
+    synthetic set against photos, another split, or unknown) is never re-scored here: it
+    may have trained on this run's validation photos, and its figures answer another
+    question. The run is then registered without moving the alias, saying why; `force`
+    moves it. The input image size does not matter: the same photos are scored at any size.
     """
     client = MlflowClient()
     try:
@@ -158,13 +159,16 @@ def promote(
     holder = champion_version(name, alias)
     if holder is not None and holder.run_id == run_id:
         return Promotion(name, holder.version, True, f"already {name}@{alias} (version {holder.version})")
-    holder_score = _holder_score(holder, run.data.tags.get("val_data"), score_champion, metric)
-    if holder is not None and holder_score is None and not force:
-        why = f"{name}@{alias} (version {holder.version}) was measured on other validation data; compare with a sweep on the same data, or use --force"
+    val_data = run.data.tags.get("val_data")
+    if holder is not None and not force and (holder.tags.get("val_data") != val_data or holder.tags.get(metric) is None):
+        why = (f"{name}@{alias} (version {holder.version}) was measured on other validation data "
+               f"({holder.tags.get('val_data', 'unknown')}; this run: {val_data}), so their figures do not compare; "
+               f"petloc promote {run_id} --name {name} --force moves it")
         if not register_when_not_better:
             return Promotion(name, None, False, why + "; not registered")
         version = _existing_version(name, run_id) or _register(run, model_source, name)
         return Promotion(name, version, False, f"registered as version {version}; {why}")
+    holder_score = float(holder.tags[metric]) if holder is not None and metric in holder.tags else None
     better = holder is None or (holder_score is not None and score > holder_score)
     if not (better or force or register_when_not_better):
         return Promotion(name, None, False, f"{label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered")
@@ -174,18 +178,6 @@ def promote(
         why = "forced" if not better else ("first champion" if holder is None else f"beats {holder_score:.4f}")
         return Promotion(name, version, True, f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})")
     return Promotion(name, version, False, f"registered as version {version}; {label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
-
-
-def _holder_score(holder, val_data: str | None, score_champion, metric: str) -> float | None:
-    """The alias holder's `metric` on `val_data`, or None when it cannot be known."""
-    if holder is None:
-        return None
-    recorded = holder.tags.get(metric)
-    if recorded is not None and holder.tags.get("val_data") == val_data:
-        return float(recorded)
-    if score_champion is not None:
-        return score_champion(f"models:/{holder.name}/{holder.version}")
-    return None
 
 
 def _existing_version(name: str, run_id: str) -> str | None:

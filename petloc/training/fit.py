@@ -4,7 +4,6 @@ Pure Keras, no tracking here."""
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ import tensorflow as tf
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
 from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
+from petloc.training import progress
 
 # Our tf.data pipeline shuffles itself; Keras warns that its own shuffle flag is ignored.
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
@@ -88,10 +88,12 @@ def fit(
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor)]
     if early_stopping:
         every_epoch.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=early_stopping))
+    if not progress.detailed():
+        every_epoch.append(progress.EpochLine())  # instead of Keras's line, which repeats each metric under two names
     train, val = batches()
     history = model.fit(
         train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
-        callbacks=every_epoch + list(callbacks), verbose=1 if sys.stdout.isatty() else 2,
+        callbacks=every_epoch + list(callbacks), verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
     if not losses or not math.isfinite(losses[-1]):

@@ -93,27 +93,34 @@ def writable_folder(path: str | Path) -> Path:
 
 
 def plot_curves(history: dict[str, list[float]], path: Path) -> Path:
-    """Loss and val mIoU / accuracy per epoch, side by side."""
+    """The training curves written as an image at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(history)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(history: dict[str, list[float]]):
+    """Loss and val mIoU / accuracy per epoch, side by side. Every epoch is a marker, so a run
+    of one or two epochs still shows its points (a line needs two)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("loss", "val_loss"):
-        if key in history:
-            left.plot(range(1, len(history[key]) + 1), history[key], label=key)
+    for axes, keys in ((left, ("loss", "val_loss")), (right, ("miou", "val_miou", "accuracy", "val_accuracy"))):
+        for key in (k for k in keys if history.get(k)):
+            axes.plot(range(1, len(history[key]) + 1), history[key], marker="o", markersize=4, label=key)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        axes.legend()
     left.set(title="loss", xlabel="epoch")
-    left.legend()
-    for key in ("miou", "val_miou", "accuracy", "val_accuracy"):
-        if key in history:
-            right.plot(range(1, len(history[key]) + 1), history[key], label=key)
     right.set(title="mIoU and accuracy", xlabel="epoch", ylim=(0, 1))
-    right.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:

@@ -1,0 +1,85 @@
+"""A sweep's own lines while it runs: which trial starts (k of N), and for each one that ends
+its figures, its time, the sweep's elapsed time and an estimate of the time left.
+
+Trials are named by their Keras Tuner trial_id (0, 1, ...), as in the MLflow runs
+(`trial-0-simple`, tag `trial_id`) and the leaderboard; Keras Tuner's own display, which
+counts from 1, is silenced by the tuner.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import keras_tuner as kt
+
+from petloc.config import Experiment, Range
+from petloc.report import number
+
+
+def planned_trials(exp: Experiment, oracle: kt.Oracle) -> int:
+    """How many trials the sweep will run in all (its earlier runs included)."""
+    if isinstance(oracle, kt.oracles.HyperbandOracle):
+        # One Hyperband iteration: every round of every bracket. Keras Tuner keeps this
+        # schedule in private methods; the count only feeds the progress lines.
+        return sum(oracle._get_size(b, r) for b in range(oracle._get_num_brackets()) for r in range(oracle._get_num_rounds(b)))
+    if exp.tuner.kind == "grid":
+        return min(exp.tuner.max_trials, grid_size(exp))
+    return exp.tuner.max_trials
+
+
+def grid_size(exp: Experiment) -> int:
+    """Combinations of the space's choices and stepped ranges."""
+    size = 1
+    for value in exp.space.values():
+        if isinstance(value, list):
+            size *= len(value)
+        elif isinstance(value, Range) and value.step:
+            if value.sampling == "log":  # the step is a factor
+                size *= math.floor(math.log(value.max / value.min) / math.log(value.step) + 1e-9) + 1
+            else:
+                size *= math.floor((value.max - value.min) / value.step + 1e-9) + 1
+    return size
+
+
+def duration(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `1 h 02 min`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class SweepProgress:
+    """Prints a line when a trial starts and one when it ends; the estimate of the time left
+    is the mean time of the trials this process ran, times the trials still to run."""
+
+    def __init__(self, planned: int, say: Callable[[str], None] = print):
+        self.planned, self.say = planned, say
+        self.started = time.perf_counter()
+        self.trial_started = self.started
+        self.ran = 0
+
+    def trial_begins(self, trial_id: str, number_in_sweep: int, values: dict[str, Any]) -> None:
+        self.trial_started = time.perf_counter()
+        shown = "  ".join(f"{k}={number(v)}" for k, v in values.items())
+        self.say(f"\ntrial {trial_id} ({number_in_sweep} of {self.planned}): {shown}")
+
+    def trial_ends(self, trial_id: str, ended_in_sweep: int, figures: dict[str, float] | None, error: str = "") -> None:
+        """`figures` of a finished trial (best_val_miou, val_accuracy, latency_ms_b1), or None
+        and the `error` of a failed one."""
+        now = time.perf_counter()
+        self.ran += 1
+        took = duration(now - self.trial_started)
+        if figures is None:
+            head = f"trial {trial_id} failed after {took}: {error}"
+        else:
+            head = (f"trial {trial_id} done in {took}: val mIoU {figures['best_val_miou']:.3f}, "
+                    f"accuracy {figures['val_accuracy']:.3f}, latency {figures['latency_ms_b1']:.1f} ms")
+        elapsed = now - self.started
+        left = max(0, self.planned - ended_in_sweep)
+        eta = f", about {duration(elapsed / self.ran * left)} left" if left else ""
+        self.say(f"{head}  [sweep: {ended_in_sweep} of {self.planned} trials, {duration(elapsed)} elapsed{eta}]")
