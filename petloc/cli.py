@@ -16,6 +16,7 @@ import shlex
 import signal
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ  # a level the user set always wins
@@ -48,6 +49,9 @@ def cli(verbose):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if verbose else "3"
     if not verbose:
         hide_tensorflow_startup_log()
+        # MLflow loads each model it logs to check it; Keras then warns that the optimizer's
+        # state is not restored, which inference never needs.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 
 
 # TensorFlow's C++ start-up lines, written to file descriptor 2 while `import tensorflow` runs,

@@ -242,3 +242,38 @@ def test_promotion_never_compares_models_trained_on_other_data(swept, monkeypatc
     run_id = trained.output.split("MLflow run ")[1].split()[0]
     promoted = invoke("promote", run_id, "--name", "tiny-model").output
     assert "other validation data" not in promoted and ("beats" in promoted or "does not beat" in promoted)
+
+
+# --- how many trials a sweep plans, for "k of N" and the estimate of the time left (item 8) ---
+
+@pytest.mark.parametrize("kind, space, max_trials, planned", [
+    ("random", {"head_units": [8, 16]}, 5, 5),
+    ("grid", {"head_units": [8, 16], "dropout": [0.0, 0.1]}, 6, 4),  # the grid stops after its 4 combinations
+    ("grid", {"learning_rate": {"min": 0.001, "max": 0.004, "step": 2, "sampling": "log"}, "aug_strength": {"min": 0, "max": 0.6, "step": 0.2}}, 99, 12),
+    ("grid", {"head_units": [8, 16, 32]}, 2, 2),
+])
+def test_planned_trials(kind, space, max_trials, planned):
+    from petloc.search.progress import planned_trials
+    from petloc.search.tuner import ORACLES
+
+    exp = parse_experiment({"space": space, "tuner": {"kind": kind, "max_trials": max_trials}})
+    assert planned_trials(exp, ORACLES[kind](exp)) == planned
+
+
+def test_durations_read_as_people_say_them():
+    from petloc.search.progress import duration
+
+    assert [duration(s) for s in (4.4, 59.6, 185, 3725)] == ["4 s", "1 min 00 s", "3 min 05 s", "1 h 02 min"]
+
+
+def test_a_failed_trial_is_one_line_without_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_dataset(tmp_path / "photos", count=24)
+    exp = tiny_experiment(tmp_path, data, space={"weights": str(tmp_path / "missing.weights.h5"), "head_units": [8, 16]},
+                          tuner={"max_consecutive_failures": 1, "max_trials": 2})
+    result = CliRunner().invoke(cli, ["sweep", str(exp)])
+    assert isinstance(result.exception, PetlocError)
+    assert re.search(r"^trial 0 failed after \d+ s: PetlocError: weights: '.*missing.weights.h5' is neither .*"
+                     r"\[sweep: 1 of 2 trials, \d+ s elapsed, about \d+ s left\]$", result.output, re.M)
+    assert "Traceback" not in result.output
