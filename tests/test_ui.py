@@ -131,6 +131,7 @@ def app(tmp_path_factory):
                 trials=trials,
                 champion=champion,
                 champion_run=client.get_run(champion.run_id),
+                root=root,
             )
         finally:
             if proc is not None:
@@ -232,6 +233,42 @@ def test_models_page_shows_petloc_with_the_champion_alias(app, page):
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"Version {version}", exact=True))
     expect(row.get_by_role("status", name="champion")).to_be_visible()
     expect(row.get_by_role("status", name="source_run")).to_contain_text(app.champion.run_id)
+
+
+def test_the_pages_petloc_ui_prints_show_the_experiments_runs_not_mlflows_genai_pages(app, page, tmp_path):
+    """A second `petloc ui` on the store the sweep filled: what it prints is where a user lands."""
+    port, log = free_port(), tmp_path / "second-ui.log"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([petloc_command(), "ui", "--port", str(port)], cwd=app.root, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_answering(url + "/", proc, log, STARTUP_S)
+        printed = log.read_text()
+        runs_page = f"{url}/#/experiments/{app.experiment_id}/runs?workflowType=machine_learning"
+        assert f"runs of tiny    {runs_page}" in printed, printed
+        assert f"experiments    {url}/#/experiments" in printed, printed
+
+        page.goto(runs_page, timeout=FIRST_LOAD_MS)  # another port: a new origin, as a first visit
+        expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible(timeout=FIRST_LOAD_MS)
+        expect(page.get_by_text(f"{1 + len(app.trials)} matching runs")).to_be_visible()
+        expect(page.get_by_role("link", name="Model registry")).to_be_visible()  # the "Model training" sidebar
+        expect(page.get_by_role("link", name="Judges")).to_have_count(0)  # not the GenAI one
+
+        # The experiments list as MLflow shows it; "Model training" chosen once, the browser keeps it
+        # (a reload too) and an experiment opens on its runs.
+        page.goto(f"{url}/#/experiments")
+        page.get_by_role("button", name="Model training", exact=True).click()
+        expect(page.get_by_role("link", name="Model registry")).to_be_visible()
+        page.reload()
+        experiment = page.get_by_role("link", name="tiny", exact=True)
+        expect(experiment).to_be_visible()
+        experiment.click()
+        expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible()
+        assert f"/experiments/{app.experiment_id}/runs" in page.url and "workflowType=machine_learning" in page.url
+    finally:
+        stop(proc)
 
 
 def test_sigterm_to_petloc_ui_stops_its_server_too(app):
