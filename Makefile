@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow setup clean
+.PHONY: run test test-slow setup clean bench
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,14 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
+
+# Speed figures, each a ratio measured side by side, written to benchmarks/RESULTS.md (about 10 minutes)
+bench: setup
+	$(BIN)/python benchmarks/startup_speed.py
+	$(BIN)/python benchmarks/predict_speed.py
+	$(BIN)/python benchmarks/precision_speed.py
+	$(BIN)/python benchmarks/pipeline_speed.py
+	$(BIN)/python benchmarks/tracking_speed.py
 
 clean:
 	rm -rf $(VENV) data/synthetic data/.cache mlruns/mlflow.db mlruns/artifacts mlruns/tuner

@@ -109,8 +109,8 @@ class TrainConfig(Strict):
     xla: bool = False
     # mixed_bfloat16: bfloat16 maths with float32 weights; pays only on CPUs with bf16
     # units (benchmarks/training_step.py). auto: mixed_bfloat16 where /proc/cpuinfo lists
-    # them (AVX512_BF16 or AMX), float32 elsewhere; runs log the one used. The logged model
-    # is float32 either way.
+    # them (AVX512_BF16 or AMX) and images are 128 px or more, float32 elsewhere; runs log
+    # the one used. The logged model is float32 either way.
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
 
 

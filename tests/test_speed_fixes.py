@@ -15,9 +15,22 @@ from petloc.errors import PetlocError
 from petloc.model import Hyperparameters, build_model
 from petloc.training.fit import resolved_precision
 from petloc.training.predict import Predictor, predict_files
-from tests.helpers import encode, photo
+from mlflow import MlflowClient
+
+from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 SIZE = 32
+
+
+def photo(seed: int = 0, w: int = 64, h: int = 48) -> np.ndarray:
+    noise = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (5, 5), 2)
+
+
+def encode(pixels: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buffer.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +96,7 @@ def test_precision_auto_is_the_default_and_resolves_by_the_cpus_bf16_units(tmp_p
     assert parse_experiment({"name": "x"}).train.precision == "auto"
     for value in ("float32", "mixed_bfloat16"):
         assert parse_experiment({"name": "x", "train": {"precision": value}}).train.precision == value
-        assert resolved_precision(value) == value  # an explicit choice is kept whatever the CPU
+        assert resolved_precision(value, 64) == value  # an explicit choice is kept whatever the CPU and size
     with pytest.raises(PetlocError, match="train.precision"):
         from petloc.config import load_experiment
 
@@ -93,13 +106,25 @@ def test_precision_auto_is_the_default_and_resolves_by_the_cpus_bf16_units(tmp_p
             "none": "flags : fpu sse2 avx2 avx512f\n"}
     for name, text in cpus.items():
         (tmp_path / name).write_text(text)
-    assert resolved_precision("auto", tmp_path / "amx") == "mixed_bfloat16"
-    assert resolved_precision("auto", tmp_path / "avx512") == "mixed_bfloat16"
-    assert resolved_precision("auto", tmp_path / "none") == "float32"
-    assert resolved_precision("auto", tmp_path / "missing") == "float32"
+    assert resolved_precision("auto", 128, tmp_path / "amx") == "mixed_bfloat16"
+    assert resolved_precision("auto", 224, tmp_path / "avx512") == "mixed_bfloat16"
+    assert resolved_precision("auto", 64, tmp_path / "avx512") == "float32"  # measured slower at 64 px
+    assert resolved_precision("auto", 128, tmp_path / "none") == "float32"
+    assert resolved_precision("auto", 128, tmp_path / "missing") == "float32"
 
 
-def test_precision_auto_on_this_machine():
+@pytest.mark.slow
+def test_a_run_logs_the_precision_it_used(tmp_path):
+    """On this machine: the quick sweep's 64 px trains in float32; 128 px in bfloat16 where
+    the CPU has the units."""
     with open("/proc/cpuinfo") as f:
         has_units = bool({"avx512_bf16", "amx_bf16"} & set(f.read().split()))
-    assert resolved_precision("auto") == ("mixed_bfloat16" if has_units else "float32")
+    data = tiny_dataset(tmp_path / "data", count=24)
+    for size, expected in ((64, "float32"), (128, "mixed_bfloat16" if has_units else "float32")):
+        exp = tiny_experiment(tmp_path, data, train={"epochs": 1}, space={"image_size": size})
+        with in_project(tmp_path):
+            result = CliRunner().invoke(cli, ["train", str(exp)], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            run_id = result.output.split("MLflow run ")[1].split()[0]
+            run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id)
+        assert run.data.params["precision"] == expected

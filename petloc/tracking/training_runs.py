@@ -56,11 +56,13 @@ def pretrain_run(exp: Experiment, say: Callable[[str], None] = print) -> Tracked
     return TrackedRun(run_id, summary, data)
 
 
-def run_settings(exp: Experiment, epochs: int) -> dict[str, Any]:
+def run_settings(exp: Experiment, epochs: int, image_size: int | None = None) -> dict[str, Any]:
     """What else shapes a run besides its hyperparameters, logged alike by runs and sweeps:
-    `seed` seeds the training, `data_seed` and `val_split` make the split."""
+    `seed` seeds the training, `data_seed` and `val_split` make the split; `precision` is
+    the one used (`auto` resolved for this machine and `image_size`)."""
+    precision = resolved_precision(exp.train.precision, image_size or exp.data.image_size)
     return {"epochs": epochs, "early_stopping": exp.train.early_stopping, "seed": exp.train.seed, "xla": exp.train.xla,
-            "precision": resolved_precision(exp.train.precision), "val_split": exp.data.val_split, "data_seed": exp.data.seed}
+            "precision": precision, "val_split": exp.data.val_split, "data_seed": exp.data.seed}
 
 
 def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
@@ -86,7 +88,7 @@ def train_tracked(
     description = description or f"Training run of experiment '{exp.name}'"
     description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
                     f"validated on {len(data.val)}")
-    log.log_run_inputs(run_id, {**hp, **run_settings(exp, epochs)}, data, exp.train.seed, description)
+    log.log_run_inputs(run_id, {**hp, **run_settings(exp, epochs, int(hp['image_size']))}, data, exp.train.seed, description)
     log.log_experiment(run_id, exp)
 
     start = time.perf_counter()

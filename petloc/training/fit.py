@@ -120,7 +120,7 @@ def fit_localiser(
     is float32. `pretrained` is the network a `registered:` backbone names."""
     hp = Hyperparameters.of(values)
     image_size, batch_size = int(hp.image_size), hp.batch_size
-    precision = resolved_precision(precision)
+    precision = resolved_precision(precision, image_size)
 
     def build() -> keras.Model:
         with dtype_policy(precision):
@@ -140,20 +140,24 @@ def fit_localiser(
     return model, history
 
 
-BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPU flags under which bfloat16 maths is faster (benchmarks/RESULTS.md)
+BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPU flags with bfloat16 maths in hardware
+# Below this input side bfloat16 does not pay even with the units: converting small tensors
+# costs more than the maths saves (benchmarks/RESULTS.md, 2-core EPYC with avx512_bf16:
+# 1.26x float32's step at 64 px, 0.81x at 128 px).
+BF16_MIN_IMAGE_SIZE = 128
 
 
-def resolved_precision(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The Keras dtype policy `train.precision` means on this machine: `auto` is
-    mixed_bfloat16 where the CPU has bf16 units, float32 elsewhere (without them bfloat16
-    is emulated, 14x slower)."""
+def resolved_precision(precision: str, image_size: int, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The Keras dtype policy `train.precision` means for this machine and input size: `auto`
+    is mixed_bfloat16 where the CPU has bf16 units and the images are large enough for it to
+    pay, float32 elsewhere (without the units bfloat16 is emulated, 14x slower)."""
     if precision != "auto":
         return precision
     try:
         flags = set(cpuinfo.read_text().split())
     except OSError:
         flags = set()
-    return "mixed_bfloat16" if flags & BF16_UNITS else "float32"
+    return "mixed_bfloat16" if flags & BF16_UNITS and image_size >= BF16_MIN_IMAGE_SIZE else "float32"
 
 
 @contextmanager
