@@ -2,8 +2,9 @@
 
 The HyperModel turns the space into Keras Tuner hyperparameters; `TrackedTuner` is a plain
 `keras_tuner.Tuner` around any of its oracles that only adds what tracking needs: a child
-run per trial (params, curves, figures, model, gallery), FAILED runs for failed trials, and
-no double logging when a stopped sweep is resumed.
+run per trial (params, curves, figures, model, gallery), FAILED runs for failed trials, no
+double logging when a stopped sweep is resumed, and petloc's progress lines (trial k of N,
+figures, time left) in place of Keras Tuner's display.
 """
 
 from __future__ import annotations
