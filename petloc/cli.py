@@ -375,11 +375,12 @@ def predict(model, images, as_json, out):
     was answered, 1 when any failed (unreadable, or its annotated copy not written), 2 for a
     bad MODEL or --out. A photo the decoder had to repair gets a warning with its answer.
     """
-    from petloc.tracking.registry import load_predictor
     from petloc.training.gallery import writable_folder
+
+    folder = writable_folder(out) if out else None  # before TensorFlow and the model load: a mistake costs no wait
+    from petloc.tracking.registry import load_predictor
     from petloc.training.predict import predict_files
 
-    folder = writable_folder(out) if out else None  # before the model loads: a mistake costs no wait
     failed = 0
     for row in predict_files(load_predictor(model), list(images), folder):
         _print_prediction(row, as_json)
