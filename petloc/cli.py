@@ -207,15 +207,18 @@ def sweep(experiment, overrides, fresh):
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--name", default="petloc", show_default=True, help="Registered model name.")
+@click.option("--name", default=None, help="Registered model name (default: the registry.name of the run's experiment file).")
 @click.option("--alias", default="champion", show_default=True)
-@click.option("--force", is_flag=True, help="Move the alias even when the run is not better.")
-def promote(run_id, name, alias, force):
+@click.option("--force", is_flag=True, help="Move the alias even when the run is not better (or over the latency budget).")
+@click.option("--max-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="Refuse a run whose batch-1 latency is over this budget.")
+def promote(run_id, name, alias, force, max_latency_ms):
     """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force)."""
     from petloc.tracking import registry, store
 
     store.configure()
-    click.echo(registry.promote(run_id, name, alias, force=force).reason)
+    name = name or registry.registered_name_of(run_id)
+    click.echo(registry.promote(run_id, name, alias, force=force, max_latency_ms=max_latency_ms).reason)
 
 
 @cli.command()

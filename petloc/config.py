@@ -131,6 +131,9 @@ class RegistryConfig(Strict):
     name: str = "petloc"
     alias: str = "champion"
     register_when_not_better: bool = True
+    # The champion is the best val mIoU among trials whose batch-1 latency (latency_ms_b1,
+    # measured on the machine that trained them) fits this budget; None: no budget.
+    max_latency_ms: float | None = Field(None, gt=0)
 
 
 class PretrainConfig(Strict):

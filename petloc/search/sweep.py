@@ -27,6 +27,7 @@ from petloc.search.tuner import TrackedTuner, tuner_dir
 from petloc.tracking import log, registry, runs, store
 from petloc.tracking.training_runs import run_settings
 from petloc.training.dataset import PreparedData, prepare_data
+from petloc.training.gallery import plot_pareto
 
 LEADERBOARD_COLUMNS = [
     ("trial", "tags.trial_id"), ("backbone", "params.backbone"), ("image_size", "params.image_size"),
@@ -234,17 +235,65 @@ def _search(exp: Experiment, parent: str, directory: Path, log: Callable[[str], 
             raise
         stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
 
-    rows = leaderboard(parent, searched(exp))
+    budget = exp.registry.max_latency_ms
+    rows = mark_budget(leaderboard(parent, searched(exp)), budget)
     failed = _failed_trials(tuner)
     _log_leaderboard(parent, rows, failed)
+    _log_pareto(parent, rows)
     if stopped:
         log(f"sweep {stopped}")
     if not rows:
         raise PetlocError(f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui")
-    promotion = registry.promote(
-        rows[0]["run_id"], exp.registry.name, exp.registry.alias,
-        register_when_not_better=exp.registry.register_when_not_better,
-    )
+    best = champion_row(rows, budget)
+    if best is None:
+        promotion = registry.Promotion(exp.registry.name, None, False,
+                                       f"no trial's batch-1 latency fits registry.max_latency_ms={budget:g}; nothing promoted")
+    else:
+        promotion = registry.promote(best["run_id"], exp.registry.name, exp.registry.alias,
+                                     register_when_not_better=exp.registry.register_when_not_better, max_latency_ms=budget)
     client.set_tag(parent, "promotion", promotion.reason)
     return SweepResult(parent, rows, promotion, failed)
+
+
+def mark_budget(rows: list[dict], budget: float | None) -> list[dict]:
+    """With a latency budget, each leaderboard row says whether its trial fits it."""
+    if budget is None:
+        return rows
+    return [{**row, "fits_budget": "yes" if _fits(row, budget) else "no"} for row in rows]
+
+
+def _fits(row: dict, budget: float | None) -> bool:
+    latency = row.get("latency_ms_b1")
+    return budget is None or (isinstance(latency, (int, float)) and latency <= budget)
+
+
+def champion_row(rows: list[dict], budget: float | None) -> dict | None:
+    """The best val mIoU among the trials that fit the latency budget (rows come best first)."""
+    return next((row for row in rows if _fits(row, budget)), None)
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The trials no other trial beats on both val mIoU (higher) and batch-1 latency (lower),
+    fastest first."""
+    timed = sorted((r for r in rows if isinstance(r.get("latency_ms_b1"), (int, float))), key=lambda r: (r["latency_ms_b1"], -r["val_miou"]))
+    front, best = [], float("-inf")
+    for row in timed:
+        if row["val_miou"] > best:
+            front.append(row)
+            best = row["val_miou"]
+    return front
+
+
+def _log_pareto(parent_run_id: str, rows: list[dict]) -> None:
+    """`pareto.csv` (every trial, on the front or not) and `pareto.png` on the parent run."""
+    on_front = {row["run_id"] for row in pareto_front(rows)}
+    points = [{"trial": r["trial"], "val_miou": r["val_miou"], "latency_ms_b1": r["latency_ms_b1"],
+               "pareto": "yes" if r["run_id"] in on_front else "no", "run_id": r["run_id"]} for r in rows]
+    client = MlflowClient()
+    with log.scratch_dir() as tmp:
+        csv_path = Path(tmp) / "pareto.csv"
+        csv_path.write_text(report.csv_text(points, ["trial", "val_miou", "latency_ms_b1", "pareto", "run_id"]))
+        client.log_artifact(parent_run_id, str(csv_path))
+        if points:
+            client.log_artifact(parent_run_id, str(plot_pareto(points, Path(tmp) / "pareto.png")))
 

@@ -3,6 +3,7 @@ loading by name (`petloc@champion`, `petloc/3`, `models:/petloc@champion`)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,7 @@ def promote(
     alias: str = "champion",
     force: bool = False,
     register_when_not_better: bool = True,
+    max_latency_ms: float | None = None,
 ) -> Promotion:
     """Registers run `run_id`'s model and moves `alias` to it when it beats the current holder.
 
@@ -156,6 +158,10 @@ def promote(
     model_source = run.data.tags.get("model_uri")
     if score is None or not model_source:
         raise PetlocError(f"run {run_id}: has no logged model with {metric}; promote a finished petloc run")
+    latency = run.data.metrics.get("latency_ms_b1")
+    if max_latency_ms is not None and not force and (latency is None or latency > max_latency_ms):
+        why = f"its batch-1 latency {_ms(latency)} is over the budget of {max_latency_ms:g} ms"
+        return Promotion(name, None, False, f"run {run_id} not promoted: {why} (--force moves {name}@{alias} anyway)")
     holder = champion_version(name, alias)
     if holder is not None and holder.run_id == run_id:
         return Promotion(name, holder.version, True, f"already {name}@{alias} (version {holder.version})")
@@ -178,6 +184,20 @@ def promote(
         why = "forced" if not better else ("first champion" if holder is None else f"beats {holder_score:.4f}")
         return Promotion(name, version, True, f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})")
     return Promotion(name, version, False, f"registered as version {version}; {label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
+
+
+def registered_name_of(run_id: str) -> str:
+    """The registered model name the run's experiment file gives (`registry.name`), else "petloc"."""
+    client = MlflowClient()
+    try:
+        with open(client.download_artifacts(run_id, "experiment.json"), encoding="utf-8") as file:
+            return json.load(file).get("registry", {}).get("name") or "petloc"
+    except (MlflowException, OSError, ValueError):
+        return "petloc"
+
+
+def _ms(latency: float | None) -> str:
+    return "unknown" if latency is None else f"{latency:.2f} ms"
 
 
 def _existing_version(name: str, run_id: str) -> str | None:

@@ -131,3 +131,25 @@ def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     cv2.rectangle(photo, (x1, y1), (x2, y2), PRED_COLOUR, thickness)
     _label(photo, f"{prediction.label} {prediction.score:.2f}", (max(x1, 2) + 2, max(y1, 20) - 4), (40, 40, 40))
     return photo
+
+
+def plot_pareto(points: list[dict], path: Path) -> Path:
+    """Val mIoU against batch-1 latency, a dot per trial, the Pareto front joined (points
+    carry `trial`, `val_miou`, `latency_ms_b1` and `pareto` "yes"/"no")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([p["latency_ms_b1"] for p in points], [p["val_miou"] for p in points], color="tab:gray", label="trial")
+    front = sorted((p for p in points if p["pareto"] == "yes"), key=lambda p: p["latency_ms_b1"])
+    ax.plot([p["latency_ms_b1"] for p in front], [p["val_miou"] for p in front], "o-", color="tab:red", label="Pareto front")
+    for p in points:
+        ax.annotate(str(p["trial"]), (p["latency_ms_b1"], p["val_miou"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="latency, batch 1 (ms)", ylabel="val mIoU", title="val mIoU against latency")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
