@@ -43,7 +43,7 @@ def untracked(exp) -> float:
 
 
 def tracked(exp) -> tuple[float, float]:
-    """Wall time of the whole run, and of its work after training (quality, latency, figures, model)."""
+    """Wall time of the whole run, and of its work around the fit (set-up, then quality, latency, figures, model)."""
     start = time.perf_counter()
     run = train_run(exp, say=lambda _: None)
     total = time.perf_counter() - start
@@ -71,7 +71,7 @@ def main() -> None:
     ratio = best_run / best_plain
     rows = [[f"`petloc train`-style tracked trial / the same trial untracked ({args.count} synthetic pets, 64 px, simple, {args.epochs} epochs)",
              f"{best_run:.1f} / {best_plain:.1f} s", f"**{ratio:.2f}x**", verdict(ratio, 1.03)],
-            ["after-training work of the tracked trial (quality, latency, curves, gallery, model logging) / untracked trial",
+            ["the tracked trial's work around its fit (run set-up and inputs; after training: quality, latency, curves, gallery, model logging) / untracked trial",
              f"{after:.1f} / {best_plain:.1f} s", f"{after / best_plain:.2f}x", "reported"]]
     write_block("tracking", "Tracking overhead: `python benchmarks/tracking_speed.py`", table(["what (A / B)", "A / B", "ratio", "goal"], rows))
 

@@ -141,9 +141,9 @@ def fit_localiser(
 
 
 BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPU flags with bfloat16 maths in hardware
-# Below this input side bfloat16 does not pay even with the units: converting small tensors
-# costs more than the maths saves (benchmarks/RESULTS.md, 2-core EPYC with avx512_bf16:
-# 1.26x float32's step at 64 px, 0.81x at 128 px).
+# Below this input side bfloat16 was not steadily faster even with the units (small tensors:
+# the conversions cost about what the maths saves). benchmarks/RESULTS.md, 2-core EPYC with
+# avx512_bf16, bfloat16 step / float32 step: 1.26x and 0.92x at 64 px, 0.81x and 0.85x at 128 px.
 BF16_MIN_IMAGE_SIZE = 128
 
 
