@@ -1,11 +1,24 @@
-"""Small shared fixtures: a tiny synthetic dataset and a tiny experiment file."""
+"""What the tests share: a tiny synthetic dataset and experiment file, ways to run `petloc`
+(in this process or as a user does, in a new one), and small pictures and JPEG tricks."""
 
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 
+from petloc.cli import cli
 from petloc.data.synth import generate
 
 TINY_SPACE = {
@@ -16,6 +29,9 @@ TINY_SPACE = {
     "learning_rate": 0.003,
     "batch_size": 16,
 }
+
+
+# ---- data, experiment, project ----------------------------------------------------------
 
 
 def tiny_dataset(folder: Path, count: int = 60) -> Path:
@@ -45,3 +61,111 @@ def in_project(root: Path):
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         yield
+
+
+def store_client(root: Path) -> MlflowClient:
+    """A client on the project store of `root` (mlruns/mlflow.db), registry included."""
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    """The trial runs of a sweep's parent run."""
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+# ---- running petloc -----------------------------------------------------------------------
+
+
+def invoke(*args):
+    """`petloc ARGS` in this process; a PetlocError reaches the test instead of becoming exit 2."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_id_of(output: str) -> str:
+    """The run id `petloc train` prints ("... MLflow run ID ...")."""
+    return output.split("MLflow run ")[1].split()[0]
+
+
+def parent_id_of(output: str) -> str:
+    """The parent run id `petloc sweep` prints ("... parent run ID; ...")."""
+    return output.split("parent run ")[1].split(";")[0]
+
+
+PETLOC = [sys.executable, "-m", "petloc"]
+
+
+def petloc_env() -> dict:
+    """This environment without MLFLOW_TRACKING_URI: a petloc process uses its folder's mlruns/."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def petloc_process(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """`petloc ARGS` as a user runs it, in a new process: its exit code, stdout and stderr."""
+    return subprocess.run([*PETLOC, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- pictures -----------------------------------------------------------------------------
+
+
+def photo(seed: int = 0, w: int = 64, h: int = 48) -> np.ndarray:
+    """A smooth random RGB picture: JPEG-friendly, different per seed."""
+    noise = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (5, 5), 2)
+
+
+def encode(pixels: np.ndarray, ext: str = ".jpg", *params: int) -> bytes:
+    """RGB (or gray, or OpenCV's BGRA) pixels as the bytes of an `ext` file."""
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 and pixels.shape[2] == 3 else pixels
+    ok, buffer = cv2.imencode(ext, bgr, list(params))
+    assert ok
+    return buffer.tobytes()
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    return encode(rgb, ".jpg")
+
+
+def with_extraneous_bytes(data: bytes, count: int = 240) -> bytes:
+    """Garbage before the end marker: libjpeg skips it and the image is complete."""
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + bytes(range(1, count + 1)) + data[-2:]
+
+
+def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose EXIF orientation tells viewers how to turn the stored pixels."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[274] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def marked_photo(w: int = 64, h: int = 48) -> np.ndarray:
+    """Gray, with a red block in the stored top-left corner."""
+    rgb = np.full((h, w, 3), 128, np.uint8)
+    rgb[:12, :16] = (255, 0, 0)
+    return rgb
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A black 8-bit gray PNG: width x height bytes once decoded, a thousandth of that on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    deflate, row = zlib.compressobj(9), bytes(width + 1)  # filter byte + a row of zeros
+    body = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")

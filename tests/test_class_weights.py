@@ -35,6 +35,7 @@ def test_batches_carry_class_weights_for_the_class_loss_only():
             np.testing.assert_array_equal(sw["box"].numpy(), 1.0)
 
 
+@pytest.mark.slow  # three trainings
 def test_balanced_class_weights_change_what_the_class_head_learns():
     data = arrays([0, 1, 1, 1] * 4)
     hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": 32, "aug_strength": 0.0,

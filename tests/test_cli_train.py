@@ -1,20 +1,13 @@
 """`petloc train`, `evaluate` and `predict` end to end on a real (tiny) MLflow store."""
 
 import json
+import re
 
-import mlflow
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from mlflow.tracking import MlflowClient
 
-from petloc.cli import cli
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return result
+from petloc.errors import PetlocError
+from tests.helpers import in_project, invoke, petloc_process, run_id_of, store_client, tiny_dataset, tiny_experiment
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +17,15 @@ def trained(tmp_path_factory):
     with in_project(root):
         data = tiny_dataset(root / "photos")
         exp = tiny_experiment(root, data)
-        result = run("train", exp, "train.epochs=2", "space.tta=flip", "train.xla=true", "train.precision=mixed_bfloat16")
+        result = invoke("train", exp, "train.epochs=2", "space.tta=flip", "train.precision=mixed_bfloat16")
         assert result.exit_code == 0, result.output
-        run_id = result.output.split("MLflow run ")[1].split()[0]
-        yield root, data, run_id
+        yield root, data, run_id_of(result.output)
 
 
 def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
     root, data, run_id = trained
     monkeypatch.chdir(root)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
-    client = MlflowClient()
+    client = store_client(root)
     r = client.get_run(run_id)
     assert r.info.status == "FINISHED"
     assert r.data.params["backbone"] == "simple" and float(r.data.params["learning_rate"]) == 0.003
@@ -43,19 +34,29 @@ def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
         assert key in r.data.metrics, key
     assert 0 <= r.data.metrics["best_val_miou"] <= 1
     assert r.data.params["tta"] == "flip" and 0 <= r.data.metrics["val_miou_without_tta"] <= 1
-    assert r.data.params["xla"] == "True" and r.data.params["precision"] == "mixed_bfloat16"
+    assert r.data.params["xla"] == "False" and r.data.params["precision"] == "mixed_bfloat16"
     assert [m.step for m in client.get_metric_history(run_id, "val/miou")] == [1, 2]
     assert len(client.get_metric_history(run_id, "train/loss")) == 2
-    assert r.data.tags["dataset_digest"] and r.data.tags["git_commit"]
+    assert r.data.tags["dataset_digest"]  # provenance tags: tests/test_run_records.py
     files = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "gallery")}
     assert {"curves.png", "gallery/val_gallery.png"} <= files
     assert (root / "mlruns" / "mlflow.db").is_file() and (root / "mlruns" / "artifacts").is_dir()
 
 
+@pytest.mark.slow  # XLA compiles the training step: 30 s on 2 shared cores
+def test_training_with_xla_finishes_and_is_logged_as_such(tmp_path):
+    with in_project(tmp_path):
+        exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=24))
+        result = invoke("train", exp, "train.xla=true")
+    assert result.exit_code == 0, result.output
+    r = store_client(tmp_path).get_run(run_id_of(result.output))
+    assert r.info.status == "FINISHED" and r.data.params["xla"] == "True"
+
+
 def test_evaluate_json_has_the_figures(trained, monkeypatch):
     root, data, run_id = trained
     monkeypatch.chdir(root)
-    result = run("evaluate", f"runs:/{run_id}/model", data, "--json")
+    result = invoke("evaluate", f"runs:/{run_id}/model", data, "--json")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert figures["images"] == 60 and 0 <= figures["miou"] <= 1 and 0 <= figures["accuracy"] <= 1
@@ -65,15 +66,14 @@ def test_evaluate_json_has_the_figures(trained, monkeypatch):
 def test_evaluate_on_the_runs_validation_split_reproduces_its_figures(trained, monkeypatch):
     root, data, run_id = trained
     monkeypatch.chdir(root)
-    result = run("evaluate", f"runs:/{run_id}/model", data, "--json", "--subset", "val", "--val-split", "0.25", "--seed", "0")
+    result = invoke("evaluate", f"runs:/{run_id}/model", data, "--json", "--subset", "val", "--val-split", "0.25", "--seed", "0")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
-    logged = MlflowClient().get_run(run_id).data.metrics
+    logged = store_client(root).get_run(run_id).data.metrics
     assert figures["images"] == 15 and figures["subset"] == "val"
     assert figures["miou"] == pytest.approx(logged["best_val_miou"], abs=1e-4)
     assert figures["accuracy"] == pytest.approx(logged["val_accuracy"], abs=1e-4)  # the logged model has the TTA in it
-    flipped = json.loads(run("evaluate", f"runs:/{run_id}/model", data, "--json", "--tta", "flip").stdout)
+    flipped = json.loads(invoke("evaluate", f"runs:/{run_id}/model", data, "--json", "--tta", "flip").stdout)
     assert flipped["tta"] == "flip" and flipped["images"] == 60 and 0 <= flipped["miou"] <= 1
 
 
@@ -86,7 +86,7 @@ def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tm
     twin = tmp_path / "elsewhere" / photo.name  # the same file name in another folder
     twin.parent.mkdir()
     twin.write_bytes(photo.read_bytes())
-    result = run("predict", f"runs:/{run_id}/model", photo, broken, twin, "--json", "--out", tmp_path / "out")
+    result = invoke("predict", f"runs:/{run_id}/model", photo, broken, twin, "--json", "--out", tmp_path / "out")
     assert result.exit_code == 1, result.output  # one image failed
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert lines[0]["image"] == str(photo) and lines[0]["label"] in ("cat", "dog")
@@ -134,14 +134,19 @@ def dtype_policies(model) -> set[str]:
         (["train.epoks=2"], "train.epoks: Extra inputs are not permitted"),
     ],
 )
-def test_bad_configuration_is_one_line_and_exit_2(tmp_path, monkeypatch, args, message):
-    import subprocess
-    import sys
-
-    monkeypatch.chdir(tmp_path)
+def test_bad_configuration_is_a_one_line_error(tmp_path, args, message):
     exp = tiny_experiment(tmp_path, tmp_path / "photos")
     (tmp_path / "photos").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "petloc", "train", str(exp), *args], capture_output=True, text=True, timeout=300)
+    with in_project(tmp_path), pytest.raises(PetlocError, match=re.escape(message)) as err:
+        invoke("train", exp, *args)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow  # loading an experiment imports TensorFlow: 5-20 s for a new process
+def test_bad_configuration_from_the_shell_is_exit_2_without_traceback(tmp_path):
+    exp = tiny_experiment(tmp_path, tmp_path / "photos")
+    (tmp_path / "photos").mkdir()
+    proc = petloc_process("train", exp, "train.epoks=2", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("petloc: error: ")
+    assert "train.epoks: Extra inputs are not permitted" in proc.stderr and "Traceback" not in proc.stderr

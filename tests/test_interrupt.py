@@ -1,14 +1,15 @@
 """A `petloc train` stopped with SIGTERM (kill, a CI timeout) ends its MLflow run KILLED."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import tiny_dataset, tiny_experiment
+from tests.helpers import PETLOC, petloc_env, store_client, tiny_dataset, tiny_experiment
+
+pytestmark = pytest.mark.slow  # a training process of its own, killed mid-run
 
 
 def training_run(client: MlflowClient):
@@ -24,10 +25,9 @@ def training_run(client: MlflowClient):
 def test_sigterm_marks_the_run_killed(tmp_path):
     data = tiny_dataset(tmp_path / "photos", count=40)
     exp = tiny_experiment(tmp_path, data)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    proc = subprocess.Popen([sys.executable, "-m", "petloc", "train", str(exp), "train.epochs=1000"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = store_client(tmp_path)
+    proc = subprocess.Popen([*PETLOC, "train", str(exp), "train.epochs=1000"],
+                            cwd=tmp_path, env=petloc_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         run, deadline = None, time.monotonic() + 240
         while run is None and proc.poll() is None and time.monotonic() < deadline:

@@ -19,7 +19,8 @@ def batch(n=4, seed=0):
     return x, y
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+# `simple` in the fast tier; every other backbone (the big Keras applications among them) in the slow one.
+@pytest.mark.parametrize("name", [name if name == "simple" else pytest.param(name, marks=pytest.mark.slow) for name in sorted(BACKBONES)])
 def test_every_backbone_runs_forward_and_backward(name):
     spec = Hyperparameters(backbone=name, width=0.35 if name == "mobilenetv2" else 0.5, head_units=16)
     model = compile_model(build_model(spec, SIZE), spec)
@@ -77,7 +78,7 @@ def test_box_losses_are_zero_on_a_perfect_box_and_grow_with_error():
 
 
 def test_saved_model_reloads_in_safe_mode_with_same_outputs(tmp_path):
-    spec = Hyperparameters(backbone="resnet50", head_units=8)  # resnet50 carries a custom layer
+    spec = Hyperparameters(backbone="vgg16", head_units=8)  # carries a custom layer (CaffePreprocess), as resnet50 does, and builds 5x faster
     model = compile_model(build_model(spec, SIZE), spec)
     x, _ = batch(2)
     path = tmp_path / "m.keras"
@@ -124,6 +125,7 @@ def test_head_crop_cuts_the_box_with_its_margin():
     assert wide[10, 10] > 200 and wide[1, 1] < 50  # head in the middle, background at the edge
 
 
+@pytest.mark.slow  # XLA compiles the train step
 def test_context_backbone_trains_under_xla():
     spec = Hyperparameters(backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre")
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=True)
@@ -136,6 +138,7 @@ def test_context_backbone_trains_under_xla():
     assert np.isfinite(first) and last < first
 
 
+@pytest.mark.slow  # the head crop also trains and reloads in test_centre_box_head_trains_on_unsized_batches_and_reloads
 def test_head_crop_stage_trains_and_reloads(tmp_path):
     spec = Hyperparameters(backbone="simple", width=0.25, head_units=8, box_loss="l1", second_stage="head_crop")
     model = compile_model(build_model(spec, SIZE), spec)
@@ -165,7 +168,9 @@ def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
     np.testing.assert_allclose(np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6)  # clipped at the top
 
 
-@pytest.mark.parametrize("second_stage, xla", [("none", False), ("head_crop", False), ("none", True)])
+# The fast tier trains the centre head once, with the head crop; alone and under XLA in the slow one.
+@pytest.mark.parametrize("second_stage, xla", [pytest.param("none", False, marks=pytest.mark.slow), ("head_crop", False),
+                                               pytest.param("none", True, marks=pytest.mark.slow)])
 def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_stage, xla):
     import tensorflow as tf
 
@@ -204,6 +209,7 @@ def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     assert model(x)["box"].dtype == "float32"
 
 
+@pytest.mark.slow  # the fast tier has it end to end: tests/test_cli_train.py trains in mixed_bfloat16, loads float32
 def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_float32():
     from petloc.data.pipeline import ImageSet
     from petloc.training.fit import fit_localiser

@@ -5,8 +5,6 @@ import io
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +18,7 @@ from petloc.data.oxford_download import download_oxford
 from petloc.data.readers import scan
 from petloc.data.records import Skipped
 from petloc.errors import PetlocError
+from tests.helpers import petloc_process
 
 W, H = 48, 40
 CATS = ["Abyssinian_1", "Bengal_2", "Birman_3", "Persian_4"]
@@ -481,7 +480,7 @@ def test_the_path_max_symlink_chain_of_cve_2025_4517_writes_nothing_outside(tmp_
 
 def petloc_data_oxford(*args):
     """The real command, as a user runs it: exit code, stdout, stderr."""
-    done = subprocess.run([sys.executable, "-m", "petloc", "data", "oxford", *map(str, args)], capture_output=True, text=True)
+    done = petloc_process("data", "oxford", *args)
     return done.returncode, done.stdout, done.stderr
 
 

@@ -1,44 +1,24 @@
 """`petloc predict` and `evaluate` on tiny untrained models: what is written, what is refused,
 and the exit codes a script can rely on."""
 
-import io
 import json
 import re
-import subprocess
-import sys
 
 import cv2
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from petloc.cli import cli
 from petloc.errors import PetlocError
 from petloc.model import Hyperparameters, build_model
 from petloc.tracking.registry import load_predictor
-from tests.helpers import in_project, tiny_dataset
+from tests.helpers import in_project, invoke, jpeg, jpeg_with_orientation, petloc_process, photo, tiny_dataset, with_extraneous_bytes
 
 SIZE = 32
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
 def json_lines(result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.strip().splitlines()]
-
-
-def photo(w: int = 64, h: int = 48, seed: int = 0) -> np.ndarray:
-    noise = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    return cv2.GaussianBlur(noise, (5, 5), 2)
-
-
-def jpeg(rgb: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buffer.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +38,7 @@ def test_out_into_the_photos_own_folder_never_overwrites_it(models, tmp_path):
     original = cv2.imencode(".png", photo())[1].tobytes()
     (tmp_path / "photo.png").write_bytes(original)
     for _ in range(2):  # a second run adds copies too, it does not replace the first
-        assert run("predict", models / "tiny.keras", tmp_path / "photo.png", "--out", tmp_path).exit_code == 0
+        assert invoke("predict", models / "tiny.keras", tmp_path / "photo.png", "--out", tmp_path).exit_code == 0
     assert (tmp_path / "photo.png").read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo-2.png", "photo-3.png", "photo.png"]
 
@@ -67,7 +47,7 @@ def test_an_annotated_copy_that_cannot_be_written_is_an_error_line_and_a_failure
     long_name = tmp_path / ("p" * 255)  # readable, but "ppp...p.png" is over the 255-byte name limit
     long_name.write_bytes(jpeg(photo()))
     (tmp_path / "good.jpg").write_bytes(jpeg(photo()))
-    result = run("predict", models / "tiny.keras", tmp_path / "good.jpg", long_name, "--json", "--out", tmp_path / "out")
+    result = invoke("predict", models / "tiny.keras", tmp_path / "good.jpg", long_name, "--json", "--out", tmp_path / "out")
     good, failed = json_lines(result)
     assert "label" in good
     assert failed == {"image": str(long_name), "error": "cannot write the annotated copy: File name too long"}
@@ -92,13 +72,12 @@ def test_a_bad_out_is_one_line_before_the_model_is_loaded(tmp_path, where, reaso
     out = where if where.startswith("/") else tmp_path / where
     # The model does not exist: the error names --out, so --out was checked first.
     with pytest.raises(PetlocError, match=rf"^{out}: .*{reason}".replace("(", r"\(").replace(")", r"\)")):
-        run("predict", tmp_path / "missing.keras", tmp_path / "a_file", "--out", out)
+        invoke("predict", tmp_path / "missing.keras", tmp_path / "a_file", "--out", out)
 
 
 def test_bad_out_from_the_shell_is_exit_2_without_traceback(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
-    proc = subprocess.run([sys.executable, "-m", "petloc", "predict", "missing.keras", "x.jpg", "--out", "a_file/sub"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = petloc_process("predict", "missing.keras", "x.jpg", "--out", "a_file/sub", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "petloc: error: a_file/sub: cannot write annotated copies there (Not a directory)"
     assert "Traceback" not in proc.stderr
@@ -111,9 +90,9 @@ def test_a_plain_keras_model_is_refused_in_one_line_by_predict_and_evaluate(mode
     (tmp_path / "photo.jpg").write_bytes(jpeg(photo()))
     message = r"plain.keras: not a petloc localiser \(its output is shape \(None, 2\); expected 'cls'"
     with pytest.raises(PetlocError, match=message):
-        run("predict", models / "plain.keras", tmp_path / "photo.jpg")
+        invoke("predict", models / "plain.keras", tmp_path / "photo.jpg")
     with pytest.raises(PetlocError, match=message):
-        run("evaluate", models / "plain.keras", tmp_path)
+        invoke("evaluate", models / "plain.keras", tmp_path)
 
 
 def test_a_logged_model_with_a_lambda_layer_is_refused_in_one_line(tmp_path):
@@ -131,7 +110,7 @@ def test_a_logged_model_with_a_lambda_layer_is_refused_in_one_line(tmp_path):
         with mlflow.start_run() as active:
             mlflow.keras.log_model(model, name="model", pip_requirements=[])
         with pytest.raises(PetlocError, match=rf"^runs:/{active.info.run_id}/model: not a loadable Keras model \(.*Lambda"):
-            run("predict", f"runs:/{active.info.run_id}/model", tmp_path / "x.jpg")
+            invoke("predict", f"runs:/{active.info.run_id}/model", tmp_path / "x.jpg")
 
 
 # ---- item 10: exit codes -------------------------------------------------------------
@@ -140,20 +119,14 @@ def test_a_logged_model_with_a_lambda_layer_is_refused_in_one_line(tmp_path):
 def test_exit_code_is_1_when_any_image_failed_and_0_when_all_were_answered(models, tmp_path):
     (tmp_path / "good.jpg").write_bytes(jpeg(photo()))
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    mixed = run("predict", models / "tiny.keras", tmp_path / "good.jpg", tmp_path / "broken.jpg", "--json")
+    mixed = invoke("predict", models / "tiny.keras", tmp_path / "good.jpg", tmp_path / "broken.jpg", "--json")
     assert [("error" in row) for row in json_lines(mixed)] == [False, True]  # every line still printed
     assert mixed.exit_code == 1
-    assert run("predict", models / "tiny.keras", tmp_path / "good.jpg").exit_code == 0
-    assert "Exit code 0 when every image was answered, 1 when any failed" in " ".join(run("predict", "--help").stdout.split())
+    assert invoke("predict", models / "tiny.keras", tmp_path / "good.jpg").exit_code == 0
+    assert "Exit code 0 when every image was answered, 1 when any failed" in " ".join(invoke("predict", "--help").stdout.split())
 
 
 # ---- item 14: a photo the decoder repairs is answered, with a warning ---------------------
-
-
-def with_extraneous_bytes(data: bytes, count: int = 240) -> bytes:
-    """Garbage before the end marker: libjpeg skips it and the image is complete."""
-    assert data.endswith(b"\xff\xd9")
-    return data[:-2] + bytes(range(1, count + 1)) + data[-2:]
 
 
 def test_predict_answers_a_jpeg_with_extraneous_bytes_and_warns(models, tmp_path):
@@ -161,7 +134,7 @@ def test_predict_answers_a_jpeg_with_extraneous_bytes_and_warns(models, tmp_path
     (tmp_path / "good.jpg").write_bytes(good)
     (tmp_path / "padded.jpg").write_bytes(with_extraneous_bytes(good))
     (tmp_path / "cut.jpg").write_bytes(good[: len(good) * 2 // 3] + b"\xff\xd9")  # truncated data, end marker glued on
-    result = run("predict", models / "tiny.keras", tmp_path / "good.jpg", tmp_path / "padded.jpg", tmp_path / "cut.jpg", "--json")
+    result = invoke("predict", models / "tiny.keras", tmp_path / "good.jpg", tmp_path / "padded.jpg", tmp_path / "cut.jpg", "--json")
     clean, padded, cut = json_lines(result)
     assert {k: v for k, v in padded.items() if k not in ("image", "warning")} == {k: v for k, v in clean.items() if k != "image"}
     # libjpeg counts a few of the bytes as read ahead with the last scan data: 235 of 240 here
@@ -176,7 +149,7 @@ def test_evaluate_keeps_a_jpeg_with_extraneous_bytes(models, tmp_path):
     first = sorted(data.glob("*.jpg"))[0]
     first.write_bytes(with_extraneous_bytes(first.read_bytes()))
     with in_project(tmp_path):
-        figures = json.loads(run("evaluate", models / "tiny.keras", data, "--json").stdout)
+        figures = json.loads(invoke("evaluate", models / "tiny.keras", data, "--json").stdout)
     assert (figures["images"], figures["skipped"]) == (8, 0)
 
 
@@ -184,15 +157,9 @@ def test_evaluate_keeps_a_jpeg_with_extraneous_bytes(models, tmp_path):
 
 
 def test_predict_reads_a_phone_photo_upright_and_boxes_it_in_that_frame(models, tmp_path):
-    from PIL import Image
-
-    stored = photo(64, 48)
-    exif = Image.Exif()
-    exif[274] = 6  # the camera was turned: show the stored pixels rotated 90 degrees clockwise
-    buffer = io.BytesIO()
-    Image.fromarray(stored).save(buffer, "JPEG", exif=exif, quality=95)
-    (tmp_path / "phone.jpg").write_bytes(buffer.getvalue())
-    decoded_as_stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+    phone = jpeg_with_orientation(photo(), 6)  # the camera was turned: show the stored pixels rotated 90 degrees clockwise
+    (tmp_path / "phone.jpg").write_bytes(phone)
+    decoded_as_stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(phone, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
     [upright] = load_predictor(models / "tiny.keras").predict([cv2.rotate(decoded_as_stored, cv2.ROTATE_90_CLOCKWISE)])
-    [row] = json_lines(run("predict", models / "tiny.keras", tmp_path / "phone.jpg", "--json"))
+    [row] = json_lines(invoke("predict", models / "tiny.keras", tmp_path / "phone.jpg", "--json"))
     assert row["box"] == upright.to_dict()["box"] and row["score"] == upright.to_dict()["score"]

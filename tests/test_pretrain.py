@@ -1,24 +1,21 @@
 """`petloc pretrain` registers a classifier; a localiser starts from its backbone by name,
 frozen or fine-tuned; head crops keep the head box right."""
 
+import re
+
 import keras
 import mlflow
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from petloc.cli import cli
 from petloc.data.pipeline import ImageSet
+from petloc.errors import PetlocError
 from petloc.training.pretrain import with_head_crops
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
+from tests.helpers import in_project, invoke, run_id_of, tiny_dataset, tiny_experiment
 
 # Pretrained at 40 px; the localisers below take its weights at the experiment's 32 px.
 PRETRAIN = {"backbone": "simple", "width": 0.25, "epochs": 1, "batch_size": 16, "aug_strength": 0.3, "image_size": 40}
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_head_crop_box_still_frames_the_head():
@@ -35,6 +32,9 @@ def test_head_crop_box_still_frames_the_head():
         assert (x2 - x1) * (y2 - y1) > 0.3 * 40 * 40  # the head fills much more of the crop
 
 
+# Everything below needs a pretrained network: slow.
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
@@ -42,11 +42,12 @@ def pretrained(tmp_path_factory):
         # The experiment's own tracking.uri, not the default store: the backbone is looked up there.
         exp = tiny_experiment(root, tiny_dataset(root / "photos"), pretrain=PRETRAIN,
                               tracking={"uri": f"sqlite:///{root}/elsewhere/mlflow.db"})
-        result = run("pretrain", exp)
+        result = invoke("pretrain", exp)
         assert result.exit_code == 0, result.output
         yield root, exp, result.output
 
 
+@pytest.mark.slow
 def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
     root, exp, output = pretrained
     monkeypatch.chdir(root)
@@ -64,14 +65,15 @@ def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
     assert "petloc-backbone@champion is now version 1" in output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", [True, False])
 def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, freeze):
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = run("train", exp, "space.backbone=registered:petloc-backbone@champion", f"space.freeze_backbone={str(freeze).lower()}")
+    result = invoke("train", exp, "space.backbone=registered:petloc-backbone@champion", f"space.freeze_backbone={str(freeze).lower()}")
     assert result.exit_code == 0, result.output
-    run_id = result.output.split("MLflow run ")[1].split()[0]
+    run_id = run_id_of(result.output)
     mlflow.set_tracking_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
@@ -85,13 +87,7 @@ def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, 
     assert all(same) if freeze else not all(same)
 
 
-def petloc_train(exp, *args):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "petloc", "train", str(exp), *args], capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["space.backbone=registered:nothing@champion"], "models:/nothing@champion: no such registered model version; registered: petloc-backbone"),
     (["space.backbone=registered:petloc-backbone"], "should be registered:NAME@ALIAS or registered:NAME/VERSION"),
@@ -101,17 +97,16 @@ def petloc_train(exp, *args):
 def test_bad_registered_backbone_is_one_line(pretrained, monkeypatch, args, message):
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
-    proc = petloc_train(exp, *args)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(PetlocError, match=re.escape(message)):
+        invoke("train", exp, *args)
 
 
+@pytest.mark.slow
 def test_a_localiser_is_not_a_backbone(pretrained, monkeypatch):
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/elsewhere/mlflow.db")  # for petloc promote
-    trained = run("train", exp)
-    run_id = trained.output.split("MLflow run ")[1].split()[0]
-    assert run("promote", run_id).exit_code == 0  # petloc@champion, a localiser
-    proc = petloc_train(exp, "space.backbone=registered:petloc@champion")
-    assert proc.returncode == 2 and "registered:petloc@champion is not a network from petloc pretrain" in proc.stderr
+    trained = invoke("train", exp)
+    assert invoke("promote", run_id_of(trained.output)).exit_code == 0  # petloc@champion, a localiser
+    with pytest.raises(PetlocError, match="registered:petloc@champion is not a network from petloc pretrain"):
+        invoke("train", exp, "space.backbone=registered:petloc@champion")

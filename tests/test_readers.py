@@ -17,21 +17,9 @@ from petloc.data.images import BadImage, decode_image, decode_rgb, header_size, 
 from petloc.data.readers import OVERSHOOT_TOLERANCE_PX, checked_box, detect_layout, scan
 from petloc.data.records import Sample, Skipped
 from petloc.errors import PetlocError
+from tests.helpers import blank_png, encode, invoke, jpeg_with_orientation, marked_photo, photo, with_extraneous_bytes
 
 W, H = 64, 48
-
-
-def photo(seed: int = 0, w: int = W, h: int = H) -> np.ndarray:
-    """A smooth random RGB picture: JPEG-friendly, different per seed."""
-    noise = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    return cv2.GaussianBlur(noise, (5, 5), 2)
-
-
-def encode(rgb: np.ndarray, ext: str = ".jpg", *params: int) -> bytes:
-    pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 and rgb.shape[2] == 3 else rgb
-    ok, buffer = cv2.imencode(ext, pixels, list(params))
-    assert ok
-    return buffer.tobytes()
 
 
 def scan_data_span(jpeg: bytes) -> tuple[int, int]:
@@ -181,11 +169,6 @@ def test_corrupt_jpeg_is_refused_without_libjpeg_noise_on_stderr(tmp_path, capfd
     assert "Corrupt JPEG" not in capfd.readouterr().err
 
 
-def with_extraneous_bytes(jpeg: bytes, count: int = 240) -> bytes:
-    """Garbage before the end marker: libjpeg skips it, the image is complete."""
-    return jpeg[:-2] + bytes(range(1, count + 1)) + jpeg[-2:]
-
-
 def test_extraneous_bytes_are_a_warning_when_lenient_and_refused_when_strict(tmp_path):
     (tmp_path / "padded.jpg").write_bytes(with_extraneous_bytes(GOOD_JPEG))
     image = read_image(tmp_path / "padded.jpg")
@@ -205,23 +188,6 @@ def test_truncated_jpegs_stay_errors_when_lenient(data, reason):
         decode_image(data)
 
 
-def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
-    from PIL import Image
-
-    exif = Image.Exif()
-    exif[274] = orientation
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "JPEG", exif=exif, quality=95)
-    return buffer.getvalue()
-
-
-def marked_photo() -> np.ndarray:
-    """Gray, with a red block in the stored top-left corner."""
-    rgb = np.full((H, W, 3), 128, np.uint8)
-    rgb[:12, :16] = (255, 0, 0)
-    return rgb
-
-
 def test_a_phone_photo_is_read_upright_as_a_viewer_shows_it(tmp_path):
     (tmp_path / "phone.jpg").write_bytes(jpeg_with_orientation(marked_photo(), 6))  # turned 90 degrees clockwise
     pixels = read_rgb(tmp_path / "phone.jpg")
@@ -238,20 +204,6 @@ def test_every_exif_orientation_matches_pillows_exif_transpose(orientation):
     data = jpeg_with_orientation(marked_photo(), orientation)
     expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")).astype(int)
     assert np.abs(decode_rgb(data).astype(int) - expected).max() <= 3  # two JPEG decoders' rounding
-
-
-def blank_png(width: int, height: int) -> bytes:
-    """A black 8-bit gray PNG: width x height bytes once decoded, a thousandth of that on disk."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    deflate, row = zlib.compressobj(9), bytes(width + 1)  # filter byte + a row of zeros
-    body = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
@@ -486,7 +438,17 @@ def test_scan_raises_layout_errors_before_iterating(tmp_path):
         scan(tmp_path / "missing")
 
 
-def test_skipped_reasons_are_json_friendly(tmp_path):
+def test_data_check_json_counts_the_usable_photos_and_names_each_skipped_file_and_reason(tmp_path):
+    write_pair(tmp_path, "good", "1 1 1 30 30")
     write_pair(tmp_path, "wrong", "3 1 1 30 30")
-    _, [skipped] = items(tmp_path)
-    assert json.loads(json.dumps({"path": str(skipped.path), "reason": skipped.reason}))["reason"]
+    write_pair(tmp_path, "cut", "2 1 1 30 30", GOOD_JPEG[:-300])
+    result = invoke("data", "check", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["layout"], report["usable"]) == ("cats_dogs", 1)
+    assert report["skipped"] == [
+        {"path": str(tmp_path / "cut.jpg"), "reason": "truncated JPEG: no end-of-image marker (FFD9)"},
+        {"path": str(tmp_path / "wrong.jpg"), "reason": "wrong.txt: class 3 is not 1 (cat) or 2 (dog)"},
+    ]
+    with pytest.raises(PetlocError, match=r"cut\.jpg: truncated JPEG"):
+        invoke("data", "check", tmp_path, "--json", "--on-bad", "fail")

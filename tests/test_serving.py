@@ -4,7 +4,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from petloc.cli import cli
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import (blank_png, free_port, in_project, invoke, jpeg, jpeg_with_orientation, marked_photo, photo,
+                           run_id_of, tiny_dataset, tiny_experiment, with_extraneous_bytes)
 
 
 def post(port: int, body: dict) -> dict:
@@ -38,9 +32,8 @@ def champion(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     with in_project(root):
         data = tiny_dataset(root / "photos", count=40)
-        result = CliRunner().invoke(cli, ["train", str(tiny_experiment(root, data))], catch_exceptions=False)
-        run_id = result.output.split("MLflow run ")[1].split()[0]
-        promoted = CliRunner().invoke(cli, ["promote", run_id], catch_exceptions=False)
+        result = invoke("train", tiny_experiment(root, data))
+        promoted = invoke("promote", run_id_of(result.output))
         assert "petloc@champion is now version 1" in promoted.output, promoted.output
         yield root, data
 
@@ -76,6 +69,7 @@ def server(champion):
         log.close()
 
 
+@pytest.mark.slow
 def test_rest_request_with_a_jpeg_gets_label_score_and_pixel_box(server):
     port, data = server
     photo = sorted(Path(data).glob("*.jpg"))[0]
@@ -86,22 +80,6 @@ def test_rest_request_with_a_jpeg_gets_label_score_and_pixel_box(server):
     x1, y1, x2, y2 = good["box"]
     assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64  # pixels of the 64 px photo
     assert "not an image" in bad["error"]
-
-
-def test_pyfunc_in_process_matches_the_cli(champion, monkeypatch):
-    import mlflow.pyfunc
-    import pandas as pd
-
-    root, data = champion
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlruns/mlflow.db")
-    from petloc import load_model
-
-    photo = sorted(Path(data).glob("*.jpg"))[0]
-    served = mlflow.pyfunc.load_model("models:/petloc@champion").predict(pd.DataFrame({"image": [base64.b64encode(photo.read_bytes()).decode()]}))
-    from petloc.data.images import read_rgb
-
-    direct = load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()
-    assert served[0] == direct
 
 
 # ---- limits: one request must not take the server's memory -------------------------------
@@ -124,9 +102,8 @@ print(json.dumps({"growth_mb": peak() - before, "rows": rows}))
 """
 
 
+@pytest.mark.slow
 def test_a_huge_png_costs_the_pyfunc_little_memory_and_gets_its_own_error(tmp_path):
-    from tests.test_readers import blank_png
-
     (tmp_path / "huge.png").write_bytes(blank_png(20000, 20000))  # 0.5 MB of base64; decoded in RGB, 1.2 GB
     env = {k: v for k, v in os.environ.items() if not k.startswith("PETLOC_")}
     proc = subprocess.run([sys.executable, "-c", HUGE_PNG_REQUEST, str(tmp_path / "huge.png")],
@@ -153,16 +130,8 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def jpeg(rgb, quality: int = 90) -> bytes:
-    import cv2
-
-    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
-
-
 def test_rows_and_images_over_the_limits_get_their_own_error(tiny_pyfunc, monkeypatch):
     import pandas as pd
-
-    from tests.test_readers import photo
 
     small, large = jpeg(photo()), jpeg(photo(w=400, h=300))
     monkeypatch.setenv("PETLOC_MAX_ROWS", "3")
@@ -181,8 +150,6 @@ def test_a_large_photo_is_shrunk_but_boxed_in_its_own_pixels(tiny_pyfunc):
     import cv2
     import pandas as pd
 
-    from tests.test_readers import photo
-
     big = cv2.resize(photo(), (3000, 2000), interpolation=cv2.INTER_LINEAR)
     data = jpeg(big)
     [served] = tiny_pyfunc.predict(pd.DataFrame({"image": [b64(data)]}))
@@ -195,8 +162,6 @@ def test_a_large_photo_is_shrunk_but_boxed_in_its_own_pixels(tiny_pyfunc):
 def test_served_phone_photo_is_upright_and_a_repaired_jpeg_is_answered_with_a_warning(tiny_pyfunc):
     import cv2
     import pandas as pd
-
-    from tests.test_readers import jpeg_with_orientation, marked_photo, with_extraneous_bytes
 
     phone = jpeg_with_orientation(marked_photo(), 6)
     stored = cv2.cvtColor(cv2.imdecode(np.frombuffer(phone, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)

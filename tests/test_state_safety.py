@@ -2,7 +2,6 @@
 run status tells the truth, and several processes on one store do not corrupt each other."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,30 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from mlflow.tracking import MlflowClient
 
 from petloc.tracking import runs, store
-from petloc.cli import cli
 from petloc.data.pipeline import CACHE_VERSION, dataset_digest, load_arrays
 from petloc.errors import PetlocError
 from petloc.files import atomic_write_text, exclusive_lock, remove_tree
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from tests.helpers import PETLOC, in_project, invoke, petloc_env, store_client, tiny_dataset, tiny_experiment
 
 
 def sweep_runs(root: Path, name: str = "tiny"):
-    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    client = store_client(root)
     experiment = client.get_experiment_by_name(name)
     parents = client.search_runs([experiment.experiment_id], "tags.`petloc.kind` = 'sweep'", run_view_type=3)
     return client, parents
-
-
-def petloc_env() -> dict:
-    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
 # --- names and deletes -------------------------------------------------------------------
@@ -159,6 +147,7 @@ def test_a_sweep_that_fails_after_its_parent_run_exists_ends_it_failed(tmp_path)
 OPEN_STORE = "from petloc.tracking import runs, store; store.configure(); runs.experiment_id('e')"
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_store_together_all_succeed(tmp_path):
     """MLflow migrates a new SQLite store on first open; two processes doing it at once
     crashed one of them ("Online migration expected to match one row")."""
@@ -194,12 +183,12 @@ def test_sweep_killed_with_sigkill_resumes_and_fresh_retires_its_runs(tmp_path):
     the old parent run."""
     data = tiny_dataset(tmp_path / "photos", count=40)
     exp = tiny_experiment(tmp_path, data, train={"epochs": 1000}, tuner={"max_trials": 1})
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    proc = subprocess.Popen([sys.executable, "-m", "petloc", "sweep", str(exp)], cwd=tmp_path, env=petloc_env(),
+    client = store_client(tmp_path)
+    proc = subprocess.Popen([*PETLOC, "sweep", str(exp)], cwd=tmp_path, env=petloc_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         trial = _wait_for_training_trial(client, proc)
-        second = subprocess.run([sys.executable, "-m", "petloc", "sweep", str(exp)], cwd=tmp_path, env=petloc_env(),
+        second = subprocess.run([*PETLOC, "sweep", str(exp)], cwd=tmp_path, env=petloc_env(),
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert "is already running in another process" in second.stderr.strip().splitlines()[-1]
@@ -209,7 +198,7 @@ def test_sweep_killed_with_sigkill_resumes_and_fresh_retires_its_runs(tmp_path):
         proc.kill()
     parent_id = trial.data.tags["mlflow.parentRunId"]
     assert client.get_run(trial.info.run_id).info.status == "RUNNING"  # what kill -9 leaves
-    fresh = subprocess.run([sys.executable, "-m", "petloc", "sweep", str(exp), "train.epochs=1", "--fresh"],
+    fresh = subprocess.run([*PETLOC, "sweep", str(exp), "train.epochs=1", "--fresh"],
                            cwd=tmp_path, env=petloc_env(), capture_output=True, text=True, timeout=600)
     assert fresh.returncode == 0, fresh.stderr
     for run_id in (parent_id, trial.info.run_id):
@@ -237,13 +226,13 @@ def _wait_for_training_trial(client, proc, timeout=240):
 def test_two_different_sweeps_started_together_on_a_new_store_both_finish(tmp_path):
     data = tiny_dataset(tmp_path / "photos", count=24)
     exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"max_trials": 2})
-    procs = [subprocess.Popen([sys.executable, "-m", "petloc", "sweep", str(exp), f"name={name}"], cwd=tmp_path, env=petloc_env(),
+    procs = [subprocess.Popen([*PETLOC, "sweep", str(exp), f"name={name}"], cwd=tmp_path, env=petloc_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("first", "second")]
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err.strip().splitlines()[-1:]
         assert "(2 finished, 0 failed" in out
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    client = store_client(tmp_path)
     [experiment] = [e for e in client.search_experiments() if e.name == "tiny"]
     parents = client.search_runs([experiment.experiment_id], "tags.`petloc.kind` = 'sweep'")
     assert sorted(p.info.status for p in parents) == ["FINISHED", "FINISHED"]

@@ -1,22 +1,17 @@
 """`petloc sweep` end to end: real Keras Tuner oracle, real MLflow store and registry."""
 
-import mlflow
+import base64
+
 import pytest
-from click.testing import CliRunner
-from mlflow.tracking import MlflowClient
 
-from petloc.cli import cli
 from petloc.errors import PetlocError
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
+from tests.helpers import children, in_project, invoke, parent_id_of, run_id_of, store_client, tiny_dataset, tiny_experiment
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def children(client, parent_id):
-    parent = client.get_run(parent_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+def sweep_parent(client):
+    """The one parent run of the sweep 'tiny'."""
+    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    return parent
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +22,7 @@ def swept(tmp_path_factory):
         exp = tiny_experiment(root, data, space={"head_units": [8, 16], "aug_strength": [0.0, 0.3]}, train={"seed": 3})
         first = invoke("sweep", exp)
         assert first.exit_code == 0, first.output
-        mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
-        client = MlflowClient()
-        parent_id = first.output.split("parent run ")[1].split(";")[0]
-        yield root, exp, client, parent_id, first.output
+        yield root, exp, store_client(root), parent_id_of(first.output), first.output
 
 
 def test_one_parent_run_with_a_child_run_per_trial(swept):
@@ -42,10 +34,11 @@ def test_one_parent_run_with_a_child_run_per_trial(swept):
     settings = ("epochs", "early_stopping", "seed", "xla", "precision", "val_split", "data_seed")
     runs = children(client, parent_id)
     assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
+    tried = {(r.data.params["head_units"], r.data.params["aug_strength"]) for r in runs}
+    assert len(tried) == 2 and tried <= {(units, aug) for units in ("8", "16") for aug in ("0.0", "0.3")}  # two points of the space
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {k: r.data.params[k] for k in settings} == {k: parent.data.params[k] for k in settings}
-        assert r.data.params["head_units"] in ("8", "16")
         assert not any(k.startswith("tuner/") for k in r.data.params)
         assert {"best_val_miou", "val_accuracy", "latency_ms_b1", "latency_ms_b32", "params_count", "train_seconds"} <= set(r.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
@@ -74,6 +67,22 @@ def test_predict_and_evaluate_by_registered_name(swept, monkeypatch):
         assert '"label"' in result.stdout
     with pytest.raises(PetlocError, match=r"petloc@nope: no such registered model version; registered: petloc \(versions 1-"):
         invoke("predict", "petloc@nope", photo)
+
+
+def test_the_served_pyfunc_answers_as_the_python_api(swept, monkeypatch):
+    """What `mlflow models serve` loads (the pyfunc taking JPEGs) answers as petloc.load_model does."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    import petloc
+    from petloc.data.images import read_rgb
+
+    root = swept[0]
+    monkeypatch.chdir(root)
+    photo = sorted((root / "photos").glob("*.jpg"))[0]
+    direct = petloc.load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()  # also points MLflow at root's store
+    served = mlflow.pyfunc.load_model("models:/petloc@champion").predict(pd.DataFrame({"image": [base64.b64encode(photo.read_bytes()).decode()]}))
+    assert served == [direct]
 
 
 def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
@@ -122,8 +131,7 @@ def test_promotion_never_compares_figures_from_other_validation_data(swept, monk
     monkeypatch.chdir(root)
     champion = client.get_model_version_by_alias("petloc", "champion")
     trained = invoke("train", exp, "data.seed=1")  # another split: another validation set
-    run_id = trained.output.split("MLflow run ")[1].split()[0]
-    result = invoke("promote", run_id)
+    result = invoke("promote", run_id_of(trained.output))
     assert "measured on other validation data" in result.output
     assert client.get_model_version_by_alias("petloc", "champion").version == champion.version
     with pytest.raises(PetlocError, match="run 0123456789abcdef: not found"):
@@ -138,15 +146,15 @@ def test_failed_trials_are_failed_runs_and_stop_the_sweep(tmp_path, monkeypatch)
                           tuner={"max_consecutive_failures": 2, "max_trials": 5})
     with pytest.raises(PetlocError, match="no trial finished"):
         invoke("sweep", exp)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    client = MlflowClient()
-    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    client = store_client(tmp_path)
+    parent = sweep_parent(client)
     runs = children(client, parent.info.run_id)
     assert len(runs) == 2
     assert all(r.info.status == "FAILED" and "missing.weights.h5" in r.data.tags["error"] for r in runs)
     assert client.get_run(parent.info.run_id).info.status == "FAILED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bayesian", "grid", "hyperband"])
 def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)
@@ -157,10 +165,8 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
                           train={"epochs": 2 if kind == "hyperband" else 1})
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    client = MlflowClient()
-    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
-    runs = children(client, parent.info.run_id)
+    client = store_client(tmp_path)
+    runs = children(client, sweep_parent(client).info.run_id)
     assert runs and all(r.info.status == "FINISHED" for r in runs)
     if kind == "grid":  # each combination once, the last-listed hyperparameter turning fastest, then it stops
         order = sorted(runs, key=lambda r: int(r.data.tags["trial_id"]))

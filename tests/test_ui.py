@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import expect, sync_playwright
 
-from petloc.cli import cli
-from tests.helpers import tiny_dataset, tiny_experiment
+from tests.helpers import free_port, invoke, parent_id_of, petloc_env, tiny_dataset, tiny_experiment
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -41,15 +38,10 @@ TIMEOUT_MS = 30_000  # for clicks and expect()
 FIRST_LOAD_MS = 90_000  # parsing MLflow's 4 MB bundle took 5-35 s on a busy 2-CPU machine
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.ui,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def petloc_command() -> str:
@@ -110,14 +102,13 @@ def app(tmp_path_factory):
             uri = f"sqlite:///{root}/mlruns/mlflow.db"
             (root / "mlruns").mkdir()
             MlflowClient(uri).search_experiments()
-            env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
             proc = subprocess.Popen(
                 [petloc_command(), "ui", "--port", str(port)],
-                cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=root, env=petloc_env(), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
-            result = CliRunner().invoke(cli, ["sweep", str(exp)], catch_exceptions=False)
+            result = invoke("sweep", exp)
             assert result.exit_code == 0, result.output
-            parent_id = result.output.split("parent run ")[1].split(";")[0]
+            parent_id = parent_id_of(result.output)
             client = MlflowClient(uri, registry_uri=uri)
             parent = client.get_run(parent_id)
             trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
