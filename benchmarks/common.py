@@ -4,9 +4,12 @@ around the blocks is kept)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import re
+import shutil
+import tempfile
 import statistics
 import sys
 import time
@@ -18,6 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 BENCH_HEADING = "## `make bench`: ratios measured side by side"
+
+
+def scratch(prefix: str) -> Path:
+    """A temporary folder removed when the benchmark exits (photos, caches, stores)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"petloc-bench-{prefix}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def cpu_flags() -> list[str]:

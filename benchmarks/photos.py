@@ -3,8 +3,9 @@ is there (read in place, never copied into the repo), else synthetic pets of 128
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
+
+from common import scratch
 
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared/datasets/cats_dogs/train"
 SYNTH_SIZES = (128, 256, 384, 500)
@@ -16,9 +17,9 @@ def photo_files(count: int) -> tuple[list[str], str]:
         files = sorted(str(p) for p in SHARED_PHOTOS.glob("*.jpg"))[:count]
         if len(files) == count:
             return files, f"{count} real photos from {SHARED_PHOTOS.parent.name}/train"
-    from petloc.data.synth import generate
+    from petloc.data.synth import generate  # only when needed: TensorFlow-free otherwise
 
-    root = Path(tempfile.mkdtemp(prefix="petloc-bench-photos-"))
+    root = scratch("photos")
     per_size = -(-count // len(SYNTH_SIZES))
     for size in SYNTH_SIZES:
         generate(root / str(size), count=per_size, seed=size, size=size)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import common  # noqa: F401  (quiet TensorFlow before it loads)
 import keras
 import numpy as np
 import tensorflow as tf
-from common import table, verdict, write_block
+from common import scratch, table, verdict, write_block
 from photos import photo_files
 
 from petloc.data.pipeline import load_arrays, train_batches
@@ -39,7 +38,7 @@ SETUPS = [
 
 def linked_dataset(files: list[str]) -> Path:
     """A folder of links to `files` and their annotations: a dataset of exactly these photos."""
-    root = Path(tempfile.mkdtemp(prefix="petloc-bench-data-"))
+    root = scratch("data")
     for f in map(Path, files):
         for part in (f, f.with_suffix(".txt")):
             if part.exists():
@@ -48,7 +47,7 @@ def linked_dataset(files: list[str]) -> Path:
 
 
 def preparation(files: list[str], what: str) -> tuple[list[list], Path]:
-    root, cache = linked_dataset(files), Path(tempfile.mkdtemp(prefix="petloc-bench-cache-"))
+    root, cache = linked_dataset(files), scratch("cache")
     start = time.perf_counter()
     arrays = load_arrays(root, 128, cache_dir=cache)
     first = time.perf_counter() - start
@@ -88,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     files, what = photo_files(args.photos)
     rows, root = preparation(files, what)
-    synth = Path(tempfile.mkdtemp(prefix="petloc-bench-synth-"))
+    synth = scratch("synth")
     generate(synth, count=600, seed=0)
     data = {64: load_arrays(synth, 64, cache_dir=None), 128: load_arrays(root, 128, cache_dir=None)}
     for name, hp, size in SETUPS:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import keras
 import numpy as np
 import psutil
 import tensorflow as tf
-from common import alternate, median_ms, table, verdict, write_block
+from common import scratch, alternate, median_ms, table, verdict, write_block
 from photos import photo_files
 
 from petloc.data.images import read_image
@@ -102,7 +101,7 @@ def folder(model: keras.Model, files: list[str], what: str, rounds: int) -> list
 
 def command_seconds(model: keras.Model, files: list[str]) -> float:
     """Wall time of the `petloc predict` command on `files`, as a user runs it."""
-    folder = Path(tempfile.mkdtemp(prefix="petloc-bench-model-"))
+    folder = scratch("model")
     model.save(folder / "model.keras")
     start = time.perf_counter()
     subprocess.run([str(Path(sys.executable).with_name("petloc")), "predict", str(folder / "model.keras"), *files, "--json"],

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import table, write_block
+from common import scratch, table, write_block
 
 PETLOC = str(Path(sys.executable).with_name("petloc"))
 
@@ -28,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    folder = tempfile.mkdtemp(prefix="petloc-bench-startup-")
+    folder = str(scratch("startup"))
     (Path(folder) / "bad.yaml").write_text("name: x\ntrain:\n  epoch: 3\n")  # a typo: one line, exit 2
     commands = {
         "`petloc --help`": [PETLOC, "--help"],

@@ -12,12 +12,11 @@ import argparse
 import contextlib
 import io
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import common  # noqa: F401  (quiet TensorFlow before it loads)
-from common import table, verdict, write_block
+from common import scratch, table, verdict, write_block
 
 from petloc.config import parse_experiment
 from petloc.data.synth import generate
@@ -56,7 +55,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--count", type=int, default=600)
     args = parser.parse_args()
-    project = Path(tempfile.mkdtemp(prefix="petloc-bench-tracking-"))
+    project = scratch("tracking")
     os.chdir(project)  # a fresh project: its own mlruns/ store and data cache
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     generate(project / "pets", count=args.count, seed=0)
