@@ -7,6 +7,7 @@ import shutil
 import socket
 import tarfile
 import threading
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
@@ -227,11 +228,17 @@ def test_other_split_settings_redo_the_conversion(tmp_path, server, digests):
     assert len(splits["valid"]) == 6 and sorted(n in CATS for n in splits["valid"]).count(True) == 2
 
 
-def test_file_url_to_a_local_folder_works(tmp_path, archives, digests):
+def local_mirror(tmp_path, archives) -> Path:
+    """A folder holding the archives, for file:// URLs."""
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for name, body in archives.items():
         (mirror / name).write_bytes(body)
+    return mirror
+
+
+def test_file_url_to_a_local_folder_works(tmp_path, archives, digests):
+    mirror = local_mirror(tmp_path, archives)
     out = tmp_path / "oxford"
     (out / "downloads").mkdir(parents=True)
     (out / "downloads" / "images.tar.gz.part").write_bytes(b"stale")  # file:// cannot resume: start over
@@ -485,10 +492,7 @@ def petloc_data_oxford(*args):
 
 
 def test_cli_refuses_a_foreign_cats_dogs_in_one_line_and_replace_foreign_moves_it_aside(tmp_path, archives, digests):
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    for name, body in archives.items():
-        (mirror / name).write_bytes(body)
+    mirror = local_mirror(tmp_path, archives)
     out = tmp_path / "oxford"
     own_photos(out / "cats_dogs")
     before = tree(out / "cats_dogs")
