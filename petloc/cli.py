@@ -5,17 +5,12 @@ A user error (PetlocError) is one line on stderr and exit code 2; a traceback me
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
-import importlib.util
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,6 +21,7 @@ import click
 
 from petloc import __version__
 from petloc.errors import COMMAND_ENV, PetlocError
+from petloc.quiet import hide_tensorflow_startup_log
 
 
 class CommandLine(click.Group):
@@ -49,66 +45,10 @@ def cli(verbose):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if verbose else "3"
     if not verbose:
         hide_tensorflow_startup_log()
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # its Python warnings (retracing notes)
         # MLflow loads each model it logs to check it; Keras then warns that the optimizer's
         # state is not restored, which inference never needs.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-
-
-# TensorFlow's C++ start-up lines, written to file descriptor 2 while `import tensorflow` runs,
-# before TF_CPP_MIN_LOG_LEVEL applies (tensorflow/tensorflow#100442): absl's notice, then
-# glog-style INFO / WARNING lines (oneDNN, CUDA drivers, CPU features). Errors are kept.
-TENSORFLOW_STARTUP_LOG = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
-    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d+\.\d+: [IW] \S+:\d+\] "
-    r"|To enable the following instructions: .* rebuild TensorFlow"
-)
-
-
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Makes the first `import tensorflow` run with file descriptor 2 caught, and writes back
-    what is not TensorFlow's start-up log. Only that import: later output goes straight out."""
-
-    def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            run_module = spec.loader.exec_module
-
-            def exec_module(module):
-                with _native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
-                    run_module(module)
-
-            spec.loader.exec_module = exec_module
-        return spec
-
-
-def hide_tensorflow_startup_log() -> None:
-    """TensorFlow, imported later by whichever command needs it, starts without its log lines."""
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
-
-
-@contextlib.contextmanager
-def _native_stderr_filtered(hidden: re.Pattern):
-    """File descriptor 2 (C++ libraries write there, not to sys.stderr) goes to a temp file;
-    afterwards its lines that `hidden` does not match are written to stderr."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not hidden.match(line)))
-            sys.stderr.flush()
 
 
 @cli.command()

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 import petloc
 from petloc import report
-from petloc.cli import TENSORFLOW_STARTUP_LOG, _native_stderr_filtered, cli
+from petloc.cli import cli
+from petloc.quiet import TENSORFLOW_STARTUP_LOG, _native_stderr_filtered
 from petloc.config import Experiment, load_experiment, parse_experiment
 from petloc.errors import PetlocError
 from petloc.training.gallery import curves_figure, plot_curves
