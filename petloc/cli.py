@@ -352,7 +352,8 @@ def hyperparameters():
     for name in hyperparams.DECLARED:
         choices, bounds = hyperparams.choices(name), hyperparams.bounds(name)
         values = ", ".join(choices) if choices else (f"{bounds[0]} .. {bounds[1]}" if bounds else "")
-        rows.append({"name": name, "type": hyperparams.kind(name).__name__, "default": hyperparams.default(name),
+        default = hyperparams.default(name)
+        rows.append({"name": name, "type": hyperparams.kind(name).__name__, "default": "data.image_size" if default is None else default,
                      "values": values, "what": hyperparams.doc(name)})
     click.echo(table(rows))
 

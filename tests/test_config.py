@@ -104,3 +104,16 @@ def test_exponent_floats_read_as_numbers(tmp_path):
 def test_values_outside_what_can_work(space, message):
     with pytest.raises(PetlocError, match=message):
         parse_experiment({"space": space})
+
+
+def test_hyperparameters_lists_each_declared_one_with_its_default_and_choices():
+    from click.testing import CliRunner
+
+    from petloc.cli import cli
+    from petloc.model import BACKBONES, hyperparams
+
+    lines = CliRunner().invoke(cli, ["hyperparameters"], catch_exceptions=False).output.splitlines()
+    by_name = {line.split()[0]: line.split() for line in lines[1:]}
+    assert list(by_name) == list(hyperparams.DECLARED)
+    assert by_name["backbone"][:3] == ["backbone", "str", "simple"] and all(b in lines[1] for b in BACKBONES)
+    assert by_name["image_size"][2] == "data.image_size" and by_name["learning_rate"][2] == "0.001"
