@@ -161,7 +161,7 @@ class ImagePyfunc:
                 results[i] = {"error": str(err)}
         predictions = self.predictor.predict([d.pixels for d in decoded], sizes=[(d.width, d.height) for d in decoded])
         for i, image, pred in zip(where, decoded, predictions):
-            results[i] = {**pred.to_dict(), **({"warning": "; ".join(image.warnings)} if image.warnings else {})}
+            results[i] = pred.to_dict(image.warnings)
         return results
 
 

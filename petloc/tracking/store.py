@@ -31,9 +31,13 @@ def configure(uri: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # quiet the store's migrations
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///") and uri not in _OPENED:
         _open_sqlite_store(uri)
+        _OPENED.add(uri)
     return uri
+
+
+_OPENED: set[str] = set()  # SQLite stores this process has created or checked already
 
 
 def _open_sqlite_store(uri: str) -> None:

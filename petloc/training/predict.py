@@ -29,8 +29,10 @@ class Prediction:
     score: float  # probability of that label
     box: tuple[float, float, float, float]  # pixels of the original image
 
-    def to_dict(self) -> dict:
-        return {"label": self.label, "score": round(self.score, 4), "box": [round(v, 1) for v in self.box]}
+    def to_dict(self, warnings: tuple[str, ...] = ()) -> dict:
+        """The answer as petloc prints and serves it; the decoder's `warnings`, if any, as one `warning`."""
+        answer = {"label": self.label, "score": round(self.score, 4), "box": [round(v, 1) for v in self.box]}
+        return {**answer, "warning": "; ".join(warnings)} if warnings else answer
 
 
 class Predictor:
@@ -152,7 +154,7 @@ def _answer_chunk(predictor: Predictor, paths: list[str], reads: Iterable[_Read]
             yield {"image": path, "error": read.error}
             continue
         pred = next(preds)
-        row = {"image": path, **pred.to_dict(), **({"warning": "; ".join(read.warnings)} if read.warnings else {})}
+        row = {"image": path, **pred.to_dict(read.warnings)}
         if out:
             try:
                 save_new_png(draw_box_on_photo(read.photo, pred), out, Path(path).stem)
