@@ -22,6 +22,7 @@ import click
 from petloc import __version__
 from petloc.errors import COMMAND_ENV, PetlocError
 from petloc.quiet import hide_tensorflow_startup_log
+from petloc.search import DEFAULT_CHIEF_ADDRESS
 
 
 class CommandLine(click.Group):
@@ -121,21 +122,62 @@ def pretrain(experiment, overrides):
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--fresh", is_flag=True, help="Forget this sweep's earlier trials and start over.")
-def sweep(experiment, overrides, fresh):
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Run the trials in N worker processes on this machine, with a chief process holding the search.")
+@click.option("--chief", is_flag=False, flag_value="", default=None, metavar="[HOST:PORT]",
+              help="Alone: be the sweep's chief, which workers on other machines ask for trials. "
+                   "With --worker: the chief's address.")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help=f"Where the chief listens for workers (default {DEFAULT_CHIEF_ADDRESS}; 0.0.0.0:PORT for other machines).")
+@click.option("--worker", "worker_id", default=None, metavar="ID",
+              help="Be worker ID of the sweep whose chief runs at --chief HOST:PORT.")
+@click.option("--worker-timeout", type=click.FloatRange(10), default=300.0, show_default=True, metavar="SECONDS",
+              help="Chief: a worker not heard from this long has its trial marked failed.")
+def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, worker_timeout):
     """Keras Tuner sweep over the experiment's space; every trial an MLflow run; the best promoted.
 
-    Running the same sweep again continues where it stopped.
+    Running the same sweep again continues where it stopped. With --workers, --chief or
+    --worker, the trials run in several processes or machines, all logging to one tracking
+    server (tracking.uri or MLFLOW_TRACKING_URI; petloc tracking-server starts one).
     """
     import time
 
     from petloc.config import load_experiment
-    from petloc.report import table
-    from petloc.search.sweep import run_sweep
+
+    if worker_id is not None:
+        if not chief or address or workers or fresh:
+            raise PetlocError("--worker ID needs --chief HOST:PORT, and takes neither --address, --workers nor --fresh")
+    elif workers is not None and (chief is not None or address):
+        raise PetlocError("--workers N starts its own chief on this machine; leave out --chief and --address")
+    elif address and chief is None:
+        raise PetlocError("--address is where a chief listens: use it with --chief")
 
     exp = load_experiment(experiment, overrides)
     start = time.perf_counter()
-    result = run_sweep(exp, fresh=fresh, log=click.echo)
-    click.echo(f"\nLeaderboard of sweep '{exp.name}' ({len(result.leaderboard)} finished, {result.failed} failed, {time.perf_counter() - start:.0f} s):")
+    if workers is not None:
+        from petloc.search.launcher import run_on_this_machine
+
+        sys.exit(run_on_this_machine(experiment, overrides, workers, fresh, worker_timeout, click.echo))
+    if worker_id is not None:
+        from petloc.search.distributed import run_worker
+
+        run_worker(exp, worker_id, chief, log=click.echo)
+        return
+    if chief is not None:
+        from petloc.search.distributed import run_chief
+
+        result = run_chief(exp, chief or address or DEFAULT_CHIEF_ADDRESS, fresh, worker_timeout, click.echo)
+    else:
+        from petloc.search.sweep import run_sweep
+
+        result = run_sweep(exp, fresh=fresh, log=click.echo)
+    _print_sweep_result(exp, result, time.perf_counter() - start)
+
+
+def _print_sweep_result(exp, result, seconds: float) -> None:
+    from petloc.report import table
+
+    click.echo(f"\nLeaderboard of sweep '{exp.name}' ({len(result.leaderboard)} finished, {result.failed} failed, {seconds:.0f} s):")
     click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard], same_decimals=True))
     if result.promotion:
         click.echo(f"\nregistry: {result.promotion.reason}")
@@ -218,6 +260,19 @@ def ui(host, port, workers):
         server.terminate()
         server.wait(timeout=30)
         raise
+
+
+@cli.command("tracking-server")
+@click.option("--backend", metavar="URI", help="Database of runs and models, e.g. postgresql://USER@HOST:5432/DB  [default: the project's sqlite:///mlruns/mlflow.db]")
+@click.option("--artifacts", metavar="DIR", help="Where the server keeps artifacts (a folder or s3://...); clients send them through the server  [default: mlruns/artifacts]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 serves other machines too.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Web server processes.")
+def tracking_server(backend, artifacts, host, port, workers):
+    """An MLflow tracking server for many processes or machines (`mlflow server`, artifacts proxied)."""
+    from petloc.tracking import server
+
+    server.serve(backend, artifacts, host, port, workers, say=click.echo)
 
 
 # MLflow 3.17's UI shows its GenAI pages unless the page's URL or the browser's own choice (the

@@ -68,9 +68,11 @@ class SweepProgress:
         shown = "  ".join(f"{k}={number(v)}" for k, v in values.items())
         self.say(f"\ntrial {trial_id} ({number_in_sweep} of {self.planned}): {shown}")
 
-    def trial_ends(self, trial_id: str, ended_in_sweep: int, figures: dict[str, float] | None, error: str = "") -> None:
+    def trial_ends(self, trial_id: str, ended_in_sweep: int, figures: dict[str, float] | None, error: str = "",
+                   sweep: bool = True) -> None:
         """`figures` of a finished trial (best_val_miou, val_accuracy, latency_ms_b1), or None
-        and the `error` of a failed one."""
+        and the `error` of a failed one; without `sweep`, the line leaves out the sweep's
+        progress (a worker sees only its own trials; the chief prints the sweep's)."""
         now = time.perf_counter()
         self.ran += 1
         took = duration(now - self.trial_started)
@@ -79,6 +81,9 @@ class SweepProgress:
         else:
             head = (f"trial {trial_id} done in {took}: val mIoU {figures['best_val_miou']:.3f}, "
                     f"accuracy {figures['val_accuracy']:.3f}, latency {figures['latency_ms_b1']:.1f} ms")
+        if not sweep:
+            self.say(head)
+            return
         elapsed = now - self.started
         left = max(0, self.planned - ended_in_sweep)
         eta = f", about {duration(elapsed / self.ran * left)} left" if left else ""

@@ -5,6 +5,8 @@ A sweep's state lives in `mlruns/tuner/<name>/`: Keras Tuner's own oracle files 
 `sweep.json` (the parent run and a fingerprint of the experiment). Running the same
 sweep again continues it; `--fresh` starts over. `mlruns/tuner/<name>.lock` is held by the
 process running the sweep, so a second start of the same sweep is refused at once.
+Across processes and machines (`petloc.search.distributed`), the chief holds this state and
+the oracle; workers find the parent run through the tracking server by its tags.
 """
 
 from __future__ import annotations
@@ -68,11 +70,21 @@ def _parent_run(exp: Experiment, state_file: Path, experiment_id: str) -> str:
             raise PetlocError(f"{state_file}: its parent run is not in {mlflow.get_tracking_uri()}; run with --fresh") from None
         _end_orphans(state["parent_run_id"], "ended when the sweep was resumed")
         runs.claim_run(state["parent_run_id"])
+        for key, value in sweep_tags(exp).items():  # parents made before these tags existed
+            client.set_tag(state["parent_run_id"], key, value)
         return state["parent_run_id"]
-    run_id = runs.create_run(experiment_id, f"sweep-{exp.name}", {"petloc.kind": "sweep"})
+    run_id = runs.create_run(experiment_id, f"sweep-{exp.name}", {"petloc.kind": "sweep", **sweep_tags(exp)})
     atomic_write_text(state_file, json.dumps({"parent_run_id": run_id, "fingerprint": fingerprint(exp)}))
     _log_sweep_settings(exp, run_id)
     return run_id
+
+
+SWEEP_TAG, FINGERPRINT_TAG = "petloc.sweep", "petloc.sweep_fingerprint"
+
+
+def sweep_tags(exp: Experiment) -> dict[str, str]:
+    """What finds a sweep's parent run in the tracking server, and tells its settings apart."""
+    return {SWEEP_TAG: exp.name, FINGERPRINT_TAG: fingerprint(exp)}
 
 
 def _read_state(state_file: Path) -> dict | None:
@@ -188,13 +200,27 @@ def _log_leaderboard(parent_run_id: str, rows: list[dict], failed: int) -> None:
     mlflow.log_metrics(metrics, run_id=parent_run_id)
 
 
-def _failed_trials(tuner: TrackedTuner) -> int:
-    """Failed trials as the oracle counts them, this run and earlier ones of the sweep."""
-    return sum(trial.status == "FAILED" for trial in tuner.oracle.trials.values())
-
-
 def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] = print) -> SweepResult:
-    """The whole sweep: search, leaderboard, promotion. Safe to run again to continue."""
+    """The whole sweep in this process: search, leaderboard, promotion. Safe to run again to continue."""
+    with sweep_state(exp, fresh) as (directory, parent):
+        data_for = data_preparer(exp, parent, log)
+        data_for(exp.data.image_size)  # a data problem is one line now, not a failed trial each
+        tuner = TrackedTuner(exp, parent, data_for, log,
+                             directory=str(directory.parent), project_name=directory.name, overwrite=False)
+        stopped = None
+        try:
+            tuner.search()
+        except RuntimeError as err:  # Keras Tuner's "too many consecutive failures"
+            if "consecutive failures" not in str(err):
+                raise
+            stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
+        return finish(exp, parent, failed_trials(tuner.oracle), stopped, log)
+
+
+@contextlib.contextmanager
+def sweep_state(exp: Experiment, fresh: bool):
+    """The sweep's folder and parent run, held by this process (its lock) until the sweep
+    ends; the parent ends FINISHED, or FAILED / KILLED with the reason."""
     store.configure(exp.tracking.uri)
     directory = tuner_dir(exp, store.STORE_DIR)
     busy = f"sweep '{exp.name}' is already running in another process; wait for it, or stop it and run this again"
@@ -206,38 +232,40 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
         check_state_files(directory)
         parent = _parent_run(exp, directory / "sweep.json", experiment_id)
         try:
-            result = _search(exp, parent, directory, log)
+            yield directory, parent
         except BaseException as err:
             runs.end_run(parent, err)
             raise
         MlflowClient().set_terminated(parent, "FINISHED")
-        return result
 
 
-def _search(exp: Experiment, parent: str, directory: Path, log: Callable[[str], None]) -> SweepResult:
-    """Trials, leaderboard and promotion under the parent run; raises when no trial finished."""
+def data_preparer(exp: Experiment, parent: str, log: Callable[[str], None]) -> Callable[[int], PreparedData]:
+    """The data at a trial's image size, prepared once per size; the first one's tags (what
+    data the sweep saw) go on the parent run."""
     cache: dict[int, PreparedData] = {}
 
     def data_for(size: int) -> PreparedData:
         if size not in cache:
             cache[size] = prepare_data(exp.data, size, log)
+            if len(cache) == 1:
+                client = MlflowClient()
+                for key, value in cache[size].tags().items():
+                    client.set_tag(parent, key, str(value))
         return cache[size]
 
-    client = MlflowClient()
-    for key, value in data_for(exp.data.image_size).tags().items():
-        client.set_tag(parent, key, str(value))
-    tuner = TrackedTuner(exp, parent, data_for, log, directory=str(directory.parent), project_name=directory.name, overwrite=False)
-    stopped = None
-    try:
-        tuner.search()
-    except RuntimeError as err:  # Keras Tuner's "too many consecutive failures"
-        if "consecutive failures" not in str(err):
-            raise
-        stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
+    return data_for
 
+
+def failed_trials(oracle) -> int:
+    """Failed trials as the oracle counts them, this run and earlier ones of the sweep."""
+    return sum(trial.status == "FAILED" for trial in oracle.trials.values())
+
+
+def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: Callable[[str], None]) -> SweepResult:
+    """Leaderboard and promotion under the parent run once the trials are over; raises when
+    no trial finished."""
     budget = exp.registry.max_latency_ms
     rows = mark_budget(leaderboard(parent, searched(exp)), budget)
-    failed = _failed_trials(tuner)
     _log_leaderboard(parent, rows, failed)
     _log_pareto(parent, rows)
     if stopped:
@@ -251,7 +279,7 @@ def _search(exp: Experiment, parent: str, directory: Path, log: Callable[[str], 
     else:
         promotion = registry.promote(best["run_id"], exp.registry.name, exp.registry.alias,
                                      register_when_not_better=exp.registry.register_when_not_better, max_latency_ms=budget)
-    client.set_tag(parent, "promotion", promotion.reason)
+    MlflowClient().set_tag(parent, "promotion", promotion.reason)
     return SweepResult(parent, rows, promotion, failed)
 
 

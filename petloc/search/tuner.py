@@ -99,6 +99,7 @@ class TrackedTuner(kt.Tuner):
         self.client = MlflowClient()
         self.figures: dict[str, dict[str, float]] = {}  # trial_id -> summary of the trials this process ran
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
+        self.run_tags: dict[str, str] = {}  # more tags for each trial's run
         super().__init__(oracle=ORACLES[exp.tuner.kind](exp), hypermodel=SpaceHyperModel(exp), **kwargs)
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
@@ -106,15 +107,27 @@ class TrackedTuner(kt.Tuner):
         # Keras Tuner prints a failed trial's traceback; its run's `error` tag and petloc's
         # line say what failed, and --verbose brings the traceback back.
         keras_tuner.src.config.DEBUG = progress.detailed()
-        self.progress = SweepProgress(planned_trials(exp, self.oracle), say)
+        self.progress = SweepProgress(planned_trials(exp, getattr(self.oracle, "_oracle", self.oracle)), say)
+
+    def _get_tuner_fname(self):
+        # One file for the oracle's holder, alone or as the chief of workers, so a sweep
+        # started in one process can go on distributed and back (Keras Tuner names it by
+        # KERASTUNER_TUNER_ID and would not reload the oracle under another name).
+        if self._is_worker():
+            return super()._get_tuner_fname()
+        return str(Path(self.project_dir) / "tuner0.json")
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
-        searched = [name for name, value in self.exp.space.items() if isinstance(value, (list, Range))]
-        values = {name: trial.hyperparameters.values[name] for name in searched if name in trial.hyperparameters.values}
-        if "tuner/epochs" in trial.hyperparameters.values:  # Hyperband gives each trial its epochs
+        self.progress.trial_begins(trial.trial_id, len(self.oracle.trials), self.shown_values(trial))
+
+    def shown_values(self, trial) -> dict[str, Any]:
+        """The values the space varies, and Hyperband's epochs for the trial."""
+        values = {name: trial.hyperparameters.values[name] for name in searched_names(self.exp)
+                  if name in trial.hyperparameters.values}
+        if "tuner/epochs" in trial.hyperparameters.values:
             values["epochs"] = trial.hyperparameters.values["tuner/epochs"]
-        self.progress.trial_begins(trial.trial_id, len(self.oracle.trials), values)
+        return values
 
     def on_trial_end(self, trial):
         # Before Keras Tuner's own end: it raises when too many trials failed in a row.
@@ -150,14 +163,19 @@ class TrackedTuner(kt.Tuner):
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}
 
     def _child_run(self, trial) -> str:
-        """A new child run for this trial. A run left by an earlier attempt of the same trial
-        (its process interrupted or killed) is deleted, so every trial appears once; the sweep
-        holds its lock, so no live process owns such a run."""
-        for run in runs.child_runs(self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'"):
-            self.client.delete_run(run.info.run_id)
+        """A new child run for this trial. A run that an earlier attempt of the same trial
+        left unfinished (its process interrupted or killed) ends KILLED, so the trial is
+        logged once as FINISHED: Keras Tuner hands a trial again only to its own tuner ID once
+        that attempt is gone, or, on a resume, when the sweep's lock says nobody runs it."""
+        earlier = runs.child_runs(self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'")
+        for run in (r for r in earlier if r.info.status in ("RUNNING", "FINISHED")):  # a FAILED attempt stays FAILED
+            self.client.set_tag(run.info.run_id, "error", f"trial {trial.trial_id} was run again; this attempt "
+                                f"({run.info.status} when it was dropped) did not end it")
+            self.client.set_terminated(run.info.run_id, "KILLED")
         hp = trial.hyperparameters.values
         tags = {"mlflow.parentRunId": self.parent_run_id, "sweep_run_id": self.parent_run_id, "trial_id": trial.trial_id}
         tags.update({k: str(v) for k, v in hp.items() if k.startswith("tuner/")})
+        tags.update(self.run_tags)
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
         return runs.create_run(experiment_id, f"trial-{trial.trial_id}-{hp.get('backbone', '')}", tags)
 
@@ -170,6 +188,11 @@ class TrackedTuner(kt.Tuner):
         if previous and self._weights_file(previous).is_file():
             return self._weights_file(previous)
         return None
+
+
+def searched_names(exp: Experiment) -> list[str]:
+    """The hyperparameters the experiment's space varies."""
+    return [name for name, value in exp.space.items() if isinstance(value, (list, Range))]
 
 
 def tuner_dir(exp: Experiment, store: Path) -> Path:

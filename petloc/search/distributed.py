@@ -1,0 +1,323 @@
+"""One sweep, many processes: Keras Tuner's own distributed mode and one tracking server.
+
+The chief holds the sweep as `petloc sweep` alone does (its folder, lock, sweep.json and
+Keras Tuner's oracle) and answers the workers over gRPC with Keras Tuner's OracleServicer.
+Each worker asks it for a trial, trains it in a child run of the sweep's parent run, which
+it finds in the tracking server by its tags, and reports back. While it trains, a worker
+sends a heartbeat; a worker silent for longer than the chief's worker timeout has its trial
+marked failed (not re-queued: the other workers may have left, and a silent worker may
+still be training it), so the sweep always ends. The leaderboard and the promotion happen
+once, on the chief, after the last trial ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from concurrent import futures
+from typing import Callable
+
+import grpc
+import keras_tuner as kt
+from keras_tuner.src import protos
+from keras_tuner.src.distribute import oracle_chief, oracle_client
+from keras_tuner.src.engine.trial import Trial, TrialStatus
+from mlflow.tracking import MlflowClient
+
+from petloc.config import Experiment
+from petloc.errors import PetlocError
+from petloc.files import exclusive_lock
+from petloc.report import number
+from petloc.search import DEFAULT_CHIEF_ADDRESS
+from petloc.search.progress import duration, planned_trials
+from petloc.search.sweep import (FINGERPRINT_TAG, SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
+                                 fingerprint, sweep_state)
+from petloc.search.tuner import TrackedTuner, searched_names, tuner_dir
+from petloc.tracking import runs, store
+
+CHIEF_TAG, WORKER_TAG = "petloc.chief", "petloc.worker"
+HEARTBEAT_SECONDS = 5.0
+WORKER_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_ADDRESS = re.compile(r"(?P<host>[^\s:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})")
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    """HOST:PORT, or a one-line error naming the option."""
+    match = _ADDRESS.fullmatch(text or "")
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise PetlocError(f"{option} {text!r}: not HOST:PORT (such as {DEFAULT_CHIEF_ADDRESS}); overrides go before the options")
+    return match["host"], int(match["port"])
+
+
+def _use_chief(host: str, port: int, tuner_id: str) -> None:
+    # Keras Tuner reads its distributed settings from these variables when a tuner is made.
+    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=str(port))
+
+
+# ---- the chief ----------------------------------------------------------------------------
+
+class ChiefServicer(oracle_chief.OracleServicer):
+    """Keras Tuner's oracle service, plus when each worker was last heard from, a line per
+    trial handed out and ended, and the consecutive-failure stop (Keras Tuner's own raises
+    inside a worker's call and leaves the trial ongoing for ever)."""
+
+    def __init__(self, oracle: kt.Oracle, planned: int, shown: list[str], max_failures: int | None,
+                 say: Callable[[str], None]):
+        super().__init__(oracle)
+        self.planned, self.shown, self.max_failures, self.say = planned, shown, max_failures, say
+        self.lock = threading.Lock()  # the service's calls against the chief's own timeout check
+        self.started = time.monotonic()
+        self.last_heard: dict[str, float] = {}
+        self.stopped: str | None = None
+
+    def _tuner_of(self, trial_id: str) -> str | None:
+        return next((tuner for tuner, trial in self.oracle.ongoing_trials.items() if trial.trial_id == trial_id), None)
+
+    def _heard(self, tuner_id: str | None) -> None:
+        if tuner_id is not None:
+            self.last_heard[tuner_id] = time.monotonic()
+
+    def CreateTrial(self, request, context):
+        with self.lock:
+            self._heard(request.tuner_id)
+            if self.stopped:
+                return self._stop(request.tuner_id)
+            again = request.tuner_id in self.oracle.ongoing_trials
+            response = super().CreateTrial(request, context)
+            trial = Trial.from_proto(response.trial)
+            if trial.status == TrialStatus.RUNNING:
+                chosen = trial.hyperparameters.values
+                values = "  ".join(f"{k}={number(chosen[k])}" for k in self.shown if k in chosen)
+                note = " again (its earlier attempt there was cut short)" if again else ""
+                self.say(f"trial {trial.trial_id} -> {request.tuner_id}{note}: {values}")
+            return response
+
+    def _stop(self, tuner_id: str):
+        self.stop_triggered = True
+        self.oracle.tuner_ids.discard(tuner_id)
+        trial = Trial(self.oracle.get_space(), status=TrialStatus.STOPPED)
+        return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+
+    def GetTrial(self, request, context):  # the workers' heartbeat
+        with self.lock:
+            self._heard(self._tuner_of(request.trial_id))
+            return super().GetTrial(request, context)
+
+    def UpdateTrial(self, request, context):
+        with self.lock:
+            self._heard(self._tuner_of(request.trial_id))
+            return super().UpdateTrial(request, context)
+
+    def EndTrial(self, request, context):
+        with self.lock:
+            trial = Trial.from_proto(request.trial)
+            tuner = self._tuner_of(trial.trial_id)
+            if tuner is None:  # already ended by the timeout below: its worker came back too late
+                self.say(f"trial {trial.trial_id}: a late {trial.status} report ignored; the trial had already ended")
+                return protos.get_service().EndTrialResponse()
+            self._heard(tuner)
+            response = super().EndTrial(request, context)
+            self._ended(trial.trial_id, tuner)
+            return response
+
+    def _ended(self, trial_id: str, tuner: str) -> None:
+        trial = self.oracle.trials[trial_id]
+        ended = len(self.oracle.end_order)
+        elapsed = time.monotonic() - self.started
+        if trial.status == TrialStatus.COMPLETED:
+            miou, accuracy = (trial.metrics.get_last_value(name) for name in ("val_miou", "val_accuracy"))
+            head = f"trial {trial_id} done on {tuner}: val mIoU {miou:.3f}, accuracy {accuracy:.3f}"
+        else:
+            why = (trial.message or "").strip().splitlines()
+            head = f"trial {trial_id} {trial.status.lower()} on {tuner}: {why[-1] if why else 'no reason given'}"
+        self.say(f"{head}  [sweep: {ended} of {self.planned} trials ended, {duration(elapsed)} elapsed]")
+        if self.max_failures and _failed_in_a_row(self.oracle) >= self.max_failures:
+            self.stopped = (f"stopped after {self.max_failures} failed trials in a row; "
+                            "see the FAILED runs' 'error' tags")
+
+    def fail_silent_workers(self, timeout: float) -> list[tuple[str, str]]:
+        """End FAILED the trial of each worker not heard from for `timeout` seconds; returns
+        (trial_id, reason) of each."""
+        failed = []
+        with self.lock:
+            now = time.monotonic()
+            for tuner, trial in list(self.oracle.ongoing_trials.items()):
+                silent = now - self.last_heard.get(tuner, self.started)
+                if silent <= timeout:
+                    continue
+                trial.status = TrialStatus.FAILED
+                trial.message = (f"{tuner} was not heard from for {silent:.0f} s (worker timeout {timeout:g} s); "
+                                 "the trial is marked failed, not re-queued: run the sweep again to retry it")
+                self.oracle.end_trial(trial)
+                self.oracle.tuner_ids.discard(tuner)
+                self._ended(trial.trial_id, tuner)
+                failed.append((trial.trial_id, trial.message))
+        return failed
+
+    def done(self) -> bool:
+        """Every worker was told there is nothing left, and no trial is still out."""
+        return self.stop_triggered and not self.oracle.ongoing_trials and not self.oracle.tuner_ids
+
+
+def _failed_in_a_row(oracle: kt.Oracle) -> int:
+    count = 0
+    for trial_id in reversed(oracle.end_order):
+        if oracle.trials[trial_id].status != TrialStatus.FAILED:
+            break
+        count += 1
+    return count
+
+
+def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout: float = 300.0,
+              log: Callable[[str], None] = print) -> SweepResult:
+    """Hold the sweep's oracle and answer workers until its trials are over; then the
+    leaderboard and the promotion, as a one-process sweep ends."""
+    host, port = parse_address(address, "--address")
+    with sweep_state(exp, fresh) as (directory, parent):
+        MlflowClient().set_tag(parent, CHIEF_TAG, f"{host}:{port}")
+        _use_chief(host, port, "chief")
+        tuner = TrackedTuner(exp, parent, None, log, directory=str(directory.parent), project_name=directory.name,
+                             overwrite=False)
+        oracle = tuner.oracle
+        max_failures, oracle.max_consecutive_failed_trials = oracle.max_consecutive_failed_trials, None
+        tuner.save()
+        servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, log)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+        protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+        try:
+            server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            raise PetlocError(f"--address {host}:{port}: cannot listen there (in use, or not this machine's address)") from None
+        server.start()
+        log(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {store.configure(exp.tracking.uri)}; "
+            f"workers: petloc sweep EXPERIMENT --worker ID --chief {host}:{port}")
+        try:
+            while not servicer.done():
+                time.sleep(1)
+                for trial_id, reason in servicer.fail_silent_workers(worker_timeout):
+                    _end_trial_runs(parent, trial_id, reason)
+        finally:
+            server.stop(grace=2)
+        return finish(exp, parent, failed_trials(oracle), servicer.stopped, log)
+
+
+def _end_trial_runs(parent: str, trial_id: str, reason: str) -> None:
+    """The MLflow run a lost worker left RUNNING for this trial ends FAILED, saying why."""
+    client = MlflowClient()
+    for run in runs.child_runs(parent, f"tags.trial_id = '{trial_id}' and attributes.status = 'RUNNING'"):
+        client.set_tag(run.info.run_id, "error", reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+
+
+# ---- a worker -----------------------------------------------------------------------------
+
+class WorkerTuner(TrackedTuner):
+    """A tuner whose oracle is the chief's: it sends a heartbeat while it trains and prints
+    its own lines, prefixed by its ID."""
+
+    def __init__(self, exp: Experiment, parent_run_id: str, data_for, worker_id: str, say, **kwargs):
+        self.worker_id = worker_id
+        super().__init__(exp, parent_run_id, data_for, say, **kwargs)
+        self.run_tags = {WORKER_TAG: worker_id}
+
+    def on_trial_begin(self, trial):
+        kt.Tuner.on_trial_begin(self, trial)
+        self.progress.trial_begins(trial.trial_id, int(trial.trial_id) + 1, self.shown_values(trial))
+
+    def on_trial_end(self, trial):
+        figures = self.figures.get(trial.trial_id)
+        why = self.errors.get(trial.trial_id) or "see its run's error tag"
+        self.progress.trial_ends(trial.trial_id, self.progress.ran + 1, figures, why, sweep=False)
+        kt.Tuner.on_trial_end(self, trial)
+
+    def run_trial(self, trial, *args, **kwargs):
+        with _heartbeat(self.oracle, trial.trial_id):
+            return super().run_trial(trial, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _heartbeat(oracle: oracle_client.OracleClient, trial_id: str, every: float = HEARTBEAT_SECONDS):
+    """Ask the chief for this trial every few seconds while it trains: the chief counts each
+    call as a sign of life. A missed beat is no error; the chief's timeout is many beats."""
+    stop = threading.Event()
+    request = protos.get_service().GetTrialRequest(trial_id=trial_id)
+
+    def beat():
+        while not stop.wait(every):
+            with contextlib.suppress(grpc.RpcError):
+                oracle.stub.GetTrial(request, timeout=every)
+
+    thread = threading.Thread(target=beat, name="petloc-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float = 600.0,
+               log: Callable[[str], None] = print) -> None:
+    """Run the chief's trials until it says there are none left."""
+    if not WORKER_ID.fullmatch(worker_id) or "chief" in worker_id:
+        raise PetlocError(f"--worker {worker_id!r}: an ID of letters, digits, '_' and '-', and not 'chief'")
+    host, port = parse_address(chief, "--chief")
+    store.configure(exp.tracking.uri)
+    directory = tuner_dir(exp, store.STORE_DIR)
+    busy = f"worker {worker_id} of sweep '{exp.name}' is already running on this machine; give this one another ID"
+    with exclusive_lock(directory.with_name(f"{directory.name}.worker-{worker_id}.lock"), busy):
+        _wait_for_chief(host, port, wait_seconds, log)
+        parent = find_parent(exp)
+        tuner_id = f"worker-{worker_id}"
+        _use_chief(host, port, tuner_id)
+        oracle_client.TIMEOUT = wait_seconds  # a chief gone for longer ends the worker, not hangs it
+        say = lambda line: log(f"[{tuner_id}] {line.lstrip()}")  # noqa: E731  (one line each, named)
+        data_for = data_preparer(exp, parent, say)
+        data_for(exp.data.image_size)
+        tuner = WorkerTuner(exp, parent, data_for, worker_id, say, directory=str(directory.parent),
+                            project_name=directory.name, overwrite=False)
+        try:
+            tuner.search()
+        except grpc.RpcError as err:
+            raise PetlocError(f"worker {worker_id}: lost the chief at {host}:{port} ({err.code().name}); "
+                              "start the worker again once the chief runs") from None
+        say(f"no trials left in sweep '{exp.name}'; this worker ran {tuner.progress.ran}")
+
+
+def _wait_for_chief(host: str, port: int, seconds: float, log: Callable[[str], None]) -> None:
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=1)
+        return
+    except grpc.FutureTimeoutError:
+        log(f"waiting for the chief at {host}:{port} (up to {duration(seconds)})")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=seconds)
+    except grpc.FutureTimeoutError:
+        raise PetlocError(f"--chief {host}:{port}: no chief answered in {duration(seconds)}; "
+                          "start it with petloc sweep EXPERIMENT --chief --address HOST:PORT") from None
+    finally:
+        channel.close()
+
+
+def find_parent(exp: Experiment) -> str:
+    """The running sweep's parent run, found in the tracking server by its tags."""
+    client = MlflowClient()
+    uri = store.configure(exp.tracking.uri)
+    experiment = client.get_experiment_by_name(exp.tracking.experiment)
+    found = []
+    if experiment is not None:
+        found = client.search_runs([experiment.experiment_id],
+                                   f"tags.`{SWEEP_TAG}` = '{exp.name}' and attributes.status = 'RUNNING'",
+                                   order_by=["attributes.start_time DESC"], max_results=10)
+    if not found:
+        raise PetlocError(f"no running sweep '{exp.name}' in experiment '{exp.tracking.experiment}' at {uri}; "
+                          "point the chief and every worker at the same tracking server (tracking.uri or MLFLOW_TRACKING_URI)")
+    parent = found[0]
+    if parent.data.tags.get(FINGERPRINT_TAG) != fingerprint(exp):
+        raise PetlocError(f"sweep '{exp.name}': this worker's experiment settings differ from the chief's "
+                          f"(run {parent.info.run_id}); give every worker the chief's file and overrides")
+    return parent.info.run_id

@@ -1,0 +1,102 @@
+"""`petloc sweep EXP --workers N`: a chief and N workers as processes of this machine.
+
+Each is the same `petloc sweep` a user would start by hand on other machines; this only
+starts them on a free local port, prefixes each worker's lines with its name, waits for
+the chief, and stops them all on Ctrl+C (or SIGTERM, which the CLI turns into one).
+Kept free of TensorFlow: the processes it starts do the work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable
+
+STOP_GRACE_SECONDS = 30  # a stopped process ends its MLflow runs KILLED before it exits
+WORKERS_GONE_GRACE_SECONDS = 20  # the chief ends on its own within a second or two of its last worker
+
+
+def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: int, fresh: bool,
+                        worker_timeout: float, say: Callable[[str], None] = print) -> int:
+    """The chief's exit code once it ends (0: the sweep finished)."""
+    address = f"127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "petloc", "sweep", experiment, *overrides]
+    say(f"sweep with {workers} worker process{'es' if workers > 1 else ''} on this machine (chief on {address})")
+    chief = _start([*command, "--chief", "--address", address, "--worker-timeout", str(worker_timeout),
+                    *(["--fresh"] if fresh else [])], "", say)
+    started = [_start([*command, "--worker", str(n), "--chief", address], f"[worker-{n}] ", say)
+               for n in range(1, workers + 1)]
+    processes = [chief, *started]
+    try:
+        code = _wait_for_chief(chief, started, say)
+        for worker in started:  # told "no trials left" already; they exit at once
+            _stop(worker, wait_first=STOP_GRACE_SECONDS)
+    except KeyboardInterrupt:
+        say("stopping the chief and the workers")
+        for process in processes:
+            _stop(process)
+        raise
+    for process in processes:  # their last lines (the chief's leaderboard) before ours
+        process.relay.join(timeout=10)
+    failed = [n for n, worker in enumerate(started, 1) if worker.returncode not in (0, None)]
+    if failed:
+        say(f"worker{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} exited with an error (see its lines above)")
+    return code
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(command: list[str], prefix: str, say: Callable[[str], None]) -> subprocess.Popen:
+    """A child process whose output lines reach `say`, prefixed (the workers' lines carry
+    their own name already; the prefix marks their errors too)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Its own process group: Ctrl+C reaches only this launcher, which stops each child in turn.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    process.relay = threading.Thread(target=_relay, args=(process, prefix, say), daemon=True)
+    process.relay.start()
+    return process
+
+
+def _relay(process: subprocess.Popen, prefix: str, say: Callable[[str], None]) -> None:
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        say(line if not line or line.startswith(prefix) else f"{prefix}{line}")
+
+
+def _wait_for_chief(chief: subprocess.Popen, workers: list[subprocess.Popen], say: Callable[[str], None]) -> int:
+    """The chief's exit code; if every worker has gone and the chief still waits for one
+    (they all failed to start), the chief is stopped."""
+    gone_since = None
+    while chief.poll() is None:
+        time.sleep(0.5)
+        if all(worker.poll() is not None for worker in workers):
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > WORKERS_GONE_GRACE_SECONDS:
+                say("every worker has exited and the chief still waits: stopping it")
+                _stop(chief)
+    return chief.wait()
+
+
+def _stop(process: subprocess.Popen, wait_first: float = 0) -> None:
+    """SIGINT (as Ctrl+C), then SIGKILL if it has not ended in STOP_GRACE_SECONDS."""
+    try:
+        process.wait(timeout=wait_first)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
