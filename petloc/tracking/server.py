@@ -1,0 +1,166 @@
+"""`petloc tracking-server`: a thin launcher of `mlflow server` for teams without one yet.
+
+Runs and the registry live in a database (`--backend`: the project's SQLite store by
+default, PostgreSQL for many workers); artifacts are proxied by the server
+(`--artifacts-destination`), so clients log to `mlflow-artifacts:/` and need no access to
+the server's disk. Kept free of TensorFlow so it starts in seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from petloc.errors import PetlocError
+from petloc.tracking import store
+
+DEFAULT_ARTIFACTS = store.STORE_DIR / "artifacts"
+STOP_SECONDS = 30  # uvicorn finishes the requests in flight, then exits
+
+
+def serve(backend: str | None, artifacts: str | None, host: str, port: int, workers: int,
+          say: Callable[[str], None] = print) -> None:
+    """Check the inputs, start `mlflow server`, tell clients where it is, and run it until
+    Ctrl+C or SIGTERM (passed on to the server); returns once the server has stopped."""
+    backend = backend or store.default_uri()
+    destination = artifacts_destination(artifacts)
+    check_port_free(host, port)
+    check_backend(backend)
+    client_uri = f"http://{_client_host(host)}:{port}"
+    say(f"MLflow tracking server: runs in {_shown(backend)}, artifacts in {destination}")
+    say(f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)")
+    server = subprocess.Popen(mlflow_server_command(backend, destination, host, port, workers), env=_server_env())
+    try:
+        _wait_until_ready(server, f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else client_uri)
+        say(f"ready at {client_uri}  (Ctrl+C to stop)")
+        code = server.wait()
+    except KeyboardInterrupt:  # Ctrl+C reaches the server too; SIGTERM reaches only us: pass it on
+        _stop(server)
+        say("tracking server stopped")
+        return
+    raise PetlocError(f"mlflow server exited with code {code}; its messages are above")
+
+
+def mlflow_server_command(backend: str, destination: str, host: str, port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+            "--serve-artifacts", "--artifacts-destination", destination,
+            "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def artifacts_destination(artifacts: str | None) -> str:
+    """Where the server keeps artifacts: a folder (made absolute, so the server's working
+    folder does not matter) or a storage URI such as s3://bucket/path, passed as it is."""
+    if artifacts and "://" in artifacts:
+        return artifacts
+    folder = Path(artifacts) if artifacts else DEFAULT_ARTIFACTS
+    if folder.exists() and not folder.is_dir():
+        raise PetlocError(f"--artifacts {folder}: not a folder")
+    return str(folder.resolve())
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in one line before MLflow spends seconds migrating, only for uvicorn to find the port taken."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+            probe.bind((host, port))
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise PetlocError(f"port {port} on {host} is taken: is a server already running there? choose another --port") from None
+        raise PetlocError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+
+
+def check_backend(uri: str) -> None:
+    """Connect to the backend database once; one line when it is no database URI, its driver
+    is missing or it does not answer. A SQLite store is created (and migrated) under the
+    project's lock, as every petloc command opens it."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    shown = _shown(uri)
+    if uri.startswith("sqlite:///"):
+        try:
+            store.configure(uri)
+        except Exception as err:  # MLflow wraps the database's errors (locked, read-only, not a database) in its own
+            raise PetlocError(f"--backend {shown}: cannot open the store ({_first_line(err)})") from None
+        return
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=_connect_timeout(uri), poolclass=sqlalchemy.pool.NullPool)
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise PetlocError(f"--backend {shown}: not a database URI; use sqlite:///PATH/mlflow.db or "
+                          "postgresql://USER@HOST:5432/DB") from None
+    except ImportError as err:
+        raise PetlocError(f"--backend {shown}: its database driver is not installed ({err.name}): pip install it") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as err:
+        raise PetlocError(f"--backend {shown}: cannot connect ({_first_line(getattr(err, 'orig', None) or err)})") from None
+    finally:
+        engine.dispose()
+
+
+def _connect_timeout(uri: str) -> dict:
+    # A host that drops packets would otherwise hold the check for minutes.
+    return {"connect_timeout": 10} if uri.startswith(("postgresql", "mysql")) else {}
+
+
+def _shown(uri: str) -> str:
+    """The URI with any password hidden, for messages."""
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _client_host(host: str) -> str:
+    """The host name clients use: bound to every interface, this machine's name."""
+    return socket.gethostname() if host in ("0.0.0.0", "::") else host
+
+
+def _server_env() -> dict:
+    env = {**os.environ}
+    # MLflow's job queues serve its GenAI features, which petloc does not use; off, the server
+    # starts sooner and leaves nothing behind in /dev/shm.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env.pop("MLFLOW_TRACKING_URI", None)  # the server is the store, not a client of one
+    # Each web worker would print Starlette's deprecation notes about MLflow's own code.
+    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    return env
+
+
+def _wait_until_ready(server: subprocess.Popen, uri: str) -> None:
+    """Until /health answers (a new database is migrated first: seconds to a minute), or the
+    server ends, which `serve` then reports."""
+    while server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the shutdown short
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()

@@ -1,0 +1,93 @@
+"""`petloc tracking-server`: a real `mlflow server` on PostgreSQL (or the project's SQLite
+store) with proxied artifacts, bound to 127.0.0.1; bad input is one line before anything starts."""
+
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from petloc.errors import PetlocError
+from tests.helpers import PETLOC, invoke, petloc_env
+from tests.servers import free_port, healthy, stop_process_group, tracking_server
+
+
+def test_backend_that_is_no_database_uri_is_refused():
+    with pytest.raises(PetlocError, match="--backend mlruns: not a database URI"):
+        invoke("tracking-server", "--backend", "mlruns")
+
+
+def test_backend_that_does_not_answer_is_refused_with_the_uri():
+    uri = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/runs"  # nothing listens there
+    with pytest.raises(PetlocError, match=r"--backend postgresql://postgres:\*\*\*@127.0.0.1:\d+/runs: cannot connect") as err:
+        invoke("tracking-server", "--backend", uri)
+    assert "secret" not in str(err.value)  # the password stays out of the message
+
+
+def test_port_in_use_is_refused(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PetlocError, match=f"port {port} on 127.0.0.1 is taken"):
+            invoke("tracking-server", "--backend", f"sqlite:///{tmp_path}/mlflow.db", "--port", port)
+
+
+@pytest.mark.slow  # a new process
+def test_bad_input_is_one_line_exit_2_without_tensorflow():
+    code = ("import sys\nfrom petloc.cli import main\nsys.argv = ['petloc', 'tracking-server', '--backend', 'nope']\n"
+            "try:\n    main()\nexcept SystemExit as end:\n    print(end.code, 'tensorflow' in sys.modules)")
+    done = subprocess.run([PETLOC[0], "-c", code], capture_output=True, text=True, timeout=120, env=petloc_env())
+    assert done.stdout.split() == ["2", "False"]
+    assert done.stderr.strip().splitlines() == ["petloc: error: --backend nope: not a database URI; use sqlite:///PATH/mlflow.db or postgresql://USER@HOST:5432/DB"]
+
+
+@pytest.mark.slow  # PostgreSQL and a tracking server
+def test_runs_and_artifacts_go_through_the_server_to_postgres(postgres_uri, tmp_path):
+    artifacts = tmp_path / "server-artifacts"
+    with tracking_server(postgres_uri, artifacts) as uri:
+        client = MlflowClient(uri)
+        experiment = client.create_experiment("remote")
+        run = client.create_run(experiment)
+        client.log_param(run.info.run_id, "backbone", "simple")
+        client.log_metric(run.info.run_id, "val/miou", 0.5, step=3)
+        (tmp_path / "note.txt").write_text("logged through the server")
+        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+        client.set_terminated(run.info.run_id)
+
+        stored = client.get_run(run.info.run_id)
+        assert stored.info.artifact_uri.startswith("mlflow-artifacts:/")  # clients never touch the server's disk
+        assert stored.data.params == {"backbone": "simple"} and stored.data.metrics == {"val/miou": 0.5}
+        assert stored.info.status == "FINISHED"
+        copy = client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path / "back"))
+        assert open(copy).read() == "logged through the server"
+    [kept] = artifacts.rglob("note.txt")  # the server wrote it under --artifacts
+    assert kept.read_text() == "logged through the server"
+    assert MlflowClient(postgres_uri).get_run(run.info.run_id).data.params == {"backbone": "simple"}  # in PostgreSQL
+
+
+@pytest.mark.slow  # a tracking server
+def test_default_store_then_sigterm_stops_server_and_workers(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([*PETLOC, "tracking-server", "--port", str(port), "--workers", "2"], cwd=tmp_path,
+                              env=petloc_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not healthy(f"http://127.0.0.1:{port}") and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.5)
+        assert healthy(f"http://127.0.0.1:{port}")
+        assert (tmp_path / "mlruns" / "mlflow.db").is_file()  # the project's store by default
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+        with socket.socket() as probe:  # no web worker left listening (closed connections may linger: REUSEADDR)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+    finally:
+        stop_process_group(server)
+    assert server.returncode == 0
+    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in out
+    assert f"artifacts in {tmp_path / 'mlruns' / 'artifacts'}" in out
+    assert out.strip().endswith("tracking server stopped")
