@@ -219,7 +219,9 @@ def _register(run, model_source: str, name: str) -> str:
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
     tags["source_run"] = run.info.run_id
-    version = client.create_model_version(name, model_source, run_id=run.info.run_id, tags=tags)
+    # A logged model (models:/m-...) is named as such: a tracking server refuses the source without it.
+    model_id = model_source.removeprefix("models:/") if model_source.startswith("models:/m-") else None
+    version = client.create_model_version(name, model_source, run_id=run.info.run_id, tags=tags, model_id=model_id)
     return version.version
 
 
