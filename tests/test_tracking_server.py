@@ -1,16 +1,21 @@
 """`petloc tracking-server`: a real `mlflow server` on PostgreSQL (or the project's SQLite
 store) with proxied artifacts, bound to 127.0.0.1; bad input is one line before anything starts."""
 
+import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
-from tests.helpers import PETLOC, invoke, petloc_env
+from petloc.tracking import store
+from tests.helpers import PETLOC, in_project, invoke, petloc_env, tiny_dataset, tiny_experiment
 from tests.servers import free_port, healthy, stop_process_group, tracking_server
 
 
@@ -91,3 +96,67 @@ def test_default_store_then_sigterm_stops_server_and_workers(tmp_path):
     assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in out
     assert f"artifacts in {tmp_path / 'mlruns' / 'artifacts'}" in out
     assert out.strip().endswith("tracking server stopped")
+
+
+# ---- clients of a tracking server: checked before use, retried through outages -------------
+
+
+def test_dead_server_is_one_line_naming_it_and_what_to_do():
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(PetlocError, match=f"tracking server {uri} does not answer .*Connection refused.*petloc tracking-server.*MLFLOW_TRACKING_URI"):
+        store.configure(uri)
+
+
+def test_sweep_and_train_against_a_dead_server_create_nothing(tmp_path, monkeypatch):
+    data = tiny_dataset(tmp_path / "data")
+    uri = f"http://127.0.0.1:{free_port()}"
+    experiment = tiny_experiment(tmp_path, data, tracking={"uri": uri})
+    with in_project(tmp_path):
+        for command in ("sweep", "train"):
+            with pytest.raises(PetlocError, match=f"tracking server {uri} does not answer"):
+                invoke(command, experiment)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the variable is checked alike
+        with pytest.raises(PetlocError, match=f"tracking server {uri} does not answer"):
+            invoke("sweep", tiny_experiment(tmp_path, data))
+    assert not (tmp_path / "mlruns").exists()  # no sweep folder, no local store instead
+
+
+def test_users_retry_settings_win_over_petlocs(tmp_path, monkeypatch):
+    for name in store.HTTP_RETRY_DEFAULTS:
+        monkeypatch.setenv(name, "")  # restored after the test, whatever configure sets
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    store.configure(f"sqlite:///{tmp_path}/mlflow.db")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == store.HTTP_RETRY_DEFAULTS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]
+
+
+@pytest.mark.slow  # PostgreSQL, a tracking server stopped and started again, and a minute of retries
+def test_outage_of_half_a_minute_is_ridden_out_and_a_longer_one_fails_within_two(postgres_uri, tmp_path, monkeypatch):
+    for name, value in store.HTTP_RETRY_DEFAULTS.items():
+        monkeypatch.setenv(name, value)  # petloc's, whatever the shell has
+    port, artifacts = free_port(), tmp_path / "artifacts"
+    with tracking_server(postgres_uri, artifacts, port=port) as uri:
+        store.configure(uri)
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("outage")).info.run_id
+    outcome = {}
+
+    def log_epoch():  # what a trial does at each epoch's end
+        start = time.monotonic()
+        client.log_batch(run_id, metrics=[Metric("val/miou", 0.5, int(time.time() * 1000), 1)])
+        outcome["seconds"] = time.monotonic() - start
+
+    caller = threading.Thread(target=log_epoch)
+    stopped = time.monotonic()
+    caller.start()
+    time.sleep(20)
+    with tracking_server(postgres_uri, artifacts, port=port):  # back after 20 s and the restart's 10-30 s
+        caller.join(timeout=120)
+        outage = time.monotonic() - stopped
+        assert outcome["seconds"] > 25  # the call waited for the server...
+        assert [m.value for m in client.get_metric_history(run_id, "val/miou")] == [0.5]  # ...and landed once
+    start = time.monotonic()
+    with pytest.raises(MlflowException, match="Max retries exceeded"):
+        client.log_batch(run_id, metrics=[Metric("val/miou", 0.6, int(time.time() * 1000), 2)])
+    assert 55 < time.monotonic() - start < 120, f"outage ridden out: {outage:.0f} s"

@@ -1,7 +1,9 @@
 """Where MLflow data lives. Kept free of TensorFlow so `petloc ui` and `petloc models` start fast.
 
 The local store is `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/artifacts/`;
-`MLFLOW_TRACKING_URI` (or `tracking.uri` in the experiment file) points elsewhere.
+`MLFLOW_TRACKING_URI` (or `tracking.uri` in the experiment file) points elsewhere, for
+instance at a tracking server (`petloc tracking-server`): checked to answer before use, its
+calls retried through short outages.
 """
 
 from __future__ import annotations
@@ -13,9 +15,24 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from petloc.errors import PetlocError
 from petloc.files import waiting_lock
 
 STORE_DIR = Path("mlruns")
+
+# MLflow's client retries for a tracking server, as petloc sets them unless the user has:
+# a refused or failed call (server restarting, 5xx) is tried again after 0, 2, 4, 8, 16 and
+# 32 s (+ up to 1 s jitter each), so an outage of up to about a minute mid-trial is ridden
+# out and a longer one fails the call after about 62-67 s. A server that accepts but does
+# not answer costs up to 30 s per attempt (the slowest honest answer under 64 busy clients
+# took under 1 s: benchmarks/tracking_load.py). MLflow's own defaults (7 retries, factor 2,
+# 120 s) wait about 4 minutes on a dead server and 18 on a hung one.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+SERVER_CHECK_SECONDS = 5
 
 
 def default_uri() -> str:
@@ -31,13 +48,49 @@ def configure(uri: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # quiet the store's migrations
-    if uri.startswith("sqlite:///") and uri not in _OPENED:
-        _open_sqlite_store(uri)
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if uri not in _OPENED:
+        if uri.startswith("sqlite:///"):
+            _open_sqlite_store(uri)
+        elif uri.startswith(("http://", "https://")):
+            _check_server(uri)
         _OPENED.add(uri)
     return uri
 
 
-_OPENED: set[str] = set()  # SQLite stores this process has created or checked already
+_OPENED: set[str] = set()  # stores this process has created or checked already
+
+
+def _check_server(uri: str) -> None:
+    """One line, before anything is created, when the tracking server does not answer."""
+    import requests
+
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
+    verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", True)  # as MLflow's client
+    try:
+        answer = requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_SECONDS, verify=verify)
+        if answer.status_code < 500:  # it answers (a login page is an answer too)
+            return
+        reason = f"HTTP {answer.status_code}"
+    except requests.RequestException as err:
+        reason = _reason(err)
+    raise PetlocError(f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "
+                      "or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI")
+
+
+def _reason(err: Exception) -> str:
+    """The cause a user acts on, without requests' and urllib3's wrapping."""
+    import requests
+
+    if isinstance(err, requests.Timeout):
+        return f"no answer within {SERVER_CHECK_SECONDS} s"
+    cause = err.args[0] if err.args else err
+    cause = getattr(cause, "reason", cause)  # urllib3's MaxRetryError holds the real one
+    text = str(cause)
+    if text.startswith("HTTP"):  # "HTTPConnection(host=..., port=...): Failed to ..."
+        text = text.split("): ", 1)[-1]
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _open_sqlite_store(uri: str) -> None:
