@@ -18,6 +18,7 @@ import re
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -25,6 +26,7 @@ import keras_tuner as kt
 from keras_tuner.src import protos
 from keras_tuner.src.distribute import oracle_chief, oracle_client
 from keras_tuner.src.engine.trial import Trial, TrialStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.config import Experiment
@@ -36,10 +38,11 @@ from petloc.search.progress import duration, planned_trials
 from petloc.search.sweep import (FINGERPRINT_TAG, SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
                                  fingerprint, sweep_state)
 from petloc.search.tuner import TrackedTuner, searched_names, tuner_dir
-from petloc.tracking import runs, store
+from petloc.tracking import log, runs, store
 
 CHIEF_TAG, WORKER_TAG = "petloc.chief", "petloc.worker"
 HEARTBEAT_SECONDS = 5.0
+CHECKPOINT_FOLDER = "checkpoint"  # a Hyperband trial's weights in its run, for the round that continues it
 WORKER_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _ADDRESS = re.compile(r"(?P<host>[^\s:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})")
 
@@ -201,6 +204,11 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
                     _end_trial_runs(parent, trial_id, reason)
         finally:
             server.stop(grace=2)
+        # A worker that lost the tracking server could not close its run; the oracle knows
+        # how its trial ended, so the run does not stay RUNNING for ever.
+        for trial_id in oracle.trials:
+            _end_trial_runs(parent, trial_id, "its worker could not close this run (was the tracking server unreachable?); "
+                            "the trial ended as the sweep's chief recorded it")
         return finish(exp, parent, failed_trials(oracle), servicer.stopped, log)
 
 
@@ -235,7 +243,23 @@ class WorkerTuner(TrackedTuner):
 
     def run_trial(self, trial, *args, **kwargs):
         with _heartbeat(self.oracle, trial.trial_id):
-            return super().run_trial(trial, *args, **kwargs)
+            result = super().run_trial(trial, *args, **kwargs)
+        if self.exp.tuner.kind == "hyperband":  # a later round may continue this trial on another machine
+            log.log_files(self.trial_runs[trial.trial_id], {CHECKPOINT_FOLDER: self._weights_file(trial.trial_id)})
+        return result
+
+    def _warm_start_weights(self, hp) -> Path | None:
+        """Hyperband's earlier-round weights: from this machine's sweep folder, else from the
+        earlier trial's run in the tracking server."""
+        previous = hp.values.get("tuner/trial_id")
+        if not previous or self._weights_file(previous).is_file():
+            return super()._warm_start_weights(hp)
+        for run in runs.child_runs(self.parent_run_id, f"tags.trial_id = '{previous}' and attributes.status = 'FINISHED'"):
+            with contextlib.suppress(MlflowException):
+                return Path(MlflowClient().download_artifacts(run.info.run_id, f"{CHECKPOINT_FOLDER}/{self._weights_file(previous).name}",
+                                                              str(self.get_trial_dir(previous))))
+        raise PetlocError(f"trial {hp.values.get('tuner/trial_id')}'s weights, which this trial continues, are neither "
+                          "in this machine's sweep folder nor in its run")
 
 
 @contextlib.contextmanager

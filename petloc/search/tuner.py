@@ -100,6 +100,7 @@ class TrackedTuner(kt.Tuner):
         self.figures: dict[str, dict[str, float]] = {}  # trial_id -> summary of the trials this process ran
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
         self.run_tags: dict[str, str] = {}  # more tags for each trial's run
+        self.trial_runs: dict[str, str] = {}  # trial_id -> its run, for the trials this process finished
         super().__init__(oracle=ORACLES[exp.tuner.kind](exp), hypermodel=SpaceHyperModel(exp), **kwargs)
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
@@ -160,6 +161,7 @@ class TrackedTuner(kt.Tuner):
             self.errors[trial.trial_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
+        self.trial_runs[trial.trial_id] = run_id
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}
 
     def _child_run(self, trial) -> str:
