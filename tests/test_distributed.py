@@ -241,8 +241,7 @@ def test_a_tracking_server_down_mid_trial_fails_that_trial_and_the_sweep_goes_on
         worker_lines.text()
         out = finish(chief)
         statuses = {run.data.tags["trial_id"]: run.info.status for run in trial_runs(client, "outage")}
-    print(failed)
-    assert "MlflowException" in failed or "tracking server" in failed, failed
+    assert f"the tracking server {uri} did not answer, even after MLflow's retries" in failed, failed
     assert chief.returncode == 0, out
     assert "1 finished, 1 failed" in out
     assert statuses == {"0": "FAILED", "1": "FINISHED"}  # 0 closed by the chief: its worker could not

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import keras
 import keras_tuner as kt
 import keras_tuner.src.config
+import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.config import Experiment, Range
@@ -158,7 +160,7 @@ class TrackedTuner(kt.Tuner):
                                         save_weights=self._weights_file(trial.trial_id),
                                         description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'")
         except Exception as err:
-            self.errors[trial.trial_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            self.errors[trial.trial_id] = why_failed(err)
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
         self.trial_runs[trial.trial_id] = run_id
@@ -190,6 +192,14 @@ class TrackedTuner(kt.Tuner):
         if previous and self._weights_file(previous).is_file():
             return self._weights_file(previous)
         return None
+
+
+def why_failed(err: Exception) -> str:
+    """A failed trial's reason in one line; a tracking server that stopped answering is named."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, MlflowException) and "Max retries exceeded" in first:
+        return f"the tracking server {mlflow.get_tracking_uri()} did not answer, even after MLflow's retries ({first[:160]}...)"
+    return f"{type(err).__name__}: {first}"
 
 
 def searched_names(exp: Experiment) -> list[str]:
