@@ -180,10 +180,72 @@ def promote(
         return Promotion(name, None, False, f"{label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered")
     version = _existing_version(name, run_id) or _register(run, model_source, name)
     if better or force:
-        client.set_registered_model_alias(name, alias, version)
+        _claim(name, alias, version, only=force)
+        _set_alias(name, alias, version)
+        settled = _settle(name, alias, metric)
+        if settled is not None and settled.version != version:
+            return Promotion(name, version, False, f"registered as version {version}; {name}@{alias} is version {settled.version}, "
+                                                   f"promoted at the same time ({label} {settled.tags.get(metric, 'unknown')})")
         why = "forced" if not better else ("first champion" if holder is None else f"beats {holder_score:.4f}")
         return Promotion(name, version, True, f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})")
     return Promotion(name, version, False, f"registered as version {version}; {label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
+
+
+# Promotions racing against one registry (two sweeps ending at once, maybe on two machines)
+# can each read the old holder and move the alias in any order. Each winner first records
+# its win on its version; after moving the alias, every writer re-reads those records and
+# settles on the best, so whoever writes last leaves the alias right.
+SETTLE_ROUNDS = 20
+
+
+def _claim_tag(alias: str) -> str:
+    return f"promoted_to_{alias}"
+
+
+def _claim(name: str, alias: str, version: str, only: bool) -> None:
+    """Records on `version` that it won `alias`; `only` (a forced move) withdraws the other
+    versions' records, so that settling never brings back a model the user moved away from."""
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, _claim_tag(alias), "true")
+    if only:
+        for other in client.search_model_versions(f"name='{name}'"):
+            if other.version != version and _claim_tag(alias) in other.tags:
+                client.delete_model_version_tag(name, other.version, _claim_tag(alias))
+
+
+def _settle(name: str, alias: str, metric: str):
+    """Moves `alias` to the best version that won it, until a re-read finds it there; the holder."""
+    for _ in range(SETTLE_ROUNDS):
+        holder = champion_version(name, alias)
+        if holder is None:  # the alias was removed meanwhile
+            return None
+        best = _best_claim(name, alias, metric, holder)
+        if best.version == holder.version:
+            return holder
+        _set_alias(name, alias, best.version)
+    return champion_version(name, alias)
+
+
+def _set_alias(name: str, alias: str, version: str, attempts: int = 3) -> None:
+    # MLflow's SQL store sets an alias by a read, then an insert or an update: two first
+    # settings at once collide on the alias's unique key. Tried again, the row is there.
+    for attempt in range(attempts):
+        try:
+            MlflowClient().set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+
+
+def _best_claim(name: str, alias: str, metric: str, holder):
+    """The holder, or a better version that won `alias` on the holder's validation data; ties
+    go to the older version, as a promotion needs to beat the holder strictly."""
+    if holder.tags.get(metric) is None:
+        return holder
+    rivals = [v for v in MlflowClient().search_model_versions(f"name='{name}'")
+              if _claim_tag(alias) in v.tags and v.tags.get("val_data") == holder.tags.get("val_data") and v.tags.get(metric) is not None]
+    return max([holder, *rivals], key=lambda v: (float(v.tags[metric]), -int(v.version)))
 
 
 def registered_name_of(run_id: str) -> str:
@@ -215,7 +277,11 @@ def _register(run, model_source: str, name: str) -> str:
         client.get_registered_model(name)
     except MlflowException:
         kind = "cat/dog classifier whose backbone localisers start from" if run.data.tags.get("petloc_kind") == "pretrain" else "cat/dog head localiser (class + head box)"
-        client.create_registered_model(name, description=f"petloc: {kind}")
+        try:
+            client.create_registered_model(name, description=f"petloc: {kind}")
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":  # another promotion created it meanwhile
+                raise
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
     tags["source_run"] = run.info.run_id
