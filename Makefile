@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/precision_speed.py
 	$(BIN)/python benchmarks/pipeline_speed.py
 	$(BIN)/python benchmarks/tracking_speed.py
+	$(BIN)/python benchmarks/tracking_load.py
 
 clean:
 	rm -rf $(VENV) data/synthetic data/.cache mlruns/mlflow.db mlruns/artifacts mlruns/tuner

@@ -67,8 +67,12 @@ def _postgres_bin() -> Path | None:
 class Postgres:
     """A running cluster on 127.0.0.1:port; `new_database()` gives a fresh database's URI."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, data: Path):
         self.port = port
+        self.data = data  # its data folder: postmaster.pid names the server process
+
+    def pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def new_database(self, name: str | None = None) -> str:
         import psycopg
@@ -100,7 +104,7 @@ def postgres_server(durable: bool = False):
         _run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
              "pg_ctl start", log)
         started = True
-        yield Postgres(port)
+        yield Postgres(port, data)
     finally:
         if started:
             subprocess.run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],

@@ -37,7 +37,7 @@ def serve(backend: str | None, artifacts: str | None, host: str, port: int, work
     client_uri = f"http://{_client_host(host)}:{port}"
     say(f"MLflow tracking server: runs in {_shown(backend)}, artifacts in {destination}")
     say(f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)")
-    server = subprocess.Popen(mlflow_server_command(backend, destination, host, port, workers), env=_server_env())
+    server = subprocess.Popen(mlflow_server_command(backend, destination, host, port, workers), env=_server_env(backend))
     try:
         _wait_until_ready(server, f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else client_uri)
         say(f"ready at {client_uri}  (Ctrl+C to stop)")
@@ -133,8 +133,19 @@ def _client_host(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "::") else host
 
 
-def _server_env() -> dict:
+# Each web worker serves up to 40 requests at once (Starlette runs MLflow's Flask app on
+# anyio's 40 threads), but SQLAlchemy's default pool opens 15 connections (5 + 10 overflow):
+# under 64 busy clients, requests waited 30 s for a connection and failed with a 400, which
+# clients do not retry (benchmarks/tracking_load.py). 5 kept + 35 on demand = one per thread;
+# only as many are opened as requests run at once.
+DATABASE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "5", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "35"}
+
+
+def _server_env(backend: str) -> dict:
     env = {**os.environ}
+    if not backend.startswith("sqlite:"):  # SQLite takes no pool settings
+        for name, value in DATABASE_POOL.items():
+            env.setdefault(name, value)
     # MLflow's job queues serve its GenAI features, which petloc does not use; off, the server
     # starts sooner and leaves nothing behind in /dev/shm.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
