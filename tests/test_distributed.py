@@ -176,13 +176,18 @@ def test_a_lost_worker_fails_its_trial_after_the_timeout_and_the_sweep_ends(serv
     lost.send_signal(signal.SIGKILL)
     lost.wait(timeout=60)
 
+    twin = start(["sweep", exp, "--worker", "b", "--chief", address], tmp_path, server)
+    twin_lines = Lines(twin)
+    twin_lines.wait_for("trial 1 (", timeout=240)
+    again = start(["sweep", exp, "--worker", "b", "--chief", address], tmp_path, server)
+    refused = finish(again)
+    assert again.returncode == 2 and "worker b of sweep 'tiny' is already running on this machine" in refused
     other = start(["sweep", exp, "train.epochs=2", "--worker", "odd", "--chief", address], tmp_path, server)
     refused = finish(other)
     assert other.returncode == 2 and "Traceback" not in refused
     assert "settings differ from the chief's" in refused.strip().splitlines()[-1]
 
-    survivor = start(["sweep", exp, "--worker", "b", "--chief", address], tmp_path, server)
-    finish(survivor)
+    twin_lines.text()
     out = finish(chief)
     assert chief.returncode == 0, out
     failed = client.get_run(lost_run.info.run_id)
@@ -264,6 +269,31 @@ def test_workers_on_this_machine_share_one_sweep_on_the_local_store(tmp_path):
     assert "[worker-1]" in done.stdout and "[worker-2]" in done.stdout
     assert "Leaderboard of sweep 'tiny' (3 finished, 0 failed" in done.stdout
     assert str(client.get_model_version_by_alias("petloc", "champion").version) == "1"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(tmp_path):
+    data = tiny_dataset(tmp_path / "photos", count=40)
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 3}, space=SPACE, tuner={"max_trials": 3})
+    client = store_client(tmp_path)
+    launcher = subprocess.Popen([*PETLOC, "sweep", exp, "--workers", "2"], cwd=tmp_path, env=petloc_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_training(client, "tiny", launcher)
+    launcher.send_signal(signal.SIGINT)
+    out = finish(launcher, timeout=120)
+    assert launcher.returncode == 130, out
+    assert "stopping the chief and the workers" in out
+    interrupted = trial_runs(client, "tiny")
+    assert interrupted and "RUNNING" not in {run.info.status for run in interrupted}  # each ended KILLED or FINISHED
+    assert parent_of(client, "tiny").info.status == "KILLED"
+
+    again = subprocess.run([*PETLOC, "sweep", exp, "--workers", "2"], cwd=tmp_path, env=petloc_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    finished = [run for run in trial_runs(client, "tiny") if run.info.status == "FINISHED"]
+    assert Counter(run.data.tags["trial_id"] for run in finished) == {"0": 1, "1": 1, "2": 1}  # none lost, none twice
+    assert parent_of(client, "tiny").info.status == "FINISHED"
+    assert "Leaderboard of sweep 'tiny' (3 finished, 0 failed" in again.stdout
 
 
 # ---- one-line errors, before anything starts -----------------------------------------------
