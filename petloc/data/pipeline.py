@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import train_test_split
+from tqdm import tqdm
 
 from petloc.data.augment import augment
 from petloc.data.images import IMAGE_SUFFIXES
@@ -63,7 +64,11 @@ def dataset_digest(root: Path) -> str:
 
 def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> ImageSet:
     images, labels, boxes, paths, splits, skipped = [], [], [], [], [], []
+    photos = sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    # Once per dataset and size (then cached); a bar on a terminal, nothing in logs and pipes.
+    bar = tqdm(total=photos, desc=f"decoding {root.name} at {image_size} px", unit="photo", disable=None)
     for item in scan(root, on_bad=on_bad, strict=strict):
+        bar.update()
         if isinstance(item, Skipped):
             skipped.append(item)
             continue
@@ -73,6 +78,7 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Image
         boxes.append(np.array(sample.box, np.float32) / np.array([sample.width, sample.height] * 2, np.float32))
         paths.append(str(sample.path))
         splits.append(sample.split or "")
+    bar.close()
     if not images:
         raise PetlocError(f"{root}: no usable images ({len(skipped)} skipped)")
     return ImageSet(np.stack(images), np.array(labels, np.int32), np.stack(boxes).astype(np.float32), paths, splits, skipped)
