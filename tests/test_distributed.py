@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -312,4 +313,14 @@ def test_distributed_options_that_do_not_fit_are_one_line(tmp_path, args, says):
     exp = tiny_experiment(tmp_path, data)
     with in_project(tmp_path), pytest.raises(PetlocError, match=re.escape(says)):
         invoke("sweep", exp, *args)
+    assert not (tmp_path / "mlruns" / "tuner" / "tiny").exists()
+
+
+def test_a_chief_that_cannot_listen_says_so_before_touching_the_sweep(tmp_path):
+    data = tiny_dataset(tmp_path / "photos", count=8)
+    exp = tiny_experiment(tmp_path, data)
+    with socket.create_server(("127.0.0.1", 0)) as taken, in_project(tmp_path):
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(PetlocError, match=f"--address {address}: cannot listen there"):
+            invoke("sweep", exp, "--chief", "--address", address)
     assert not (tmp_path / "mlruns" / "tuner" / "tiny").exists()

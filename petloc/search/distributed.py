@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import threading
 import time
 from concurrent import futures
@@ -179,6 +180,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
     """Hold the sweep's oracle and answer workers until its trials are over; then the
     leaderboard and the promotion, as a one-process sweep ends."""
     host, port = parse_address(address, "--address")
+    _check_free(host, port)  # before the sweep's state is touched
     with sweep_state(exp, fresh) as (directory, parent):
         MlflowClient().set_tag(parent, CHIEF_TAG, f"{host}:{port}")
         _use_chief(host, port, "chief")
@@ -190,10 +192,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, log)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
-        try:
-            server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:
-            raise PetlocError(f"--address {host}:{port}: cannot listen there (in use, or not this machine's address)") from None
+        server.add_insecure_port(f"{host}:{port}")
         server.start()
         log(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {store.configure(exp.tracking.uri)}; "
             f"workers: petloc sweep EXPERIMENT --worker ID --chief {host}:{port}")
@@ -201,21 +200,30 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
             while not servicer.done():
                 time.sleep(1)
                 for trial_id, reason in servicer.fail_silent_workers(worker_timeout):
-                    _end_trial_runs(parent, trial_id, reason)
+                    _end_trial_runs(parent, reason, trial_id)
         finally:
             server.stop(grace=2)
         # A worker that lost the tracking server could not close its run; the oracle knows
         # how its trial ended, so the run does not stay RUNNING for ever.
-        for trial_id in oracle.trials:
-            _end_trial_runs(parent, trial_id, "its worker could not close this run (was the tracking server unreachable?); "
-                            "the trial ended as the sweep's chief recorded it")
+        _end_trial_runs(parent, "its worker could not close this run (was the tracking server unreachable?); "
+                        "the trial ended as the sweep's chief recorded it")
         return finish(exp, parent, failed_trials(oracle), servicer.stopped, log)
 
 
-def _end_trial_runs(parent: str, trial_id: str, reason: str) -> None:
-    """The MLflow run a lost worker left RUNNING for this trial ends FAILED, saying why."""
+def _check_free(host: str, port: int) -> None:
+    """One line when the chief cannot listen at HOST:PORT (gRPC would only log it)."""
+    try:
+        with socket.create_server((host.strip("[]"), port)):
+            pass
+    except OSError as err:
+        raise PetlocError(f"--address {host}:{port}: cannot listen there ({err.strerror or err})") from None
+
+
+def _end_trial_runs(parent: str, reason: str, trial_id: str | None = None) -> None:
+    """The runs a lost worker left RUNNING (for one trial, or any) end FAILED, saying why."""
     client = MlflowClient()
-    for run in runs.child_runs(parent, f"tags.trial_id = '{trial_id}' and attributes.status = 'RUNNING'"):
+    trial = f" and tags.trial_id = '{trial_id}'" if trial_id is not None else ""
+    for run in runs.child_runs(parent, f"attributes.status = 'RUNNING'{trial}"):
         client.set_tag(run.info.run_id, "error", reason)
         client.set_terminated(run.info.run_id, "FAILED")
 
