@@ -94,7 +94,7 @@ def postgres_server(durable: bool = False):
     data, log = folder / "data", folder / "server.log"
     as_owner = _as_postgres_user(folder)
     port = free_port()
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=300"
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
     if not durable:
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     started = False
@@ -140,14 +140,14 @@ def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
 
 @contextmanager
 def tracking_server(backend_uri: str, artifacts_dir: Path, port: int | None = None, workers: int = 1,
-                    env: dict | None = None):
+                    env: dict | None = None, options: tuple[str, ...] = ()):
     """`petloc tracking-server` on `backend_uri`, artifacts proxied to `artifacts_dir`, on a
     free (or the given) port of 127.0.0.1; yields its http URI once /health answers.
     One web worker by default: it starts in half the time of 4, and a test is one client."""
     port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "petloc", "tracking-server", "--backend", backend_uri,
-           "--artifacts", str(artifacts_dir), "--port", str(port), "--workers", str(workers)]
+           "--artifacts", str(artifacts_dir), "--port", str(port), "--workers", str(workers), *options]
     logs = Path(tempfile.mkdtemp(prefix="petloc-server-"))
     env = {k: v for k, v in (env or os.environ).items() if k != "MLFLOW_TRACKING_URI"}
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves this machine

@@ -160,3 +160,25 @@ def test_outage_of_half_a_minute_is_ridden_out_and_a_longer_one_fails_within_two
     with pytest.raises(MlflowException, match="Max retries exceeded"):
         client.log_batch(run_id, metrics=[Metric("val/miou", 0.6, int(time.time() * 1000), 2)])
     assert 55 < time.monotonic() - start < 120, f"outage ridden out: {outage:.0f} s"
+
+
+def api_status(uri: str, host: str) -> int:
+    """The HTTP status of an API call to `uri` sent with the Host header `host`."""
+    import requests
+
+    return requests.get(f"{uri}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, headers={"Host": host}).status_code
+
+
+@pytest.mark.slow  # two tracking servers
+def test_host_names_the_server_refuses_are_one_line_and_allowed_hosts_admits_them(tmp_path):
+    backend = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracking_server(backend, tmp_path / "a", options=("--allowed-hosts", "tracker.example")) as uri:
+        port = uri.rsplit(":", 1)[1]
+        assert api_status(uri, f"tracker.example:{port}") == 200
+        assert api_status(uri, f"127.0.0.1:{port}") == 200  # MLflow's defaults stay
+        assert api_status(uri, f"other.example:{port}") == 403
+    env = {**petloc_env(), "MLFLOW_SERVER_ALLOWED_HOSTS": "tracker.example:*"}  # a user's own list: only that name
+    with tracking_server(backend, tmp_path / "a", env=env) as uri:
+        with pytest.raises(PetlocError, match=f"tracking server {uri} refuses the host name 127.0.0.1: start it with "
+                                              "petloc tracking-server --allowed-hosts 127.0.0.1"):
+            store.configure(uri)

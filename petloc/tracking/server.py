@@ -27,7 +27,7 @@ STOP_SECONDS = 30  # uvicorn finishes the requests in flight, then exits
 
 
 def serve(backend: str | None, artifacts: str | None, host: str, port: int, workers: int,
-          say: Callable[[str], None] = print) -> None:
+          allowed_hosts: list[str] = (), say: Callable[[str], None] = print) -> None:
     """Check the inputs, start `mlflow server`, tell clients where it is, and run it until
     Ctrl+C or SIGTERM (passed on to the server); returns once the server has stopped."""
     backend = backend or store.default_uri()
@@ -37,7 +37,8 @@ def serve(backend: str | None, artifacts: str | None, host: str, port: int, work
     client_uri = f"http://{_client_host(host)}:{port}"
     say(f"MLflow tracking server: runs in {_shown(backend)}, artifacts in {destination}")
     say(f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)")
-    server = subprocess.Popen(mlflow_server_command(backend, destination, host, port, workers), env=_server_env(backend))
+    cmd = mlflow_server_command(backend, destination, host, port, workers) + _allowed_hosts_flag(host, allowed_hosts)
+    server = subprocess.Popen(cmd, env=_server_env(backend))
     try:
         _wait_until_ready(server, f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else client_uri)
         say(f"ready at {client_uri}  (Ctrl+C to stop)")
@@ -53,6 +54,20 @@ def mlflow_server_command(backend: str, destination: str, host: str, port: int, 
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
             "--serve-artifacts", "--artifacts-destination", destination,
             "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def _allowed_hosts_flag(host: str, names: list[str]) -> list[str]:
+    """MLflow answers API calls only for Host headers of localhost and private IPs (a guard
+    against DNS rebinding; /health answers anyone): clients that use a name, as the printed
+    URI does when serving other machines, are refused with a 403. The names are added to
+    MLflow's defaults; a user's own MLFLOW_SERVER_ALLOWED_HOSTS is left alone."""
+    names = [*names, *([socket.gethostname(), socket.getfqdn()] if host in ("0.0.0.0", "::") else [])]
+    if not names or os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+        return []
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    extra = [pattern for name in dict.fromkeys(names) for pattern in (name, f"{name}:*")]
+    return ["--allowed-hosts", ",".join([*get_default_allowed_hosts(), *extra])]
 
 
 def artifacts_destination(artifacts: str | None) -> str:

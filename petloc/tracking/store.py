@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -69,15 +70,30 @@ def _check_server(uri: str) -> None:
 
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
     verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", True)  # as MLflow's client
+    base = uri.rstrip("/")
     try:
-        answer = requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_SECONDS, verify=verify)
+        answer = requests.get(f"{base}/health", timeout=SERVER_CHECK_SECONDS, verify=verify)
         if answer.status_code < 500:  # it answers (a login page is an answer too)
+            _check_host_accepted(base, verify)
             return
         reason = f"HTTP {answer.status_code}"
     except requests.RequestException as err:
         reason = _reason(err)
     raise PetlocError(f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "
                       "or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI")
+
+
+def _check_host_accepted(base: str, verify) -> None:
+    """MLflow's server answers /health to anyone but refuses API calls (403) whose Host is a
+    name it was not told about: every later call would fail, so say so now."""
+    import requests
+
+    answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                          timeout=SERVER_CHECK_SECONDS, verify=verify)
+    if answer.status_code == 403 and "Host header" in answer.text:
+        host = urlparse(base).hostname
+        raise PetlocError(f"tracking server {base} refuses the host name {host}: start it with "
+                          f"petloc tracking-server --allowed-hosts {host} (or mlflow server --allowed-hosts), or use its IP address")
 
 
 def _reason(err: Exception) -> str:
