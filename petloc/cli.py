@@ -268,11 +268,13 @@ def ui(host, port, workers):
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 serves other machines too.")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Web server processes.")
-def tracking_server(backend, artifacts, host, port, workers):
+@click.option("--allowed-hosts", metavar="NAMES", default="", help="Host names clients use besides localhost and IP addresses, comma-separated (with --host 0.0.0.0 this machine's name is allowed already).")
+def tracking_server(backend, artifacts, host, port, workers, allowed_hosts):
     """An MLflow tracking server for many processes or machines (`mlflow server`, artifacts proxied)."""
     from petloc.tracking import server
 
-    server.serve(backend, artifacts, host, port, workers, say=click.echo)
+    names = [name.strip() for name in allowed_hosts.split(",") if name.strip()]
+    server.serve(backend, artifacts, host, port, workers, names, say=click.echo)
 
 
 # MLflow 3.17's UI shows its GenAI pages unless the page's URL or the browser's own choice (the
