@@ -7,6 +7,7 @@ TensorFlow to import. Each timed as a process, side by side with `import tensorf
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from common import scratch, table, write_block
 
 PETLOC = str(Path(sys.executable).with_name("petloc"))
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def seconds(cmd: list[str], cwd: str) -> float:
@@ -29,9 +31,14 @@ def main() -> None:
     args = parser.parse_args()
     folder = str(scratch("startup"))
     (Path(folder) / "bad.yaml").write_text("name: x\ntrain:\n  epoch: 3\n")  # a typo: one line, exit 2
+    shutil.copy(EXPERIMENTS / "quick.yaml", folder)
     commands = {
         "`petloc --help`": [PETLOC, "--help"],
         "`petloc train bad.yaml` (mistyped key: one-line error)": [PETLOC, "train", "bad.yaml"],
+        "`petloc sweep quick.yaml space.backbone=nope` (unknown backbone: one-line error)":
+            [PETLOC, "sweep", "quick.yaml", "space.backbone=nope"],
+        "`petloc config quick.yaml space.box_loss=nope` (unknown box loss: one-line error)":
+            [PETLOC, "config", "quick.yaml", "space.box_loss=nope"],
         "`petloc predict model.keras x.jpg --out missing/file` (bad --out: one line before the model loads)":
             [PETLOC, "predict", "model.keras", "x.jpg", "--out", "bad.yaml/sub"],
         "`python -c 'import tensorflow'`": [sys.executable, "-c", "import tensorflow"],

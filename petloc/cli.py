@@ -60,13 +60,15 @@ def train(experiment, overrides):
 
     OVERRIDES are key=value pairs such as data.path=../photos space.backbone=simple train.epochs=5.
     """
+    from petloc.config import load_experiment
+
+    exp = load_experiment(experiment, overrides)  # a bad file is one line before TensorFlow loads
+
     import mlflow
 
-    from petloc.config import load_experiment
     from petloc.report import table
     from petloc.tracking.training_runs import train_run
 
-    exp = load_experiment(experiment, overrides)
     run = train_run(exp, click.echo)
     click.echo(table([run.summary]))
     click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
@@ -106,11 +108,13 @@ def pretrain(experiment, overrides):
     space.backbone=registered:petloc-backbone@champion.
     """
     from petloc.config import load_experiment
+
+    exp = load_experiment(experiment, overrides)  # a bad file is one line before TensorFlow loads
+
     from petloc.report import table
     from petloc.tracking import registry
     from petloc.tracking.training_runs import pretrain_run
 
-    exp = load_experiment(experiment, overrides)
     run = pretrain_run(exp, click.echo)
     click.echo(table([run.summary]))
     promotion = registry.promote(run.run_id, exp.pretrain.register_as, exp.pretrain.alias)
@@ -402,7 +406,7 @@ def _print_prediction(row: dict, as_json: bool) -> None:
 @cli.command()
 def hyperparameters():
     """Every searchable hyperparameter: type, default, bounds or choices, and what it does."""
-    from petloc.model import hyperparams
+    from petloc import hyperparams
     from petloc.report import table
 
     rows = []

@@ -14,8 +14,9 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from petloc import hyperparams
 from petloc.errors import PetlocError
-from petloc.model import BACKBONES, REGISTERED, hyperparams
+from petloc.hyperparams import BACKBONE_NAMES, REGISTERED
 
 Scalar = Union[bool, int, float, str, None]
 
@@ -155,8 +156,8 @@ class PretrainConfig(Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone {value!r}; choose from {', '.join(sorted(BACKBONES))}")
+        if value not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone {value!r}; choose from {', '.join(sorted(BACKBONE_NAMES))}")
         return value
 
 

@@ -1,11 +1,13 @@
-"""The localiser network: backbones, heads, losses, metrics and the hyperparameters that shape them."""
+"""The localiser network: backbones, heads, losses, metrics and the hyperparameters that shape them
+(declared in `petloc.hyperparams`, free of TensorFlow, for the experiment schema)."""
 
+from petloc import hyperparams
+from petloc.hyperparams import Hyperparameters
 from petloc.model.backbones import BACKBONES, REGISTERED, Pretrained, build_backbone
 from petloc.model.build import build_model, compile_model, optimizer
 from petloc.model.heads import BOX_HEADS, SECOND_STAGES
-from petloc.model.hyperparams import Hyperparameters
 from petloc.model.losses import BOX_LOSSES, CLASS_WEIGHTS
 from petloc.model.tta import TTA
 
 __all__ = ["BACKBONES", "BOX_HEADS", "BOX_LOSSES", "CLASS_WEIGHTS", "Hyperparameters", "Pretrained", "REGISTERED", "SECOND_STAGES",
-           "TTA", "build_backbone", "build_model", "compile_model", "optimizer"]
+           "TTA", "build_backbone", "build_model", "compile_model", "hyperparams", "optimizer"]

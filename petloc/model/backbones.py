@@ -1,4 +1,5 @@
-"""Backbone registry: name -> builder. Adding a backbone is one short function.
+"""Backbone registry: name -> builder. Adding a backbone is one short function, and its name
+in `petloc/hyperparams.py` (which config reads without TensorFlow; a test checks the two).
 
 A builder takes the input size, a width multiplier and a weights choice, and returns a
 `keras.Model` mapping RGB pixels in 0..255 to a feature map. Each builder puts the

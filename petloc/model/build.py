@@ -12,9 +12,9 @@ import re
 import keras
 from keras import layers
 
+from petloc.hyperparams import Hyperparameters
 from petloc.model.backbones import Pretrained, build_backbone
 from petloc.model.heads import BOX_HEADS, SECOND_STAGES, dense_stack
-from petloc.model.hyperparams import Hyperparameters
 from petloc.model.losses import BOX_LOSSES
 from petloc.model.metrics import MeanIoU
 

@@ -1,22 +1,18 @@
 """The heads on a backbone's feature map, as registries: how the box is read off the map
 (BOX_HEADS) and how the class head may look again at the head the box found (SECOND_STAGES).
 
-Each takes the run's hyperparameters (`petloc.model.hyperparams.Hyperparameters`).
+Each takes the run's hyperparameters (`petloc.hyperparams.Hyperparameters`).
 Under a mixed-precision policy the box's position and the head crop stay float32.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import keras
 from keras import layers, ops
 
+from petloc.hyperparams import Hyperparameters
 from petloc.model.backbones import Pretrained, build_backbone
 from petloc.model.losses import ordered
-
-if TYPE_CHECKING:  # for annotations only: hyperparams reads these registries
-    from petloc.model.hyperparams import Hyperparameters
 
 
 def dense_stack(x, units: int, depth: int, dropout: float, prefix: str):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from petloc import hyperparams
 from petloc.config import Experiment, parse_experiment
 from petloc.errors import PetlocError
-from petloc.model import hyperparams
 from petloc.tracking import log, runs, store
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data

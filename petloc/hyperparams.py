@@ -2,26 +2,33 @@
 what it does. The experiment schema (`petloc.config`), the model builder and
 `petloc hyperparameters` all read this declaration.
 
-Choices come from the registries (backbones, box heads, losses, ...), so a new registry
-entry is a valid choice everywhere at once.
+Plain data, free of TensorFlow: a mistyped name in an experiment file is answered before
+Keras loads. The choices are the names in `petloc.model`'s registries (backbones, box heads,
+losses, ...), declared here too; tests/test_hyperparams.py checks that the two agree, so a new
+registry entry needs its name added here to be a valid choice.
 """
 
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from petloc.model.backbones import BACKBONES
-from petloc.model.heads import BOX_HEADS, SECOND_STAGES
-from petloc.model.losses import BOX_LOSSES, CLASS_WEIGHTS
-from petloc.model.tta import TTA
+REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
+
+# The names of petloc.model's registries, in the order `petloc hyperparameters` lists them.
+BACKBONE_NAMES = ("simple", "simple_context", "small_resnet", "mobilenetv2", "efficientnetb0", "resnet50", "vgg16")
+BOX_HEAD_NAMES = ("dense", "centre")
+SECOND_STAGE_NAMES = ("none", "head_crop")
+BOX_LOSS_NAMES = ("mse", "l1", "smooth_l1", "giou", "l1_giou")
+CLASS_WEIGHT_NAMES = ("none", "balanced")
+TTA_NAMES = ("none", "flip")
 
 
-def _hp(default, doc: str, bounds: tuple | None = None, choices: dict | None = None):
+def _hp(default, doc: str, bounds: tuple | None = None, choices: tuple[str, ...] | None = None):
     return field(default=default, metadata={"doc": doc, "bounds": bounds, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    backbone: str = _hp("simple", "feature extractor (or registered:NAME@ALIAS from petloc pretrain)", choices=BACKBONES)
+    backbone: str = _hp("simple", "feature extractor (or registered:NAME@ALIAS from petloc pretrain)", choices=BACKBONE_NAMES)
     width: float = _hp(1.0, "width multiplier (filters; alpha for mobilenetv2)", bounds=(0.1, 4.0))
     weights: str = _hp("none", "none (random init), imagenet, or a local weights file")
     image_size: int | None = _hp(None, "input side in pixels (default: data.image_size)", bounds=(32, 512))
@@ -29,14 +36,14 @@ class Hyperparameters:
     head_units: int = _hp(128, "units of each dense layer in the heads", bounds=(1, 4096))
     head_depth: int = _hp(1, "dense layers in each head", bounds=(0, 8))
     dropout: float = _hp(0.2, "dropout after each dense head layer", bounds=(0.0, 0.9))
-    box_loss: str = _hp("giou", "box loss", choices=BOX_LOSSES)
+    box_loss: str = _hp("giou", "box loss", choices=BOX_LOSS_NAMES)
     box_loss_weight: float = _hp(1.0, "weight of the box loss against the class loss", bounds=(0.0, 1000.0))
     learning_rate: float = _hp(1e-3, "Adam's learning rate, cosine-decayed over the run", bounds=(1e-7, 1.0))
     batch_size: int = _hp(32, "images per training step", bounds=(1, 1024))
-    class_weight: str = _hp("none", "balanced: cats and dogs weigh the same in the class loss", choices=CLASS_WEIGHTS)
-    tta: str = _hp("none", "test-time augmentation baked into the logged model (flip: average with the mirror image)", choices=TTA)
-    box_head: str = _hp("dense", "dense: corners from the flattened map; centre: heat-map centre + size", choices=BOX_HEADS)
-    second_stage: str = _hp("none", "head_crop: the class head also sees the crop around the predicted head", choices=SECOND_STAGES)
+    class_weight: str = _hp("none", "balanced: cats and dogs weigh the same in the class loss", choices=CLASS_WEIGHT_NAMES)
+    tta: str = _hp("none", "test-time augmentation baked into the logged model (flip: average with the mirror image)", choices=TTA_NAMES)
+    box_head: str = _hp("dense", "dense: corners from the flattened map; centre: heat-map centre + size", choices=BOX_HEAD_NAMES)
+    second_stage: str = _hp("none", "head_crop: the class head also sees the crop around the predicted head", choices=SECOND_STAGE_NAMES)
     freeze_backbone: bool = _hp(False, "train only the heads (for a pretrained backbone)")
 
     @classmethod
@@ -62,7 +69,7 @@ def bounds(name: str) -> tuple | None:
     return DECLARED[name].metadata["bounds"]
 
 
-def choices(name: str) -> dict | None:
+def choices(name: str) -> tuple[str, ...] | None:
     return DECLARED[name].metadata["choices"]
 
 
