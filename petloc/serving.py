@@ -49,6 +49,7 @@ def save_model(keras_model, path, mlflow_model=None, **kwargs):
     from mlflow.models.utils import _save_example
     from mlflow.utils.model_utils import _validate_and_copy_code_paths
 
+    kwargs.pop("validate_serving_input", None)  # read by Model.log itself, not a save setting
     mlflow_model = mlflow_model or Model()
     mlflow_model.signature = signature()
     mlflow_model.metadata = {**(mlflow_model.metadata or {}), "petloc_version": petloc.__version__}
