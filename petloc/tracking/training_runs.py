@@ -33,10 +33,10 @@ class TrackedRun:
 
 def train_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun:
     """`petloc train`: one run with the experiment's fixed hyperparameters."""
+    store.configure(exp.tracking.uri)  # a dead tracking server is one line before the data is read
     hp = exp.fixed_hyperparameters()
     data = prepare_data(exp.data, hp["image_size"], say)
     say(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
-    store.configure(exp.tracking.uri)
     run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"train-{hp['backbone']}")
     with runs.run_status(run_id):
         summary = train_tracked(exp, hp, data, run_id)
@@ -45,11 +45,11 @@ def train_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun
 
 def pretrain_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun:
     """`petloc pretrain`: the cat / dog classifier of the `pretrain:` section, tracked."""
+    store.configure(exp.tracking.uri)  # a dead tracking server is one line before the data is read
     cfg = exp.pretrain
     data = prepare_data(exp.data, cfg.image_size or exp.data.image_size, say)
     crops = " and their head crops" if cfg.head_crops else ""
     say(f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}")
-    store.configure(exp.tracking.uri)
     run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"pretrain-{cfg.backbone}")
     with runs.run_status(run_id):
         summary = pretrain_tracked(exp, data, run_id)
