@@ -246,6 +246,11 @@ def ui(host, port, workers):
     from petloc.tracking import store
 
     uri = store.configure()
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        click.echo(f"the tracking server {uri} serves the MLflow UI: open {uri}")
+        for line in _ui_pages(uri):
+            click.echo(line)
+        return
     click.echo(f"MLflow UI for {uri}  (Ctrl+C to stop)")
     for line in _ui_pages(f"http://{host}:{port}"):
         click.echo(line)

@@ -132,6 +132,10 @@ def test_a_chief_and_two_workers_log_each_trial_once_through_the_tracking_server
                             env=env, capture_output=True, text=True, timeout=300)
     assert answer.returncode == 0, answer.stderr
     assert "box" in json.dumps(json.loads(answer.stdout))
+    # ... and browses it in the server's own UI.
+    ui = subprocess.run([*PETLOC, "ui"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert ui.returncode == 0 and f"the tracking server {server} serves the MLflow UI" in ui.stdout
+    assert f"runs of team-sweep    {server}/#/experiments/{parent.info.experiment_id}/runs" in ui.stdout
 
 
 @pytest.mark.slow
