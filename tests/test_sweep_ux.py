@@ -279,3 +279,33 @@ def test_a_failed_trial_is_one_line_without_traceback(tmp_path, monkeypatch):
     assert re.search(r"^trial 0 failed after \d+ s: PetlocError: weights: '.*missing.weights.h5' is neither .*"
                      r"\[sweep: 1 of 2 trials, \d+ s elapsed, about \d+ s left\]$", result.output, re.M)
     assert "Traceback" not in result.output
+
+
+def _first_draws(seed: int, kind: str, trials: int = 4) -> list[dict]:
+    """The values an oracle built from quick.yaml (with tuner.seed=`seed`) hands its first trials."""
+    import tempfile
+
+    from petloc.search.tuner import ORACLES, SpaceHyperModel
+
+    exp = load_experiment(Path(__file__).parent.parent / "experiments" / "quick.yaml", [f"tuner.seed={seed}"])
+    oracle = ORACLES[kind](exp)
+    oracle._set_project_dir(tempfile.mkdtemp(), "draws")
+    space = oracle.get_space()
+    SpaceHyperModel(exp).declare_hyperparameters(space)
+    oracle.update_space(space)
+    draws = []
+    for _ in range(trials):
+        trial = oracle.create_trial("tuner0")
+        draws.append(dict(trial.hyperparameters.values))
+        oracle.update_trial(trial.trial_id, {"val_miou": 0.5})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    return draws
+
+
+@pytest.mark.parametrize("kind", ["random", "bayesian"])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_a_seeded_sweep_draws_the_same_trials_every_time(seed, kind):
+    """Keras Tuner reads seed 0 as 'no seed' (`seed or random.randint(...)`): petloc's files
+    say seed: 0, and each sweep drew other trials."""
+    assert _first_draws(seed, kind) == _first_draws(seed, kind)

@@ -30,25 +30,31 @@ from petloc.training.dataset import PreparedData
 OBJECTIVE = kt.Objective("val_miou", direction="max")
 
 
+def oracle_seed(exp: Experiment) -> int:
+    """The experiment's tuner.seed as Keras Tuner takes it: its oracles read 0 as 'no seed'
+    (`seed or random.randint(...)`), so seed n is passed as n + 1 and every seed repeats."""
+    return exp.tuner.seed + 1
+
+
 def _oracle_random(exp: Experiment):
-    return kt.oracles.RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=exp.tuner.seed,
+    return kt.oracles.RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
                                          max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
 
 
 def _oracle_bayesian(exp: Experiment):
-    return kt.oracles.BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=exp.tuner.seed,
+    return kt.oracles.BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
                                                  max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
 
 
 def _oracle_grid(exp: Experiment):
     # Every combination of the choices, in the order the file lists them (ranges need a step).
-    return kt.oracles.GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=exp.tuner.seed,
+    return kt.oracles.GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
                                        max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
 
 
 def _oracle_hyperband(exp: Experiment):
     # Hyperband decides the epochs of each trial itself, up to train.epochs.
-    return kt.oracles.HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=exp.tuner.seed,
+    return kt.oracles.HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=oracle_seed(exp),
                                       max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
 
 
