@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Callable
 
+from petloc import processes
+
 STOP_GRACE_SECONDS = 30  # a stopped process ends its MLflow runs KILLED before it exits
 WORKERS_GONE_GRACE_SECONDS = 20  # the chief ends on its own within a second or two of its last worker
 
@@ -91,12 +93,5 @@ def _stop(process: subprocess.Popen, wait_first: float = 0) -> None:
     """SIGINT (as Ctrl+C), then SIGKILL if it has not ended in STOP_GRACE_SECONDS."""
     try:
         process.wait(timeout=wait_first)
-        return
     except subprocess.TimeoutExpired:
-        pass
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        processes.stop(process, signal.SIGINT, STOP_GRACE_SECONDS)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from petloc import processes
 from petloc.errors import PetlocError
 from petloc.tracking import store
 
@@ -183,10 +184,4 @@ def _wait_until_ready(server: subprocess.Popen, uri: str) -> None:
 
 def _stop(server: subprocess.Popen) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the shutdown short
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    processes.stop(server, signal.SIGTERM, STOP_SECONDS)
