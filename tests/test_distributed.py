@@ -143,7 +143,7 @@ def test_a_worker_killed_mid_trial_and_restarted_resumes_that_trial(server, tmp_
     """kill -9 of a worker: started again with the same ID, Keras Tuner hands it the same
     trial; its half-done run ends KILLED and the trial is logged once as FINISHED."""
     data = tiny_dataset(tmp_path / "photos", count=40)
-    exp = tiny_experiment(tmp_path, data, train={"epochs": 4}, tuner={"max_trials": 1},
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 30}, tuner={"max_trials": 1},  # long enough to be caught
                           tracking={"experiment": "killed-worker"}, registry={"name": "killed-worker"})
     client = MlflowClient(server, registry_uri=server)
     address = f"127.0.0.1:{free_port()}"
@@ -171,28 +171,27 @@ def test_a_lost_worker_fails_its_trial_after_the_timeout_and_the_sweep_ends(serv
     why), the other worker finishes the rest, and the sweep ends with its leaderboard. A
     worker started with other settings is refused in one line."""
     data = tiny_dataset(tmp_path / "photos", count=40)
-    exp = tiny_experiment(tmp_path, data, train={"epochs": 20}, space={"head_units": [8, 16]}, tuner={"max_trials": 2},
+    # Trials of about a minute: the lost worker is still training while the others are refused.
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 100}, space={"head_units": [8, 16]}, tuner={"max_trials": 2},
                           tracking={"experiment": "lost-worker"}, registry={"name": "lost-worker"})
     client = MlflowClient(server, registry_uri=server)
     address = f"127.0.0.1:{free_port()}"
     chief = start(["sweep", exp, "--chief", "--address", address, "--worker-timeout", "10"], tmp_path, server)
     lost = start(["sweep", exp, "--worker", "lost", "--chief", address], tmp_path, server)
     lost_run = wait_for_training(client, "lost-worker", lost)
+    # While it trains (the chief is there to ask): a worker with other settings, and one with its ID.
+    other = start(["sweep", exp, "train.epochs=2", "--worker", "odd", "--chief", address], tmp_path, server)
+    twin = start(["sweep", exp, "--worker", "lost", "--chief", address], tmp_path, server)
+    refused, twice = finish(other), finish(twin)
+    assert other.returncode == 2 and "Traceback" not in refused
+    assert "settings differ from the chief's" in refused.strip().splitlines()[-1]
+    assert twin.returncode == 2 and "worker lost of sweep 'tiny' is already running on this machine" in twice
+    assert client.get_run(lost_run.info.run_id).info.status == "RUNNING"  # still training: they were refused, not it
     lost.send_signal(signal.SIGKILL)
     lost.wait(timeout=60)
 
-    twin = start(["sweep", exp, "--worker", "b", "--chief", address], tmp_path, server)
-    twin_lines = Lines(twin)
-    twin_lines.wait_for("trial 1 (", timeout=240)
-    again = start(["sweep", exp, "--worker", "b", "--chief", address], tmp_path, server)
-    refused = finish(again)
-    assert again.returncode == 2 and "worker b of sweep 'tiny' is already running on this machine" in refused
-    other = start(["sweep", exp, "train.epochs=2", "--worker", "odd", "--chief", address], tmp_path, server)
-    refused = finish(other)
-    assert other.returncode == 2 and "Traceback" not in refused
-    assert "settings differ from the chief's" in refused.strip().splitlines()[-1]
-
-    twin_lines.text()
+    survivor = start(["sweep", exp, "--worker", "b", "--chief", address], tmp_path, server)
+    finish(survivor)
     out = finish(chief)
     assert chief.returncode == 0, out
     failed = client.get_run(lost_run.info.run_id)
@@ -235,8 +234,8 @@ def test_a_tracking_server_down_mid_trial_fails_that_trial_and_the_sweep_goes_on
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}.items():
         monkeypatch.setenv(name, value)  # the child processes inherit them through petloc_env()
     data = tiny_dataset(tmp_path / "photos", count=40)
-    exp = tiny_experiment(tmp_path, data, train={"epochs": 30}, space={"head_units": [8, 16]}, tuner={"max_trials": 2},
-                          tracking={"experiment": "outage"})
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 60}, space={"head_units": [8, 16]}, tuner={"max_trials": 2},
+                          tracking={"experiment": "outage"})  # still training when the server stops
     backend, artifacts, port = postgres.new_database(), tmp_path / "artifacts", free_port()
     address = f"127.0.0.1:{free_port()}"
     with tracking_server(backend, artifacts, port=port) as uri:
@@ -279,7 +278,8 @@ def test_workers_on_this_machine_share_one_sweep_on_the_local_store(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(tmp_path):
     data = tiny_dataset(tmp_path / "photos", count=40)
-    exp = tiny_experiment(tmp_path, data, train={"epochs": 3}, space=SPACE, tuner={"max_trials": 3})
+    # Trials long enough (tens of seconds) to be caught mid-training on a quiet machine.
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 40}, space=SPACE, tuner={"max_trials": 3})
     client = store_client(tmp_path)
     launcher = subprocess.Popen([*PETLOC, "sweep", exp, "--workers", "2"], cwd=tmp_path, env=petloc_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

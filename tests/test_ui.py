@@ -216,13 +216,14 @@ def test_models_page_shows_petloc_with_the_champion_alias(app, page):
     expect(page.get_by_role("heading", name="Registered Models")).to_be_visible()
     listed = page.get_by_role("row").filter(has=page.get_by_role("link", name="petloc", exact=True))
     expect(listed).to_be_visible()
-    expect(listed.get_by_role("status", name="champion")).to_be_visible()
+    expect(listed.get_by_role("status", name="champion", exact=True)).to_be_visible()
     expect(listed.get_by_role("link", name=re.compile(rf"champion\s*:\s*Version {version}$"))).to_be_visible()
 
     listed.get_by_role("link", name="petloc", exact=True).click()
     expect(page.get_by_role("heading", name="petloc", exact=True)).to_be_visible()
     row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"Version {version}", exact=True))
-    expect(row.get_by_role("status", name="champion")).to_be_visible()
+    # exact: the version also carries the tag promoted_to_champion (how racing promotions settle)
+    expect(row.get_by_role("status", name="champion", exact=True)).to_be_visible()
     expect(row.get_by_role("status", name="source_run")).to_contain_text(app.champion.run_id)
 
 
