@@ -39,9 +39,11 @@ def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: in
         for worker in started:  # told "no trials left" already; they exit at once
             _stop(worker, wait_first=STOP_GRACE_SECONDS)
     except KeyboardInterrupt:
-        say("stopping the chief and the workers")
-        for process in processes:
-            _stop(process)
+        # The workers first, all at once, while the chief still answers them: each ends its
+        # trial's run KILLED (a worker blocked on a call to a gone chief would not).
+        say("stopping the workers, then the chief")
+        _stop_all(started)
+        _stop_all([chief])
         raise
     for process in processes:  # their last lines (the chief's leaderboard) before ours
         process.relay.join(timeout=10)
@@ -89,9 +91,18 @@ def _wait_for_chief(chief: subprocess.Popen, workers: list[subprocess.Popen], sa
     return chief.wait()
 
 
+def _stop_all(group: list[subprocess.Popen]) -> None:
+    """SIGTERM to each (the CLI ends its runs KILLED and ignores a second one), then wait."""
+    for process in group:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in group:
+        processes.stop(process, signal.SIGTERM, STOP_GRACE_SECONDS)
+
+
 def _stop(process: subprocess.Popen, wait_first: float = 0) -> None:
-    """SIGINT (as Ctrl+C), then SIGKILL if it has not ended in STOP_GRACE_SECONDS."""
+    """After `wait_first` seconds, SIGTERM (the CLI handles it as Ctrl+C), then SIGKILL after STOP_GRACE_SECONDS."""
     try:
         process.wait(timeout=wait_first)
     except subprocess.TimeoutExpired:
-        processes.stop(process, signal.SIGINT, STOP_GRACE_SECONDS)
+        processes.stop(process, signal.SIGTERM, STOP_GRACE_SECONDS)
