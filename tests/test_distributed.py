@@ -172,7 +172,7 @@ def test_a_lost_worker_fails_its_trial_after_the_timeout_and_the_sweep_ends(serv
     worker started with other settings is refused in one line."""
     data = tiny_dataset(tmp_path / "photos", count=40)
     # Trials of about a minute: the lost worker is still training while the others are refused.
-    exp = tiny_experiment(tmp_path, data, train={"epochs": 100}, space={"head_units": [8, 16]}, tuner={"max_trials": 2},
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 250}, space={"head_units": [8, 16]}, tuner={"max_trials": 2},
                           tracking={"experiment": "lost-worker"}, registry={"name": "lost-worker"})
     client = MlflowClient(server, registry_uri=server)
     address = f"127.0.0.1:{free_port()}"
