@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
+import mlflow
 import keras_tuner as kt
 from keras_tuner.src import protos
 from keras_tuner.src.distribute import oracle_chief, oracle_client
@@ -194,7 +195,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
         server.add_insecure_port(f"{host}:{port}")
         server.start()
-        log(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {store.configure(exp.tracking.uri)}; "
+        log(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {mlflow.get_tracking_uri()}; "
             f"workers: petloc sweep EXPERIMENT --worker ID --chief {host}:{port}")
         try:
             while not servicer.done():
@@ -338,7 +339,7 @@ def _wait_for_chief(host: str, port: int, seconds: float, log: Callable[[str], N
 def find_parent(exp: Experiment) -> str:
     """The running sweep's parent run, found in the tracking server by its tags."""
     client = MlflowClient()
-    uri = store.configure(exp.tracking.uri)
+    uri = mlflow.get_tracking_uri()  # configured by run_worker
     experiment = client.get_experiment_by_name(exp.tracking.experiment)
     found = []
     if experiment is not None:
