@@ -231,3 +231,25 @@ def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_floa
     for a, b in zip(model.get_weights(), look.trained.get_weights()):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(np.asarray(model(x)["box"]), np.asarray(look.trained(x)["box"]), atol=0.03)
+
+
+def test_weight_averaging_keeps_the_average_that_was_validated():
+    # hp `ema`: each epoch's validation scores the moving average of the weights, and the
+    # model fit returns is that average, not the raw weights of the last step.
+    from petloc.data.pipeline import ImageSet
+    from petloc.training.fit import fit_localiser
+
+    class LastRawWeights(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.raw = [w.copy() for w in self.model.get_weights()]
+
+    x, y = batch(n=8)
+    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
+    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
+          "box_loss": "l1", "learning_rate": 1e-2, "ema": 0.9}
+    raw = LastRawWeights()
+    model, history = fit_localiser(hp, data, data, epochs=1, callbacks=[raw])
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
+    assert any(not np.allclose(a, b) for a, b in zip(model.get_weights(), raw.raw))
+    logs = model.evaluate(x.astype(np.uint8), y, batch_size=4, return_dict=True, verbose=0)
+    assert logs["box_miou"] == pytest.approx(history.history["val_miou"][-1], abs=1e-5)

@@ -86,6 +86,10 @@ def fit(
     if initial_weights:
         model.load_weights(initial_weights)
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor)]
+    if getattr(model.optimizer, "use_ema", False):
+        # Validate the averaged weights, and hold them at each epoch's end, so that KeepBest
+        # keeps the best average (Keras swaps the raw weights back for the next epoch).
+        every_epoch.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if early_stopping:
         every_epoch.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=early_stopping))
     if not progress.detailed():
