@@ -18,7 +18,7 @@ from petloc.errors import PetlocError
 from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
-from petloc.training.evaluate import latencies, quality
+from petloc.training.evaluate import forward_pass, latencies, quality
 from petloc.training.fit import fit_localiser, resolved_precision
 from petloc.training.gallery import plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
@@ -107,13 +107,14 @@ def train_tracked(
         plain, _ = quality(model, data.val)
         lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
     model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
-    figures, pred = quality(model, data.val)
+    forward = forward_pass(model)  # one trace for the quality pass and the latencies
+    figures, pred = quality(model, data.val, forward)
     summary = {
         "best_val_miou": figures["miou"],
         "val_accuracy": figures["accuracy"],
         "val_iou50": figures["iou50"],
         **lever,
-        **latencies(model, int(hp["image_size"])),
+        **latencies(model, int(hp["image_size"]), forward),
         "params_count": float(model.count_params()),
         "train_seconds": train_seconds,
         "epochs_trained": float(len(history.history.get("loss", []))),

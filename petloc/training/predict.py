@@ -16,6 +16,7 @@ import tensorflow as tf
 import petloc.model  # noqa: F401  (registers petloc's custom layers and losses for loading)
 from petloc.data.images import BadImage, read_image
 from petloc.data.records import CLASS_NAMES
+from petloc.training.evaluate import forward_pass
 from petloc.errors import PetlocError
 from petloc.training.gallery import draw_box_on_photo, save_new_png
 
@@ -41,10 +42,7 @@ class Predictor:
     def __init__(self, model: keras.Model):
         self.model = model
         self.image_size = int(model.input_shape[1])
-        # One traced graph for every batch size. `model.predict` builds a tf.data pipeline
-        # on each call: 6.5x the forward pass at batch 1 (benchmarks/RESULTS.md).
-        signature = [tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)]
-        self._forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+        self._forward = forward_pass(model)
 
     def predict(self, images: list[np.ndarray], batch_size: int = 32, sizes: list[tuple[int, int]] | None = None) -> list[Prediction]:
         """RGB uint8 images (H x W x 3), any sizes; boxes come back in each image's pixels, or
