@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
 from petloc.data.synth import generate
+from tests.servers import free_port  # noqa: F401  (the tests take it from here with the other helpers)
 
 TINY_SPACE = {
     "backbone": "simple",
@@ -104,12 +104,6 @@ def petloc_env() -> dict:
 def petloc_process(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
     """`petloc ARGS` as a user runs it, in a new process: its exit code, stdout and stderr."""
     return subprocess.run([*PETLOC, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- pictures -----------------------------------------------------------------------------

@@ -40,6 +40,14 @@ def start(args, cwd: Path, uri: str | None = None) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def start_chief(exp, address: str, cwd: Path, uri: str | None, *options) -> subprocess.Popen:
+    return start(["sweep", exp, "--chief", "--address", address, *options], cwd, uri)
+
+
+def start_worker(exp, worker_id: str, address: str, cwd: Path, uri: str | None, *overrides) -> subprocess.Popen:
+    return start(["sweep", exp, *overrides, "--worker", worker_id, "--chief", address], cwd, uri)
+
+
 def finish(process: subprocess.Popen, timeout: float = 420) -> str:
     try:
         out, _ = process.communicate(timeout=timeout)
@@ -102,8 +110,8 @@ def test_a_chief_and_two_workers_log_each_trial_once_through_the_tracking_server
     folders = [tmp_path / name for name in ("chief", "one", "two")]
     for folder in folders:
         folder.mkdir()
-    chief = start(["sweep", exp, "--chief", "--address", address], folders[0], server)
-    workers = [start(["sweep", exp, "--worker", n, "--chief", address], folder, server)
+    chief = start_chief(exp, address, folders[0], server)
+    workers = [start_worker(exp, n, address, folder, server)
                for n, folder in zip(("1", "2"), folders[1:])]
     outputs = [finish(worker) for worker in workers]
     out = finish(chief)
@@ -147,12 +155,12 @@ def test_a_worker_killed_mid_trial_and_restarted_resumes_that_trial(server, tmp_
                           tracking={"experiment": "killed-worker"}, registry={"name": "killed-worker"})
     client = MlflowClient(server, registry_uri=server)
     address = f"127.0.0.1:{free_port()}"
-    chief = start(["sweep", exp, "--chief", "--address", address], tmp_path, server)
-    worker = start(["sweep", exp, "--worker", "a", "--chief", address], tmp_path, server)
+    chief = start_chief(exp, address, tmp_path, server)
+    worker = start_worker(exp, "a", address, tmp_path, server)
     first = wait_for_training(client, "killed-worker", worker)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=60)
-    again = start(["sweep", exp, "--worker", "a", "--chief", address], tmp_path, server)
+    again = start_worker(exp, "a", address, tmp_path, server)
     finish(again)
     out = finish(chief)
     assert chief.returncode == 0, out
@@ -176,12 +184,12 @@ def test_a_lost_worker_fails_its_trial_after_the_timeout_and_the_sweep_ends(serv
                           tracking={"experiment": "lost-worker"}, registry={"name": "lost-worker"})
     client = MlflowClient(server, registry_uri=server)
     address = f"127.0.0.1:{free_port()}"
-    chief = start(["sweep", exp, "--chief", "--address", address, "--worker-timeout", "10"], tmp_path, server)
-    lost = start(["sweep", exp, "--worker", "lost", "--chief", address], tmp_path, server)
+    chief = start_chief(exp, address, tmp_path, server, "--worker-timeout", "10")
+    lost = start_worker(exp, "lost", address, tmp_path, server)
     lost_run = wait_for_training(client, "lost-worker", lost)
     # While it trains (the chief is there to ask): a worker with other settings, and one with its ID.
-    other = start(["sweep", exp, "train.epochs=2", "--worker", "odd", "--chief", address], tmp_path, server)
-    twin = start(["sweep", exp, "--worker", "lost", "--chief", address], tmp_path, server)
+    other = start_worker(exp, "odd", address, tmp_path, server, "train.epochs=2")
+    twin = start_worker(exp, "lost", address, tmp_path, server)
     refused, twice = finish(other), finish(twin)
     assert other.returncode == 2 and "Traceback" not in refused
     assert "settings differ from the chief's" in refused.strip().splitlines()[-1]
@@ -190,7 +198,7 @@ def test_a_lost_worker_fails_its_trial_after_the_timeout_and_the_sweep_ends(serv
     lost.send_signal(signal.SIGKILL)
     lost.wait(timeout=60)
 
-    survivor = start(["sweep", exp, "--worker", "b", "--chief", address], tmp_path, server)
+    survivor = start_worker(exp, "b", address, tmp_path, server)
     finish(survivor)
     out = finish(chief)
     assert chief.returncode == 0, out
@@ -240,8 +248,8 @@ def test_a_tracking_server_down_mid_trial_fails_that_trial_and_the_sweep_goes_on
     address = f"127.0.0.1:{free_port()}"
     with tracking_server(backend, artifacts, port=port) as uri:
         client = MlflowClient(uri)
-        chief = start(["sweep", exp, "--chief", "--address", address], tmp_path, uri)
-        worker = start(["sweep", exp, "--worker", "1", "--chief", address], tmp_path, uri)
+        chief = start_chief(exp, address, tmp_path, uri)
+        worker = start_worker(exp, "1", address, tmp_path, uri)
         worker_lines = Lines(worker)
         wait_for_training(client, "outage", worker)
     # The server is down now, mid-trial, for longer than the retries last.

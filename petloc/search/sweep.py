@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from petloc import report
@@ -136,10 +137,11 @@ def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
     params["image_size"] = exp.data.image_size
     mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()}, run_id=run_id)
     client.log_dict(run_id, {"space": space, "experiment": exp.model_dump(mode="json")}, "search_space.json")
-    for key, value in log.provenance().items():
-        client.set_tag(run_id, key, value)
-    client.set_tag(run_id, "mlflow.note.content", f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, up to {exp.tuner.max_trials} trials); "
-                   "its trials are the child runs, the leaderboard is in the artifacts")
+    size = (f"trials of up to {exp.train.epochs} epochs, as many as Hyperband's brackets hold" if exp.tuner.kind == "hyperband"
+            else f"up to {exp.tuner.max_trials} trials")
+    note = f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, {size}); its trials are the child runs, the leaderboard is in the artifacts"
+    tags = {**log.provenance(), "mlflow.note.content": note}
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
 def searched(exp: Experiment) -> list[str]:
