@@ -5,7 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from petloc.data.augment import augment, crop_to_windows, flip_horizontally
+import tensorflow as tf
+
+from petloc.data.augment import augment, crop_to_windows, jitter_colours
 from petloc.model.metrics import box_iou
 
 SIZE = 64
@@ -68,11 +70,28 @@ def test_the_whole_image_as_window_is_the_identity():
     np.testing.assert_allclose(np.asarray(out_boxes), boxes, atol=1e-6)
 
 
-def test_flip_mirrors_pixels_and_box():
-    boxes = np.array([[0.125, 0.25, 0.5, 0.75]], np.float32)
-    images, flipped = flip_horizontally(painted(boxes), boxes, np.array([True]))
-    np.testing.assert_allclose(np.asarray(flipped), [[0.5, 0.25, 0.875, 0.75]])
-    np.testing.assert_allclose(found(np.asarray(images)), flipped, atol=1e-6)
+def test_flip_mirrors_pixels_and_box_in_the_same_resampling():
+    boxes = np.array([[0.125, 0.25, 0.5, 0.75]] * 2, np.float32)
+    images = painted(boxes)
+    images[:, :, :, 0] += np.arange(SIZE, dtype=np.float32)  # a ramp left to right, to see the mirror
+    whole = np.array([[0.0, 0.0, 1.0, 1.0]] * 2, np.float32)
+    out, out_boxes = crop_to_windows(images, boxes, whole, tf.constant([True, False]))
+    np.testing.assert_allclose(np.asarray(out)[0], images[0, :, ::-1], atol=1e-3)
+    np.testing.assert_allclose(np.asarray(out)[1], images[1], atol=1e-3)
+    np.testing.assert_allclose(np.asarray(out_boxes), [[0.5, 0.25, 0.875, 0.75], boxes[1]], atol=1e-6)
+
+
+def test_colour_jitter_is_saturation_then_contrast_then_brightness():
+    # The op is fused into one affine map per image; this is the step-by-step definition.
+    images = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    b, c, s = (tf.random.stateless_uniform([3, 1, 1, 1], seed=seeds[i], minval=0.6, maxval=1.4).numpy() for i in range(3))
+    grey = images.mean(axis=-1, keepdims=True)
+    step = grey + (images - grey) * s
+    mean = step.mean(axis=(1, 2, 3), keepdims=True)
+    step = np.clip((mean + (step - mean) * c) * b, 0, 255)
+    np.testing.assert_allclose(np.asarray(jitter_colours(images, 1.0, seed)), step, atol=1e-3)
 
 
 @pytest.mark.parametrize("strength", [0.3, 1.0])

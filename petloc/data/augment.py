@@ -3,7 +3,7 @@
 Geometry is one op: each image gets a random crop window (zoom in or out, shifted, with a
 little aspect change) that always contains the whole head box, resampled to the output
 size with `tf.image.crop_and_resize`; the box is mapped into the window's coordinates.
-A horizontal flip and colour jitter follow. Boxes are normalised [x1, y1, x2, y2].
+A horizontal flip (in the same resampling) and colour jitter follow. Boxes are normalised [x1, y1, x2, y2].
 
 We write our own ops because Keras 3.15's box-aware layers were seen to collapse boxes
 when one bounding-box dict is reused across layers (see DESIGN.md); one window per image
@@ -41,8 +41,10 @@ def random_windows(boxes: tf.Tensor, strength: float, seed) -> tf.Tensor:
     return tf.concat([start, start + sizes], axis=1)
 
 
-def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor):
-    """Resamples each image's window to the full output size and maps its box along."""
+def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor, flip: tf.Tensor | None = None):
+    """Resamples each image's window to the full output size and maps its box along; where
+    `flip` is true the window is also mirrored left to right, in the same resampling (a
+    crop whose x1 lies right of its x2 is read backwards), so the flip costs no pass of its own."""
     size = tf.shape(images)[1:3]
     h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
     # crop_and_resize places sample j at a + j * (b - a) / (S - 1) on pixel centres (0..S-1);
@@ -55,22 +57,23 @@ def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor):
 
     cy1, cy2 = to_centres(y1, y2, h)
     cx1, cx2 = to_centres(x1, x2, w)
+    span = tf.concat([windows[:, 2:] - windows[:, :2]] * 2, axis=1)
+    new_boxes = tf.clip_by_value((boxes - tf.concat([windows[:, :2]] * 2, axis=1)) / span, 0.0, 1.0)
+    if flip is not None:
+        cx1, cx2 = tf.where(flip, cx2, cx1), tf.where(flip, cx1, cx2)
+        mirrored = tf.stack([1.0 - new_boxes[:, 2], new_boxes[:, 1], 1.0 - new_boxes[:, 0], new_boxes[:, 3]], axis=1)
+        new_boxes = tf.where(flip[:, None], mirrored, new_boxes)
     crop_boxes = tf.stack([cy1, cx1, cy2, cx2], axis=1)
     out = tf.image.crop_and_resize(images, crop_boxes, tf.range(tf.shape(images)[0]), size, extrapolation_value=0.0)
-    span = tf.concat([windows[:, 2:] - windows[:, :2]] * 2, axis=1)
-    new_boxes = (boxes - tf.concat([windows[:, :2]] * 2, axis=1)) / span
-    return out, tf.clip_by_value(new_boxes, 0.0, 1.0)
-
-
-def flip_horizontally(images: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor):
-    """Mirrors the images where `flip` is true; x1 becomes 1 - x2 and x2 becomes 1 - x1."""
-    flipped_boxes = tf.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], axis=1)
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    return images, tf.where(flip[:, None], flipped_boxes, boxes)
+    return out, new_boxes
 
 
 def jitter_colours(images: tf.Tensor, strength: float, seed) -> tf.Tensor:
-    """Brightness, contrast and saturation changes of up to +-40% * strength; 0..255 kept."""
+    """Saturation, contrast and brightness changes of up to +-40% * strength; 0..255 kept.
+
+    The three in one affine map per image: with grey the pixel's channel mean and m the
+    image's mean (which saturation leaves alone), brightness b, contrast c and saturation s
+    give b*c*s*x + b*c*(1-s)*grey + b*(1-c)*m, two passes over the pixels instead of eight."""
     n = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 3)
     amount = 0.4 * strength
@@ -78,10 +81,10 @@ def jitter_colours(images: tf.Tensor, strength: float, seed) -> tf.Tensor:
     contrast = _uniform([n, 1, 1, 1], 1.0 - amount, 1.0 + amount, seeds[1])
     saturation = _uniform([n, 1, 1, 1], 1.0 - amount, 1.0 + amount, seeds[2])
     grey = tf.reduce_mean(images, axis=-1, keepdims=True)
-    images = grey + (images - grey) * saturation
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    images = mean + (images - mean) * contrast
-    return tf.clip_by_value(images * brightness, 0.0, 255.0)
+    mean = tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True)
+    scale = brightness * contrast
+    out = images * (scale * saturation) + grey * (scale * (1.0 - saturation)) + brightness * (1.0 - contrast) * mean
+    return tf.clip_by_value(out, 0.0, 255.0)
 
 
 def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed) -> tuple[tf.Tensor, tf.Tensor]:
@@ -90,7 +93,6 @@ def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed) -> tuple
         return images, boxes
     seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 3)
     images = tf.cast(images, tf.float32)
-    images, boxes = crop_to_windows(images, boxes, random_windows(boxes, strength, seeds[0]))
     flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seeds[1]) < 0.5
-    images, boxes = flip_horizontally(images, boxes, flip)
+    images, boxes = crop_to_windows(images, boxes, random_windows(boxes, strength, seeds[0]), flip)
     return jitter_colours(images, strength, seeds[2]), boxes
