@@ -135,6 +135,9 @@ class RegistryConfig(Strict):
     # The champion is the best val mIoU among trials whose batch-1 latency (latency_ms_b1,
     # measured on the machine that trained them) fits this budget; None: no budget.
     max_latency_ms: float | None = Field(None, gt=0)
+    # After a sweep: the N best trials averaged as one model, logged as one more trial
+    # ("ensemble"), so it is promoted only when it beats them all; 0 = none.
+    ensemble: int = Field(0, ge=0, le=8)
 
 
 class PretrainConfig(Strict):

@@ -178,3 +178,43 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
         # Hyperband's bookkeeping stays in tags; each trial trains the epochs its bracket gives it.
         assert all("tuner/epochs" in r.data.tags and "tuner/epochs" not in r.data.params for r in runs)
         assert {r.data.params["epochs"] for r in runs} <= {"1", "2"}
+
+
+def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkeypatch):
+    """registry.ensemble: 2 averages the two best trials in one model, logged as one more
+    child run; the champion is the best of trials and ensemble, and a rerun adds nothing."""
+    import numpy as np
+
+    from petloc.tracking.registry import load_localiser
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_dataset(tmp_path / "photos")
+    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, registry={"ensemble": 2})
+    result = invoke("sweep", exp)
+    assert result.exit_code == 0, result.output
+    client = store_client(tmp_path)
+    parent = sweep_parent(client)
+    runs = children(client, parent.info.run_id)
+    [ensemble] = [r for r in runs if r.data.tags["trial_id"] == "ensemble"]
+    trials = [r for r in runs if r.data.tags["trial_id"] != "ensemble"]
+    assert ensemble.info.status == "FINISHED" and len(trials) == 2
+    assert set(ensemble.data.tags["member_runs"].split(",")) == {r.info.run_id for r in trials}
+    assert ensemble.data.params["backbone"] == "ensemble" and ensemble.data.tags["val_data"] == trials[0].data.tags["val_data"]
+    for key in ("best_val_miou", "val_accuracy", "latency_ms_b1"):
+        assert key in ensemble.data.metrics
+    assert "ensemble of trials 0, 1: val mIoU" in result.output and "(2 finished, 0 failed, and their ensemble" in result.output
+    assert any(line.startswith("ensemble  ensemble") for line in result.output.splitlines())  # a leaderboard row
+
+    # Its answers are the mean of its members' answers.
+    models = [load_localiser(r.data.tags["model_uri"]) for r in (ensemble, *trials)]
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    outs = [m(images, training=False) for m in models]
+    for key in ("cls", "box"):
+        np.testing.assert_allclose(np.asarray(outs[0][key]), (np.asarray(outs[1][key]) + np.asarray(outs[2][key])) / 2, atol=1e-5)
+
+    best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
+    assert client.get_model_version_by_alias("petloc", "champion").run_id == best.info.run_id
+    again = invoke("sweep", exp)
+    assert again.exit_code == 0, again.output
+    assert len(children(client, parent.info.run_id)) == 3

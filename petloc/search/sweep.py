@@ -26,6 +26,7 @@ from petloc import report
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
 from petloc.files import atomic_write_text, exclusive_lock, remove_tree
+from petloc.search.ensemble import log_ensemble, trial_rows
 from petloc.search.tuner import TrackedTuner, tuner_dir
 from petloc.tracking import log, registry, runs, store
 from petloc.tracking.training_runs import run_settings
@@ -193,7 +194,7 @@ def _log_leaderboard(parent_run_id: str, rows: list[dict], failed: int) -> None:
         md_path.write_text(report.table(rows, columns, markdown=True, same_decimals=True) or "No finished trials.\n")
         client.log_artifact(parent_run_id, str(csv_path))
         client.log_artifact(parent_run_id, str(md_path))
-    metrics = {"trials_finished": float(len(rows)), "trials_failed": float(failed)}
+    metrics = {"trials_finished": float(len(trial_rows(rows))), "trials_failed": float(failed)}
     if rows:
         best = rows[0]
         client.set_tag(parent_run_id, "best_trial_id", best["trial"])
@@ -268,6 +269,8 @@ def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: 
     no trial finished."""
     budget = exp.registry.max_latency_ms
     rows = mark_budget(leaderboard(parent, searched(exp)), budget)
+    if exp.registry.ensemble > 1 and log_ensemble(exp, parent, rows, log):
+        rows = mark_budget(leaderboard(parent, searched(exp)), budget)
     _log_leaderboard(parent, rows, failed)
     _log_pareto(parent, rows)
     if stopped:

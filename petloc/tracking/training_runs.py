@@ -107,25 +107,31 @@ def train_tracked(
         plain, _ = quality(model, data.val)
         lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
     model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
+    return score_and_log(exp, model, data, run_id, history.history, {
+        **lever, "train_seconds": train_seconds, "epochs_trained": float(len(history.history.get("loss", []))),
+    })
+
+
+def score_and_log(exp: Experiment, model, data: PreparedData, run_id: str, history: dict | None, extra: dict[str, float]) -> dict[str, float]:
+    """A localiser as users get it, scored on the validation photos (mIoU, accuracy, IoU >= 0.5,
+    latency) and logged in run `run_id` with its curves (when trained here), a gallery of its
+    answers, and the model itself; returns the summary metrics."""
     forward = forward_pass(model)  # one trace for the quality pass and the latencies
     figures, pred = quality(model, data.val, forward)
     summary = {
         "best_val_miou": figures["miou"],
         "val_accuracy": figures["accuracy"],
         "val_iou50": figures["iou50"],
-        **lever,
-        **latencies(model, int(hp["image_size"]), forward),
+        **latencies(model, int(model.input_shape[1]), forward),
         "params_count": float(model.count_params()),
-        "train_seconds": train_seconds,
-        "epochs_trained": float(len(history.history.get("loss", []))),
         "skipped_images": float(len(data.whole.skipped)),
+        **extra,
     }
     mlflow.log_metrics(summary, run_id=run_id)
     with log.scratch_dir() as tmp:
-        files = {
-            "": plot_curves(history.history, Path(tmp) / "curves.png"),
-            "gallery": save_rgb(gallery_image(data.val, pred, exp.tracking.gallery_images), Path(tmp) / "val_gallery.png"),
-        }
+        files = {"gallery": save_rgb(gallery_image(data.val, pred, exp.tracking.gallery_images), Path(tmp) / "val_gallery.png")}
+        if history:
+            files[""] = plot_curves(history, Path(tmp) / "curves.png")
         if data.whole.skipped:
             skipped = Path(tmp) / "skipped.txt"
             skipped.write_text("".join(f"{s}\n" for s in data.whole.skipped), encoding="utf-8")

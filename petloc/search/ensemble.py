@@ -1,0 +1,77 @@
+"""An ensemble of a sweep's best trials: their models in one Keras model that averages
+their class scores and boxes, scored on the same validation photos and logged as one more
+child run of the sweep (`trial_id` "ensemble"). The leaderboard and the promotion then
+weigh it like any trial: it becomes the champion only when it beats the best single trial
+on val mIoU (and fits the latency budget, which it costs about N times a member's)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import layers
+from mlflow.tracking import MlflowClient
+
+from petloc.config import Experiment
+from petloc.tracking import log, registry, runs
+from petloc.tracking.training_runs import score_and_log
+from petloc.training.dataset import prepare_data
+
+ENSEMBLE_TRIAL = "ensemble"  # its run's trial_id tag, and its leaderboard row's trial
+
+
+def trial_rows(rows: list[dict]) -> list[dict]:
+    """The leaderboard's rows of trials, without the ensemble's."""
+    return [row for row in rows if row["trial"] != ENSEMBLE_TRIAL]
+
+
+def members_of(rows: list[dict], size: int) -> list[dict]:
+    """The `size` best trials (rows come best first) that take the best trial's image size."""
+    trials = trial_rows(rows)
+    if not trials:
+        return []
+    return [row for row in trials if row["image_size"] == trials[0]["image_size"]][:size]
+
+
+def average_of(models: list[keras.Model]) -> keras.Model:
+    """One model whose class scores and box are the mean of the `models`' (same input size)."""
+    inputs = keras.Input(models[0].input_shape[1:], name="pixels")
+    outputs = []
+    for i, model in enumerate(models):
+        model.name = f"member_{i}"  # nested models need names of their own
+        outputs.append(model(inputs))
+    cls = layers.Average(name="cls", dtype="float32")([out["cls"] for out in outputs])
+    box = layers.Average(name="box", dtype="float32")([out["box"] for out in outputs])
+    return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_ensemble")
+
+
+def log_ensemble(exp: Experiment, parent: str, rows: list[dict], say: Callable[[str], None]) -> str | None:
+    """Builds, scores and logs the ensemble of the `exp.registry.ensemble` best trials as a
+    child run of `parent`; returns its run ID, or None when there is nothing to ensemble or
+    the same members were ensembled already (a sweep run again)."""
+    members = members_of(rows, exp.registry.ensemble)
+    if len(members) < 2:
+        return None
+    member_runs = ",".join(row["run_id"] for row in members)
+    client = MlflowClient()
+    earlier = runs.child_runs(parent, f"tags.trial_id = '{ENSEMBLE_TRIAL}' and attributes.status = 'FINISHED'")
+    if any(run.data.tags.get("member_runs") == member_runs for run in earlier):
+        return None
+    trials = ", ".join(str(row["trial"]) for row in members)
+    say(f"ensemble of trials {trials}: scoring their averaged answers on the validation photos")
+    models = [registry.load_localiser(client.get_run(row["run_id"]).data.tags["model_uri"]) for row in members]
+    model = average_of(models)
+    size = int(members[0]["image_size"])
+    data = prepare_data(exp.data, size, log=lambda _: None)
+    tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": ENSEMBLE_TRIAL, "member_runs": member_runs}
+    experiment_id = client.get_run(parent).info.experiment_id
+    run_id = runs.create_run(experiment_id, f"ensemble-of-{len(members)}", tags)
+    with runs.run_status(run_id):
+        params = {"backbone": "ensemble", "image_size": size, "members": trials, "member_count": len(members)}
+        description = (f"Ensemble of trials {trials} of sweep '{exp.name}': their class scores and boxes averaged, "
+                       f"validated on {len(data.val)} photos of {data.source}")
+        log.log_run_inputs(run_id, params, data, exp.train.seed, description)
+        summary = score_and_log(exp, model, data, run_id, history=None, extra={})
+    say(f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
+        f"latency {summary['latency_ms_b1']:.1f} ms")
+    return run_id
