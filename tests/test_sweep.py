@@ -190,11 +190,16 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_dataset(tmp_path / "photos")
-    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, registry={"ensemble": 2})
-    result = invoke("sweep", exp)
-    assert result.exit_code == 0, result.output
+    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]})
+    first = invoke("sweep", exp)
+    assert first.exit_code == 0, first.output
     client = store_client(tmp_path)
     parent = sweep_parent(client)
+    assert len(children(client, parent.info.run_id)) == 2 and "ensemble" not in first.output
+    # A finished sweep gets its ensemble by running it again with registry.ensemble: the registry
+    # section only decides what the end promotes, so the trials stand.
+    result = invoke("sweep", exp, "registry.ensemble=2")
+    assert result.exit_code == 0, result.output
     runs = children(client, parent.info.run_id)
     [ensemble] = [r for r in runs if r.data.tags["trial_id"] == "ensemble"]
     trials = [r for r in runs if r.data.tags["trial_id"] != "ensemble"]
@@ -215,6 +220,6 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
 
     best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
     assert client.get_model_version_by_alias("petloc", "champion").run_id == best.info.run_id
-    again = invoke("sweep", exp)
+    again = invoke("sweep", exp, "registry.ensemble=2")
     assert again.exit_code == 0, again.output
-    assert len(children(client, parent.info.run_id)) == 3
+    assert len(children(client, parent.info.run_id)) == 3 and "ensemble of trials" not in again.output

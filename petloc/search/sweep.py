@@ -50,9 +50,11 @@ class SweepResult:
 
 
 def fingerprint(exp: Experiment) -> str:
-    """What makes two sweeps the same sweep (tuner trial budget aside, so it may grow)."""
+    """What makes two sweeps the same sweep: everything but the trial budget, which may grow,
+    and the registry section, which only decides what the sweep's end promotes."""
     body = exp.model_dump(mode="json")
     body["tuner"].pop("max_trials")
+    body.pop("registry")
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
