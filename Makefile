@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow setup clean bench
+.PHONY: run test test-slow setup clean bench bench-search
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,12 @@ bench: setup
 	$(BIN)/python benchmarks/pipeline_speed.py
 	$(BIN)/python benchmarks/tracking_speed.py
 	$(BIN)/python benchmarks/tracking_load.py
+
+# Longer: sweeps on the real photos (../shared/datasets/cats_dogs/train), Hyperband against
+# random search (about 20 minutes), and sweep throughput with workers (about 8)
+bench-search: setup
+	$(BIN)/python benchmarks/search_speed.py
+	$(BIN)/python benchmarks/sweep_workers.py
 
 clean:
 	rm -rf $(VENV) data/synthetic data/.cache mlruns/mlflow.db mlruns/artifacts mlruns/tuner

@@ -108,10 +108,13 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", prepare], cwd=project, check=True, capture_output=True)
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
     start = time.perf_counter()
+    print(f"Hyperband sweep of cats_dogs.yaml at {args.image_size} px ...", flush=True)
     run_sweep(project, args.data, args.image_size, ["tracking.experiment=search-hyperband"])
     hyperband = sweep_figures(uri)[0]
+    print(hyperband, flush=True)
     max_epochs = load_experiment(project / "experiments/cats_dogs.yaml").train.epochs  # Hyperband's longest trial
     trials = max(1, round(hyperband.epochs / max_epochs))
+    print(f"random search, {trials} trials of {max_epochs} epochs ...", flush=True)
     run_sweep(project, args.data, args.image_size, ["tuner.kind=random", f"tuner.max_trials={trials}",
                                                     "tracking.experiment=search-random", "--fresh"])
     both = sorted(sweep_figures(uri), key=lambda f: f.tuner != "hyperband")
