@@ -180,10 +180,11 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
 
 def _print_sweep_result(exp, result, seconds: float) -> None:
     from petloc.report import table
-    from petloc.search.ensemble import trial_rows
+    from petloc.search import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows
 
     trials = len(trial_rows(result.leaderboard))
-    extra = ", and their ensemble" if trials < len(result.leaderboard) else ""
+    ends = {row["trial"] for row in result.leaderboard} & {FINAL_TRIAL, ENSEMBLE_TRIAL}
+    extra = "".join(f", {what}" for trial, what in ((FINAL_TRIAL, "the final run"), (ENSEMBLE_TRIAL, "their ensemble")) if trial in ends)
     click.echo(f"\nLeaderboard of sweep '{exp.name}' ({trials} finished, {result.failed} failed{extra}, {seconds:.0f} s):")
     click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard], same_decimals=True))
     if result.promotion:

@@ -120,6 +120,9 @@ class TunerConfig(Strict):
     max_trials: int = Field(6, ge=1)
     seed: int = 0
     max_consecutive_failures: int = Field(3, ge=1)
+    # After the search: the best trial's configuration trained again from scratch for this
+    # many epochs, as one more child run ("final"); 0 = none.
+    final_epochs: int = Field(0, ge=0)
 
 
 class TrackingConfig(Strict):

@@ -208,7 +208,7 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
     assert ensemble.data.params["backbone"] == "ensemble" and ensemble.data.tags["val_data"] == trials[0].data.tags["val_data"]
     for key in ("best_val_miou", "val_accuracy", "latency_ms_b1"):
         assert key in ensemble.data.metrics
-    assert "ensemble of trials 0, 1: val mIoU" in result.output and "(2 finished, 0 failed, and their ensemble" in result.output
+    assert "ensemble of trials 0, 1: val mIoU" in result.output and "(2 finished, 0 failed, their ensemble" in result.output
     assert any(line.startswith("ensemble  ensemble") for line in result.output.splitlines())  # a leaderboard row
 
     # Its answers are the mean of its members' answers.
@@ -223,3 +223,30 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
     again = invoke("sweep", exp, "registry.ensemble=2")
     assert again.exit_code == 0, again.output
     assert len(children(client, parent.info.run_id)) == 3 and "ensemble of trials" not in again.output
+
+
+def test_the_final_run_trains_the_best_configuration_at_full_length(tmp_path, monkeypatch):
+    """tuner.final_epochs: after the search, the best trial's configuration trains again from
+    scratch for that many epochs, as a child run weighed like any trial; a rerun adds nothing."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_dataset(tmp_path / "photos")
+    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16], "dropout": [0.0, 0.1]}, tuner={"final_epochs": 2})
+    result = invoke("sweep", exp)
+    assert result.exit_code == 0, result.output
+    client = store_client(tmp_path)
+    parent = sweep_parent(client)
+    runs = children(client, parent.info.run_id)
+    [final] = [r for r in runs if r.data.tags["trial_id"] == "final"]
+    best = max((r for r in runs if r is not final), key=lambda r: r.data.metrics["best_val_miou"])
+    assert final.info.status == "FINISHED" and final.data.tags["source_run"] == best.info.run_id
+    assert final.data.params["epochs"] == "2" and final.data.metrics["epochs_trained"] == 2.0
+    for name in ("head_units", "dropout", "backbone", "image_size", "learning_rate", "aug_strength"):
+        assert final.data.params[name] == best.data.params[name], name
+    assert f"final run: trial {best.data.tags['trial_id']}'s configuration from scratch for 2 epochs" in result.output
+    assert "(2 finished, 0 failed, the final run" in result.output
+    top = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
+    assert client.get_model_version_by_alias("petloc", "champion").run_id == top.info.run_id
+    again = invoke("sweep", exp)
+    assert again.exit_code == 0, again.output
+    assert len(children(client, parent.info.run_id)) == 3 and "final run:" not in again.output

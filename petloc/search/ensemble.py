@@ -13,21 +13,15 @@ from keras import layers
 from mlflow.tracking import MlflowClient
 
 from petloc.config import Experiment
+from petloc.search import ENSEMBLE_TRIAL
 from petloc.tracking import log, registry, runs
 from petloc.tracking.training_runs import score_and_log
 from petloc.training.dataset import prepare_data
 
-ENSEMBLE_TRIAL = "ensemble"  # its run's trial_id tag, and its leaderboard row's trial
-
-
-def trial_rows(rows: list[dict]) -> list[dict]:
-    """The leaderboard's rows of trials, without the ensemble's."""
-    return [row for row in rows if row["trial"] != ENSEMBLE_TRIAL]
-
-
 def members_of(rows: list[dict], size: int) -> list[dict]:
-    """The `size` best trials (rows come best first) that take the best trial's image size."""
-    trials = trial_rows(rows)
+    """The `size` best models (rows come best first; trials and the final run) that take the
+    best one's image size."""
+    trials = [row for row in rows if row["trial"] != ENSEMBLE_TRIAL]
     if not trials:
         return []
     return [row for row in trials if row["image_size"] == trials[0]["image_size"]][:size]

@@ -26,7 +26,9 @@ from petloc import report
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
 from petloc.files import atomic_write_text, exclusive_lock, remove_tree
-from petloc.search.ensemble import log_ensemble, trial_rows
+from petloc.search import trial_rows
+from petloc.search.ensemble import log_ensemble
+from petloc.search.final import train_final
 from petloc.search.tuner import TrackedTuner, tuner_dir
 from petloc.tracking import log, registry, runs, store
 from petloc.tracking.training_runs import run_settings
@@ -51,9 +53,10 @@ class SweepResult:
 
 def fingerprint(exp: Experiment) -> str:
     """What makes two sweeps the same sweep: everything but the trial budget, which may grow,
-    and the registry section, which only decides what the sweep's end promotes."""
+    and what only the sweep's end does (the final run, the registry section)."""
     body = exp.model_dump(mode="json")
-    body["tuner"].pop("max_trials")
+    for what_the_end_does in ("max_trials", "final_epochs"):
+        body["tuner"].pop(what_the_end_does)
     body.pop("registry")
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -271,6 +274,8 @@ def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: 
     no trial finished."""
     budget = exp.registry.max_latency_ms
     rows = mark_budget(leaderboard(parent, searched(exp)), budget)
+    if exp.tuner.final_epochs and trial_rows(rows) and train_final(exp, parent, trial_rows(rows)[0], log):
+        rows = mark_budget(leaderboard(parent, searched(exp)), budget)
     if exp.registry.ensemble > 1 and log_ensemble(exp, parent, rows, log):
         rows = mark_budget(leaderboard(parent, searched(exp)), budget)
     _log_leaderboard(parent, rows, failed)

@@ -1,0 +1,50 @@
+"""The final run of a sweep: the best trial's configuration trained again from scratch for
+`tuner.final_epochs`, as one more child run (`trial_id` "final"). A multi-fidelity search
+(Hyperband) judges configurations by short trials; the model worth shipping is the winner
+trained at full length. The leaderboard and the promotion weigh it like any trial."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mlflow.tracking import MlflowClient
+
+from petloc import hyperparams
+from petloc.config import Experiment
+from petloc.search import FINAL_TRIAL
+from petloc.tracking import runs
+from petloc.tracking.training_runs import train_tracked
+from petloc.training.dataset import prepare_data
+
+def configuration_of(params: dict[str, str]) -> dict[str, Any]:
+    """A trial's hyperparameters back from its run's params (MLflow keeps them as text)."""
+    values = {}
+    for name in hyperparams.DECLARED:
+        if name not in params:
+            continue
+        text, kind = params[name], hyperparams.kind(name)
+        values[name] = (None if text == "none" and kind is not str else text == "True" if kind is bool else kind(text))
+    return values
+
+
+def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], None]) -> str | None:
+    """Trains the configuration of leaderboard row `best` for `exp.tuner.final_epochs` epochs in
+    a child run of `parent`; None when that was done already (a sweep run again)."""
+    epochs = exp.tuner.final_epochs
+    client = MlflowClient()
+    earlier = runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'FINISHED'")
+    if any(run.data.tags.get("source_run") == best["run_id"] and run.data.params.get("epochs") == str(epochs) for run in earlier):
+        return None
+    values = configuration_of(client.get_run(best["run_id"]).data.params)
+    say(f"\nfinal run: trial {best['trial']}'s configuration from scratch for {epochs} epochs")
+    data = prepare_data(exp.data, int(values["image_size"]), log=lambda _: None)
+    tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": FINAL_TRIAL, "source_run": best["run_id"],
+            "source_trial": str(best["trial"])}
+    experiment_id = client.get_run(parent).info.experiment_id
+    run_id = runs.create_run(experiment_id, f"final-{values.get('backbone', '')}", tags)
+    with runs.run_status(run_id):
+        summary = train_tracked(exp, values, data, run_id, epochs=epochs,
+                                description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration from scratch")
+    say(f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
+        f"latency {summary['latency_ms_b1']:.1f} ms")
+    return run_id
