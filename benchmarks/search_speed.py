@@ -26,6 +26,7 @@ from common import scratch, table, write_block
 from photos import SHARED_PHOTOS
 
 from petloc.config import load_experiment
+from petloc.search import ENSEMBLE_TRIAL, FINAL_TRIAL
 
 ROOT = Path(__file__).resolve().parent.parent
 WITHIN = 0.02
@@ -56,7 +57,8 @@ def sweep_figures(tracking_uri: str) -> list[SweepFigures]:
             if parent.data.tags.get("mlflow.parentRunId"):
                 continue  # a trial: its tags repeat the sweep's
             trials = [r for r in client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-                      if "best_val_miou" in r.data.metrics and r.info.end_time]
+                      if "best_val_miou" in r.data.metrics and r.info.end_time
+                      and r.data.tags.get("trial_id") not in (FINAL_TRIAL, ENSEMBLE_TRIAL)]
             if trials:
                 found.append(figures_of(parent, trials))
     return found
@@ -79,8 +81,9 @@ def figures_of(parent, trials) -> SweepFigures:
 
 
 def run_sweep(project: Path, data: Path, image_size: int, overrides: list[str]) -> None:
+    # The search alone: no final run, no ensemble at the end.
     args = [sys.executable, "-m", "petloc", "sweep", "experiments/cats_dogs.yaml", f"data.path={data}",
-            f"data.image_size={image_size}", *overrides]
+            f"data.image_size={image_size}", "tuner.final_epochs=0", "registry.ensemble=0", *overrides]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=3 * 3600)
     if done.returncode != 0:
