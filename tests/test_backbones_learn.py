@@ -30,21 +30,22 @@ class ShortRun:
     learning_rate: float = 2e-3
 
 
-# Measured on these 850 training images (1000 synthetic pets at 64 px), batch 16, Adam 2e-3:
-# the box is found within 3 epochs by every backbone, the class takes far more images seen.
+# Measured on these 850 training images (1000 synthetic pets at 64 px), batch 16, Adam 2e-3
+# (3e-4 for the two deep ImageNet networks, which stay at the mean box at 2e-3): the box is
+# found within 4 epochs by every backbone, the class takes far more images seen.
 RUNS = {
     "simple": ShortRun(6, learns_class=True),
     "simple_context": ShortRun(10, learns_class=True),
     "small_resnet": ShortRun(18, learns_class=True),
     "mobilenetv2": ShortRun(4, learns_class=False),
     "efficientnetb0": ShortRun(4, learns_class=False),
-}
-# Not in a short run yet (issue #16), measured with the runs above at 6 epochs: minutes per
-# run, and neither the box nor the class learnt. VGG16 has no batch norm and takes Caffe's
-# unscaled inputs: its class loss was 305 in the first epoch. ResNet50: class loss 3.1.
-TOO_SLOW = {
-    "resnet50": "val mIoU 0.086 against the floor 0.082 after 6 epochs (226 s)",
-    "vgg16": "val mIoU 0.001 after 3 epochs on 400 pets (196 s): its class loss was 305 in epoch 1",
+    # VGG16 and ResNet50 from scratch take inputs in -1..1 (Caffe's +-128 only with ImageNet
+    # weights: VGG16's first class loss was 305). At 2e-3 both stayed at the mean box (val mIoU
+    # 0.08-0.10 for 3 epochs, with or without batch norm in VGG16); at 3e-4, 4 epochs on 2 busy
+    # cores: VGG16 val mIoU 0.57, train 0.54 (128 s); ResNet50 0.22 and 0.22 (115 s); floor 0.08;
+    # both at the majority share of the class.
+    "vgg16": ShortRun(4, learns_class=False, learning_rate=3e-4),
+    "resnet50": ShortRun(4, learns_class=False, learning_rate=3e-4),
 }
 
 
@@ -60,14 +61,8 @@ def floors(train, val) -> dict[str, float]:
     return {"miou": float(box_iou(val.boxes, mean_box).mean()), "accuracy": float(np.bincount(val.labels).max() / len(val))}
 
 
-def run_id(name: str):
-    if name in TOO_SLOW:
-        return pytest.param(name, marks=pytest.mark.skip(reason=f"{name} does not learn in a short run yet: {TOO_SLOW[name]}"))
-    return name
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [run_id(name) for name in sorted(BACKBONES)])
+@pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_learns_from_scratch_in_a_short_run(name, pets):
     run = RUNS[name]  # a new backbone needs its short run here
     train, val = pets

@@ -193,8 +193,9 @@ def efficientnetb0(image_size: int, width: float, weights: str | None) -> keras.
 
 
 def _caffe_or_unit(weights: str | None) -> layers.Layer:
-    """Caffe's inputs (BGR minus the ImageNet mean, +-128) are what ResNet50's ImageNet
-    weights were trained on; from scratch, inputs in -1..1 instead, as every other backbone."""
+    """Caffe's inputs (BGR minus the ImageNet mean, +-128) are what ResNet50's and VGG16's
+    ImageNet weights were trained on; from scratch, inputs in -1..1 instead, as every other
+    backbone: at +-128 VGG16's first class loss was 305 (tests/test_backbones_learn.py)."""
     return CaffePreprocess() if weights else layers.Rescaling(1 / 127.5, offset=-1.0)
 
 
@@ -206,18 +207,5 @@ def resnet50(image_size: int, width: float, weights: str | None) -> keras.Model:
 
 @register("vgg16")
 def vgg16(image_size: int, width: float, weights: str | None) -> keras.Model:
-    """Keras's VGG16 for ImageNet weights (or a weights file of it). From scratch, VGG16 with
-    batch norm after each convolution (torchvision's vgg16_bn): the plain network's thirteen
-    convolutions learnt nothing in a short run, at any of the learning rates tried."""
-    if weights:
-        net = _applications(keras.applications.VGG16, image_size, weights)
-        return _with_preprocess(CaffePreprocess(), net, image_size, "vgg16")
-    inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
-    for block, (filters, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), start=1):
-        for conv in range(1, convs + 1):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}")(x)
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn{conv}")(x)
-            x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
-    return keras.Model(inputs, x, name="vgg16")
+    net = _applications(keras.applications.VGG16, image_size, weights)
+    return _with_preprocess(_caffe_or_unit(weights), net, image_size, "vgg16")
