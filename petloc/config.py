@@ -139,7 +139,8 @@ class RegistryConfig(Strict):
     # measured on the machine that trained them) fits this budget; None: no budget.
     max_latency_ms: float | None = Field(None, gt=0)
     # After a sweep: the N best trials averaged as one model, logged as one more trial
-    # ("ensemble"), so it is promoted only when it beats them all; 0 = none.
+    # ("ensemble"), so it is promoted only when it beats them all; 0 or 1 = none. Like the final
+    # run, it runs where the sweep ends: on a chief, which then needs data.path too.
     ensemble: int = Field(0, ge=0, le=8)
 
 

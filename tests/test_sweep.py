@@ -220,6 +220,8 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
 
     best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
     assert client.get_model_version_by_alias("petloc", "champion").run_id == best.info.run_id
+    with pytest.raises(PetlocError, match="the ensemble of a sweep's trials 0, 1; reproduce its member runs"):
+        invoke("reproduce", ensemble.info.run_id)
     again = invoke("sweep", exp, "registry.ensemble=2")
     assert again.exit_code == 0, again.output
     assert len(children(client, parent.info.run_id)) == 3 and "ensemble of trials" not in again.output
@@ -250,3 +252,42 @@ def test_the_final_run_trains_the_best_configuration_at_full_length(tmp_path, mo
     again = invoke("sweep", exp)
     assert again.exit_code == 0, again.output
     assert len(children(client, parent.info.run_id)) == 3 and "final run:" not in again.output
+
+
+def test_a_failed_end_step_leaves_the_leaderboard_and_the_promotion(tmp_path, monkeypatch):
+    """The final run (or the ensemble) failing is one line; the trials are still ranked and promoted."""
+    import petloc.search.sweep as sweep
+
+    def diverges(*args, **kwargs):
+        raise PetlocError("loss became nan in epoch 3; try a lower learning_rate")
+
+    monkeypatch.setattr(sweep, "train_final", diverges)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), space={"head_units": [8, 16]}, tuner={"final_epochs": 2})
+    result = invoke("sweep", exp)
+    assert result.exit_code == 0, result.output
+    assert "the final run failed, the sweep ends without it: PetlocError: loss became nan in epoch 3" in result.output
+    assert "Leaderboard of sweep 'tiny' (2 finished, 0 failed" in result.output
+    client = store_client(tmp_path)
+    assert client.get_run(sweep_parent(client).info.run_id).info.status == "FINISHED"
+    assert client.get_model_version_by_alias("petloc", "champion")
+
+
+def test_a_sweep_started_by_an_older_petloc_resumes(swept, monkeypatch):
+    """Its sweep.json holds the fingerprint of before the end steps (registry included)."""
+    import json
+
+    from petloc.config import load_experiment
+    from petloc.search.sweep import _older_fingerprint, fingerprint
+
+    root, exp, client, parent_id, _ = swept
+    monkeypatch.chdir(root)
+    state_file = root / "mlruns" / "tuner" / "tiny" / "sweep.json"
+    state = json.loads(state_file.read_text())
+    state["fingerprint"] = _older_fingerprint(load_experiment(exp))
+    state_file.write_text(json.dumps(state))
+    again = invoke("sweep", exp)
+    assert again.exit_code == 0, again.output
+    assert f"parent run {parent_id};" in again.output
+    assert json.loads(state_file.read_text())["fingerprint"] == fingerprint(load_experiment(exp))

@@ -35,7 +35,7 @@ from petloc.config import Experiment
 from petloc.errors import PetlocError
 from petloc.files import exclusive_lock
 from petloc.report import number
-from petloc.search import DEFAULT_CHIEF_ADDRESS
+from petloc.search import DEFAULT_CHIEF_ADDRESS, SEARCH_OVER
 from petloc.search.progress import duration, planned_trials
 from petloc.search.sweep import (FINGERPRINT_TAG, SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
                                  fingerprint, sweep_state)
@@ -208,6 +208,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         # how its trial ended, so the run does not stay RUNNING for ever.
         _end_trial_runs(parent, "its worker could not close this run (was the tracking server unreachable?); "
                         "the trial ended as the sweep's chief recorded it")
+        log(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
         return finish(exp, parent, failed_trials(oracle), servicer.stopped, log)
 
 

@@ -18,6 +18,7 @@ from petloc.tracking import log, registry, runs
 from petloc.tracking.training_runs import score_and_log
 from petloc.training.dataset import prepare_data
 
+
 def members_of(rows: list[dict], size: int) -> list[dict]:
     """The `size` best models (rows come best first; trials and the final run) that take the
     best one's image size."""
@@ -49,7 +50,7 @@ def log_ensemble(exp: Experiment, parent: str, rows: list[dict], say: Callable[[
     member_runs = ",".join(row["run_id"] for row in members)
     client = MlflowClient()
     earlier = runs.child_runs(parent, f"tags.trial_id = '{ENSEMBLE_TRIAL}' and attributes.status = 'FINISHED'")
-    if any(run.data.tags.get("member_runs") == member_runs for run in earlier):
+    if any(set(run.data.tags.get("member_runs", "").split(",")) == set(member_runs.split(",")) for run in earlier):
         return None
     trials = ", ".join(str(row["trial"]) for row in members)
     say(f"ensemble of trials {trials}: scoring their averaged answers on the validation photos")
@@ -65,6 +66,7 @@ def log_ensemble(exp: Experiment, parent: str, rows: list[dict], say: Callable[[
         description = (f"Ensemble of trials {trials} of sweep '{exp.name}': their class scores and boxes averaged, "
                        f"validated on {len(data.val)} photos of {data.source}")
         log.log_run_inputs(run_id, params, data, exp.train.seed, description)
+        log.log_experiment(run_id, exp)  # what `petloc promote` reads its default --name from
         summary = score_and_log(exp, model, data, run_id, history=None, extra={})
     say(f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
         f"latency {summary['latency_ms_b1']:.1f} ms")

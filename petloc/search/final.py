@@ -5,26 +5,16 @@ trained at full length. The leaderboard and the promotion weigh it like any tria
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from mlflow.tracking import MlflowClient
 
-from petloc import hyperparams
 from petloc.config import Experiment
 from petloc.search import FINAL_TRIAL
 from petloc.tracking import runs
+from petloc.tracking.reproduce import hyperparameters_of
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
-
-def configuration_of(params: dict[str, str]) -> dict[str, Any]:
-    """A trial's hyperparameters back from its run's params (MLflow keeps them as text)."""
-    values = {}
-    for name in hyperparams.DECLARED:
-        if name not in params:
-            continue
-        text, kind = params[name], hyperparams.kind(name)
-        values[name] = (None if text == "none" and kind is not str else text == "True" if kind is bool else kind(text))
-    return values
 
 
 def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], None]) -> str | None:
@@ -35,7 +25,7 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
     earlier = runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'FINISHED'")
     if any(run.data.tags.get("source_run") == best["run_id"] and run.data.params.get("epochs") == str(epochs) for run in earlier):
         return None
-    values = configuration_of(client.get_run(best["run_id"]).data.params)
+    values = hyperparameters_of(client.get_run(best["run_id"]).data.params)
     say(f"\nfinal run: trial {best['trial']}'s configuration from scratch for {epochs} epochs")
     data = prepare_data(exp.data, int(values["image_size"]), log=lambda _: None)
     tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": FINAL_TRIAL, "source_run": best["run_id"],

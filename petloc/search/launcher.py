@@ -18,9 +18,10 @@ import time
 from typing import Callable
 
 from petloc import processes
+from petloc.search import SEARCH_OVER
 
 STOP_GRACE_SECONDS = 30  # a stopped process ends its MLflow runs KILLED before it exits
-WORKERS_GONE_GRACE_SECONDS = 20  # the chief ends on its own within a second or two of its last worker
+WORKERS_GONE_GRACE_SECONDS = 20  # the chief says "search over" within a second or two of its last worker
 
 
 def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: int, fresh: bool,
@@ -72,18 +73,21 @@ def _start(command: list[str], prefix: str, say: Callable[[str], None]) -> subpr
 
 
 def _relay(process: subprocess.Popen, prefix: str, say: Callable[[str], None]) -> None:
+    process.search_over = False
     for line in process.stdout:
         line = line.rstrip("\n")
+        process.search_over = process.search_over or line.startswith(SEARCH_OVER)
         say(line if not line or line.startswith(prefix) else f"{prefix}{line}")
 
 
 def _wait_for_chief(chief: subprocess.Popen, workers: list[subprocess.Popen], say: Callable[[str], None]) -> int:
     """The chief's exit code; if every worker has gone and the chief still waits for one
-    (they all failed to start), the chief is stopped."""
+    (they all failed to start), the chief is stopped. Once it says the search is over, it
+    runs the sweep's end (a final run may train for a while) and is left to finish."""
     gone_since = None
     while chief.poll() is None:
         time.sleep(0.5)
-        if all(worker.poll() is not None for worker in workers):
+        if not getattr(chief, "search_over", False) and all(worker.poll() is not None for worker in workers):
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > WORKERS_GONE_GRACE_SECONDS:
                 say("every worker has exited and the chief still waits: stopping it")

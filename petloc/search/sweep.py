@@ -61,10 +61,23 @@ def fingerprint(exp: Experiment) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _older_fingerprint(exp: Experiment) -> str:
+    """The fingerprint of sweeps started before the final run and the ensemble existed (the
+    registry section counted then), so that they still resume."""
+    body = exp.model_dump(mode="json")
+    body["tuner"].pop("max_trials")
+    body["tuner"].pop("final_epochs")
+    body["registry"].pop("ensemble")
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _parent_run(exp: Experiment, state_file: Path, experiment_id: str) -> str:
     """The sweep's parent run: the one recorded in sweep.json, or a new one."""
     client = MlflowClient()
     state = _read_state(state_file)
+    if state is not None and state["fingerprint"] == _older_fingerprint(exp):
+        state["fingerprint"] = fingerprint(exp)
+        atomic_write_text(state_file, json.dumps(state))
     if state is not None:
         if state["fingerprint"] != fingerprint(exp):
             raise PetlocError(
@@ -274,9 +287,10 @@ def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: 
     no trial finished."""
     budget = exp.registry.max_latency_ms
     rows = mark_budget(leaderboard(parent, searched(exp)), budget)
-    if exp.tuner.final_epochs and trial_rows(rows) and train_final(exp, parent, trial_rows(rows)[0], log):
+    best_trial = champion_row(trial_rows(rows), budget)
+    if exp.tuner.final_epochs and best_trial and _end_step("the final run", lambda: train_final(exp, parent, best_trial, log), log):
         rows = mark_budget(leaderboard(parent, searched(exp)), budget)
-    if exp.registry.ensemble > 1 and log_ensemble(exp, parent, rows, log):
+    if exp.registry.ensemble > 1 and _end_step("the ensemble", lambda: log_ensemble(exp, parent, rows, log), log):
         rows = mark_budget(leaderboard(parent, searched(exp)), budget)
     _log_leaderboard(parent, rows, failed)
     _log_pareto(parent, rows)
@@ -293,6 +307,16 @@ def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: 
                                      register_when_not_better=exp.registry.register_when_not_better, max_latency_ms=budget)
     MlflowClient().set_tag(parent, "promotion", promotion.reason)
     return SweepResult(parent, rows, promotion, failed)
+
+
+def _end_step(what: str, step: Callable[[], str | None], log: Callable[[str], None]) -> str | None:
+    """An extra candidate at the sweep's end (its run ID, or None); when it fails, one line,
+    and the leaderboard and the promotion of the trials go on without it."""
+    try:
+        return step()
+    except Exception as err:  # its run ended FAILED with the reason; Ctrl+C still stops the sweep
+        log(f"{what} failed, the sweep ends without it: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        return None
 
 
 def mark_budget(rows: list[dict], budget: float | None) -> list[dict]:

@@ -42,8 +42,11 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
         raise PetlocError(f"run {run_id}: not a finished localiser training run or trial; reproduce re-runs those")
     if int(original.data.tags.get("tuner/initial_epoch", "0") or 0):
         raise PetlocError(f"run {run_id}: a Hyperband trial that continued another trial's weights; reproduce that trial's first bracket instead")
+    if original.data.params.get("backbone") == "ensemble":
+        members = original.data.params.get("members", "?")
+        raise PetlocError(f"run {run_id}: the ensemble of a sweep's trials {members}; reproduce its member runs (tag member_runs)")
     exp = _logged_experiment(client, run_id)
-    values = _hyperparameters(original.data.params)
+    values = hyperparameters_of(original.data.params)
     data = prepare_data(exp.data, values["image_size"], say)
     _check_same(original.data.tags, data.whole.digest, force)
 
@@ -68,7 +71,7 @@ def _logged_experiment(client: MlflowClient, run_id: str) -> Experiment:
         return parse_experiment(json.load(file), f"run {run_id}: experiment.json")
 
 
-def _hyperparameters(params: dict[str, str]) -> dict:
+def hyperparameters_of(params: dict[str, str]) -> dict:
     """The run's hyperparameters as typed values (MLflow keeps params as text)."""
     values = {}
     for name in hyperparams.DECLARED:
