@@ -289,8 +289,11 @@ def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(t
     # Trials long enough (tens of seconds) to be caught mid-training on a quiet machine.
     exp = tiny_experiment(tmp_path, data, train={"epochs": 40}, space=SPACE, tuner={"max_trials": 3})
     client = store_client(tmp_path)
+    # Ctrl+C as in a terminal: a shell without job control (`cmd &` in a script, as CI may run
+    # us) starts its children with SIGINT ignored, and Python then never raises KeyboardInterrupt.
     launcher = subprocess.Popen([*PETLOC, "sweep", exp, "--workers", "2"], cwd=tmp_path, env=petloc_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = Lines(launcher)  # its own lines, not the store: a reader racing the chief to create it can miss a short trial
     lines.wait_for("epoch 1/40", timeout=240)
     launcher.send_signal(signal.SIGINT)
