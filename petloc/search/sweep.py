@@ -177,7 +177,10 @@ def leaderboard(parent_run_id: str, extra: list[str] = ()) -> list[dict]:
         row = {"run_id": run.info.run_id}
         for column, key in LEADERBOARD_COLUMNS:
             kind, name = key.split(".", 1)
-            source = {"tags": run.data.tags, "params": run.data.params, "metrics": run.data.metrics}[kind]
+            if kind == "tags":  # text as Keras Tuner wrote it: trial "0012" stays "0012"
+                row[column] = run.data.tags.get(name, "")
+                continue
+            source = {"params": run.data.params, "metrics": run.data.metrics}[kind]
             row[column] = _number_or_text(source.get(name, ""))
         row.update({name: _number_or_text(run.data.params.get(name, "")) for name in extra})
         rows.append(row)
