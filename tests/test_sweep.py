@@ -293,20 +293,26 @@ def test_a_sweep_started_by_an_older_petloc_resumes(swept, monkeypatch):
     assert json.loads(state_file.read_text())["fingerprint"] == fingerprint(load_experiment(exp))
 
 
-def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path, monkeypatch):
+def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
     """Hyperband numbers trials "0000", "0012": the leaderboard, the parent's best_trial_id and
     the final run's source_trial name the trial by that text, not by a number 12."""
     import mlflow
 
     from petloc.search.sweep import leaderboard
 
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
-    with mlflow.start_run() as parent:
-        for trial, miou in (("0012", 0.6), ("0003", 0.5)):
-            with mlflow.start_run(nested=True, tags={"trial_id": trial}):
-                mlflow.log_params({"backbone": "simple", "head_units": "64"})
-                mlflow.log_metric("best_val_miou", miou)
-    rows = leaderboard(parent.info.run_id)
+    client = store_client(tmp_path)
+    experiment = client.create_experiment("ids")
+    parent = client.create_run(experiment).info.run_id
+    for trial, miou in (("0012", 0.6), ("0003", 0.5)):
+        run = client.create_run(experiment, tags={"trial_id": trial, "mlflow.parentRunId": parent}).info.run_id
+        client.log_param(run, "head_units", "64")
+        client.log_metric(run, "best_val_miou", miou)
+        client.set_terminated(run)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        rows = leaderboard(parent)
+    finally:
+        mlflow.set_tracking_uri(before)
     assert [row["trial"] for row in rows] == ["0012", "0003"]
     assert rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6  # params and metrics still read as numbers
