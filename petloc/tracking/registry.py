@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
 from petloc.model import Pretrained
+from petloc.model.backbones import takes_caffe_inputs
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 from petloc.tracking.store import configure
 
@@ -75,7 +76,8 @@ def pretrained_backbone(ref: str) -> Pretrained:
     net = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
     if net is None:
         raise PetlocError(f"backbone: registered:{ref} holds no backbone network")
-    return Pretrained(ref, run.data.params["backbone"], float(run.data.params["width"]), net.get_weights(), run.data.tags.get("val_data"))
+    return Pretrained(ref, run.data.params["backbone"], float(run.data.params["width"]), net.get_weights(),
+                      run.data.tags.get("val_data"), caffe_inputs=takes_caffe_inputs(net))
 
 
 def registered_version(uri: str):
