@@ -1,6 +1,8 @@
 """`petloc sweep` end to end: real Keras Tuner oracle, real MLflow store and registry."""
 
 import base64
+import json
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +102,11 @@ def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
     assert more.exit_code == 0, more.output
     after = children(client, parent_id)
     assert len(after) == 3 and before < {r.info.run_id for r in after}
+    # The parent shows the settings it last ran with, not those of its first start.
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["tuner.max_trials"] == "3" and "up to 3 trials" in parent.data.tags["mlflow.note.content"]
+    space = json.loads(Path(client.download_artifacts(parent_id, "search_space.json", str(root))).read_text())
+    assert space["experiment"]["tuner"]["max_trials"] == 3
 
 
 def test_changed_settings_need_fresh(swept, monkeypatch):

@@ -90,12 +90,12 @@ def _parent_run(exp: Experiment, state_file: Path, experiment_id: str) -> str:
             raise PetlocError(f"{state_file}: its parent run is not in {mlflow.get_tracking_uri()}; run with --fresh") from None
         _end_orphans(state["parent_run_id"], "ended when the sweep was resumed")
         runs.claim_run(state["parent_run_id"])
-        for key, value in sweep_tags(exp).items():  # parents made before these tags existed
-            client.set_tag(state["parent_run_id"], key, value)
+        _log_resumable_settings(exp, state["parent_run_id"])  # sweep_tags too: parents made before they existed
         return state["parent_run_id"]
     run_id = runs.create_run(experiment_id, f"sweep-{exp.name}", {"petloc.kind": "sweep", **sweep_tags(exp)})
     atomic_write_text(state_file, json.dumps({"parent_run_id": run_id, "fingerprint": fingerprint(exp)}))
     _log_sweep_settings(exp, run_id)
+    _log_resumable_settings(exp, run_id)
     return run_id
 
 
@@ -147,20 +147,37 @@ def check_state_files(directory: Path) -> None:
                               "run with --fresh to start over") from None
 
 
-def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
+# What a sweep may change when it resumes (outside its fingerprint): tags, set again at each
+# start, since MLflow's params are written once.
+RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs")
+
+
+def _log_resumable_settings(exp: Experiment, run_id: str) -> None:
+    """The settings this start of the sweep runs with, and `search_space.json` rewritten."""
+    size = (f"trials of up to {exp.train.epochs} epochs, as many as Hyperband's brackets hold" if exp.tuner.kind == "hyperband"
+            else f"up to {exp.tuner.max_trials} trials")
+    tags = {f"tuner.{k}": str(getattr(exp.tuner, k)) for k in RESUMABLE_TUNER_SETTINGS}
+    tags.update({f"registry.{k}": str(v) for k, v in exp.registry.model_dump().items()})
+    tags.update(sweep_tags(exp))
+    tags["mlflow.note.content"] = (f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, {size}); "
+                                   "its trials are the child runs, the leaderboard is in the artifacts")
     client = MlflowClient()
-    space = {name: (p.model_dump() if hasattr(p, "model_dump") else p) for name, p in exp.space.items()}
-    params = {f"space.{k}": json.dumps(v) for k, v in space.items()}
-    params.update({f"tuner.{k}": v for k, v in exp.tuner.model_dump().items()})
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    client.log_dict(run_id, {"space": _space(exp), "experiment": exp.model_dump(mode="json")}, "search_space.json")
+
+
+def _space(exp: Experiment) -> dict:
+    return {name: (p.model_dump() if hasattr(p, "model_dump") else p) for name, p in exp.space.items()}
+
+
+def _log_sweep_settings(exp: Experiment, run_id: str) -> None:
+    """What a sweep is (its fingerprint covers it): params, written once, and provenance."""
+    params = {f"space.{k}": json.dumps(v) for k, v in _space(exp).items()}
+    params.update({f"tuner.{k}": v for k, v in exp.tuner.model_dump().items() if k not in RESUMABLE_TUNER_SETTINGS})
     params.update(run_settings(exp, exp.train.epochs))
     params["image_size"] = exp.data.image_size
     mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()}, run_id=run_id)
-    client.log_dict(run_id, {"space": space, "experiment": exp.model_dump(mode="json")}, "search_space.json")
-    size = (f"trials of up to {exp.train.epochs} epochs, as many as Hyperband's brackets hold" if exp.tuner.kind == "hyperband"
-            else f"up to {exp.tuner.max_trials} trials")
-    note = f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, {size}); its trials are the child runs, the leaderboard is in the artifacts"
-    tags = {**log.provenance(), "mlflow.note.content": note}
-    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    MlflowClient().log_batch(run_id, tags=[RunTag(key, value) for key, value in log.provenance().items()])
 
 
 def searched(exp: Experiment) -> list[str]:
