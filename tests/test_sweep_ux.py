@@ -268,6 +268,17 @@ def test_durations_read_as_people_say_them():
     assert [duration(s) for s in (4.4, 59.6, 185, 3725)] == ["4 s", "1 min 00 s", "3 min 05 s", "1 h 02 min"]
 
 
+def test_a_search_that_runs_out_of_points_says_so(tmp_path, monkeypatch):
+    """Keras Tuner stops when it cannot draw a new point: 2 combinations, 4 trials planned."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_dataset(tmp_path / "photos", count=24)
+    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"max_trials": 4})
+    result = CliRunner().invoke(cli, ["sweep", str(exp)])
+    assert result.exit_code == 0, result.output
+    assert "the search ended after 2 of 4 planned trials: Keras Tuner drew no new point from the space" in result.output
+
+
 def test_a_failed_trial_is_one_line_without_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -255,6 +255,9 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
             if "consecutive failures" not in str(err):
                 raise
             stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
+        if stopped is None and len(tuner.oracle.trials) < tuner.progress.planned:
+            log(f"\nthe search ended after {len(tuner.oracle.trials)} of {tuner.progress.planned} planned trials: Keras Tuner "
+                "drew no new point from the space; add values or a range to search further")
         return finish(exp, parent, failed_trials(tuner.oracle), stopped, log)
 
 
