@@ -292,9 +292,8 @@ def data_preparer(exp: Experiment, parent: str, log: Callable[[str], None]) -> C
         if size not in cache:
             cache[size] = prepare_data(exp.data, size, log)
             if len(cache) == 1:
-                client = MlflowClient()
-                for key, value in cache[size].tags().items():
-                    client.set_tag(parent, key, str(value))
+                tags = [RunTag(key, str(value)) for key, value in cache[size].tags().items()]
+                MlflowClient().log_batch(parent, tags=tags)
         return cache[size]
 
     return data_for
