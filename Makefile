@@ -18,11 +18,14 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/petloc sweep experiments/quick.yaml
 
+# Two test processes (pytest-xdist): much of a test's time is a subprocess importing
+# TensorFlow, a server starting or a trial's tracking, which one core does while the other trains.
+# A file's tests stay in one process in the fast tier (their module fixtures are sweeps).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-slow: setup
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow -n 2 --dist load
 
 # Speed figures, each a ratio measured side by side, written to benchmarks/RESULTS.md (about 10 minutes)
 bench: setup
