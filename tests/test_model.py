@@ -270,3 +270,23 @@ def test_weight_averaging_keeps_the_average_that_was_validated():
     assert any(not np.allclose(a, b) for a, b in zip(model.get_weights(), raw.raw))
     logs = model.evaluate(x.astype(np.uint8), y, batch_size=4, return_dict=True, verbose=0)
     assert logs["box_miou"] == pytest.approx(history.history["val_miou"][-1], abs=1e-5)
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_the_training_step_is_traced_once(ema, monkeypatch):
+    # Keras creates the optimizer's slots and the metrics' totals in the first trace of the
+    # step unless they exist before, and TensorFlow then traces it again (2 s of every trial
+    # on 2 cores): `fit` builds them first.
+    from petloc.data.pipeline import ImageSet
+    from petloc.training.fit import fit_localiser
+
+    traces = []
+    step = keras.Model.train_step
+    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traces.append(1) or step(self, data))
+    x, y = batch(n=8)
+    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
+    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.3, "batch_size": 4, "ema": ema,
+          "class_weight": "balanced"}
+    _, history = fit_localiser(hp, data, data, epochs=2)
+    assert len(traces) == 1
+    assert len(history.history["val_miou"]) == 2
