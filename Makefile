@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python benchmarks/startup_speed.py
 	$(BIN)/python benchmarks/predict_speed.py
 	$(BIN)/python benchmarks/precision_speed.py
+	$(BIN)/python benchmarks/dilated_conv_speed.py
 	$(BIN)/python benchmarks/pipeline_speed.py
 	$(BIN)/python benchmarks/tracking_speed.py
 	$(BIN)/python benchmarks/tracking_load.py

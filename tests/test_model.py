@@ -290,3 +290,40 @@ def test_the_training_step_is_traced_once(ema, monkeypatch):
     _, history = fit_localiser(hp, data, data, epochs=2)
     assert len(traces) == 1
     assert len(history.history["val_miou"]) == 2
+
+
+@pytest.mark.parametrize("side, rate", [(8, 4), (6, 4), (6, 2), (5, 2)])
+def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
+    # simple_context's dilated layers on small maps (tests below: which ones) are TapsConv2D:
+    # same kernel, same outputs and gradients as Keras's Conv2D, only faster there.
+    import tensorflow as tf
+
+    from petloc.model.backbones import TapsConv2D
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, side, side, 6)).astype(np.float32))
+    keras_conv = keras.layers.Conv2D(5, 3, dilation_rate=rate, padding="same", use_bias=False)
+    taps_conv = TapsConv2D(5, 3, dilation_rate=rate, padding="same", use_bias=False)
+    keras_conv.build(x.shape), taps_conv.build(x.shape)
+    taps_conv.set_weights(keras_conv.get_weights())
+    weights = tf.reshape(tf.range(2 * side * side * 5, dtype=tf.float32) * 1e-3, (2, side, side, 5))  # every output counts differently
+    results = []
+    for conv in (keras_conv, taps_conv):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x)
+            loss = tf.reduce_sum(y * weights)
+        results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, conv.kernel])])
+    for theirs, mine in zip(*results):  # outputs, input gradients, kernel gradients
+        np.testing.assert_allclose(mine, theirs, atol=1e-4)
+
+
+def test_simple_context_dilates_with_taps_only_where_the_map_is_small():
+    from petloc.model.backbones import TapsConv2D
+
+    def dilated(size):
+        net = build_backbone("simple_context", size, 0.25)
+        return [(layer.dilation_rate[0], type(layer) is TapsConv2D) for layer in net.layers
+                if isinstance(layer, keras.layers.Conv2D) and layer.dilation_rate[0] > 1]
+
+    assert dilated(64) == [(2, False), (4, True)]  # an 8x8 map
+    assert dilated(128) == [(2, False), (4, False)]  # 16x16: TensorFlow's own is as fast or faster

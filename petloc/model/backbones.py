@@ -161,9 +161,27 @@ def _simple(name: str, image_size: int, width: float, weights: str | None, dilat
 
 
 def _conv_bn(x, filters: int, strides: int = 1, dilation: int = 1):
-    x = layers.Conv2D(filters, 3, strides=strides, dilation_rate=dilation, padding="same", use_bias=False)(x)
+    conv = TapsConv2D if dilation > 1 and x.shape[1] < 4 * dilation else layers.Conv2D
+    x = conv(filters, 3, strides=strides, dilation_rate=dilation, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.Activation("relu")(x)
+
+
+@keras.saving.register_keras_serializable(package="petloc")
+class TapsConv2D(layers.Conv2D):
+    """A 3x3 Conv2D (stride 1, "same", no bias) with a dilation rate, computed as one matrix
+    product over the nine shifted copies of the map; the same kernel and results as Conv2D.
+    TensorFlow's CPU kernels dilate by padding the map into rate x rate blocks, which on a
+    map under 4 x rate wide is mostly padding: at rate 4 on the 8x8 map of a 64 px input the
+    training step of that convolution took 2.7x as long (benchmarks/RESULTS.md)."""
+
+    def call(self, inputs):
+        rate, (height, width) = self.dilation_rate[0], inputs.shape[1:3]
+        padded = keras.ops.pad(inputs, [[0, 0], [rate, rate], [rate, rate], [0, 0]])
+        taps = keras.ops.concatenate(
+            [padded[:, i * rate:i * rate + height, j * rate:j * rate + width, :] for i in range(3) for j in range(3)], axis=-1
+        )
+        return keras.ops.matmul(taps, keras.ops.reshape(self.kernel, (-1, self.filters)))
 
 
 @register("small_resnet")
