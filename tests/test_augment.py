@@ -100,3 +100,14 @@ def test_augmentation_varies_between_draws(strength):
     _, a = augment(painted(boxes), boxes, strength, (1, 1))
     _, b = augment(painted(boxes), boxes, strength, (2, 1))
     assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
+def test_augmented_training_batches_keep_their_image_size():
+    # The model's trace sees the batches' spec: with the size unknown, each layer is traced
+    # for any size (and TapsConv2D reads it from the tensor).
+    from petloc.data.pipeline import ImageSet, train_batches
+
+    n = 6
+    data = ImageSet(np.zeros((n, 24, 24, 3), np.uint8), np.zeros(n, np.int32), np.tile([[0.2, 0.2, 0.6, 0.7]], (n, 1)).astype(np.float32),
+                    [f"{i}.jpg" for i in range(n)], [""] * n)
+    assert train_batches(data, 4, 0.3, seed=0).element_spec[0].shape.as_list() == [None, 24, 24, 3]

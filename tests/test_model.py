@@ -285,8 +285,9 @@ def test_the_training_step_is_traced_once(ema, monkeypatch):
     monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traces.append(1) or step(self, data))
     x, y = batch(n=8)
     data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
-    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.3, "batch_size": 4, "ema": ema,
-          "class_weight": "balanced"}
+    # simple_context at 32 px: its dilated layers are TapsConv2D, fed the augmented batches
+    hp = {"backbone": "simple_context", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.3, "batch_size": 4,
+          "ema": ema, "class_weight": "balanced"}
     _, history = fit_localiser(hp, data, data, epochs=2)
     assert len(traces) == 1
     assert len(history.history["val_miou"]) == 2
@@ -315,6 +316,8 @@ def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
         results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, conv.kernel])])
     for theirs, mine in zip(*results):  # outputs, input gradients, kernel gradients
         np.testing.assert_allclose(mine, theirs, atol=1e-4)
+    unsized = tf.function(taps_conv.call, input_signature=[tf.TensorSpec([None, None, None, 6])])  # a batch of unknown size
+    np.testing.assert_allclose(unsized(x).numpy(), results[0][0], atol=1e-4)
 
 
 def test_simple_context_dilates_with_taps_only_where_the_map_is_small():

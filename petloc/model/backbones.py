@@ -176,7 +176,8 @@ class TapsConv2D(layers.Conv2D):
     training step of that convolution took 2.7x as long (benchmarks/RESULTS.md)."""
 
     def call(self, inputs):
-        rate, (height, width) = self.dilation_rate[0], inputs.shape[1:3]
+        rate, shape = self.dilation_rate[0], keras.ops.shape(inputs)
+        height, width = (static or shape[i + 1] for i, static in enumerate(inputs.shape[1:3]))  # a batch may come unsized
         padded = keras.ops.pad(inputs, [[0, 0], [rate, rate], [rate, rate], [0, 0]])
         taps = keras.ops.concatenate(
             [padded[:, i * rate:i * rate + height, j * rate:j * rate + width, :] for i in range(3) for j in range(3)], axis=-1
