@@ -28,7 +28,7 @@ from petloc.model import Hyperparameters, build_model, compile_model
 
 # (what, hyperparameters, image size): the quick sweep's first trial and the real-photo file's.
 SETUPS = [
-    ("quick.yaml: simple, 64 px, aug 0.4, batch 16", Hyperparameters(backbone="simple", width=0.5, head_units=128, dropout=0.0,
+    ("simple, 64 px, aug 0.4, batch 16 (quick.yaml's model; the file is at 48 px since stop 14)", Hyperparameters(backbone="simple", width=0.5, head_units=128, dropout=0.0,
      box_loss="smooth_l1", box_loss_weight=5.0, aug_strength=0.4, batch_size=16), 64),
     ("cats_dogs.yaml: simple_context + head crop, 128 px, aug 0.4, batch 16", Hyperparameters(
         backbone="simple_context", width=0.5, head_units=128, dropout=0.0, box_head="centre", second_stage="head_crop",

@@ -45,7 +45,7 @@ def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor, fli
     """Resamples each image's window to the full output size and maps its box along; where
     `flip` is true the window is also mirrored left to right, in the same resampling (a
     crop whose x1 lies right of its x2 is read backwards), so the flip costs no pass of its own."""
-    static = images.shape[1:3]  # known, the batches keep their size in their spec (and the model's trace)
+    static = tf.TensorShape(images.shape)[1:3]  # known, the batches keep their size in their spec (and the model's trace)
     size = tf.constant(static.as_list(), tf.int32) if static.is_fully_defined() else tf.shape(images)[1:3]
     h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
     # crop_and_resize places sample j at a + j * (b - a) / (S - 1) on pixel centres (0..S-1);
