@@ -324,7 +324,7 @@ def generate(out: Path, count: int = 1500, seed: int = 0, size: int = 128) -> Pa
             raise OSError(f"{out / name}.jpg: could not write the image")
         (out / f"{name}.txt").write_text(annotation_line(label, box))
 
-    # NumPy and OpenCV release the GIL for most of an image's work: 1.45x on 2 cores.
+    # NumPy and OpenCV release the GIL for most of an image's work: 1.4x on 2 cores.
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(write, range(count)))
     # Written last: its presence says the set is complete, its content which set it is.

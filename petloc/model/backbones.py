@@ -173,7 +173,12 @@ class TapsConv2D(layers.Conv2D):
     product over the nine shifted copies of the map; the same kernel and results as Conv2D.
     TensorFlow's CPU kernels dilate by padding the map into rate x rate blocks, which on a
     map under 4 x rate wide is mostly padding: at rate 4 on the 8x8 map of a 64 px input the
-    training step of that convolution took 2.7x as long (benchmarks/RESULTS.md)."""
+    training step of that convolution took about 2.5x as long (benchmarks/RESULTS.md)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if (self.kernel_size, self.strides, self.padding, self.use_bias) != ((3, 3), (1, 1), "same", False):
+            raise ValueError("TapsConv2D computes 3x3 kernels at stride 1, 'same' padding, without bias")
 
     def call(self, inputs):
         rate, shape = self.dilation_rate[0], keras.ops.shape(inputs)
