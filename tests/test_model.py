@@ -293,6 +293,46 @@ def test_the_training_step_is_traced_once(ema, monkeypatch):
     assert len(history.history["val_miou"]) == 2
 
 
+def test_one_training_iterator_serves_every_epoch(monkeypatch):
+    # Keras makes a new iterator for each epoch of a finite dataset (the shuffle buffer filled,
+    # the first batch augmented, the pipeline's threads stopped: 0.1 s an epoch on 2 cores).
+    # `fit` repeats the batches instead; every epoch is still one whole pass.
+    import tensorflow as tf
+
+    from petloc.data.pipeline import ImageSet
+    from petloc.training.fit import fit_localiser
+
+    made = []
+    iterate = tf.data.Dataset.__iter__
+    monkeypatch.setattr(tf.data.Dataset, "__iter__", lambda self: made.append(int(self.cardinality())) or iterate(self))
+    x, y = batch(n=12)
+    train = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(12)], [""] * 12)
+    val = train.subset(np.arange(8))
+    steps = []
+    counter = keras.callbacks.LambdaCallback(on_epoch_begin=lambda *_, **__: steps.append(0),
+                                             on_train_batch_end=lambda *_, **__: steps.__setitem__(-1, steps[-1] + 1))
+    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.3, "batch_size": 4}
+    fit_localiser(hp, train, val, epochs=3, callbacks=[counter])
+    assert steps == [3, 3, 3]
+    # training: one iterator of the repeated batches (-1: infinite) for the three epochs; validation (2 batches) as Keras does it
+    assert [c for c in made if c != 2] == [-1]
+
+
+def test_endless_training_batches_reshuffle_and_reaugment_each_pass():
+    from petloc.data.pipeline import ImageSet, train_batches
+    from petloc.training.fit import endless
+
+    x, y = batch(n=10)
+    data = ImageSet(x.astype(np.uint8), np.arange(10, dtype=np.int32) % 2, y["box"], [f"{i}.jpg" for i in range(10)], [""] * 10)
+    data.images[:, 0, 0, 0] = np.arange(10)  # each image's id in a pixel the crops may move: compare boxes instead
+    batches, steps = endless(train_batches(data, 4, 0.3, seed=0))
+    assert steps == 3
+    passes = [list(batches.skip(p * steps).take(steps)) for p in range(2)]
+    boxes = [np.concatenate([b[1]["box"].numpy() for b in one]) for one in passes]
+    assert [len(b) for b in boxes] == [10, 10]  # each pass: every image once (4 + 4 + 2)
+    assert not np.allclose(boxes[0], boxes[1])  # another order and other crops
+
+
 @pytest.mark.parametrize("side, rate", [(8, 4), (6, 4), (6, 2), (5, 2)])
 def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
     # simple_context's dilated layers on small maps (tests below: which ones) are TapsConv2D:

@@ -96,14 +96,27 @@ def fit(
         every_epoch.append(progress.EpochLine())  # instead of Keras's line, which repeats each metric under two names
     train, val = batches()
     build_training_state(model, train)
+    train, steps_per_epoch = endless(train)
     history = model.fit(
-        train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+        train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
         callbacks=every_epoch + list(callbacks), verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
     if not losses or not math.isfinite(losses[-1]):
         raise TrainingDiverged(f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate")
     return model, history
+
+
+def endless(train: tf.data.Dataset) -> tuple[tf.data.Dataset, int | None]:
+    """The training batches repeated, and the number in one pass: Keras then keeps one iterator
+    for the whole fit and the pipeline runs on across epochs and validation. Keras makes a new
+    iterator for each epoch of a finite dataset: about 0.1 s an epoch of filling the shuffle
+    buffer, augmenting the first batch and stopping the pipeline's threads, 5% of a 64-px epoch
+    on 2 cores (benchmarks/pipeline_speed.py). Each pass still reshuffles and draws new augmentations."""
+    steps = int(train.cardinality())
+    if steps <= 0:  # infinite or unknown: Keras reads it as it comes
+        return train, None
+    return train.repeat(), steps
 
 
 def build_training_state(model: keras.Model, train: tf.data.Dataset) -> None:
