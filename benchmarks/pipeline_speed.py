@@ -15,7 +15,6 @@ check that reads through this machine's bursts of slowness.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 

@@ -110,9 +110,9 @@ def fit(
 def endless(train: tf.data.Dataset) -> tuple[tf.data.Dataset, int | None]:
     """The training batches repeated, and the number in one pass: Keras then keeps one iterator
     for the whole fit and the pipeline runs on across epochs and validation. Keras makes a new
-    iterator for each epoch of a finite dataset: about 0.1 s an epoch of filling the shuffle
-    buffer, augmenting the first batch and stopping the pipeline's threads, 5% of a 64-px epoch
-    on 2 cores (benchmarks/pipeline_speed.py). Each pass still reshuffles and draws new augmentations."""
+    iterator for each epoch of a finite dataset: a probe put that at about 0.1 s an epoch on 2
+    cores (filling the shuffle buffer, augmenting the first batch, stopping the pipeline's
+    threads); benchmarks/pipeline_speed.py's before row. Each pass still reshuffles and draws new augmentations."""
     steps = int(train.cardinality())
     if steps <= 0:  # infinite or unknown: Keras reads it as it comes
         return train, None
