@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 import click
 
-from petloc import __version__
+from petloc import __version__, stopping
 from petloc.errors import COMMAND_ENV, PetlocError
 from petloc.quiet import hide_tensorflow_startup_log
 from petloc.search import DEFAULT_CHIEF_ADDRESS
@@ -488,27 +488,15 @@ def check(path, as_json, on_bad):
     click.echo(json.dumps(report.to_dict()) if as_json else format_report(report))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl+C is."""
-
-
-def _interrupt_on_sigterm(signum, frame):
-    # `kill`, a CI timeout or a container stop sends SIGTERM: treat it as Ctrl+C, so the
-    # runs in progress end KILLED in MLflow instead of staying RUNNING forever. A second
-    # SIGTERM must not cut that clean-up short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated(f"signal {signum}")
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    stopping.install()
     try:
         cli.main(standalone_mode=False)
     except PetlocError as err:
         click.echo(f"petloc: error: {err}", err=True)
         sys.exit(2)
     except click.exceptions.Abort as err:  # click turns KeyboardInterrupt into Abort
-        terminated = isinstance(err.__cause__, Terminated)
+        terminated = isinstance(err.__cause__, stopping.Terminated)
         click.echo(f"petloc: {'terminated' if terminated else 'aborted'}", err=True)
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except click.ClickException as err:

@@ -278,8 +278,7 @@ def sweep_state(exp: Experiment, fresh: bool):
         try:
             yield directory, parent
         except BaseException as err:
-            runs.end_run(parent, err)
-            raise
+            raise runs.end_run(parent, err)  # err itself, or the interrupt behind it (err as its cause)
         MlflowClient().set_terminated(parent, "FINISHED")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from petloc import stopping
 from petloc.errors import PetlocError
 from petloc.tracking import log
 from petloc.tracking.store import STORE_DIR
@@ -94,11 +95,14 @@ def child_runs(parent_run_id: str, where: str = "", order_by: list[str] | None =
     return client.search_runs([experiment_id], query, order_by=order_by, max_results=50000)
 
 
-def end_run(run_id: str, err: BaseException) -> None:
-    """End `run_id` FAILED, or KILLED for an interrupt, with the reason as its `error` tag."""
+def end_run(run_id: str, err: BaseException) -> BaseException:
+    """End `run_id` FAILED, or KILLED for an interrupt (also one that a library turned into an
+    error of its own), with the reason as its `error` tag; returns what to raise."""
+    err = stopping.interrupt_behind(err)
     client = MlflowClient()
     client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
     client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+    return err
 
 
 @contextlib.contextmanager
@@ -108,6 +112,5 @@ def run_status(run_id: str):
         with log.system_metrics(run_id):
             yield
     except BaseException as err:
-        end_run(run_id, err)
-        raise
+        raise end_run(run_id, err)  # err itself, or the interrupt behind it (err as its cause)
     MlflowClient().set_terminated(run_id, "FINISHED")
