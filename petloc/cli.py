@@ -492,13 +492,22 @@ def main() -> None:
     stopping.install()
     try:
         cli.main(standalone_mode=False)
-    except PetlocError as err:
-        click.echo(f"petloc: error: {err}", err=True)
-        sys.exit(2)
     except click.exceptions.Abort as err:  # click turns KeyboardInterrupt into Abort
-        terminated = isinstance(err.__cause__, stopping.Terminated)
-        click.echo(f"petloc: {'terminated' if terminated else 'aborted'}", err=True)
-        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
-    except click.ClickException as err:
-        err.show()
-        sys.exit(2)
+        _stopped(err.__cause__)
+    except Exception as err:
+        stop = stopping.interrupt_behind(err)
+        if stop is not err:  # a library turned the stop into its own error
+            _stopped(stop)
+        if isinstance(err, PetlocError):
+            click.echo(f"petloc: error: {err}", err=True)
+            sys.exit(2)
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(2)
+        raise
+
+
+def _stopped(interrupt: BaseException | None) -> None:
+    terminated = isinstance(interrupt, stopping.Terminated)
+    click.echo(f"petloc: {'terminated' if terminated else 'aborted'}", err=True)
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))

@@ -1,25 +1,25 @@
 """How a petloc process is stopped: Ctrl+C (SIGINT) and SIGTERM both raise KeyboardInterrupt
 in the main thread, so the MLflow runs in progress end KILLED instead of staying RUNNING.
 
-Python runs a signal's handler wherever the main thread happens to be, and two places lose
-what it raises; both let a stopped sweep worker train its next trial to the end:
+Python runs a signal's handler wherever the main thread happens to be, and the interrupt it
+raises can be lost; a stopped sweep worker then trained its next trial to the end:
 - inside a weakref callback or a `__del__` (garbage collection, e.g. SQLAlchemy's class
-  registry), Python prints it as "Exception ignored" and drops it: the signal is sent again
-  once that callback has returned;
-- some library code turns it into an error of its own (TensorFlow, tracing a model, raised
-  a TypeError): `interrupt_behind` gives back the stop this process was asked for.
+  registry), Python prints it as "Exception ignored" and drops it: it is raised again a
+  moment later, once the collection is over;
+- library code may turn it into an error of its own (TensorFlow, tracing a model, raised a
+  TypeError), or swallow it: `interrupt_behind` and `raise_if_stopped` give back the stop
+  this process was asked for, where petloc ends a run or starts the next piece of work.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-import threading
 
-REDELIVER_AFTER_SECONDS = 0.05  # long enough for the callback that dropped it to return
+RAISE_AGAIN_AFTER_SECONDS = 0.05  # out of the hook, where anything raised is dropped too
 
 _stopped_by: int | None = None  # the first stop signal this process received
+_earlier_hook = sys.unraisablehook
 
 
 class Terminated(KeyboardInterrupt):
@@ -27,20 +27,41 @@ class Terminated(KeyboardInterrupt):
 
 
 def install() -> None:
+    global _earlier_hook
     signal.signal(signal.SIGTERM, _on_sigterm)
     # A shell without job control starts background commands with SIGINT ignored: leave that be.
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
-    sys.unraisablehook = _redeliver_dropped_interrupt
+    signal.signal(signal.SIGALRM, _on_alarm)
+    _earlier_hook, sys.unraisablehook = sys.unraisablehook, _raise_dropped_interrupt_again
 
 
 def interrupt_behind(err: BaseException) -> BaseException:
     """The interrupt this process was sent, where a library turned it into `err`; else `err`."""
     if isinstance(err, KeyboardInterrupt) or _stopped_by is None:
         return err
-    stop = Terminated(f"signal {_stopped_by}") if _stopped_by == signal.SIGTERM else KeyboardInterrupt()
+    reason = str(err).strip().splitlines()
+    stop = _interrupt(f" (surfaced as {type(err).__name__}{': ' + reason[0] if reason else ''})")
     stop.__cause__ = err
     return stop
+
+
+def raise_stop_behind(err: Exception) -> None:
+    """In an `except Exception`: raise the stop behind `err`, where a library turned it into `err`."""
+    stop = interrupt_behind(err)
+    if stop is not err:
+        raise stop
+
+
+def raise_if_stopped() -> None:
+    """Before the next piece of work (a trial): the stop this process was sent, if some
+    library swallowed it."""
+    if _stopped_by is not None:
+        raise _interrupt(" (it had been swallowed)")
+
+
+def _interrupt(detail: str = "") -> KeyboardInterrupt:
+    return Terminated(f"signal {_stopped_by}{detail}") if _stopped_by == signal.SIGTERM else KeyboardInterrupt(detail.strip())
 
 
 def _on_sigterm(signum, frame):
@@ -58,15 +79,13 @@ def _on_sigint(signum, frame):
     raise KeyboardInterrupt
 
 
-def _redeliver_dropped_interrupt(unraisable) -> None:
+def _on_alarm(signum, frame):
+    raise _interrupt()
+
+
+def _raise_dropped_interrupt_again(unraisable) -> None:
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-        sys.__unraisablehook__(unraisable)
+        _earlier_hook(unraisable)
         return
-    if isinstance(unraisable.exc_value, Terminated):
-        again = signal.SIGTERM
-        signal.signal(signal.SIGTERM, _on_sigterm)  # the dropped one had set SIG_IGN
-    else:
-        again = signal.SIGINT
-    timer = threading.Timer(REDELIVER_AFTER_SECONDS, os.kill, (os.getpid(), again))
-    timer.daemon = True
-    timer.start()
+    # A timer of the kernel's: no lock to take while the garbage collector runs.
+    signal.setitimer(signal.ITIMER_REAL, RAISE_AGAIN_AFTER_SECONDS)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tests.helpers import petloc_env, store_client
+from petloc import stopping
+from tests.helpers import children, invoke, petloc_env, store_client, tiny_dataset, tiny_experiment
 
 # A stop that arrives while garbage collection runs a weakref callback, as SQLAlchemy's
 # registry does in a sweep worker (the case that let a stopped worker finish its trial).
@@ -40,7 +41,7 @@ except KeyboardInterrupt as err:
 @pytest.mark.parametrize("sig, raised", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")])
 def test_a_stop_dropped_inside_a_callback_is_sent_again(sig, raised):
     done = subprocess.run([sys.executable, "-c", STOPPED_DURING_A_CALLBACK.format(signal=sig)], capture_output=True,
-                          text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+                          text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.stdout.splitlines() == ["went on", f"stopped by {raised}"], done.stdout + done.stderr
     assert "Traceback" not in done.stderr  # an interrupt is no bug: no "Exception ignored" trace
 
@@ -78,8 +79,48 @@ print(run_id)
 def test_a_stop_turned_into_another_error_still_stops_and_ends_the_run_killed(tmp_path):
     done = subprocess.run([sys.executable, "-c", STOPPED_INSIDE_A_LIBRARY], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env=petloc_env())
+    assert done.returncode == 0 and len(done.stdout.splitlines()) >= 2, done.stdout + done.stderr
     said, run_id = done.stdout.splitlines()[-2:]
     assert said == "stopped by Terminated after TypeError", done.stdout + done.stderr
     run = store_client(tmp_path).get_run(run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags["error"] == "Terminated: signal 15"
+    assert run.data.tags["error"].startswith("Terminated: signal 15 (surfaced as TypeError: Failed to convert elements")
+
+
+def test_a_sweep_whose_stop_was_swallowed_starts_no_other_trial(tmp_path, monkeypatch):
+    """The stop came during trial 0 and some library swallowed it: trial 1 never starts."""
+    from petloc.search.tuner import TrackedTuner
+
+    trial_ends = TrackedTuner.on_trial_end
+
+    def on_trial_end(self, trial):
+        monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)  # as the SIGTERM handler records it
+        trial_ends(self, trial)
+
+    monkeypatch.setattr(TrackedTuner, "on_trial_end", on_trial_end)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), space={"head_units": [8, 16, 32]})
+    result = invoke("sweep", exp)
+    assert result.exit_code != 0 and "Leaderboard" not in result.output, result.output
+    client = store_client(tmp_path)
+    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["error"] == "Terminated: signal 15 (it had been swallowed)"
+    assert [(run.data.tags["trial_id"], run.info.status) for run in children(client, parent.info.run_id)] == [("0", "FINISHED")]
+
+
+def test_a_stop_turned_into_an_error_by_an_end_step_stops_the_sweep(monkeypatch):
+    """The final run or the ensemble failing goes on without it; being stopped does not."""
+    from petloc.search.sweep import _end_step
+
+    said = []
+
+    def traces_a_model():
+        raise TypeError("Failed to convert elements of (None,) to Tensor")
+
+    assert _end_step("the ensemble", traces_a_model, said.append) is None and said  # no stop: one line, and on
+    monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)
+    with pytest.raises(stopping.Terminated, match="surfaced as TypeError"):
+        _end_step("the ensemble", traces_a_model, said.append)
+    assert len(said) == 1

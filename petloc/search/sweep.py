@@ -22,7 +22,7 @@ import mlflow
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from petloc import report
+from petloc import report, stopping
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
 from petloc.files import atomic_write_text, exclusive_lock, remove_tree
@@ -336,6 +336,7 @@ def _end_step(what: str, step: Callable[[], str | None], log: Callable[[str], No
     try:
         return step()
     except Exception as err:  # its run ended FAILED with the reason; Ctrl+C still stops the sweep
+        stopping.raise_stop_behind(err)  # ... also one that a library turned into its own error
         log(f"{what} failed, the sweep ends without it: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         return None
 

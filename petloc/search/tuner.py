@@ -19,6 +19,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from petloc import stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
 from petloc.search.progress import SweepProgress, planned_trials
@@ -126,6 +127,9 @@ class TrackedTuner(kt.Tuner):
             return super()._get_tuner_fname()
         return str(Path(self.project_dir) / "tuner0.json")
 
+    def pre_create_trial(self):
+        stopping.raise_if_stopped()  # a stopped process never asks for another trial
+
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
         self.progress.trial_begins(trial.trial_id, len(self.oracle.trials), self.shown_values(trial))
@@ -166,6 +170,7 @@ class TrackedTuner(kt.Tuner):
                                         save_weights=self._weights_file(trial.trial_id),
                                         description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'")
         except Exception as err:
+            stopping.raise_stop_behind(err)  # a stop that a library turned into its own error: no failed trial
             self.errors[trial.trial_id] = why_failed(err)
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
