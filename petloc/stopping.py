@@ -33,7 +33,8 @@ def install() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGALRM, _on_alarm)
-    _earlier_hook, sys.unraisablehook = sys.unraisablehook, _raise_dropped_interrupt_again
+    if sys.unraisablehook is not _raise_dropped_interrupt_again:  # installed twice, it would call itself
+        _earlier_hook, sys.unraisablehook = sys.unraisablehook, _raise_dropped_interrupt_again
 
 
 def interrupt_behind(err: BaseException) -> BaseException:
