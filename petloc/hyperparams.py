@@ -39,6 +39,7 @@ class Hyperparameters:
     box_loss: str = _hp("giou", "box loss", choices=BOX_LOSS_NAMES)
     box_loss_weight: float = _hp(1.0, "weight of the box loss against the class loss", bounds=(0.0, 1000.0))
     learning_rate: float = _hp(1e-3, "Adam's learning rate, cosine-decayed over the run", bounds=(1e-7, 1.0))
+    lr_warmup: float = _hp(0.0, "epochs of linear warm-up from 5% of learning_rate to it, before the cosine decay; 0 = none", bounds=(0.0, 100.0))
     ema: float = _hp(0.0, "weight averaging: momentum of a moving average of the weights, which is validated and kept (e.g. 0.99); 0 = off", bounds=(0.0, 0.9999))
     batch_size: int = _hp(32, "images per training step", bounds=(1, 1024))
     class_weight: str = _hp("none", "balanced: cats and dogs weigh the same in the class loss", choices=CLASS_WEIGHT_NAMES)

@@ -369,3 +369,23 @@ def test_simple_context_dilates_with_taps_only_where_the_map_is_small():
 
     assert dilated(64) == [(2, False), (4, True)]  # an 8x8 map
     assert dilated(128) == [(2, False), (4, False)]  # 16x16: TensorFlow's own is as fast or faster
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_five_percent():
+    # hp `lr_warmup` (epochs): from 5% of the rate to all of it, then the cosine decay to 5% by the last step.
+    from petloc.training.fit import fit_localiser
+    from petloc.data.pipeline import ImageSet
+
+    x, y = batch(n=8)
+    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
+    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
+          "box_loss": "l1", "learning_rate": 1e-2, "lr_warmup": 1.0}
+    model, _ = fit_localiser(hp, data, data, epochs=3)  # 2 steps an epoch: 2 of warm-up, 4 of decay
+    rate = model.optimizer.learning_rate
+    schedule = [float(model.optimizer._learning_rate(step)) for step in range(7)]
+    assert schedule[0] == pytest.approx(5e-4) and schedule[1] == pytest.approx(5.25e-3) and schedule[2] == pytest.approx(1e-2)
+    assert schedule[2] > schedule[3] > schedule[4] > schedule[5] > schedule[6] == pytest.approx(5e-4)
+    assert float(rate) == pytest.approx(5e-4)  # where the run ended
+    plain = compile_model(build_model(Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2), SIZE),
+                          Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2), steps_per_epoch=2, epochs=3)
+    assert float(plain.optimizer._learning_rate(0)) == pytest.approx(1e-2)  # no warm-up unless asked

@@ -55,7 +55,7 @@ def compile_model(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int 
     """The localiser's losses and metrics, Adam as `optimizer` says. `jit_compile` is Keras's:
     "auto" means no XLA on a CPU."""
     model.compile(
-        optimizer=optimizer(hp.learning_rate, steps_per_epoch * epochs, hp.ema),
+        optimizer=optimizer(hp.learning_rate, steps_per_epoch * epochs, hp.ema, warmup_steps=round(hp.lr_warmup * steps_per_epoch)),
         loss={"cls": "sparse_categorical_crossentropy", "box": BOX_LOSSES[hp.box_loss]},
         loss_weights={"cls": 1.0, "box": hp.box_loss_weight},
         metrics={"cls": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], "box": [MeanIoU()]},
@@ -64,10 +64,15 @@ def compile_model(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int 
     return model
 
 
-def optimizer(learning_rate: float, total_steps: int = 0, ema: float = 0.0) -> keras.optimizers.Optimizer:
-    """Adam, with cosine decay to 5% over the whole run when its length is known; with `ema`,
+def optimizer(learning_rate: float, total_steps: int = 0, ema: float = 0.0, warmup_steps: int = 0) -> keras.optimizers.Optimizer:
+    """Adam, with cosine decay to 5% over the whole run when its length is known, after
+    `warmup_steps` of linear warm-up from 5% (a high rate is then safe in the first steps,
+    where the batch-norm statistics and Adam's moment estimates are still settling); with `ema`,
     Adam also keeps a moving average of the weights at that momentum (fit validates and keeps
     the average: `petloc.training.fit`)."""
     if total_steps:
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=0.05)
+        warmup_steps = min(warmup_steps, total_steps - 1)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate * 0.05 if warmup_steps else learning_rate, total_steps - warmup_steps, alpha=0.05,
+            warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
     return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)
