@@ -33,6 +33,7 @@ class Hyperparameters:
     weights: str = _hp("none", "none (random init), imagenet, or a local weights file")
     image_size: int | None = _hp(None, "input side in pixels (default: data.image_size)", bounds=(32, 512))
     aug_strength: float = _hp(0.3, "strength of box-aware augmentation, 0 = none", bounds=(0.0, 1.0))
+    aug_erase: float = _hp(0.0, "share of training images with a random patch outside the head box erased (random erasing), 0 = none", bounds=(0.0, 1.0))
     head_units: int = _hp(128, "units of each dense layer in the heads", bounds=(1, 4096))
     head_depth: int = _hp(1, "dense layers in each head", bounds=(0, 8))
     dropout: float = _hp(0.2, "dropout after each dense head layer", bounds=(0.0, 0.9))

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import tensorflow as tf
 
-from petloc.data.augment import augment, crop_to_windows, jitter_colours
+from petloc.data.augment import augment, crop_to_windows, erase_outside_boxes, jitter_colours
 from petloc.model.metrics import box_iou
 
 SIZE = 64
@@ -111,3 +111,46 @@ def test_augmented_training_batches_keep_their_image_size():
     data = ImageSet(np.zeros((n, 24, 24, 3), np.uint8), np.zeros(n, np.int32), np.tile([[0.2, 0.2, 0.6, 0.7]], (n, 1)).astype(np.float32),
                     [f"{i}.jpg" for i in range(n)], [""] * n)
     assert train_batches(data, 4, 0.3, seed=0).element_spec[0].shape.as_list() == [None, 24, 24, 3]
+
+
+def test_erasing_greys_a_patch_outside_the_head_and_never_the_head():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (64, SIZE, SIZE, 3)).astype(np.float32)
+    boxes = np.tile(np.array([[0.25, 0.25, 0.75, 0.75]], np.float32), (64, 1))
+    out = erase_outside_boxes(tf.constant(images), tf.constant(boxes), 0.5, tf.constant([1, 2], tf.int64)).numpy()
+    changed = (out != images).any(axis=-1)  # [n, h, w]
+    head = np.zeros((SIZE, SIZE), bool)
+    head[16:48, 16:48] = True
+    assert not changed[:, head].any()  # the head is never touched
+    erased = changed.any(axis=(1, 2))
+    assert 20 <= erased.sum() <= 44  # about half the images
+    for image, before, mask in zip(out[erased], images[erased], changed[erased]):
+        assert np.allclose(image[mask], before.mean(axis=(0, 1)), atol=1e-3)  # filled with the image's mean colour
+        ys, xs = np.nonzero(mask)
+        rect = np.zeros_like(mask)
+        rect[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+        assert np.array_equal(mask, rect & ~head)  # one rectangle, the head cut out of it
+        assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 >= 0.2 * SIZE - 1  # a patch, not a stray pixel
+
+
+def test_erasing_off_leaves_the_other_draws_as_they_were():
+    images = tf.constant(np.random.default_rng(1).uniform(0, 255, (8, SIZE, SIZE, 3)).astype(np.float32))
+    boxes = tf.constant(np.tile([[0.3, 0.2, 0.7, 0.6]], (8, 1)).astype(np.float32))
+    plain, plain_boxes = augment(images, boxes, 0.4, (3, 4))
+    erased, erased_boxes = augment(images, boxes, 0.4, (3, 4), erase=1.0)
+    assert np.array_equal(plain_boxes.numpy(), erased_boxes.numpy())
+    kept = (erased.numpy() == plain.numpy()).all(axis=-1)
+    assert 0.5 < kept.mean() < 1.0  # the same crop, flip and jitter; only the erased patches differ
+
+
+def test_training_batches_erase_without_the_other_kinds():
+    from petloc.data.pipeline import ImageSet, train_batches
+
+    n = 8
+    pixels = np.random.default_rng(2).integers(0, 255, (n, 24, 24, 3)).astype(np.uint8)
+    data = ImageSet(pixels, np.zeros(n, np.int32), np.tile([[0.4, 0.4, 0.6, 0.6]], (n, 1)).astype(np.float32),
+                    [f"{i}.jpg" for i in range(n)], [""] * n)
+    plain = np.concatenate([x.numpy() for x, _ in train_batches(data, 8, 0.0, seed=0)])
+    erased = np.concatenate([x.numpy() for x, _ in train_batches(data, 8, 0.0, seed=0, erase=1.0)])
+    changed = (plain != erased).any(axis=-1)  # the same order (one seed): only the patches differ
+    assert changed.any(axis=(1, 2)).all() and not changed[:, 10:14, 10:14].any()  # every image has one, none on the head

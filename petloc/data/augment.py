@@ -3,7 +3,8 @@
 Geometry is one op: each image gets a random crop window (zoom in or out, shifted, with a
 little aspect change) that always contains the whole head box, resampled to the output
 size with `tf.image.crop_and_resize`; the box is mapped into the window's coordinates.
-A horizontal flip (in the same resampling) and colour jitter follow. Boxes are normalised [x1, y1, x2, y2].
+A horizontal flip (in the same resampling) and colour jitter follow; random erasing outside
+the head box is a kind of its own (`erase`). Boxes are normalised [x1, y1, x2, y2].
 
 We write our own ops because Keras 3.15's box-aware layers were seen to collapse boxes
 when one bounding-box dict is reused across layers (see DESIGN.md); one window per image
@@ -88,12 +89,43 @@ def jitter_colours(images: tf.Tensor, strength: float, seed) -> tf.Tensor:
     return tf.clip_by_value(out, 0.0, 255.0)
 
 
-def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed) -> tuple[tf.Tensor, tf.Tensor]:
-    """The whole augmentation for a batch of float images (0..255) and normalised boxes."""
-    if strength <= 0:
+def erase_outside_boxes(images: tf.Tensor, boxes: tf.Tensor, share: float, seed) -> tf.Tensor:
+    """Random erasing that keeps the head: `share` of the images get a rectangle (each side
+    20-50% of the image's) filled with the image's mean colour, except where it overlaps the
+    head box. The class head then cannot lean on one patch of fur or background alone."""
+    n = tf.shape(images)[0]
+    static = tf.TensorShape(images.shape)[1:3]
+    size = tf.constant(static.as_list(), tf.int32) if static.is_fully_defined() else tf.shape(images)[1:3]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    chosen = tf.random.stateless_uniform([n], seed=seeds[0]) < share
+    sides = _uniform([n, 2], 0.2, 0.5, seeds[1])  # (w, h)
+    start = tf.random.stateless_uniform([n, 2], seed=seeds[2]) * (1.0 - sides)
+    rect = tf.concat([start, start + sides], axis=1)
+
+    def inside(window, axis_size, lo, hi):  # [n, side]: pixel centres within [lo, hi) of each window
+        centres = (tf.range(axis_size, dtype=tf.float32) + 0.5) / tf.cast(axis_size, tf.float32)
+        return (centres[None, :] >= window[:, lo, None]) & (centres[None, :] < window[:, hi, None])
+
+    def area(window):  # [n, h, w, 1]
+        return (inside(window, size[0], 1, 3)[:, :, None] & inside(window, size[1], 0, 2)[:, None, :])[..., None]
+
+    erase = area(rect) & ~area(boxes) & chosen[:, None, None, None]
+    fill = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return tf.where(erase, fill, images)
+
+
+def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed, erase: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+    """The whole augmentation for a batch of float images (0..255) and normalised boxes:
+    the crop, flip and colour jitter at `strength`, then random erasing outside the head on
+    `erase` of the images."""
+    if strength <= 0 and erase <= 0:
         return images, boxes
     seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 3)
     images = tf.cast(images, tf.float32)
-    flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seeds[1]) < 0.5
-    images, boxes = crop_to_windows(images, boxes, random_windows(boxes, strength, seeds[0]), flip)
-    return jitter_colours(images, strength, seeds[2]), boxes
+    if strength > 0:
+        flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seeds[1]) < 0.5
+        images, boxes = crop_to_windows(images, boxes, random_windows(boxes, strength, seeds[0]), flip)
+        images = jitter_colours(images, strength, seeds[2])
+    if erase > 0:  # its own stream, split off the jitter's: the other draws stay as they were without it
+        images = erase_outside_boxes(images, boxes, erase, tf.random.experimental.stateless_split(seeds[2], 2)[1])
+    return images, boxes

@@ -158,17 +158,19 @@ def _weighted(class_weights: np.ndarray):
 
 
 def train_batches(
-    arrays: ImageSet, batch_size: int, aug_strength: float, seed: int, class_weights: np.ndarray | None = None
+    arrays: ImageSet, batch_size: int, aug_strength: float, seed: int, class_weights: np.ndarray | None = None,
+    erase: float = 0.0,
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches; a new augmentation draw every epoch.
-    `class_weights` (one per class) weight each image's class loss."""
+    `class_weights` (one per class) weight each image's class loss; `erase` is the share of
+    images with a random patch outside the head erased."""
     targets = _targets if class_weights is None else _weighted(class_weights)
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels, arrays.boxes))
     ds = ds.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    if aug_strength > 0:
+    if aug_strength > 0 or erase > 0:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, s: (*augment(tf.cast(batch[0], tf.float32), batch[2], aug_strength, s), batch[1]),
+            lambda batch, s: (*augment(tf.cast(batch[0], tf.float32), batch[2], aug_strength, s, erase), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         ).map(lambda images, boxes, labels: targets(images, labels, boxes))
     else:

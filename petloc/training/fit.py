@@ -159,7 +159,7 @@ def fit_localiser(
 
     def batches():
         weights = CLASS_WEIGHTS[hp.class_weight](train.labels)
-        return train_batches(train, batch_size, hp.aug_strength, seed, weights), eval_batches(val, batch_size)
+        return train_batches(train, batch_size, hp.aug_strength, seed, weights, hp.aug_erase), eval_batches(val, batch_size)
 
     model, history = fit(
         build, batches, epochs, seed=seed, early_stopping=early_stopping, callbacks=callbacks,
