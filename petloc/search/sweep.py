@@ -52,10 +52,10 @@ class SweepResult:
 
 
 def fingerprint(exp: Experiment) -> str:
-    """What makes two sweeps the same sweep: everything but the trial budget, which may grow,
-    and what only the sweep's end does (the final run, the registry section)."""
+    """What makes two sweeps the same sweep: everything but the trial and time budgets, which
+    may grow, and what only the sweep's end does (the final run, the registry section)."""
     body = exp.model_dump(mode="json")
-    for what_the_end_does in ("max_trials", "final_epochs"):
+    for what_the_end_does in ("max_trials", "final_epochs", "max_minutes"):
         body["tuner"].pop(what_the_end_does)
     body.pop("registry")
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -65,8 +65,8 @@ def _older_fingerprint(exp: Experiment) -> str:
     """The fingerprint of sweeps started before the final run and the ensemble existed (the
     registry section counted then), so that they still resume."""
     body = exp.model_dump(mode="json")
-    body["tuner"].pop("max_trials")
-    body["tuner"].pop("final_epochs")
+    for added_since in ("max_trials", "final_epochs", "max_minutes"):
+        body["tuner"].pop(added_since)
     body["registry"].pop("ensemble")
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -149,7 +149,7 @@ def check_state_files(directory: Path) -> None:
 
 # What a sweep may change when it resumes (outside its fingerprint): tags, set again at each
 # start, since MLflow's params are written once.
-RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs")
+RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes")
 
 
 def _log_resumable_settings(exp: Experiment, run_id: str) -> None:
@@ -255,7 +255,8 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
             if "consecutive failures" not in str(err):
                 raise
             stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
-        if stopped is None and len(tuner.oracle.trials) < tuner.progress.planned:
+        out_of_time = tuner.budget is not None and tuner.budget.spent
+        if stopped is None and not out_of_time and len(tuner.oracle.trials) < tuner.progress.planned:
             log(f"\nthe search ended after {len(tuner.oracle.trials)} of {tuner.progress.planned} planned trials: Keras Tuner "
                 "drew no new point from the space; add values or a range to search further")
         return finish(exp, parent, failed_trials(tuner.oracle), stopped, log)

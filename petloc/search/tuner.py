@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from petloc import stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
+from petloc.search.budget import TimeBudget
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs
 from petloc.tracking.training_runs import train_tracked
@@ -110,7 +111,11 @@ class TrackedTuner(kt.Tuner):
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
         self.run_tags: dict[str, str] = {}  # more tags for each trial's run
         self.trial_runs: dict[str, str] = {}  # trial_id -> its run, for the trials this process finished
-        super().__init__(oracle=ORACLES[exp.tuner.kind](exp), hypermodel=SpaceHyperModel(exp), **kwargs)
+        oracle = ORACLES[exp.tuner.kind](exp)
+        # On the oracle, which this process holds alone or as a chief (a worker only asks it).
+        self.budget = (TimeBudget(oracle, exp.tuner.max_minutes, exp.tuner.final_epochs, say)
+                       if exp.tuner.max_minutes else None)
+        super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
         self.oracle.verbose = 0
@@ -175,7 +180,9 @@ class TrackedTuner(kt.Tuner):
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
         self.trial_runs[trial.trial_id] = run_id
-        return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"]}
+        # The time budget (petloc.search.budget) reads the training time from the oracle.
+        return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"],
+                "train_seconds": summary["train_seconds"], "epochs_trained": summary["epochs_trained"]}
 
     def _child_run(self, trial) -> str:
         """A new child run for this trial. A run that an earlier attempt of the same trial
