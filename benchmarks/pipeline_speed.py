@@ -5,7 +5,7 @@
 - the first-run cost of preparing a dataset (decode + resize + cache) per 1,000 photos, and
   a later run's (cache hit).
 
-    python benchmarks/pipeline_speed.py [--photos 1000] [--epoch-photos 400] [--rounds 3]
+    python benchmarks/pipeline_speed.py [--photos 1000] [--epoch-photos 400] [--rounds 3] [--before]
 
 Epochs run as petloc's `fit` runs them (several a fit, one iterator); the sides take turns and
 each side's fastest epoch counts; the median step of each side is reported beside it, as a
@@ -87,9 +87,10 @@ class Timer(keras.callbacks.Callback):
         self.steps.append(time.perf_counter() - self.step_start)
 
 
-def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, before: bool) -> list[list]:
+def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, before: bool = False) -> list[list]:
     """Epochs as petloc's `fit` runs them (the batches repeated, one iterator a fit), `epochs`
-    a fit, the sides taking turns; `before`: also the pipeline with an iterator an epoch (until stop 15)."""
+    a fit, the sides taking turns; `before` (--before): also the pipeline with an iterator an
+    epoch, as until stop 15 (RESULTS.md keeps that comparison; `make bench` leaves it out)."""
     model = compile_model(build_model(hp, size), hp)
     piped = train_batches(arrays, hp.batch_size, hp.aug_strength, seed=0)
     in_memory = [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in piped]  # one augmented epoch, held as arrays
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--epoch-photos", type=int, default=400, help="of those, how many the 128-px epoch trains on")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--before", action="store_true", help="also the pipeline before stop 15 (an iterator an epoch)")
     args = parser.parse_args()
     files, what = photo_files(args.photos)
     rows, root = preparation(files, what)
@@ -135,7 +137,7 @@ def main() -> None:
     data = {64: load_arrays(synth, 64, cache_dir=None), 128: load_arrays(root, 128, cache_dir=None)}
     data[128] = data[128].subset(np.arange(min(args.epoch_photos, len(data[128]))))
     for name, hp, size in SETUPS:
-        rows += epoch_ratio(name, hp, size, data[size], args.rounds, before=size == 64)
+        rows += epoch_ratio(name, hp, size, data[size], args.rounds, before=args.before and size == 64)
     body = table(["what (A / B)", "A / B", "ratio", "goal"], rows) + (
         f"\n\nThe 64-px epoch runs on 600 synthetic pets, the 128-px one on {len(data[128])} of the {what}. In-memory: the same epoch's "
         "augmented batches, computed beforehand and held as arrays, so the model waits for nothing.")
