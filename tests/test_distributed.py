@@ -284,6 +284,20 @@ def test_workers_on_this_machine_share_one_sweep_on_the_local_store(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_chief_keeps_the_time_budget_for_every_worker(tmp_path):
+    # tuner.max_minutes sits on the chief's oracle: once the first trial has ended, no worker gets a new one.
+    data = tiny_dataset(tmp_path / "photos", count=40)
+    exp = tiny_experiment(tmp_path, data, space=SPACE, tuner={"max_trials": 6, "max_minutes": 0.001, "final_epochs": 1})
+    done = subprocess.run([*PETLOC, "sweep", exp, "--workers", "2"], cwd=tmp_path, env=petloc_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "time budget:" in done.stdout and "no new trial starts" in done.stdout
+    trials = Counter(run.data.tags["trial_id"] for run in trial_runs(store_client(tmp_path), "tiny"))
+    # Both workers may have started one before the first ended; none started after.
+    assert trials["final"] == 1 and set(trials) - {"final"} in ({"0"}, {"0", "1"}), trials
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(tmp_path):
     data = tiny_dataset(tmp_path / "photos", count=40)
     # Trials of 6-15 s here: the stop may land mid-epoch, mid-trace or between trials; a worker
