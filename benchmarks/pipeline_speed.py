@@ -90,7 +90,7 @@ class Timer(keras.callbacks.Callback):
 def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, before: bool = False) -> list[list]:
     """Epochs as petloc's `fit` runs them (the batches repeated, one iterator a fit), `epochs`
     a fit, the sides taking turns; `before` (--before): also the pipeline with an iterator an
-    epoch, as until stop 15 (RESULTS.md keeps that comparison; `make bench` leaves it out)."""
+    epoch, as until stop 15 (its figures are in RESULTS.md's stop-15 notes; `make bench` leaves it out)."""
     model = compile_model(build_model(hp, size), hp)
     piped = train_batches(arrays, hp.batch_size, hp.aug_strength, seed=0)
     in_memory = [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in piped]  # one augmented epoch, held as arrays

@@ -133,7 +133,7 @@ def test_erasing_greys_a_patch_outside_the_head_and_never_the_head():
         assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 >= 0.2 * SIZE - 1  # a patch, not a stray pixel
 
 
-def test_erasing_off_leaves_the_other_draws_as_they_were():
+def test_erasing_leaves_the_crop_flip_and_jitter_draws_unchanged():
     images = tf.constant(np.random.default_rng(1).uniform(0, 255, (8, SIZE, SIZE, 3)).astype(np.float32))
     boxes = tf.constant(np.tile([[0.3, 0.2, 0.7, 0.6]], (8, 1)).astype(np.float32))
     plain, plain_boxes = augment(images, boxes, 0.4, (3, 4))
@@ -154,3 +154,18 @@ def test_training_batches_erase_without_the_other_kinds():
     erased = np.concatenate([x.numpy() for x, _ in train_batches(data, 8, 0.0, seed=0, erase=1.0)])
     changed = (plain != erased).any(axis=-1)  # the same order (one seed): only the patches differ
     assert changed.any(axis=(1, 2)).all() and not changed[:, 10:14, 10:14].any()  # every image has one, none on the head
+
+
+def test_erasing_keeps_every_pixel_that_touches_a_lopsided_head():
+    # A tall box off-centre, its edges between pixels: rows and columns must not be swapped,
+    # and a pixel only partly inside the head is still the head's.
+    images = np.full((200, SIZE, SIZE, 3), 100.0, np.float32)
+    images[:, :, :, 0] = np.arange(SIZE)[None, None, :]  # every pixel its own value, so a fill shows
+    images[:, :, :, 1] = np.arange(SIZE)[None, :, None]
+    boxes = np.tile(np.array([[0.105, 0.5, 0.4, 0.905]], np.float32), (200, 1))
+    out = erase_outside_boxes(tf.constant(images), tf.constant(boxes), 1.0, tf.constant([5, 6], tf.int64)).numpy()
+    changed = (out != images).any(axis=-1).any(axis=0)  # [h, w]: ever erased
+    head = np.zeros((SIZE, SIZE), bool)
+    head[32:58, 6:26] = True  # rows 0.5..0.905 (pixels 32-57), columns 0.105..0.4 (pixels 6-25)
+    assert not changed[head].any()
+    assert changed[31, 6:26].any() and changed[32:58, 26].any() and changed[58, 6:26].any()  # just outside is erased

@@ -1,5 +1,5 @@
-"""tuner.max_minutes: the search starts no trial that, with the final run, would end after the
-budget; a real Keras Tuner oracle, a clock the test moves, then a whole sweep."""
+"""tuner.max_minutes: the search starts no trial that, with the final run after it, might end
+after the budget; real Keras Tuner oracles and a clock the test moves, then whole sweeps."""
 
 import keras_tuner as kt
 import pytest
@@ -29,62 +29,107 @@ def random_oracle(tmp_path):
     return with_space(kt.oracles.RandomSearchOracle(kt.Objective("val_miou", "max"), max_trials=30, seed=1), tmp_path)
 
 
-def run_trials(oracle, clock, epoch_s=5.0, besides_s=0.0, epochs=2, limit=50) -> int:
-    """Asks for trials until the oracle stops; each trains its epochs at `epoch_s` and spends
-    `besides_s` on the rest, and reports both as TrackedTuner.run_trial does. Returns how many ran."""
+def hyperband_oracle(tmp_path):
+    return with_space(kt.oracles.HyperbandOracle(kt.Objective("val_miou", "max"), max_epochs=9, factor=3, seed=1), tmp_path)
+
+
+def finish_trial(oracle, clock, trial, epoch_s, first_extra_s, besides_s, epochs):
+    """One trial as TrackedTuner runs it: its epochs (the first also traces), the rest, its report."""
+    values = trial.hyperparameters.values  # Hyperband continues a trial from its initial epoch
+    trained = values.get("tuner/epochs", epochs) - values.get("tuner/initial_epoch", 0)
+    clock.now += epoch_s * trained + first_extra_s + besides_s
+    steady = epoch_s if trained >= 2 else epoch_s + first_extra_s
+    oracle.update_trial(trial.trial_id, {"val_miou": 0.5, "epoch_seconds": steady, "epochs_trained": trained})
+    trial.status = TrialStatus.COMPLETED
+    oracle.end_trial(trial)
+
+
+def run_trials(oracle, clock, epoch_s=5.0, first_extra_s=0.0, besides_s=0.0, epochs=2, limit=60) -> int:
+    """Asks for trials one at a time until the oracle stops; returns how many ran."""
     for ran in range(limit):
         trial = oracle.create_trial("tuner0")
         if trial.status == TrialStatus.STOPPED:
             return ran
-        values = trial.hyperparameters.values  # Hyperband continues a trial from its initial epoch
-        trained = values.get("tuner/epochs", epochs) - values.get("tuner/initial_epoch", 0)
-        clock.now += epoch_s * trained + besides_s
-        oracle.update_trial(trial.trial_id, {"val_miou": 0.5, "train_seconds": epoch_s * trained, "epochs_trained": trained})
-        trial.status = TrialStatus.COMPLETED
-        oracle.end_trial(trial)
+        finish_trial(oracle, clock, trial, epoch_s, first_extra_s, besides_s, epochs)
     raise AssertionError("the oracle never stopped")
 
 
 def test_no_trial_starts_that_would_leave_the_final_run_outside_the_budget(tmp_path):
     oracle, clock, said = random_oracle(tmp_path), Clock(), []
     # 60 s; a trial is 2 epochs of 5 s; the final run 4 epochs (20 s).
-    budget = TimeBudget(oracle, 1.0, final_epochs=4, say=said.append, clock=clock)
+    budget = TimeBudget(oracle, 1.0, trial_epochs=2, final_epochs=4, say=said.append, clock=clock)
     assert run_trials(oracle, clock) == 4  # after 3 (30 s) a 4th fits: 30 + 10 + 20 = 60; after 4 it would not
-    assert budget.spent and said == ["\ntime budget: 40 s of 1 min 00 s (tuner.max_minutes) spent on 4 trials; "
-                                     "no new trial starts, about 20 s kept for the final run"]
+    assert budget.estimates() == (40.0, 10.0, 20.0)
+    assert said == ["\ntime budget (tuner.max_minutes): 40 s of 1 min 00 s spent, 4 trials ended; a trial takes up "
+                    "to about 10 s; about 20 s kept for the final run; no new trial starts"]
 
 
-def test_the_final_run_is_priced_by_epochs_not_by_short_trials(tmp_path):
-    # Hyperband-like 1-epoch trials: 5 s of training and 20 s besides (build, trace, score, log).
-    # The final run of 10 epochs is 50 + 20 s, not 10 x 25 s: in 3 minutes, 4 trials and the final run.
+def test_the_final_run_is_priced_by_steady_epochs_not_by_short_trials(tmp_path):
+    # 1-epoch trials of 5 s, which also trace (3 s) and score and log (20 s): 28 s each. The
+    # final run of 10 epochs costs 50 s plus the 23 s besides them, not 10 x 28 s.
     oracle, clock = random_oracle(tmp_path), Clock()
-    budget = TimeBudget(oracle, 3.0, final_epochs=10, say=lambda _: None, clock=clock)
-    assert run_trials(oracle, clock, besides_s=20.0, epochs=1) == 4  # 75 + 25 + 70 = 170 fits; 100 + 95 does not
-    assert budget.estimates() == pytest.approx((100.0, 25.0, 70.0))
+    budget = TimeBudget(oracle, 3.0, trial_epochs=1, final_epochs=10, say=lambda _: None, clock=clock)
+    ran = run_trials(oracle, clock, first_extra_s=3.0, besides_s=20.0, epochs=1)
+    # A 1-epoch trial's epoch (8 s, traced) is all there is to go on: trial 8 + 20, final 80 + 20.
+    assert ran == 2 and budget.estimates() == pytest.approx((56.0, 28.0, 100.0))
+    oracle, clock = random_oracle(tmp_path / "b"), Clock()
+    budget = TimeBudget(oracle, 3.0, trial_epochs=3, final_epochs=10, say=lambda _: None, clock=clock)
+    finish_trial(oracle, clock, oracle.create_trial("tuner0"), 5.0, 3.0, 20.0, epochs=3)  # a steady epoch seen: 5 s
+    elapsed, trial, final = budget.estimates()
+    assert (trial, final) == pytest.approx((15 + 23, 50 + 23))
 
 
-def test_hyperband_trials_count_the_epochs_they_trained(tmp_path):
-    oracle = with_space(kt.oracles.HyperbandOracle(kt.Objective("val_miou", "max"), max_epochs=9, factor=3, seed=1), tmp_path)
-    clock = Clock()
-    budget = TimeBudget(oracle, 2.0, final_epochs=9, say=lambda _: None, clock=clock)
-    ran = run_trials(oracle, clock, besides_s=2.0)
-    assert budget.spent and ran > 3
-    assert budget.seconds_an_epoch() == pytest.approx(5.0)  # a continued trial's earlier epochs are not counted again
-    elapsed, _, final = budget.estimates()
-    assert final == pytest.approx(9 * 5.0 + 2.0) and elapsed + final <= 120.0 + 9 * 5.0 + 2.0  # at most one trial over
+def test_hyperband_never_ends_after_the_budget(tmp_path):
+    # Hyperband runs its longest trials last: the next trial is priced as its longest (9 epochs).
+    for minutes in (2.0, 4.0, 8.0):
+        oracle, clock = hyperband_oracle(tmp_path / str(minutes)), Clock()
+        budget = TimeBudget(oracle, minutes, trial_epochs=9, final_epochs=9, say=lambda _: None, clock=clock)
+        ran = run_trials(oracle, clock, first_extra_s=1.0, besides_s=2.0)
+        elapsed, _, final = budget.estimates()
+        assert ran >= 2 and elapsed + final <= minutes * 60, (minutes, ran, elapsed, final)
 
 
-def test_trials_of_an_earlier_start_do_not_count_against_this_one(tmp_path):
+def test_with_workers_a_trial_is_priced_whole_not_at_the_sweeps_pace(tmp_path):
+    # Two workers, one started 5 s after the other, trials of 10 s: a trial ends every 5 s.
+    # A trial handed out now still takes its whole length, and the final run waits for it.
     oracle, clock = random_oracle(tmp_path), Clock()
-    for _ in range(3):  # an earlier start of the sweep, without a budget, on a faster machine
-        trial = oracle.create_trial("tuner0")
-        oracle.update_trial(trial.trial_id, {"val_miou": 0.5, "train_seconds": 0.2, "epochs_trained": 2})
+    budget = TimeBudget(oracle, 1.0, trial_epochs=2, final_epochs=2, say=lambda _: None, clock=clock)
+    asks = [(1000.0, "worker-1"), (1005.0, "worker-2")]  # (when, who) asks for a trial
+    out = []  # (ends, trial)
+    while asks or out:
+        if asks and (not out or asks[0][0] <= out[0][0]):
+            clock.now, worker = asks.pop(0)
+            trial = oracle.create_trial(worker)
+            if trial.status != TrialStatus.STOPPED:
+                out = sorted([*out, (clock.now + 10.0, trial, worker)], key=lambda each: each[0])
+            continue
+        clock.now, trial, worker = out.pop(0)
+        oracle.update_trial(trial.trial_id, {"val_miou": 0.5, "epoch_seconds": 5.0, "epochs_trained": 2})
         trial.status = TrialStatus.COMPLETED
         oracle.end_trial(trial)
-    clock.now += 10_000  # hours ago
-    budget = TimeBudget(oracle, 1.0, final_epochs=4, say=lambda _: None, clock=clock)
-    # As in the first test, 4 trials of this start; counting the earlier ones would price the final run at 0.4 s.
-    assert run_trials(oracle, clock) == 4 and budget.spent
+        asks.append((clock.now, worker))
+    last_end = clock.now - 1000.0
+    assert budget.spent and len(budget.took) >= 6 and last_end + 10.0 <= 60.0  # then the final run of 2 epochs
+
+
+def test_a_resumed_sweep_times_only_its_own_start_and_counts_a_retried_trial(tmp_path):
+    oracle, clock = random_oracle(tmp_path), Clock()
+    for _ in range(3):  # an earlier start, without a budget, on a much faster machine
+        trial = oracle.create_trial("tuner0")
+        oracle.update_trial(trial.trial_id, {"val_miou": 0.5, "epoch_seconds": 0.1, "epochs_trained": 2})
+        trial.status = TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+    cut_short = oracle.create_trial("tuner0")  # then stopped mid-trial
+    oracle.save()
+    clock.now += 10_000
+    again = with_space(kt.oracles.RandomSearchOracle(kt.Objective("val_miou", "max"), max_trials=30, seed=1), tmp_path)
+    budget = TimeBudget(again, 1.0, trial_epochs=2, final_epochs=4, say=lambda _: None, clock=clock)
+    again.reload()  # the tuner reloads its oracle after the budget is built
+    retried = again.create_trial("tuner0")
+    assert retried.trial_id == cut_short.trial_id  # Keras Tuner hands the cut-short trial out again, without a draw
+    finish_trial(again, clock, retried, 5.0, 0.0, 0.0, 2)
+    # The retried trial counts as this start's; the earlier 0.1-s epochs do not: 3 more as in the first test.
+    assert run_trials(again, clock) == 3 and budget.spent and len(budget.took) == 4
 
 
 def test_a_sweep_out_of_time_still_trains_its_final_run_and_promotes(tmp_path, monkeypatch):
@@ -93,11 +138,14 @@ def test_a_sweep_out_of_time_still_trains_its_final_run_and_promotes(tmp_path, m
     exp = tiny_experiment(tmp_path, data, tuner={"max_trials": 6, "max_minutes": 0.001, "final_epochs": 1})
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
-    assert "time budget:" in result.output and "no new trial starts" in result.output
+    assert "time budget (tuner.max_minutes):" in result.output and "no new trial starts" in result.output
     assert "drew no new point" not in result.output  # the budget, not the space, ended it
     client = store_client(tmp_path)
     [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
     runs = children(client, parent.info.run_id)
     assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "final"]
     assert parent.info.status == "FINISHED" and parent.data.tags["tuner.max_minutes"] == "0.001"
+    assert parent.data.tags["time_budget"].startswith("the search stopped: ")
+    [trial] = [r for r in runs if r.data.tags["trial_id"] == "0"]
+    assert 0 < trial.data.metrics["epoch_seconds"] <= trial.data.metrics["train_seconds"]
     assert client.get_model_version_by_alias("petloc", "champion") is not None

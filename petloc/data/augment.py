@@ -102,14 +102,18 @@ def erase_outside_boxes(images: tf.Tensor, boxes: tf.Tensor, share: float, seed)
     start = tf.random.stateless_uniform([n, 2], seed=seeds[2]) * (1.0 - sides)
     rect = tf.concat([start, start + sides], axis=1)
 
-    def inside(window, axis_size, lo, hi):  # [n, side]: pixel centres within [lo, hi) of each window
-        centres = (tf.range(axis_size, dtype=tf.float32) + 0.5) / tf.cast(axis_size, tf.float32)
-        return (centres[None, :] >= window[:, lo, None]) & (centres[None, :] < window[:, hi, None])
+    def inside(window, axis_size, lo, hi, touching):  # [n, side]: the pixels in [lo, hi) of each window
+        # By centre, or every pixel that overlaps the window at all (the head: not one pixel of it erased).
+        start = tf.range(axis_size, dtype=tf.float32) / tf.cast(axis_size, tf.float32)
+        end = start + 1.0 / tf.cast(axis_size, tf.float32)
+        first, last = (end, start) if touching else ((start + end) / 2, (start + end) / 2)
+        return (first[None, :] > window[:, lo, None]) & (last[None, :] < window[:, hi, None])
 
-    def area(window):  # [n, h, w, 1]
-        return (inside(window, size[0], 1, 3)[:, :, None] & inside(window, size[1], 0, 2)[:, None, :])[..., None]
+    def area(window, touching=False):  # [n, h, w, 1]; boxes are [x1, y1, x2, y2], images [n, h, w, 3]
+        rows, columns = inside(window, size[0], 1, 3, touching), inside(window, size[1], 0, 2, touching)
+        return (rows[:, :, None] & columns[:, None, :])[..., None]
 
-    erase = area(rect) & ~area(boxes) & chosen[:, None, None, None]
+    erase = area(rect) & ~area(boxes, touching=True) & chosen[:, None, None, None]
     fill = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
     return tf.where(erase, fill, images)
 
@@ -120,12 +124,14 @@ def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed, erase: f
     `erase` of the images."""
     if strength <= 0 and erase <= 0:
         return images, boxes
-    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 3)
+    # Four streams; the first three are those of a split in three, so the crop, flip and jitter
+    # draw the same with erasing on or off.
+    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 4)
     images = tf.cast(images, tf.float32)
     if strength > 0:
         flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seeds[1]) < 0.5
         images, boxes = crop_to_windows(images, boxes, random_windows(boxes, strength, seeds[0]), flip)
         images = jitter_colours(images, strength, seeds[2])
-    if erase > 0:  # its own stream, split off the jitter's: the other draws stay as they were without it
-        images = erase_outside_boxes(images, boxes, erase, tf.random.experimental.stateless_split(seeds[2], 2)[1])
+    if erase > 0:
+        images = erase_outside_boxes(images, boxes, erase, seeds[3])
     return images, boxes

@@ -38,7 +38,7 @@ from petloc.report import number
 from petloc.search import DEFAULT_CHIEF_ADDRESS, SEARCH_OVER
 from petloc.search.progress import duration, planned_trials
 from petloc.search.sweep import (FINGERPRINT_TAG, SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
-                                 fingerprint, sweep_state)
+                                 fingerprint, note_time_budget, sweep_state)
 from petloc.search.tuner import TrackedTuner, searched_names, tuner_dir
 from petloc.tracking import log, runs, store
 
@@ -182,11 +182,12 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
     leaderboard and the promotion, as a one-process sweep ends."""
     host, port = parse_address(address, "--address")
     _check_free(host, port)  # before the sweep's state is touched
+    started = time.monotonic()
     with sweep_state(exp, fresh) as (directory, parent):
         MlflowClient().set_tag(parent, CHIEF_TAG, f"{host}:{port}")
         _use_chief(host, port, "chief")
-        tuner = TrackedTuner(exp, parent, None, log, directory=str(directory.parent), project_name=directory.name,
-                             overwrite=False)
+        tuner = TrackedTuner(exp, parent, None, log, started=started, directory=str(directory.parent),
+                             project_name=directory.name, overwrite=False)
         oracle = tuner.oracle
         max_failures, oracle.max_consecutive_failed_trials = oracle.max_consecutive_failed_trials, None
         tuner.save()
@@ -208,6 +209,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         # how its trial ended, so the run does not stay RUNNING for ever.
         _end_trial_runs(parent, "its worker could not close this run (was the tracking server unreachable?); "
                         "the trial ended as the sweep's chief recorded it")
+        note_time_budget(tuner, parent)
         log(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
         return finish(exp, parent, failed_trials(oracle), servicer.stopped, log)
 

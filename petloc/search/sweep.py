@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -243,10 +244,11 @@ def _log_leaderboard(parent_run_id: str, rows: list[dict], failed: int) -> None:
 
 def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] = print) -> SweepResult:
     """The whole sweep in this process: search, leaderboard, promotion. Safe to run again to continue."""
+    started = time.monotonic()  # tuner.max_minutes counts the data's preparation too
     with sweep_state(exp, fresh) as (directory, parent):
         data_for = data_preparer(exp, parent, log)
         data_for(exp.data.image_size)  # a data problem is one line now, not a failed trial each
-        tuner = TrackedTuner(exp, parent, data_for, log,
+        tuner = TrackedTuner(exp, parent, data_for, log, started=started,
                              directory=str(directory.parent), project_name=directory.name, overwrite=False)
         stopped = None
         try:
@@ -255,11 +257,19 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
             if "consecutive failures" not in str(err):
                 raise
             stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
-        out_of_time = tuner.budget is not None and tuner.budget.spent
+        out_of_time = note_time_budget(tuner, parent)
         if stopped is None and not out_of_time and len(tuner.oracle.trials) < tuner.progress.planned:
             log(f"\nthe search ended after {len(tuner.oracle.trials)} of {tuner.progress.planned} planned trials: Keras Tuner "
                 "drew no new point from the space; add values or a range to search further")
         return finish(exp, parent, failed_trials(tuner.oracle), stopped, log)
+
+
+def note_time_budget(tuner: TrackedTuner, parent: str) -> bool:
+    """Whether the time budget ended the search; if so, the parent run's `time_budget` tag says how."""
+    if tuner.budget is None or not tuner.budget.spent:
+        return False
+    MlflowClient().set_tag(parent, "time_budget", f"the search stopped: {tuner.budget.spent}")
+    return True
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import keras
 import keras_tuner as kt
 import keras_tuner.src.config
+from keras_tuner.src.distribute import utils as dist_utils
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -104,7 +105,8 @@ class TrackedTuner(kt.Tuner):
     """Runs each trial as `petloc train` would, inside an MLflow child run of the sweep."""
 
     def __init__(self, exp: Experiment, parent_run_id: str, data_for: Callable[[int], PreparedData],
-                 say: Callable[[str], None] = print, **kwargs):
+                 say: Callable[[str], None] = print, started: float | None = None, **kwargs):
+        """`started`: when this start of the sweep began (time.monotonic), for `tuner.max_minutes`."""
         self.exp, self.parent_run_id, self.data_for = exp, parent_run_id, data_for
         self.client = MlflowClient()
         self.figures: dict[str, dict[str, float]] = {}  # trial_id -> summary of the trials this process ran
@@ -112,9 +114,10 @@ class TrackedTuner(kt.Tuner):
         self.run_tags: dict[str, str] = {}  # more tags for each trial's run
         self.trial_runs: dict[str, str] = {}  # trial_id -> its run, for the trials this process finished
         oracle = ORACLES[exp.tuner.kind](exp)
-        # On the oracle, which this process holds alone or as a chief (a worker only asks it).
-        self.budget = (TimeBudget(oracle, exp.tuner.max_minutes, exp.tuner.final_epochs, say)
-                       if exp.tuner.max_minutes else None)
+        # On the oracle, which this process holds alone or as a chief; a worker asks the chief's.
+        worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
+        self.budget = (TimeBudget(oracle, exp.tuner.max_minutes, exp.train.epochs, exp.tuner.final_epochs, started, say)
+                       if exp.tuner.max_minutes and not worker else None)
         super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
@@ -182,7 +185,7 @@ class TrackedTuner(kt.Tuner):
         self.trial_runs[trial.trial_id] = run_id
         # The time budget (petloc.search.budget) reads the training time from the oracle.
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"],
-                "train_seconds": summary["train_seconds"], "epochs_trained": summary["epochs_trained"]}
+                "epoch_seconds": summary["epoch_seconds"], "epochs_trained": summary["epochs_trained"]}
 
     def _child_run(self, trial) -> str:
         """A new child run for this trial. A run that an earlier attempt of the same trial

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -60,17 +61,29 @@ def provenance() -> dict[str, str]:
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Per-epoch curves (`train/loss`, `val/miou`, `val/accuracy`, ...) with step = epoch."""
+    """Per-epoch curves (`train/loss`, `val/miou`, `val/accuracy`, ...) with step = epoch, and
+    the wall time of each epoch, validation included."""
 
     def __init__(self, run_id: str):
         super().__init__()
         self.run_id = run_id
         self.client = MlflowClient()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.began)
         metrics = {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs and key in logs}
         if metrics:
             mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
+
+    def epoch_seconds(self) -> float:
+        """An epoch's time once the training step is traced: the mean of the epochs after the
+        first (the first also traces), or the only one."""
+        steady = self.seconds[1:] or self.seconds
+        return sum(steady) / len(steady) if steady else 0.0
 
 
 def log_model(model: keras.Model, run_id: str, localiser: bool = True) -> str:

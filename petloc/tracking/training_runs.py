@@ -92,9 +92,10 @@ def train_tracked(
     log.log_experiment(run_id, exp)
 
     start = time.perf_counter()
+    epochs_logged = log.EpochLogger(run_id)
     model, history = fit_localiser(
         hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
-        callbacks=[log.EpochLogger(run_id)], initial_epoch=initial_epoch,
+        callbacks=[epochs_logged], initial_epoch=initial_epoch,
         initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
         precision=exp.train.precision, pretrained=pretrained,
     )
@@ -109,6 +110,7 @@ def train_tracked(
     model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
     return score_and_log(exp, model, data, run_id, history.history, {
         **lever, "train_seconds": train_seconds, "epochs_trained": float(len(history.history.get("loss", []))),
+        "epoch_seconds": epochs_logged.epoch_seconds(),
     })
 
 
