@@ -291,7 +291,7 @@ def test_the_chief_keeps_the_time_budget_for_every_worker(tmp_path):
     done = subprocess.run([*PETLOC, "sweep", exp, "--workers", "2"], cwd=tmp_path, env=petloc_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "time budget:" in done.stdout and "no new trial starts" in done.stdout
+    assert "time budget (tuner.max_minutes):" in done.stdout and "no new trial starts" in done.stdout
     trials = Counter(run.data.tags["trial_id"] for run in trial_runs(store_client(tmp_path), "tiny"))
     # Both workers may have started one before the first ended; none started after.
     assert trials["final"] == 1 and set(trials) - {"final"} in ({"0"}, {"0", "1"}), trials
