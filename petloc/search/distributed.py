@@ -38,7 +38,7 @@ from petloc.report import number
 from petloc.search import DEFAULT_CHIEF_ADDRESS, SEARCH_OVER
 from petloc.search.progress import duration, planned_trials
 from petloc.search.sweep import (FINGERPRINT_TAG, SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
-                                 fingerprint, note_time_budget, sweep_state)
+                                 fingerprint, say_why_the_search_ended, sweep_state)
 from petloc.search.tuner import TrackedTuner, searched_names, tuner_dir
 from petloc.tracking import log, runs, store
 
@@ -209,7 +209,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         # how its trial ended, so the run does not stay RUNNING for ever.
         _end_trial_runs(parent, "its worker could not close this run (was the tracking server unreachable?); "
                         "the trial ended as the sweep's chief recorded it")
-        note_time_budget(tuner, parent)
+        say_why_the_search_ended(tuner, parent, servicer.stopped, servicer.planned, log)
         log(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
         return finish(exp, parent, failed_trials(oracle), servicer.stopped, log)
 

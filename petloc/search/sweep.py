@@ -257,19 +257,19 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
             if "consecutive failures" not in str(err):
                 raise
             stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
-        out_of_time = note_time_budget(tuner, parent)
-        if stopped is None and not out_of_time and len(tuner.oracle.trials) < tuner.progress.planned:
-            log(f"\nthe search ended after {len(tuner.oracle.trials)} of {tuner.progress.planned} planned trials: Keras Tuner "
-                "drew no new point from the space; add values or a range to search further")
+        say_why_the_search_ended(tuner, parent, stopped, tuner.progress.planned, log)
         return finish(exp, parent, failed_trials(tuner.oracle), stopped, log)
 
 
-def note_time_budget(tuner: TrackedTuner, parent: str) -> bool:
-    """Whether the time budget ended the search; if so, the parent run's `time_budget` tag says how."""
-    if tuner.budget is None or not tuner.budget.spent:
-        return False
-    MlflowClient().set_tag(parent, "time_budget", f"the search stopped: {tuner.budget.spent}")
-    return True
+def say_why_the_search_ended(tuner: TrackedTuner, parent: str, stopped: str | None, planned: int,
+                             log: Callable[[str], None]) -> None:
+    """When the time budget ended the search, the parent run's `time_budget` tag says so;
+    when Keras Tuner ran out of new points before the planned trials, one line says so."""
+    if tuner.budget is not None and tuner.budget.spent:
+        MlflowClient().set_tag(parent, "time_budget", f"the search stopped: {tuner.budget.spent}")
+    elif stopped is None and len(tuner.oracle.trials) < planned:
+        log(f"\nthe search ended after {len(tuner.oracle.trials)} of {planned} planned trials: Keras Tuner "
+            "drew no new point from the space; add values or a range to search further")
 
 
 @contextlib.contextmanager
