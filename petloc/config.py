@@ -123,8 +123,8 @@ class TunerConfig(Strict):
     # After the search: the best trial's configuration trained again from scratch for this
     # many epochs, as one more child run ("final"); 0 = none.
     final_epochs: int = Field(0, ge=0)
-    # A time budget for each start of the sweep, the final run included: no trial starts once
-    # the next one and the final run would end after it (estimated from the trials so far).
+    # A time budget for each start of the sweep, data preparation and final run included: no
+    # trial starts that might, with the final run after it, end past it (petloc.search.budget).
     max_minutes: float | None = Field(None, gt=0)
 
 
