@@ -88,7 +88,8 @@ class TimeBudget:
         if elapsed + trial + final <= self.seconds:
             return False
         kept = f"; about {duration(final)} kept for the final run" if self.final_epochs else ""
-        self.spent = (f"{duration(elapsed)} of {duration(self.seconds)} spent, {len(self.took)} trials ended; "
+        ended = f"{len(self.took)} trial{'' if len(self.took) == 1 else 's'} ended"
+        self.spent = (f"{duration(elapsed)} of {duration(self.seconds)} spent, {ended}; "
                       f"a trial takes up to about {duration(trial)}{kept}")
         self.say(f"\ntime budget (tuner.max_minutes): {self.spent}; no new trial starts")
         return True
