@@ -20,6 +20,13 @@ def _uniform(shape, low, high, seed):
     return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
 
 
+def _image_size(images: tf.Tensor) -> tf.Tensor:
+    """[h, w] of a batch: known when the batches keep their size in their spec (and so in the
+    model's trace), else read from the tensor."""
+    static = tf.TensorShape(images.shape)[1:3]
+    return tf.constant(static.as_list(), tf.int32) if static.is_fully_defined() else tf.shape(images)[1:3]
+
+
 def random_windows(boxes: tf.Tensor, strength: float, seed) -> tf.Tensor:
     """Per-image windows [x1, y1, x2, y2] in normalised image coordinates that contain the box.
 
@@ -46,8 +53,7 @@ def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor, fli
     """Resamples each image's window to the full output size and maps its box along; where
     `flip` is true the window is also mirrored left to right, in the same resampling (a
     crop whose x1 lies right of its x2 is read backwards), so the flip costs no pass of its own."""
-    static = tf.TensorShape(images.shape)[1:3]  # known, the batches keep their size in their spec (and the model's trace)
-    size = tf.constant(static.as_list(), tf.int32) if static.is_fully_defined() else tf.shape(images)[1:3]
+    size = _image_size(images)
     h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
     # crop_and_resize places sample j at a + j * (b - a) / (S - 1) on pixel centres (0..S-1);
     # convert our pixel-edge windows so that output pixel centres land on window pixel centres.
@@ -93,9 +99,7 @@ def erase_outside_boxes(images: tf.Tensor, boxes: tf.Tensor, share: float, seed)
     """Random erasing that keeps the head: `share` of the images get a rectangle (each side
     20-50% of the image's) filled with the image's mean colour, except where it overlaps the
     head box. The class head then cannot lean on one patch of fur or background alone."""
-    n = tf.shape(images)[0]
-    static = tf.TensorShape(images.shape)[1:3]
-    size = tf.constant(static.as_list(), tf.int32) if static.is_fully_defined() else tf.shape(images)[1:3]
+    n, size = tf.shape(images)[0], _image_size(images)
     seeds = tf.random.experimental.stateless_split(seed, 3)
     chosen = tf.random.stateless_uniform([n], seed=seeds[0]) < share
     sides = _uniform([n, 2], 0.2, 0.5, seeds[1])  # (w, h)

@@ -52,12 +52,17 @@ class SweepResult:
     failed: int
 
 
+# What a sweep may change when it resumes (outside its fingerprint): tags, set again at each
+# start, since MLflow's params are written once.
+RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes")
+
+
 def fingerprint(exp: Experiment) -> str:
     """What makes two sweeps the same sweep: everything but the trial and time budgets, which
     may grow, and what only the sweep's end does (the final run, the registry section)."""
     body = exp.model_dump(mode="json")
-    for what_the_end_does in ("max_trials", "final_epochs", "max_minutes"):
-        body["tuner"].pop(what_the_end_does)
+    for what_may_change in RESUMABLE_TUNER_SETTINGS:
+        body["tuner"].pop(what_may_change)
     body.pop("registry")
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -66,7 +71,7 @@ def _older_fingerprint(exp: Experiment) -> str:
     """The fingerprint of sweeps started before the final run and the ensemble existed (the
     registry section counted then), so that they still resume."""
     body = exp.model_dump(mode="json")
-    for added_since in ("max_trials", "final_epochs", "max_minutes"):
+    for added_since in RESUMABLE_TUNER_SETTINGS:
         body["tuner"].pop(added_since)
     body["registry"].pop("ensemble")
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -146,11 +151,6 @@ def check_state_files(directory: Path) -> None:
         except (OSError, ValueError):
             raise PetlocError(f"{path}: damaged sweep state (empty or cut short, as a kill during a write leaves it); "
                               "run with --fresh to start over") from None
-
-
-# What a sweep may change when it resumes (outside its fingerprint): tags, set again at each
-# start, since MLflow's params are written once.
-RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes")
 
 
 def _log_resumable_settings(exp: Experiment, run_id: str) -> None:
