@@ -5,7 +5,7 @@ import keras_tuner as kt
 import pytest
 from keras_tuner.src.engine.trial import TrialStatus
 
-from petloc.search.budget import TimeBudget
+from petloc.search.budget import PACE, TimeBudget, hear_paces
 from tests.helpers import children, invoke, store_client, tiny_dataset, tiny_experiment
 
 
@@ -60,8 +60,8 @@ def test_no_trial_starts_that_would_leave_the_final_run_outside_the_budget(tmp_p
     budget = TimeBudget(oracle, 1.0, trial_epochs=2, final_epochs=4, say=said.append, clock=clock)
     assert run_trials(oracle, clock) == 4  # after 3 (30 s) a 4th fits: 30 + 10 + 20 = 60; after 4 it would not
     assert budget.estimates() == (40.0, 10.0, 20.0)
-    assert said == ["\ntime budget (tuner.max_minutes): 40 s of 1 min 00 s spent, 4 trials ended; a trial takes up "
-                    "to about 10 s; about 20 s kept for the final run; no new trial starts"]
+    assert said == ["\ntime budget (tuner.max_minutes): 40 s of 1 min 00 s spent, 4 trials ended; the next trial "
+                    "(2 epochs) takes about 10 s; about 20 s kept for the final run; no new trial starts"]
 
 
 def test_the_final_run_is_priced_by_steady_epochs_not_by_short_trials(tmp_path):
@@ -89,6 +89,24 @@ def test_hyperband_never_ends_after_the_budget(tmp_path):
         assert ran >= 2 and elapsed + final <= minutes * 60, (minutes, ran, elapsed, final)
 
 
+def test_hyperband_trials_are_priced_at_their_own_epochs_and_a_trial_that_does_not_fit_is_not_drawn(tmp_path):
+    # Hyperband (max 9 epochs, factor 3) starts with 1-epoch trials; epochs of 10 s, final run 10 epochs.
+    oracle, clock = hyperband_oracle(tmp_path), Clock()
+    budget = TimeBudget(oracle, 3.0, trial_epochs=9, final_epochs=10, say=lambda _: None, clock=clock)
+    ran = run_trials(oracle, clock, epoch_s=10.0)
+    # 180 s: the final run keeps 100; 1-epoch trials of 10 s fit until 70 s elapsed (8 trials), where
+    # a trial priced at Hyperband's longest (90 s) would have stopped the search after none.
+    assert ran == 8 and budget.spent.endswith("the next trial (1 epoch) takes about 10 s; about 1 min 40 s kept for the final run")
+    state = oracle.get_state()
+    assert sum(len(rounds[0]) for rounds in (b["rounds"] for b in state["brackets"])) == 8  # the 9th draw was undone
+    # A later start with more time hands out that same next trial, and Hyperband goes on.
+    oracle.save()
+    again = hyperband_oracle(tmp_path)
+    TimeBudget(again, 30.0, trial_epochs=9, final_epochs=10, say=lambda _: None, clock=clock)
+    again.reload()
+    assert run_trials(again, clock, epoch_s=10.0) > 8
+
+
 def test_with_workers_a_trial_is_priced_whole_not_at_the_sweeps_pace(tmp_path):
     # Two workers, one started 5 s after the other, trials of 10 s: a trial ends every 5 s.
     # A trial handed out now still takes its whole length, and the final run waits for it.
@@ -110,6 +128,24 @@ def test_with_workers_a_trial_is_priced_whole_not_at_the_sweeps_pace(tmp_path):
         asks.append((clock.now, worker))
     last_end = clock.now - 1000.0
     assert budget.spent and len(budget.took) >= 6 and last_end + 10.0 <= 60.0  # then the final run of 2 epochs
+
+
+def test_a_slower_trial_still_running_counts_before_it_ends(tmp_path):
+    # Two workers: a slow backbone (epochs of 20 s) and a fast one (5 s), 3 epochs a trial.
+    oracle, clock = random_oracle(tmp_path), Clock()
+    hear_paces(oracle)  # as TrackedTuner does on the oracle's holder
+    budget = TimeBudget(oracle, 2.0, trial_epochs=3, final_epochs=3, say=lambda _: None, clock=clock)
+    slow, fast = oracle.create_trial("worker-1"), oracle.create_trial("worker-2")
+    clock.now += 15.0
+    oracle.update_trial(fast.trial_id, {"val_miou": 0.5, "epoch_seconds": 5.0, "epochs_trained": 3})
+    fast.status = TrialStatus.COMPLETED
+    oracle.end_trial(fast)
+    assert budget.estimates() == (15.0, 15.0, 15.0)  # the fast trial alone: another fits
+    clock.now += 25.0
+    oracle.update_trial(slow.trial_id, {PACE: 20.0}, step=2)  # the slow one, after its second epoch
+    # It may win, and the final run would train its epochs: 40 + 60 + 60 > 120 s.
+    assert budget.estimates() == (40.0, 60.0, 60.0)
+    assert oracle.create_trial("worker-2").status == TrialStatus.STOPPED and budget.spent
 
 
 def test_a_resumed_sweep_times_only_its_own_start_and_counts_a_retried_trial(tmp_path):
@@ -135,7 +171,8 @@ def test_a_resumed_sweep_times_only_its_own_start_and_counts_a_retried_trial(tmp
 def test_a_sweep_out_of_time_still_trains_its_final_run_and_promotes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = tiny_dataset(tmp_path / "photos")
-    exp = tiny_experiment(tmp_path, data, tuner={"max_trials": 6, "max_minutes": 0.001, "final_epochs": 1})
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 2}, space={"head_units": [8, 16, 32]},
+                          tuner={"max_trials": 6, "max_minutes": 0.001, "final_epochs": 1})
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
     assert "time budget (tuner.max_minutes):" in result.output and "no new trial starts" in result.output
@@ -148,4 +185,7 @@ def test_a_sweep_out_of_time_still_trains_its_final_run_and_promotes(tmp_path, m
     assert parent.data.tags["time_budget"].startswith("the search stopped: ")
     [trial] = [r for r in runs if r.data.tags["trial_id"] == "0"]
     assert 0 < trial.data.metrics["epoch_seconds"] <= trial.data.metrics["train_seconds"]
+    # As it trained, the trial told the oracle its steady epoch (the second): the budget's view of a running trial.
+    trial_files = list((tmp_path / "mlruns" / "tuner").glob("**/trial.json"))
+    assert trial_files and all(PACE in each.read_text() for each in trial_files)
     assert client.get_model_version_by_alias("petloc", "champion") is not None

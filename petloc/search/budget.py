@@ -7,12 +7,15 @@ both hold: when it is spent, the oracle answers "stopped" to whoever asks for a 
 does when its own trials run out. It times each trial from its start to its end (with
 workers, trials overlap; the final run starts only once all of them have ended) and reads
 what each trial reports (`TrackedTuner.run_trial`): its epochs and an epoch's seconds once
-traced. From the trials ended since this start of the sweep, on the safe side:
-- an epoch: the slowest steady epoch of any trial (of a trial that trained two or more, else
-  of any): the winner's backbone is not known yet;
+traced; a trial still running reports its steady epoch as it goes (`PACE`), so that with
+workers a slower backbone still training counts before it ends. From the trials of this start
+of the sweep, on the safe side:
+- an epoch: the slowest steady epoch of any trial, ended or running (of a trial that trained
+  two or more, else of any): the winner's backbone is not known yet;
 - a trial's fixed cost (building, tracing, scoring, logging): the largest seen;
-- the next trial: `train.epochs` epochs (Hyperband's longest trial; it does not say which
-  comes next) plus the fixed cost;
+- the next trial: the epochs of the trial the oracle draws (Hyperband's `tuner/epochs` less
+  its initial epoch; else `train.epochs`) plus the fixed cost. With workers, a trial handed out
+  now still takes its whole length, and the final run waits for it;
 - the final run: `tuner.final_epochs` epochs plus the fixed cost.
 A short trial's wall time is no guide to a long run: Hyperband's 1-epoch trials on real photos
 took 85 s for an epoch of 50 s on 2 cores. Before any trial has finished (or while all fail,
@@ -22,6 +25,8 @@ The leaderboard, the ensemble and the promotion after the final run are not pric
 
 from __future__ import annotations
 
+import copy
+import functools
 import time
 from typing import Callable
 
@@ -29,6 +34,27 @@ import keras_tuner as kt
 from keras_tuner.src.engine.trial import TrialStatus
 
 from petloc.search.progress import duration
+
+PACE = "epoch_seconds_so_far"  # a running trial's steady epoch, reported after each epoch past its first
+
+
+def hear_paces(oracle: kt.Oracle) -> None:
+    """Lets a running trial report its `PACE` alone: Keras Tuner's `update_trial` wants the
+    objective in every report, and a trial's val mIoU is only known (with TTA) once it ends.
+    On the oracle's holder (a one-process sweep, or a distributed sweep's chief), whose instance
+    method the chief's service calls for its workers."""
+    report = oracle.update_trial
+
+    @kt.synchronized
+    def update_trial(holder, trial_id, metrics, step=0):
+        if set(metrics) != {PACE}:
+            return report(trial_id, metrics, step)
+        trial = holder.trials[trial_id]
+        trial.metrics.update(PACE, metrics[PACE], step=step)
+        holder._save_trial(trial)
+        return trial
+
+    oracle.update_trial = functools.partial(update_trial, oracle)
 
 
 class TimeBudget:
@@ -46,10 +72,18 @@ class TimeBudget:
         draw, end = oracle.populate_space, oracle.end_trial
 
         def populate_space(trial_id):
-            if self.spent or self._would_overrun():
+            if self.spent:
+                return {"status": TrialStatus.STOPPED, "values": None}
+            # Draw first, to price the trial the oracle would run (Hyperband's 1-epoch trials
+            # come first); a trial that does not fit was never drawn: the oracle's state goes
+            # back, so a later start with more time draws it again.
+            before = copy.deepcopy(oracle.get_state())
+            drawn = draw(trial_id)
+            if drawn.get("status") == TrialStatus.RUNNING and self._would_overrun(self.epochs_of(drawn["values"])):
+                oracle.set_state(before)
                 return {"status": TrialStatus.STOPPED, "values": None}
             self.begun[trial_id] = self.clock()
-            return draw(trial_id)
+            return drawn
 
         def end_trial(trial):
             result = end(trial)
@@ -69,19 +103,31 @@ class TimeBudget:
                 timed.append((metrics.get_last_value("epochs_trained"), metrics.get_last_value("epoch_seconds"), wall))
         return timed
 
-    def estimates(self) -> tuple[float, float, float] | None:
-        """Seconds: elapsed since the start, the next trial, the final run; None before a trial finished."""
+    def _running_paces(self) -> list[float]:
+        """The steady epoch each trial handed out by this start and still running has reported."""
+        running = (self.oracle.trials[trial_id].metrics for trial_id in self.begun if trial_id not in self.took)
+        return [metrics.get_last_value(PACE) for metrics in running if metrics.exists(PACE)]
+
+    def epochs_of(self, values: dict) -> int:
+        """The epochs a drawn trial trains: Hyperband's say, else `train.epochs`."""
+        if "tuner/epochs" in values:
+            return values["tuner/epochs"] - values.get("tuner/initial_epoch", 0)
+        return self.trial_epochs
+
+    def estimates(self, trial_epochs: int | None = None) -> tuple[float, float, float] | None:
+        """Seconds: elapsed since the start, the next trial (of `trial_epochs`, else
+        `train.epochs`), the final run; None before a trial finished."""
         timed = self._timed()
         if not timed:
             return None
         steady = [each for epochs, each, _ in timed if epochs >= 2] or [each for _, each, _ in timed]
-        epoch = max(steady)
+        epoch = max(steady + self._running_paces())
         fixed = max(max(0.0, wall - epochs * each) for epochs, each, wall in timed)
         final = self.final_epochs * epoch + fixed if self.final_epochs else 0.0
-        return self.clock() - self.started, self.trial_epochs * epoch + fixed, final
+        return self.clock() - self.started, (trial_epochs or self.trial_epochs) * epoch + fixed, final
 
-    def _would_overrun(self) -> bool:
-        estimates = self.estimates()
+    def _would_overrun(self, trial_epochs: int) -> bool:
+        estimates = self.estimates(trial_epochs)
         if estimates is None:
             return False
         elapsed, trial, final = estimates
@@ -90,6 +136,6 @@ class TimeBudget:
         kept = f"; about {duration(final)} kept for the final run" if self.final_epochs else ""
         ended = f"{len(self.took)} trial{'' if len(self.took) == 1 else 's'} ended"
         self.spent = (f"{duration(elapsed)} of {duration(self.seconds)} spent, {ended}; "
-                      f"a trial takes up to about {duration(trial)}{kept}")
+                      f"the next trial ({trial_epochs} epoch{'' if trial_epochs == 1 else 's'}) takes about {duration(trial)}{kept}")
         self.say(f"\ntime budget (tuner.max_minutes): {self.spent}; no new trial starts")
         return True

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from petloc import stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
-from petloc.search.budget import TimeBudget
+from petloc.search.budget import PACE, TimeBudget, hear_paces
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs
 from petloc.tracking.training_runs import train_tracked
@@ -116,6 +116,8 @@ class TrackedTuner(kt.Tuner):
         oracle = ORACLES[exp.tuner.kind](exp)
         # On the oracle, which this process holds alone or as a chief; a worker asks the chief's.
         worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
+        if not worker:
+            hear_paces(oracle)
         self.budget = (TimeBudget(oracle, exp.tuner.max_minutes, exp.train.epochs, exp.tuner.final_epochs, started, say)
                        if exp.tuner.max_minutes and not worker else None)
         super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
@@ -176,7 +178,8 @@ class TrackedTuner(kt.Tuner):
                 summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
                                         initial_epoch=hp.values.get("tuner/initial_epoch", 0), initial_weights=initial,
                                         save_weights=self._weights_file(trial.trial_id),
-                                        description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'")
+                                        description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'",
+                                        pace=lambda epoch, seconds: self.oracle.update_trial(trial.trial_id, {PACE: seconds}, step=epoch))
         except Exception as err:
             stopping.raise_stop_behind(err)  # a stop that a library turned into its own error: no failed trial
             self.errors[trial.trial_id] = why_failed(err)

@@ -12,7 +12,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import mlflow
@@ -62,11 +62,12 @@ def provenance() -> dict[str, str]:
 
 class EpochLogger(keras.callbacks.Callback):
     """Per-epoch curves (`train/loss`, `val/miou`, `val/accuracy`, ...) with step = epoch, and
-    the wall time of each epoch, validation included."""
+    the wall time of each epoch, validation included; `pace(epoch, seconds)`, when given, hears
+    the steady epoch time after each epoch past the first."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, pace: Callable[[int, float], None] | None = None):
         super().__init__()
-        self.run_id = run_id
+        self.run_id, self.pace = run_id, pace
         self.client = MlflowClient()
         self.seconds: list[float] = []
 
@@ -78,6 +79,8 @@ class EpochLogger(keras.callbacks.Callback):
         metrics = {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs and key in logs}
         if metrics:
             mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
+        if self.pace and len(self.seconds) >= 2:
+            self.pace(epoch + 1, self.epoch_seconds())
 
     def epoch_seconds(self) -> float:
         """An epoch's time once the training step is traced: the mean of the epochs after the

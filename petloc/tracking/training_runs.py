@@ -80,9 +80,10 @@ def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
 def train_tracked(
     exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str,
     epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
-    description: str = "",
+    description: str = "", pace: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
-    """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary metrics."""
+    """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary
+    metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes."""
     epochs = epochs or exp.train.epochs
     pretrained = pretrained_for(hp["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
@@ -92,7 +93,7 @@ def train_tracked(
     log.log_experiment(run_id, exp)
 
     start = time.perf_counter()
-    epochs_logged = log.EpochLogger(run_id)
+    epochs_logged = log.EpochLogger(run_id, pace)
     model, history = fit_localiser(
         hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
         callbacks=[epochs_logged], initial_epoch=initial_epoch,
