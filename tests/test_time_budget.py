@@ -6,6 +6,7 @@ import pytest
 from keras_tuner.src.engine.trial import TrialStatus
 
 from petloc.search.budget import PACE, TimeBudget, hear_paces
+from petloc.tracking.log import EpochLogger
 from tests.helpers import children, invoke, store_client, tiny_dataset, tiny_experiment
 
 
@@ -189,3 +190,42 @@ def test_a_sweep_out_of_time_still_trains_its_final_run_and_promotes(tmp_path, m
     trial_files = list((tmp_path / "mlruns" / "tuner").glob("**/trial.json"))
     assert trial_files and all(PACE in each.read_text() for each in trial_files)
     assert client.get_model_version_by_alias("petloc", "champion") is not None
+
+
+def test_a_one_epoch_trial_reports_its_epoch_without_the_tracing_of_its_first_batches(monkeypatch):
+    # Hyperband's first trials train one epoch, whose first training and validation batches also
+    # trace; the budget prices a 40-epoch final run by that epoch, so the tracing comes out.
+    clock = Clock()
+    monkeypatch.setattr("petloc.tracking.log.time.perf_counter", clock)
+    logger = EpochLogger("no-run")
+    clock.now = 0.0
+    logger.on_epoch_begin(0)
+    for end in (5.0, 6.0, 7.0, 8.0):  # 4 training batches of 1 s, the first also traced (4 s more)
+        clock.now = end
+        logger.on_train_batch_end(0)
+    for loop in range(2):  # validation, once with its first batch traced (3 s more), then a second pass
+        logger.on_test_begin()
+        for step in (3.5, 0.5, 0.5) if loop == 0 else (9.0,):
+            clock.now += step
+            logger.on_test_batch_end(0)
+        logger.on_test_end()
+    logger.on_epoch_end(0)
+    assert logger.seconds == [21.5]
+    assert logger.epoch_seconds() == pytest.approx(21.5 - 4.0 - 3.0)  # the second pass is a steady cost too
+
+
+def test_keras_calls_the_hooks_that_time_a_first_epoch(tmp_path):
+    import keras
+    import mlflow
+    import numpy as np
+
+    from petloc.tracking import store
+
+    store.configure(f"sqlite:///{tmp_path}/mlflow.db")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    logger = EpochLogger(mlflow.MlflowClient().create_run(mlflow.MlflowClient().create_experiment("hooks")).info.run_id)
+    x = np.zeros((40, 4), "float32")
+    model.fit(x, x[:, :1], batch_size=8, epochs=1, validation_data=(x[:24], x[:24, :1]), callbacks=[logger], verbose=0)
+    assert [len(marks) for marks in logger.first_epoch.values()] == [1 + 5, 1 + 3]  # began, then each batch's end
+    assert 0 < logger.epoch_seconds() <= logger.seconds[0]

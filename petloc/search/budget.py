@@ -18,7 +18,8 @@ of the sweep, on the safe side:
   now still takes its whole length, and the final run waits for it;
 - the final run: `tuner.final_epochs` epochs plus the fixed cost.
 A short trial's wall time is no guide to a long run: Hyperband's 1-epoch trials on real photos
-took 85 s for an epoch of 50 s on 2 cores. Before any trial has finished (or while all fail,
+took 85 s for an epoch of 50 s on 2 cores, and their one epoch also traces (`EpochLogger`
+takes what its first batches took beyond later ones out). Before any trial has finished (or while all fail,
 which `tuner.max_consecutive_failures` bounds) there is nothing to go on, and trials start.
 The leaderboard, the ensemble and the promotion after the final run are not priced (seconds).
 """
