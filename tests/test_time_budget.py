@@ -100,12 +100,37 @@ def test_hyperband_trials_are_priced_at_their_own_epochs_and_a_trial_that_does_n
     assert ran == 8 and budget.spent.endswith("the next trial (1 epoch) takes about 10 s; about 1 min 40 s kept for the final run")
     state = oracle.get_state()
     assert sum(len(rounds[0]) for rounds in (b["rounds"] for b in state["brackets"])) == 8  # the 9th draw was undone
-    # A later start with more time hands out that same next trial, and Hyperband goes on.
+    # A later start with more time hands out that same next trial (as a sweep without a budget
+    # draws it ninth), and Hyperband goes on.
     oracle.save()
     again = hyperband_oracle(tmp_path)
     TimeBudget(again, 30.0, trial_epochs=9, final_epochs=10, say=lambda _: None, clock=clock)
     again.reload()
-    assert run_trials(again, clock, epoch_s=10.0) > 8
+    unbudgeted = hyperband_oracle(tmp_path / "unbudgeted")
+    for _ in range(8):
+        finish_trial(unbudgeted, Clock(), unbudgeted.create_trial("tuner0"), 10.0, 0.0, 0.0, 2)
+    ninth = again.create_trial("tuner0")
+    assert ninth.hyperparameters.values == unbudgeted.create_trial("tuner0").hyperparameters.values
+    finish_trial(again, clock, ninth, 10.0, 0.0, 0.0, 2)
+    assert run_trials(again, clock, epoch_s=10.0) > 0
+
+
+def test_a_worker_waiting_for_running_trials_is_told_to_wait(tmp_path):
+    # A grid with two workers: once its points are handed out, a worker asks while the other's
+    # trial still runs, and the oracle says IDLE (wait), not "stopped"; the budget passes that on.
+    oracle = kt.oracles.GridSearchOracle(kt.Objective("val_miou", "max"), seed=1)
+    oracle._set_project_dir(str(tmp_path), "grid")
+    hp = oracle.get_space()
+    hp.Choice("head_units", [8, 16, 32])
+    oracle.update_space(hp)
+    clock = Clock()
+    budget = TimeBudget(oracle, 10.0, trial_epochs=2, final_epochs=2, say=lambda _: None, clock=clock)
+    first, second = oracle.create_trial("worker-1"), oracle.create_trial("worker-2")
+    finish_trial(oracle, clock, first, 5.0, 0.0, 0.0, 2)
+    waits = oracle.create_trial("worker-1")
+    assert waits.status in (TrialStatus.IDLE, TrialStatus.RUNNING) and not budget.spent
+    finish_trial(oracle, clock, second, 5.0, 0.0, 0.0, 2)
+    assert budget.estimates() is not None and oracle.create_trial("worker-1").status != TrialStatus.STOPPED
 
 
 def test_with_workers_a_trial_is_priced_whole_not_at_the_sweeps_pace(tmp_path):
@@ -192,9 +217,10 @@ def test_a_sweep_out_of_time_still_trains_its_final_run_and_promotes(tmp_path, m
     assert client.get_model_version_by_alias("petloc", "champion") is not None
 
 
-def test_a_one_epoch_trial_reports_its_epoch_without_the_tracing_of_its_first_batches(monkeypatch):
+def test_a_one_epoch_trial_reports_its_epoch_without_the_tracing_of_its_first_batches(tmp_path, monkeypatch):
     # Hyperband's first trials train one epoch, whose first training and validation batches also
     # trace; the budget prices a 40-epoch final run by that epoch, so the tracing comes out.
+    monkeypatch.chdir(tmp_path)  # no logs, so nothing is logged; MLflow's client still opens a store
     clock = Clock()
     monkeypatch.setattr("petloc.tracking.log.time.perf_counter", clock)
     logger = EpochLogger("no-run")
@@ -203,25 +229,25 @@ def test_a_one_epoch_trial_reports_its_epoch_without_the_tracing_of_its_first_ba
     for end in (5.0, 6.0, 7.0, 8.0):  # 4 training batches of 1 s, the first also traced (4 s more)
         clock.now = end
         logger.on_train_batch_end(0)
-    for loop in range(2):  # validation, once with its first batch traced (3 s more), then a second pass
-        logger.on_test_begin()
-        for step in (3.5, 0.5, 0.5) if loop == 0 else (9.0,):
-            clock.now += step
-            logger.on_test_batch_end(0)
-        logger.on_test_end()
+    logger.on_test_begin()  # validation: 3 batches of 0.5 s, the first also traced (3 s more)
+    for step in (3.5, 0.5, 0.5):
+        clock.now += step
+        logger.on_test_batch_end(0)
+    logger.on_test_end()
     logger.on_epoch_end(0)
-    assert logger.seconds == [21.5]
-    assert logger.epoch_seconds() == pytest.approx(21.5 - 4.0 - 3.0)  # the second pass is a steady cost too
+    assert logger.seconds == [12.5]
+    assert logger.epoch_seconds() == pytest.approx(12.5 - 4.0 - 3.0)
 
 
-def test_keras_calls_the_hooks_that_time_a_first_epoch(tmp_path):
+def test_keras_calls_the_hooks_that_time_a_first_epoch(tmp_path, monkeypatch):
     import keras
     import mlflow
     import numpy as np
 
     from petloc.tracking import store
 
-    store.configure(f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    store.configure()  # this folder's mlruns/, as every petloc command in a test
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     logger = EpochLogger(mlflow.MlflowClient().create_run(mlflow.MlflowClient().create_experiment("hooks")).info.run_id)

@@ -10,8 +10,8 @@ what each trial reports (`TrackedTuner.run_trial`): its epochs and an epoch's se
 traced; a trial still running reports its steady epoch as it goes (`PACE`), so that with
 workers a slower backbone still training counts before it ends. From the trials of this start
 of the sweep, on the safe side:
-- an epoch: the slowest steady epoch of any trial, ended or running (of a trial that trained
-  two or more, else of any): the winner's backbone is not known yet;
+- an epoch: the slowest steady epoch of any trial, ended or running: the winner's backbone is
+  not known yet;
 - a trial's fixed cost (building, tracing, scoring, logging): the largest seen;
 - the next trial: the epochs of the trial the oracle draws (Hyperband's `tuner/epochs` less
   its initial epoch; else `train.epochs`) plus the fixed cost. With workers, a trial handed out
@@ -44,12 +44,12 @@ def hear_paces(oracle: kt.Oracle) -> None:
     objective in every report, and a trial's val mIoU is only known (with TTA) once it ends.
     On the oracle's holder (a one-process sweep, or a distributed sweep's chief), whose instance
     method the chief's service calls for its workers."""
-    report = oracle.update_trial
+    keras_tuners_update_trial = oracle.update_trial
 
     @kt.synchronized
     def update_trial(holder, trial_id, metrics, step=0):
         if set(metrics) != {PACE}:
-            return report(trial_id, metrics, step)
+            return keras_tuners_update_trial(trial_id, metrics, step)
         trial = holder.trials[trial_id]
         trial.metrics.update(PACE, metrics[PACE], step=step)
         holder._save_trial(trial)
@@ -75,12 +75,16 @@ class TimeBudget:
         def populate_space(trial_id):
             if self.spent:
                 return {"status": TrialStatus.STOPPED, "values": None}
-            # Draw first, to price the trial the oracle would run (Hyperband's 1-epoch trials
-            # come first); a trial that does not fit was never drawn: the oracle's state goes
-            # back, so a later start with more time draws it again.
+            # Draw first, to price the trial the oracle would run (Hyperband's shortest trials
+            # come first); a trial that does not fit was never drawn: the oracle's saved state
+            # goes back, so a later start with more time draws it again. (What an oracle keeps
+            # outside that state, such as the Bayesian oracle's random generator, may have
+            # moved; this start draws nothing more, and a later one does not read it.)
             before = copy.deepcopy(oracle.get_state())
             drawn = draw(trial_id)
-            if drawn.get("status") == TrialStatus.RUNNING and self._would_overrun(self.epochs_of(drawn["values"])):
+            if drawn.get("status") != TrialStatus.RUNNING:  # waiting for running trials (IDLE), or done
+                return drawn
+            if self._would_overrun(self.epochs_of(drawn["values"])):
                 oracle.set_state(before)
                 return {"status": TrialStatus.STOPPED, "values": None}
             self.begun[trial_id] = self.clock()
@@ -106,8 +110,8 @@ class TimeBudget:
 
     def _running_paces(self) -> list[float]:
         """The steady epoch each trial handed out by this start and still running has reported."""
-        running = (self.oracle.trials[trial_id].metrics for trial_id in self.begun if trial_id not in self.took)
-        return [metrics.get_last_value(PACE) for metrics in running if metrics.exists(PACE)]
+        running = (self.oracle.trials.get(trial_id) for trial_id in self.begun if trial_id not in self.took)
+        return [trial.metrics.get_last_value(PACE) for trial in running if trial and trial.metrics.exists(PACE)]
 
     def epochs_of(self, values: dict) -> int:
         """The epochs a drawn trial trains: Hyperband's say, else `train.epochs`."""
@@ -121,11 +125,10 @@ class TimeBudget:
         timed = self._timed()
         if not timed:
             return None
-        steady = [each for epochs, each, _ in timed if epochs >= 2] or [each for _, each, _ in timed]
-        epoch = max(steady + self._running_paces())
+        epoch = max([each for _, each, _ in timed] + self._running_paces())
         fixed = max(max(0.0, wall - epochs * each) for epochs, each, wall in timed)
         final = self.final_epochs * epoch + fixed if self.final_epochs else 0.0
-        return self.clock() - self.started, (trial_epochs or self.trial_epochs) * epoch + fixed, final
+        return self.clock() - self.started, (self.trial_epochs if trial_epochs is None else trial_epochs) * epoch + fixed, final
 
     def _would_overrun(self, trial_epochs: int) -> bool:
         estimates = self.estimates(trial_epochs)

@@ -36,6 +36,7 @@ from petloc.errors import PetlocError
 from petloc.files import exclusive_lock
 from petloc.report import number
 from petloc.search import DEFAULT_CHIEF_ADDRESS, SEARCH_OVER
+from petloc.search.budget import PACE
 from petloc.search.progress import duration, planned_trials
 from petloc.search.sweep import (FINGERPRINT_TAG, SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
                                  fingerprint, say_why_the_search_ended, sweep_state)
@@ -259,6 +260,18 @@ class WorkerTuner(TrackedTuner):
         if self.exp.tuner.kind == "hyperband":  # a later round may continue this trial on another machine
             log.log_files(self.trial_runs[trial.trial_id], {CHECKPOINT_FOLDER: self._weights_file(trial.trial_id)})
         return result
+
+    def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
+        # To the chief at once or not at all, like the heartbeat: a missed report is no error,
+        # and the training does not wait for the chief (Keras Tuner's client would, 10 min).
+        if not self.exp.tuner.max_minutes:  # the worker's file; the chief's budget hears none without it
+            return None
+
+        def report(epoch: int, seconds: float) -> None:
+            request = protos.get_service().UpdateTrialRequest(trial_id=trial_id, metrics={PACE: seconds}, step=epoch)
+            with contextlib.suppress(grpc.RpcError):
+                self.oracle.stub.UpdateTrial(request, timeout=HEARTBEAT_SECONDS)
+        return report
 
     def _warm_start_weights(self, hp) -> Path | None:
         """Hyperband's earlier-round weights: from this machine's sweep folder, else from the

@@ -116,7 +116,7 @@ class TrackedTuner(kt.Tuner):
         oracle = ORACLES[exp.tuner.kind](exp)
         # On the oracle, which this process holds alone or as a chief; a worker asks the chief's.
         worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
-        if not worker:
+        if exp.tuner.max_minutes and not worker:
             hear_paces(oracle)
         self.budget = (TimeBudget(oracle, exp.tuner.max_minutes, exp.train.epochs, exp.tuner.final_epochs, started, say)
                        if exp.tuner.max_minutes and not worker else None)
@@ -179,7 +179,7 @@ class TrackedTuner(kt.Tuner):
                                         initial_epoch=hp.values.get("tuner/initial_epoch", 0), initial_weights=initial,
                                         save_weights=self._weights_file(trial.trial_id),
                                         description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'",
-                                        pace=lambda epoch, seconds: self.oracle.update_trial(trial.trial_id, {PACE: seconds}, step=epoch))
+                                        pace=self._pace_reporter(trial.trial_id))
         except Exception as err:
             stopping.raise_stop_behind(err)  # a stop that a library turned into its own error: no failed trial
             self.errors[trial.trial_id] = why_failed(err)
@@ -189,6 +189,12 @@ class TrackedTuner(kt.Tuner):
         # The time budget (petloc.search.budget) reads the training time from the oracle.
         return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"],
                 "epoch_seconds": summary["epoch_seconds"], "epochs_trained": summary["epochs_trained"]}
+
+    def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
+        """How a trial tells the time budget its steady epoch as it trains (petloc.search.budget)."""
+        if not self.exp.tuner.max_minutes:
+            return None
+        return lambda epoch, seconds: self.oracle.update_trial(trial_id, {PACE: seconds}, step=epoch)
 
     def _child_run(self, trial) -> str:
         """A new child run for this trial. A run that an earlier attempt of the same trial

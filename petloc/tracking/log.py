@@ -72,7 +72,6 @@ class EpochLogger(keras.callbacks.Callback):
         self.seconds: list[float] = []
         # The first epoch's loops: when each began, then when each of its batches ended.
         self.first_epoch: dict[str, list[float]] = {"train": [], "test": []}
-        self.validating = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.began = time.perf_counter()
@@ -83,17 +82,13 @@ class EpochLogger(keras.callbacks.Callback):
         if not self.seconds:
             self.first_epoch["train"].append(time.perf_counter())
 
-    def on_test_begin(self, logs=None):
-        if not self.seconds and not self.first_epoch["test"]:  # the first validation only
+    def on_test_begin(self, logs=None):  # fit's validation, once an epoch
+        if not self.seconds:
             self.first_epoch["test"].append(time.perf_counter())
-            self.validating = True
 
     def on_test_batch_end(self, batch, logs=None):
-        if self.validating:
+        if not self.seconds:
             self.first_epoch["test"].append(time.perf_counter())
-
-    def on_test_end(self, logs=None):
-        self.validating = False
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self.began)
