@@ -23,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
+from petloc.search.budget import PACE
 from tests.helpers import PETLOC, free_port, in_project, invoke, petloc_env, store_client, tiny_dataset, tiny_experiment
 from tests.servers import tracking_server
 
@@ -288,7 +289,8 @@ def test_workers_on_this_machine_share_one_sweep_on_the_local_store(tmp_path):
 def test_the_chief_keeps_the_time_budget_for_every_worker(tmp_path):
     # tuner.max_minutes sits on the chief's oracle: once the first trial has ended, no worker gets a new one.
     data = tiny_dataset(tmp_path / "photos", count=40)
-    exp = tiny_experiment(tmp_path, data, space=SPACE, tuner={"max_trials": 6, "max_minutes": 0.001, "final_epochs": 1})
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 2}, space=SPACE,
+                          tuner={"max_trials": 6, "max_minutes": 0.001, "final_epochs": 1})
     done = subprocess.run([*PETLOC, "sweep", exp, "--workers", "2"], cwd=tmp_path, env=petloc_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -296,6 +298,9 @@ def test_the_chief_keeps_the_time_budget_for_every_worker(tmp_path):
     trials = Counter(run.data.tags["trial_id"] for run in trial_runs(store_client(tmp_path), "tiny"))
     # Both workers may have started one before the first ended; none started after.
     assert trials["final"] == 1 and set(trials) - {"final"} in ({"0"}, {"0", "1"}), trials
+    # Each worker told the chief its trial's steady epoch as it trained (only the chief's oracle records it).
+    trial_files = list((tmp_path / "mlruns" / "tuner").glob("**/trial.json"))
+    assert any(PACE in each.read_text() for each in trial_files), trial_files
 
 
 @pytest.mark.slow
