@@ -1,6 +1,8 @@
 """tuner.max_minutes: the search starts no trial that, with the final run after it, might end
 after the budget; real Keras Tuner oracles and a clock the test moves, then whole sweeps."""
 
+import re
+
 import keras_tuner as kt
 import pytest
 from keras_tuner.src.engine.trial import TrialStatus
@@ -203,6 +205,9 @@ def test_a_sweep_out_of_time_still_trains_its_final_run_and_promotes(tmp_path, m
     assert result.exit_code == 0, result.output
     assert "time budget (tuner.max_minutes):" in result.output and "no new trial starts" in result.output
     assert "drew no new point" not in result.output  # the budget, not the space, ended it
+    # The trial's line tells what is left of the budget, not of the trials it will not run.
+    assert re.search(r"\[sweep: 1 of 6 trials, \d+ s elapsed, at most 0 s left \(tuner.max_minutes, final run included\)\]$",
+                     result.output, re.M), result.output
     client = store_client(tmp_path)
     [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
     runs = children(client, parent.info.run_id)

@@ -99,6 +99,10 @@ class TimeBudget:
         # The instance's own methods, which Keras Tuner's create_trial and the chief's service call.
         oracle.populate_space, oracle.end_trial = populate_space, end_trial
 
+    def left(self) -> float:
+        """Seconds of the budget not spent yet."""
+        return self.seconds - (self.clock() - self.started)
+
     def _timed(self) -> list[tuple[float, float, float]]:
         """(epochs, seconds an epoch, wall seconds) of each trial that finished since this start."""
         timed = []

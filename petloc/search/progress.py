@@ -55,10 +55,11 @@ def duration(seconds: float) -> str:
 
 class SweepProgress:
     """Prints a line when a trial starts and one when it ends; the estimate of the time left
-    is the mean time of the trials this process ran, times the trials still to run."""
+    is the mean time of the trials this process ran, times the trials still to run, or, under
+    a time budget (`budget_left()`, seconds), what is left of it: the final run is in it."""
 
-    def __init__(self, planned: int, say: Callable[[str], None] = print):
-        self.planned, self.say = planned, say
+    def __init__(self, planned: int, say: Callable[[str], None] = print, budget_left: Callable[[], float] | None = None):
+        self.planned, self.say, self.budget_left = planned, say, budget_left
         self.started = time.perf_counter()
         self.trial_started = self.started
         self.ran = 0
@@ -87,4 +88,6 @@ class SweepProgress:
         elapsed = now - self.started
         left = max(0, self.planned - ended_in_sweep)
         eta = f", about {duration(elapsed / self.ran * left)} left" if left else ""
+        if self.budget_left:
+            eta = f", at most {duration(max(0.0, self.budget_left()))} left (tuner.max_minutes, final run included)"
         self.say(f"{head}  [sweep: {ended_in_sweep} of {self.planned} trials, {duration(elapsed)} elapsed{eta}]")

@@ -127,7 +127,8 @@ class TrackedTuner(kt.Tuner):
         # Keras Tuner prints a failed trial's traceback; its run's `error` tag and petloc's
         # line say what failed, and --verbose brings the traceback back.
         keras_tuner.src.config.DEBUG = progress.detailed()
-        self.progress = SweepProgress(planned_trials(exp, getattr(self.oracle, "_oracle", self.oracle)), say)
+        self.progress = SweepProgress(planned_trials(exp, getattr(self.oracle, "_oracle", self.oracle)), say,
+                                      self.budget.left if self.budget else None)
 
     def _get_tuner_fname(self):
         # One file for the oracle's holder, alone or as the chief of workers, so a sweep
