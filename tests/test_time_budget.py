@@ -82,6 +82,31 @@ def test_the_final_run_is_priced_by_steady_epochs_not_by_short_trials(tmp_path):
     assert (trial, final) == pytest.approx((15 + 23, 50 + 23))
 
 
+def test_a_trial_and_the_final_run_are_priced_by_the_backbone_they_may_train(tmp_path):
+    oracle = kt.oracles.RandomSearchOracle(kt.Objective("val_miou", "max"), max_trials=30, seed=1)
+    oracle._set_project_dir(str(tmp_path), "budget")
+    hp = oracle.get_space()
+    hp.Choice("backbone", ["fast", "slow"])
+    hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+    oracle.update_space(hp)
+    clock, speed = Clock(), {"fast": 5.0, "slow": 20.0}
+    budget = TimeBudget(oracle, 10.0, trial_epochs=2, final_epochs=4, say=lambda _: None, clock=clock)
+    seen = set()
+    while seen != {"fast", "slow"}:  # 2-epoch trials; the fast backbone scores better
+        trial = oracle.create_trial("tuner0")
+        backbone = trial.hyperparameters.values["backbone"]
+        clock.now += 2 * speed[backbone]
+        oracle.update_trial(trial.trial_id, {"val_miou": 0.6 if backbone == "fast" else 0.4,
+                                             "epoch_seconds": speed[backbone], "epochs_trained": 2})
+        trial.status = TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+        seen.add(backbone)
+    # Drawn fast: the final run trains a fast trial whichever wins; drawn slow, it may train that one.
+    assert budget.estimates({"backbone": "fast", "learning_rate": 1e-3})[1:] == (10.0, 20.0)
+    assert budget.estimates({"backbone": "slow", "learning_rate": 1e-3})[1:] == (40.0, 80.0)
+    assert budget.estimates()[1:] == (40.0, 80.0)  # nothing drawn: the slowest
+
+
 def test_hyperband_never_ends_after_the_budget(tmp_path):
     # Hyperband runs its longest trials last: the next trial is priced as its longest (9 epochs).
     for minutes in (2.0, 4.0, 8.0):

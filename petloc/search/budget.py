@@ -10,13 +10,14 @@ what each trial reports (`TrackedTuner.run_trial`): its epochs and an epoch's se
 traced; a trial still running reports its steady epoch as it goes (`PACE`), so that with
 workers a slower backbone still training counts before it ends. From the trials of this start
 of the sweep, on the safe side:
-- an epoch: the slowest steady epoch of any trial, ended or running: the winner's backbone is
-  not known yet;
+- an epoch: the slowest steady epoch of the trials that train like the one in question (same
+  backbone, image size, width, batch size: `SPEED_KEYS`), else of all;
 - a trial's fixed cost (building, tracing, scoring, logging): the largest seen;
 - the next trial: the epochs of the trial the oracle draws (Hyperband's `tuner/epochs` less
   its initial epoch; else `train.epochs`) plus the fixed cost. With workers, a trial handed out
   now still takes its whole length, and the final run waits for it;
-- the final run: `tuner.final_epochs` epochs plus the fixed cost.
+- the final run: `tuner.final_epochs` epochs of the slowest of what it may train (the best
+  trial so far, the trial drawn, a trial still running) plus the fixed cost.
 A short trial's wall time is no guide to a long run: Hyperband's 1-epoch trials on real photos
 took 85 s for an epoch of 50 s on 2 cores, and their one epoch also traces (`EpochLogger`
 takes what its first batches took beyond later ones out). Before any trial has finished (or while all fail,
@@ -36,6 +37,8 @@ from keras_tuner.src.engine.trial import TrialStatus
 
 from petloc.search.progress import duration
 
+# What sets a trial's epoch time, for pricing a trial by the ones that trained like it.
+SPEED_KEYS = ("backbone", "image_size", "width", "batch_size", "second_stage", "tta")
 PACE = "epoch_seconds_so_far"  # a running trial's steady epoch, reported after each epoch past its first
 
 
@@ -84,7 +87,7 @@ class TimeBudget:
             drawn = draw(trial_id)
             if drawn.get("status") != TrialStatus.RUNNING:  # waiting for running trials (IDLE), or done
                 return drawn
-            if self._would_overrun(self.epochs_of(drawn["values"])):
+            if self._would_overrun(drawn["values"]):
                 oracle.set_state(before)
                 return {"status": TrialStatus.STOPPED, "values": None}
             self.begun[trial_id] = self.clock()
@@ -103,19 +106,27 @@ class TimeBudget:
         """Seconds of the budget not spent yet."""
         return self.seconds - (self.clock() - self.started)
 
-    def _timed(self) -> list[tuple[float, float, float]]:
-        """(epochs, seconds an epoch, wall seconds) of each trial that finished since this start."""
-        timed = []
+    def _timed(self) -> dict[str, tuple[float, float, float]]:
+        """trial_id -> (epochs, seconds an epoch, wall seconds) of each trial that finished since this start."""
+        timed = {}
         for trial_id, wall in self.took.items():
             metrics = self.oracle.trials[trial_id].metrics
             if metrics.exists("epoch_seconds") and metrics.exists("epochs_trained"):
-                timed.append((metrics.get_last_value("epochs_trained"), metrics.get_last_value("epoch_seconds"), wall))
+                timed[trial_id] = (metrics.get_last_value("epochs_trained"), metrics.get_last_value("epoch_seconds"), wall)
         return timed
 
-    def _running_paces(self) -> list[float]:
-        """The steady epoch each trial handed out by this start and still running has reported."""
-        running = (self.oracle.trials.get(trial_id) for trial_id in self.begun if trial_id not in self.took)
-        return [trial.metrics.get_last_value(PACE) for trial in running if trial and trial.metrics.exists(PACE)]
+    def _running_paces(self) -> dict[str, float]:
+        """trial_id -> the steady epoch each trial handed out by this start and still running has reported."""
+        running = {trial_id: self.oracle.trials.get(trial_id) for trial_id in self.begun if trial_id not in self.took}
+        return {trial_id: trial.metrics.get_last_value(PACE) for trial_id, trial in running.items()
+                if trial and trial.metrics.exists(PACE)}
+
+    def _epoch_like(self, values: dict | None, epochs: dict[str, float]) -> float:
+        """The slowest of `epochs` (trial_id -> seconds) of the trials that train like `values`
+        (same `SPEED_KEYS`), else of all (a backbone not timed yet, or no values)."""
+        same = [each for trial_id, each in epochs.items() if values is not None and all(
+            self.oracle.trials[trial_id].hyperparameters.values.get(key) == values.get(key) for key in SPEED_KEYS)]
+        return max(same or epochs.values())
 
     def epochs_of(self, values: dict) -> int:
         """The epochs a drawn trial trains: Hyperband's say, else `train.epochs`."""
@@ -123,19 +134,26 @@ class TimeBudget:
             return values["tuner/epochs"] - values.get("tuner/initial_epoch", 0)
         return self.trial_epochs
 
-    def estimates(self, trial_epochs: int | None = None) -> tuple[float, float, float] | None:
-        """Seconds: elapsed since the start, the next trial (of `trial_epochs`, else
-        `train.epochs`), the final run; None before a trial finished."""
+    def estimates(self, drawn: dict | None = None) -> tuple[float, float, float] | None:
+        """Seconds: elapsed since the start, the next trial (the `drawn` values, else one of
+        `train.epochs` at the slowest epoch seen), the final run; None before a trial finished.
+        The final run trains the best trial so far, the drawn one, or one still running."""
         timed = self._timed()
         if not timed:
             return None
-        epoch = max([each for _, each, _ in timed] + self._running_paces())
-        fixed = max(max(0.0, wall - epochs * each) for epochs, each, wall in timed)
-        final = self.final_epochs * epoch + fixed if self.final_epochs else 0.0
-        return self.clock() - self.started, (self.trial_epochs if trial_epochs is None else trial_epochs) * epoch + fixed, final
+        running = self._running_paces()
+        seen = {**{trial_id: each for trial_id, (_, each, _) in timed.items()}, **running}
+        epochs = self.epochs_of(drawn) if drawn is not None else self.trial_epochs
+        trial_epoch = self._epoch_like(drawn, seen)
+        best = self.oracle.get_best_trials(1)
+        best_epoch = seen[best[0].trial_id] if best and best[0].trial_id in seen else max(seen.values())
+        final_epoch = max([best_epoch, trial_epoch, *running.values()])
+        fixed = max(max(0.0, wall - trained * each) for trained, each, wall in timed.values())
+        final = self.final_epochs * final_epoch + fixed if self.final_epochs else 0.0
+        return self.clock() - self.started, epochs * trial_epoch + fixed, final
 
-    def _would_overrun(self, trial_epochs: int) -> bool:
-        estimates = self.estimates(trial_epochs)
+    def _would_overrun(self, drawn: dict) -> bool:
+        estimates = self.estimates(drawn)
         if estimates is None:
             return False
         elapsed, trial, final = estimates
@@ -143,6 +161,7 @@ class TimeBudget:
             return False
         kept = f"; about {duration(final)} kept for the final run" if self.final_epochs else ""
         ended = f"{len(self.took)} trial{'' if len(self.took) == 1 else 's'} ended"
+        trial_epochs = self.epochs_of(drawn)
         self.spent = (f"{duration(elapsed)} of {duration(self.seconds)} spent, {ended}; "
                       f"the next trial ({trial_epochs} epoch{'' if trial_epochs == 1 else 's'}) takes about {duration(trial)}{kept}")
         self.say(f"\ntime budget (tuner.max_minutes): {self.spent}; no new trial starts")
