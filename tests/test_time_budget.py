@@ -67,6 +67,15 @@ def test_no_trial_starts_that_would_leave_the_final_run_outside_the_budget(tmp_p
                     "(2 epochs) takes about 10 s; about 20 s kept for the final run; no new trial starts"]
 
 
+def test_a_final_run_longer_than_what_is_left_is_said_at_once(tmp_path):
+    # A slower machine than the file was sized for: 2-epoch trials of 30 s, a final run of 10 epochs (150 s) in 2 minutes.
+    oracle, clock, said = random_oracle(tmp_path), Clock(), []
+    TimeBudget(oracle, 2.0, trial_epochs=2, final_epochs=10, say=said.append, clock=clock)
+    assert run_trials(oracle, clock, epoch_s=15.0) == 1
+    assert said[1] == ("time budget (tuner.max_minutes): the final run alone (10 epochs, about 2 min 30 s) will end about "
+                       "1 min 00 s past it; lower tuner.final_epochs or raise tuner.max_minutes (Ctrl+C, then the sweep with the new value resumes)")
+
+
 def test_the_final_run_is_priced_by_steady_epochs_not_by_short_trials(tmp_path):
     # 1-epoch trials of 5 s, which also trace (3 s) and score and log (20 s): 28 s each. The
     # final run of 10 epochs costs 50 s plus the 23 s besides them, not 10 x 28 s.

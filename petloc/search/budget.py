@@ -165,4 +165,8 @@ class TimeBudget:
         self.spent = (f"{duration(elapsed)} of {duration(self.seconds)} spent, {ended}; "
                       f"the next trial ({trial_epochs} epoch{'' if trial_epochs == 1 else 's'}) takes about {duration(trial)}{kept}")
         self.say(f"\ntime budget (tuner.max_minutes): {self.spent}; no new trial starts")
+        if elapsed + final > self.seconds:  # the final run always runs: say so now, while it can still be changed
+            self.say(f"time budget (tuner.max_minutes): the final run alone ({self.final_epochs} epochs, about {duration(final)}) "
+                     f"will end about {duration(elapsed + final - self.seconds)} past it; lower tuner.final_epochs or "
+                     "raise tuner.max_minutes (Ctrl+C, then the sweep with the new value resumes)")
         return True
