@@ -7,7 +7,7 @@ import keras_tuner as kt
 import pytest
 from keras_tuner.src.engine.trial import TrialStatus
 
-from petloc.search.budget import PACE, TimeBudget, hear_paces
+from petloc.search.budget import PACE, TimeBudget
 from petloc.tracking.log import EpochLogger
 from tests.helpers import children, invoke, store_client, tiny_dataset, tiny_experiment
 
@@ -195,7 +195,6 @@ def test_with_workers_a_trial_is_priced_whole_not_at_the_sweeps_pace(tmp_path):
 def test_a_slower_trial_still_running_counts_before_it_ends(tmp_path):
     # Two workers: a slow backbone (epochs of 20 s) and a fast one (5 s), 3 epochs a trial.
     oracle, clock = random_oracle(tmp_path), Clock()
-    hear_paces(oracle)  # as TrackedTuner does on the oracle's holder
     budget = TimeBudget(oracle, 2.0, trial_epochs=3, final_epochs=3, say=lambda _: None, clock=clock)
     slow, fast = oracle.create_trial("worker-1"), oracle.create_trial("worker-2")
     clock.now += 15.0

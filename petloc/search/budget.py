@@ -73,6 +73,7 @@ class TimeBudget:
         self.begun: dict[str, float] = {}  # trial_id -> when this start handed it out
         self.took: dict[str, float] = {}  # trial_id -> its wall time, for the trials ended since this start
         self.spent: str | None = None  # why no trial starts any more
+        hear_paces(oracle)
         draw, end = oracle.populate_space, oracle.end_trial
 
         def populate_space(trial_id):

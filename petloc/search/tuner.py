@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from petloc import stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
-from petloc.search.budget import PACE, TimeBudget, hear_paces
+from petloc.search.budget import PACE, TimeBudget
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs
 from petloc.tracking.training_runs import train_tracked
@@ -116,8 +116,6 @@ class TrackedTuner(kt.Tuner):
         oracle = ORACLES[exp.tuner.kind](exp)
         # On the oracle, which this process holds alone or as a chief; a worker asks the chief's.
         worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
-        if exp.tuner.max_minutes and not worker:
-            hear_paces(oracle)
         self.budget = (TimeBudget(oracle, exp.tuner.max_minutes, exp.train.epochs, exp.tuner.final_epochs, started, say)
                        if exp.tuner.max_minutes and not worker else None)
         super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
