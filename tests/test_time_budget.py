@@ -91,6 +91,40 @@ def test_the_final_run_is_priced_by_steady_epochs_not_by_short_trials(tmp_path):
     assert (trial, final) == pytest.approx((15 + 23, 50 + 23))
 
 
+def test_a_filled_final_run_trains_as_many_epochs_as_the_rest_of_the_budget_holds(tmp_path):
+    oracle, clock = random_oracle(tmp_path), Clock()
+    budget = TimeBudget(oracle, 10.0, trial_epochs=2, final_epochs=4, say=lambda _: None, clock=clock)
+    assert budget.final_epochs_for({}) == 4  # nothing timed yet: the epochs asked
+    for _ in range(3):  # 3 trials of 2 epochs of 5 s, 6 s besides: 48 s of 600
+        finish_trial(oracle, clock, oracle.create_trial("tuner0"), 5.0, 0.0, 6.0, epochs=2)
+    # 552 s left, 6 s of it fixed and 30 s (5 %) kept for the ensemble and the promotion: 516 s of 5-s epochs.
+    assert budget.final_epochs_for({}) == 103
+    clock.now += 560  # a search that used the budget: never fewer than final_epochs
+    assert budget.final_epochs_for({}) == 4
+
+
+def test_a_sweep_that_fills_its_budget_trains_its_final_run_longer(tmp_path, monkeypatch):
+    # The sums are the test above's; here, that the sweep trains its final run for what they say.
+    # As if the trial had taken no time (a loaded machine could leave nothing to fill), and at
+    # most 3 epochs, which the tiny model's sub-second epochs always fill.
+    monkeypatch.chdir(tmp_path)
+    asked = []
+    real = TimeBudget.final_epochs_for
+    monkeypatch.setattr(TimeBudget, "left", lambda self: self.seconds)
+    monkeypatch.setattr(TimeBudget, "final_epochs_for", lambda self, values: asked.append(min(3, real(self, values))) or asked[-1])
+    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), train={"epochs": 1}, space={"head_units": [8, 16]},
+                          tuner={"max_trials": 1, "max_minutes": 1, "final_epochs": 1, "fill_budget": True})
+    result = invoke("sweep", exp)
+    assert result.exit_code == 0, result.output
+    [epochs] = asked
+    assert epochs == 3 and f"for {epochs} epochs (tuner.fill_budget: the time left holds {epochs - 1} more than tuner.final_epochs)" in result.output
+    client = store_client(tmp_path)
+    [final] = [r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id]) if r.data.tags.get("trial_id") == "final"]
+    assert final.data.params["epochs"] == str(epochs) and final.data.metrics["epochs_trained"] == epochs
+    again = invoke("sweep", exp)  # run again: the final run is done, at whatever length it filled
+    assert again.exit_code == 0 and "final run:" not in again.output, again.output
+
+
 def test_a_trial_and_the_final_run_are_priced_by_the_backbone_they_may_train(tmp_path):
     oracle = kt.oracles.RandomSearchOracle(kt.Objective("val_miou", "max"), max_trials=30, seed=1)
     oracle._set_project_dir(str(tmp_path), "budget")

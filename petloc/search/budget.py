@@ -23,6 +23,8 @@ took 85 s for an epoch of 50 s on 2 cores, and their one epoch also traces (`Epo
 takes what its first batches took beyond later ones out). Before any trial has finished (or while all fail,
 which `tuner.max_consecutive_failures` bounds) there is nothing to go on, and trials start.
 The leaderboard, the ensemble and the promotion after the final run are not priced (seconds).
+With `tuner.fill_budget` the final run trains as many epochs as the rest of the budget holds,
+at least `tuner.final_epochs` (`final_epochs_for`), so a search that ends early leaves no hour idle.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from petloc.search.progress import duration
 
 # What sets a trial's epoch time, for pricing a trial by the ones that trained like it.
 SPEED_KEYS = ("backbone", "image_size", "width", "batch_size", "second_stage", "tta")
+AFTER_FINAL = 0.05  # of the budget, kept after a filled final run: leaderboard, ensemble, promotion (not priced)
 PACE = "epoch_seconds_so_far"  # a running trial's steady epoch, reported after each epoch past its first
 
 
@@ -152,6 +155,19 @@ class TimeBudget:
         fixed = max(max(0.0, wall - trained * each) for trained, each, wall in timed.values())
         final = self.final_epochs * final_epoch + fixed if self.final_epochs else 0.0
         return self.clock() - self.started, epochs * trial_epoch + fixed, final
+
+    def final_epochs_for(self, values: dict) -> int:
+        """`tuner.fill_budget`: the epochs of a final run of `values` that the rest of the budget
+        holds (its epoch priced by the trials that trained like it, plus the fixed cost, with
+        `AFTER_FINAL` of the budget kept for the ensemble and the promotion), never fewer than
+        `final_epochs`; `final_epochs` before a trial has been timed."""
+        timed = self._timed()
+        if not timed:
+            return self.final_epochs
+        epoch = self._epoch_like(values, {trial_id: each for trial_id, (_, each, _) in timed.items()})
+        fixed = max(max(0.0, wall - trained * each) for trained, each, wall in timed.values())
+        room = self.left() - fixed - AFTER_FINAL * self.seconds
+        return max(self.final_epochs, int(room // epoch)) if epoch > 0 else self.final_epochs
 
     def _would_overrun(self, drawn: dict) -> bool:
         estimates = self.estimates(drawn)

@@ -212,7 +212,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
                         "the trial ended as the sweep's chief recorded it")
         say_why_the_search_ended(tuner, parent, servicer.stopped, servicer.planned, log)
         log(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
-        return finish(exp, parent, failed_trials(oracle), servicer.stopped, log)
+        return finish(exp, parent, failed_trials(oracle), servicer.stopped, log, tuner.budget)
 
 
 def _check_free(host: str, port: int) -> None:

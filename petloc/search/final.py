@@ -1,5 +1,5 @@
 """The final run of a sweep: the best trial's configuration trained again from scratch for
-`tuner.final_epochs`, as one more child run (`trial_id` "final"). A multi-fidelity search
+`tuner.final_epochs` (more with `tuner.fill_budget`), as one more child run (`trial_id` "final"). A multi-fidelity search
 (Hyperband) judges configurations by short trials; the model worth shipping is the winner
 trained at full length. The leaderboard and the promotion weigh it like any trial."""
 
@@ -17,16 +17,24 @@ from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
 
 
-def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], None]) -> str | None:
-    """Trains the configuration of leaderboard row `best` for `exp.tuner.final_epochs` epochs in
-    a child run of `parent`; None when that was done already (a sweep run again)."""
-    epochs = exp.tuner.final_epochs
+def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], None],
+                epochs_for: Callable[[dict], int] | None = None) -> str | None:
+    """Trains the configuration of leaderboard row `best` for `exp.tuner.final_epochs` epochs
+    (or `epochs_for(values)`: `tuner.fill_budget`) in a child run of `parent`; None when that
+    was done already (a sweep run again)."""
     client = MlflowClient()
-    earlier = runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'FINISHED'")
-    if any(run.data.tags.get("source_run") == best["run_id"] and run.data.params.get("epochs") == str(epochs) for run in earlier):
+    least = exp.tuner.final_epochs
+
+    def done(run) -> bool:  # this configuration's final run, at the length asked (or more, when filling)
+        trained = int(run.data.params.get("epochs", 0))
+        return run.data.tags.get("source_run") == best["run_id"] and (trained >= least if exp.tuner.fill_budget else trained == least)
+
+    if any(done(run) for run in runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'FINISHED'")):
         return None
     values = hyperparameters_of(client.get_run(best["run_id"]).data.params)
-    say(f"\nfinal run: trial {best['trial']}'s configuration from scratch for {epochs} epochs")
+    epochs = epochs_for(values) if epochs_for else least
+    filled = f" (tuner.fill_budget: the time left holds {epochs - least} more than tuner.final_epochs)" if epochs > least else ""
+    say(f"\nfinal run: trial {best['trial']}'s configuration from scratch for {epochs} epochs{filled}")
     data = prepare_data(exp.data, int(values["image_size"]), log=lambda _: None)
     tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": FINAL_TRIAL, "source_run": best["run_id"],
             "source_trial": str(best["trial"])}

@@ -28,6 +28,7 @@ from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
 from petloc.files import atomic_write_text, exclusive_lock, remove_tree
 from petloc.search import trial_rows
+from petloc.search.budget import TimeBudget
 from petloc.search.ensemble import log_ensemble
 from petloc.search.final import train_final
 from petloc.search.tuner import TrackedTuner, tuner_dir
@@ -54,7 +55,7 @@ class SweepResult:
 
 # What a sweep may change when it resumes (outside its fingerprint): tags, set again at each
 # start, since MLflow's params are written once.
-RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes")
+RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes", "fill_budget")
 
 
 def fingerprint(exp: Experiment) -> str:
@@ -258,7 +259,7 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
                 raise
             stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
         say_why_the_search_ended(tuner, parent, stopped, tuner.progress.planned, log)
-        return finish(exp, parent, failed_trials(tuner.oracle), stopped, log)
+        return finish(exp, parent, failed_trials(tuner.oracle), stopped, log, tuner.budget)
 
 
 def say_why_the_search_ended(tuner: TrackedTuner, parent: str, stopped: str | None, planned: int,
@@ -314,13 +315,16 @@ def failed_trials(oracle) -> int:
     return sum(trial.status == "FAILED" for trial in oracle.trials.values())
 
 
-def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: Callable[[str], None]) -> SweepResult:
+def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: Callable[[str], None],
+           time_budget: TimeBudget | None = None) -> SweepResult:
     """Leaderboard and promotion under the parent run once the trials are over; raises when
-    no trial finished."""
+    no trial finished. `time_budget`: the sweep's time budget, whose rest a final run fills
+    with `tuner.fill_budget`."""
+    epochs_for = time_budget.final_epochs_for if time_budget and exp.tuner.fill_budget else None
     budget = exp.registry.max_latency_ms
     rows = mark_budget(leaderboard(parent, searched(exp)), budget)
     best_trial = champion_row(trial_rows(rows), budget)
-    if exp.tuner.final_epochs and best_trial and _end_step("the final run", lambda: train_final(exp, parent, best_trial, log), log):
+    if exp.tuner.final_epochs and best_trial and _end_step("the final run", lambda: train_final(exp, parent, best_trial, log, epochs_for), log):
         rows = mark_budget(leaderboard(parent, searched(exp)), budget)
     if exp.registry.ensemble > 1 and _end_step("the ensemble", lambda: log_ensemble(exp, parent, rows, log), log):
         rows = mark_budget(leaderboard(parent, searched(exp)), budget)
