@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+STARTED = time.monotonic()  # each benchmark imports this first: its block says how long it took
 BENCH_HEADING = "## `make bench`: ratios measured side by side"
 
 
@@ -80,7 +81,8 @@ def write_block(name: str, title: str, body: str) -> None:
     """Replaces (or adds) benchmark `name`'s block in RESULTS.md: its title, the machine, the
     date and the command, then `body` (a markdown table and notes)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    block = (f"<!-- bench:{name} -->\n### {title}\n\n{stamp}, {machine()}, `{command()}`\n\n{body.strip()}\n"
+    took = round(time.monotonic() - STARTED)
+    block = (f"<!-- bench:{name} -->\n### {title}\n\n{stamp}, {machine()}, `{command()}`, {took // 60} min {took % 60:02d} s\n\n{body.strip()}\n"
              f"<!-- /bench:{name} -->")
     text = RESULTS.read_text() if RESULTS.exists() else "# Measured results and their history\n"
     if BENCH_HEADING not in text:
