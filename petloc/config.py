@@ -126,15 +126,9 @@ class TunerConfig(Strict):
     # A time budget for each start of the sweep, data preparation and final run included: no
     # trial starts that might, with the final run after it, end past it (petloc.search.budget).
     max_minutes: float | None = Field(None, gt=0)
-    # With max_minutes: the final run trains more than final_epochs when the search left
-    # time, as many epochs as the rest of the budget holds (priced as the budget prices).
+    # With max_minutes and final_epochs (else it does nothing): the final run trains more than
+    # final_epochs when the search left time, as many epochs as the rest of the budget holds.
     fill_budget: bool = False
-
-    @model_validator(mode="after")
-    def _fill_needs_a_budget(self):
-        if self.fill_budget and not (self.max_minutes and self.final_epochs):
-            raise ValueError("fill_budget: needs tuner.max_minutes and tuner.final_epochs (the final run it lengthens)")
-        return self
 
 
 class TrackingConfig(Strict):

@@ -112,7 +112,8 @@ def test_a_sweep_that_fills_its_budget_trains_its_final_run_longer(tmp_path, mon
     real = TimeBudget.final_epochs_for
     monkeypatch.setattr(TimeBudget, "left", lambda self: self.seconds)
     monkeypatch.setattr(TimeBudget, "final_epochs_for", lambda self, values: asked.append(min(3, real(self, values))) or asked[-1])
-    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), train={"epochs": 1}, space={"head_units": [8, 16]},
+    # Trials of 2 epochs: the second is a steady one, whatever the first's tracing took on a loaded machine.
+    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), train={"epochs": 2}, space={"head_units": [8, 16]},
                           tuner={"max_trials": 1, "max_minutes": 1, "final_epochs": 1, "fill_budget": True})
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output

@@ -22,8 +22,8 @@ A short trial's wall time is no guide to a long run: Hyperband's 1-epoch trials 
 took 85 s for an epoch of 50 s on 2 cores, and their one epoch also traces (`EpochLogger`
 takes what its first batches took beyond later ones out). Before any trial has finished (or while all fail,
 which `tuner.max_consecutive_failures` bounds) there is nothing to go on, and trials start.
-The leaderboard, the ensemble and the promotion after the final run are not priced (seconds).
-With `tuner.fill_budget` the final run trains as many epochs as the rest of the budget holds,
+The leaderboard, the ensemble and the promotion after the final run are not priced (seconds;
+a filled final run leaves `AFTER_FINAL` of the budget for them). With `tuner.fill_budget` the final run trains as many epochs as the rest of the budget holds,
 at least `tuner.final_epochs` (`final_epochs_for`), so a search that ends early leaves no hour idle.
 """
 

@@ -19,7 +19,7 @@ import mlflow
 import mlflow.keras
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
@@ -68,8 +68,8 @@ class EpochLogger(keras.callbacks.Callback):
     def __init__(self, run_id: str, pace: Callable[[int, float], None] | None = None):
         super().__init__()
         self.run_id, self.pace = run_id, pace
+        self.client = MlflowClient()
         self.seconds: list[float] = []
-        self.logging: list = []  # MLflow's RunOperations of the curves logged so far
         # The first epoch's loops: when each began, then when each of its batches ended.
         self.first_epoch: dict[str, list[float]] = {"train": [], "test": []}
 
@@ -93,15 +93,11 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self.began)
         metrics = {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs and key in logs}
-        if metrics:  # written by MLflow's logging thread while the next epoch trains; waited for at the end
-            self.logging.append(mlflow.log_metrics(metrics, step=epoch + 1, run_id=self.run_id, synchronous=False))
+        if metrics:  # one call: `mlflow.log_metrics(run_id=...)` also reads the run back, a second round trip an epoch
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch + 1) for key, value in metrics.items()])
         if self.pace and len(self.seconds) >= 2:
             self.pace(epoch + 1, self.epoch_seconds())
-
-    def on_train_end(self, logs=None):
-        for pending in self.logging:  # every point stored (or its error raised) before the run goes on
-            pending.wait()
-        self.logging.clear()
 
     def epoch_seconds(self) -> float:
         """An epoch's time once the training and validation steps are traced: the mean of the
