@@ -23,8 +23,9 @@ took 85 s for an epoch of 50 s on 2 cores, and their one epoch also traces (`Epo
 takes what its first batches took beyond later ones out). Before any trial has finished (or while all fail,
 which `tuner.max_consecutive_failures` bounds) there is nothing to go on, and trials start.
 The leaderboard, the ensemble and the promotion after the final run are not priced (seconds;
-a filled final run leaves `AFTER_FINAL` of the budget for them). With `tuner.fill_budget` the final run trains as many epochs as the rest of the budget holds,
-at least `tuner.final_epochs` (`final_epochs_for`), so a search that ends early leaves no hour idle.
+a filled final run leaves `AFTER_FINAL` of the budget for them). With `tuner.fill_budget` the
+final run trains as many epochs as the rest of the budget holds, at least `tuner.final_epochs`
+(`final_epochs_for`), so a search that ends early leaves no hour idle.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def hear_paces(oracle: kt.Oracle) -> None:
         return trial
 
     oracle.update_trial = functools.partial(update_trial, oracle)
+
+
+def _fixed_cost(timed: dict[str, tuple[float, float, float]]) -> float:
+    """A trial's cost besides its epochs (building, tracing, scoring, logging): the largest seen."""
+    return max(max(0.0, wall - trained * each) for trained, each, wall in timed.values())
 
 
 class TimeBudget:
@@ -152,7 +158,7 @@ class TimeBudget:
         best = self.oracle.get_best_trials(1)
         best_epoch = seen[best[0].trial_id] if best and best[0].trial_id in seen else max(seen.values())
         final_epoch = max([best_epoch, trial_epoch, *running.values()])
-        fixed = max(max(0.0, wall - trained * each) for trained, each, wall in timed.values())
+        fixed = _fixed_cost(timed)
         final = self.final_epochs * final_epoch + fixed if self.final_epochs else 0.0
         return self.clock() - self.started, epochs * trial_epoch + fixed, final
 
@@ -165,7 +171,7 @@ class TimeBudget:
         if not timed:
             return self.final_epochs
         epoch = self._epoch_like(values, {trial_id: each for trial_id, (_, each, _) in timed.items()})
-        fixed = max(max(0.0, wall - trained * each) for trained, each, wall in timed.values())
+        fixed = _fixed_cost(timed)
         room = self.left() - fixed - AFTER_FINAL * self.seconds
         return max(self.final_epochs, int(room // epoch)) if epoch > 0 else self.final_epochs
 
