@@ -28,7 +28,7 @@ from photos import photo_files
 from petloc.data.pipeline import load_arrays, train_batches
 from petloc.data.synth import generate
 from petloc.model import Hyperparameters, build_model, compile_model
-from petloc.training.fit import endless
+from petloc.training.fit import dtype_policy, endless, resolved_precision
 
 EPOCHS_A_FIT = 2
 
@@ -91,7 +91,9 @@ def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, 
     """Epochs as petloc's `fit` runs them (the batches repeated, one iterator a fit), `epochs`
     a fit, the sides taking turns; `before` (--before): also the pipeline with an iterator an
     epoch, as until stop 15 (its figures are in RESULTS.md's stop-15 notes; `make bench` leaves it out)."""
-    model = compile_model(build_model(hp, size), hp)
+    precision = resolved_precision("auto", size)  # the precision a run trains in here (train.precision: auto)
+    with dtype_policy(precision):
+        model = compile_model(build_model(hp, size), hp)
     piped = train_batches(arrays, hp.batch_size, hp.aug_strength, seed=0)
     in_memory = [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in piped]  # one augmented epoch, held as arrays
     xs = np.concatenate([x for x, _ in in_memory])
@@ -115,7 +117,7 @@ def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, 
             continue
         share = epoch["memory"] / epoch[name]
         label = "petloc pipeline" if name == "pipeline" else f"petloc pipeline, {name} (before)"
-        rows += [[f"training epoch, in-memory batches / {label} ({what}, {len(arrays)} images)",
+        rows += [[f"training epoch, in-memory batches / {label} ({what}, {precision}, {len(arrays)} images)",
                   f"{epoch['memory']:.2f} / {epoch[name]:.2f} s", f"**{share:.3f}** of in-memory throughput",
                   verdict(share, 0.95, at_most=False) if name == "pipeline" else "before"],
                  [f"median training step, in-memory / {label} ({rounds} x {EPOCHS_A_FIT} epochs each)",

@@ -15,6 +15,7 @@ from typing import Callable
 import keras
 from keras import layers
 
+from petloc.cpu import CPUINFO, cpu_flags
 from petloc.errors import PetlocError
 
 REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
@@ -167,20 +168,34 @@ def _conv_bn(x, filters: int, strides: int = 1, dilation: int = 1):
     return layers.Activation("relu")(x)
 
 
+def taps_pay(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether TapsConv2D's matrix product beats TensorFlow's own dilated convolution on this
+    CPU. Measured side by side (benchmarks/dilated_conv_speed.py, simple_context's training
+    step with TapsConv2D / with Conv2D): 0.55x at 48 px and 0.75x at 64 px on 2 AVX2 cores,
+    1.07-1.21x at both on 2 AVX-512 cores (three runs), where oneDNN's convolution dilates
+    without the padding."""
+    return "avx512f" not in cpu_flags(cpuinfo)
+
+
 @keras.saving.register_keras_serializable(package="petloc")
 class TapsConv2D(layers.Conv2D):
     """A 3x3 Conv2D (stride 1, "same", no bias) with a dilation rate, computed as one matrix
     product over the nine shifted copies of the map; the same kernel and results as Conv2D.
     TensorFlow's CPU kernels dilate by padding the map into rate x rate blocks, which on a
     map under 4 x rate wide is mostly padding: at rate 4 on the 8x8 map of a 64 px input the
-    training step of that convolution took about 2.5x as long (benchmarks/RESULTS.md)."""
+    training step of that convolution took about 2.5x as long on AVX2 (benchmarks/RESULTS.md).
+    Where that is not so (`taps_pay`), it runs Conv2D's own computation: the choice is made
+    by the machine that runs the model, not by the one that saved it."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if (self.kernel_size, self.strides, self.padding, self.use_bias) != ((3, 3), (1, 1), "same", False):
             raise ValueError("TapsConv2D computes 3x3 kernels at stride 1, 'same' padding, without bias")
+        self.taps = taps_pay()
 
     def call(self, inputs):
+        if not self.taps:
+            return super().call(inputs)
         rate, shape = self.dilation_rate[0], keras.ops.shape(inputs)
         height, width = (static or shape[i + 1] for i, static in enumerate(inputs.shape[1:3]))  # a batch may come unsized
         padded = keras.ops.pad(inputs, [[0, 0], [rate, rate], [rate, rate], [0, 0]])

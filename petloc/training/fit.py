@@ -13,6 +13,7 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
+from petloc.cpu import CPUINFO, cpu_flags
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
 from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
@@ -177,17 +178,13 @@ BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPU flags with bfloat16 maths in har
 BF16_MIN_IMAGE_SIZE = 128
 
 
-def resolved_precision(precision: str, image_size: int, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+def resolved_precision(precision: str, image_size: int, cpuinfo: Path = CPUINFO) -> str:
     """The Keras dtype policy `train.precision` means for this machine and input size: `auto`
     is mixed_bfloat16 where the CPU has bf16 units and the images are large enough for it to
     pay, float32 elsewhere (without the units bfloat16 is emulated, 14x slower)."""
     if precision != "auto":
         return precision
-    try:
-        flags = set(cpuinfo.read_text().split())
-    except OSError:
-        flags = set()
-    return "mixed_bfloat16" if flags & BF16_UNITS and image_size >= BF16_MIN_IMAGE_SIZE else "float32"
+    return "mixed_bfloat16" if cpu_flags(cpuinfo) & BF16_UNITS and image_size >= BF16_MIN_IMAGE_SIZE else "float32"
 
 
 @contextmanager
