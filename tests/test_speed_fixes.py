@@ -128,3 +128,29 @@ def test_a_run_logs_the_precision_it_used(tmp_path):
             run_id = result.output.split("MLflow run ")[1].split()[0]
             run = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id)
         assert run.data.params["precision"] == expected
+
+
+def test_the_quality_pass_is_also_the_batch_32_latency_measurement(model):
+    """A trial's quality pass at batch 32 gives latency_ms_b32 its calls: no batch of 32 is run
+    again on random pixels; batch 1 gets its warm-up call and its 20 timed calls."""
+    from petloc.data.pipeline import ImageSet
+    from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
+
+    calls: list[int] = []
+    traced = forward_pass(model)
+
+    def counted(x):
+        calls.append(int(x.shape[0]))
+        return traced(x)
+
+    n = 32 * 6 + 1  # six full batches and one of a single image
+    rng = np.random.default_rng(0)
+    arrays = ImageSet(rng.integers(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8), np.zeros(n, np.int64),
+                      np.tile(np.array([[0.2, 0.2, 0.6, 0.6]], np.float32), (n, 1)), [f"{i}.jpg" for i in range(n)], [""] * n)
+    forward = TimedForward(counted)
+    figures, _ = quality(model, arrays, forward)
+    assert calls == [32] * 6 + [1]
+    assert len(forward.warm_ms[32]) == 5  # the first call of a batch size traces: not timed as warm
+    figures = latencies(model, SIZE, forward)
+    assert calls[7:] == [1] * 20  # the quality pass's single image was batch 1's warm-up
+    assert calls.count(32) == 6 and figures["latency_ms_b32"] > 0 and figures["latency_ms_b1"] > 0

@@ -18,7 +18,7 @@ from petloc.errors import PetlocError
 from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
-from petloc.training.evaluate import forward_pass, latencies, quality
+from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
 from petloc.training.fit import fit_localiser, resolved_precision
 from petloc.training.gallery import plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
@@ -119,7 +119,9 @@ def score_and_log(exp: Experiment, model, data: PreparedData, run_id: str, histo
     """A localiser as users get it, scored on the validation photos (mIoU, accuracy, IoU >= 0.5,
     latency) and logged in run `run_id` with its curves (when trained here), a gallery of its
     answers, and the model itself; returns the summary metrics."""
-    forward = forward_pass(model)  # one trace for the quality pass and the latencies
+    # One trace for the quality pass and the latencies; the quality pass's batches of 32 are
+    # also the batch-32 latency's calls.
+    forward = TimedForward(forward_pass(model))
     figures, pred = quality(model, data.val, forward)
     summary = {
         "best_val_miou": figures["miou"],
