@@ -43,6 +43,7 @@ class Hyperparameters:
     lr_warmup: float = _hp(0.0, "epochs of linear warm-up from 5% of learning_rate to it, before the cosine decay; 0 = none", bounds=(0.0, 100.0))
     ema: float = _hp(0.0, "weight averaging: momentum of a moving average of the weights, which is validated and kept (e.g. 0.99); 0 = off", bounds=(0.0, 0.9999))
     batch_size: int = _hp(32, "images per training step", bounds=(1, 1024))
+    label_smoothing: float = _hp(0.0, "label smoothing of the class loss: targets 1 - s/2 and s/2, so the class head stops pushing photos it already gets right to 0 and 1 (e.g. 0.1); 0 = off", bounds=(0.0, 0.5))
     class_weight: str = _hp("none", "balanced: cats and dogs weigh the same in the class loss", choices=CLASS_WEIGHT_NAMES)
     tta: str = _hp("none", "test-time augmentation baked into the logged model (flip: average with the mirror image)", choices=TTA_NAMES)
     box_head: str = _hp("dense", "dense: corners from the flattened map; centre: heat-map centre + size", choices=BOX_HEAD_NAMES)

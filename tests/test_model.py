@@ -400,3 +400,25 @@ def test_learning_rate_warms_up_linearly_then_decays_to_five_percent():
     plain = compile_model(build_model(Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2), SIZE),
                           Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2), steps_per_epoch=2, epochs=3)
     assert float(plain.optimizer._learning_rate(0)) == pytest.approx(1e-2)  # no warm-up unless asked
+
+
+def test_label_smoothing_smooths_the_class_targets_and_reloads(tmp_path):
+    """label_smoothing s: the class loss is the cross-entropy against 1 - s/2 and s/2, so a
+    confident right answer still costs something; the compiled model saves and reloads."""
+    from petloc.model.losses import SmoothedClassLoss
+
+    probs = np.array([[0.99, 0.01], [0.2, 0.8]], np.float32)
+    labels = np.array([0, 1])
+    smoothed = np.asarray(SmoothedClassLoss(0.1)(labels, probs))
+    targets = np.array([[0.95, 0.05], [0.05, 0.95]])
+    expected = -(targets * np.log(probs)).sum(axis=1).mean()
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-5)
+    plain = np.asarray(keras.losses.SparseCategoricalCrossentropy()(labels, probs))
+    assert np.asarray(SmoothedClassLoss(0.0)(labels, probs)) == pytest.approx(plain, rel=1e-5)
+
+    spec = Hyperparameters(head_units=8, label_smoothing=0.1)
+    model = compile_model(build_model(spec, SIZE), spec)
+    model.fit(*batch(4), epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert again.loss["cls"].smoothing == 0.1

@@ -15,7 +15,7 @@ from keras import layers
 from petloc.hyperparams import Hyperparameters
 from petloc.model.backbones import Pretrained, build_backbone
 from petloc.model.heads import BOX_HEADS, SECOND_STAGES, dense_stack
-from petloc.model.losses import BOX_LOSSES
+from petloc.model.losses import BOX_LOSSES, class_loss
 from petloc.model.metrics import MeanIoU
 
 
@@ -56,7 +56,7 @@ def compile_model(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int 
     "auto" means no XLA on a CPU."""
     model.compile(
         optimizer=optimizer(hp.learning_rate, steps_per_epoch * epochs, hp.ema, warmup_steps=round(hp.lr_warmup * steps_per_epoch)),
-        loss={"cls": "sparse_categorical_crossentropy", "box": BOX_LOSSES[hp.box_loss]},
+        loss={"cls": class_loss(hp.label_smoothing), "box": BOX_LOSSES[hp.box_loss]},
         loss_weights={"cls": 1.0, "box": hp.box_loss_weight},
         metrics={"cls": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], "box": [MeanIoU()]},
         jit_compile=jit_compile,

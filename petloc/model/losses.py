@@ -70,6 +70,27 @@ def l1_giou_loss(y_true, y_pred):
     return l1_loss(y_true, y_pred) + 0.4 * giou_loss(y_true, y_pred)
 
 
+@keras.saving.register_keras_serializable(package="petloc")
+class SmoothedClassLoss(keras.losses.Loss):
+    """Cross-entropy of the class head's softmax against integer labels smoothed by
+    `smoothing` (Keras's sparse cross-entropy has no label smoothing)."""
+
+    def __init__(self, smoothing: float = 0.0, name: str = "smoothed_class_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smoothing = smoothing
+
+    def call(self, y_true, y_pred):
+        labels = ops.one_hot(ops.cast(ops.reshape(y_true, [-1]), "int32"), len(CLASS_NAMES), dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.smoothing)
+
+    def get_config(self):
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
+def class_loss(smoothing: float):
+    return SmoothedClassLoss(smoothing) if smoothing else "sparse_categorical_crossentropy"
+
+
 BOX_LOSSES = {"mse": mse_loss, "l1": l1_loss, "smooth_l1": smooth_l1_loss, "giou": giou_loss, "l1_giou": l1_giou_loss}
 
 
