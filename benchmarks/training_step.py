@@ -1,9 +1,9 @@
 """What makes a training step faster on this CPU? Times training steps of the localiser
-under each setting (float32, mixed_bfloat16, XLA), alternating, in one run, and prints
-each one's time and its ratio to float32.
+under each setting (float32, mixed_bfloat16, XLA) and batch size, alternating, in one run,
+and prints each one's time per step and per photo, and its ratio per photo to float32 at the first batch size.
 
     python benchmarks/training_step.py [--backbone simple] [--box-head centre] [--size 128]
-                                       [--second-stage none] [--batch 16] [--steps 10] [--rounds 3] [--settings float32 xla]
+                                       [--second-stage none] [--batch 16 [32 ...]] [--steps 10] [--rounds 3] [--settings float32 xla]
 
 Mixed precision only pays where the CPU has bf16 units (AVX512_BF16 or AMX); the script
 prints which of those /proc/cpuinfo lists. Keras turns XLA off on CPUs unless asked.
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--box-head", default="centre")
     parser.add_argument("--second-stage", default="none", choices=["none", "head_crop"])
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, nargs="+", default=[16], help="batch sizes to compare (the same photos per timing: steps x the first)")
     parser.add_argument("--steps", type=int, default=10, help="training steps per timing")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -76,14 +76,19 @@ def main() -> None:
     if args.second_stage == "head_crop" and "xla" in args.settings:
         parser.error("XLA cannot compile the head crop (tf.image.crop_and_resize): add --settings float32 mixed_bfloat16")
     print(f"CPU bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}")
-    runners = {setting: training_step(setting, args) for setting in dict.fromkeys(["float32", *args.settings])}
-    times = {setting: float("inf") for setting in runners}
+    photos = args.steps * args.batch[0]
+    runners = {(setting, batch): training_step(setting, argparse.Namespace(**{**vars(args), "batch": batch}))
+               for setting in dict.fromkeys(["float32", *args.settings]) for batch in args.batch}
+    times = {key: float("inf") for key in runners}
     for _ in range(args.rounds):  # alternate, so a change in machine load hits all alike; keep the best
-        for setting, steps in runners.items():
-            times[setting] = min(times[setting], steps(args.steps))
-    what = f"{args.backbone}, {args.box_head} head, second stage {args.second_stage}, {args.size} px, batch {args.batch}"
-    for setting, t in times.items():
-        print(f"{setting:>15}: {t * 1000:7.1f} ms per training step ({what}), {t / times['float32']:.2f}x float32")
+        for (setting, batch), steps in runners.items():
+            times[setting, batch] = min(times[setting, batch], steps(max(1, photos // batch)))
+    per_photo = {key: t / key[1] for key, t in times.items()}
+    base = per_photo["float32", args.batch[0]]
+    what = f"{args.backbone}, {args.box_head} head, second stage {args.second_stage}, {args.size} px"
+    for (setting, batch), t in times.items():
+        print(f"{setting:>15}, batch {batch:>3}: {t * 1000:7.1f} ms per training step, {per_photo[setting, batch] * 1000:5.2f} ms per photo "
+              f"({what}), {per_photo[setting, batch] / base:.2f}x float32 at batch {args.batch[0]} per photo")
 
 
 if __name__ == "__main__":
