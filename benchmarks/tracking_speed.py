@@ -41,8 +41,11 @@ QUICK_TRIAL = {"backbone": "simple", "width": 0.5, "aug_strength": 0.4, "head_un
                "box_loss": "smooth_l1", "box_loss_weight": 5.0, "learning_rate": 2e-3, "batch_size": 16}
 
 
+SIZE = 48  # px, as experiments/quick.yaml trains
+
+
 def experiment(data: Path, epochs: int):
-    return parse_experiment({"name": "bench", "data": {"path": str(data), "image_size": 64, "val_split": 0.15},
+    return parse_experiment({"name": "bench", "data": {"path": str(data), "image_size": SIZE, "val_split": 0.15},
                              "train": {"epochs": epochs}, "space": QUICK_TRIAL, "tracking": {"experiment": "bench"}})
 
 
@@ -100,7 +103,7 @@ def main() -> None:
     for name, (count, epochs) in SIZES.items():
         generate(project / name, count=count, seed=0)
         exps[name] = experiment(project / name, epochs)
-        prepare_data(exps[name].data, 64, log=lambda _: None)  # each data cache made before timing
+        prepare_data(exps[name].data, SIZE, log=lambda _: None)  # each data cache made before timing
     with contextlib.redirect_stdout(io.StringIO()):  # warm up once, on the tiny trial: the store made, first imports and traces
         untracked(exps["tiny"]), tracked(exps["tiny"])
     hooks = HookClock()
@@ -122,7 +125,7 @@ def main() -> None:
         added = around + logging
         side_by_side = min(t for t, _ in runs) / min(t for t, _ in plain)
         what = "the `make run` trial (quick.yaml: " if name == "quick" else "a tiny trial ("
-        rows += [[f"tracked trial / the same trial untracked: {what}{count} synthetic pets, 64 px, simple, {epochs} epochs), "
+        rows += [[f"tracked trial / the same trial untracked: {what}{count} synthetic pets, {SIZE} px, simple, {epochs} epochs), "
                   "as the trial plus what tracking adds on the training thread",
                   f"{base + added:.1f} / {base:.1f} s", f"**{(base + added) / base:.3f}x**", verdict((base + added) / base, 1.03)],
                  ["of which: the work around the fit beyond the untracked trial's (run set-up and inputs; after training: quality, latency, curves, gallery, "
