@@ -42,8 +42,7 @@ class TimedForward:
 
     def __init__(self, forward: Callable[[tf.Tensor], dict]):
         self.forward = forward
-        self.warm_ms: dict[int, list[float]] = {}
-        self.seen: set[int] = set()
+        self.warm_ms: dict[int, list[float]] = {}  # a batch size's entry is made by its first call
 
     def __call__(self, x: tf.Tensor) -> dict:
         start = time.perf_counter()
@@ -51,10 +50,16 @@ class TimedForward:
         _ = out["box"].numpy()  # the answer in hand, as a caller gets it
         ms = (time.perf_counter() - start) * 1000
         batch = int(x.shape[0])
-        if batch in self.seen:
-            self.warm_ms.setdefault(batch, []).append(ms)
-        self.seen.add(batch)
+        if batch in self.warm_ms:
+            self.warm_ms[batch].append(ms)
+        else:
+            self.warm_ms[batch] = []
         return out
+
+    @classmethod
+    def of(cls, model: keras.Model, forward=None) -> "TimedForward":
+        """`forward` if it already keeps times, else it (or `model`'s forward pass) timed."""
+        return forward if isinstance(forward, cls) else cls(forward or forward_pass(model))
 
 
 def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = LATENCY_BATCH, forward=None) -> Predictions:
@@ -80,8 +85,7 @@ def latency_ms(model: keras.Model, image_size: int, batch: int, repeats: int = 1
     """Median wall time of one forward pass (graph-compiled, after a warm-up call), in
     milliseconds, over at least `repeats` calls: those a `TimedForward` already made at this
     batch size count."""
-    if not isinstance(forward, TimedForward):
-        forward = TimedForward(forward or forward_pass(model))
+    forward = TimedForward.of(model, forward)
     x = tf.random.uniform((batch, image_size, image_size, 3), 0, 255)
     while len(forward.warm_ms.get(batch, ())) < repeats:
         forward(x)
@@ -89,7 +93,7 @@ def latency_ms(model: keras.Model, image_size: int, batch: int, repeats: int = 1
 
 
 def latencies(model: keras.Model, image_size: int, forward=None) -> dict[str, float]:
-    forward = forward if isinstance(forward, TimedForward) else TimedForward(forward or forward_pass(model))
+    forward = TimedForward.of(model, forward)
     return {
         "latency_ms_b1": latency_ms(model, image_size, 1, repeats=20, forward=forward),
         "latency_ms_b32": latency_ms(model, image_size, LATENCY_BATCH, repeats=5, forward=forward),
