@@ -323,3 +323,41 @@ def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
         mlflow.set_tracking_uri(before)
     assert [row["trial"] for row in rows] == ["0012", "0003"]
     assert rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6  # params and metrics still read as numbers
+
+
+def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_finished_epoch(tmp_path, monkeypatch):
+    """Ctrl+C in the final run's third epoch: the run ends KILLED with its two epochs kept; the
+    sweep run again trains epochs 3-4 only, in the same run, which ends FINISHED with the whole curve."""
+    from petloc.tracking import log
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), space={"head_units": [8, 16]}, tuner={"final_epochs": 4})
+    client = store_client(tmp_path)
+    begin, trained = log.EpochLogger.on_epoch_begin, []
+
+    def ctrl_c_in_the_final_runs_third_epoch(self, epoch, logs=None):
+        if client.get_run(self.run_id).data.tags["trial_id"] == "final":
+            if epoch == 2 and "stopped" not in trained:
+                trained.append("stopped")
+                raise KeyboardInterrupt
+            trained.append(epoch)
+        begin(self, epoch, logs)
+
+    monkeypatch.setattr(log.EpochLogger, "on_epoch_begin", ctrl_c_in_the_final_runs_third_epoch)
+    stopped = invoke("sweep", exp)
+    assert stopped.exit_code != 0, stopped.output  # click's runner: "Aborted!"
+    [killed] = [r for r in children(client, sweep_parent(client).info.run_id) if r.data.tags["trial_id"] == "final"]
+    assert killed.info.status == "KILLED" and [m.step for m in client.get_metric_history(killed.info.run_id, "val/miou")] == [1, 2]
+
+    trained.append("resumed")
+    again = invoke("sweep", exp)
+    assert again.exit_code == 0, again.output
+    assert f"final run: resuming run {killed.info.run_id} (4 epochs" in again.output
+    assert trained[trained.index("resumed") + 1:] == [2, 3]  # epochs 3 and 4, counted from 0
+    [final] = [r for r in children(client, sweep_parent(client).info.run_id) if r.data.tags["trial_id"] == "final"]
+    assert final.info.run_id == killed.info.run_id and final.info.status == "FINISHED" and "error" not in final.data.tags
+    assert [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")] == [1, 2, 3, 4]
+    assert final.data.metrics["epochs_trained"] == 4.0 and final.data.params["epochs"] == "4"
+    assert "curves.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
+    assert not (tmp_path / "mlruns" / "tuner" / "tiny" / "final" / final.info.run_id).exists()  # its training state, gone once done

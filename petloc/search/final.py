@@ -1,7 +1,11 @@
 """The final run of a sweep: the best trial's configuration trained again from scratch for
 `tuner.final_epochs` (more with `tuner.fill_budget`), as one more child run (`trial_id` "final"). A multi-fidelity search
 (Hyperband) judges configurations by short trials; the model worth shipping is the winner
-trained at full length. The leaderboard and the promotion weigh it like any trial."""
+trained at full length. The leaderboard and the promotion weigh it like any trial.
+
+A final run keeps its training state after each epoch (under the sweep's tuner folder), so a
+sweep interrupted during it (Ctrl+C, a kill, a lost machine) and run again resumes that run,
+in the same MLflow run, from its last finished epoch instead of training it again."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from petloc.config import Experiment
 from petloc.search import FINAL_TRIAL
-from petloc.tracking import runs
+from petloc.tracking import runs, store
+from petloc.search.tuner import tuner_dir
 from petloc.tracking.reproduce import hyperparameters_of
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
@@ -32,16 +37,24 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
     if any(done(run) for run in runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'FINISHED'")):
         return None
     values = hyperparameters_of(client.get_run(best["run_id"]).data.params)
-    epochs = epochs_for(values) if epochs_for else least
-    filled = f" (tuner.fill_budget: the time left holds {epochs - least} more than tuner.final_epochs)" if epochs > least else ""
-    say(f"\nfinal run: trial {best['trial']}'s configuration from scratch for {epochs} epochs{filled}")
+    backups = tuner_dir(exp, store.STORE_DIR) / "final"
+    interrupted = next((run for run in runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'KILLED'")
+                        if done(run) and (backups / run.info.run_id).is_dir()), None)
     data = prepare_data(exp.data, int(values["image_size"]), log=lambda _: None)
-    tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": FINAL_TRIAL, "source_run": best["run_id"],
-            "source_trial": str(best["trial"])}
-    experiment_id = client.get_run(parent).info.experiment_id
-    run_id = runs.create_run(experiment_id, f"final-{values.get('backbone', '')}", tags)
+    if interrupted:
+        run_id, epochs = interrupted.info.run_id, int(interrupted.data.params["epochs"])
+        runs.claim_run(run_id)
+        say(f"\nfinal run: resuming run {run_id} ({epochs} epochs of trial {best['trial']}'s configuration) from its last finished epoch")
+    else:
+        epochs = epochs_for(values) if epochs_for else least
+        filled = f" (tuner.fill_budget: the time left holds {epochs - least} more than tuner.final_epochs)" if epochs > least else ""
+        say(f"\nfinal run: trial {best['trial']}'s configuration from scratch for {epochs} epochs{filled}")
+        tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": FINAL_TRIAL, "source_run": best["run_id"],
+                "source_trial": str(best["trial"])}
+        experiment_id = client.get_run(parent).info.experiment_id
+        run_id = runs.create_run(experiment_id, f"final-{values.get('backbone', '')}", tags)
     with runs.run_status(run_id):
-        summary = train_tracked(exp, values, data, run_id, epochs=epochs,
+        summary = train_tracked(exp, values, data, run_id, epochs=epochs, backup=backups / run_id,
                                 description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration from scratch")
     say(f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
         f"latency {summary['latency_ms_b1']:.1f} ms")

@@ -110,6 +110,18 @@ class EpochLogger(keras.callbacks.Callback):
         return self.seconds[0] - sum(_first_batch_excess(marks) for marks in self.first_epoch.values())
 
 
+def epoch_history(run_id: str) -> dict[str, list[float]]:
+    """The per-epoch curves a run has logged, under Keras's names, one value an epoch (the
+    last logged: an epoch run again after an interruption counts once)."""
+    client = MlflowClient()
+    history = {}
+    for key, name in EPOCH_METRICS.items():
+        by_epoch = {m.step: m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp)}
+        if by_epoch:
+            history[key] = [by_epoch[step] for step in sorted(by_epoch)]
+    return history
+
+
 def _first_batch_excess(marks: list[float]) -> float:
     """What a loop's first batch took beyond its later ones, from [began, end of each batch]."""
     if len(marks) < 4:  # two later batches at least, or nothing to compare with

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import keras
 import mlflow
 
 from petloc.config import Experiment
@@ -80,11 +81,16 @@ def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
 def train_tracked(
     exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str,
     epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
-    description: str = "", pace: Callable[[int, float], None] | None = None,
+    description: str = "", pace: Callable[[int, float], None] | None = None, backup: Path | None = None,
 ) -> dict[str, float]:
     """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary
-    metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes."""
+    metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes.
+    `backup`: a folder where the training state is kept after each epoch (Keras's
+    BackupAndRestore); when it holds one, the fit resumes from it, in the same run, and the
+    curves and `epochs_trained` count the epochs before the interruption too."""
     epochs = epochs or exp.train.epochs
+    resumed = bool(backup and backup.is_dir() and any(backup.iterdir()))
+    kept = [keras.callbacks.BackupAndRestore(str(backup))] if backup else []
     pretrained = pretrained_for(hp["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
@@ -96,7 +102,7 @@ def train_tracked(
     epochs_logged = log.EpochLogger(run_id, pace)
     model, history = fit_localiser(
         hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
-        callbacks=[epochs_logged], initial_epoch=initial_epoch,
+        callbacks=[epochs_logged, *kept], initial_epoch=initial_epoch,
         initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
         precision=exp.train.precision, pretrained=pretrained,
     )
@@ -104,13 +110,14 @@ def train_tracked(
         save_weights.parent.mkdir(parents=True, exist_ok=True)
         model.save_weights(save_weights)
     train_seconds = time.perf_counter() - start
+    curves = log.epoch_history(run_id) if resumed else history.history
     lever = {}
     if hp.get("tta", "none") != "none":  # what test-time augmentation was worth, on the same weights
         plain, _ = quality(model, data.val)
         lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
     model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
-    return score_and_log(exp, model, data, run_id, history.history, {
-        **lever, "train_seconds": train_seconds, "epochs_trained": float(len(history.history.get("loss", []))),
+    return score_and_log(exp, model, data, run_id, curves, {
+        **lever, "train_seconds": train_seconds, "epochs_trained": float(len(curves.get("loss", []))),
         "epoch_seconds": epochs_logged.epoch_seconds(),
     })
 
