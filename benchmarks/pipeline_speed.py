@@ -8,8 +8,9 @@
     python benchmarks/pipeline_speed.py [--photos 1000] [--epoch-photos 400] [--rounds 3] [--before]
 
 Epochs run as petloc's `fit` runs them (several a fit, one iterator); the sides take turns and
-each side's fastest epoch counts; the median step of each side is reported beside it, as a
-check that reads through this machine's bursts of slowness.
+each side's fastest epoch counts; the median step of each side, and the median ratio of the
+epochs paired by round, are reported beside it, as checks that read through this machine's
+bursts of slowness.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, 
             model.fit(ds, epochs=EPOCHS_A_FIT, steps_per_epoch=steps, verbose=0, callbacks=[timers[name]])
     epoch = {name: min(t.epochs) for name, t in timers.items()}
     step_ms = {name: 1000 * float(np.median(t.steps)) for name, t in timers.items()}
+    # Each in-memory epoch beside the pipeline epoch of the same round (seconds apart): the
+    # fastest epochs alone swung from 0.85 to 1.02 for the same code within an hour here.
+    paired = {name: float(np.median(np.array(timers["memory"].epochs) / np.array(t.epochs))) for name, t in timers.items()}
     rows = []
     for name in feeds:
         if name == "memory":
@@ -121,8 +125,34 @@ def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, 
                   f"{epoch['memory']:.2f} / {epoch[name]:.2f} s", f"**{share:.3f}** of in-memory throughput",
                   verdict(share, 0.95, at_most=False) if name == "pipeline" else "before"],
                  [f"median training step, in-memory / {label} ({rounds} x {EPOCHS_A_FIT} epochs each)",
-                  f"{step_ms['memory']:.1f} / {step_ms[name]:.1f} ms", f"{step_ms['memory'] / step_ms[name]:.3f}", "check"]]
+                  f"{step_ms['memory']:.1f} / {step_ms[name]:.1f} ms", f"{step_ms['memory'] / step_ms[name]:.3f}", "check"],
+                 [f"median of the {rounds * EPOCHS_A_FIT} epoch pairs, each in-memory epoch / the {label} epoch of its round", "",
+                  f"{paired[name]:.3f}", "check"]]
     return rows
+
+
+def pipeline_cpu(what: str, hp: Hyperparameters, arrays, rounds: int) -> list[list]:
+    """CPU time (every thread of the process) a training batch costs the pipeline alone, no
+    model, once it runs (one iterator, as a fit keeps, past its first epoch): augmented at the
+    experiment's strength / not augmented, the sides taking turns, each side's lowest of
+    `rounds` stretches of 3 epochs. CPU time, unlike an epoch's wall time, hardly moves with
+    this machine's bursts."""
+    sides = {"augmented": hp.aug_strength, "not augmented": 0.0}
+    running = {side: iter(train_batches(arrays, hp.batch_size, strength, seed=0).repeat()) for side, strength in sides.items()}
+    steps = -(-len(arrays) // hp.batch_size)
+    for batches in running.values():
+        for _ in range(steps):
+            next(batches)
+    best = {side: float("inf") for side in sides}
+    for _ in range(rounds):
+        for side, batches in running.items():
+            start = time.process_time()
+            for _ in range(3 * steps):
+                next(batches)
+            best[side] = min(best[side], 1000 * (time.process_time() - start) / (3 * steps))
+    aug, plain = best["augmented"], best["not augmented"]
+    return [[f"CPU time a training batch costs the pipeline alone, augmented / not augmented ({what})",
+             f"{aug:.2f} / {plain:.2f} ms", f"{aug / plain:.1f}x", "reported"]]
 
 
 def main() -> None:
@@ -140,6 +170,7 @@ def main() -> None:
     data[128] = data[128].subset(np.arange(min(args.epoch_photos, len(data[128]))))
     for name, hp, size in SETUPS:
         rows += epoch_ratio(name, hp, size, data[size], args.rounds, before=args.before and size == 64)
+        rows += pipeline_cpu(name, hp, data[size], args.rounds)
     body = table(["what (A / B)", "A / B", "ratio", "goal"], rows) + (
         f"\n\nThe 64-px epoch runs on 600 synthetic pets, the 128-px one on {len(data[128])} of the {what}. In-memory: the same epoch's "
         "augmented batches, computed beforehand and held as arrays, so the model waits for nothing.")
