@@ -208,6 +208,47 @@ def test_sweep_killed_with_sigkill_resumes_and_fresh_retires_its_runs(tmp_path):
     assert socket.gethostname() in client.get_run(parent_id).data.tags[runs.OWNER_TAG]
 
 
+@pytest.mark.slow
+def test_a_sweep_killed_with_sigkill_in_its_final_run_resumes_that_run(tmp_path):
+    """kill -9 after the final run's second epoch: the sweep run again ends that run KILLED as
+    an orphan, then resumes it, in the same run, from its last finished epoch."""
+    data = tiny_dataset(tmp_path / "photos", count=40)
+    exp = tiny_experiment(tmp_path, data, tuner={"max_trials": 1, "final_epochs": 30})
+    client = store_client(tmp_path)
+    proc = subprocess.Popen([*PETLOC, "sweep", str(exp)], cwd=tmp_path, env=petloc_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        final = _wait_for_epochs(client, proc, "final", 2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    before = len(client.get_metric_history(final.info.run_id, "val/miou"))
+    assert before < 30
+    again = subprocess.run([*PETLOC, "sweep", str(exp)], cwd=tmp_path, env=petloc_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"final run: resuming run {final.info.run_id} (30 epochs" in again.stdout
+    [resumed] = [r for r in client.search_runs([final.info.experiment_id], "tags.trial_id = 'final'")]
+    assert resumed.info.run_id == final.info.run_id and resumed.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")]
+    # Each epoch once, but the one the kill may have caught between its metrics and its backup.
+    assert sorted(set(steps)) == list(range(1, 31)) and len(steps) <= 31 and resumed.data.metrics["epochs_trained"] == 30.0
+
+
+def _wait_for_epochs(client, proc, trial_id, epochs, timeout=240):
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            experiment = client.get_experiment_by_name("tiny")
+            found = client.search_runs([experiment.experiment_id], f"tags.trial_id = '{trial_id}'") if experiment else []
+            if found and len(client.get_metric_history(found[0].info.run_id, "val/miou")) >= epochs:
+                return found[0]
+        except Exception:  # the other process is still creating the store
+            pass
+    raise AssertionError(f"no {trial_id} run trained {epochs} epochs: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
+
+
 def _wait_for_training_trial(client, proc, timeout=240):
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
