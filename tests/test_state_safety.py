@@ -229,7 +229,7 @@ def test_a_sweep_killed_with_sigkill_in_its_final_run_resumes_that_run(tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"final run: resuming run {final.info.run_id} (30 epochs" in again.stdout
     [resumed] = [r for r in client.search_runs([final.info.experiment_id], "tags.trial_id = 'final'")]
-    assert resumed.info.run_id == final.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.info.run_id == final.info.run_id and resumed.info.status == "FINISHED", resumed.data.tags.get("error")
     steps = [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")]
     # Each epoch once, but the one the kill may have caught between its metrics and its backup.
     assert sorted(set(steps)) == list(range(1, 31)) and len(steps) <= 31 and resumed.data.metrics["epochs_trained"] == 30.0

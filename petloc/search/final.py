@@ -9,6 +9,7 @@ in the same MLflow run, from its last finished epoch instead of training it agai
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 from mlflow.tracking import MlflowClient
@@ -20,6 +21,7 @@ from petloc.search.tuner import tuner_dir
 from petloc.tracking.reproduce import hyperparameters_of
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
+from petloc.training.fit import resolved_precision
 
 
 def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], None],
@@ -38,8 +40,12 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
         return None
     values = hyperparameters_of(client.get_run(best["run_id"]).data.params)
     backups = tuner_dir(exp, store.STORE_DIR) / "final"
-    interrupted = next((run for run in runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'KILLED'")
-                        if done(run) and (backups / run.info.run_id).is_dir()), None)
+    precision = resolved_precision(exp.train.precision, int(values["image_size"]))  # another machine may train in another
+
+    def resumable(run) -> bool:
+        return done(run) and run.data.params.get("precision") == precision and (backups / run.info.run_id).is_dir()
+
+    interrupted = next(filter(resumable, runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'KILLED'")), None)
     data = prepare_data(exp.data, int(values["image_size"]), log=lambda _: None)
     if interrupted:
         run_id, epochs = interrupted.info.run_id, int(interrupted.data.params["epochs"])
@@ -56,6 +62,8 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
     with runs.run_status(run_id):
         summary = train_tracked(exp, values, data, run_id, epochs=epochs, backup=backups / run_id,
                                 description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration from scratch")
+    with contextlib.suppress(OSError):  # Keras removed this run's backup; the folder goes too unless another run's is there
+        backups.rmdir()
     say(f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
         f"latency {summary['latency_ms_b1']:.1f} ms")
     return run_id

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import keras
 import mlflow
 
 from petloc.config import Experiment
@@ -20,7 +19,7 @@ from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
 from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
-from petloc.training.fit import fit_localiser, resolved_precision
+from petloc.training.fit import WholeBackup, fit_localiser, resolved_precision
 from petloc.training.gallery import plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
 
@@ -86,11 +85,11 @@ def train_tracked(
     """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary
     metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes.
     `backup`: a folder where the training state is kept after each epoch (Keras's
-    BackupAndRestore); when it holds one, the fit resumes from it, in the same run, and the
+    BackupAndRestore, written whole: `WholeBackup`); when it holds one, the fit resumes from it, in the same run, and the
     curves and `epochs_trained` count the epochs before the interruption too."""
     epochs = epochs or exp.train.epochs
     resumed = bool(backup and backup.is_dir() and any(backup.iterdir()))
-    kept = [keras.callbacks.BackupAndRestore(str(backup))] if backup else []
+    kept = [WholeBackup(str(backup))] if backup else []
     pretrained = pretrained_for(hp["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "

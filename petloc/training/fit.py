@@ -3,7 +3,9 @@ Pure Keras, no tracking here."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ import tensorflow as tf
 from petloc.cpu import CPUINFO, cpu_flags
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
+from petloc.files import atomic_write_text
 from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
 from petloc.training import progress
 
@@ -63,6 +66,22 @@ class KeepBest(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+class WholeBackup(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore (the training state after each epoch, and a fit that starts
+    from it), with each file written whole and then renamed into place. Keras writes them
+    in place: a kill -9 during the write left a weights file that h5py could not open ("bad
+    object header version number"), and the run could not resume (tests/test_state_safety.py).
+    The weights go first, then the epoch: a kill between the two trains one epoch more."""
+
+    def _save_model(self):
+        partial = os.path.join(self.backup_dir, ".partial.weights.h5")  # Keras wants the .weights.h5 ending
+        os.makedirs(self.backup_dir, exist_ok=True)
+        self.model.save_weights(partial, overwrite=True)
+        os.replace(partial, self._weights_path)
+        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        atomic_write_text(Path(self._training_metadata_path), json.dumps(state))
 
 
 def fit(
