@@ -78,6 +78,16 @@ def wait_for_training(client: MlflowClient, experiment: str, worker: subprocess.
     raise AssertionError(f"no trial was training: {finish(worker) if worker.poll() is not None else 'timeout'}")
 
 
+def describe(runs, *outputs: str) -> str:
+    """What a failed assertion on trial runs shows: each run's status, worker and error, then
+    the processes' output (a flaky failure must say its cause the first time)."""
+    lines = [f"{run.info.run_id} trial {run.data.tags.get('trial_id')} {run.info.status} "
+             f"worker {run.data.tags.get('petloc.worker')} steps {len(run.data.metrics)} metrics "
+             f"start {run.info.start_time} end {run.info.end_time}: {run.data.tags.get('error', '')}"
+             for run in runs]
+    return "\n".join([*lines, *outputs])
+
+
 def parent_of(client: MlflowClient, experiment: str):
     found = client.get_experiment_by_name(experiment)
     (parent,) = client.search_runs([found.experiment_id], "tags.`petloc.kind` = 'sweep'")
@@ -123,7 +133,7 @@ def test_a_chief_and_two_workers_log_each_trial_once_through_the_tracking_server
     parent = parent_of(client, "team-sweep")
     trials = trial_runs(client, "team-sweep")
     assert Counter(run.data.tags["trial_id"] for run in trials) == {"0": 1, "1": 1, "2": 1}  # each once
-    assert {run.info.status for run in trials} == {"FINISHED"}
+    assert {run.info.status for run in trials} == {"FINISHED"}, describe(trials, out, *outputs)
     assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
     assert {run.data.tags["petloc.worker"] for run in trials} <= {"1", "2"}
     assert all(run.info.artifact_uri.startswith("mlflow-artifacts:/") for run in trials)
@@ -322,7 +332,8 @@ def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(t
     assert launcher.returncode == 130, out
     assert "stopping the workers, then the chief" in out
     interrupted = trial_runs(client, "tiny")
-    assert interrupted and "RUNNING" not in {run.info.status for run in interrupted}  # each ended KILLED or FINISHED
+    # each ended KILLED or FINISHED
+    assert interrupted and "RUNNING" not in {run.info.status for run in interrupted}, describe(interrupted, out)
     parent = parent_of(client, "tiny")
     assert parent.info.status == "KILLED", f"{parent.data.tags.get('error')}\n{out}"
 

@@ -359,5 +359,6 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     assert final.info.run_id == killed.info.run_id and final.info.status == "FINISHED" and "error" not in final.data.tags
     assert [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")] == [1, 2, 3, 4]
     assert final.data.metrics["epochs_trained"] == 4.0 and final.data.params["epochs"] == "4"
+    assert "resumed from its last finished epoch after a stop" in final.data.tags["mlflow.note.content"]
     assert "curves.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
     assert not (tmp_path / "mlruns" / "tuner" / "tiny" / "final").exists()  # its training state, gone once done

@@ -59,9 +59,10 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
                 "source_trial": str(best["trial"])}
         experiment_id = client.get_run(parent).info.experiment_id
         run_id = runs.create_run(experiment_id, f"final-{values.get('backbone', '')}", tags)
+    how = "from scratch, resumed from its last finished epoch after a stop" if interrupted else "from scratch"
     with runs.run_status(run_id):
         summary = train_tracked(exp, values, data, run_id, epochs=epochs, backup=backups / run_id,
-                                description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration from scratch")
+                                description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration {how}")
     with contextlib.suppress(OSError):  # Keras removed this run's backup; the folder goes too unless another run's is there
         backups.rmdir()
     say(f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "

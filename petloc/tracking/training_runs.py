@@ -19,7 +19,7 @@ from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
 from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
-from petloc.training.fit import WholeBackup, fit_localiser, resolved_precision
+from petloc.training.fit import fit_localiser, resolved_precision
 from petloc.training.gallery import plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
 
@@ -84,12 +84,11 @@ def train_tracked(
 ) -> dict[str, float]:
     """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary
     metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes.
-    `backup`: a folder where the training state is kept after each epoch (Keras's
-    BackupAndRestore, written whole: `WholeBackup`); when it holds one, the fit resumes from it, in the same run, and the
-    curves and `epochs_trained` count the epochs before the interruption too."""
+    `backup`: a folder where the training state is kept after each epoch (`fit.fit`); when it
+    holds one, the fit resumes from it, in the same run, and the curves and `epochs_trained`
+    count the epochs before the interruption too."""
     epochs = epochs or exp.train.epochs
     resumed = bool(backup and backup.is_dir() and any(backup.iterdir()))
-    kept = [WholeBackup(str(backup))] if backup else []
     pretrained = pretrained_for(hp["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
@@ -101,7 +100,7 @@ def train_tracked(
     epochs_logged = log.EpochLogger(run_id, pace)
     model, history = fit_localiser(
         hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
-        callbacks=[epochs_logged, *kept], initial_epoch=initial_epoch,
+        callbacks=[epochs_logged], initial_epoch=initial_epoch, backup=str(backup) if backup else None,
         initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
         precision=exp.train.precision, pretrained=pretrained,
     )

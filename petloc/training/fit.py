@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from petloc.cpu import CPUINFO, cpu_flags
@@ -52,20 +53,52 @@ class ShortMetricNames(keras.callbacks.Callback):
                     logs[prefix + short] = logs[prefix + keras_name]
 
 
-class KeepBest(keras.callbacks.Callback):
-    """Ends training with the weights of the epoch with the best `monitor` (higher is better)."""
+BEST_WEIGHTS, BEST_EPOCH = "best-epoch.npz", "best-epoch.json"  # KeepBest's, in a backup folder
 
-    def __init__(self, monitor: str = "val_miou"):
+
+class KeepBest(keras.callbacks.Callback):
+    """Ends training with the weights of the epoch with the best `monitor` (higher is better).
+    With `folder` (a resumable fit's backup folder) the best so far is kept there too, so a
+    fit resumed after a stop still ends with the best epoch from before the stop when no
+    later epoch beats it (long runs peak late, and are the ones worth resuming)."""
+
+    def __init__(self, monitor: str = "val_miou", folder: str | None = None):
         super().__init__()
         self.monitor, self.best, self.weights = monitor, -1.0, None
+        self.folder = Path(folder) if folder else None
+
+    def on_train_begin(self, logs=None):
+        if self.folder and (self.folder / BEST_EPOCH).is_file():  # its weights stay on disk until the end
+            self.best = json.loads((self.folder / BEST_EPOCH).read_text())[self.monitor]
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and logs.get(self.monitor, -1.0) > self.best:
             self.best, self.weights = logs[self.monitor], self.model.get_weights()
+            if self.folder:  # weights first, then the figure: a kill between leaves the older pair's figure, never a newer
+                self.folder.mkdir(parents=True, exist_ok=True)
+                partial = self.folder / f".partial-{BEST_WEIGHTS}"
+                with open(partial, "wb") as out:
+                    np.savez(out, *self.weights)
+                os.replace(partial, self.folder / BEST_WEIGHTS)
+                atomic_write_text(self.folder / BEST_EPOCH, json.dumps({self.monitor: float(self.best), "epoch": epoch + 1}))
 
     def on_train_end(self, logs=None):
+        if self.weights is None and self.folder and (self.folder / BEST_WEIGHTS).is_file():
+            with np.load(self.folder / BEST_WEIGHTS) as saved:  # the best epoch came before a resume
+                self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's SwapEMAWeights(swap_on_epoch=True) for a fit that resumes from a backup: the
+    backup was written at an epoch's end, with the averaged weights in the model and the raw
+    ones in the optimizer's average slots, so the first epoch must swap them back (Keras's
+    callback starts out believing the raw weights are in the model)."""
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = True  # Keras 3.15's flag (pyproject pins keras==3.15.*)
 
 
 class WholeBackup(keras.callbacks.BackupAndRestore):
@@ -94,32 +127,41 @@ def fit(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
     initial_weights: str | None = None,
+    backup: str | None = None,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """The one fit path of petloc's networks: seed, build (compiled), make the training and
     validation batches, fit, and end with the weights of the epoch with the best `monitor`;
     a NaN or infinite loss is an error. Both callables run after the seed is set, in this
     order, so a run repeats exactly.
 
-    `initial_weights` and `initial_epoch` continue an earlier run (Hyperband's brackets)."""
+    `initial_weights` and `initial_epoch` continue an earlier run (Hyperband's brackets).
+    `backup`: a folder where the training state (weights, optimizer, epoch, the best epoch so
+    far) is kept after each epoch; a fit given one that holds a state resumes from it, and a
+    fit that ends removes it."""
     keras.utils.set_random_seed(seed)
     model = build()
     if initial_weights:
         model.load_weights(initial_weights)
-    every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor)]
+    backing_up = WholeBackup(backup) if backup else None
+    resuming = bool(backing_up) and os.path.exists(backing_up._weights_path)  # what Keras restores from
+    every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor, backup)]
     if getattr(model.optimizer, "use_ema", False):
         # Validate the averaged weights, and hold them at each epoch's end, so that KeepBest
         # keeps the best average (Keras swaps the raw weights back for the next epoch).
-        every_epoch.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        every_epoch.insert(0, ResumedSwapEMAWeights() if resuming else keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if early_stopping:
         every_epoch.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=early_stopping))
     if not progress.detailed():
         every_epoch.append(progress.EpochLine())  # instead of Keras's line, which repeats each metric under two names
+    # Last: its epoch-end backup holds what the callbacks above left (the averaged weights),
+    # and at the end it removes the folder after KeepBest has read the best epoch from it.
+    after_all = [backing_up] if backing_up else []
     train, val = batches()
     build_training_state(model, train)
     train, steps_per_epoch = endless(train)
     history = model.fit(
         train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-        callbacks=every_epoch + list(callbacks), verbose=progress.keras_verbose(),
+        callbacks=every_epoch + list(callbacks) + after_all, verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
     if not losses or not math.isfinite(losses[-1]):
@@ -161,6 +203,7 @@ def fit_localiser(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
     initial_weights: str | None = None,
+    backup: str | None = None,
     xla: bool = False,
     precision: str = "float32",
     pretrained: Pretrained | None = None,
@@ -183,7 +226,7 @@ def fit_localiser(
 
     model, history = fit(
         build, batches, epochs, seed=seed, early_stopping=early_stopping, callbacks=callbacks,
-        initial_epoch=initial_epoch, initial_weights=initial_weights,
+        initial_epoch=initial_epoch, initial_weights=initial_weights, backup=backup,
     )
     if precision != "float32":
         model = in_float32(model, hp, image_size, pretrained)

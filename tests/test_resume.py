@@ -1,0 +1,98 @@
+"""A fit with a backup folder (a sweep's final run) stopped after some epochs and started
+again goes on where it stopped: the same weights and optimizer, the best epoch from before
+the stop still kept, weight averaging's two sets of weights each back in its place. The
+whole loop through a sweep is in tests/test_sweep.py and tests/test_state_safety.py."""
+
+import keras
+import numpy as np
+import pytest
+
+from petloc.data.pipeline import ImageSet
+from petloc.training.fit import BEST_EPOCH, BEST_WEIGHTS, KeepBest, fit_localiser
+
+SIZE = 32
+HP = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
+      "box_loss": "l1", "learning_rate": 1e-2}
+
+
+def photos(n=8) -> ImageSet:
+    rng = np.random.default_rng(0)
+    boxes = np.tile([[0.2, 0.3, 0.6, 0.9]], (n, 1)).astype(np.float32)
+    return ImageSet(rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.uint8), rng.integers(0, 2, n).astype(np.int32),
+                    boxes, [f"{i}.jpg" for i in range(n)], [""] * n)
+
+
+class StopAt(keras.callbacks.Callback):
+    """Ctrl+C at the start of epoch `epoch` (counted from 0), after noting the weights the
+    model would train on."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch, self.weights = epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.weights = [w.copy() for w in self.model.get_weights()]
+            raise KeyboardInterrupt
+
+
+class FirstEpoch(keras.callbacks.Callback):
+    """The weights the model trains on at the start of its first epoch, and that epoch's number."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not hasattr(self, "epoch"):
+            self.epoch, self.weights = epoch, [w.copy() for w in self.model.get_weights()]
+
+
+def model_with(weights_value: float) -> keras.Model:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.set_weights([np.full(w.shape, weights_value, np.float32) for w in model.get_weights()])
+    return model
+
+
+def epochs_of(keep: KeepBest, model: keras.Model, scores: dict[float, float]) -> None:
+    """Drives `keep` as a fit would: each epoch's weights, then its val_miou."""
+    keep.set_model(model)
+    keep.on_train_begin()
+    for epoch, (value, score) in enumerate(scores.items()):
+        model.set_weights([np.full(w.shape, value, np.float32) for w in model.get_weights()])
+        keep.on_epoch_end(epoch, {"val_miou": score})
+
+
+@pytest.mark.parametrize("after_the_stop, kept", [({3.0: 0.4, 4.0: 0.45}, 1.0), ({3.0: 0.4, 4.0: 0.7}, 4.0)])
+def test_the_best_epoch_before_a_stop_is_kept_unless_a_later_one_beats_it(tmp_path, after_the_stop, kept):
+    model = model_with(0.0)
+    epochs_of(KeepBest("val_miou", str(tmp_path)), model, {1.0: 0.6, 2.0: 0.5})  # then the stop: no on_train_end
+    resumed = KeepBest("val_miou", str(tmp_path))
+    epochs_of(resumed, model, after_the_stop)
+    resumed.on_train_end()
+    assert all(np.all(w == kept) for w in model.get_weights())
+
+
+def test_without_a_folder_the_best_epoch_is_kept_in_memory_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = model_with(0.0)
+    keep = KeepBest("val_miou")
+    epochs_of(keep, model, {1.0: 0.6, 2.0: 0.5})
+    keep.on_train_end()
+    assert all(np.all(w == 1.0) for w in model.get_weights()) and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_with(tmp_path, ema):
+    backup, data = tmp_path / "backup", photos()
+    hp = {**HP, "ema": ema}
+    stop = StopAt(epoch=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit_localiser(hp, data, data, epochs=4, callbacks=[stop], backup=str(backup))
+    assert {p.name for p in backup.iterdir()} >= {"latest.weights.h5", "training_metadata.json", BEST_WEIGHTS, BEST_EPOCH}
+
+    first = FirstEpoch()
+    model, history = fit_localiser(hp, data, data, epochs=4, callbacks=[first], backup=str(backup))
+    assert first.epoch == 2 and len(history.history["loss"]) == 2
+    # With weight averaging the backup holds the average in the model (what was validated) and
+    # the raw weights in the optimizer: the resumed epoch must train the raw ones, as the
+    # uninterrupted fit would have.
+    for resumed, stopped in zip(first.weights, stop.weights):
+        np.testing.assert_array_equal(resumed, stopped)
+    assert not backup.exists()  # the fit ended: its state is gone
