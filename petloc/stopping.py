@@ -8,17 +8,22 @@ raises can be lost; a stopped sweep worker then trained its next trial to the en
   moment later, once the collection is over;
 - library code may turn it into an error of its own (TensorFlow, tracing a model, raised a
   TypeError), or swallow it: `interrupt_behind` and `raise_if_stopped` give back the stop
-  this process was asked for, where petloc ends a run or starts the next piece of work.
+  this process was asked for, where petloc ends a run or starts the next piece of work;
+- inside a call whose answer must not be lost (the store creating a run: the run exists,
+  but its ID never reaches the code that would end it, and it stays RUNNING): `held_back`
+  holds the stop until the call returns, and `pending` gives it back.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 
 RAISE_AGAIN_AFTER_SECONDS = 0.05  # out of the hook, where anything raised is dropped too
 
 _stopped_by: int | None = None  # the first stop signal this process received
+_held = 0  # > 0 inside `held_back`: a stop is recorded, not raised
 _earlier_hook = sys.unraisablehook
 
 
@@ -61,6 +66,23 @@ def raise_if_stopped() -> None:
         raise _interrupt(" (it had been swallowed)")
 
 
+@contextmanager
+def held_back():
+    """A stop signal that arrives inside is recorded, not raised: the block's call completes,
+    and the caller asks `pending()` after it."""
+    global _held
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+
+
+def pending() -> KeyboardInterrupt | None:
+    """The stop this process was sent (held back, or swallowed by a library), as what to raise; else None."""
+    return None if _stopped_by is None else _interrupt()
+
+
 def _interrupt(detail: str = "") -> KeyboardInterrupt:
     return Terminated(f"signal {_stopped_by}{detail}") if _stopped_by == signal.SIGTERM else KeyboardInterrupt(detail.strip())
 
@@ -71,13 +93,16 @@ def _on_sigterm(signum, frame):
     global _stopped_by
     _stopped_by = _stopped_by or signum
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated(f"signal {signum}")
+    if not _held:
+        raise Terminated(f"signal {signum}")
 
 
 def _on_sigint(signum, frame):
     global _stopped_by
+    again = _stopped_by is not None
     _stopped_by = _stopped_by or signum
-    raise KeyboardInterrupt
+    if not _held or again:  # a second Ctrl+C does not wait for a held call (a tracking server retrying for a minute)
+        raise KeyboardInterrupt
 
 
 def _on_alarm(signum, frame):

@@ -113,3 +113,48 @@ def test_reproduce_refuses_when_the_code_or_data_differ(trained):
         (root / "photos" / "extra.txt").unlink(missing_ok=True)
     with in_project(root), pytest.raises(PetlocError, match="run 0123abcd: not found"):
         CliRunner().invoke(cli, ["reproduce", "0123abcd"], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def test_runs_logging_the_same_new_dataset_at_once_all_log_it(tmp_path, store, request):
+    """Trials starting together on two workers log the same datasets: MLflow's store looks a
+    dataset up, then inserts it, and all but one of the racing calls failed on the table's
+    key (a trial FAILED in tests/test_distributed.py). Each round is a new experiment, where
+    the dataset is new."""
+    import threading
+
+    import mlflow
+
+    from petloc.config import load_experiment
+    from petloc.training.dataset import prepare_data
+
+    exp = load_experiment(tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=8)))
+    data = prepare_data(exp.data, log=lambda _: None)
+    uri = f"sqlite:///{tmp_path}/mlflow.db" if store == "sqlite" else request.getfixturevalue("postgres_uri")
+    client, before = MlflowClient(uri), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    failures, run_ids = [], []
+    try:
+        for round in range(10):
+            experiment_id = client.create_experiment(f"race-{round}", artifact_location=str(tmp_path / "artifacts"))
+            racers = [client.create_run(experiment_id).info.run_id for _ in range(4)]
+            start = threading.Barrier(len(racers))
+
+            def log_them(run_id):
+                start.wait()
+                try:
+                    log.log_datasets(run_id, data)
+                except Exception as err:
+                    failures.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
+
+            threads = [threading.Thread(target=log_them, args=(run_id,)) for run_id in racers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            run_ids += racers
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert not failures, failures[:3]
+    for run_id in run_ids:
+        assert len(client.get_run(run_id).inputs.dataset_inputs) == 2  # training and validation, each once

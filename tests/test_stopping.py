@@ -87,6 +87,69 @@ def test_a_stop_turned_into_another_error_still_stops_and_ends_the_run_killed(tm
     assert run.data.tags["error"].startswith("Terminated: signal 15 (surfaced as TypeError: Failed to convert elements")
 
 
+# A stop that arrives while the store creates a run (a worker's trial run, as Ctrl+C found
+# it in tests/test_distributed.py): raised inside the call, the run was made but its ID never
+# came back, and it stayed RUNNING.
+STOPPED_WHILE_A_RUN_IS_CREATED = """
+import os, signal
+from mlflow.tracking import MlflowClient
+from petloc import stopping
+from petloc.tracking import runs, store
+
+stopping.install()
+store.configure()
+experiment_id = runs.experiment_id("stops")
+creates = MlflowClient.create_run
+
+def create_run(self, *args, **kwargs):
+    run = creates(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.{signal})  # the store has made it; its answer is on the way back
+    for _ in range(200_000):
+        pass
+    return run
+
+MlflowClient.create_run = create_run
+try:
+    runs.create_run(experiment_id, "trial")
+    print("went on")
+except KeyboardInterrupt as err:
+    print("stopped by", type(err).__name__)
+"""
+
+
+@pytest.mark.parametrize("sig, raised", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")])
+def test_a_stop_while_the_store_creates_a_run_ends_that_run_killed(tmp_path, sig, raised):
+    done = subprocess.run([sys.executable, "-c", STOPPED_WHILE_A_RUN_IS_CREATED.format(signal=sig)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=petloc_env(),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.stdout.splitlines()[-1:] == [f"stopped by {raised}"], done.stdout + done.stderr
+    client = store_client(tmp_path)
+    [run] = client.search_runs([client.get_experiment_by_name("stops").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["error"].startswith(raised)
+
+
+SECOND_CTRL_C_IN_A_HELD_CALL = """
+import signal
+from petloc import stopping
+
+stopping.install()
+try:
+    with stopping.held_back():
+        signal.raise_signal(signal.SIGINT)
+        print("held")
+        signal.raise_signal(signal.SIGINT)
+        print("held again")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_a_second_ctrl_c_does_not_wait_for_a_held_call():
+    done = subprocess.run([sys.executable, "-c", SECOND_CTRL_C_IN_A_HELD_CALL], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.stdout.splitlines() == ["held", "stopped"], done.stdout + done.stderr
+
+
 def test_a_sweep_whose_stop_was_swallowed_starts_no_other_trial(tmp_path, monkeypatch):
     """The stop came during trial 0 and some library swallowed it: trial 1 never starts."""
     from petloc.search.tuner import TrackedTuner
