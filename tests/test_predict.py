@@ -107,7 +107,8 @@ def test_a_logged_model_with_a_lambda_layer_is_refused_in_one_line(tmp_path):
                                  "box": keras.layers.Dense(4)(keras.layers.Flatten()(doubled))})
     with in_project(tmp_path):
         store.configure()
-        with mlflow.start_run() as active:
+        # An experiment of this store: the one fluent MLflow remembers may be another test's.
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("lambda")) as active:
             mlflow.keras.log_model(model, name="model", pip_requirements=[])
         with pytest.raises(PetlocError, match=rf"^runs:/{active.info.run_id}/model: not a loadable Keras model \(.*Lambda"):
             invoke("predict", f"runs:/{active.info.run_id}/model", tmp_path / "x.jpg")

@@ -38,6 +38,29 @@ def champion(tmp_path_factory):
         yield root, data
 
 
+def test_the_logged_model_carries_its_weights_without_the_training_state(champion, tmp_path):
+    """Adam's two slots a weight made every trial's model file about 3x as large, and loading
+    it compiled losses and metrics that nobody who predicts uses."""
+    import zipfile
+
+    import h5py
+    import mlflow
+
+    root, _ = champion
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{root}/mlruns/mlflow.db")
+    folder = Path(mlflow.artifacts.download_artifacts("models:/petloc@champion", dst_path=str(tmp_path / "model")))
+    [keras_file] = folder.rglob("*.keras")
+    with zipfile.ZipFile(keras_file) as archive:
+        archive.extract("model.weights.h5", tmp_path)
+        config = json.loads(archive.read("config.json"))
+    with h5py.File(tmp_path / "model.weights.h5") as weights:
+        assert "layers" in weights and "optimizer" not in weights, list(weights)
+    assert not config.get("compile_config")
+    model = mlflow.keras.load_model("models:/petloc@champion")
+    assert not model.compiled and model.output["box"].shape[-1] == 4
+
+
 @pytest.fixture(scope="module")
 def server(champion):
     root, data = champion
