@@ -109,16 +109,20 @@ def _pinned_requirements() -> tuple[str, ...]:
 def _as_served(model):
     """`model` without its training state while it is saved: Adam's two slots a weight made
     the quick model's file 2.9x as large (5.4 MB against 1.9 MB), every trial, and loading it
-    compiled losses and metrics nobody who predicts uses. A logged model loads uncompiled."""
-    if not getattr(model, "compiled", False):  # a wrapper (test-time augmentation) never was
-        yield
-        return
-    optimizer = model.optimizer
-    model.optimizer, model.compiled = None, False  # what Keras's saving reads (keras==3.15.* is pinned)
+    compiled losses and metrics nobody who predicts uses. A logged model loads uncompiled.
+    Every compiled network inside goes too: Keras saves a wrapped one's (test-time augmentation)."""
+    import keras
+
+    # Keras's own walk of the layers (tracked attributes included), the model first.
+    compiled = [m for m in model._flatten_layers() if isinstance(m, keras.Model) and getattr(m, "compiled", False)]
+    optimizers = [m.optimizer for m in compiled]
+    for m in compiled:
+        m.optimizer, m.compiled = None, False  # what Keras's saving reads (keras==3.15.* is pinned)
     try:
         yield
     finally:
-        model.optimizer, model.compiled = optimizer, True
+        for m, optimizer in zip(compiled, optimizers):
+            m.optimizer, m.compiled = optimizer, True
 
 
 @contextmanager
