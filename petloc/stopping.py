@@ -106,7 +106,8 @@ def _on_sigint(signum, frame):
 
 
 def _on_alarm(signum, frame):
-    raise _interrupt()
+    if not _held:  # held: `pending()` gives it back once the call is over
+        raise _interrupt()
 
 
 def _raise_dropped_interrupt_again(unraisable) -> None:

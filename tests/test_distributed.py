@@ -82,7 +82,7 @@ def describe(runs, *outputs: str) -> str:
     """What a failed assertion on trial runs shows: each run's status, worker and error, then
     the processes' output (a flaky failure must say its cause the first time)."""
     lines = [f"{run.info.run_id} trial {run.data.tags.get('trial_id')} {run.info.status} "
-             f"worker {run.data.tags.get('petloc.worker')} steps {len(run.data.metrics)} metrics "
+             f"worker {run.data.tags.get('petloc.worker')}, {len(run.data.metrics)} metrics, "
              f"start {run.info.start_time} end {run.info.end_time}: {run.data.tags.get('error', '')}"
              for run in runs]
     return "\n".join([*lines, *outputs])

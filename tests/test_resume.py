@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from petloc.data.pipeline import ImageSet
-from petloc.training.fit import BEST_EPOCH, BEST_WEIGHTS, KeepBest, fit_localiser
+from petloc.training.fit import BACKUP_WEIGHTS, BEST_EPOCH, BEST_WEIGHTS, KeepBest, fit_localiser
 
 SIZE = 32
 HP = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
@@ -33,6 +33,7 @@ class StopAt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.epoch:
             self.weights = [w.copy() for w in self.model.get_weights()]
+            self.steps = int(self.model.optimizer.iterations)
             raise KeyboardInterrupt
 
 
@@ -42,6 +43,7 @@ class FirstEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if not hasattr(self, "epoch"):
             self.epoch, self.weights = epoch, [w.copy() for w in self.model.get_weights()]
+            self.steps = int(self.model.optimizer.iterations)
 
 
 def model_with(weights_value: float) -> keras.Model:
@@ -79,17 +81,20 @@ def test_without_a_folder_the_best_epoch_is_kept_in_memory_only(tmp_path, monkey
 
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_with(tmp_path, ema):
+def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_with(tmp_path, ema, monkeypatch):
     backup, data = tmp_path / "backup", photos()
     hp = {**HP, "ema": ema}
     stop = StopAt(epoch=2)
     with pytest.raises(KeyboardInterrupt):
         fit_localiser(hp, data, data, epochs=4, callbacks=[stop], backup=str(backup))
-    assert {p.name for p in backup.iterdir()} >= {"latest.weights.h5", "training_metadata.json", BEST_WEIGHTS, BEST_EPOCH}
+    assert {p.name for p in backup.iterdir()} >= {BACKUP_WEIGHTS, "training_metadata.json", BEST_WEIGHTS, BEST_EPOCH}
 
+    found, ends = [], KeepBest.on_train_end  # KeepBest must read the best epoch before the backup goes
+    monkeypatch.setattr(KeepBest, "on_train_end", lambda self, logs=None: found.append((backup / BEST_WEIGHTS).is_file()) or ends(self, logs))
     first = FirstEpoch()
     model, history = fit_localiser(hp, data, data, epochs=4, callbacks=[first], backup=str(backup))
-    assert first.epoch == 2 and len(history.history["loss"]) == 2
+    assert first.epoch == 2 and len(history.history["loss"]) == 2 and found == [True]
+    assert first.steps == stop.steps > 0  # the optimizer's state came back too (its step drives the schedule)
     # With weight averaging the backup holds the average in the model (what was validated) and
     # the raw weights in the optimizer: the resumed epoch must train the raw ones, as the
     # uninterrupted fit would have.

@@ -21,7 +21,7 @@ from petloc.search.tuner import tuner_dir
 from petloc.tracking.reproduce import hyperparameters_of
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
-from petloc.training.fit import resolved_precision
+from petloc.training.fit import has_backup, resolved_precision
 
 
 def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], None],
@@ -43,7 +43,7 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
     precision = resolved_precision(exp.train.precision, int(values["image_size"]))  # another machine may train in another
 
     def resumable(run) -> bool:
-        return done(run) and run.data.params.get("precision") == precision and (backups / run.info.run_id).is_dir()
+        return done(run) and run.data.params.get("precision") == precision and has_backup(backups / run.info.run_id)
 
     interrupted = next(filter(resumable, runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'KILLED'")), None)
     data = prepare_data(exp.data, int(values["image_size"]), log=lambda _: None)

@@ -37,12 +37,19 @@ OWNER_TAG = "petloc.owner"  # host:pid:start time of the process that runs it
 def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None) -> str:
     """A new RUNNING run owned by this process; every petloc run starts here."""
     tags = {**(tags or {}), OWNER_TAG: this_process()}
+    stopping.raise_if_stopped()  # a stop some library swallowed earlier: before any run exists
     # A stop arriving while the store makes the run waits for its ID, so the run can be ended
     # KILLED: raised inside the call, the run would stay RUNNING until the next start.
-    with stopping.held_back():
-        run_id = MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    if (stop := stopping.pending()) is not None:
-        raise end_run(run_id, stop)
+    run_id = None
+    try:
+        with stopping.held_back():
+            run_id = MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        if (stop := stopping.pending()) is not None:
+            raise stop
+    except BaseException as err:
+        if run_id is None:
+            raise
+        raise end_run(run_id, err)  # also a stop landing just as the hold ended
     return run_id
 
 

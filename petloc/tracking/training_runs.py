@@ -19,7 +19,7 @@ from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
 from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
-from petloc.training.fit import fit_localiser, resolved_precision
+from petloc.training.fit import fit_localiser, has_backup, resolved_precision
 from petloc.training.gallery import plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
 
@@ -88,7 +88,7 @@ def train_tracked(
     holds one, the fit resumes from it, in the same run, and the curves and `epochs_trained`
     count the epochs before the interruption too."""
     epochs = epochs or exp.train.epochs
-    resumed = bool(backup and backup.is_dir() and any(backup.iterdir()))
+    resumed = bool(backup) and has_backup(backup)
     pretrained = pretrained_for(hp["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "

@@ -101,6 +101,14 @@ class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
         self._ema_weights_in_model = True  # Keras 3.15's flag (pyproject pins keras==3.15.*)
 
 
+BACKUP_WEIGHTS = "latest.weights.h5"  # Keras's BackupAndRestore restores from this file
+
+
+def has_backup(folder: str | Path) -> bool:
+    """Whether a fit given `folder` as its backup resumes from it."""
+    return (Path(folder) / BACKUP_WEIGHTS).is_file()
+
+
 class WholeBackup(keras.callbacks.BackupAndRestore):
     """Keras's BackupAndRestore (the training state after each epoch, and a fit that starts
     from it), with each file written whole and then renamed into place. Keras writes them
@@ -143,7 +151,7 @@ def fit(
     if initial_weights:
         model.load_weights(initial_weights)
     backing_up = WholeBackup(backup) if backup else None
-    resuming = bool(backing_up) and os.path.exists(backing_up._weights_path)  # what Keras restores from
+    resuming = bool(backup) and has_backup(backup)
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor, backup)]
     if getattr(model.optimizer, "use_ema", False):
         # Validate the averaged weights, and hold them at each epoch's end, so that KeepBest
