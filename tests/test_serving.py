@@ -67,12 +67,11 @@ def test_the_logged_model_carries_its_weights_without_the_training_state(champio
     import mlflow
 
     root, _ = champion
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
-    mlflow.set_registry_uri(f"sqlite:///{root}/mlruns/mlflow.db")
-    folder = Path(mlflow.artifacts.download_artifacts("models:/petloc@champion", dst_path=str(tmp_path / "model")))
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    folder = Path(mlflow.artifacts.download_artifacts("models:/petloc@champion", dst_path=str(tmp_path / "model"), tracking_uri=uri))
     [keras_file] = folder.rglob("*.keras")
     assert training_state(keras_file) == []
-    model = mlflow.keras.load_model("models:/petloc@champion")
+    model = mlflow.keras.load_model(str(folder))
     assert not model.compiled and model.output["box"].shape[-1] == 4
 
 
