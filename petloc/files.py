@@ -9,19 +9,25 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, BinaryIO, Callable
 
 from petloc.errors import PetlocError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """`path` holds either its old content or all of `text`, whenever the process dies."""
+    atomic_write(path, lambda file: file.write(str.encode(text, "utf-8")))  # not text: a TypeError, as a text file gives
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """`path` holds either its old content or all that `write(file)` wrote, whenever the process dies."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own: two processes writing the same file never share a temp file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(fd, "wb") as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from petloc.cpu import CPUINFO, cpu_flags
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
-from petloc.files import atomic_write_text
+from petloc.files import atomic_write, atomic_write_text
 from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
 from petloc.training import progress
 
@@ -75,11 +75,7 @@ class KeepBest(keras.callbacks.Callback):
         if logs and logs.get(self.monitor, -1.0) > self.best:
             self.best, self.weights = logs[self.monitor], self.model.get_weights()
             if self.folder:  # weights first, then the figure: a kill between leaves the older pair's figure, never a newer
-                self.folder.mkdir(parents=True, exist_ok=True)
-                partial = self.folder / f".partial-{BEST_WEIGHTS}"
-                with open(partial, "wb") as out:
-                    np.savez(out, *self.weights)
-                os.replace(partial, self.folder / BEST_WEIGHTS)
+                atomic_write(self.folder / BEST_WEIGHTS, lambda file: np.savez(file, *self.weights))
                 atomic_write_text(self.folder / BEST_EPOCH, json.dumps({self.monitor: float(self.best), "epoch": epoch + 1}))
 
     def on_train_end(self, logs=None):
