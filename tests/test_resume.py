@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from petloc.data.pipeline import ImageSet
-from petloc.training.fit import BACKUP_WEIGHTS, BEST_EPOCH, BEST_WEIGHTS, KeepBest, fit_localiser
+from petloc.training.fit import BACKUP_STATE, BACKUP_WEIGHTS, BEST_EPOCH, KeepBest, ResumedEarlyStopping, best_epoch, fit_localiser
 
 SIZE = 32
 HP = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
@@ -71,6 +71,12 @@ def test_the_best_epoch_before_a_stop_is_kept_unless_a_later_one_beats_it(tmp_pa
     assert all(np.all(w == kept) for w in model.get_weights())
 
 
+def test_the_best_epoch_is_one_file_with_its_score_and_epoch(tmp_path):
+    epochs_of(KeepBest("val_miou", str(tmp_path)), model_with(0.0), {1.0: 0.5, 2.0: 0.6, 3.0: 0.55})
+    assert [p.name for p in tmp_path.iterdir()] == [BEST_EPOCH]  # no partial file left, no second file to pair up
+    assert best_epoch(tmp_path) == (pytest.approx(0.6), 2)
+
+
 def test_without_a_folder_the_best_epoch_is_kept_in_memory_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = model_with(0.0)
@@ -87,10 +93,10 @@ def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_wit
     stop = StopAt(epoch=2)
     with pytest.raises(KeyboardInterrupt):
         fit_localiser(hp, data, data, epochs=4, callbacks=[stop], backup=str(backup))
-    assert {p.name for p in backup.iterdir()} >= {BACKUP_WEIGHTS, "training_metadata.json", BEST_WEIGHTS, BEST_EPOCH}
+    assert {p.name for p in backup.iterdir()} >= {BACKUP_WEIGHTS, BACKUP_STATE, BEST_EPOCH}
 
     found, ends = [], KeepBest.on_train_end  # KeepBest must read the best epoch before the backup goes
-    monkeypatch.setattr(KeepBest, "on_train_end", lambda self, logs=None: found.append((backup / BEST_WEIGHTS).is_file()) or ends(self, logs))
+    monkeypatch.setattr(KeepBest, "on_train_end", lambda self, logs=None: found.append((backup / BEST_EPOCH).is_file()) or ends(self, logs))
     first = FirstEpoch()
     model, history = fit_localiser(hp, data, data, epochs=4, callbacks=[first], backup=str(backup))
     assert first.epoch == 2 and len(history.history["loss"]) == 2 and found == [True]
@@ -101,3 +107,46 @@ def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_wit
     for resumed, stopped in zip(first.weights, stop.weights):
         np.testing.assert_array_equal(resumed, stopped)
     assert not backup.exists()  # the fit ended: its state is gone
+
+
+class StopAtTheEnd(keras.callbacks.Callback):
+    """Ctrl+C once the last epoch is backed up, before the fit ends (and removes the backup)."""
+
+    def on_train_end(self, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_a_fit_stopped_after_its_last_epoch_ends_with_its_best_epoch_when_started_again(tmp_path):
+    backup, data = tmp_path / "backup", photos()
+    with pytest.raises(KeyboardInterrupt):
+        fit_localiser(HP, data, data, epochs=2, callbacks=[StopAtTheEnd()], backup=str(backup))
+    with np.load(backup / BEST_EPOCH) as saved:
+        best = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
+    first = FirstEpoch()
+    model, history = fit_localiser(HP, data, data, epochs=2, callbacks=[first], backup=str(backup))
+    assert not hasattr(first, "epoch") and not history.history.get("loss")  # nothing left to train, and no error
+    for got, kept in zip(model.get_weights(), best):
+        np.testing.assert_array_equal(got, kept)
+    assert not backup.exists()
+
+
+def early_stopping_after(model, stop: ResumedEarlyStopping, scores: dict[int, float]) -> int | None:
+    """Drives `stop` through the given epochs as a fit would; the epoch it stopped at."""
+    stop.set_model(model)
+    model.stop_training = False
+    stop.on_train_begin()
+    for epoch, score in scores.items():
+        stop.on_epoch_begin(epoch)
+        stop.on_epoch_end(epoch, {"val_miou": score})
+        if model.stop_training:
+            return epoch
+    return None
+
+
+def test_early_stopping_counts_its_patience_from_the_best_epoch_before_a_stop(tmp_path):
+    model, scores = model_with(0.0), {0: 0.6, 1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}
+    assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3), scores) == 3  # never stopped
+    epochs_of(KeepBest("val_miou", str(tmp_path)), model, {1.0: 0.6, 2.0: 0.5, 3.0: 0.5})  # epochs 0-2, then the stop
+    resumed = {epoch: score for epoch, score in scores.items() if epoch >= 3}
+    assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3, str(tmp_path)), resumed) == 3
+    assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3, str(tmp_path)), {3: 0.7, 4: 0.5}) is None  # a new best

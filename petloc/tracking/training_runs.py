@@ -114,9 +114,9 @@ def train_tracked(
         plain, _ = quality(model, data.val)
         lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
     model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
+    timed = {"epoch_seconds": epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}  # none when resumed with none left
     return score_and_log(exp, model, data, run_id, curves, {
-        **lever, "train_seconds": train_seconds, "epochs_trained": float(len(curves.get("loss", []))),
-        "epoch_seconds": epochs_logged.epoch_seconds(),
+        **lever, "train_seconds": train_seconds, "epochs_trained": float(len(curves.get("loss", []))), **timed,
     })
 
 

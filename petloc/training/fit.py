@@ -53,14 +53,25 @@ class ShortMetricNames(keras.callbacks.Callback):
                     logs[prefix + short] = logs[prefix + keras_name]
 
 
-BEST_WEIGHTS, BEST_EPOCH = "best-epoch.npz", "best-epoch.json"  # KeepBest's, in a backup folder
+BEST_EPOCH = "best-epoch.npz"  # KeepBest's, in a backup folder: the weights, the score and the epoch in one file
+
+
+def best_epoch(folder: str | Path | None) -> tuple[float, int] | None:
+    """The score and the epoch (counted from 1) of the best epoch kept in a backup folder, if any."""
+    path = Path(folder) / BEST_EPOCH if folder else None
+    if not path or not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return float(saved["score"]), int(saved["epoch"])
 
 
 class KeepBest(keras.callbacks.Callback):
     """Ends training with the weights of the epoch with the best `monitor` (higher is better).
     With `folder` (a resumable fit's backup folder) the best so far is kept there too, so a
     fit resumed after a stop still ends with the best epoch from before the stop when no
-    later epoch beats it (long runs peak late, and are the ones worth resuming)."""
+    later epoch beats it (long runs peak late, and are the ones worth resuming). Weights,
+    score and epoch are one file, renamed into place: a kill never pairs one epoch's score
+    with another's weights."""
 
     def __init__(self, monitor: str = "val_miou", folder: str | None = None):
         super().__init__()
@@ -68,22 +79,44 @@ class KeepBest(keras.callbacks.Callback):
         self.folder = Path(folder) if folder else None
 
     def on_train_begin(self, logs=None):
-        if self.folder and (self.folder / BEST_EPOCH).is_file():  # its weights stay on disk until the end
-            self.best = json.loads((self.folder / BEST_EPOCH).read_text())[self.monitor]
+        kept = best_epoch(self.folder)  # its weights stay on disk until the end
+        if kept:
+            self.best = kept[0]
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and logs.get(self.monitor, -1.0) > self.best:
             self.best, self.weights = logs[self.monitor], self.model.get_weights()
-            if self.folder:  # weights first, then the figure: a kill between leaves the older pair's figure, never a newer
-                atomic_write(self.folder / BEST_WEIGHTS, lambda file: np.savez(file, *self.weights))
-                atomic_write_text(self.folder / BEST_EPOCH, json.dumps({self.monitor: float(self.best), "epoch": epoch + 1}))
+            if self.folder:
+                atomic_write(self.folder / BEST_EPOCH, lambda file: np.savez(
+                    file, *self.weights, score=np.float64(self.best), epoch=np.int64(epoch + 1)))
 
     def on_train_end(self, logs=None):
-        if self.weights is None and self.folder and (self.folder / BEST_WEIGHTS).is_file():
-            with np.load(self.folder / BEST_WEIGHTS) as saved:  # the best epoch came before a resume
-                self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        if self.weights is None and best_epoch(self.folder):
+            with np.load(self.folder / BEST_EPOCH) as saved:  # the best epoch came before a resume
+                self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
         if self.weights is not None:
             self.model.set_weights(self.weights)
+
+
+class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's EarlyStopping (higher `monitor` is better) that, in a fit resumed from a backup
+    folder, counts its patience from the best epoch before the stop: Keras's starts again
+    from nothing, so a run stopped now and then would never stop early."""
+
+    def __init__(self, monitor: str, patience: int, folder: str | None = None):
+        super().__init__(monitor, mode="max", patience=patience)
+        self.folder, self.resumed = folder, False
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.resumed = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        kept = best_epoch(self.folder) if not self.resumed else None
+        self.resumed = True
+        if kept and epoch > 0:  # resumed at `epoch`: the epochs after the best one did not improve
+            self.best, self.best_epoch = kept[0], kept[1] - 1
+            self.wait = epoch - kept[1]
 
 
 class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
@@ -97,12 +130,20 @@ class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
         self._ema_weights_in_model = True  # Keras 3.15's flag (pyproject pins keras==3.15.*)
 
 
-BACKUP_WEIGHTS = "latest.weights.h5"  # Keras's BackupAndRestore restores from this file
+BACKUP_WEIGHTS, BACKUP_STATE = "latest.weights.h5", "training_metadata.json"  # Keras's BackupAndRestore's files
 
 
 def has_backup(folder: str | Path) -> bool:
     """Whether a fit given `folder` as its backup resumes from it."""
     return (Path(folder) / BACKUP_WEIGHTS).is_file()
+
+
+def backed_up_epochs(folder: str | Path) -> int:
+    """How many epochs the training state in a backup folder has finished (Keras's metadata)."""
+    try:
+        return int(json.loads((Path(folder) / BACKUP_STATE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 class WholeBackup(keras.callbacks.BackupAndRestore):
@@ -148,13 +189,14 @@ def fit(
         model.load_weights(initial_weights)
     backing_up = WholeBackup(backup) if backup else None
     resuming = bool(backup) and has_backup(backup)
+    done = backed_up_epochs(backup) if resuming else 0
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor, backup)]
     if getattr(model.optimizer, "use_ema", False):
         # Validate the averaged weights, and hold them at each epoch's end, so that KeepBest
         # keeps the best average (Keras swaps the raw weights back for the next epoch).
         every_epoch.insert(0, ResumedSwapEMAWeights() if resuming else keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if early_stopping:
-        every_epoch.append(keras.callbacks.EarlyStopping(monitor, mode="max", patience=early_stopping))
+        every_epoch.append(ResumedEarlyStopping(monitor, early_stopping, backup))
     if not progress.detailed():
         every_epoch.append(progress.EpochLine())  # instead of Keras's line, which repeats each metric under two names
     # Last: its epoch-end backup holds what the callbacks above left (the averaged weights),
@@ -168,6 +210,8 @@ def fit(
         callbacks=every_epoch + list(callbacks) + after_all, verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
+    if resuming and not losses and done >= epochs:  # stopped after the last epoch's backup: nothing left to train
+        return model, history
     if not losses or not math.isfinite(losses[-1]):
         raise TrainingDiverged(f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate")
     return model, history
