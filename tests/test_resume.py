@@ -3,12 +3,14 @@ again goes on where it stopped: the same weights and optimizer, the best epoch f
 the stop still kept, weight averaging's two sets of weights each back in its place. The
 whole loop through a sweep is in tests/test_sweep.py and tests/test_state_safety.py."""
 
+import time
+
 import keras
 import numpy as np
 import pytest
 
 from petloc.data.pipeline import ImageSet
-from petloc.training.fit import BACKUP_STATE, BACKUP_WEIGHTS, BEST_EPOCH, KeepBest, ResumedEarlyStopping, best_epoch, fit_localiser
+from petloc.training.fit import BACKUP_STATE, BACKUP_WEIGHTS, BEST_EPOCH, KeepBest, ResumedEarlyStopping, backed_up, best_epoch, fit_localiser
 
 SIZE = 32
 HP = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
@@ -150,3 +152,26 @@ def test_early_stopping_counts_its_patience_from_the_best_epoch_before_a_stop(tm
     resumed = {epoch: score for epoch, score in scores.items() if epoch >= 3}
     assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3, str(tmp_path)), resumed) == 3
     assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3, str(tmp_path)), {3: 0.7, 4: 0.5}) is None  # a new best
+
+
+class BackupClock(keras.callbacks.Callback):
+    """When each epoch began, and the backup's state as each began."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder, self.began, self.state = folder, {}, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began[epoch], self.state[epoch] = time.perf_counter(), backed_up(self.folder)
+
+
+def test_the_backup_counts_the_training_seconds_of_every_fit_that_resumed_it(tmp_path):
+    backup, data = tmp_path / "backup", photos()
+    with pytest.raises(KeyboardInterrupt):
+        fit_localiser(HP, data, data, epochs=4, callbacks=[StopAt(epoch=2)], backup=str(backup))
+    epochs, seconds = backed_up(backup)
+    assert epochs == 2 and seconds > 0
+    clock = BackupClock(backup)
+    fit_localiser(HP, data, data, epochs=4, callbacks=[clock], backup=str(backup))
+    # As epoch 4 begins, the backup holds epoch 3: the seconds before the stop, and this fit's to there.
+    assert clock.state[3][0] == 3 and clock.state[3][1] >= seconds + (clock.began[3] - clock.began[2])

@@ -350,6 +350,10 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     [killed] = [r for r in children(client, sweep_parent(client).info.run_id) if r.data.tags["trial_id"] == "final"]
     assert killed.info.status == "KILLED" and [m.step for m in client.get_metric_history(killed.info.run_id, "val/miou")] == [1, 2]
 
+    from petloc.training.fit import backed_up
+
+    epochs_before, seconds_before = backed_up(tmp_path / "mlruns" / "tuner" / "tiny" / "final" / killed.info.run_id)
+    assert epochs_before == 2 and seconds_before > 0
     trained.append("resumed")
     again = invoke("sweep", exp)
     assert again.exit_code == 0, again.output
@@ -359,6 +363,7 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     assert final.info.run_id == killed.info.run_id and final.info.status == "FINISHED" and "error" not in final.data.tags
     assert [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")] == [1, 2, 3, 4]
     assert final.data.metrics["epochs_trained"] == 4.0 and final.data.params["epochs"] == "4"
+    assert final.data.metrics["train_seconds"] > seconds_before  # the training before the stop counts too
     assert "resumed from its last finished epoch after a stop" in final.data.tags["mlflow.note.content"]
     assert "curves.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
     assert not (tmp_path / "mlruns" / "tuner" / "tiny" / "final").exists()  # its training state, gone once done

@@ -19,7 +19,7 @@ from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
 from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
-from petloc.training.fit import fit_localiser, has_backup, resolved_precision
+from petloc.training.fit import backed_up, fit_localiser, has_backup, resolved_precision
 from petloc.training.gallery import plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
 
@@ -86,9 +86,10 @@ def train_tracked(
     metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes.
     `backup`: a folder where the training state is kept after each epoch (`fit.fit`); when it
     holds one, the fit resumes from it, in the same run, and the curves and `epochs_trained`
-    count the epochs before the interruption too."""
+    count the epochs before the interruption too, and `train_seconds` the training before it."""
     epochs = epochs or exp.train.epochs
     resumed = bool(backup) and has_backup(backup)
+    seconds_before = backed_up(backup)[1] if resumed else 0.0  # the training before a stop counts too
     pretrained = pretrained_for(hp["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
@@ -107,7 +108,7 @@ def train_tracked(
     if save_weights:
         save_weights.parent.mkdir(parents=True, exist_ok=True)
         model.save_weights(save_weights)
-    train_seconds = time.perf_counter() - start
+    train_seconds = seconds_before + time.perf_counter() - start
     curves = log.epoch_history(run_id) if resumed else history.history
     lever = {}
     if hp.get("tta", "none") != "none":  # what test-time augmentation was worth, on the same weights

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -138,12 +139,14 @@ def has_backup(folder: str | Path) -> bool:
     return (Path(folder) / BACKUP_WEIGHTS).is_file()
 
 
-def backed_up_epochs(folder: str | Path) -> int:
-    """How many epochs the training state in a backup folder has finished (Keras's metadata)."""
+def backed_up(folder: str | Path) -> tuple[int, float]:
+    """How many epochs the training state in a backup folder has finished (Keras's metadata),
+    and the seconds the fits before spent training up to it (petloc's); 0 and 0.0 when none."""
     try:
-        return int(json.loads((Path(folder) / BACKUP_STATE).read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
+        state = json.loads((Path(folder) / BACKUP_STATE).read_text())
+        return int(state["epoch"]), float(state.get("seconds", 0.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0.0
 
 
 class WholeBackup(keras.callbacks.BackupAndRestore):
@@ -151,14 +154,20 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
     from it), with each file written whole and then renamed into place. Keras writes them
     in place: a kill -9 during the write left a weights file that h5py could not open ("bad
     object header version number"), and the run could not resume (tests/test_state_safety.py).
-    The weights go first, then the epoch: a kill between the two trains one epoch more."""
+    The weights go first, then the epoch: a kill between the two trains one epoch more.
+    The state also counts the seconds spent training, over every fit that resumed it."""
+
+    def on_train_begin(self, logs=None):
+        self.began, self.seconds_before = time.perf_counter(), backed_up(self.backup_dir)[1]
+        super().on_train_begin(logs)
 
     def _save_model(self):
         partial = os.path.join(self.backup_dir, ".partial.weights.h5")  # Keras wants the .weights.h5 ending
         os.makedirs(self.backup_dir, exist_ok=True)
         self.model.save_weights(partial, overwrite=True)
         os.replace(partial, self._weights_path)
-        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                 "seconds": self.seconds_before + time.perf_counter() - self.began}
         atomic_write_text(Path(self._training_metadata_path), json.dumps(state))
 
 
@@ -189,7 +198,7 @@ def fit(
         model.load_weights(initial_weights)
     backing_up = WholeBackup(backup) if backup else None
     resuming = bool(backup) and has_backup(backup)
-    done = backed_up_epochs(backup) if resuming else 0
+    done = backed_up(backup)[0] if resuming else 0
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor, backup)]
     if getattr(model.optimizer, "use_ema", False):
         # Validate the averaged weights, and hold them at each epoch's end, so that KeepBest
