@@ -352,8 +352,11 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
 
     from petloc.training.fit import backed_up
 
-    epochs_before, seconds_before = backed_up(tmp_path / "mlruns" / "tuner" / "tiny" / "final" / killed.info.run_id)
+    backups = tmp_path / "mlruns" / "tuner" / "tiny" / "final"
+    epochs_before, seconds_before = backed_up(backups / killed.info.run_id)
     assert epochs_before == 2 and seconds_before > 0
+    (backups / "an-earlier-final-run-never-resumed").mkdir()
+    (backups / "an-earlier-final-run-never-resumed" / "latest.weights.h5").write_bytes(b"state")
     trained.append("resumed")
     again = invoke("sweep", exp)
     assert again.exit_code == 0, again.output
@@ -364,6 +367,7 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     assert [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")] == [1, 2, 3, 4]
     assert final.data.metrics["epochs_trained"] == 4.0 and final.data.params["epochs"] == "4"
     assert final.data.metrics["train_seconds"] > seconds_before  # the training before the stop counts too
+    assert not backups.exists()  # this run's state, and a stale one of a run that will never resume
     assert "resumed from its last finished epoch after a stop" in final.data.tags["mlflow.note.content"]
     assert "curves.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
     assert not (tmp_path / "mlruns" / "tuner" / "tiny" / "final").exists()  # its training state, gone once done

@@ -15,6 +15,7 @@ from typing import Callable
 from mlflow.tracking import MlflowClient
 
 from petloc.config import Experiment
+from petloc.files import remove_tree
 from petloc.search import FINAL_TRIAL
 from petloc.tracking import runs, store
 from petloc.search.tuner import tuner_dir
@@ -63,7 +64,11 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
     with runs.run_status(run_id):
         summary = train_tracked(exp, values, data, run_id, epochs=epochs, backup=backups / run_id,
                                 description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration {how}")
-    with contextlib.suppress(OSError):  # Keras removed this run's backup; the folder goes too unless another run's is there
+    # Keras removed this run's backup. Those of earlier final runs stopped and never resumed
+    # (another winner, another precision) go too: this sweep's final run is done, none will resume.
+    for stale in backups.iterdir() if backups.is_dir() else ():
+        remove_tree(stale, backups)
+    with contextlib.suppress(OSError):
         backups.rmdir()
     say(f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
         f"latency {summary['latency_ms_b1']:.1f} ms")
