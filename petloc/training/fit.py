@@ -63,6 +63,8 @@ def best_epoch(folder: str | Path | None) -> tuple[float, int] | None:
     if not path or not path.is_file():
         return None
     with np.load(path) as saved:
+        if not {"score", "epoch"} <= set(saved.files):  # petloc before 2026-12-04 kept them apart: start the best afresh
+            return None
         return float(saved["score"]), int(saved["epoch"])
 
 
