@@ -2,7 +2,8 @@
 store: per-epoch metrics, system metrics, quality and latency, curves, gallery, the model
 logged) vs the same trial untracked (the same data, the same fit), at two sizes: the trial of
 `make run` (experiments/quick.yaml: 1,500 synthetic pets, 6 epochs) and a tiny one (600
-pets, 4 epochs), where the fixed cost shows most. Goal <= 1.03x wall time.
+pets, 4 epochs), where the fixed cost shows most. Goal <= 1.03x wall time. The rows under
+the `make run` trial say what each piece of the work costs by itself.
 
 The ratio is the trial plus what tracking adds on the training thread, measured where it
 happens: the work around the fit (run set-up and inputs; after training: quality, latency,
@@ -34,6 +35,8 @@ from petloc.config import parse_experiment
 from petloc.data.synth import generate
 from petloc.training.dataset import prepare_data
 from petloc.training.fit import fit_localiser
+from petloc.tracking import log, training_runs
+from petloc.tracking import runs as run_store
 from petloc.tracking.log import EpochLogger
 from petloc.tracking.training_runs import train_run
 
@@ -89,6 +92,35 @@ class HookClock:
         return run
 
 
+class PieceClock:
+    """Time spent in each piece of the work around a tracked fit, as `training_runs` calls them."""
+
+    PIECES = {  # label -> (module, function name)
+        "run set-up and inputs (params, tags, datasets, experiment.json)": [(log, "log_run_inputs"), (log, "log_experiment"), (run_store, "create_run")],
+        "quality pass on the validation photos (mIoU, accuracy, IoU >= 0.5; its forward pass traced)": [(training_runs, "quality")],
+        "latency at batch 1 and 32": [(training_runs, "latencies")],
+        "curves figure": [(training_runs, "plot_curves")],
+        "gallery of predictions": [(training_runs, "gallery_image"), (training_runs, "save_rgb")],
+        "model logged (saved, copied into the store, registered as a logged model)": [(log, "log_model")],
+        "files logged (curves, gallery)": [(log, "log_files")],
+    }
+
+    def __init__(self):
+        self.seconds = {label: 0.0 for label in self.PIECES}
+        for label, functions in self.PIECES.items():
+            for module, name in functions:
+                setattr(module, name, self.timed(label, getattr(module, name)))
+
+    def timed(self, label, function):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+        return run
+
+
 SIZES = {"quick": (1500, 6), "tiny": (600, 4)}  # pets, epochs
 
 
@@ -106,16 +138,18 @@ def main() -> None:
         prepare_data(exps[name].data, SIZE, log=lambda _: None)  # each data cache made before timing
     with contextlib.redirect_stdout(io.StringIO()):  # warm up once, on the tiny trial: the store made, first imports and traces
         untracked(exps["tiny"]), tracked(exps["tiny"])
-    hooks = HookClock()
+    hooks, pieces = HookClock(), PieceClock()
     for name, (count, epochs) in SIZES.items():
         exp = exps[name]
-        plain, runs, in_hooks = [], [], []
+        plain, runs, in_hooks, in_pieces = [], [], [], []
         with contextlib.redirect_stdout(io.StringIO()):
             for _ in range(args.rounds):
                 plain.append(untracked(exp))
                 hooks.seconds = 0.0
+                pieces.seconds = dict.fromkeys(pieces.seconds, 0.0)
                 runs.append(tracked(exp))
                 in_hooks.append(hooks.seconds)
+                in_pieces.append(pieces.seconds)
         # Both sides run the same fit and read the same data cache: the trial's own time is its
         # fastest fit of all 2 x rounds (the tracked ones without their hooks) and the cache read;
         # tracking adds the rest of the work around the fit, and the time inside the hooks.
@@ -135,6 +169,9 @@ def main() -> None:
                  [f"check: the two trials side by side, best of {args.rounds} rounds each (untracked rounds "
                   f"{min(t for t, _ in plain):.1f}-{max(t for t, _ in plain):.1f} s)", f"{min(t for t, _ in runs):.1f} / {min(t for t, _ in plain):.1f} s",
                   f"{side_by_side:.2f}x", "check"]]
+        if name == "quick":  # what each piece costs by itself, fastest round of each
+            rows += [[f"of which: {label} / untracked trial", f"{min(r[label] for r in in_pieces):.3f} / {base:.1f} s",
+                      f"{min(r[label] for r in in_pieces) / base:.4f}x", "reported"] for label in PieceClock.PIECES]
         print(*rows[-4:], sep="\n", flush=True)
     write_block("tracking", "Tracking overhead: `python benchmarks/tracking_speed.py`", table(["what (A / B)", "A / B", "ratio", "goal"], rows))
 

@@ -122,14 +122,37 @@ def test_a_fit_stopped_after_its_last_epoch_ends_with_its_best_epoch_when_starte
     backup, data = tmp_path / "backup", photos()
     with pytest.raises(KeyboardInterrupt):
         fit_localiser(HP, data, data, epochs=2, callbacks=[StopAtTheEnd()], backup=str(backup))
+    # A best epoch unlike the last one's weights (here the last epoch was the best): the fit must end with it.
     with np.load(backup / BEST_EPOCH) as saved:
-        best = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
+        best = [np.full_like(saved[f"arr_{i}"], 0.5) for i in range(len(saved.files) - 2)]
+    np.savez(backup / BEST_EPOCH, *best, score=np.float64(0.99), epoch=np.int64(1))
     first = FirstEpoch()
     model, history = fit_localiser(HP, data, data, epochs=2, callbacks=[first], backup=str(backup))
     assert not hasattr(first, "epoch") and not history.history.get("loss")  # nothing left to train, and no error
     for got, kept in zip(model.get_weights(), best):
         np.testing.assert_array_equal(got, kept)
     assert not backup.exists()
+
+
+class EarlyStopAtTheEnd(StopAtTheEnd):
+    """Early stopping at the end of epoch `epoch` (counted from 0), then Ctrl+C before the fit ends."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = epoch == self.epoch
+
+
+def test_a_fit_that_early_stopping_ended_trains_no_more_when_started_again_after_a_stop(tmp_path):
+    backup, data = tmp_path / "backup", photos()
+    with pytest.raises(KeyboardInterrupt):
+        fit_localiser(HP, data, data, epochs=4, callbacks=[EarlyStopAtTheEnd(epoch=1)], backup=str(backup))
+    assert backed_up(backup).epochs == 2 and backed_up(backup).stopped
+    first = FirstEpoch()
+    _, history = fit_localiser(HP, data, data, epochs=4, callbacks=[first], backup=str(backup))
+    assert not hasattr(first, "epoch") and not history.history.get("loss") and not backup.exists()
 
 
 def early_stopping_after(model, stop: ResumedEarlyStopping, scores: dict[int, float]) -> int | None:
@@ -147,7 +170,7 @@ def early_stopping_after(model, stop: ResumedEarlyStopping, scores: dict[int, fl
 
 def test_early_stopping_counts_its_patience_from_the_best_epoch_before_a_stop(tmp_path):
     model, scores = model_with(0.0), {0: 0.6, 1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}
-    assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3), scores) == 3  # never stopped
+    assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3), scores) == 3  # a fit never stopped
     epochs_of(KeepBest("val_miou", str(tmp_path)), model, {1.0: 0.6, 2.0: 0.5, 3.0: 0.5})  # epochs 0-2, then the stop
     resumed = {epoch: score for epoch, score in scores.items() if epoch >= 3}
     assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3, str(tmp_path)), resumed) == 3
@@ -169,7 +192,7 @@ def test_the_backup_counts_the_training_seconds_of_every_fit_that_resumed_it(tmp
     backup, data = tmp_path / "backup", photos()
     with pytest.raises(KeyboardInterrupt):
         fit_localiser(HP, data, data, epochs=4, callbacks=[StopAt(epoch=2)], backup=str(backup))
-    epochs, seconds = backed_up(backup)
+    epochs, seconds, _ = backed_up(backup)
     assert epochs == 2 and seconds > 0
     clock = BackupClock(backup)
     fit_localiser(HP, data, data, epochs=4, callbacks=[clock], backup=str(backup))

@@ -353,21 +353,28 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     from petloc.training.fit import backed_up
 
     backups = tmp_path / "mlruns" / "tuner" / "tiny" / "final"
-    epochs_before, seconds_before = backed_up(backups / killed.info.run_id)
-    assert epochs_before == 2 and seconds_before > 0
-    (backups / "an-earlier-final-run-never-resumed").mkdir()
-    (backups / "an-earlier-final-run-never-resumed" / "latest.weights.h5").write_bytes(b"state")
+    state = backups / killed.info.run_id / "training_metadata.json"
+    assert backed_up(state.parent).epochs == 2 and backed_up(state.parent).seconds > 0
+    state.write_text(json.dumps({**json.loads(state.read_text()), "seconds": 1e5}))  # far more than this test trains
+    # Two more backups: one of a run no longer in the store, and one of a final run stopped at
+    # another length, which the sweep resumes when run again with that tuner.final_epochs.
+    other = client.create_run(killed.info.experiment_id, tags={
+        "mlflow.parentRunId": sweep_parent(client).info.run_id, "trial_id": "final", "source_run": killed.data.tags["source_run"]})
+    client.log_param(other.info.run_id, "epochs", "9")
+    client.set_terminated(other.info.run_id, "KILLED")
+    for folder in ("a-run-no-longer-in-the-store", other.info.run_id):
+        (backups / folder).mkdir()
+        (backups / folder / "latest.weights.h5").write_bytes(b"state")
     trained.append("resumed")
     again = invoke("sweep", exp)
     assert again.exit_code == 0, again.output
     assert f"final run: resuming run {killed.info.run_id} (4 epochs" in again.output
     assert trained[trained.index("resumed") + 1:] == [2, 3]  # epochs 3 and 4, counted from 0
-    [final] = [r for r in children(client, sweep_parent(client).info.run_id) if r.data.tags["trial_id"] == "final"]
+    [final] = [r for r in children(client, sweep_parent(client).info.run_id) if r.data.tags["trial_id"] == "final" and r.info.run_id != other.info.run_id]
     assert final.info.run_id == killed.info.run_id and final.info.status == "FINISHED" and "error" not in final.data.tags
     assert [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")] == [1, 2, 3, 4]
     assert final.data.metrics["epochs_trained"] == 4.0 and final.data.params["epochs"] == "4"
-    assert final.data.metrics["train_seconds"] > seconds_before  # the training before the stop counts too
-    assert not backups.exists()  # this run's state, and a stale one of a run that will never resume
+    assert final.data.metrics["train_seconds"] > 1e5  # the training before the stop counts too
+    assert [p.name for p in backups.iterdir()] == [other.info.run_id]  # this run's state and the stale one are gone
     assert "resumed from its last finished epoch after a stop" in final.data.tags["mlflow.note.content"]
     assert "curves.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
-    assert not (tmp_path / "mlruns" / "tuner" / "tiny" / "final").exists()  # its training state, gone once done

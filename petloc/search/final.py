@@ -10,6 +10,7 @@ in the same MLflow run, from its last finished epoch instead of training it agai
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable
 
 from mlflow.tracking import MlflowClient
@@ -64,12 +65,24 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
     with runs.run_status(run_id):
         summary = train_tracked(exp, values, data, run_id, epochs=epochs, backup=backups / run_id,
                                 description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration {how}")
-    # Keras removed this run's backup. Those of earlier final runs stopped and never resumed
-    # (another winner, another precision) go too: this sweep's final run is done, none will resume.
-    for stale in backups.iterdir() if backups.is_dir() else ():
-        remove_tree(stale, backups)
-    with contextlib.suppress(OSError):
+    _remove_stale_backups(parent, backups, best["run_id"], epochs)
+    with contextlib.suppress(OSError):  # Keras removed this run's backup; the folder goes too unless another run's is there
         backups.rmdir()
     say(f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
         f"latency {summary['latency_ms_b1']:.1f} ms")
     return run_id
+
+
+def _remove_stale_backups(parent: str, backups: Path, source_run: str, epochs: int) -> None:
+    """Removes the backups that no sweep run can resume now that a final run of `source_run`'s
+    configuration has finished at `epochs`: those of stopped final runs of the same
+    configuration and length (a sweep asking for it finds the finished run first, whatever
+    the precision), and those of runs no longer in the store. A stopped run of another length
+    keeps its backup: the sweep run again with that `final_epochs` resumes it."""
+    if not backups.is_dir():
+        return
+    finals = {run.info.run_id: run for run in runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}'")}
+    for folder in backups.iterdir():
+        run = finals.get(folder.name)
+        if run is None or (run.data.tags.get("source_run") == source_run and int(run.data.params.get("epochs", -1)) == epochs):
+            remove_tree(folder, backups)

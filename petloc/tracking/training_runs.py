@@ -89,7 +89,7 @@ def train_tracked(
     count the epochs before the interruption too, and `train_seconds` the training before it."""
     epochs = epochs or exp.train.epochs
     resumed = bool(backup) and has_backup(backup)
-    seconds_before = backed_up(backup)[1] if resumed else 0.0  # the training before a stop counts too
+    seconds_before = backed_up(backup).seconds if resumed else 0.0  # the training before a stop counts too
     pretrained = pretrained_for(hp["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "

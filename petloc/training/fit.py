@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import keras
 import numpy as np
@@ -119,7 +119,7 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
         self.resumed = True
         if kept and epoch > 0:  # resumed at `epoch`: the epochs after the best one did not improve
             self.best, self.best_epoch = kept[0], kept[1] - 1
-            self.wait = epoch - kept[1]
+            self.wait = max(0, epoch - kept[1])  # the best file is this epoch's when a kill came between it and the backup
 
 
 class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
@@ -141,14 +141,21 @@ def has_backup(folder: str | Path) -> bool:
     return (Path(folder) / BACKUP_WEIGHTS).is_file()
 
 
-def backed_up(folder: str | Path) -> tuple[int, float]:
-    """How many epochs the training state in a backup folder has finished (Keras's metadata),
-    and the seconds the fits before spent training up to it (petloc's); 0 and 0.0 when none."""
+class BackedUp(NamedTuple):
+    """What a backup folder's training state says (Keras's metadata, and petloc's additions)."""
+
+    epochs: int = 0  # finished
+    seconds: float = 0.0  # spent training up to them, over every fit (from each fit's first epoch; building the model not counted)
+    stopped: bool = False  # early stopping ended the fit after them: nothing left to train
+
+
+def backed_up(folder: str | Path) -> BackedUp:
+    """The training state in a backup folder; all zero when it holds none."""
     try:
         state = json.loads((Path(folder) / BACKUP_STATE).read_text())
-        return int(state["epoch"]), float(state.get("seconds", 0.0))
+        return BackedUp(int(state["epoch"]), float(state.get("seconds", 0.0)), bool(state.get("stopped", False)))
     except (OSError, ValueError, KeyError, TypeError):
-        return 0, 0.0
+        return BackedUp()
 
 
 class WholeBackup(keras.callbacks.BackupAndRestore):
@@ -160,8 +167,14 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
     The state also counts the seconds spent training, over every fit that resumed it."""
 
     def on_train_begin(self, logs=None):
-        self.began, self.seconds_before = time.perf_counter(), backed_up(self.backup_dir)[1]
+        self.began, self.seconds_before, self.stopped = time.perf_counter(), backed_up(self.backup_dir).seconds, False
         super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Early stopping (before this callback) ended the fit: a kill before the fit's end must
+        # not train on when it resumes. A NaN loss stops it too, and is an error again.
+        self.stopped = bool(self.model.stop_training) and math.isfinite((logs or {}).get("loss", math.nan))
+        super().on_epoch_end(epoch, logs)
 
     def _save_model(self):
         partial = os.path.join(self.backup_dir, ".partial.weights.h5")  # Keras wants the .weights.h5 ending
@@ -169,7 +182,7 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
         self.model.save_weights(partial, overwrite=True)
         os.replace(partial, self._weights_path)
         state = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                 "seconds": self.seconds_before + time.perf_counter() - self.began}
+                 "seconds": self.seconds_before + time.perf_counter() - self.began, "stopped": self.stopped}
         atomic_write_text(Path(self._training_metadata_path), json.dumps(state))
 
 
@@ -200,7 +213,9 @@ def fit(
         model.load_weights(initial_weights)
     backing_up = WholeBackup(backup) if backup else None
     resuming = bool(backup) and has_backup(backup)
-    done = backed_up(backup)[0] if resuming else 0
+    state = backed_up(backup) if resuming else BackedUp()
+    if state.stopped:  # early stopping had ended it: resume with no epoch left
+        epochs = state.epochs
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor, backup)]
     if getattr(model.optimizer, "use_ema", False):
         # Validate the averaged weights, and hold them at each epoch's end, so that KeepBest
@@ -221,7 +236,7 @@ def fit(
         callbacks=every_epoch + list(callbacks) + after_all, verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
-    if resuming and not losses and done >= epochs:  # stopped after the last epoch's backup: nothing left to train
+    if resuming and not losses and state.epochs >= epochs:  # stopped after the last epoch's backup: nothing left to train
         return model, history
     if not losses or not math.isfinite(losses[-1]):
         raise TrainingDiverged(f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate")
