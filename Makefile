@@ -27,7 +27,7 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -n 2 --dist load
 
-# Speed figures, each a ratio measured side by side, written to benchmarks/RESULTS.md (about 10 minutes)
+# Speed figures, each a ratio measured side by side, written to benchmarks/RESULTS.md (about 12 minutes)
 bench: setup
 	$(BIN)/python benchmarks/startup_speed.py
 	$(BIN)/python benchmarks/predict_speed.py
@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/dilated_conv_speed.py
 	$(BIN)/python benchmarks/pipeline_speed.py
 	$(BIN)/python benchmarks/tracking_speed.py
+	$(BIN)/python benchmarks/tracking_overlap.py
 	$(BIN)/python benchmarks/tracking_load.py
 
 # Longer: sweeps on the real photos (../shared/datasets/cats_dogs/train), Hyperband against

@@ -159,20 +159,21 @@ def main() -> None:
         added = around + logging
         side_by_side = min(t for t, _ in runs) / min(t for t, _ in plain)
         what = "the `make run` trial (quick.yaml: " if name == "quick" else "a tiny trial ("
+        # What each piece of the work around the fit costs by itself (fastest round of each), on the `make run` trial.
+        each = [[f"of that work: {label} / untracked trial", f"{min(r[label] for r in in_pieces):.3f} / {base:.1f} s",
+                 f"{min(r[label] for r in in_pieces) / base:.4f}x", "reported"] for label in PieceClock.PIECES] if name == "quick" else []
         rows += [[f"tracked trial / the same trial untracked: {what}{count} synthetic pets, {SIZE} px, simple, {epochs} epochs), "
                   "as the trial plus what tracking adds on the training thread",
                   f"{base + added:.1f} / {base:.1f} s", f"**{(base + added) / base:.3f}x**", verdict((base + added) / base, 1.03)],
                  ["of which: the work around the fit beyond the untracked trial's (run set-up and inputs; after training: quality, latency, curves, gallery, "
                   "model logging) / untracked trial", f"{around:.2f} / {base:.1f} s", f"{around / base:.3f}x", "reported"],
+                 *each,
                  [f"of which: inside the per-epoch logger's hooks ({epochs} epochs) / untracked trial",
                   f"{logging:.3f} / {base:.1f} s", f"{logging / base:.4f}x", "reported"],
                  [f"check: the two trials side by side, best of {args.rounds} rounds each (untracked rounds "
                   f"{min(t for t, _ in plain):.1f}-{max(t for t, _ in plain):.1f} s)", f"{min(t for t, _ in runs):.1f} / {min(t for t, _ in plain):.1f} s",
                   f"{side_by_side:.2f}x", "check"]]
-        if name == "quick":  # what each piece costs by itself, fastest round of each
-            rows += [[f"of which: {label} / untracked trial", f"{min(r[label] for r in in_pieces):.3f} / {base:.1f} s",
-                      f"{min(r[label] for r in in_pieces) / base:.4f}x", "reported"] for label in PieceClock.PIECES]
-        print(*rows[-4:], sep="\n", flush=True)
+        print(*rows, sep="\n", flush=True)
     write_block("tracking", "Tracking overhead: `python benchmarks/tracking_speed.py`", table(["what (A / B)", "A / B", "ratio", "goal"], rows))
 
 
