@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import threading
 import time
 from pathlib import Path
 
 import common  # noqa: F401  (quiet TensorFlow before it loads)
-from common import scratch, table, write_block
-from tracking_speed import SIZE, experiment
+from common import table, write_block
+from tracking_speed import SIZE, experiment, fresh_project
 
 from petloc.data.synth import generate
 from petloc.tracking import log, runs, store
@@ -38,9 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    project = scratch("overlap")
-    os.chdir(project)  # a fresh project: its own mlruns/ store and data cache
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    project = fresh_project("overlap")
     generate(project / "quick", count=1500, seed=0)
     exp = experiment(project / "quick", 6)
     hp = exp.fixed_hyperparameters()

@@ -121,6 +121,15 @@ class PieceClock:
         return run
 
 
+def fresh_project(name: str) -> Path:
+    """A new scratch folder as the working directory: a project with its own mlruns/ store
+    and data cache, on the local store whatever MLFLOW_TRACKING_URI says."""
+    project = scratch(name)
+    os.chdir(project)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return project
+
+
 SIZES = {"quick": (1500, 6), "tiny": (600, 4)}  # pets, epochs
 
 
@@ -128,9 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    project = scratch("tracking")
-    os.chdir(project)  # a fresh project: its own mlruns/ store and data cache
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    project = fresh_project("tracking")
     rows, exps = [], {}
     for name, (count, epochs) in SIZES.items():
         generate(project / name, count=count, seed=0)
