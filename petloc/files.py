@@ -26,6 +26,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     # A name of its own: two processes writing the same file never share a temp file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp's is 0600: others sharing the project could not read the file
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -34,6 +35,25 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions a file written at `path` gets: those of the file it replaces, else what
+    open() would give a new file under the process's umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def inside(path: Path, root: Path) -> Path:

@@ -2,8 +2,10 @@
 run status tells the truth, and several processes on one store do not corrupt each other."""
 
 import json
+import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -63,6 +65,20 @@ def test_atomic_write_keeps_the_old_content_when_the_write_fails(tmp_path):
         atomic_write_text(state, 42)  # fails mid-way: not text
     assert json.loads(state.read_text()) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_write_gives_a_new_file_the_permissions_open_would_and_keeps_an_old_files(tmp_path, umask):
+    before = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "sweep.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
+        assert stat.S_IMODE((tmp_path / "sweep.json").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode)
+        (tmp_path / "sweep.json").chmod(0o640)
+        atomic_write_text(tmp_path / "sweep.json", '{"again": 1}')
+        assert stat.S_IMODE((tmp_path / "sweep.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(before)
 
 
 # --- one small sweep, then damage and resume ---------------------------------------------

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from petloc.data.images import IMAGE_SUFFIXES
 from petloc.data.readers import scan
 from petloc.data.records import Skipped
 from petloc.errors import PetlocError
+from petloc.files import atomic_write
 
 DEFAULT_CACHE = Path("data/.cache")
 CACHE_VERSION = 3  # bump when decoding or box conversion changes, so old caches are not reused (3: EXIF orientation)
@@ -113,14 +112,7 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
 def _write_cache(cache: Path, **arrays) -> None:
     """Through a temp file of this process's own, renamed when whole: a crash never leaves a
     half cache, and two processes preparing the same dataset never write one file."""
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(tmp, cache)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(cache, lambda file: np.savez(file, **arrays))
 
 
 def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[ImageSet, ImageSet]:
