@@ -83,6 +83,7 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         kept = best_epoch(self.folder)  # its weights stay on disk until the end
+        self.best_on_disk = kept is not None
         if kept:
             self.best = kept[0]
 
@@ -94,7 +95,7 @@ class KeepBest(keras.callbacks.Callback):
                     file, *self.weights, score=np.float64(self.best), epoch=np.int64(epoch + 1)))
 
     def on_train_end(self, logs=None):
-        if self.weights is None and best_epoch(self.folder):
+        if self.weights is None and self.best_on_disk:
             with np.load(self.folder / BEST_EPOCH) as saved:  # the best epoch came before a resume
                 self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
         if self.weights is not None:
@@ -108,15 +109,15 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
 
     def __init__(self, monitor: str, patience: int, folder: str | None = None):
         super().__init__(monitor, mode="max", patience=patience)
-        self.folder, self.resumed = folder, False
+        self.folder, self.first_epoch = folder, True
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.resumed = False
+        self.first_epoch = True
 
     def on_epoch_begin(self, epoch, logs=None):
-        kept = best_epoch(self.folder) if not self.resumed else None
-        self.resumed = True
+        kept = best_epoch(self.folder) if self.first_epoch else None
+        self.first_epoch = False
         if kept and epoch > 0:  # resumed at `epoch`: the epochs after the best one did not improve
             self.best, self.best_epoch = kept[0], kept[1] - 1
             self.wait = max(0, epoch - kept[1])  # the best file is this epoch's when a kill came between it and the backup
