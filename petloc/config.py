@@ -22,7 +22,16 @@ Scalar = Union[bool, int, float, str, None]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: a NaN passes every `ge`/`le` check and an infinite budget is no budget.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Upper bounds on counts: a typo of many digits is an error when the file is read, not an
+# overflow deep inside Keras, NumPy or the database.
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**31 - 1  # NumPy, TensorFlow and Keras Tuner all take it
+Seed = Field(0, ge=0, le=MAX_SEED)
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Range(Strict):
@@ -96,15 +105,15 @@ class DataConfig(Strict):
     path: str = "synthetic"  # "synthetic" = the embedded generator, else a dataset folder
     image_size: int = Field(64, ge=32, le=512)
     val_split: float = Field(0.15, gt=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = Seed
     on_bad: Literal["skip", "fail"] = "skip"
-    synthetic_count: int = Field(1500, ge=20)
+    synthetic_count: int = Field(1500, ge=20, le=1_000_000)
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(10, ge=1)
-    early_stopping: int = Field(0, ge=0)  # patience in epochs on val_miou; 0 = off
-    seed: int = 0
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    early_stopping: int = Field(0, ge=0, le=MAX_EPOCHS)  # patience in epochs on val_miou; 0 = off
+    seed: int = Seed
     # XLA-compiled training steps, which Keras leaves off on CPUs: faster on some CPUs,
     # slower on others (measure with benchmarks/training_step.py). Not with a head crop.
     xla: bool = False
@@ -117,24 +126,32 @@ class TrainConfig(Strict):
 
 class TunerConfig(Strict):
     kind: Literal["random", "bayesian", "grid", "hyperband"] = "random"
-    max_trials: int = Field(6, ge=1)
-    seed: int = 0
-    max_consecutive_failures: int = Field(3, ge=1)
+    max_trials: int = Field(6, ge=1, le=100_000)
+    seed: int = Seed
+    max_consecutive_failures: int = Field(3, ge=1, le=100_000)
     # After the search: the best trial's configuration trained again from scratch for this
     # many epochs, as one more child run ("final"); 0 = none.
-    final_epochs: int = Field(0, ge=0)
+    final_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
     # A time budget for each start of the sweep, data preparation and final run included: no
     # trial starts that might, with the final run after it, end past it (petloc.search.budget).
-    max_minutes: float | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0, le=366 * 24 * 60)
     # With max_minutes and final_epochs (else it does nothing): the final run trains more than
     # final_epochs when the search left time, as many epochs as the rest of the budget holds.
     fill_budget: bool = False
 
 
 class TrackingConfig(Strict):
-    experiment: str = "petloc"
+    # MLflow's experiments table holds 256 characters; a newline or tab would break its UI and filters.
+    experiment: str = Field("petloc", min_length=1, max_length=256)
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
     gallery_images: int = Field(16, ge=0, le=64)
+
+    @field_validator("experiment")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if CONTROL_CHARACTER.search(value):
+            raise ValueError(f"{value!r} holds a control character (a newline, tab, ...)")
+        return value
 
 
 class RegistryConfig(Strict):
@@ -155,11 +172,11 @@ class PretrainConfig(Strict):
 
     backbone: str = "small_resnet"
     width: float = Field(0.5, ge=0.1, le=4.0)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
     aug_strength: float = Field(0.6, ge=0.0, le=1.0)
     dropout: float = Field(0.3, ge=0.0, le=0.9)
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=1024)
     head_crops: bool = True  # also learn from a crop around each head
     image_size: int | None = Field(None, ge=32, le=1024)  # None: data.image_size; smaller pretrains faster
     xla: bool = False  # XLA-compiled training steps, as train.xla

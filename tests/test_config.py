@@ -117,3 +117,29 @@ def test_hyperparameters_lists_each_declared_one_with_its_default_and_choices():
     assert list(by_name) == list(hyperparams.DECLARED)
     assert by_name["backbone"][:3] == ["backbone", "str", "simple"] and all(b in lines[1] for b in BACKBONES)
     assert by_name["image_size"][2] == "data.image_size" and by_name["learning_rate"][2] == "0.001"
+
+
+@pytest.mark.parametrize("override, message", [
+    # A typo of many digits once passed the file and ended as a TypeError traceback in training.
+    ("train.epochs=99999999999999999999999999", "train.epochs: Input should be less than or equal to 100000"),
+    ("tuner.final_epochs=1e400", "tuner.final_epochs: Input should be a finite number"),
+    ("tuner.max_minutes=.inf", "tuner.max_minutes: Input should be a finite number"),
+    ("registry.max_latency_ms=.nan", "registry.max_latency_ms: Input should be a finite number"),
+    ("data.seed=-1", "data.seed: Input should be greater than or equal to 0"),
+    ("train.seed=4294967296", "train.seed: Input should be less than or equal to 2147483647"),
+    ("tuner.max_trials=10000000000", "tuner.max_trials: Input should be less than or equal to 100000"),
+    # MLflow's experiments table holds 256 characters: a longer name failed at train time.
+    ("tracking.experiment=" + "x" * 600, "tracking.experiment: String should have at most 256 characters"),
+    ('tracking.experiment="two\\nlines"', r"tracking.experiment: 'two\\nlines' holds a control character"),
+    ('tracking.experiment=""', "tracking.experiment: String should have at least 1 character"),
+])
+def test_numbers_and_names_past_what_can_run_are_refused_when_read(tmp_path, override, message):
+    with pytest.raises(PetlocError, match=message) as err:
+        load_experiment(write(tmp_path, "{}\n"), [override])
+    assert "\n" not in str(err.value)
+
+
+def test_the_largest_accepted_values_still_load(tmp_path):
+    exp = load_experiment(write(tmp_path, "{}\n"), ["train.epochs=100000", "train.seed=2147483647",
+                                                     "tracking.experiment=" + "é" * 256])
+    assert exp.train.epochs == 100_000 and len(exp.tracking.experiment) == 256
