@@ -36,7 +36,7 @@ def serve(backend: str | None, artifacts: str | None, host: str, port: int, work
     check_port_free(host, port)
     check_backend(backend)
     client_uri = f"http://{_client_host(host)}:{port}"
-    say(f"MLflow tracking server: runs in {_shown(backend)}, artifacts in {destination}")
+    say(f"MLflow tracking server: runs in {store.shown_uri(backend)}, artifacts in {destination}")
     say(f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)")
     cmd = mlflow_server_command(backend, destination, host, port, workers) + _allowed_hosts_flag(host, allowed_hosts)
     server = subprocess.Popen(cmd, env=_server_env(backend))
@@ -95,53 +95,15 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def check_backend(uri: str) -> None:
-    """Connect to the backend database once; one line when it is no database URI, its driver
-    is missing or it does not answer. A SQLite store is created (and migrated) under the
-    project's lock, as every petloc command opens it."""
-    import sqlalchemy
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-
-    shown = _shown(uri)
+    """One line when the backend is no database URI or cannot be used; a SQLite store is
+    created (and migrated) under the project's lock, as every petloc command opens it."""
+    if not store.is_database_uri(uri):
+        raise PetlocError(f"--backend {store.shown_uri(uri)}: not a database URI; use sqlite:///PATH/mlflow.db or "
+                          "postgresql://USER@HOST:5432/DB")
     if uri.startswith("sqlite:///"):
-        try:
-            store.configure(uri)
-        except Exception as err:  # MLflow wraps the database's errors (locked, read-only, not a database) in its own
-            raise PetlocError(f"--backend {shown}: cannot open the store ({_first_line(err)})") from None
-        return
-    try:
-        engine = sqlalchemy.create_engine(uri, connect_args=_connect_timeout(uri), poolclass=sqlalchemy.pool.NullPool)
-    except (ArgumentError, NoSuchModuleError, ValueError):
-        raise PetlocError(f"--backend {shown}: not a database URI; use sqlite:///PATH/mlflow.db or "
-                          "postgresql://USER@HOST:5432/DB") from None
-    except ImportError as err:
-        raise PetlocError(f"--backend {shown}: its database driver is not installed ({err.name}): pip install it") from None
-    try:
-        with engine.connect():
-            pass
-    except SQLAlchemyError as err:
-        raise PetlocError(f"--backend {shown}: cannot connect ({_first_line(getattr(err, 'orig', None) or err)})") from None
-    finally:
-        engine.dispose()
-
-
-def _connect_timeout(uri: str) -> dict:
-    # A host that drops packets would otherwise hold the check for minutes.
-    return {"connect_timeout": 10} if uri.startswith(("postgresql", "mysql")) else {}
-
-
-def _shown(uri: str) -> str:
-    """The URI with any password hidden, for messages."""
-    try:
-        import sqlalchemy
-
-        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
-    except Exception:
-        return uri
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        store.configure(uri, "--backend")
+    else:
+        store.check_store(uri, "--backend")
 
 
 def _client_host(host: str) -> str:

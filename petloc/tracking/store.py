@@ -41,11 +41,13 @@ def default_uri() -> str:
     return f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
 
 
-def configure(uri: str | None = None) -> str:
+def configure(uri: str | None = None, label: str | None = None) -> str:
     """Points MLflow at `uri` (an experiment's tracking.uri), else $MLFLOW_TRACKING_URI, else
-    the project's local store."""
+    the project's local store. `label` names where the URI came from in errors."""
     # Download progress bars would land in `predict --json` output; petloc prints its own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if label is None:
+        label = "tracking.uri" if uri else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "store"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -53,15 +55,74 @@ def configure(uri: str | None = None) -> str:
     for name, value in HTTP_RETRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if uri not in _OPENED:
-        if uri.startswith("sqlite:///"):
-            _open_sqlite_store(uri)
-        elif uri.startswith(("http://", "https://")):
-            _check_server(uri)
+        check_store(uri, label)
         _OPENED.add(uri)
     return uri
 
 
 _OPENED: set[str] = set()  # stores this process has created or checked already
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # with or without a driver: postgresql+psycopg
+
+
+def check_store(uri: str, label: str) -> None:
+    """One line naming `label` and the URI, before anything is created, when petloc cannot use
+    the store: an unknown scheme (MLflow 3's file store has no registry), a SQLite file that
+    cannot be made, a database or a tracking server that does not answer."""
+    scheme = uri.partition(":")[0].partition("+")[0].lower() if ":" in uri else ""
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
+        _open_sqlite_store(uri, label)
+    elif scheme in ("http", "https"):
+        _check_server(uri)
+    elif scheme in DATABASE_SCHEMES:
+        _check_database(uri, label)
+    else:
+        raise PetlocError(f"{label} {shown_uri(uri)}: not a store petloc can use; give sqlite:///PATH/mlflow.db, "
+                          "postgresql://USER@HOST:5432/DB or http://HOST:PORT (a tracking server)")
+
+
+def is_database_uri(uri: str) -> bool:
+    scheme = uri.partition(":")[0].partition("+")[0].lower()
+    return ":" in uri and (scheme in DATABASE_SCHEMES or scheme == "sqlite")
+
+
+def _check_database(uri: str, label: str) -> None:
+    """Connect once; one line when the driver is missing or the database does not answer
+    (MLflow's own store would retry for minutes)."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    shown = shown_uri(uri)
+    # A host that drops packets would otherwise hold the check for minutes.
+    timeout = {"connect_timeout": 10} if uri.startswith(("postgresql", "mysql")) else {}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise PetlocError(f"{label} {shown}: not a database URI; use sqlite:///PATH/mlflow.db or "
+                          "postgresql://USER@HOST:5432/DB") from None
+    except ImportError as err:
+        raise PetlocError(f"{label} {shown}: its database driver is not installed ({err.name}): pip install it") from None
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as err:
+        raise PetlocError(f"{label} {shown}: cannot connect ({first_line(getattr(err, 'orig', None) or err)})") from None
+    finally:
+        engine.dispose()
+
+
+def shown_uri(uri: str) -> str:
+    """The URI with any password hidden, for messages."""
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _check_server(uri: str) -> None:
@@ -110,16 +171,19 @@ def _reason(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _open_sqlite_store(uri: str) -> None:
+def _open_sqlite_store(uri: str, label: str) -> None:
     """Create or migrate the SQLite store one process at a time.
 
     Two processes opening a new store at once both run MLflow's schema migration, and one
     of them crashes ("Online migration expected to match one row"). MLflow keeps the opened
     stores for the life of the process, so later calls here cost no lock.
     """
-    db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with waiting_lock(db.with_name(db.name + ".lock")):
-        client = MlflowClient(uri, uri)
-        client.search_experiments(max_results=1)
-        client.search_registered_models(max_results=1)
+    db = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with waiting_lock(db.with_name(db.name + ".lock")):
+            client = MlflowClient(uri, uri)
+            client.search_experiments(max_results=1)
+            client.search_registered_models(max_results=1)
+    except Exception as err:  # MLflow wraps the database's errors (locked, read-only, not a database) in its own
+        raise PetlocError(f"{label} {uri}: cannot open the store ({first_line(err)})") from None
