@@ -135,13 +135,13 @@ def _is_json(scope) -> bool:
 
 def _json_problem(body: bytes) -> str | None:
     """Why `body` is not JSON that MLflow's parser can read, if it is not. The same parser as
-    MLflow's, so what passes here parses there; a body nested too deeply for Python's parser
-    would raise RecursionError inside MLflow's app."""
+    MLflow's, so what passes here parses there; a body nested too deeply for Python's parser,
+    or a number of more digits than Python converts, raised an error inside MLflow's app."""
     try:
         json.loads(body)
     except RecursionError:
         return "request body is not valid JSON: nested too deeply"
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except ValueError as err:  # bad syntax or encoding, or a number over Python's digit limit
         return f"request body is not valid JSON: {err}"
     return None
 
