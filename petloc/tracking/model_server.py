@@ -2,12 +2,13 @@
 
 MLflow's scoring server (`mlflow models serve`) reads a request's whole body into memory and
 parses it before the model sees a row, and uvicorn, which runs it, has no limit on a body:
-one large request could take the server's memory, and a body of deeply nested JSON ended in
-a RecursionError inside the app (a 500 and a traceback in the log). So `petloc serve` runs
-the app MLflow builds (`mlflow.pyfunc.scoring_server.init`) under uvicorn itself, inside
-`BoundedRequests`, an ASGI middleware that refuses a body over PETLOC_MAX_REQUEST_BYTES with
-413 (from its Content-Length before reading it, or as soon as a chunked body passes it) and
-JSON that does not parse with 400 and one log line. MLflow's routes and answers are unchanged.
+one large request could take the server's memory, and a body of deeply nested JSON (or a
+POST without Content-Type) ended in an error inside the app: a 500 and a traceback in the log.
+So `petloc serve` runs the app MLflow builds (`mlflow.pyfunc.scoring_server.init`) under
+uvicorn itself, inside `BoundedRequests`, an ASGI middleware that refuses a body over
+PETLOC_MAX_REQUEST_BYTES with 413 (from its Content-Length before reading it, or as soon as a
+chunked body passes it), JSON that does not parse with 400, and a POST without Content-Type
+with 415, each with one log line. MLflow's routes and answers are otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from petloc.data.images import positive_setting
 
 MAX_REQUEST_SETTING = "PETLOC_MAX_REQUEST_BYTES"
 # A round figure: a body costs MLflow's parsing (JSON, DataFrame, base64 copies) a few times its
-# size, so this keeps one request to a few hundred MB; it holds PETLOC_MAX_ROWS rows of ordinary
-# photos or two images at PETLOC_MAX_IMAGE_BYTES. A larger batch goes in several requests.
+# size, so this keeps one request to a few hundred MB; it holds PETLOC_MAX_ROWS (64) rows of
+# photos up to about 0.7 MB (1 MB of base64 each), or two images at PETLOC_MAX_IMAGE_BYTES.
+# A larger batch goes in several requests.
 DEFAULT_MAX_REQUEST_BYTES = 64_000_000
 
 # uvicorn's own logger: its lines reach the server's log with uvicorn's level and format.
