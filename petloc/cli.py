@@ -314,25 +314,23 @@ def _ui_pages(base: str) -> list[str]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5001, show_default=True, type=int)
 def serve(model, host, port):
-    """MODEL over REST with `mlflow models serve`, on the project's store.
+    """MODEL over REST with MLflow's scoring server, on the project's store.
 
     MODEL: petloc@champion, petloc/3, models:/..., runs:/RUN/model or a model folder.
     POST {"dataframe_records": [{"image": "<base64 JPEG>"}]} to /invocations.
     """
-    from petloc.tracking import store
+    from petloc.tracking import model_server, store
 
+    model_server.max_request_bytes()  # a mistyped limit is one line here, not a traceback in the server
     tracking_uri = store.configure()
     served = _served_model(model)
     click.echo(f"serving {served} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local", "--host", host, "--port", str(port)]
-    # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one);
-    # it starts `uvicorn` by name, so the venv's bin goes on PATH for an unactivated venv.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     sys.stdout.flush()
-    # The server then owns this process: signals reach it directly, as with `mlflow models serve`
-    # (which stops its worker when it ends), and TensorFlow's memory here is given back.
-    os.execve(sys.executable, cmd, env)
+    # The server then owns this process: signals reach it directly, and TensorFlow's memory
+    # here is given back.
+    os.execve(sys.executable, model_server.command(served, host, port), env)
 
 
 def _served_model(ref: str) -> str:

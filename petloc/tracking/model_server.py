@@ -1,0 +1,166 @@
+"""`petloc serve`: MLflow's own scoring app, behind a limit on each request's body.
+
+MLflow's scoring server (`mlflow models serve`) reads a request's whole body into memory and
+parses it before the model sees a row, and uvicorn, which runs it, has no limit on a body:
+one large request could take the server's memory, and a body of deeply nested JSON (or a
+POST without Content-Type) ended in an error inside the app: a 500 and a traceback in the log.
+So `petloc serve` runs the app MLflow builds (`mlflow.pyfunc.scoring_server.init`) under
+uvicorn itself, inside `BoundedRequests`, an ASGI middleware that refuses a body over
+PETLOC_MAX_REQUEST_BYTES with 413 (from its Content-Length before reading it, or as soon as a
+chunked body passes it), JSON that does not parse with 400, and a POST without Content-Type
+with 415, each with one log line. MLflow's routes and answers are otherwise unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from petloc.data.images import positive_setting
+
+MAX_REQUEST_SETTING = "PETLOC_MAX_REQUEST_BYTES"
+# A round figure: a body costs MLflow's parsing (JSON, DataFrame, base64 copies) a few times its
+# size, so this keeps one request to a few hundred MB; it holds PETLOC_MAX_ROWS (64) rows of
+# photos up to about 0.7 MB (1 MB of base64 each), or two images at PETLOC_MAX_IMAGE_BYTES.
+# A larger batch goes in several requests.
+DEFAULT_MAX_REQUEST_BYTES = 64_000_000
+
+# uvicorn's own logger: its lines reach the server's log with uvicorn's level and format.
+log = logging.getLogger("uvicorn.error")
+
+
+def max_request_bytes() -> int:
+    return positive_setting(MAX_REQUEST_SETTING, DEFAULT_MAX_REQUEST_BYTES)
+
+
+def command(model_uri: str, host: str, port: int) -> list[str]:
+    """The server's command line: a fresh Python (none of the caller's TensorFlow memory)."""
+    return [sys.executable, "-m", __name__, model_uri, host, str(port)]
+
+
+def main(model_uri: str, host: str, port: int) -> None:
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    limit = max_request_bytes()
+    model = scoring_server.load_model_with_mlflow_config(model_uri)  # as MLflow's own app module loads it
+    uvicorn.run(BoundedRequests(scoring_server.init(model), limit), host=host, port=port)
+
+
+class BoundedRequests:
+    """An ASGI app that reads each request's body itself, at most `max_bytes` of it, and hands
+    `app` the request with that body when it is within the limit (and parses, if it is JSON)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            return await self._over_limit(scope, send, f"{declared} bytes")
+        try:
+            body = await _read_body(receive, self.max_bytes)
+        except _ClientGone:
+            return None
+        if body is None:
+            return await self._over_limit(scope, send, "a chunked body")
+        if scope["method"] == "POST" and _content_type(scope) is None:
+            # MLflow's handler splits the header's value: without one, a 500 and a traceback.
+            return await self._refuse(scope, send, 415, "UNSUPPORTED_MEDIA_TYPE",
+                                      "the request has no Content-Type: send application/json (or text/csv)")
+        if _is_json(scope) and (problem := await asyncio.to_thread(_json_problem, body)):
+            return await self._refuse(scope, send, 400, "BAD_REQUEST", problem)
+        return await self.app(scope, _replay(body, receive), send)
+
+    async def _over_limit(self, scope, send, what: str):
+        message = (f"request body ({what}) is over the limit of {self.max_bytes} bytes ({MAX_REQUEST_SETTING}): "
+                   "send fewer rows per request")
+        # The rest of the body is never read: the connection closes after the answer.
+        return await self._refuse(scope, send, 413, "RESOURCE_LIMIT_EXCEEDED", message, close=True)
+
+    @staticmethod
+    async def _refuse(scope, send, status: int, code: str, message: str, close: bool = False):
+        """One line in the server's log, and an answer in the shape of MLflow's own errors."""
+        log.warning("refused %s %s: %s", scope["method"], scope["path"], message)
+        content = json.dumps({"error_code": code, "message": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _content_length(scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:  # the HTTP parser refuses these before the app is called
+                return None
+    return None
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes `limit` bytes (the rest is left unread)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _content_type(scope) -> str | None:
+    value = dict(scope["headers"]).get(b"content-type")
+    return None if value is None else value.decode("latin-1")
+
+
+def _is_json(scope) -> bool:
+    """The test MLflow's scoring server makes: the media type before any parameters."""
+    return (_content_type(scope) or "").split(";")[0].strip() == "application/json"
+
+
+def _json_problem(body: bytes) -> str | None:
+    """Why `body` is not JSON that MLflow's parser can read, if it is not. The same parser as
+    MLflow's, so what passes here parses there; a body nested too deeply for Python's parser,
+    or a number of more digits than Python converts, raised an error inside MLflow's app."""
+    try:
+        json.loads(body)
+    except RecursionError:
+        return "request body is not valid JSON: nested too deeply"
+    except ValueError as err:  # bad syntax or encoding, or a number over Python's digit limit
+        return f"request body is not valid JSON: {err}"
+    return None
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that gives the body already read, then what the connection sends next."""
+    given = False
+
+    async def replay():
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

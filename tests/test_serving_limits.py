@@ -1,0 +1,198 @@
+"""`petloc serve` bounds a request before MLflow's scoring server parses it: a body over
+PETLOC_MAX_REQUEST_BYTES is refused with 413 (by its Content-Length, or once a chunked body
+passes the limit) without the server reading it whole, and JSON that does not parse, however
+deeply nested, is a 400 and one line in the log."""
+
+import base64
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from petloc.cli import cli
+from tests.helpers import free_port, in_project, jpeg, photo
+from tests.test_serving import serve_until_answering, stop_group
+
+DEFAULT_LIMIT = 64_000_000
+GIGABYTE = 1 << 30
+BLOCK = 1 << 20
+IMAGE_HEAD, IMAGE_TAIL = b'{"dataframe_records": [{"image": "', b'"}]}'
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`petloc serve` on a model folder of an untrained localiser, every limit at its default."""
+    from petloc import serving
+    from petloc.model import Hyperparameters, build_model
+
+    root = tmp_path_factory.mktemp("serve-limits")
+    serving.save_model(build_model(Hyperparameters(width=0.25, head_units=8), 32), str(root / "model"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PETLOC_", "MLFLOW_"))}
+    petloc = str(Path(sys.executable).with_name("petloc"))
+    log = root / "serve.log"
+    proc = serve_until_answering([petloc, "serve", str(root / "model"), "--port", str(port)], root, env, log)
+    try:
+        yield port, proc, log
+    finally:
+        stop_group(proc)
+
+
+def server_rss_mb(proc) -> float:
+    """The server's memory: its process and any it started (a worker)."""
+    server = psutil.Process(proc.pid)
+    return sum(p.memory_info().rss for p in [server, *server.children(recursive=True)]) / 2**20
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict]:
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < content_length(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    try:
+        return int(head.split()[1]), json.loads(body)
+    except ValueError:  # not one of MLflow's JSON answers (a bare 500)
+        return int(head.split()[1]), {"message": body.decode(errors="replace")}
+
+
+def content_length(data: bytes) -> int:
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    return int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 1 << 62
+
+
+def stream_post(port: int, proc, size: int, chunked: bool, most_growth_mb: float = 200):
+    """POSTs a JSON body of about `size` bytes (one huge base64 image), block by block, and
+    stops sending once the server answers. Returns the status, the answer, the bytes sent and
+    the server's largest memory growth seen; gives up when that growth passes `most_growth_mb`
+    (a server reading the whole body would otherwise take gigabytes)."""
+    idle = peak = server_rss_mb(proc)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    length = len(IMAGE_HEAD) + size // BLOCK * BLOCK + len(IMAGE_TAIL)
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % length
+    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 + framing + b"\r\n\r\n")
+
+    def frame(part: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(part), part) if chunked else part
+
+    sent, parts = 0, [IMAGE_HEAD, *[b"A" * BLOCK] * (size // BLOCK), IMAGE_TAIL]
+    try:
+        with sock:
+            for part in parts:
+                if select.select([sock], [], [], 0)[0]:  # an answer came before the body ended
+                    break
+                try:
+                    sock.sendall(frame(part))
+                except (BrokenPipeError, ConnectionResetError):  # the server closed its side
+                    break
+                sent += len(part)
+                peak = max(peak, server_rss_mb(proc))
+                assert peak - idle < most_growth_mb, f"the server grew {peak - idle:.0f} MB after {sent} bytes"
+            else:
+                if chunked:
+                    sock.sendall(b"0\r\n\r\n")
+            status, answer = read_answer(sock)
+    finally:
+        time.sleep(0.5)
+        peak = max(peak, server_rss_mb(proc))
+    return status, answer, sent, peak - idle
+
+
+def post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        return read_answer(sock)
+
+
+def log_lines(log: Path, text: str) -> list[str]:
+    return [line for line in log.read_text().splitlines() if text in line]
+
+
+@pytest.mark.slow
+def test_a_request_within_the_limits_is_answered(served):
+    port, _, _ = served
+    image = base64.b64encode(jpeg(photo())).decode()
+    status, answer = post(port, json.dumps({"dataframe_records": [{"image": image}]}).encode())
+    assert status == 200 and answer["predictions"][0]["label"] in ("cat", "dog")
+    status, answer = post(port, json.dumps({"inputs": [{"image": image}] * 3}).encode())
+    assert status == 200 and len(answer["predictions"]) == 3
+
+
+@pytest.mark.slow
+def test_a_gigabyte_body_by_its_content_length_is_refused_unread(served):
+    port, proc, log = served
+    status, answer, sent, growth = stream_post(port, proc, GIGABYTE, chunked=False)
+    assert status == 413, answer
+    limit = f"is over the limit of {DEFAULT_LIMIT} bytes (PETLOC_MAX_REQUEST_BYTES): send fewer rows per request"
+    assert answer["message"].endswith(limit)
+    assert sent < DEFAULT_LIMIT / 4  # answered from the header: only what the sockets buffered went
+    assert growth < 100, growth
+    assert len(log_lines(log, f"({len(IMAGE_HEAD) + GIGABYTE + len(IMAGE_TAIL)} bytes) is over the limit")) == 1
+
+
+@pytest.mark.slow
+def test_a_chunked_gigabyte_body_is_cut_off_at_the_limit(served):
+    port, proc, log = served
+    status, answer, sent, growth = stream_post(port, proc, GIGABYTE, chunked=True)
+    assert status == 413, answer
+    assert "(a chunked body) is over the limit" in answer["message"]
+    assert sent < DEFAULT_LIMIT + 32 * BLOCK  # the limit, and what the sockets buffered
+    assert growth < 100, growth
+
+
+@pytest.mark.slow
+def test_deeply_nested_json_is_a_400_and_one_log_line(served):
+    port, _, log = served
+    status, answer = post(port, b"[" * 100_000)
+    assert (status, answer["message"]) == (400, "request body is not valid JSON: nested too deeply")
+    time.sleep(0.5)  # the log is written by another process
+    assert len(log_lines(log, "nested too deeply")) == 1
+    assert "Traceback" not in log.read_text() and "RecursionError" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_malformed_json_is_a_400_that_does_not_echo_the_body(served):
+    port, _, log = served
+    body = b'{"dataframe_records": [{"image": "' + b"A" * 1_000_000
+    status, answer = post(port, body)
+    assert status == 400
+    assert answer["message"].startswith("request body is not valid JSON: Unterminated string")
+    assert len(json.dumps(answer)) < 500  # MLflow's own answer quotes the whole body back
+    status, answer = post(port, b'{"inputs": ' + b"1" * 5000 + b"}")  # past Python's digit limit for an int
+    assert status == 400
+    assert answer["message"].startswith("request body is not valid JSON: Exceeds the limit (4300 digits)")
+    time.sleep(0.5)
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_request_without_a_content_type_is_a_415_not_a_traceback(served):
+    port, _, log = served
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        status, answer = read_answer(sock)
+    assert status == 415 and "no Content-Type" in answer["message"]
+    time.sleep(0.5)
+    assert "Traceback" not in log.read_text()
+
+
+def test_a_mistyped_request_limit_is_one_line_before_anything_starts(tmp_path, monkeypatch):
+    from petloc.errors import PetlocError
+
+    monkeypatch.setenv("PETLOC_MAX_REQUEST_BYTES", "64MB")
+    with in_project(tmp_path), pytest.raises(PetlocError) as refused:
+        CliRunner().invoke(cli, ["serve", "petloc@nope"], catch_exceptions=False)
+    assert str(refused.value) == "PETLOC_MAX_REQUEST_BYTES=64MB: expected a whole number above 0"
+    assert not (tmp_path / "mlruns").exists()
