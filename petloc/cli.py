@@ -322,6 +322,7 @@ def serve(model, host, port):
     from petloc.tracking import model_server, store
 
     model_server.max_request_bytes()  # a mistyped limit is one line here, not a traceback in the server
+    model_server.max_concurrent_requests()
     tracking_uri = store.configure()
     served = _served_model(model)
     click.echo(f"serving {served} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")

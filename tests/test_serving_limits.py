@@ -196,3 +196,36 @@ def test_a_mistyped_request_limit_is_one_line_before_anything_starts(tmp_path, m
         CliRunner().invoke(cli, ["serve", "petloc@nope"], catch_exceptions=False)
     assert str(refused.value) == "PETLOC_MAX_REQUEST_BYTES=64MB: expected a whole number above 0"
     assert not (tmp_path / "mlruns").exists()
+
+
+def body_of_undecodable_rows(size: int) -> bytes:
+    """Valid JSON of about `size` bytes: rows whose images are not images (each answered with an error)."""
+    rows = max(1, size // (4 * BLOCK))
+    return json.dumps({"dataframe_records": [{"image": "A" * (4 * BLOCK)}] * rows}).encode()
+
+
+@pytest.mark.slow
+def test_many_large_requests_at_once_are_answered_a_few_at_a_time(served):
+    """Each request is bounded; six near the limit at once must not cost six times one: the
+    others wait, unread, for PETLOC_MAX_CONCURRENT_REQUESTS (2) to be answered."""
+    import threading
+
+    port, proc, _ = served
+    body = body_of_undecodable_rows(DEFAULT_LIMIT - 4 * BLOCK)
+    idle, peak, answers = server_rss_mb(proc), [0.0], []
+
+    def one():
+        answers.append(post(port, body)[0])
+
+    clients = [threading.Thread(target=one) for _ in range(6)]
+    for client in clients:
+        client.start()
+    while any(c.is_alive() for c in clients):
+        peak[0] = max(peak[0], server_rss_mb(proc))
+        time.sleep(0.05)
+    assert answers == [200] * 6
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # and it still answers
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(100).split()[1] == b"200"
+    # Measured: one such request costs the server about 300 MB; six at once cost 1246 MB before.
+    assert peak[0] - idle < 900, f"six requests at once grew the server by {peak[0] - idle:.0f} MB"

@@ -8,7 +8,7 @@ So `petloc serve` runs the app MLflow builds (`mlflow.pyfunc.scoring_server.init
 uvicorn itself, inside `BoundedRequests`, an ASGI middleware that refuses a body over
 PETLOC_MAX_REQUEST_BYTES with 413 (from its Content-Length before reading it, or as soon as a
 chunked body passes it), JSON that does not parse with 400, and a POST without Content-Type
-with 415, each with one log line. MLflow's routes and answers are otherwise unchanged.
+with 415, each with one log line; it lets PETLOC_MAX_CONCURRENT_REQUESTS requests in at a time. MLflow's routes and answers are otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ MAX_REQUEST_SETTING = "PETLOC_MAX_REQUEST_BYTES"
 # photos up to about 0.7 MB (1 MB of base64 each), or two images at PETLOC_MAX_IMAGE_BYTES.
 # A larger batch goes in several requests.
 DEFAULT_MAX_REQUEST_BYTES = 64_000_000
+# Requests whose bodies are read and answered at once; the others wait their turn, unread. Each
+# request is bounded, but many at once would add up; prediction keeps the cores busy with two.
+CONCURRENT_SETTING = "PETLOC_MAX_CONCURRENT_REQUESTS"
+DEFAULT_CONCURRENT_REQUESTS = 2
 
 # uvicorn's own logger: its lines reach the server's log with uvicorn's level and format.
 log = logging.getLogger("uvicorn.error")
@@ -33,6 +37,10 @@ log = logging.getLogger("uvicorn.error")
 
 def max_request_bytes() -> int:
     return positive_setting(MAX_REQUEST_SETTING, DEFAULT_MAX_REQUEST_BYTES)
+
+
+def max_concurrent_requests() -> int:
+    return positive_setting(CONCURRENT_SETTING, DEFAULT_CONCURRENT_REQUESTS)
 
 
 def command(model_uri: str, host: str, port: int) -> list[str]:
@@ -44,22 +52,30 @@ def main(model_uri: str, host: str, port: int) -> None:
     import uvicorn
     from mlflow.pyfunc import scoring_server
 
-    limit = max_request_bytes()
+    limit, concurrent = max_request_bytes(), max_concurrent_requests()
     model = scoring_server.load_model_with_mlflow_config(model_uri)  # as MLflow's own app module loads it
-    uvicorn.run(BoundedRequests(scoring_server.init(model), limit), host=host, port=port)
+    uvicorn.run(BoundedRequests(scoring_server.init(model), limit, concurrent), host=host, port=port)
 
 
 class BoundedRequests:
     """An ASGI app that reads each request's body itself, at most `max_bytes` of it, and hands
-    `app` the request with that body when it is within the limit (and parses, if it is JSON)."""
+    `app` the request with that body when it is within the limit (and parses, if it is JSON);
+    at most `concurrent` requests at a time, the others waiting with their bodies unread."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, concurrent: int = DEFAULT_CONCURRENT_REQUESTS):
         self.app = app
         self.max_bytes = max_bytes
+        self.slots = asyncio.Semaphore(concurrent)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD"):  # health checks (/ping) never wait behind predictions
+            return await self._bounded(scope, receive, send)
+        async with self.slots:
+            return await self._bounded(scope, receive, send)
+
+    async def _bounded(self, scope, receive, send):
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             return await self._over_limit(scope, send, f"{declared} bytes")
