@@ -120,8 +120,12 @@ def predict_files(predictor: Predictor, paths: Iterable[str], out: Path | None =
     one batch of photos however many files there are."""
     paths = iter(paths)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        while chunk := list(islice(paths, batch_size)):
-            yield from _answer_chunk(predictor, chunk, pool.map(lambda path: _read(predictor, path, keep_photo=out is not None), chunk), out)
+        try:
+            while chunk := list(islice(paths, batch_size)):
+                reads = pool.map(lambda path: _read(predictor, path, keep_photo=out is not None), chunk)
+                yield from _answer_chunk(predictor, chunk, reads, out)
+        finally:  # stopped (Ctrl+C, SIGTERM): the photos not yet begun are not decoded first
+            pool.shutdown(cancel_futures=True)
 
 
 @dataclass
