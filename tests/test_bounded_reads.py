@@ -24,7 +24,6 @@ from petloc.data.check import check_dataset
 from petloc.data.images import BadImage, read_image
 from petloc.data.pipeline import dataset_digest
 from petloc.errors import PetlocError
-from petloc.files import read_bounded, waiting_lock
 from tests.helpers import PETLOC, jpeg, petloc_env, photo
 
 GIGABYTE = 1 << 30
@@ -188,6 +187,8 @@ def test_a_fifo_in_place_of_sweep_json_is_one_line_not_a_hang(tmp_path):
 
 
 def test_a_fifo_in_place_of_a_lock_file_is_one_line_not_a_hang(tmp_path):
+    from petloc.files import waiting_lock
+
     lock = tmp_path / "mlflow.db.lock"
     os.mkfifo(lock)
 
@@ -201,6 +202,8 @@ def test_a_fifo_in_place_of_a_lock_file_is_one_line_not_a_hang(tmp_path):
 
 def test_a_read_stops_one_byte_past_its_limit_whatever_the_file_says(tmp_path):
     # /proc's files say they hold 0 bytes; the read itself is what is bounded.
+    from petloc.files import read_bounded
+
     assert os.stat("/proc/self/status").st_size == 0
     with pytest.raises(PetlocError, match=r"/proc/self/status: is over the limit of 10 bytes"):
         read_bounded("/proc/self/status", 10)
