@@ -97,7 +97,9 @@ def check_regular(path: Path | str, limit: int | None = None, setting: str = "",
 
 def _over(size: int | None, limit: int, setting: str) -> str:
     where = f" ({setting})" if setting else ""
-    return f"is {size} bytes, over the limit of {limit} bytes{where}" if size is not None else f"is over the limit of {limit} bytes{where}"
+    if size is None:  # the read found more than the size said
+        return f"is over the limit of {limit} bytes{where}"
+    return f"is {size} bytes, over the limit of {limit} bytes{where}"
 
 
 def _os_reason(err: OSError) -> str:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import petloc
-from petloc.data.images import MAX_BYTES_SETTING, BadImage, decode_image, max_image_bytes, max_image_pixels, positive_setting
+from petloc.data.images import (MAX_BYTES_SETTING, BadImage, decode_image, max_image_bytes, max_image_pixels,
+                                 positive_setting)
 from petloc.errors import PetlocError
 from petloc.training.predict import Predictor
 

@@ -91,7 +91,8 @@ def test_the_image_byte_limit_applies_to_files_too_not_only_to_the_server(tmp_pa
     path = tmp_path / "photo.jpg"
     path.write_bytes(jpeg(photo()))
     monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", str(path.stat().st_size - 1))
-    with pytest.raises(BadImage, match=rf"is {path.stat().st_size} bytes, over the limit of .* \(PETLOC_MAX_IMAGE_BYTES\)"):
+    size = path.stat().st_size
+    with pytest.raises(BadImage, match=rf"is {size} bytes, over the limit of {size - 1} bytes \(PETLOC_MAX_IMAGE_BYTES\)"):
         read_image(path)
     monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", str(path.stat().st_size))
     assert read_image(path).pixels.shape == (48, 64, 3)
@@ -105,7 +106,8 @@ def test_data_check_on_a_sparse_gigabyte_annotation_stays_small_and_quick(tmp_pa
     write_pair(data, "a")
     write_pair(data, "b")
     sparse(data / "b.txt")
-    result, peak_mb = run_measured([*PETLOC, "data", "check", str(data), "--json"], timeout=60, memory_cap=4 * GIGABYTE)
+    check = [*PETLOC, "data", "check", str(data), "--json"]
+    result, peak_mb = run_measured(check, timeout=60, memory_cap=4 * GIGABYTE)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["usable"] == 1
@@ -135,7 +137,8 @@ def test_a_fifo_annotation_is_skipped_with_its_reason(tmp_path):
     os.mkfifo(tmp_path / "b.txt")
     report = within_deadline(lambda: check_dataset(tmp_path), tmp_path / "b.txt")
     assert report.usable == 1
-    assert [(s.path.name, s.reason) for s in report.skipped] == [("b.jpg", "b.txt: is a named pipe (FIFO), not a regular file")]
+    assert [(s.path.name, s.reason) for s in report.skipped] == [
+        ("b.jpg", "b.txt: is a named pipe (FIFO), not a regular file")]
 
 
 # ---- a split that is another split -------------------------------------------------------
@@ -145,7 +148,7 @@ def test_a_split_folder_linked_to_another_split_is_refused_in_one_line(tmp_path)
     write_pair(tmp_path / "train", "a")
     write_pair(tmp_path / "train", "b")
     (tmp_path / "valid").symlink_to("train")
-    with pytest.raises(PetlocError, match=r"valid: is the same folder as .*train \(a link\): a photo cannot be in two splits"):
+    with pytest.raises(PetlocError, match=r"valid: is the same folder as .*train \(a link\): a photo cannot be in two"):
         check_dataset(tmp_path)
 
 
@@ -229,8 +232,9 @@ def test_predict_answers_a_fifo_a_device_a_folder_and_a_huge_photo_with_error_li
     sparse(tmp_path / "big.jpg")
     (tmp_path / "folder.jpg").mkdir()
     (tmp_path / "good.jpg").write_bytes(jpeg(photo()))
-    images = [tmp_path / "x.jpg", "/dev/zero", tmp_path / "big.jpg", tmp_path / "folder.jpg", tmp_path / "good.jpg"]
-    result, peak_mb = run_measured([*PETLOC, "predict", model, *images, "--json"], timeout=120, memory_cap=6 * GIGABYTE)
+    images = [tmp_path / name for name in ("x.jpg", "/dev/zero", "big.jpg", "folder.jpg", "good.jpg")]
+    predict = [*PETLOC, "predict", model, *images, "--json"]
+    result, peak_mb = run_measured(predict, timeout=120, memory_cap=6 * GIGABYTE)
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 1, result.stderr  # some images failed, the others were answered
     assert [row.get("error") for row in rows] == [

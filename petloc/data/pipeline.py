@@ -140,7 +140,7 @@ def _open_cache(cache: Path, limit: int):
     try:
         return open_regular(cache, limit)
     except UnreadableFile as err:
-        raise PetlocError(f"{err}: not a cache petloc wrote; remove it, and the dataset is decoded afresh") from None
+        raise PetlocError(f"{err}: not a cache petloc wrote; remove it and the dataset is decoded afresh") from None
 
 
 def _write_cache(cache: Path, **arrays) -> None:

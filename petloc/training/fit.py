@@ -97,7 +97,8 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self.weights is None and self.best_on_disk:
-            with np.load(self.folder / BEST_EPOCH) as saved:  # the best epoch came before a resume
+            # The best epoch came before a resume.
+            with open_regular(self.folder / BEST_EPOCH) as file, np.load(file) as saved:
                 self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
         if self.weights is not None:
             self.model.set_weights(self.weights)
