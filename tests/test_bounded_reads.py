@@ -24,7 +24,7 @@ from petloc.data.check import check_dataset
 from petloc.data.images import BadImage, read_image
 from petloc.data.pipeline import dataset_digest
 from petloc.errors import PetlocError
-from tests.helpers import PETLOC, jpeg, petloc_env, photo
+from tests.helpers import PETLOC, invoke, jpeg, petloc_env, photo
 
 GIGABYTE = 1 << 30
 DEADLINE_S = 10  # a bounded read of a tiny file answers in milliseconds
@@ -96,6 +96,12 @@ def test_the_image_byte_limit_applies_to_files_too_not_only_to_the_server(tmp_pa
         read_image(path)
     monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", str(path.stat().st_size))
     assert read_image(path).pixels.shape == (48, 64, 3)
+
+
+def test_a_mistyped_image_byte_limit_is_one_line_before_predict_loads_its_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", "20MB")
+    with pytest.raises(PetlocError, match=r"^PETLOC_MAX_IMAGE_BYTES=20MB: expected a whole number above 0$"):
+        invoke("predict", tmp_path / "no-such-model.keras", tmp_path / "photo.jpg")
 
 
 # ---- annotations, datasets: bounded and flat ----------------------------------------------
