@@ -387,9 +387,11 @@ def predict(model, images, as_json, out):
     was answered, 1 when any failed (unreadable, or its annotated copy not written), 2 for a
     bad MODEL or --out. A photo the decoder had to repair gets a warning with its answer.
     """
+    from petloc.data.images import max_image_bytes, max_image_pixels
     from petloc.training.gallery import writable_folder
 
     folder = writable_folder(out) if out else None  # before TensorFlow and the model load: a mistake costs no wait
+    max_image_bytes(), max_image_pixels()  # a mistyped limit too
     from petloc.tracking.registry import load_predictor
     from petloc.training.predict import predict_files
 

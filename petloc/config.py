@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from petloc import hyperparams
 from petloc.errors import PetlocError
+from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
 from petloc.hyperparams import BACKBONE_NAMES, REGISTERED
 
 Scalar = Union[bool, int, float, str, None]
@@ -306,10 +307,11 @@ def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PetlocError(f"{path}: no such experiment file")
+    text = read_text_bounded(path, SMALL_FILE_LIMIT)  # a FIFO, device or huge file: one line
     try:
-        raw = _yaml(path.read_text(encoding="utf-8")) or {}
+        raw = _yaml(text) or {}
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import petloc
-from petloc.data.images import BadImage, decode_image, max_image_pixels, positive_setting
+from petloc.data.images import (MAX_BYTES_SETTING, BadImage, decode_image, max_image_bytes, max_image_pixels,
+                                 positive_setting)
 from petloc.errors import PetlocError
 from petloc.training.predict import Predictor
 
 MAX_ROWS_SETTING, DEFAULT_MAX_ROWS = "PETLOC_MAX_ROWS", 64
-MAX_BYTES_SETTING, DEFAULT_MAX_BYTES = "PETLOC_MAX_IMAGE_BYTES", 20_000_000  # a 50 MP phone JPEG is 10-20 MB
 WORKING_SIDE = 1024  # px; boxes still come back in the original image's pixels
 
 PACKAGE_DIR = Path(petloc.__file__).parent
@@ -161,7 +161,7 @@ class RequestLimits:
 
     @classmethod
     def from_environment(cls) -> "RequestLimits":
-        return cls(positive_setting(MAX_ROWS_SETTING, DEFAULT_MAX_ROWS), positive_setting(MAX_BYTES_SETTING, DEFAULT_MAX_BYTES))
+        return cls(positive_setting(MAX_ROWS_SETTING, DEFAULT_MAX_ROWS), max_image_bytes())
 
 
 class ImagePyfunc:

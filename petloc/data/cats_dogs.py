@@ -12,6 +12,8 @@ from pathlib import Path
 
 from petloc.data.images import BadImage, IMAGE_SUFFIXES, SizeOf
 from petloc.data.records import Sample, Skipped
+from petloc.errors import PetlocError
+from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_text_bounded
 
 SPLITS = ("train", "valid", "test")
 CLASS_IDS = {1: 0, 2: 1}  # file's CLASS -> model label (cat = 0, dog = 1)
@@ -44,12 +46,22 @@ def read(root: Path, size_of: SizeOf) -> Iterator[Sample | Skipped]:
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
-    return {split: root / split for split in SPLITS if (root / split).is_dir()}
+    """The split subfolders; two that are one folder (valid a link to train) are refused:
+    each photo would be in both, and validation would score the training photos."""
+    splits = {split: root / split for split in SPLITS if (root / split).is_dir()}
+    seen = {root.resolve(): root}
+    for folder in splits.values():
+        same = seen.setdefault(folder.resolve(), folder)
+        if same is not folder:
+            raise PetlocError(f"{folder}: is the same folder as {same} (a link): a photo cannot be in two splits; "
+                              f"make {folder.name}/ a folder of its own")
+    return splits
 
 
 def _pairs(folder: Path) -> tuple[list[Path], dict[str, Path]]:
-    """The folder's images (sorted) and its .txt files by stem; suffixes in any case."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    """The folder's images (sorted) and its .txt files by stem; suffixes in any case. Anything
+    but a folder counts (a FIFO named x.jpg is reported when read, not silently left out)."""
+    files = sorted(p for p in folder.iterdir() if not p.is_dir())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     texts = {p.stem: p for p in files if p.suffix.lower() == ".txt"}
     return images, texts
@@ -82,9 +94,11 @@ def _read_pair(image: Path, text: Path | None, split: str | None, size_of: SizeO
 def parse_annotation(text: Path) -> tuple[int, tuple[float, float, float, float]]:
     """(label, box) from a `CLASS x1 y1 x2 y2` file; raises `BadAnnotation`."""
     try:
-        content = text.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise BadAnnotation(f"cannot read it ({err})") from None
+        content = read_text_bounded(text, SMALL_FILE_LIMIT, encoding="utf-8-sig")
+    except UnreadableFile as err:
+        raise BadAnnotation(err.reason) from None
+    except OSError as err:
+        raise BadAnnotation(f"cannot read it ({err.strerror or err})") from None
     lines = [line for line in content.splitlines() if line.strip()]
     if not lines:
         raise BadAnnotation("empty annotation file")

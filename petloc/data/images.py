@@ -3,7 +3,9 @@
 Decoding is by content (a PNG named `.jpg` loads), upright as a viewer shows the photo (the
 EXIF orientation applied, so boxes are in that frame), and only after the header has shown
 that the image is within the pixel limit (PETLOC_MAX_IMAGE_PIXELS): half a megabyte of PNG
-can decode to gigabytes.
+can decode to gigabytes. Before that, a file is read only when it is a regular file of at
+most PETLOC_MAX_IMAGE_BYTES (every command, as the server's requests): a FIFO named x.jpg
+would block the read forever, /dev/zero never ends.
 
 JPEGs get two extra checks, because libjpeg decodes damaged files into garbage-filled
 pixels and only prints a warning:
@@ -38,6 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from petloc.errors import PetlocError
+from petloc.files import UnreadableFile, read_bounded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # the photo files a dataset folder may hold
 
@@ -50,6 +53,8 @@ SIGNATURES = {
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
+MAX_BYTES_SETTING = "PETLOC_MAX_IMAGE_BYTES"
+DEFAULT_MAX_BYTES = 20_000_000  # a 50 MP phone JPEG is 10-20 MB
 MAX_PIXELS_SETTING = "PETLOC_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # above any phone's default photo; 150 MB once decoded
 # libjpeg warnings that mean the pixels may not be what was encoded.
@@ -117,7 +122,8 @@ def decode_image(data: bytes, *, max_side: int | None = None) -> Decoded:
 
 def header_size(path: str | Path) -> tuple[int, int]:
     """Upright (width, height) from the file's header alone, without decoding the pixels."""
-    width, height, orientation = _header(path, kind=None)
+    data = _read_bytes(path)
+    width, height, orientation = _header(io.BytesIO(data), kind=image_kind(data))
     check_pixel_limit(width, height)
     return _upright_size(width, height, orientation)
 
@@ -126,6 +132,12 @@ def max_image_pixels() -> int:
     """The pixel limit (width x height) of an image petloc decodes, read from the
     environment each time so a served model follows its setting."""
     return positive_setting(MAX_PIXELS_SETTING, DEFAULT_MAX_PIXELS)
+
+
+def max_image_bytes() -> int:
+    """The size limit of an encoded image petloc reads (a file, or a row sent to the server),
+    read from the environment each time so a served model follows its setting."""
+    return positive_setting(MAX_BYTES_SETTING, DEFAULT_MAX_BYTES)
 
 
 def positive_setting(name: str, default: int) -> int:
@@ -150,7 +162,9 @@ def check_pixel_limit(width: int, height: int) -> None:
 
 def _read_bytes(path: str | Path) -> bytes:
     try:
-        return Path(path).read_bytes()  # Python I/O: any file name works
+        return read_bounded(path, max_image_bytes(), MAX_BYTES_SETTING)  # Python I/O: any file name works
+    except UnreadableFile as err:
+        raise BadImage(err.reason) from None
     except OSError as err:
         raise BadImage(f"cannot read file: {err.strerror or err}") from None
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from petloc.data.images import BadImage, IMAGE_SUFFIXES, SizeOf
 from petloc.data.records import CLASS_NAMES, Sample, Skipped
+from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 
 # Oxford's trainval becomes "train": a validation split is carved from it downstream.
 LIST_FILES = {"trainval.txt": "train", "test.txt": "test"}
 SPECIES_IDS = {"1": 0, "2": 1}  # list file's SPECIES -> model label (cat = 0, dog = 1)
+LIST_FILE_LIMIT = 16_000_000  # bytes: Oxford's own are 0.1 MB (3,700 lines of ~25 bytes)
 
 
 class BadXml(Exception):
@@ -39,9 +41,10 @@ def read_lists(annotations: Path) -> dict[str, tuple[str, int]]:
     listed = {}
     for filename, split in LIST_FILES.items():
         path = annotations / filename
-        if not path.is_file():
+        if not path.exists():
             continue
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        text = read_bounded(path, LIST_FILE_LIMIT).decode("utf-8", errors="replace")
+        for line in text.splitlines():
             fields = line.split()
             if len(fields) == 4 and not line.startswith("#") and fields[2] in SPECIES_IDS:
                 listed[fields[0]] = (split, SPECIES_IDS[fields[2]])
@@ -71,13 +74,16 @@ def _read_one(images: Path, xml: Path, listed: tuple[str, int] | None, size_of: 
 
 
 def _image_for(images: Path, stem: str) -> Path | None:
-    return next((images / (stem + s) for s in IMAGE_SUFFIXES if (images / (stem + s)).is_file()), None)
+    # Anything but a folder: a FIFO or a device named NAME.jpg is reported when read.
+    return next((p for p in (images / (stem + s) for s in IMAGE_SUFFIXES) if p.exists() and not p.is_dir()), None)
 
 
 def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[int, int]]:
     """(label, box, (width, height)) from a VOC xml with exactly one cat or dog; raises `BadXml`."""
     try:
-        root = ET.parse(xml).getroot()
+        root = ET.fromstring(read_bounded(xml, SMALL_FILE_LIMIT))
+    except UnreadableFile as err:
+        raise BadXml(err.reason) from None
     except ET.ParseError as err:
         raise BadXml(f"malformed XML ({err})") from None
     except OSError as err:

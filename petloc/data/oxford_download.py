@@ -34,7 +34,7 @@ from tqdm import tqdm
 from petloc.data.readers import scan
 from petloc.data.records import CLASS_NAMES, Sample, Skipped, annotation_line
 from petloc.errors import PetlocError
-from petloc.files import inside, remove_tree
+from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, inside, read_bounded, remove_tree
 
 OFFICIAL_BASE = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 # archive -> (the folder it unpacks to, member patterns it must hold)
@@ -320,8 +320,8 @@ def _split(samples: list[Sample], val_share: float, seed: int) -> tuple[list[Sam
 
 def _read_settings(dest: Path) -> dict | None:
     try:
-        return json.loads((dest / SETTINGS_FILE).read_text())
-    except (OSError, ValueError):
+        return json.loads(read_bounded(dest / SETTINGS_FILE, SMALL_FILE_LIMIT))
+    except (UnreadableFile, OSError, ValueError):
         return None
 
 

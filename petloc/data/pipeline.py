@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +20,17 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from petloc.data.augment import augment
-from petloc.data.images import IMAGE_SUFFIXES
+from petloc.data.images import IMAGE_SUFFIXES, max_image_bytes
 from petloc.data.readers import scan
 from petloc.data.records import Skipped
 from petloc.errors import PetlocError
-from petloc.files import atomic_write
+from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, atomic_write, open_regular
 
 DEFAULT_CACHE = Path("data/.cache")
 CACHE_VERSION = 3  # bump when decoding or box conversion changes, so old caches are not reused (3: EXIF orientation)
 DATASET_FILES = {*IMAGE_SUFFIXES, ".txt", ".xml"}  # what the digest covers: photos and their annotations
+TEXT_DIGEST_LIMIT = 16_000_000  # bytes of a .txt or .xml the digest reads: past any limit a read of it applies
+DIGEST_CHUNK = 1 << 20
 
 
 @dataclass
@@ -55,15 +58,39 @@ class ImageSet:
 def dataset_digest(root: Path) -> str:
     """sha256 over every image and annotation file's relative path and bytes."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in DATASET_FILES and p.is_file()):
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in DATASET_FILES and not p.is_dir()):
         h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
+        _hash_file(h, path, max_image_bytes() if path.suffix.lower() in IMAGE_SUFFIXES else TEXT_DIGEST_LIMIT)
     return h.hexdigest()
+
+
+def _hash_file(h, path: Path, limit: int) -> None:
+    """The file's size and its bytes up to one past `limit` (a read refuses a larger file,
+    naming its size), a chunk at a time; a FIFO or device as the reason it is not read."""
+    try:
+        with open_regular(path) as file:
+            h.update(str(os.fstat(file.fileno()).st_size).encode())
+            left = limit + 1
+            while left > 0 and (chunk := file.read(min(DIGEST_CHUNK, left))):
+                h.update(chunk)
+                left -= len(chunk)
+    except UnreadableFile as err:
+        h.update(err.reason.encode())
+
+
+def _photo_count(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _cache_limit(photos: int, image_size: int) -> int:
+    """Bytes a cache petloc wrote for this dataset holds at most: the pixels, a box, a label,
+    a path and a reason per photo."""
+    return photos * (image_size * image_size * 3 + 4096) + SMALL_FILE_LIMIT
 
 
 def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> ImageSet:
     images, labels, boxes, paths, splits, skipped = [], [], [], [], [], []
-    photos = sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    photos = _photo_count(root)
     # Once per dataset and size (then cached); a bar on a terminal, nothing in logs and pipes.
     bar = tqdm(total=photos, desc=f"decoding {root.name} at {image_size} px", unit="photo", disable=None)
     for item in scan(root, on_bad=on_bad, strict=strict):
@@ -93,8 +120,8 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
     digest = dataset_digest(root)
     kind = "" if strict else "-lenient"
     cache = cache_dir / f"{digest[:16]}-{image_size}{kind}-v{CACHE_VERSION}.npz" if cache_dir else None
-    if cache and cache.is_file():
-        with np.load(cache) as npz:
+    if cache and cache.exists():
+        with _open_cache(cache, _cache_limit(_photo_count(root), image_size)) as file, np.load(file) as npz:
             meta = json.loads(str(npz["meta"]))
             skipped = [Skipped(Path(p), r) for p, r in meta["skipped"]]
             if on_bad == "fail" and skipped:
@@ -107,6 +134,13 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
         meta = {"paths": arrays.paths, "splits": arrays.splits, "skipped": [[str(s.path), s.reason] for s in arrays.skipped]}
         _write_cache(cache, images=arrays.images, labels=arrays.labels, boxes=arrays.boxes, meta=json.dumps(meta))
     return arrays
+
+
+def _open_cache(cache: Path, limit: int):
+    try:
+        return open_regular(cache, limit)
+    except UnreadableFile as err:
+        raise PetlocError(f"{err}: not a cache petloc wrote; remove it and the dataset is decoded afresh") from None
 
 
 def _write_cache(cache: Path, **arrays) -> None:

@@ -70,16 +70,26 @@ def scan(root: str | Path, *, decode: bool = True, on_bad: str = "skip", strict:
 
 def _scan(root: Path, layout: Layout, decode: bool, fail: bool, strict: bool) -> Iterator[Item]:
     images = _DecodeOnce(strict) if decode else None
+    first_of: dict[Path, Path] = {}  # resolved photo -> the path it was used under
     for item in layout.read(root, images.size_of if images else header_size):
         pixels = images.take(item.path) if images else None
         if isinstance(item, Sample):
-            item = checked_box(item)
+            item = _once(checked_box(item), first_of)
         if isinstance(item, Skipped):
             if fail:
                 raise PetlocError(str(item))
             yield item
         else:
             yield item, pixels
+
+
+def _once(item: Sample | Skipped, first_of: dict[Path, Path]) -> Sample | Skipped:
+    """A photo linked under a second name (valid/x.jpg -> ../train/x.jpg) is used once: in
+    two splits it would be scored on what the model trained on."""
+    if isinstance(item, Skipped):
+        return item
+    first = first_of.setdefault(item.path.resolve(), item.path)
+    return item if first == item.path else Skipped(item.path, f"the same file as {first} (a link): used once")
 
 
 class _DecodeOnce:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from petloc.data.records import CLASS_NAMES, annotation_line
+from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 
 DOG_SHARE = 0.7
 HEAD_SIZE_RANGE = (0.16, 0.5)  # longest side of the head box, as a share of the image side
@@ -342,6 +343,6 @@ def settings(count: int, seed: int, size: int) -> dict:
 def is_generated(out: Path, count: int, seed: int, size: int = 128) -> bool:
     """True when `out` holds a complete set made with these settings."""
     try:
-        return json.loads((Path(out) / SETTINGS_FILE).read_text()) == settings(count, seed, size)
-    except (OSError, ValueError):
+        return json.loads(read_bounded(Path(out) / SETTINGS_FILE, SMALL_FILE_LIMIT)) == settings(count, seed, size)
+    except (UnreadableFile, OSError, ValueError):  # then it is made afresh
         return False

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from petloc import report, stopping
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
-from petloc.files import atomic_write_text, exclusive_lock, remove_tree
+from petloc.files import SMALL_FILE_LIMIT, atomic_write_text, exclusive_lock, read_bounded, remove_tree
 from petloc.search import trial_rows
 from petloc.search.budget import TimeBudget
 from petloc.search.ensemble import log_ensemble
@@ -56,6 +56,7 @@ class SweepResult:
 # What a sweep may change when it resumes (outside its fingerprint): tags, set again at each
 # start, since MLflow's params are written once.
 RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes", "fill_budget")
+TUNER_STATE_LIMIT = 16_000_000  # bytes of one of Keras Tuner's JSON files: its oracle's grows with the trials
 
 
 def fingerprint(exp: Experiment) -> str:
@@ -119,10 +120,10 @@ def _read_state(state_file: Path) -> dict | None:
     if not state_file.exists():
         return None
     try:
-        state = json.loads(state_file.read_text())
+        state = json.loads(read_bounded(state_file, SMALL_FILE_LIMIT))
         if isinstance(state, dict) and {"parent_run_id", "fingerprint"} <= set(state):
             return state
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # a FIFO, device or huge file is UnreadableFile: its own line
         pass
     raise PetlocError(f"{state_file}: damaged sweep state (empty or cut short); run with --fresh to start over")
 
@@ -148,7 +149,7 @@ def check_state_files(directory: Path) -> None:
     """Keras Tuner's own JSON files (oracle, trials) must be whole, or it fails with a traceback."""
     for path in sorted(directory.rglob("*.json")):
         try:
-            json.loads(path.read_text())
+            json.loads(read_bounded(path, TUNER_STATE_LIMIT))  # UnreadableFile: its own line
         except (OSError, ValueError):
             raise PetlocError(f"{path}: damaged sweep state (empty or cut short, as a kill during a write leaves it); "
                               "run with --fresh to start over") from None

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
+from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
 from petloc.model.backbones import takes_caffe_inputs
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
@@ -254,9 +255,9 @@ def registered_name_of(run_id: str) -> str:
     """The registered model name the run's experiment file gives (`registry.name`), else "petloc"."""
     client = MlflowClient()
     try:
-        with open(client.download_artifacts(run_id, "experiment.json"), encoding="utf-8") as file:
-            return json.load(file).get("registry", {}).get("name") or "petloc"
-    except (MlflowException, OSError, ValueError):
+        logged = json.loads(read_bounded(client.download_artifacts(run_id, "experiment.json"), SMALL_FILE_LIMIT))
+        return logged.get("registry", {}).get("name") or "petloc"
+    except (MlflowException, OSError, ValueError, UnreadableFile):
         return "petloc"
 
 

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from petloc import hyperparams
 from petloc.config import Experiment, parse_experiment
 from petloc.errors import PetlocError
+from petloc.files import SMALL_FILE_LIMIT, read_bounded
 from petloc.tracking import log, runs, store
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
@@ -67,8 +68,7 @@ def _logged_experiment(client: MlflowClient, run_id: str) -> Experiment:
         path = client.download_artifacts(run_id, "experiment.json")
     except (MlflowException, OSError):
         raise PetlocError(f"run {run_id}: it logged no experiment.json (made by an older petloc); nothing to reproduce from") from None
-    with open(path, encoding="utf-8") as file:
-        return parse_experiment(json.load(file), f"run {run_id}: experiment.json")
+    return parse_experiment(json.loads(read_bounded(path, SMALL_FILE_LIMIT)), f"run {run_id}: experiment.json")
 
 
 def hyperparameters_of(params: dict[str, str]) -> dict:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from petloc.cpu import CPUINFO, cpu_flags
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
-from petloc.files import atomic_write, atomic_write_text
+from petloc.files import SMALL_FILE_LIMIT, atomic_write, atomic_write_text, check_regular, open_regular, read_bounded
 from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
 from petloc.training import progress
 
@@ -60,9 +60,10 @@ BEST_EPOCH = "best-epoch.npz"  # KeepBest's, in a backup folder: the weights, th
 def best_epoch(folder: str | Path | None) -> tuple[float, int] | None:
     """The score and the epoch (counted from 1) of the best epoch kept in a backup folder, if any."""
     path = Path(folder) / BEST_EPOCH if folder else None
-    if not path or not path.is_file():
+    if not path or not path.exists():
         return None
-    with np.load(path) as saved:
+    # Any size (the weights are in it): np.load reads only the members asked for, a few bytes.
+    with open_regular(path) as file, np.load(file) as saved:
         if not {"score", "epoch"} <= set(saved.files):  # petloc before 2026-12-04 kept them apart: start the best afresh
             return None
         return float(saved["score"]), int(saved["epoch"])
@@ -96,7 +97,8 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self.weights is None and self.best_on_disk:
-            with np.load(self.folder / BEST_EPOCH) as saved:  # the best epoch came before a resume
+            # The best epoch came before a resume.
+            with open_regular(self.folder / BEST_EPOCH) as file, np.load(file) as saved:
                 self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
         if self.weights is not None:
             self.model.set_weights(self.weights)
@@ -139,7 +141,11 @@ BACKUP_WEIGHTS, BACKUP_STATE = "latest.weights.h5", "training_metadata.json"  # 
 
 def has_backup(folder: str | Path) -> bool:
     """Whether a fit given `folder` as its backup resumes from it."""
-    return (Path(folder) / BACKUP_WEIGHTS).is_file()
+    weights = Path(folder) / BACKUP_WEIGHTS
+    if not weights.exists():
+        return False
+    check_regular(weights)  # Keras would open a FIFO there and wait for ever
+    return True
 
 
 class BackedUp(NamedTuple):
@@ -152,8 +158,11 @@ class BackedUp(NamedTuple):
 
 def backed_up(folder: str | Path) -> BackedUp:
     """The training state in a backup folder; all zero when it holds none."""
+    path = Path(folder) / BACKUP_STATE
+    if not path.exists():
+        return BackedUp()
     try:
-        state = json.loads((Path(folder) / BACKUP_STATE).read_text())
+        state = json.loads(read_bounded(path, SMALL_FILE_LIMIT))  # a FIFO or device: UnreadableFile, one line
         return BackedUp(int(state["epoch"]), float(state.get("seconds", 0.0)), bool(state.get("stopped", False)))
     except (OSError, ValueError, KeyError, TypeError):
         return BackedUp()

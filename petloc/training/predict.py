@@ -18,6 +18,7 @@ from petloc.data.images import BadImage, read_image
 from petloc.data.records import CLASS_NAMES
 from petloc.training.evaluate import forward_pass
 from petloc.errors import PetlocError
+from petloc.files import check_regular
 from petloc.training.gallery import draw_box_on_photo, save_new_png
 
 
@@ -75,8 +76,9 @@ class Predictor:
 
 def load_keras_file(path: str | Path) -> keras.Model:
     """A petloc localiser from a `.keras` file (safe mode: no code runs from the file)."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise PetlocError(f"{path}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
+    check_regular(path)  # a FIFO or device: its own line (Keras reads the file by its name)
     return checked_localiser(str(path), lambda: keras.saving.load_model(path, safe_mode=True))
 
 
@@ -118,8 +120,12 @@ def predict_files(predictor: Predictor, paths: Iterable[str], out: Path | None =
     one batch of photos however many files there are."""
     paths = iter(paths)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        while chunk := list(islice(paths, batch_size)):
-            yield from _answer_chunk(predictor, chunk, pool.map(lambda path: _read(predictor, path, keep_photo=out is not None), chunk), out)
+        try:
+            while chunk := list(islice(paths, batch_size)):
+                reads = pool.map(lambda path: _read(predictor, path, keep_photo=out is not None), chunk)
+                yield from _answer_chunk(predictor, chunk, reads, out)
+        finally:  # stopped (Ctrl+C, SIGTERM): the photos not yet begun are not decoded first
+            pool.shutdown(cancel_futures=True)
 
 
 @dataclass
