@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ def load_keras_file(path: str | Path) -> keras.Model:
     """A petloc localiser from a `.keras` file (safe mode: no code runs from the file)."""
     if not Path(path).is_file():
         raise PetlocError(f"{path}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise PetlocError(f"{path}: cannot be read as a Keras model (not a .keras zip archive: truncated, corrupt or another kind of file)")
     return checked_localiser(str(path), lambda: keras.saving.load_model(path, safe_mode=True))
 
 
