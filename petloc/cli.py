@@ -131,7 +131,8 @@ def pretrain(experiment, overrides):
     click.echo(table([run.summary]))
     promotion = registry.promote(run.run_id, exp.pretrain.register_as, exp.pretrain.alias)
     click.echo(f"registry: {promotion.reason}")
-    click.echo(f"use it: petloc train {experiment} space.backbone=registered:{exp.pretrain.register_as}@{exp.pretrain.alias}")
+    backbone = f"space.backbone=registered:{exp.pretrain.register_as}@{exp.pretrain.alias}"
+    click.echo(f"use it: petloc train {shlex.quote(experiment)} {shlex.quote(backbone)}")  # a name may hold quotes or spaces
 
 
 @cli.command()
@@ -201,10 +202,10 @@ def _print_sweep_result(exp, result, seconds: float) -> None:
     click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard], same_decimals=True))
     if result.promotion:
         click.echo(f"\nregistry: {result.promotion.reason}")
-    name, alias = exp.registry.name, exp.registry.alias
+    ref = f"{exp.registry.name}@{exp.registry.alias}"  # quoted below: a name may hold quotes or spaces
     click.echo(f"\nparent run {result.parent_run_id}; browse with: petloc ui")
-    click.echo(f"pull the model by name: petloc predict {name}@{alias} photo.jpg  |  petloc evaluate {name}@{alias} DATA")
-    click.echo(f"from Python: petloc.load_model('{name}@{alias}').predict([image])")
+    click.echo(f"pull the model by name: petloc predict {shlex.quote(ref)} photo.jpg  |  petloc evaluate {shlex.quote(ref)} DATA")
+    click.echo(f"from Python: petloc.load_model({ref!r}).predict([image])")
 
 
 @cli.command()

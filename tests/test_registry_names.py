@@ -24,7 +24,8 @@ from petloc.tracking import log
 from petloc.tracking.registry import list_versions, load_localiser, versions_of
 from petloc.tracking.reproduce import reproduce
 from petloc.tracking.store import configure
-from tests.helpers import in_project, invoke, jpeg, photo
+from tests.helpers import in_project, invoke, jpeg, petloc_env, petloc_process, photo
+from tests.servers import tracking_server
 
 SIZE = 32
 VAL_DATA = "digest=abc split=0.25 seed=0"
@@ -256,3 +257,59 @@ def test_load_model_of_the_python_api_takes_a_quoted_name(project):
 
     assert petloc.load_model("o'brien@champion").predict([photo()])[0].label in ("cat", "dog")
     assert mlflow.get_tracking_uri().endswith("mlruns/mlflow.db")
+
+
+# ---- as a user runs it, and on a shared server ----------------------------------------
+
+
+@pytest.mark.slow
+def test_the_issue_s_probes_from_the_shell(store, tmp_path):
+    def petloc(*args):
+        return petloc_process(*args, cwd=store.root, env=petloc_env())
+
+    assert petloc("promote", store.run_id, "--name", "o'hara").returncode == 0
+    listed = petloc("models")
+    assert listed.returncode == 0 and "o'hara" in listed.stdout and "ünïcødé 名前" in listed.stdout
+    for args in (["serve", "o'hara@nope"],):
+        refused = petloc(*args)
+        assert (refused.returncode, refused.stdout) == (2, "")
+        assert refused.stderr.startswith("petloc: error: models:/o'hara@nope: no such registered model version; registered: ")
+        assert refused.stderr.count("\n") == 1
+    for args in (["--name", "../../etc"], ["--alias", "v3"], ["--alias", "a b/c"], ["--alias", "latest"]):
+        refused = petloc("promote", store.run_id, *args)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and refused.stderr.startswith("petloc: error: --")
+    nan = petloc("promote", store.run_id, "--max-latency-ms", "nan")
+    assert nan.returncode == 2 and "'nan' is not a finite number" in nan.stderr
+
+
+@pytest.mark.slow
+def test_names_on_a_postgresql_tracking_server(postgres_uri, tmp_path):
+    """PostgreSQL keeps at most 256 characters of a name and compares exactly; the client
+    talks to it over HTTP, where every filter is parsed by the server."""
+    with tracking_server(postgres_uri, tmp_path / "artifacts") as uri, in_project(tmp_path), \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        configure(uri)
+        client = MlflowClient(uri, registry_uri=uri)
+        experiment_id = client.create_experiment("names")
+        run_id = client.create_run(experiment_id).info.run_id
+        client.log_metric(run_id, "best_val_miou", 0.5)
+        client.set_tag(run_id, "val_data", VAL_DATA)
+        model = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment_id)
+        client.set_tag(run_id, "model_uri", f"models:/{model.model_id}")
+        client.set_terminated(run_id)
+        for name in OTHER_TOOLS_NAMES:
+            client.create_registered_model(name)
+            client.create_model_version(name, f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id)
+        for name in OTHER_TOOLS_NAMES:
+            assert [v.name for v in versions_of(name)] == [name], name
+        longest = "n" * 256
+        for name in ("o'neil", longest):
+            assert invoke("promote", run_id, "--name", name).output.startswith(f"{name}@champion is now version 1")
+            assert invoke("promote", run_id, "--name", name).output.strip() == f"already {name}@champion (version 1)"
+        with pytest.raises(PetlocError, match="257 characters, MLflow keeps at most 256"):
+            invoke("promote", run_id, "--name", longest + "n")
+        listed = invoke("models").output
+        assert all(name in listed for name in ("o'brien", "100%", "a_b", "ünïcødé 名前", "o'neil", longest))
+        with pytest.raises(PetlocError, match="^models:/o'brien@nope: no such registered model version"):
+            _served_model("o'brien@nope")

@@ -4,6 +4,7 @@ loading by name (`petloc@champion`, `petloc/3`, `models:/petloc@champion`)."""
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 import keras
@@ -14,8 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
 from petloc.model import Pretrained
-from petloc.registry_names import check_alias, check_name, parse_ref, printable
 from petloc.model.backbones import takes_caffe_inputs
+from petloc.registry_names import check_alias, check_name, parse_ref, printable
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 from petloc.tracking.store import configure
 
@@ -224,7 +225,7 @@ def promote(
     if holder is not None and not force and (holder.tags.get("val_data") != val_data or holder.tags.get(metric) is None):
         why = (f"{name}@{alias} (version {holder.version}) was measured on other validation data "
                f"({holder.tags.get('val_data', 'unknown')}; this run: {val_data}), so their figures do not compare; "
-               f"petloc promote {run_id} --name {name} --force moves it")
+               f"petloc promote {run_id} --name {shlex.quote(name)} --force moves it")
         if not register_when_not_better:
             return Promotion(name, None, False, why + "; not registered")
         version = _existing_version(name, run_id) or _register(run, model_source, name)
