@@ -313,3 +313,16 @@ def test_names_on_a_postgresql_tracking_server(postgres_uri, tmp_path):
         assert all(name in listed for name in ("o'brien", "100%", "a_b", "ünïcødé 名前", "o'neil", longest))
         with pytest.raises(PetlocError, match="^models:/o'brien@nope: no such registered model version"):
             _served_model("o'brien@nope")
+
+
+@pytest.mark.slow  # 105 versions: SQLite commits each
+def test_models_lists_a_registry_of_more_than_one_page(tmp_path):
+    """MLflow answers 100 registered models a page; a team's registry holds more."""
+    with in_project(tmp_path):
+        uri = configure()
+        client = MlflowClient(uri, registry_uri=uri)
+        names = [f"model-{i:03}" for i in range(105)]
+        for name in names:
+            client.create_registered_model(name)
+            client.create_model_version(name, "file:///nowhere")
+        assert [row["name"] for row in list_versions()] == names

@@ -112,7 +112,8 @@ def registered_version(uri: str):
         return client.get_model_version(ref.name, ref.version)
     except MlflowException as err:
         if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            raise
+            # Not "no such version" (a refused password, a server error): say what it was.
+            raise PetlocError(f"models:/{printable(str(ref))}: {err.message.splitlines()[0][:300]}") from None
         raise PetlocError(f"models:/{printable(str(ref))}: no such registered model version; "
                           f"registered: {describe_registry() or 'nothing yet'}") from None
 
