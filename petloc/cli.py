@@ -131,8 +131,9 @@ def pretrain(experiment, overrides):
     click.echo(table([run.summary]))
     promotion = registry.promote(run.run_id, exp.pretrain.register_as, exp.pretrain.alias)
     click.echo(f"registry: {promotion.reason}")
+    # Quoted for the shell: a registered name may hold spaces or quotes.
     backbone = f"space.backbone=registered:{exp.pretrain.register_as}@{exp.pretrain.alias}"
-    click.echo(f"use it: petloc train {shlex.quote(experiment)} {shlex.quote(backbone)}")  # a name may hold quotes or spaces
+    click.echo(f"use it: petloc train {shlex.quote(experiment)} {shlex.quote(backbone)}")
 
 
 @cli.command()
@@ -204,7 +205,8 @@ def _print_sweep_result(exp, result, seconds: float) -> None:
         click.echo(f"\nregistry: {result.promotion.reason}")
     ref = f"{exp.registry.name}@{exp.registry.alias}"  # quoted below: a name may hold quotes or spaces
     click.echo(f"\nparent run {result.parent_run_id}; browse with: petloc ui")
-    click.echo(f"pull the model by name: petloc predict {shlex.quote(ref)} photo.jpg  |  petloc evaluate {shlex.quote(ref)} DATA")
+    quoted = shlex.quote(ref)
+    click.echo(f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA")
     click.echo(f"from Python: petloc.load_model({ref!r}).predict([image])")
 
 
@@ -341,7 +343,7 @@ def serve(model, host, port):
 
     tracking_uri = store.configure()
     served = _served_model(model)
-    named = model if served.startswith("models:/m-") else served  # a registered version, as the user named it
+    named = model if served.startswith("models:/m-") else served  # a registered version: as the user named it
     click.echo(f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local", "--host", host, "--port", str(port)]
     # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one);
@@ -373,7 +375,8 @@ def _served_model(ref: str) -> str:
 @click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
 @click.option("--subset", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
               help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).")
-@click.option("--val-split", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.15, show_default=True)
+@click.option("--val-split", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.15,
+              show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="The split's seed (data.seed).")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: also average each photo with its mirror image (on top of what the model does).")
@@ -470,7 +473,8 @@ def synth(out, count, seed, size):
 @data.command()
 @click.option("--out", default="data/oxford-iiit-pet", show_default=True, type=click.Path(file_okay=False))
 @click.option("--url", default=None, help="Base URL of the two archives (a mirror, or file:///folder/); default: the official site.")
-@click.option("--val-share", default=0.15, show_default=True, type=FiniteFloat(0, 1, min_open=True, max_open=True))
+@click.option("--val-share", default=0.15, show_default=True,
+              type=FiniteFloat(0, 1, min_open=True, max_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Redo the conversion even when it is there.")
 @click.option("--md5", multiple=True, metavar="NAME=MD5", help="Expected MD5 of an archive on your mirror, instead of the official one (repeatable).")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from petloc import hyperparams
 from petloc.errors import PetlocError
@@ -64,11 +65,10 @@ def _check_type(name: str, value: Any) -> Any:
     if kind in (int, float):
         _check_bounds(name, value)
     if name == "backbone" and value.startswith(REGISTERED):
-        ref = parse_ref(value.removeprefix(REGISTERED))
-        if ref is None or value.removeprefix(REGISTERED).startswith("models:/"):
-            raise ValueError(f"backbone: {value!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION")
-        if problem := name_problem(ref.name) or (ref.alias is not None and alias_problem(ref.alias)):
-            raise ValueError(f"backbone: {printable(value)!r}: {problem}")
+        # Any name MLflow may hold, whoever made it (the store says whether it exists).
+        ref = value.removeprefix(REGISTERED)
+        if parse_ref(ref) is None or ref.startswith("models:/"):
+            raise ValueError(f"backbone: {printable(value)!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION")
         return value  # resolved when the model is built: the registry may be elsewhere
     registry = hyperparams.choices(name)
     if registry is not None and value not in registry:
@@ -168,6 +168,7 @@ class RegistryConfig(Strict):
     # ("ensemble"), so it is promoted only when it beats them all; 0 or 1 = none. Like the final
     # run, it runs where the sweep ends: on a chief, which then needs data.path too.
     ensemble: int = Field(0, ge=0, le=8)
+
 
 class PretrainConfig(Strict):
     """`petloc pretrain`: a cat / dog classifier whose backbone a localiser can start from."""

@@ -104,7 +104,8 @@ def parse_ref(text: str) -> Ref | None:
     ref = text.removeprefix("models:/")
     name, slash, version = ref.partition("/")
     if slash:
-        return Ref(name, version=version) if version.isdecimal() and version.isascii() and _stored_name(name) else None
+        numbered = version.isdecimal() and version.isascii()
+        return Ref(name, version=version) if numbered and _stored_name(name) else None
     name, at, alias = ref.rpartition("@")
     return Ref(name, alias=alias) if at and alias and _stored_name(name) and "/" not in alias else None
 

@@ -70,7 +70,8 @@ def _continued(run) -> bool:
 
 
 def _reproducible(run) -> bool:
-    return "best_val_miou" in run.data.metrics and not _continued(run) and run.data.params.get("backbone") != "ensemble"
+    ensemble = run.data.params.get("backbone") == "ensemble"
+    return "best_val_miou" in run.data.metrics and not _continued(run) and not ensemble
 
 
 def _sweep_parent_refusal(parent) -> str:
@@ -79,8 +80,9 @@ def _sweep_parent_refusal(parent) -> str:
     trials = runs.child_runs(run_id, "attributes.status = 'FINISHED'", order_by=["metrics.best_val_miou DESC"])
     best = next((t for t in trials if _reproducible(t)), None)
     hint = f", such as its best, run {best.info.run_id}" if best else ""
-    return (f"run {run_id}: the parent run of sweep '{parent.data.tags.get('petloc.sweep', '?')}', which trained "
-            f"nothing itself; name one of its trial runs{hint} (petloc ui lists them)")
+    sweep = parent.data.tags.get("petloc.sweep", "?")
+    return (f"run {run_id}: the parent run of sweep '{sweep}', which trained nothing itself; "
+            f"name one of its trial runs{hint} (petloc ui lists them)")
 
 
 def _logged_experiment(client: MlflowClient, run_id: str) -> Experiment:

@@ -79,7 +79,8 @@ def load_keras_file(path: str | Path) -> keras.Model:
     if not Path(path).is_file():
         raise PetlocError(f"{path}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
     if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
-        raise PetlocError(f"{path}: cannot be read as a Keras model (not a .keras zip archive: truncated, corrupt or another kind of file)")
+        raise PetlocError(f"{path}: cannot be read as a Keras model "
+                          "(not a .keras zip archive: truncated, corrupt or another kind of file)")
     return checked_localiser(str(path), lambda: keras.saving.load_model(path, safe_mode=True))
 
 
