@@ -33,7 +33,8 @@ VAL_DATA = "digest=abc split=0.25 seed=0"
 # Registered by other tools straight through MLflow, which allows them all. '_' and '%' are
 # LIKE wildcards: "a_b" must not find "axb", nor "100%" find "1000".
 OTHER_TOOLS_NAMES = ["o'brien", 'say "hi"', "both ' and \"", "a_b", "axb", "100%", "1000", "ünïcødé 名前",
-                     "back\\slash\\", "semi;colon -- x", "Case", "case", "at@sign", "what?", "tab\there"]
+                     "back\\slash\\", "esc\\'aped", 'esc\\"aped', "semi;colon -- x", "Case", "case", "at@sign",
+                     "what?", "tab\there"]
 
 
 @dataclass
@@ -139,7 +140,8 @@ BAD_NAMES = [
     ("x:y", "MLflow forbids ':' in a name"), ("..", "resolves to another as a path"), (".", "resolves to another as a path"),
     ("", "cannot be empty"), ("   ", "cannot be empty"), (" pad", "begins or ends with a space"),
     ("a" * 257, "257 characters, MLflow keeps at most 256"), ("two\nlines", r"control character \\n"),
-    ("red\x1b[31m", r"control character \\x1b"), ("a@b", "no '@' in a name"), ("a?b", "no '?' in a name"),
+    ("red\x1b[31m", r"control character \\x1b"), ("evil\u202egnp.exe", r"control character \\u202e"),
+    ("\u3000", "cannot be empty"), ("a@b", "no '@' in a name"), ("a?b", "no '?' in a name"),
 ]
 BAD_ALIASES = [
     ("v3", "MLflow reserves v<N>"), ("V12", "MLflow reserves v<N>"), ("latest", "MLflow reserves 'latest'"),
