@@ -163,7 +163,7 @@ class RegistryConfig(Strict):
     register_when_not_better: bool = True
     # The champion is the best val mIoU among trials whose batch-1 latency (latency_ms_b1,
     # measured on the machine that trained them) fits this budget; None: no budget.
-    max_latency_ms: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
     # After a sweep: the N best trials averaged as one model, logged as one more trial
     # ("ensemble"), so it is promoted only when it beats them all; 0 or 1 = none. Like the final
     # run, it runs where the sweep ends: on a chief, which then needs data.path too.

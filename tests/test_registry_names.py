@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name
 
 from petloc.cli import _served_model
-from petloc.config import parse_experiment
+from petloc.config import load_experiment, parse_experiment
 from petloc.errors import PetlocError
 from petloc.model import Hyperparameters, build_model
 from petloc.registry_names import alias_problem, name_problem, parse_ref
@@ -227,6 +227,13 @@ def test_the_experiment_file_takes_any_name_mlflow_allows():
 def test_a_number_that_is_not_finite_and_in_range_is_refused(args):
     result = invoke(*args)
     assert result.exit_code == 2 and "Invalid value for" in result.output
+
+
+@pytest.mark.parametrize("budget", ["nan", "inf", ".inf", "-.inf"])
+def test_the_experiment_file_s_latency_budget_is_a_finite_number(tmp_path, budget):
+    (tmp_path / "exp.yaml").write_text(f"registry:\n  max_latency_ms: {budget}\n")
+    with pytest.raises(PetlocError, match=r"registry\.max_latency_ms: Input should be a finite number|greater than 0"):
+        load_experiment(tmp_path / "exp.yaml")
 
 
 # ---- section 6: a corrupt .keras file; a sweep's parent run ---------------------------
