@@ -18,7 +18,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 from petloc import hyperparams
 from petloc.errors import PetlocError
 from petloc.hyperparams import BACKBONE_NAMES, REGISTERED
-from petloc.registry_names import alias_problem, name_problem, parse_ref, printable
+from petloc.registry_names import alias_problem, described, name_problem, parse_ref, printable
 
 Scalar = Union[bool, int, float, str, None]
 
@@ -141,13 +141,13 @@ class TrackingConfig(Strict):
 
 def _registry_name(value: str) -> str:
     if problem := name_problem(value):
-        raise ValueError(f"{printable(value)!r}: {problem}")
+        raise ValueError(f"'{described(value)}': {problem}")
     return value
 
 
 def _registry_alias(value: str) -> str:
     if problem := alias_problem(value):
-        raise ValueError(f"{printable(value)!r}: {problem}")
+        raise ValueError(f"'{described(value)}': {problem}")
     return value
 
 

@@ -42,7 +42,7 @@ def name_problem(name: str) -> str | None:
     if len(name) > MAX_NAME_LENGTH:
         return f"{len(name)} characters, MLflow keeps at most {MAX_NAME_LENGTH}"
     if bad := next((c for c in name if not c.isprintable()), None):
-        return f"it holds the control character {bad.encode('unicode_escape').decode()}"
+        return f"it holds the unprintable character {bad.encode('unicode_escape').decode()}"
     if name != name.strip():
         return "it begins or ends with a space"
     if bad := next((c for c in NOT_IN_NAMES if c in name), None):
@@ -69,14 +69,20 @@ def alias_problem(alias: str) -> str | None:
 
 def check_name(name: str, what: str = "model name") -> str:
     if problem := name_problem(name):
-        raise PetlocError(f"{what} '{printable(str(name))}': {problem}")
+        raise PetlocError(f"{what} '{described(str(name))}': {problem}")
     return name
 
 
 def check_alias(alias: str, what: str = "alias") -> str:
     if problem := alias_problem(alias):
-        raise PetlocError(f"{what} '{printable(str(alias))}': {problem}")
+        raise PetlocError(f"{what} '{described(str(alias))}': {problem}")
     return alias
+
+
+def described(text: str, keep: int = 80) -> str:
+    """`text` printable and at most about `keep` characters, for an error message."""
+    text = printable(text)
+    return text if len(text) <= keep else f"{text[:keep]}..."
 
 
 def _path_not_unique(name: str) -> bool:

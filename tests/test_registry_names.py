@@ -139,8 +139,8 @@ BAD_NAMES = [
     ("../../etc", "MLflow forbids '/' in a name"), ("a b/c", "MLflow forbids '/' in a name"),
     ("x:y", "MLflow forbids ':' in a name"), ("..", "resolves to another as a path"), (".", "resolves to another as a path"),
     ("", "cannot be empty"), ("   ", "cannot be empty"), (" pad", "begins or ends with a space"),
-    ("a" * 257, "257 characters, MLflow keeps at most 256"), ("two\nlines", r"control character \\n"),
-    ("red\x1b[31m", r"control character \\x1b"), ("evil\u202egnp.exe", r"control character \\u202e"),
+    ("a" * 257, "257 characters, MLflow keeps at most 256"), ("two\nlines", r"unprintable character \\n"),
+    ("red\x1b[31m", r"unprintable character \\x1b"), ("evil\u202egnp.exe", r"unprintable character \\u202e"),
     ("\u3000", "cannot be empty"), ("a@b", "no '@' in a name"), ("a?b", "no '?' in a name"),
 ]
 BAD_ALIASES = [
@@ -201,7 +201,7 @@ def test_the_alias_rule_is_mlflow_s(alias):
 
 @pytest.mark.parametrize("section, key, value, reason", [
     ("registry", "name", "../../etc", "MLflow forbids '/'"), ("registry", "alias", "v3", "MLflow reserves v<N>"),
-    ("registry", "alias", "latest", "MLflow reserves 'latest'"), ("registry", "name", "a\nb", r"control character \\n"),
+    ("registry", "alias", "latest", "MLflow reserves 'latest'"), ("registry", "name", "a\nb", r"unprintable character \\n"),
     ("pretrain", "register_as", "x" * 300, "at most 256"), ("pretrain", "alias", "V7", "MLflow reserves v<N>"),
 ])
 def test_registry_names_in_the_experiment_file_are_checked_when_read(section, key, value, reason):
