@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -31,6 +32,17 @@ class CommandLine(click.Group):
     def parse_args(self, ctx, args):
         os.environ[COMMAND_ENV] = shlex.join(["petloc", *args])
         return super().parse_args(ctx, args)
+
+
+class FiniteFloat(click.FloatRange):
+    """A number within a range, never nan or inf: nan passes every comparison of FloatRange,
+    so a budget of nan would be accepted and then never apply."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,7 +131,9 @@ def pretrain(experiment, overrides):
     click.echo(table([run.summary]))
     promotion = registry.promote(run.run_id, exp.pretrain.register_as, exp.pretrain.alias)
     click.echo(f"registry: {promotion.reason}")
-    click.echo(f"use it: petloc train {experiment} space.backbone=registered:{exp.pretrain.register_as}@{exp.pretrain.alias}")
+    # Quoted for the shell: a registered name may hold spaces or quotes.
+    backbone = f"space.backbone=registered:{exp.pretrain.register_as}@{exp.pretrain.alias}"
+    click.echo(f"use it: petloc train {shlex.quote(experiment)} {shlex.quote(backbone)}")
 
 
 @cli.command()
@@ -135,7 +149,7 @@ def pretrain(experiment, overrides):
               help=f"Where the chief listens for workers (default {DEFAULT_CHIEF_ADDRESS}; 0.0.0.0:PORT for other machines).")
 @click.option("--worker", "worker_id", default=None, metavar="ID",
               help="Be worker ID of the sweep whose chief runs at --chief HOST:PORT.")
-@click.option("--worker-timeout", type=click.FloatRange(10), default=300.0, show_default=True, metavar="SECONDS",
+@click.option("--worker-timeout", type=FiniteFloat(10), default=300.0, show_default=True, metavar="SECONDS",
               help="Chief: a worker not heard from this long has its trial marked failed.")
 def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, worker_timeout):
     """Keras Tuner sweep over the experiment's space; every trial an MLflow run; the best promoted.
@@ -189,10 +203,11 @@ def _print_sweep_result(exp, result, seconds: float) -> None:
     click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard], same_decimals=True))
     if result.promotion:
         click.echo(f"\nregistry: {result.promotion.reason}")
-    name, alias = exp.registry.name, exp.registry.alias
+    ref = f"{exp.registry.name}@{exp.registry.alias}"  # quoted below: a name may hold quotes or spaces
     click.echo(f"\nparent run {result.parent_run_id}; browse with: petloc ui")
-    click.echo(f"pull the model by name: petloc predict {name}@{alias} photo.jpg  |  petloc evaluate {name}@{alias} DATA")
-    click.echo(f"from Python: petloc.load_model('{name}@{alias}').predict([image])")
+    quoted = shlex.quote(ref)
+    click.echo(f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA")
+    click.echo(f"from Python: petloc.load_model({ref!r}).predict([image])")
 
 
 @cli.command()
@@ -200,10 +215,15 @@ def _print_sweep_result(exp, result, seconds: float) -> None:
 @click.option("--name", default=None, help="Registered model name (default: the registry.name of the run's experiment file).")
 @click.option("--alias", default="champion", show_default=True)
 @click.option("--force", is_flag=True, help="Move the alias even when the run is not better (or over the latency budget).")
-@click.option("--max-latency-ms", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-latency-ms", type=FiniteFloat(0, min_open=True), default=None,
               help="Refuse a run whose batch-1 latency is over this budget.")
 def promote(run_id, name, alias, force, max_latency_ms):
     """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force)."""
+    from petloc.registry_names import check_alias, check_name
+
+    check_alias(alias, "--alias")  # before the store is opened: a bad name changes nothing
+    if name is not None:
+        check_name(name, "--name")
     from petloc.tracking import registry, store
 
     store.configure()
@@ -241,7 +261,7 @@ def models():
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Web server processes.")
 def ui(host, port, workers):
     """The MLflow UI on the project's store (mlruns/)."""
@@ -312,7 +332,7 @@ def _ui_pages(base: str) -> list[str]:
 @cli.command()
 @click.argument("model")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5001, show_default=True, type=int)
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(1, 65535))
 def serve(model, host, port):
     """MODEL over REST with MLflow's scoring server, on the project's store.
 
@@ -325,7 +345,8 @@ def serve(model, host, port):
     model_server.max_concurrent_requests()
     tracking_uri = store.configure()
     served = _served_model(model)
-    click.echo(f"serving {served} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")
+    named = model if served.startswith("models:/m-") else served  # a registered version: as the user named it
+    click.echo(f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")
     # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one).
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     sys.stdout.flush()
@@ -343,8 +364,7 @@ def _served_model(ref: str) -> str:
     uri = registry.model_uri(ref)
     if uri is None:
         raise PetlocError(f"{ref}: name a registered model (petloc@champion, petloc/3), an MLflow URI (models:/..., runs:/...) or a model folder")
-    registry.registered_version(uri)
-    return uri
+    return registry.loadable_uri(uri)
 
 
 @cli.command()
@@ -354,7 +374,8 @@ def _served_model(ref: str) -> str:
 @click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
 @click.option("--subset", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
               help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).")
-@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.15, show_default=True)
+@click.option("--val-split", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.15,
+              show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="The split's seed (data.seed).")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: also average each photo with its mirror image (on top of what the model does).")
@@ -453,7 +474,8 @@ def synth(out, count, seed, size):
 @data.command()
 @click.option("--out", default="data/oxford-iiit-pet", show_default=True, type=click.Path(file_okay=False))
 @click.option("--url", default=None, help="Base URL of the two archives (a mirror, or file:///folder/); default: the official site.")
-@click.option("--val-share", default=0.15, show_default=True, type=float)
+@click.option("--val-share", default=0.15, show_default=True,
+              type=FiniteFloat(0, 1, min_open=True, max_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--force", is_flag=True, help="Redo the conversion even when it is there.")
 @click.option("--md5", multiple=True, metavar="NAME=MD5", help="Expected MD5 of an archive on your mirror, instead of the official one (repeatable).")

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from petloc import hyperparams
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
 from petloc.hyperparams import BACKBONE_NAMES, REGISTERED
+from petloc.registry_names import alias_problem, described, name_problem, parse_ref, printable
 
 Scalar = Union[bool, int, float, str, None]
 
@@ -57,8 +59,6 @@ class Range(Strict):
 
 Param = Union[Range, list[Scalar], Scalar]
 
-REGISTERED_REF = re.compile(r"[\w.-]+(@[\w-]+|/\d+)")
-
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
 
@@ -75,8 +75,10 @@ def _check_type(name: str, value: Any) -> Any:
     if kind in (int, float):
         _check_bounds(name, value)
     if name == "backbone" and value.startswith(REGISTERED):
-        if not REGISTERED_REF.fullmatch(value.removeprefix(REGISTERED)):
-            raise ValueError(f"backbone: {value!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION")
+        # Any name MLflow may hold, whoever made it (the store says whether it exists).
+        ref = value.removeprefix(REGISTERED)
+        if parse_ref(ref) is None or ref.startswith("models:/"):
+            raise ValueError(f"backbone: {printable(value)!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION")
         return value  # resolved when the model is built: the registry may be elsewhere
     registry = hyperparams.choices(name)
     if registry is not None and value not in registry:
@@ -155,13 +157,31 @@ class TrackingConfig(Strict):
         return value
 
 
+def _registry_name(value: str) -> str:
+    if problem := name_problem(value):
+        raise ValueError(f"'{described(value)}': {problem}")
+    return value
+
+
+def _registry_alias(value: str) -> str:
+    if problem := alias_problem(value):
+        raise ValueError(f"'{described(value)}': {problem}")
+    return value
+
+
+# MLflow's rules and reserved aliases, with petloc's own (petloc/registry_names.py).
+RegistryName = Annotated[str, AfterValidator(_registry_name)]
+RegistryAlias = Annotated[str, AfterValidator(_registry_alias)]
+
+
 class RegistryConfig(Strict):
-    name: str = "petloc"
-    alias: str = "champion"
+    # Checked when the file is read: a sweep must not run for hours to fail at its promotion.
+    name: RegistryName = "petloc"
+    alias: RegistryAlias = "champion"
     register_when_not_better: bool = True
     # The champion is the best val mIoU among trials whose batch-1 latency (latency_ms_b1,
     # measured on the machine that trained them) fits this budget; None: no budget.
-    max_latency_ms: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
     # After a sweep: the N best trials averaged as one model, logged as one more trial
     # ("ensemble"), so it is promoted only when it beats them all; 0 or 1 = none. Like the final
     # run, it runs where the sweep ends: on a chief, which then needs data.path too.
@@ -181,8 +201,8 @@ class PretrainConfig(Strict):
     head_crops: bool = True  # also learn from a crop around each head
     image_size: int | None = Field(None, ge=32, le=1024)  # None: data.image_size; smaller pretrains faster
     xla: bool = False  # XLA-compiled training steps, as train.xla
-    register_as: str = Field("petloc-backbone", pattern=r"^[\w.-]+$")
-    alias: str = Field("champion", pattern=r"^[A-Za-z_][\w-]*$")  # MLflow reserves `latest` and v<N>
+    register_as: RegistryName = "petloc-backbone"
+    alias: RegistryAlias = "champion"
 
     @field_validator("backbone")
     @classmethod

@@ -4,7 +4,7 @@ loading by name (`petloc@champion`, `petloc/3`, `models:/petloc@champion`)."""
 from __future__ import annotations
 
 import json
-import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 import keras
@@ -17,6 +17,7 @@ from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
 from petloc.model.backbones import takes_caffe_inputs
+from petloc.registry_names import check_alias, check_name, parse_ref, printable
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 from petloc.tracking.store import configure
 
@@ -24,15 +25,13 @@ from petloc.tracking.store import configure
 METRIC_LABELS = {"best_val_miou": "val mIoU", "val_accuracy": "val accuracy"}
 METRIC_TAGS = ("best_val_miou", "val_accuracy", "val_iou50", "latency_ms_b1", "latency_ms_b32", "params_count")
 RUN_TAGS = ("dataset_digest", "val_data", "sweep_run_id", "trial_id")
-NAME_ALIAS = re.compile(r"^(?P<name>[\w.-]+)@(?P<alias>[\w-]+)$")
-NAME_VERSION = re.compile(r"^(?P<name>[\w.-]+)/(?P<version>\d+)$")
 
 
 def model_uri(ref: str) -> str | None:
     """An MLflow URI for `ref`, or None when `ref` is not a registry or MLflow reference."""
     if ref.startswith(("models:/", "runs:/")):
         return ref
-    if NAME_ALIAS.match(ref) or NAME_VERSION.match(ref):
+    if parse_ref(ref):
         return f"models:/{ref}"
     return None
 
@@ -41,10 +40,32 @@ def load_localiser(source: str | Path) -> keras.Model:
     """A petloc localiser from a `.keras` file, a registered name (`petloc@champion`,
     `petloc/3`) or an MLflow model URI (`models:/petloc@champion`, `runs:/RUN/model`)."""
     text = str(source)
-    uri = None if Path(text).exists() else model_uri(text)
+    uri = None if _is_path(text) else model_uri(text)
     if uri is None:
         return load_keras_file(text)
     return checked_localiser(text, lambda: _load_logged(uri))
+
+
+def _is_path(text: str) -> bool:
+    """Whether `text` names something on disk; a name too long to be a path (OSError) is not."""
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def loadable_uri(uri: str) -> str:
+    """The URI MLflow loads for `uri`: a registered version (NAME@ALIAS, NAME/N) as its logged
+    model's own id, found by exact name, since MLflow's URI parser cuts some names MLflow
+    allows (at '?'); a one-line error when there is no such version."""
+    version = registered_version(uri)
+    if version is None:
+        return uri
+    if version.model_id:
+        return f"models:/{version.model_id}"
+    if (version.source or "").startswith("models:/m-"):  # a logged model's id (a SQL store keeps no model_id)
+        return version.source
+    return f"models:/{version.name}/{version.version}"
 
 
 def load_predictor(source: str | Path) -> Predictor:
@@ -54,10 +75,8 @@ def load_predictor(source: str | Path) -> Predictor:
 def _load_logged(uri: str) -> keras.Model:
     """A Keras model logged by petloc, by MLflow URI."""
     configure()
-    if uri.startswith("models:/"):
-        registered_version(uri)
     try:
-        return mlflow.keras.load_model(uri)
+        return mlflow.keras.load_model(loadable_uri(uri))
     except MlflowException as err:
         raise PetlocError(f"{uri}: {err.message.splitlines()[0]}") from None
     except OSError as err:
@@ -71,7 +90,7 @@ def pretrained_backbone(ref: str) -> Pretrained:
     if run.data.tags.get("petloc_kind") != "pretrain":
         raise PetlocError(f"backbone: registered:{ref} is not a network from petloc pretrain")
     try:
-        classifier = mlflow.keras.load_model(f"models:/{ref}")
+        classifier = mlflow.keras.load_model(loadable_uri(model_uri(ref) or ref))
     except (MlflowException, OSError) as err:
         raise PetlocError(f"backbone: cannot load registered:{ref} ({str(err).splitlines()[0][:200]})") from None
     net = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
@@ -84,17 +103,20 @@ def pretrained_backbone(ref: str) -> Pretrained:
 def registered_version(uri: str):
     """The registered version `uri` names, or None for a URI MLflow resolves itself (such as
     models:/petloc/latest); a one-line error listing what is registered when there is none."""
-    ref = uri.removeprefix("models:/")
-    alias, number = NAME_ALIAS.match(ref), NAME_VERSION.match(ref)
-    if not (alias or number):
+    ref = parse_ref(uri) if uri.startswith("models:/") else None
+    if ref is None:
         return None
     client = MlflowClient()
     try:
-        if alias:
-            return client.get_model_version_by_alias(alias["name"], alias["alias"])
-        return client.get_model_version(number["name"], number["version"])
-    except MlflowException:
-        raise PetlocError(f"{uri}: no such registered model version; registered: {describe_registry() or 'nothing yet'}") from None
+        if ref.alias is not None:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, ref.version)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            # Not "no such version" (a refused password, a server error): say what it was.
+            raise PetlocError(f"models:/{printable(str(ref))}: {err.message.splitlines()[0][:300]}") from None
+        raise PetlocError(f"models:/{printable(str(ref))}: no such registered model version; "
+                          f"registered: {describe_registry() or 'nothing yet'}") from None
 
 
 def source_run(ref: str):
@@ -109,12 +131,43 @@ def source_run(ref: str):
 def describe_registry() -> str:
     """`petloc (versions 1-3, champion=2); other (versions 1-1)` for error messages."""
     parts = []
-    for model in MlflowClient().search_registered_models():
-        versions = sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name='{model.name}'"))
-        aliases = ", ".join(f"{a}={v}" for a, v in sorted(model.aliases.items()))
-        span = f"versions {versions[0]}-{versions[-1]}" if versions else "no versions"
-        parts.append(f"{model.name} ({span}{', ' + aliases if aliases else ''})")
+    versions = _versions_by_name()
+    for model in _every(MlflowClient().search_registered_models):
+        numbers = sorted(int(v.version) for v in versions.get(model.name, []))
+        aliases = ", ".join(f"{printable(a)}={v}" for a, v in sorted(model.aliases.items()))
+        span = f"versions {numbers[0]}-{numbers[-1]}" if numbers else "no versions"
+        parts.append(f"{printable(model.name)} ({span}{', ' + aliases if aliases else ''})")
     return "; ".join(parts)
+
+
+# MLflow's filter language has no escapes, and every registry name is a user's string: petloc
+# never pastes one into a filter unquoted. A name is quoted with a quote mark it does not hold
+# (MLflow's parser takes both); one it cannot quote is looked for among all versions. Only
+# exact matches are kept, as a case-insensitive database (MySQL) would match others.
+def versions_of(name: str) -> list:
+    """Every version of registered model `name`."""
+    quote = next((q for q in ("'", '"') if q not in name), None)
+    quotable = quote is not None and not name.endswith("\\")  # a final backslash would escape the quote
+    query = f"name = {quote}{name}{quote}" if quotable else None
+    return [v for v in _every(MlflowClient().search_model_versions, filter_string=query) if v.name == name]
+
+
+def _versions_by_name() -> dict[str, list]:
+    """Every registered version, by model name: one pass however many models there are."""
+    by_name: dict[str, list] = {}
+    for version in _every(MlflowClient().search_model_versions):
+        by_name.setdefault(version.name, []).append(version)
+    return by_name
+
+
+def _every(search, **kwargs) -> list:
+    """All pages of an MLflow search (one page stops at 100 registered models)."""
+    page = search(**kwargs)
+    found = list(page)
+    while page.token:
+        page = search(**kwargs, page_token=page.token)
+        found += page
+    return found
 
 
 @dataclass
@@ -149,11 +202,13 @@ def promote(
     question. The run is then registered without moving the alias, saying why; `force`
     moves it. The input image size does not matter: the same photos are scored at any size.
     """
+    check_name(name)
+    check_alias(alias)
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise PetlocError(f"run {run_id}: not found in {mlflow.get_tracking_uri()}") from None
+        raise PetlocError(f"run {printable(run_id)}: not found in {mlflow.get_tracking_uri()}") from None
     # A localiser is ranked by val mIoU; a pretrained classifier by val accuracy.
     metric = ("val_accuracy" if run.data.tags.get("petloc_kind") == "pretrain" else "best_val_miou")
     label = METRIC_LABELS.get(metric, metric)
@@ -172,7 +227,7 @@ def promote(
     if holder is not None and not force and (holder.tags.get("val_data") != val_data or holder.tags.get(metric) is None):
         why = (f"{name}@{alias} (version {holder.version}) was measured on other validation data "
                f"({holder.tags.get('val_data', 'unknown')}; this run: {val_data}), so their figures do not compare; "
-               f"petloc promote {run_id} --name {name} --force moves it")
+               f"petloc promote {run_id} --name {shlex.quote(name)} --force moves it")
         if not register_when_not_better:
             return Promotion(name, None, False, why + "; not registered")
         version = _existing_version(name, run_id) or _register(run, model_source, name)
@@ -211,7 +266,7 @@ def _claim(name: str, alias: str, version: str, only: bool) -> None:
     client = MlflowClient()
     client.set_model_version_tag(name, version, _claim_tag(alias), "true")
     if only:
-        for other in client.search_model_versions(f"name='{name}'"):
+        for other in versions_of(name):
             if other.version != version and _claim_tag(alias) in other.tags:
                 client.delete_model_version_tag(name, other.version, _claim_tag(alias))
 
@@ -246,7 +301,7 @@ def _best_claim(name: str, alias: str, metric: str, holder):
     go to the older version, as a promotion needs to beat the holder strictly."""
     if holder.tags.get(metric) is None:
         return holder
-    rivals = [v for v in MlflowClient().search_model_versions(f"name='{name}'")
+    rivals = [v for v in versions_of(name)
               if _claim_tag(alias) in v.tags and v.tags.get("val_data") == holder.tags.get("val_data") and v.tags.get(metric) is not None]
     return max([holder, *rivals], key=lambda v: (float(v.tags[metric]), -int(v.version)))
 
@@ -268,7 +323,7 @@ def _ms(latency: float | None) -> str:
 def _existing_version(name: str, run_id: str) -> str | None:
     """A version already registered from this run: promotion never registers a run twice."""
     try:
-        found = MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        found = [v for v in versions_of(name) if v.run_id == run_id]
     except MlflowException:
         return None
     return found[0].version if found else None
@@ -296,15 +351,15 @@ def _register(run, model_source: str, name: str) -> str:
 
 def list_versions() -> list[dict]:
     """Every registered version with its aliases and headline figures, for `petloc models`."""
-    client = MlflowClient()
     rows = []
-    for model in client.search_registered_models():
+    versions = _versions_by_name()
+    for model in _every(MlflowClient().search_registered_models):
         by_version: dict[str, list[str]] = {}
         for alias, version in model.aliases.items():
-            by_version.setdefault(str(version), []).append(alias)
-        for v in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
+            by_version.setdefault(str(version), []).append(printable(alias))
+        for v in sorted(versions.get(model.name, []), key=lambda v: int(v.version)):
             rows.append({
-                "name": model.name,
+                "name": printable(model.name),
                 "version": v.version,
                 "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
                 "val_miou": _float(v.tags.get("best_val_miou")),

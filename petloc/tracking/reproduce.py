@@ -23,6 +23,7 @@ from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
 
 FIGURES = ("best_val_miou", "val_accuracy", "val_iou50", "latency_ms_b1", "train_seconds")
+SWEEP_KIND_TAG = "petloc.kind"  # "sweep" on a sweep's parent run (petloc/search/sweep.py)
 
 
 @dataclass
@@ -39,9 +40,11 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
         original = client.get_run(run_id)
     except MlflowException:
         raise PetlocError(f"run {run_id}: not found in {store.configure()}") from None
+    if original.data.tags.get(SWEEP_KIND_TAG) == "sweep":
+        raise PetlocError(_sweep_parent_refusal(original))
     if original.data.tags.get("petloc_kind") == "pretrain" or "best_val_miou" not in original.data.metrics:
         raise PetlocError(f"run {run_id}: not a finished localiser training run or trial; reproduce re-runs those")
-    if int(original.data.tags.get("tuner/initial_epoch", "0") or 0):
+    if _continued(original):
         raise PetlocError(f"run {run_id}: a Hyperband trial that continued another trial's weights; reproduce that trial's first bracket instead")
     if original.data.params.get("backbone") == "ensemble":
         members = original.data.params.get("members", "?")
@@ -61,6 +64,26 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
     rows = [{"run": run_id, **before}, {"run": new_id, **after},
             {"run": "difference", **{k: after[k] - before[k] for k in FIGURES}}]
     return Reproduction(run_id, new_id, rows)
+
+
+def _continued(run) -> bool:
+    return bool(int(run.data.tags.get("tuner/initial_epoch", "0") or 0))
+
+
+def _reproducible(run) -> bool:
+    ensemble = run.data.params.get("backbone") == "ensemble"
+    return "best_val_miou" in run.data.metrics and not _continued(run) and not ensemble
+
+
+def _sweep_parent_refusal(parent) -> str:
+    """What to say for a sweep's parent run: it trained nothing itself; its trials did."""
+    run_id = parent.info.run_id
+    trials = runs.child_runs(run_id, "attributes.status = 'FINISHED'", order_by=["metrics.best_val_miou DESC"])
+    best = next((t for t in trials if _reproducible(t)), None)
+    hint = f", such as its best, run {best.info.run_id}" if best else ""
+    sweep = parent.data.tags.get("petloc.sweep", "?")
+    return (f"run {run_id}: the parent run of sweep '{sweep}', which trained nothing itself; "
+            f"name one of its trial runs{hint} (petloc ui lists them)")
 
 
 def _logged_experiment(client: MlflowClient, run_id: str) -> Experiment:

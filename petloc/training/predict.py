@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ def load_keras_file(path: str | Path) -> keras.Model:
     if not Path(path).exists():
         raise PetlocError(f"{path}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
     check_regular(path)  # a FIFO or device: its own line (Keras reads the file by its name)
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise PetlocError(f"{path}: cannot be read as a Keras model "
+                          "(not a .keras zip archive: truncated, corrupt or another kind of file)")
     return checked_localiser(str(path), lambda: keras.saving.load_model(path, safe_mode=True))
 
 
