@@ -258,7 +258,6 @@ def test_a_chief_killed_and_started_again_counts_the_trial_a_worker_finished_mea
     assert worker.returncode == 2 and waited < 60, worker_out
     last = worker_out.strip().splitlines()[-1]
     assert f"worker a: lost the chief at {address}" in last and "Traceback" not in worker_out, worker_out
-    assert f"the chief at {address} has not answered for" in worker_out
 
 
 @pytest.mark.slow
