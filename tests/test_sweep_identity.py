@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 
 from petloc.config import load_experiment
 from petloc.errors import PetlocError
-from petloc.search.distributed import (CHIEF_HEARTBEAT_TAG, CHIEF_TAG, ChiefServicer, ask_chief,
-                                       refuse_a_second_chief)
+from petloc.search.distributed import (CHIEF_HEARTBEAT_TAG, CHIEF_TAG, ChiefServicer, _refuse_a_concurrent_chief,
+                                       ask_chief, refuse_a_second_chief)
 from petloc.search.sweep import sweep_tags
 from petloc.tracking import runs
 from tests.helpers import free_port, tiny_dataset, tiny_experiment
@@ -74,6 +74,12 @@ def test_a_live_chief_refuses_a_second_one_but_not_its_own_restart_nor_a_dead_on
     # Another sweep's live chief is no obstacle.
     other = load_experiment(tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=8)), ["name=other"])
     refuse_a_second_chief(other, None)
+    # Two chiefs that passed the check at once, both beating now: the one with the newer parent gives way.
+    time.sleep(0.05)  # a later start time (milliseconds)
+    newer = chief_parent(exp, runs.this_process(), time.time())
+    _refuse_a_concurrent_chief(exp, live)
+    with pytest.raises(PetlocError, match=f"already has a live chief .* parent run {live}"):
+        _refuse_a_concurrent_chief(exp, newer)
 
 
 def restarted_oracle(tmp_path: Path) -> kt.Oracle:

@@ -4,9 +4,9 @@ The chief holds the sweep as `petloc sweep` alone does (its folder, lock, sweep.
 Keras Tuner's oracle) and answers the workers over gRPC with Keras Tuner's OracleServicer,
 plus one method of petloc's own on the same port that tells a worker which sweep and which
 parent run it serves. Each worker asks it for a trial, trains it in a child run of that
-parent run, and reports back. A chief beats a heartbeat on its parent run, so a second
-chief of the same sweep on the same tracking server is refused while the first one lives. While it trains, a worker
-sends a heartbeat; a worker silent for longer than the chief's worker timeout has its trial
+parent run, and reports back. The chief keeps a heartbeat on its parent run, so a second
+chief of the same sweep on the same tracking server is refused while the first one lives.
+While it trains, a worker sends a heartbeat; a worker silent for longer than the chief's worker timeout has its trial
 marked failed (not re-queued: the other workers may have left, and a silent worker may
 still be training it), so the sweep always ends. The leaderboard and the promotion happen
 once, on the chief, after the last trial ends.
@@ -222,6 +222,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
     vet = lambda recorded: refuse_a_second_chief(exp, recorded)  # noqa: E731
     with sweep_state(exp, fresh, vet) as (directory, parent), _chief_heartbeat(parent):
         MlflowClient().set_tag(parent, CHIEF_TAG, f"{host}:{port}")
+        _refuse_a_concurrent_chief(exp, parent)
         _use_chief(host, port, "chief")
         tuner = TrackedTuner(exp, parent, None, log, started=started, directory=str(directory.parent),
                              project_name=directory.name, overwrite=False)
@@ -230,8 +231,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         max_failures, oracle.max_consecutive_failed_trials = oracle.max_consecutive_failed_trials, None
         tuner.save()
         servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, log)
-        servicer.sweep = {"sweep": exp.name, "fingerprint": fingerprint(exp), "parent_run_id": parent,
-                          "chief_host": socket.gethostname()}
+        servicer.sweep = {"sweep": exp.name, "fingerprint": fingerprint(exp), "parent_run_id": parent}
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
         describe = grpc.unary_unary_rpc_method_handler(servicer.describe)  # bytes in, bytes out
@@ -261,12 +261,25 @@ def refuse_a_second_chief(exp: Experiment, recorded: str | None) -> None:
     parents of one sweep split its trials. `recorded`, the parent this folder holds, is
     this chief's own, as after a kill -9: it may be started again at once."""
     for run in _chief_parents(exp):
-        if run.info.run_id == recorded or not _chief_alive(run):
-            continue
-        tags = run.data.tags
-        host = tags.get(runs.OWNER_TAG, "?").partition(":")[0]
-        raise PetlocError(f"sweep '{exp.name}' already has a live chief on {host} (at {tags.get(CHIEF_TAG)}, parent run "
-                          f"{run.info.run_id}); point workers at it, or stop it and start this one again")
+        if run.info.run_id != recorded and _chief_alive(run):
+            raise _another_chief(exp, run)
+
+
+def _another_chief(exp: Experiment, run) -> PetlocError:
+    tags = run.data.tags
+    host = tags.get(runs.OWNER_TAG, "?").partition(":")[0]
+    return PetlocError(f"sweep '{exp.name}' already has a live chief on {host} (at {tags.get(CHIEF_TAG)}, parent run "
+                       f"{run.info.run_id}); point workers at it, or stop it and start this one again")
+
+
+def _refuse_a_concurrent_chief(exp: Experiment, parent: str) -> None:
+    """Two chiefs started at once may both pass the check before either has beaten: once
+    this chief's heartbeat is on its parent, the one whose parent is older wins."""
+    own = MlflowClient().get_run(parent).info
+    for run in _chief_parents(exp):
+        if run.info.run_id != parent and _chief_alive(run) and \
+                (run.info.start_time, run.info.run_id) < (own.start_time, own.run_id):
+            raise _another_chief(exp, run)
 
 
 def _chief_parents(exp: Experiment) -> list:
@@ -301,13 +314,15 @@ def _chief_heartbeat(parent: str, every: float = CHIEF_BEAT_SECONDS):
     stop = threading.Event()
 
     def beat():
-        while True:
-            with contextlib.suppress(Exception):  # the tracking server may be down a while; the sweep goes on
-                MlflowClient().set_tag(parent, CHIEF_HEARTBEAT_TAG, f"{time.time():.0f}")
-            if stop.wait(every):
-                return
+        with contextlib.suppress(Exception):  # the tracking server may be down a while; the sweep goes on
+            MlflowClient().set_tag(parent, CHIEF_HEARTBEAT_TAG, f"{time.time():.0f}")
 
-    thread = threading.Thread(target=beat, name="petloc-chief-heartbeat", daemon=True)
+    def beats():
+        while not stop.wait(every):
+            beat()
+
+    beat()  # the first before this chief checks for a concurrent one
+    thread = threading.Thread(target=beats, name="petloc-chief-heartbeat", daemon=True)
     thread.start()
     try:
         yield
