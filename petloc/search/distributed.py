@@ -395,7 +395,7 @@ class WorkerTuner(TrackedTuner):
 
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
         # To the chief at once or not at all, like the heartbeat: a missed report is no error,
-        # and the training does not wait for the chief (Keras Tuner's client would, 10 min).
+        # and the training does not wait for the chief (Keras Tuner's client would, for its patience).
         if not self.exp.tuner.max_minutes:  # the worker's file; the chief's budget hears none without it
             return None
 
