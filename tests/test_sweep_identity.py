@@ -21,13 +21,16 @@ import keras_tuner as kt
 import mlflow
 import pytest
 from keras_tuner.src import protos
+from keras_tuner.src.distribute import oracle_client
 from keras_tuner.src.engine.trial import Trial, TrialStatus
 from mlflow.tracking import MlflowClient
 
 from petloc.config import load_experiment
 from petloc.errors import PetlocError
-from petloc.search.distributed import (CHIEF_HEARTBEAT_TAG, CHIEF_TAG, ChiefServicer, _refuse_a_concurrent_chief,
-                                       ask_chief, refuse_a_second_chief)
+from keras_tuner.src.distribute import oracle_client
+
+from petloc.search.distributed import (CHIEF_HEARTBEAT_TAG, CHIEF_TAG, ChiefServicer, _heartbeat,
+                                       _refuse_a_concurrent_chief, ask_chief, refuse_a_second_chief)
 from petloc.search.sweep import sweep_tags
 from petloc.tracking import runs
 from tests.helpers import free_port, tiny_dataset, tiny_experiment
@@ -167,6 +170,16 @@ def test_a_worker_with_no_chief_there_gives_up_after_its_patience():
     with pytest.raises(PetlocError, match=f"--chief 127.0.0.1:{port}: no chief answered in 3 s"):
         ask_chief("127.0.0.1", port, 3, said.append)
     assert said == [f"waiting for the chief at 127.0.0.1:{port} (up to 3 s)"]
+
+
+def test_a_training_worker_says_once_that_its_chief_has_gone_silent(monkeypatch):
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))  # nobody there
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "worker-a")
+    said = []
+    with _heartbeat(oracle_client.OracleClient(None), "0", said.append, every=0.2, patience=1):
+        time.sleep(2.5)
+    assert len(said) == 1 and said[0] >= 1
 
 
 # ---- slow: chiefs and workers as a user starts them ----------------------------------------
