@@ -27,8 +27,6 @@ from mlflow.tracking import MlflowClient
 
 from petloc.config import load_experiment
 from petloc.errors import PetlocError
-from keras_tuner.src.distribute import oracle_client
-
 from petloc.search.distributed import (CHIEF_HEARTBEAT_TAG, CHIEF_TAG, ChiefServicer, _heartbeat,
                                        _refuse_a_concurrent_chief, ask_chief, refuse_a_second_chief)
 from petloc.search.sweep import sweep_tags
