@@ -212,8 +212,8 @@ def test_two_chiefs_of_one_sweep_the_second_is_refused_and_the_worker_logs_under
     second = start_chief(exp, f"127.0.0.1:{free_port()}", two, uri)
     refused = finish(second, timeout=180)
     assert second.returncode == 2 and "Traceback" not in refused, refused
-    assert (f"sweep 'tiny' already has a live chief on {socket.gethostname()} (at {address}, parent run {own.info.run_id})"
-            in refused.strip().splitlines()[-1]), refused
+    says = f"sweep 'tiny' already has a live chief on {socket.gethostname()} (at {address}, parent run {own.info.run_id})"
+    assert says in refused.strip().splitlines()[-1], refused
     worker_out = finish(worker)
     out = chief_lines.text()
     assert chief.returncode == 0 and worker.returncode == 0, out + worker_out
@@ -251,7 +251,8 @@ def test_a_chief_killed_and_started_again_counts_the_trial_a_worker_finished_mea
                          timeout=240, what="trial run")[0]
     chief.send_signal(signal.SIGKILL)
     chief.wait(timeout=60)
-    wait_until(lambda: client.get_run(running.info.run_id).info.status == "FINISHED", timeout=300, what="finished trial")
+    wait_until(lambda: client.get_run(running.info.run_id).info.status == "FINISHED", timeout=300,
+               what="finished trial")
     finished_at = time.monotonic()
     try:  # without its chief, the worker says so and ends
         worker.wait(timeout=90)

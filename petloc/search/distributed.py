@@ -150,7 +150,8 @@ class ChiefServicer(oracle_chief.OracleServicer):
         with self.lock:
             trial = Trial.from_proto(request.trial)
             if self._adopt(trial.trial_id, None):  # it ended while the chief was down: counted, not run again
-                self.say(f"trial {trial.trial_id}: its {trial.status} report, sent while the chief was down, is counted")
+                self.say(f"trial {trial.trial_id}: its {trial.status} report, sent while the chief was down, "
+                         "is counted")
             tuner = self._tuner_of(trial.trial_id)
             if tuner is None:  # already ended by the timeout below: its worker came back too late
                 self.say(f"trial {trial.trial_id}: a late {trial.status} report ignored; the trial had already ended")
@@ -235,7 +236,8 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
         describe = grpc.unary_unary_rpc_method_handler(servicer.describe)  # bytes in, bytes out
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(DESCRIBE_SERVICE, {DESCRIBE_METHOD: describe}),))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(DESCRIBE_SERVICE, {DESCRIBE_METHOD: describe}),))
         server.add_insecure_port(f"{host}:{port}")
         server.start()
         log(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {mlflow.get_tracking_uri()}; "
@@ -289,8 +291,8 @@ def _chief_parents(exp: Experiment) -> list:
     experiment = client.get_experiment_by_name(exp.tracking.experiment)
     if experiment is None:
         return []
-    found = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING' and tags.`petloc.kind` = 'sweep'",
-                               max_results=1000)
+    found = client.search_runs([experiment.experiment_id],
+                               "attributes.status = 'RUNNING' and tags.`petloc.kind` = 'sweep'", max_results=1000)
     return [run for run in found if run.data.tags.get(SWEEP_TAG) == exp.name and CHIEF_TAG in run.data.tags]
 
 
@@ -517,7 +519,8 @@ def _nobody_there(err: grpc.RpcError) -> bool:
 def _sweep_of(answer: bytes, address: str) -> dict:
     try:
         sweep = json.loads(answer)
-        if isinstance(sweep, dict) and all(isinstance(sweep.get(k), str) for k in ("sweep", "fingerprint", "parent_run_id")):
+        keys = ("sweep", "fingerprint", "parent_run_id")
+        if isinstance(sweep, dict) and all(isinstance(sweep.get(k), str) for k in keys):
             return sweep
     except ValueError:
         pass

@@ -251,7 +251,8 @@ def trial_metrics(summary: dict[str, float]) -> dict[str, float]:
     """What the oracle keeps of a trial's summary (a run's metrics): the objective, and the
     training time that the time budget (petloc.search.budget) reads."""
     metrics = {"val_miou": summary["best_val_miou"]}
-    metrics.update({name: summary[name] for name in ("val_accuracy", "epoch_seconds", "epochs_trained") if name in summary})
+    kept = ("val_accuracy", "epoch_seconds", "epochs_trained")
+    metrics.update({name: summary[name] for name in kept if name in summary})
     return metrics
 
 
