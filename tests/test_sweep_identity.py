@@ -210,19 +210,24 @@ def test_two_chiefs_of_one_sweep_the_second_is_refused_and_the_worker_logs_under
 
     worker = start_worker(exp, "1", address, worker_folder, uri)
     second = start_chief(exp, f"127.0.0.1:{free_port()}", two, uri)
-    refused = finish(second, timeout=180)
+    try:
+        worker_out = finish(worker)
+        out = chief_lines.text()
+        assert chief.returncode == 0 and worker.returncode == 0, out + worker_out
+        # The worker's trial is under its own chief's parent, not the newest RUNNING one.
+        (trial,) = trial_runs(client, "tiny")
+        assert trial.data.tags["mlflow.parentRunId"] == own.info.run_id, worker_out
+        assert trial.info.status == "FINISHED"
+        assert client.get_run(own.info.run_id).info.status == "FINISHED"
+        assert len(leaderboard(client, own.info.run_id)) == 1
+        # The second chief was refused in one line naming the first one's host.
+        refused = finish(second, timeout=60)
+    finally:
+        if second.poll() is None:
+            second.kill()
     assert second.returncode == 2 and "Traceback" not in refused, refused
     says = f"sweep 'tiny' already has a live chief on {socket.gethostname()} (at {address}, parent run {own.info.run_id})"
     assert says in refused.strip().splitlines()[-1], refused
-    worker_out = finish(worker)
-    out = chief_lines.text()
-    assert chief.returncode == 0 and worker.returncode == 0, out + worker_out
-
-    (trial,) = trial_runs(client, "tiny")
-    assert trial.data.tags["mlflow.parentRunId"] == own.info.run_id, worker_out
-    assert trial.info.status == "FINISHED"
-    assert client.get_run(own.info.run_id).info.status == "FINISHED"
-    assert len(leaderboard(client, own.info.run_id)) == 1
     parents = client.search_runs([own.info.experiment_id], "tags.`petloc.kind` = 'sweep'")
     assert {run.info.run_id for run in parents} == {own.info.run_id, stale}  # the refused chief made none
 
