@@ -1,10 +1,12 @@
 """One sweep, many processes: Keras Tuner's own distributed mode and one tracking server.
 
 The chief holds the sweep as `petloc sweep` alone does (its folder, lock, sweep.json and
-Keras Tuner's oracle) and answers the workers over gRPC with Keras Tuner's OracleServicer.
-Each worker asks it for a trial, trains it in a child run of the sweep's parent run, which
-it finds in the tracking server by its tags, and reports back. While it trains, a worker
-sends a heartbeat; a worker silent for longer than the chief's worker timeout has its trial
+Keras Tuner's oracle) and answers the workers over gRPC with Keras Tuner's OracleServicer,
+plus one method of petloc's own on the same port that tells a worker which sweep and which
+parent run it serves. Each worker asks it for a trial, trains it in a child run of that
+parent run, and reports back. The chief keeps a heartbeat on its parent run, so a second
+chief of the same sweep on the same tracking server is refused while the first one lives.
+While it trains, a worker sends a heartbeat; a worker silent for longer than the chief's worker timeout has its trial
 marked failed (not re-queued: the other workers may have left, and a silent worker may
 still be training it), so the sweep always ends. The leaderboard and the promotion happen
 once, on the chief, after the last trial ends.
@@ -13,6 +15,7 @@ once, on the chief, after the last trial ends.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -38,13 +41,22 @@ from petloc.report import number
 from petloc.search import DEFAULT_CHIEF_ADDRESS, SEARCH_OVER
 from petloc.search.budget import PACE
 from petloc.search.progress import duration, planned_trials
-from petloc.search.sweep import (FINGERPRINT_TAG, SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
+from petloc.search.sweep import (SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
                                  fingerprint, say_why_the_search_ended, sweep_state)
 from petloc.search.tuner import TrackedTuner, searched_names, tuner_dir
 from petloc.tracking import log, runs, store
 
 CHIEF_TAG, WORKER_TAG = "petloc.chief", "petloc.worker"
 HEARTBEAT_SECONDS = 5.0
+# A worker's patience with a chief that does not answer (gone, restarting, or never there).
+CHIEF_PATIENCE_SECONDS = 30.0
+# The chief's sign of life on its parent run (wall-clock seconds), for a second chief to see.
+CHIEF_HEARTBEAT_TAG = "petloc.chief_heartbeat"
+CHIEF_BEAT_SECONDS = 10.0
+CHIEF_LIVE_SECONDS = 60.0  # many beats: a busy tracking server or some clock skew is no death
+# petloc's own method beside Keras Tuner's: the sweep a chief serves (JSON).
+DESCRIBE_SERVICE, DESCRIBE_METHOD = "petloc.Sweep", "Describe"
+TUNER_ID_METADATA = "petloc-tuner-id"  # a worker's heartbeat says whose it is
 CHECKPOINT_FOLDER = "checkpoint"  # a Hyperband trial's weights in its run, for the round that continues it
 WORKER_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _ADDRESS = re.compile(r"(?P<host>[^\s:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})")
@@ -78,6 +90,7 @@ class ChiefServicer(oracle_chief.OracleServicer):
         self.started = time.monotonic()
         self.last_heard: dict[str, float] = {}
         self.stopped: str | None = None
+        self.sweep: dict[str, str] = {}  # what `describe` hands a worker
 
     def _tuner_of(self, trial_id: str) -> str | None:
         return next((tuner for tuner, trial in self.oracle.ongoing_trials.items() if trial.trial_id == trial_id), None)
@@ -109,8 +122,24 @@ class ChiefServicer(oracle_chief.OracleServicer):
 
     def GetTrial(self, request, context):  # the workers' heartbeat
         with self.lock:
+            self._adopt(request.trial_id, dict(context.invocation_metadata()).get(TUNER_ID_METADATA))
             self._heard(self._tuner_of(request.trial_id))
             return super().GetTrial(request, context)
+
+    def _adopt(self, trial_id: str, tuner_id: str | None) -> bool:
+        """A trial that a restarted chief queued again (Keras Tuner re-queues the trials that
+        were out when it reloads) but whose worker still runs it, heard from again: it goes
+        back to that worker instead of to another one, which would train it a second time."""
+        queue = self.oracle._retry_queue  # noqa: SLF001  (Keras Tuner has no public view of it)
+        if trial_id not in queue or (tuner_id or "") in self.oracle.ongoing_trials:
+            return False
+        queue.remove(trial_id)
+        trial = self.oracle.trials[trial_id]
+        trial.status = TrialStatus.RUNNING
+        tuner_id = tuner_id or f"the worker of trial {trial_id}"
+        self.oracle.ongoing_trials[tuner_id] = trial
+        self.say(f"trial {trial_id}: {tuner_id} is still running it, from before the chief started again")
+        return True
 
     def UpdateTrial(self, request, context):
         with self.lock:
@@ -120,6 +149,9 @@ class ChiefServicer(oracle_chief.OracleServicer):
     def EndTrial(self, request, context):
         with self.lock:
             trial = Trial.from_proto(request.trial)
+            if self._adopt(trial.trial_id, None):  # it ended while the chief was down: counted, not run again
+                self.say(f"trial {trial.trial_id}: its {trial.status} report, sent while the chief was down, "
+                         "is counted")
             tuner = self._tuner_of(trial.trial_id)
             if tuner is None:  # already ended by the timeout below: its worker came back too late
                 self.say(f"trial {trial.trial_id}: a late {trial.status} report ignored; the trial had already ended")
@@ -163,6 +195,10 @@ class ChiefServicer(oracle_chief.OracleServicer):
                 failed.append((trial.trial_id, trial.message))
         return failed
 
+    def describe(self, request: bytes, context) -> bytes:
+        """petloc's own method: which sweep this chief serves, and its parent run."""
+        return json.dumps(self.sweep).encode()
+
     def done(self) -> bool:
         """Every worker was told there is nothing left, and no trial is still out."""
         return self.stop_triggered and not self.oracle.ongoing_trials and not self.oracle.tuner_ids
@@ -184,17 +220,24 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
     host, port = parse_address(address, "--address")
     _check_free(host, port)  # before the sweep's state is touched
     started = time.monotonic()
-    with sweep_state(exp, fresh) as (directory, parent):
+    vet = lambda recorded: refuse_a_second_chief(exp, recorded)  # noqa: E731
+    with sweep_state(exp, fresh, vet) as (directory, parent), _chief_heartbeat(parent):
         MlflowClient().set_tag(parent, CHIEF_TAG, f"{host}:{port}")
+        _refuse_a_concurrent_chief(exp, parent)
         _use_chief(host, port, "chief")
         tuner = TrackedTuner(exp, parent, None, log, started=started, directory=str(directory.parent),
                              project_name=directory.name, overwrite=False)
+        tuner.count_finished_runs(log)
         oracle = tuner.oracle
         max_failures, oracle.max_consecutive_failed_trials = oracle.max_consecutive_failed_trials, None
         tuner.save()
         servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, log)
+        servicer.sweep = {"sweep": exp.name, "fingerprint": fingerprint(exp), "parent_run_id": parent}
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+        describe = grpc.unary_unary_rpc_method_handler(servicer.describe)  # bytes in, bytes out
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(DESCRIBE_SERVICE, {DESCRIBE_METHOD: describe}),))
         server.add_insecure_port(f"{host}:{port}")
         server.start()
         log(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {mlflow.get_tracking_uri()}; "
@@ -213,6 +256,81 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         say_why_the_search_ended(tuner, parent, servicer.stopped, servicer.planned, log)
         log(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
         return finish(exp, parent, failed_trials(oracle), servicer.stopped, log, tuner.budget)
+
+
+def refuse_a_second_chief(exp: Experiment, recorded: str | None) -> None:
+    """One line when another chief of this sweep is alive on this tracking server: two
+    parents of one sweep split its trials. `recorded`, the parent this folder holds, is
+    this chief's own, as after a kill -9: it may be started again at once."""
+    for run in _chief_parents(exp):
+        if run.info.run_id != recorded and _chief_alive(run):
+            raise _another_chief(exp, run)
+
+
+def _another_chief(exp: Experiment, run) -> PetlocError:
+    tags = run.data.tags
+    host = tags.get(runs.OWNER_TAG, "?").partition(":")[0]
+    return PetlocError(f"sweep '{exp.name}' already has a live chief on {host} (at {tags.get(CHIEF_TAG)}, parent run "
+                       f"{run.info.run_id}); point workers at it, or stop it and start this one again")
+
+
+def _refuse_a_concurrent_chief(exp: Experiment, parent: str) -> None:
+    """Two chiefs started at once may both pass the check before either has beaten: once
+    this chief's heartbeat is on its parent, the one whose parent is older wins."""
+    own = MlflowClient().get_run(parent).info
+    for run in _chief_parents(exp):
+        if run.info.run_id != parent and _chief_alive(run) and \
+                (run.info.start_time, run.info.run_id) < (own.start_time, own.run_id):
+            raise _another_chief(exp, run)
+
+
+def _chief_parents(exp: Experiment) -> list:
+    """The RUNNING parent runs of chiefs of this sweep (its name compared here, not pasted
+    into the filter)."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(exp.tracking.experiment)
+    if experiment is None:
+        return []
+    found = client.search_runs([experiment.experiment_id],
+                               "attributes.status = 'RUNNING' and tags.`petloc.kind` = 'sweep'", max_results=1000)
+    return [run for run in found if run.data.tags.get(SWEEP_TAG) == exp.name and CHIEF_TAG in run.data.tags]
+
+
+def _chief_alive(run) -> bool:
+    """A chief's parent shows a live chief: its heartbeat is recent and, on this machine,
+    its process still runs (a chief killed here is known dead at once)."""
+    tags = run.data.tags
+    owner = tags.get(runs.OWNER_TAG)
+    if owner and not runs.owner_alive(owner):
+        return False
+    try:
+        return time.time() - float(tags.get(CHIEF_HEARTBEAT_TAG, "")) < CHIEF_LIVE_SECONDS
+    except ValueError:  # a chief of an older petloc: no heartbeat to tell
+        return False
+
+
+@contextlib.contextmanager
+def _chief_heartbeat(parent: str, every: float = CHIEF_BEAT_SECONDS):
+    """The chief's parent run carries the time it was last alive, every few seconds, until
+    the sweep ends (its final run included). A missed beat is no error."""
+    stop = threading.Event()
+
+    def beat():
+        with contextlib.suppress(Exception):  # the tracking server may be down a while; the sweep goes on
+            MlflowClient().set_tag(parent, CHIEF_HEARTBEAT_TAG, f"{time.time():.0f}")
+
+    def beats():
+        while not stop.wait(every):
+            beat()
+
+    beat()  # the first before this chief checks for a concurrent one
+    thread = threading.Thread(target=beats, name="petloc-chief-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every)
 
 
 def _check_free(host: str, port: int) -> None:
@@ -239,8 +357,8 @@ class WorkerTuner(TrackedTuner):
     """A tuner whose oracle is the chief's: it sends a heartbeat while it trains and prints
     its own lines, prefixed by its ID."""
 
-    def __init__(self, exp: Experiment, parent_run_id: str, data_for, worker_id: str, say, **kwargs):
-        self.worker_id = worker_id
+    def __init__(self, exp: Experiment, parent_run_id: str, data_for, worker_id: str, say, chief: str, **kwargs):
+        self.worker_id, self.say, self.chief = worker_id, say, chief
         super().__init__(exp, parent_run_id, data_for, say, **kwargs)
         self.run_tags = {WORKER_TAG: worker_id}
 
@@ -255,15 +373,31 @@ class WorkerTuner(TrackedTuner):
         kt.Tuner.on_trial_end(self, trial)
 
     def run_trial(self, trial, *args, **kwargs):
-        with _heartbeat(self.oracle, trial.trial_id):
+        def silent(seconds: float) -> None:
+            self.say(f"the chief at {self.chief} has not answered for {duration(seconds)}; this trial goes on, and "
+                     "its run counts once the chief is started again")
+        with _heartbeat(self.oracle, trial.trial_id, silent):
             result = super().run_trial(trial, *args, **kwargs)
         if self.exp.tuner.kind == "hyperband":  # a later round may continue this trial on another machine
             log.log_files(self.trial_runs[trial.trial_id], {CHECKPOINT_FOLDER: self._weights_file(trial.trial_id)})
+        self._reach_chief(trial.trial_id)
         return result
+
+    def _reach_chief(self, trial_id: str) -> None:
+        """Before Keras Tuner reports the trial: a chief gone for longer than the worker's
+        patience ends the worker in one line (Keras Tuner would count its lost call as a
+        failure of the trial, whose run has in fact FINISHED)."""
+        request = protos.get_service().GetTrialRequest(trial_id=trial_id)
+        try:
+            self.oracle.stub.GetTrial(request, wait_for_ready=True, timeout=oracle_client.TIMEOUT,
+                                      metadata=((TUNER_ID_METADATA, self.oracle.tuner_id),))
+        except grpc.RpcError as err:
+            raise ChiefLost(f"{err.code().name} after {duration(oracle_client.TIMEOUT)}; trial {trial_id}'s run "
+                            "ended FINISHED and counts once the chief is started again") from None
 
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
         # To the chief at once or not at all, like the heartbeat: a missed report is no error,
-        # and the training does not wait for the chief (Keras Tuner's client would, 10 min).
+        # and the training does not wait for the chief (Keras Tuner's client would, for its patience).
         if not self.exp.tuner.max_minutes:  # the worker's file; the chief's budget hears none without it
             return None
 
@@ -287,17 +421,30 @@ class WorkerTuner(TrackedTuner):
                           "in this machine's sweep folder nor in its run")
 
 
+class ChiefLost(kt.errors.FatalError):
+    """The chief did not answer a worker within its patience (Keras Tuner lets it through)."""
+
+
 @contextlib.contextmanager
-def _heartbeat(oracle: oracle_client.OracleClient, trial_id: str, every: float = HEARTBEAT_SECONDS):
+def _heartbeat(oracle: oracle_client.OracleClient, trial_id: str, silent: Callable[[float], None],
+               every: float = HEARTBEAT_SECONDS, patience: float = CHIEF_PATIENCE_SECONDS):
     """Ask the chief for this trial every few seconds while it trains: the chief counts each
-    call as a sign of life. A missed beat is no error; the chief's timeout is many beats."""
+    call as a sign of life. A missed beat is no error; the chief's timeout is many beats.
+    After `patience` seconds without an answer, `silent` is told once."""
     stop = threading.Event()
     request = protos.get_service().GetTrialRequest(trial_id=trial_id)
+    whose = ((TUNER_ID_METADATA, oracle.tuner_id),)  # a restarted chief gives the trial back to it
 
     def beat():
+        answered, told = time.monotonic(), False
         while not stop.wait(every):
-            with contextlib.suppress(grpc.RpcError):
-                oracle.stub.GetTrial(request, timeout=every)
+            try:
+                oracle.stub.GetTrial(request, timeout=every, metadata=whose)
+                answered, told = time.monotonic(), False
+            except grpc.RpcError:
+                if not told and time.monotonic() - answered >= patience:
+                    silent(time.monotonic() - answered)
+                    told = True
 
     thread = threading.Thread(target=beat, name="petloc-heartbeat", daemon=True)
     thread.start()
@@ -308,7 +455,7 @@ def _heartbeat(oracle: oracle_client.OracleClient, trial_id: str, every: float =
         thread.join()
 
 
-def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float = 600.0,
+def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float = CHIEF_PATIENCE_SECONDS,
                log: Callable[[str], None] = print) -> None:
     """Run the chief's trials until it says there are none left."""
     if not WORKER_ID.fullmatch(worker_id) or "chief" in worker_id:
@@ -318,55 +465,80 @@ def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float 
     directory = tuner_dir(exp, store.STORE_DIR)
     busy = f"worker {worker_id} of sweep '{exp.name}' is already running on this machine; give this one another ID"
     with exclusive_lock(directory.with_name(f"{directory.name}.worker-{worker_id}.lock"), busy):
-        _wait_for_chief(host, port, wait_seconds, log)
-        parent = find_parent(exp)
+        parent = _parent_of_the_chief(exp, ask_chief(host, port, wait_seconds, log), host, port)
         tuner_id = f"worker-{worker_id}"
         _use_chief(host, port, tuner_id)
         oracle_client.TIMEOUT = wait_seconds  # a chief gone for longer ends the worker, not hangs it
         say = lambda line: log(f"[{tuner_id}] {line.lstrip()}")  # noqa: E731  (one line each, named)
         data_for = data_preparer(exp, parent, say)
         data_for(exp.data.image_size)
-        tuner = WorkerTuner(exp, parent, data_for, worker_id, say, directory=str(directory.parent),
+        tuner = WorkerTuner(exp, parent, data_for, worker_id, say, f"{host}:{port}", directory=str(directory.parent),
                             project_name=directory.name, overwrite=False)
         try:
             tuner.search()
-        except grpc.RpcError as err:
-            raise PetlocError(f"worker {worker_id}: lost the chief at {host}:{port} ({err.code().name}); "
+        except (grpc.RpcError, ChiefLost) as err:
+            why = err.code().name if isinstance(err, grpc.RpcError) else str(err)
+            raise PetlocError(f"worker {worker_id}: lost the chief at {host}:{port} ({why}); "
                               "start the worker again once the chief runs") from None
         say(f"no trials left in sweep '{exp.name}'; this worker ran {tuner.progress.ran}")
 
 
-def _wait_for_chief(host: str, port: int, seconds: float, log: Callable[[str], None]) -> None:
-    channel = grpc.insecure_channel(f"{host}:{port}")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=1)
-        return
-    except grpc.FutureTimeoutError:
-        log(f"waiting for the chief at {host}:{port} (up to {duration(seconds)})")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=seconds)
-    except grpc.FutureTimeoutError:
-        raise PetlocError(f"--chief {host}:{port}: no chief answered in {duration(seconds)}; "
-                          "start it with petloc sweep EXPERIMENT --chief --address HOST:PORT") from None
-    finally:
-        channel.close()
+def ask_chief(host: str, port: int, patience: float, log: Callable[[str], None]) -> dict:
+    """The sweep the chief at HOST:PORT serves (petloc's Describe method). Nothing listening
+    there is waited for, up to `patience` seconds; anything else that is not a petloc chief
+    is one line at once."""
+    address = f"{host}:{port}"
+    deadline, said = time.monotonic() + patience, False
+    with grpc.insecure_channel(address) as channel:
+        describe = channel.unary_unary(f"/{DESCRIBE_SERVICE}/{DESCRIBE_METHOD}")
+        while True:
+            try:
+                return _sweep_of(describe(b"", timeout=min(5.0, patience)), address)
+            except grpc.RpcError as err:
+                if not _nobody_there(err):
+                    details = (err.details() or "").strip().splitlines()
+                    raise PetlocError(f"--chief {address}: not a petloc chief ({err.code().name}: "
+                                      f"{details[0][:200] if details else 'no details'})") from None
+            if time.monotonic() >= deadline:
+                raise PetlocError(f"--chief {address}: no chief answered in {duration(patience)}; start it with "
+                                  "petloc sweep EXPERIMENT --chief --address HOST:PORT") from None
+            if not said:
+                log(f"waiting for the chief at {address} (up to {duration(patience)})")
+                said = True
+            time.sleep(1)
 
 
-def find_parent(exp: Experiment) -> str:
-    """The running sweep's parent run, found in the tracking server by its tags."""
-    client = MlflowClient()
-    uri = mlflow.get_tracking_uri()  # configured by run_worker
-    experiment = client.get_experiment_by_name(exp.tracking.experiment)
-    found = []
-    if experiment is not None:
-        found = client.search_runs([experiment.experiment_id],
-                                   f"tags.`{SWEEP_TAG}` = '{exp.name}' and attributes.status = 'RUNNING'",
-                                   order_by=["attributes.start_time DESC"], max_results=10)
-    if not found:
-        raise PetlocError(f"no running sweep '{exp.name}' in experiment '{exp.tracking.experiment}' at {uri}; "
-                          "point the chief and every worker at the same tracking server (tracking.uri or MLFLOW_TRACKING_URI)")
-    parent = found[0]
-    if parent.data.tags.get(FINGERPRINT_TAG) != fingerprint(exp):
-        raise PetlocError(f"sweep '{exp.name}': this worker's experiment settings differ from the chief's "
-                          f"(run {parent.info.run_id}); give every worker the chief's file and overrides")
-    return parent.info.run_id
+def _nobody_there(err: grpc.RpcError) -> bool:
+    """Nothing listens (yet) at the address, or it does not answer in time; any other
+    answer (an HTTP server, a gRPC server without petloc's method) is not a chief."""
+    details = err.details() or ""
+    return err.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
+        err.code() == grpc.StatusCode.UNAVAILABLE and ("Connection refused" in details or "Socket closed" in details))
+
+
+def _sweep_of(answer: bytes, address: str) -> dict:
+    try:
+        sweep = json.loads(answer)
+        keys = ("sweep", "fingerprint", "parent_run_id")
+        if isinstance(sweep, dict) and all(isinstance(sweep.get(k), str) for k in keys):
+            return sweep
+    except ValueError:
+        pass
+    raise PetlocError(f"--chief {address}: not a petloc chief (its answer is no sweep)")
+
+
+def _parent_of_the_chief(exp: Experiment, sweep: dict, host: str, port: int) -> str:
+    """The parent run of the chief's sweep, once this worker's settings match the chief's
+    and the run is in this worker's tracking server."""
+    parent = sweep["parent_run_id"]
+    if sweep["sweep"] != exp.name or sweep["fingerprint"] != fingerprint(exp):
+        raise PetlocError(f"sweep '{exp.name}': this worker's experiment settings differ from the chief's at "
+                          f"{host}:{port} (sweep '{sweep['sweep']}', run {parent}); give every worker the chief's "
+                          "file and overrides")
+    try:
+        MlflowClient().get_run(parent)
+    except MlflowException:
+        raise PetlocError(f"the chief at {host}:{port} logs to parent run {parent}, which is not in "
+                          f"{mlflow.get_tracking_uri()}; point the chief and every worker at the same tracking server "
+                          "(tracking.uri or MLFLOW_TRACKING_URI)") from None
+    return parent

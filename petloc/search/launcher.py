@@ -32,10 +32,13 @@ def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: in
     say(f"sweep with {workers} worker process{'es' if workers > 1 else ''} on this machine (chief on {address})")
     chief = _start([*command, "--chief", "--address", address, "--worker-timeout", str(worker_timeout),
                     *(["--fresh"] if fresh else [])], "", say)
-    started = [_start([*command, "--worker", str(n), "--chief", address], f"[worker-{n}] ", say)
-               for n in range(1, workers + 1)]
-    processes = [chief, *started]
+    started: list[subprocess.Popen] = []
     try:
+        # The workers once the chief listens: a worker waits for a chief only briefly, and the
+        # chief's start (TensorFlow, the tracking store) may take longer on a busy machine.
+        if _wait_until_listening(chief, address):
+            started += [_start([*command, "--worker", str(n), "--chief", address], f"[worker-{n}] ", say)
+                        for n in range(1, workers + 1)]
         code = _wait_for_chief(chief, started, say)
         for worker in started:  # told "no trials left" already; they exit at once
             _stop(worker, wait_first=STOP_GRACE_SECONDS)
@@ -46,12 +49,24 @@ def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: in
         _stop_all(started)
         _stop_all([chief])
         raise
-    for process in processes:  # their last lines (the chief's leaderboard) before ours
+    for process in [chief, *started]:  # their last lines (the chief's leaderboard) before ours
         process.relay.join(timeout=10)
     failed = [n for n, worker in enumerate(started, 1) if worker.returncode not in (0, None)]
     if failed:
         say(f"worker{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} exited with an error (see its lines above)")
     return code
+
+
+def _wait_until_listening(chief: subprocess.Popen, address: str) -> bool:
+    """Whether the chief listens at `address`; False once it has exited without."""
+    host, port = address.rsplit(":", 1)
+    while chief.poll() is None:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
 
 
 def _free_port() -> int:

@@ -6,7 +6,7 @@ A sweep's state lives in `mlruns/tuner/<name>/`: Keras Tuner's own oracle files 
 sweep again continues it; `--fresh` starts over. `mlruns/tuner/<name>.lock` is held by the
 process running the sweep, so a second start of the same sweep is refused at once.
 Across processes and machines (`petloc.search.distributed`), the chief holds this state and
-the oracle; workers find the parent run through the tracking server by its tags.
+the oracle; workers learn the parent run from the chief itself.
 """
 
 from __future__ import annotations
@@ -126,6 +126,14 @@ def _read_state(state_file: Path) -> dict | None:
     except (OSError, ValueError):  # a FIFO, device or huge file is UnreadableFile: its own line
         pass
     raise PetlocError(f"{state_file}: damaged sweep state (empty or cut short); run with --fresh to start over")
+
+
+def recorded_parent(state_file: Path) -> str | None:
+    """The parent run that sweep.json records, None when there is none or it is damaged."""
+    with contextlib.suppress(PetlocError):
+        state = _read_state(state_file)
+        return state["parent_run_id"] if state else None
+    return None
 
 
 def _end_orphans(parent_run_id: str, why: str) -> None:
@@ -252,6 +260,7 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
         data_for(exp.data.image_size)  # a data problem is one line now, not a failed trial each
         tuner = TrackedTuner(exp, parent, data_for, log, started=started,
                              directory=str(directory.parent), project_name=directory.name, overwrite=False)
+        tuner.count_finished_runs(log)
         stopped = None
         try:
             tuner.search()
@@ -275,14 +284,18 @@ def say_why_the_search_ended(tuner: TrackedTuner, parent: str, stopped: str | No
 
 
 @contextlib.contextmanager
-def sweep_state(exp: Experiment, fresh: bool):
+def sweep_state(exp: Experiment, fresh: bool, vet: Callable[[str | None], None] | None = None):
     """The sweep's folder and parent run, held by this process (its lock) until the sweep
-    ends; the parent ends FINISHED, or FAILED / KILLED with the reason."""
+    ends; the parent ends FINISHED, or FAILED / KILLED with the reason. `vet` is called
+    under the lock, before any run is made or claimed, with the parent run this folder
+    recorded (None for a new sweep): it raises to refuse the start."""
     store.configure(exp.tracking.uri)
     directory = tuner_dir(exp, store.STORE_DIR)
     busy = f"sweep '{exp.name}' is already running in another process; wait for it, or stop it and run this again"
     with exclusive_lock(directory.with_name(directory.name + ".lock"), busy):
         experiment_id = runs.experiment_id(exp.tracking.experiment)
+        if vet is not None:
+            vet(recorded_parent(directory / "sweep.json"))
         if fresh:
             _retire(directory / "sweep.json")
             remove_tree(directory, directory.parent)

@@ -185,15 +185,39 @@ class TrackedTuner(kt.Tuner):
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
         self.trial_runs[trial.trial_id] = run_id
-        # The time budget (petloc.search.budget) reads the training time from the oracle.
-        return {"val_miou": summary["best_val_miou"], "val_accuracy": summary["val_accuracy"],
-                "epoch_seconds": summary["epoch_seconds"], "epochs_trained": summary["epochs_trained"]}
+        return trial_metrics(summary)
 
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
         """How a trial tells the time budget its steady epoch as it trains (petloc.search.budget)."""
         if not self.exp.tuner.max_minutes:
             return None
         return lambda epoch, seconds: self.oracle.update_trial(trial_id, {PACE: seconds}, step=epoch)
+
+    def count_finished_runs(self, say: Callable[[str], None]) -> list[str]:
+        """Trials a killed process left running whose run had already ended FINISHED in the
+        store (a worker finished it while its chief was down) end COMPLETED in the oracle with
+        that run's figures, instead of being handed out and trained again; returns their IDs.
+        Keras Tuner puts such trials in its retry queue when it reloads the oracle."""
+        queued = list(self.oracle._retry_queue)  # noqa: SLF001  (no public view of the queue)
+        if not queued:
+            return []
+        finished = {run.data.tags.get("trial_id"): run
+                    for run in runs.child_runs(self.parent_run_id, "attributes.status = 'FINISHED'")}
+        counted = []
+        for trial_id in queued:
+            run = finished.get(trial_id)
+            if run is None or "best_val_miou" not in run.data.metrics:
+                continue
+            self.oracle._retry_queue.remove(trial_id)  # noqa: SLF001
+            self.oracle.update_trial(trial_id, trial_metrics(run.data.metrics))
+            trial = self.oracle.trials[trial_id]
+            trial.status = kt.engine.trial.TrialStatus.COMPLETED
+            self.oracle.end_trial(trial)
+            self.trial_runs[trial_id] = run.info.run_id
+            say(f"trial {trial_id}: its run {run.info.run_id} had ended FINISHED before the sweep stopped; "
+                "counted as done, not run again")
+            counted.append(trial_id)
+        return counted
 
     def _child_run(self, trial) -> str:
         """A new child run for this trial. A run that an earlier attempt of the same trial
@@ -221,6 +245,15 @@ class TrackedTuner(kt.Tuner):
         if previous and self._weights_file(previous).is_file():
             return self._weights_file(previous)
         return None
+
+
+def trial_metrics(summary: dict[str, float]) -> dict[str, float]:
+    """What the oracle keeps of a trial's summary (a run's metrics): the objective, and the
+    training time that the time budget (petloc.search.budget) reads."""
+    metrics = {"val_miou": summary["best_val_miou"]}
+    kept = ("val_accuracy", "epoch_seconds", "epochs_trained")
+    metrics.update({name: summary[name] for name in kept if name in summary})
+    return metrics
 
 
 def why_failed(err: Exception) -> str:
