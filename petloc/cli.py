@@ -160,6 +160,9 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
     start = time.perf_counter()
     if workers is not None:
         from petloc.search.launcher import run_on_this_machine
+        from petloc.tracking import store
+
+        store.configure(exp.tracking.uri)  # a refused password is one line here, not one per process
 
         sys.exit(run_on_this_machine(experiment, overrides, workers, fresh, worker_timeout, click.echo))
     if worker_id is not None:
@@ -286,7 +289,7 @@ def ui(host, port, workers):
 @click.option("--auth/--no-auth", default=None,
               help="Users, passwords and per-experiment and per-model permissions (MLflow's basic-auth app); "
                    "one of the two is needed to serve beyond this machine.")
-@click.option("--admin-password-file", metavar="FILE", type=click.Path(dir_okay=False),
+@click.option("--admin-password-file", metavar="FILE",
               help="With --auth: the admin user's first password (its first line); default: $MLFLOW_AUTH_ADMIN_PASSWORD.")
 @click.option("--auth-db", metavar="URI", help="With --auth: database of users and permissions  [default: basic_auth.db beside a SQLite store, else the backend's database]")
 @click.option("--default-permission", type=click.Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
