@@ -73,6 +73,7 @@ def test_no_auth_said_out_loud_opens_the_door(tmp_path):
             invoke("tracking-server", "--host", "0.0.0.0", "--no-auth", "--port", port)
 
 
+@pytest.mark.slow  # a new store and auth database, migrated
 def test_auth_without_the_admins_first_password_is_refused(tmp_path, no_credentials):
     backend = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(PetlocError, match="--auth: the admin user 'admin' does not exist yet: give its first password "
@@ -95,6 +96,7 @@ def test_a_bad_admin_password_file_is_one_line(tmp_path, no_credentials, make, s
         invoke("tracking-server", "--auth", "--admin-password-file", path, "--backend", f"sqlite:///{tmp_path}/m.db")
 
 
+@pytest.mark.slow  # a new store and auth database, migrated
 def test_a_short_admin_password_is_one_line_naming_petlocs_ways(tmp_path, no_credentials, monkeypatch):
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "short")
     with pytest.raises(PetlocError, match=r"--auth: .*at least 12 characters.*MLFLOW_AUTH_ADMIN_PASSWORD or "
