@@ -162,6 +162,13 @@ def test_nobody_without_a_password_gets_in_and_a_read_user_deletes_nothing(backe
             assert admin.get_experiment(experiment_id).lifecycle_stage == "active"
             assert admin.get_registered_model("team-model").name == "team-model"
             assert admin.get_experiment_by_name("intruder") is None
+            # The README's grant: EDIT on one experiment lets the user log there, and still not delete.
+            get_app_client("basic-auth", tracking_uri=uri).grant_user_permission(READER, "experiment", experiment_id, "EDIT")
+        with pytest.MonkeyPatch.context() as mp:
+            as_user(mp, READER, READER_PASSWORD)
+            assert reader.create_run(experiment_id).info.experiment_id == experiment_id
+            with pytest.raises(MlflowException, match="error code 403"):
+                reader.delete_experiment(experiment_id)
 
 
 @pytest.mark.slow  # a tracking server and petloc processes
