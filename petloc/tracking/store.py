@@ -83,6 +83,8 @@ def _check_server(uri: str) -> None:
         reason = f"HTTP {answer.status_code}"
     except requests.RequestException as err:
         reason = _reason(err)
+    except MlflowException as err:  # the API call, made by MLflow's client, found no server after all
+        reason = str(err).splitlines()[0][:200]
     raise PetlocError(f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "
                       "or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI")
 
