@@ -246,12 +246,17 @@ def models():
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Web server processes.")
-def ui(host, port, workers):
+@click.option("--no-auth", "no_auth", is_flag=True,
+              help="Serve a --host beyond this machine without users: anyone who reaches it may change and delete every run.")
+def ui(host, port, workers, no_auth):
     """The MLflow UI on the project's store (mlruns/)."""
     import subprocess
 
-    from petloc.tracking import server, store
+    from petloc.tracking import auth, server, store
 
+    if not no_auth and not auth.is_loopback(host):  # MLflow's UI changes and deletes too; it has no users of its own
+        raise PetlocError(f"--host {host} lets other machines change and delete every run and model: share the store "
+                          "with petloc tracking-server --auth, or say --no-auth")
     uri = store.configure()
     if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
         click.echo(f"the tracking server {uri} serves the MLflow UI: open {uri}")

@@ -261,3 +261,15 @@ def test_ui_on_a_taken_port_is_one_line(tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(PetlocError, match=f"port {port} on 127.0.0.1 is taken"):
             invoke("ui", "--port", port)
+
+
+def test_ui_beyond_this_machine_needs_no_auth_said_out_loud(tmp_path):
+    with in_project(tmp_path):
+        with pytest.raises(PetlocError, match="--host 0.0.0.0 lets other machines change and delete every run and model: "
+                                              "share the store with petloc tracking-server --auth, or say --no-auth"):
+            invoke("ui", "--host", "0.0.0.0", "--port", free_port())
+        assert not (tmp_path / "mlruns").exists()
+        with socket.create_server(("0.0.0.0", 0)) as taken:  # said: past the door, to the next check
+            port = taken.getsockname()[1]
+            with pytest.raises(PetlocError, match=f"port {port} on 0.0.0.0 is taken"):
+                invoke("ui", "--host", "0.0.0.0", "--no-auth", "--port", port)
