@@ -174,6 +174,9 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
     start = time.perf_counter()
     if workers is not None:
         from petloc.search.launcher import run_on_this_machine
+        from petloc.tracking import store
+
+        store.configure(exp.tracking.uri)  # a refused password is one line here, not one per process
 
         sys.exit(run_on_this_machine(experiment, overrides, workers, fresh, worker_timeout, click.echo))
     if worker_id is not None:
@@ -263,20 +266,26 @@ def models():
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Web server processes.")
-def ui(host, port, workers):
+@click.option("--no-auth", "no_auth", is_flag=True,
+              help="Serve a --host beyond this machine without users: anyone who reaches it may change and delete every run.")
+def ui(host, port, workers, no_auth):
     """The MLflow UI on the project's store (mlruns/)."""
     import subprocess
 
-    from petloc.tracking import store
+    from petloc.tracking import auth, server, store
 
+    if not no_auth and not auth.is_loopback(host):  # MLflow's UI changes and deletes too; it has no users of its own
+        raise PetlocError(f"--host {host} lets other machines change and delete every run and model: share the store "
+                          "with petloc tracking-server --auth, or say --no-auth")
     uri = store.configure()
     if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
         click.echo(f"the tracking server {uri} serves the MLflow UI: open {uri}")
         for line in _ui_pages(uri):
             click.echo(line)
         return
+    server.check_port_free(host, port)  # else MLflow's bind error drowns in its log and we exit 0
     click.echo(f"MLflow UI for {uri}  (Ctrl+C to stop)")
-    for line in _ui_pages(f"http://{host}:{port}"):
+    for line in _ui_pages(server.client_uri_of(host, port)):
         click.echo(line)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:"):
@@ -286,28 +295,42 @@ def ui(host, port, workers):
     # starts in seconds and leaves nothing behind in /dev/shm.
     env = {**os.environ}
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    server = subprocess.Popen(cmd, env=env)
+    mlflow_ui = subprocess.Popen(cmd, env=env)
     try:
-        sys.exit(server.wait())
+        sys.exit(mlflow_ui.wait())
     except KeyboardInterrupt:  # Ctrl+C reaches the server too; SIGTERM reaches only us: pass it on
-        server.terminate()
-        server.wait(timeout=30)
+        mlflow_ui.terminate()
+        mlflow_ui.wait(timeout=30)
         raise
 
 
 @cli.command("tracking-server")
 @click.option("--backend", metavar="URI", help="Database of runs and models, e.g. postgresql://USER@HOST:5432/DB  [default: the project's sqlite:///mlruns/mlflow.db]")
 @click.option("--artifacts", metavar="DIR", help="Where the server keeps artifacts (a folder or s3://...); clients send them through the server  [default: mlruns/artifacts]")
-@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 serves other machines too.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 serves other machines too (with --auth or --no-auth).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Web server processes.")
 @click.option("--allowed-hosts", metavar="NAMES", default="", help="Host names clients use besides localhost and IP addresses, comma-separated (with --host 0.0.0.0 this machine's name is allowed already).")
-def tracking_server(backend, artifacts, host, port, workers, allowed_hosts):
+@click.option("--auth/--no-auth", default=None,
+              help="Users, passwords and per-experiment and per-model permissions (MLflow's basic-auth app); "
+                   "one of the two is needed to serve beyond this machine.")
+@click.option("--admin-password-file", metavar="FILE",
+              help="With --auth: the admin user's first password (its first line); default: $MLFLOW_AUTH_ADMIN_PASSWORD.")
+@click.option("--auth-db", metavar="URI", help="With --auth: database of users and permissions  [default: basic_auth.db beside a SQLite store, else the backend's database]")
+@click.option("--default-permission", type=click.Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
+              default="READ", show_default=True,
+              help="With --auth: what a user may do with experiments and models others made, without a grant.")
+def tracking_server(backend, artifacts, host, port, workers, allowed_hosts, auth, admin_password_file, auth_db,
+                    default_permission):
     """An MLflow tracking server for many processes or machines (`mlflow server`, artifacts proxied)."""
     from petloc.tracking import server
+    from petloc.tracking.auth import DEFAULT_PERMISSION, Auth
 
+    if not auth and (admin_password_file or auth_db or default_permission != DEFAULT_PERMISSION):
+        raise PetlocError("--admin-password-file, --auth-db and --default-permission go with --auth")
     names = [name.strip() for name in allowed_hosts.split(",") if name.strip()]
-    server.serve(backend, artifacts, host, port, workers, names, say=click.echo)
+    door = Auth(auth_db, default_permission, admin_password_file) if auth else auth
+    server.serve(backend, artifacts, host, port, workers, names, door, say=click.echo)
 
 
 # MLflow 3.17's UI shows its GenAI pages unless the page's URL or the browser's own choice (the
@@ -527,7 +550,20 @@ def main() -> None:
         if isinstance(err, click.ClickException):
             err.show()
             sys.exit(2)
+        refused = _tracking_refusal(err)
+        if refused:
+            click.echo(f"petloc: error: {refused}", err=True)
+            sys.exit(2)
         raise
+
+
+def _tracking_refusal(err: Exception) -> str | None:
+    """A tracking server's refusal (credentials, a missing permission) met after the start check."""
+    if not type(err).__module__.startswith(("mlflow", "requests")):
+        return None
+    from petloc.tracking.store import refusal
+
+    return refusal(err)
 
 
 def _stopped(interrupt: BaseException | None) -> None:

@@ -25,7 +25,7 @@ from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
 from petloc.search.budget import PACE, TimeBudget
 from petloc.search.progress import SweepProgress, planned_trials
-from petloc.tracking import runs
+from petloc.tracking import runs, store
 from petloc.tracking.training_runs import train_tracked
 from petloc.training import progress
 from petloc.training.dataset import PreparedData
@@ -257,10 +257,13 @@ def trial_metrics(summary: dict[str, float]) -> dict[str, float]:
 
 
 def why_failed(err: Exception) -> str:
-    """A failed trial's reason in one line; a tracking server that stopped answering is named."""
+    """A failed trial's reason in one line; a tracking server that stopped answering or refused the call is named."""
     first = str(err).splitlines()[0] if str(err) else ""
     if isinstance(err, MlflowException) and "Max retries exceeded" in first:
         return f"the tracking server {mlflow.get_tracking_uri()} did not answer, even after MLflow's retries ({first[:160]}...)"
+    refused = store.refusal(err)  # a password changed mid-sweep, a permission taken back
+    if refused:
+        return refused
     return f"{type(err).__name__}: {first}"
 
 

@@ -22,26 +22,50 @@ from typing import Callable
 from petloc import processes
 from petloc.errors import PetlocError
 from petloc.tracking import store
+from petloc.tracking import auth as door
+from petloc.tracking.auth import Auth
 
 DEFAULT_ARTIFACTS = store.STORE_DIR / "artifacts"
 STOP_SECONDS = 30  # uvicorn finishes the requests in flight, then exits
 
 
 def serve(backend: str | None, artifacts: str | None, host: str, port: int, workers: int,
-          allowed_hosts: list[str] = (), say: Callable[[str], None] = print) -> None:
+          allowed_hosts: list[str] = (), auth: Auth | bool | None = None, say: Callable[[str], None] = print) -> None:
     """Check the inputs, start `mlflow server`, tell clients where it is, and run it until
-    Ctrl+C or SIGTERM (passed on to the server); returns once the server has stopped."""
+    Ctrl+C or SIGTERM (passed on to the server); returns once the server has stopped.
+
+    `auth`: an Auth for MLflow's basic-auth app, False for none (said out loud: --no-auth), None
+    for none on loopback only."""
+    door.check_door(host, None if auth is None else bool(auth))
     backend = backend or store.default_uri()
     destination = artifacts_destination(artifacts)
+    password = door.admin_password(auth) if auth else None  # a bad file is one line before anything starts
     check_port_free(host, port)
     check_backend(backend)
-    client_uri = f"http://{_client_host(host)}:{port}"
+    client_uri = client_uri_of(host, port)
     say(f"MLflow tracking server: runs in {store.shown_uri(backend)}, artifacts in {destination}")
-    say(f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)")
     cmd = mlflow_server_command(backend, destination, host, port, workers) + _allowed_hosts_flag(host, allowed_hosts)
-    server = subprocess.Popen(cmd, env=_server_env(backend))
+    env = _server_env(backend)
+    config, written = door.config_file(backend, auth) if auth else (None, False)
     try:
-        _wait_until_ready(server, f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else client_uri)
+        if config:
+            settings = door.bootstrap(config, password)
+            say(f"users and permissions: MLflow's basic-auth app in {store.shown_uri(settings.database_uri)}, admin user "
+                f"'{settings.admin_username}'; a user gets {settings.default_permission} on what others made")
+            cmd += ["--app-name", "basic-auth"]
+            env = door.server_env(env, config)
+        say(f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)")
+        if config:
+            say("  and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD of their user")
+        _run(subprocess.Popen(cmd, env=env), _local_uri(host, port), client_uri, say)
+    finally:
+        if written:
+            config.unlink(missing_ok=True)
+
+
+def _run(server: subprocess.Popen, local_uri: str, client_uri: str, say: Callable[[str], None]) -> None:
+    try:
+        _wait_until_ready(server, local_uri)
         say(f"ready at {client_uri}  (Ctrl+C to stop)")
         code = server.wait()
     except KeyboardInterrupt:  # Ctrl+C reaches the server too; SIGTERM reaches only us: pass it on
@@ -59,16 +83,29 @@ def mlflow_server_command(backend: str, destination: str, host: str, port: int, 
 
 def _allowed_hosts_flag(host: str, names: list[str]) -> list[str]:
     """MLflow answers API calls only for Host headers of localhost and private IPs (a guard
-    against DNS rebinding; /health answers anyone): clients that use a name, as the printed
-    URI does when serving other machines, are refused with a 403. The names are added to
-    MLflow's defaults; a user's own MLFLOW_SERVER_ALLOWED_HOSTS is left alone."""
-    names = [*names, *([socket.gethostname(), socket.getfqdn()] if host in ("0.0.0.0", "::") else [])]
+    against DNS rebinding; /health answers anyone): clients that use a name or a public
+    address, as the printed URI does when serving other machines, are refused with a 403.
+    Those names (this machine's, or the one bound) are added to MLflow's defaults; a user's
+    own MLFLOW_SERVER_ALLOWED_HOSTS is left alone."""
+    if host in ("0.0.0.0", "::"):
+        names = [*names, socket.gethostname(), socket.getfqdn()]
+    elif not door.is_loopback(host):
+        names = [*names, host]
     if not names or os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
         return []
     from mlflow.server.security_utils import get_default_allowed_hosts
 
-    extra = [pattern for name in dict.fromkeys(names) for pattern in (name, f"{name}:*")]
+    extra = [pattern for name in dict.fromkeys(names) for pattern in _host_patterns(name)]
     return ["--allowed-hosts", ",".join([*get_default_allowed_hosts(), *extra])]
+
+
+def _host_patterns(name: str) -> list[str]:
+    """Host headers of `name`, without and with a port; an IPv6 address is bracketed, its
+    bracket escaped for MLflow's fnmatch."""
+    if ":" in name.strip("[]"):
+        bare = name.strip("[]")
+        return [f"[{bare}]", f"[[]{bare}]:*"]
+    return [name, f"{name}:*"]
 
 
 def artifacts_destination(artifacts: str | None) -> str:
@@ -107,8 +144,22 @@ def check_backend(uri: str) -> None:
 
 
 def _client_host(host: str) -> str:
-    """The host name clients use: bound to every interface, this machine's name."""
-    return socket.gethostname() if host in ("0.0.0.0", "::") else host
+    """The host name clients use: bound to every interface, this machine's name; an IPv6
+    address in brackets, as URLs write it (http://[::1]:5000)."""
+    if host in ("0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
+
+
+def client_uri_of(host: str, port: int) -> str:
+    return f"http://{_client_host(host)}:{port}"
+
+
+def _local_uri(host: str, port: int) -> str:
+    """Where this machine reaches the server to see it is up."""
+    if host in ("0.0.0.0", "::"):
+        return f"http://127.0.0.1:{port}"
+    return client_uri_of(host, port)
 
 
 # Each web worker serves up to 40 requests at once (Starlette runs MLflow's Flask app on

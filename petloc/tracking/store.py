@@ -8,12 +8,15 @@ calls retried through short outages.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
@@ -126,7 +129,8 @@ def first_line(err: BaseException) -> str:
 
 
 def _check_server(uri: str) -> None:
-    """One line, before anything is created, when the tracking server does not answer."""
+    """One line, before anything is created, when the tracking server does not answer, or
+    refuses this client's host name or credentials."""
     import requests
 
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
@@ -135,26 +139,95 @@ def _check_server(uri: str) -> None:
     try:
         answer = requests.get(f"{base}/health", timeout=SERVER_CHECK_SECONDS, verify=verify)
         if answer.status_code < 500:  # it answers (a login page is an answer too)
-            _check_host_accepted(base, verify)
+            _check_api_call(base)
             return
         reason = f"HTTP {answer.status_code}"
     except requests.RequestException as err:
         reason = _reason(err)
+    except MlflowException as err:  # the API call, made by MLflow's client, found no server after all
+        reason = str(err).splitlines()[0][:200]
     raise PetlocError(f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "
                       "or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI")
 
 
-def _check_host_accepted(base: str, verify) -> None:
-    """MLflow's server answers /health to anyone but refuses API calls (403) whose Host is a
-    name it was not told about: every later call would fail, so say so now."""
+def _check_api_call(base: str) -> None:
+    """/health answers anyone; an API call is where MLflow's server checks the Host header (a
+    guard against DNS rebinding) and, with basic auth, the user. Made as MLflow's client makes
+    every later call (its credentials, token, certificates), so a refusal is found now."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    answer = http_request(get_default_host_creds(base), "/api/2.0/mlflow/experiments/search", "GET",
+                          max_retries=0, timeout=SERVER_CHECK_SECONDS, params={"max_results": 1})
+    if answer.status_code == 401:
+        raise PetlocError(_credentials_refused(base))
+    if answer.status_code == 403 and "Host header" in answer.text:
+        raise PetlocError(_host_refused(base))
+
+
+def _credentials_refused(base: str) -> str:
+    from mlflow.utils.credentials import get_default_host_creds
+
+    creds = get_default_host_creds(base)
+    if creds.username:
+        return (f"the tracking server at {base} refused the credentials of {creds.username} "
+                "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD): wrong password, or no such user")
+    if creds.token:
+        return f"the tracking server at {base} refused the token in MLFLOW_TRACKING_TOKEN"
+    return (f"the tracking server at {base} needs a user: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+            "(its admin creates users)")
+
+
+def _host_refused(base: str) -> str:
+    """MLflow accepts only localhost, private addresses and the names it was given: a name, or a
+    public address, must be on the server's allowed-hosts list."""
+    host = urlparse(base).hostname
+    try:
+        ipaddress.ip_address(host)
+        what = "the address"
+    except ValueError:
+        what = "the host name"
+    return (f"tracking server {base} refuses {what} {host} (not on its allowed-hosts list): start it with "
+            f"petloc tracking-server --allowed-hosts {host} (or mlflow server --allowed-hosts)")
+
+
+def refusal(err: BaseException) -> str | None:
+    """One line for a call the tracking server refused after the start: the credentials (401),
+    or a permission the user lacks on an experiment or registered model (403); else None."""
+    status, endpoint = _refused_call(err)
+    if status == 401:
+        return _credentials_refused(mlflow.get_tracking_uri().rstrip("/"))
+    if status != 403 or endpoint is None or "Host header" in str(err):
+        return None
+    from mlflow.utils.credentials import get_default_host_creds
+
+    user = get_default_host_creds(mlflow.get_tracking_uri()).username or "this client"
+    permission, resource = _permission_needed(endpoint)
+    return (f"the tracking server {mlflow.get_tracking_uri()} refused {endpoint} to user {user}: it needs "
+            f"{permission} permission on the {resource}, which an admin or the {resource}'s manager grants")
+
+
+def _refused_call(err: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status and API path of a refused call, from MLflow's REST client or its artifact uploads."""
     import requests
 
-    answer = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                          timeout=SERVER_CHECK_SECONDS, verify=verify)
-    if answer.status_code == 403 and "Host header" in answer.text:
-        host = urlparse(base).hostname
-        raise PetlocError(f"tracking server {base} refuses the host name {host}: start it with "
-                          f"petloc tracking-server --allowed-hosts {host} (or mlflow server --allowed-hosts), or use its IP address")
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        return err.response.status_code, urlparse(err.response.url).path
+    found = re.search(r"endpoint (\S+) failed with error code (\d+)", str(err)) if isinstance(err, MlflowException) else None
+    return (int(found[2]), found[1]) if found else (None, None)
+
+
+def _permission_needed(endpoint: str) -> tuple[str, str]:
+    """MLflow's levels: READ reads, EDIT logs and updates, MANAGE also deletes and grants."""
+    resource = "registered model" if re.search(r"registered-models|model-versions", endpoint) else "experiment"
+    if "mlflow-artifacts" in endpoint:
+        return "EDIT", "experiment"  # an artifact's upload
+    action = endpoint.rstrip("/").rsplit("/", 1)[-1]
+    if "delete" in action:
+        return "MANAGE", resource
+    if action.startswith(("get", "search", "list")):
+        return "READ", resource
+    return "EDIT", resource
 
 
 def _reason(err: Exception) -> str:
