@@ -313,24 +313,32 @@ def _chief_alive(run) -> bool:
 def _chief_heartbeat(parent: str, every: float = CHIEF_BEAT_SECONDS):
     """The chief's parent run carries the time it was last alive, every few seconds, until
     the sweep ends (its final run included). A missed beat is no error."""
-    stop = threading.Event()
 
     def beat():
         with contextlib.suppress(Exception):  # the tracking server may be down a while; the sweep goes on
             MlflowClient().set_tag(parent, CHIEF_HEARTBEAT_TAG, f"{time.time():.0f}")
 
-    def beats():
-        while not stop.wait(every):
-            beat()
-
     beat()  # the first before this chief checks for a concurrent one
-    thread = threading.Thread(target=beats, name="petloc-chief-heartbeat", daemon=True)
+    with _repeating(beat, every, "petloc-chief-heartbeat"):
+        yield
+
+
+@contextlib.contextmanager
+def _repeating(action: Callable[[], None], every: float, name: str):
+    """Calls `action` every `every` seconds, on a thread of its own, while the block runs."""
+    stop = threading.Event()
+
+    def loop():
+        while not stop.wait(every):
+            action()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join(timeout=every)
+        thread.join(timeout=2 * every)
 
 
 def _check_free(host: str, port: int) -> None:
@@ -431,28 +439,22 @@ def _heartbeat(oracle: oracle_client.OracleClient, trial_id: str, silent: Callab
     """Ask the chief for this trial every few seconds while it trains: the chief counts each
     call as a sign of life. A missed beat is no error; the chief's timeout is many beats.
     After `patience` seconds without an answer, `silent` is told once."""
-    stop = threading.Event()
     request = protos.get_service().GetTrialRequest(trial_id=trial_id)
     whose = ((TUNER_ID_METADATA, oracle.tuner_id),)  # a restarted chief gives the trial back to it
+    answered, told = time.monotonic(), False
 
     def beat():
-        answered, told = time.monotonic(), False
-        while not stop.wait(every):
-            try:
-                oracle.stub.GetTrial(request, timeout=every, metadata=whose)
-                answered, told = time.monotonic(), False
-            except grpc.RpcError:
-                if not told and time.monotonic() - answered >= patience:
-                    silent(time.monotonic() - answered)
-                    told = True
+        nonlocal answered, told
+        try:
+            oracle.stub.GetTrial(request, timeout=every, metadata=whose)
+            answered, told = time.monotonic(), False
+        except grpc.RpcError:
+            if not told and time.monotonic() - answered >= patience:
+                silent(time.monotonic() - answered)
+                told = True
 
-    thread = threading.Thread(target=beat, name="petloc-heartbeat", daemon=True)
-    thread.start()
-    try:
+    with _repeating(beat, every, "petloc-heartbeat"):
         yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float = CHIEF_PATIENCE_SECONDS,
