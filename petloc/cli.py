@@ -363,9 +363,10 @@ def serve(model, host, port):
     POST {"dataframe_records": [{"image": "<base64 JPEG>"}]} to /invocations.
     """
     from petloc.tracking import model_server, store
+    from petloc.tracking.server import check_port_free
 
-    model_server.max_request_bytes()  # a mistyped limit is one line here, not a traceback in the server
-    model_server.max_concurrent_requests()
+    model_server.check_settings()  # a mistyped limit is one line here, not a traceback in the server
+    check_port_free(host, port)  # before the model loads
     tracking_uri = store.configure()
     served = _served_model(model)
     named = model if served.startswith("models:/m-") else served  # a registered version: as the user named it

@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import petloc
-from petloc.data.images import (MAX_BYTES_SETTING, BadImage, decode_image, max_image_bytes, max_image_pixels,
-                                 positive_setting)
+from petloc.data.images import (DEFAULT_MAX_ROWS, MAX_BYTES_SETTING, MAX_ROWS_SETTING, BadImage, decode_image,
+                                 max_image_bytes, max_image_pixels, positive_setting)
 from petloc.errors import PetlocError
 from petloc.training.predict import Predictor
 
-MAX_ROWS_SETTING, DEFAULT_MAX_ROWS = "PETLOC_MAX_ROWS", 64
 WORKING_SIDE = 1024  # px; boxes still come back in the original image's pixels
 
 PACKAGE_DIR = Path(petloc.__file__).parent

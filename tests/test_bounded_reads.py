@@ -100,7 +100,7 @@ def test_the_image_byte_limit_applies_to_files_too_not_only_to_the_server(tmp_pa
 
 def test_a_mistyped_image_byte_limit_is_one_line_before_predict_loads_its_model(tmp_path, monkeypatch):
     monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", "20MB")
-    with pytest.raises(PetlocError, match=r"^PETLOC_MAX_IMAGE_BYTES=20MB: expected a whole number above 0$"):
+    with pytest.raises(PetlocError, match=r"^PETLOC_MAX_IMAGE_BYTES=20MB: expected a whole number above 0, at most 2147483647$"):
         invoke("predict", tmp_path / "no-such-model.keras", tmp_path / "photo.jpg")
 
 

@@ -29,7 +29,8 @@ IMAGE_HEAD, IMAGE_TAIL = b'{"dataframe_records": [{"image": "', b'"}]}'
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """`petloc serve` on a model folder of an untrained localiser, every limit at its default."""
+    """`petloc serve` on a model folder of an untrained localiser, every limit at its default
+    but the time a body may take to arrive (5 s instead of 60)."""
     from petloc import serving
     from petloc.model import Hyperparameters, build_model
 
@@ -37,6 +38,7 @@ def served(tmp_path_factory):
     serving.save_model(build_model(Hyperparameters(width=0.25, head_units=8), 32), str(root / "model"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PETLOC_", "MLFLOW_"))}
+    env["PETLOC_REQUEST_SECONDS"] = "5"
     petloc = str(Path(sys.executable).with_name("petloc"))
     log = root / "serve.log"
     proc = serve_until_answering([petloc, "serve", str(root / "model"), "--port", str(port)], root, env, log)
@@ -194,7 +196,7 @@ def test_a_mistyped_request_limit_is_one_line_before_anything_starts(tmp_path, m
     monkeypatch.setenv("PETLOC_MAX_REQUEST_BYTES", "64MB")
     with in_project(tmp_path), pytest.raises(PetlocError) as refused:
         CliRunner().invoke(cli, ["serve", "petloc@nope"], catch_exceptions=False)
-    assert str(refused.value) == "PETLOC_MAX_REQUEST_BYTES=64MB: expected a whole number above 0"
+    assert str(refused.value) == "PETLOC_MAX_REQUEST_BYTES=64MB: expected a whole number above 0, at most 2147483647"
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -229,3 +231,71 @@ def test_many_large_requests_at_once_are_answered_a_few_at_a_time(served):
         assert sock.recv(100).split()[1] == b"200"
     # Measured: one such request costs the server about 300 MB; six at once cost 1246 MB before.
     assert peak[0] - idle < 900, f"six requests at once grew the server by {peak[0] - idle:.0f} MB"
+
+
+@pytest.mark.slow
+def test_a_request_of_far_too_many_rows_is_refused_before_mlflow_builds_its_frame(served):
+    """60 MB of CSV lines took the server to 12 GB inside MLflow's parser; 2000 empty JSON records
+    are refused as plainly. Rows up to 16 x PETLOC_MAX_ROWS still get an error each."""
+    port, proc, log = served
+    idle = server_rss_mb(proc)
+    status, answer = post(port, b"image\n" + b"x\n" * 30_000_000, content_type="text/csv")
+    assert status == 413 and answer["message"] == (
+        "30000001 rows in one request, over 1024 (16 x PETLOC_MAX_ROWS): send fewer rows per request")
+    assert server_rss_mb(proc) - idle < 300
+    status, answer = post(port, json.dumps({"dataframe_records": [{}] * 2000}).encode())
+    assert status == 413 and answer["message"].startswith("2000 rows in one request")
+    status, answer = post(port, json.dumps({"inputs": {"image": ["x"] * 1025}}).encode())
+    assert status == 413 and answer["message"].startswith("1025 rows in one request")
+
+
+@pytest.mark.slow
+def test_stalled_uploads_are_cut_off_and_others_are_answered(served):
+    """Two clients that send a few bytes of a body and stall held both request slots for ever."""
+    port, _, _ = served
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+    for sock in stalled:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"data")
+    started = time.monotonic()
+    image = base64.b64encode(jpeg(photo())).decode()
+    status, answer = post(port, json.dumps({"dataframe_records": [{"image": image}]}).encode())
+    assert status == 200 and time.monotonic() - started < 30
+    for sock in stalled:
+        with sock:
+            status, answer = read_answer(sock)
+            assert status == 408 and "did not arrive within 5 s (PETLOC_REQUEST_SECONDS)" in answer["message"]
+
+
+@pytest.mark.slow
+def test_error_answers_carry_no_stack_trace(served):
+    port, _, log = served
+    status, answer = post(port, b'"\n', content_type="text/csv")  # MLflow's CSV parser fails on it
+    assert 400 <= status < 500 and "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
+    assert answer["message"]
+
+
+@pytest.mark.parametrize("setting, value", [("PETLOC_MAX_ROWS", "1e400"), ("PETLOC_MAX_IMAGE_PIXELS", "-1"),
+                                            ("PETLOC_REQUEST_SECONDS", "soon"),
+                                            ("PETLOC_MAX_IMAGE_BYTES", "999999999999999999999999999999")])
+def test_every_limit_the_server_reads_is_checked_before_it_starts(tmp_path, monkeypatch, setting, value):
+    """PETLOC_MAX_ROWS=1e400 was a traceback in the server after "serving ..." was printed."""
+    from petloc.errors import PetlocError
+
+    monkeypatch.setenv(setting, value)
+    with in_project(tmp_path), pytest.raises(PetlocError, match=f"^{setting}=.*: expected a whole number above 0"):
+        CliRunner().invoke(cli, ["serve", "petloc@nope"], catch_exceptions=False)
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_serve_on_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
+    """It loaded the model, then printed uvicorn's bind error and exited 3."""
+    from petloc.errors import PetlocError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with in_project(tmp_path), pytest.raises(PetlocError, match=f"^port {port} on 127.0.0.1 is taken"):
+            CliRunner().invoke(cli, ["serve", "petloc@nope", "--port", str(port)], catch_exceptions=False)
+    assert not (tmp_path / "mlruns").exists()

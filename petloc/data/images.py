@@ -57,6 +57,7 @@ MAX_BYTES_SETTING = "PETLOC_MAX_IMAGE_BYTES"
 DEFAULT_MAX_BYTES = 20_000_000  # a 50 MP phone JPEG is 10-20 MB
 MAX_PIXELS_SETTING = "PETLOC_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # above any phone's default photo; 150 MB once decoded
+MAX_ROWS_SETTING, DEFAULT_MAX_ROWS = "PETLOC_MAX_ROWS", 64  # images per request to the server
 # libjpeg warnings that mean the pixels may not be what was encoded.
 DAMAGE_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
 # ... of which this one leaves the image complete: the skipped bytes belong to no segment.
@@ -140,8 +141,13 @@ def max_image_bytes() -> int:
     return positive_setting(MAX_BYTES_SETTING, DEFAULT_MAX_BYTES)
 
 
+# The largest value a size or count setting takes: a limit of many digits is no limit, and
+# past this a read's buffer size overflows.
+MOST_SETTING = 2**31 - 1
+
+
 def positive_setting(name: str, default: int) -> int:
-    """A whole number above 0 from environment variable `name`, else `default`."""
+    """A whole number from 1 to MOST_SETTING from environment variable `name`, else `default`."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -149,8 +155,8 @@ def positive_setting(name: str, default: int) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise PetlocError(f"{name}={text}: expected a whole number above 0")
+    if not 1 <= value <= MOST_SETTING:
+        raise PetlocError(f"{name}={text[:40]}: expected a whole number above 0, at most {MOST_SETTING}")
     return value
 
 
