@@ -26,6 +26,11 @@ from petloc.quiet import hide_tensorflow_startup_log
 from petloc.search import DEFAULT_CHIEF_ADDRESS
 
 
+# As the experiment file bounds them (petloc.config), without importing it for --help.
+SEED = click.IntRange(0, 2**31 - 1)
+MAX_SYNTHETIC = 1_000_000
+
+
 class CommandLine(click.Group):
     """The petloc group; it notes the command line it was given, for the runs' provenance."""
 
@@ -400,7 +405,7 @@ def _served_model(ref: str) -> str:
               help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).")
 @click.option("--val-split", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.15,
               show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="The split's seed (data.seed).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="The split's seed (data.seed).")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: also average each photo with its mirror image (on top of what the model does).")
 def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
@@ -481,8 +486,8 @@ def data():
 
 @data.command()
 @click.option("--out", default="data/synthetic", show_default=True, type=click.Path(file_okay=False))
-@click.option("--count", default=1500, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--count", default=1500, show_default=True, type=click.IntRange(1, MAX_SYNTHETIC))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--size", default=128, show_default=True, type=click.IntRange(32, 1024))
 def synth(out, count, seed, size):
     """Deterministic synthetic pet photos with exact head boxes, in the cats_dogs layout."""
@@ -500,7 +505,7 @@ def synth(out, count, seed, size):
 @click.option("--url", default=None, help="Base URL of the two archives (a mirror, or file:///folder/); default: the official site.")
 @click.option("--val-share", default=0.15, show_default=True,
               type=FiniteFloat(0, 1, min_open=True, max_open=True))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--force", is_flag=True, help="Redo the conversion even when it is there.")
 @click.option("--md5", multiple=True, metavar="NAME=MD5", help="Expected MD5 of an archive on your mirror, instead of the official one (repeatable).")
 @click.option(

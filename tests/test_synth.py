@@ -141,3 +141,42 @@ def test_classes_are_roughly_30_percent_cats():
 def test_too_small_an_image_is_refused():
     with pytest.raises(ValueError, match="at least 32"):
         render(np.random.default_rng(0), 16)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_large_synth_at_once(tmp_path):
+    """All images went to the pool before the first was waited for, and the pool finished them
+    after SIGTERM: a stopped `data synth` of a huge count went on writing for minutes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "synth"
+    code = ("from petloc import stopping\nfrom petloc.data.synth import generate\nstopping.install()\n"
+            f"generate({str(out)!r}, count=10**9, size=32)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)  # the old code is still queueing images, and writing some
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+    written = len(list(out.glob("*.jpg")))
+    time.sleep(1)
+    assert len(list(out.glob("*.jpg"))) == written  # nothing is written after the stop
+    assert not (out / ".synth.json").exists()  # an incomplete set is never taken for a whole one
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--count", "99999999999999999999"], "'--count': 99999999999999999999 is not in the range 1<=x<=1000000"),
+    (["--seed", "-99999999999999999999"], "'--seed': -99999999999999999999 is not in the range 0<=x<=2147483647"),
+])
+def test_synth_counts_and_seeds_are_bounded(tmp_path, args, message):
+    """A negative seed was NumPy's traceback; a 20-digit count was accepted and filled the disk."""
+    from click.testing import CliRunner
+
+    from petloc.cli import cli
+
+    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "s"), *args])
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "s").exists()
