@@ -231,7 +231,7 @@ class Experiment(Strict):
     def _safe_name(cls, value: str) -> str:
         if not SAFE_NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a usable sweep name: letters, digits, '_', '.' and '-' only, "
-                             "not starting with '.', at most 100 characters")
+                             "starting with a letter, digit or '_', at most 100 characters")
         return value
 
     @field_validator("space")

@@ -461,7 +461,8 @@ def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float 
                log: Callable[[str], None] = print) -> None:
     """Run the chief's trials until it says there are none left."""
     if not WORKER_ID.fullmatch(worker_id) or "chief" in worker_id:
-        raise PetlocError(f"--worker {worker_id!r}: an ID of letters, digits, '_' and '-', and not 'chief'")
+        shown = worker_id if len(worker_id) <= 40 else worker_id[:40] + "..."
+        raise PetlocError(f"--worker {shown!r}: an ID of letters, digits, '_' and '-', and not 'chief'")
     host, port = parse_address(chief, "--chief")
     store.configure(exp.tracking.uri)
     directory = tuner_dir(exp, store.STORE_DIR)
