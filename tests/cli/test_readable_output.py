@@ -23,7 +23,7 @@ from petloc.training.gallery import curves_figure, plot_curves
 from petloc.training.progress import EpochLine
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args):
@@ -298,7 +298,7 @@ def _first_draws(seed: int, kind: str, trials: int = 4) -> list[dict]:
 
     from petloc.search.tuner import ORACLES, SpaceHyperModel
 
-    exp = load_experiment(Path(__file__).parent.parent / "experiments" / "quick.yaml", [f"tuner.seed={seed}"])
+    exp = load_experiment(ROOT / "experiments" / "quick.yaml", [f"tuner.seed={seed}"])
     oracle = ORACLES[kind](exp)
     oracle._set_project_dir(tempfile.mkdtemp(), "draws")
     space = oracle.get_space()

@@ -37,7 +37,7 @@ def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
     assert r.data.params["xla"] == "False" and r.data.params["precision"] == "mixed_bfloat16"
     assert [m.step for m in client.get_metric_history(run_id, "val/miou")] == [1, 2]
     assert len(client.get_metric_history(run_id, "train/loss")) == 2
-    assert r.data.tags["dataset_digest"]  # provenance tags: tests/test_run_records.py
+    assert r.data.tags["dataset_digest"]  # provenance tags: tests/tracking/test_run_records.py
     files = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "gallery")}
     assert {"curves.png", "gallery/val_gallery.png"} <= files
     assert (root / "mlruns" / "mlflow.db").is_file() and (root / "mlruns" / "artifacts").is_dir()

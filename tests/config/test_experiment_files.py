@@ -7,7 +7,7 @@ import pytest
 from petloc.config import Range, load_experiment, parse_experiment
 from petloc.errors import PetlocError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, text):

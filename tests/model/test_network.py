@@ -226,7 +226,7 @@ def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     assert model(x)["box"].dtype == "float32"
 
 
-@pytest.mark.slow  # the fast tier has it end to end: tests/test_cli_train.py trains in mixed_bfloat16, loads float32
+@pytest.mark.slow  # the fast tier has it end to end: tests/cli/test_train_evaluate_predict.py trains in mixed_bfloat16, loads float32
 def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_float32():
     from petloc.data.pipeline import ImageSet
     from petloc.training.fit import fit_localiser

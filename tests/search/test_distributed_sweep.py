@@ -317,7 +317,7 @@ def test_the_chief_keeps_the_time_budget_for_every_worker(tmp_path):
 def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(tmp_path):
     data = tiny_dataset(tmp_path / "photos", count=40)
     # Trials of 6-15 s here: the stop may land mid-epoch, mid-trace or between trials; a worker
-    # that dropped it went on training (test_stopping.py has each way it was lost).
+    # that dropped it went on training (test_stop_signals_never_lost.py has each way it was lost).
     exp = tiny_experiment(tmp_path, data, train={"epochs": 40}, space=SPACE, tuner={"max_trials": 3})
     client = store_client(tmp_path)
     # Ctrl+C as in a terminal: a shell without job control (`cmd &` in a script, as CI may run

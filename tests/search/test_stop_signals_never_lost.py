@@ -88,7 +88,7 @@ def test_a_stop_turned_into_another_error_still_stops_and_ends_the_run_killed(tm
 
 
 # A stop that arrives while the store creates a run (a worker's trial run, as Ctrl+C found
-# it in tests/test_distributed.py): raised inside the call, the run was made but its ID never
+# it in tests/search/test_distributed_sweep.py): raised inside the call, the run was made but its ID never
 # came back, and it stayed RUNNING.
 STOPPED_WHILE_A_RUN_IS_CREATED = """
 import os, signal

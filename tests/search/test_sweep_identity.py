@@ -3,7 +3,7 @@ it talks to, a second live chief of a sweep is refused, a chief started again do
 train a finished trial twice, and a worker without a chief says so in one line.
 
 Two folders against one tracking store stand for two machines: nothing is shared but the
-store (here one SQLite file; the PostgreSQL server of test_distributed.py behaves alike).
+store (here one SQLite file; the PostgreSQL server of test_distributed_sweep.py behaves alike).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from petloc.search.distributed import (CHIEF_HEARTBEAT_TAG, CHIEF_TAG, ChiefServ
 from petloc.search.sweep import sweep_tags
 from petloc.tracking import runs
 from tests.helpers import free_port, tiny_dataset, tiny_experiment
-from tests.test_distributed import Lines, finish, leaderboard, start_chief, start_worker, trial_runs
+from tests.search.test_distributed_sweep import Lines, finish, leaderboard, start_chief, start_worker, trial_runs
 
 
 # ---- fast: the parts, on real stores and servers of this process ---------------------------

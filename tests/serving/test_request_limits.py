@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from petloc.cli import cli
 from tests.helpers import free_port, in_project, jpeg, photo
-from tests.test_serving import serve_until_answering, stop_group
+from tests.serving.test_served_model import serve_until_answering, stop_group
 
 DEFAULT_LIMIT = 64_000_000
 GIGABYTE = 1 << 30

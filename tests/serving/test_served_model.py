@@ -305,7 +305,7 @@ def test_a_downloaded_model_serves_outside_the_project_without_petlocs_source(ch
     model = Path(mlflow.artifacts.download_artifacts("models:/petloc@champion", dst_path=str(tmp_path / "model")))
     blocker = tmp_path / "no-petloc"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(NO_PETLOC_SOURCE.format(source=str(Path(__file__).parents[1])))
+    (blocker / "sitecustomize.py").write_text(NO_PETLOC_SOURCE.format(source=str(Path(__file__).parents[2])))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))}

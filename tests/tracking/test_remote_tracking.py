@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import encode, free_port, in_project, invoke, petloc_env, petloc_process, photo, run_id_of, tiny_dataset
 from tests.servers import tracking_server
 
-QUICK = Path(__file__).resolve().parent.parent / "experiments" / "quick.yaml"
+QUICK = Path(__file__).resolve().parents[2] / "experiments" / "quick.yaml"
 TINY = ["data.image_size=32", "train.epochs=1", "space.width=0.25", "space.head_units=16", "tracking.gallery_images=4"]
 
 

@@ -119,7 +119,7 @@ def test_reproduce_refuses_when_the_code_or_data_differ(trained):
 def test_runs_logging_the_same_new_dataset_at_once_all_log_it(tmp_path, store, request):
     """Trials starting together on two workers log the same datasets: MLflow's store looks a
     dataset up, then inserts it, and all but one of the racing calls failed on the table's
-    key (a trial FAILED in tests/test_distributed.py). Each round is a new experiment, where
+    key (a trial FAILED in tests/search/test_distributed_sweep.py). Each round is a new experiment, where
     the dataset is new."""
     import threading
 

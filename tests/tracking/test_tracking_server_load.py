@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import petloc_env
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "tracking_load.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tracking_load.py"
 
 
 @pytest.mark.slow  # PostgreSQL, a tracking server and 16 client processes: about a minute

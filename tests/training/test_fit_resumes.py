@@ -1,7 +1,8 @@
 """A fit with a backup folder (a sweep's final run) stopped after some epochs and started
 again goes on where it stopped: the same weights and optimizer, the best epoch from before
 the stop still kept, weight averaging's two sets of weights each back in its place. The
-whole loop through a sweep is in tests/test_sweep.py and tests/test_state_safety.py."""
+whole loop through a sweep is in tests/search/test_sweep.py and
+tests/search/test_sweep_state_and_shared_store.py."""
 
 import time
 
