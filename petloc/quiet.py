@@ -33,14 +33,25 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.loader is not None:
-            run_module = spec.loader.exec_module
-
-            def exec_module(module):
-                with _native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
-                    run_module(module)
-
-            spec.loader.exec_module = exec_module
+            spec.loader = _QuietLoader(spec.loader)
         return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """TensorFlow's own loader, its module run with the start-up log filtered out."""
+
+    def __init__(self, loader: importlib.abc.Loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name):  # what else the import system asks of it (resources, source)
+        return getattr(self.loader, name)
 
 
 def hide_tensorflow_startup_log() -> None:

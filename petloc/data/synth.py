@@ -147,6 +147,7 @@ def _fur_texture(rng: np.random.Generator, size: int, scale: float) -> np.ndarra
     accent = base * rng.uniform(0.3, 0.6) if rng.random() < 0.6 else FUR_COLOURS[rng.integers(len(FUR_COLOURS))]
     kind = rng.integers(4)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    amount: np.ndarray  # how much of the accent colour, per pixel
     if kind == 0:
         amount = np.zeros((size, size), np.float32)
     elif kind == 1:  # stripes, wavy so they read as fur
@@ -188,10 +189,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image + rng.uniform(3, 12) * _smooth_noise(rng, size, rng.uniform(0.5, 3))[..., None]
 
 
-def _px(points: np.ndarray) -> np.ndarray | tuple[int, int]:
-    """Pixel coordinates to cv2's fixed-point integers (a tuple for a single point)."""
-    fixed = np.round(np.asarray(points) * (1 << _SHIFT)).astype(np.int32)
-    return tuple(int(v) for v in fixed) if fixed.ndim == 1 else fixed
+def _fixed(points) -> np.ndarray:
+    """Pixel coordinates as cv2's fixed-point integers."""
+    return np.round(np.asarray(points) * (1 << _SHIFT)).astype(np.int32)
+
+
+def _px(point) -> tuple[int, int]:
+    """One point (or a pair of axes) in cv2's fixed-point integers."""
+    x, y = (int(v) for v in _fixed(point))
+    return x, y
 
 
 def _paint_polygon(image, layer, silhouette, polygon, colour, mix) -> None:
@@ -202,7 +208,7 @@ def _paint_polygon(image, layer, silhouette, polygon, colour, mix) -> None:
         return
     (x0, y0), (x1, y1) = low, high
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cv2.fillPoly(mask, [_px(polygon - low)], 255, cv2.LINE_AA, _SHIFT)
+    cv2.fillPoly(mask, [_fixed(polygon - low)], 255, cv2.LINE_AA, _SHIFT)
     alpha = mask.astype(np.float32)[..., None] / 255
     patch = layer[y0:y1, x0:x1]
     if colour is not None:
@@ -244,7 +250,7 @@ def _draw_body(rng: np.random.Generator, image: np.ndarray, fur: np.ndarray, to_
     base = np.array([cx + side * rx * 0.9, cy])
     bend = base + scale * np.array([side * rng.uniform(0.4, 0.9), -rng.uniform(0.2, 1.0)])
     tip = bend + scale * np.array([side * rng.uniform(-0.2, 0.4), -rng.uniform(0.3, 1.0 if is_cat else 0.4)])
-    cv2.polylines(mask, [_px(np.array([base, bend, tip]))], False, 255, width, cv2.LINE_AA, _SHIFT)
+    cv2.polylines(mask, [_fixed(np.array([base, bend, tip]))], False, 255, width, cv2.LINE_AA, _SHIFT)
     return _blend(image, fur * rng.uniform(0.6, 0.85), mask.astype(np.float32)[..., None] / 255)
 
 
@@ -255,7 +261,7 @@ def _draw_head(image: np.ndarray, fur: np.ndarray, head: Head, to_px, scale: flo
         _paint_polygon(image, fur, silhouette, to_px(polygon), colour, mix)
     for line, colour, width in head.strokes:
         thickness = max(1, int(round(width * scale)))
-        cv2.polylines(image, [_px(to_px(line))], False, colour, thickness, cv2.LINE_AA, _SHIFT)
+        cv2.polylines(image, [_fixed(to_px(line))], False, colour, thickness, cv2.LINE_AA, _SHIFT)
     return silhouette >= 0.5
 
 

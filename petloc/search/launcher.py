@@ -30,14 +30,14 @@ def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: in
     address = f"127.0.0.1:{_free_port()}"
     command = [sys.executable, "-m", "petloc", "sweep", experiment, *overrides]
     say(f"sweep with {workers} worker process{'es' if workers > 1 else ''} on this machine (chief on {address})")
-    chief = _start([*command, "--chief", "--address", address, "--worker-timeout", str(worker_timeout),
+    chief = Child([*command, "--chief", "--address", address, "--worker-timeout", str(worker_timeout),
                     *(["--fresh"] if fresh else [])], "", say)
-    started: list[subprocess.Popen] = []
+    started: list[Child] = []
     try:
         # The workers once the chief listens: a worker waits for a chief only briefly, and the
         # chief's start (TensorFlow, the tracking store) may take longer on a busy machine.
         if _wait_until_listening(chief, address):
-            started += [_start([*command, "--worker", str(n), "--chief", address], f"[worker-{n}] ", say)
+            started += [Child([*command, "--worker", str(n), "--chief", address], f"[worker-{n}] ", say)
                         for n in range(1, workers + 1)]
         code = _wait_for_chief(chief, started, say)
         for worker in started:  # told "no trials left" already; they exit at once
@@ -75,34 +75,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(command: list[str], prefix: str, say: Callable[[str], None]) -> subprocess.Popen:
-    """A child process whose output lines reach `say`, prefixed (the workers' lines carry
-    their own name already; the prefix marks their errors too)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # Its own process group: Ctrl+C reaches only this launcher, which stops each child in turn.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
-    process.relay = threading.Thread(target=_relay, args=(process, prefix, say), daemon=True)
-    process.relay.start()
-    return process
+class Child(subprocess.Popen):
+    """A chief or worker process whose output lines reach `say`, prefixed (the workers' lines
+    carry their own name already; the prefix marks their errors too), read on a thread of
+    their own; `search_over` once it has said so."""
+
+    def __init__(self, command: list[str], prefix: str, say: Callable[[str], None]):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Its own process group: Ctrl+C reaches only this launcher, which stops each child in turn.
+        super().__init__(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True)
+        self.prefix, self.say = prefix, say
+        self.search_over = False
+        self.relay = threading.Thread(target=self._relay, daemon=True)
+        self.relay.start()
+
+    def _relay(self) -> None:
+        assert self.stdout is not None  # a pipe, by the constructor
+        for line in self.stdout:
+            line = line.rstrip("\n")
+            self.search_over = self.search_over or line.startswith(SEARCH_OVER)
+            self.say(line if not line or line.startswith(self.prefix) else f"{self.prefix}{line}")
 
 
-def _relay(process: subprocess.Popen, prefix: str, say: Callable[[str], None]) -> None:
-    process.search_over = False
-    for line in process.stdout:
-        line = line.rstrip("\n")
-        process.search_over = process.search_over or line.startswith(SEARCH_OVER)
-        say(line if not line or line.startswith(prefix) else f"{prefix}{line}")
-
-
-def _wait_for_chief(chief: subprocess.Popen, workers: list[subprocess.Popen], say: Callable[[str], None]) -> int:
+def _wait_for_chief(chief: Child, workers: list[Child], say: Callable[[str], None]) -> int:
     """The chief's exit code; if every worker has gone and the chief still waits for one
     (they all failed to start), the chief is stopped. Once it says the search is over, it
     runs the sweep's end (a final run may train for a while) and is left to finish."""
     gone_since = None
     while chief.poll() is None:
         time.sleep(0.5)
-        if not getattr(chief, "search_over", False) and all(worker.poll() is not None for worker in workers):
+        if not chief.search_over and all(worker.poll() is not None for worker in workers):
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > WORKERS_GONE_GRACE_SECONDS:
                 say("every worker has exited and the chief still waits: stopping it")
@@ -110,7 +113,7 @@ def _wait_for_chief(chief: subprocess.Popen, workers: list[subprocess.Popen], sa
     return chief.wait()
 
 
-def _stop_all(group: list[subprocess.Popen]) -> None:
+def _stop_all(group: list[Child]) -> None:
     """SIGTERM to each (the CLI ends its runs KILLED and ignores a second one), then wait."""
     for process in group:
         if process.poll() is None:
