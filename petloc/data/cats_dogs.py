@@ -113,9 +113,9 @@ def _parse_line(line: str) -> tuple[int, tuple[float, float, float, float]]:
         if len(fields) != 5:
             raise ValueError
         class_id = int(fields[0])
-        box = tuple(float(v) for v in fields[1:])
+        x1, y1, x2, y2 = (float(v) for v in fields[1:])
     except ValueError:
         raise BadAnnotation(f"expected 'CLASS x1 y1 x2 y2' with numbers, got {line.strip()[:40]!r}") from None
     if class_id not in CLASS_IDS:
         raise BadAnnotation(f"class {class_id} is not 1 (cat) or 2 (dog)")
-    return CLASS_IDS[class_id], box
+    return CLASS_IDS[class_id], (x1, y1, x2, y2)

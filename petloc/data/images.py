@@ -321,7 +321,8 @@ def _damage_reason(warning: str) -> str:
 
 def _warning_text(warning: str) -> str:
     """libjpeg's "Corrupt JPEG data: 240 extraneous bytes before marker 0xd9" -> a warning."""
-    skipped = RECOVERABLE_WARNING.match(warning)[1]
+    match = RECOVERABLE_WARNING.match(warning)
+    skipped = match[1] if match else warning
     return f"the JPEG decoder skipped {skipped}; the image decoded in full"
 
 

@@ -103,7 +103,9 @@ def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[
 
 def _number(element: ET.Element, path: str) -> float:
     text = element.findtext(path)
+    if text is None:
+        raise BadXml(f"<{path}> is missing, expected a number")
     try:
         return float(text)
-    except (TypeError, ValueError):
-        raise BadXml(f"<{path}> is {'missing' if text is None else repr(text)}, expected a number") from None
+    except ValueError:
+        raise BadXml(f"<{path}> is {text!r}, expected a number") from None

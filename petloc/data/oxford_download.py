@@ -206,7 +206,10 @@ def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path,
         destination.mkdir(parents=True, exist_ok=True)
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with tar.extractfile(member) as source, open(destination, "wb") as target:
+    source = tar.extractfile(member)
+    if source is None:  # member_destination lets only folders and regular files through
+        raise PetlocError(f"{member.name}: not a regular file")
+    with source, open(destination, "wb") as target:
         shutil.copyfileobj(source, target, CHUNK_BYTES)
 
 

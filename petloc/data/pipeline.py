@@ -99,6 +99,7 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Image
             skipped.append(item)
             continue
         sample, pixels = item
+        assert pixels is not None  # scan decodes unless told not to
         images.append(cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_AREA))
         labels.append(sample.label)
         boxes.append(np.array(sample.box, np.float32) / np.array([sample.width, sample.height] * 2, np.float32))

@@ -76,6 +76,7 @@ def save_new_png(image: np.ndarray, folder: Path, stem: str) -> Path:
                 path.unlink(missing_ok=True)  # no half-written copy left behind
                 raise
         return path
+    raise AssertionError("itertools.count never ends")
 
 
 def writable_folder(path: str | Path) -> Path:
