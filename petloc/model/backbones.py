@@ -170,10 +170,8 @@ def _conv_bn(x, filters: int, strides: int = 1, dilation: int = 1):
 
 def taps_pay(cpuinfo: Path = CPUINFO) -> bool:
     """Whether TapsConv2D's matrix product beats TensorFlow's own dilated convolution on this
-    CPU. Measured side by side (benchmarks/dilated_conv_speed.py, simple_context's training
-    step with TapsConv2D / with Conv2D): 0.55x at 48 px and 0.75x at 64 px on 2 AVX2 cores,
-    1.07-1.21x at both on 2 AVX-512 cores (three runs), where oneDNN's convolution dilates
-    without the padding."""
+    CPU: it does without AVX-512, and not with it, where oneDNN's convolution dilates without
+    the padding (benchmarks/dilated_conv_speed.py; figures in benchmarks/RESULTS.md)."""
     return "avx512f" not in cpu_flags(cpuinfo)
 
 
@@ -182,8 +180,8 @@ class TapsConv2D(layers.Conv2D):
     """A 3x3 Conv2D (stride 1, "same", no bias) with a dilation rate, computed as one matrix
     product over the nine shifted copies of the map; the same kernel and results as Conv2D.
     TensorFlow's CPU kernels dilate by padding the map into rate x rate blocks, which on a
-    map under 4 x rate wide is mostly padding: at rate 4 on the 8x8 map of a 64 px input the
-    training step of that convolution took about 2.5x as long on AVX2 (benchmarks/RESULTS.md).
+    map under 4 x rate wide is mostly padding, so that convolution's training step is slower
+    than the product on AVX2 (benchmarks/RESULTS.md).
     Where that is not so (`taps_pay`), it runs Conv2D's own computation: the choice is made
     by the machine that runs the model, not by the one that saved it."""
 

@@ -30,9 +30,8 @@ from petloc.errors import PetlocError
 
 MAX_REQUEST_SETTING = "PETLOC_MAX_REQUEST_BYTES"
 # A round figure: a body costs MLflow's parsing (JSON, DataFrame, base64 copies) a few times its
-# size, so this keeps one request to a few hundred MB; it holds PETLOC_MAX_ROWS (64) rows of
-# photos up to about 0.7 MB (1 MB of base64 each), or two images at PETLOC_MAX_IMAGE_BYTES.
-# A larger batch goes in several requests.
+# size, so this bounds one request's memory; it holds PETLOC_MAX_ROWS rows of typical photos,
+# or two images at PETLOC_MAX_IMAGE_BYTES. A larger batch goes in several requests.
 DEFAULT_MAX_REQUEST_BYTES = 64_000_000
 # Requests whose bodies are read and answered at once; the others wait their turn, unread. Each
 # request is bounded, but many at once would add up; prediction keeps the cores busy with two.

@@ -64,8 +64,6 @@ def best_epoch(folder: str | Path | None) -> tuple[float, int] | None:
         return None
     # Any size (the weights are in it): np.load reads only the members asked for, a few bytes.
     with open_regular(path) as file, np.load(file) as saved:
-        if not {"score", "epoch"} <= set(saved.files):  # petloc before 2026-12-04 kept them apart: start the best afresh
-            return None
         return float(saved["score"]), int(saved["epoch"])
 
 
@@ -256,9 +254,9 @@ def fit(
 def endless(train: tf.data.Dataset) -> tuple[tf.data.Dataset, int | None]:
     """The training batches repeated, and the number in one pass: Keras then keeps one iterator
     for the whole fit and the pipeline runs on across epochs and validation. Keras makes a new
-    iterator for each epoch of a finite dataset: a probe put that at about 0.1 s an epoch on 2
-    cores (filling the shuffle buffer, augmenting the first batch, stopping the pipeline's
-    threads); benchmarks/pipeline_speed.py's before row. Each pass still reshuffles and draws new augmentations."""
+    iterator for each epoch of a finite dataset, which fills the shuffle buffer, augments the
+    first batch and stops the pipeline's threads again every epoch (benchmarks/RESULTS.md).
+    Each pass still reshuffles and draws new augmentations."""
     steps = int(train.cardinality())
     if steps <= 0:  # infinite or unknown: Keras reads it as it comes
         return train, None
@@ -268,10 +266,10 @@ def endless(train: tf.data.Dataset) -> tuple[tf.data.Dataset, int | None]:
 def build_training_state(model: keras.Model, train: tf.data.Dataset) -> None:
     """Creates the optimizer's slots and the losses' and metrics' totals before training.
     Keras 3 (TensorFlow, no distribution strategy) leaves them to the first trace of the
-    training step, and a `tf.function` that creates variables is traced twice: one trace of
-    about 1.5-2.5 s saved per trial on 2 cores (tests/test_model.py counts them). Keras's
-    own symbolic build, which it runs itself under a distribution strategy, from the
-    batches' spec (no batch is drawn, so the data's order is unchanged)."""
+    training step, and a `tf.function` that creates variables is traced twice; built first,
+    it is traced once (tests/test_model.py counts them). Keras's own symbolic build, which it
+    runs itself under a distribution strategy, from the batches' spec (no batch is drawn, so
+    the data's order is unchanged)."""
     symbolic_build = getattr(model, "_symbolic_build", None)  # private in Keras 3; without it, two traces
     if symbolic_build is not None:
         symbolic_build(data_batch=train.element_spec)
@@ -319,15 +317,14 @@ def fit_localiser(
 
 BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPU flags with bfloat16 maths in hardware
 # Below this input side bfloat16 was not steadily faster even with the units (small tensors:
-# the conversions cost about what the maths saves). benchmarks/RESULTS.md, 2-core EPYC with
-# avx512_bf16, bfloat16 step / float32 step: 1.26x and 0.92x at 64 px, 0.81x and 0.85x at 128 px.
+# the conversions cost about what the maths saves; benchmarks/RESULTS.md).
 BF16_MIN_IMAGE_SIZE = 128
 
 
 def resolved_precision(precision: str, image_size: int, cpuinfo: Path = CPUINFO) -> str:
     """The Keras dtype policy `train.precision` means for this machine and input size: `auto`
     is mixed_bfloat16 where the CPU has bf16 units and the images are large enough for it to
-    pay, float32 elsewhere (without the units bfloat16 is emulated, 14x slower)."""
+    pay, float32 elsewhere (without the units bfloat16 is emulated, far slower)."""
     if precision != "auto":
         return precision
     return "mixed_bfloat16" if cpu_flags(cpuinfo) & BF16_UNITS and image_size >= BF16_MIN_IMAGE_SIZE else "float32"
@@ -346,7 +343,7 @@ def dtype_policy(name: str):
 
 def in_float32(model: keras.Model, hp: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
     """The same network and weights in float32. A saved mixed-precision model computes in
-    bfloat16 wherever it is loaded, which is 14x slower on CPUs without bf16 units."""
+    bfloat16 wherever it is loaded, which is far slower on CPUs without bf16 units."""
     with dtype_policy("float32"):
         again = build_model(hp, image_size, pretrained)
     again.set_weights(model.get_weights())  # mixed precision keeps its weights in float32
