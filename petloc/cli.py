@@ -434,7 +434,7 @@ def oxford(out, url, val_share, seed, force, md5, replace_foreign):
         base_url=url or OFFICIAL_BASE,
         val_share=val_share,
         seed=seed,
-        log=click.echo,
+        say=click.echo,
         force=force,
         digests=parse_digests(md5),
         replace_foreign=replace_foreign,

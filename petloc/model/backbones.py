@@ -44,7 +44,6 @@ class Pretrained:
     width: float
     weights: list = field(repr=False)  # the backbone's weights, in Keras's order
     val_data: str | None  # the split it was trained on (train/val of which data)
-    caffe_inputs: bool = False  # it learnt on Caffe's inputs (resnet50 and vgg16 before -1..1)
 
 
 def build_backbone(name: str, image_size: int, width: float = 1.0, weights: str = "none", pretrained: Pretrained | None = None) -> keras.Model:
@@ -61,27 +60,12 @@ def _from_pretrained(name: str, image_size: int, pretrained: Pretrained | None) 
     convolutional). Its architecture and width are its own."""
     if pretrained is None or REGISTERED + pretrained.ref != name:
         raise PetlocError(f"backbone: {name} was not loaded from the Model Registry")
-    net = _with_caffe_inputs(build_backbone(pretrained.backbone, image_size, pretrained.width), pretrained.caffe_inputs)
+    net = build_backbone(pretrained.backbone, image_size, pretrained.width)
     try:
         net.set_weights(pretrained.weights)
     except ValueError as err:
         raise PetlocError(f"backbone: {name} does not hold a {pretrained.backbone} backbone ({err})") from None
     return net
-
-
-def takes_caffe_inputs(net: keras.Model) -> bool:
-    return any(isinstance(layer, CaffePreprocess) for layer in net.layers)
-
-
-def _with_caffe_inputs(net: keras.Model, caffe: bool) -> keras.Model:
-    """`net` with the input scaling its weights learnt on: a resnet50 or vgg16 pretrained
-    before they took -1..1 from scratch learnt on Caffe's inputs, and neither scaling layer
-    has weights, so nothing else would tell the two apart."""
-    if takes_caffe_inputs(net) == caffe:
-        return net
-    inner = next(layer for layer in net.layers if isinstance(layer, keras.Model))  # resnet50, vgg16: scaling, then the network
-    scaling = CaffePreprocess() if caffe else layers.Rescaling(1 / 127.5, offset=-1.0)
-    return _with_preprocess(scaling, inner, net.input_shape[1], net.name)
 
 
 def _weights_arg(weights: str) -> str | None:

@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
-from petloc.model.backbones import takes_caffe_inputs
 from petloc.registry_names import check_alias, check_name, parse_ref, printable
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 from petloc.tracking.store import configure
@@ -97,7 +96,7 @@ def pretrained_backbone(ref: str) -> Pretrained:
     if net is None:
         raise PetlocError(f"backbone: registered:{ref} holds no backbone network")
     return Pretrained(ref, run.data.params["backbone"], float(run.data.params["width"]), net.get_weights(),
-                      run.data.tags.get("val_data"), caffe_inputs=takes_caffe_inputs(net))
+                      run.data.tags.get("val_data"))
 
 
 def registered_version(uri: str):

@@ -293,25 +293,25 @@ def fit_localiser(
     """Builds and trains the localiser the hyperparameter `values` describe; keeps the best
     val_miou weights. `precision` is a Keras dtype policy for training; the model returned
     is float32. `pretrained` is the network a `registered:` backbone names."""
-    hp = Hyperparameters.of(values)
-    image_size, batch_size = int(hp.image_size), hp.batch_size
+    hparams = Hyperparameters.of(values)
+    image_size, batch_size = int(hparams.image_size), hparams.batch_size
     precision = resolved_precision(precision, image_size)
 
     def build() -> keras.Model:
         with dtype_policy(precision):
-            model = build_model(hp, image_size, pretrained)
-        return compile_model(model, hp, steps_per_epoch=-(-len(train) // batch_size), epochs=epochs, jit_compile=xla or "auto")
+            model = build_model(hparams, image_size, pretrained)
+        return compile_model(model, hparams, steps_per_epoch=-(-len(train) // batch_size), epochs=epochs, jit_compile=xla or "auto")
 
     def batches():
-        weights = CLASS_WEIGHTS[hp.class_weight](train.labels)
-        return train_batches(train, batch_size, hp.aug_strength, seed, weights, hp.aug_erase), eval_batches(val, batch_size)
+        weights = CLASS_WEIGHTS[hparams.class_weight](train.labels)
+        return train_batches(train, batch_size, hparams.aug_strength, seed, weights, hparams.aug_erase), eval_batches(val, batch_size)
 
     model, history = fit(
         build, batches, epochs, seed=seed, early_stopping=early_stopping, callbacks=callbacks,
         initial_epoch=initial_epoch, initial_weights=initial_weights, backup=backup,
     )
     if precision != "float32":
-        model = in_float32(model, hp, image_size, pretrained)
+        model = in_float32(model, hparams, image_size, pretrained)
     return model, history
 
 
@@ -341,10 +341,10 @@ def dtype_policy(name: str):
         keras.mixed_precision.set_global_policy(before)
 
 
-def in_float32(model: keras.Model, hp: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
+def in_float32(model: keras.Model, hparams: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
     """The same network and weights in float32. A saved mixed-precision model computes in
     bfloat16 wherever it is loaded, which is far slower on CPUs without bf16 units."""
     with dtype_policy("float32"):
-        again = build_model(hp, image_size, pretrained)
+        again = build_model(hparams, image_size, pretrained)
     again.set_weights(model.get_weights())  # mixed precision keeps its weights in float32
-    return compile_model(again, hp)
+    return compile_model(again, hparams)
