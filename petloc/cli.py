@@ -100,17 +100,10 @@ def config(experiment, overrides):
 
     OVERRIDES are key=value pairs, as for train and sweep. The output is itself an experiment file.
     """
-    import yaml
-
     from petloc.config import load_experiment
 
-    exp = load_experiment(experiment, overrides)
-    given = " with " + " ".join(overrides) if overrides else ""
-    click.echo(f"# {experiment}{given}, every default filled in")
-    click.echo(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False).rstrip())
-    click.echo("# petloc train uses these hyperparameters (the first choice of each list, the default or min of each range):")
-    for line in yaml.safe_dump(exp.fixed_hyperparameters(), sort_keys=False).splitlines():
-        click.echo(f"#   {line}")
+    for line in load_experiment(experiment, overrides).as_yaml(experiment, overrides):
+        click.echo(line)
 
 
 @cli.command()
@@ -383,14 +376,7 @@ def hyperparameters():
     from petloc import hyperparams
     from petloc.report import table
 
-    rows = []
-    for name in hyperparams.DECLARED:
-        choices, bounds = hyperparams.choices(name), hyperparams.bounds(name)
-        values = ", ".join(choices) if choices else (f"{bounds[0]} .. {bounds[1]}" if bounds else "")
-        default = hyperparams.default(name)
-        rows.append({"name": name, "type": hyperparams.kind(name).__name__, "default": "data.image_size" if default is None else default,
-                     "values": values, "what": hyperparams.doc(name)})
-    click.echo(table(rows))
+    click.echo(table(hyperparams.rows()))
 
 
 @cli.group()

@@ -288,6 +288,15 @@ class Experiment(Strict):
             values["image_size"] = self.data.image_size
         return values
 
+    def as_yaml(self, source: str, overrides: list[str] = ()) -> list[str]:
+        """`petloc config`'s lines: this experiment as an experiment file, every default filled
+        in, and the hyperparameters `petloc train` uses as comments."""
+        given = " with " + " ".join(overrides) if overrides else ""
+        lines = [f"# {source}{given}, every default filled in",
+                 yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False).rstrip(),
+                 "# petloc train uses these hyperparameters (the first choice of each list, the default or min of each range):"]
+        return lines + [f"#   {line}" for line in yaml.safe_dump(self.fixed_hyperparameters(), sort_keys=False).splitlines()]
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML reads YAML 1.1, where `1e-3` is a string; users mean a number (YAML 1.2)."""

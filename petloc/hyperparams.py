@@ -79,3 +79,14 @@ def choices(name: str) -> tuple[str, ...] | None:
 
 def doc(name: str) -> str:
     return DECLARED[name].metadata["doc"]
+
+
+def rows() -> list[dict[str, Any]]:
+    """The declaration as `petloc hyperparameters` shows it: one row per hyperparameter."""
+    listed = []
+    for name in DECLARED:
+        values = ", ".join(choices(name)) if choices(name) else (f"{bounds(name)[0]} .. {bounds(name)[1]}" if bounds(name) else "")
+        listed.append({"name": name, "type": kind(name).__name__,
+                       "default": "data.image_size" if default(name) is None else default(name),
+                       "values": values, "what": doc(name)})
+    return listed
