@@ -9,8 +9,9 @@ from petloc.search import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows
 
 
 def sweep_summary(name: str, result, seconds: float, model_ref: str) -> list[str]:
-    """The lines (a leaderboard of several) to print after the sweep `name` gave `result` (a
-    SweepResult) in `seconds`; `model_ref` names the promoted model, such as petloc@champion."""
+    """What to print, line by line, after the sweep `name` gave `result` (a SweepResult) in
+    `seconds` (the leaderboard is one entry of several lines); `model_ref` names the promoted
+    model, such as petloc@champion."""
     trials = len(trial_rows(result.leaderboard))
     ends = {row["trial"] for row in result.leaderboard} & {FINAL_TRIAL, ENSEMBLE_TRIAL}
     extra = "".join(f", {what}" for trial, what in ((FINAL_TRIAL, "the final run"), (ENSEMBLE_TRIAL, "their ensemble")) if trial in ends)
