@@ -41,7 +41,7 @@ def main() -> None:
     generate(project / "quick", count=1500, seed=0)
     exp = experiment(project / "quick", 6)
     hp = exp.fixed_hyperparameters()
-    data = prepare_data(exp.data, SIZE, log=lambda _: None)
+    data = prepare_data(exp.data, SIZE, say=lambda _: None)
     store.configure(None)
     experiment_id = runs.experiment_id("bench")
 

@@ -56,7 +56,7 @@ def untracked(exp) -> tuple[float, float]:
     """Wall time of the untracked trial, and of its work around the fit (the data cache read)."""
     start = time.perf_counter()
     hp = exp.fixed_hyperparameters()
-    data = prepare_data(exp.data, hp["image_size"], log=lambda _: None)
+    data = prepare_data(exp.data, hp["image_size"], say=lambda _: None)
     fitting = time.perf_counter()
     fit_localiser(hp, data.train, data.val, exp.train.epochs, seed=exp.train.seed, precision=exp.train.precision)
     end = time.perf_counter()
@@ -142,7 +142,7 @@ def main() -> None:
     for name, (count, epochs) in SIZES.items():
         generate(project / name, count=count, seed=0)
         exps[name] = experiment(project / name, epochs)
-        prepare_data(exps[name].data, SIZE, log=lambda _: None)  # each data cache made before timing
+        prepare_data(exps[name].data, SIZE, say=lambda _: None)  # each data cache made before timing
     with contextlib.redirect_stdout(io.StringIO()):  # warm up once, on the tiny trial: the store made, first imports and traces
         untracked(exps["tiny"]), tracked(exps["tiny"])
     hooks, pieces = HookClock(), PieceClock()

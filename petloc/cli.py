@@ -81,14 +81,13 @@ def train(experiment, overrides):
 
     exp = load_experiment(experiment, overrides)  # a bad file is one line before TensorFlow loads
 
-    import mlflow
-
     from petloc.report import table
+    from petloc.tracking import store
     from petloc.tracking.training_runs import train_run
 
     run = train_run(exp, click.echo)
     click.echo(table([run.summary]))
-    click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({mlflow.get_tracking_uri()})")
+    click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({store.configure(exp.tracking.uri)})")
     click.echo(f"model: runs:/{run.run_id}/model   browse: petloc ui")
 
 
@@ -101,17 +100,10 @@ def config(experiment, overrides):
 
     OVERRIDES are key=value pairs, as for train and sweep. The output is itself an experiment file.
     """
-    import yaml
-
     from petloc.config import load_experiment
 
-    exp = load_experiment(experiment, overrides)
-    given = " with " + " ".join(overrides) if overrides else ""
-    click.echo(f"# {experiment}{given}, every default filled in")
-    click.echo(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False).rstrip())
-    click.echo("# petloc train uses these hyperparameters (the first choice of each list, the default or min of each range):")
-    for line in yaml.safe_dump(exp.fixed_hyperparameters(), sort_keys=False).splitlines():
-        click.echo(f"#   {line}")
+    for line in load_experiment(experiment, overrides).as_yaml(experiment, overrides):
+        click.echo(line)
 
 
 @cli.command()
@@ -197,25 +189,10 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
         from petloc.search.sweep import run_sweep
 
         result = run_sweep(exp, fresh=fresh, log=click.echo)
-    _print_sweep_result(exp, result, time.perf_counter() - start)
+    from petloc.search.summary import sweep_summary
 
-
-def _print_sweep_result(exp, result, seconds: float) -> None:
-    from petloc.report import table
-    from petloc.search import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows
-
-    trials = len(trial_rows(result.leaderboard))
-    ends = {row["trial"] for row in result.leaderboard} & {FINAL_TRIAL, ENSEMBLE_TRIAL}
-    extra = "".join(f", {what}" for trial, what in ((FINAL_TRIAL, "the final run"), (ENSEMBLE_TRIAL, "their ensemble")) if trial in ends)
-    click.echo(f"\nLeaderboard of sweep '{exp.name}' ({trials} finished, {result.failed} failed{extra}, {seconds:.0f} s):")
-    click.echo(table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard], same_decimals=True))
-    if result.promotion:
-        click.echo(f"\nregistry: {result.promotion.reason}")
-    ref = f"{exp.registry.name}@{exp.registry.alias}"  # quoted below: a name may hold quotes or spaces
-    click.echo(f"\nparent run {result.parent_run_id}; browse with: petloc ui")
-    quoted = shlex.quote(ref)
-    click.echo(f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA")
-    click.echo(f"from Python: petloc.load_model({ref!r}).predict([image])")
+    for line in sweep_summary(exp.name, result, time.perf_counter() - start, f"{exp.registry.name}@{exp.registry.alias}"):
+        click.echo(line)
 
 
 @cli.command()
@@ -275,38 +252,11 @@ def models():
               help="Serve a --host beyond this machine without users: anyone who reaches it may change and delete every run.")
 def ui(host, port, workers, no_auth):
     """The MLflow UI on the project's store (mlruns/)."""
-    import subprocess
+    from petloc.tracking.ui import serve_ui
 
-    from petloc.tracking import auth, server, store
-
-    if not no_auth and not auth.is_loopback(host):  # MLflow's UI changes and deletes too; it has no users of its own
-        raise PetlocError(f"--host {host} lets other machines change and delete every run and model: share the store "
-                          "with petloc tracking-server --auth, or say --no-auth")
-    uri = store.configure()
-    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
-        click.echo(f"the tracking server {uri} serves the MLflow UI: open {uri}")
-        for line in _ui_pages(uri):
-            click.echo(line)
-        return
-    server.check_port_free(host, port)  # else MLflow's bind error drowns in its log and we exit 0
-    click.echo(f"MLflow UI for {uri}  (Ctrl+C to stop)")
-    for line in _ui_pages(server.client_uri_of(host, port)):
-        click.echo(line)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (store.STORE_DIR / "artifacts").resolve().as_uri()]
-    cmd += ["--workers", str(workers)]  # MLflow's default of 4 costs memory and start-up for one user
-    # MLflow's job queues serve its GenAI features, which petloc does not use; off, the UI
-    # starts in seconds and leaves nothing behind in /dev/shm.
-    env = {**os.environ}
-    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    mlflow_ui = subprocess.Popen(cmd, env=env)
-    try:
-        sys.exit(mlflow_ui.wait())
-    except KeyboardInterrupt:  # Ctrl+C reaches the server too; SIGTERM reaches only us: pass it on
-        mlflow_ui.terminate()
-        mlflow_ui.wait(timeout=30)
-        raise
+    code = serve_ui(host, port, workers, allow_unauthenticated=no_auth, say=click.echo)
+    if code:
+        sys.exit(code)
 
 
 @cli.command("tracking-server")
@@ -338,25 +288,6 @@ def tracking_server(backend, artifacts, host, port, workers, allowed_hosts, auth
     server.serve(backend, artifacts, host, port, workers, names, door, say=click.echo)
 
 
-# MLflow 3.17's UI shows its GenAI pages unless the page's URL or the browser's own choice (the
-# "Model training" switch, kept in the browser's localStorage) says otherwise; no server setting does.
-MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-UI_EXPERIMENTS_LISTED = 5
-
-
-def _ui_pages(base: str) -> list[str]:
-    """Where a petloc user wants to land: the experiments, and the runs of the latest ones."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    experiments = client.search_experiments(max_results=UI_EXPERIMENTS_LISTED + 1, order_by=["last_update_time DESC"])
-    with_runs = [e for e in experiments if e.name != "Default" or client.search_runs([e.experiment_id], max_results=1)]
-    lines = [f"  experiments    {base}/#/experiments"]
-    lines += [f"  runs of {e.name}    {base}/#/experiments/{e.experiment_id}/runs?{MODEL_TRAINING_VIEW}" for e in with_runs[:UI_EXPERIMENTS_LISTED]]
-    lines.append('MLflow opens on its GenAI pages: choose "Model training" at its top left once, and this browser shows runs and models.')
-    return lines
-
-
 @cli.command()
 @click.argument("model")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -367,33 +298,9 @@ def serve(model, host, port):
     MODEL: petloc@champion, petloc/3, models:/..., runs:/RUN/model or a model folder.
     POST {"dataframe_records": [{"image": "<base64 JPEG>"}]} to /invocations.
     """
-    from petloc.tracking import model_server, store
-    from petloc.tracking.server import check_port_free
+    from petloc.tracking.model_server import serve_model
 
-    model_server.check_settings()  # a mistyped limit is one line here, not a traceback in the server
-    check_port_free(host, port)  # before the model loads
-    tracking_uri = store.configure()
-    served = _served_model(model)
-    named = model if served.startswith("models:/m-") else served  # a registered version: as the user named it
-    click.echo(f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")
-    # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one).
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    sys.stdout.flush()
-    # The server then owns this process: signals reach it directly, and TensorFlow's memory
-    # here is given back.
-    os.execve(sys.executable, model_server.command(served, host, port), env)
-
-
-def _served_model(ref: str) -> str:
-    """A model folder as it is, else the MLflow URI of `ref`; one line when the registry has no such version."""
-    from petloc.tracking import registry
-
-    if Path(ref, "MLmodel").is_file():
-        return str(Path(ref).resolve())
-    uri = registry.model_uri(ref)
-    if uri is None:
-        raise PetlocError(f"{ref}: name a registered model (petloc@champion, petloc/3), an MLflow URI (models:/..., runs:/...) or a model folder")
-    return registry.loadable_uri(uri)
+    serve_model(model, host, port, say=click.echo)  # the scoring server then owns this process
 
 
 @cli.command()
@@ -469,14 +376,7 @@ def hyperparameters():
     from petloc import hyperparams
     from petloc.report import table
 
-    rows = []
-    for name in hyperparams.DECLARED:
-        choices, bounds = hyperparams.choices(name), hyperparams.bounds(name)
-        values = ", ".join(choices) if choices else (f"{bounds[0]} .. {bounds[1]}" if bounds else "")
-        default = hyperparams.default(name)
-        rows.append({"name": name, "type": hyperparams.kind(name).__name__, "default": "data.image_size" if default is None else default,
-                     "values": values, "what": hyperparams.doc(name)})
-    click.echo(table(rows))
+    click.echo(table(hyperparams.rows()))
 
 
 @cli.group()
@@ -520,7 +420,7 @@ def oxford(out, url, val_share, seed, force, md5, replace_foreign):
         base_url=url or OFFICIAL_BASE,
         val_share=val_share,
         seed=seed,
-        log=click.echo,
+        say=click.echo,
         force=force,
         digests=parse_digests(md5),
         replace_foreign=replace_foreign,

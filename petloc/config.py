@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from functools import partial
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
@@ -18,7 +19,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
 from petloc import hyperparams
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
-from petloc.hyperparams import BACKBONE_NAMES, REGISTERED
+from petloc.hyperparams import REGISTERED
 from petloc.registry_names import alias_problem, described, name_problem, parse_ref, printable
 
 Scalar = Union[bool, int, float, str, None]
@@ -188,28 +189,41 @@ class RegistryConfig(Strict):
     ensemble: int = Field(0, ge=0, le=8)
 
 
-class PretrainConfig(Strict):
-    """`petloc pretrain`: a cat / dog classifier whose backbone a localiser can start from."""
+def _declared_choice(name: str, value: str) -> str:
+    registry = hyperparams.choices(name)
+    if value not in registry:
+        raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
+    return value
 
-    backbone: str = "small_resnet"
-    width: float = Field(0.5, ge=0.1, le=4.0)
+
+def declared(name: str) -> Any:
+    """The type of hyperparameter `name` as petloc.hyperparams declares it, with its bounds or
+    choices; None too where the declaration's default is None (image_size: data.image_size)."""
+    low, high = hyperparams.bounds(name) or (None, None)
+    checks = [Field(ge=low, le=high)]
+    if hyperparams.choices(name) is not None:
+        checks.append(AfterValidator(partial(_declared_choice, name)))
+    checked = Annotated[(hyperparams.kind(name), *checks)]
+    return Optional[checked] if hyperparams.default(name) is None else checked
+
+
+class PretrainConfig(Strict):
+    """`petloc pretrain`: a cat / dog classifier whose backbone a localiser can start from.
+    Its hyperparameters take the declaration's types, bounds and choices; some defaults are
+    pretraining's own."""
+
+    backbone: declared("backbone") = "small_resnet"
+    width: declared("width") = 0.5
     epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
-    aug_strength: float = Field(0.6, ge=0.0, le=1.0)
-    dropout: float = Field(0.3, ge=0.0, le=0.9)
-    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
-    batch_size: int = Field(32, ge=1, le=1024)
+    aug_strength: declared("aug_strength") = 0.6
+    dropout: declared("dropout") = 0.3
+    learning_rate: declared("learning_rate") = 2e-3
+    batch_size: declared("batch_size") = hyperparams.default("batch_size")
     head_crops: bool = True  # also learn from a crop around each head
-    image_size: int | None = Field(None, ge=32, le=1024)  # None: data.image_size; smaller pretrains faster
+    image_size: declared("image_size") = hyperparams.default("image_size")  # None: data.image_size; smaller pretrains faster
     xla: bool = False  # XLA-compiled training steps, as train.xla
     register_as: RegistryName = "petloc-backbone"
     alias: RegistryAlias = "champion"
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, value: str) -> str:
-        if value not in BACKBONE_NAMES:
-            raise ValueError(f"unknown backbone {value!r}; choose from {', '.join(sorted(BACKBONE_NAMES))}")
-        return value
 
 
 # A sweep's name becomes a folder (mlruns/tuner/NAME): one plain path component, never a path.
@@ -273,6 +287,15 @@ class Experiment(Strict):
         if values["image_size"] is None:
             values["image_size"] = self.data.image_size
         return values
+
+    def as_yaml(self, source: str, overrides: list[str] = ()) -> list[str]:
+        """`petloc config`'s lines: this experiment as an experiment file, every default filled
+        in, and the hyperparameters `petloc train` uses as comments."""
+        given = " with " + " ".join(overrides) if overrides else ""
+        lines = [f"# {source}{given}, every default filled in",
+                 yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False).rstrip(),
+                 "# petloc train uses these hyperparameters (the first choice of each list, the default or min of each range):"]
+        return lines + [f"#   {line}" for line in yaml.safe_dump(self.fixed_hyperparameters(), sort_keys=False).splitlines()]
 
 
 class _Loader(yaml.SafeLoader):

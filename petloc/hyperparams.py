@@ -4,7 +4,7 @@ what it does. The experiment schema (`petloc.config`), the model builder and
 
 Plain data, free of TensorFlow: a mistyped name in an experiment file is answered before
 Keras loads. The choices are the names in `petloc.model`'s registries (backbones, box heads,
-losses, ...), declared here too; tests/test_hyperparams.py checks that the two agree, so a new
+losses, ...), declared here too; tests/model/test_hyperparameter_names.py checks that the two agree, so a new
 registry entry needs its name added here to be a valid choice.
 """
 
@@ -79,3 +79,14 @@ def choices(name: str) -> tuple[str, ...] | None:
 
 def doc(name: str) -> str:
     return DECLARED[name].metadata["doc"]
+
+
+def rows() -> list[dict[str, Any]]:
+    """The declaration as `petloc hyperparameters` shows it: one row per hyperparameter."""
+    listed = []
+    for name in DECLARED:
+        values = ", ".join(choices(name)) if choices(name) else (f"{bounds(name)[0]} .. {bounds(name)[1]}" if bounds(name) else "")
+        listed.append({"name": name, "type": kind(name).__name__,
+                       "default": "data.image_size" if default(name) is None else default(name),
+                       "values": values, "what": doc(name)})
+    return listed

@@ -92,7 +92,7 @@ def pip_requirements() -> list[str]:
     return list(_pinned_requirements())
 
 
-@functools.cache  # reading the installed packages' metadata took 0.03-0.06 s of every trial's model logging
+@functools.cache  # the installed packages do not change in a process; reading their metadata slowed every trial's model logging
 def _pinned_requirements() -> tuple[str, ...]:
     from packaging.requirements import Requirement
 
@@ -107,8 +107,8 @@ def _pinned_requirements() -> tuple[str, ...]:
 @contextmanager
 def _as_served(model):
     """`model` without its training state while it is saved: Adam's two slots a weight made
-    the quick model's file 2.9x as large (5.4 MB against 1.9 MB), every trial, and loading it
-    compiled losses and metrics nobody who predicts uses. A logged model loads uncompiled.
+    every trial's model file several times larger, and loading it compiled losses and
+    metrics nobody who predicts uses. A logged model loads uncompiled.
     Every compiled network inside goes too: Keras saves a wrapped one's (test-time augmentation)."""
     import keras
 

@@ -83,7 +83,7 @@ def jitter_colours(images: tf.Tensor, strength: float, seed) -> tf.Tensor:
     image's mean (which saturation leaves alone), brightness b, contrast c and saturation s
     give b*c*s*x + b*c*(1-s)*grey + b*(1-c)*m, that is a 3x3 matrix on each pixel's colour
     plus an offset: one matrix product over the pixels instead of eight elementwise passes,
-    which made a batch cost the pipeline about 1.5x the CPU time (benchmarks/pipeline_speed.py)."""
+    which cost the pipeline more CPU time a batch (benchmarks/pipeline_speed.py)."""
     n = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 3)
     amount = 0.4 * strength

@@ -65,7 +65,7 @@ def download_oxford(
     base_url: str = OFFICIAL_BASE,
     val_share: float = 0.15,
     seed: int = 0,
-    log=print,
+    say=print,
     force: bool = False,
     digests: dict[str, str] | None = None,
     replace_foreign: bool = False,
@@ -84,14 +84,14 @@ def download_oxford(
         raise PetlocError(foreign_refusal(out / "cats_dogs"))
     for name, (top, patterns) in ARCHIVES.items():
         if (out / top).is_dir():
-            log(f"{out / top} already extracted: {name} not needed")
+            say(f"{out / top} already extracted: {name} not needed")
             continue
         archive = out / "downloads" / name
-        fetch(base_url.rstrip("/") + "/" + name, archive, out, log)
+        fetch(base_url.rstrip("/") + "/" + name, archive, out, say)
         verify_md5(archive, digests[name], out)
         check_archive(archive, patterns, out)
-        extract(archive, out, top, log)
-    return convert(out, val_share, seed, log, force, replace_foreign)
+        extract(archive, out, top, say)
+    return convert(out, val_share, seed, say, force, replace_foreign)
 
 
 def parse_digests(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -105,10 +105,10 @@ def parse_digests(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     return digests
 
 
-def fetch(url: str, dest: Path, out: Path, log=print) -> None:
+def fetch(url: str, dest: Path, out: Path, say=print) -> None:
     """Download `url` to `dest` through `dest.part`; a present `dest` is complete by construction."""
     if dest.is_file():
-        log(f"{dest} already downloaded")
+        say(f"{dest} already downloaded")
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = inside(dest.with_name(dest.name + ".part"), out)  # never write through a link leading out
@@ -129,7 +129,7 @@ def fetch(url: str, dest: Path, out: Path, log=print) -> None:
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # the .part is not a prefix the server can continue: start over
             remove_tree(part, out)
-            return fetch(url, dest, out, log)
+            return fetch(url, dest, out, say)
         raise PetlocError(f"cannot download {url}: HTTP {err.code} {err.reason}; {OFFLINE_HINT}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         raise PetlocError(f"cannot download {url}: {_reason(err)}; {OFFLINE_HINT}") from None
@@ -174,7 +174,7 @@ class UnsafeMember(Exception):
     """A member extraction refuses: the message names it and says why."""
 
 
-def extract(archive: Path, out: Path, top: str, log=print) -> None:
+def extract(archive: Path, out: Path, top: str, say=print) -> None:
     """Unpack into a staging folder, then move `top` into `out`, so `out/top` means complete.
 
     Member by member under our own rules, not tarfile's filters: before the patched Pythons,
@@ -184,7 +184,7 @@ def extract(archive: Path, out: Path, top: str, log=print) -> None:
     staging = archive.with_name(archive.name + ".extracting")
     remove_tree(staging, out)
     staging.mkdir()
-    log(f"extracting {archive}")
+    say(f"extracting {archive}")
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
@@ -238,7 +238,7 @@ def unsafe_reason(member: tarfile.TarInfo, top: str) -> str | None:
     return None
 
 
-def convert(out: Path, val_share: float, seed: int, log=print, force: bool = False, replace_foreign: bool = False) -> Path:
+def convert(out: Path, val_share: float, seed: int, say=print, force: bool = False, replace_foreign: bool = False) -> Path:
     """The usable Oxford samples as `out/cats_dogs/{train,valid}/NAME.jpg + NAME.txt`."""
     dest = out / "cats_dogs"
     settings = {"val_share": val_share, "seed": seed}
@@ -247,13 +247,13 @@ def convert(out: Path, val_share: float, seed: int, log=print, force: bool = Fal
         raise PetlocError(foreign_refusal(dest))
     if dest.is_dir() and not foreign and not force:
         if _read_settings(dest) == settings:
-            log(f"{dest} already converted with val_share={val_share}, seed={seed}: nothing to do (force=True redoes it)")
+            say(f"{dest} already converted with val_share={val_share}, seed={seed}: nothing to do (force=True redoes it)")
             return dest
-        log(f"{dest} was made with other settings: converting again")
+        say(f"{dest} was made with other settings: converting again")
     samples, skipped = _usable(out)
-    log(f"{len(samples)} images with a head box; {len(skipped)} skipped")
+    say(f"{len(samples)} images with a head box; {len(skipped)} skipped")
     for item in skipped:
-        log(f"  skipped {item}")
+        say(f"  skipped {item}")
     splits = dict(zip(("train", "valid"), _split(samples, val_share, seed)))
     staging = out / "cats_dogs.part"  # renamed when complete: an interrupted run leaves no half dataset
     remove_tree(staging, out)
@@ -265,13 +265,13 @@ def convert(out: Path, val_share: float, seed: int, log=print, force: bool = Fal
             (folder / f"{sample.path.stem}.txt").write_text(annotation_line(sample.label, sample.box))
     (staging / SETTINGS_FILE).write_text(json.dumps(settings))
     if foreign:
-        log(f"{dest} was not made by petloc: moved it aside to {move_aside(dest)}")
+        say(f"{dest} was not made by petloc: moved it aside to {move_aside(dest)}")
     else:
         remove_tree(dest, out)
     staging.rename(dest)
     for split, chosen in splits.items():
         counts = Counter(CLASS_NAMES[s.label] for s in chosen)
-        log(f"{dest / split}: {len(chosen)} images ({', '.join(f'{n} {counts[n]}' for n in CLASS_NAMES)})")
+        say(f"{dest / split}: {len(chosen)} images ({', '.join(f'{n} {counts[n]}' for n in CLASS_NAMES)})")
     return dest
 
 

@@ -334,7 +334,7 @@ def generate(out: Path, count: int = 1500, seed: int = 0, size: int = 128) -> Pa
             raise OSError(f"{out / name}.jpg: could not write the image")
         (out / f"{name}.txt").write_text(annotation_line(label, box))
 
-    # NumPy and OpenCV release the GIL for most of an image's work: 1.4x on 2 cores. Images go
+    # NumPy and OpenCV release the GIL for most of an image's work, so threads pay. Images go
     # to the pool a batch at a time, so a stop cancels what is not yet started.
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         try:

@@ -44,7 +44,6 @@ class Pretrained:
     width: float
     weights: list = field(repr=False)  # the backbone's weights, in Keras's order
     val_data: str | None  # the split it was trained on (train/val of which data)
-    caffe_inputs: bool = False  # it learnt on Caffe's inputs (resnet50 and vgg16 before -1..1)
 
 
 def build_backbone(name: str, image_size: int, width: float = 1.0, weights: str = "none", pretrained: Pretrained | None = None) -> keras.Model:
@@ -61,27 +60,12 @@ def _from_pretrained(name: str, image_size: int, pretrained: Pretrained | None) 
     convolutional). Its architecture and width are its own."""
     if pretrained is None or REGISTERED + pretrained.ref != name:
         raise PetlocError(f"backbone: {name} was not loaded from the Model Registry")
-    net = _with_caffe_inputs(build_backbone(pretrained.backbone, image_size, pretrained.width), pretrained.caffe_inputs)
+    net = build_backbone(pretrained.backbone, image_size, pretrained.width)
     try:
         net.set_weights(pretrained.weights)
     except ValueError as err:
         raise PetlocError(f"backbone: {name} does not hold a {pretrained.backbone} backbone ({err})") from None
     return net
-
-
-def takes_caffe_inputs(net: keras.Model) -> bool:
-    return any(isinstance(layer, CaffePreprocess) for layer in net.layers)
-
-
-def _with_caffe_inputs(net: keras.Model, caffe: bool) -> keras.Model:
-    """`net` with the input scaling its weights learnt on: a resnet50 or vgg16 pretrained
-    before they took -1..1 from scratch learnt on Caffe's inputs, and neither scaling layer
-    has weights, so nothing else would tell the two apart."""
-    if takes_caffe_inputs(net) == caffe:
-        return net
-    inner = next(layer for layer in net.layers if isinstance(layer, keras.Model))  # resnet50, vgg16: scaling, then the network
-    scaling = CaffePreprocess() if caffe else layers.Rescaling(1 / 127.5, offset=-1.0)
-    return _with_preprocess(scaling, inner, net.input_shape[1], net.name)
 
 
 def _weights_arg(weights: str) -> str | None:
@@ -170,10 +154,8 @@ def _conv_bn(x, filters: int, strides: int = 1, dilation: int = 1):
 
 def taps_pay(cpuinfo: Path = CPUINFO) -> bool:
     """Whether TapsConv2D's matrix product beats TensorFlow's own dilated convolution on this
-    CPU. Measured side by side (benchmarks/dilated_conv_speed.py, simple_context's training
-    step with TapsConv2D / with Conv2D): 0.55x at 48 px and 0.75x at 64 px on 2 AVX2 cores,
-    1.07-1.21x at both on 2 AVX-512 cores (three runs), where oneDNN's convolution dilates
-    without the padding."""
+    CPU: it does without AVX-512, and not with it, where oneDNN's convolution dilates without
+    the padding (benchmarks/dilated_conv_speed.py; figures in benchmarks/RESULTS.md)."""
     return "avx512f" not in cpu_flags(cpuinfo)
 
 
@@ -182,8 +164,8 @@ class TapsConv2D(layers.Conv2D):
     """A 3x3 Conv2D (stride 1, "same", no bias) with a dilation rate, computed as one matrix
     product over the nine shifted copies of the map; the same kernel and results as Conv2D.
     TensorFlow's CPU kernels dilate by padding the map into rate x rate blocks, which on a
-    map under 4 x rate wide is mostly padding: at rate 4 on the 8x8 map of a 64 px input the
-    training step of that convolution took about 2.5x as long on AVX2 (benchmarks/RESULTS.md).
+    map under 4 x rate wide is mostly padding, so that convolution's training step is slower
+    than the product on AVX2 (benchmarks/RESULTS.md).
     Where that is not so (`taps_pay`), it runs Conv2D's own computation: the choice is made
     by the machine that runs the model, not by the one that saved it."""
 
@@ -250,7 +232,7 @@ def efficientnetb0(image_size: int, width: float, weights: str | None) -> keras.
 def _caffe_or_unit(weights: str | None) -> layers.Layer:
     """Caffe's inputs (BGR minus the ImageNet mean, +-128) are what ResNet50's and VGG16's
     ImageNet weights were trained on; from scratch, inputs in -1..1 instead, as every other
-    backbone: at +-128 VGG16's first class loss was 305 (tests/test_backbones_learn.py)."""
+    backbone: at +-128 VGG16's first class loss was 305 (tests/model/test_backbones_learn.py)."""
     return CaffePreprocess() if weights else layers.Rescaling(1 / 127.5, offset=-1.0)
 
 

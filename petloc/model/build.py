@@ -19,25 +19,25 @@ from petloc.model.losses import BOX_LOSSES, class_loss
 from petloc.model.metrics import MeanIoU
 
 
-def build_model(hp: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
-    """The localiser `hp` describes; `pretrained` is the network a `registered:` backbone names."""
-    backbone = build_backbone(hp.backbone, image_size, hp.width, hp.weights, pretrained)
-    backbone.trainable = not hp.freeze_backbone  # frozen, its BatchNorms also stay in inference mode
+def build_model(hparams: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
+    """The localiser `hparams` describes; `pretrained` is the network a `registered:` backbone names."""
+    backbone = build_backbone(hparams.backbone, image_size, hparams.width, hparams.weights, pretrained)
+    backbone.trainable = not hparams.freeze_backbone  # frozen, its BatchNorms also stay in inference mode
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     features = backbone(inputs)
 
     pooled = class_pool(features)
 
-    box, head_features = BOX_HEADS[hp.box_head](hp, features)
+    box, head_features = BOX_HEADS[hparams.box_head](hparams, features)
     if head_features is not None:  # the box head found where the head is: let the class head see it
         pooled = layers.Concatenate(name="cls_with_head")([pooled, head_features])
 
     # A second stage may look again at the head the box found, and classify from both.
-    pooled = SECOND_STAGES[hp.second_stage](hp, inputs, box, pooled, pretrained)
+    pooled = SECOND_STAGES[hparams.second_stage](hparams, inputs, box, pooled, pretrained)
     cls = layers.Dense(2, activation="softmax", name="cls", dtype="float32")(
-        dense_stack(pooled, hp.head_units, hp.head_depth, hp.dropout, "cls")
+        dense_stack(pooled, hparams.head_units, hparams.head_depth, hparams.dropout, "cls")
     )
-    return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_" + re.sub(r"[^\w]+", "_", hp.backbone).strip("_"))
+    return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_" + re.sub(r"[^\w]+", "_", hparams.backbone).strip("_"))
 
 
 def class_pool(features):
@@ -51,13 +51,13 @@ def class_pool(features):
     return layers.Concatenate(name="cls_pools")([average, strongest])
 
 
-def compile_model(model: keras.Model, hp: Hyperparameters, steps_per_epoch: int = 0, epochs: int = 0, jit_compile="auto") -> keras.Model:
+def compile_model(model: keras.Model, hparams: Hyperparameters, steps_per_epoch: int = 0, epochs: int = 0, jit_compile="auto") -> keras.Model:
     """The localiser's losses and metrics, Adam as `optimizer` says. `jit_compile` is Keras's:
     "auto" means no XLA on a CPU."""
     model.compile(
-        optimizer=optimizer(hp.learning_rate, steps_per_epoch * epochs, hp.ema, warmup_steps=round(hp.lr_warmup * steps_per_epoch)),
-        loss={"cls": class_loss(hp.label_smoothing), "box": BOX_LOSSES[hp.box_loss]},
-        loss_weights={"cls": 1.0, "box": hp.box_loss_weight},
+        optimizer=optimizer(hparams.learning_rate, steps_per_epoch * epochs, hparams.ema, warmup_steps=round(hparams.lr_warmup * steps_per_epoch)),
+        loss={"cls": class_loss(hparams.label_smoothing), "box": BOX_LOSSES[hparams.box_loss]},
+        loss_weights={"cls": 1.0, "box": hparams.box_loss_weight},
         metrics={"cls": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], "box": [MeanIoU()]},
         jit_compile=jit_compile,
     )

@@ -51,23 +51,23 @@ class CropBoxes(layers.Layer):
         return {**super().get_config(), "size": self.size, "margin": self.margin}
 
 
-def _head_crop_stage(hp: Hyperparameters, inputs, box, pooled, pretrained: Pretrained | None):
+def _head_crop_stage(hparams: Hyperparameters, inputs, box, pooled, pretrained: Pretrained | None):
     """A second backbone of the same kind, on the head crop at half the input size; its pooled
     features join the whole photo's."""
     size = max(32, inputs.shape[1] // 2)
-    net = build_backbone(hp.backbone, size, hp.width, hp.weights, pretrained)
+    net = build_backbone(hparams.backbone, size, hparams.width, hparams.weights, pretrained)
     crop_net = keras.Model(net.input, net.output, name=f"crop_{net.name}")  # names must be unique
-    crop_net.trainable = not hp.freeze_backbone
+    crop_net.trainable = not hparams.freeze_backbone
     crops = CropBoxes(size, name="head_crop", dtype="float32")(inputs, box)  # crop_and_resize has no bfloat16
     crop_pooled = layers.GlobalAveragePooling2D(name="crop_pool")(crop_net(crops))
     return layers.Concatenate(name="cls_features")([pooled, crop_pooled])
 
 
 # How the class head sees the photo: the whole photo only, or also the head crop.
-SECOND_STAGES = {"none": lambda hp, inputs, box, pooled, pretrained: pooled, "head_crop": _head_crop_stage}
+SECOND_STAGES = {"none": lambda hparams, inputs, box, pooled, pretrained: pooled, "head_crop": _head_crop_stage}
 
 
-def _dense_box_head(hp: Hyperparameters, features):
+def _dense_box_head(hparams: Hyperparameters, features):
     """Keep the spatial layout (a thin 1x1 conv), flatten, and regress the four corners."""
     # BatchNorm keeps the flattened map's scale steady: without it the box sigmoids were
     # seen to saturate on real photos (every prediction the whole image, no gradient).
@@ -80,7 +80,7 @@ def _dense_box_head(hp: Hyperparameters, features):
     squeezed = layers.Activation("relu", name="box_squeeze_relu")(layers.BatchNormalization(momentum=0.9, name="box_squeeze_bn")(squeezed))
     flat = layers.Flatten(name="box_flatten")(squeezed)
     box = layers.Dense(4, activation="sigmoid", name="box", dtype="float32")(
-        dense_stack(flat, hp.head_units, hp.head_depth, hp.dropout, "box")
+        dense_stack(flat, hparams.head_units, hparams.head_depth, hparams.dropout, "box")
     )
     return box, None
 
@@ -111,7 +111,7 @@ class CentreSizeBox(layers.Layer):
         return ops.clip(ops.concatenate([centre - half, centre + half], axis=-1), 0.0, 1.0)
 
 
-def _centre_box_head(hp: Hyperparameters, features):
+def _centre_box_head(hparams: Hyperparameters, features):
     """Where: a heat map over the feature map, read out as its expected position (translation
     equivariant, and exact between cells). How big: regressed from the features there."""
     x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="box_map_conv")(features)
@@ -120,7 +120,7 @@ def _centre_box_head(hp: Hyperparameters, features):
     # float32 even under mixed precision: bfloat16 rounds a position to 1/256 (half a pixel at 128 px).
     centre, at_head = SoftArgmaxPool(name="box_centre", dtype="float32")(logits, features)
     size = layers.Dense(2, activation="sigmoid", name="box_size", dtype="float32")(
-        dense_stack(at_head, hp.head_units, hp.head_depth, hp.dropout, "box")
+        dense_stack(at_head, hparams.head_units, hparams.head_depth, hparams.dropout, "box")
     )
     return CentreSizeBox(name="box", dtype="float32")(centre, size), at_head
 

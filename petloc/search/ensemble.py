@@ -57,7 +57,7 @@ def log_ensemble(exp: Experiment, parent: str, rows: list[dict], say: Callable[[
     models = [registry.load_localiser(client.get_run(row["run_id"]).data.tags["model_uri"]) for row in members]
     model = average_of(models)
     size = int(members[0]["image_size"])
-    data = prepare_data(exp.data, size, log=lambda _: None)
+    data = prepare_data(exp.data, size, say=lambda _: None)
     tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": ENSEMBLE_TRIAL, "member_runs": member_runs}
     experiment_id = client.get_run(parent).info.experiment_id
     run_id = runs.create_run(experiment_id, f"ensemble-of-{len(members)}", tags)

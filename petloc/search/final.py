@@ -48,7 +48,7 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
         return done(run) and run.data.params.get("precision") == precision and has_backup(backups / run.info.run_id)
 
     interrupted = next(filter(resumable, runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'KILLED'")), None)
-    data = prepare_data(exp.data, int(values["image_size"]), log=lambda _: None)
+    data = prepare_data(exp.data, int(values["image_size"]), say=lambda _: None)
     if interrupted:
         run_id, epochs = interrupted.info.run_id, int(interrupted.data.params["epochs"])
         runs.claim_run(run_id)

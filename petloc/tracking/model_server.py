@@ -18,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NoReturn
 
 from petloc.data.images import (DEFAULT_MAX_ROWS, MAX_ROWS_SETTING, max_image_bytes, max_image_pixels,
                                  positive_setting)
+from petloc.errors import PetlocError
 
 MAX_REQUEST_SETTING = "PETLOC_MAX_REQUEST_BYTES"
 # A round figure: a body costs MLflow's parsing (JSON, DataFrame, base64 copies) a few times its
-# size, so this keeps one request to a few hundred MB; it holds PETLOC_MAX_ROWS (64) rows of
-# photos up to about 0.7 MB (1 MB of base64 each), or two images at PETLOC_MAX_IMAGE_BYTES.
-# A larger batch goes in several requests.
+# size, so this bounds one request's memory; it holds PETLOC_MAX_ROWS rows of typical photos,
+# or two images at PETLOC_MAX_IMAGE_BYTES. A larger batch goes in several requests.
 DEFAULT_MAX_REQUEST_BYTES = 64_000_000
 # Requests whose bodies are read and answered at once; the others wait their turn, unread. Each
 # request is bounded, but many at once would add up; prediction keeps the cores busy with two.
@@ -75,6 +78,39 @@ def check_settings() -> None:
     RequestLimits.from_environment()
     max_image_bytes()
     max_image_pixels()
+
+
+def serve_model(ref: str, host: str, port: int, say: Callable[[str], None] = print) -> NoReturn:
+    """Check the settings, the port and `ref`, then replace this process with the scoring server
+    of `ref` (a registered model such as petloc@champion, an MLflow URI or a model folder)."""
+    from petloc.tracking import store
+    from petloc.tracking.server import check_port_free
+
+    check_settings()  # a mistyped limit is one line here, not a traceback in the server
+    check_port_free(host, port)  # before the model loads
+    tracking_uri = store.configure()
+    served = served_model(ref)
+    named = ref if served.startswith("models:/m-") else served  # a registered version: as the user named it
+    say(f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")
+    # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    sys.stdout.flush()
+    # The server then owns this process: signals reach it directly, and TensorFlow's memory
+    # here is given back.
+    os.execve(sys.executable, command(served, host, port), env)
+
+
+def served_model(ref: str) -> str:
+    """A model folder as it is, else the MLflow URI of `ref`; one line when the registry has no such version."""
+    from petloc.tracking import registry
+
+    if Path(ref, "MLmodel").is_file():
+        return str(Path(ref).resolve())
+    uri = registry.model_uri(ref)
+    if uri is None:
+        raise PetlocError(f"{ref}: name a registered model (petloc@champion, petloc/3), an MLflow URI (models:/..., runs:/...) "
+                          "or a model folder")
+    return registry.loadable_uri(uri)
 
 
 def command(model_uri: str, host: str, port: int) -> list[str]:

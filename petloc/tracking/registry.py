@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
-from petloc.model.backbones import takes_caffe_inputs
+from petloc.model.backbones import CaffePreprocess
 from petloc.registry_names import check_alias, check_name, parse_ref, printable
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 from petloc.tracking.store import configure
@@ -96,8 +96,11 @@ def pretrained_backbone(ref: str) -> Pretrained:
     net = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
     if net is None:
         raise PetlocError(f"backbone: registered:{ref} holds no backbone network")
+    if any(isinstance(layer, CaffePreprocess) for layer in net.layers):  # pretraining starts from scratch: -1..1
+        raise PetlocError(f"backbone: registered:{ref} was pretrained by an older petloc on Caffe's inputs, which "
+                          "localisers no longer build; pretrain it again")
     return Pretrained(ref, run.data.params["backbone"], float(run.data.params["width"]), net.get_weights(),
-                      run.data.tags.get("val_data"), caffe_inputs=takes_caffe_inputs(net))
+                      run.data.tags.get("val_data"))
 
 
 def registered_version(uri: str):

@@ -164,9 +164,9 @@ def _local_uri(host: str, port: int) -> str:
 
 # Each web worker serves up to 40 requests at once (Starlette runs MLflow's Flask app on
 # anyio's 40 threads), but SQLAlchemy's default pool opens 15 connections (5 + 10 overflow):
-# under 64 busy clients, requests waited 30 s for a connection and failed with a 400, which
-# clients do not retry (benchmarks/tracking_load.py). 5 kept + 35 on demand = one per thread;
-# only as many are opened as requests run at once.
+# under many busy clients, requests waited for a connection until they failed with a 400,
+# which clients do not retry (benchmarks/tracking_load.py). 5 kept + 35 on demand = one per
+# thread; only as many are opened as requests run at once.
 DATABASE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "5", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "35"}
 
 

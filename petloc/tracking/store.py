@@ -27,11 +27,10 @@ STORE_DIR = Path("mlruns")
 # MLflow's client retries for a tracking server, as petloc sets them unless the user has:
 # a refused or failed call (server restarting, 5xx) is tried again after 0, 2, 4, 8, 16 and
 # 32 s (+ up to 1 s jitter each), so an outage of up to about a minute mid-trial is ridden
-# out and a longer one fails the call after about 62-67 s. A server that accepts but does
-# not answer costs up to 30 s per attempt (the slowest answer under 64 clients logging flat
-# out, on the server's own 2 busy cores, took 6 s: benchmarks/tracking_load.py). MLflow's
-# own defaults (7 retries, factor 2, 120 s) wait about 4 minutes on a dead server and 18 on
-# a hung one.
+# out and a longer one fails the call after about a minute. A server that accepts but does
+# not answer costs up to 30 s per attempt, well above its slowest answers under load
+# (benchmarks/tracking_load.py). MLflow's own defaults (7 retries, factor 2, 120 s) wait
+# minutes on a dead server and far longer on a hung one.
 HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

@@ -37,25 +37,25 @@ class PreparedData:
         }
 
 
-def data_folder(cfg: DataConfig, log=print) -> Path:
+def data_folder(cfg: DataConfig, say=print) -> Path:
     """The dataset folder; for `synthetic`, the embedded generator's set, made on first use."""
     if cfg.path != "synthetic":
         return Path(cfg.path).expanduser()
     # Two sweeps started together on a new checkout: one makes the set, the other waits for it.
     with waiting_lock(SYNTHETIC_DIR.with_name(SYNTHETIC_DIR.name + ".lock")):
         if not is_generated(SYNTHETIC_DIR, cfg.synthetic_count, cfg.seed):
-            log(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
+            say(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
             generate(SYNTHETIC_DIR, count=cfg.synthetic_count, seed=cfg.seed)
     return SYNTHETIC_DIR
 
 
-def prepare_data(cfg: DataConfig, image_size: int | None = None, log=print) -> PreparedData:
-    source = data_folder(cfg, log)
+def prepare_data(cfg: DataConfig, image_size: int | None = None, say=print) -> PreparedData:
+    source = data_folder(cfg, say)
     arrays = load_arrays(source, image_size or cfg.image_size, on_bad=cfg.on_bad)
     for skipped in arrays.skipped:
-        log(f"skipped {skipped}")
+        say(f"skipped {skipped}")
     if arrays.skipped:
-        log(f"{len(arrays.skipped)} file(s) skipped, {len(arrays)} images used")
+        say(f"{len(arrays.skipped)} file(s) skipped, {len(arrays)} images used")
     train, val = split_train_val(arrays, cfg.val_split, cfg.seed)
     return PreparedData(source, arrays, train, val, f"{arrays.digest[:16]}/val{cfg.val_split}/seed{cfg.seed}")
 

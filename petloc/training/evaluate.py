@@ -24,8 +24,8 @@ class Predictions:
 
 def forward_pass(model: keras.Model) -> Callable[[tf.Tensor], dict]:
     """`model(x, training=False)` traced once for every batch size. `model.predict` builds a
-    tf.data pipeline and traces on each call (6.5x the forward pass at batch 1), and a
-    trial's quality and latency each traced their own."""
+    tf.data pipeline and traces on each call, which at batch 1 costs far more than the forward
+    pass, and a trial's quality and latency each traced their own."""
     size = int(model.input_shape[1])
     signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
     return tf.function(lambda x: model(x, training=False), input_signature=signature)

@@ -64,8 +64,9 @@ def best_epoch(folder: str | Path | None) -> tuple[float, int] | None:
         return None
     # Any size (the weights are in it): np.load reads only the members asked for, a few bytes.
     with open_regular(path) as file, np.load(file) as saved:
-        if not {"score", "epoch"} <= set(saved.files):  # petloc before 2026-12-04 kept them apart: start the best afresh
-            return None
+        if not {"score", "epoch"} <= set(saved.files):  # another layout, or not petloc's
+            raise PetlocError(f"{path}: holds no best epoch this petloc reads; remove {path.parent} to train "
+                              "that run again from scratch")
         return float(saved["score"]), int(saved["epoch"])
 
 
@@ -172,7 +173,7 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
     """Keras's BackupAndRestore (the training state after each epoch, and a fit that starts
     from it), with each file written whole and then renamed into place. Keras writes them
     in place: a kill -9 during the write left a weights file that h5py could not open ("bad
-    object header version number"), and the run could not resume (tests/test_state_safety.py).
+    object header version number"), and the run could not resume (tests/search/test_sweep_state_and_shared_store.py).
     The weights go first, then the epoch: a kill between the two trains one epoch more.
     The state also counts the seconds spent training, over every fit that resumed it."""
 
@@ -256,9 +257,9 @@ def fit(
 def endless(train: tf.data.Dataset) -> tuple[tf.data.Dataset, int | None]:
     """The training batches repeated, and the number in one pass: Keras then keeps one iterator
     for the whole fit and the pipeline runs on across epochs and validation. Keras makes a new
-    iterator for each epoch of a finite dataset: a probe put that at about 0.1 s an epoch on 2
-    cores (filling the shuffle buffer, augmenting the first batch, stopping the pipeline's
-    threads); benchmarks/pipeline_speed.py's before row. Each pass still reshuffles and draws new augmentations."""
+    iterator for each epoch of a finite dataset, which fills the shuffle buffer, augments the
+    first batch and stops the pipeline's threads again every epoch (benchmarks/RESULTS.md).
+    Each pass still reshuffles and draws new augmentations."""
     steps = int(train.cardinality())
     if steps <= 0:  # infinite or unknown: Keras reads it as it comes
         return train, None
@@ -268,10 +269,10 @@ def endless(train: tf.data.Dataset) -> tuple[tf.data.Dataset, int | None]:
 def build_training_state(model: keras.Model, train: tf.data.Dataset) -> None:
     """Creates the optimizer's slots and the losses' and metrics' totals before training.
     Keras 3 (TensorFlow, no distribution strategy) leaves them to the first trace of the
-    training step, and a `tf.function` that creates variables is traced twice: one trace of
-    about 1.5-2.5 s saved per trial on 2 cores (tests/test_model.py counts them). Keras's
-    own symbolic build, which it runs itself under a distribution strategy, from the
-    batches' spec (no batch is drawn, so the data's order is unchanged)."""
+    training step, and a `tf.function` that creates variables is traced twice; built first,
+    it is traced once (tests/model/test_network.py counts them). Keras's own symbolic build, which it
+    runs itself under a distribution strategy, from the batches' spec (no batch is drawn, so
+    the data's order is unchanged)."""
     symbolic_build = getattr(model, "_symbolic_build", None)  # private in Keras 3; without it, two traces
     if symbolic_build is not None:
         symbolic_build(data_batch=train.element_spec)
@@ -295,39 +296,38 @@ def fit_localiser(
     """Builds and trains the localiser the hyperparameter `values` describe; keeps the best
     val_miou weights. `precision` is a Keras dtype policy for training; the model returned
     is float32. `pretrained` is the network a `registered:` backbone names."""
-    hp = Hyperparameters.of(values)
-    image_size, batch_size = int(hp.image_size), hp.batch_size
+    hparams = Hyperparameters.of(values)
+    image_size, batch_size = int(hparams.image_size), hparams.batch_size
     precision = resolved_precision(precision, image_size)
 
     def build() -> keras.Model:
         with dtype_policy(precision):
-            model = build_model(hp, image_size, pretrained)
-        return compile_model(model, hp, steps_per_epoch=-(-len(train) // batch_size), epochs=epochs, jit_compile=xla or "auto")
+            model = build_model(hparams, image_size, pretrained)
+        return compile_model(model, hparams, steps_per_epoch=-(-len(train) // batch_size), epochs=epochs, jit_compile=xla or "auto")
 
     def batches():
-        weights = CLASS_WEIGHTS[hp.class_weight](train.labels)
-        return train_batches(train, batch_size, hp.aug_strength, seed, weights, hp.aug_erase), eval_batches(val, batch_size)
+        weights = CLASS_WEIGHTS[hparams.class_weight](train.labels)
+        return train_batches(train, batch_size, hparams.aug_strength, seed, weights, hparams.aug_erase), eval_batches(val, batch_size)
 
     model, history = fit(
         build, batches, epochs, seed=seed, early_stopping=early_stopping, callbacks=callbacks,
         initial_epoch=initial_epoch, initial_weights=initial_weights, backup=backup,
     )
     if precision != "float32":
-        model = in_float32(model, hp, image_size, pretrained)
+        model = in_float32(model, hparams, image_size, pretrained)
     return model, history
 
 
 BF16_UNITS = {"avx512_bf16", "amx_bf16"}  # CPU flags with bfloat16 maths in hardware
 # Below this input side bfloat16 was not steadily faster even with the units (small tensors:
-# the conversions cost about what the maths saves). benchmarks/RESULTS.md, 2-core EPYC with
-# avx512_bf16, bfloat16 step / float32 step: 1.26x and 0.92x at 64 px, 0.81x and 0.85x at 128 px.
+# the conversions cost about what the maths saves; benchmarks/RESULTS.md).
 BF16_MIN_IMAGE_SIZE = 128
 
 
 def resolved_precision(precision: str, image_size: int, cpuinfo: Path = CPUINFO) -> str:
     """The Keras dtype policy `train.precision` means for this machine and input size: `auto`
     is mixed_bfloat16 where the CPU has bf16 units and the images are large enough for it to
-    pay, float32 elsewhere (without the units bfloat16 is emulated, 14x slower)."""
+    pay, float32 elsewhere (without the units bfloat16 is emulated, far slower)."""
     if precision != "auto":
         return precision
     return "mixed_bfloat16" if cpu_flags(cpuinfo) & BF16_UNITS and image_size >= BF16_MIN_IMAGE_SIZE else "float32"
@@ -344,10 +344,10 @@ def dtype_policy(name: str):
         keras.mixed_precision.set_global_policy(before)
 
 
-def in_float32(model: keras.Model, hp: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
+def in_float32(model: keras.Model, hparams: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
     """The same network and weights in float32. A saved mixed-precision model computes in
-    bfloat16 wherever it is loaded, which is 14x slower on CPUs without bf16 units."""
+    bfloat16 wherever it is loaded, which is far slower on CPUs without bf16 units."""
     with dtype_policy("float32"):
-        again = build_model(hp, image_size, pretrained)
+        again = build_model(hparams, image_size, pretrained)
     again.set_weights(model.get_weights())  # mixed precision keeps its weights in float32
-    return compile_model(again, hp)
+    return compile_model(again, hparams)

@@ -149,7 +149,7 @@ def server(archives):
 
 def run(out, url, digests, **kwargs):
     lines = []
-    result = download_oxford(out, base_url=url, val_share=VAL_SHARE, log=lines.append, digests=digests, **kwargs)
+    result = download_oxford(out, base_url=url, val_share=VAL_SHARE, say=lines.append, digests=digests, **kwargs)
     return result, lines
 
 
@@ -223,7 +223,7 @@ def test_second_run_downloads_nothing_and_keeps_the_conversion_unless_forced(tmp
 def test_other_split_settings_redo_the_conversion(tmp_path, server, digests):
     out = tmp_path / "oxford"
     run(out, server.url, digests)
-    download_oxford(out, base_url=server.url, val_share=0.5, log=lambda _: None, digests=digests)
+    download_oxford(out, base_url=server.url, val_share=0.5, say=lambda _: None, digests=digests)
     splits = split_of(out / "cats_dogs")
     assert len(splits["valid"]) == 6 and sorted(n in CATS for n in splits["valid"]).count(True) == 2
 
@@ -316,7 +316,7 @@ def test_an_archive_without_the_expected_members_is_refused(tmp_path, server, ar
 
 def test_val_share_outside_zero_to_one_is_refused_before_any_download(tmp_path, server):
     with pytest.raises(PetlocError, match="val_share is 1.5"):
-        download_oxford(tmp_path / "oxford", base_url=server.url, val_share=1.5, log=lambda _: None)
+        download_oxford(tmp_path / "oxford", base_url=server.url, val_share=1.5, say=lambda _: None)
     assert server.requests == []
 
 
@@ -394,7 +394,7 @@ def test_an_archive_with_another_md5_is_kept_aside_not_extracted_and_named(tmp_p
     out = tmp_path / "oxford"
     lines = []
     with pytest.raises(PetlocError) as err:  # the official digests: the test's archive is not the official one
-        download_oxford(out, base_url=server.url, val_share=VAL_SHARE, log=lines.append)
+        download_oxford(out, base_url=server.url, val_share=VAL_SHARE, say=lines.append)
     archive = out / "downloads" / "images.tar.gz"
     official = oxford_download.OFFICIAL_MD5["images.tar.gz"]
     message = str(err.value)

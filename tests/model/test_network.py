@@ -50,21 +50,26 @@ def test_local_weights_file_is_loaded(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_registered_backbone_keeps_the_input_scaling_it_learnt_on(tmp_path):
-    """resnet50 and vgg16 take -1..1 from scratch but Caffe's inputs with weights (a file
-    here); a backbone pretrained on Caffe's inputs is rebuilt with them, and one pretrained
-    on -1..1 with those: the same pixels give the same features as when it was trained."""
-    from petloc.model.backbones import Pretrained, takes_caffe_inputs
+def test_a_registered_backbone_gives_the_features_it_was_trained_with():
+    """A pretrained vgg16 (-1..1 inputs, from scratch) rebuilt by name: the same pixels give
+    the same features as when it was trained."""
+    from petloc.model.backbones import Pretrained
+
+    x, _ = batch()
+    trained = build_backbone("vgg16", SIZE, 1.0)
+    pretrained = Pretrained("b@champion", "vgg16", 1.0, trained.get_weights(), None)
+    again = build_backbone("registered:b@champion", SIZE, pretrained=pretrained)
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(trained(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_resnet50_and_vgg16_take_caffe_s_inputs_only_with_weights(tmp_path):
+    from petloc.model.backbones import CaffePreprocess
 
     path = tmp_path / "vgg16.weights.h5"
     keras.applications.VGG16(include_top=False, input_shape=(SIZE, SIZE, 3), weights=None).save_weights(path)
-    x, _ = batch()
-    for trained in (build_backbone("vgg16", SIZE, 1.0, str(path)), build_backbone("vgg16", SIZE, 1.0)):
-        pretrained = Pretrained("b@champion", "vgg16", 1.0, trained.get_weights(), None, takes_caffe_inputs(trained))
-        again = build_backbone("registered:b@champion", SIZE, pretrained=pretrained)
-        assert takes_caffe_inputs(again) == pretrained.caffe_inputs
-        np.testing.assert_allclose(np.asarray(again(x)), np.asarray(trained(x)), rtol=1e-4, atol=1e-4)
-    assert takes_caffe_inputs(build_backbone("vgg16", SIZE, 1.0, str(path))) and not takes_caffe_inputs(build_backbone("vgg16", SIZE, 1.0))
+    caffe = [any(isinstance(layer, CaffePreprocess) for layer in build_backbone("vgg16", SIZE, 1.0, *weights).layers)
+             for weights in ([str(path)], [])]
+    assert caffe == [True, False]
 
 
 def test_missing_weights_file_is_a_user_error(tmp_path):

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved, _validate_model_name
 
-from petloc.cli import _served_model
+from petloc.tracking.model_server import served_model
 from petloc.config import load_experiment, parse_experiment
 from petloc.errors import PetlocError
 from petloc.model import Hyperparameters, build_model
@@ -99,7 +99,7 @@ def test_the_versions_of_a_name_are_its_own_only(project):
 def test_every_name_other_tools_made_loads_by_alias_and_version(project, name):
     for ref in (f"{name}@champion", f"{name}/1", f"models:/{name}@champion"):
         assert load_localiser(ref).name  # a localiser, loaded
-    assert _served_model(f"{name}@champion") == project.model_uri  # what `petloc serve` hands MLflow
+    assert served_model(f"{name}@champion") == project.model_uri  # what `petloc serve` hands MLflow
 
 
 def test_predict_by_a_quoted_name(project, tmp_path):
@@ -114,7 +114,7 @@ def test_a_missing_version_is_one_line_listing_the_registry(project, ref):
     with pytest.raises(PetlocError, match=message):
         invoke("predict", ref, "x.jpg")
     with pytest.raises(PetlocError, match=message):
-        _served_model(ref)  # petloc serve, before it hands over to MLflow
+        served_model(ref)  # petloc serve, before it hands over to MLflow
 
 
 def test_a_model_name_too_long_to_be_a_path_is_looked_up_as_a_name(project):
@@ -321,7 +321,7 @@ def test_names_on_a_postgresql_tracking_server(postgres_uri, tmp_path):
         listed = invoke("models").output
         assert all(name in listed for name in ("o'brien", "100%", "a_b", "ünïcødé 名前", "o'neil", longest))
         with pytest.raises(PetlocError, match="^models:/o'brien@nope: no such registered model version"):
-            _served_model("o'brien@nope")
+            served_model("o'brien@nope")
 
 
 @pytest.mark.slow  # 105 versions: SQLite commits each

@@ -129,7 +129,7 @@ def test_runs_logging_the_same_new_dataset_at_once_all_log_it(tmp_path, store, r
     from petloc.training.dataset import prepare_data
 
     exp = load_experiment(tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=8)))
-    data = prepare_data(exp.data, log=lambda _: None)
+    data = prepare_data(exp.data, say=lambda _: None)
     uri = f"sqlite:///{tmp_path}/mlflow.db" if store == "sqlite" else request.getfixturevalue("postgres_uri")
     client, before = MlflowClient(uri), mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)

@@ -199,3 +199,11 @@ def test_the_backup_counts_the_training_seconds_of_every_fit_that_resumed_it(tmp
     fit_localiser(HP, data, data, epochs=4, callbacks=[clock], backup=str(backup))
     # As epoch 4 begins, the backup holds epoch 3: the seconds before the stop, and this fit's to there.
     assert clock.state[3][0] == 3 and clock.state[3][1] >= seconds + (clock.began[3] - clock.began[2])
+
+
+def test_a_best_epoch_file_without_score_and_epoch_is_one_line(tmp_path):
+    from petloc.errors import PetlocError
+
+    np.savez(tmp_path / BEST_EPOCH, weights=np.zeros(3))
+    with pytest.raises(PetlocError, match=rf"^{tmp_path / BEST_EPOCH}: holds no best epoch this petloc reads; remove {tmp_path}"):
+        best_epoch(tmp_path)

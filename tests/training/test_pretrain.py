@@ -110,3 +110,28 @@ def test_a_localiser_is_not_a_backbone(pretrained, monkeypatch):
     assert invoke("promote", run_id_of(trained.output)).exit_code == 0  # petloc@champion, a localiser
     with pytest.raises(PetlocError, match="registered:petloc@champion is not a network from petloc pretrain"):
         invoke("train", exp, "space.backbone=registered:petloc@champion")
+
+
+def test_a_backbone_pretrained_on_caffe_inputs_is_refused_in_one_line(tmp_path):
+    """Older petlocs pretrained resnet50 / vgg16 on Caffe's inputs; localisers now build
+    them for -1..1, so such a backbone would see the wrong scaling: refused, not used."""
+    from keras import layers
+
+    from petloc.model.backbones import CaffePreprocess
+    from petloc.tracking import registry, runs, store
+
+    with in_project(tmp_path):
+        store.configure()
+        inner = keras.Sequential([keras.Input((32, 32, 3)), CaffePreprocess(), layers.Conv2D(2, 3)], name="vgg16")
+        classifier = keras.Sequential([keras.Input((32, 32, 3)), inner, layers.GlobalAveragePooling2D(), layers.Dense(2)])
+        run_id = runs.create_run(runs.experiment_id("old"), "pretrain-vgg16", {"petloc_kind": "pretrain"})
+        mlflow.log_params({"backbone": "vgg16", "width": 1.0}, run_id=run_id)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.keras.log_model(classifier, name="model")
+        client = MlflowClient()
+        client.create_registered_model("old-backbone")
+        version = client.create_model_version("old-backbone", info.model_uri, run_id=run_id, model_id=info.model_id)
+        client.set_registered_model_alias("old-backbone", "champion", version.version)
+        with pytest.raises(PetlocError, match=r"^backbone: registered:old-backbone@champion was pretrained by an "
+                                              r"older petloc on Caffe's inputs.*pretrain it again$"):
+            registry.pretrained_backbone("old-backbone@champion")
