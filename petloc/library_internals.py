@@ -48,7 +48,7 @@ class TunerHooks:
             return
         except Exception as err:
             if isinstance(err, kt.errors.FatalError):
-                raise err
+                raise
             if self.show_failed_trial_traceback():
                 traceback.print_exc()
             if isinstance(err, kt.errors.FailedTrialError):
@@ -61,23 +61,23 @@ class TunerHooks:
 def retry_queue(oracle) -> list[str]:
     """The trial IDs the oracle will hand out again first (those a stopped process left
     running). Keras Tuner keeps them in `Oracle._retry_queue`, with no public view."""
-    return list(oracle._retry_queue)  # noqa: SLF001
+    return list(oracle._retry_queue)
 
 
 def take_from_retry_queue(oracle, trial_id: str) -> bool:
     """Takes `trial_id` out of the oracle's retry queue; False when it is not in it."""
-    if trial_id not in oracle._retry_queue:  # noqa: SLF001
+    if trial_id not in oracle._retry_queue:
         return False
-    oracle._retry_queue.remove(trial_id)  # noqa: SLF001
+    oracle._retry_queue.remove(trial_id)
     return True
 
 
 def hyperband_iteration_trials(oracle) -> int:
     """The trials of one Hyperband iteration: every round of every bracket. Keras Tuner
     keeps this schedule in private methods of its HyperbandOracle."""
-    return sum(oracle._get_size(bracket, round_)  # noqa: SLF001
-               for bracket in range(oracle._get_num_brackets())  # noqa: SLF001
-               for round_ in range(oracle._get_num_rounds(bracket)))  # noqa: SLF001
+    return sum(oracle._get_size(bracket, round_)
+               for bracket in range(oracle._get_num_brackets())
+               for round_ in range(oracle._get_num_rounds(bracket)))
 
 
 def oracle_servicer() -> type:
@@ -132,7 +132,7 @@ def limit_chief_calls(client, seconds: float) -> None:
 def all_layers(model) -> list[Any]:
     """Keras's own walk of a model's layers, the model first and tracked attributes included
     (a wrapped network); `model.layers` lists only the top level."""
-    return list(model._flatten_layers())  # noqa: SLF001
+    return list(model._flatten_layers())
 
 
 # ---- MLflow ------------------------------------------------------------------------------------

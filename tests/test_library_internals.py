@@ -228,7 +228,7 @@ def test_mlflows_input_example_saver(tmp_path):
     import pandas as pd
     from mlflow.models import Model
     try:
-        from mlflow.models.utils import _save_example  # noqa: F401
+        from mlflow.models.utils import _save_example
     except ImportError:
         _save_example = None
     needed(_save_example is not None, "mlflow.models.utils._save_example", "mlflow", "logged model's input example")
@@ -239,7 +239,7 @@ def test_mlflows_input_example_saver(tmp_path):
 
 def test_mlflows_code_path_copier(tmp_path):
     try:
-        from mlflow.utils.model_utils import _validate_and_copy_code_paths  # noqa: F401
+        from mlflow.utils.model_utils import _validate_and_copy_code_paths
     except ImportError:
         _validate_and_copy_code_paths = None
     needed(_validate_and_copy_code_paths is not None, "mlflow.utils.model_utils._validate_and_copy_code_paths",

@@ -6,6 +6,7 @@ import re
 import keras_tuner as kt
 import pytest
 
+from petloc.config import parse_experiment
 from petloc.search import budget as budgeted
 from petloc.search.budget import PACE, TimeBudgetedOracle
 from petloc.tracking.log import EpochLogger
@@ -333,3 +334,21 @@ def test_keras_calls_the_hooks_that_time_a_first_epoch(tmp_path, monkeypatch):
     model.fit(x, x[:, :1], batch_size=8, epochs=1, validation_data=(x[:24], x[:24, :1]), callbacks=[logger], verbose=0)
     assert [len(marks) for marks in logger.first_epoch.values()] == [1 + 5, 1 + 3]  # began, then each batch's end
     assert 0 < logger.epoch_seconds() <= logger.seconds[0]
+
+
+@pytest.mark.parametrize("kind", ["random", "bayesian", "grid", "hyperband"])
+def test_every_oracle_a_sweep_can_choose_keeps_the_budget(tmp_path, kind):
+    # The oracle the tuner builds from the file (ORACLES) is the budget: 2 minutes, final run of 4 epochs of 5 s.
+    from petloc.search.tuner import ORACLES, SpaceHyperModel
+
+    exp = parse_experiment({"space": {"head_units": list(range(8, 200))}, "train": {"epochs": 3},
+                            "tuner": {"kind": kind, "max_trials": 100}})
+    clock = Clock()
+    oracle = ORACLES[kind](exp, max_minutes=2.0, trial_epochs=3, final_epochs=4, say=lambda _: None, clock=clock)
+    oracle._set_project_dir(str(tmp_path), kind)
+    hp = oracle.get_space()
+    SpaceHyperModel(exp).declare_hyperparameters(hp)
+    oracle.update_space(hp)
+    ran = run_trials(oracle, clock, epochs=3, limit=100)
+    elapsed, _, final = oracle.estimates()
+    assert isinstance(oracle, TimeBudgetedOracle) and oracle.spent and ran >= 2 and elapsed + final <= 120.0

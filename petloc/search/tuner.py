@@ -21,8 +21,8 @@ from mlflow.tracking import MlflowClient
 from petloc import library_internals, stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
-from petloc.search import budget as budgeted
-from petloc.search.budget import PACE, TimeBudgetedOracle
+from petloc.search.budget import (PACE, BayesianOptimizationOracle, GridSearchOracle, HyperbandOracle, RandomSearchOracle,
+                                  TimeBudgetedOracle)
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs, store
 from petloc.tracking.training_runs import train_tracked
@@ -38,27 +38,28 @@ def oracle_seed(exp: Experiment) -> int:
     return exp.tuner.seed + 1
 
 
-# Each takes the experiment and the time budget's settings (TimeBudgetedOracle's keywords).
+# Each takes the experiment and the time budget's settings (TimeBudgetedOracle's keywords):
+# petloc.search.budget's oracles are Keras Tuner's, with the budget mixed in.
 def _oracle_random(exp: Experiment, **time_budget):
-    return budgeted.RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                                       max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
+                              max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
 def _oracle_bayesian(exp: Experiment, **time_budget):
-    return budgeted.BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                                               max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
+                                      max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
 def _oracle_grid(exp: Experiment, **time_budget):
     # Every combination of the choices, in the order the file lists them (ranges need a step).
-    return budgeted.GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                                     max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
+                            max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
 def _oracle_hyperband(exp: Experiment, **time_budget):
     # Hyperband decides the epochs of each trial itself, up to train.epochs.
-    return budgeted.HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=oracle_seed(exp),
-                                    max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=oracle_seed(exp),
+                           max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
 ORACLES: dict[str, Callable[..., TimeBudgetedOracle]] = {
