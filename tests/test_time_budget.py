@@ -338,17 +338,18 @@ def test_keras_calls_the_hooks_that_time_a_first_epoch(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["random", "bayesian", "grid", "hyperband"])
 def test_every_oracle_a_sweep_can_choose_keeps_the_budget(tmp_path, kind):
-    # The oracle the tuner builds from the file (ORACLES) is the budget: 2 minutes, final run of 4 epochs of 5 s.
+    # The oracle the tuner builds from the file (ORACLES) keeps the budget: 2 minutes, 9-epoch trials
+    # (Hyperband's shorter first), a final run of 4 epochs, epochs of 5 s.
     from petloc.search.tuner import ORACLES, SpaceHyperModel
 
-    exp = parse_experiment({"space": {"head_units": list(range(8, 200))}, "train": {"epochs": 3},
+    exp = parse_experiment({"space": {"head_units": list(range(8, 200))}, "train": {"epochs": 9},
                             "tuner": {"kind": kind, "max_trials": 100}})
     clock = Clock()
-    oracle = ORACLES[kind](exp, max_minutes=2.0, trial_epochs=3, final_epochs=4, say=lambda _: None, clock=clock)
+    oracle = ORACLES[kind](exp, max_minutes=2.0, trial_epochs=9, final_epochs=4, say=lambda _: None, clock=clock)
     oracle._set_project_dir(str(tmp_path), kind)
     hp = oracle.get_space()
     SpaceHyperModel(exp).declare_hyperparameters(hp)
     oracle.update_space(hp)
-    ran = run_trials(oracle, clock, epochs=3, limit=100)
+    ran = run_trials(oracle, clock, epochs=9, limit=100)
     elapsed, _, final = oracle.estimates()
     assert isinstance(oracle, TimeBudgetedOracle) and oracle.spent and ran >= 2 and elapsed + final <= 120.0
