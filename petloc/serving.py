@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import petloc
+from petloc import library_internals
 from petloc.data.images import (DEFAULT_MAX_ROWS, MAX_BYTES_SETTING, MAX_ROWS_SETTING, BadImage, decode_image,
                                  max_image_bytes, max_image_pixels, positive_setting)
 from petloc.errors import PetlocError
@@ -46,8 +47,6 @@ def save_model(keras_model, path, mlflow_model=None, **kwargs):
     import mlflow.keras
     from mlflow import pyfunc
     from mlflow.models import Model
-    from mlflow.models.utils import _save_example
-    from mlflow.utils.model_utils import _validate_and_copy_code_paths
 
     kwargs.pop("validate_serving_input", None)  # read by Model.log itself, not a save setting
     mlflow_model = mlflow_model or Model()
@@ -55,8 +54,8 @@ def save_model(keras_model, path, mlflow_model=None, **kwargs):
     mlflow_model.metadata = {**(mlflow_model.metadata or {}), "petloc_version": petloc.__version__}
     with _quiet_keras_signature_warning(), _as_served(keras_model):
         mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, pip_requirements=pip_requirements(), **kwargs)
-    _save_example(mlflow_model, input_example(), path)  # how every MLflow flavour stores its example
-    code = _validate_and_copy_code_paths([str(PACKAGE_DIR)], path)
+    library_internals.save_input_example(mlflow_model, input_example(), path)
+    code = library_internals.copy_code_paths([str(PACKAGE_DIR)], path)
     pyfunc.add_to_model(mlflow_model, loader_module="petloc.serving", code=code, conda_env="conda.yaml", python_env="python_env.yaml")
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
@@ -113,7 +112,7 @@ def _as_served(model):
     import keras
 
     # Keras's own walk of the layers (tracked attributes included), the model first.
-    compiled = [m for m in model._flatten_layers() if isinstance(m, keras.Model) and getattr(m, "compiled", False)]
+    compiled = [m for m in library_internals.all_layers(model) if isinstance(m, keras.Model) and getattr(m, "compiled", False)]
     optimizers = [m.optimizer for m in compiled]
     for m in compiled:
         m.optimizer, m.compiled = None, False  # what Keras's saving reads (keras==3.15.* is pinned)
@@ -142,13 +141,11 @@ def _quiet_keras_signature_warning():
 
 def _load_pyfunc(path):
     """Called by `mlflow.pyfunc.load_model` with the local model folder."""
-    from mlflow.keras.load import _load_keras_model
-    from mlflow.models import Model
+    import mlflow.keras
 
     RequestLimits.from_environment()  # a mistyped setting stops the server at start, not at a request
     max_image_pixels()
-    conf = Model.load(os.path.join(path, "MLmodel"))
-    return ImagePyfunc(Predictor(_load_keras_model(path, conf)))
+    return ImagePyfunc(Predictor(mlflow.keras.load_model(path)))  # a local folder: loaded in place, not copied
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,11 @@ from typing import Callable
 import grpc
 import mlflow
 import keras_tuner as kt
-from keras_tuner.src import protos
-from keras_tuner.src.distribute import oracle_chief, oracle_client
-from keras_tuner.src.engine.trial import Trial, TrialStatus
+from keras_tuner.engine.trial import Trial, TrialStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from petloc import library_internals
 from petloc.config import Experiment
 from petloc.errors import PetlocError
 from petloc.files import exclusive_lock
@@ -77,7 +76,7 @@ def _use_chief(host: str, port: int, tuner_id: str) -> None:
 
 # ---- the chief ----------------------------------------------------------------------------
 
-class ChiefServicer(oracle_chief.OracleServicer):
+class ChiefServicer(library_internals.oracle_servicer()):
     """Keras Tuner's oracle service, plus when each worker was last heard from, a line per
     trial handed out and ended, and the consecutive-failure stop (Keras Tuner's own raises
     inside a worker's call and leaves the trial ongoing for ever)."""
@@ -118,7 +117,7 @@ class ChiefServicer(oracle_chief.OracleServicer):
         self.stop_triggered = True
         self.oracle.tuner_ids.discard(tuner_id)
         trial = Trial(self.oracle.get_space(), status=TrialStatus.STOPPED)
-        return protos.get_service().CreateTrialResponse(trial=trial.to_proto())
+        return library_internals.oracle_messages().CreateTrialResponse(trial=trial.to_proto())
 
     def GetTrial(self, request, context):  # the workers' heartbeat
         with self.lock:
@@ -130,10 +129,10 @@ class ChiefServicer(oracle_chief.OracleServicer):
         """A trial that a restarted chief queued again (Keras Tuner re-queues the trials that
         were out when it reloads) but whose worker still runs it, heard from again: it goes
         back to that worker instead of to another one, which would train it a second time."""
-        queue = self.oracle._retry_queue  # noqa: SLF001  (Keras Tuner has no public view of it)
-        if trial_id not in queue or (tuner_id or "") in self.oracle.ongoing_trials:
+        if (tuner_id or "") in self.oracle.ongoing_trials:
             return False
-        queue.remove(trial_id)
+        if not library_internals.take_from_retry_queue(self.oracle, trial_id):
+            return False
         trial = self.oracle.trials[trial_id]
         trial.status = TrialStatus.RUNNING
         tuner_id = tuner_id or f"the worker of trial {trial_id}"
@@ -155,7 +154,7 @@ class ChiefServicer(oracle_chief.OracleServicer):
             tuner = self._tuner_of(trial.trial_id)
             if tuner is None:  # already ended by the timeout below: its worker came back too late
                 self.say(f"trial {trial.trial_id}: a late {trial.status} report ignored; the trial had already ended")
-                return protos.get_service().EndTrialResponse()
+                return library_internals.oracle_messages().EndTrialResponse()
             self._heard(tuner)
             response = super().EndTrial(request, context)
             self._ended(trial.trial_id, tuner)
@@ -234,7 +233,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, log)
         servicer.sweep = {"sweep": exp.name, "fingerprint": fingerprint(exp), "parent_run_id": parent}
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-        protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+        library_internals.add_oracle_servicer(servicer, server)
         describe = grpc.unary_unary_rpc_method_handler(servicer.describe)  # bytes in, bytes out
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(DESCRIBE_SERVICE, {DESCRIBE_METHOD: describe}),))
@@ -255,7 +254,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
                         "the trial ended as the sweep's chief recorded it")
         say_why_the_search_ended(tuner, parent, servicer.stopped, servicer.planned, log)
         log(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
-        return finish(exp, parent, failed_trials(oracle), servicer.stopped, log, tuner.budget)
+        return finish(exp, parent, failed_trials(oracle), servicer.stopped, log, tuner.time_budget)
 
 
 def refuse_a_second_chief(exp: Experiment, recorded: str | None) -> None:
@@ -363,22 +362,26 @@ def _end_trial_runs(parent: str, reason: str, trial_id: str | None = None) -> No
 
 class WorkerTuner(TrackedTuner):
     """A tuner whose oracle is the chief's: it sends a heartbeat while it trains and prints
-    its own lines, prefixed by its ID."""
+    its own lines, prefixed by its ID. `patience`: the seconds any call waits for the chief."""
 
-    def __init__(self, exp: Experiment, parent_run_id: str, data_for, worker_id: str, say, chief: str, **kwargs):
-        self.worker_id, self.say, self.chief = worker_id, say, chief
+    holds_the_oracle = False
+
+    def __init__(self, exp: Experiment, parent_run_id: str, data_for, worker_id: str, say, chief: str,
+                 patience: float = CHIEF_PATIENCE_SECONDS, **kwargs):
+        self.worker_id, self.say, self.chief, self.patience = worker_id, say, chief, patience
         super().__init__(exp, parent_run_id, data_for, say, **kwargs)
+        # A chief gone for longer ends the worker, not hangs it.
+        library_internals.limit_chief_calls(self.oracle, patience)
         self.run_tags = {WORKER_TAG: worker_id}
 
-    def on_trial_begin(self, trial):
-        kt.Tuner.on_trial_begin(self, trial)
+    def say_trial_begins(self, trial) -> None:
         self.progress.trial_begins(trial.trial_id, int(trial.trial_id) + 1, self.shown_values(trial))
 
-    def on_trial_end(self, trial):
+    def say_trial_ends(self, trial) -> None:
+        # The worker's own trials only: the chief prints the sweep's progress.
         figures = self.figures.get(trial.trial_id)
         why = self.errors.get(trial.trial_id) or "see its run's error tag"
         self.progress.trial_ends(trial.trial_id, self.progress.ran + 1, figures, why, sweep=False)
-        kt.Tuner.on_trial_end(self, trial)
 
     def run_trial(self, trial, *args, **kwargs):
         def silent(seconds: float) -> None:
@@ -395,12 +398,12 @@ class WorkerTuner(TrackedTuner):
         """Before Keras Tuner reports the trial: a chief gone for longer than the worker's
         patience ends the worker in one line (Keras Tuner would count its lost call as a
         failure of the trial, whose run has in fact FINISHED)."""
-        request = protos.get_service().GetTrialRequest(trial_id=trial_id)
+        request = library_internals.oracle_messages().GetTrialRequest(trial_id=trial_id)
         try:
-            self.oracle.stub.GetTrial(request, wait_for_ready=True, timeout=oracle_client.TIMEOUT,
+            self.oracle.stub.GetTrial(request, wait_for_ready=True, timeout=self.patience,
                                       metadata=((TUNER_ID_METADATA, self.oracle.tuner_id),))
         except grpc.RpcError as err:
-            raise ChiefLost(f"{err.code().name} after {duration(oracle_client.TIMEOUT)}; trial {trial_id}'s run "
+            raise ChiefLost(f"{err.code().name} after {duration(self.patience)}; trial {trial_id}'s run "
                             "ended FINISHED and counts once the chief is started again") from None
 
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
@@ -410,7 +413,7 @@ class WorkerTuner(TrackedTuner):
             return None
 
         def report(epoch: int, seconds: float) -> None:
-            request = protos.get_service().UpdateTrialRequest(trial_id=trial_id, metrics={PACE: seconds}, step=epoch)
+            request = library_internals.oracle_messages().UpdateTrialRequest(trial_id=trial_id, metrics={PACE: seconds}, step=epoch)
             with contextlib.suppress(grpc.RpcError):
                 self.oracle.stub.UpdateTrial(request, timeout=HEARTBEAT_SECONDS)
         return report
@@ -434,12 +437,12 @@ class ChiefLost(kt.errors.FatalError):
 
 
 @contextlib.contextmanager
-def _heartbeat(oracle: oracle_client.OracleClient, trial_id: str, silent: Callable[[float], None],
+def _heartbeat(oracle, trial_id: str, silent: Callable[[float], None],
                every: float = HEARTBEAT_SECONDS, patience: float = CHIEF_PATIENCE_SECONDS):
     """Ask the chief for this trial every few seconds while it trains: the chief counts each
     call as a sign of life. A missed beat is no error; the chief's timeout is many beats.
     After `patience` seconds without an answer, `silent` is told once."""
-    request = protos.get_service().GetTrialRequest(trial_id=trial_id)
+    request = library_internals.oracle_messages().GetTrialRequest(trial_id=trial_id)
     whose = ((TUNER_ID_METADATA, oracle.tuner_id),)  # a restarted chief gives the trial back to it
     answered, told = time.monotonic(), False
 
@@ -471,12 +474,11 @@ def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float 
         parent = _parent_of_the_chief(exp, ask_chief(host, port, wait_seconds, log), host, port)
         tuner_id = f"worker-{worker_id}"
         _use_chief(host, port, tuner_id)
-        oracle_client.TIMEOUT = wait_seconds  # a chief gone for longer ends the worker, not hangs it
         say = lambda line: log(f"[{tuner_id}] {line.lstrip()}")  # noqa: E731  (one line each, named)
         data_for = data_preparer(exp, parent, say)
         data_for(exp.data.image_size)
-        tuner = WorkerTuner(exp, parent, data_for, worker_id, say, f"{host}:{port}", directory=str(directory.parent),
-                            project_name=directory.name, overwrite=False)
+        tuner = WorkerTuner(exp, parent, data_for, worker_id, say, f"{host}:{port}", wait_seconds,
+                            directory=str(directory.parent), project_name=directory.name, overwrite=False)
         try:
             tuner.search()
         except (grpc.RpcError, ChiefLost) as err:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import keras_tuner as kt
 
+from petloc import library_internals
 from petloc.config import Experiment, Range
 from petloc.report import number
 
@@ -21,9 +22,7 @@ from petloc.report import number
 def planned_trials(exp: Experiment, oracle: kt.Oracle) -> int:
     """How many trials the sweep will run in all (its earlier runs included)."""
     if isinstance(oracle, kt.oracles.HyperbandOracle):
-        # One Hyperband iteration: every round of every bracket. Keras Tuner keeps this
-        # schedule in private methods; the count only feeds the progress lines.
-        return sum(oracle._get_size(b, r) for b in range(oracle._get_num_brackets()) for r in range(oracle._get_num_rounds(b)))
+        return library_internals.hyperband_iteration_trials(oracle)  # one iteration; it only feeds these lines
     if exp.tuner.kind == "grid":
         return min(exp.tuner.max_trials, grid_size(exp))
     return exp.tuner.max_trials
@@ -56,10 +55,10 @@ def duration(seconds: float) -> str:
 class SweepProgress:
     """Prints a line when a trial starts and one when it ends; the estimate of the time left
     is the mean time of the trials this process ran, times the trials still to run, or, under
-    a time budget (`budget_left()`, seconds), what is left of it: the final run is in it."""
+    a time budget (`time_budget_left()`, seconds), what is left of it: the final run is in it."""
 
-    def __init__(self, planned: int, say: Callable[[str], None] = print, budget_left: Callable[[], float] | None = None):
-        self.planned, self.say, self.budget_left = planned, say, budget_left
+    def __init__(self, planned: int, say: Callable[[str], None] = print, time_budget_left: Callable[[], float] | None = None):
+        self.planned, self.say, self.time_budget_left = planned, say, time_budget_left
         self.started = time.perf_counter()
         self.trial_started = self.started
         self.ran = 0
@@ -88,6 +87,6 @@ class SweepProgress:
         elapsed = now - self.started
         left = max(0, self.planned - ended_in_sweep)
         eta = f", about {duration(elapsed / self.ran * left)} left" if left else ""
-        if self.budget_left:
-            eta = f", at most {duration(max(0.0, self.budget_left()))} left (tuner.max_minutes, final run included)"
+        if self.time_budget_left:
+            eta = f", at most {duration(max(0.0, self.time_budget_left()))} left (tuner.max_minutes, final run included)"
         self.say(f"{head}  [sweep: {ended_in_sweep} of {self.planned} trials, {duration(elapsed)} elapsed{eta}]")

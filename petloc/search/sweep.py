@@ -28,7 +28,7 @@ from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, atomic_write_text, exclusive_lock, read_bounded, remove_tree
 from petloc.search import trial_rows
-from petloc.search.budget import TimeBudget
+from petloc.search.budget import TimeBudgetedOracle
 from petloc.search.ensemble import log_ensemble
 from petloc.search.final import train_final
 from petloc.search.tuner import TrackedTuner, tuner_dir
@@ -269,15 +269,15 @@ def run_sweep(exp: Experiment, fresh: bool = False, log: Callable[[str], None] =
                 raise
             stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
         say_why_the_search_ended(tuner, parent, stopped, tuner.progress.planned, log)
-        return finish(exp, parent, failed_trials(tuner.oracle), stopped, log, tuner.budget)
+        return finish(exp, parent, failed_trials(tuner.oracle), stopped, log, tuner.time_budget)
 
 
 def say_why_the_search_ended(tuner: TrackedTuner, parent: str, stopped: str | None, planned: int,
                              log: Callable[[str], None]) -> None:
     """When the time budget ended the search, the parent run's `time_budget` tag says so;
     when Keras Tuner ran out of new points before the planned trials, one line says so."""
-    if tuner.budget is not None and tuner.budget.spent:
-        MlflowClient().set_tag(parent, "time_budget", f"the search stopped: {tuner.budget.spent}")
+    if tuner.time_budget is not None and tuner.time_budget.spent:
+        MlflowClient().set_tag(parent, "time_budget", f"the search stopped: {tuner.time_budget.spent}")
     elif stopped is None and len(tuner.oracle.trials) < planned:
         log(f"\nthe search ended after {len(tuner.oracle.trials)} of {planned} planned trials: Keras Tuner "
             "drew no new point from the space; add values or a range to search further")
@@ -330,7 +330,7 @@ def failed_trials(oracle) -> int:
 
 
 def finish(exp: Experiment, parent: str, failed: int, stopped: str | None, log: Callable[[str], None],
-           time_budget: TimeBudget | None = None) -> SweepResult:
+           time_budget: TimeBudgetedOracle | None = None) -> SweepResult:
     """Leaderboard and promotion under the parent run once the trials are over; raises when
     no trial finished. `time_budget`: the sweep's time budget, whose rest a final run fills
     with `tuner.fill_budget`."""

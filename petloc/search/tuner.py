@@ -14,16 +14,15 @@ from typing import Any, Callable
 
 import keras
 import keras_tuner as kt
-import keras_tuner.src.config
-from keras_tuner.src.distribute import utils as dist_utils
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from petloc import stopping
+from petloc import library_internals, stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
-from petloc.search.budget import PACE, TimeBudget
+from petloc.search.budget import (PACE, BayesianOptimizationOracle, GridSearchOracle, HyperbandOracle, RandomSearchOracle,
+                                  TimeBudgetedOracle)
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs, store
 from petloc.tracking.training_runs import train_tracked
@@ -39,29 +38,31 @@ def oracle_seed(exp: Experiment) -> int:
     return exp.tuner.seed + 1
 
 
-def _oracle_random(exp: Experiment):
-    return kt.oracles.RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                                         max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+# Each takes the experiment and the time budget's settings (TimeBudgetedOracle's keywords):
+# petloc.search.budget's oracles are Keras Tuner's, with the budget mixed in.
+def _oracle_random(exp: Experiment, **time_budget):
+    return RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
+                              max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
-def _oracle_bayesian(exp: Experiment):
-    return kt.oracles.BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                                                 max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+def _oracle_bayesian(exp: Experiment, **time_budget):
+    return BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
+                                      max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
-def _oracle_grid(exp: Experiment):
+def _oracle_grid(exp: Experiment, **time_budget):
     # Every combination of the choices, in the order the file lists them (ranges need a step).
-    return kt.oracles.GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                                       max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+    return GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
+                            max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
-def _oracle_hyperband(exp: Experiment):
+def _oracle_hyperband(exp: Experiment, **time_budget):
     # Hyperband decides the epochs of each trial itself, up to train.epochs.
-    return kt.oracles.HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=oracle_seed(exp),
-                                      max_consecutive_failed_trials=exp.tuner.max_consecutive_failures)
+    return HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=oracle_seed(exp),
+                           max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
 
 
-ORACLES: dict[str, Callable[[Experiment], kt.Oracle]] = {
+ORACLES: dict[str, Callable[..., TimeBudgetedOracle]] = {
     "random": _oracle_random,
     "bayesian": _oracle_bayesian,
     "grid": _oracle_grid,
@@ -101,8 +102,10 @@ class SpaceHyperModel(kt.HyperModel):
         return build_model(Hyperparameters.of(values), int(values["image_size"]))
 
 
-class TrackedTuner(kt.Tuner):
+class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
     """Runs each trial as `petloc train` would, inside an MLflow child run of the sweep."""
+
+    holds_the_oracle = True  # alone or as a chief; a worker asks the chief's
 
     def __init__(self, exp: Experiment, parent_run_id: str, data_for: Callable[[int], PreparedData],
                  say: Callable[[str], None] = print, started: float | None = None, **kwargs):
@@ -113,34 +116,38 @@ class TrackedTuner(kt.Tuner):
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
         self.run_tags: dict[str, str] = {}  # more tags for each trial's run
         self.trial_runs: dict[str, str] = {}  # trial_id -> its run, for the trials this process finished
-        oracle = ORACLES[exp.tuner.kind](exp)
-        # On the oracle, which this process holds alone or as a chief; a worker asks the chief's.
-        worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
-        self.budget = (TimeBudget(oracle, exp.tuner.max_minutes, exp.train.epochs, exp.tuner.final_epochs, started, say)
-                       if exp.tuner.max_minutes and not worker else None)
+        # The time budget is the oracle's, on the process that holds it.
+        budgeted_here = bool(exp.tuner.max_minutes) and self.holds_the_oracle
+        oracle = ORACLES[exp.tuner.kind](exp, max_minutes=exp.tuner.max_minutes if budgeted_here else None,
+                                         trial_epochs=exp.train.epochs, final_epochs=exp.tuner.final_epochs,
+                                         started=started, say=say)
+        self.time_budget: TimeBudgetedOracle | None = oracle if budgeted_here else None
         super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
-        self.oracle.verbose = 0
-        # Keras Tuner prints a failed trial's traceback; its run's `error` tag and petloc's
-        # line say what failed, and --verbose brings the traceback back.
-        keras_tuner.src.config.DEBUG = progress.detailed()
-        self.progress = SweepProgress(planned_trials(exp, getattr(self.oracle, "_oracle", self.oracle)), say,
-                                      self.budget.left if self.budget else None)
+        oracle.verbose = 0
+        self.progress = SweepProgress(planned_trials(exp, oracle), say,
+                                      self.time_budget.left if self.time_budget else None)
 
-    def _get_tuner_fname(self):
+    def state_file(self) -> str | None:
         # One file for the oracle's holder, alone or as the chief of workers, so a sweep
         # started in one process can go on distributed and back (Keras Tuner names it by
         # KERASTUNER_TUNER_ID and would not reload the oracle under another name).
-        if self._is_worker():
-            return super()._get_tuner_fname()
-        return str(Path(self.project_dir) / "tuner0.json")
+        return str(Path(self.project_dir) / "tuner0.json") if self.holds_the_oracle else None
+
+    def show_failed_trial_traceback(self) -> bool:
+        # A failed trial's run `error` tag and petloc's line say what failed; --verbose adds the traceback.
+        return progress.detailed()
 
     def pre_create_trial(self):
         stopping.raise_if_stopped()  # a stopped process never asks for another trial
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
+        self.say_trial_begins(trial)
+
+    def say_trial_begins(self, trial) -> None:
+        """petloc's line for a trial that starts: k of N in the sweep."""
         self.progress.trial_begins(trial.trial_id, len(self.oracle.trials), self.shown_values(trial))
 
     def shown_values(self, trial) -> dict[str, Any]:
@@ -153,12 +160,16 @@ class TrackedTuner(kt.Tuner):
 
     def on_trial_end(self, trial):
         # Before Keras Tuner's own end: it raises when too many trials failed in a row.
+        self.say_trial_ends(trial)
+        super().on_trial_end(trial)
+
+    def say_trial_ends(self, trial) -> None:
+        """petloc's line for a trial that ended: its figures or why it failed, and the sweep's progress."""
         ended = len(self.oracle.end_order) + 1
         why = self.errors.get(trial.trial_id) or "see its run's error tag"
         self.progress.trial_ends(trial.trial_id, ended, self.figures.get(trial.trial_id), why)
-        super().on_trial_end(trial)
 
-    def _populate_initial_space(self):
+    def populate_initial_space(self) -> None:
         # The space has no conditional hyperparameters, so declaring it is enough: Keras
         # Tuner's default also builds a model to discover conditions, which for a big
         # backbone costs a minute and fails the whole sweep on one bad combination.
@@ -198,7 +209,7 @@ class TrackedTuner(kt.Tuner):
         store (a worker finished it while its chief was down) end COMPLETED in the oracle with
         that run's figures, instead of being handed out and trained again; returns their IDs.
         Keras Tuner puts such trials in its retry queue when it reloads the oracle."""
-        queued = list(self.oracle._retry_queue)  # noqa: SLF001  (no public view of the queue)
+        queued = library_internals.retry_queue(self.oracle)
         if not queued:
             return []
         finished = {run.data.tags.get("trial_id"): run
@@ -208,7 +219,7 @@ class TrackedTuner(kt.Tuner):
             run = finished.get(trial_id)
             if run is None or "best_val_miou" not in run.data.metrics:
                 continue
-            self.oracle._retry_queue.remove(trial_id)  # noqa: SLF001
+            library_internals.take_from_retry_queue(self.oracle, trial_id)
             self.oracle.update_trial(trial_id, trial_metrics(run.data.metrics))
             trial = self.oracle.trials[trial_id]
             trial.status = kt.engine.trial.TrialStatus.COMPLETED

@@ -19,7 +19,7 @@ import mlflow
 import mlflow.keras
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
@@ -170,7 +170,7 @@ def log_datasets(run_id: str, data: PreparedData) -> None:
         digest = hashlib.sha256(f"{data.whole.digest}/{data.val_key}/{context}".encode()).hexdigest()[:16]
         dataset = MetaDataset(source, name=f"{Path(data.source).name}-{context}", digest=digest)
         tags = [InputTag("mlflow.data.context", context), InputTag("images", str(len(side)))]
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+        inputs.append(DatasetInput(Dataset(**dataset.to_dict()), tags))
     # Through the client: `mlflow.log_input` needs an active run, and ending one marks it FINISHED.
     for attempt in range(DATASET_RACE_ATTEMPTS):
         try:

@@ -11,7 +11,7 @@ PACKAGE = Path(petloc.__file__).parent
 # Module name prefix -> layer; a module may import its own layer and the ones below.
 LAYERS = [
     ("petloc.errors", 0), ("petloc.files", 0), ("petloc.report", 0), ("petloc.quiet", 0), ("petloc.processes", 0),
-    ("petloc.stopping", 0), ("petloc.cpu", 0), ("petloc.registry_names", 0),
+    ("petloc.stopping", 0), ("petloc.cpu", 0), ("petloc.registry_names", 0), ("petloc.library_internals", 0),
     ("petloc.data", 1), ("petloc.hyperparams", 1),  # plain data below the model, so config reads it without Keras
     ("petloc.model", 2),
     ("petloc.config", 3),
