@@ -129,6 +129,40 @@ def limit_chief_calls(client, seconds: float) -> None:
 # ---- Keras -------------------------------------------------------------------------------------
 
 
+class BackupHooks:
+    """Mixed in before `keras.callbacks.BackupAndRestore`: its private `_save_model`, which
+    writes the weights and then the training state, each in place, overridden once here
+    behind a public name (the callback has no hook for how its files are written)."""
+
+    def write_backup(self, weights_path: str, state_path: str, state: dict[str, int]) -> None:
+        """Writes the model's weights to `weights_path`, then `state` (Keras's epoch and batch)
+        as JSON to `state_path`, where BackupAndRestore reads them when a fit resumes."""
+        raise NotImplementedError
+
+    def _save_model(self):
+        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        self.write_backup(self._weights_path, self._training_metadata_path, state)
+
+
+def start_with_averaged_weights(callback) -> None:
+    """Tells a `keras.callbacks.SwapEMAWeights` that the model holds the averaged weights
+    now (as a fit resumed from a backup written at an epoch's end does): its own flag, with
+    no public setter."""
+    callback._ema_weights_in_model = True
+
+
+def build_symbolically(model, batch_spec) -> bool:
+    """Keras's own symbolic build of a compiled model's training state (optimizer slots,
+    metric totals) from the batches' spec, which it runs itself only under a distribution
+    strategy; False when this Keras has none."""
+    symbolic_build = getattr(model, "_symbolic_build", None)
+    if symbolic_build is None:
+        return False
+    symbolic_build(data_batch=batch_spec)
+    return True
+
+
+
 def all_layers(model) -> list[Any]:
     """Keras's own walk of a model's layers, the model first and tracked attributes included
     (a wrapped network); `model.layers` lists only the top level."""

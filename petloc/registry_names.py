@@ -3,7 +3,7 @@
 MLflow's rules, mirrored here so the experiment file is checked when it is read (without
 importing MLflow): a name is not blank, has no '/' or ':' and is not a path that resolves
 elsewhere (`..`, `a/./b`); an alias is letters, digits, '_' and '-', and `latest` and `v<N>`
-are reserved. tests/test_registry_names.py holds the mirror to MLflow's own validators.
+are reserved. tests/tracking/test_registry_names.py holds the mirror to MLflow's own validators.
 
 petloc adds a few rules of its own for the names it creates: every character printable (a
 newline or escape sequence would forge lines in tables and errors), no surrounding spaces,

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from petloc import library_internals
 from petloc.cpu import CPUINFO, cpu_flags
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
@@ -134,7 +135,7 @@ class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
 
     def __init__(self):
         super().__init__(swap_on_epoch=True)
-        self._ema_weights_in_model = True  # Keras 3.15's flag (pyproject pins keras==3.15.*)
+        library_internals.start_with_averaged_weights(self)
 
 
 BACKUP_WEIGHTS, BACKUP_STATE = "latest.weights.h5", "training_metadata.json"  # Keras's BackupAndRestore's files
@@ -169,7 +170,7 @@ def backed_up(folder: str | Path) -> BackedUp:
         return BackedUp()
 
 
-class WholeBackup(keras.callbacks.BackupAndRestore):
+class WholeBackup(library_internals.BackupHooks, keras.callbacks.BackupAndRestore):
     """Keras's BackupAndRestore (the training state after each epoch, and a fit that starts
     from it), with each file written whole and then renamed into place. Keras writes them
     in place: a kill -9 during the write left a weights file that h5py could not open ("bad
@@ -187,14 +188,13 @@ class WholeBackup(keras.callbacks.BackupAndRestore):
         self.stopped = bool(self.model.stop_training) and math.isfinite((logs or {}).get("loss", math.nan))
         super().on_epoch_end(epoch, logs)
 
-    def _save_model(self):
+    def write_backup(self, weights_path: str, state_path: str, state: dict[str, int]) -> None:
         partial = os.path.join(self.backup_dir, ".partial.weights.h5")  # Keras wants the .weights.h5 ending
         os.makedirs(self.backup_dir, exist_ok=True)
         self.model.save_weights(partial, overwrite=True)
-        os.replace(partial, self._weights_path)
-        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen,
-                 "seconds": self.seconds_before + time.perf_counter() - self.began, "stopped": self.stopped}
-        atomic_write_text(Path(self._training_metadata_path), json.dumps(state))
+        os.replace(partial, weights_path)
+        ours = {"seconds": self.seconds_before + time.perf_counter() - self.began, "stopped": self.stopped}
+        atomic_write_text(Path(state_path), json.dumps({**state, **ours}))
 
 
 def fit(
@@ -273,9 +273,7 @@ def build_training_state(model: keras.Model, train: tf.data.Dataset) -> None:
     it is traced once (tests/model/test_network.py counts them). Keras's own symbolic build, which it
     runs itself under a distribution strategy, from the batches' spec (no batch is drawn, so
     the data's order is unchanged)."""
-    symbolic_build = getattr(model, "_symbolic_build", None)  # private in Keras 3; without it, two traces
-    if symbolic_build is not None:
-        symbolic_build(data_batch=train.element_spec)
+    library_internals.build_symbolically(model, train.element_spec)  # without it, two traces
 
 
 def fit_localiser(

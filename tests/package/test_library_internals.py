@@ -1,8 +1,7 @@
 """Each private API of Keras Tuner, Keras and MLflow that petloc uses, checked with the shape
 petloc relies on: a test fails naming the API, its library's version and what of petloc
-needs it, when an upgrade moves it (petloc/library_internals.py; petloc/training/fit.py for
-the few Keras ones still there). MLflow's private name validators are mirrored on purpose by
-petloc/registry_names.py; tests/test_registry_names.py compares against them."""
+needs it, when an upgrade moves it (petloc/library_internals.py). MLflow's private name validators are mirrored on purpose by
+petloc/registry_names.py; tests/tracking/test_registry_names.py compares against them."""
 
 from __future__ import annotations
 
@@ -199,8 +198,7 @@ def test_keras_walk_of_a_models_layers():
     assert walked[0] is outer and inner in walked
 
 
-# Keras's private parts that petloc/training/fit.py uses itself (not yet through library_internals).
-FIT = "see petloc/training/fit.py"
+FIT = "see petloc/library_internals.py (BackupHooks, start_with_averaged_weights, build_symbolically)"
 
 
 def test_keras_backup_and_restore_internals(tmp_path):
@@ -218,7 +216,7 @@ def test_keras_ema_swap_flag_and_symbolic_build():
     needed(callable(getattr(model, "_symbolic_build", None)), "keras Trainer._symbolic_build", "keras",
            "one trace of the training step (build_training_state)", FIT)
     model.compile(optimizer="adam", loss="mse")
-    model._symbolic_build(data_batch=(np.zeros((2, 4), "float32"), np.zeros((2, 1), "float32")))
+    assert library_internals.build_symbolically(model, (np.zeros((2, 4), "float32"), np.zeros((2, 1), "float32")))
     assert model.optimizer.built
 
 
