@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from functools import partial
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
 from petloc import hyperparams
@@ -75,7 +75,7 @@ def _check_type(name: str, value: Any) -> Any:
         raise ValueError(f"{name}: {value!r} is not {TYPE_NAMES[kind]}")
     if kind in (int, float):
         _check_bounds(name, value)
-    if name == "backbone" and value.startswith(REGISTERED):
+    if name == "backbone" and isinstance(value, str) and value.startswith(REGISTERED):
         # Any name MLflow may hold, whoever made it (the store says whether it exists).
         ref = value.removeprefix(REGISTERED)
         if parse_ref(ref) is None or ref.startswith("models:/"):
@@ -189,41 +189,41 @@ class RegistryConfig(Strict):
     ensemble: int = Field(0, ge=0, le=8)
 
 
-def _declared_choice(name: str, value: str) -> str:
-    registry = hyperparams.choices(name)
-    if value not in registry:
-        raise ValueError(f"unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
-    return value
-
-
-def declared(name: str) -> Any:
-    """The type of hyperparameter `name` as petloc.hyperparams declares it, with its bounds or
-    choices; None too where the declaration's default is None (image_size: data.image_size)."""
+def declared(name: str, default: Any) -> Any:
+    """A field of hyperparameter `name` with `default` and the bounds petloc.hyperparams
+    declares for it (its choices: `PretrainConfig._declared_choice`)."""
     low, high = hyperparams.bounds(name) or (None, None)
-    checks = [Field(ge=low, le=high)]
-    if hyperparams.choices(name) is not None:
-        checks.append(AfterValidator(partial(_declared_choice, name)))
-    checked = Annotated[(hyperparams.kind(name), *checks)]
-    return Optional[checked] if hyperparams.default(name) is None else checked
+    return Field(default, ge=low, le=high)
 
 
 class PretrainConfig(Strict):
     """`petloc pretrain`: a cat / dog classifier whose backbone a localiser can start from.
-    Its hyperparameters take the declaration's types, bounds and choices; some defaults are
-    pretraining's own."""
+    Its hyperparameters take the declaration's bounds and choices (tests/config/
+    test_pretrain_declared.py checks the types too); some defaults are pretraining's own."""
 
-    backbone: declared("backbone") = "small_resnet"
-    width: declared("width") = 0.5
+    backbone: str = declared("backbone", "small_resnet")
+    width: float = declared("width", 0.5)
     epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
-    aug_strength: declared("aug_strength") = 0.6
-    dropout: declared("dropout") = 0.3
-    learning_rate: declared("learning_rate") = 2e-3
-    batch_size: declared("batch_size") = hyperparams.default("batch_size")
+    aug_strength: float = declared("aug_strength", 0.6)
+    dropout: float = declared("dropout", 0.3)
+    learning_rate: float = declared("learning_rate", 2e-3)
+    batch_size: int = declared("batch_size", hyperparams.default("batch_size"))
     head_crops: bool = True  # also learn from a crop around each head
-    image_size: declared("image_size") = hyperparams.default("image_size")  # None: data.image_size; smaller pretrains faster
+    # None: data.image_size; smaller pretrains faster
+    image_size: int | None = declared("image_size", hyperparams.default("image_size"))
     xla: bool = False  # XLA-compiled training steps, as train.xla
     register_as: RegistryName = "petloc-backbone"
     alias: RegistryAlias = "champion"
+
+    @field_validator("*")
+    @classmethod
+    def _declared_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        choices = hyperparams.choices(name) if name in hyperparams.DECLARED else None
+        if choices is not None and value not in choices:
+            what = name.replace("_", " ")
+            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(sorted(choices))}")
+        return value
 
 
 # A sweep's name becomes a folder (mlruns/tuner/NAME): one plain path component, never a path.
@@ -288,7 +288,7 @@ class Experiment(Strict):
             values["image_size"] = self.data.image_size
         return values
 
-    def as_yaml(self, source: str, overrides: list[str] = ()) -> list[str]:
+    def as_yaml(self, source: str, overrides: Sequence[str] = ()) -> list[str]:
         """`petloc config`'s lines: this experiment as an experiment file, every default filled
         in, and the hyperparameters `petloc train` uses as comments."""
         given = " with " + " ".join(overrides) if overrides else ""
@@ -348,7 +348,7 @@ def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
         raise PetlocError(_first_error(source, err)) from None
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     path = Path(path)
     if not path.exists():
         raise PetlocError(f"{path}: no such experiment file")
