@@ -17,6 +17,7 @@ from petloc.config import Experiment
 from petloc.errors import PetlocError
 from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
+from petloc.tracking import vocabulary as v
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
 from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
 from petloc.training.fit import backed_up, fit_localiser, has_backup, resolved_precision
@@ -159,7 +160,7 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
                               "seed": exp.train.seed, "val_split": exp.data.val_split}
     description = (f"Pretraining of experiment '{exp.name}': a {cfg.backbone} cat / dog classifier for localisers to start from, "
                    f"on {len(data.train)} photos of {data.source}")
-    log.log_run_inputs(run_id, params, data, exp.train.seed, description, petloc_kind="pretrain")
+    log.log_run_inputs(run_id, params, data, exp.train.seed, description, **{v.KIND: v.PRETRAIN_KIND})
     log.log_experiment(run_id, exp)
     start = time.perf_counter()
     model, history = fit_classifier(cfg, data, exp.train.seed, callbacks=[log.EpochLogger(run_id)])
