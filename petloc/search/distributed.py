@@ -247,7 +247,7 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         # A worker that lost the tracking server could not close its run; the oracle knows
         # how its trial ended, so the run does not stay RUNNING for ever.
         record.fail_running("its worker could not close this run (was the tracking server unreachable?); "
-                        "the trial ended as the sweep's chief recorded it")
+                            "the trial ended as the sweep's chief recorded it")
         say_why_the_search_ended(tuner, record, servicer.stopped, servicer.planned, say)
         say(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
         return finish(exp, record, failed_trials(oracle), servicer.stopped, say, tuner.budget)

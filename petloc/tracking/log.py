@@ -131,8 +131,8 @@ def log_model(model: keras.Model, run_id: str, localiser: bool = True) -> str:
     its URI is the run's `model_uri` tag and is returned."""
     with mlflow.start_run(run_id=run_id, nested=True):
         if localiser:
-            # MLflow would load the model back and serve its input example to check it: 2-5 s
-            # a trial, half the tracking's cost. tests/test_serving*.py check the served model.
+            # MLflow would load the model back and serve its input example to check it, a large
+            # share of a trial's tracking (benchmarks/RESULTS.md). tests/test_serving*.py check the served model.
             info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=serving, keras_model=model,
                                            validate_serving_input=False)
         else:
@@ -177,9 +177,9 @@ def log_datasets(run_id: str, data: PreparedData) -> None:
 
 # MLflow's store looks an experiment's dataset up, then inserts it when it is missing, in
 # one transaction: runs logging the same new dataset at once (trials starting together on
-# two workers) all miss it, all insert, and all but one fail on the table's key (a probe of
-# 20 rounds of 4 threads: 37 of 80 calls failed on PostgreSQL, 17 of 80 on SQLite;
-# tests/test_run_records.py). The failed call wrote nothing, and again it finds the winner's row.
+# two workers) all miss it, all insert, and all but one fail on the table's key (measured in
+# benchmarks/RESULTS.md; tests/test_run_records.py). The failed call wrote nothing, and again
+# it finds the winner's row.
 DATASET_RACE_ATTEMPTS = 3
 DATASET_KEY_CLASHES = ('"dataset_pk"', "UNIQUE constraint failed: datasets.")  # PostgreSQL's, SQLite's words
 
