@@ -179,7 +179,7 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
     if worker_id is not None:
         from petloc.search.distributed import run_worker
 
-        run_worker(exp, worker_id, chief, log=click.echo)
+        run_worker(exp, worker_id, chief, say=click.echo)
         return
     if chief is not None:
         from petloc.search.distributed import run_chief
@@ -188,7 +188,7 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
     else:
         from petloc.search.sweep import run_sweep
 
-        result = run_sweep(exp, fresh=fresh, log=click.echo)
+        result = run_sweep(exp, fresh=fresh, say=click.echo)
     from petloc.search.summary import sweep_summary
 
     for line in sweep_summary(exp.name, result, time.perf_counter() - start, f"{exp.registry.name}@{exp.registry.alias}"):

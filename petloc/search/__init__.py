@@ -7,11 +7,6 @@ SEARCH_OVER = "search over:"
 # Where a sweep's chief listens for its workers unless told (kept here, free of TensorFlow, for `petloc --help`).
 DEFAULT_CHIEF_ADDRESS = "127.0.0.1:8470"
 
-# Child runs of a sweep besides its trials, by their trial_id tag (and leaderboard row): the
-# best configuration trained at full length (final.py) and the average of the best (ensemble.py).
-FINAL_TRIAL, ENSEMBLE_TRIAL = "final", "ensemble"
-
-
-def trial_rows(rows: list[dict]) -> list[dict]:
-    """The leaderboard's rows of the search's own trials."""
-    return [row for row in rows if row["trial"] not in (FINAL_TRIAL, ENSEMBLE_TRIAL)]
+# Child runs of a sweep besides its trials, and the leaderboard's rows of its own trials: part of
+# what petloc records, so defined with the rest of its MLflow names (light: no MLflow import).
+from petloc.tracking.vocabulary import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows  # noqa: E402,F401

@@ -26,11 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
-import mlflow
 import keras_tuner as kt
 from keras_tuner.engine.trial import Trial, TrialStatus
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from petloc import library_internals
 from petloc.config import Experiment
@@ -40,23 +37,21 @@ from petloc.report import number
 from petloc.search import DEFAULT_CHIEF_ADDRESS, SEARCH_OVER
 from petloc.search.budget import PACE
 from petloc.search.progress import duration, planned_trials
-from petloc.search.sweep import (SWEEP_TAG, SweepResult, data_preparer, failed_trials, finish,
-                                 fingerprint, say_why_the_search_ended, sweep_state)
+from petloc.search.state import fingerprint, sweep_state
+from petloc.search.sweep import SweepResult, data_preparer, failed_trials, finish, say_why_the_search_ended
 from petloc.search.tuner import TrackedTuner, searched_names, tuner_dir
-from petloc.tracking import log, runs, store
+from petloc.tracking import store
+from petloc.tracking import vocabulary as vocab
+from petloc.tracking.sweep_record import LiveChief, SweepRecord
 
-CHIEF_TAG, WORKER_TAG = "petloc.chief", "petloc.worker"
 HEARTBEAT_SECONDS = 5.0
 # A worker's patience with a chief that does not answer (gone, restarting, or never there).
 CHIEF_PATIENCE_SECONDS = 30.0
-# The chief's sign of life on its parent run (wall-clock seconds), for a second chief to see.
-CHIEF_HEARTBEAT_TAG = "petloc.chief_heartbeat"
+# The chief's sign of life on its parent run, for a second chief to see (SweepRecord.beat).
 CHIEF_BEAT_SECONDS = 10.0
-CHIEF_LIVE_SECONDS = 60.0  # many beats: a busy tracking server or some clock skew is no death
 # petloc's own method beside Keras Tuner's: the sweep a chief serves (JSON).
 DESCRIBE_SERVICE, DESCRIBE_METHOD = "petloc.Sweep", "Describe"
 TUNER_ID_METADATA = "petloc-tuner-id"  # a worker's heartbeat says whose it is
-CHECKPOINT_FOLDER = "checkpoint"  # a Hyperband trial's weights in its run, for the round that continues it
 WORKER_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _ADDRESS = re.compile(r"(?P<host>[^\s:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})")
 
@@ -213,25 +208,25 @@ def _failed_in_a_row(oracle: kt.Oracle) -> int:
 
 
 def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout: float = 300.0,
-              log: Callable[[str], None] = print) -> SweepResult:
+              say: Callable[[str], None] = print) -> SweepResult:
     """Hold the sweep's oracle and answer workers until its trials are over; then the
     leaderboard and the promotion, as a one-process sweep ends."""
     host, port = parse_address(address, "--address")
     _check_free(host, port)  # before the sweep's state is touched
     started = time.monotonic()
     vet = lambda recorded: refuse_a_second_chief(exp, recorded)  # noqa: E731
-    with sweep_state(exp, fresh, vet) as (directory, parent), _chief_heartbeat(parent):
-        MlflowClient().set_tag(parent, CHIEF_TAG, f"{host}:{port}")
-        _refuse_a_concurrent_chief(exp, parent)
+    with sweep_state(exp, fresh, vet) as (directory, record), _chief_heartbeat(record):
+        record.mark_chief(f"{host}:{port}")
+        _refuse_a_concurrent_chief(exp, record.parent_run_id)
         _use_chief(host, port, "chief")
-        tuner = TrackedTuner(exp, parent, None, log, started=started, directory=str(directory.parent),
+        tuner = TrackedTuner(exp, record, None, say, started=started, directory=str(directory.parent),
                              project_name=directory.name, overwrite=False)
-        tuner.count_finished_runs(log)
+        tuner.count_finished_runs(say)
         oracle = tuner.oracle
         max_failures, oracle.max_consecutive_failed_trials = oracle.max_consecutive_failed_trials, None
         tuner.save()
-        servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, log)
-        servicer.sweep = {"sweep": exp.name, "fingerprint": fingerprint(exp), "parent_run_id": parent}
+        servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, say)
+        servicer.sweep = {"sweep": exp.name, "fingerprint": fingerprint(exp), "parent_run_id": record.parent_run_id}
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         library_internals.add_oracle_servicer(servicer, server)
         describe = grpc.unary_unary_rpc_method_handler(servicer.describe)  # bytes in, bytes out
@@ -239,83 +234,55 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
             (grpc.method_handlers_generic_handler(DESCRIBE_SERVICE, {DESCRIBE_METHOD: describe}),))
         server.add_insecure_port(f"{host}:{port}")
         server.start()
-        log(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {mlflow.get_tracking_uri()}; "
+        say(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {store.tracking_uri()}; "
             f"workers: petloc sweep EXPERIMENT --worker ID --chief {host}:{port}")
         try:
             while not servicer.done():
                 time.sleep(1)
                 for trial_id, reason in servicer.fail_silent_workers(worker_timeout):
-                    _end_trial_runs(parent, reason, trial_id)
+                    record.fail_running(reason, trial_id)
         finally:
             server.stop(grace=2)
         # A worker that lost the tracking server could not close its run; the oracle knows
         # how its trial ended, so the run does not stay RUNNING for ever.
-        _end_trial_runs(parent, "its worker could not close this run (was the tracking server unreachable?); "
-                        "the trial ended as the sweep's chief recorded it")
-        say_why_the_search_ended(tuner, parent, servicer.stopped, servicer.planned, log)
-        log(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
-        return finish(exp, parent, failed_trials(oracle), servicer.stopped, log, tuner.time_budget)
+        record.fail_running("its worker could not close this run (was the tracking server unreachable?); "
+                            "the trial ended as the sweep's chief recorded it")
+        say_why_the_search_ended(tuner, record, servicer.stopped, servicer.planned, say)
+        say(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
+        return finish(exp, record, failed_trials(oracle), servicer.stopped, say, tuner.time_budget)
 
 
 def refuse_a_second_chief(exp: Experiment, recorded: str | None) -> None:
     """One line when another chief of this sweep is alive on this tracking server: two
     parents of one sweep split its trials. `recorded`, the parent this folder holds, is
     this chief's own, as after a kill -9: it may be started again at once."""
-    for run in _chief_parents(exp):
-        if run.info.run_id != recorded and _chief_alive(run):
-            raise _another_chief(exp, run)
+    for chief in SweepRecord.live_chiefs(exp):
+        if chief.run_id != recorded:
+            raise _another_chief(exp, chief)
 
 
-def _another_chief(exp: Experiment, run) -> PetlocError:
-    tags = run.data.tags
-    host = tags.get(runs.OWNER_TAG, "?").partition(":")[0]
-    return PetlocError(f"sweep '{exp.name}' already has a live chief on {host} (at {tags.get(CHIEF_TAG)}, parent run "
-                       f"{run.info.run_id}); point workers at it, or stop it and start this one again")
+def _another_chief(exp: Experiment, chief: LiveChief) -> PetlocError:
+    return PetlocError(f"sweep '{exp.name}' already has a live chief on {chief.host} (at {chief.address}, parent run "
+                       f"{chief.run_id}); point workers at it, or stop it and start this one again")
 
 
 def _refuse_a_concurrent_chief(exp: Experiment, parent: str) -> None:
     """Two chiefs started at once may both pass the check before either has beaten: once
     this chief's heartbeat is on its parent, the one whose parent is older wins."""
-    own = MlflowClient().get_run(parent).info
-    for run in _chief_parents(exp):
-        if run.info.run_id != parent and _chief_alive(run) and \
-                (run.info.start_time, run.info.run_id) < (own.start_time, own.run_id):
-            raise _another_chief(exp, run)
-
-
-def _chief_parents(exp: Experiment) -> list:
-    """The RUNNING parent runs of chiefs of this sweep (its name compared here, not pasted
-    into the filter)."""
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(exp.tracking.experiment)
-    if experiment is None:
-        return []
-    found = client.search_runs([experiment.experiment_id],
-                               "attributes.status = 'RUNNING' and tags.`petloc.kind` = 'sweep'", max_results=1000)
-    return [run for run in found if run.data.tags.get(SWEEP_TAG) == exp.name and CHIEF_TAG in run.data.tags]
-
-
-def _chief_alive(run) -> bool:
-    """A chief's parent shows a live chief: its heartbeat is recent and, on this machine,
-    its process still runs (a chief killed here is known dead at once)."""
-    tags = run.data.tags
-    owner = tags.get(runs.OWNER_TAG)
-    if owner and not runs.owner_alive(owner):
-        return False
-    try:
-        return time.time() - float(tags.get(CHIEF_HEARTBEAT_TAG, "")) < CHIEF_LIVE_SECONDS
-    except ValueError:  # a chief of an older petloc: no heartbeat to tell
-        return False
+    own = (SweepRecord(parent).started(), parent)
+    for chief in SweepRecord.live_chiefs(exp):
+        if chief.run_id != parent and (chief.started, chief.run_id) < own:
+            raise _another_chief(exp, chief)
 
 
 @contextlib.contextmanager
-def _chief_heartbeat(parent: str, every: float = CHIEF_BEAT_SECONDS):
+def _chief_heartbeat(record: SweepRecord, every: float = CHIEF_BEAT_SECONDS):
     """The chief's parent run carries the time it was last alive, every few seconds, until
     the sweep ends (its final run included). A missed beat is no error."""
 
     def beat():
         with contextlib.suppress(Exception):  # the tracking server may be down a while; the sweep goes on
-            MlflowClient().set_tag(parent, CHIEF_HEARTBEAT_TAG, f"{time.time():.0f}")
+            record.beat()
 
     beat()  # the first before this chief checks for a concurrent one
     with _repeating(beat, every, "petloc-chief-heartbeat"):
@@ -349,15 +316,6 @@ def _check_free(host: str, port: int) -> None:
         raise PetlocError(f"--address {host}:{port}: cannot listen there ({err.strerror or err})") from None
 
 
-def _end_trial_runs(parent: str, reason: str, trial_id: str | None = None) -> None:
-    """The runs a lost worker left RUNNING (for one trial, or any) end FAILED, saying why."""
-    client = MlflowClient()
-    trial = f" and tags.trial_id = '{trial_id}'" if trial_id is not None else ""
-    for run in runs.child_runs(parent, f"attributes.status = 'RUNNING'{trial}"):
-        client.set_tag(run.info.run_id, "error", reason)
-        client.set_terminated(run.info.run_id, "FAILED")
-
-
 # ---- a worker -----------------------------------------------------------------------------
 
 class WorkerTuner(TrackedTuner):
@@ -366,13 +324,13 @@ class WorkerTuner(TrackedTuner):
 
     holds_the_oracle = False
 
-    def __init__(self, exp: Experiment, parent_run_id: str, data_for, worker_id: str, say, chief: str,
+    def __init__(self, exp: Experiment, record: SweepRecord, data_for, worker_id: str, say, chief: str,
                  patience: float = CHIEF_PATIENCE_SECONDS, **kwargs):
         self.worker_id, self.say, self.chief, self.patience = worker_id, say, chief, patience
-        super().__init__(exp, parent_run_id, data_for, say, **kwargs)
+        super().__init__(exp, record, data_for, say, **kwargs)
         # A chief gone for longer ends the worker, not hangs it.
         library_internals.limit_chief_calls(self.oracle, patience)
-        self.run_tags = {WORKER_TAG: worker_id}
+        self.run_tags = {vocab.WORKER: worker_id}
 
     def say_trial_begins(self, trial) -> None:
         self.progress.trial_begins(trial.trial_id, int(trial.trial_id) + 1, self.shown_values(trial))
@@ -390,7 +348,7 @@ class WorkerTuner(TrackedTuner):
         with _heartbeat(self.oracle, trial.trial_id, silent):
             result = super().run_trial(trial, *args, **kwargs)
         if self.exp.tuner.kind == "hyperband":  # a later round may continue this trial on another machine
-            log.log_files(self.trial_runs[trial.trial_id], {CHECKPOINT_FOLDER: self._weights_file(trial.trial_id)})
+            self.record.upload_checkpoint(self.trial_runs[trial.trial_id], self._weights_file(trial.trial_id))
         self._reach_chief(trial.trial_id)
         return result
 
@@ -424,10 +382,9 @@ class WorkerTuner(TrackedTuner):
         previous = hp.values.get("tuner/trial_id")
         if not previous or self._weights_file(previous).is_file():
             return super()._warm_start_weights(hp)
-        for run in runs.child_runs(self.parent_run_id, f"tags.trial_id = '{previous}' and attributes.status = 'FINISHED'"):
-            with contextlib.suppress(MlflowException):
-                return Path(MlflowClient().download_artifacts(run.info.run_id, f"{CHECKPOINT_FOLDER}/{self._weights_file(previous).name}",
-                                                              str(self.get_trial_dir(previous))))
+        downloaded = self.record.download_checkpoint(previous, self._weights_file(previous).name, Path(self.get_trial_dir(previous)))
+        if downloaded is not None:
+            return downloaded
         raise PetlocError(f"trial {hp.values.get('tuner/trial_id')}'s weights, which this trial continues, are neither "
                           "in this machine's sweep folder nor in its run")
 
@@ -461,7 +418,7 @@ def _heartbeat(oracle, trial_id: str, silent: Callable[[float], None],
 
 
 def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float = CHIEF_PATIENCE_SECONDS,
-               log: Callable[[str], None] = print) -> None:
+               say: Callable[[str], None] = print) -> None:
     """Run the chief's trials until it says there are none left."""
     if not WORKER_ID.fullmatch(worker_id) or "chief" in worker_id:
         shown = worker_id if len(worker_id) <= 40 else worker_id[:40] + "..."
@@ -471,13 +428,13 @@ def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float 
     directory = tuner_dir(exp, store.STORE_DIR)
     busy = f"worker {worker_id} of sweep '{exp.name}' is already running on this machine; give this one another ID"
     with exclusive_lock(directory.with_name(f"{directory.name}.worker-{worker_id}.lock"), busy):
-        parent = _parent_of_the_chief(exp, ask_chief(host, port, wait_seconds, log), host, port)
+        record = _parent_of_the_chief(exp, ask_chief(host, port, wait_seconds, say), host, port)
         tuner_id = f"worker-{worker_id}"
         _use_chief(host, port, tuner_id)
-        say = lambda line: log(f"[{tuner_id}] {line.lstrip()}")  # noqa: E731  (one line each, named)
-        data_for = data_preparer(exp, parent, say)
+        named = lambda line: say(f"[{tuner_id}] {line.lstrip()}")  # noqa: E731  (one line each, named)
+        data_for = data_preparer(exp, record, named)
         data_for(exp.data.image_size)
-        tuner = WorkerTuner(exp, parent, data_for, worker_id, say, f"{host}:{port}", wait_seconds,
+        tuner = WorkerTuner(exp, record, data_for, worker_id, named, f"{host}:{port}", wait_seconds,
                             directory=str(directory.parent), project_name=directory.name, overwrite=False)
         try:
             tuner.search()
@@ -485,10 +442,10 @@ def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float 
             why = err.code().name if isinstance(err, grpc.RpcError) else str(err)
             raise PetlocError(f"worker {worker_id}: lost the chief at {host}:{port} ({why}); "
                               "start the worker again once the chief runs") from None
-        say(f"no trials left in sweep '{exp.name}'; this worker ran {tuner.progress.ran}")
+        named(f"no trials left in sweep '{exp.name}'; this worker ran {tuner.progress.ran}")
 
 
-def ask_chief(host: str, port: int, patience: float, log: Callable[[str], None]) -> dict:
+def ask_chief(host: str, port: int, patience: float, say: Callable[[str], None]) -> dict:
     """The sweep the chief at HOST:PORT serves (petloc's Describe method). Nothing listening
     there is waited for, up to `patience` seconds; anything else that is not a petloc chief
     is one line at once."""
@@ -508,7 +465,7 @@ def ask_chief(host: str, port: int, patience: float, log: Callable[[str], None])
                 raise PetlocError(f"--chief {address}: no chief answered in {duration(patience)}; start it with "
                                   "petloc sweep EXPERIMENT --chief --address HOST:PORT") from None
             if not said:
-                log(f"waiting for the chief at {address} (up to {duration(patience)})")
+                say(f"waiting for the chief at {address} (up to {duration(patience)})")
                 said = True
             time.sleep(1)
 
@@ -532,18 +489,14 @@ def _sweep_of(answer: bytes, address: str) -> dict:
     raise PetlocError(f"--chief {address}: not a petloc chief (its answer is no sweep)")
 
 
-def _parent_of_the_chief(exp: Experiment, sweep: dict, host: str, port: int) -> str:
-    """The parent run of the chief's sweep, once this worker's settings match the chief's
+def _parent_of_the_chief(exp: Experiment, sweep: dict, host: str, port: int) -> SweepRecord:
+    """The record of the chief's sweep, once this worker's settings match the chief's
     and the run is in this worker's tracking server."""
     parent = sweep["parent_run_id"]
     if sweep["sweep"] != exp.name or sweep["fingerprint"] != fingerprint(exp):
         raise PetlocError(f"sweep '{exp.name}': this worker's experiment settings differ from the chief's at "
                           f"{host}:{port} (sweep '{sweep['sweep']}', run {parent}); give every worker the chief's "
                           "file and overrides")
-    try:
-        MlflowClient().get_run(parent)
-    except MlflowException:
-        raise PetlocError(f"the chief at {host}:{port} logs to parent run {parent}, which is not in "
-                          f"{mlflow.get_tracking_uri()}; point the chief and every worker at the same tracking server "
-                          "(tracking.uri or MLFLOW_TRACKING_URI)") from None
-    return parent
+    return SweepRecord.existing(parent, f"the chief at {host}:{port} logs to parent run {parent}, which is not in "
+                                f"{store.tracking_uri()}; point the chief and every worker at the same tracking server "
+                                "(tracking.uri or MLFLOW_TRACKING_URI)")

@@ -1,6 +1,6 @@
 """An ensemble of a sweep's best trials: their models in one Keras model that averages
 their class scores and boxes, scored on the same validation photos and logged as one more
-child run of the sweep (`trial_id` "ensemble"). The leaderboard and the promotion then
+child run of the sweep (`trial_id` "ensemble", `petloc.kind` "ensemble"). The leaderboard and the promotion then
 weigh it like any trial: it becomes the champion only when it beats the best single trial
 on val mIoU (and fits the latency budget, which it costs about N times a member's)."""
 
@@ -10,11 +10,11 @@ from typing import Callable
 
 import keras
 from keras import layers
-from mlflow.tracking import MlflowClient
 
 from petloc.config import Experiment
-from petloc.search import ENSEMBLE_TRIAL
 from petloc.tracking import log, registry, runs
+from petloc.tracking import vocabulary as vocab
+from petloc.tracking.sweep_record import SweepRecord
 from petloc.tracking.training_runs import score_and_log
 from petloc.training.dataset import prepare_data
 
@@ -22,7 +22,7 @@ from petloc.training.dataset import prepare_data
 def members_of(rows: list[dict], size: int) -> list[dict]:
     """The `size` best models (rows come best first; trials and the final run) that take the
     best one's image size."""
-    trials = [row for row in rows if row["trial"] != ENSEMBLE_TRIAL]
+    trials = [row for row in rows if row["trial"] != vocab.ENSEMBLE_TRIAL]
     if not trials:
         return []
     return [row for row in trials if row["image_size"] == trials[0]["image_size"]][:size]
@@ -40,29 +40,29 @@ def average_of(models: list[keras.Model]) -> keras.Model:
     return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_ensemble")
 
 
-def log_ensemble(exp: Experiment, parent: str, rows: list[dict], say: Callable[[str], None]) -> str | None:
+def log_ensemble(exp: Experiment, record: SweepRecord, rows: list[dict], say: Callable[[str], None]) -> str | None:
     """Builds, scores and logs the ensemble of the `exp.registry.ensemble` best trials as a
-    child run of `parent`; returns its run ID, or None when there is nothing to ensemble or
+    child run of the sweep; returns its run ID, or None when there is nothing to ensemble or
     the same members were ensembled already (a sweep run again)."""
     members = members_of(rows, exp.registry.ensemble)
     if len(members) < 2:
         return None
     member_runs = ",".join(row["run_id"] for row in members)
-    client = MlflowClient()
-    earlier = runs.child_runs(parent, f"tags.trial_id = '{ENSEMBLE_TRIAL}' and attributes.status = 'FINISHED'")
-    if any(set(run.data.tags.get("member_runs", "").split(",")) == set(member_runs.split(",")) for run in earlier):
+    earlier = record.runs_of(vocab.ENSEMBLE_TRIAL, "FINISHED")
+    if any(set(run.data.tags.get(vocab.MEMBER_RUNS, "").split(",")) == set(member_runs.split(",")) for run in earlier):
         return None
     trials = ", ".join(str(row["trial"]) for row in members)
     say(f"ensemble of trials {trials}: scoring their averaged answers on the validation photos")
-    models = [registry.load_localiser(client.get_run(row["run_id"]).data.tags["model_uri"]) for row in members]
+    models = [registry.load_localiser(record.run(row["run_id"]).data.tags[vocab.MODEL_URI]) for row in members]
     model = average_of(models)
     size = int(members[0]["image_size"])
     data = prepare_data(exp.data, size, say=lambda _: None)
-    tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": ENSEMBLE_TRIAL, "member_runs": member_runs}
-    experiment_id = client.get_run(parent).info.experiment_id
-    run_id = runs.create_run(experiment_id, f"ensemble-of-{len(members)}", tags)
+    tags = {vocab.KIND: vocab.ENSEMBLE_KIND, vocab.MEMBER_RUNS: member_runs}
+    run_id = record.child_run(vocab.ENSEMBLE_TRIAL, f"ensemble-of-{len(members)}", tags)
     with runs.run_status(run_id):
-        params = {"backbone": "ensemble", "image_size": size, "members": trials, "member_count": len(members)}
+        # The members' backbones, "+"-joined when they differ: the kind tag, not this param, marks an ensemble.
+        backbones = "+".join(dict.fromkeys(str(row["backbone"]) for row in members))
+        params = {vocab.BACKBONE: backbones, vocab.IMAGE_SIZE: size, vocab.MEMBERS: trials, "member_count": len(members)}
         description = (f"Ensemble of trials {trials} of sweep '{exp.name}': their class scores and boxes averaged, "
                        f"validated on {len(data.val)} photos of {data.source}")
         log.log_run_inputs(run_id, params, data, exp.train.seed, description)

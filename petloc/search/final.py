@@ -13,59 +13,55 @@ import contextlib
 from pathlib import Path
 from typing import Callable
 
-from mlflow.tracking import MlflowClient
-
 from petloc.config import Experiment
 from petloc.files import remove_tree
-from petloc.search import FINAL_TRIAL
-from petloc.tracking import runs, store
 from petloc.search.tuner import tuner_dir
+from petloc.tracking import runs, store
+from petloc.tracking import vocabulary as vocab
+from petloc.tracking.sweep_record import SweepRecord
 from petloc.tracking.reproduce import hyperparameters_of
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
 from petloc.training.fit import has_backup, resolved_precision
 
 
-def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], None],
+def train_final(exp: Experiment, record: SweepRecord, best: dict, say: Callable[[str], None],
                 epochs_for: Callable[[dict], int] | None = None) -> str | None:
     """Trains the configuration of leaderboard row `best` for `exp.tuner.final_epochs` epochs
-    (or `epochs_for(values)`: `tuner.fill_budget`) in a child run of `parent`; None when that
+    (or `epochs_for(values)`: `tuner.fill_budget`) in a child run of the sweep; None when that
     was done already (a sweep run again)."""
-    client = MlflowClient()
     least = exp.tuner.final_epochs
 
     def done(run) -> bool:  # this configuration's final run, at the length asked (or more, when filling)
-        trained = int(run.data.params.get("epochs", 0))
-        return run.data.tags.get("source_run") == best["run_id"] and (trained >= least if exp.tuner.fill_budget else trained == least)
+        trained = int(run.data.params.get(vocab.EPOCHS, 0))
+        return run.data.tags.get(vocab.SOURCE_RUN) == best["run_id"] and (trained >= least if exp.tuner.fill_budget else trained == least)
 
-    if any(done(run) for run in runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'FINISHED'")):
+    if any(done(run) for run in record.runs_of(vocab.FINAL_TRIAL, "FINISHED")):
         return None
-    values = hyperparameters_of(client.get_run(best["run_id"]).data.params)
+    values = hyperparameters_of(record.run(best["run_id"]).data.params)
     backups = tuner_dir(exp, store.STORE_DIR) / "final"
     precision = resolved_precision(exp.train.precision, int(values["image_size"]))  # another machine may train in another
 
     def resumable(run) -> bool:
-        return done(run) and run.data.params.get("precision") == precision and has_backup(backups / run.info.run_id)
+        return done(run) and run.data.params.get(vocab.PRECISION) == precision and has_backup(backups / run.info.run_id)
 
-    interrupted = next(filter(resumable, runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}' and attributes.status = 'KILLED'")), None)
+    interrupted = next(filter(resumable, record.runs_of(vocab.FINAL_TRIAL, "KILLED")), None)
     data = prepare_data(exp.data, int(values["image_size"]), say=lambda _: None)
     if interrupted:
-        run_id, epochs = interrupted.info.run_id, int(interrupted.data.params["epochs"])
+        run_id, epochs = interrupted.info.run_id, int(interrupted.data.params[vocab.EPOCHS])
         runs.claim_run(run_id)
         say(f"\nfinal run: resuming run {run_id} ({epochs} epochs of trial {best['trial']}'s configuration) from its last finished epoch")
     else:
         epochs = epochs_for(values) if epochs_for else least
         filled = f" (tuner.fill_budget: the time left holds {epochs - least} more than tuner.final_epochs)" if epochs > least else ""
         say(f"\nfinal run: trial {best['trial']}'s configuration from scratch for {epochs} epochs{filled}")
-        tags = {"mlflow.parentRunId": parent, "sweep_run_id": parent, "trial_id": FINAL_TRIAL, "source_run": best["run_id"],
-                "source_trial": str(best["trial"])}
-        experiment_id = client.get_run(parent).info.experiment_id
-        run_id = runs.create_run(experiment_id, f"final-{values.get('backbone', '')}", tags)
+        tags = {vocab.SOURCE_RUN: best["run_id"], vocab.SOURCE_TRIAL: str(best["trial"])}
+        run_id = record.child_run(vocab.FINAL_TRIAL, f"final-{values.get('backbone', '')}", tags)
     how = "from scratch, resumed from its last finished epoch after a stop" if interrupted else "from scratch"
     with runs.run_status(run_id):
         summary = train_tracked(exp, values, data, run_id, epochs=epochs, backup=backups / run_id,
                                 description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration {how}")
-    _remove_stale_backups(parent, backups, best["run_id"], epochs)
+    _remove_stale_backups(record, backups, best["run_id"], epochs)
     with contextlib.suppress(OSError):  # Keras removed this run's backup; the folder goes too unless another run's is there
         backups.rmdir()
     say(f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
@@ -73,7 +69,7 @@ def train_final(exp: Experiment, parent: str, best: dict, say: Callable[[str], N
     return run_id
 
 
-def _remove_stale_backups(parent: str, backups: Path, source_run: str, epochs: int) -> None:
+def _remove_stale_backups(record: SweepRecord, backups: Path, source_run: str, epochs: int) -> None:
     """Removes the backups that no sweep run can resume now that a final run of `source_run`'s
     configuration has finished at `epochs`: those of stopped final runs of the same
     configuration and length (a sweep asking for it finds the finished run first, whatever
@@ -81,8 +77,8 @@ def _remove_stale_backups(parent: str, backups: Path, source_run: str, epochs: i
     keeps its backup: the sweep run again with that `final_epochs` resumes it."""
     if not backups.is_dir():
         return
-    finals = {run.info.run_id: run for run in runs.child_runs(parent, f"tags.trial_id = '{FINAL_TRIAL}'")}
+    finals = {run.info.run_id: run for run in record.runs_of(vocab.FINAL_TRIAL)}
     for folder in backups.iterdir():
         run = finals.get(folder.name)
-        if run is None or (run.data.tags.get("source_run") == source_run and int(run.data.params.get("epochs", -1)) == epochs):
+        if run is None or (run.data.tags.get(vocab.SOURCE_RUN) == source_run and int(run.data.params.get(vocab.EPOCHS, -1)) == epochs):
             remove_tree(folder, backups)

@@ -14,9 +14,6 @@ from typing import Any, Callable
 
 import keras
 import keras_tuner as kt
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from petloc import library_internals, stopping
 from petloc.config import Experiment, Range
@@ -24,7 +21,9 @@ from petloc.model import Hyperparameters, build_model, hyperparams
 from petloc.search.budget import (PACE, BayesianOptimizationOracle, GridSearchOracle, HyperbandOracle, RandomSearchOracle,
                                   TimeBudgetedOracle)
 from petloc.search.progress import SweepProgress, planned_trials
-from petloc.tracking import runs, store
+from petloc.tracking import runs
+from petloc.tracking import vocabulary as vocab
+from petloc.tracking.sweep_record import SweepRecord
 from petloc.tracking.training_runs import train_tracked
 from petloc.training import progress
 from petloc.training.dataset import PreparedData
@@ -107,11 +106,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
 
     holds_the_oracle = True  # alone or as a chief; a worker asks the chief's
 
-    def __init__(self, exp: Experiment, parent_run_id: str, data_for: Callable[[int], PreparedData],
+    def __init__(self, exp: Experiment, record: SweepRecord, data_for: Callable[[int], PreparedData],
                  say: Callable[[str], None] = print, started: float | None = None, **kwargs):
         """`started`: when this start of the sweep began (time.monotonic), for `tuner.max_minutes`."""
-        self.exp, self.parent_run_id, self.data_for = exp, parent_run_id, data_for
-        self.client = MlflowClient()
+        self.exp, self.record, self.data_for = exp, record, data_for
         self.figures: dict[str, dict[str, float]] = {}  # trial_id -> summary of the trials this process ran
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
         self.run_tags: dict[str, str] = {}  # more tags for each trial's run
@@ -192,7 +190,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
                                         pace=self._pace_reporter(trial.trial_id))
         except Exception as err:
             stopping.raise_stop_behind(err)  # a stop that a library turned into its own error: no failed trial
-            self.errors[trial.trial_id] = why_failed(err)
+            self.errors[trial.trial_id] = runs.why_failed(err)
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
         self.trial_runs[trial.trial_id] = run_id
@@ -212,12 +210,11 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         queued = library_internals.retry_queue(self.oracle)
         if not queued:
             return []
-        finished = {run.data.tags.get("trial_id"): run
-                    for run in runs.child_runs(self.parent_run_id, "attributes.status = 'FINISHED'")}
+        finished = self.record.finished_runs()
         counted = []
         for trial_id in queued:
             run = finished.get(trial_id)
-            if run is None or "best_val_miou" not in run.data.metrics:
+            if run is None or vocab.BEST_VAL_MIOU not in run.data.metrics:
                 continue
             library_internals.take_from_retry_queue(self.oracle, trial_id)
             self.oracle.update_trial(trial_id, trial_metrics(run.data.metrics))
@@ -235,17 +232,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         left unfinished (its process interrupted or killed) ends KILLED, so the trial is
         logged once as FINISHED: Keras Tuner hands a trial again only to its own tuner ID once
         that attempt is gone, or, on a resume, when the sweep's lock says nobody runs it."""
-        earlier = runs.child_runs(self.parent_run_id, f"tags.trial_id = '{trial.trial_id}'")
-        for run in (r for r in earlier if r.info.status in ("RUNNING", "FINISHED")):  # a FAILED attempt stays FAILED
-            self.client.set_tag(run.info.run_id, "error", f"trial {trial.trial_id} was run again; this attempt "
-                                f"({run.info.status} when it was dropped) did not end it")
-            self.client.set_terminated(run.info.run_id, "KILLED")
-        hp = trial.hyperparameters.values
-        tags = {"mlflow.parentRunId": self.parent_run_id, "sweep_run_id": self.parent_run_id, "trial_id": trial.trial_id}
-        tags.update({k: str(v) for k, v in hp.items() if k.startswith("tuner/")})
+        values = trial.hyperparameters.values
+        tags = {name: str(value) for name, value in values.items() if name.startswith("tuner/")}
         tags.update(self.run_tags)
-        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        return runs.create_run(experiment_id, f"trial-{trial.trial_id}-{hp.get('backbone', '')}", tags)
+        return self.record.trial_run(trial.trial_id, f"trial-{trial.trial_id}-{values.get('backbone', '')}", tags)
 
     def _weights_file(self, trial_id: str) -> Path:
         return Path(self.get_trial_dir(trial_id)) / "weights.weights.h5"
@@ -265,17 +255,6 @@ def trial_metrics(summary: dict[str, float]) -> dict[str, float]:
     kept = ("val_accuracy", "epoch_seconds", "epochs_trained")
     metrics.update({name: summary[name] for name in kept if name in summary})
     return metrics
-
-
-def why_failed(err: Exception) -> str:
-    """A failed trial's reason in one line; a tracking server that stopped answering or refused the call is named."""
-    first = str(err).splitlines()[0] if str(err) else ""
-    if isinstance(err, MlflowException) and "Max retries exceeded" in first:
-        return f"the tracking server {mlflow.get_tracking_uri()} did not answer, even after MLflow's retries ({first[:160]}...)"
-    refused = store.refusal(err)  # a password changed mid-sweep, a permission taken back
-    if refused:
-        return refused
-    return f"{type(err).__name__}: {first}"
 
 
 def searched_names(exp: Experiment) -> list[str]:

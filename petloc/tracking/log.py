@@ -28,16 +28,10 @@ import petloc
 from petloc import serving
 from petloc.config import Experiment
 from petloc.errors import COMMAND_ENV
+from petloc.tracking import vocabulary as vocab
 from petloc.training.dataset import PreparedData
 
-EPOCH_METRICS = {  # Keras log name -> MLflow metric name
-    "loss": "train/loss",
-    "miou": "train/miou",
-    "accuracy": "train/accuracy",
-    "val_loss": "val/loss",
-    "val_miou": "val/miou",
-    "val_accuracy": "val/accuracy",
-}
+EPOCH_METRICS = vocab.EPOCH_METRICS  # Keras log name -> MLflow metric name
 
 
 def _git(*args: str) -> str | None:
@@ -52,12 +46,12 @@ def provenance() -> dict[str, str]:
     """Where a run comes from: the command line, petloc's version and, in a git work tree
     with commits, the commit (MLflow's own source tags too) and whether the tree was dirty."""
     command = os.environ.get(COMMAND_ENV) or shlex.join(sys.argv)  # Python use: the script that called petloc
-    tags = {"petloc_version": petloc.__version__, "command": command,
+    tags = {vocab.VERSION: petloc.__version__, vocab.COMMAND: command,
             "mlflow.source.name": command, "mlflow.source.type": "LOCAL"}
     commit = _git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     if commit:  # no repository, or one without commits: no commit to name
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-        tags.update({"git_commit": commit, "mlflow.source.git.commit": commit, "git_dirty": str(dirty).lower()})
+        tags.update({vocab.GIT_COMMIT: commit, "mlflow.source.git.commit": commit, vocab.GIT_DIRTY: str(dirty).lower()})
     return tags
 
 
@@ -137,13 +131,13 @@ def log_model(model: keras.Model, run_id: str, localiser: bool = True) -> str:
     its URI is the run's `model_uri` tag and is returned."""
     with mlflow.start_run(run_id=run_id, nested=True):
         if localiser:
-            # MLflow would load the model back and serve its input example to check it, the
-            # largest part of a trial's tracking cost. tests/test_serving*.py check the served model.
+            # MLflow would load the model back and serve its input example to check it, a large
+            # share of a trial's tracking (benchmarks/RESULTS.md); tests/serving/ check the served model.
             info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=serving, keras_model=model,
                                            validate_serving_input=False)
         else:
             info = mlflow.keras.log_model(model, name="model")
-    MlflowClient().set_tag(run_id, "model_uri", info.model_uri)
+    MlflowClient().set_tag(run_id, vocab.MODEL_URI, info.model_uri)
     return info.model_uri
 
 
@@ -152,7 +146,7 @@ def log_run_inputs(run_id: str, params: dict[str, Any], data: PreparedData, seed
     from, the seed, and a description the MLflow UI shows."""
     # MLflow shows a missing value as "None"; petloc's files say "none".
     mlflow.log_params({k: ("none" if v is None else v) for k, v in params.items()}, run_id=run_id)
-    every = {**data.tags(), **provenance(), "seed": seed, "mlflow.note.content": description, **tags}
+    every = {**data.tags(), **provenance(), vocab.SEED: seed, vocab.NOTE: description, **tags}
     # One call for all of them: a call per tag was a store transaction (or a server request) each.
     MlflowClient().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in every.items()])
     log_datasets(run_id, data)
@@ -184,8 +178,8 @@ def log_datasets(run_id: str, data: PreparedData) -> None:
 # MLflow's store looks an experiment's dataset up, then inserts it when it is missing, in
 # one transaction: runs logging the same new dataset at once (trials starting together on
 # two workers) all miss it, all insert, and all but one fail on the table's key, on PostgreSQL
-# and SQLite alike (tests/tracking/test_run_records.py). The failed call wrote nothing, and again it
-# finds the winner's row.
+# and SQLite alike (tests/tracking/test_run_records.py). The failed call wrote nothing, and again
+# it finds the winner's row.
 DATASET_RACE_ATTEMPTS = 3
 DATASET_KEY_CLASHES = ('"dataset_pk"', "UNIQUE constraint failed: datasets.")  # PostgreSQL's, SQLite's words
 
@@ -208,7 +202,7 @@ def system_metrics(run_id: str):
 
 def log_experiment(run_id: str, exp: Experiment) -> None:
     """The resolved experiment as `experiment.json`: what `petloc reproduce` re-runs."""
-    MlflowClient().log_dict(run_id, exp.model_dump(mode="json"), "experiment.json")
+    MlflowClient().log_dict(run_id, exp.model_dump(mode="json"), vocab.EXPERIMENT_FILE)
 
 
 def log_files(run_id: str, files: dict[str, Path]) -> None:

@@ -19,12 +19,13 @@ from petloc.model import Pretrained
 from petloc.model.backbones import CaffePreprocess
 from petloc.registry_names import check_alias, check_name, parse_ref, printable
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
-from petloc.tracking.store import configure
+from petloc.tracking import vocabulary as vocab
+from petloc.tracking.store import configure, tracking_uri
 
 # Version tags copied from the source run's metrics and tags.
 METRIC_LABELS = {"best_val_miou": "val mIoU", "val_accuracy": "val accuracy"}
-METRIC_TAGS = ("best_val_miou", "val_accuracy", "val_iou50", "latency_ms_b1", "latency_ms_b32", "params_count")
-RUN_TAGS = ("dataset_digest", "val_data", "sweep_run_id", "trial_id")
+METRIC_TAGS = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.VAL_IOU50, vocab.LATENCY_MS_B1, vocab.LATENCY_MS_B32, vocab.PARAMS_COUNT)
+RUN_TAGS = (vocab.DATASET_DIGEST, vocab.VAL_DATA, vocab.SWEEP_RUN_ID, vocab.TRIAL_ID)
 
 
 def model_uri(ref: str) -> str | None:
@@ -87,7 +88,7 @@ def pretrained_backbone(ref: str) -> Pretrained:
     """The backbone of a classifier that `petloc pretrain` registered (`petloc-backbone@champion`):
     its architecture, width and weights, for a localiser to start from."""
     run = source_run(ref)
-    if run.data.tags.get("petloc_kind") != "pretrain":
+    if vocab.kind_of(run.data.tags) != vocab.PRETRAIN_KIND:
         raise PetlocError(f"backbone: registered:{ref} is not a network from petloc pretrain")
     try:
         classifier = mlflow.keras.load_model(loadable_uri(model_uri(ref) or ref))
@@ -99,8 +100,8 @@ def pretrained_backbone(ref: str) -> Pretrained:
     if any(isinstance(layer, CaffePreprocess) for layer in net.layers):  # pretraining starts from scratch: -1..1
         raise PetlocError(f"backbone: registered:{ref} was pretrained by an older petloc on Caffe's inputs, which "
                           "localisers no longer build; pretrain it again")
-    return Pretrained(ref, run.data.params["backbone"], float(run.data.params["width"]), net.get_weights(),
-                      run.data.tags.get("val_data"))
+    return Pretrained(ref, run.data.params[vocab.BACKBONE], float(run.data.params[vocab.WIDTH]), net.get_weights(),
+                      run.data.tags.get(vocab.VAL_DATA))
 
 
 def registered_version(uri: str):
@@ -211,23 +212,23 @@ def promote(
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise PetlocError(f"run {printable(run_id)}: not found in {mlflow.get_tracking_uri()}") from None
+        raise PetlocError(f"run {printable(run_id)}: not found in {tracking_uri()}") from None
     # A localiser is ranked by val mIoU; a pretrained classifier by val accuracy.
-    metric = ("val_accuracy" if run.data.tags.get("petloc_kind") == "pretrain" else "best_val_miou")
+    metric = vocab.VAL_ACCURACY if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND else vocab.BEST_VAL_MIOU
     label = METRIC_LABELS.get(metric, metric)
     score = run.data.metrics.get(metric)
-    model_source = run.data.tags.get("model_uri")
+    model_source = run.data.tags.get(vocab.MODEL_URI)
     if score is None or not model_source:
         raise PetlocError(f"run {run_id}: has no logged model with {metric}; promote a finished petloc run")
-    latency = run.data.metrics.get("latency_ms_b1")
+    latency = run.data.metrics.get(vocab.LATENCY_MS_B1)
     if max_latency_ms is not None and not force and (latency is None or latency > max_latency_ms):
         why = f"its batch-1 latency {_ms(latency)} is over the budget of {max_latency_ms:g} ms"
         return Promotion(name, None, False, f"run {run_id} not promoted: {why} (--force moves {name}@{alias} anyway)")
     holder = champion_version(name, alias)
     if holder is not None and holder.run_id == run_id:
         return Promotion(name, holder.version, True, f"already {name}@{alias} (version {holder.version})")
-    val_data = run.data.tags.get("val_data")
-    if holder is not None and not force and (holder.tags.get("val_data") != val_data or holder.tags.get(metric) is None):
+    val_data = run.data.tags.get(vocab.VAL_DATA)
+    if holder is not None and not force and (holder.tags.get(vocab.VAL_DATA) != val_data or holder.tags.get(metric) is None):
         why = (f"{name}@{alias} (version {holder.version}) was measured on other validation data "
                f"({holder.tags.get('val_data', 'unknown')}; this run: {val_data}), so their figures do not compare; "
                f"petloc promote {run_id} --name {shlex.quote(name)} --force moves it")
@@ -337,7 +338,7 @@ def _register(run, model_source: str, name: str) -> str:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        kind = "cat/dog classifier whose backbone localisers start from" if run.data.tags.get("petloc_kind") == "pretrain" else "cat/dog head localiser (class + head box)"
+        kind = "cat/dog classifier whose backbone localisers start from" if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND else "cat/dog head localiser (class + head box)"
         try:
             client.create_registered_model(name, description=f"petloc: {kind}")
         except MlflowException as err:
@@ -345,7 +346,7 @@ def _register(run, model_source: str, name: str) -> str:
                 raise
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
-    tags["source_run"] = run.info.run_id
+    tags[vocab.SOURCE_RUN] = run.info.run_id
     # A logged model (models:/m-...) is named as such: a tracking server refuses the source without it.
     model_id = model_source.removeprefix("models:/") if model_source.startswith("models:/m-") else None
     version = client.create_model_version(name, model_source, run_id=run.info.run_id, tags=tags, model_id=model_id)

@@ -19,11 +19,11 @@ from petloc.config import Experiment, parse_experiment
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, read_bounded
 from petloc.tracking import log, runs, store
+from petloc.tracking import vocabulary as vocab
 from petloc.tracking.training_runs import train_tracked
 from petloc.training.dataset import prepare_data
 
-FIGURES = ("best_val_miou", "val_accuracy", "val_iou50", "latency_ms_b1", "train_seconds")
-SWEEP_KIND_TAG = "petloc.kind"  # "sweep" on a sweep's parent run (petloc/search/sweep.py)
+FIGURES = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.VAL_IOU50, vocab.LATENCY_MS_B1, vocab.TRAIN_SECONDS)
 
 
 @dataclass
@@ -40,14 +40,15 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
         original = client.get_run(run_id)
     except MlflowException:
         raise PetlocError(f"run {run_id}: not found in {store.configure()}") from None
-    if original.data.tags.get(SWEEP_KIND_TAG) == "sweep":
+    kind = vocab.kind_of(original.data.tags)
+    if kind == vocab.SWEEP_KIND:
         raise PetlocError(_sweep_parent_refusal(original))
-    if original.data.tags.get("petloc_kind") == "pretrain" or "best_val_miou" not in original.data.metrics:
+    if kind == vocab.PRETRAIN_KIND or vocab.BEST_VAL_MIOU not in original.data.metrics:
         raise PetlocError(f"run {run_id}: not a finished localiser training run or trial; reproduce re-runs those")
     if _continued(original):
         raise PetlocError(f"run {run_id}: a Hyperband trial that continued another trial's weights; reproduce that trial's first bracket instead")
-    if original.data.params.get("backbone") == "ensemble":
-        members = original.data.params.get("members", "?")
+    if vocab.is_ensemble(original.data.tags, original.data.params):
+        members = original.data.params.get(vocab.MEMBERS, "?")
         raise PetlocError(f"run {run_id}: the ensemble of a sweep's trials {members}; reproduce its member runs (tag member_runs)")
     exp = _logged_experiment(client, run_id)
     values = hyperparameters_of(original.data.params)
@@ -55,9 +56,9 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
     _check_same(original.data.tags, data.whole.digest, force)
 
     experiment_id = original.info.experiment_id
-    new_id = runs.create_run(experiment_id, f"reproduce-{original.info.run_name}", {"reproduces": run_id})
+    new_id = runs.create_run(experiment_id, f"reproduce-{original.info.run_name}", {vocab.REPRODUCES: run_id})
     with runs.run_status(new_id):
-        summary = train_tracked(exp, values, data, new_id, epochs=int(original.data.params["epochs"]),
+        summary = train_tracked(exp, values, data, new_id, epochs=int(original.data.params[vocab.EPOCHS]),
                                 description=f"Reproduction of run {run_id}")
     before = {k: original.data.metrics.get(k, float("nan")) for k in FIGURES}
     after = {k: summary[k] for k in FIGURES}
@@ -67,28 +68,27 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
 
 
 def _continued(run) -> bool:
-    return bool(int(run.data.tags.get("tuner/initial_epoch", "0") or 0))
+    return bool(int(run.data.tags.get(vocab.TUNER_INITIAL_EPOCH, "0") or 0))
 
 
 def _reproducible(run) -> bool:
-    ensemble = run.data.params.get("backbone") == "ensemble"
-    return "best_val_miou" in run.data.metrics and not _continued(run) and not ensemble
+    return vocab.BEST_VAL_MIOU in run.data.metrics and not _continued(run) and not vocab.is_ensemble(run.data.tags, run.data.params)
 
 
 def _sweep_parent_refusal(parent) -> str:
     """What to say for a sweep's parent run: it trained nothing itself; its trials did."""
     run_id = parent.info.run_id
-    trials = runs.child_runs(run_id, "attributes.status = 'FINISHED'", order_by=["metrics.best_val_miou DESC"])
+    trials = runs.child_runs(run_id, "attributes.status = 'FINISHED'", order_by=[f"metrics.{vocab.BEST_VAL_MIOU} DESC"])
     best = next((t for t in trials if _reproducible(t)), None)
     hint = f", such as its best, run {best.info.run_id}" if best else ""
-    sweep = parent.data.tags.get("petloc.sweep", "?")
+    sweep = parent.data.tags.get(vocab.SWEEP, "?")
     return (f"run {run_id}: the parent run of sweep '{sweep}', which trained nothing itself; "
             f"name one of its trial runs{hint} (petloc ui lists them)")
 
 
 def _logged_experiment(client: MlflowClient, run_id: str) -> Experiment:
     try:
-        path = client.download_artifacts(run_id, "experiment.json")
+        path = client.download_artifacts(run_id, vocab.EXPERIMENT_FILE)
     except (MlflowException, OSError):
         raise PetlocError(f"run {run_id}: it logged no experiment.json (made by an older petloc); nothing to reproduce from") from None
     return parse_experiment(json.loads(read_bounded(path, SMALL_FILE_LIMIT)), f"run {run_id}: experiment.json")
@@ -109,11 +109,11 @@ def _check_same(tags: dict[str, str], digest: str, force: bool) -> None:
     """Refuse (unless `force`) when the data or the code are not what the run had."""
     now = log.provenance()
     differences = []
-    if tags.get("dataset_digest") != digest:
-        differences.append(f"the data differ (digest {digest[:12]}, the run had {tags.get('dataset_digest', '?')[:12]})")
-    was = (tags.get("git_commit"), tags.get("git_dirty"))
-    if was != (now.get("git_commit"), now.get("git_dirty")):
-        differences.append(f"the code differs (commit {_code(now.get('git_commit'), now.get('git_dirty'))}, "
+    if tags.get(vocab.DATASET_DIGEST) != digest:
+        differences.append(f"the data differ (digest {digest[:12]}, the run had {tags.get(vocab.DATASET_DIGEST, '?')[:12]})")
+    was = (tags.get(vocab.GIT_COMMIT), tags.get(vocab.GIT_DIRTY))
+    if was != (now.get(vocab.GIT_COMMIT), now.get(vocab.GIT_DIRTY)):
+        differences.append(f"the code differs (commit {_code(now.get(vocab.GIT_COMMIT), now.get(vocab.GIT_DIRTY))}, "
                            f"the run had {_code(*was)})")
     if differences and not force:
         raise PetlocError("; ".join(differences) + "; pass --force to reproduce anyway")

@@ -9,11 +9,13 @@ import socket
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc import stopping
 from petloc.errors import PetlocError
-from petloc.tracking import log
+from petloc.tracking import log, store
+from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import STORE_DIR
 
 
@@ -31,7 +33,7 @@ def experiment_id(name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-OWNER_TAG = "petloc.owner"  # host:pid:start time of the process that runs it
+OWNER_TAG = vocab.OWNER  # host:pid:start time of the process that runs it
 
 
 def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None) -> str:
@@ -57,8 +59,8 @@ def claim_run(run_id: str) -> None:
     """Mark an existing run (a resumed sweep's parent) RUNNING and owned by this process."""
     client = MlflowClient()
     client.set_tag(run_id, OWNER_TAG, this_process())
-    if "error" in client.get_run(run_id).data.tags:  # the reason it stopped last time no longer holds
-        client.delete_tag(run_id, "error")
+    if vocab.ERROR in client.get_run(run_id).data.tags:  # the reason it stopped last time no longer holds
+        client.delete_tag(run_id, vocab.ERROR)
     client.update_run(run_id, status="RUNNING")
 
 
@@ -94,7 +96,7 @@ def end_orphans(run_ids: list[str], why: str) -> list[str]:
         owner = run.data.tags.get(OWNER_TAG)
         if run.info.status != "RUNNING" or not owner or owner_alive(owner):
             continue
-        client.set_tag(run_id, "error", f"its process ({owner}) ended without closing the run; {why}")
+        client.set_tag(run_id, vocab.ERROR, f"its process ({owner}) ended without closing the run; {why}")
         client.set_terminated(run_id, "KILLED")
         ended.append(run_id)
     return ended
@@ -104,7 +106,7 @@ def child_runs(parent_run_id: str, where: str = "", order_by: list[str] | None =
     """The runs nested under `parent_run_id`, optionally filtered (`attributes.status = 'FAILED'`)."""
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    query = f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {where}" if where else "")
+    query = f"tags.{vocab.PARENT_RUN_ID} = '{parent_run_id}'" + (f" and {where}" if where else "")
     return client.search_runs([experiment_id], query, order_by=order_by, max_results=50000)
 
 
@@ -113,7 +115,7 @@ def end_run(run_id: str, err: BaseException) -> BaseException:
     error of its own), with the reason as its `error` tag; returns what to raise."""
     err = stopping.interrupt_behind(err)
     client = MlflowClient()
-    client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:5000])
+    client.set_tag(run_id, vocab.ERROR, f"{type(err).__name__}: {err}"[:5000])
     client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
     return err
 
@@ -127,3 +129,14 @@ def run_status(run_id: str):
     except BaseException as err:
         raise end_run(run_id, err)  # err itself, or the interrupt behind it (err as its cause)
     MlflowClient().set_terminated(run_id, "FINISHED")
+
+
+def why_failed(err: Exception) -> str:
+    """A failed run's reason in one line; a tracking server that stopped answering or refused the call is named."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    if isinstance(err, MlflowException) and "Max retries exceeded" in first:
+        return f"the tracking server {store.tracking_uri()} did not answer, even after MLflow's retries ({first[:160]}...)"
+    refused = store.refusal(err)  # a password changed mid-sweep, a permission taken back
+    if refused:
+        return refused
+    return f"{type(err).__name__}: {first}"

@@ -112,6 +112,11 @@ def _check_database(uri: str, label: str) -> None:
         engine.dispose()
 
 
+def tracking_uri() -> str:
+    """The tracking URI MLflow uses now, password hidden, for messages."""
+    return shown_uri(mlflow.get_tracking_uri())
+
+
 def shown_uri(uri: str) -> str:
     """The URI with any password hidden, for messages."""
     try:

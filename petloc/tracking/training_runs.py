@@ -17,6 +17,7 @@ from petloc.config import Experiment
 from petloc.errors import PetlocError
 from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
+from petloc.tracking import vocabulary as vocab
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
 from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
 from petloc.training.fit import backed_up, fit_localiser, has_backup, resolved_precision
@@ -34,12 +35,12 @@ class TrackedRun:
 def train_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun:
     """`petloc train`: one run with the experiment's fixed hyperparameters."""
     store.configure(exp.tracking.uri)  # a dead tracking server is one line before the data is read
-    hp = exp.fixed_hyperparameters()
-    data = prepare_data(exp.data, hp["image_size"], say)
-    say(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
-    run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"train-{hp['backbone']}")
+    values = exp.fixed_hyperparameters()
+    data = prepare_data(exp.data, values["image_size"], say)
+    say(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{name}={value}" for name, value in values.items()))
+    run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"train-{values['backbone']}")
     with runs.run_status(run_id):
-        summary = train_tracked(exp, hp, data, run_id)
+        summary = train_tracked(exp, values, data, run_id)
     return TrackedRun(run_id, summary, data)
 
 
@@ -78,11 +79,11 @@ def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
 
 
 def train_tracked(
-    exp: Experiment, hp: dict[str, Any], data: PreparedData, run_id: str,
+    exp: Experiment, values: dict[str, Any], data: PreparedData, run_id: str,
     epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
     description: str = "", pace: Callable[[int, float], None] | None = None, backup: Path | None = None,
 ) -> dict[str, float]:
-    """Fits `hp` on `data` inside MLflow run `run_id` and logs everything; returns the summary
+    """Fits `values` on `data` inside MLflow run `run_id` and logs everything; returns the summary
     metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes.
     `backup`: a folder where the training state is kept after each epoch (`fit.fit`); when it
     holds one, the fit resumes from it, in the same run, and the curves and `epochs_trained`
@@ -90,17 +91,17 @@ def train_tracked(
     epochs = epochs or exp.train.epochs
     resumed = bool(backup) and has_backup(backup)
     seconds_before = backed_up(backup).seconds if resumed else 0.0  # the training before a stop counts too
-    pretrained = pretrained_for(hp["backbone"], data.val_key)
+    pretrained = pretrained_for(values["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
-    description += (f": {hp['backbone']} at {hp['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
+    description += (f": {values['backbone']} at {values['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
                     f"validated on {len(data.val)}")
-    log.log_run_inputs(run_id, {**hp, **run_settings(exp, epochs, int(hp['image_size']))}, data, exp.train.seed, description)
+    log.log_run_inputs(run_id, {**values, **run_settings(exp, epochs, int(values['image_size']))}, data, exp.train.seed, description)
     log.log_experiment(run_id, exp)
 
     start = time.perf_counter()
     epochs_logged = log.EpochLogger(run_id, pace)
     model, history = fit_localiser(
-        hp, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
+        values, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
         callbacks=[epochs_logged], initial_epoch=initial_epoch, backup=str(backup) if backup else None,
         initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
         precision=exp.train.precision, pretrained=pretrained,
@@ -111,10 +112,10 @@ def train_tracked(
     train_seconds = seconds_before + time.perf_counter() - start
     curves = log.epoch_history(run_id) if resumed else history.history
     lever = {}
-    if hp.get("tta", "none") != "none":  # what test-time augmentation was worth, on the same weights
+    if values.get("tta", "none") != "none":  # what test-time augmentation was worth, on the same weights
         plain, _ = quality(model, data.val)
         lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
-    model = TTA[hp.get("tta", "none")](model)  # what is measured and logged is what users get
+    model = TTA[values.get("tta", "none")](model)  # what is measured and logged is what users get
     timed = {"epoch_seconds": epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}  # none when resumed with none left
     return score_and_log(exp, model, data, run_id, curves, {
         **lever, "train_seconds": train_seconds, "epochs_trained": float(len(curves.get("loss", []))), **timed,
@@ -159,7 +160,7 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
                               "seed": exp.train.seed, "val_split": exp.data.val_split}
     description = (f"Pretraining of experiment '{exp.name}': a {cfg.backbone} cat / dog classifier for localisers to start from, "
                    f"on {len(data.train)} photos of {data.source}")
-    log.log_run_inputs(run_id, params, data, exp.train.seed, description, petloc_kind="pretrain")
+    log.log_run_inputs(run_id, params, data, exp.train.seed, description, **{vocab.KIND: vocab.PRETRAIN_KIND})
     log.log_experiment(run_id, exp)
     start = time.perf_counter()
     model, history = fit_classifier(cfg, data, exp.train.seed, callbacks=[log.EpochLogger(run_id)])

@@ -188,7 +188,7 @@ def test_an_experiment_file_that_is_no_small_regular_file_is_one_line(tmp_path, 
 
 
 def test_a_fifo_in_place_of_sweep_json_is_one_line_not_a_hang(tmp_path):
-    from petloc.search.sweep import _read_state
+    from petloc.search.state import _read_state
 
     os.mkfifo(tmp_path / "sweep.json")
     with pytest.raises(PetlocError, match=r"sweep.json: is a named pipe"):

@@ -77,3 +77,25 @@ def test_model_and_data_code_never_import_mlflow():
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "mlflow" or n.startswith("mlflow.") for n in names), path
+
+
+def mlflow_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every import of MLflow, wherever it is in the module."""
+    found = []
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        found += [(node.lineno, n) for n in names if n == "mlflow" or n.startswith("mlflow.")]
+    return found
+
+
+def test_the_search_never_imports_mlflow():
+    """petloc.tracking owns MLflow; the search records its runs through tracking.sweep_record."""
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {name}" for path in sorted((PACKAGE / "search").rglob("*.py"))
+             for line, name in mlflow_imports(ast.parse(path.read_text()))]
+    assert found == []
+
+
+def test_the_mlflow_check_catches_every_form_of_import():
+    tree = ast.parse("import mlflow\nfrom mlflow.tracking import MlflowClient\ndef f():\n    from mlflow.exceptions import MlflowException\n"
+                     "import mlflowish\n")
+    assert [name for _, name in mlflow_imports(tree)] == ["mlflow", "mlflow.tracking", "mlflow.exceptions"]

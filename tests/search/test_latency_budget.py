@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
-from petloc.search.sweep import champion_row, mark_budget, pareto_front
+from petloc.search.sweep import champion_row, mark_budget
+from petloc.tracking.sweep_record import pareto_front
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 ROWS = [  # a leaderboard, best val mIoU first: the most accurate trial is the slowest

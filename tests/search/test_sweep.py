@@ -212,11 +212,13 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
     trials = [r for r in runs if r.data.tags["trial_id"] != "ensemble"]
     assert ensemble.info.status == "FINISHED" and len(trials) == 2
     assert set(ensemble.data.tags["member_runs"].split(",")) == {r.info.run_id for r in trials}
-    assert ensemble.data.params["backbone"] == "ensemble" and ensemble.data.tags["val_data"] == trials[0].data.tags["val_data"]
+    assert ensemble.data.tags["petloc.kind"] == "ensemble" and ensemble.data.params["backbone"] == trials[0].data.params["backbone"]
+    assert ensemble.data.tags["val_data"] == trials[0].data.tags["val_data"]
     for key in ("best_val_miou", "val_accuracy", "latency_ms_b1"):
         assert key in ensemble.data.metrics
     assert "ensemble of trials 0, 1: val mIoU" in result.output and "(2 finished, 0 failed, their ensemble" in result.output
-    assert any(line.startswith("ensemble  ensemble") for line in result.output.splitlines())  # a leaderboard row
+    backbone = trials[0].data.params["backbone"]  # the members' backbone, not a made-up "ensemble"
+    assert any(line.startswith(f"ensemble  {backbone}") for line in result.output.splitlines())  # a leaderboard row
 
     # Its answers are the mean of its members' answers.
     models = [load_localiser(r.data.tags["model_uri"]) for r in (ensemble, *trials)]
@@ -281,31 +283,12 @@ def test_a_failed_end_step_leaves_the_leaderboard_and_the_promotion(tmp_path, mo
     assert client.get_model_version_by_alias("petloc", "champion")
 
 
-def test_a_sweep_started_by_an_older_petloc_resumes(swept, monkeypatch):
-    """Its sweep.json holds the fingerprint of before the end steps (registry included)."""
-    import json
-
-    from petloc.config import load_experiment
-    from petloc.search.sweep import _older_fingerprint, fingerprint
-
-    root, exp, client, parent_id, _ = swept
-    monkeypatch.chdir(root)
-    state_file = root / "mlruns" / "tuner" / "tiny" / "sweep.json"
-    state = json.loads(state_file.read_text())
-    state["fingerprint"] = _older_fingerprint(load_experiment(exp))
-    state_file.write_text(json.dumps(state))
-    again = invoke("sweep", exp)
-    assert again.exit_code == 0, again.output
-    assert f"parent run {parent_id};" in again.output
-    assert json.loads(state_file.read_text())["fingerprint"] == fingerprint(load_experiment(exp))
-
-
 def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
     """Hyperband numbers trials "0000", "0012": the leaderboard, the parent's best_trial_id and
     the final run's source_trial name the trial by that text, not by a number 12."""
     import mlflow
 
-    from petloc.search.sweep import leaderboard
+    from petloc.tracking.sweep_record import SweepRecord
 
     client = store_client(tmp_path)
     experiment = client.create_experiment("ids")
@@ -318,7 +301,7 @@ def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(client.tracking_uri)
     try:
-        rows = leaderboard(parent)
+        rows = SweepRecord(parent).leaderboard()
     finally:
         mlflow.set_tracking_uri(before)
     assert [row["trial"] for row in rows] == ["0012", "0003"]

@@ -27,10 +27,11 @@ from mlflow.tracking import MlflowClient
 
 from petloc.config import load_experiment
 from petloc.errors import PetlocError
-from petloc.search.distributed import (CHIEF_HEARTBEAT_TAG, CHIEF_TAG, ChiefServicer, _heartbeat,
-                                       _refuse_a_concurrent_chief, ask_chief, refuse_a_second_chief)
-from petloc.search.sweep import sweep_tags
+from petloc.search.distributed import ChiefServicer, _heartbeat, _refuse_a_concurrent_chief, ask_chief, refuse_a_second_chief
+from petloc.search.state import sweep_tags
 from petloc.tracking import runs
+from petloc.tracking.vocabulary import CHIEF as CHIEF_TAG
+from petloc.tracking.vocabulary import CHIEF_HEARTBEAT as CHIEF_HEARTBEAT_TAG
 from tests.helpers import free_port, tiny_dataset, tiny_experiment
 from tests.search.test_distributed_sweep import Lines, finish, leaderboard, start_chief, start_worker, trial_runs
 

@@ -44,7 +44,7 @@ def test_run_says_where_it_comes_from(trained):
     tags = run.data.tags
     assert tags["git_commit"] == tags["mlflow.source.git.commit"] == commit
     assert tags["git_dirty"] == "true"
-    assert tags["petloc_version"] == petloc.__version__
+    assert tags["petloc.version"] == petloc.__version__
     assert " train " in f" {tags['command']} " and tags["mlflow.source.name"] == tags["command"]
     assert tags["mlflow.note.content"].startswith("Training run of experiment 'tiny': simple at 32 px, 1 epochs")
 
@@ -82,7 +82,7 @@ def test_no_commit_is_named_outside_a_work_tree_with_commits(tmp_path, monkeypat
         git(tmp_path, "init", "-q")  # a repository without commits: HEAD names nothing
     tags = log.provenance()
     assert "git_commit" not in tags and "mlflow.source.git.commit" not in tags and "git_dirty" not in tags
-    assert tags["petloc_version"] == petloc.__version__
+    assert tags["petloc.version"] == petloc.__version__
 
 
 def test_reproduce_reruns_a_run_from_what_it_logged(trained):

@@ -56,7 +56,7 @@ def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
     client = MlflowClient()
     version = client.get_model_version_by_alias("petloc-backbone", "champion")
     r = client.get_run(version.run_id)
-    assert r.info.status == "FINISHED" and r.data.tags["petloc_kind"] == "pretrain"
+    assert r.info.status == "FINISHED" and r.data.tags["petloc.kind"] == "pretrain"
     assert r.data.params["backbone"] == "simple" and r.data.params["head_crops"] == "True"
     assert r.data.params["image_size"] == "40"
     assert r.data.metrics["train_images"] == 2 * 45  # 45 training photos and their head crops
