@@ -75,9 +75,11 @@ def take_from_retry_queue(oracle, trial_id: str) -> bool:
 def hyperband_iteration_trials(oracle) -> int:
     """The trials of one Hyperband iteration: every round of every bracket. Keras Tuner
     keeps this schedule in private methods of its HyperbandOracle."""
-    return sum(oracle._get_size(bracket, round_)
-               for bracket in range(oracle._get_num_brackets())
-               for round_ in range(oracle._get_num_rounds(bracket)))
+    return sum(
+        oracle._get_size(bracket, round_)
+        for bracket in range(oracle._get_num_brackets())
+        for round_ in range(oracle._get_num_rounds(bracket))
+    )
 
 
 def oracle_servicer() -> type:
@@ -116,6 +118,7 @@ class _PatientStub:
             asked = kwargs.get("timeout")
             kwargs["timeout"] = self.seconds if asked is None else min(asked, self.seconds)
             return method(request, **kwargs)
+
         return call
 
 
@@ -162,7 +165,6 @@ def build_symbolically(model, batch_spec) -> bool:
     return True
 
 
-
 def all_layers(model) -> list[Any]:
     """Keras's own walk of a model's layers, the model first and tracked attributes included
     (a wrapped network); `model.layers` lists only the top level."""
@@ -187,4 +189,3 @@ def copy_code_paths(paths: list[str], path) -> str:
     from mlflow.utils.model_utils import _validate_and_copy_code_paths
 
     return _validate_and_copy_code_paths(paths, path)
-

@@ -24,7 +24,9 @@ def experiment_id(name: str) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found and found.lifecycle_stage == "deleted":
-        raise PetlocError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment to another name")
+        raise PetlocError(
+            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment to another name"
+        )
     if found:
         return found.experiment_id
     location = None
@@ -45,7 +47,9 @@ def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = 
     run_id = None
     try:
         with stopping.held_back():
-            run_id = MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            run_id = (
+                MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            )
         if (stop := stopping.pending()) is not None:
             raise stop
     except BaseException as err:
@@ -59,7 +63,9 @@ def claim_run(run_id: str) -> None:
     """Mark an existing run (a resumed sweep's parent) RUNNING and owned by this process."""
     client = MlflowClient()
     client.set_tag(run_id, OWNER_TAG, this_process())
-    if vocab.ERROR in client.get_run(run_id).data.tags:  # the reason it stopped last time no longer holds
+    if (
+        vocab.ERROR in client.get_run(run_id).data.tags
+    ):  # the reason it stopped last time no longer holds
         client.delete_tag(run_id, vocab.ERROR)
     client.update_run(run_id, status="RUNNING")
 
@@ -96,7 +102,9 @@ def end_orphans(run_ids: list[str], why: str) -> list[str]:
         owner = run.data.tags.get(OWNER_TAG)
         if run.info.status != "RUNNING" or not owner or owner_alive(owner):
             continue
-        client.set_tag(run_id, vocab.ERROR, f"its process ({owner}) ended without closing the run; {why}")
+        client.set_tag(
+            run_id, vocab.ERROR, f"its process ({owner}) ended without closing the run; {why}"
+        )
         client.set_terminated(run_id, "KILLED")
         ended.append(run_id)
     return ended
