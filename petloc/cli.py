@@ -337,7 +337,8 @@ def ui(host, port, workers, no_auth):
 @click.option(
     "--artifacts",
     metavar="DIR",
-    help="Where the server keeps artifacts (a folder or s3://...); clients send them through the server  [default: mlruns/artifacts]",
+    help="Where the server keeps artifacts (a folder or s3://...); clients send them through the "
+    "server  [default: mlruns/artifacts]",
 )
 @click.option(
     "--host",
@@ -353,7 +354,8 @@ def ui(host, port, workers, no_auth):
     "--allowed-hosts",
     metavar="NAMES",
     default="",
-    help="Host names clients use besides localhost and IP addresses, comma-separated (with --host 0.0.0.0 this machine's name is allowed already).",
+    help="Host names clients use besides localhost and IP addresses, comma-separated (with "
+    "--host 0.0.0.0 this machine's name is allowed already).",
 )
 @click.option(
     "--auth/--no-auth",
@@ -369,7 +371,8 @@ def ui(host, port, workers, no_auth):
 @click.option(
     "--auth-db",
     metavar="URI",
-    help="With --auth: database of users and permissions  [default: basic_auth.db beside a SQLite store, else the backend's database]",
+    help="With --auth: database of users and permissions  [default: basic_auth.db beside a "
+    "SQLite store, else the backend's database]",
 )
 @click.option(
     "--default-permission",

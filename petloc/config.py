@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,7 +30,7 @@ from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
 from petloc.hyperparams import REGISTERED
 from petloc.registry_names import alias_problem, described, name_problem, parse_ref, printable
 
-Scalar = Union[bool, int, float, str, None]
+Scalar = bool | int | float | str | None
 
 
 class Strict(BaseModel):
@@ -66,7 +66,7 @@ class Range(Strict):
         return self
 
 
-Param = Union[Range, list[Scalar], Scalar]
+Param = Range | list[Scalar] | Scalar
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
@@ -313,7 +313,8 @@ class Experiment(Strict):
         lines = [
             f"# {source}{given}, every default filled in",
             yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False).rstrip(),
-            "# petloc train uses these hyperparameters (the first choice of each list, the default or min of each range):",
+            "# petloc train uses these hyperparameters (the first choice of each list, "
+            "the default or min of each range):",
         ]
         return lines + [
             f"#   {line}"

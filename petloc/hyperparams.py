@@ -71,13 +71,15 @@ class Hyperparameters:
     )
     ema: float = _hp(
         0.0,
-        "weight averaging: momentum of a moving average of the weights, which is validated and kept (e.g. 0.99); 0 = off",
+        "weight averaging: momentum of a moving average of the weights, which is validated "
+        "and kept (e.g. 0.99); 0 = off",
         bounds=(0.0, 0.9999),
     )
     batch_size: int = _hp(32, "images per training step", bounds=(1, 1024))
     label_smoothing: float = _hp(
         0.0,
-        "label smoothing of the class loss: targets 1 - s/2 and s/2, so the class head stops pushing photos it already gets right to 0 and 1 (e.g. 0.1); 0 = off",
+        "label smoothing of the class loss: targets 1 - s/2 and s/2, so the class head stops "
+        "pushing photos it already gets right to 0 and 1 (e.g. 0.1); 0 = off",
         bounds=(0.0, 0.5),
     )
     class_weight: str = _hp(

@@ -1,5 +1,5 @@
 """The private parts of Keras Tuner, Keras and MLflow that petloc still uses, each where no
-public API serves, and nowhere else: tests/test_library_internals.py checks each one and
+public API serves, and nowhere else: tests/package/test_library_internals.py checks each one and
 fails naming it when an upgrade moves it. Imports no petloc module; the libraries are
 imported inside the functions, so the served model and `petloc --help` load none they do not need.
 """

@@ -70,7 +70,7 @@ def table(
     columns = columns or list(rows[0])
     cell = column if same_decimals else (lambda values: [number(v) for v in values])
     by_column = [cell([row.get(c, "") for row in rows]) for c in columns]
-    cells = [list(row) for row in zip(*by_column)]
+    cells = [list(row) for row in zip(*by_column, strict=True)]
     right = [_numeric([row.get(c, "") for row in rows]) for c in columns]
     if markdown:
         lines = [
@@ -82,7 +82,7 @@ def table(
 
     def line(values):
         return "  ".join(
-            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)
+            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
         ).rstrip()
 
     return "\n".join([line(columns), *(line(row) for row in cells)])

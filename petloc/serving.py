@@ -115,7 +115,9 @@ def pip_requirements() -> list[str]:
     return list(_pinned_requirements())
 
 
-@functools.cache  # the installed packages do not change in a process; reading their metadata slowed every trial's model logging
+# The installed packages do not change in a process; reading their metadata slowed every
+# trial's model logging.
+@functools.cache
 def _pinned_requirements() -> tuple[str, ...]:
     from packaging.requirements import Requirement
 
@@ -149,7 +151,7 @@ def _as_served(model):
     try:
         yield
     finally:
-        for m, optimizer in zip(compiled, optimizers):
+        for m, optimizer in zip(compiled, optimizers, strict=True):
             m.optimizer, m.compiled = optimizer, True
 
 
@@ -219,7 +221,7 @@ class ImagePyfunc:
         predictions = self.predictor.predict(
             [d.pixels for d in decoded], sizes=[(d.width, d.height) for d in decoded]
         )
-        for i, image, pred in zip(where, decoded, predictions):
+        for i, image, pred in zip(where, decoded, predictions, strict=True):
             results[i] = pred.to_dict(image.warnings)
         return results
 

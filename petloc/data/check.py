@@ -87,7 +87,7 @@ def _box_spreads(samples: list[Sample]) -> tuple[Spread | None, Spread | None, S
     return (
         Spread.of(widths),
         Spread.of(heights),
-        Spread.of([w * h for w, h in zip(widths, heights)]),
+        Spread.of([w * h for w, h in zip(widths, heights, strict=True)]),
     )
 
 

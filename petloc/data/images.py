@@ -255,7 +255,7 @@ def _orientation(image: Image.Image) -> int:
         return 1  # Pillow would decode the whole PNG to look for a late eXIf chunk
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
-    except Exception:  # a malformed EXIF block (many error types): show the pixels as stored
+    except Exception:  # noqa: BLE001  (a malformed EXIF block, many error types: show the pixels as stored)
         return 1
     return value if value in _UPRIGHT else 1
 

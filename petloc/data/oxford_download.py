@@ -279,7 +279,8 @@ def convert(
     if dest.is_dir() and not foreign and not force:
         if _read_settings(dest) == settings:
             say(
-                f"{dest} already converted with val_share={val_share}, seed={seed}: nothing to do (force=True redoes it)"
+                f"{dest} already converted with val_share={val_share}, seed={seed}: "
+                "nothing to do (force=True redoes it)"
             )
             return dest
         say(f"{dest} was made with other settings: converting again")
@@ -287,7 +288,7 @@ def convert(
     say(f"{len(samples)} images with a head box; {len(skipped)} skipped")
     for item in skipped:
         say(f"  skipped {item}")
-    splits = dict(zip(("train", "valid"), _split(samples, val_share, seed)))
+    splits = dict(zip(("train", "valid"), _split(samples, val_share, seed), strict=True))
     staging = (
         out / "cats_dogs.part"
     )  # renamed when complete: an interrupted run leaves no half dataset

@@ -312,7 +312,7 @@ def _draw_head(image: np.ndarray, fur: np.ndarray, head: Head, to_px, scale: flo
     for polygon, colour, mix in head.parts:
         _paint_polygon(image, fur, silhouette, to_px(polygon), colour, mix)
     for line, colour, width in head.strokes:
-        thickness = max(1, int(round(width * scale)))
+        thickness = max(1, round(width * scale))
         cv2.polylines(image, [_fixed(to_px(line))], False, colour, thickness, cv2.LINE_AA, _SHIFT)
     return silhouette >= 0.5
 

@@ -154,7 +154,7 @@ def _simple(
             f"weights: the {name!r} backbone has no imagenet weights; use 'none' or a weights file"
         )
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    f = max(8, int(round(64 * width)))  # width 0.5 (32 filters) pairs with mobilenetv2 alpha 0.5
+    f = max(8, round(64 * width))  # width 0.5 (32 filters) pairs with mobilenetv2 alpha 0.5
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     x = _conv_bn(x, f, strides=2)
     x = layers.MaxPooling2D()(_conv_bn(x, f))
@@ -234,7 +234,7 @@ def small_resnet(image_size: int, width: float, weights: str | None) -> keras.Mo
             "weights: the 'small_resnet' backbone has no imagenet weights; use 'none' or a weights file"
         )
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    f = max(8, int(round(64 * width)))
+    f = max(8, round(64 * width))
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     x = _conv_bn(_conv_bn(x, f, strides=2), f, strides=2)  # stride 4
     for filters, strides in ((f, 1), (2 * f, 2), (2 * f, 1), (4 * f, 2), (4 * f, 1)):

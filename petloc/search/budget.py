@@ -196,16 +196,17 @@ class TimeBudgetedOracle(kt.Oracle):
         trial_epochs = self.epochs_of(drawn)
         self.spent = (
             f"{duration(elapsed)} of {duration(self.budget_seconds)} spent, {ended}; "
-            f"the next trial ({trial_epochs} epoch{'' if trial_epochs == 1 else 's'}) takes about {duration(trial)}{kept}"
+            f"the next trial ({trial_epochs} epoch{'' if trial_epochs == 1 else 's'}) "
+            f"takes about {duration(trial)}{kept}"
         )
         self.say(f"\ntime budget (tuner.max_minutes): {self.spent}; no new trial starts")
-        if (
-            elapsed + final > self.budget_seconds
-        ):  # the final run always runs: say so now, while it can still be changed
+        # the final run always runs: say so now, while it can still be changed
+        if elapsed + final > self.budget_seconds:
             self.say(
-                f"time budget (tuner.max_minutes): the final run alone ({self.final_epochs} epochs, about {duration(final)}) "
-                f"will end about {duration(elapsed + final - self.budget_seconds)} past it; lower tuner.final_epochs or "
-                "raise tuner.max_minutes (Ctrl+C, then the sweep with the new value resumes)"
+                f"time budget (tuner.max_minutes): the final run alone ({self.final_epochs} epochs, "
+                f"about {duration(final)}) will end about "
+                f"{duration(elapsed + final - self.budget_seconds)} past it; lower tuner.final_epochs "
+                "or raise tuner.max_minutes (Ctrl+C, then the sweep with the new value resumes)"
             )
         return True
 

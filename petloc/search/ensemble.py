@@ -84,7 +84,7 @@ def log_ensemble(
         log.log_experiment(run_id, exp)  # what `petloc promote` reads its default --name from
         summary = score_and_log(exp, model, data, run_id, history=None, extra={})
     say(
-        f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
-        f"latency {summary['latency_ms_b1']:.1f} ms"
+        f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, "
+        f"accuracy {summary['val_accuracy']:.3f}, latency {summary['latency_ms_b1']:.1f} ms"
     )
     return run_id

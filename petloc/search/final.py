@@ -1,7 +1,7 @@
 """The final run of a sweep: the best trial's configuration trained again from scratch for
-`tuner.final_epochs` (more with `tuner.fill_budget`), as one more child run (`trial_id` "final"). A multi-fidelity search
-(Hyperband) judges configurations by short trials; the model worth shipping is the winner
-trained at full length. The leaderboard and the promotion weigh it like any trial.
+`tuner.final_epochs` (more with `tuner.fill_budget`), as one more child run (`trial_id` "final").
+A multi-fidelity search (Hyperband) judges configurations by short trials; the model worth
+shipping is the winner trained at full length. The leaderboard and the promotion weigh it like any trial.
 
 A final run keeps its training state after each epoch (under the sweep's tuner folder), so a
 sweep interrupted during it (Ctrl+C, a kill, a lost machine) and run again resumes that run,
@@ -66,7 +66,8 @@ def train_final(
         run_id, epochs = interrupted.info.run_id, int(interrupted.data.params[vocab.EPOCHS])
         runs.claim_run(run_id)
         say(
-            f"\nfinal run: resuming run {run_id} ({epochs} epochs of trial {best['trial']}'s configuration) from its last finished epoch"
+            f"\nfinal run: resuming run {run_id} ({epochs} epochs of trial {best['trial']}'s "
+            "configuration) from its last finished epoch"
         )
     else:
         epochs = epochs_for(values) if epochs_for else least

@@ -77,7 +77,8 @@ def run_on_this_machine(
     failed = [n for n, worker in enumerate(started, 1) if worker.returncode not in (0, None)]
     if failed:
         say(
-            f"worker{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} exited with an error (see its lines above)"
+            f"worker{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} "
+            "exited with an error (see its lines above)"
         )
     return code
 

@@ -106,7 +106,8 @@ class SweepProgress:
         left = max(0, self.planned - ended_in_sweep)
         eta = f", about {duration(elapsed / self.ran * left)} left" if left else ""
         if self.time_budget_left:
-            eta = f", at most {duration(max(0.0, self.time_budget_left()))} left (tuner.max_minutes, final run included)"
+            time_left = max(0.0, self.time_budget_left())
+            eta = f", at most {duration(time_left)} left (tuner.max_minutes, final run included)"
         self.say(
             f"{head}  [sweep: {ended_in_sweep} of {self.planned} trials, {duration(elapsed)} elapsed{eta}]"
         )

@@ -127,6 +127,6 @@ def sweep_state(exp: Experiment, fresh: bool, vet: Callable[[str | None], None] 
         record = _parent_record(exp, directory / "sweep.json", experiment_id)
         try:
             yield directory, record
-        except BaseException as err:
-            raise record.ended(err)  # err itself, or the interrupt behind it (err as its cause)
+        except BaseException as err:  # noqa: BLE001  (every end, Ctrl+C too, ends the parent run; re-raised)
+            raise record.ended(err)  # noqa: B904  (err itself, or the interrupt behind it with err as its cause)
         record.ended()

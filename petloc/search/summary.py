@@ -30,7 +30,8 @@ def sweep_summary(name: str, result, seconds: float, model_ref: str) -> list[str
     if result.promotion:
         lines += ["", f"registry: {result.promotion.reason}"]
     quoted = shlex.quote(model_ref)  # a registered name may hold quotes or spaces
-    return lines + [
+    return [
+        *lines,
         "",
         f"parent run {result.parent_run_id}; browse with: petloc ui",
         f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA",

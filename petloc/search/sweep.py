@@ -60,7 +60,10 @@ def run_sweep(
         except RuntimeError as err:  # Keras Tuner's "too many consecutive failures"
             if "consecutive failures" not in str(err):
                 raise
-            stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
+            stopped = (
+                f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; "
+                "see the FAILED runs' 'error' tags"
+            )
         say_why_the_search_ended(tuner, record, stopped, tuner.progress.planned, say)
         return finish(exp, record, failed_trials(tuner.oracle), stopped, say, tuner.time_budget)
 
@@ -169,11 +172,11 @@ def _end_step(what: str, step: Callable[[], str | None], say: Callable[[str], No
     and the leaderboard and the promotion of the trials go on without it."""
     try:
         return step()
-    except Exception as err:  # its run ended FAILED with the reason; Ctrl+C still stops the sweep
+    # Its run ended FAILED with the reason; Ctrl+C still stops the sweep.
+    except Exception as err:  # noqa: BLE001  (whatever fails an extra candidate leaves the trials' results)
         stopping.raise_stop_behind(err)  # ... also one that a library turned into its own error
-        say(
-            f"{what} failed, the sweep ends without it: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        )
+        first = str(err).splitlines()[0] if str(err) else ""
+        say(f"{what} failed, the sweep ends without it: {type(err).__name__}: {first}")
         return None
 
 

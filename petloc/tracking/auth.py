@@ -174,9 +174,12 @@ def bootstrap(config: Path, password: str | None):
         raise PetlocError(
             f"--auth: {reason} (the admin's first password: {PASSWORD_ENV} or --admin-password-file)"
         ) from None
-    except Exception as err:  # the auth database: unreachable, locked, not a database
+    # The auth database through SQLAlchemy and its driver: unreachable, locked, not a database,
+    # no driver installed; many types, all one line for the user.
+    except Exception as err:  # noqa: BLE001  (see above)
+        reason = first_line(getattr(err, "orig", None) or err)
         raise PetlocError(
-            f"--auth-db {shown_uri(settings.database_uri)}: cannot open it ({first_line(getattr(err, 'orig', None) or err)})"
+            f"--auth-db {shown_uri(settings.database_uri)}: cannot open it ({reason})"
         ) from None
     return settings
 

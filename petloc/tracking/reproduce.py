@@ -55,7 +55,8 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
         )
     if _continued(original):
         raise PetlocError(
-            f"run {run_id}: a Hyperband trial that continued another trial's weights; reproduce that trial's first bracket instead"
+            f"run {run_id}: a Hyperband trial that continued another trial's weights; "
+            "reproduce that trial's first bracket instead"
         )
     if vocab.is_ensemble(original.data.tags, original.data.params):
         members = original.data.params.get(vocab.MEMBERS, "?")

@@ -25,7 +25,8 @@ def experiment_id(name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found and found.lifecycle_stage == "deleted":
         raise PetlocError(
-            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment to another name"
+            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+            "or set tracking.experiment to another name"
         )
     if found:
         return found.experiment_id
@@ -55,7 +56,7 @@ def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = 
     except BaseException as err:
         if run_id is None:
             raise
-        raise end_run(run_id, err)  # also a stop landing just as the hold ended
+        raise end_run(run_id, err)  # noqa: B904  (err or its interrupt; also a stop landing just as the hold ended)
     return run_id
 
 
@@ -134,16 +135,20 @@ def run_status(run_id: str):
     try:
         with log.system_metrics(run_id):
             yield
-    except BaseException as err:
-        raise end_run(run_id, err)  # err itself, or the interrupt behind it (err as its cause)
+    except BaseException as err:  # noqa: BLE001  (every end, Ctrl+C too, ends the run; re-raised)
+        raise end_run(run_id, err)  # noqa: B904  (err itself, or the interrupt behind it with err as its cause)
     MlflowClient().set_terminated(run_id, "FINISHED")
 
 
 def why_failed(err: Exception) -> str:
-    """A failed run's reason in one line; a tracking server that stopped answering or refused the call is named."""
+    """A failed run's reason in one line; a tracking server that stopped answering or refused
+    the call is named."""
     first = str(err).splitlines()[0] if str(err) else ""
     if isinstance(err, MlflowException) and "Max retries exceeded" in first:
-        return f"the tracking server {store.tracking_uri()} did not answer, even after MLflow's retries ({first[:160]}...)"
+        return (
+            f"the tracking server {store.tracking_uri()} did not answer, even after MLflow's "
+            f"retries ({first[:160]}...)"
+        )
     refused = store.refusal(err)  # a password changed mid-sweep, a permission taken back
     if refused:
         return refused

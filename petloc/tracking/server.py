@@ -63,8 +63,9 @@ def serve(
         if config:
             settings = door.bootstrap(config, password)
             say(
-                f"users and permissions: MLflow's basic-auth app in {store.shown_uri(settings.database_uri)}, admin user "
-                f"'{settings.admin_username}'; a user gets {settings.default_permission} on what others made"
+                "users and permissions: MLflow's basic-auth app in "
+                f"{store.shown_uri(settings.database_uri)}, admin user '{settings.admin_username}'; "
+                f"a user gets {settings.default_permission} on what others made"
             )
             cmd += ["--app-name", "basic-auth"]
             env = door.server_env(env, config)

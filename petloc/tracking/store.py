@@ -135,11 +135,11 @@ def tracking_uri() -> str:
 
 def shown_uri(uri: str) -> str:
     """The URI with any password hidden, for messages."""
-    try:
-        import sqlalchemy
+    import sqlalchemy
 
+    try:
         return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
-    except Exception:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # not a URL it parses (a bad port)
         return uri
 
 
@@ -306,7 +306,7 @@ def _open_sqlite_store(uri: str, label: str) -> None:
             client = MlflowClient(uri, uri)
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
-    except (
-        Exception
-    ) as err:  # MLflow wraps the database's errors (locked, read-only, not a database) in its own
+    # MLflow wraps the database's errors (locked, read-only, not a database) in its own; the
+    # folder and the lock add OSError and UnreadableFile.
+    except Exception as err:  # noqa: BLE001  (see above)
         raise PetlocError(f"{label} {uri}: cannot open the store ({first_line(err)})") from None

@@ -4,6 +4,7 @@ the search and keeps its state files; everything it records goes through here.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -120,10 +121,8 @@ class SweepRecord:
 
     def retire(self, why: str) -> None:
         """end_orphans, for a sweep started over: a parent run gone from the store is no error."""
-        try:
+        with contextlib.suppress(MlflowException):
             self.end_orphans(why)
-        except MlflowException:
-            pass
 
     def ended(self, err: BaseException | None = None) -> BaseException | None:
         """Ends the parent run FINISHED, or FAILED / KILLED for `err`; returns what to raise."""

@@ -57,7 +57,8 @@ def pretrain_run(exp: Experiment, say: Callable[[str], None] = print) -> Tracked
     data = prepare_data(exp.data, cfg.image_size or exp.data.image_size, say)
     crops = " and their head crops" if cfg.head_crops else ""
     say(
-        f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}"
+        f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, "
+        f"validating on {len(data.val)}"
     )
     run_id = runs.create_run(
         runs.experiment_id(exp.tracking.experiment), f"pretrain-{cfg.backbone}"
@@ -91,8 +92,9 @@ def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
     pretrained = registry.pretrained_backbone(backbone.removeprefix(REGISTERED))
     if pretrained.val_data != val_key:
         raise PetlocError(
-            f"backbone: {backbone} was pretrained on another split ({pretrained.val_data}, this run {val_key}), "
-            "so its training photos may be in this run's validation set; pretrain with the same data.path, val_split and seed"
+            f"backbone: {backbone} was pretrained on another split ({pretrained.val_data}, "
+            f"this run {val_key}), so its training photos may be in this run's validation set; "
+            "pretrain with the same data.path, val_split and seed"
         )
     return pretrained
 
@@ -123,8 +125,8 @@ def train_tracked(
     pretrained = pretrained_for(values["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (
-        f": {values['backbone']} at {values['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
-        f"validated on {len(data.val)}"
+        f": {values['backbone']} at {values['image_size']} px, {epochs} epochs, "
+        f"on {len(data.train)} photos of {data.source}, validated on {len(data.val)}"
     )
     log.log_run_inputs(
         run_id,

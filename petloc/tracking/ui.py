@@ -72,10 +72,8 @@ def _ui_command(uri: str, host: str, port: int, workers: int) -> list[str]:
     ]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (store.STORE_DIR / "artifacts").resolve().as_uri()]
-    return cmd + [
-        "--workers",
-        str(workers),
-    ]  # MLflow's default of 4 costs memory and start-up for one user
+    # MLflow's default of 4 workers costs memory and start-up for one user
+    return [*cmd, "--workers", str(workers)]
 
 
 def _ui_env() -> dict:
@@ -105,6 +103,7 @@ def ui_pages(base: str) -> list[str]:
         for e in with_runs[:UI_EXPERIMENTS_LISTED]
     ]
     lines.append(
-        'MLflow opens on its GenAI pages: choose "Model training" at its top left once, and this browser shows runs and models.'
+        'MLflow opens on its GenAI pages: choose "Model training" at its top left once, '
+        "and this browser shows runs and models."
     )
     return lines

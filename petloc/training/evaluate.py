@@ -131,7 +131,9 @@ def evaluate_dataset(
     arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all")
     skipped = arrays.skipped
     if subset != "all":
-        arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed)))[subset]
+        arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed), strict=True))[
+            subset
+        ]
     forward = TimedForward(
         forward_pass(model)
     )  # the quality pass's batches count towards latency_ms_b32

@@ -172,7 +172,9 @@ class BackedUp(NamedTuple):
     """What a backup folder's training state says (Keras's metadata, and petloc's additions)."""
 
     epochs: int = 0  # finished
-    seconds: float = 0.0  # spent training up to them, over every fit (from each fit's first epoch; building the model not counted)
+    # spent training up to them, over every fit (from each fit's first epoch; building the
+    # model not counted)
+    seconds: float = 0.0
     stopped: bool = False  # early stopping ended the fit after them: nothing left to train
 
 

@@ -33,7 +33,7 @@ def draw_prediction(
         np.ascontiguousarray(image, dtype=np.uint8), (TILE, TILE), interpolation=cv2.INTER_LINEAR
     )
     for box, colour, thickness in ((true_box, TRUE_COLOUR, 2), (pred_box, PRED_COLOUR, 2)):
-        x1, y1, x2, y2 = (int(round(float(v) * TILE)) for v in box)
+        x1, y1, x2, y2 = (round(float(v) * TILE) for v in box)
         cv2.rectangle(tile, (x1, y1), (x2, y2), colour, thickness)
     _label(
         tile,
@@ -86,7 +86,9 @@ def save_new_png(image: np.ndarray, folder: Path, stem: str) -> Path:
     for n in itertools.count(1):
         path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
         try:
-            file = open(path, "xb")  # "x": refuses a name that exists, even one made a moment ago
+            # "x": refuses a name that exists, even one made a moment ago; opened apart from the
+            # write so that only a taken name moves on to the next
+            file = open(path, "xb")  # noqa: SIM115  (closed by the `with` below)
         except FileExistsError:
             continue
         with file:
@@ -157,7 +159,7 @@ def curves_figure(history: dict[str, list[float]]):
 def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     """The photo at its own size with the predicted head box and 'label score' drawn."""
     photo = np.ascontiguousarray(image, dtype=np.uint8).copy()
-    x1, y1, x2, y2 = (int(round(v)) for v in prediction.box)
+    x1, y1, x2, y2 = (round(v) for v in prediction.box)
     thickness = max(2, round(max(photo.shape[:2]) / 200))
     cv2.rectangle(photo, (x1, y1), (x2, y2), PRED_COLOUR, thickness)
     _label(

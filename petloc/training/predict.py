@@ -77,7 +77,7 @@ class Predictor:
         out = self._forward(tf.convert_to_tensor(batch, tf.float32))
         probs, boxes = out["cls"].numpy(), out["box"].numpy()
         results = []
-        for (w, h), p, b in zip(sizes, probs, boxes):
+        for (w, h), p, b in zip(sizes, probs, boxes, strict=True):
             x1, x2 = sorted((float(b[0]) * w, float(b[2]) * w))
             y1, y2 = sorted((float(b[1]) * h, float(b[3]) * h))
             label = int(p.argmax())
@@ -106,7 +106,8 @@ def checked_localiser(source: str, load) -> keras.Model:
         model = load()
     except PetlocError:
         raise
-    except Exception as err:  # Keras raises many types for a bad file (safe_mode: ValueError); all mean the same to a user
+    # Keras raises many types for a bad file (safe_mode: ValueError); all mean the same to a user
+    except Exception as err:  # noqa: BLE001  (whatever a bad file raises: one line, see above)
         raise PetlocError(
             f"{source}: not a loadable Keras model ({str(err).splitlines()[0][:200]})"
         ) from None
@@ -197,7 +198,7 @@ def _answer_chunk(
         if good
         else []
     )
-    for path, read in zip(paths, reads):
+    for path, read in zip(paths, reads, strict=True):
         if read.error:
             yield {"image": path, "error": read.error}
             continue
