@@ -5,6 +5,7 @@ around the blocks is kept)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import platform
 import re
@@ -48,14 +49,12 @@ def bf16_units() -> list[str]:
 
 def machine() -> str:
     model = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         model = next(
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
-    except (OSError, StopIteration):
-        pass
     return f"{model}, {os.cpu_count()} cores, bf16 units: {', '.join(bf16_units()) or 'none'}"
 
 
@@ -97,7 +96,9 @@ def write_block(name: str, title: str, body: str) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = round(time.monotonic() - STARTED)
     block = (
-        f"<!-- bench:{name} -->\n### {title}\n\n{stamp}, {machine()}, `{command()}`, {took // 60} min {took % 60:02d} s\n\n{body.strip()}\n"
+        f"<!-- bench:{name} -->\n### {title}\n\n"
+        f"{stamp}, {machine()}, `{command()}`, {took // 60} min {took % 60:02d} s\n\n"
+        f"{body.strip()}\n"
         f"<!-- /bench:{name} -->"
     )
     text = RESULTS.read_text() if RESULTS.exists() else "# Measured results and their history\n"

@@ -101,16 +101,18 @@ def main() -> None:
         control = ": the same network both ways, a control" if size == 128 else ""
         rows.append(
             [
-                f"simple_context training step with TapsConv2D's product / Keras's Conv2D everywhere ({size} px{control})",
+                "simple_context training step with TapsConv2D's product / Keras's Conv2D "
+                f"everywhere ({size} px{control})",
                 f"{best['petloc'] / STEPS * 1000:.1f} / {best['keras'] / STEPS * 1000:.1f} ms",
                 f"**{best['petloc'] / best['keras']:.2f}x**",
                 "the product" if taps_pay() else "Conv2D's own",
             ]
         )
     body = table(["what (A / B)", "A / B", "ratio", "petloc runs here"], rows) + (
-        f"\n\nForward and backward passes, batch {BATCH}, {CHANNELS} channels (simple_context at width 0.5), best of "
-        f"{args.rounds} alternating rounds of {STEPS} steps. petloc builds TapsConv2D where the map is under 4 x rate wide; "
-        f"it computes the matrix product where the CPU lacks AVX-512 (`taps_pay`: {taps_pay()} here), else Conv2D's own."
+        f"\n\nForward and backward passes, batch {BATCH}, {CHANNELS} channels (simple_context at "
+        f"width 0.5), best of {args.rounds} alternating rounds of {STEPS} steps. petloc builds "
+        "TapsConv2D where the map is under 4 x rate wide; it computes the matrix product where the "
+        f"CPU lacks AVX-512 (`taps_pay`: {taps_pay()} here), else Conv2D's own."
     )
     write_block(
         "dilated_conv",

@@ -177,7 +177,8 @@ def epoch_ratio(
                 "check",
             ],
             [
-                f"median of the {rounds * EPOCHS_A_FIT} epoch pairs, each in-memory epoch / the {label} epoch of its round",
+                f"median of the {rounds * EPOCHS_A_FIT} epoch pairs, each in-memory epoch / "
+                f"the {label} epoch of its round",
                 "",
                 f"{paired[name]:.3f}",
                 "check",
@@ -247,8 +248,9 @@ def main() -> None:
         )
         rows += pipeline_cpu(name, hp, data[size], args.rounds)
     body = table(["what (A / B)", "A / B", "ratio", "goal"], rows) + (
-        f"\n\nThe 64-px epoch runs on 600 synthetic pets, the 128-px one on {len(data[128])} of the {what}. In-memory: the same epoch's "
-        "augmented batches, computed beforehand and held as arrays, so the model waits for nothing."
+        "\n\nThe 64-px epoch runs on 600 synthetic pets, the 128-px one on "
+        f"{len(data[128])} of the {what}. In-memory: the same epoch's augmented batches, "
+        "computed beforehand and held as arrays, so the model waits for nothing."
     )
     write_block("pipeline", "Input pipeline: `python benchmarks/pipeline_speed.py`", body)
 

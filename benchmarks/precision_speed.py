@@ -55,10 +55,11 @@ def main() -> None:
             ]
         )
     body = table(["what (A / B)", "A / B", "ratio", "verdict"], rows) + (
-        f"\n\n`train.precision: auto` resolves on this machine to **{resolved_precision('auto', 64)}** at 64 px and "
-        f"**{resolved_precision('auto', 128)}** at 128 px (mixed_bfloat16 where /proc/cpuinfo lists avx512_bf16 or amx_bf16 "
-        "and images are 128 px or more, float32 elsewhere: an earlier session's CPU without bf16 units took 14x as long "
-        "per step in bfloat16)."
+        "\n\n`train.precision: auto` resolves on this machine to "
+        f"**{resolved_precision('auto', 64)}** at 64 px and "
+        f"**{resolved_precision('auto', 128)}** at 128 px (mixed_bfloat16 where /proc/cpuinfo "
+        "lists avx512_bf16 or amx_bf16 and images are 128 px or more, float32 elsewhere: an "
+        "earlier session's CPU without bf16 units took 14x as long per step in bfloat16)."
     )
     write_block("precision", "Precision: `python benchmarks/precision_speed.py`", body)
 

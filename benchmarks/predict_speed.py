@@ -135,7 +135,8 @@ def folder(model: keras.Model, files: list[str], what: str, rounds: int) -> list
             verdict(speedup, 10, at_most=False),
         ],
         [
-            "per-image `model.predict` loop (model loaded) / `petloc predict model.keras FILES --json` as a process (start-up and model load included)",
+            "per-image `model.predict` loop (model loaded) / `petloc predict model.keras FILES "
+            "--json` as a process (start-up and model load included)",
             f"{best['naive']:.1f} / {process:.1f} s",
             f"{best['naive'] / process:.1f}x faster",
             "reported",
@@ -213,7 +214,8 @@ def champion_vs_vgg16() -> list[list]:
     a, b = min(ms["ours"]), min(ms["vgg"])
     return [
         [
-            f"champion architecture ({CHAMPION_SIZE} px, flip TTA, head crop) / VGG16 localiser (224 px), batch 1, random weights",
+            f"champion architecture ({CHAMPION_SIZE} px, flip TTA, head crop) / "
+            "VGG16 localiser (224 px), batch 1, random weights",
             f"{a:.2f} / {b:.1f} ms",
             f"**{a / b:.3f}x**",
             verdict(a / b, 0.1) + "; champion val mIoU 0.726 (RESULTS.md above)",
@@ -236,8 +238,9 @@ def main() -> None:
         + champion_vs_vgg16()
     )
     body = table(["what (A / B)", "A / B", "ratio", "goal"], rows) + (
-        "\n\nModel: the real-photo champion's architecture (`experiments/cats_dogs.yaml`: simple_context, centre box head, "
-        "head crop, flip TTA, 128 px) with random weights; the champion itself is not in this machine's store. "
+        "\n\nModel: the real-photo champion's architecture (`experiments/cats_dogs.yaml`: "
+        "simple_context, centre box head, head crop, flip TTA, 128 px) with random weights; "
+        "the champion itself is not in this machine's store. "
         "Times are medians of interleaved calls (batch 1) or the best of alternating rounds (folders)."
     )
     write_block("predict", "Prediction: `python benchmarks/predict_speed.py`", body)

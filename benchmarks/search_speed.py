@@ -141,7 +141,8 @@ def main() -> None:
     # The photos decoded once, outside the timings (the decode cache is shared by both sweeps).
     prepare = (
         "import sys; from petloc.config import load_experiment; from petloc.training.dataset import prepare_data; "
-        f"exp = load_experiment('experiments/cats_dogs.yaml', ['data.path={args.data}', 'data.image_size={args.image_size}']); "
+        "exp = load_experiment('experiments/cats_dogs.yaml', "
+        f"['data.path={args.data}', 'data.image_size={args.image_size}']); "
         "prepare_data(exp.data, exp.data.image_size, print)"
     )
     subprocess.run([sys.executable, "-c", prepare], cwd=project, check=True, capture_output=True)
@@ -182,8 +183,9 @@ def main() -> None:
         rows,
     )
     body += (
-        f"\n\n`experiments/cats_dogs.yaml` on {args.data.name} photos of `{args.data.parent.name}` at {args.image_size} px, "
-        f"each sweep in a fresh store, the photos decoded once before; random search given Hyperband's budget in epochs "
+        f"\n\n`experiments/cats_dogs.yaml` on {args.data.name} photos of "
+        f"`{args.data.parent.name}` at {args.image_size} px, each sweep in a fresh store, the "
+        "photos decoded once before; random search given Hyperband's budget in epochs "
         f"({trials} trials of {max_epochs}). Both searches start from the same seed. Whole benchmark "
         f"{(time.perf_counter() - start) / 60:.0f} min."
     )

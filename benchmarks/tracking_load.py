@@ -146,7 +146,7 @@ def worker(uri, experiment_id, parent_id, index, runs, deadline, files, go, resu
         names.append(name)
         try:
             log_trial(client, experiment_id, parent_id, name, files, latencies)
-        except Exception as err:  # counted and reported; the worker goes on with its next run
+        except Exception as err:  # noqa: BLE001  (counted and reported; the worker goes on with its next run)
             errors.append(f"{name}: {str(err).splitlines()[0][:300]}")
     cpu = os.times()
     results.put(

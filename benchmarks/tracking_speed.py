@@ -27,6 +27,7 @@ import io
 import os
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import common  # noqa: F401  (quiet TensorFlow before it loads)
 from common import scratch, table, verdict, write_block
@@ -125,7 +126,7 @@ class HookClock:
 class PieceClock:
     """Time spent in each piece of the work around a tracked fit, as `training_runs` calls them."""
 
-    PIECES = {  # label -> (module, function name)
+    PIECES: ClassVar[dict[str, list[tuple[object, str]]]] = {  # label -> (module, function name)
         "run set-up and inputs (params, tags, datasets, experiment.json)": [
             (log, "log_run_inputs"),
             (log, "log_experiment"),
@@ -203,7 +204,9 @@ def main() -> None:
         # Both sides run the same fit and read the same data cache: the trial's own time is its
         # fastest fit of all 2 x rounds (the tracked ones without their hooks) and the cache read;
         # tracking adds the rest of the work around the fit, and the time inside the hooks.
-        fits = [t - a for t, a in plain] + [t - a - h for (t, a), h in zip(runs, in_hooks)]
+        fits = [t - a for t, a in plain] + [
+            t - a - h for (t, a), h in zip(runs, in_hooks, strict=True)
+        ]
         base = min(fits) + min(a for _, a in plain)
         around, logging = min(a for _, a in runs) - min(a for _, a in plain), min(in_hooks)
         added = around + logging
@@ -225,15 +228,17 @@ def main() -> None:
         )
         rows += [
             [
-                f"tracked trial / the same trial untracked: {what}{count} synthetic pets, {SIZE} px, simple, {epochs} epochs), "
-                "as the trial plus what tracking adds on the training thread",
+                f"tracked trial / the same trial untracked: {what}{count} synthetic pets, {SIZE} px, "
+                f"simple, {epochs} epochs), as the trial plus what tracking adds on the training "
+                "thread",
                 f"{base + added:.1f} / {base:.1f} s",
                 f"**{(base + added) / base:.3f}x**",
                 verdict((base + added) / base, 1.03),
             ],
             [
-                "of which: the work around the fit beyond the untracked trial's (run set-up and inputs; after training: quality, latency, curves, gallery, "
-                "model logging) / untracked trial",
+                "of which: the work around the fit beyond the untracked trial's (run set-up and "
+                "inputs; after training: quality, latency, curves, gallery, model logging) / "
+                "untracked trial",
                 f"{around:.2f} / {base:.1f} s",
                 f"{around / base:.3f}x",
                 "reported",

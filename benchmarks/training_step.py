@@ -3,7 +3,8 @@ under each setting (float32, mixed_bfloat16, XLA) and batch size, alternating, i
 and prints each one's time per step and per photo, and its ratio per photo to float32 at the first batch size.
 
     python benchmarks/training_step.py [--backbone simple] [--box-head centre] [--size 128]
-                                       [--second-stage none] [--batch 16 [32 ...]] [--steps 10] [--rounds 3] [--settings float32 xla]
+                                       [--second-stage none] [--batch 16 [32 ...]] [--steps 10]
+                                       [--rounds 3] [--settings float32 xla]
 
 Mixed precision only pays where the CPU has bf16 units (AVX512_BF16 or AMX); the script
 prints which of those /proc/cpuinfo lists. Keras turns XLA off on CPUs unless asked.
@@ -117,7 +118,8 @@ def main() -> None:
     )
     for (setting, batch), t in times.items():
         print(
-            f"{setting:>15}, batch {batch:>3}: {t * 1000:7.1f} ms per training step, {per_photo[setting, batch] * 1000:5.2f} ms per photo "
+            f"{setting:>15}, batch {batch:>3}: {t * 1000:7.1f} ms per training step, "
+            f"{per_photo[setting, batch] * 1000:5.2f} ms per photo "
             f"({what}), {per_photo[setting, batch] / base:.2f}x float32 at batch {args.batch[0]} per photo"
         )
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -252,12 +252,8 @@ def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
     """SIGTERM to the process (it passes it on to its server), SIGKILL to its group if it lingers."""
     if process.poll() is None:
         process.terminate()
-        try:
+        with suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, 9)  # what is left of the group we started (uvicorn workers)
-    except (ProcessLookupError, PermissionError):
-        pass
     process.wait()

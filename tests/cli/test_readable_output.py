@@ -76,7 +76,7 @@ def test_table_rounds_and_right_aligns_numbers():
 
 
 def test_markdown_table_marks_number_columns_right_aligned():
-    header, rule, *body = report.table(ROWS, markdown=True, same_decimals=True).splitlines()
+    _header, rule, *body = report.table(ROWS, markdown=True, same_decimals=True).splitlines()
     assert rule == "|---:|---|---:|---:|---:|---:|"
     assert body[0] == "| 0 | simple | 0.0019 | 837900 | 6.61 | 12.3 |"
 
@@ -149,7 +149,8 @@ def test_epoch_line_shows_each_metric_once():
 TF_STARTUP = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
     "I0000 00:00:1796181451.037979   27153 port.cc:153] oneDNN custom operations are on.\n"
-    "I0000 00:00:1796181451.038289   27153 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\n"
+    "I0000 00:00:1796181451.038289   27153 cudart_stub.cc:31] Could not find cuda drivers on your "
+    "machine, GPU will not be used.\n"
     "2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda drivers\n"
 )
 
@@ -265,7 +266,7 @@ def trial_tags(client, output):
 
 @pytest.mark.slow
 def test_sweep_prints_each_trial_with_its_figures_time_and_eta(swept):
-    root, exp, client, output = swept
+    _root, _exp, client, output = swept
     assert (
         "Running Trial" not in output and "Best val_miou So Far" not in output
     )  # Keras Tuner's own display
@@ -296,9 +297,9 @@ def test_sweep_prints_each_trial_with_its_figures_time_and_eta(swept):
 
 @pytest.mark.slow
 def test_sweep_leaderboard_is_rounded_and_aligned_in_terminal_and_markdown(swept):
-    root, exp, client, output = swept
+    root, _exp, client, output = swept
     board = output.split("Leaderboard of sweep")[1].split("\n\n")[0].splitlines()[1:]
-    header, rows = board[0], board[1:]
+    rows = board[1:]  # below the header
     assert len(rows) == 2 and "e+" not in output
     assert numeric_cells_line_up(rows)
     for cell in re.findall(r"\d+\.(\d+)", "\n".join(rows)):
@@ -313,10 +314,10 @@ def test_sweep_leaderboard_is_rounded_and_aligned_in_terminal_and_markdown(swept
         .splitlines()
     )
     columns = [c.strip() for c in markdown[0].strip("|").split("|")]
-    aligns = dict(zip(columns, markdown[1].strip("|").split("|")))
+    aligns = dict(zip(columns, markdown[1].strip("|").split("|"), strict=True))
     assert aligns["val_miou"] == aligns["train_s"] == "---:" and aligns["backbone"] == "---"
     for line in markdown[2:]:
-        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))
+        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=True))
         # Four significant digits: up to six decimals for an mIoU under 0.01 (a tiny trial's).
         assert re.fullmatch(r"0\.\d{1,6}|0|1", cells["val_miou"]) and re.fullmatch(
             r"\d+", cells["params"]
@@ -325,7 +326,7 @@ def test_sweep_leaderboard_is_rounded_and_aligned_in_terminal_and_markdown(swept
 
 @pytest.mark.slow
 def test_promotion_never_compares_models_trained_on_other_data(swept, monkeypatch):
-    root, exp, client, output = swept
+    root, exp, client, _output = swept
     monkeypatch.chdir(root)
     champion = client.get_model_version_by_alias("tiny-model", "champion")
     other = tiny_dataset(root / "other-photos", count=40)  # another set of photos

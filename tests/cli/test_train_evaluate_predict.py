@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
-    root, data, run_id = trained
+    root, _data, run_id = trained
     monkeypatch.chdir(root)
     client = store_client(root)
     r = client.get_run(run_id)

@@ -15,7 +15,7 @@ SIZE = 64
 def painted(boxes: np.ndarray) -> np.ndarray:
     """Black images with the box region painted white (boxes normalised, on the pixel grid)."""
     images = np.zeros((len(boxes), SIZE, SIZE, 3), np.float32)
-    for image, box in zip(images, boxes):
+    for image, box in zip(images, boxes, strict=True):
         x1, y1, x2, y2 = np.round(box * SIZE).astype(int)
         image[y1:y2, x1:x2] = 255.0
     return images
@@ -140,7 +140,7 @@ def test_erasing_greys_a_patch_outside_the_head_and_never_the_head():
     assert not changed[:, head].any()  # the head is never touched
     erased = changed.any(axis=(1, 2))
     assert 20 <= erased.sum() <= 44  # about half the images
-    for image, before, mask in zip(out[erased], images[erased], changed[erased]):
+    for image, before, mask in zip(out[erased], images[erased], changed[erased], strict=True):
         assert np.allclose(
             image[mask], before.mean(axis=(0, 1)), atol=1e-3
         )  # filled with the image's mean colour

@@ -8,6 +8,7 @@ deadline and a cap on its address space, so a regression fails instead of taking
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -71,10 +72,8 @@ def _release(fifo: Path) -> None:
     """Open the other end of `fifo` and close it: a reader blocked in open() gets end-of-file,
     a writer blocked in open() its reader."""
     for flags in (os.O_WRONLY | os.O_NONBLOCK, os.O_RDONLY | os.O_NONBLOCK):
-        try:
+        with contextlib.suppress(OSError):
             os.close(os.open(fifo, flags))
-        except OSError:
-            pass
 
 
 # ---- photos: PETLOC_MAX_IMAGE_BYTES everywhere, no FIFO, no device ------------------------

@@ -72,8 +72,8 @@ def make_oxford(root):
     xmls.mkdir(parents=True)
     images.mkdir()
     species = {
-        **{n: "cat" for n in CATS + [NO_XML]},
-        **{n: "dog" for n in DOGS + [DAMAGED, BAD_XML]},
+        **{n: "cat" for n in [*CATS, NO_XML]},
+        **{n: "dog" for n in [*DOGS, DAMAGED, BAD_XML]},
     }
     for name, kind in species.items():
         (images / f"{name}.jpg").write_bytes(jpeg(index(name)))
@@ -292,7 +292,7 @@ def test_an_interrupted_download_leaves_only_a_part_file_and_resumes(
 ):
     out = tmp_path / "oxford"
     server.cut = 100
-    with pytest.raises(PetlocError, match="ended after 100 of .* bytes; run again to resume"):
+    with pytest.raises(PetlocError, match=r"ended after 100 of .* bytes; run again to resume"):
         run(out, server.url, digests)
     assert not (out / "downloads" / "images.tar.gz").exists()
     assert (out / "downloads" / "images.tar.gz.part").stat().st_size == 100
@@ -364,7 +364,7 @@ def test_an_archive_without_the_expected_members_is_refused(tmp_path, server, ar
 
 
 def test_val_share_outside_zero_to_one_is_refused_before_any_download(tmp_path, server):
-    with pytest.raises(PetlocError, match="val_share is 1.5"):
+    with pytest.raises(PetlocError, match=r"val_share is 1\.5"):
         download_oxford(tmp_path / "oxford", base_url=server.url, val_share=1.5, say=lambda _: None)
     assert server.requests == []
 

@@ -431,7 +431,9 @@ def test_a_kept_box_always_lies_inside_the_image_with_positive_area(box):
     if isinstance(result, Sample):
         bx1, by1, bx2, by2 = result.box
         assert 0 <= bx1 < bx2 <= W and 0 <= by1 < by2 <= H
-        assert max(abs(a - b) for a, b in zip(result.box, box)) <= OVERSHOOT_TOLERANCE_PX
+        assert (
+            max(abs(a - b) for a, b in zip(result.box, box, strict=True)) <= OVERSHOOT_TOLERANCE_PX
+        )
 
 
 # ---- Oxford-IIIT Pet layout -----------------------------------------------------------

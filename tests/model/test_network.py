@@ -52,11 +52,11 @@ def test_every_backbone_runs_forward_and_backward(name):
     before = [w.copy() for w in model.get_weights()]
     logs = model.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"])
-    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 def test_unknown_backbone_names_the_choices():
-    with pytest.raises(PetlocError, match="unknown backbone 'vgg19'.*mobilenetv2"):
+    with pytest.raises(PetlocError, match=r"unknown backbone 'vgg19'.*mobilenetv2"):
         build_backbone("vgg19", SIZE)
 
 
@@ -65,7 +65,7 @@ def test_local_weights_file_is_loaded(tmp_path):
     path = tmp_path / "simple.weights.h5"
     net.save_weights(path)
     again = build_backbone("simple", SIZE, 0.5, str(path))
-    for a, b in zip(net.get_weights(), again.get_weights()):
+    for a, b in zip(net.get_weights(), again.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -298,7 +298,9 @@ def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     assert model(x)["box"].dtype == "float32"
 
 
-@pytest.mark.slow  # the fast tier has it end to end: tests/cli/test_train_evaluate_predict.py trains in mixed_bfloat16, loads float32
+# The fast tier has it end to end: tests/cli/test_train_evaluate_predict.py trains in
+# mixed_bfloat16, loads float32.
+@pytest.mark.slow
 def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_float32():
     from petloc.data.pipeline import ImageSet
     from petloc.training.fit import fit_localiser
@@ -333,7 +335,7 @@ def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_floa
         keras.mixed_precision.global_policy().name == "float32"
     )  # restored for whatever comes next
     assert len(model.get_weights()) == len(look.trained.get_weights())
-    for a, b in zip(model.get_weights(), look.trained.get_weights()):
+    for a, b in zip(model.get_weights(), look.trained.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(
         np.asarray(model(x)["box"]), np.asarray(look.trained(x)["box"]), atol=0.03
@@ -372,7 +374,7 @@ def test_weight_averaging_keeps_the_average_that_was_validated():
     raw = LastRawWeights()
     model, history = fit_localiser(hp, data, data, epochs=1, callbacks=[raw])
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
-    assert any(not np.allclose(a, b) for a, b in zip(model.get_weights(), raw.raw))
+    assert any(not np.allclose(a, b) for a, b in zip(model.get_weights(), raw.raw, strict=True))
     logs = model.evaluate(x.astype(np.uint8), y, batch_size=4, return_dict=True, verbose=0)
     assert logs["box_miou"] == pytest.approx(history.history["val_miou"][-1], abs=1e-5)
 
@@ -454,7 +456,8 @@ def test_one_training_iterator_serves_every_epoch(monkeypatch):
     }
     fit_localiser(hp, train, val, epochs=3, callbacks=[counter])
     assert steps == [3, 3, 3]
-    # training: one iterator of the repeated batches (-1: infinite) for the three epochs; validation (2 batches) as Keras does it
+    # training: one iterator of the repeated batches (-1: infinite) for the three epochs;
+    # validation (2 batches) as Keras does it
     assert [c for c in made if c != 2] == [-1]
 
 
@@ -505,7 +508,7 @@ def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
             y = conv(x)
             loss = tf.reduce_sum(y * weights)
         results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, conv.kernel])])
-    for theirs, mine in zip(*results):  # outputs, input gradients, kernel gradients
+    for theirs, mine in zip(*results, strict=True):  # outputs, input gradients, kernel gradients
         np.testing.assert_allclose(mine, theirs, atol=1e-4)
     unsized = tf.function(
         taps_conv.call, input_signature=[tf.TensorSpec([None, None, None, 6])]

@@ -147,7 +147,8 @@ def test_the_search_never_imports_mlflow():
 
 def test_the_mlflow_check_catches_every_form_of_import():
     tree = ast.parse(
-        "import mlflow\nfrom mlflow.tracking import MlflowClient\ndef f():\n    from mlflow.exceptions import MlflowException\n"
+        "import mlflow\nfrom mlflow.tracking import MlflowClient\n"
+        "def f():\n    from mlflow.exceptions import MlflowException\n"
         "import mlflowish\n"
     )
     assert [name for _, name in mlflow_imports(tree)] == [

@@ -1,7 +1,8 @@
 """Each private API of Keras Tuner, Keras and MLflow that petloc uses, checked with the shape
 petloc relies on: a test fails naming the API, its library's version and what of petloc
-needs it, when an upgrade moves it (petloc/library_internals.py). MLflow's private name validators are mirrored on purpose by
-petloc/registry_names.py; tests/tracking/test_registry_names.py compares against them."""
+needs it, when an upgrade moves it (petloc/library_internals.py). MLflow's private name
+validators are mirrored on purpose by petloc/registry_names.py;
+tests/tracking/test_registry_names.py compares against them."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def finish(process: subprocess.Popen, timeout: float = 420) -> str:
     except subprocess.TimeoutExpired:
         process.kill()
         out, _ = process.communicate()
-        raise AssertionError(f"{process.args} did not end in {timeout} s:\n{out}")
+        raise AssertionError(f"{process.args} did not end in {timeout} s:\n{out}") from None
     return out
 
 
@@ -94,7 +94,7 @@ def wait_for_training(
                     run.info.run_id, "val/miou"
                 ):
                     return run
-        except Exception:  # the store is still being created by another process
+        except Exception:  # noqa: BLE001  (the store is still being created by another process)
             pass
     raise AssertionError(
         f"no trial was training: {finish(worker) if worker.poll() is not None else 'timeout'}"
@@ -122,7 +122,7 @@ def parent_of(client: MlflowClient, experiment: str):
 def leaderboard(client: MlflowClient, parent_id: str) -> list[dict]:
     text = Path(client.download_artifacts(parent_id, "leaderboard.csv")).read_text().splitlines()
     header = text[0].split(",")
-    return [dict(zip(header, line.split(","))) for line in text[1:]]
+    return [dict(zip(header, line.split(","), strict=True)) for line in text[1:]]
 
 
 # ---- the whole loop on a tracking server on PostgreSQL ------------------------------------
@@ -154,7 +154,8 @@ def test_a_chief_and_two_workers_log_each_trial_once_through_the_tracking_server
         folder.mkdir()
     chief = start_chief(exp, address, folders[0], server)
     workers = [
-        start_worker(exp, n, address, folder, server) for n, folder in zip(("1", "2"), folders[1:])
+        start_worker(exp, n, address, folder, server)
+        for n, folder in zip(("1", "2"), folders[1:], strict=True)
     ]
     outputs = [finish(worker) for worker in workers]
     out = finish(chief)

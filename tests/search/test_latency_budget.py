@@ -55,7 +55,7 @@ def budget_sweep(tmp_path_factory):
 
 
 def test_a_sweep_under_a_budget_no_trial_fits_promotes_nothing(budget_sweep):
-    root, client, parent, output = budget_sweep
+    _root, client, _parent, output = budget_sweep
     assert (
         "no trial's batch-1 latency fits registry.max_latency_ms=0.001; nothing promoted" in output
     )
@@ -64,7 +64,7 @@ def test_a_sweep_under_a_budget_no_trial_fits_promotes_nothing(budget_sweep):
 
 
 def test_the_parent_run_holds_the_pareto_front(budget_sweep):
-    root, client, parent, _ = budget_sweep
+    _root, client, parent, _ = budget_sweep
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.csv", "pareto.png"} <= artifacts
     with open(client.download_artifacts(parent.info.run_id, "pareto.csv")) as file:

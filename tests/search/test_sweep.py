@@ -41,7 +41,7 @@ def swept(tmp_path_factory):
 
 
 def test_one_parent_run_with_a_child_run_per_trial(swept):
-    root, exp, client, parent_id, output = swept
+    _root, _exp, client, parent_id, output = swept
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert "space.head_units" in parent.data.params and parent.data.tags["dataset_digest"]
@@ -78,7 +78,7 @@ def test_one_parent_run_with_a_child_run_per_trial(swept):
 
 
 def test_best_trial_becomes_champion_with_version_tags(swept):
-    root, exp, client, parent_id, _ = swept
+    _root, _exp, client, parent_id, _ = swept
     version = client.get_model_version_by_alias("petloc", "champion")
     best_run = client.get_run(parent_id).data.tags["best_run_id"]
     assert version.run_id == best_run
@@ -94,7 +94,7 @@ def test_best_trial_becomes_champion_with_version_tags(swept):
 
 
 def test_predict_and_evaluate_by_registered_name(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, _exp, _client, _parent_id, _ = swept
     monkeypatch.chdir(root)
     photo = sorted((root / "photos").glob("*.jpg"))[0]
     for ref in ("petloc@champion", "models:/petloc@champion", "models:/petloc/1"):
@@ -156,14 +156,14 @@ def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
 
 
 def test_changed_settings_need_fresh(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, exp, _client, _parent_id, _ = swept
     monkeypatch.chdir(root)
     with pytest.raises(PetlocError, match="started with different settings; run it with --fresh"):
         invoke("sweep", exp, "train.epochs=2")
 
 
 def test_manual_promotion_respects_the_champion_unless_forced(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, _exp, client, parent_id, _ = swept
     monkeypatch.chdir(root)
     champion = client.get_model_version_by_alias("petloc", "champion")
     worst = min(children(client, parent_id), key=lambda r: r.data.metrics["best_val_miou"])
@@ -180,7 +180,7 @@ def test_manual_promotion_respects_the_champion_unless_forced(swept, monkeypatch
 
 
 def test_promotion_never_compares_figures_from_other_validation_data(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, exp, client, _parent_id, _ = swept
     monkeypatch.chdir(root)
     champion = client.get_model_version_by_alias("petloc", "champion")
     trained = invoke("train", exp, "data.seed=1")  # another split: another validation set

@@ -279,7 +279,10 @@ def test_two_chiefs_of_one_sweep_the_second_is_refused_and_the_worker_logs_under
         if second.poll() is None:
             second.kill()
     assert second.returncode == 2 and "Traceback" not in refused, refused
-    says = f"sweep 'tiny' already has a live chief on {socket.gethostname()} (at {address}, parent run {own.info.run_id})"
+    says = (
+        f"sweep 'tiny' already has a live chief on {socket.gethostname()} "
+        f"(at {address}, parent run {own.info.run_id})"
+    )
     assert says in refused.strip().splitlines()[-1], refused
     parents = client.search_runs([own.info.experiment_id], "tags.`petloc.kind` = 'sweep'")
     assert {run.info.run_id for run in parents} == {

@@ -365,7 +365,7 @@ def _wait_for_epochs(client, proc, trial_id, epochs, timeout=240):
             )
             if found and len(client.get_metric_history(found[0].info.run_id, "val/miou")) >= epochs:
                 return found[0]
-        except Exception:  # the other process is still creating the store
+        except Exception:  # noqa: BLE001  (the other process is still creating the store)
             pass
     raise AssertionError(
         f"no {trial_id} run trained {epochs} epochs: {proc.stderr.read() if proc.poll() is not None else 'timeout'}"
@@ -385,7 +385,7 @@ def _wait_for_training_trial(client, proc, timeout=240):
             )
             if runs and client.get_metric_history(runs[0].info.run_id, "val/miou"):
                 return runs[0]
-        except Exception:  # the other process is still creating the store
+        except Exception:  # noqa: BLE001  (the other process is still creating the store)
             pass
     raise AssertionError(
         f"no trial started: {proc.stderr.read() if proc.poll() is not None else 'timeout'}"

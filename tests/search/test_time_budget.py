@@ -94,15 +94,17 @@ def test_no_trial_starts_that_would_leave_the_final_run_outside_the_budget(tmp_p
 
 
 def test_a_final_run_longer_than_what_is_left_is_said_at_once(tmp_path):
-    # A slower machine than the file was sized for: 2-epoch trials of 30 s, a final run of 10 epochs (150 s) in 2 minutes.
+    # A slower machine than the file was sized for: 2-epoch trials of 30 s, a final run of
+    # 10 epochs (150 s) in 2 minutes.
     clock, said = Clock(), []
     oracle = random_oracle(
         tmp_path, 2.0, trial_epochs=2, final_epochs=10, say=said.append, clock=clock
     )
     assert run_trials(oracle, clock, epoch_s=15.0) == 1
     assert said[1] == (
-        "time budget (tuner.max_minutes): the final run alone (10 epochs, about 2 min 30 s) will end about "
-        "1 min 00 s past it; lower tuner.final_epochs or raise tuner.max_minutes (Ctrl+C, then the sweep with the new value resumes)"
+        "time budget (tuner.max_minutes): the final run alone (10 epochs, about 2 min 30 s) "
+        "will end about 1 min 00 s past it; lower tuner.final_epochs or raise tuner.max_minutes "
+        "(Ctrl+C, then the sweep with the new value resumes)"
     )
 
 
@@ -123,7 +125,7 @@ def test_the_final_run_is_priced_by_steady_epochs_not_by_short_trials(tmp_path):
     finish_trial(
         oracle, clock, oracle.create_trial("tuner0"), 5.0, 3.0, 20.0, epochs=3
     )  # a steady epoch seen: 5 s
-    elapsed, trial, final = oracle.estimates()
+    _elapsed, trial, final = oracle.estimates()
     assert (trial, final) == pytest.approx((15 + 23, 50 + 23))
 
 

@@ -168,7 +168,7 @@ def test_a_gigabyte_body_by_its_content_length_is_refused_unread(served):
 
 @pytest.mark.slow
 def test_a_chunked_gigabyte_body_is_cut_off_at_the_limit(served):
-    port, proc, log = served
+    port, proc, _log = served
     status, answer, sent, growth = stream_post(port, proc, GIGABYTE, chunked=True)
     assert status == 413, answer
     assert "(a chunked body) is over the limit" in answer["message"]
@@ -268,7 +268,7 @@ def test_many_large_requests_at_once_are_answered_a_few_at_a_time(served):
 def test_a_request_of_far_too_many_rows_is_refused_before_mlflow_builds_its_frame(served):
     """60 MB of CSV lines took the server to 12 GB inside MLflow's parser; 2000 empty JSON records
     are refused as plainly. Rows up to 16 x PETLOC_MAX_ROWS still get an error each."""
-    port, proc, log = served
+    port, proc, _log = served
     idle = server_rss_mb(proc)
     status, answer = post(port, b"image\n" + b"x\n" * 30_000_000, content_type="text/csv")
     assert status == 413 and answer["message"] == (
@@ -306,7 +306,7 @@ def test_stalled_uploads_are_cut_off_and_others_are_answered(served):
 
 @pytest.mark.slow
 def test_error_answers_carry_no_stack_trace(served):
-    port, _, log = served
+    port, _, _log = served
     status, answer = post(port, b'"\n', content_type="text/csv")  # MLflow's CSV parser fails on it
     assert (
         400 <= status < 500

@@ -133,10 +133,15 @@ def server(champion):
         "-p",
         str(port),
     ]
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen(
-        mlflow_cli, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with open(root / "serve.log", "w") as log:  # the server writes to its own copy
+        proc = subprocess.Popen(
+            mlflow_cli,
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -306,10 +311,10 @@ def serve_until_answering(
 ) -> subprocess.Popen:
     """Starts `cmd` in its own process group and waits for /ping on the port after `--port`."""
     port = cmd[cmd.index("--port") + 1]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    with open(log_path, "w") as log:  # the server writes to its own copy
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:

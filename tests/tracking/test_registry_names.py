@@ -139,7 +139,10 @@ def test_predict_by_a_quoted_name(project, tmp_path):
 
 @pytest.mark.parametrize("ref", ["petloc@nope", "o'brien@nope", "o'brien/7", "nothing@champion"])
 def test_a_missing_version_is_one_line_listing_the_registry(project, ref):
-    message = rf"^models:/{re.escape(ref)}: no such registered model version; registered: .*o'brien \(versions 1-1, champion=1\)"
+    message = (
+        rf"^models:/{re.escape(ref)}: no such registered model version; "
+        r"registered: .*o'brien \(versions 1-1, champion=1\)"
+    )
     with pytest.raises(PetlocError, match=message):
         invoke("predict", ref, "x.jpg")
     with pytest.raises(PetlocError, match=message):
@@ -216,7 +219,8 @@ def test_a_bad_name_or_alias_is_one_line_and_creates_nothing(project, option, va
             project.run_id,
             "--name",
             "fine",
-            *([option, value] if option == "--alias" else [option, value]),
+            option,
+            value,
         )
     assert "\n" not in str(refused.value)
     assert (project.names(), project.version_count()) == (names, versions)
@@ -443,7 +447,7 @@ def test_names_on_a_postgresql_tracking_server(postgres_uri, tmp_path):
             name in listed for name in ("o'brien", "100%", "a_b", "ünïcødé 名前", "o'neil", longest)
         )
         with pytest.raises(
-            PetlocError, match="^models:/o'brien@nope: no such registered model version"
+            PetlocError, match=r"^models:/o'brien@nope: no such registered model version"
         ):
             served_model("o'brien@nope")
 

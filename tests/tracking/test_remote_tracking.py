@@ -71,7 +71,8 @@ def test_server_down_at_start_is_one_line_exit_2_nothing_created(tmp_path, comma
     done = petloc_process(command, QUICK, f"data.path={data}", *TINY, cwd=tmp_path, env=env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"petloc: error: tracking server {uri} does not answer (Failed to establish a new connection: [Errno 111] "
-        "Connection refused): start it (petloc tracking-server), or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI"
+        f"petloc: error: tracking server {uri} does not answer (Failed to establish a new "
+        "connection: [Errno 111] Connection refused): start it (petloc tracking-server), or fix "
+        "tracking.uri in the experiment file / MLFLOW_TRACKING_URI"
     ]
     assert not (tmp_path / "mlruns").exists()  # no sweep folder, no run, no local store

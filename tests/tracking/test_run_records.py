@@ -3,6 +3,7 @@ comes from (command, version, git commit), a description, and the resolved exper
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -80,7 +81,7 @@ def test_system_metrics_are_logged_while_it_trains(trained):
 def test_the_resolved_experiment_is_an_artifact(trained):
     _, client, run = trained
     path = client.download_artifacts(run.info.run_id, "experiment.json")
-    body = json.loads(open(path).read())
+    body = json.loads(Path(path).read_text())
     assert (
         body["name"] == "tiny"
         and body["train"]["epochs"] == 1
@@ -118,7 +119,7 @@ def test_reproduce_reruns_a_run_from_what_it_logged(trained):
 
 
 def test_reproduce_refuses_when_the_code_or_data_differ(trained):
-    root, client, run = trained
+    root, _client, run = trained
     (root / "notes.txt").write_text("v3\n")
     git(
         root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "second"
@@ -172,14 +173,14 @@ def test_runs_logging_the_same_new_dataset_at_once_all_log_it(tmp_path, store, r
             racers = [client.create_run(experiment_id).info.run_id for _ in range(4)]
             start = threading.Barrier(len(racers))
 
-            def log_them(run_id):
+            def log_them(run_id, start):
                 start.wait()
                 try:
                     log.log_datasets(run_id, data)
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001  (any failure is the test's finding)
                     failures.append(f"{type(err).__name__}: {str(err).splitlines()[0]}")
 
-            threads = [threading.Thread(target=log_them, args=(run_id,)) for run_id in racers]
+            threads = [threading.Thread(target=log_them, args=(run_id, start)) for run_id in racers]
             for thread in threads:
                 thread.start()
             for thread in threads:

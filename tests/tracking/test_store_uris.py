@@ -50,7 +50,7 @@ def test_train_with_an_unusable_tracking_uri_names_the_key_and_creates_nothing(
     exp = tiny_experiment(tmp_path, tmp_path / "no-data", tracking={"uri": "file:///tmp/somewhere"})
     with (
         in_project(tmp_path),
-        pytest.raises(PetlocError, match="^tracking.uri file:///tmp/somewhere: not a store"),
+        pytest.raises(PetlocError, match=r"^tracking\.uri file:///tmp/somewhere: not a store"),
     ):
         invoke("train", exp)
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "no-data").exists()
@@ -60,6 +60,6 @@ def test_a_bad_mlflow_tracking_uri_is_named_as_the_variable(tmp_path, monkeypatc
     with in_project(tmp_path):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/somewhere")
         with pytest.raises(
-            PetlocError, match="^MLFLOW_TRACKING_URI file:///tmp/somewhere: not a store"
+            PetlocError, match=r"^MLFLOW_TRACKING_URI file:///tmp/somewhere: not a store"
         ):
             invoke("models")

@@ -42,7 +42,7 @@ def test_a_new_parent_run_carries_the_sweep_s_identity_and_settings(sweep):
         and "petloc_version" not in tags
     )
     assert tags["tuner.max_trials"] == str(exp.tuner.max_trials)
-    with pytest.raises(PetlocError, match="^gone: no such parent$"):
+    with pytest.raises(PetlocError, match=r"^gone: no such parent$"):
         SweepRecord.existing("0" * 32, "gone: no such parent")
 
 

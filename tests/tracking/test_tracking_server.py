@@ -7,6 +7,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric
@@ -82,7 +83,7 @@ def test_runs_and_artifacts_go_through_the_server_to_postgres(postgres_uri, tmp_
         }
         assert stored.info.status == "FINISHED"
         copy = client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path / "back"))
-        assert open(copy).read() == "logged through the server"
+        assert Path(copy).read_text() == "logged through the server"
     [kept] = artifacts.rglob("note.txt")  # the server wrote it under --artifacts
     assert kept.read_text() == "logged through the server"
     assert MlflowClient(postgres_uri).get_run(run.info.run_id).data.params == {
@@ -134,7 +135,8 @@ def test_dead_server_is_one_line_naming_it_and_what_to_do():
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(
         PetlocError,
-        match=f"tracking server {uri} does not answer .*Connection refused.*petloc tracking-server.*MLFLOW_TRACKING_URI",
+        match=f"tracking server {uri} does not answer .*Connection refused"
+        ".*petloc tracking-server.*MLFLOW_TRACKING_URI",
     ):
         store.configure(uri)
 

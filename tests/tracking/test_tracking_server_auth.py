@@ -400,8 +400,10 @@ def test_ui_beyond_this_machine_needs_no_auth_said_out_loud(tmp_path):
     with in_project(tmp_path):
         with pytest.raises(
             PetlocError,
-            match="--host 0.0.0.0 lets other machines change and delete every run and model: "
-            "share the store with petloc tracking-server --auth, or say --no-auth",
+            match=re.escape(
+                "--host 0.0.0.0 lets other machines change and delete every run and model: "
+                "share the store with petloc tracking-server --auth, or say --no-auth"
+            ),
         ):
             invoke("ui", "--host", "0.0.0.0", "--port", free_port())
         assert not (tmp_path / "mlruns").exists()

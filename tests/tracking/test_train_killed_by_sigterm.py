@@ -20,7 +20,7 @@ def training_run(client: MlflowClient):
         return (
             runs[0] if runs and client.get_metric_history(runs[0].info.run_id, "val/miou") else None
         )
-    except Exception:  # the other process is still creating the store
+    except Exception:  # noqa: BLE001  (the other process is still creating the store)
         return None
 
 

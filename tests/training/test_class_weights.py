@@ -32,7 +32,7 @@ def test_batches_carry_class_weights_for_the_class_loss_only():
     data = arrays([0, 1, 1, 1, 0, 1, 1, 1])
     weights = CLASS_WEIGHTS["balanced"](data.labels)
     for strength in (0.0, 0.3):
-        for images, y, sw in train_batches(data, 4, strength, seed=0, class_weights=weights):
+        for _images, y, sw in train_batches(data, 4, strength, seed=0, class_weights=weights):
             np.testing.assert_allclose(sw["cls"].numpy(), weights[y["cls"].numpy()])
             np.testing.assert_array_equal(sw["box"].numpy(), 1.0)
 

@@ -140,7 +140,7 @@ def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_wit
         lambda self, logs=None: found.append((backup / BEST_EPOCH).is_file()) or ends(self, logs),
     )
     first = FirstEpoch()
-    model, history = fit_localiser(hp, data, data, epochs=4, callbacks=[first], backup=str(backup))
+    _model, history = fit_localiser(hp, data, data, epochs=4, callbacks=[first], backup=str(backup))
     assert first.epoch == 2 and len(history.history["loss"]) == 2 and found == [True]
     assert (
         first.steps == stop.steps > 0
@@ -148,7 +148,7 @@ def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_wit
     # With weight averaging the backup holds the average in the model (what was validated) and
     # the raw weights in the optimizer: the resumed epoch must train the raw ones, as the
     # uninterrupted fit would have.
-    for resumed, stopped in zip(first.weights, stop.weights):
+    for resumed, stopped in zip(first.weights, stop.weights, strict=True):
         np.testing.assert_array_equal(resumed, stopped)
     assert not backup.exists()  # the fit ended: its state is gone
 
@@ -173,7 +173,7 @@ def test_a_fit_stopped_after_its_last_epoch_ends_with_its_best_epoch_when_starte
     assert not hasattr(first, "epoch") and not history.history.get(
         "loss"
     )  # nothing left to train, and no error
-    for got, kept in zip(model.get_weights(), best):
+    for got, kept in zip(model.get_weights(), best, strict=True):
         np.testing.assert_array_equal(got, kept)
     assert not backup.exists()
 

@@ -49,7 +49,7 @@ def test_predictor_answers_as_model_predict_did(model):
     expected = model.predict(resized, verbose=0)
     preds = Predictor(model).predict(images, batch_size=2)
     assert len(preds) == 5
-    for im, pred, p, b in zip(images, preds, expected["cls"], expected["box"]):
+    for im, pred, p, b in zip(images, preds, expected["cls"], expected["box"], strict=True):
         h, w = im.shape[:2]
         assert pred.label == ("cat", "dog")[int(p.argmax())]
         assert pred.score == pytest.approx(float(p.max()), abs=1e-5)
@@ -110,7 +110,7 @@ def test_precision_auto_is_the_default_and_resolves_by_the_cpus_bf16_units(tmp_p
         assert (
             resolved_precision(value, 64) == value
         )  # an explicit choice is kept whatever the CPU and size
-    with pytest.raises(PetlocError, match="train.precision"):
+    with pytest.raises(PetlocError, match=r"train\.precision"):
         from petloc.config import load_experiment
 
         (tmp_path / "e.yaml").write_text("name: x\ntrain:\n  precision: bf16\n")

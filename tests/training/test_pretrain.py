@@ -28,11 +28,11 @@ PRETRAIN = {
 def test_head_crop_box_still_frames_the_head():
     images = np.zeros((2, 40, 40, 3), np.uint8)
     boxes = np.array([[0.25, 0.5, 0.5, 0.75], [0.5, 0.0, 1.0, 0.5]], np.float32)
-    for img, (x1, y1, x2, y2) in zip(images, boxes * 40):
+    for img, (x1, y1, x2, y2) in zip(images, boxes * 40, strict=True):
         img[int(y1) : int(y2), int(x1) : int(x2)] = 255
     both = with_head_crops(ImageSet(images, np.array([0, 1]), boxes, ["a.jpg", "b.jpg"], ["", ""]))
     assert len(both) == 4 and list(both.labels) == [0, 1, 0, 1] and both.paths[2] == "a.jpg#head"
-    for img, (x1, y1, x2, y2) in zip(both.images[2:], both.boxes[2:] * 40):
+    for img, (x1, y1, x2, y2) in zip(both.images[2:], both.boxes[2:] * 40, strict=True):
         painted = np.argwhere(img[..., 0] > 127)
         (top, left), (bottom, right) = painted.min(0), painted.max(0) + 1
         assert (left, top, right, bottom) == pytest.approx((x1, y1, x2, y2), abs=1.5)
@@ -60,7 +60,7 @@ def pretrained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
-    root, exp, output = pretrained
+    root, _exp, output = pretrained
     monkeypatch.chdir(root)
     mlflow.set_tracking_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
@@ -97,7 +97,10 @@ def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, 
     classifier = mlflow.keras.load_model("models:/petloc-backbone@champion")
     (source,) = (layer for layer in classifier.layers if isinstance(layer, keras.Model))
     (target,) = (layer for layer in localiser.layers if isinstance(layer, keras.Model))
-    same = [np.array_equal(a, b) for a, b in zip(source.get_weights(), target.get_weights())]
+    same = [
+        np.array_equal(a, b)
+        for a, b in zip(source.get_weights(), target.get_weights(), strict=True)
+    ]
     assert len(same) == len(source.get_weights()) > 0
     # Frozen, the backbone is exactly the pretrained one; fine-tuned, training moved it.
     assert all(same) if freeze else not all(same)
