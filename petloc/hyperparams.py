@@ -143,10 +143,9 @@ def rows() -> list[dict[str, Any]]:
     """The declaration as `petloc hyperparameters` shows it: one row per hyperparameter."""
     listed = []
     for name in DECLARED:
+        options, limits = choices(name), bounds(name)
         values = (
-            ", ".join(choices(name))
-            if choices(name)
-            else (f"{bounds(name)[0]} .. {bounds(name)[1]}" if bounds(name) else "")
+            ", ".join(options) if options else (f"{limits[0]} .. {limits[1]}" if limits else "")
         )
         listed.append(
             {

@@ -7,6 +7,7 @@ imported inside the functions, so the served model and `petloc --help` load none
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 # ---- Keras Tuner ------------------------------------------------------------------------------
@@ -16,18 +17,22 @@ class TunerHooks:
     """Mixed in before `keras_tuner.Tuner`: three private methods of its BaseTuner, overridden
     once here, behind public names a tuner may override."""
 
+    # BaseTuner's, which this class is mixed into (declared for the type checker only)
+    _run_and_update_trial: Callable[..., Any]
+
     def state_file(self) -> str | None:
         """The tuner's own state file; None: Keras Tuner's, named by KERASTUNER_TUNER_ID."""
         return None
 
     def _get_tuner_fname(self):
         # BaseTuner names the file by the tuner ID; no argument or public hook changes it.
-        return self.state_file() or super()._get_tuner_fname()
+        # BaseTuner, which comes after this mixin in the class, defines it
+        return self.state_file() or super()._get_tuner_fname()  # type: ignore[misc]
 
     def populate_initial_space(self) -> None:
         """Declares the search space in the oracle before the first trial (Keras Tuner's
         default builds the model to discover conditional hyperparameters)."""
-        super()._populate_initial_space()
+        super()._populate_initial_space()  # type: ignore[misc]  # BaseTuner's, after this mixin
 
     def _populate_initial_space(self):
         # Documented in Keras Tuner's source as "a subroutine for AutoKeras to override"; not public.
@@ -82,7 +87,7 @@ def hyperband_iteration_trials(oracle) -> int:
     )
 
 
-def oracle_servicer() -> type:
+def oracle_servicer() -> Any:
     """Keras Tuner's gRPC service of a chief's oracle (keras_tuner.src.distribute.oracle_chief),
     for the chief to extend: its `start_server` neither returns nor takes another service."""
     from keras_tuner.src.distribute import oracle_chief
@@ -136,6 +141,12 @@ class BackupHooks:
     """Mixed in before `keras.callbacks.BackupAndRestore`: its private `_save_model`, which
     writes the weights and then the training state, each in place, overridden once here
     behind a public name (the callback has no hook for how its files are written)."""
+
+    # BackupAndRestore's, which this class is mixed into (declared for the type checker only)
+    _current_epoch: int
+    _last_batch_seen: int
+    _weights_path: str
+    _training_metadata_path: str
 
     def write_backup(self, weights_path: str, state_path: str, state: dict[str, int]) -> None:
         """Writes the model's weights to `weights_path`, then `state` (Keras's epoch and batch)

@@ -83,14 +83,13 @@ def save_model(keras_model, path, mlflow_model=None, **kwargs):
 def signature():
     """What the pyfunc takes and answers, as the MLflow UI and `mlflow models serve` read it."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
-    answer = [
+    answer: list[ColSpec | TensorSpec] = [
         ColSpec(DataType.string, "label", required=False),
         ColSpec(DataType.double, "score", required=False),
-        ColSpec(
-            Array(DataType.double), "box", required=False
-        ),  # [x1, y1, x2, y2] in pixels of the image
+        # [x1, y1, x2, y2] in pixels of the image
+        ColSpec(Array(DataType.double), "box", required=False),
         ColSpec(DataType.string, "warning", required=False),
         ColSpec(DataType.string, "error", required=False),  # instead of label, score and box
     ]
@@ -205,7 +204,7 @@ class ImagePyfunc:
         `error` for an unreadable or over-limit image."""
         limits = RequestLimits.from_environment()
         rows = _rows(model_input, limits.rows)
-        results: list[dict | None] = [None] * len(rows)
+        results: list[dict] = [{} for _ in rows]  # each filled below
         decoded, where = [], []
         for i, row in enumerate(rows):
             if i >= limits.rows:

@@ -10,6 +10,7 @@ also traces), so epochs and fixed costs are priced apart (`TimeBudgetedOracle.es
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 
@@ -56,9 +57,8 @@ class TimeBudgetedOracle(kt.Oracle):
         self.say, self.clock = say, clock
         self.started = clock() if started is None else started
         self.begun: dict[str, float] = {}  # trial_id -> when this start handed it out
-        self.took: dict[
-            str, float
-        ] = {}  # trial_id -> its wall time, for the trials ended since this start
+        # trial_id -> its wall time, for the trials ended since this start
+        self.took: dict[str, float] = {}
         self.spent: str | None = None  # why no trial starts any more
 
     def populate_space(self, trial_id):
@@ -100,7 +100,9 @@ class TimeBudgetedOracle(kt.Oracle):
         return result
 
     def left(self) -> float:
-        """Seconds of the budget not spent yet."""
+        """Seconds of the budget not spent yet (no budget: no end)."""
+        if self.budget_seconds is None:
+            return math.inf
         return self.budget_seconds - (self.clock() - self.started)
 
     def _timed(self) -> dict[str, tuple[float, float, float]]:
@@ -175,7 +177,7 @@ class TimeBudgetedOracle(kt.Oracle):
         `AFTER_FINAL` of the budget kept for the ensemble and the promotion), never fewer than
         `final_epochs`; `final_epochs` before a trial has been timed."""
         timed = self._timed()
-        if not timed:
+        if not timed or self.budget_seconds is None:
             return self.final_epochs
         epoch = self._epoch_like(
             values, {trial_id: each for trial_id, (_, each, _) in timed.items()}
@@ -186,7 +188,7 @@ class TimeBudgetedOracle(kt.Oracle):
 
     def _would_overrun(self, drawn: dict) -> bool:
         estimates = self.estimates(drawn)
-        if estimates is None:
+        if estimates is None or self.budget_seconds is None:
             return False
         elapsed, trial, final = estimates
         if elapsed + trial + final <= self.budget_seconds:

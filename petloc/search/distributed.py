@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import keras_tuner as kt
@@ -82,7 +83,10 @@ def _use_chief(host: str, port: int, tuner_id: str) -> None:
 # ---- the chief ----------------------------------------------------------------------------
 
 
-class ChiefServicer(library_internals.oracle_servicer()):
+_OracleServicer: Any = library_internals.oracle_servicer()  # Keras Tuner's, not public
+
+
+class ChiefServicer(_OracleServicer):
     """Keras Tuner's oracle service, plus when each worker was last heard from, a line per
     trial handed out and ended, and the consecutive-failure stop (Keras Tuner's own raises
     inside a worker's call and leaves the trial ongoing for ever)."""

@@ -147,21 +147,20 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         self,
         exp: Experiment,
         record: SweepRecord,
-        data_for: Callable[[int], PreparedData],
+        data_for: Callable[[int], PreparedData] | None,
         say: Callable[[str], None] = print,
         started: float | None = None,
         **kwargs,
     ):
-        """`started`: when this start of the sweep began (time.monotonic), for `tuner.max_minutes`."""
+        """`started`: when this start of the sweep began (time.monotonic), for `tuner.max_minutes`.
+        `data_for`: the data at an image size; None for a chief, which trains no trial."""
         self.exp, self.record, self.data_for = exp, record, data_for
-        self.figures: dict[
-            str, dict[str, float]
-        ] = {}  # trial_id -> summary of the trials this process ran
+        # trial_id -> summary of the trials this process ran
+        self.figures: dict[str, dict[str, float]] = {}
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
         self.run_tags: dict[str, str] = {}  # more tags for each trial's run
-        self.trial_runs: dict[
-            str, str
-        ] = {}  # trial_id -> its run, for the trials this process finished
+        # trial_id -> its run, for the trials this process finished
+        self.trial_runs: dict[str, str] = {}
         # The time budget is the oracle's, on the process that holds it.
         budgeted_here = bool(exp.tuner.max_minutes) and self.holds_the_oracle
         oracle = ORACLES[exp.tuner.kind](
@@ -240,6 +239,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         run_id = self._child_run(trial)
         try:
             with runs.run_status(run_id):
+                assert self.data_for is not None, "a chief trains no trial"
                 data = self.data_for(int(values["image_size"]))
                 initial = self._warm_start_weights(hp)
                 summary = train_tracked(

@@ -135,6 +135,7 @@ def registered_version(uri: str):
     try:
         if ref.alias is not None:
             return client.get_model_version_by_alias(ref.name, ref.alias)
+        assert ref.version is not None  # a Ref names an alias or a version
         return client.get_model_version(ref.name, ref.version)
     except MlflowException as err:
         if err.error_code not in (

@@ -72,7 +72,9 @@ def claim_run(run_id: str) -> None:
 
 
 def this_process() -> str:
-    return _owner(os.getpid())
+    # Without /proc (not Linux) there is no start time: a name no host has, which
+    # owner_alive counts as alive, so no other process takes the run over.
+    return _owner(os.getpid()) or "unknown"
 
 
 def _owner(pid: int) -> str | None:

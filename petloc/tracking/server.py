@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from petloc import processes
 from petloc.errors import PetlocError
@@ -35,8 +36,8 @@ def serve(
     host: str,
     port: int,
     workers: int,
-    allowed_hosts: list[str] = (),
-    auth: Auth | bool | None = None,
+    allowed_hosts: Sequence[str] = (),
+    auth: Auth | Literal[False] | None = None,
     say: Callable[[str], None] = print,
 ) -> None:
     """Check the inputs, start `mlflow server`, tell clients where it is, and run it until
@@ -47,9 +48,8 @@ def serve(
     door.check_door(host, None if auth is None else bool(auth))
     backend = backend or store.default_uri()
     destination = artifacts_destination(artifacts)
-    password = (
-        door.admin_password(auth) if auth else None
-    )  # a bad file is one line before anything starts
+    # a bad password file is one line before anything starts
+    password = door.admin_password(auth) if auth else None
     check_port_free(host, port)
     check_backend(backend)
     client_uri = client_uri_of(host, port)
@@ -76,7 +76,7 @@ def serve(
             say("  and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD of their user")
         _run(subprocess.Popen(cmd, env=env), _local_uri(host, port), client_uri, say)
     finally:
-        if written:
+        if written and config:
             config.unlink(missing_ok=True)
 
 
@@ -116,7 +116,7 @@ def mlflow_server_command(
     ]
 
 
-def _allowed_hosts_flag(host: str, names: list[str]) -> list[str]:
+def _allowed_hosts_flag(host: str, names: Sequence[str]) -> list[str]:
     """MLflow answers API calls only for Host headers of localhost and private IPs (a guard
     against DNS rebinding; /health answers anyone): clients that use a name or a public
     address, as the printed URI does when serving other machines, are refused with a 403.

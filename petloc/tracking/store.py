@@ -217,7 +217,7 @@ def _credentials_refused(base: str) -> str:
 def _host_refused(base: str) -> str:
     """MLflow accepts only localhost, private addresses and the names it was given: a name, or a
     public address, must be on the server's allowed-hosts list."""
-    host = urlparse(base).hostname
+    host = urlparse(base).hostname or ""  # none: not an address either
     try:
         ipaddress.ip_address(host)
         what = "the address"

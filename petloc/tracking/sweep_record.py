@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import mlflow
 from mlflow.entities import RunTag
@@ -124,6 +125,10 @@ class SweepRecord:
         with contextlib.suppress(MlflowException):
             self.end_orphans(why)
 
+    @overload
+    def ended(self, err: None = None) -> None: ...
+    @overload
+    def ended(self, err: BaseException) -> BaseException: ...
     def ended(self, err: BaseException | None = None) -> BaseException | None:
         """Ends the parent run FINISHED, or FAILED / KILLED for `err`; returns what to raise."""
         if err is not None:
@@ -173,7 +178,9 @@ class SweepRecord:
 
     def _log_sweep_settings(self, exp: Experiment) -> None:
         """What a sweep is (its fingerprint covers it): params, written once, and provenance."""
-        params = {f"space.{k}": json.dumps(value) for k, value in _space(exp).items()}
+        params: dict[str, Any] = {
+            f"space.{k}": json.dumps(value) for k, value in _space(exp).items()
+        }
         params.update(
             {
                 f"tuner.{k}": value
@@ -297,7 +304,7 @@ class SweepRecord:
 
     # ---- the leaderboard --------------------------------------------------------------
 
-    def leaderboard(self, extra: list[str] = ()) -> list[dict]:
+    def leaderboard(self, extra: Sequence[str] = ()) -> list[dict]:
         """Finished trials of the sweep, best val mIoU first; `extra` hyperparameters as columns too."""
         finished = runs.child_runs(
             self.parent_run_id, FINISHED, order_by=[f"metrics.{vocab.BEST_VAL_MIOU} DESC"]
@@ -382,9 +389,7 @@ def _chief_alive(tags: dict[str, str]) -> bool:
 
 
 def _space(exp: Experiment) -> dict:
-    return {
-        name: (p.model_dump() if hasattr(p, "model_dump") else p) for name, p in exp.space.items()
-    }
+    return {name: (p.model_dump() if isinstance(p, Range) else p) for name, p in exp.space.items()}
 
 
 def searched(exp: Experiment) -> list[str]:

@@ -118,10 +118,9 @@ def train_tracked(
     holds one, the fit resumes from it, in the same run, and the curves and `epochs_trained`
     count the epochs before the interruption too, and `train_seconds` the training before it."""
     epochs = epochs or exp.train.epochs
-    resumed = bool(backup) and has_backup(backup)
-    seconds_before = (
-        backed_up(backup).seconds if resumed else 0.0
-    )  # the training before a stop counts too
+    resumed = bool(backup and has_backup(backup))
+    # the training before a stop counts too
+    seconds_before = backed_up(backup).seconds if backup and resumed else 0.0
     pretrained = pretrained_for(values["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
     description += (

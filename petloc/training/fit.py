@@ -90,7 +90,8 @@ class KeepBest(keras.callbacks.Callback):
 
     def __init__(self, monitor: str = "val_miou", folder: str | None = None):
         super().__init__()
-        self.monitor, self.best, self.weights = monitor, -1.0, None
+        self.monitor, self.best = monitor, -1.0
+        self.weights: list[np.ndarray] | None = None
         self.folder = Path(folder) if folder else None
 
     def on_train_begin(self, logs=None):
@@ -101,17 +102,18 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and logs.get(self.monitor, -1.0) > self.best:
-            self.best, self.weights = logs[self.monitor], self.model.get_weights()
+            weights = self.model.get_weights()
+            self.best, self.weights = logs[self.monitor], weights
             if self.folder:
                 atomic_write(
                     self.folder / BEST_EPOCH,
                     lambda file: np.savez(
-                        file, *self.weights, score=np.float64(self.best), epoch=np.int64(epoch + 1)
+                        file, *weights, score=np.float64(self.best), epoch=np.int64(epoch + 1)
                     ),
                 )
 
     def on_train_end(self, logs=None):
-        if self.weights is None and self.best_on_disk:
+        if self.weights is None and self.best_on_disk and self.folder:
             # The best epoch came before a resume.
             with open_regular(self.folder / BEST_EPOCH) as file, np.load(file) as saved:
                 self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
@@ -258,8 +260,8 @@ def fit(
     if initial_weights:
         model.load_weights(initial_weights)
     backing_up = WholeBackup(backup) if backup else None
-    resuming = bool(backup) and has_backup(backup)
-    state = backed_up(backup) if resuming else BackedUp()
+    resuming = bool(backup and has_backup(backup))
+    state = backed_up(backup) if backup and resuming else BackedUp()
     if state.stopped:  # early stopping had ended it: resume with no epoch left
         epochs = state.epochs
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor, backup)]
@@ -346,6 +348,7 @@ def fit_localiser(
     val_miou weights. `precision` is a Keras dtype policy for training; the model returned
     is float32. `pretrained` is the network a `registered:` backbone names."""
     hparams = Hyperparameters.of(values)
+    assert hparams.image_size is not None, "values carry image_size (Experiment fills it in)"
     image_size, batch_size = int(hparams.image_size), hparams.batch_size
     precision = resolved_precision(precision, image_size)
 

@@ -192,9 +192,9 @@ def _answer_chunk(
     predictor: Predictor, paths: list[str], reads: Iterable[_Read], out: Path | None
 ) -> Iterator[dict]:
     reads = list(reads)
-    good = [r for r in reads if not r.error]
+    good = [(r.resized, r.size) for r in reads if r.resized is not None]  # the reads without error
     preds = iter(
-        predictor.predict_resized(np.stack([r.resized for r in good]), [r.size for r in good])
+        predictor.predict_resized(np.stack([x for x, _ in good]), [size for _, size in good])
         if good
         else []
     )
@@ -205,6 +205,7 @@ def _answer_chunk(
         pred = next(preds)
         row = {"image": path, **pred.to_dict(read.warnings)}
         if out:
+            assert read.photo is not None  # kept by _read when there is an `out`
             try:
                 save_new_png(draw_box_on_photo(read.photo, pred), out, Path(path).stem)
             except OSError as err:
