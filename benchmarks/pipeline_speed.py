@@ -125,15 +125,13 @@ def epoch_ratio(
     """Epochs as petloc's `fit` runs them (the batches repeated, one iterator a fit), `epochs`
     a fit, the sides taking turns; `before` (--before): also the pipeline with an iterator an
     epoch, as until stop 15 (its figures are in RESULTS.md's stop-15 notes; `make bench` leaves it out)."""
-    precision = resolved_precision(
-        "auto", size
-    )  # the precision a run trains in here (train.precision: auto)
+    # the precision a run trains in here (train.precision: auto)
+    precision = resolved_precision("auto", size)
     with dtype_policy(precision):
         model = compile_model(build_model(hp, size), hp)
     piped = train_batches(arrays, hp.batch_size, hp.aug_strength, seed=0)
-    in_memory = [
-        (x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in piped
-    ]  # one augmented epoch, held as arrays
+    # one augmented epoch, held as arrays
+    in_memory = [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in piped]
     xs = np.concatenate([x for x, _ in in_memory])
     ys = {k: np.concatenate([y[k] for _, y in in_memory]) for k in ("cls", "box")}
     memory = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(hp.batch_size).cache()

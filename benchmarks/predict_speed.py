@@ -187,9 +187,8 @@ def memory(files: list[str], many: int) -> list[list]:
     predictor = Predictor(
         build_model(Hyperparameters(backbone="simple", width=0.25, head_units=16), 64)
     )
-    repeated = [
-        files[i % len(files)] for i in range(many)
-    ]  # the same files over again: the stream cannot tell
+    # the same files over again: the stream cannot tell
+    repeated = [files[i % len(files)] for i in range(many)]
     start = time.perf_counter()
     small = peak_rss_mb(lambda: sum(1 for _ in predict_files(predictor, files)))
     large = peak_rss_mb(lambda: sum(1 for _ in predict_files(predictor, repeated)))

@@ -152,9 +152,8 @@ def main() -> None:
     run_sweep(project, args.data, args.image_size, ["tracking.experiment=search-hyperband"])
     hyperband = sweep_figures(uri)[0]
     print(hyperband, flush=True)
-    max_epochs = load_experiment(
-        project / "experiments/cats_dogs.yaml"
-    ).train.epochs  # Hyperband's longest trial
+    # Hyperband's longest trial
+    max_epochs = load_experiment(project / "experiments/cats_dogs.yaml").train.epochs
     trials = max(1, round(hyperband.epochs / max_epochs))
     print(f"random search, {trials} trials of {max_epochs} epochs ...", flush=True)
     run_sweep(

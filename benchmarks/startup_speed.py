@@ -30,9 +30,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     folder = str(scratch("startup"))
-    (Path(folder) / "bad.yaml").write_text(
-        "name: x\ntrain:\n  epoch: 3\n"
-    )  # a typo: one line, exit 2
+    # a typo: one line, exit 2
+    (Path(folder) / "bad.yaml").write_text("name: x\ntrain:\n  epoch: 3\n")
     shutil.copy(EXPERIMENTS / "quick.yaml", folder)
     commands = {
         "`petloc --help`": [PETLOC, "--help"],

@@ -34,9 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves this machine
-os.environ.setdefault(
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"
-)  # a "View run" line per run ended
+# a "View run" line per run ended
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.servers
 
@@ -159,9 +158,8 @@ def run_level(
 ) -> dict:
     client = MlflowClient(uri)
     parent_id = client.create_run(experiment_id, run_name=f"load-{workers}-workers").info.run_id
-    fork = multiprocessing.get_context(
-        "fork"
-    )  # MLflow already imported: 64 workers start in a second
+    # MLflow already imported: 64 workers start in a second
+    fork = multiprocessing.get_context("fork")
     go, results = fork.Event(), fork.Queue()
     deadline = time.time() + seconds
     procs = [

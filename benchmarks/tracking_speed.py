@@ -182,12 +182,10 @@ def main() -> None:
     for name, (count, epochs) in SIZES.items():
         generate(project / name, count=count, seed=0)
         exps[name] = experiment(project / name, epochs)
-        prepare_data(
-            exps[name].data, SIZE, say=lambda _: None
-        )  # each data cache made before timing
-    with contextlib.redirect_stdout(
-        io.StringIO()
-    ):  # warm up once, on the tiny trial: the store made, first imports and traces
+        # each data cache made before timing
+        prepare_data(exps[name].data, SIZE, say=lambda _: None)
+    # warm up once, on the tiny trial: the store made, first imports and traces
+    with contextlib.redirect_stdout(io.StringIO()):
         untracked(exps["tiny"]), tracked(exps["tiny"])
     hooks, pieces = HookClock(), PieceClock()
     for name, (count, epochs) in SIZES.items():

@@ -106,9 +106,8 @@ def main() -> None:
         for batch in args.batch
     }
     times = {key: float("inf") for key in runners}
-    for _ in range(
-        args.rounds
-    ):  # alternate, so a change in machine load hits all alike; keep the best
+    # alternate, so a change in machine load hits all alike; keep the best
+    for _ in range(args.rounds):
         for (setting, batch), steps in runners.items():
             times[setting, batch] = min(times[setting, batch], steps(max(1, photos // batch)))
     per_photo = {key: t / key[1] for key, t in times.items()}

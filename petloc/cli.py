@@ -58,18 +58,16 @@ class FiniteFloat(click.FloatRange):
 )
 def cli(verbose):
     """petloc: find the head of a cat or dog; sweep, track and pull the best model by name."""
-    logging.getLogger("petloc").setLevel(
-        logging.DEBUG if verbose else logging.INFO
-    )  # read by petloc.training.progress
+    # read by petloc.training.progress
+    logging.getLogger("petloc").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not TF_LOG_LEVEL_FROM_USER:
         # Quiet: TensorFlow's C++ errors too (such as "failed call to cuInit" on a machine
         # without a GPU); a real failure reaches Python as an exception.
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if verbose else "3"
     if not verbose:
         hide_tensorflow_startup_log()
-        logging.getLogger("tensorflow").setLevel(
-            logging.ERROR
-        )  # its Python warnings (retracing notes)
+        # its Python warnings (retracing notes)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         # MLflow loads each model it logs to check it; Keras then warns that the optimizer's
         # state is not restored, which inference never needs.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -210,9 +208,8 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
         from petloc.search.launcher import run_on_this_machine
         from petloc.tracking import store
 
-        store.configure(
-            exp.tracking.uri
-        )  # a refused password is one line here, not one per process
+        # a refused password is one line here, not one per process
+        store.configure(exp.tracking.uri)
 
         sys.exit(
             run_on_this_machine(experiment, overrides, workers, fresh, worker_timeout, click.echo)
@@ -487,9 +484,8 @@ def predict(model, images, as_json, out):
     from petloc.data.images import max_image_bytes, max_image_pixels
     from petloc.training.gallery import writable_folder
 
-    folder = (
-        writable_folder(out) if out else None
-    )  # before TensorFlow and the model load: a mistake costs no wait
+    # before TensorFlow and the model load: a mistake costs no wait
+    folder = writable_folder(out) if out else None
     max_image_bytes(), max_image_pixels()  # a mistyped limit too
     from petloc.tracking.registry import load_predictor
     from petloc.training.predict import predict_files

@@ -119,9 +119,8 @@ def _os_reason(err: OSError) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """`path` holds either its old content or all of `text`, whenever the process dies."""
-    atomic_write(
-        path, lambda file: file.write(str.encode(text, "utf-8"))
-    )  # not text: a TypeError, as a text file gives
+    # not text: a TypeError, as a text file gives
+    atomic_write(path, lambda file: file.write(str.encode(text, "utf-8")))
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -131,9 +130,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     # A name of its own: two processes writing the same file never share a temp file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(
-            fd, _mode_for(path)
-        )  # mkstemp's is 0600: others sharing the project could not read the file
+        # mkstemp's is 0600: others sharing the project could not read the file
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -197,9 +195,8 @@ def exclusive_lock(path: Path, busy: str):
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.seek(0)
-            holder = file.read(
-                64
-            ).strip()  # a process id; whatever else is there, a few bytes of it
+            # a process id; whatever else is there, a few bytes of it
+            holder = file.read(64).strip()
             raise PetlocError(f"{busy} (process {holder or '?'} holds {path})") from None
         file.seek(0)
         file.truncate()

@@ -22,9 +22,8 @@ from petloc.errors import PetlocError
 
 MAX_NAME_LENGTH = 256  # MLflow's registered_models.name is VARCHAR(256)
 MAX_ALIAS_LENGTH = 255  # MLflow's MAX_REGISTERED_MODEL_ALIAS_LENGTH
-ALIAS_CHARACTERS = re.compile(
-    r"[\w-]+"
-)  # MLflow's rule; fullmatch, as its `$` lets a final newline through
+# MLflow's rule; fullmatch, as its `$` lets a final newline through
+ALIAS_CHARACTERS = re.compile(r"[\w-]+")
 RESERVED_VERSION_ALIAS = re.compile(r"[vV]\d+")
 NOT_IN_NAMES = {
     "/": "MLflow forbids '/' in a name",

@@ -176,9 +176,8 @@ def _load_pyfunc(path):
 
     RequestLimits.from_environment()  # a mistyped setting stops the server at start, not at a request
     max_image_pixels()
-    return ImagePyfunc(
-        Predictor(mlflow.keras.load_model(path))
-    )  # a local folder: loaded in place, not copied
+    # a local folder: loaded in place, not copied
+    return ImagePyfunc(Predictor(mlflow.keras.load_model(path)))
 
 
 @dataclass(frozen=True)

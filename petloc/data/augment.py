@@ -105,9 +105,8 @@ def jitter_colours(images: tf.Tensor, strength: float, seed) -> tf.Tensor:
     saturation = _uniform([n], 1.0 - amount, 1.0 + amount, seeds[2])
     scale = brightness * contrast
     own = (scale * saturation)[:, None, None] * tf.eye(3)  # the pixel's own channel
-    grey = (scale * (1.0 - saturation) / 3.0)[:, None, None] * tf.ones(
-        [1, 3, 3]
-    )  # its share of the grey
+    # its share of the grey
+    grey = (scale * (1.0 - saturation) / 3.0)[:, None, None] * tf.ones([1, 3, 3])
     offset = brightness * (1.0 - contrast) * tf.reduce_mean(images, axis=[1, 2, 3])
     out = tf.einsum("nhwc,ncd->nhwd", images, own + grey) + offset[:, None, None, None]
     return tf.clip_by_value(out, 0.0, 255.0)
@@ -124,18 +123,16 @@ def erase_outside_boxes(images: tf.Tensor, boxes: tf.Tensor, share: float, seed)
     start = tf.random.stateless_uniform([n, 2], seed=seeds[2]) * (1.0 - sides)
     rect = tf.concat([start, start + sides], axis=1)
 
-    def inside(
-        window, axis_size, lo, hi, touching
-    ):  # [n, side]: the pixels in [lo, hi) of each window
+    # [n, side]: the pixels in [lo, hi) of each window
+    def inside(window, axis_size, lo, hi, touching):
         # By centre, or every pixel that overlaps the window at all (the head: not one pixel of it erased).
         start = tf.range(axis_size, dtype=tf.float32) / tf.cast(axis_size, tf.float32)
         end = start + 1.0 / tf.cast(axis_size, tf.float32)
         first, last = (end, start) if touching else ((start + end) / 2, (start + end) / 2)
         return (first[None, :] > window[:, lo, None]) & (last[None, :] < window[:, hi, None])
 
-    def area(
-        window, touching=False
-    ):  # [n, h, w, 1]; boxes are [x1, y1, x2, y2], images [n, h, w, 3]
+    # [n, h, w, 1]; boxes are [x1, y1, x2, y2], images [n, h, w, 3]
+    def area(window, touching=False):
         rows, columns = (
             inside(window, size[0], 1, 3, touching),
             inside(window, size[1], 0, 2, touching),

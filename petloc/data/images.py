@@ -178,9 +178,8 @@ def check_pixel_limit(width: int, height: int) -> None:
 
 def _read_bytes(path: str | Path) -> bytes:
     try:
-        return read_bounded(
-            path, max_image_bytes(), MAX_BYTES_SETTING
-        )  # Python I/O: any file name works
+        # Python I/O: any file name works
+        return read_bounded(path, max_image_bytes(), MAX_BYTES_SETTING)
     except UnreadableFile as err:
         raise BadImage(err.reason) from None
     except OSError as err:
@@ -217,9 +216,8 @@ def _decode(data: bytes, *, strict: bool, max_side: int | None = None) -> Decode
 def _header(source: str | Path | io.BytesIO, kind: str | None) -> tuple[int, int, int]:
     """(width, height, EXIF orientation) as stored, read by Pillow without decoding pixels."""
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", Image.DecompressionBombWarning
-        )  # petloc's own limit applies
+        # petloc's own limit applies
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(source) as image:
                 return image.size[0], image.size[1], _orientation(image)
@@ -229,9 +227,8 @@ def _header(source: str | Path | io.BytesIO, kind: str | None) -> tuple[int, int
                 if kind
                 else "not an image (unknown file format)"
             ) from None
-        except (
-            Image.DecompressionBombError
-        ) as err:  # over Pillow's own limit (179 MP), which hides the size
+        # over Pillow's own limit (179 MP), which hides the size
+        except Image.DecompressionBombError as err:
             raise BadImage(_bomb_reason(str(err))) from None
         except OSError as err:
             raise BadImage(f"cannot read file: {err.strerror or err}") from None

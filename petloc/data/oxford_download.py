@@ -80,9 +80,8 @@ def download_oxford(
         raise PetlocError(f"val_share is {val_share}, expected a share between 0 and 1")
     out = Path(out)
     digests = {**OFFICIAL_MD5, **(digests or {})}
-    if (
-        is_foreign(out / "cats_dogs") and not replace_foreign
-    ):  # refuse before a long download, not after
+    # refuse before a long download, not after
+    if is_foreign(out / "cats_dogs") and not replace_foreign:
         raise PetlocError(foreign_refusal(out / "cats_dogs"))
     for name, (top, patterns) in ARCHIVES.items():
         if (out / top).is_dir():
@@ -119,9 +118,8 @@ def fetch(url: str, dest: Path, out: Path, say=print) -> None:
         say(f"{dest} already downloaded")
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = inside(
-        dest.with_name(dest.name + ".part"), out
-    )  # never write through a link leading out
+    # never write through a link leading out
+    part = inside(dest.with_name(dest.name + ".part"), out)
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -145,9 +143,8 @@ def fetch(url: str, dest: Path, out: Path, say=print) -> None:
                     file.write(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as err:
-        if (
-            err.code == 416 and have
-        ):  # the .part is not a prefix the server can continue: start over
+        # the .part is not a prefix the server can continue: start over
+        if err.code == 416 and have:
             remove_tree(part, out)
             return fetch(url, dest, out, say)
         raise PetlocError(
@@ -289,9 +286,8 @@ def convert(
     for item in skipped:
         say(f"  skipped {item}")
     splits = dict(zip(("train", "valid"), _split(samples, val_share, seed), strict=True))
-    staging = (
-        out / "cats_dogs.part"
-    )  # renamed when complete: an interrupted run leaves no half dataset
+    # renamed when complete: an interrupted run leaves no half dataset
+    staging = out / "cats_dogs.part"
     remove_tree(staging, out)
     for split, chosen in splits.items():
         folder = staging / split

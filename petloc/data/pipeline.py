@@ -28,11 +28,8 @@ from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, atomic_write, open_re
 
 DEFAULT_CACHE = Path("data/.cache")
 CACHE_VERSION = 3  # bump when decoding or box conversion changes, so old caches are not reused (3: EXIF orientation)
-DATASET_FILES = {
-    *IMAGE_SUFFIXES,
-    ".txt",
-    ".xml",
-}  # what the digest covers: photos and their annotations
+# what the digest covers: photos and their annotations
+DATASET_FILES = {*IMAGE_SUFFIXES, ".txt", ".xml"}
 TEXT_DIGEST_LIMIT = (
     16_000_000  # bytes of a .txt or .xml the digest reads: past any limit a read of it applies
 )
@@ -215,9 +212,8 @@ def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[Imag
     if (splits == "valid").any():
         train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
     else:
-        pool = np.flatnonzero(
-            splits != "test"
-        )  # a layout's test photos are never trained or tuned on
+        # a layout's test photos are never trained or tuned on
+        pool = np.flatnonzero(splits != "test")
         labels = arrays.labels[pool]
         stratify = labels if len(np.unique(labels)) > 1 and np.bincount(labels).min() >= 2 else None
         try:

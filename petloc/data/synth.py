@@ -137,9 +137,8 @@ def _dog_head(rng: np.random.Generator) -> Head:
             )
         ears.append((ear, ear_colour, ear_mix))
     face = (_ellipse(0, 0, a, b), None, 0.0)
-    head.parts += (
-        [face, *ears] if floppy else [*ears, face]
-    )  # floppy ears hang in front of the face
+    # floppy ears hang in front of the face
+    head.parts += [face, *ears] if floppy else [*ears, face]
     muzzle_y, muzzle_ry = rng.uniform(0.45, 0.6), rng.uniform(0.45, 0.6)
     muzzle = _ellipse(0, muzzle_y, a * rng.uniform(0.42, 0.58), muzzle_ry)
     head.parts.append((muzzle, CREAM, rng.uniform(0.2, 0.7)))
@@ -237,9 +236,8 @@ def _px(point) -> tuple[int, int]:
 def _paint_polygon(image, layer, silhouette, polygon, colour, mix) -> None:
     """Blends fur (or fur mixed with a colour) into the polygon, in place, only within its bounds."""
     low = np.maximum(np.floor(polygon.min(0)).astype(int) - 1, 0)
-    high = np.minimum(
-        np.ceil(polygon.max(0)).astype(int) + 2, image.shape[1::-1]
-    )  # (width, height)
+    # (width, height)
+    high = np.minimum(np.ceil(polygon.max(0)).astype(int) + 2, image.shape[1::-1])
     if (high <= low).any():
         return
     (x0, y0), (x1, y1) = low, high
@@ -325,9 +323,8 @@ def _occlude(rng: np.random.Generator, image: np.ndarray, box: tuple[float, ...]
     colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
     if rng.random() < 0.5:
         angle = rng.uniform(0, np.pi)
-        direction = (
-            np.array([np.cos(angle), np.sin(angle)]) * 2 * image.shape[0]
-        )  # crosses the image
+        # crosses the image
+        direction = np.array([np.cos(angle), np.sin(angle)]) * 2 * image.shape[0]
         thickness = max(1, int(side * rng.uniform(0.12, 0.25)))
         cv2.line(
             image,
@@ -392,9 +389,8 @@ def generate(out: Path, count: int = 1500, seed: int = 0, size: int = 128) -> Pa
     for old in [*out.glob("synth_*.jpg"), *out.glob("synth_*.txt")]:
         old.unlink()
 
-    def write(
-        index: int,
-    ) -> None:  # each image has its own random stream, so any order gives the same set
+    # each image has its own random stream, so any order gives the same set
+    def write(index: int) -> None:
         image, label, box = render(np.random.default_rng([seed, index]), size)
         name = f"synth_{CLASS_NAMES[label]}_{index:05d}"
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)

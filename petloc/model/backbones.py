@@ -209,9 +209,8 @@ class TapsConv2D(layers.Conv2D):
         if not self.taps:
             return super().call(inputs)
         rate, shape = self.dilation_rate[0], keras.ops.shape(inputs)
-        height, width = (
-            static or shape[i + 1] for i, static in enumerate(inputs.shape[1:3])
-        )  # a batch may come unsized
+        # a batch may come unsized
+        height, width = (static or shape[i + 1] for i, static in enumerate(inputs.shape[1:3]))
         padded = keras.ops.pad(inputs, [[0, 0], [rate, rate], [rate, rate], [0, 0]])
         taps = keras.ops.concatenate(
             [

@@ -26,9 +26,8 @@ def build_model(
     backbone = build_backbone(
         hparams.backbone, image_size, hparams.width, hparams.weights, pretrained
     )
-    backbone.trainable = (
-        not hparams.freeze_backbone
-    )  # frozen, its BatchNorms also stay in inference mode
+    # frozen, its BatchNorms also stay in inference mode
+    backbone.trainable = not hparams.freeze_backbone
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     features = backbone(inputs)
 

@@ -58,9 +58,8 @@ def _head_crop_stage(hparams: Hyperparameters, inputs, box, pooled, pretrained: 
     net = build_backbone(hparams.backbone, size, hparams.width, hparams.weights, pretrained)
     crop_net = keras.Model(net.input, net.output, name=f"crop_{net.name}")  # names must be unique
     crop_net.trainable = not hparams.freeze_backbone
-    crops = CropBoxes(size, name="head_crop", dtype="float32")(
-        inputs, box
-    )  # crop_and_resize has no bfloat16
+    # crop_and_resize has no bfloat16
+    crops = CropBoxes(size, name="head_crop", dtype="float32")(inputs, box)
     crop_pooled = layers.GlobalAveragePooling2D(name="crop_pool")(crop_net(crops))
     return layers.Concatenate(name="cls_features")([pooled, crop_pooled])
 

@@ -175,9 +175,8 @@ class ChiefServicer(_OracleServicer):
     def EndTrial(self, request, context):
         with self.lock:
             trial = Trial.from_proto(request.trial)
-            if self._adopt(
-                trial.trial_id, None
-            ):  # it ended while the chief was down: counted, not run again
+            # it ended while the chief was down: counted, not run again
+            if self._adopt(trial.trial_id, None):
                 self.say(
                     f"trial {trial.trial_id}: its {trial.status} report, sent while the chief was down, "
                     "is counted"
@@ -360,9 +359,8 @@ def _chief_heartbeat(record: SweepRecord, every: float = CHIEF_BEAT_SECONDS):
     the sweep ends (its final run included). A missed beat is no error."""
 
     def beat():
-        with contextlib.suppress(
-            Exception
-        ):  # the tracking server may be down a while; the sweep goes on
+        # the tracking server may be down a while; the sweep goes on
+        with contextlib.suppress(Exception):
             record.beat()
 
     beat()  # the first before this chief checks for a concurrent one
@@ -445,9 +443,8 @@ class WorkerTuner(TrackedTuner):
 
         with _heartbeat(self.oracle, trial.trial_id, silent):
             result = super().run_trial(trial, *args, **kwargs)
-        if (
-            self.exp.tuner.kind == "hyperband"
-        ):  # a later round may continue this trial on another machine
+        # a later round may continue this trial on another machine
+        if self.exp.tuner.kind == "hyperband":
             self.record.upload_checkpoint(
                 self.trial_runs[trial.trial_id], self._weights_file(trial.trial_id)
             )
@@ -475,9 +472,8 @@ class WorkerTuner(TrackedTuner):
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
         # To the chief at once or not at all, like the heartbeat: a missed report is no error,
         # and the training does not wait for the chief (Keras Tuner's client would, for its patience).
-        if (
-            not self.exp.tuner.max_minutes
-        ):  # the worker's file; the chief's budget hears none without it
+        # the worker's file; the chief's budget hears none without it
+        if not self.exp.tuner.max_minutes:
             return None
 
         def report(epoch: int, seconds: float) -> None:

@@ -37,9 +37,8 @@ def train_final(
     was done already (a sweep run again)."""
     least = exp.tuner.final_epochs
 
-    def done(
-        run,
-    ) -> bool:  # this configuration's final run, at the length asked (or more, when filling)
+    # this configuration's final run, at the length asked (or more, when filling)
+    def done(run) -> bool:
         trained = int(run.data.params.get(vocab.EPOCHS, 0))
         return run.data.tags.get(vocab.SOURCE_RUN) == best["run_id"] and (
             trained >= least if exp.tuner.fill_budget else trained == least
@@ -49,9 +48,8 @@ def train_final(
         return None
     values = hyperparameters_of(record.run(best["run_id"]).data.params)
     backups = tuner_dir(exp, store.STORE_DIR) / "final"
-    precision = resolved_precision(
-        exp.train.precision, int(values["image_size"])
-    )  # another machine may train in another
+    # another machine may train in another
+    precision = resolved_precision(exp.train.precision, int(values["image_size"]))
 
     def resumable(run) -> bool:
         return (
@@ -97,9 +95,8 @@ def train_final(
             description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration {how}",
         )
     _remove_stale_backups(record, backups, best["run_id"], epochs)
-    with contextlib.suppress(
-        OSError
-    ):  # Keras removed this run's backup; the folder goes too unless another run's is there
+    # Keras removed this run's backup; the folder goes too unless another run's is there
+    with contextlib.suppress(OSError):
         backups.rmdir()
     say(
         f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "

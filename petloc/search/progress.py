@@ -23,9 +23,8 @@ from petloc.report import number
 def planned_trials(exp: Experiment, oracle: kt.Oracle) -> int:
     """How many trials the sweep will run in all (its earlier runs included)."""
     if isinstance(oracle, kt.oracles.HyperbandOracle):
-        return library_internals.hyperband_iteration_trials(
-            oracle
-        )  # one iteration; it only feeds these lines
+        # one iteration; it only feeds these lines
+        return library_internals.hyperband_iteration_trials(oracle)
     if exp.tuner.kind == "grid":
         return min(exp.tuner.max_trials, grid_size(exp))
     return exp.tuner.max_trials

@@ -88,9 +88,8 @@ def recorded_parent(state_file: Path) -> str | None:
 
 def _retire(state_file: Path) -> None:
     """--fresh: the old sweep's runs that a dead process left RUNNING end KILLED."""
-    parent = recorded_parent(
-        state_file
-    )  # damaged state: nothing to retire, and --fresh replaces it
+    # damaged state: nothing to retire, and --fresh replaces it
+    parent = recorded_parent(state_file)
     if parent is not None:
         SweepRecord(parent).retire("the sweep was started again with --fresh")
 

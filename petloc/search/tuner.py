@@ -255,9 +255,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
                     pace=self._pace_reporter(trial.trial_id),
                 )
         except Exception as err:
-            stopping.raise_stop_behind(
-                err
-            )  # a stop that a library turned into its own error: no failed trial
+            # a stop that a library turned into its own error: no failed trial
+            stopping.raise_stop_behind(err)
             self.errors[trial.trial_id] = runs.why_failed(err)
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary

@@ -124,9 +124,8 @@ def write_config(database: str, default_permission: str) -> Path:
 def _ini_value(value: str) -> str:
     if any(ch in value for ch in "\r\n"):
         raise PetlocError(f"--auth-db: a line break in {value!r}")
-    return value.replace(
-        "%", "%%"
-    )  # configparser's interpolation: a URL-encoded password keeps its %
+    # configparser's interpolation: a URL-encoded password keeps its %
+    return value.replace("%", "%%")
 
 
 def config_file(backend: str, auth: Auth) -> tuple[Path, bool]:

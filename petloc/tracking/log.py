@@ -46,9 +46,8 @@ def _git(*args: str) -> str | None:
 def provenance() -> dict[str, str]:
     """Where a run comes from: the command line, petloc's version and, in a git work tree
     with commits, the commit (MLflow's own source tags too) and whether the tree was dirty."""
-    command = os.environ.get(COMMAND_ENV) or shlex.join(
-        sys.argv
-    )  # Python use: the script that called petloc
+    # Python use: the script that called petloc
+    command = os.environ.get(COMMAND_ENV) or shlex.join(sys.argv)
     tags = {
         vocab.VERSION: petloc.__version__,
         vocab.COMMAND: command,
@@ -190,9 +189,8 @@ def log_run_inputs(
 def log_datasets(run_id: str, data: PreparedData) -> None:
     """The training and validation sides as MLflow datasets (name, digest, source, context),
     so the UI's Datasets column shows what each run trained and was measured on."""
-    with (
-        warnings.catch_warnings()
-    ):  # "can be interpreted in multiple ways": a local folder, either way
+    # "can be interpreted in multiple ways": a local folder, either way
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(Path(data.source).resolve()))
     inputs = []
@@ -223,10 +221,8 @@ def log_datasets(run_id: str, data: PreparedData) -> None:
 # and SQLite alike (tests/tracking/test_run_records.py). The failed call wrote nothing, and again
 # it finds the winner's row.
 DATASET_RACE_ATTEMPTS = 3
-DATASET_KEY_CLASHES = (
-    '"dataset_pk"',
-    "UNIQUE constraint failed: datasets.",
-)  # PostgreSQL's, SQLite's words
+# PostgreSQL's, SQLite's words
+DATASET_KEY_CLASHES = ('"dataset_pk"', "UNIQUE constraint failed: datasets.")
 
 
 def _lost_dataset_race(err: MlflowException) -> bool:

@@ -100,9 +100,8 @@ def serve_model(ref: str, host: str, port: int, say: Callable[[str], None] = pri
     check_port_free(host, port)  # before the model loads
     tracking_uri = store.configure()
     served = served_model(ref)
-    named = (
-        ref if served.startswith("models:/m-") else served
-    )  # a registered version: as the user named it
+    # a registered version: as the user named it
+    named = ref if served.startswith("models:/m-") else served
     say(
         f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)"
     )
@@ -139,9 +138,8 @@ def main(model_uri: str, host: str, port: int) -> None:
     from mlflow.pyfunc import scoring_server
 
     limits = RequestLimits.from_environment()
-    model = scoring_server.load_model_with_mlflow_config(
-        model_uri
-    )  # as MLflow's own app module loads it
+    # as MLflow's own app module loads it
+    model = scoring_server.load_model_with_mlflow_config(model_uri)
     # SIGTERM waits this long for requests in flight, then stops the server anyway.
     uvicorn.run(
         BoundedRequests(scoring_server.init(model), limits),
@@ -167,10 +165,8 @@ class BoundedRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         send = _WithoutStackTraces(send)
-        if scope["method"] in (
-            "GET",
-            "HEAD",
-        ):  # health checks (/ping) never wait behind predictions
+        # health checks (/ping) never wait behind predictions
+        if scope["method"] in ("GET", "HEAD"):
             return await self._bounded(scope, receive, send)
         async with self.slots:
             return await self._bounded(scope, receive, send)

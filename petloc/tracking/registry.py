@@ -72,9 +72,8 @@ def loadable_uri(uri: str) -> str:
         return uri
     if version.model_id:
         return f"models:/{version.model_id}"
-    if (version.source or "").startswith(
-        "models:/m-"
-    ):  # a logged model's id (a SQL store keeps no model_id)
+    # a logged model's id (a SQL store keeps no model_id)
+    if (version.source or "").startswith("models:/m-"):
         return version.source
     return f"models:/{version.name}/{version.version}"
 
@@ -109,9 +108,8 @@ def pretrained_backbone(ref: str) -> Pretrained:
     net = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
     if net is None:
         raise PetlocError(f"backbone: registered:{ref} holds no backbone network")
-    if any(
-        isinstance(layer, CaffePreprocess) for layer in net.layers
-    ):  # pretraining starts from scratch: -1..1
+    # pretraining starts from scratch: -1..1
+    if any(isinstance(layer, CaffePreprocess) for layer in net.layers):
         raise PetlocError(
             f"backbone: registered:{ref} was pretrained by an older petloc on Caffe's inputs, which "
             "localisers no longer build; pretrain it again"
@@ -181,9 +179,8 @@ def describe_registry() -> str:
 def versions_of(name: str) -> list:
     """Every version of registered model `name`."""
     quote = next((q for q in ("'", '"') if q not in name), None)
-    quotable = quote is not None and not name.endswith(
-        "\\"
-    )  # a final backslash would escape the quote
+    # a final backslash would escape the quote
+    quotable = quote is not None and not name.endswith("\\")
     query = f"name = {quote}{name}{quote}" if quotable else None
     return [
         v
@@ -434,9 +431,8 @@ def _register(run, model_source: str, name: str) -> str:
         try:
             client.create_registered_model(name, description=f"petloc: {kind}")
         except MlflowException as err:
-            if (
-                err.error_code != "RESOURCE_ALREADY_EXISTS"
-            ):  # another promotion created it meanwhile
+            # another promotion created it meanwhile
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})

@@ -64,9 +64,8 @@ def claim_run(run_id: str) -> None:
     """Mark an existing run (a resumed sweep's parent) RUNNING and owned by this process."""
     client = MlflowClient()
     client.set_tag(run_id, OWNER_TAG, this_process())
-    if (
-        vocab.ERROR in client.get_run(run_id).data.tags
-    ):  # the reason it stopped last time no longer holds
+    # the reason it stopped last time no longer holds
+    if vocab.ERROR in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, vocab.ERROR)
     client.update_run(run_id, status="RUNNING")
 

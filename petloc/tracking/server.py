@@ -158,9 +158,8 @@ def check_port_free(host: str, port: int) -> None:
     """Fail in one line before MLflow spends seconds migrating, only for uvicorn to find the port taken."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(
-                socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-            )  # as uvicorn binds: TIME_WAIT is no obstacle
+            # as uvicorn binds: TIME_WAIT is no obstacle
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as err:
         if err.errno == errno.EADDRINUSE:

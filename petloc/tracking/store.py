@@ -154,9 +154,8 @@ def _check_server(uri: str) -> None:
     import requests
 
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
-    verify = (
-        False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", True)
-    )  # as MLflow's client
+    # as MLflow's client
+    verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", True)
     base = uri.rstrip("/")
     try:
         answer = requests.get(f"{base}/health", timeout=SERVER_CHECK_SECONDS, verify=verify)
@@ -166,9 +165,8 @@ def _check_server(uri: str) -> None:
         reason = f"HTTP {answer.status_code}"
     except requests.RequestException as err:
         reason = _reason(err)
-    except (
-        MlflowException
-    ) as err:  # the API call, made by MLflow's client, found no server after all
+    # the API call, made by MLflow's client, found no server after all
+    except MlflowException as err:
         reason = str(err).splitlines()[0][:200]
     raise PetlocError(
         f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "

@@ -97,9 +97,8 @@ class SweepRecord:
         )
         record.end_orphans("ended when the sweep was resumed")
         runs.claim_run(run_id)
-        record.log_resumable_settings(
-            exp, fingerprint
-        )  # identity tags too: parents made before they existed
+        # identity tags too: parents made before they existed
+        record.log_resumable_settings(exp, fingerprint)
         return record
 
     @classmethod

@@ -159,18 +159,16 @@ def train_tracked(
     train_seconds = seconds_before + time.perf_counter() - start
     curves = log.epoch_history(run_id) if resumed else history.history
     lever = {}
-    if (
-        values.get("tta", "none") != "none"
-    ):  # what test-time augmentation was worth, on the same weights
+    # what test-time augmentation was worth, on the same weights
+    if values.get("tta", "none") != "none":
         plain, _ = quality(model, data.val)
         lever = {
             "val_miou_without_tta": plain["miou"],
             "val_accuracy_without_tta": plain["accuracy"],
         }
     model = TTA[values.get("tta", "none")](model)  # what is measured and logged is what users get
-    timed = (
-        {"epoch_seconds": epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}
-    )  # none when resumed with none left
+    # none when resumed with none left
+    timed = {"epoch_seconds": epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}
     return score_and_log(
         exp,
         model,

@@ -31,9 +31,8 @@ def serve_ui(
     0 at once when the store is a tracking server, which serves its own UI.
 
     `allow_unauthenticated`: serve a `host` beyond this machine without users (--no-auth)."""
-    if not allow_unauthenticated and not auth.is_loopback(
-        host
-    ):  # MLflow's UI changes and deletes too; it has no users of its own
+    # MLflow's UI changes and deletes too; it has no users of its own
+    if not allow_unauthenticated and not auth.is_loopback(host):
         raise PetlocError(
             f"--host {host} lets other machines change and delete every run and model: share the store "
             "with petloc tracking-server --auth, or say --no-auth"

@@ -134,9 +134,8 @@ def evaluate_dataset(
         arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed), strict=True))[
             subset
         ]
-    forward = TimedForward(
-        forward_pass(model)
-    )  # the quality pass's batches count towards latency_ms_b32
+    # the quality pass's batches count towards latency_ms_b32
+    forward = TimedForward(forward_pass(model))
     figures, _ = quality(model, arrays, forward)
     return {
         "images": len(arrays),

@@ -139,9 +139,8 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
         self.first_epoch = False
         if kept and epoch > 0:  # resumed at `epoch`: the epochs after the best one did not improve
             self.best, self.best_epoch = kept[0], kept[1] - 1
-            self.wait = max(
-                0, epoch - kept[1]
-            )  # the best file is this epoch's when a kill came between it and the backup
+            # the best file is this epoch's when a kill came between it and the backup
+            self.wait = max(0, epoch - kept[1])
 
 
 class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
@@ -155,10 +154,8 @@ class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
         library_internals.start_with_averaged_weights(self)
 
 
-BACKUP_WEIGHTS, BACKUP_STATE = (
-    "latest.weights.h5",
-    "training_metadata.json",
-)  # Keras's BackupAndRestore's files
+# Keras's BackupAndRestore's files
+BACKUP_WEIGHTS, BACKUP_STATE = ("latest.weights.h5", "training_metadata.json")
 
 
 def has_backup(folder: str | Path) -> bool:
@@ -186,9 +183,8 @@ def backed_up(folder: str | Path) -> BackedUp:
     if not path.exists():
         return BackedUp()
     try:
-        state = json.loads(
-            read_bounded(path, SMALL_FILE_LIMIT)
-        )  # a FIFO or device: UnreadableFile, one line
+        # a FIFO or device: UnreadableFile, one line
+        state = json.loads(read_bounded(path, SMALL_FILE_LIMIT))
         return BackedUp(
             int(state["epoch"]), float(state.get("seconds", 0.0)), bool(state.get("stopped", False))
         )
@@ -221,9 +217,8 @@ class WholeBackup(library_internals.BackupHooks, keras.callbacks.BackupAndRestor
         super().on_epoch_end(epoch, logs)
 
     def write_backup(self, weights_path: str, state_path: str, state: dict[str, int]) -> None:
-        partial = os.path.join(
-            self.backup_dir, ".partial.weights.h5"
-        )  # Keras wants the .weights.h5 ending
+        # Keras wants the .weights.h5 ending
+        partial = os.path.join(self.backup_dir, ".partial.weights.h5")
         os.makedirs(self.backup_dir, exist_ok=True)
         self.model.save_weights(partial, overwrite=True)
         os.replace(partial, weights_path)
@@ -277,9 +272,8 @@ def fit(
     if early_stopping:
         every_epoch.append(ResumedEarlyStopping(monitor, early_stopping, backup))
     if not progress.detailed():
-        every_epoch.append(
-            progress.EpochLine()
-        )  # instead of Keras's line, which repeats each metric under two names
+        # instead of Keras's line, which repeats each metric under two names
+        every_epoch.append(progress.EpochLine())
     # Last: its epoch-end backup holds what the callbacks above left (the averaged weights),
     # and at the end it removes the folder after KeepBest has read the best epoch from it.
     after_all = [backing_up] if backing_up else []
@@ -296,9 +290,8 @@ def fit(
         verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
-    if (
-        resuming and not losses and state.epochs >= epochs
-    ):  # stopped after the last epoch's backup: nothing left to train
+    # stopped after the last epoch's backup: nothing left to train
+    if resuming and not losses and state.epochs >= epochs:
         return model, history
     if not losses or not math.isfinite(losses[-1]):
         raise TrainingDiverged(

@@ -70,9 +70,8 @@ def gallery(tiles: list[np.ndarray], columns: int = 4) -> np.ndarray:
 
 def save_rgb(image: np.ndarray, path: Path) -> Path:
     """An RGB image written in the format of the path's suffix; OSError when it was not."""
-    if not cv2.imwrite(
-        str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ):  # cv2 reports failure only so
+    # cv2 reports failure only so
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
         raise OSError(f"{path}: cannot write the image")
     return path
 
@@ -109,9 +108,8 @@ def writable_folder(path: str | Path) -> Path:
         raise PetlocError(f"{folder}: is a file, expected a folder for the annotated copies")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(
-            dir=folder
-        ).close()  # the one sure test of "can write here", also for root
+        # the one sure test of "can write here", also for root
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as err:
         raise PetlocError(
             f"{folder}: cannot write annotated copies there ({err.strerror or err})"

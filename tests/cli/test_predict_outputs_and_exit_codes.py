@@ -60,9 +60,8 @@ def test_out_into_the_photos_own_folder_never_overwrites_it(models, tmp_path):
 
 
 def test_an_annotated_copy_that_cannot_be_written_is_an_error_line_and_a_failure(models, tmp_path):
-    long_name = tmp_path / (
-        "p" * 255
-    )  # readable, but "ppp...p.png" is over the 255-byte name limit
+    # readable, but "ppp...p.png" is over the 255-byte name limit
+    long_name = tmp_path / ("p" * 255)
     long_name.write_bytes(jpeg(photo()))
     (tmp_path / "good.jpg").write_bytes(jpeg(photo()))
     result = invoke(
@@ -141,9 +140,8 @@ def test_a_logged_model_with_a_lambda_layer_is_refused_in_one_line(tmp_path):
     from petloc.tracking import store
 
     inputs = keras.Input((SIZE, SIZE, 3))
-    doubled = keras.layers.Lambda(lambda x: x * 2.0)(
-        inputs
-    )  # arbitrary code: safe_mode refuses to load it
+    # arbitrary code: safe_mode refuses to load it
+    doubled = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
     model = keras.Model(
         inputs,
         {
@@ -172,10 +170,8 @@ def test_exit_code_is_1_when_any_image_failed_and_0_when_all_were_answered(model
     mixed = invoke(
         "predict", models / "tiny.keras", tmp_path / "good.jpg", tmp_path / "broken.jpg", "--json"
     )
-    assert [("error" in row) for row in json_lines(mixed)] == [
-        False,
-        True,
-    ]  # every line still printed
+    # every line still printed
+    assert [("error" in row) for row in json_lines(mixed)] == [False, True]
     assert mixed.exit_code == 1
     assert invoke("predict", models / "tiny.keras", tmp_path / "good.jpg").exit_code == 0
     assert "Exit code 0 when every image was answered, 1 when any failed" in " ".join(
@@ -190,9 +186,8 @@ def test_predict_answers_a_jpeg_with_extraneous_bytes_and_warns(models, tmp_path
     good = jpeg(photo())
     (tmp_path / "good.jpg").write_bytes(good)
     (tmp_path / "padded.jpg").write_bytes(with_extraneous_bytes(good))
-    (tmp_path / "cut.jpg").write_bytes(
-        good[: len(good) * 2 // 3] + b"\xff\xd9"
-    )  # truncated data, end marker glued on
+    # truncated data, end marker glued on
+    (tmp_path / "cut.jpg").write_bytes(good[: len(good) * 2 // 3] + b"\xff\xd9")
     result = invoke(
         "predict",
         models / "tiny.keras",
@@ -228,9 +223,8 @@ def test_evaluate_keeps_a_jpeg_with_extraneous_bytes(models, tmp_path):
 
 
 def test_predict_reads_a_phone_photo_upright_and_boxes_it_in_that_frame(models, tmp_path):
-    phone = jpeg_with_orientation(
-        photo(), 6
-    )  # the camera was turned: show the stored pixels rotated 90 degrees clockwise
+    # the camera was turned: show the stored pixels rotated 90 degrees clockwise
+    phone = jpeg_with_orientation(photo(), 6)
     (tmp_path / "phone.jpg").write_bytes(phone)
     decoded_as_stored = cv2.cvtColor(
         cv2.imdecode(np.frombuffer(phone, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB

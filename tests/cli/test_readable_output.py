@@ -70,9 +70,10 @@ def test_table_rounds_and_right_aligns_numbers():
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1  # the last column is numbers, right-aligned
     assert numeric_cells_line_up(lines[1:])
+    # text left
     assert lines[1].split()[1] == "simple" and lines[0].index("backbone") == lines[1].index(
         "simple"
-    )  # text left
+    )
 
 
 def test_markdown_table_marks_number_columns_right_aligned():
@@ -169,9 +170,8 @@ def test_startup_log_is_dropped_and_everything_else_kept(capfd):
 
 @pytest.mark.slow
 def test_terminal_is_quiet_unless_verbose(tmp_path):
-    def run(
-        *flags,
-    ):  # `petloc models` imports TensorFlow (the registry loads Keras models); `config` no longer does
+    # `petloc models` imports TensorFlow (the registry loads Keras models); `config` no longer does
+    def run(*flags):
         env = {
             k: v
             for k, v in os.environ.items()
@@ -207,9 +207,8 @@ def test_config_prints_the_experiment_that_would_run():
     printed = yaml.safe_load(output)
     exp = load_experiment(path, ["tuner.max_trials=3", "train.epochs=2"])
     assert printed == exp.model_dump(mode="json")
-    assert (
-        printed["tuner"]["max_trials"] == 3 and printed["tracking"]["gallery_images"] == 16
-    )  # a default filled in
+    # a default filled in
+    assert printed["tuner"]["max_trials"] == 3 and printed["tracking"]["gallery_images"] == 16
     assert parse_experiment(printed) == exp  # the output is itself the experiment file
     commented = "\n".join(
         line.removeprefix("#   ") for line in output.splitlines() if line.startswith("#   ")
@@ -267,9 +266,8 @@ def trial_tags(client, output):
 @pytest.mark.slow
 def test_sweep_prints_each_trial_with_its_figures_time_and_eta(swept):
     _root, _exp, client, output = swept
-    assert (
-        "Running Trial" not in output and "Best val_miou So Far" not in output
-    )  # Keras Tuner's own display
+    # Keras Tuner's own display
+    assert "Running Trial" not in output and "Best val_miou So Far" not in output
     assert re.search(r"^trial 0 \(1 of 2\): head_units=\d+$", output, re.M)
     assert re.search(r"^trial 1 \(2 of 2\): head_units=\d+$", output, re.M)
     first = re.search(
@@ -290,9 +288,8 @@ def test_sweep_prints_each_trial_with_its_figures_time_and_eta(swept):
     assert "box_miou" not in output and "cls_accuracy" not in output
     _, trial_ids = trial_tags(client, output)
     printed = set(re.findall(r"^trial (\d+) done", output, re.M))
-    assert (
-        printed == trial_ids == {"0", "1"}
-    )  # one numbering: Keras Tuner's trial_id, as the runs' tags
+    # one numbering: Keras Tuner's trial_id, as the runs' tags
+    assert printed == trial_ids == {"0", "1"}
 
 
 @pytest.mark.slow
@@ -304,9 +301,8 @@ def test_sweep_leaderboard_is_rounded_and_aligned_in_terminal_and_markdown(swept
     assert numeric_cells_line_up(rows)
     for cell in re.findall(r"\d+\.(\d+)", "\n".join(rows)):
         assert len(cell) <= 6
-    assert rows[0].rstrip().endswith(tuple("0123456789")) and len(rows[0]) == len(
-        rows[1]
-    )  # train_s right-aligned
+    # train_s right-aligned
+    assert rows[0].rstrip().endswith(tuple("0123456789")) and len(rows[0]) == len(rows[1])
     parent_id, _ = trial_tags(client, output)
     markdown = (
         Path(client.download_artifacts(parent_id, "leaderboard.md", str(root)))
@@ -334,9 +330,8 @@ def test_promotion_never_compares_models_trained_on_other_data(swept, monkeypatc
     assert again.exit_code == 0, again.output
     reason = again.output.split("registry: ")[1].splitlines()[0]
     assert "was measured on other validation data" in reason and "--force" in reason
-    assert reason.startswith(
-        "registered as version 2;"
-    )  # kept in the registry, the alias not moved
+    # kept in the registry, the alias not moved
+    assert reason.startswith("registered as version 2;")
     assert client.get_model_version_by_alias("tiny-model", "champion").version == champion.version
     # The same photos and split at another input size compare: the figures answer one question.
     trained = invoke("train", exp, "space.image_size=48")

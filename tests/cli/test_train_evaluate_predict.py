@@ -95,9 +95,8 @@ def test_evaluate_on_the_runs_validation_split_reproduces_its_figures(trained, m
     logged = store_client(root).get_run(run_id).data.metrics
     assert figures["images"] == 15 and figures["subset"] == "val"
     assert figures["miou"] == pytest.approx(logged["best_val_miou"], abs=1e-4)
-    assert figures["accuracy"] == pytest.approx(
-        logged["val_accuracy"], abs=1e-4
-    )  # the logged model has the TTA in it
+    # the logged model has the TTA in it
+    assert figures["accuracy"] == pytest.approx(logged["val_accuracy"], abs=1e-4)
     flipped = json.loads(
         invoke("evaluate", f"runs:/{run_id}/model", data, "--json", "--tta", "flip").stdout
     )
@@ -124,10 +123,11 @@ def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tm
     assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64  # pixels of the 64 px photo, not 0..1
     assert lines[1]["image"] == str(broken) and "error" in lines[1]
     assert lines[2]["image"] == str(twin) and lines[2]["box"] == lines[0]["box"]
+    # none overwritten
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         f"{photo.stem}-2.png",
         f"{photo.stem}.png",
-    ]  # none overwritten
+    ]
 
 
 def test_python_api_loads_by_uri(trained, monkeypatch):

@@ -75,9 +75,8 @@ def test_the_whole_image_as_window_is_the_identity():
 def test_flip_mirrors_pixels_and_box_in_the_same_resampling():
     boxes = np.array([[0.125, 0.25, 0.5, 0.75]] * 2, np.float32)
     images = painted(boxes)
-    images[:, :, :, 0] += np.arange(
-        SIZE, dtype=np.float32
-    )  # a ramp left to right, to see the mirror
+    # a ramp left to right, to see the mirror
+    images[:, :, :, 0] += np.arange(SIZE, dtype=np.float32)
     whole = np.array([[0.0, 0.0, 1.0, 1.0]] * 2, np.float32)
     out, out_boxes = crop_to_windows(images, boxes, whole, tf.constant([True, False]))
     np.testing.assert_allclose(np.asarray(out)[0], images[0, :, ::-1], atol=1e-3)
@@ -141,16 +140,14 @@ def test_erasing_greys_a_patch_outside_the_head_and_never_the_head():
     erased = changed.any(axis=(1, 2))
     assert 20 <= erased.sum() <= 44  # about half the images
     for image, before, mask in zip(out[erased], images[erased], changed[erased], strict=True):
-        assert np.allclose(
-            image[mask], before.mean(axis=(0, 1)), atol=1e-3
-        )  # filled with the image's mean colour
+        # filled with the image's mean colour
+        assert np.allclose(image[mask], before.mean(axis=(0, 1)), atol=1e-3)
         ys, xs = np.nonzero(mask)
         rect = np.zeros_like(mask)
         rect[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
         assert np.array_equal(mask, rect & ~head)  # one rectangle, the head cut out of it
-        assert (
-            max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 >= 0.2 * SIZE - 1
-        )  # a patch, not a stray pixel
+        # a patch, not a stray pixel
+        assert max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 >= 0.2 * SIZE - 1
 
 
 def test_erasing_leaves_the_crop_flip_and_jitter_draws_unchanged():
@@ -180,18 +177,16 @@ def test_training_batches_erase_without_the_other_kinds():
     plain = np.concatenate([x.numpy() for x, _ in train_batches(data, 8, 0.0, seed=0)])
     erased = np.concatenate([x.numpy() for x, _ in train_batches(data, 8, 0.0, seed=0, erase=1.0)])
     changed = (plain != erased).any(axis=-1)  # the same order (one seed): only the patches differ
-    assert (
-        changed.any(axis=(1, 2)).all() and not changed[:, 10:14, 10:14].any()
-    )  # every image has one, none on the head
+    # every image has one, none on the head
+    assert changed.any(axis=(1, 2)).all() and not changed[:, 10:14, 10:14].any()
 
 
 def test_erasing_keeps_every_pixel_that_touches_a_lopsided_head():
     # A tall box off-centre, its edges between pixels: rows and columns must not be swapped,
     # and a pixel only partly inside the head is still the head's.
     images = np.full((200, SIZE, SIZE, 3), 100.0, np.float32)
-    images[:, :, :, 0] = np.arange(SIZE)[
-        None, None, :
-    ]  # every pixel its own value, so a fill shows
+    # every pixel its own value, so a fill shows
+    images[:, :, :, 0] = np.arange(SIZE)[None, None, :]
     images[:, :, :, 1] = np.arange(SIZE)[None, :, None]
     boxes = np.tile(np.array([[0.105, 0.5, 0.4, 0.905]], np.float32), (200, 1))
     out = erase_outside_boxes(
@@ -201,6 +196,5 @@ def test_erasing_keeps_every_pixel_that_touches_a_lopsided_head():
     head = np.zeros((SIZE, SIZE), bool)
     head[32:58, 6:26] = True  # rows 0.5..0.905 (pixels 32-57), columns 0.105..0.4 (pixels 6-25)
     assert not changed[head].any()
-    assert (
-        changed[31, 6:26].any() and changed[32:58, 26].any() and changed[58, 6:26].any()
-    )  # just outside is erased
+    # just outside is erased
+    assert changed[31, 6:26].any() and changed[32:58, 26].any() and changed[58, 6:26].any()

@@ -307,9 +307,8 @@ def test_sigterm_stops_a_predict_given_a_fifo(model, tmp_path):
         process.wait(timeout=20)
         stderr = process.stderr.read()
         assert first.startswith(f"{tmp_path / 'x.jpg'}: error: is a named pipe"), first
-        assert process.returncode in (128 + signal.SIGTERM, 1), (
-            stderr
-        )  # 1: it had answered every image already
+        # 1: it had answered every image already
+        assert process.returncode in (128 + signal.SIGTERM, 1), stderr
         assert "Traceback" not in stderr
     finally:
         if process.poll() is None:

@@ -81,9 +81,8 @@ def make_oxford(root):
             (xmls / f"{name}.xml").write_text(voc_xml(kind, index(name)))
     (images / f"{DAMAGED}.jpg").write_bytes(jpeg(index(DAMAGED))[:300])
     (xmls / f"{BAD_XML}.xml").write_text("<annotation><size>")
-    listed = {
-        n: f"{n} 1 {1 if kind == 'cat' else 2} 1\n" for n, kind in species.items()
-    }  # NAME CLASS SPECIES BREED
+    # NAME CLASS SPECIES BREED
+    listed = {n: f"{n} 1 {1 if kind == 'cat' else 2} 1\n" for n, kind in species.items()}
     (root / "annotations" / "trainval.txt").write_text(
         "".join(v for n, v in listed.items() if n != NO_XML)
     )
@@ -190,9 +189,8 @@ def split_of(cats_dogs) -> dict[str, dict[str, str]]:
 def assert_converted(out, archives):
     cats_dogs = out / "cats_dogs"
     splits = split_of(cats_dogs)
-    assert sorted([*splits["train"], *splits["valid"]]) == sorted(
-        CATS + DOGS
-    )  # no skipped, no xml-less image
+    # no skipped, no xml-less image
+    assert sorted([*splits["train"], *splits["valid"]]) == sorted(CATS + DOGS)
     for lines in splits.values():
         for name, line in lines.items():
             assert line == expected_line(name)
@@ -280,9 +278,8 @@ def test_file_url_to_a_local_folder_works(tmp_path, archives, digests):
     mirror = local_mirror(tmp_path, archives)
     out = tmp_path / "oxford"
     (out / "downloads").mkdir(parents=True)
-    (out / "downloads" / "images.tar.gz.part").write_bytes(
-        b"stale"
-    )  # file:// cannot resume: start over
+    # file:// cannot resume: start over
+    (out / "downloads" / "images.tar.gz.part").write_bytes(b"stale")
     run(out, mirror.as_uri(), digests)  # no trailing slash on purpose
     assert_converted(out, archives)
 
@@ -339,9 +336,8 @@ def test_a_bad_archive_is_named_removed_and_fetched_again_next_run(
 ):
     out = tmp_path / "oxford"
     server.files["images.tar.gz"] = damage(archives["images.tar.gz"])
-    with pytest.raises(
-        PetlocError
-    ) as err:  # a mirror's digest that matches a broken file: the tar check still refuses it
+    # a mirror's digest that matches a broken file: the tar check still refuses it
+    with pytest.raises(PetlocError) as err:
         run(out, server.url, md5s(server.files))
     archive = out / "downloads" / "images.tar.gz"
     assert str(err.value).startswith(f"{archive}: {reason}") and "\n" not in str(err.value)
@@ -455,9 +451,8 @@ def test_an_archive_with_another_md5_is_kept_aside_not_extracted_and_named(
 ):
     out = tmp_path / "oxford"
     lines = []
-    with pytest.raises(
-        PetlocError
-    ) as err:  # the official digests: the test's archive is not the official one
+    # the official digests: the test's archive is not the official one
+    with pytest.raises(PetlocError) as err:
         download_oxford(out, base_url=server.url, val_share=VAL_SHARE, say=lines.append)
     archive = out / "downloads" / "images.tar.gz"
     official = oxford_download.OFFICIAL_MD5["images.tar.gz"]
@@ -564,9 +559,8 @@ def path_max_chain(up_to_tmp: int) -> list:
         ]
         path = f"{path}/{long_dir}"
     through = "/".join(steps) + "/" + "l" * 254
-    members.append(
-        member(f"images/{through}", tarfile.SYMTYPE, "../" * len(steps))
-    )  # back to images/, really
+    # back to images/, really
+    members.append(member(f"images/{through}", tarfile.SYMTYPE, "../" * len(steps)))
     members.append(member("images/escape", tarfile.SYMTYPE, f"{through}/" + "../" * up_to_tmp))
     members.append(member(f"images/escape/{SENTINEL}", data=b"pwned"))
     return members

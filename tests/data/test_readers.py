@@ -187,9 +187,8 @@ def test_corrupt_jpeg_is_refused_without_libjpeg_noise_on_stderr(tmp_path, capfd
 def test_extraneous_bytes_are_a_warning_when_lenient_and_refused_when_strict(tmp_path):
     (tmp_path / "padded.jpg").write_bytes(with_extraneous_bytes(GOOD_JPEG))
     image = read_image(tmp_path / "padded.jpg")
-    np.testing.assert_array_equal(
-        image.pixels, decode_rgb(GOOD_JPEG)
-    )  # every viewer shows the whole photo
+    # every viewer shows the whole photo
+    np.testing.assert_array_equal(image.pixels, decode_rgb(GOOD_JPEG))
     [warning] = image.warnings
     assert re.fullmatch(
         r"the JPEG decoder skipped \d+ extraneous bytes before marker 0xd9; the image decoded in full",
@@ -217,15 +216,13 @@ def test_truncated_jpegs_stay_errors_when_lenient(data, reason):
 
 
 def test_a_phone_photo_is_read_upright_as_a_viewer_shows_it(tmp_path):
-    (tmp_path / "phone.jpg").write_bytes(
-        jpeg_with_orientation(marked_photo(), 6)
-    )  # turned 90 degrees clockwise
+    # turned 90 degrees clockwise
+    (tmp_path / "phone.jpg").write_bytes(jpeg_with_orientation(marked_photo(), 6))
     pixels = read_rgb(tmp_path / "phone.jpg")
     assert pixels.shape == (W, H, 3)  # portrait
     assert header_size(tmp_path / "phone.jpg") == (H, W)
-    assert (pixels[:12, -8:, 0] > 200).all() and (
-        pixels[:12, -8:, 1] < 60
-    ).all()  # the marker is now top right
+    # the marker is now top right
+    assert (pixels[:12, -8:, 0] > 200).all() and (pixels[:12, -8:, 1] < 60).all()
     assert (pixels[-12:, :8, 0] < 160).all()
 
 
@@ -241,9 +238,8 @@ def test_every_exif_orientation_matches_pillows_exif_transpose(orientation):
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
-    (tmp_path / "bomb.png").write_bytes(
-        blank_png(20000, 20000)
-    )  # 390 kB that decode to 400 MB, 1.2 GB in RGB
+    # 390 kB that decode to 400 MB, 1.2 GB in RGB
+    (tmp_path / "bomb.png").write_bytes(blank_png(20000, 20000))
     reason = (
         r"image is 400000000 pixels, over the limit of 50000000 pixels \(PETLOC_MAX_IMAGE_PIXELS\)"
     )
@@ -305,9 +301,8 @@ def test_cats_dogs_pairs_become_samples_with_model_labels_and_pixels(tmp_path):
 
 @pytest.mark.parametrize("decode", [True, False])
 def test_boxes_of_a_phone_photo_are_checked_in_its_upright_frame(tmp_path, decode):
-    write_pair(
-        tmp_path, "portrait", "1 2 40 46 62", jpeg_with_orientation(marked_photo(), 6)
-    )  # fits 48x64, not 64x48
+    # fits 48x64, not 64x48
+    write_pair(tmp_path, "portrait", "1 2 40 46 62", jpeg_with_orientation(marked_photo(), 6))
     [(sample, pixels)], skipped = items(tmp_path, decode=decode)
     assert skipped == [] and (sample.width, sample.height, sample.box) == (H, W, (2, 40, 46, 62))
     assert pixels is None or pixels.shape == (W, H, 3)

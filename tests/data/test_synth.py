@@ -47,9 +47,8 @@ def test_different_seed_gives_different_images(tmp_path, dataset):
     ours = files(dataset)
     shared = [name for name in ours if name.endswith(".jpg") and name in other]
     assert len(shared) == 21  # the names follow the classes drawn: some are taken in both sets
-    assert [
-        name for name in shared if other[name] == ours[name]
-    ] == []  # a new picture under each of them
+    # a new picture under each of them
+    assert [name for name in shared if other[name] == ours[name]] == []
 
 
 def test_count_is_honoured_and_a_rerun_replaces_the_old_set(tmp_path):

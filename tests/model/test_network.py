@@ -126,9 +126,8 @@ def test_box_losses_are_zero_on_a_perfect_box_and_grow_with_error():
 
 
 def test_saved_model_reloads_in_safe_mode_with_same_outputs(tmp_path):
-    spec = Hyperparameters(
-        backbone="vgg16", head_units=8
-    )  # carries a custom layer (CaffePreprocess), as resnet50 does, and builds 5x faster
+    # carries a custom layer (CaffePreprocess), as resnet50 does, and builds 5x faster
+    spec = Hyperparameters(backbone="vgg16", head_units=8)
     model = compile_model(build_model(spec, SIZE), spec)
     x, _ = batch(2)
     path = tmp_path / "m.keras"
@@ -178,9 +177,8 @@ def test_head_crop_cuts_the_box_with_its_margin():
     images[0, 10:20, 20:30] = 255.0  # a 10 x 10 "head" at x 20..30, y 10..20
     box = np.array([[0.5, 0.25, 0.75, 0.5]], np.float32)
     crop = np.asarray(CropBoxes(20, margin=0.0)(images, box))
-    assert (
-        crop.shape == (1, 20, 20, 3) and crop[0, 2:-2, 2:-2].min() > 200
-    )  # the head fills the crop
+    # the head fills the crop
+    assert crop.shape == (1, 20, 20, 3) and crop[0, 2:-2, 2:-2].min() > 200
     wide = np.asarray(CropBoxes(20, margin=0.5)(images, box))[0, ..., 0]
     assert wide[10, 10] > 200 and wide[1, 1] < 50  # head in the middle, background at the edge
 
@@ -229,9 +227,8 @@ def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
     centre, _ = SoftArgmaxPool()(logits, features)
     np.testing.assert_allclose(np.asarray(centre), [[4.5 / 8, 1.5 / 4]], atol=1e-5)
     box = CentreSizeBox()(np.array([[0.5, 0.2]], np.float32), np.array([[0.4, 0.6]], np.float32))
-    np.testing.assert_allclose(
-        np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6
-    )  # clipped at the top
+    # clipped at the top
+    np.testing.assert_allclose(np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6)
 
 
 # The fast tier trains the centre head once, with the head crop; alone and under XLA in the slow one.
@@ -331,9 +328,8 @@ def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_floa
     model, _ = fit_localiser(hp, data, data, epochs=1, precision="mixed_bfloat16", callbacks=[look])
     assert look.trained.get_layer("box_heatmap").compute_dtype == "bfloat16"
     assert model.get_layer("box_heatmap").compute_dtype == "float32"
-    assert (
-        keras.mixed_precision.global_policy().name == "float32"
-    )  # restored for whatever comes next
+    # restored for whatever comes next
+    assert keras.mixed_precision.global_policy().name == "float32"
     assert len(model.get_weights()) == len(look.trained.get_weights())
     for a, b in zip(model.get_weights(), look.trained.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -498,9 +494,8 @@ def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
     taps_conv.taps = True  # its matrix product, on any CPU (an AVX-512 one runs Conv2D's own)
     keras_conv.build(x.shape), taps_conv.build(x.shape)
     taps_conv.set_weights(keras_conv.get_weights())
-    weights = tf.reshape(
-        tf.range(2 * side * side * 5, dtype=tf.float32) * 1e-3, (2, side, side, 5)
-    )  # every output counts differently
+    # every output counts differently
+    weights = tf.reshape(tf.range(2 * side * side * 5, dtype=tf.float32) * 1e-3, (2, side, side, 5))
     results = []
     for conv in (keras_conv, taps_conv):
         with tf.GradientTape() as tape:
@@ -510,9 +505,8 @@ def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
         results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, conv.kernel])])
     for theirs, mine in zip(*results, strict=True):  # outputs, input gradients, kernel gradients
         np.testing.assert_allclose(mine, theirs, atol=1e-4)
-    unsized = tf.function(
-        taps_conv.call, input_signature=[tf.TensorSpec([None, None, None, 6])]
-    )  # a batch of unknown size
+    # a batch of unknown size
+    unsized = tf.function(taps_conv.call, input_signature=[tf.TensorSpec([None, None, None, 6])])
     np.testing.assert_allclose(unsized(x).numpy(), results[0][0], atol=1e-4)
 
 
@@ -585,9 +579,8 @@ def test_learning_rate_warms_up_linearly_then_decays_to_five_percent():
         steps_per_epoch=2,
         epochs=3,
     )
-    assert float(plain.optimizer._learning_rate(0)) == pytest.approx(
-        1e-2
-    )  # no warm-up unless asked
+    # no warm-up unless asked
+    assert float(plain.optimizer._learning_rate(0)) == pytest.approx(1e-2)
 
 
 def test_label_smoothing_smooths_the_class_targets_and_reloads(tmp_path):

@@ -94,9 +94,8 @@ def test_imports_only_go_down_the_flow():
 def test_the_check_catches_an_import_that_goes_up(tmp_path):
     tree = ast.parse("def f():\n    from petloc.tracking import registry\n")
     [(_, imported)] = runtime_imports(tree)
-    assert layer(imported) > layer(
-        "petloc.model.backbones"
-    )  # what the check reports for model -> tracking
+    # what the check reports for model -> tracking
+    assert layer(imported) > layer("petloc.model.backbones")
     guarded = ast.parse(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from petloc.search import sweep\n"
     )

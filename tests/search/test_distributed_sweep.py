@@ -165,11 +165,8 @@ def test_a_chief_and_two_workers_log_each_trial_once_through_the_tracking_server
     client = MlflowClient(server, registry_uri=server)
     parent = parent_of(client, "team-sweep")
     trials = trial_runs(client, "team-sweep")
-    assert Counter(run.data.tags["trial_id"] for run in trials) == {
-        "0": 1,
-        "1": 1,
-        "2": 1,
-    }  # each once
+    # each once
+    assert Counter(run.data.tags["trial_id"] for run in trials) == {"0": 1, "1": 1, "2": 1}
     assert {run.info.status for run in trials} == {"FINISHED"}, describe(trials, out, *outputs)
     assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
     assert {run.data.tags["petloc.worker"] for run in trials} <= {"1", "2"}
@@ -271,9 +268,8 @@ def test_a_lost_worker_fails_its_trial_after_the_timeout_and_the_sweep_ends(serv
         twin.returncode == 2
         and "worker lost of sweep 'tiny' is already running on this machine" in twice
     )
-    assert (
-        client.get_run(lost_run.info.run_id).info.status == "RUNNING"
-    )  # still training: they were refused, not it
+    # still training: they were refused, not it
+    assert client.get_run(lost_run.info.run_id).info.status == "RUNNING"
     lost.send_signal(signal.SIGKILL)
     lost.wait(timeout=60)
 
@@ -328,6 +324,7 @@ def test_a_tracking_server_down_mid_trial_fails_that_trial_and_the_sweep_goes_on
     }.items():
         monkeypatch.setenv(name, value)  # the child processes inherit them through petloc_env()
     data = tiny_dataset(tmp_path / "photos", count=40)
+    # still training when the server stops
     exp = tiny_experiment(
         tmp_path,
         data,
@@ -335,7 +332,7 @@ def test_a_tracking_server_down_mid_trial_fails_that_trial_and_the_sweep_goes_on
         space={"head_units": [8, 16]},
         tuner={"max_trials": 2},
         tracking={"experiment": "outage"},
-    )  # still training when the server stops
+    )
     backend, artifacts, port = postgres.new_database(), tmp_path / "artifacts", free_port()
     address = f"127.0.0.1:{free_port()}"
     with tracking_server(backend, artifacts, port=port) as uri:
@@ -357,10 +354,8 @@ def test_a_tracking_server_down_mid_trial_fails_that_trial_and_the_sweep_goes_on
     )
     assert chief.returncode == 0, out
     assert "1 finished, 1 failed" in out
-    assert statuses == {
-        "0": "FAILED",
-        "1": "FINISHED",
-    }  # 0 closed by the chief: its worker could not
+    # 0 closed by the chief: its worker could not
+    assert statuses == {"0": "FAILED", "1": "FINISHED"}
 
 
 # ---- one machine: --workers N on the local store ------------------------------------------
@@ -379,9 +374,10 @@ def test_workers_on_this_machine_share_one_sweep_on_the_local_store(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # the chief says it too
     assert (
         "the search ended after 3 of 4 planned trials: Keras Tuner drew no new point" in done.stdout
-    )  # the chief says it too
+    )
     client = store_client(tmp_path)
     trials = trial_runs(client, "tiny")
     assert Counter(run.data.tags["trial_id"] for run in trials) == {"0": 1, "1": 1, "2": 1}
@@ -444,9 +440,8 @@ def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(t
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    lines = Lines(
-        launcher
-    )  # its own lines, not the store: a reader racing the chief to create it can miss a short trial
+    # its own lines, not the store: a reader racing the chief to create it can miss a short trial
+    lines = Lines(launcher)
     lines.wait_for("epoch 1/40", timeout=240)
     launcher.send_signal(signal.SIGINT)
     out = lines.text(timeout=120)
@@ -470,11 +465,8 @@ def test_ctrl_c_stops_every_process_and_the_sweep_continues_when_started_again(t
     )
     assert again.returncode == 0, again.stdout + again.stderr
     finished = [run for run in trial_runs(client, "tiny") if run.info.status == "FINISHED"]
-    assert Counter(run.data.tags["trial_id"] for run in finished) == {
-        "0": 1,
-        "1": 1,
-        "2": 1,
-    }  # none lost, none twice
+    # none lost, none twice
+    assert Counter(run.data.tags["trial_id"] for run in finished) == {"0": 1, "1": 1, "2": 1}
     assert parent_of(client, "tiny").info.status == "FINISHED"
     assert "Leaderboard of sweep 'tiny' (3 finished, 0 failed" in again.stdout
 

@@ -22,20 +22,16 @@ ROWS = [  # a leaderboard, best val mIoU first: the most accurate trial is the s
 
 def test_the_budget_excludes_the_most_accurate_trial():
     assert champion_row(ROWS, None)["run_id"] == "c"
-    assert (
-        champion_row(ROWS, 5.0)["run_id"] == "a"
-    )  # c (9 ms) does not fit; a is the best that does
+    # c (9 ms) does not fit; a is the best that does
+    assert champion_row(ROWS, 5.0)["run_id"] == "a"
     assert champion_row(ROWS, 0.5) is None
     assert [r["fits_budget"] for r in mark_budget(ROWS, 5.0)] == ["no", "yes", "yes", "yes"]
     assert mark_budget(ROWS, None) == ROWS
 
 
 def test_pareto_front_keeps_the_trials_nothing_beats_on_both():
-    assert [r["run_id"] for r in pareto_front(ROWS)] == [
-        "d",
-        "a",
-        "c",
-    ]  # b is slower and worse than a
+    # b is slower and worse than a
+    assert [r["run_id"] for r in pareto_front(ROWS)] == ["d", "a", "c"]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +87,5 @@ def test_promote_refuses_a_run_over_the_budget_unless_forced(budget_sweep):
         fits = CliRunner().invoke(
             cli, ["promote", run_id, "--max-latency-ms", str(latency * 2)], catch_exceptions=False
         )
-    assert (
-        "petloc@champion is now version 1" in fits.output
-    )  # the experiment file names no registry.name
+    # the experiment file names no registry.name
+    assert "petloc@champion is now version 1" in fits.output

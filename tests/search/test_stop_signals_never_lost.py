@@ -187,9 +187,8 @@ def test_a_sweep_whose_stop_was_swallowed_starts_no_other_trial(tmp_path, monkey
     trial_ends = TrackedTuner.on_trial_end
 
     def on_trial_end(self, trial):
-        monkeypatch.setattr(
-            stopping, "_stopped_by", signal.SIGTERM
-        )  # as the SIGTERM handler records it
+        # as the SIGTERM handler records it
+        monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)
         trial_ends(self, trial)
 
     monkeypatch.setattr(TrackedTuner, "on_trial_end", on_trial_end)
@@ -220,9 +219,8 @@ def test_a_stop_turned_into_an_error_by_an_end_step_stops_the_sweep(monkeypatch)
     def traces_a_model():
         raise TypeError("Failed to convert elements of (None,) to Tensor")
 
-    assert (
-        _end_step("the ensemble", traces_a_model, said.append) is None and said
-    )  # no stop: one line, and on
+    # no stop: one line, and on
+    assert _end_step("the ensemble", traces_a_model, said.append) is None and said
     monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)
     with pytest.raises(stopping.Terminated, match="surfaced as TypeError"):
         _end_step("the ensemble", traces_a_model, said.append)

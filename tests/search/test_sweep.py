@@ -45,17 +45,16 @@ def test_one_parent_run_with_a_child_run_per_trial(swept):
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert "space.head_units" in parent.data.params and parent.data.tags["dataset_digest"]
-    assert (parent.data.params["seed"], parent.data.params["data_seed"]) == (
-        "3",
-        "0",
-    )  # train.seed, data.seed
+    # train.seed, data.seed
+    assert (parent.data.params["seed"], parent.data.params["data_seed"]) == ("3", "0")
     settings = ("epochs", "early_stopping", "seed", "xla", "precision", "val_split", "data_seed")
     runs = children(client, parent_id)
     assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
     tried = {(r.data.params["head_units"], r.data.params["aug_strength"]) for r in runs}
+    # two points of the space
     assert len(tried) == 2 and tried <= {
         (units, aug) for units in ("8", "16") for aug in ("0.0", "0.3")
-    }  # two points of the space
+    }
     for r in runs:
         assert r.info.status == "FINISHED"
         assert {k: r.data.params[k] for k in settings} == {
@@ -119,9 +118,8 @@ def test_the_served_pyfunc_answers_as_the_python_api(swept, monkeypatch):
     root = swept[0]
     monkeypatch.chdir(root)
     photo = sorted((root / "photos").glob("*.jpg"))[0]
-    direct = (
-        petloc.load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()
-    )  # also points MLflow at root's store
+    # also points MLflow at root's store
+    direct = petloc.load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()
     served = mlflow.pyfunc.load_model("models:/petloc@champion").predict(
         pd.DataFrame({"image": [base64.b64encode(photo.read_bytes()).decode()]})
     )
@@ -236,9 +234,8 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
     client = store_client(tmp_path)
     runs = children(client, sweep_parent(client).info.run_id)
     assert runs and all(r.info.status == "FINISHED" for r in runs)
-    if (
-        kind == "grid"
-    ):  # each combination once, the last-listed hyperparameter turning fastest, then it stops
+    # each combination once, the last-listed hyperparameter turning fastest, then it stops
+    if kind == "grid":
         order = sorted(runs, key=lambda r: int(r.data.tags["trial_id"]))
         assert [(r.data.params["head_units"], r.data.params["dropout"]) for r in order] == [
             ("8", "0.0"),
@@ -247,9 +244,8 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
             ("16", "0.1"),
         ]
         header = result.output.split("Leaderboard of sweep")[1].splitlines()[1]
-        assert (
-            "dropout" in header.split() and "head_units" in header.split()
-        )  # what the space varies is shown
+        # what the space varies is shown
+        assert "dropout" in header.split() and "head_units" in header.split()
     if kind == "hyperband":
         # Hyperband's bookkeeping stays in tags; each trial trains the epochs its bracket gives it.
         assert all(
@@ -295,9 +291,8 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
         and "(2 finished, 0 failed, their ensemble" in result.output
     )
     backbone = trials[0].data.params["backbone"]  # the members' backbone, not a made-up "ensemble"
-    assert any(
-        line.startswith(f"ensemble  {backbone}") for line in result.output.splitlines()
-    )  # a leaderboard row
+    # a leaderboard row
+    assert any(line.startswith(f"ensemble  {backbone}") for line in result.output.splitlines())
 
     # Its answers are the mean of its members' answers.
     models = [load_localiser(r.data.tags["model_uri"]) for r in (ensemble, *trials)]
@@ -417,9 +412,8 @@ def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
     finally:
         mlflow.set_tracking_uri(before)
     assert [row["trial"] for row in rows] == ["0012", "0003"]
-    assert (
-        rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6
-    )  # params and metrics still read as numbers
+    # params and metrics still read as numbers
+    assert rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6
 
 
 def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_finished_epoch(
@@ -465,9 +459,8 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     backups = tmp_path / "mlruns" / "tuner" / "tiny" / "final"
     state = backups / killed.info.run_id / "training_metadata.json"
     assert backed_up(state.parent).epochs == 2 and backed_up(state.parent).seconds > 0
-    state.write_text(
-        json.dumps({**json.loads(state.read_text()), "seconds": 1e5})
-    )  # far more than this test trains
+    # far more than this test trains
+    state.write_text(json.dumps({**json.loads(state.read_text()), "seconds": 1e5}))
     # Two more backups: one of a run no longer in the store, and one of a final run stopped at
     # another length, which the sweep resumes when run again with that tuner.final_epochs.
     other = client.create_run(
@@ -506,9 +499,8 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     ]
     assert final.data.metrics["epochs_trained"] == 4.0 and final.data.params["epochs"] == "4"
     assert final.data.metrics["train_seconds"] > 1e5  # the training before the stop counts too
-    assert [p.name for p in backups.iterdir()] == [
-        other.info.run_id
-    ]  # this run's state and the stale one are gone
+    # this run's state and the stale one are gone
+    assert [p.name for p in backups.iterdir()] == [other.info.run_id]
     assert (
         "resumed from its last finished epoch after a stop"
         in final.data.tags["mlflow.note.content"]

@@ -81,9 +81,8 @@ def test_a_live_chief_refuses_a_second_one_but_not_its_own_restart_nor_a_dead_on
     chief_parent(exp, "elsewhere:123:456", time.time() - 600)
     refuse_a_second_chief(exp, None)
     # This machine's chief whose process is gone, however recent its last beat: no obstacle either.
-    chief_parent(
-        exp, f"{socket.gethostname()}:{os.getpid() + 10_000_000}:1", time.time()
-    )  # no such pid
+    # no such pid
+    chief_parent(exp, f"{socket.gethostname()}:{os.getpid() + 10_000_000}:1", time.time())
     refuse_a_second_chief(exp, None)
     # A live chief (this process, beating now): refused in one line naming its host ...
     live = chief_parent(exp, runs.this_process(), time.time())
@@ -178,9 +177,8 @@ def test_a_restarted_chief_gives_a_trial_back_to_the_worker_still_training_it(tm
     created = servicer.CreateTrial(
         protos.get_service().CreateTrialRequest(tuner_id="worker-b"), Metadata()
     )
-    assert (
-        Trial.from_proto(created.trial).trial_id == "1"
-    )  # not trial 0, which worker-a is training
+    # not trial 0, which worker-a is training
+    assert Trial.from_proto(created.trial).trial_id == "1"
     assert servicer.oracle.ongoing_trials["worker-a"].trial_id == "0"
     report_completed(servicer, "0")
     assert servicer.oracle.trials["0"].status == TrialStatus.COMPLETED
@@ -285,10 +283,8 @@ def test_two_chiefs_of_one_sweep_the_second_is_refused_and_the_worker_logs_under
     )
     assert says in refused.strip().splitlines()[-1], refused
     parents = client.search_runs([own.info.experiment_id], "tags.`petloc.kind` = 'sweep'")
-    assert {run.info.run_id for run in parents} == {
-        own.info.run_id,
-        stale,
-    }  # the refused chief made none
+    # the refused chief made none
+    assert {run.info.run_id for run in parents} == {own.info.run_id, stale}
 
 
 def wait_until(check, timeout: float, what: str):
@@ -304,9 +300,8 @@ def wait_until(check, timeout: float, what: str):
 @pytest.mark.slow
 def test_a_chief_killed_and_started_again_counts_the_trial_a_worker_finished_meanwhile(tmp_path):
     data = tiny_dataset(tmp_path / "photos", count=40)
-    exp = tiny_experiment(
-        tmp_path, data, train={"epochs": 25}, tuner={"max_trials": 1}
-    )  # mid-trial when killed
+    # mid-trial when killed
+    exp = tiny_experiment(tmp_path, data, train={"epochs": 25}, tuner={"max_trials": 1})
     uri, (chief_folder, worker_folder) = shared(tmp_path, "chief", "worker")
     client = MlflowClient(uri)
     address = f"127.0.0.1:{free_port()}"

@@ -148,9 +148,8 @@ def test_a_sweep_already_running_is_refused_at_once(one_trial):
     with in_project(root), exclusive_lock(Path("mlruns/tuner/tiny.lock"), "held by the test"):
         with pytest.raises(PetlocError, match="sweep 'tiny' is already running in another process"):
             invoke("sweep", exp, "--fresh")
-        assert (
-            root / "mlruns" / "tuner" / "tiny" / "oracle.json"
-        ).is_file()  # --fresh deleted nothing
+        # --fresh deleted nothing
+        assert (root / "mlruns" / "tuner" / "tiny" / "oracle.json").is_file()
 
 
 def test_runs_left_running_by_a_dead_process_end_killed_and_live_ones_are_kept(one_trial):
@@ -167,9 +166,8 @@ def test_runs_left_running_by_a_dead_process_end_killed_and_live_ones_are_kept(o
             experiment_id, "orphan", {"mlflow.parentRunId": parent.info.run_id}
         )
         client.set_tag(orphan, runs.OWNER_TAG, dead_owner)
-        live = runs.create_run(
-            experiment_id, "live", {"mlflow.parentRunId": parent.info.run_id}
-        )  # this process
+        # this process
+        live = runs.create_run(experiment_id, "live", {"mlflow.parentRunId": parent.info.run_id})
         elsewhere = runs.create_run(
             experiment_id, "elsewhere", {"mlflow.parentRunId": parent.info.run_id}
         )
@@ -246,9 +244,8 @@ def test_preparing_a_dataset_never_writes_into_another_process_temp_file(tmp_pat
         path.write_bytes(content)
     arrays = load_arrays(data, 48, cache_dir=cache)
     assert all(path.read_bytes() == content for path, content in others.items())
-    assert (
-        len(load_arrays(data, 48, cache_dir=cache)) == len(arrays) == 24
-    )  # read back from the cache
+    # read back from the cache
+    assert len(load_arrays(data, 48, cache_dir=cache)) == len(arrays) == 24
 
 
 @pytest.mark.slow

@@ -83,9 +83,8 @@ def test_no_trial_starts_that_would_leave_the_final_run_outside_the_budget(tmp_p
     oracle = random_oracle(
         tmp_path, 1.0, trial_epochs=2, final_epochs=4, say=said.append, clock=clock
     )
-    assert (
-        run_trials(oracle, clock) == 4
-    )  # after 3 (30 s) a 4th fits: 30 + 10 + 20 = 60; after 4 it would not
+    # after 3 (30 s) a 4th fits: 30 + 10 + 20 = 60; after 4 it would not
+    assert run_trials(oracle, clock) == 4
     assert oracle.estimates() == (40.0, 10.0, 20.0)
     assert said == [
         "\ntime budget (tuner.max_minutes): 40 s of 1 min 00 s spent, 4 trials ended; the next trial "
@@ -122,9 +121,8 @@ def test_the_final_run_is_priced_by_steady_epochs_not_by_short_trials(tmp_path):
     oracle = random_oracle(
         tmp_path / "b", 3.0, trial_epochs=3, final_epochs=10, say=lambda _: None, clock=clock
     )
-    finish_trial(
-        oracle, clock, oracle.create_trial("tuner0"), 5.0, 3.0, 20.0, epochs=3
-    )  # a steady epoch seen: 5 s
+    # a steady epoch seen: 5 s
+    finish_trial(oracle, clock, oracle.create_trial("tuner0"), 5.0, 3.0, 20.0, epochs=3)
     _elapsed, trial, final = oracle.estimates()
     assert (trial, final) == pytest.approx((15 + 23, 50 + 23))
 
@@ -257,9 +255,8 @@ def test_hyperband_trials_are_priced_at_their_own_epochs_and_a_trial_that_does_n
         "the next trial (1 epoch) takes about 10 s; about 1 min 40 s kept for the final run"
     )
     state = oracle.get_state()
-    assert (
-        sum(len(rounds[0]) for rounds in (b["rounds"] for b in state["brackets"])) == 8
-    )  # the 9th draw was undone
+    # the 9th draw was undone
+    assert sum(len(rounds[0]) for rounds in (b["rounds"] for b in state["brackets"])) == 8
     # A later start with more time hands out that same next trial (as a sweep without a budget
     # draws it ninth), and Hyperband goes on.
     oracle.save()
@@ -328,9 +325,8 @@ def test_with_workers_a_trial_is_priced_whole_not_at_the_sweeps_pace(tmp_path):
         oracle.end_trial(trial)
         asks.append((clock.now, worker))
     last_end = clock.now - 1000.0
-    assert (
-        oracle.spent and len(oracle.took) >= 6 and last_end + 10.0 <= 60.0
-    )  # then the final run of 2 epochs
+    # then the final run of 2 epochs
+    assert oracle.spent and len(oracle.took) >= 6 and last_end + 10.0 <= 60.0
 
 
 def test_a_slower_trial_still_running_counts_before_it_ends(tmp_path):
@@ -369,9 +365,8 @@ def test_a_resumed_sweep_times_only_its_own_start_and_counts_a_retried_trial(tmp
     )
     again.reload()  # the tuner reloads its oracle after building it, budget and all
     retried = again.create_trial("tuner0")
-    assert (
-        retried.trial_id == cut_short.trial_id
-    )  # Keras Tuner hands the cut-short trial out again, without a draw
+    # Keras Tuner hands the cut-short trial out again, without a draw
+    assert retried.trial_id == cut_short.trial_id
     finish_trial(again, clock, retried, 5.0, 0.0, 0.0, 2)
     # The retried trial counts as this start's; the earlier 0.1-s epochs do not: 3 more as in the first test.
     assert run_trials(again, clock) == 3 and again.spent and len(again.took) == 4
@@ -421,9 +416,8 @@ def test_a_one_epoch_trial_reports_its_epoch_without_the_tracing_of_its_first_ba
 ):
     # Hyperband's first trials train one epoch, whose first training and validation batches also
     # trace; the budget prices a 40-epoch final run by that epoch, so the tracing comes out.
-    monkeypatch.chdir(
-        tmp_path
-    )  # no logs, so nothing is logged; MLflow's client still opens a store
+    # no logs, so nothing is logged; MLflow's client still opens a store
+    monkeypatch.chdir(tmp_path)
     clock = Clock()
     monkeypatch.setattr("petloc.tracking.log.time.perf_counter", clock)
     logger = EpochLogger("no-run")
@@ -468,10 +462,8 @@ def test_keras_calls_the_hooks_that_time_a_first_epoch(tmp_path, monkeypatch):
         callbacks=[logger],
         verbose=0,
     )
-    assert [len(marks) for marks in logger.first_epoch.values()] == [
-        1 + 5,
-        1 + 3,
-    ]  # began, then each batch's end
+    # began, then each batch's end
+    assert [len(marks) for marks in logger.first_epoch.values()] == [1 + 5, 1 + 3]
     assert 0 < logger.epoch_seconds() <= logger.seconds[0]
 
 

@@ -87,9 +87,8 @@ def test_requirements_pin_the_training_versions_and_petloc_travels_as_code(logge
     requirements = (logged.folder / "requirements.txt").read_text().split()
     for package in ("tensorflow", "keras", "opencv-python-headless", "Pillow"):
         assert f"{package}=={importlib.metadata.version(package)}" in requirements
-    assert not [
-        r for r in requirements if r.startswith("petloc")
-    ]  # not on PyPI: it could not install
+    # not on PyPI: it could not install
+    assert not [r for r in requirements if r.startswith("petloc")]
     mlmodel = yaml.safe_load((logged.folder / "MLmodel").read_text())
     assert mlmodel["flavors"]["python_function"]["code"] == "code"
     assert (logged.folder / "code" / "petloc" / "serving.py").is_file()

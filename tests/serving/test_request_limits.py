@@ -194,9 +194,8 @@ def test_malformed_json_is_a_400_that_does_not_echo_the_body(served):
     assert status == 400
     assert answer["message"].startswith("request body is not valid JSON: Unterminated string")
     assert len(json.dumps(answer)) < 500  # MLflow's own answer quotes the whole body back
-    status, answer = post(
-        port, b'{"inputs": ' + b"1" * 5000 + b"}"
-    )  # past Python's digit limit for an int
+    # past Python's digit limit for an int
+    status, answer = post(port, b'{"inputs": ' + b"1" * 5000 + b"}")
     assert status == 400
     assert answer["message"].startswith(
         "request body is not valid JSON: Exceeds the limit (4300 digits)"

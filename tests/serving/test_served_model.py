@@ -105,9 +105,8 @@ def test_a_network_inside_test_time_augmentation_is_saved_without_its_training_s
     serving.save_model(TTA["flip"](trained), str(tmp_path / "model"))
     [keras_file] = (tmp_path / "model").rglob("*.keras")
     assert training_state(keras_file) == []
-    assert (
-        trained.compiled and trained.optimizer.built
-    )  # the training process's model is left as it was
+    # the training process's model is left as it was
+    assert trained.compiled and trained.optimizer.built
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +208,8 @@ print(json.dumps({"growth_mb": peak() - before, "rows": rows}))
 
 @pytest.mark.slow
 def test_a_huge_png_costs_the_pyfunc_little_memory_and_gets_its_own_error(tmp_path):
-    (tmp_path / "huge.png").write_bytes(
-        blank_png(20000, 20000)
-    )  # 0.5 MB of base64; decoded in RGB, 1.2 GB
+    # 0.5 MB of base64; decoded in RGB, 1.2 GB
+    (tmp_path / "huge.png").write_bytes(blank_png(20000, 20000))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PETLOC_")}
     proc = subprocess.run(
         [sys.executable, "-c", HUGE_PNG_REQUEST, str(tmp_path / "huge.png")],
@@ -279,9 +277,8 @@ def test_a_large_photo_is_shrunk_but_boxed_in_its_own_pixels(tiny_pyfunc):
     from petloc.data.images import decode_rgb
 
     [direct] = tiny_pyfunc.predictor.predict([decode_rgb(data)])
-    assert served["box"] == pytest.approx(
-        direct.to_dict()["box"], abs=15
-    )  # 0.5% of 3000 px: resampling only
+    # 0.5% of 3000 px: resampling only
+    assert served["box"] == pytest.approx(direct.to_dict()["box"], abs=15)
 
 
 def test_served_phone_photo_is_upright_and_a_repaired_jpeg_is_answered_with_a_warning(tiny_pyfunc):
@@ -352,9 +349,8 @@ def test_petloc_serve_refuses_an_unknown_model_in_one_line(tmp_path):
 def test_petloc_serve_answers_from_the_project_folder_and_stops_on_sigterm(champion):
     root, data = champion
     port = free_port()
-    env = {
-        k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"
-    }  # the project's own store
+    # the project's own store
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     petloc = str(Path(sys.executable).with_name("petloc"))
     proc = serve_until_answering(
         [petloc, "serve", "petloc@champion", "--port", str(port)],
@@ -372,9 +368,8 @@ def test_petloc_serve_answers_from_the_project_folder_and_stops_on_sigterm(champ
         assert not (root / "mlflow.db").exists()  # MLflow's default store was never made
         proc.send_signal(signal.SIGTERM)  # to petloc alone, as `kill PID` sends it
         proc.wait(timeout=60)
-        deadline = (
-            time.monotonic() + 30
-        )  # its worker ends on its own signal, after finishing requests
+        # its worker ends on its own signal, after finishing requests
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
@@ -428,9 +423,8 @@ def test_a_downloaded_model_serves_outside_the_project_without_petlocs_source(ch
         capture_output=True,
         text=True,
     )
-    assert (
-        "No module named 'petloc'" in cannot.stderr
-    )  # the isolation holds: no petloc but the model's
+    # the isolation holds: no petloc but the model's
+    assert "No module named 'petloc'" in cannot.stderr
     port = free_port()
     cmd = [
         sys.executable,

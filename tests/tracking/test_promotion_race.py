@@ -69,9 +69,8 @@ def test_racing_promotions_leave_the_champion_on_the_best_model(tmp_path, monkey
         if r % 2 == 0:  # even rounds race against an old champion, odd ones for the first one
             _old_champion(client, name, _finished_run(client, experiment_id, 0.5))
         ranked = [_finished_run(client, experiment_id, miou) for miou in scores]
-        turn = (
-            ranked[r % RACERS :] + ranked[: r % RACERS]
-        )  # the best run is promoted by each racer in turn
+        # the best run is promoted by each racer in turn
+        turn = ranked[r % RACERS :] + ranked[: r % RACERS]
         rounds.append((name, turn, ranked[-1]))
 
     spawn = multiprocessing.get_context("spawn")  # TensorFlow and fork do not mix

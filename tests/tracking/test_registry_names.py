@@ -111,9 +111,8 @@ def test_models_lists_every_name_other_tools_made(project):
     assert result.exit_code == 0
     listed = {row["name"] for row in list_versions()}
     assert {"o'brien", 'say "hi"', "a_b", "axb", "100%", "ünïcødé 名前", "tab\\there"} <= listed
-    assert (
-        "tab\\there" in result.output and "tab\there" not in result.output
-    )  # a control character cannot forge output
+    # a control character cannot forge output
+    assert "tab\\there" in result.output and "tab\there" not in result.output
 
 
 def test_the_versions_of_a_name_are_its_own_only(project):
@@ -167,9 +166,8 @@ def test_promote_registers_a_quoted_name_and_finds_it_again(project):
         == "already o'neil@champion (version 1)"
     )
     moved = invoke("promote", project.run_id, "--name", "o'neil", "--alias", "best", "--force")
-    assert moved.output.strip().startswith(
-        "o'neil@best is now version 1"
-    )  # the run is not registered twice
+    # the run is not registered twice
+    assert moved.output.strip().startswith("o'neil@best is now version 1")
     assert [str(v.version) for v in versions_of("o'neil")] == ["1"]
     assert "o'neil" in invoke("models").output
 

@@ -45,9 +45,8 @@ def test_train_promote_predict_through_the_server(postgres_uri, tmp_path, monkey
         assert {"curves.png", "experiment.json"} <= listed
         curves = Path(client.download_artifacts(run_id, "curves.png", str(tmp_path)))
         assert curves.read_bytes().startswith(b"\x89PNG")  # read back through the server
-        assert list(
-            (tmp_path / "server-artifacts").rglob("curves.png")
-        )  # kept by the server, not by us
+        # kept by the server, not by us
+        assert list((tmp_path / "server-artifacts").rglob("curves.png"))
 
         assert "petloc-quick@champion" in invoke("promote", run_id).output
         picture = tmp_path / "photo.png"

@@ -65,9 +65,8 @@ def test_training_and_validation_sides_are_mlflow_datasets(trained):
     assert (train.name, val.name) == ("photos-training", "photos-validation")
     assert train.digest != val.digest and len(train.digest) == 16
     assert json.loads(train.source)["uri"].endswith("/photos")
-    assert [t.value for t in inputs["training"].tags if t.key == "images"] == [
-        "18"
-    ]  # 24 photos, val_split 0.25
+    # 24 photos, val_split 0.25
+    assert [t.value for t in inputs["training"].tags if t.key == "images"] == ["18"]
     assert run.data.tags["dataset_digest"]  # petloc's own digest stays
 
 
@@ -121,9 +120,8 @@ def test_reproduce_reruns_a_run_from_what_it_logged(trained):
 def test_reproduce_refuses_when_the_code_or_data_differ(trained):
     root, _client, run = trained
     (root / "notes.txt").write_text("v3\n")
-    git(
-        root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "second"
-    )  # another commit
+    # another commit
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "second")
     try:
         with (
             in_project(root),
@@ -190,6 +188,5 @@ def test_runs_logging_the_same_new_dataset_at_once_all_log_it(tmp_path, store, r
         mlflow.set_tracking_uri(before)
     assert not failures, failures[:3]
     for run_id in run_ids:
-        assert (
-            len(client.get_run(run_id).inputs.dataset_inputs) == 2
-        )  # training and validation, each once
+        # training and validation, each once
+        assert len(client.get_run(run_id).inputs.dataset_inputs) == 2

@@ -88,9 +88,8 @@ def test_a_trial_s_checkpoint_goes_up_and_comes_back(sweep, tmp_path):
     run_id = record.trial_run("3", "trial-3", {})
     weights = tmp_path / "weights.weights.h5"
     weights.write_bytes(b"weights")
-    assert (
-        record.download_checkpoint("3", weights.name, tmp_path / "none") is None
-    )  # not FINISHED, nothing up
+    # not FINISHED, nothing up
+    assert record.download_checkpoint("3", weights.name, tmp_path / "none") is None
     record.upload_checkpoint(run_id, weights)
     client.set_terminated(run_id)
     (tmp_path / "back").mkdir()
@@ -111,6 +110,5 @@ def test_a_chief_is_live_while_it_beats(sweep):
         "10.0.0.7:8470",
         record.started(),
     )
-    assert (
-        SweepRecord.live_chiefs(exp.model_copy(update={"name": "other"})) == []
-    )  # another sweep's chief
+    # another sweep's chief
+    assert SweepRecord.live_chiefs(exp.model_copy(update={"name": "other"})) == []

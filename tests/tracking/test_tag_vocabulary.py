@@ -30,9 +30,8 @@ def classifier() -> keras.Model:
     )
 
 
-@pytest.mark.parametrize(
-    "kind_tag", ["petloc_kind", "petloc.kind"]
-)  # an older petloc's spelling, and today's
+# an older petloc's spelling, and today's
+@pytest.mark.parametrize("kind_tag", ["petloc_kind", "petloc.kind"])
 def test_a_pretrained_classifier_is_promoted_and_used_as_a_backbone_under_either_spelling(
     client, kind_tag
 ):

@@ -75,9 +75,8 @@ def test_runs_and_artifacts_go_through_the_server_to_postgres(postgres_uri, tmp_
         client.set_terminated(run.info.run_id)
 
         stored = client.get_run(run.info.run_id)
-        assert stored.info.artifact_uri.startswith(
-            "mlflow-artifacts:/"
-        )  # clients never touch the server's disk
+        # clients never touch the server's disk
+        assert stored.info.artifact_uri.startswith("mlflow-artifacts:/")
         assert stored.data.params == {"backbone": "simple"} and stored.data.metrics == {
             "val/miou": 0.5
         }
@@ -86,9 +85,8 @@ def test_runs_and_artifacts_go_through_the_server_to_postgres(postgres_uri, tmp_
         assert Path(copy).read_text() == "logged through the server"
     [kept] = artifacts.rglob("note.txt")  # the server wrote it under --artifacts
     assert kept.read_text() == "logged through the server"
-    assert MlflowClient(postgres_uri).get_run(run.info.run_id).data.params == {
-        "backbone": "simple"
-    }  # in PostgreSQL
+    # in PostgreSQL
+    assert MlflowClient(postgres_uri).get_run(run.info.run_id).data.params == {"backbone": "simple"}
 
 
 @pytest.mark.slow  # a tracking server
@@ -115,9 +113,8 @@ def test_default_store_then_sigterm_stops_server_and_workers(tmp_path):
         assert (tmp_path / "mlruns" / "mlflow.db").is_file()  # the project's store by default
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=60)
-        with (
-            socket.socket() as probe
-        ):  # no web worker left listening (closed connections may linger: REUSEADDR)
+        # no web worker left listening (closed connections may linger: REUSEADDR)
+        with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
     finally:
@@ -190,15 +187,13 @@ def test_outage_of_half_a_minute_is_ridden_out_and_a_longer_one_fails_within_two
     stopped = time.monotonic()
     caller.start()
     time.sleep(20)
-    with tracking_server(
-        postgres_uri, artifacts, port=port
-    ):  # back after 20 s and the restart's 10-30 s
+    # back after 20 s and the restart's 10-30 s
+    with tracking_server(postgres_uri, artifacts, port=port):
         caller.join(timeout=120)
         outage = time.monotonic() - stopped
         assert outcome["seconds"] > 25  # the call waited for the server...
-        assert [m.value for m in client.get_metric_history(run_id, "val/miou")] == [
-            0.5
-        ]  # ...and landed once
+        # ...and landed once
+        assert [m.value for m in client.get_metric_history(run_id, "val/miou")] == [0.5]
     start = time.monotonic()
     with pytest.raises(MlflowException, match="Max retries exceeded"):
         client.log_batch(run_id, metrics=[Metric("val/miou", 0.6, int(time.time() * 1000), 2)])
@@ -226,10 +221,8 @@ def test_host_names_the_server_refuses_are_one_line_and_allowed_hosts_admits_the
         assert api_status(uri, f"tracker.example:{port}") == 200
         assert api_status(uri, f"127.0.0.1:{port}") == 200  # MLflow's defaults stay
         assert api_status(uri, f"other.example:{port}") == 403
-    env = {
-        **petloc_env(),
-        "MLFLOW_SERVER_ALLOWED_HOSTS": "tracker.example:*",
-    }  # a user's own list: only that name
+    # a user's own list: only that name
+    env = {**petloc_env(), "MLFLOW_SERVER_ALLOWED_HOSTS": "tracker.example:*"}
     with (
         tracking_server(backend, tmp_path / "a", env=env) as uri,
         pytest.raises(PetlocError) as refused,

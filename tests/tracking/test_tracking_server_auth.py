@@ -96,9 +96,8 @@ def test_serving_other_machines_without_auth_or_no_auth_is_refused(tmp_path, hos
 def test_no_auth_said_out_loud_opens_the_door(tmp_path):
     with socket.create_server(("0.0.0.0", 0)) as taken, in_project(tmp_path):
         port = taken.getsockname()[1]
-        with pytest.raises(
-            PetlocError, match=f"port {port} on 0.0.0.0 is taken"
-        ):  # past the door: the next check
+        # past the door: the next check
+        with pytest.raises(PetlocError, match=f"port {port} on 0.0.0.0 is taken"):
             invoke("tracking-server", "--host", "0.0.0.0", "--no-auth", "--port", port)
 
 
@@ -112,9 +111,8 @@ def test_auth_without_the_admins_first_password_is_refused(tmp_path, no_credenti
         "in MLFLOW_AUTH_ADMIN_PASSWORD or with --admin-password-file FILE",
     ):
         invoke("tracking-server", "--auth", "--backend", backend, "--port", free_port())
-    assert (
-        set(Path(tempfile.gettempdir()).glob("petloc-auth-*.ini")) == configs
-    )  # petloc's basic_auth.ini removed
+    # petloc's basic_auth.ini removed
+    assert set(Path(tempfile.gettempdir()).glob("petloc-auth-*.ini")) == configs
 
 
 @pytest.mark.parametrize(
@@ -224,18 +222,16 @@ def test_nobody_without_a_password_gets_in_and_a_read_user_deletes_nothing(
         with pytest.MonkeyPatch.context() as mp:
             as_user(mp, READER, READER_PASSWORD)
             reader = MlflowClient(uri, registry_uri=uri)
-            assert (
-                reader.get_experiment(experiment_id).name == "team"
-            )  # READ: sees what others made...
+            # READ: sees what others made...
+            assert reader.get_experiment(experiment_id).name == "team"
             assert reader.get_registered_model("team-model").name == "team-model"
             for delete in (
                 lambda: reader.delete_experiment(experiment_id),
                 lambda: reader.delete_registered_model("team-model"),
                 lambda: reader.create_run(experiment_id),
             ):
-                with pytest.raises(
-                    MlflowException, match="error code 403"
-                ):  # ...and changes none of it
+                # ...and changes none of it
+                with pytest.raises(MlflowException, match="error code 403"):
                     delete()
         with pytest.MonkeyPatch.context() as mp:
             for name, value in admin_env.items():
@@ -272,9 +268,8 @@ def test_a_refused_client_is_one_line_before_anything_is_created(tmp_path, no_cr
         )
         with pytest.MonkeyPatch.context() as mp:
             as_user(mp, "admin", ADMIN_PASSWORD)
-            assert (
-                MlflowClient(uri).get_experiment_by_name("refused") is None
-            )  # nothing made on the server
+            # nothing made on the server
+            assert MlflowClient(uri).get_experiment_by_name("refused") is None
     assert (wrong.returncode, anonymous.returncode) == (2, 2)
     assert wrong.stderr.strip().splitlines() == [
         f"petloc: error: the tracking server at {uri} refused the credentials of admin "
@@ -407,9 +402,8 @@ def test_ui_beyond_this_machine_needs_no_auth_said_out_loud(tmp_path):
         ):
             invoke("ui", "--host", "0.0.0.0", "--port", free_port())
         assert not (tmp_path / "mlruns").exists()
-        with socket.create_server(
-            ("0.0.0.0", 0)
-        ) as taken:  # said: past the door, to the next check
+        # said: past the door, to the next check
+        with socket.create_server(("0.0.0.0", 0)) as taken:
             port = taken.getsockname()[1]
             with pytest.raises(PetlocError, match=f"port {port} on 0.0.0.0 is taken"):
                 invoke("ui", "--host", "0.0.0.0", "--no-auth", "--port", port)

@@ -191,9 +191,8 @@ def test_experiment_page_nests_the_trials_under_the_sweep_run_and_shows_their_me
     expect(trial_links).to_have_count(0)  # collapsed: trials are not top-level rows
     expect(page.get_by_text(f"{1 + len(app.trials)} matching runs")).to_be_visible()
 
-    page.get_by_role("gridcell", name="sweep-tiny").get_by_role(
-        "button"
-    ).click()  # the parent's expand toggle
+    # the parent's expand toggle
+    page.get_by_role("gridcell", name="sweep-tiny").get_by_role("button").click()
     names = sorted(t.info.run_name for t in app.trials)
     assert len(names) == 2 and all(n.startswith("trial-") for n in names)
     expect(trial_links).to_have_count(len(names))
@@ -224,9 +223,8 @@ def test_champion_trial_page_shows_metrics_parent_run_and_registered_model(app, 
         expect(value).to_have_text(re.compile(r"\d"))
         assert float(value.inner_text()) == pytest.approx(run.data.metrics[metric]), metric
     expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible()  # "Parent run"
-    expect(
-        page.get_by_role("link", name="petloc", exact=True)
-    ).to_be_visible()  # "Registered models"
+    # "Registered models"
+    expect(page.get_by_role("link", name="petloc", exact=True)).to_be_visible()
 
 
 def test_models_page_shows_petloc_with_the_champion_alias(app, page):
@@ -278,9 +276,8 @@ def test_the_pages_petloc_ui_prints_show_the_experiments_runs_not_mlflows_genai_
             timeout=FIRST_LOAD_MS
         )
         expect(page.get_by_text(f"{1 + len(app.trials)} matching runs")).to_be_visible()
-        expect(
-            page.get_by_role("link", name="Model registry")
-        ).to_be_visible()  # the "Model training" sidebar
+        # the "Model training" sidebar
+        expect(page.get_by_role("link", name="Model registry")).to_be_visible()
         expect(page.get_by_role("link", name="Judges")).to_have_count(0)  # not the GenAI one
 
         # The experiments list as MLflow shows it; "Model training" chosen once, the browser keeps it

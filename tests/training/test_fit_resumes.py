@@ -93,9 +93,8 @@ def test_the_best_epoch_before_a_stop_is_kept_unless_a_later_one_beats_it(
     tmp_path, after_the_stop, kept
 ):
     model = model_with(0.0)
-    epochs_of(
-        KeepBest("val_miou", str(tmp_path)), model, {1.0: 0.6, 2.0: 0.5}
-    )  # then the stop: no on_train_end
+    # then the stop: no on_train_end
+    epochs_of(KeepBest("val_miou", str(tmp_path)), model, {1.0: 0.6, 2.0: 0.5})
     resumed = KeepBest("val_miou", str(tmp_path))
     epochs_of(resumed, model, after_the_stop)
     resumed.on_train_end()
@@ -104,9 +103,8 @@ def test_the_best_epoch_before_a_stop_is_kept_unless_a_later_one_beats_it(
 
 def test_the_best_epoch_is_one_file_with_its_score_and_epoch(tmp_path):
     epochs_of(KeepBest("val_miou", str(tmp_path)), model_with(0.0), {1.0: 0.5, 2.0: 0.6, 3.0: 0.55})
-    assert [p.name for p in tmp_path.iterdir()] == [
-        BEST_EPOCH
-    ]  # no partial file left, no second file to pair up
+    # no partial file left, no second file to pair up
+    assert [p.name for p in tmp_path.iterdir()] == [BEST_EPOCH]
     assert best_epoch(tmp_path) == (pytest.approx(0.6), 2)
 
 
@@ -130,10 +128,8 @@ def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_wit
         fit_localiser(hp, data, data, epochs=4, callbacks=[stop], backup=str(backup))
     assert {p.name for p in backup.iterdir()} >= {BACKUP_WEIGHTS, BACKUP_STATE, BEST_EPOCH}
 
-    found, ends = (
-        [],
-        KeepBest.on_train_end,
-    )  # KeepBest must read the best epoch before the backup goes
+    # KeepBest must read the best epoch before the backup goes
+    found, ends = ([], KeepBest.on_train_end)
     monkeypatch.setattr(
         KeepBest,
         "on_train_end",
@@ -142,9 +138,8 @@ def test_a_fit_stopped_and_started_again_goes_on_from_the_weights_it_stopped_wit
     first = FirstEpoch()
     _model, history = fit_localiser(hp, data, data, epochs=4, callbacks=[first], backup=str(backup))
     assert first.epoch == 2 and len(history.history["loss"]) == 2 and found == [True]
-    assert (
-        first.steps == stop.steps > 0
-    )  # the optimizer's state came back too (its step drives the schedule)
+    # the optimizer's state came back too (its step drives the schedule)
+    assert first.steps == stop.steps > 0
     # With weight averaging the backup holds the average in the model (what was validated) and
     # the raw weights in the optimizer: the resumed epoch must train the raw ones, as the
     # uninterrupted fit would have.
@@ -170,9 +165,8 @@ def test_a_fit_stopped_after_its_last_epoch_ends_with_its_best_epoch_when_starte
     np.savez(backup / BEST_EPOCH, *best, score=np.float64(0.99), epoch=np.int64(1))
     first = FirstEpoch()
     model, history = fit_localiser(HP, data, data, epochs=2, callbacks=[first], backup=str(backup))
-    assert not hasattr(first, "epoch") and not history.history.get(
-        "loss"
-    )  # nothing left to train, and no error
+    # nothing left to train, and no error
+    assert not hasattr(first, "epoch") and not history.history.get("loss")
     for got, kept in zip(model.get_weights(), best, strict=True):
         np.testing.assert_array_equal(got, kept)
     assert not backup.exists()
@@ -216,23 +210,22 @@ def early_stopping_after(model, stop: ResumedEarlyStopping, scores: dict[int, fl
 
 def test_early_stopping_counts_its_patience_from_the_best_epoch_before_a_stop(tmp_path):
     model, scores = model_with(0.0), {0: 0.6, 1: 0.5, 2: 0.5, 3: 0.5, 4: 0.5}
-    assert (
-        early_stopping_after(model, ResumedEarlyStopping("val_miou", 3), scores) == 3
-    )  # a fit never stopped
-    epochs_of(
-        KeepBest("val_miou", str(tmp_path)), model, {1.0: 0.6, 2.0: 0.5, 3.0: 0.5}
-    )  # epochs 0-2, then the stop
+    # a fit never stopped
+    assert early_stopping_after(model, ResumedEarlyStopping("val_miou", 3), scores) == 3
+    # epochs 0-2, then the stop
+    epochs_of(KeepBest("val_miou", str(tmp_path)), model, {1.0: 0.6, 2.0: 0.5, 3.0: 0.5})
     resumed = {epoch: score for epoch, score in scores.items() if epoch >= 3}
     assert (
         early_stopping_after(model, ResumedEarlyStopping("val_miou", 3, str(tmp_path)), resumed)
         == 3
     )
+    # a new best
     assert (
         early_stopping_after(
             model, ResumedEarlyStopping("val_miou", 3, str(tmp_path)), {3: 0.7, 4: 0.5}
         )
         is None
-    )  # a new best
+    )
 
 
 class BackupClock(keras.callbacks.Callback):

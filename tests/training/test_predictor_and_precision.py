@@ -40,9 +40,8 @@ def model():
 
 
 def test_predictor_answers_as_model_predict_did(model):
-    images = [
-        photo(seed=i, w=40 + 7 * i, h=30 + 5 * i) for i in range(5)
-    ]  # several sizes, batches of 2, 2, 1
+    # several sizes, batches of 2, 2, 1
+    images = [photo(seed=i, w=40 + 7 * i, h=30 + 5 * i) for i in range(5)]
     resized = np.stack(
         [cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for im in images]
     ).astype(np.float32)
@@ -107,9 +106,8 @@ def test_precision_auto_is_the_default_and_resolves_by_the_cpus_bf16_units(tmp_p
         assert (
             parse_experiment({"name": "x", "train": {"precision": value}}).train.precision == value
         )
-        assert (
-            resolved_precision(value, 64) == value
-        )  # an explicit choice is kept whatever the CPU and size
+        # an explicit choice is kept whatever the CPU and size
+        assert resolved_precision(value, 64) == value
     with pytest.raises(PetlocError, match=r"train\.precision"):
         from petloc.config import load_experiment
 
@@ -124,9 +122,8 @@ def test_precision_auto_is_the_default_and_resolves_by_the_cpus_bf16_units(tmp_p
         (tmp_path / name).write_text(text)
     assert resolved_precision("auto", 128, tmp_path / "amx") == "mixed_bfloat16"
     assert resolved_precision("auto", 224, tmp_path / "avx512") == "mixed_bfloat16"
-    assert (
-        resolved_precision("auto", 64, tmp_path / "avx512") == "float32"
-    )  # measured slower at 64 px
+    # measured slower at 64 px
+    assert resolved_precision("auto", 64, tmp_path / "avx512") == "float32"
     assert resolved_precision("auto", 128, tmp_path / "none") == "float32"
     assert resolved_precision("auto", 128, tmp_path / "missing") == "float32"
 

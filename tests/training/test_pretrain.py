@@ -136,13 +136,11 @@ def test_bad_registered_backbone_is_one_line(pretrained, monkeypatch, args, mess
 def test_a_localiser_is_not_a_backbone(pretrained, monkeypatch):
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
-    monkeypatch.setenv(
-        "MLFLOW_TRACKING_URI", f"sqlite:///{root}/elsewhere/mlflow.db"
-    )  # for petloc promote
+    # for petloc promote
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/elsewhere/mlflow.db")
     trained = invoke("train", exp)
-    assert (
-        invoke("promote", run_id_of(trained.output)).exit_code == 0
-    )  # petloc@champion, a localiser
+    # petloc@champion, a localiser
+    assert invoke("promote", run_id_of(trained.output)).exit_code == 0
     with pytest.raises(
         PetlocError, match="registered:petloc@champion is not a network from petloc pretrain"
     ):
