@@ -5,16 +5,17 @@ around the blocks is kept)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import platform
 import re
 import shutil
-import tempfile
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,7 +37,10 @@ def cpu_flags() -> list[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
-    return next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
 
 
 def bf16_units() -> list[str]:
@@ -45,10 +49,12 @@ def bf16_units() -> list[str]:
 
 def machine() -> str:
     model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration):
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     return f"{model}, {os.cpu_count()} cores, bf16 units: {', '.join(bf16_units()) or 'none'}"
 
 
@@ -74,27 +80,48 @@ def median_ms(run: Callable[[], object], repeats: int) -> float:
 
 
 def command() -> str:
-    return "python " + " ".join([str(Path(sys.argv[0]).relative_to(Path.cwd())) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]])
+    return "python " + " ".join(
+        [
+            str(Path(sys.argv[0]).relative_to(Path.cwd()))
+            if Path(sys.argv[0]).is_absolute()
+            else sys.argv[0],
+            *sys.argv[1:],
+        ]
+    )
 
 
 def write_block(name: str, title: str, body: str) -> None:
     """Replaces (or adds) benchmark `name`'s block in RESULTS.md: its title, the machine, the
     date and the command, then `body` (a markdown table and notes)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     took = round(time.monotonic() - STARTED)
-    block = (f"<!-- bench:{name} -->\n### {title}\n\n{stamp}, {machine()}, `{command()}`, {took // 60} min {took % 60:02d} s\n\n{body.strip()}\n"
-             f"<!-- /bench:{name} -->")
+    block = (
+        f"<!-- bench:{name} -->\n### {title}\n\n"
+        f"{stamp}, {machine()}, `{command()}`, {took // 60} min {took % 60:02d} s\n\n"
+        f"{body.strip()}\n"
+        f"<!-- /bench:{name} -->"
+    )
     text = RESULTS.read_text() if RESULTS.exists() else "# Measured results and their history\n"
     if BENCH_HEADING not in text:
-        text = text.rstrip() + f"\n\n{BENCH_HEADING}\n\nWritten by `make bench` (each script replaces its own block).\n"
+        text = (
+            text.rstrip()
+            + f"\n\n{BENCH_HEADING}\n\nWritten by `make bench` (each script replaces its own block).\n"
+        )
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block + "\n"
+    )
     RESULTS.write_text(text)
     print(block)
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -35,11 +35,36 @@ EPOCHS_A_FIT = 2
 
 # (what, hyperparameters, image size): the quick sweep's first trial and the real-photo file's.
 SETUPS = [
-    ("simple, 64 px, aug 0.4, batch 16 (quick.yaml's model; the file is at 48 px since stop 14)", Hyperparameters(backbone="simple", width=0.5, head_units=128, dropout=0.0,
-     box_loss="smooth_l1", box_loss_weight=5.0, aug_strength=0.4, batch_size=16), 64),
-    ("cats_dogs.yaml: simple_context + head crop, 128 px, aug 0.4, batch 16", Hyperparameters(
-        backbone="simple_context", width=0.5, head_units=128, dropout=0.0, box_head="centre", second_stage="head_crop",
-        box_loss="l1_giou", box_loss_weight=5.0, aug_strength=0.4, batch_size=16), 128),
+    (
+        "simple, 64 px, aug 0.4, batch 16 (quick.yaml's model; the file is at 48 px since stop 14)",
+        Hyperparameters(
+            backbone="simple",
+            width=0.5,
+            head_units=128,
+            dropout=0.0,
+            box_loss="smooth_l1",
+            box_loss_weight=5.0,
+            aug_strength=0.4,
+            batch_size=16,
+        ),
+        64,
+    ),
+    (
+        "cats_dogs.yaml: simple_context + head crop, 128 px, aug 0.4, batch 16",
+        Hyperparameters(
+            backbone="simple_context",
+            width=0.5,
+            head_units=128,
+            dropout=0.0,
+            box_head="centre",
+            second_stage="head_crop",
+            box_loss="l1_giou",
+            box_loss_weight=5.0,
+            aug_strength=0.4,
+            batch_size=16,
+        ),
+        128,
+    ),
 ]
 
 
@@ -62,8 +87,14 @@ def preparation(files: list[str], what: str) -> tuple[list[list], Path]:
     load_arrays(root, 128, cache_dir=cache)
     again = time.perf_counter() - start
     per_1000 = 1000 / len(arrays)
-    return [[f"preparing a dataset, first run / cached run, per 1,000 photos ({what}, 128 px)",
-             f"{first * per_1000:.1f} / {again * per_1000:.2f} s", f"{first / again:.0f}x", "reported"]], root
+    return [
+        [
+            f"preparing a dataset, first run / cached run, per 1,000 photos ({what}, 128 px)",
+            f"{first * per_1000:.1f} / {again * per_1000:.2f} s",
+            f"{first / again:.0f}x",
+            "reported",
+        ]
+    ], root
 
 
 class Timer(keras.callbacks.Callback):
@@ -88,15 +119,19 @@ class Timer(keras.callbacks.Callback):
         self.steps.append(time.perf_counter() - self.step_start)
 
 
-def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, before: bool = False) -> list[list]:
+def epoch_ratio(
+    what: str, hp: Hyperparameters, size: int, arrays, rounds: int, before: bool = False
+) -> list[list]:
     """Epochs as petloc's `fit` runs them (the batches repeated, one iterator a fit), `epochs`
     a fit, the sides taking turns; `before` (--before): also the pipeline with an iterator an
     epoch, as until stop 15 (its figures are in RESULTS.md's stop-15 notes; `make bench` leaves it out)."""
-    precision = resolved_precision("auto", size)  # the precision a run trains in here (train.precision: auto)
+    # the precision a run trains in here (train.precision: auto)
+    precision = resolved_precision("auto", size)
     with dtype_policy(precision):
         model = compile_model(build_model(hp, size), hp)
     piped = train_batches(arrays, hp.batch_size, hp.aug_strength, seed=0)
-    in_memory = [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in piped]  # one augmented epoch, held as arrays
+    # one augmented epoch, held as arrays
+    in_memory = [(x.numpy(), {k: v.numpy() for k, v in y.items()}) for x, y in piped]
     xs = np.concatenate([x for x, _ in in_memory])
     ys = {k: np.concatenate([y[k] for _, y in in_memory]) for k in ("cls", "box")}
     memory = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(hp.batch_size).cache()
@@ -109,25 +144,44 @@ def epoch_ratio(what: str, hp: Hyperparameters, size: int, arrays, rounds: int, 
     timers = {name: Timer() for name in feeds}
     for _ in range(rounds):
         for name, (ds, steps) in feeds.items():
-            model.fit(ds, epochs=EPOCHS_A_FIT, steps_per_epoch=steps, verbose=0, callbacks=[timers[name]])
+            model.fit(
+                ds, epochs=EPOCHS_A_FIT, steps_per_epoch=steps, verbose=0, callbacks=[timers[name]]
+            )
     epoch = {name: min(t.epochs) for name, t in timers.items()}
     step_ms = {name: 1000 * float(np.median(t.steps)) for name, t in timers.items()}
     # Each in-memory epoch beside the pipeline epoch of the same round (seconds apart): the
     # fastest epochs alone swung from 0.85 to 1.02 for the same code within an hour here.
-    paired = {name: float(np.median(np.array(timers["memory"].epochs) / np.array(t.epochs))) for name, t in timers.items()}
+    paired = {
+        name: float(np.median(np.array(timers["memory"].epochs) / np.array(t.epochs)))
+        for name, t in timers.items()
+    }
     rows = []
     for name in feeds:
         if name == "memory":
             continue
         share = epoch["memory"] / epoch[name]
         label = "petloc pipeline" if name == "pipeline" else f"petloc pipeline, {name} (before)"
-        rows += [[f"training epoch, in-memory batches / {label} ({what}, {precision}, {len(arrays)} images)",
-                  f"{epoch['memory']:.2f} / {epoch[name]:.2f} s", f"**{share:.3f}** of in-memory throughput",
-                  verdict(share, 0.95, at_most=False) if name == "pipeline" else "before"],
-                 [f"median training step, in-memory / {label} ({rounds} x {EPOCHS_A_FIT} epochs each)",
-                  f"{step_ms['memory']:.1f} / {step_ms[name]:.1f} ms", f"{step_ms['memory'] / step_ms[name]:.3f}", "check"],
-                 [f"median of the {rounds * EPOCHS_A_FIT} epoch pairs, each in-memory epoch / the {label} epoch of its round", "",
-                  f"{paired[name]:.3f}", "check"]]
+        rows += [
+            [
+                f"training epoch, in-memory batches / {label} ({what}, {precision}, {len(arrays)} images)",
+                f"{epoch['memory']:.2f} / {epoch[name]:.2f} s",
+                f"**{share:.3f}** of in-memory throughput",
+                verdict(share, 0.95, at_most=False) if name == "pipeline" else "before",
+            ],
+            [
+                f"median training step, in-memory / {label} ({rounds} x {EPOCHS_A_FIT} epochs each)",
+                f"{step_ms['memory']:.1f} / {step_ms[name]:.1f} ms",
+                f"{step_ms['memory'] / step_ms[name]:.3f}",
+                "check",
+            ],
+            [
+                f"median of the {rounds * EPOCHS_A_FIT} epoch pairs, each in-memory epoch / "
+                f"the {label} epoch of its round",
+                "",
+                f"{paired[name]:.3f}",
+                "check",
+            ],
+        ]
     return rows
 
 
@@ -138,7 +192,10 @@ def pipeline_cpu(what: str, hp: Hyperparameters, arrays, rounds: int) -> list[li
     `rounds` stretches of 3 epochs. CPU time, unlike an epoch's wall time, hardly moves with
     this machine's bursts."""
     sides = {"augmented": hp.aug_strength, "not augmented": 0.0}
-    running = {side: iter(train_batches(arrays, hp.batch_size, strength, seed=0).repeat()) for side, strength in sides.items()}
+    running = {
+        side: iter(train_batches(arrays, hp.batch_size, strength, seed=0).repeat())
+        for side, strength in sides.items()
+    }
     steps = -(-len(arrays) // hp.batch_size)
     for batches in running.values():
         for _ in range(steps):
@@ -151,16 +208,31 @@ def pipeline_cpu(what: str, hp: Hyperparameters, arrays, rounds: int) -> list[li
                 next(batches)
             best[side] = min(best[side], 1000 * (time.process_time() - start) / (3 * steps))
     aug, plain = best["augmented"], best["not augmented"]
-    return [[f"CPU time a training batch costs the pipeline alone, augmented / not augmented ({what})",
-             f"{aug:.2f} / {plain:.2f} ms", f"{aug / plain:.1f}x", "reported"]]
+    return [
+        [
+            f"CPU time a training batch costs the pipeline alone, augmented / not augmented ({what})",
+            f"{aug:.2f} / {plain:.2f} ms",
+            f"{aug / plain:.1f}x",
+            "reported",
+        ]
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=1000)
-    parser.add_argument("--epoch-photos", type=int, default=400, help="of those, how many the 128-px epoch trains on")
+    parser.add_argument(
+        "--epoch-photos",
+        type=int,
+        default=400,
+        help="of those, how many the 128-px epoch trains on",
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--before", action="store_true", help="also the pipeline before stop 15 (an iterator an epoch)")
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="also the pipeline before stop 15 (an iterator an epoch)",
+    )
     args = parser.parse_args()
     files, what = photo_files(args.photos)
     rows, root = preparation(files, what)
@@ -169,11 +241,15 @@ def main() -> None:
     data = {64: load_arrays(synth, 64, cache_dir=None), 128: load_arrays(root, 128, cache_dir=None)}
     data[128] = data[128].subset(np.arange(min(args.epoch_photos, len(data[128]))))
     for name, hp, size in SETUPS:
-        rows += epoch_ratio(name, hp, size, data[size], args.rounds, before=args.before and size == 64)
+        rows += epoch_ratio(
+            name, hp, size, data[size], args.rounds, before=args.before and size == 64
+        )
         rows += pipeline_cpu(name, hp, data[size], args.rounds)
     body = table(["what (A / B)", "A / B", "ratio", "goal"], rows) + (
-        f"\n\nThe 64-px epoch runs on 600 synthetic pets, the 128-px one on {len(data[128])} of the {what}. In-memory: the same epoch's "
-        "augmented batches, computed beforehand and held as arrays, so the model waits for nothing.")
+        "\n\nThe 64-px epoch runs on 600 synthetic pets, the 128-px one on "
+        f"{len(data[128])} of the {what}. In-memory: the same epoch's augmented batches, "
+        "computed beforehand and held as arrays, so the model waits for nothing."
+    )
     write_block("pipeline", "Input pipeline: `python benchmarks/pipeline_speed.py`", body)
 
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import psutil
 import tensorflow as tf
-from common import scratch, alternate, median_ms, table, verdict, write_block
+from common import alternate, median_ms, scratch, table, verdict, write_block
 from photos import photo_files
 
 from petloc.data.images import read_image
@@ -33,8 +33,17 @@ from petloc.training.predict import Predictor, predict_files
 
 # The real-photo champion's architecture (experiments/cats_dogs.yaml), random weights: the
 # champion itself is not in this machine's store.
-CHAMPION = Hyperparameters(backbone="simple_context", width=0.5, head_units=128, head_depth=1, dropout=0.0, box_head="centre",
-                           second_stage="head_crop", tta="flip", box_loss="l1_giou")
+CHAMPION = Hyperparameters(
+    backbone="simple_context",
+    width=0.5,
+    head_units=128,
+    head_depth=1,
+    dropout=0.0,
+    box_head="centre",
+    second_stage="head_crop",
+    tta="flip",
+    box_loss="l1_giou",
+)
 CHAMPION_SIZE = 128
 
 
@@ -45,11 +54,18 @@ def champion() -> keras.Model:
 def vgg16_localiser(size: int = 224, head_units: int = 128) -> keras.Model:
     """The original project's network: VGG16 (random weights) with the same two heads."""
     inputs = keras.Input((size, size, 3))
-    features = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3))(inputs)
+    features = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(size, size, 3)
+    )(inputs)
     pooled = keras.layers.GlobalAveragePooling2D()(features)
     hidden = keras.layers.Dense(head_units, activation="relu")(pooled)
-    return keras.Model(inputs, {"cls": keras.layers.Dense(2, activation="softmax", name="cls")(hidden),
-                                "box": keras.layers.Dense(4, activation="sigmoid", name="box")(hidden)})
+    return keras.Model(
+        inputs,
+        {
+            "cls": keras.layers.Dense(2, activation="softmax", name="cls")(hidden),
+            "box": keras.layers.Dense(4, activation="sigmoid", name="box")(hidden),
+        },
+    )
 
 
 def compiled_forward_ms(model: keras.Model, size: int, batch: int = 1, repeats: int = 30) -> float:
@@ -62,7 +78,9 @@ def compiled_forward_ms(model: keras.Model, size: int, batch: int = 1, repeats: 
 
 def batch1(model: keras.Model) -> list[list]:
     predictor = Predictor(model)
-    image = np.random.default_rng(0).integers(0, 256, (CHAMPION_SIZE, CHAMPION_SIZE, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(
+        0, 256, (CHAMPION_SIZE, CHAMPION_SIZE, 3), dtype=np.uint8
+    )
     x = image[None].astype(np.float32)
     forward = tf.function(lambda t: model(t, training=False))
     for _ in range(3):
@@ -74,8 +92,18 @@ def batch1(model: keras.Model) -> list[list]:
         ms["model.predict"].append(median_ms(lambda: model.predict(x, verbose=0), 1))
     raw, new, old = (float(np.median(ms[k])) for k in ("raw", "predictor", "model.predict"))
     return [
-        ["`Predictor.predict([image])` / raw compiled forward, batch 1", f"{new:.2f} / {raw:.2f} ms", f"**{new / raw:.2f}x**", verdict(new / raw, 1.2)],
-        ["before the fix: `model.predict` per call / raw forward", f"{old:.2f} / {raw:.2f} ms", f"{old / raw:.2f}x", verdict(old / raw, 1.2)],
+        [
+            "`Predictor.predict([image])` / raw compiled forward, batch 1",
+            f"{new:.2f} / {raw:.2f} ms",
+            f"**{new / raw:.2f}x**",
+            verdict(new / raw, 1.2),
+        ],
+        [
+            "before the fix: `model.predict` per call / raw forward",
+            f"{old:.2f} / {raw:.2f} ms",
+            f"{old / raw:.2f}x",
+            verdict(old / raw, 1.2),
+        ],
     ]
 
 
@@ -90,13 +118,30 @@ def naive_loop(model: keras.Model, files: list[str]) -> None:
 
 def folder(model: keras.Model, files: list[str], what: str, rounds: int) -> list[list]:
     predictor = Predictor(model)
-    best = alternate({"naive": lambda: naive_loop(model, files), "petloc": lambda: list(predict_files(predictor, files))}, rounds)
+    best = alternate(
+        {
+            "naive": lambda: naive_loop(model, files),
+            "petloc": lambda: list(predict_files(predictor, files)),
+        },
+        rounds,
+    )
     speedup = best["naive"] / best["petloc"]
     process = command_seconds(model, files)
-    return [[f"per-image `model.predict` loop / `predict_files` ({what}: decode + batch + forward)",
-             f"{best['naive']:.1f} / {best['petloc']:.1f} s", f"**{speedup:.1f}x faster**", verdict(speedup, 10, at_most=False)],
-            ["per-image `model.predict` loop (model loaded) / `petloc predict model.keras FILES --json` as a process (start-up and model load included)",
-             f"{best['naive']:.1f} / {process:.1f} s", f"{best['naive'] / process:.1f}x faster", "reported"]]
+    return [
+        [
+            f"per-image `model.predict` loop / `predict_files` ({what}: decode + batch + forward)",
+            f"{best['naive']:.1f} / {best['petloc']:.1f} s",
+            f"**{speedup:.1f}x faster**",
+            verdict(speedup, 10, at_most=False),
+        ],
+        [
+            "per-image `model.predict` loop (model loaded) / `petloc predict model.keras FILES "
+            "--json` as a process (start-up and model load included)",
+            f"{best['naive']:.1f} / {process:.1f} s",
+            f"{best['naive'] / process:.1f}x faster",
+            "reported",
+        ],
+    ]
 
 
 def command_seconds(model: keras.Model, files: list[str]) -> float:
@@ -104,8 +149,17 @@ def command_seconds(model: keras.Model, files: list[str]) -> float:
     folder = scratch("model")
     model.save(folder / "model.keras")
     start = time.perf_counter()
-    subprocess.run([str(Path(sys.executable).with_name("petloc")), "predict", str(folder / "model.keras"), *files, "--json"],
-                   capture_output=True, check=False)
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("petloc")),
+            "predict",
+            str(folder / "model.keras"),
+            *files,
+            "--json",
+        ],
+        capture_output=True,
+        check=False,
+    )
     return time.perf_counter() - start
 
 
@@ -130,15 +184,24 @@ def peak_rss_mb(run) -> float:
 
 def memory(files: list[str], many: int) -> list[list]:
     """Streaming does not depend on the model: a small one keeps this check short."""
-    predictor = Predictor(build_model(Hyperparameters(backbone="simple", width=0.25, head_units=16), 64))
-    repeated = [files[i % len(files)] for i in range(many)]  # the same files over again: the stream cannot tell
+    predictor = Predictor(
+        build_model(Hyperparameters(backbone="simple", width=0.25, head_units=16), 64)
+    )
+    # the same files over again: the stream cannot tell
+    repeated = [files[i % len(files)] for i in range(many)]
     start = time.perf_counter()
     small = peak_rss_mb(lambda: sum(1 for _ in predict_files(predictor, files)))
     large = peak_rss_mb(lambda: sum(1 for _ in predict_files(predictor, repeated)))
     seconds = time.perf_counter() - start
     growth = large - small
-    return [[f"peak memory, `predict_files` on {many:,} / on {len(files)} images", f"{large:.0f} / {small:.0f} MB",
-             f"{large / small:.2f}x (+{growth:.0f} MB)", f"{'flat' if large / small <= 1.1 else 'grows'} (small model, {seconds:.0f} s)"]]
+    return [
+        [
+            f"peak memory, `predict_files` on {many:,} / on {len(files)} images",
+            f"{large:.0f} / {small:.0f} MB",
+            f"{large / small:.2f}x (+{growth:.0f} MB)",
+            f"{'flat' if large / small <= 1.1 else 'grows'} (small model, {seconds:.0f} s)",
+        ]
+    ]
 
 
 def champion_vs_vgg16() -> list[list]:
@@ -148,8 +211,15 @@ def champion_vs_vgg16() -> list[list]:
         ms["ours"].append(compiled_forward_ms(ours, CHAMPION_SIZE, repeats=10))
         ms["vgg"].append(compiled_forward_ms(vgg, 224, repeats=5))
     a, b = min(ms["ours"]), min(ms["vgg"])
-    return [[f"champion architecture ({CHAMPION_SIZE} px, flip TTA, head crop) / VGG16 localiser (224 px), batch 1, random weights",
-             f"{a:.2f} / {b:.1f} ms", f"**{a / b:.3f}x**", verdict(a / b, 0.1) + "; champion val mIoU 0.726 (RESULTS.md above)"]]
+    return [
+        [
+            f"champion architecture ({CHAMPION_SIZE} px, flip TTA, head crop) / "
+            "VGG16 localiser (224 px), batch 1, random weights",
+            f"{a:.2f} / {b:.1f} ms",
+            f"**{a / b:.3f}x**",
+            verdict(a / b, 0.1) + "; champion val mIoU 0.726 (RESULTS.md above)",
+        ]
+    ]
 
 
 def main() -> None:
@@ -160,11 +230,18 @@ def main() -> None:
     args = parser.parse_args()
     model = champion()
     files, what = photo_files(args.files)
-    rows = batch1(model) + folder(model, files, what, args.rounds) + memory(files, args.many) + champion_vs_vgg16()
+    rows = (
+        batch1(model)
+        + folder(model, files, what, args.rounds)
+        + memory(files, args.many)
+        + champion_vs_vgg16()
+    )
     body = table(["what (A / B)", "A / B", "ratio", "goal"], rows) + (
-        "\n\nModel: the real-photo champion's architecture (`experiments/cats_dogs.yaml`: simple_context, centre box head, "
-        "head crop, flip TTA, 128 px) with random weights; the champion itself is not in this machine's store. "
-        "Times are medians of interleaved calls (batch 1) or the best of alternating rounds (folders).")
+        "\n\nModel: the real-photo champion's architecture (`experiments/cats_dogs.yaml`: "
+        "simple_context, centre box head, head crop, flip TTA, 128 px) with random weights; "
+        "the champion itself is not in this machine's store. "
+        "Times are medians of interleaved calls (batch 1) or the best of alternating rounds (folders)."
+    )
     write_block("predict", "Prediction: `python benchmarks/predict_speed.py`", body)
 
 

@@ -39,11 +39,20 @@ class SweepFigures:
     epochs: int  # epochs trained, all trials together
     wall_s: float  # the parent run's start to its last trial's end
     best: float
-    to_within_s: float  # start to the first trial end at which the best so far is within WITHIN of `best`
+    to_within_s: (
+        float  # start to the first trial end at which the best so far is within WITHIN of `best`
+    )
 
     def row(self) -> list:
-        return [self.tuner, self.trials, self.epochs, f"{self.wall_s / 60:.1f}", f"{self.best:.3f}",
-                f"**{self.to_within_s / 60:.1f}**", f"{self.to_within_s / self.wall_s:.2f}"]
+        return [
+            self.tuner,
+            self.trials,
+            self.epochs,
+            f"{self.wall_s / 60:.1f}",
+            f"{self.best:.3f}",
+            f"**{self.to_within_s / 60:.1f}**",
+            f"{self.to_within_s / self.wall_s:.2f}",
+        ]
 
 
 def sweep_figures(tracking_uri: str) -> list[SweepFigures]:
@@ -56,9 +65,15 @@ def sweep_figures(tracking_uri: str) -> list[SweepFigures]:
         for parent in client.search_runs([experiment.experiment_id], "tags.`petloc.sweep` != ''"):
             if parent.data.tags.get("mlflow.parentRunId"):
                 continue  # a trial: its tags repeat the sweep's
-            trials = [r for r in client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-                      if "best_val_miou" in r.data.metrics and r.info.end_time
-                      and r.data.tags.get("trial_id") not in (FINAL_TRIAL, ENSEMBLE_TRIAL)]
+            trials = [
+                r
+                for r in client.search_runs(
+                    [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+                )
+                if "best_val_miou" in r.data.metrics
+                and r.info.end_time
+                and r.data.tags.get("trial_id") not in (FINAL_TRIAL, ENSEMBLE_TRIAL)
+            ]
             if trials:
                 found.append(figures_of(parent, trials))
     return found
@@ -75,26 +90,45 @@ def figures_of(parent, trials) -> SweepFigures:
             reached = run.info.end_time
     return SweepFigures(
         tuner=parent.data.params.get("tuner.kind", "?"),
-        trials=len(trials), epochs=int(sum(r.data.metrics.get("epochs_trained", 0) for r in trials)),
-        wall_s=(trials[-1].info.end_time - start) / 1000, best=best, to_within_s=(reached - start) / 1000,
+        trials=len(trials),
+        epochs=int(sum(r.data.metrics.get("epochs_trained", 0) for r in trials)),
+        wall_s=(trials[-1].info.end_time - start) / 1000,
+        best=best,
+        to_within_s=(reached - start) / 1000,
     )
 
 
 def run_sweep(project: Path, data: Path, image_size: int, overrides: list[str]) -> None:
     # The search alone: no final run, no ensemble at the end.
-    args = [sys.executable, "-m", "petloc", "sweep", "experiments/cats_dogs.yaml", f"data.path={data}",
-            f"data.image_size={image_size}", "tuner.final_epochs=0", "registry.ensemble=0", *overrides]
+    args = [
+        sys.executable,
+        "-m",
+        "petloc",
+        "sweep",
+        "experiments/cats_dogs.yaml",
+        f"data.path={data}",
+        f"data.image_size={image_size}",
+        "tuner.final_epochs=0",
+        "registry.ensemble=0",
+        *overrides,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True, timeout=3 * 3600)
+    done = subprocess.run(
+        args, cwd=project, env=env, capture_output=True, text=True, timeout=3 * 3600
+    )
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args[3:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(args[3:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED_PHOTOS)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--store", type=Path, help="report the sweeps already in this mlruns/ folder, run nothing")
+    parser.add_argument(
+        "--store", type=Path, help="report the sweeps already in this mlruns/ folder, run nothing"
+    )
     args = parser.parse_args()
     if args.store:
         for figures in sweep_figures(f"sqlite:///{args.store.resolve() / 'mlflow.db'}"):
@@ -105,9 +139,12 @@ def main() -> None:
     project = scratch("search")
     shutil.copytree(ROOT / "experiments", project / "experiments")
     # The photos decoded once, outside the timings (the decode cache is shared by both sweeps).
-    prepare = ("import sys; from petloc.config import load_experiment; from petloc.training.dataset import prepare_data; "
-               f"exp = load_experiment('experiments/cats_dogs.yaml', ['data.path={args.data}', 'data.image_size={args.image_size}']); "
-               "prepare_data(exp.data, exp.data.image_size, print)")
+    prepare = (
+        "import sys; from petloc.config import load_experiment; from petloc.training.dataset import prepare_data; "
+        "exp = load_experiment('experiments/cats_dogs.yaml', "
+        f"['data.path={args.data}', 'data.image_size={args.image_size}']); "
+        "prepare_data(exp.data, exp.data.image_size, print)"
+    )
     subprocess.run([sys.executable, "-c", prepare], cwd=project, check=True, capture_output=True)
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
     start = time.perf_counter()
@@ -115,19 +152,42 @@ def main() -> None:
     run_sweep(project, args.data, args.image_size, ["tracking.experiment=search-hyperband"])
     hyperband = sweep_figures(uri)[0]
     print(hyperband, flush=True)
-    max_epochs = load_experiment(project / "experiments/cats_dogs.yaml").train.epochs  # Hyperband's longest trial
+    # Hyperband's longest trial
+    max_epochs = load_experiment(project / "experiments/cats_dogs.yaml").train.epochs
     trials = max(1, round(hyperband.epochs / max_epochs))
     print(f"random search, {trials} trials of {max_epochs} epochs ...", flush=True)
-    run_sweep(project, args.data, args.image_size, ["tuner.kind=random", f"tuner.max_trials={trials}",
-                                                    "tracking.experiment=search-random", "--fresh"])
+    run_sweep(
+        project,
+        args.data,
+        args.image_size,
+        [
+            "tuner.kind=random",
+            f"tuner.max_trials={trials}",
+            "tracking.experiment=search-random",
+            "--fresh",
+        ],
+    )
     both = sorted(sweep_figures(uri), key=lambda f: f.tuner != "hyperband")
     rows = [f.row() for f in both]
-    body = table(["tuner", "trials", "epochs trained", "sweep min", "best val mIoU", f"min to within {WITHIN} of its best",
-                  "share of the sweep"], rows)
-    body += (f"\n\n`experiments/cats_dogs.yaml` on {args.data.name} photos of `{args.data.parent.name}` at {args.image_size} px, "
-             f"each sweep in a fresh store, the photos decoded once before; random search given Hyperband's budget in epochs "
-             f"({trials} trials of {max_epochs}). Both searches start from the same seed. Whole benchmark "
-             f"{(time.perf_counter() - start) / 60:.0f} min.")
+    body = table(
+        [
+            "tuner",
+            "trials",
+            "epochs trained",
+            "sweep min",
+            "best val mIoU",
+            f"min to within {WITHIN} of its best",
+            "share of the sweep",
+        ],
+        rows,
+    )
+    body += (
+        f"\n\n`experiments/cats_dogs.yaml` on {args.data.name} photos of "
+        f"`{args.data.parent.name}` at {args.image_size} px, each sweep in a fresh store, the "
+        "photos decoded once before; random search given Hyperband's budget in epochs "
+        f"({trials} trials of {max_epochs}). Both searches start from the same seed. Whole benchmark "
+        f"{(time.perf_counter() - start) / 60:.0f} min."
+    )
     write_block("search", "Search speed on real photos: Hyperband / random search", body)
 
 

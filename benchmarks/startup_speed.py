@@ -30,24 +30,55 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     folder = str(scratch("startup"))
-    (Path(folder) / "bad.yaml").write_text("name: x\ntrain:\n  epoch: 3\n")  # a typo: one line, exit 2
+    # a typo: one line, exit 2
+    (Path(folder) / "bad.yaml").write_text("name: x\ntrain:\n  epoch: 3\n")
     shutil.copy(EXPERIMENTS / "quick.yaml", folder)
     commands = {
         "`petloc --help`": [PETLOC, "--help"],
         "`petloc train bad.yaml` (mistyped key: one-line error)": [PETLOC, "train", "bad.yaml"],
-        "`petloc sweep quick.yaml space.backbone=nope` (unknown backbone: one-line error)":
-            [PETLOC, "sweep", "quick.yaml", "space.backbone=nope"],
-        "`petloc config quick.yaml space.box_loss=nope` (unknown box loss: one-line error)":
-            [PETLOC, "config", "quick.yaml", "space.box_loss=nope"],
-        "`petloc predict model.keras x.jpg --out missing/file` (bad --out: one line before the model loads)":
-            [PETLOC, "predict", "model.keras", "x.jpg", "--out", "bad.yaml/sub"],
+        "`petloc sweep quick.yaml space.backbone=nope` (unknown backbone: one-line error)": [
+            PETLOC,
+            "sweep",
+            "quick.yaml",
+            "space.backbone=nope",
+        ],
+        "`petloc config quick.yaml space.box_loss=nope` (unknown box loss: one-line error)": [
+            PETLOC,
+            "config",
+            "quick.yaml",
+            "space.box_loss=nope",
+        ],
+        "`petloc predict model.keras x.jpg --out missing/file` (bad --out: one line before the model loads)": [
+            PETLOC,
+            "predict",
+            "model.keras",
+            "x.jpg",
+            "--out",
+            "bad.yaml/sub",
+        ],
         "`python -c 'import tensorflow'`": [sys.executable, "-c", "import tensorflow"],
     }
-    best = {name: min(seconds(cmd, folder) for _ in range(args.rounds)) for name, cmd in commands.items()}
+    best = {
+        name: min(seconds(cmd, folder) for _ in range(args.rounds))
+        for name, cmd in commands.items()
+    }
     tf_import = best.pop("`python -c 'import tensorflow'`")
-    rows = [[f"{name} / `import tensorflow`", f"{t:.2f} / {tf_import:.2f} s", f"**{t / tf_import:.2f}x**",
-             "meets (< 0.5: no TensorFlow)" if t / tf_import < 0.5 else "misses (waits for TensorFlow)"] for name, t in best.items()]
-    write_block("startup", "Start-up: `python benchmarks/startup_speed.py`", table(["what (A / B)", "A / B", "ratio", "goal"], rows))
+    rows = [
+        [
+            f"{name} / `import tensorflow`",
+            f"{t:.2f} / {tf_import:.2f} s",
+            f"**{t / tf_import:.2f}x**",
+            "meets (< 0.5: no TensorFlow)"
+            if t / tf_import < 0.5
+            else "misses (waits for TensorFlow)",
+        ]
+        for name, t in best.items()
+    ]
+    write_block(
+        "startup",
+        "Start-up: `python benchmarks/startup_speed.py`",
+        table(["what (A / B)", "A / B", "ratio", "goal"], rows),
+    )
 
 
 if __name__ == "__main__":

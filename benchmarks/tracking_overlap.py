@@ -46,7 +46,14 @@ def main() -> None:
     experiment_id = runs.experiment_id("bench")
 
     def fit():
-        return fit_localiser(hp, data.train, data.val, exp.train.epochs, seed=exp.train.seed, precision=exp.train.precision)
+        return fit_localiser(
+            hp,
+            data.train,
+            data.val,
+            exp.train.epochs,
+            seed=exp.train.seed,
+            precision=exp.train.precision,
+        )
 
     with contextlib.redirect_stdout(io.StringIO()):
         model, history = fit()  # the previous trial, whose work is left to do
@@ -56,8 +63,13 @@ def main() -> None:
         """What a background thread could take over: as `training_runs.score_and_log` does it."""
         run_id = runs.create_run(experiment_id, "overlap")
         with runs.run_status(run_id), log.scratch_dir() as tmp:
-            files = {"gallery": save_rgb(gallery_image(data.val, pred, exp.tracking.gallery_images), Path(tmp) / "val_gallery.png"),
-                     "": plot_curves(history.history, Path(tmp) / "curves.png")}
+            files = {
+                "gallery": save_rgb(
+                    gallery_image(data.val, pred, exp.tracking.gallery_images),
+                    Path(tmp) / "val_gallery.png",
+                ),
+                "": plot_curves(history.history, Path(tmp) / "curves.png"),
+            }
             log.log_files(run_id, files)
             log.log_model(model, run_id)
 
@@ -94,14 +106,27 @@ def main() -> None:
     work = count * best["work"]
     serial = best["fit"] + work
     hidden = (serial - best["both"]) / work
-    rows = [["the next trial's fit alone", f"{best['fit']:.2f} s", ""],
-            ["the after-training work alone (curves, gallery, model logged)", f"{best['work']:.2f} s", ""],
-            [f"fit and the work {count} times, one after the other / the work in a thread during the fit",
-             f"{serial:.2f} / {best['both']:.2f} s", f"{serial / best['both']:.3f}x"],
-            ["share of the work the overlap hides (1 = free, 0 = none)", f"{hidden:.2f}", "reported"]]
+    rows = [
+        ["the next trial's fit alone", f"{best['fit']:.2f} s", ""],
+        [
+            "the after-training work alone (curves, gallery, model logged)",
+            f"{best['work']:.2f} s",
+            "",
+        ],
+        [
+            f"fit and the work {count} times, one after the other / the work in a thread during the fit",
+            f"{serial:.2f} / {best['both']:.2f} s",
+            f"{serial / best['both']:.3f}x",
+        ],
+        ["share of the work the overlap hides (1 = free, 0 = none)", f"{hidden:.2f}", "reported"],
+    ]
     print(*rows, sep="\n", flush=True)
-    write_block("overlap", "Tracking off the training thread: `python benchmarks/tracking_overlap.py`",
-                table(["what", "measured", "ratio"], rows) + f"\n\nBest of {args.rounds} rounds each, the three taking turns.")
+    write_block(
+        "overlap",
+        "Tracking off the training thread: `python benchmarks/tracking_overlap.py`",
+        table(["what", "measured", "ratio"], rows)
+        + f"\n\nBest of {args.rounds} rounds each, the three taking turns.",
+    )
 
 
 if __name__ == "__main__":

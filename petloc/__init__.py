@@ -1,8 +1,8 @@
 """petloc: find the head of a cat or dog in a photo, and the experiment framework around it.
 
-    import petloc
-    model = petloc.load_model("petloc@champion")   # or a .keras file, or models:/petloc/3
-    predictions = model.predict([rgb_image])         # label, score, box in the image's pixels
+import petloc
+model = petloc.load_model("petloc@champion")   # or a .keras file, or models:/petloc/3
+predictions = model.predict([rgb_image])         # label, score, box in the image's pixels
 """
 
 __version__ = "0.1.0"

@@ -25,7 +25,6 @@ from petloc.errors import COMMAND_ENV, PetlocError
 from petloc.quiet import hide_tensorflow_startup_log
 from petloc.search import DEFAULT_CHIEF_ADDRESS
 
-
 # As the experiment file bounds them (petloc.config), without importing it for --help.
 SEED = click.IntRange(0, 2**31 - 1)
 MAX_SYNTHETIC = 1_000_000
@@ -52,18 +51,23 @@ class FiniteFloat(click.FloatRange):
 
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="petloc", message="%(prog)s %(version)s")
-@click.option("--verbose", is_flag=True,
-              help="Also show TensorFlow's start-up log, Keras's own progress with every metric, and failed trials' tracebacks.")
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Also show TensorFlow's start-up log, Keras's own progress with every metric, and failed trials' tracebacks.",
+)
 def cli(verbose):
     """petloc: find the head of a cat or dog; sweep, track and pull the best model by name."""
-    logging.getLogger("petloc").setLevel(logging.DEBUG if verbose else logging.INFO)  # read by petloc.training.progress
+    # read by petloc.training.progress
+    logging.getLogger("petloc").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not TF_LOG_LEVEL_FROM_USER:
         # Quiet: TensorFlow's C++ errors too (such as "failed call to cuInit" on a machine
         # without a GPU); a real failure reaches Python as an exception.
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if verbose else "3"
     if not verbose:
         hide_tensorflow_startup_log()
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)  # its Python warnings (retracing notes)
+        # its Python warnings (retracing notes)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         # MLflow loads each model it logs to check it; Keras then warns that the optimizer's
         # state is not restored, which inference never needs.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -87,7 +91,9 @@ def train(experiment, overrides):
 
     run = train_run(exp, click.echo)
     click.echo(table([run.summary]))
-    click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({store.configure(exp.tracking.uri)})")
+    click.echo(
+        f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({store.configure(exp.tracking.uri)})"
+    )
     click.echo(f"model: runs:/{run.run_id}/model   browse: petloc ui")
 
 
@@ -137,17 +143,42 @@ def pretrain(experiment, overrides):
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--fresh", is_flag=True, help="Forget this sweep's earlier trials and start over.")
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="Run the trials in N worker processes on this machine, with a chief process holding the search.")
-@click.option("--chief", is_flag=False, flag_value="", default=None, metavar="[HOST:PORT]",
-              help="Alone: be the sweep's chief, which workers on other machines ask for trials. "
-                   "With --worker: the chief's address.")
-@click.option("--address", default=None, metavar="HOST:PORT",
-              help=f"Where the chief listens for workers (default {DEFAULT_CHIEF_ADDRESS}; 0.0.0.0:PORT for other machines).")
-@click.option("--worker", "worker_id", default=None, metavar="ID",
-              help="Be worker ID of the sweep whose chief runs at --chief HOST:PORT.")
-@click.option("--worker-timeout", type=FiniteFloat(10), default=300.0, show_default=True, metavar="SECONDS",
-              help="Chief: a worker not heard from this long has its trial marked failed.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Run the trials in N worker processes on this machine, with a chief process holding the search.",
+)
+@click.option(
+    "--chief",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[HOST:PORT]",
+    help="Alone: be the sweep's chief, which workers on other machines ask for trials. "
+    "With --worker: the chief's address.",
+)
+@click.option(
+    "--address",
+    default=None,
+    metavar="HOST:PORT",
+    help=f"Where the chief listens for workers (default {DEFAULT_CHIEF_ADDRESS}; 0.0.0.0:PORT for other machines).",
+)
+@click.option(
+    "--worker",
+    "worker_id",
+    default=None,
+    metavar="ID",
+    help="Be worker ID of the sweep whose chief runs at --chief HOST:PORT.",
+)
+@click.option(
+    "--worker-timeout",
+    type=FiniteFloat(10),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Chief: a worker not heard from this long has its trial marked failed.",
+)
 def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, worker_timeout):
     """Keras Tuner sweep over the experiment's space; every trial an MLflow run; the best promoted.
 
@@ -161,9 +192,13 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
 
     if worker_id is not None:
         if not chief or address or workers or fresh:
-            raise PetlocError("--worker ID needs --chief HOST:PORT, and takes neither --address, --workers nor --fresh")
+            raise PetlocError(
+                "--worker ID needs --chief HOST:PORT, and takes neither --address, --workers nor --fresh"
+            )
     elif workers is not None and (chief is not None or address):
-        raise PetlocError("--workers N starts its own chief on this machine; leave out --chief and --address")
+        raise PetlocError(
+            "--workers N starts its own chief on this machine; leave out --chief and --address"
+        )
     elif address and chief is None:
         raise PetlocError("--address is where a chief listens: use it with --chief")
 
@@ -173,9 +208,12 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
         from petloc.search.launcher import run_on_this_machine
         from petloc.tracking import store
 
-        store.configure(exp.tracking.uri)  # a refused password is one line here, not one per process
+        # a refused password is one line here, not one per process
+        store.configure(exp.tracking.uri)
 
-        sys.exit(run_on_this_machine(experiment, overrides, workers, fresh, worker_timeout, click.echo))
+        sys.exit(
+            run_on_this_machine(experiment, overrides, workers, fresh, worker_timeout, click.echo)
+        )
     if worker_id is not None:
         from petloc.search.distributed import run_worker
 
@@ -184,24 +222,40 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
     if chief is not None:
         from petloc.search.distributed import run_chief
 
-        result = run_chief(exp, chief or address or DEFAULT_CHIEF_ADDRESS, fresh, worker_timeout, click.echo)
+        result = run_chief(
+            exp, chief or address or DEFAULT_CHIEF_ADDRESS, fresh, worker_timeout, click.echo
+        )
     else:
         from petloc.search.sweep import run_sweep
 
         result = run_sweep(exp, fresh=fresh, say=click.echo)
     from petloc.search.summary import sweep_summary
 
-    for line in sweep_summary(exp.name, result, time.perf_counter() - start, f"{exp.registry.name}@{exp.registry.alias}"):
+    for line in sweep_summary(
+        exp.name, result, time.perf_counter() - start, f"{exp.registry.name}@{exp.registry.alias}"
+    ):
         click.echo(line)
 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--name", default=None, help="Registered model name (default: the registry.name of the run's experiment file).")
+@click.option(
+    "--name",
+    default=None,
+    help="Registered model name (default: the registry.name of the run's experiment file).",
+)
 @click.option("--alias", default="champion", show_default=True)
-@click.option("--force", is_flag=True, help="Move the alias even when the run is not better (or over the latency budget).")
-@click.option("--max-latency-ms", type=FiniteFloat(0, min_open=True), default=None,
-              help="Refuse a run whose batch-1 latency is over this budget.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Move the alias even when the run is not better (or over the latency budget).",
+)
+@click.option(
+    "--max-latency-ms",
+    type=FiniteFloat(0, min_open=True),
+    default=None,
+    help="Refuse a run whose batch-1 latency is over this budget.",
+)
 def promote(run_id, name, alias, force, max_latency_ms):
     """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force)."""
     from petloc.registry_names import check_alias, check_name
@@ -213,12 +267,16 @@ def promote(run_id, name, alias, force, max_latency_ms):
 
     store.configure()
     name = name or registry.registered_name_of(run_id)
-    click.echo(registry.promote(run_id, name, alias, force=force, max_latency_ms=max_latency_ms).reason)
+    click.echo(
+        registry.promote(run_id, name, alias, force=force, max_latency_ms=max_latency_ms).reason
+    )
 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--force", is_flag=True, help="Go on when the data or the code differ from the run's.")
+@click.option(
+    "--force", is_flag=True, help="Go on when the data or the code differ from the run's."
+)
 def reproduce(run_id, force):
     """Train RUN_ID (a training run or trial) again from what it logged, and compare.
 
@@ -241,15 +299,23 @@ def models():
 
     store.configure()
     rows = registry.list_versions()
-    click.echo(table(rows) if rows else "no registered models yet: run a sweep, or petloc promote RUN_ID")
+    click.echo(
+        table(rows) if rows else "no registered models yet: run a sweep, or petloc promote RUN_ID"
+    )
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Web server processes.")
-@click.option("--no-auth", "no_auth", is_flag=True,
-              help="Serve a --host beyond this machine without users: anyone who reaches it may change and delete every run.")
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(1), help="Web server processes."
+)
+@click.option(
+    "--no-auth",
+    "no_auth",
+    is_flag=True,
+    help="Serve a --host beyond this machine without users: anyone who reaches it may change and delete every run.",
+)
 def ui(host, port, workers, no_auth):
     """The MLflow UI on the project's store (mlruns/)."""
     from petloc.tracking.ui import serve_ui
@@ -260,29 +326,78 @@ def ui(host, port, workers, no_auth):
 
 
 @cli.command("tracking-server")
-@click.option("--backend", metavar="URI", help="Database of runs and models, e.g. postgresql://USER@HOST:5432/DB  [default: the project's sqlite:///mlruns/mlflow.db]")
-@click.option("--artifacts", metavar="DIR", help="Where the server keeps artifacts (a folder or s3://...); clients send them through the server  [default: mlruns/artifacts]")
-@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 serves other machines too (with --auth or --no-auth).")
+@click.option(
+    "--backend",
+    metavar="URI",
+    help="Database of runs and models, e.g. postgresql://USER@HOST:5432/DB  [default: the project's sqlite:///mlruns/mlflow.db]",
+)
+@click.option(
+    "--artifacts",
+    metavar="DIR",
+    help="Where the server keeps artifacts (a folder or s3://...); clients send them through the "
+    "server  [default: mlruns/artifacts]",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="0.0.0.0 serves other machines too (with --auth or --no-auth).",
+)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1), help="Web server processes.")
-@click.option("--allowed-hosts", metavar="NAMES", default="", help="Host names clients use besides localhost and IP addresses, comma-separated (with --host 0.0.0.0 this machine's name is allowed already).")
-@click.option("--auth/--no-auth", default=None,
-              help="Users, passwords and per-experiment and per-model permissions (MLflow's basic-auth app); "
-                   "one of the two is needed to serve beyond this machine.")
-@click.option("--admin-password-file", metavar="FILE",
-              help="With --auth: the admin user's first password (its first line); default: $MLFLOW_AUTH_ADMIN_PASSWORD.")
-@click.option("--auth-db", metavar="URI", help="With --auth: database of users and permissions  [default: basic_auth.db beside a SQLite store, else the backend's database]")
-@click.option("--default-permission", type=click.Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
-              default="READ", show_default=True,
-              help="With --auth: what a user may do with experiments and models others made, without a grant.")
-def tracking_server(backend, artifacts, host, port, workers, allowed_hosts, auth, admin_password_file, auth_db,
-                    default_permission):
+@click.option(
+    "--workers", default=4, show_default=True, type=click.IntRange(1), help="Web server processes."
+)
+@click.option(
+    "--allowed-hosts",
+    metavar="NAMES",
+    default="",
+    help="Host names clients use besides localhost and IP addresses, comma-separated (with "
+    "--host 0.0.0.0 this machine's name is allowed already).",
+)
+@click.option(
+    "--auth/--no-auth",
+    default=None,
+    help="Users, passwords and per-experiment and per-model permissions (MLflow's basic-auth app); "
+    "one of the two is needed to serve beyond this machine.",
+)
+@click.option(
+    "--admin-password-file",
+    metavar="FILE",
+    help="With --auth: the admin user's first password (its first line); default: $MLFLOW_AUTH_ADMIN_PASSWORD.",
+)
+@click.option(
+    "--auth-db",
+    metavar="URI",
+    help="With --auth: database of users and permissions  [default: basic_auth.db beside a "
+    "SQLite store, else the backend's database]",
+)
+@click.option(
+    "--default-permission",
+    type=click.Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
+    default="READ",
+    show_default=True,
+    help="With --auth: what a user may do with experiments and models others made, without a grant.",
+)
+def tracking_server(
+    backend,
+    artifacts,
+    host,
+    port,
+    workers,
+    allowed_hosts,
+    auth,
+    admin_password_file,
+    auth_db,
+    default_permission,
+):
     """An MLflow tracking server for many processes or machines (`mlflow server`, artifacts proxied)."""
     from petloc.tracking import server
     from petloc.tracking.auth import DEFAULT_PERMISSION, Auth
 
     if not auth and (admin_password_file or auth_db or default_permission != DEFAULT_PERMISSION):
-        raise PetlocError("--admin-password-file, --auth-db and --default-permission go with --auth")
+        raise PetlocError(
+            "--admin-password-file, --auth-db and --default-permission go with --auth"
+        )
     names = [name.strip() for name in allowed_hosts.split(",") if name.strip()]
     door = Auth(auth_db, default_permission, admin_password_file) if auth else auth
     server.serve(backend, artifacts, host, port, workers, names, door, say=click.echo)
@@ -308,13 +423,29 @@ def serve(model, host, port):
 @click.argument("data", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 @click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
-@click.option("--subset", type=click.Choice(["all", "train", "val"]), default="all", show_default=True,
-              help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).")
-@click.option("--val-split", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.15,
-              show_default=True)
-@click.option("--seed", type=SEED, default=0, show_default=True, help="The split's seed (data.seed).")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
-              help="flip: also average each photo with its mirror image (on top of what the model does).")
+@click.option(
+    "--subset",
+    type=click.Choice(["all", "train", "val"]),
+    default="all",
+    show_default=True,
+    help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).",
+)
+@click.option(
+    "--val-split",
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
+    default=0.15,
+    show_default=True,
+)
+@click.option(
+    "--seed", type=SEED, default=0, show_default=True, help="The split's seed (data.seed)."
+)
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    default="none",
+    show_default=True,
+    help="flip: also average each photo with its mirror image (on top of what the model does).",
+)
 def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
     """mIoU, IoU >= 0.5 share, accuracy and latency of MODEL on the dataset at DATA."""
     from petloc.model import TTA
@@ -322,7 +453,9 @@ def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
     from petloc.tracking.registry import load_localiser
     from petloc.training.evaluate import evaluate_dataset
 
-    figures, skipped = evaluate_dataset(TTA[tta](load_localiser(model)), data, on_bad, subset, val_split, seed)
+    figures, skipped = evaluate_dataset(
+        TTA[tta](load_localiser(model)), data, on_bad, subset, val_split, seed
+    )
     result = {"model": model, "data": str(data), "subset": subset, "tta": tta, **figures}
     if as_json:
         click.echo(json.dumps(result))
@@ -336,7 +469,11 @@ def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per image.")
-@click.option("--out", type=click.Path(), help="Write annotated copies of the images here (never over an existing file: x.png, x-2.png, ...).")
+@click.option(
+    "--out",
+    type=click.Path(),
+    help="Write annotated copies of the images here (never over an existing file: x.png, x-2.png, ...).",
+)
 def predict(model, images, as_json, out):
     """Class and head box for each image, one line each.
 
@@ -347,7 +484,8 @@ def predict(model, images, as_json, out):
     from petloc.data.images import max_image_bytes, max_image_pixels
     from petloc.training.gallery import writable_folder
 
-    folder = writable_folder(out) if out else None  # before TensorFlow and the model load: a mistake costs no wait
+    # before TensorFlow and the model load: a mistake costs no wait
+    folder = writable_folder(out) if out else None
     max_image_bytes(), max_image_pixels()  # a mistyped limit too
     from petloc.tracking.registry import load_predictor
     from petloc.training.predict import predict_files
@@ -385,7 +523,9 @@ def data():
 
 
 @data.command()
-@click.option("--out", default="data/synthetic", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out", default="data/synthetic", show_default=True, type=click.Path(file_okay=False)
+)
 @click.option("--count", default=1500, show_default=True, type=click.IntRange(1, MAX_SYNTHETIC))
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--size", default=128, show_default=True, type=click.IntRange(32, 1024))
@@ -401,15 +541,32 @@ def synth(out, count, seed, size):
 
 
 @data.command()
-@click.option("--out", default="data/oxford-iiit-pet", show_default=True, type=click.Path(file_okay=False))
-@click.option("--url", default=None, help="Base URL of the two archives (a mirror, or file:///folder/); default: the official site.")
-@click.option("--val-share", default=0.15, show_default=True,
-              type=FiniteFloat(0, 1, min_open=True, max_open=True))
+@click.option(
+    "--out", default="data/oxford-iiit-pet", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--url",
+    default=None,
+    help="Base URL of the two archives (a mirror, or file:///folder/); default: the official site.",
+)
+@click.option(
+    "--val-share",
+    default=0.15,
+    show_default=True,
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
+)
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--force", is_flag=True, help="Redo the conversion even when it is there.")
-@click.option("--md5", multiple=True, metavar="NAME=MD5", help="Expected MD5 of an archive on your mirror, instead of the official one (repeatable).")
 @click.option(
-    "--replace-foreign", is_flag=True, help="Replace an OUT/cats_dogs petloc did not make: moved aside to cats_dogs.old-<time>, not deleted."
+    "--md5",
+    multiple=True,
+    metavar="NAME=MD5",
+    help="Expected MD5 of an archive on your mirror, instead of the official one (repeatable).",
+)
+@click.option(
+    "--replace-foreign",
+    is_flag=True,
+    help="Replace an OUT/cats_dogs petloc did not make: moved aside to cats_dogs.old-<time>, not deleted.",
 )
 def oxford(out, url, val_share, seed, force, md5, replace_foreign):
     """Download the Oxford-IIIT Pet archives and convert the head boxes to the cats_dogs layout."""

@@ -8,13 +8,21 @@ the tuner, tracking and the registry. Unknown or mistyped keys are errors.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, Optional, Union
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from petloc import hyperparams
 from petloc.errors import PetlocError
@@ -22,7 +30,7 @@ from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
 from petloc.hyperparams import REGISTERED
 from petloc.registry_names import alias_problem, described, name_problem, parse_ref, printable
 
-Scalar = Union[bool, int, float, str, None]
+Scalar = bool | int | float | str | None
 
 
 class Strict(BaseModel):
@@ -58,7 +66,7 @@ class Range(Strict):
         return self
 
 
-Param = Union[Range, list[Scalar], Scalar]
+Param = Range | list[Scalar] | Scalar
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
 
@@ -79,11 +87,15 @@ def _check_type(name: str, value: Any) -> Any:
         # Any name MLflow may hold, whoever made it (the store says whether it exists).
         ref = value.removeprefix(REGISTERED)
         if parse_ref(ref) is None or ref.startswith("models:/"):
-            raise ValueError(f"backbone: {printable(value)!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION")
+            raise ValueError(
+                f"backbone: {printable(value)!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION"
+            )
         return value  # resolved when the model is built: the registry may be elsewhere
     registry = hyperparams.choices(name)
     if registry is not None and value not in registry:
-        raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}")
+        raise ValueError(
+            f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}"
+        )
     return value
 
 
@@ -244,8 +256,10 @@ class Experiment(Strict):
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not SAFE_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not a usable sweep name: letters, digits, '_', '.' and '-' only, "
-                             "starting with a letter, digit or '_', at most 100 characters")
+            raise ValueError(
+                f"{value!r} is not a usable sweep name: letters, digits, '_', '.' and '-' only, "
+                "starting with a letter, digit or '_', at most 100 characters"
+            )
         return value
 
     @field_validator("space")
@@ -254,7 +268,9 @@ class Experiment(Strict):
         checked = {}
         for name, value in space.items():
             if name not in hyperparams.DECLARED:
-                raise ValueError(f"unknown hyperparameter {name!r}; known: {', '.join(hyperparams.DECLARED)}")
+                raise ValueError(
+                    f"unknown hyperparameter {name!r}; known: {', '.join(hyperparams.DECLARED)}"
+                )
             if isinstance(value, list):
                 if not value:
                     raise ValueError(f"{name}: empty list of choices")
@@ -267,10 +283,12 @@ class Experiment(Strict):
         return checked
 
     @model_validator(mode="after")
-    def _xla_can_compile(self) -> "Experiment":
+    def _xla_can_compile(self) -> Experiment:
         stages = self.space.get("second_stage", [])
         if self.train.xla and "head_crop" in (stages if isinstance(stages, list) else [stages]):
-            raise ValueError("train.xla: XLA cannot compile second_stage head_crop (tf.image.crop_and_resize); set train.xla=false")
+            raise ValueError(
+                "train.xla: XLA cannot compile second_stage head_crop (tf.image.crop_and_resize); set train.xla=false"
+            )
         return self
 
     def fixed_hyperparameters(self) -> dict[str, Any]:
@@ -292,10 +310,16 @@ class Experiment(Strict):
         """`petloc config`'s lines: this experiment as an experiment file, every default filled
         in, and the hyperparameters `petloc train` uses as comments."""
         given = " with " + " ".join(overrides) if overrides else ""
-        lines = [f"# {source}{given}, every default filled in",
-                 yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False).rstrip(),
-                 "# petloc train uses these hyperparameters (the first choice of each list, the default or min of each range):"]
-        return lines + [f"#   {line}" for line in yaml.safe_dump(self.fixed_hyperparameters(), sort_keys=False).splitlines()]
+        lines = [
+            f"# {source}{given}, every default filled in",
+            yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False).rstrip(),
+            "# petloc train uses these hyperparameters (the first choice of each list, "
+            "the default or min of each range):",
+        ]
+        return lines + [
+            f"#   {line}"
+            for line in yaml.safe_dump(self.fixed_hyperparameters(), sort_keys=False).splitlines()
+        ]
 
 
 class _Loader(yaml.SafeLoader):
@@ -329,7 +353,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         try:
             node[leaf] = _yaml(text)
         except yaml.YAMLError as err:
-            raise PetlocError(f"override {item!r}: value is not valid YAML ({err.__class__.__name__})") from None
+            raise PetlocError(
+                f"override {item!r}: value is not valid YAML ({err.__class__.__name__})"
+            ) from None
     return raw
 
 

@@ -16,12 +16,15 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from petloc.errors import PetlocError
 
-SMALL_FILE_LIMIT = 1_000_000  # bytes: annotations, experiment files, petloc's own state (each a few KB)
+SMALL_FILE_LIMIT = (
+    1_000_000  # bytes: annotations, experiment files, petloc's own state (each a few KB)
+)
 _KINDS = (  # what a path that is not a regular file is, as users name it
     (stat.S_ISDIR, "is a folder, not a file"),
     (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file"),
@@ -50,13 +53,17 @@ def read_bounded(path: Path | str, limit: int, setting: str = "") -> bytes:
     return data
 
 
-def read_text_bounded(path: Path | str, limit: int = SMALL_FILE_LIMIT, encoding: str = "utf-8") -> str:
+def read_text_bounded(
+    path: Path | str, limit: int = SMALL_FILE_LIMIT, encoding: str = "utf-8"
+) -> str:
     """`read_bounded` decoded; undecodable bytes are `UnreadableFile` too."""
     data = read_bounded(path, limit)
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as err:
-        raise UnreadableFile(path, f"not {encoding.removesuffix('-sig')} text (byte {err.start})") from None
+        raise UnreadableFile(
+            path, f"not {encoding.removesuffix('-sig')} text (byte {err.start})"
+        ) from None
 
 
 def open_regular(path: Path | str, limit: int | None = None, setting: str = "") -> BinaryIO:
@@ -78,8 +85,12 @@ def open_regular(path: Path | str, limit: int | None = None, setting: str = "") 
         raise
 
 
-def check_regular(path: Path | str, limit: int | None = None, setting: str = "",
-                  look: Callable[[Any], os.stat_result] = os.stat) -> os.stat_result:
+def check_regular(
+    path: Path | str,
+    limit: int | None = None,
+    setting: str = "",
+    look: Callable[[Any], os.stat_result] = os.stat,
+) -> os.stat_result:
     """`UnreadableFile` unless `path` (a link followed) is a regular file of at most `limit` bytes."""
     try:
         info = look(path)
@@ -108,7 +119,8 @@ def _os_reason(err: OSError) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """`path` holds either its old content or all of `text`, whenever the process dies."""
-    atomic_write(path, lambda file: file.write(str.encode(text, "utf-8")))  # not text: a TypeError, as a text file gives
+    # not text: a TypeError, as a text file gives
+    atomic_write(path, lambda file: file.write(str.encode(text, "utf-8")))
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -118,7 +130,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     # A name of its own: two processes writing the same file never share a temp file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _mode_for(path))  # mkstemp's is 0600: others sharing the project could not read the file
+        # mkstemp's is 0600: others sharing the project could not read the file
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -140,7 +153,11 @@ def _mode_for(path: Path) -> int:
 
 def _umask() -> int:
     try:  # Linux says it without changing it
-        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Umask:"))
+        line = next(
+            line
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("Umask:")
+        )
         return int(line.split()[1], 8)
     except (OSError, StopIteration, ValueError, IndexError):
         mask = os.umask(0o022)
@@ -154,7 +171,9 @@ def inside(path: Path, root: Path) -> Path:
     path = Path(path)
     target = path.parent.resolve() / path.name if path.is_symlink() else path.resolve()
     if Path(root).resolve() not in target.parents:
-        raise PetlocError(f"{path}: refusing to touch it, it is not inside {root}, the folder petloc owns here")
+        raise PetlocError(
+            f"{path}: refusing to touch it, it is not inside {root}, the folder petloc owns here"
+        )
     return target
 
 
@@ -176,7 +195,8 @@ def exclusive_lock(path: Path, busy: str):
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.seek(0)
-            holder = file.read(64).strip()  # a process id; whatever else is there, a few bytes of it
+            # a process id; whatever else is there, a few bytes of it
+            holder = file.read(64).strip()
             raise PetlocError(f"{busy} (process {holder or '?'} holds {path})") from None
         file.seek(0)
         file.truncate()
@@ -206,7 +226,9 @@ def _lock_file(path: Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o666)
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o666
+        )
     except OSError as err:
         raise UnreadableFile(path, _os_reason(err)) from None
     try:

@@ -14,7 +14,15 @@ from typing import Any
 REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
 
 # The names of petloc.model's registries, in the order `petloc hyperparameters` lists them.
-BACKBONE_NAMES = ("simple", "simple_context", "small_resnet", "mobilenetv2", "efficientnetb0", "resnet50", "vgg16")
+BACKBONE_NAMES = (
+    "simple",
+    "simple_context",
+    "small_resnet",
+    "mobilenetv2",
+    "efficientnetb0",
+    "resnet50",
+    "vgg16",
+)
 BOX_HEAD_NAMES = ("dense", "centre")
 SECOND_STAGE_NAMES = ("none", "head_crop")
 BOX_LOSS_NAMES = ("mse", "l1", "smooth_l1", "giou", "l1_giou")
@@ -28,26 +36,72 @@ def _hp(default, doc: str, bounds: tuple | None = None, choices: tuple[str, ...]
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    backbone: str = _hp("simple", "feature extractor (or registered:NAME@ALIAS from petloc pretrain)", choices=BACKBONE_NAMES)
+    backbone: str = _hp(
+        "simple",
+        "feature extractor (or registered:NAME@ALIAS from petloc pretrain)",
+        choices=BACKBONE_NAMES,
+    )
     width: float = _hp(1.0, "width multiplier (filters; alpha for mobilenetv2)", bounds=(0.1, 4.0))
     weights: str = _hp("none", "none (random init), imagenet, or a local weights file")
-    image_size: int | None = _hp(None, "input side in pixels (default: data.image_size)", bounds=(32, 512))
-    aug_strength: float = _hp(0.3, "strength of box-aware augmentation, 0 = none", bounds=(0.0, 1.0))
-    aug_erase: float = _hp(0.0, "share of training images with a random patch outside the head box erased (random erasing), 0 = none", bounds=(0.0, 1.0))
+    image_size: int | None = _hp(
+        None, "input side in pixels (default: data.image_size)", bounds=(32, 512)
+    )
+    aug_strength: float = _hp(
+        0.3, "strength of box-aware augmentation, 0 = none", bounds=(0.0, 1.0)
+    )
+    aug_erase: float = _hp(
+        0.0,
+        "share of training images with a random patch outside the head box erased (random erasing), 0 = none",
+        bounds=(0.0, 1.0),
+    )
     head_units: int = _hp(128, "units of each dense layer in the heads", bounds=(1, 4096))
     head_depth: int = _hp(1, "dense layers in each head", bounds=(0, 8))
     dropout: float = _hp(0.2, "dropout after each dense head layer", bounds=(0.0, 0.9))
     box_loss: str = _hp("giou", "box loss", choices=BOX_LOSS_NAMES)
-    box_loss_weight: float = _hp(1.0, "weight of the box loss against the class loss", bounds=(0.0, 1000.0))
-    learning_rate: float = _hp(1e-3, "Adam's learning rate, cosine-decayed over the run", bounds=(1e-7, 1.0))
-    lr_warmup: float = _hp(0.0, "epochs of linear warm-up from 5% of learning_rate to it, before the cosine decay; 0 = none", bounds=(0.0, 100.0))
-    ema: float = _hp(0.0, "weight averaging: momentum of a moving average of the weights, which is validated and kept (e.g. 0.99); 0 = off", bounds=(0.0, 0.9999))
+    box_loss_weight: float = _hp(
+        1.0, "weight of the box loss against the class loss", bounds=(0.0, 1000.0)
+    )
+    learning_rate: float = _hp(
+        1e-3, "Adam's learning rate, cosine-decayed over the run", bounds=(1e-7, 1.0)
+    )
+    lr_warmup: float = _hp(
+        0.0,
+        "epochs of linear warm-up from 5% of learning_rate to it, before the cosine decay; 0 = none",
+        bounds=(0.0, 100.0),
+    )
+    ema: float = _hp(
+        0.0,
+        "weight averaging: momentum of a moving average of the weights, which is validated "
+        "and kept (e.g. 0.99); 0 = off",
+        bounds=(0.0, 0.9999),
+    )
     batch_size: int = _hp(32, "images per training step", bounds=(1, 1024))
-    label_smoothing: float = _hp(0.0, "label smoothing of the class loss: targets 1 - s/2 and s/2, so the class head stops pushing photos it already gets right to 0 and 1 (e.g. 0.1); 0 = off", bounds=(0.0, 0.5))
-    class_weight: str = _hp("none", "balanced: cats and dogs weigh the same in the class loss", choices=CLASS_WEIGHT_NAMES)
-    tta: str = _hp("none", "test-time augmentation baked into the logged model (flip: average with the mirror image)", choices=TTA_NAMES)
-    box_head: str = _hp("dense", "dense: corners from the flattened map; centre: heat-map centre + size", choices=BOX_HEAD_NAMES)
-    second_stage: str = _hp("none", "head_crop: the class head also sees the crop around the predicted head", choices=SECOND_STAGE_NAMES)
+    label_smoothing: float = _hp(
+        0.0,
+        "label smoothing of the class loss: targets 1 - s/2 and s/2, so the class head stops "
+        "pushing photos it already gets right to 0 and 1 (e.g. 0.1); 0 = off",
+        bounds=(0.0, 0.5),
+    )
+    class_weight: str = _hp(
+        "none",
+        "balanced: cats and dogs weigh the same in the class loss",
+        choices=CLASS_WEIGHT_NAMES,
+    )
+    tta: str = _hp(
+        "none",
+        "test-time augmentation baked into the logged model (flip: average with the mirror image)",
+        choices=TTA_NAMES,
+    )
+    box_head: str = _hp(
+        "dense",
+        "dense: corners from the flattened map; centre: heat-map centre + size",
+        choices=BOX_HEAD_NAMES,
+    )
+    second_stage: str = _hp(
+        "none",
+        "head_crop: the class head also sees the crop around the predicted head",
+        choices=SECOND_STAGE_NAMES,
+    )
     freeze_backbone: bool = _hp(False, "train only the heads (for a pretrained backbone)")
 
     @classmethod
@@ -62,7 +116,11 @@ DECLARED = {f.name: f for f in fields(Hyperparameters)}
 def kind(name: str) -> type:
     """The Python type a hyperparameter's values have (int for `int | None`)."""
     declared = DECLARED[name].type
-    return next(t for t in (bool, int, float, str) if declared is t or t in getattr(declared, "__args__", ()))
+    return next(
+        t
+        for t in (bool, int, float, str)
+        if declared is t or t in getattr(declared, "__args__", ())
+    )
 
 
 def default(name: str):
@@ -85,8 +143,17 @@ def rows() -> list[dict[str, Any]]:
     """The declaration as `petloc hyperparameters` shows it: one row per hyperparameter."""
     listed = []
     for name in DECLARED:
-        values = ", ".join(choices(name)) if choices(name) else (f"{bounds(name)[0]} .. {bounds(name)[1]}" if bounds(name) else "")
-        listed.append({"name": name, "type": kind(name).__name__,
-                       "default": "data.image_size" if default(name) is None else default(name),
-                       "values": values, "what": doc(name)})
+        options, limits = choices(name), bounds(name)
+        values = (
+            ", ".join(options) if options else (f"{limits[0]} .. {limits[1]}" if limits else "")
+        )
+        listed.append(
+            {
+                "name": name,
+                "type": kind(name).__name__,
+                "default": "data.image_size" if default(name) is None else default(name),
+                "values": values,
+                "what": doc(name),
+            }
+        )
     return listed

@@ -1,5 +1,5 @@
 """The private parts of Keras Tuner, Keras and MLflow that petloc still uses, each where no
-public API serves, and nowhere else: tests/test_library_internals.py checks each one and
+public API serves, and nowhere else: tests/package/test_library_internals.py checks each one and
 fails naming it when an upgrade moves it. Imports no petloc module; the libraries are
 imported inside the functions, so the served model and `petloc --help` load none they do not need.
 """
@@ -7,6 +7,7 @@ imported inside the functions, so the served model and `petloc --help` load none
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 # ---- Keras Tuner ------------------------------------------------------------------------------
@@ -16,18 +17,22 @@ class TunerHooks:
     """Mixed in before `keras_tuner.Tuner`: three private methods of its BaseTuner, overridden
     once here, behind public names a tuner may override."""
 
+    # BaseTuner's, which this class is mixed into (declared for the type checker only)
+    _run_and_update_trial: Callable[..., Any]
+
     def state_file(self) -> str | None:
         """The tuner's own state file; None: Keras Tuner's, named by KERASTUNER_TUNER_ID."""
         return None
 
     def _get_tuner_fname(self):
         # BaseTuner names the file by the tuner ID; no argument or public hook changes it.
-        return self.state_file() or super()._get_tuner_fname()
+        # BaseTuner, which comes after this mixin in the class, defines it
+        return self.state_file() or super()._get_tuner_fname()  # type: ignore[misc]
 
     def populate_initial_space(self) -> None:
         """Declares the search space in the oracle before the first trial (Keras Tuner's
         default builds the model to discover conditional hyperparameters)."""
-        super()._populate_initial_space()
+        super()._populate_initial_space()  # type: ignore[misc]  # BaseTuner's, after this mixin
 
     def _populate_initial_space(self):
         # Documented in Keras Tuner's source as "a subroutine for AutoKeras to override"; not public.
@@ -75,12 +80,14 @@ def take_from_retry_queue(oracle, trial_id: str) -> bool:
 def hyperband_iteration_trials(oracle) -> int:
     """The trials of one Hyperband iteration: every round of every bracket. Keras Tuner
     keeps this schedule in private methods of its HyperbandOracle."""
-    return sum(oracle._get_size(bracket, round_)
-               for bracket in range(oracle._get_num_brackets())
-               for round_ in range(oracle._get_num_rounds(bracket)))
+    return sum(
+        oracle._get_size(bracket, round_)
+        for bracket in range(oracle._get_num_brackets())
+        for round_ in range(oracle._get_num_rounds(bracket))
+    )
 
 
-def oracle_servicer() -> type:
+def oracle_servicer() -> Any:
     """Keras Tuner's gRPC service of a chief's oracle (keras_tuner.src.distribute.oracle_chief),
     for the chief to extend: its `start_server` neither returns nor takes another service."""
     from keras_tuner.src.distribute import oracle_chief
@@ -116,6 +123,7 @@ class _PatientStub:
             asked = kwargs.get("timeout")
             kwargs["timeout"] = self.seconds if asked is None else min(asked, self.seconds)
             return method(request, **kwargs)
+
         return call
 
 
@@ -133,6 +141,12 @@ class BackupHooks:
     """Mixed in before `keras.callbacks.BackupAndRestore`: its private `_save_model`, which
     writes the weights and then the training state, each in place, overridden once here
     behind a public name (the callback has no hook for how its files are written)."""
+
+    # BackupAndRestore's, which this class is mixed into (declared for the type checker only)
+    _current_epoch: int
+    _last_batch_seen: int
+    _weights_path: str
+    _training_metadata_path: str
 
     def write_backup(self, weights_path: str, state_path: str, state: dict[str, int]) -> None:
         """Writes the model's weights to `weights_path`, then `state` (Keras's epoch and batch)
@@ -162,7 +176,6 @@ def build_symbolically(model, batch_spec) -> bool:
     return True
 
 
-
 def all_layers(model) -> list[Any]:
     """Keras's own walk of a model's layers, the model first and tracked attributes included
     (a wrapped network); `model.layers` lists only the top level."""
@@ -187,4 +200,3 @@ def copy_code_paths(paths: list[str], path) -> str:
     from mlflow.utils.model_utils import _validate_and_copy_code_paths
 
     return _validate_and_copy_code_paths(paths, path)
-

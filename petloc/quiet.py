@@ -11,7 +11,6 @@ import re
 import sys
 import tempfile
 
-
 # TensorFlow's C++ start-up lines, written to file descriptor 2 while `import tensorflow` runs,
 # before TF_CPP_MIN_LOG_LEVEL applies (tensorflow/tensorflow#100442): absl's notice, then
 # glog-style INFO / WARNING lines (oneDNN, CUDA drivers, CPU features). Errors are kept.
@@ -56,7 +55,9 @@ class _QuietLoader(importlib.abc.Loader):
 
 def hide_tensorflow_startup_log() -> None:
     """TensorFlow, imported later by whichever command needs it, starts without its log lines."""
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+    if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path
+    ):
         sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 

@@ -22,11 +22,15 @@ from petloc.errors import PetlocError
 
 MAX_NAME_LENGTH = 256  # MLflow's registered_models.name is VARCHAR(256)
 MAX_ALIAS_LENGTH = 255  # MLflow's MAX_REGISTERED_MODEL_ALIAS_LENGTH
-ALIAS_CHARACTERS = re.compile(r"[\w-]+")  # MLflow's rule; fullmatch, as its `$` lets a final newline through
+# MLflow's rule; fullmatch, as its `$` lets a final newline through
+ALIAS_CHARACTERS = re.compile(r"[\w-]+")
 RESERVED_VERSION_ALIAS = re.compile(r"[vV]\d+")
-NOT_IN_NAMES = {"/": "MLflow forbids '/' in a name", ":": "MLflow forbids ':' in a name",
-                "@": "no '@' in a name: NAME@ALIAS would read two ways",
-                "?": "no '?' in a name: MLflow's models:/ URIs end the name there"}
+NOT_IN_NAMES = {
+    "/": "MLflow forbids '/' in a name",
+    ":": "MLflow forbids ':' in a name",
+    "@": "no '@' in a name: NAME@ALIAS would read two ways",
+    "?": "no '?' in a name: MLflow's models:/ URIs end the name there",
+}
 
 
 def printable(text: str) -> str:
@@ -99,7 +103,9 @@ class Ref:
     version: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.name}@{self.alias}" if self.alias is not None else f"{self.name}/{self.version}"
+        return (
+            f"{self.name}@{self.alias}" if self.alias is not None else f"{self.name}/{self.version}"
+        )
 
 
 def parse_ref(text: str) -> Ref | None:
@@ -113,7 +119,9 @@ def parse_ref(text: str) -> Ref | None:
         numbered = version.isdecimal() and version.isascii()
         return Ref(name, version=version) if numbered and _stored_name(name) else None
     name, at, alias = ref.rpartition("@")
-    return Ref(name, alias=alias) if at and alias and _stored_name(name) and "/" not in alias else None
+    return (
+        Ref(name, alias=alias) if at and alias and _stored_name(name) and "/" not in alias else None
+    )
 
 
 def _stored_name(name: str) -> bool:

@@ -51,10 +51,17 @@ def column(values: list) -> list[str]:
 
 
 def _numeric(values: list) -> bool:
-    return any(_is_numeric(v) for v in values) and all(_is_numeric(v) for v in values if v not in ("", None))
+    return any(_is_numeric(v) for v in values) and all(
+        _is_numeric(v) for v in values if v not in ("", None)
+    )
 
 
-def table(rows: list[dict], columns: list[str] | None = None, markdown: bool = False, same_decimals: bool = False) -> str:
+def table(
+    rows: list[dict],
+    columns: list[str] | None = None,
+    markdown: bool = False,
+    same_decimals: bool = False,
+) -> str:
     """`rows` aligned under their keys: numbers right, text left; Markdown when asked.
     `same_decimals` gives each column's numbers one count of decimals, for tables whose
     columns each hold one quantity (a leaderboard); else each cell keeps 4 significant digits."""
@@ -63,15 +70,20 @@ def table(rows: list[dict], columns: list[str] | None = None, markdown: bool = F
     columns = columns or list(rows[0])
     cell = column if same_decimals else (lambda values: [number(v) for v in values])
     by_column = [cell([row.get(c, "") for row in rows]) for c in columns]
-    cells = [list(row) for row in zip(*by_column)]
+    cells = [list(row) for row in zip(*by_column, strict=True)]
     right = [_numeric([row.get(c, "") for row in rows]) for c in columns]
     if markdown:
-        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+        lines = [
+            "| " + " | ".join(columns) + " |",
+            "|" + "|".join("---:" if r else "---" for r in right) + "|",
+        ]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
 
     def line(values):
-        return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
+        return "  ".join(
+            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
+        ).rstrip()
 
     return "\n".join([line(columns), *(line(row) for row in cells)])
 

@@ -31,8 +31,16 @@ from pathlib import Path
 
 import petloc
 from petloc import library_internals
-from petloc.data.images import (DEFAULT_MAX_ROWS, MAX_BYTES_SETTING, MAX_ROWS_SETTING, BadImage, decode_image,
-                                 max_image_bytes, max_image_pixels, positive_setting)
+from petloc.data.images import (
+    DEFAULT_MAX_ROWS,
+    MAX_BYTES_SETTING,
+    MAX_ROWS_SETTING,
+    BadImage,
+    decode_image,
+    max_image_bytes,
+    max_image_pixels,
+    positive_setting,
+)
 from petloc.errors import PetlocError
 from petloc.training.predict import Predictor
 
@@ -53,26 +61,41 @@ def save_model(keras_model, path, mlflow_model=None, **kwargs):
     mlflow_model.signature = signature()
     mlflow_model.metadata = {**(mlflow_model.metadata or {}), "petloc_version": petloc.__version__}
     with _quiet_keras_signature_warning(), _as_served(keras_model):
-        mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, pip_requirements=pip_requirements(), **kwargs)
+        mlflow.keras.save_model(
+            keras_model,
+            path,
+            mlflow_model=mlflow_model,
+            pip_requirements=pip_requirements(),
+            **kwargs,
+        )
     library_internals.save_input_example(mlflow_model, input_example(), path)
     code = library_internals.copy_code_paths([str(PACKAGE_DIR)], path)
-    pyfunc.add_to_model(mlflow_model, loader_module="petloc.serving", code=code, conda_env="conda.yaml", python_env="python_env.yaml")
+    pyfunc.add_to_model(
+        mlflow_model,
+        loader_module="petloc.serving",
+        code=code,
+        conda_env="conda.yaml",
+        python_env="python_env.yaml",
+    )
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
 def signature():
     """What the pyfunc takes and answers, as the MLflow UI and `mlflow models serve` read it."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
-    answer = [
+    answer: list[ColSpec | TensorSpec] = [
         ColSpec(DataType.string, "label", required=False),
         ColSpec(DataType.double, "score", required=False),
-        ColSpec(Array(DataType.double), "box", required=False),  # [x1, y1, x2, y2] in pixels of the image
+        # [x1, y1, x2, y2] in pixels of the image
+        ColSpec(Array(DataType.double), "box", required=False),
         ColSpec(DataType.string, "warning", required=False),
         ColSpec(DataType.string, "error", required=False),  # instead of label, score and box
     ]
-    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "image")]), outputs=Schema(answer))
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string, "image")]), outputs=Schema(answer)
+    )
 
 
 def input_example():
@@ -91,14 +114,18 @@ def pip_requirements() -> list[str]:
     return list(_pinned_requirements())
 
 
-@functools.cache  # the installed packages do not change in a process; reading their metadata slowed every trial's model logging
+# The installed packages do not change in a process; reading their metadata slowed every
+# trial's model logging.
+@functools.cache
 def _pinned_requirements() -> tuple[str, ...]:
     from packaging.requirements import Requirement
 
     try:
         declared = [Requirement(text) for text in importlib.metadata.requires("petloc") or []]
     except importlib.metadata.PackageNotFoundError:
-        raise PetlocError("cannot log a model: petloc is not installed (pip install -e .), so its dependencies are unknown") from None
+        raise PetlocError(
+            "cannot log a model: petloc is not installed (pip install -e .), so its dependencies are unknown"
+        ) from None
     runtime = [req for req in declared if req.marker is None or req.marker.evaluate({"extra": ""})]
     return tuple(f"{req.name}=={importlib.metadata.version(req.name)}" for req in runtime)
 
@@ -112,14 +139,18 @@ def _as_served(model):
     import keras
 
     # Keras's own walk of the layers (tracked attributes included), the model first.
-    compiled = [m for m in library_internals.all_layers(model) if isinstance(m, keras.Model) and getattr(m, "compiled", False)]
+    compiled = [
+        m
+        for m in library_internals.all_layers(model)
+        if isinstance(m, keras.Model) and getattr(m, "compiled", False)
+    ]
     optimizers = [m.optimizer for m in compiled]
     for m in compiled:
         m.optimizer, m.compiled = None, False  # what Keras's saving reads (keras==3.15.* is pinned)
     try:
         yield
     finally:
-        for m, optimizer in zip(compiled, optimizers):
+        for m, optimizer in zip(compiled, optimizers, strict=True):
             m.optimizer, m.compiled = optimizer, True
 
 
@@ -145,7 +176,8 @@ def _load_pyfunc(path):
 
     RequestLimits.from_environment()  # a mistyped setting stops the server at start, not at a request
     max_image_pixels()
-    return ImagePyfunc(Predictor(mlflow.keras.load_model(path)))  # a local folder: loaded in place, not copied
+    # a local folder: loaded in place, not copied
+    return ImagePyfunc(Predictor(mlflow.keras.load_model(path)))
 
 
 @dataclass(frozen=True)
@@ -156,7 +188,7 @@ class RequestLimits:
     image_bytes: int
 
     @classmethod
-    def from_environment(cls) -> "RequestLimits":
+    def from_environment(cls) -> RequestLimits:
         return cls(positive_setting(MAX_ROWS_SETTING, DEFAULT_MAX_ROWS), max_image_bytes())
 
 
@@ -171,19 +203,23 @@ class ImagePyfunc:
         `error` for an unreadable or over-limit image."""
         limits = RequestLimits.from_environment()
         rows = _rows(model_input, limits.rows)
-        results: list[dict | None] = [None] * len(rows)
+        results: list[dict] = [{} for _ in rows]  # each filled below
         decoded, where = [], []
         for i, row in enumerate(rows):
             if i >= limits.rows:
                 results[i] = _over_row_limit(limits.rows)
                 continue
             try:
-                decoded.append(decode_image(_image_bytes(row, limits.image_bytes), max_side=WORKING_SIDE))
+                decoded.append(
+                    decode_image(_image_bytes(row, limits.image_bytes), max_side=WORKING_SIDE)
+                )
                 where.append(i)
             except (BadImage, ValueError) as err:
                 results[i] = {"error": str(err)}
-        predictions = self.predictor.predict([d.pixels for d in decoded], sizes=[(d.width, d.height) for d in decoded])
-        for i, image, pred in zip(where, decoded, predictions):
+        predictions = self.predictor.predict(
+            [d.pixels for d in decoded], sizes=[(d.width, d.height) for d in decoded]
+        )
+        for i, image, pred in zip(where, decoded, predictions, strict=True):
             results[i] = pred.to_dict(image.warnings)
         return results
 
@@ -193,22 +229,30 @@ def _rows(model_input, limit: int) -> list:
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
-        return model_input.iloc[:limit].to_dict("records") + [None] * max(0, len(model_input) - limit)
+        return model_input.iloc[:limit].to_dict("records") + [None] * max(
+            0, len(model_input) - limit
+        )
     return list(model_input)
 
 
 def _over_row_limit(limit: int) -> dict:
-    return {"error": f"over the limit of {limit} rows per request ({MAX_ROWS_SETTING}): send this image in another request"}
+    return {
+        "error": f"over the limit of {limit} rows per request ({MAX_ROWS_SETTING}): send this image in another request"
+    }
 
 
 def _image_bytes(row, max_bytes: int) -> bytes:
     value = row.get("image") if isinstance(row, dict) else row
     if isinstance(value, str):
         if len(value.rstrip("=\r\n ")) * 3 // 4 > max_bytes:  # checked before the base64 is decoded
-            raise ValueError(f"image is over the limit of {max_bytes} bytes ({MAX_BYTES_SETTING}): {len(value)} characters of base64")
+            raise ValueError(
+                f"image is over the limit of {max_bytes} bytes ({MAX_BYTES_SETTING}): {len(value)} characters of base64"
+            )
         value = base64.b64decode(value, validate=False)
     if not isinstance(value, (bytes, bytearray)):
         raise ValueError("each row needs an 'image' field holding a base64-encoded JPEG or PNG")
     if len(value) > max_bytes:
-        raise ValueError(f"image is {len(value)} bytes, over the limit of {max_bytes} bytes ({MAX_BYTES_SETTING})")
+        raise ValueError(
+            f"image is {len(value)} bytes, over the limit of {max_bytes} bytes ({MAX_BYTES_SETTING})"
+        )
     return bytes(value)

@@ -38,7 +38,8 @@ def install() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGALRM, _on_alarm)
-    if sys.unraisablehook is not _raise_dropped_interrupt_again:  # installed twice, it would call itself
+    # installed twice, it would call itself
+    if sys.unraisablehook is not _raise_dropped_interrupt_again:
         _earlier_hook, sys.unraisablehook = sys.unraisablehook, _raise_dropped_interrupt_again
 
 
@@ -84,7 +85,11 @@ def pending() -> KeyboardInterrupt | None:
 
 
 def _interrupt(detail: str = "") -> KeyboardInterrupt:
-    return Terminated(f"signal {_stopped_by}{detail}") if _stopped_by == signal.SIGTERM else KeyboardInterrupt(detail.strip())
+    return (
+        Terminated(f"signal {_stopped_by}{detail}")
+        if _stopped_by == signal.SIGTERM
+        else KeyboardInterrupt(detail.strip())
+    )
 
 
 def _on_sigterm(signum, frame):
@@ -101,7 +106,8 @@ def _on_sigint(signum, frame):
     global _stopped_by
     again = _stopped_by is not None
     _stopped_by = _stopped_by or signum
-    if not _held or again:  # a second Ctrl+C does not wait for a held call (a tracking server retrying for a minute)
+    # a second Ctrl+C does not wait for a held call (a tracking server retrying for a minute)
+    if not _held or again:
         raise KeyboardInterrupt
 
 

@@ -72,7 +72,9 @@ def store_client(root: Path) -> MlflowClient:
 def children(client: MlflowClient, parent_id: str) -> list:
     """The trial runs of a sweep's parent run."""
     parent = client.get_run(parent_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
 
 
 # ---- running petloc -----------------------------------------------------------------------
@@ -103,7 +105,14 @@ def petloc_env() -> dict:
 
 def petloc_process(*args, cwd=None, env=None, timeout=300) -> subprocess.CompletedProcess:
     """`petloc ARGS` as a user runs it, in a new process: its exit code, stdout and stderr."""
-    return subprocess.run([*PETLOC, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*PETLOC, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---- pictures -----------------------------------------------------------------------------
@@ -117,7 +126,11 @@ def photo(seed: int = 0, w: int = 64, h: int = 48) -> np.ndarray:
 
 def encode(pixels: np.ndarray, ext: str = ".jpg", *params: int) -> bytes:
     """RGB (or gray, or OpenCV's BGRA) pixels as the bytes of an `ext` file."""
-    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 and pixels.shape[2] == 3 else pixels
+    bgr = (
+        cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+        if pixels.ndim == 3 and pixels.shape[2] == 3
+        else pixels
+    )
     ok, buffer = cv2.imencode(ext, bgr, list(params))
     assert ok
     return buffer.tobytes()
@@ -157,9 +170,13 @@ def blank_png(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     deflate, row = zlib.compressobj(9), bytes(width + 1)  # filter byte + a row of zeros
     body = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )

@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,9 @@ def postgres_bin() -> Path:
         subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True, env=env)
         found = _postgres_bin()
     if found is None:
-        pytest.skip("PostgreSQL is not installed (initdb not found) and installing it needs root: apt-get install postgresql")
+        pytest.skip(
+            "PostgreSQL is not installed (initdb not found) and installing it needs root: apt-get install postgresql"
+        )
     return found
 
 
@@ -79,7 +81,9 @@ class Postgres:
 
         name = name or f"petloc_{uuid.uuid4().hex[:12]}"
         # autocommit: CREATE DATABASE refuses to run inside a transaction
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True) as db:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as db:
             db.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
@@ -99,16 +103,50 @@ def postgres_server(durable: bool = False):
         options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     started = False
     try:
-        _run([*as_owner, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-              "--no-sync", "--no-instructions"], "initdb")
-        _run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
-             "pg_ctl start", log)
+        _run(
+            [
+                *as_owner,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            "initdb",
+        )
+        _run(
+            [
+                *as_owner,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            "pg_ctl start",
+            log,
+        )
         started = True
         yield Postgres(port, data)
     finally:
         if started:
-            subprocess.run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -132,22 +170,44 @@ def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         extra = log.read_text() if log and log.exists() else ""
-        pytest.fail(f"{what} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}\n{extra}", pytrace=False)
+        pytest.fail(
+            f"{what} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}\n{extra}",
+            pytrace=False,
+        )
 
 
 # ---- petloc tracking-server ---------------------------------------------------------------
 
 
 @contextmanager
-def tracking_server(backend_uri: str, artifacts_dir: Path, port: int | None = None, workers: int = 1,
-                    env: dict | None = None, options: tuple[str, ...] = ()):
+def tracking_server(
+    backend_uri: str,
+    artifacts_dir: Path,
+    port: int | None = None,
+    workers: int = 1,
+    env: dict | None = None,
+    options: tuple[str, ...] = (),
+):
     """`petloc tracking-server` on `backend_uri`, artifacts proxied to `artifacts_dir`, on a
     free (or the given) port of 127.0.0.1; yields its http URI once /health answers.
     One web worker by default: it starts in half the time of 4, and a test is one client."""
     port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "petloc", "tracking-server", "--backend", backend_uri,
-           "--artifacts", str(artifacts_dir), "--port", str(port), "--workers", str(workers), *options]
+    cmd = [
+        sys.executable,
+        "-m",
+        "petloc",
+        "tracking-server",
+        "--backend",
+        backend_uri,
+        "--artifacts",
+        str(artifacts_dir),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *options,
+    ]
     logs = Path(tempfile.mkdtemp(prefix="petloc-server-"))
     env = {k: v for k, v in (env or os.environ).items() if k != "MLFLOW_TRACKING_URI"}
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves this machine
@@ -178,7 +238,11 @@ def _wait_until_healthy(uri: str, server: subprocess.Popen, logs: Path) -> None:
         if server.poll() is not None:
             break
         time.sleep(0.5)
-    state = f"exited with code {server.returncode}" if server.poll() is not None else f"no answer after {SERVER_START_SECONDS} s"
+    state = (
+        f"exited with code {server.returncode}"
+        if server.poll() is not None
+        else f"no answer after {SERVER_START_SECONDS} s"
+    )
     stop_process_group(server)
     tail = (logs / "stderr").read_text()[-4000:]
     pytest.fail(f"petloc tracking-server at {uri}: {state}. Its stderr:\n{tail}", pytrace=False)
@@ -188,12 +252,8 @@ def stop_process_group(process: subprocess.Popen, grace: float = 30) -> None:
     """SIGTERM to the process (it passes it on to its server), SIGKILL to its group if it lingers."""
     if process.poll() is None:
         process.terminate()
-        try:
+        with suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, 9)  # what is left of the group we started (uvicorn workers)
-    except (ProcessLookupError, PermissionError):
-        pass
     process.wait()

@@ -24,7 +24,11 @@ def _image_size(images: tf.Tensor) -> tf.Tensor:
     """[h, w] of a batch: known when the batches keep their size in their spec (and so in the
     model's trace), else read from the tensor."""
     static = tf.TensorShape(images.shape)[1:3]
-    return tf.constant(static.as_list(), tf.int32) if static.is_fully_defined() else tf.shape(images)[1:3]
+    return (
+        tf.constant(static.as_list(), tf.int32)
+        if static.is_fully_defined()
+        else tf.shape(images)[1:3]
+    )
 
 
 def random_windows(boxes: tf.Tensor, strength: float, seed) -> tf.Tensor:
@@ -49,7 +53,9 @@ def random_windows(boxes: tf.Tensor, strength: float, seed) -> tf.Tensor:
     return tf.concat([start, start + sizes], axis=1)
 
 
-def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor, flip: tf.Tensor | None = None):
+def crop_to_windows(
+    images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor, flip: tf.Tensor | None = None
+):
     """Resamples each image's window to the full output size and maps its box along; where
     `flip` is true the window is also mirrored left to right, in the same resampling (a
     crop whose x1 lies right of its x2 is read backwards), so the flip costs no pass of its own."""
@@ -61,7 +67,10 @@ def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor, fli
 
     def to_centres(a, b, side):
         span = (b - a) * side
-        return ((a * side - 0.5 + 0.5 * span / side) / (side - 1), (a * side - 0.5 + (side - 0.5) * span / side) / (side - 1))
+        return (
+            (a * side - 0.5 + 0.5 * span / side) / (side - 1),
+            (a * side - 0.5 + (side - 0.5) * span / side) / (side - 1),
+        )
 
     cy1, cy2 = to_centres(y1, y2, h)
     cx1, cx2 = to_centres(x1, x2, w)
@@ -69,10 +78,14 @@ def crop_to_windows(images: tf.Tensor, boxes: tf.Tensor, windows: tf.Tensor, fli
     new_boxes = tf.clip_by_value((boxes - tf.concat([windows[:, :2]] * 2, axis=1)) / span, 0.0, 1.0)
     if flip is not None:
         cx1, cx2 = tf.where(flip, cx2, cx1), tf.where(flip, cx1, cx2)
-        mirrored = tf.stack([1.0 - new_boxes[:, 2], new_boxes[:, 1], 1.0 - new_boxes[:, 0], new_boxes[:, 3]], axis=1)
+        mirrored = tf.stack(
+            [1.0 - new_boxes[:, 2], new_boxes[:, 1], 1.0 - new_boxes[:, 0], new_boxes[:, 3]], axis=1
+        )
         new_boxes = tf.where(flip[:, None], mirrored, new_boxes)
     crop_boxes = tf.stack([cy1, cx1, cy2, cx2], axis=1)
-    out = tf.image.crop_and_resize(images, crop_boxes, tf.range(tf.shape(images)[0]), size, extrapolation_value=0.0)
+    out = tf.image.crop_and_resize(
+        images, crop_boxes, tf.range(tf.shape(images)[0]), size, extrapolation_value=0.0
+    )
     return out, new_boxes
 
 
@@ -92,7 +105,8 @@ def jitter_colours(images: tf.Tensor, strength: float, seed) -> tf.Tensor:
     saturation = _uniform([n], 1.0 - amount, 1.0 + amount, seeds[2])
     scale = brightness * contrast
     own = (scale * saturation)[:, None, None] * tf.eye(3)  # the pixel's own channel
-    grey = (scale * (1.0 - saturation) / 3.0)[:, None, None] * tf.ones([1, 3, 3])  # its share of the grey
+    # its share of the grey
+    grey = (scale * (1.0 - saturation) / 3.0)[:, None, None] * tf.ones([1, 3, 3])
     offset = brightness * (1.0 - contrast) * tf.reduce_mean(images, axis=[1, 2, 3])
     out = tf.einsum("nhwc,ncd->nhwd", images, own + grey) + offset[:, None, None, None]
     return tf.clip_by_value(out, 0.0, 255.0)
@@ -109,15 +123,20 @@ def erase_outside_boxes(images: tf.Tensor, boxes: tf.Tensor, share: float, seed)
     start = tf.random.stateless_uniform([n, 2], seed=seeds[2]) * (1.0 - sides)
     rect = tf.concat([start, start + sides], axis=1)
 
-    def inside(window, axis_size, lo, hi, touching):  # [n, side]: the pixels in [lo, hi) of each window
+    # [n, side]: the pixels in [lo, hi) of each window
+    def inside(window, axis_size, lo, hi, touching):
         # By centre, or every pixel that overlaps the window at all (the head: not one pixel of it erased).
         start = tf.range(axis_size, dtype=tf.float32) / tf.cast(axis_size, tf.float32)
         end = start + 1.0 / tf.cast(axis_size, tf.float32)
         first, last = (end, start) if touching else ((start + end) / 2, (start + end) / 2)
         return (first[None, :] > window[:, lo, None]) & (last[None, :] < window[:, hi, None])
 
-    def area(window, touching=False):  # [n, h, w, 1]; boxes are [x1, y1, x2, y2], images [n, h, w, 3]
-        rows, columns = inside(window, size[0], 1, 3, touching), inside(window, size[1], 0, 2, touching)
+    # [n, h, w, 1]; boxes are [x1, y1, x2, y2], images [n, h, w, 3]
+    def area(window, touching=False):
+        rows, columns = (
+            inside(window, size[0], 1, 3, touching),
+            inside(window, size[1], 0, 2, touching),
+        )
         return (rows[:, :, None] & columns[:, None, :])[..., None]
 
     erase = area(rect) & ~area(boxes, touching=True) & chosen[:, None, None, None]
@@ -125,7 +144,9 @@ def erase_outside_boxes(images: tf.Tensor, boxes: tf.Tensor, share: float, seed)
     return tf.where(erase, fill, images)
 
 
-def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed, erase: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+def augment(
+    images: tf.Tensor, boxes: tf.Tensor, strength: float, seed, erase: float = 0.0
+) -> tuple[tf.Tensor, tf.Tensor]:
     """The whole augmentation for a batch of float images (0..255) and normalised boxes:
     the crop, flip and colour jitter at `strength`, then random erasing outside the head on
     `erase` of the images."""
@@ -137,7 +158,9 @@ def augment(images: tf.Tensor, boxes: tf.Tensor, strength: float, seed, erase: f
     images = tf.cast(images, tf.float32)
     if strength > 0:
         flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed=seeds[1]) < 0.5
-        images, boxes = crop_to_windows(images, boxes, random_windows(boxes, strength, seeds[0]), flip)
+        images, boxes = crop_to_windows(
+            images, boxes, random_windows(boxes, strength, seeds[0]), flip
+        )
         images = jitter_colours(images, strength, seeds[2])
     if erase > 0:
         images = erase_outside_boxes(images, boxes, erase, seeds[3])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from petloc.data.images import BadImage, IMAGE_SUFFIXES, SizeOf
+from petloc.data.images import IMAGE_SUFFIXES, BadImage, SizeOf
 from petloc.data.records import Sample, Skipped
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_text_bounded
@@ -53,8 +53,10 @@ def _split_folders(root: Path) -> dict[str, Path]:
     for folder in splits.values():
         same = seen.setdefault(folder.resolve(), folder)
         if same is not folder:
-            raise PetlocError(f"{folder}: is the same folder as {same} (a link): a photo cannot be in two splits; "
-                              f"make {folder.name}/ a folder of its own")
+            raise PetlocError(
+                f"{folder}: is the same folder as {same} (a link): a photo cannot be in two splits; "
+                f"make {folder.name}/ a folder of its own"
+            )
     return splits
 
 
@@ -77,7 +79,9 @@ def _read_folder(folder: Path, split: str | None, size_of: SizeOf) -> Iterator[S
             yield Skipped(text, "annotation without an image")
 
 
-def _read_pair(image: Path, text: Path | None, split: str | None, size_of: SizeOf) -> Sample | Skipped:
+def _read_pair(
+    image: Path, text: Path | None, split: str | None, size_of: SizeOf
+) -> Sample | Skipped:
     if text is None:
         return Skipped(image, f"no annotation file {image.stem}.txt")
     try:
@@ -115,7 +119,9 @@ def _parse_line(line: str) -> tuple[int, tuple[float, float, float, float]]:
         class_id = int(fields[0])
         x1, y1, x2, y2 = (float(v) for v in fields[1:])
     except ValueError:
-        raise BadAnnotation(f"expected 'CLASS x1 y1 x2 y2' with numbers, got {line.strip()[:40]!r}") from None
+        raise BadAnnotation(
+            f"expected 'CLASS x1 y1 x2 y2' with numbers, got {line.strip()[:40]!r}"
+        ) from None
     if class_id not in CLASS_IDS:
         raise BadAnnotation(f"class {class_id} is not 1 (cat) or 2 (dog)")
     return CLASS_IDS[class_id], (x1, y1, x2, y2)

@@ -23,7 +23,11 @@ class Spread:
 
     @classmethod
     def of(cls, values: list[float]) -> Spread | None:
-        return cls(float(np.min(values)), float(np.median(values)), float(np.max(values))) if values else None
+        return (
+            cls(float(np.min(values)), float(np.median(values)), float(np.max(values)))
+            if values
+            else None
+        )
 
 
 @dataclass
@@ -59,7 +63,14 @@ def check_dataset(root: str | Path, *, on_bad: str = "skip") -> DatasetReport:
             skipped.append(item)
         else:
             samples.append(item[0])
-    return DatasetReport(str(root), layout, _counts(samples), *_box_spreads(samples), *_size_spreads(samples), skipped)
+    return DatasetReport(
+        str(root),
+        layout,
+        _counts(samples),
+        *_box_spreads(samples),
+        *_size_spreads(samples),
+        skipped,
+    )
 
 
 def _counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
@@ -73,7 +84,11 @@ def _counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
 def _box_spreads(samples: list[Sample]) -> tuple[Spread | None, Spread | None, Spread | None]:
     widths = [(s.box[2] - s.box[0]) / s.width for s in samples]
     heights = [(s.box[3] - s.box[1]) / s.height for s in samples]
-    return Spread.of(widths), Spread.of(heights), Spread.of([w * h for w, h in zip(widths, heights)])
+    return (
+        Spread.of(widths),
+        Spread.of(heights),
+        Spread.of([w * h for w, h in zip(widths, heights, strict=True)]),
+    )
 
 
 def _size_spreads(samples: list[Sample]) -> tuple[Spread | None, Spread | None]:
@@ -82,7 +97,10 @@ def _size_spreads(samples: list[Sample]) -> tuple[Spread | None, Spread | None]:
 
 def format_report(report: DatasetReport) -> str:
     """A compact table for people: counts, sizes, box spreads, then the skipped files."""
-    lines = [f"{report.root}  (layout {report.layout}): {report.usable} usable, {len(report.skipped)} skipped", ""]
+    lines = [
+        f"{report.root}  (layout {report.layout}): {report.usable} usable, {len(report.skipped)} skipped",
+        "",
+    ]
     lines += [table(_count_rows(report.counts)), ""]
     spreads = {
         "image width px": report.image_width,
@@ -91,16 +109,23 @@ def format_report(report: DatasetReport) -> str:
         "box height / image": report.box_height,
         "box area / image": report.box_area,
     }
-    lines.append(table([{"": name, **asdict(spread)} for name, spread in spreads.items() if spread]))
+    lines.append(
+        table([{"": name, **asdict(spread)} for name, spread in spreads.items() if spread])
+    )
     if report.skipped:
         lines += ["", "skipped:"] + [f"  {s}" for s in report.skipped[:MAX_SKIPPED_SHOWN]]
         if len(report.skipped) > MAX_SKIPPED_SHOWN:
-            lines.append(f"  ... and {len(report.skipped) - MAX_SKIPPED_SHOWN} more (--json lists all)")
+            lines.append(
+                f"  ... and {len(report.skipped) - MAX_SKIPPED_SHOWN} more (--json lists all)"
+            )
     return "\n".join(lines)
 
 
 def _count_rows(counts: dict[str, dict[str, int]]) -> list[dict]:
-    rows = [{"split": split, **by_class, "total": sum(by_class.values())} for split, by_class in counts.items()]
+    rows = [
+        {"split": split, **by_class, "total": sum(by_class.values())}
+        for split, by_class in counts.items()
+    ]
     if len(counts) > 1:
         totals = {name: sum(by_class[name] for by_class in counts.values()) for name in CLASS_NAMES}
         rows.append({"split": "total", **totals, "total": sum(totals.values())})

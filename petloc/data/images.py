@@ -61,7 +61,9 @@ MAX_ROWS_SETTING, DEFAULT_MAX_ROWS = "PETLOC_MAX_ROWS", 64  # images per request
 # libjpeg warnings that mean the pixels may not be what was encoded.
 DAMAGE_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
 # ... of which this one leaves the image complete: the skipped bytes belong to no segment.
-RECOVERABLE_WARNING = re.compile(r"Corrupt JPEG data: (\d+ extraneous bytes before marker 0x[0-9a-f]+)")
+RECOVERABLE_WARNING = re.compile(
+    r"Corrupt JPEG data: (\d+ extraneous bytes before marker 0x[0-9a-f]+)"
+)
 ORIENTATION_TAG = 274  # EXIF
 # EXIF orientation -> how to turn the stored pixels upright (what Pillow's exif_transpose does).
 _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
@@ -73,7 +75,11 @@ _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
     8: lambda a: a.swapaxes(0, 1)[::-1],  # rotate 90 degrees anticlockwise
 }
-_JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+_JPEG_REDUCTIONS = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
 # A marker: FF then a code that is not stuffing (00), fill (FF) or a restart (D0-D7).
 _MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 _STANDALONE_MARKERS = {0x01, 0xD8}
@@ -156,19 +162,24 @@ def positive_setting(name: str, default: int) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= MOST_SETTING:
-        raise PetlocError(f"{name}={text[:40]}: expected a whole number above 0, at most {MOST_SETTING}")
+        raise PetlocError(
+            f"{name}={text[:40]}: expected a whole number above 0, at most {MOST_SETTING}"
+        )
     return value
 
 
 def check_pixel_limit(width: int, height: int) -> None:
     limit = max_image_pixels()
     if width * height > limit:
-        raise BadImage(f"image is {width}x{height} pixels, over the limit of {limit} pixels ({MAX_PIXELS_SETTING})")
+        raise BadImage(
+            f"image is {width}x{height} pixels, over the limit of {limit} pixels ({MAX_PIXELS_SETTING})"
+        )
 
 
 def _read_bytes(path: str | Path) -> bytes:
     try:
-        return read_bounded(path, max_image_bytes(), MAX_BYTES_SETTING)  # Python I/O: any file name works
+        # Python I/O: any file name works
+        return read_bounded(path, max_image_bytes(), MAX_BYTES_SETTING)
     except UnreadableFile as err:
         raise BadImage(err.reason) from None
     except OSError as err:
@@ -189,21 +200,35 @@ def _decode(data: bytes, *, strict: bool, max_side: int | None = None) -> Decode
     if damage or (strict and recoverable):
         raise BadImage(_damage_reason((damage or recoverable)[0]))
     if pixels is None:
-        raise BadImage(f"damaged {kind} file: cannot decode it" if kind else "not an image (unknown file format)")
+        raise BadImage(
+            f"damaged {kind} file: cannot decode it"
+            if kind
+            else "not an image (unknown file format)"
+        )
     rgb = upright(to_rgb(_shrunk(pixels, max_side)), orientation)
-    return Decoded(rgb, *_upright_size(width, height, orientation), tuple(_warning_text(m) for m in recoverable))
+    return Decoded(
+        rgb,
+        *_upright_size(width, height, orientation),
+        tuple(_warning_text(m) for m in recoverable),
+    )
 
 
 def _header(source: str | Path | io.BytesIO, kind: str | None) -> tuple[int, int, int]:
     """(width, height, EXIF orientation) as stored, read by Pillow without decoding pixels."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # petloc's own limit applies
+        # petloc's own limit applies
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(source) as image:
                 return image.size[0], image.size[1], _orientation(image)
         except UnidentifiedImageError:
-            raise BadImage(f"damaged {kind} file: cannot read its header" if kind else "not an image (unknown file format)") from None
-        except Image.DecompressionBombError as err:  # over Pillow's own limit (179 MP), which hides the size
+            raise BadImage(
+                f"damaged {kind} file: cannot read its header"
+                if kind
+                else "not an image (unknown file format)"
+            ) from None
+        # over Pillow's own limit (179 MP), which hides the size
+        except Image.DecompressionBombError as err:
             raise BadImage(_bomb_reason(str(err))) from None
         except OSError as err:
             raise BadImage(f"cannot read file: {err.strerror or err}") from None
@@ -227,7 +252,7 @@ def _orientation(image: Image.Image) -> int:
         return 1  # Pillow would decode the whole PNG to look for a late eXIf chunk
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
-    except Exception:  # a malformed EXIF block (many error types): show the pixels as stored
+    except Exception:  # noqa: BLE001  (a malformed EXIF block, many error types: show the pixels as stored)
         return 1
     return value if value in _UPRIGHT else 1
 
@@ -295,7 +320,9 @@ def _end_of_image(data: bytes) -> int | None:
     return None
 
 
-def _decode_quietly(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> tuple[np.ndarray | None, list[str]]:
+def _decode_quietly(
+    data: bytes, flags: int = cv2.IMREAD_UNCHANGED
+) -> tuple[np.ndarray | None, list[str]]:
     """cv2 decode and the libjpeg damage warnings it printed.
 
     After a successful decode, other captured lines (maybe another thread's) are written
@@ -315,7 +342,7 @@ def _damage_reason(warning: str) -> str:
     """libjpeg's "Corrupt JPEG data: premature end of data segment" -> a reason."""
     prefix = "Corrupt JPEG data: "
     if warning.startswith(prefix):
-        return f"corrupt JPEG data ({warning[len(prefix):]})"
+        return f"corrupt JPEG data ({warning[len(prefix) :]})"
     return f"damaged JPEG ({warning[0].lower()}{warning[1:]})"
 
 

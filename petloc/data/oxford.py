@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from petloc.data.images import BadImage, IMAGE_SUFFIXES, SizeOf
+from petloc.data.images import IMAGE_SUFFIXES, BadImage, SizeOf
 from petloc.data.records import CLASS_NAMES, Sample, Skipped
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 
@@ -51,7 +51,9 @@ def read_lists(annotations: Path) -> dict[str, tuple[str, int]]:
     return listed
 
 
-def _read_one(images: Path, xml: Path, listed: tuple[str, int] | None, size_of: SizeOf) -> Sample | Skipped:
+def _read_one(
+    images: Path, xml: Path, listed: tuple[str, int] | None, size_of: SizeOf
+) -> Sample | Skipped:
     image = _image_for(images, xml.stem)
     if image is None:
         return Skipped(xml, f"no image {xml.stem}.jpg in {images}")
@@ -63,19 +65,27 @@ def _read_one(images: Path, xml: Path, listed: tuple[str, int] | None, size_of: 
     if listed is not None:
         split, listed_label = listed
         if listed_label != label:
-            return Skipped(image, f"{xml.name} says {CLASS_NAMES[label]}, the list file says {CLASS_NAMES[listed_label]}")
+            return Skipped(
+                image,
+                f"{xml.name} says {CLASS_NAMES[label]}, the list file says {CLASS_NAMES[listed_label]}",
+            )
     try:
         width, height = size_of(image)
     except BadImage as err:
         return Skipped(image, str(err))
     if (width, height) != declared:
-        return Skipped(image, f"image is {width}x{height} but {xml.name} says {declared[0]}x{declared[1]}")
+        return Skipped(
+            image, f"image is {width}x{height} but {xml.name} says {declared[0]}x{declared[1]}"
+        )
     return Sample(image, label, box, width, height, split)
 
 
 def _image_for(images: Path, stem: str) -> Path | None:
     # Anything but a folder: a FIFO or a device named NAME.jpg is reported when read.
-    return next((p for p in (images / (stem + s) for s in IMAGE_SUFFIXES) if p.exists() and not p.is_dir()), None)
+    return next(
+        (p for p in (images / (stem + s) for s in IMAGE_SUFFIXES) if p.exists() and not p.is_dir()),
+        None,
+    )
 
 
 def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[int, int]]:
@@ -95,7 +105,9 @@ def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[
     if name not in CLASS_NAMES:
         raise BadXml(f"object name {name!r} is not cat or dog")
     width, height = (int(_number(root, f"size/{tag}")) for tag in ("width", "height"))
-    xmin, ymin, xmax, ymax = (_number(objects[0], f"bndbox/{tag}") for tag in ("xmin", "ymin", "xmax", "ymax"))
+    xmin, ymin, xmax, ymax = (
+        _number(objects[0], f"bndbox/{tag}") for tag in ("xmin", "ymin", "xmax", "ymax")
+    )
     # VOC counts pixels from 1 and includes both ends: pixel i spans [i-1, i] in
     # continuous corner coordinates, so the box is (xmin-1, ymin-1, xmax, ymax).
     return CLASS_NAMES.index(name), (xmin - 1, ymin - 1, xmax, ymax), (width, height)

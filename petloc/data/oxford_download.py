@@ -80,7 +80,8 @@ def download_oxford(
         raise PetlocError(f"val_share is {val_share}, expected a share between 0 and 1")
     out = Path(out)
     digests = {**OFFICIAL_MD5, **(digests or {})}
-    if is_foreign(out / "cats_dogs") and not replace_foreign:  # refuse before a long download, not after
+    # refuse before a long download, not after
+    if is_foreign(out / "cats_dogs") and not replace_foreign:
         raise PetlocError(foreign_refusal(out / "cats_dogs"))
     for name, (top, patterns) in ARCHIVES.items():
         if (out / top).is_dir():
@@ -99,8 +100,14 @@ def parse_digests(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
     digests = {}
     for pair in pairs:
         name, _, md5 = pair.partition("=")
-        if name not in ARCHIVES or len(md5) != 32 or any(c not in "0123456789abcdefABCDEF" for c in md5):
-            raise PetlocError(f"--md5 {pair}: expected NAME=MD5 with NAME one of {', '.join(ARCHIVES)} and 32 hex digits")
+        if (
+            name not in ARCHIVES
+            or len(md5) != 32
+            or any(c not in "0123456789abcdefABCDEF" for c in md5)
+        ):
+            raise PetlocError(
+                f"--md5 {pair}: expected NAME=MD5 with NAME one of {', '.join(ARCHIVES)} and 32 hex digits"
+            )
         digests[name] = md5.lower()
     return digests
 
@@ -111,7 +118,8 @@ def fetch(url: str, dest: Path, out: Path, say=print) -> None:
         say(f"{dest} already downloaded")
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = inside(dest.with_name(dest.name + ".part"), out)  # never write through a link leading out
+    # never write through a link leading out
+    part = inside(dest.with_name(dest.name + ".part"), out)
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -120,23 +128,36 @@ def fetch(url: str, dest: Path, out: Path, say=print) -> None:
             start = have if getattr(response, "status", None) == 206 else 0
             length = response.headers.get("Content-Length")
             total = start + int(length) if length else None
-            with open(part, "ab" if start else "wb") as file, tqdm(
-                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name
-            ) as bar:
+            with (
+                open(part, "ab" if start else "wb") as file,
+                tqdm(
+                    total=total,
+                    initial=start,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=dest.name,
+                ) as bar,
+            ):
                 while chunk := response.read(CHUNK_BYTES):
                     file.write(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the .part is not a prefix the server can continue: start over
+        # the .part is not a prefix the server can continue: start over
+        if err.code == 416 and have:
             remove_tree(part, out)
             return fetch(url, dest, out, say)
-        raise PetlocError(f"cannot download {url}: HTTP {err.code} {err.reason}; {OFFLINE_HINT}") from None
+        raise PetlocError(
+            f"cannot download {url}: HTTP {err.code} {err.reason}; {OFFLINE_HINT}"
+        ) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         raise PetlocError(f"cannot download {url}: {_reason(err)}; {OFFLINE_HINT}") from None
     # http.client returns b"" when a connection drops early, so the length is checked here.
     size = part.stat().st_size
     if total is not None and size != total:
-        raise PetlocError(f"cannot download {url}: the connection ended after {size} of {total} bytes; run again to resume")
+        raise PetlocError(
+            f"cannot download {url}: the connection ended after {size} of {total} bytes; run again to resume"
+        )
     part.rename(dest)
 
 
@@ -238,7 +259,14 @@ def unsafe_reason(member: tarfile.TarInfo, top: str) -> str | None:
     return None
 
 
-def convert(out: Path, val_share: float, seed: int, say=print, force: bool = False, replace_foreign: bool = False) -> Path:
+def convert(
+    out: Path,
+    val_share: float,
+    seed: int,
+    say=print,
+    force: bool = False,
+    replace_foreign: bool = False,
+) -> Path:
     """The usable Oxford samples as `out/cats_dogs/{train,valid}/NAME.jpg + NAME.txt`."""
     dest = out / "cats_dogs"
     settings = {"val_share": val_share, "seed": seed}
@@ -247,22 +275,28 @@ def convert(out: Path, val_share: float, seed: int, say=print, force: bool = Fal
         raise PetlocError(foreign_refusal(dest))
     if dest.is_dir() and not foreign and not force:
         if _read_settings(dest) == settings:
-            say(f"{dest} already converted with val_share={val_share}, seed={seed}: nothing to do (force=True redoes it)")
+            say(
+                f"{dest} already converted with val_share={val_share}, seed={seed}: "
+                "nothing to do (force=True redoes it)"
+            )
             return dest
         say(f"{dest} was made with other settings: converting again")
     samples, skipped = _usable(out)
     say(f"{len(samples)} images with a head box; {len(skipped)} skipped")
     for item in skipped:
         say(f"  skipped {item}")
-    splits = dict(zip(("train", "valid"), _split(samples, val_share, seed)))
-    staging = out / "cats_dogs.part"  # renamed when complete: an interrupted run leaves no half dataset
+    splits = dict(zip(("train", "valid"), _split(samples, val_share, seed), strict=True))
+    # renamed when complete: an interrupted run leaves no half dataset
+    staging = out / "cats_dogs.part"
     remove_tree(staging, out)
     for split, chosen in splits.items():
         folder = staging / split
         folder.mkdir(parents=True)
         for sample in chosen:
             shutil.copyfile(sample.path, folder / sample.path.name)
-            (folder / f"{sample.path.stem}.txt").write_text(annotation_line(sample.label, sample.box))
+            (folder / f"{sample.path.stem}.txt").write_text(
+                annotation_line(sample.label, sample.box)
+            )
     (staging / SETTINGS_FILE).write_text(json.dumps(settings))
     if foreign:
         say(f"{dest} was not made by petloc: moved it aside to {move_aside(dest)}")
@@ -271,7 +305,9 @@ def convert(out: Path, val_share: float, seed: int, say=print, force: bool = Fal
     staging.rename(dest)
     for split, chosen in splits.items():
         counts = Counter(CLASS_NAMES[s.label] for s in chosen)
-        say(f"{dest / split}: {len(chosen)} images ({', '.join(f'{n} {counts[n]}' for n in CLASS_NAMES)})")
+        say(
+            f"{dest / split}: {len(chosen)} images ({', '.join(f'{n} {counts[n]}' for n in CLASS_NAMES)})"
+        )
     return dest
 
 
@@ -316,9 +352,15 @@ def _split(samples: list[Sample], val_share: float, seed: int) -> tuple[list[Sam
     if not samples:
         raise PetlocError("no usable image with a head box: nothing to convert")
     try:
-        return tuple(train_test_split(samples, test_size=val_share, stratify=[s.label for s in samples], random_state=seed))
+        return tuple(
+            train_test_split(
+                samples, test_size=val_share, stratify=[s.label for s in samples], random_state=seed
+            )
+        )
     except ValueError as err:
-        raise PetlocError(f"cannot split {len(samples)} usable images by species with val_share={val_share}: {err}") from None
+        raise PetlocError(
+            f"cannot split {len(samples)} usable images by species with val_share={val_share}: {err}"
+        ) from None
 
 
 def _read_settings(dest: Path) -> dict | None:

@@ -28,8 +28,11 @@ from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, atomic_write, open_re
 
 DEFAULT_CACHE = Path("data/.cache")
 CACHE_VERSION = 3  # bump when decoding or box conversion changes, so old caches are not reused (3: EXIF orientation)
-DATASET_FILES = {*IMAGE_SUFFIXES, ".txt", ".xml"}  # what the digest covers: photos and their annotations
-TEXT_DIGEST_LIMIT = 16_000_000  # bytes of a .txt or .xml the digest reads: past any limit a read of it applies
+# what the digest covers: photos and their annotations
+DATASET_FILES = {*IMAGE_SUFFIXES, ".txt", ".xml"}
+TEXT_DIGEST_LIMIT = (
+    16_000_000  # bytes of a .txt or .xml the digest reads: past any limit a read of it applies
+)
 DIGEST_CHUNK = 1 << 20
 
 
@@ -48,19 +51,30 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> "ImageSet":
+    def subset(self, index: np.ndarray) -> ImageSet:
         return ImageSet(
-            self.images[index], self.labels[index], self.boxes[index],
-            [self.paths[i] for i in index], [self.splits[i] for i in index], [], self.digest,
+            self.images[index],
+            self.labels[index],
+            self.boxes[index],
+            [self.paths[i] for i in index],
+            [self.splits[i] for i in index],
+            [],
+            self.digest,
         )
 
 
 def dataset_digest(root: Path) -> str:
     """sha256 over every image and annotation file's relative path and bytes."""
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in DATASET_FILES and not p.is_dir()):
+    for path in sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in DATASET_FILES and not p.is_dir()
+    ):
         h.update(str(path.relative_to(root)).encode())
-        _hash_file(h, path, max_image_bytes() if path.suffix.lower() in IMAGE_SUFFIXES else TEXT_DIGEST_LIMIT)
+        _hash_file(
+            h,
+            path,
+            max_image_bytes() if path.suffix.lower() in IMAGE_SUFFIXES else TEXT_DIGEST_LIMIT,
+        )
     return h.hexdigest()
 
 
@@ -92,7 +106,9 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Image
     images, labels, boxes, paths, splits, skipped = [], [], [], [], [], []
     photos = _photo_count(root)
     # Once per dataset and size (then cached); a bar on a terminal, nothing in logs and pipes.
-    bar = tqdm(total=photos, desc=f"decoding {root.name} at {image_size} px", unit="photo", disable=None)
+    bar = tqdm(
+        total=photos, desc=f"decoding {root.name} at {image_size} px", unit="photo", disable=None
+    )
     for item in scan(root, on_bad=on_bad, strict=strict):
         bar.update()
         if isinstance(item, Skipped):
@@ -102,17 +118,32 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Image
         assert pixels is not None  # scan decodes unless told not to
         images.append(cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_AREA))
         labels.append(sample.label)
-        boxes.append(np.array(sample.box, np.float32) / np.array([sample.width, sample.height] * 2, np.float32))
+        boxes.append(
+            np.array(sample.box, np.float32)
+            / np.array([sample.width, sample.height] * 2, np.float32)
+        )
         paths.append(str(sample.path))
         splits.append(sample.split or "")
     bar.close()
     if not images:
         raise PetlocError(f"{root}: no usable images ({len(skipped)} skipped)")
-    return ImageSet(np.stack(images), np.array(labels, np.int32), np.stack(boxes).astype(np.float32), paths, splits, skipped)
+    return ImageSet(
+        np.stack(images),
+        np.array(labels, np.int32),
+        np.stack(boxes).astype(np.float32),
+        paths,
+        splits,
+        skipped,
+    )
 
 
-def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_dir: Path | None = DEFAULT_CACHE,
-                strict: bool = True) -> ImageSet:
+def load_arrays(
+    root: str | Path,
+    image_size: int,
+    on_bad: str = "skip",
+    cache_dir: Path | None = DEFAULT_CACHE,
+    strict: bool = True,
+) -> ImageSet:
     """Decoded, resized dataset; read from the cache when the files have not changed.
     strict=False keeps JPEGs the decoder repaired (see `scan`)."""
     root = Path(root)
@@ -120,20 +151,43 @@ def load_arrays(root: str | Path, image_size: int, on_bad: str = "skip", cache_d
         raise PetlocError(f"{root}: data folder does not exist")
     digest = dataset_digest(root)
     kind = "" if strict else "-lenient"
-    cache = cache_dir / f"{digest[:16]}-{image_size}{kind}-v{CACHE_VERSION}.npz" if cache_dir else None
+    cache = (
+        cache_dir / f"{digest[:16]}-{image_size}{kind}-v{CACHE_VERSION}.npz" if cache_dir else None
+    )
     if cache and cache.exists():
-        with _open_cache(cache, _cache_limit(_photo_count(root), image_size)) as file, np.load(file) as npz:
+        with (
+            _open_cache(cache, _cache_limit(_photo_count(root), image_size)) as file,
+            np.load(file) as npz,
+        ):
             meta = json.loads(str(npz["meta"]))
             skipped = [Skipped(Path(p), r) for p, r in meta["skipped"]]
             if on_bad == "fail" and skipped:
                 raise PetlocError(str(skipped[0]))
-            return ImageSet(npz["images"], npz["labels"], npz["boxes"], meta["paths"], meta["splits"], skipped, digest)
+            return ImageSet(
+                npz["images"],
+                npz["labels"],
+                npz["boxes"],
+                meta["paths"],
+                meta["splits"],
+                skipped,
+                digest,
+            )
     arrays = _decode_all(root, image_size, on_bad, strict)
     arrays.digest = digest
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"paths": arrays.paths, "splits": arrays.splits, "skipped": [[str(s.path), s.reason] for s in arrays.skipped]}
-        _write_cache(cache, images=arrays.images, labels=arrays.labels, boxes=arrays.boxes, meta=json.dumps(meta))
+        meta = {
+            "paths": arrays.paths,
+            "splits": arrays.splits,
+            "skipped": [[str(s.path), s.reason] for s in arrays.skipped],
+        }
+        _write_cache(
+            cache,
+            images=arrays.images,
+            labels=arrays.labels,
+            boxes=arrays.boxes,
+            meta=json.dumps(meta),
+        )
     return arrays
 
 
@@ -141,7 +195,9 @@ def _open_cache(cache: Path, limit: int):
     try:
         return open_regular(cache, limit)
     except UnreadableFile as err:
-        raise PetlocError(f"{err}: not a cache petloc wrote; remove it and the dataset is decoded afresh") from None
+        raise PetlocError(
+            f"{err}: not a cache petloc wrote; remove it and the dataset is decoded afresh"
+        ) from None
 
 
 def _write_cache(cache: Path, **arrays) -> None:
@@ -156,15 +212,22 @@ def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[Imag
     if (splits == "valid").any():
         train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
     else:
-        pool = np.flatnonzero(splits != "test")  # a layout's test photos are never trained or tuned on
+        # a layout's test photos are never trained or tuned on
+        pool = np.flatnonzero(splits != "test")
         labels = arrays.labels[pool]
         stratify = labels if len(np.unique(labels)) > 1 and np.bincount(labels).min() >= 2 else None
         try:
-            train, val = train_test_split(pool, test_size=val_share, random_state=seed, stratify=stratify)
+            train, val = train_test_split(
+                pool, test_size=val_share, random_state=seed, stratify=stratify
+            )
         except ValueError as err:
-            raise PetlocError(f"cannot split {len(pool)} images into train and validation: {err}") from None
+            raise PetlocError(
+                f"cannot split {len(pool)} images into train and validation: {err}"
+            ) from None
     if not len(train) or not len(val):
-        raise PetlocError(f"train/validation split left {len(train)} training and {len(val)} validation images")
+        raise PetlocError(
+            f"train/validation split left {len(train)} training and {len(val)} validation images"
+        )
     return arrays.subset(np.sort(train)), arrays.subset(np.sort(val))
 
 
@@ -185,7 +248,11 @@ def _weighted(class_weights: np.ndarray):
 
 
 def train_batches(
-    arrays: ImageSet, batch_size: int, aug_strength: float, seed: int, class_weights: np.ndarray | None = None,
+    arrays: ImageSet,
+    batch_size: int,
+    aug_strength: float,
+    seed: int,
+    class_weights: np.ndarray | None = None,
     erase: float = 0.0,
 ) -> tf.data.Dataset:
     """Shuffled, augmented batches; a new augmentation draw every epoch.
@@ -196,15 +263,24 @@ def train_batches(
     ds = ds.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     if aug_strength > 0 or erase > 0:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, s: (*augment(tf.cast(batch[0], tf.float32), batch[2], aug_strength, s, erase), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        ).map(lambda images, boxes, labels: targets(images, labels, boxes))
+        ds = (
+            tf.data.Dataset.zip(ds, seeds)
+            .map(
+                lambda batch, s: (
+                    *augment(tf.cast(batch[0], tf.float32), batch[2], aug_strength, s, erase),
+                    batch[1],
+                ),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+            .map(lambda images, boxes, labels: targets(images, labels, boxes))
+        )
     else:
         ds = ds.map(targets)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(arrays: ImageSet, batch_size: int) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels, arrays.boxes)).batch(batch_size)
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels, arrays.boxes)).batch(
+        batch_size
+    )
     return ds.map(_targets).prefetch(tf.data.AUTOTUNE)

@@ -55,7 +55,9 @@ def detect_layout(root: str | Path) -> str:
     )
 
 
-def scan(root: str | Path, *, decode: bool = True, on_bad: str = "skip", strict: bool = True) -> Iterator[Item]:
+def scan(
+    root: str | Path, *, decode: bool = True, on_bad: str = "skip", strict: bool = True
+) -> Iterator[Item]:
     """(Sample, RGB pixels or None when decode=False) per usable image, else a Skipped.
 
     Layout errors raise at once; with on_bad="fail" the first problem raises
@@ -89,7 +91,11 @@ def _once(item: Sample | Skipped, first_of: dict[Path, Path]) -> Sample | Skippe
     if isinstance(item, Skipped):
         return item
     first = first_of.setdefault(item.path.resolve(), item.path)
-    return item if first == item.path else Skipped(item.path, f"the same file as {first} (a link): used once")
+    return (
+        item
+        if first == item.path
+        else Skipped(item.path, f"the same file as {first} (a link): used once")
+    )
 
 
 class _DecodeOnce:
@@ -117,9 +123,16 @@ def checked_box(sample: Sample) -> Sample | Skipped:
         return Skipped(sample.path, problem)
     x1, y1, x2, y2 = sample.box
     w, h = sample.width, sample.height
-    clipped = (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))
+    clipped = (
+        min(max(x1, 0.0), w),
+        min(max(y1, 0.0), h),
+        min(max(x2, 0.0), w),
+        min(max(y2, 0.0), h),
+    )
     if clipped[0] == clipped[2] or clipped[1] == clipped[3]:
-        return Skipped(sample.path, f"box {format_box(sample.box)} has zero area inside the {w}x{h} image")
+        return Skipped(
+            sample.path, f"box {format_box(sample.box)} has zero area inside the {w}x{h} image"
+        )
     return replace(sample, box=clipped)
 
 

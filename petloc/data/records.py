@@ -38,5 +38,5 @@ class Skipped:
 
 def annotation_line(label: int, box: tuple[float, float, float, float]) -> str:
     """The cats_dogs `.txt` line for a sample: `CLASS x1 y1 x2 y2` with 1 = cat, 2 = dog."""
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     return f"{label + 1} {x1} {y1} {x2} {y2}\n"

@@ -39,8 +39,19 @@ _SHIFT = 4  # fractional bits for cv2 drawing: sub-pixel accurate shapes
 Colour = tuple[float, float, float]
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 FUR_COLOURS = np.array(  # RGB, shared by cats and dogs
-    [(210, 120, 50), (35, 30, 30), (235, 230, 220), (130, 130, 135), (110, 70, 40),
-     (225, 200, 160), (200, 160, 80), (170, 120, 70), (70, 70, 75)], dtype=np.float32)
+    [
+        (210, 120, 50),
+        (35, 30, 30),
+        (235, 230, 220),
+        (130, 130, 135),
+        (110, 70, 40),
+        (225, 200, 160),
+        (200, 160, 80),
+        (170, 120, 70),
+        (70, 70, 75),
+    ],
+    dtype=np.float32,
+)
 PINK, CREAM, BLACK, WHITE = (225, 140, 150), (240, 225, 200), (15, 12, 12), (250, 250, 250)
 CAT_EYES = [(110, 180, 60), (220, 200, 40), (210, 140, 30), (90, 150, 220)]
 DOG_EYES = [(70, 40, 20), (120, 70, 30), (40, 25, 15)]
@@ -74,7 +85,9 @@ def _eye(head: Head, x, y, radius, iris: Colour, slit: bool) -> None:
     head.parts.append((_ellipse(x, y, radius * (1.5 if slit else 1.0), radius), iris, 1.0))
     pupil = (radius * 0.3, radius * 0.9) if slit else (radius * 0.6, radius * 0.6)
     head.parts.append((_ellipse(x, y, *pupil), BLACK, 1.0))
-    head.parts.append((_ellipse(x + radius * 0.3, y - radius * 0.35, radius * 0.2, radius * 0.2), WHITE, 1.0))
+    head.parts.append(
+        (_ellipse(x + radius * 0.3, y - radius * 0.35, radius * 0.2, radius * 0.2), WHITE, 1.0)
+    )
 
 
 def _cat_head(rng: np.random.Generator) -> Head:
@@ -111,13 +124,21 @@ def _dog_head(rng: np.random.Generator) -> Head:
     ears = []
     for side in (-1, 1):
         if floppy:
-            ear = _ellipse(side * a * rng.uniform(0.85, 1.0), rng.uniform(-0.05, 0.3),
-                           rng.uniform(0.22, 0.32), rng.uniform(0.55, 0.8), side * rng.uniform(-30, 5))
+            ear = _ellipse(
+                side * a * rng.uniform(0.85, 1.0),
+                rng.uniform(-0.05, 0.3),
+                rng.uniform(0.22, 0.32),
+                rng.uniform(0.55, 0.8),
+                side * rng.uniform(-30, 5),
+            )
         else:  # rounded, half-upright
-            ear = _ellipse(side * a * 0.62, -0.9, rng.uniform(0.25, 0.32), rng.uniform(0.3, 0.4), side * 25)
+            ear = _ellipse(
+                side * a * 0.62, -0.9, rng.uniform(0.25, 0.32), rng.uniform(0.3, 0.4), side * 25
+            )
         ears.append((ear, ear_colour, ear_mix))
     face = (_ellipse(0, 0, a, b), None, 0.0)
-    head.parts += [face, *ears] if floppy else [*ears, face]  # floppy ears hang in front of the face
+    # floppy ears hang in front of the face
+    head.parts += [face, *ears] if floppy else [*ears, face]
     muzzle_y, muzzle_ry = rng.uniform(0.45, 0.6), rng.uniform(0.45, 0.6)
     muzzle = _ellipse(0, muzzle_y, a * rng.uniform(0.42, 0.58), muzzle_ry)
     head.parts.append((muzzle, CREAM, rng.uniform(0.2, 0.7)))
@@ -137,14 +158,20 @@ def _dog_head(rng: np.random.Generator) -> Head:
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     """Gaussian-blurred white noise with unit standard deviation."""
-    noise = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), max(sigma, 0.5))
+    noise = cv2.GaussianBlur(
+        rng.standard_normal((size, size)).astype(np.float32), (0, 0), max(sigma, 0.5)
+    )
     return noise / (noise.std() + 1e-6)
 
 
 def _fur_texture(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
     """Full-frame fur (float RGB): a random palette colour, plain, striped, spotted or patched."""
     base = FUR_COLOURS[rng.integers(len(FUR_COLOURS))] + rng.uniform(-15, 15, 3)
-    accent = base * rng.uniform(0.3, 0.6) if rng.random() < 0.6 else FUR_COLOURS[rng.integers(len(FUR_COLOURS))]
+    accent = (
+        base * rng.uniform(0.3, 0.6)
+        if rng.random() < 0.6
+        else FUR_COLOURS[rng.integers(len(FUR_COLOURS))]
+    )
     kind = rng.integers(4)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     amount: np.ndarray  # how much of the accent colour, per pixel
@@ -153,7 +180,9 @@ def _fur_texture(rng: np.random.Generator, size: int, scale: float) -> np.ndarra
     elif kind == 1:  # stripes, wavy so they read as fur
         angle, period = rng.uniform(0, np.pi), scale * rng.uniform(0.3, 0.6)
         phase = (xx * np.cos(angle) + yy * np.sin(angle)) / period * 2 * np.pi
-        amount = np.clip((np.sin(phase + 1.5 * _smooth_noise(rng, size, scale * 0.4)) - 0.1) * 2, 0, 1)
+        amount = np.clip(
+            (np.sin(phase + 1.5 * _smooth_noise(rng, size, scale * 0.4)) - 0.1) * 2, 0, 1
+        )
     elif kind == 2:  # spots
         spots = np.zeros((size, size), np.uint8)
         for _ in range(int(rng.integers(8, 30))):
@@ -180,12 +209,16 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         p = rng.uniform(-0.1, 1.1, (2, 2)) * size
         kind = rng.integers(3)
         if kind == 0:
-            cv2.line(image, _px(p[0]), _px(p[1]), colour, int(rng.integers(1, 6)), cv2.LINE_AA, _SHIFT)
+            cv2.line(
+                image, _px(p[0]), _px(p[1]), colour, int(rng.integers(1, 6)), cv2.LINE_AA, _SHIFT
+            )
         elif kind == 1:
             cv2.rectangle(image, _px(p[0]), _px(p[1]), colour, -1, cv2.LINE_AA, _SHIFT)
         else:
             axes = _px(rng.uniform(0.03, 0.25, 2) * size)
-            cv2.ellipse(image, _px(p[0]), axes, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA, _SHIFT)
+            cv2.ellipse(
+                image, _px(p[0]), axes, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA, _SHIFT
+            )
     return image + rng.uniform(3, 12) * _smooth_noise(rng, size, rng.uniform(0.5, 3))[..., None]
 
 
@@ -203,7 +236,8 @@ def _px(point) -> tuple[int, int]:
 def _paint_polygon(image, layer, silhouette, polygon, colour, mix) -> None:
     """Blends fur (or fur mixed with a colour) into the polygon, in place, only within its bounds."""
     low = np.maximum(np.floor(polygon.min(0)).astype(int) - 1, 0)
-    high = np.minimum(np.ceil(polygon.max(0)).astype(int) + 2, image.shape[1::-1])  # (width, height)
+    # (width, height)
+    high = np.minimum(np.ceil(polygon.max(0)).astype(int) + 2, image.shape[1::-1])
     if (high <= low).any():
         return
     (x0, y0), (x1, y1) = low, high
@@ -234,23 +268,39 @@ def _place_head(rng: np.random.Generator, head: Head, size: int):
     return (lambda local: (np.asarray(local) @ rotation.T) * scale + offset), scale
 
 
-def _draw_body(rng: np.random.Generator, image: np.ndarray, fur: np.ndarray, to_px, scale: float,
-               is_cat: bool) -> np.ndarray:
+def _draw_body(
+    rng: np.random.Generator, image: np.ndarray, fur: np.ndarray, to_px, scale: float, is_cat: bool
+) -> np.ndarray:
     """Body ellipse below/beside the head, legs and a tail, in the same fur, shaded darker
     so the head stands out from it."""
     side = rng.choice([-1, 1])
     cx, cy = to_px((side * rng.uniform(0.0, 1.6), rng.uniform(1.0, 1.6)))
     rx, ry = scale * rng.uniform(1.4, 2.4), scale * rng.uniform(0.9, 1.3)
     mask = np.zeros(image.shape[:2], np.uint8)
-    cv2.ellipse(mask, _px((cx, cy)), _px((rx, ry)), rng.uniform(-20, 20), 0, 360, 255, -1, cv2.LINE_AA, _SHIFT)
+    cv2.ellipse(
+        mask,
+        _px((cx, cy)),
+        _px((rx, ry)),
+        rng.uniform(-20, 20),
+        0,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
     width = max(1, int(scale * (0.25 if is_cat else 0.35)))
     for x in cx + rx * rng.uniform(-0.8, 0.8, int(rng.integers(2, 5))):  # legs
         top, length = cy + ry * 0.5, scale * rng.uniform(0.6, 1.2)
         cv2.line(mask, _px((x, top)), _px((x, top + length)), 255, width, cv2.LINE_AA, _SHIFT)
     base = np.array([cx + side * rx * 0.9, cy])
     bend = base + scale * np.array([side * rng.uniform(0.4, 0.9), -rng.uniform(0.2, 1.0)])
-    tip = bend + scale * np.array([side * rng.uniform(-0.2, 0.4), -rng.uniform(0.3, 1.0 if is_cat else 0.4)])
-    cv2.polylines(mask, [_fixed(np.array([base, bend, tip]))], False, 255, width, cv2.LINE_AA, _SHIFT)
+    tip = bend + scale * np.array(
+        [side * rng.uniform(-0.2, 0.4), -rng.uniform(0.3, 1.0 if is_cat else 0.4)]
+    )
+    cv2.polylines(
+        mask, [_fixed(np.array([base, bend, tip]))], False, 255, width, cv2.LINE_AA, _SHIFT
+    )
     return _blend(image, fur * rng.uniform(0.6, 0.85), mask.astype(np.float32)[..., None] / 255)
 
 
@@ -260,7 +310,7 @@ def _draw_head(image: np.ndarray, fur: np.ndarray, head: Head, to_px, scale: flo
     for polygon, colour, mix in head.parts:
         _paint_polygon(image, fur, silhouette, to_px(polygon), colour, mix)
     for line, colour, width in head.strokes:
-        thickness = max(1, int(round(width * scale)))
+        thickness = max(1, round(width * scale))
         cv2.polylines(image, [_fixed(to_px(line))], False, colour, thickness, cv2.LINE_AA, _SHIFT)
     return silhouette >= 0.5
 
@@ -273,12 +323,23 @@ def _occlude(rng: np.random.Generator, image: np.ndarray, box: tuple[float, ...]
     colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
     if rng.random() < 0.5:
         angle = rng.uniform(0, np.pi)
-        direction = np.array([np.cos(angle), np.sin(angle)]) * 2 * image.shape[0]  # crosses the image
+        # crosses the image
+        direction = np.array([np.cos(angle), np.sin(angle)]) * 2 * image.shape[0]
         thickness = max(1, int(side * rng.uniform(0.12, 0.25)))
-        cv2.line(image, _px(centre - direction), _px(centre + direction), colour, thickness, cv2.LINE_AA, _SHIFT)
+        cv2.line(
+            image,
+            _px(centre - direction),
+            _px(centre + direction),
+            colour,
+            thickness,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
     else:
         axes = _px(side * rng.uniform(0.12, 0.3, 2))
-        cv2.ellipse(image, _px(centre), axes, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA, _SHIFT)
+        cv2.ellipse(
+            image, _px(centre), axes, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA, _SHIFT
+        )
 
 
 def _head_box(head: Head, to_px, size: int) -> Box:
@@ -303,7 +364,9 @@ def render(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, int, 
     image = _draw_body(rng, image, fur, to_px, scale, is_cat=not label)
     silhouette = _draw_head(image, fur * rng.uniform(0.95, 1.1), head, to_px, scale)
     if rng.random() < 0.5:  # cartoon outline, drawn inside the silhouette so the box is unchanged
-        edge = silhouette & ~cv2.erode(silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        edge = silhouette & ~cv2.erode(
+            silhouette.astype(np.uint8), np.ones((3, 3), np.uint8)
+        ).astype(bool)
         image[edge] *= 0.4
     box = _head_box(head, to_px, size)
     if rng.random() < OCCLUSION_PROB:
@@ -326,7 +389,8 @@ def generate(out: Path, count: int = 1500, seed: int = 0, size: int = 128) -> Pa
     for old in [*out.glob("synth_*.jpg"), *out.glob("synth_*.txt")]:
         old.unlink()
 
-    def write(index: int) -> None:  # each image has its own random stream, so any order gives the same set
+    # each image has its own random stream, so any order gives the same set
+    def write(index: int) -> None:
         image, label, box = render(np.random.default_rng([seed, index]), size)
         name = f"synth_{CLASS_NAMES[label]}_{index:05d}"
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
@@ -358,6 +422,8 @@ def settings(count: int, seed: int, size: int) -> dict:
 def is_generated(out: Path, count: int, seed: int, size: int = 128) -> bool:
     """True when `out` holds a complete set made with these settings."""
     try:
-        return json.loads(read_bounded(Path(out) / SETTINGS_FILE, SMALL_FILE_LIMIT)) == settings(count, seed, size)
+        return json.loads(read_bounded(Path(out) / SETTINGS_FILE, SMALL_FILE_LIMIT)) == settings(
+            count, seed, size
+        )
     except (UnreadableFile, OSError, ValueError):  # then it is made afresh
         return False

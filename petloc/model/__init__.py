@@ -9,5 +9,19 @@ from petloc.model.heads import BOX_HEADS, SECOND_STAGES
 from petloc.model.losses import BOX_LOSSES, CLASS_WEIGHTS
 from petloc.model.tta import TTA
 
-__all__ = ["BACKBONES", "BOX_HEADS", "BOX_LOSSES", "CLASS_WEIGHTS", "Hyperparameters", "Pretrained", "REGISTERED", "SECOND_STAGES",
-           "TTA", "build_backbone", "build_model", "compile_model", "hyperparams", "optimizer"]
+__all__ = [
+    "BACKBONES",
+    "BOX_HEADS",
+    "BOX_LOSSES",
+    "CLASS_WEIGHTS",
+    "REGISTERED",
+    "SECOND_STAGES",
+    "TTA",
+    "Hyperparameters",
+    "Pretrained",
+    "build_backbone",
+    "build_model",
+    "compile_model",
+    "hyperparams",
+    "optimizer",
+]

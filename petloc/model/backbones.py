@@ -8,9 +8,9 @@ scaling its network expects inside the returned model, so saved models take raw 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers
@@ -46,12 +46,20 @@ class Pretrained:
     val_data: str | None  # the split it was trained on (train/val of which data)
 
 
-def build_backbone(name: str, image_size: int, width: float = 1.0, weights: str = "none", pretrained: Pretrained | None = None) -> keras.Model:
+def build_backbone(
+    name: str,
+    image_size: int,
+    width: float = 1.0,
+    weights: str = "none",
+    pretrained: Pretrained | None = None,
+) -> keras.Model:
     """The backbone `name` at `image_size`; `registered:NAME@ALIAS` needs the `pretrained` network."""
     if name.startswith(REGISTERED):
         return _from_pretrained(name, image_size, pretrained)
     if name not in BACKBONES:
-        raise PetlocError(f"backbone: unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}")
+        raise PetlocError(
+            f"backbone: unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}"
+        )
     return BACKBONES[name](image_size, width, _weights_arg(weights))
 
 
@@ -64,16 +72,20 @@ def _from_pretrained(name: str, image_size: int, pretrained: Pretrained | None) 
     try:
         net.set_weights(pretrained.weights)
     except ValueError as err:
-        raise PetlocError(f"backbone: {name} does not hold a {pretrained.backbone} backbone ({err})") from None
+        raise PetlocError(
+            f"backbone: {name} does not hold a {pretrained.backbone} backbone ({err})"
+        ) from None
     return net
 
 
 def _weights_arg(weights: str) -> str | None:
-    """"none" = random init, "imagenet" = Keras download, anything else = a local file."""
+    """ "none" = random init, "imagenet" = Keras download, anything else = a local file."""
     if weights == "none":
         return None
     if weights != "imagenet" and not Path(weights).is_file():
-        raise PetlocError(f"weights: {weights!r} is neither 'none', 'imagenet' nor an existing weights file")
+        raise PetlocError(
+            f"weights: {weights!r} is neither 'none', 'imagenet' nor an existing weights file"
+        )
     return weights
 
 
@@ -86,7 +98,9 @@ class CaffePreprocess(layers.Layer):
         return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
 
 
-def _with_preprocess(preprocess: layers.Layer, net: keras.Model, image_size: int, name: str) -> keras.Model:
+def _with_preprocess(
+    preprocess: layers.Layer, net: keras.Model, image_size: int, name: str
+) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     return keras.Model(inputs, net(preprocess(inputs)), name=name)
 
@@ -94,7 +108,12 @@ def _with_preprocess(preprocess: layers.Layer, net: keras.Model, image_size: int
 def _applications(app, image_size: int, weights: str | None, **kwargs) -> keras.Model:
     """Builds a keras.applications network; a local weights file is loaded after building."""
     file = weights if weights not in (None, "imagenet") else None
-    net = app(include_top=False, input_shape=(image_size, image_size, 3), weights=None if file else weights, **kwargs)
+    net = app(
+        include_top=False,
+        input_shape=(image_size, image_size, 3),
+        weights=None if file else weights,
+        **kwargs,
+    )
     if file:
         net.load_weights(file)
     return short_run_batch_norm(net)
@@ -127,11 +146,15 @@ def simple_context(image_size: int, width: float, weights: str | None) -> keras.
     return _simple("simple_context", image_size, width, weights, dilations=(2, 4))
 
 
-def _simple(name: str, image_size: int, width: float, weights: str | None, dilations: tuple[int, ...]) -> keras.Model:
+def _simple(
+    name: str, image_size: int, width: float, weights: str | None, dilations: tuple[int, ...]
+) -> keras.Model:
     if weights == "imagenet":
-        raise PetlocError(f"weights: the {name!r} backbone has no imagenet weights; use 'none' or a weights file")
+        raise PetlocError(
+            f"weights: the {name!r} backbone has no imagenet weights; use 'none' or a weights file"
+        )
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    f = max(8, int(round(64 * width)))  # width 0.5 (32 filters) pairs with mobilenetv2 alpha 0.5
+    f = max(8, round(64 * width))  # width 0.5 (32 filters) pairs with mobilenetv2 alpha 0.5
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     x = _conv_bn(x, f, strides=2)
     x = layers.MaxPooling2D()(_conv_bn(x, f))
@@ -171,18 +194,31 @@ class TapsConv2D(layers.Conv2D):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if (self.kernel_size, self.strides, self.padding, self.use_bias) != ((3, 3), (1, 1), "same", False):
-            raise ValueError("TapsConv2D computes 3x3 kernels at stride 1, 'same' padding, without bias")
+        if (self.kernel_size, self.strides, self.padding, self.use_bias) != (
+            (3, 3),
+            (1, 1),
+            "same",
+            False,
+        ):
+            raise ValueError(
+                "TapsConv2D computes 3x3 kernels at stride 1, 'same' padding, without bias"
+            )
         self.taps = taps_pay()
 
     def call(self, inputs):
         if not self.taps:
             return super().call(inputs)
         rate, shape = self.dilation_rate[0], keras.ops.shape(inputs)
-        height, width = (static or shape[i + 1] for i, static in enumerate(inputs.shape[1:3]))  # a batch may come unsized
+        # a batch may come unsized
+        height, width = (static or shape[i + 1] for i, static in enumerate(inputs.shape[1:3]))
         padded = keras.ops.pad(inputs, [[0, 0], [rate, rate], [rate, rate], [0, 0]])
         taps = keras.ops.concatenate(
-            [padded[:, i * rate:i * rate + height, j * rate:j * rate + width, :] for i in range(3) for j in range(3)], axis=-1
+            [
+                padded[:, i * rate : i * rate + height, j * rate : j * rate + width, :]
+                for i in range(3)
+                for j in range(3)
+            ],
+            axis=-1,
         )
         return keras.ops.matmul(taps, keras.ops.reshape(self.kernel, (-1, self.filters)))
 
@@ -193,9 +229,11 @@ def small_resnet(image_size: int, width: float, weights: str | None) -> keras.Mo
     at the same width, but twelve convolutions deep instead of five, so each cell of the
     final map sees most of a 128 px photo (what telling a cat's head from a dog's needs)."""
     if weights == "imagenet":
-        raise PetlocError("weights: the 'small_resnet' backbone has no imagenet weights; use 'none' or a weights file")
+        raise PetlocError(
+            "weights: the 'small_resnet' backbone has no imagenet weights; use 'none' or a weights file"
+        )
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
-    f = max(8, int(round(64 * width)))
+    f = max(8, round(64 * width))
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     x = _conv_bn(_conv_bn(x, f, strides=2), f, strides=2)  # stride 4
     for filters, strides in ((f, 1), (2 * f, 2), (2 * f, 1), (4 * f, 2), (4 * f, 1)):
@@ -220,7 +258,9 @@ def _residual_block(x, filters: int, strides: int):
 @register("mobilenetv2")
 def mobilenetv2(image_size: int, width: float, weights: str | None) -> keras.Model:
     net = _applications(keras.applications.MobileNetV2, image_size, weights, alpha=width)
-    return _with_preprocess(layers.Rescaling(1 / 127.5, offset=-1.0), net, image_size, "mobilenetv2")
+    return _with_preprocess(
+        layers.Rescaling(1 / 127.5, offset=-1.0), net, image_size, "mobilenetv2"
+    )
 
 
 @register("efficientnetb0")

@@ -19,10 +19,15 @@ from petloc.model.losses import BOX_LOSSES, class_loss
 from petloc.model.metrics import MeanIoU
 
 
-def build_model(hparams: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
+def build_model(
+    hparams: Hyperparameters, image_size: int, pretrained: Pretrained | None = None
+) -> keras.Model:
     """The localiser `hparams` describes; `pretrained` is the network a `registered:` backbone names."""
-    backbone = build_backbone(hparams.backbone, image_size, hparams.width, hparams.weights, pretrained)
-    backbone.trainable = not hparams.freeze_backbone  # frozen, its BatchNorms also stay in inference mode
+    backbone = build_backbone(
+        hparams.backbone, image_size, hparams.width, hparams.weights, pretrained
+    )
+    # frozen, its BatchNorms also stay in inference mode
+    backbone.trainable = not hparams.freeze_backbone
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     features = backbone(inputs)
 
@@ -37,7 +42,11 @@ def build_model(hparams: Hyperparameters, image_size: int, pretrained: Pretraine
     cls = layers.Dense(2, activation="softmax", name="cls", dtype="float32")(
         dense_stack(pooled, hparams.head_units, hparams.head_depth, hparams.dropout, "cls")
     )
-    return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_" + re.sub(r"[^\w]+", "_", hparams.backbone).strip("_"))
+    return keras.Model(
+        inputs,
+        {"cls": cls, "box": box},
+        name="petloc_" + re.sub(r"[^\w]+", "_", hparams.backbone).strip("_"),
+    )
 
 
 def class_pool(features):
@@ -51,20 +60,36 @@ def class_pool(features):
     return layers.Concatenate(name="cls_pools")([average, strongest])
 
 
-def compile_model(model: keras.Model, hparams: Hyperparameters, steps_per_epoch: int = 0, epochs: int = 0, jit_compile="auto") -> keras.Model:
+def compile_model(
+    model: keras.Model,
+    hparams: Hyperparameters,
+    steps_per_epoch: int = 0,
+    epochs: int = 0,
+    jit_compile="auto",
+) -> keras.Model:
     """The localiser's losses and metrics, Adam as `optimizer` says. `jit_compile` is Keras's:
     "auto" means no XLA on a CPU."""
     model.compile(
-        optimizer=optimizer(hparams.learning_rate, steps_per_epoch * epochs, hparams.ema, warmup_steps=round(hparams.lr_warmup * steps_per_epoch)),
+        optimizer=optimizer(
+            hparams.learning_rate,
+            steps_per_epoch * epochs,
+            hparams.ema,
+            warmup_steps=round(hparams.lr_warmup * steps_per_epoch),
+        ),
         loss={"cls": class_loss(hparams.label_smoothing), "box": BOX_LOSSES[hparams.box_loss]},
         loss_weights={"cls": 1.0, "box": hparams.box_loss_weight},
-        metrics={"cls": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], "box": [MeanIoU()]},
+        metrics={
+            "cls": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            "box": [MeanIoU()],
+        },
         jit_compile=jit_compile,
     )
     return model
 
 
-def optimizer(learning_rate: float, total_steps: int = 0, ema: float = 0.0, warmup_steps: int = 0) -> keras.optimizers.Optimizer:
+def optimizer(
+    learning_rate: float, total_steps: int = 0, ema: float = 0.0, warmup_steps: int = 0
+) -> keras.optimizers.Optimizer:
     """Adam, with cosine decay to 5% over the whole run when its length is known, after
     `warmup_steps` of linear warm-up from 5% (a high rate is then safe in the first steps,
     where the batch-norm statistics and Adam's moment estimates are still settling); with `ema`,
@@ -73,6 +98,10 @@ def optimizer(learning_rate: float, total_steps: int = 0, ema: float = 0.0, warm
     if total_steps:
         warmup_steps = min(warmup_steps, total_steps - 1)
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate * 0.05 if warmup_steps else learning_rate, total_steps - warmup_steps, alpha=0.05,
-            warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+            learning_rate * 0.05 if warmup_steps else learning_rate,
+            total_steps - warmup_steps,
+            alpha=0.05,
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
     return keras.optimizers.Adam(learning_rate, use_ema=ema > 0, ema_momentum=ema or 0.99)

@@ -58,13 +58,17 @@ def _head_crop_stage(hparams: Hyperparameters, inputs, box, pooled, pretrained: 
     net = build_backbone(hparams.backbone, size, hparams.width, hparams.weights, pretrained)
     crop_net = keras.Model(net.input, net.output, name=f"crop_{net.name}")  # names must be unique
     crop_net.trainable = not hparams.freeze_backbone
-    crops = CropBoxes(size, name="head_crop", dtype="float32")(inputs, box)  # crop_and_resize has no bfloat16
+    # crop_and_resize has no bfloat16
+    crops = CropBoxes(size, name="head_crop", dtype="float32")(inputs, box)
     crop_pooled = layers.GlobalAveragePooling2D(name="crop_pool")(crop_net(crops))
     return layers.Concatenate(name="cls_features")([pooled, crop_pooled])
 
 
 # How the class head sees the photo: the whole photo only, or also the head crop.
-SECOND_STAGES = {"none": lambda hparams, inputs, box, pooled, pretrained: pooled, "head_crop": _head_crop_stage}
+SECOND_STAGES = {
+    "none": lambda hparams, inputs, box, pooled, pretrained: pooled,
+    "head_crop": _head_crop_stage,
+}
 
 
 def _dense_box_head(hparams: Hyperparameters, features):
@@ -77,7 +81,9 @@ def _dense_box_head(hparams: Hyperparameters, features):
     if side and side > 8:
         features = layers.AveragePooling2D(side // 8, name="box_pool")(features)
     squeezed = layers.Conv2D(32, 1, use_bias=False, name="box_squeeze")(features)
-    squeezed = layers.Activation("relu", name="box_squeeze_relu")(layers.BatchNormalization(momentum=0.9, name="box_squeeze_bn")(squeezed))
+    squeezed = layers.Activation("relu", name="box_squeeze_relu")(
+        layers.BatchNormalization(momentum=0.9, name="box_squeeze_bn")(squeezed)
+    )
     flat = layers.Flatten(name="box_flatten")(squeezed)
     box = layers.Dense(4, activation="sigmoid", name="box", dtype="float32")(
         dense_stack(flat, hparams.head_units, hparams.head_depth, hparams.dropout, "box")
@@ -97,7 +103,9 @@ class SoftArgmaxPool(layers.Layer):
         xs = (ops.cast(ops.arange(w), "float32") + 0.5) / ops.cast(w, "float32")
         ys = (ops.cast(ops.arange(h), "float32") + 0.5) / ops.cast(h, "float32")
         grid_x, grid_y = ops.tile(xs, [h]), ops.repeat(ys, w)  # row-major, like the reshape
-        centre = ops.stack([ops.sum(weights * grid_x, axis=-1), ops.sum(weights * grid_y, axis=-1)], axis=-1)
+        centre = ops.stack(
+            [ops.sum(weights * grid_x, axis=-1), ops.sum(weights * grid_y, axis=-1)], axis=-1
+        )
         pooled = ops.einsum("bn,bnc->bc", weights, ops.reshape(features, (-1, h * w, c)))
         return centre, pooled
 
@@ -115,7 +123,9 @@ def _centre_box_head(hparams: Hyperparameters, features):
     """Where: a heat map over the feature map, read out as its expected position (translation
     equivariant, and exact between cells). How big: regressed from the features there."""
     x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="box_map_conv")(features)
-    x = layers.Activation("relu", name="box_map_relu")(layers.BatchNormalization(momentum=0.9, name="box_map_bn")(x))
+    x = layers.Activation("relu", name="box_map_relu")(
+        layers.BatchNormalization(momentum=0.9, name="box_map_bn")(x)
+    )
     logits = layers.Conv2D(1, 1, name="box_heatmap")(x)
     # float32 even under mixed precision: bfloat16 rounds a position to 1/256 (half a pixel at 128 px).
     centre, at_head = SoftArgmaxPool(name="box_centre", dtype="float32")(logits, features)
@@ -127,5 +137,3 @@ def _centre_box_head(hparams: Hyperparameters, features):
 
 # How the box is read off the feature map.
 BOX_HEADS = {"dense": _dense_box_head, "centre": _centre_box_head}
-
-

@@ -5,7 +5,7 @@ Box losses: Boxes are normalised [x1, y1, x2, y2]; predictions may be inverted
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -28,7 +28,9 @@ def iou_and_enclosure(y_true, y_pred):
     ih = ops.maximum(ops.minimum(ty2, py2) - ops.maximum(ty1, py1), 0.0)
     inter = iw * ih
     union = (tx2 - tx1) * (ty2 - ty1) + (px2 - px1) * (py2 - py1) - inter
-    enclosure = (ops.maximum(tx2, px2) - ops.minimum(tx1, px1)) * (ops.maximum(ty2, py2) - ops.minimum(ty1, py1))
+    enclosure = (ops.maximum(tx2, px2) - ops.minimum(tx1, px1)) * (
+        ops.maximum(ty2, py2) - ops.minimum(ty1, py1)
+    )
     eps = keras.backend.epsilon()
     return inter / (union + eps), enclosure + eps, union
 
@@ -80,7 +82,9 @@ class SmoothedClassLoss(keras.losses.Loss):
         self.smoothing = smoothing
 
     def call(self, y_true, y_pred):
-        labels = ops.one_hot(ops.cast(ops.reshape(y_true, [-1]), "int32"), len(CLASS_NAMES), dtype=y_pred.dtype)
+        labels = ops.one_hot(
+            ops.cast(ops.reshape(y_true, [-1]), "int32"), len(CLASS_NAMES), dtype=y_pred.dtype
+        )
         return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.smoothing)
 
     def get_config(self):
@@ -91,7 +95,13 @@ def class_loss(smoothing: float):
     return SmoothedClassLoss(smoothing) if smoothing else "sparse_categorical_crossentropy"
 
 
-BOX_LOSSES = {"mse": mse_loss, "l1": l1_loss, "smooth_l1": smooth_l1_loss, "giou": giou_loss, "l1_giou": l1_giou_loss}
+BOX_LOSSES = {
+    "mse": mse_loss,
+    "l1": l1_loss,
+    "smooth_l1": smooth_l1_loss,
+    "giou": giou_loss,
+    "l1_giou": l1_giou_loss,
+}
 
 
 def _balanced(labels: np.ndarray) -> np.ndarray:
@@ -101,4 +111,7 @@ def _balanced(labels: np.ndarray) -> np.ndarray:
 
 
 # How much each class's images weigh in the class loss, from the training labels.
-CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {"none": lambda labels: None, "balanced": _balanced}
+CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {
+    "none": lambda labels: None,
+    "balanced": _balanced,
+}

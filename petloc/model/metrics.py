@@ -12,8 +12,12 @@ def box_iou(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Per-row IoU of [N, 4] boxes [x1, y1, x2, y2] (any units; no "+1" pixel convention)."""
     true = np.asarray(true, dtype=np.float64).reshape(-1, 4)
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
-    t = np.concatenate([np.minimum(true[:, :2], true[:, 2:]), np.maximum(true[:, :2], true[:, 2:])], axis=1)
-    p = np.concatenate([np.minimum(pred[:, :2], pred[:, 2:]), np.maximum(pred[:, :2], pred[:, 2:])], axis=1)
+    t = np.concatenate(
+        [np.minimum(true[:, :2], true[:, 2:]), np.maximum(true[:, :2], true[:, 2:])], axis=1
+    )
+    p = np.concatenate(
+        [np.minimum(pred[:, :2], pred[:, 2:]), np.maximum(pred[:, :2], pred[:, 2:])], axis=1
+    )
     wh = np.clip(np.minimum(t[:, 2:], p[:, 2:]) - np.maximum(t[:, :2], p[:, :2]), 0, None)
     inter = wh[:, 0] * wh[:, 1]
     union = np.prod(t[:, 2:] - t[:, :2], axis=1) + np.prod(p[:, 2:] - p[:, :2], axis=1) - inter
@@ -26,7 +30,9 @@ def summarise(true_labels, pred_labels, true_boxes, pred_boxes) -> dict[str, flo
     return {
         "miou": float(ious.mean()) if len(ious) else 0.0,
         "iou50": float((ious >= 0.5).mean()) if len(ious) else 0.0,
-        "accuracy": float((np.asarray(true_labels) == np.asarray(pred_labels)).mean()) if len(ious) else 0.0,
+        "accuracy": float((np.asarray(true_labels) == np.asarray(pred_labels)).mean())
+        if len(ious)
+        else 0.0,
     }
 
 

@@ -5,7 +5,7 @@ A registry, name -> wrapper; "none" leaves the trained model as it is."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 from keras import layers, ops
@@ -32,10 +32,19 @@ def with_flip(model: keras.Model) -> keras.Model:
     """Averages the predictions for each photo and its mirror image (two forward passes)."""
     inputs = keras.Input(model.input_shape[1:], name="pixels")
     plain, mirrored = model(inputs), model(MirrorImages(name="mirror_images")(inputs))
-    return keras.Model(inputs, {
-        "cls": layers.Average(name="cls")([plain["cls"], mirrored["cls"]]),
-        "box": layers.Average(name="box")([plain["box"], MirrorBoxes(name="mirror_boxes")(mirrored["box"])]),
-    }, name=f"{model.name}_flip_tta")
+    return keras.Model(
+        inputs,
+        {
+            "cls": layers.Average(name="cls")([plain["cls"], mirrored["cls"]]),
+            "box": layers.Average(name="box")(
+                [plain["box"], MirrorBoxes(name="mirror_boxes")(mirrored["box"])]
+            ),
+        },
+        name=f"{model.name}_flip_tta",
+    )
 
 
-TTA: dict[str, Callable[[keras.Model], keras.Model]] = {"none": lambda model: model, "flip": with_flip}
+TTA: dict[str, Callable[[keras.Model], keras.Model]] = {
+    "none": lambda model: model,
+    "flip": with_flip,
+}

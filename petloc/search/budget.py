@@ -10,8 +10,9 @@ also traces), so epochs and fixed costs are priced apart (`TimeBudgetedOracle.es
 from __future__ import annotations
 
 import copy
+import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import keras_tuner as kt
 
@@ -39,16 +40,25 @@ class TimeBudgetedOracle(kt.Oracle):
     The leaderboard, ensemble and promotion are not priced; a filled final run leaves them
     `AFTER_FINAL` of the budget (`final_epochs_for`, `tuner.fill_budget`)."""
 
-    def __init__(self, *args, max_minutes: float | None = None, trial_epochs: int = 1, final_epochs: int = 0,
-                 started: float | None = None, say: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.monotonic, **kwargs):
+    def __init__(
+        self,
+        *args,
+        max_minutes: float | None = None,
+        trial_epochs: int = 1,
+        final_epochs: int = 0,
+        started: float | None = None,
+        say: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.budget_seconds = None if max_minutes is None else max_minutes * 60
         self.trial_epochs, self.final_epochs = trial_epochs, final_epochs
         self.say, self.clock = say, clock
         self.started = clock() if started is None else started
         self.begun: dict[str, float] = {}  # trial_id -> when this start handed it out
-        self.took: dict[str, float] = {}  # trial_id -> its wall time, for the trials ended since this start
+        # trial_id -> its wall time, for the trials ended since this start
+        self.took: dict[str, float] = {}
         self.spent: str | None = None  # why no trial starts any more
 
     def populate_space(self, trial_id):
@@ -90,7 +100,9 @@ class TimeBudgetedOracle(kt.Oracle):
         return result
 
     def left(self) -> float:
-        """Seconds of the budget not spent yet."""
+        """Seconds of the budget not spent yet (no budget: no end)."""
+        if self.budget_seconds is None:
+            return math.inf
         return self.budget_seconds - (self.clock() - self.started)
 
     def _timed(self) -> dict[str, tuple[float, float, float]]:
@@ -99,20 +111,38 @@ class TimeBudgetedOracle(kt.Oracle):
         for trial_id, wall in self.took.items():
             metrics = self.trials[trial_id].metrics
             if metrics.exists("epoch_seconds") and metrics.exists("epochs_trained"):
-                timed[trial_id] = (metrics.get_last_value("epochs_trained"), metrics.get_last_value("epoch_seconds"), wall)
+                timed[trial_id] = (
+                    metrics.get_last_value("epochs_trained"),
+                    metrics.get_last_value("epoch_seconds"),
+                    wall,
+                )
         return timed
 
     def _running_paces(self) -> dict[str, float]:
         """trial_id -> the steady epoch each trial handed out by this start and still running has reported."""
-        running = {trial_id: self.trials.get(trial_id) for trial_id in self.begun if trial_id not in self.took}
-        return {trial_id: trial.metrics.get_last_value(PACE) for trial_id, trial in running.items()
-                if trial and trial.metrics.exists(PACE)}
+        running = {
+            trial_id: self.trials.get(trial_id)
+            for trial_id in self.begun
+            if trial_id not in self.took
+        }
+        return {
+            trial_id: trial.metrics.get_last_value(PACE)
+            for trial_id, trial in running.items()
+            if trial and trial.metrics.exists(PACE)
+        }
 
     def _epoch_like(self, values: dict | None, epochs: dict[str, float]) -> float:
         """The slowest of `epochs` (trial_id -> seconds) of the trials that train like `values`
         (same `SPEED_KEYS`), else of all (a backbone not timed yet, or no values)."""
-        same = [each for trial_id, each in epochs.items() if values is not None and all(
-            self.trials[trial_id].hyperparameters.values.get(key) == values.get(key) for key in SPEED_KEYS)]
+        same = [
+            each
+            for trial_id, each in epochs.items()
+            if values is not None
+            and all(
+                self.trials[trial_id].hyperparameters.values.get(key) == values.get(key)
+                for key in SPEED_KEYS
+            )
+        ]
         return max(same or epochs.values())
 
     def epochs_of(self, values: dict) -> int:
@@ -133,7 +163,9 @@ class TimeBudgetedOracle(kt.Oracle):
         epochs = self.epochs_of(drawn) if drawn is not None else self.trial_epochs
         trial_epoch = self._epoch_like(drawn, seen)
         best = self.get_best_trials(1)
-        best_epoch = seen[best[0].trial_id] if best and best[0].trial_id in seen else max(seen.values())
+        best_epoch = (
+            seen[best[0].trial_id] if best and best[0].trial_id in seen else max(seen.values())
+        )
         final_epoch = max([best_epoch, trial_epoch, *running.values()])
         fixed = _fixed_cost(timed)
         final = self.final_epochs * final_epoch + fixed if self.final_epochs else 0.0
@@ -145,16 +177,18 @@ class TimeBudgetedOracle(kt.Oracle):
         `AFTER_FINAL` of the budget kept for the ensemble and the promotion), never fewer than
         `final_epochs`; `final_epochs` before a trial has been timed."""
         timed = self._timed()
-        if not timed:
+        if not timed or self.budget_seconds is None:
             return self.final_epochs
-        epoch = self._epoch_like(values, {trial_id: each for trial_id, (_, each, _) in timed.items()})
+        epoch = self._epoch_like(
+            values, {trial_id: each for trial_id, (_, each, _) in timed.items()}
+        )
         fixed = _fixed_cost(timed)
         room = self.left() - fixed - AFTER_FINAL * self.budget_seconds
         return max(self.final_epochs, int(room // epoch)) if epoch > 0 else self.final_epochs
 
     def _would_overrun(self, drawn: dict) -> bool:
         estimates = self.estimates(drawn)
-        if estimates is None:
+        if estimates is None or self.budget_seconds is None:
             return False
         elapsed, trial, final = estimates
         if elapsed + trial + final <= self.budget_seconds:
@@ -162,13 +196,20 @@ class TimeBudgetedOracle(kt.Oracle):
         kept = f"; about {duration(final)} kept for the final run" if self.final_epochs else ""
         ended = f"{len(self.took)} trial{'' if len(self.took) == 1 else 's'} ended"
         trial_epochs = self.epochs_of(drawn)
-        self.spent = (f"{duration(elapsed)} of {duration(self.budget_seconds)} spent, {ended}; "
-                      f"the next trial ({trial_epochs} epoch{'' if trial_epochs == 1 else 's'}) takes about {duration(trial)}{kept}")
+        self.spent = (
+            f"{duration(elapsed)} of {duration(self.budget_seconds)} spent, {ended}; "
+            f"the next trial ({trial_epochs} epoch{'' if trial_epochs == 1 else 's'}) "
+            f"takes about {duration(trial)}{kept}"
+        )
         self.say(f"\ntime budget (tuner.max_minutes): {self.spent}; no new trial starts")
-        if elapsed + final > self.budget_seconds:  # the final run always runs: say so now, while it can still be changed
-            self.say(f"time budget (tuner.max_minutes): the final run alone ({self.final_epochs} epochs, about {duration(final)}) "
-                     f"will end about {duration(elapsed + final - self.budget_seconds)} past it; lower tuner.final_epochs or "
-                     "raise tuner.max_minutes (Ctrl+C, then the sweep with the new value resumes)")
+        # the final run always runs: say so now, while it can still be changed
+        if elapsed + final > self.budget_seconds:
+            self.say(
+                f"time budget (tuner.max_minutes): the final run alone ({self.final_epochs} epochs, "
+                f"about {duration(final)}) will end about "
+                f"{duration(elapsed + final - self.budget_seconds)} past it; lower tuner.final_epochs "
+                "or raise tuner.max_minutes (Ctrl+C, then the sweep with the new value resumes)"
+            )
         return True
 
 

@@ -21,9 +21,10 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import grpc
 import keras_tuner as kt
@@ -38,7 +39,13 @@ from petloc.search import DEFAULT_CHIEF_ADDRESS, SEARCH_OVER
 from petloc.search.budget import PACE
 from petloc.search.progress import duration, planned_trials
 from petloc.search.state import fingerprint, sweep_state
-from petloc.search.sweep import SweepResult, data_preparer, failed_trials, finish, say_why_the_search_ended
+from petloc.search.sweep import (
+    SweepResult,
+    data_preparer,
+    failed_trials,
+    finish,
+    say_why_the_search_ended,
+)
 from petloc.search.tuner import TrackedTuner, searched_names, tuner_dir
 from petloc.tracking import store
 from petloc.tracking import vocabulary as vocab
@@ -60,24 +67,38 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     """HOST:PORT, or a one-line error naming the option."""
     match = _ADDRESS.fullmatch(text or "")
     if not match or not 0 < int(match["port"]) < 65536:
-        raise PetlocError(f"{option} {text!r}: not HOST:PORT (such as {DEFAULT_CHIEF_ADDRESS}); overrides go before the options")
+        raise PetlocError(
+            f"{option} {text!r}: not HOST:PORT (such as {DEFAULT_CHIEF_ADDRESS}); overrides go before the options"
+        )
     return match["host"], int(match["port"])
 
 
 def _use_chief(host: str, port: int, tuner_id: str) -> None:
     # Keras Tuner reads its distributed settings from these variables when a tuner is made.
-    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=str(port))
+    os.environ.update(
+        KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=str(port)
+    )
 
 
 # ---- the chief ----------------------------------------------------------------------------
 
-class ChiefServicer(library_internals.oracle_servicer()):
+
+_OracleServicer: Any = library_internals.oracle_servicer()  # Keras Tuner's, not public
+
+
+class ChiefServicer(_OracleServicer):
     """Keras Tuner's oracle service, plus when each worker was last heard from, a line per
     trial handed out and ended, and the consecutive-failure stop (Keras Tuner's own raises
     inside a worker's call and leaves the trial ongoing for ever)."""
 
-    def __init__(self, oracle: kt.Oracle, planned: int, shown: list[str], max_failures: int | None,
-                 say: Callable[[str], None]):
+    def __init__(
+        self,
+        oracle: kt.Oracle,
+        planned: int,
+        shown: list[str],
+        max_failures: int | None,
+        say: Callable[[str], None],
+    ):
         super().__init__(oracle)
         self.planned, self.shown, self.max_failures, self.say = planned, shown, max_failures, say
         self.lock = threading.Lock()  # the service's calls against the chief's own timeout check
@@ -87,7 +108,14 @@ class ChiefServicer(library_internals.oracle_servicer()):
         self.sweep: dict[str, str] = {}  # what `describe` hands a worker
 
     def _tuner_of(self, trial_id: str) -> str | None:
-        return next((tuner for tuner, trial in self.oracle.ongoing_trials.items() if trial.trial_id == trial_id), None)
+        return next(
+            (
+                tuner
+                for tuner, trial in self.oracle.ongoing_trials.items()
+                if trial.trial_id == trial_id
+            ),
+            None,
+        )
 
     def _heard(self, tuner_id: str | None) -> None:
         if tuner_id is not None:
@@ -116,7 +144,9 @@ class ChiefServicer(library_internals.oracle_servicer()):
 
     def GetTrial(self, request, context):  # the workers' heartbeat
         with self.lock:
-            self._adopt(request.trial_id, dict(context.invocation_metadata()).get(TUNER_ID_METADATA))
+            self._adopt(
+                request.trial_id, dict(context.invocation_metadata()).get(TUNER_ID_METADATA)
+            )
             self._heard(self._tuner_of(request.trial_id))
             return super().GetTrial(request, context)
 
@@ -132,7 +162,9 @@ class ChiefServicer(library_internals.oracle_servicer()):
         trial.status = TrialStatus.RUNNING
         tuner_id = tuner_id or f"the worker of trial {trial_id}"
         self.oracle.ongoing_trials[tuner_id] = trial
-        self.say(f"trial {trial_id}: {tuner_id} is still running it, from before the chief started again")
+        self.say(
+            f"trial {trial_id}: {tuner_id} is still running it, from before the chief started again"
+        )
         return True
 
     def UpdateTrial(self, request, context):
@@ -143,12 +175,17 @@ class ChiefServicer(library_internals.oracle_servicer()):
     def EndTrial(self, request, context):
         with self.lock:
             trial = Trial.from_proto(request.trial)
-            if self._adopt(trial.trial_id, None):  # it ended while the chief was down: counted, not run again
-                self.say(f"trial {trial.trial_id}: its {trial.status} report, sent while the chief was down, "
-                         "is counted")
+            # it ended while the chief was down: counted, not run again
+            if self._adopt(trial.trial_id, None):
+                self.say(
+                    f"trial {trial.trial_id}: its {trial.status} report, sent while the chief was down, "
+                    "is counted"
+                )
             tuner = self._tuner_of(trial.trial_id)
             if tuner is None:  # already ended by the timeout below: its worker came back too late
-                self.say(f"trial {trial.trial_id}: a late {trial.status} report ignored; the trial had already ended")
+                self.say(
+                    f"trial {trial.trial_id}: a late {trial.status} report ignored; the trial had already ended"
+                )
                 return library_internals.oracle_messages().EndTrialResponse()
             self._heard(tuner)
             response = super().EndTrial(request, context)
@@ -160,15 +197,21 @@ class ChiefServicer(library_internals.oracle_servicer()):
         ended = len(self.oracle.end_order)
         elapsed = time.monotonic() - self.started
         if trial.status == TrialStatus.COMPLETED:
-            miou, accuracy = (trial.metrics.get_last_value(name) for name in ("val_miou", "val_accuracy"))
+            miou, accuracy = (
+                trial.metrics.get_last_value(name) for name in ("val_miou", "val_accuracy")
+            )
             head = f"trial {trial_id} done on {tuner}: val mIoU {miou:.3f}, accuracy {accuracy:.3f}"
         else:
             why = (trial.message or "").strip().splitlines()
             head = f"trial {trial_id} {trial.status.lower()} on {tuner}: {why[-1] if why else 'no reason given'}"
-        self.say(f"{head}  [sweep: {ended} of {self.planned} trials ended, {duration(elapsed)} elapsed]")
+        self.say(
+            f"{head}  [sweep: {ended} of {self.planned} trials ended, {duration(elapsed)} elapsed]"
+        )
         if self.max_failures and _failed_in_a_row(self.oracle) >= self.max_failures:
-            self.stopped = (f"stopped after {self.max_failures} failed trials in a row; "
-                            "see the FAILED runs' 'error' tags")
+            self.stopped = (
+                f"stopped after {self.max_failures} failed trials in a row; "
+                "see the FAILED runs' 'error' tags"
+            )
 
     def fail_silent_workers(self, timeout: float) -> list[tuple[str, str]]:
         """End FAILED the trial of each worker not heard from for `timeout` seconds; returns
@@ -181,8 +224,10 @@ class ChiefServicer(library_internals.oracle_servicer()):
                 if silent <= timeout:
                     continue
                 trial.status = TrialStatus.FAILED
-                trial.message = (f"{tuner} was not heard from for {silent:.0f} s (worker timeout {timeout:g} s); "
-                                 "the trial is marked failed, not re-queued: run the sweep again to retry it")
+                trial.message = (
+                    f"{tuner} was not heard from for {silent:.0f} s (worker timeout {timeout:g} s); "
+                    "the trial is marked failed, not re-queued: run the sweep again to retry it"
+                )
                 self.oracle.end_trial(trial)
                 self.oracle.tuner_ids.discard(tuner)
                 self._ended(trial.trial_id, tuner)
@@ -207,8 +252,13 @@ def _failed_in_a_row(oracle: kt.Oracle) -> int:
     return count
 
 
-def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout: float = 300.0,
-              say: Callable[[str], None] = print) -> SweepResult:
+def run_chief(
+    exp: Experiment,
+    address: str,
+    fresh: bool = False,
+    worker_timeout: float = 300.0,
+    say: Callable[[str], None] = print,
+) -> SweepResult:
     """Hold the sweep's oracle and answer workers until its trials are over; then the
     leaderboard and the promotion, as a one-process sweep ends."""
     host, port = parse_address(address, "--address")
@@ -219,23 +269,47 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
         record.mark_chief(f"{host}:{port}")
         _refuse_a_concurrent_chief(exp, record.parent_run_id)
         _use_chief(host, port, "chief")
-        tuner = TrackedTuner(exp, record, None, say, started=started, directory=str(directory.parent),
-                             project_name=directory.name, overwrite=False)
+        tuner = TrackedTuner(
+            exp,
+            record,
+            None,
+            say,
+            started=started,
+            directory=str(directory.parent),
+            project_name=directory.name,
+            overwrite=False,
+        )
         tuner.count_finished_runs(say)
         oracle = tuner.oracle
-        max_failures, oracle.max_consecutive_failed_trials = oracle.max_consecutive_failed_trials, None
+        max_failures, oracle.max_consecutive_failed_trials = (
+            oracle.max_consecutive_failed_trials,
+            None,
+        )
         tuner.save()
-        servicer = ChiefServicer(oracle, planned_trials(exp, oracle), [*searched_names(exp), "tuner/epochs"], max_failures, say)
-        servicer.sweep = {"sweep": exp.name, "fingerprint": fingerprint(exp), "parent_run_id": record.parent_run_id}
+        servicer = ChiefServicer(
+            oracle,
+            planned_trials(exp, oracle),
+            [*searched_names(exp), "tuner/epochs"],
+            max_failures,
+            say,
+        )
+        servicer.sweep = {
+            "sweep": exp.name,
+            "fingerprint": fingerprint(exp),
+            "parent_run_id": record.parent_run_id,
+        }
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
         library_internals.add_oracle_servicer(servicer, server)
         describe = grpc.unary_unary_rpc_method_handler(servicer.describe)  # bytes in, bytes out
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(DESCRIBE_SERVICE, {DESCRIBE_METHOD: describe}),))
+            (grpc.method_handlers_generic_handler(DESCRIBE_SERVICE, {DESCRIBE_METHOD: describe}),)
+        )
         server.add_insecure_port(f"{host}:{port}")
         server.start()
-        say(f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {store.tracking_uri()}; "
-            f"workers: petloc sweep EXPERIMENT --worker ID --chief {host}:{port}")
+        say(
+            f"chief of sweep '{exp.name}' on {host}:{port}, tracking to {store.tracking_uri()}; "
+            f"workers: petloc sweep EXPERIMENT --worker ID --chief {host}:{port}"
+        )
         try:
             while not servicer.done():
                 time.sleep(1)
@@ -245,8 +319,10 @@ def run_chief(exp: Experiment, address: str, fresh: bool = False, worker_timeout
             server.stop(grace=2)
         # A worker that lost the tracking server could not close its run; the oracle knows
         # how its trial ended, so the run does not stay RUNNING for ever.
-        record.fail_running("its worker could not close this run (was the tracking server unreachable?); "
-                            "the trial ended as the sweep's chief recorded it")
+        record.fail_running(
+            "its worker could not close this run (was the tracking server unreachable?); "
+            "the trial ended as the sweep's chief recorded it"
+        )
         say_why_the_search_ended(tuner, record, servicer.stopped, servicer.planned, say)
         say(f"{SEARCH_OVER} every trial has ended; the sweep's end runs here on the chief")
         return finish(exp, record, failed_trials(oracle), servicer.stopped, say, tuner.time_budget)
@@ -262,8 +338,10 @@ def refuse_a_second_chief(exp: Experiment, recorded: str | None) -> None:
 
 
 def _another_chief(exp: Experiment, chief: LiveChief) -> PetlocError:
-    return PetlocError(f"sweep '{exp.name}' already has a live chief on {chief.host} (at {chief.address}, parent run "
-                       f"{chief.run_id}); point workers at it, or stop it and start this one again")
+    return PetlocError(
+        f"sweep '{exp.name}' already has a live chief on {chief.host} (at {chief.address}, parent run "
+        f"{chief.run_id}); point workers at it, or stop it and start this one again"
+    )
 
 
 def _refuse_a_concurrent_chief(exp: Experiment, parent: str) -> None:
@@ -281,7 +359,8 @@ def _chief_heartbeat(record: SweepRecord, every: float = CHIEF_BEAT_SECONDS):
     the sweep ends (its final run included). A missed beat is no error."""
 
     def beat():
-        with contextlib.suppress(Exception):  # the tracking server may be down a while; the sweep goes on
+        # the tracking server may be down a while; the sweep goes on
+        with contextlib.suppress(Exception):
             record.beat()
 
     beat()  # the first before this chief checks for a concurrent one
@@ -313,10 +392,13 @@ def _check_free(host: str, port: int) -> None:
         with socket.create_server((host.strip("[]"), port)):
             pass
     except OSError as err:
-        raise PetlocError(f"--address {host}:{port}: cannot listen there ({err.strerror or err})") from None
+        raise PetlocError(
+            f"--address {host}:{port}: cannot listen there ({err.strerror or err})"
+        ) from None
 
 
 # ---- a worker -----------------------------------------------------------------------------
+
 
 class WorkerTuner(TrackedTuner):
     """A tuner whose oracle is the chief's: it sends a heartbeat while it trains and prints
@@ -324,8 +406,17 @@ class WorkerTuner(TrackedTuner):
 
     holds_the_oracle = False
 
-    def __init__(self, exp: Experiment, record: SweepRecord, data_for, worker_id: str, say, chief: str,
-                 patience: float = CHIEF_PATIENCE_SECONDS, **kwargs):
+    def __init__(
+        self,
+        exp: Experiment,
+        record: SweepRecord,
+        data_for,
+        worker_id: str,
+        say,
+        chief: str,
+        patience: float = CHIEF_PATIENCE_SECONDS,
+        **kwargs,
+    ):
         self.worker_id, self.say, self.chief, self.patience = worker_id, say, chief, patience
         super().__init__(exp, record, data_for, say, **kwargs)
         # A chief gone for longer ends the worker, not hangs it.
@@ -333,7 +424,9 @@ class WorkerTuner(TrackedTuner):
         self.run_tags = {vocab.WORKER: worker_id}
 
     def say_trial_begins(self, trial) -> None:
-        self.progress.trial_begins(trial.trial_id, int(trial.trial_id) + 1, self.shown_values(trial))
+        self.progress.trial_begins(
+            trial.trial_id, int(trial.trial_id) + 1, self.shown_values(trial)
+        )
 
     def say_trial_ends(self, trial) -> None:
         # The worker's own trials only: the chief prints the sweep's progress.
@@ -343,12 +436,18 @@ class WorkerTuner(TrackedTuner):
 
     def run_trial(self, trial, *args, **kwargs):
         def silent(seconds: float) -> None:
-            self.say(f"the chief at {self.chief} has not answered for {duration(seconds)}; this trial goes on, and "
-                     "its run counts once the chief is started again")
+            self.say(
+                f"the chief at {self.chief} has not answered for {duration(seconds)}; this trial goes on, and "
+                "its run counts once the chief is started again"
+            )
+
         with _heartbeat(self.oracle, trial.trial_id, silent):
             result = super().run_trial(trial, *args, **kwargs)
-        if self.exp.tuner.kind == "hyperband":  # a later round may continue this trial on another machine
-            self.record.upload_checkpoint(self.trial_runs[trial.trial_id], self._weights_file(trial.trial_id))
+        # a later round may continue this trial on another machine
+        if self.exp.tuner.kind == "hyperband":
+            self.record.upload_checkpoint(
+                self.trial_runs[trial.trial_id], self._weights_file(trial.trial_id)
+            )
         self._reach_chief(trial.trial_id)
         return result
 
@@ -358,22 +457,32 @@ class WorkerTuner(TrackedTuner):
         failure of the trial, whose run has in fact FINISHED)."""
         request = library_internals.oracle_messages().GetTrialRequest(trial_id=trial_id)
         try:
-            self.oracle.stub.GetTrial(request, wait_for_ready=True, timeout=self.patience,
-                                      metadata=((TUNER_ID_METADATA, self.oracle.tuner_id),))
+            self.oracle.stub.GetTrial(
+                request,
+                wait_for_ready=True,
+                timeout=self.patience,
+                metadata=((TUNER_ID_METADATA, self.oracle.tuner_id),),
+            )
         except grpc.RpcError as err:
-            raise ChiefLost(f"{err.code().name} after {duration(self.patience)}; trial {trial_id}'s run "
-                            "ended FINISHED and counts once the chief is started again") from None
+            raise ChiefLost(
+                f"{err.code().name} after {duration(self.patience)}; trial {trial_id}'s run "
+                "ended FINISHED and counts once the chief is started again"
+            ) from None
 
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
         # To the chief at once or not at all, like the heartbeat: a missed report is no error,
         # and the training does not wait for the chief (Keras Tuner's client would, for its patience).
-        if not self.exp.tuner.max_minutes:  # the worker's file; the chief's budget hears none without it
+        # the worker's file; the chief's budget hears none without it
+        if not self.exp.tuner.max_minutes:
             return None
 
         def report(epoch: int, seconds: float) -> None:
-            request = library_internals.oracle_messages().UpdateTrialRequest(trial_id=trial_id, metrics={PACE: seconds}, step=epoch)
+            request = library_internals.oracle_messages().UpdateTrialRequest(
+                trial_id=trial_id, metrics={PACE: seconds}, step=epoch
+            )
             with contextlib.suppress(grpc.RpcError):
                 self.oracle.stub.UpdateTrial(request, timeout=HEARTBEAT_SECONDS)
+
         return report
 
     def _warm_start_weights(self, hp) -> Path | None:
@@ -382,11 +491,15 @@ class WorkerTuner(TrackedTuner):
         previous = hp.values.get("tuner/trial_id")
         if not previous or self._weights_file(previous).is_file():
             return super()._warm_start_weights(hp)
-        downloaded = self.record.download_checkpoint(previous, self._weights_file(previous).name, Path(self.get_trial_dir(previous)))
+        downloaded = self.record.download_checkpoint(
+            previous, self._weights_file(previous).name, Path(self.get_trial_dir(previous))
+        )
         if downloaded is not None:
             return downloaded
-        raise PetlocError(f"trial {hp.values.get('tuner/trial_id')}'s weights, which this trial continues, are neither "
-                          "in this machine's sweep folder nor in its run")
+        raise PetlocError(
+            f"trial {hp.values.get('tuner/trial_id')}'s weights, which this trial continues, are neither "
+            "in this machine's sweep folder nor in its run"
+        )
 
 
 class ChiefLost(kt.errors.FatalError):
@@ -394,8 +507,13 @@ class ChiefLost(kt.errors.FatalError):
 
 
 @contextlib.contextmanager
-def _heartbeat(oracle, trial_id: str, silent: Callable[[float], None],
-               every: float = HEARTBEAT_SECONDS, patience: float = CHIEF_PATIENCE_SECONDS):
+def _heartbeat(
+    oracle,
+    trial_id: str,
+    silent: Callable[[float], None],
+    every: float = HEARTBEAT_SECONDS,
+    patience: float = CHIEF_PATIENCE_SECONDS,
+):
     """Ask the chief for this trial every few seconds while it trains: the chief counts each
     call as a sign of life. A missed beat is no error; the chief's timeout is many beats.
     After `patience` seconds without an answer, `silent` is told once."""
@@ -417,12 +535,19 @@ def _heartbeat(oracle, trial_id: str, silent: Callable[[float], None],
         yield
 
 
-def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float = CHIEF_PATIENCE_SECONDS,
-               say: Callable[[str], None] = print) -> None:
+def run_worker(
+    exp: Experiment,
+    worker_id: str,
+    chief: str,
+    wait_seconds: float = CHIEF_PATIENCE_SECONDS,
+    say: Callable[[str], None] = print,
+) -> None:
     """Run the chief's trials until it says there are none left."""
     if not WORKER_ID.fullmatch(worker_id) or "chief" in worker_id:
         shown = worker_id if len(worker_id) <= 40 else worker_id[:40] + "..."
-        raise PetlocError(f"--worker {shown!r}: an ID of letters, digits, '_' and '-', and not 'chief'")
+        raise PetlocError(
+            f"--worker {shown!r}: an ID of letters, digits, '_' and '-', and not 'chief'"
+        )
     host, port = parse_address(chief, "--chief")
     store.configure(exp.tracking.uri)
     directory = tuner_dir(exp, store.STORE_DIR)
@@ -434,14 +559,26 @@ def run_worker(exp: Experiment, worker_id: str, chief: str, wait_seconds: float 
         named = lambda line: say(f"[{tuner_id}] {line.lstrip()}")  # noqa: E731  (one line each, named)
         data_for = data_preparer(exp, record, named)
         data_for(exp.data.image_size)
-        tuner = WorkerTuner(exp, record, data_for, worker_id, named, f"{host}:{port}", wait_seconds,
-                            directory=str(directory.parent), project_name=directory.name, overwrite=False)
+        tuner = WorkerTuner(
+            exp,
+            record,
+            data_for,
+            worker_id,
+            named,
+            f"{host}:{port}",
+            wait_seconds,
+            directory=str(directory.parent),
+            project_name=directory.name,
+            overwrite=False,
+        )
         try:
             tuner.search()
         except (grpc.RpcError, ChiefLost) as err:
             why = err.code().name if isinstance(err, grpc.RpcError) else str(err)
-            raise PetlocError(f"worker {worker_id}: lost the chief at {host}:{port} ({why}); "
-                              "start the worker again once the chief runs") from None
+            raise PetlocError(
+                f"worker {worker_id}: lost the chief at {host}:{port} ({why}); "
+                "start the worker again once the chief runs"
+            ) from None
         named(f"no trials left in sweep '{exp.name}'; this worker ran {tuner.progress.ran}")
 
 
@@ -459,11 +596,15 @@ def ask_chief(host: str, port: int, patience: float, say: Callable[[str], None])
             except grpc.RpcError as err:
                 if not _nobody_there(err):
                     details = (err.details() or "").strip().splitlines()
-                    raise PetlocError(f"--chief {address}: not a petloc chief ({err.code().name}: "
-                                      f"{details[0][:200] if details else 'no details'})") from None
+                    raise PetlocError(
+                        f"--chief {address}: not a petloc chief ({err.code().name}: "
+                        f"{details[0][:200] if details else 'no details'})"
+                    ) from None
             if time.monotonic() >= deadline:
-                raise PetlocError(f"--chief {address}: no chief answered in {duration(patience)}; start it with "
-                                  "petloc sweep EXPERIMENT --chief --address HOST:PORT") from None
+                raise PetlocError(
+                    f"--chief {address}: no chief answered in {duration(patience)}; start it with "
+                    "petloc sweep EXPERIMENT --chief --address HOST:PORT"
+                ) from None
             if not said:
                 say(f"waiting for the chief at {address} (up to {duration(patience)})")
                 said = True
@@ -475,7 +616,9 @@ def _nobody_there(err: grpc.RpcError) -> bool:
     answer (an HTTP server, a gRPC server without petloc's method) is not a chief."""
     details = err.details() or ""
     return err.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
-        err.code() == grpc.StatusCode.UNAVAILABLE and ("Connection refused" in details or "Socket closed" in details))
+        err.code() == grpc.StatusCode.UNAVAILABLE
+        and ("Connection refused" in details or "Socket closed" in details)
+    )
 
 
 def _sweep_of(answer: bytes, address: str) -> dict:
@@ -494,9 +637,14 @@ def _parent_of_the_chief(exp: Experiment, sweep: dict, host: str, port: int) -> 
     and the run is in this worker's tracking server."""
     parent = sweep["parent_run_id"]
     if sweep["sweep"] != exp.name or sweep["fingerprint"] != fingerprint(exp):
-        raise PetlocError(f"sweep '{exp.name}': this worker's experiment settings differ from the chief's at "
-                          f"{host}:{port} (sweep '{sweep['sweep']}', run {parent}); give every worker the chief's "
-                          "file and overrides")
-    return SweepRecord.existing(parent, f"the chief at {host}:{port} logs to parent run {parent}, which is not in "
-                                f"{store.tracking_uri()}; point the chief and every worker at the same tracking server "
-                                "(tracking.uri or MLFLOW_TRACKING_URI)")
+        raise PetlocError(
+            f"sweep '{exp.name}': this worker's experiment settings differ from the chief's at "
+            f"{host}:{port} (sweep '{sweep['sweep']}', run {parent}); give every worker the chief's "
+            "file and overrides"
+        )
+    return SweepRecord.existing(
+        parent,
+        f"the chief at {host}:{port} logs to parent run {parent}, which is not in "
+        f"{store.tracking_uri()}; point the chief and every worker at the same tracking server "
+        "(tracking.uri or MLFLOW_TRACKING_URI)",
+    )

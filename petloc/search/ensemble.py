@@ -6,7 +6,7 @@ on val mIoU (and fits the latency budget, which it costs about N times a member'
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 from keras import layers
@@ -40,7 +40,9 @@ def average_of(models: list[keras.Model]) -> keras.Model:
     return keras.Model(inputs, {"cls": cls, "box": box}, name="petloc_ensemble")
 
 
-def log_ensemble(exp: Experiment, record: SweepRecord, rows: list[dict], say: Callable[[str], None]) -> str | None:
+def log_ensemble(
+    exp: Experiment, record: SweepRecord, rows: list[dict], say: Callable[[str], None]
+) -> str | None:
     """Builds, scores and logs the ensemble of the `exp.registry.ensemble` best trials as a
     child run of the sweep; returns its run ID, or None when there is nothing to ensemble or
     the same members were ensembled already (a sweep run again)."""
@@ -49,11 +51,17 @@ def log_ensemble(exp: Experiment, record: SweepRecord, rows: list[dict], say: Ca
         return None
     member_runs = ",".join(row["run_id"] for row in members)
     earlier = record.runs_of(vocab.ENSEMBLE_TRIAL, "FINISHED")
-    if any(set(run.data.tags.get(vocab.MEMBER_RUNS, "").split(",")) == set(member_runs.split(",")) for run in earlier):
+    if any(
+        set(run.data.tags.get(vocab.MEMBER_RUNS, "").split(",")) == set(member_runs.split(","))
+        for run in earlier
+    ):
         return None
     trials = ", ".join(str(row["trial"]) for row in members)
     say(f"ensemble of trials {trials}: scoring their averaged answers on the validation photos")
-    models = [registry.load_localiser(record.run(row["run_id"]).data.tags[vocab.MODEL_URI]) for row in members]
+    models = [
+        registry.load_localiser(record.run(row["run_id"]).data.tags[vocab.MODEL_URI])
+        for row in members
+    ]
     model = average_of(models)
     size = int(members[0]["image_size"])
     data = prepare_data(exp.data, size, say=lambda _: None)
@@ -62,12 +70,21 @@ def log_ensemble(exp: Experiment, record: SweepRecord, rows: list[dict], say: Ca
     with runs.run_status(run_id):
         # The members' backbones, "+"-joined when they differ: the kind tag, not this param, marks an ensemble.
         backbones = "+".join(dict.fromkeys(str(row["backbone"]) for row in members))
-        params = {vocab.BACKBONE: backbones, vocab.IMAGE_SIZE: size, vocab.MEMBERS: trials, "member_count": len(members)}
-        description = (f"Ensemble of trials {trials} of sweep '{exp.name}': their class scores and boxes averaged, "
-                       f"validated on {len(data.val)} photos of {data.source}")
+        params = {
+            vocab.BACKBONE: backbones,
+            vocab.IMAGE_SIZE: size,
+            vocab.MEMBERS: trials,
+            "member_count": len(members),
+        }
+        description = (
+            f"Ensemble of trials {trials} of sweep '{exp.name}': their class scores and boxes averaged, "
+            f"validated on {len(data.val)} photos of {data.source}"
+        )
         log.log_run_inputs(run_id, params, data, exp.train.seed, description)
         log.log_experiment(run_id, exp)  # what `petloc promote` reads its default --name from
         summary = score_and_log(exp, model, data, run_id, history=None, extra={})
-    say(f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
-        f"latency {summary['latency_ms_b1']:.1f} ms")
+    say(
+        f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, "
+        f"accuracy {summary['val_accuracy']:.3f}, latency {summary['latency_ms_b1']:.1f} ms"
+    )
     return run_id

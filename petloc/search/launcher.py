@@ -15,30 +15,53 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from petloc import processes
 from petloc.search import SEARCH_OVER
 
 STOP_GRACE_SECONDS = 30  # a stopped process ends its MLflow runs KILLED before it exits
-WORKERS_GONE_GRACE_SECONDS = 20  # the chief says "search over" within a second or two of its last worker
+WORKERS_GONE_GRACE_SECONDS = (
+    20  # the chief says "search over" within a second or two of its last worker
+)
 
 
-def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: int, fresh: bool,
-                        worker_timeout: float, say: Callable[[str], None] = print) -> int:
+def run_on_this_machine(
+    experiment: str,
+    overrides: tuple[str, ...],
+    workers: int,
+    fresh: bool,
+    worker_timeout: float,
+    say: Callable[[str], None] = print,
+) -> int:
     """The chief's exit code once it ends (0: the sweep finished)."""
     address = f"127.0.0.1:{_free_port()}"
     command = [sys.executable, "-m", "petloc", "sweep", experiment, *overrides]
-    say(f"sweep with {workers} worker process{'es' if workers > 1 else ''} on this machine (chief on {address})")
-    chief = Child([*command, "--chief", "--address", address, "--worker-timeout", str(worker_timeout),
-                    *(["--fresh"] if fresh else [])], "", say)
+    say(
+        f"sweep with {workers} worker process{'es' if workers > 1 else ''} on this machine (chief on {address})"
+    )
+    chief = Child(
+        [
+            *command,
+            "--chief",
+            "--address",
+            address,
+            "--worker-timeout",
+            str(worker_timeout),
+            *(["--fresh"] if fresh else []),
+        ],
+        "",
+        say,
+    )
     started: list[Child] = []
     try:
         # The workers once the chief listens: a worker waits for a chief only briefly, and the
         # chief's start (TensorFlow, the tracking store) may take longer on a busy machine.
         if _wait_until_listening(chief, address):
-            started += [Child([*command, "--worker", str(n), "--chief", address], f"[worker-{n}] ", say)
-                        for n in range(1, workers + 1)]
+            started += [
+                Child([*command, "--worker", str(n), "--chief", address], f"[worker-{n}] ", say)
+                for n in range(1, workers + 1)
+            ]
         code = _wait_for_chief(chief, started, say)
         for worker in started:  # told "no trials left" already; they exit at once
             _stop(worker, wait_first=STOP_GRACE_SECONDS)
@@ -53,7 +76,10 @@ def run_on_this_machine(experiment: str, overrides: tuple[str, ...], workers: in
         process.relay.join(timeout=10)
     failed = [n for n, worker in enumerate(started, 1) if worker.returncode not in (0, None)]
     if failed:
-        say(f"worker{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} exited with an error (see its lines above)")
+        say(
+            f"worker{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))} "
+            "exited with an error (see its lines above)"
+        )
     return code
 
 
@@ -83,8 +109,14 @@ class Child(subprocess.Popen):
     def __init__(self, command: list[str], prefix: str, say: Callable[[str], None]):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # Its own process group: Ctrl+C reaches only this launcher, which stops each child in turn.
-        super().__init__(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                         start_new_session=True)
+        super().__init__(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self.prefix, self.say = prefix, say
         self.search_over = False
         self.relay = threading.Thread(target=self._relay, daemon=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras_tuner as kt
 
@@ -22,7 +23,8 @@ from petloc.report import number
 def planned_trials(exp: Experiment, oracle: kt.Oracle) -> int:
     """How many trials the sweep will run in all (its earlier runs included)."""
     if isinstance(oracle, kt.oracles.HyperbandOracle):
-        return library_internals.hyperband_iteration_trials(oracle)  # one iteration; it only feeds these lines
+        # one iteration; it only feeds these lines
+        return library_internals.hyperband_iteration_trials(oracle)
     if exp.tuner.kind == "grid":
         return min(exp.tuner.max_trials, grid_size(exp))
     return exp.tuner.max_trials
@@ -36,7 +38,9 @@ def grid_size(exp: Experiment) -> int:
             size *= len(value)
         elif isinstance(value, Range) and value.step:
             if value.sampling == "log":  # the step is a factor
-                size *= math.floor(math.log(value.max / value.min) / math.log(value.step) + 1e-9) + 1
+                size *= (
+                    math.floor(math.log(value.max / value.min) / math.log(value.step) + 1e-9) + 1
+                )
             else:
                 size *= math.floor((value.max - value.min) / value.step + 1e-9) + 1
     return size
@@ -57,7 +61,12 @@ class SweepProgress:
     is the mean time of the trials this process ran, times the trials still to run, or, under
     a time budget (`time_budget_left()`, seconds), what is left of it: the final run is in it."""
 
-    def __init__(self, planned: int, say: Callable[[str], None] = print, time_budget_left: Callable[[], float] | None = None):
+    def __init__(
+        self,
+        planned: int,
+        say: Callable[[str], None] = print,
+        time_budget_left: Callable[[], float] | None = None,
+    ):
         self.planned, self.say, self.time_budget_left = planned, say, time_budget_left
         self.started = time.perf_counter()
         self.trial_started = self.started
@@ -68,8 +77,14 @@ class SweepProgress:
         shown = "  ".join(f"{k}={number(v)}" for k, v in values.items())
         self.say(f"\ntrial {trial_id} ({number_in_sweep} of {self.planned}): {shown}")
 
-    def trial_ends(self, trial_id: str, ended_in_sweep: int, figures: dict[str, float] | None, error: str = "",
-                   sweep: bool = True) -> None:
+    def trial_ends(
+        self,
+        trial_id: str,
+        ended_in_sweep: int,
+        figures: dict[str, float] | None,
+        error: str = "",
+        sweep: bool = True,
+    ) -> None:
         """`figures` of a finished trial (best_val_miou, val_accuracy, latency_ms_b1), or None
         and the `error` of a failed one; without `sweep`, the line leaves out the sweep's
         progress (a worker sees only its own trials; the chief prints the sweep's)."""
@@ -79,8 +94,10 @@ class SweepProgress:
         if figures is None:
             head = f"trial {trial_id} failed after {took}: {error}"
         else:
-            head = (f"trial {trial_id} done in {took}: val mIoU {figures['best_val_miou']:.3f}, "
-                    f"accuracy {figures['val_accuracy']:.3f}, latency {figures['latency_ms_b1']:.1f} ms")
+            head = (
+                f"trial {trial_id} done in {took}: val mIoU {figures['best_val_miou']:.3f}, "
+                f"accuracy {figures['val_accuracy']:.3f}, latency {figures['latency_ms_b1']:.1f} ms"
+            )
         if not sweep:
             self.say(head)
             return
@@ -88,5 +105,8 @@ class SweepProgress:
         left = max(0, self.planned - ended_in_sweep)
         eta = f", about {duration(elapsed / self.ran * left)} left" if left else ""
         if self.time_budget_left:
-            eta = f", at most {duration(max(0.0, self.time_budget_left()))} left (tuner.max_minutes, final run included)"
-        self.say(f"{head}  [sweep: {ended_in_sweep} of {self.planned} trials, {duration(elapsed)} elapsed{eta}]")
+            time_left = max(0.0, self.time_budget_left())
+            eta = f", at most {duration(time_left)} left (tuner.max_minutes, final run included)"
+        self.say(
+            f"{head}  [sweep: {ended_in_sweep} of {self.planned} trials, {duration(elapsed)} elapsed{eta}]"
+        )

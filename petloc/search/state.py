@@ -9,17 +9,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from petloc.config import Experiment
 from petloc.errors import PetlocError
-from petloc.files import SMALL_FILE_LIMIT, atomic_write_text, exclusive_lock, read_bounded, remove_tree
+from petloc.files import (
+    SMALL_FILE_LIMIT,
+    atomic_write_text,
+    exclusive_lock,
+    read_bounded,
+    remove_tree,
+)
 from petloc.search.tuner import tuner_dir
 from petloc.tracking import runs, store
 from petloc.tracking.sweep_record import RESUMABLE_TUNER_SETTINGS, SweepRecord, identity_tags
 
-TUNER_STATE_LIMIT = 16_000_000  # bytes of one of Keras Tuner's JSON files: its oracle's grows with the trials
+TUNER_STATE_LIMIT = (
+    16_000_000  # bytes of one of Keras Tuner's JSON files: its oracle's grows with the trials
+)
 
 
 def fingerprint(exp: Experiment) -> str:
@@ -42,7 +50,10 @@ def _parent_record(exp: Experiment, state_file: Path, experiment_id: str) -> Swe
     state = _read_state(state_file)
     if state is None:
         record = SweepRecord.start(exp, fingerprint(exp), experiment_id)
-        atomic_write_text(state_file, json.dumps({"parent_run_id": record.parent_run_id, "fingerprint": fingerprint(exp)}))
+        atomic_write_text(
+            state_file,
+            json.dumps({"parent_run_id": record.parent_run_id, "fingerprint": fingerprint(exp)}),
+        )
         return record
     if state["fingerprint"] != fingerprint(exp):
         raise PetlocError(
@@ -62,7 +73,9 @@ def _read_state(state_file: Path) -> dict | None:
             return state
     except (OSError, ValueError):  # a FIFO, device or huge file is UnreadableFile: its own line
         pass
-    raise PetlocError(f"{state_file}: damaged sweep state (empty or cut short); run with --fresh to start over")
+    raise PetlocError(
+        f"{state_file}: damaged sweep state (empty or cut short); run with --fresh to start over"
+    )
 
 
 def recorded_parent(state_file: Path) -> str | None:
@@ -75,7 +88,8 @@ def recorded_parent(state_file: Path) -> str | None:
 
 def _retire(state_file: Path) -> None:
     """--fresh: the old sweep's runs that a dead process left RUNNING end KILLED."""
-    parent = recorded_parent(state_file)  # damaged state: nothing to retire, and --fresh replaces it
+    # damaged state: nothing to retire, and --fresh replaces it
+    parent = recorded_parent(state_file)
     if parent is not None:
         SweepRecord(parent).retire("the sweep was started again with --fresh")
 
@@ -86,8 +100,10 @@ def check_state_files(directory: Path) -> None:
         try:
             json.loads(read_bounded(path, TUNER_STATE_LIMIT))  # UnreadableFile: its own line
         except (OSError, ValueError):
-            raise PetlocError(f"{path}: damaged sweep state (empty or cut short, as a kill during a write leaves it); "
-                              "run with --fresh to start over") from None
+            raise PetlocError(
+                f"{path}: damaged sweep state (empty or cut short, as a kill during a write leaves it); "
+                "run with --fresh to start over"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -110,6 +126,6 @@ def sweep_state(exp: Experiment, fresh: bool, vet: Callable[[str | None], None] 
         record = _parent_record(exp, directory / "sweep.json", experiment_id)
         try:
             yield directory, record
-        except BaseException as err:
-            raise record.ended(err)  # err itself, or the interrupt behind it (err as its cause)
+        except BaseException as err:  # noqa: BLE001  (every end, Ctrl+C too, ends the parent run; re-raised)
+            raise record.ended(err)  # noqa: B904  (err itself, or the interrupt behind it with err as its cause)
         record.ended()

@@ -14,12 +14,26 @@ def sweep_summary(name: str, result, seconds: float, model_ref: str) -> list[str
     model, such as petloc@champion."""
     trials = len(trial_rows(result.leaderboard))
     ends = {row["trial"] for row in result.leaderboard} & {FINAL_TRIAL, ENSEMBLE_TRIAL}
-    extra = "".join(f", {what}" for trial, what in ((FINAL_TRIAL, "the final run"), (ENSEMBLE_TRIAL, "their ensemble")) if trial in ends)
-    lines = ["", f"Leaderboard of sweep '{name}' ({trials} finished, {result.failed} failed{extra}, {seconds:.0f} s):",
-             table([{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard], same_decimals=True)]
+    extra = "".join(
+        f", {what}"
+        for trial, what in ((FINAL_TRIAL, "the final run"), (ENSEMBLE_TRIAL, "their ensemble"))
+        if trial in ends
+    )
+    lines = [
+        "",
+        f"Leaderboard of sweep '{name}' ({trials} finished, {result.failed} failed{extra}, {seconds:.0f} s):",
+        table(
+            [{k: v for k, v in row.items() if k != "run_id"} for row in result.leaderboard],
+            same_decimals=True,
+        ),
+    ]
     if result.promotion:
         lines += ["", f"registry: {result.promotion.reason}"]
     quoted = shlex.quote(model_ref)  # a registered name may hold quotes or spaces
-    return lines + ["", f"parent run {result.parent_run_id}; browse with: petloc ui",
-                    f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA",
-                    f"from Python: petloc.load_model({model_ref!r}).predict([image])"]
+    return [
+        *lines,
+        "",
+        f"parent run {result.parent_run_id}; browse with: petloc ui",
+        f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA",
+        f"from Python: petloc.load_model({model_ref!r}).predict([image])",
+    ]

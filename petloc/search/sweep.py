@@ -10,8 +10,8 @@ the chief holds the state and the oracle; workers learn the parent run from the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from petloc import stopping
 from petloc.config import Experiment
@@ -35,14 +35,24 @@ class SweepResult:
     failed: int
 
 
-def run_sweep(exp: Experiment, fresh: bool = False, say: Callable[[str], None] = print) -> SweepResult:
+def run_sweep(
+    exp: Experiment, fresh: bool = False, say: Callable[[str], None] = print
+) -> SweepResult:
     """The whole sweep in this process: search, leaderboard, promotion. Safe to run again to continue."""
     started = time.monotonic()  # tuner.max_minutes counts the data's preparation too
     with sweep_state(exp, fresh) as (directory, record):
         data_for = data_preparer(exp, record, say)
         data_for(exp.data.image_size)  # a data problem is one line now, not a failed trial each
-        tuner = TrackedTuner(exp, record, data_for, say, started=started,
-                             directory=str(directory.parent), project_name=directory.name, overwrite=False)
+        tuner = TrackedTuner(
+            exp,
+            record,
+            data_for,
+            say,
+            started=started,
+            directory=str(directory.parent),
+            project_name=directory.name,
+            overwrite=False,
+        )
         tuner.count_finished_runs(say)
         stopped = None
         try:
@@ -50,23 +60,35 @@ def run_sweep(exp: Experiment, fresh: bool = False, say: Callable[[str], None] =
         except RuntimeError as err:  # Keras Tuner's "too many consecutive failures"
             if "consecutive failures" not in str(err):
                 raise
-            stopped = f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; see the FAILED runs' 'error' tags"
+            stopped = (
+                f"stopped after {exp.tuner.max_consecutive_failures} failed trials in a row; "
+                "see the FAILED runs' 'error' tags"
+            )
         say_why_the_search_ended(tuner, record, stopped, tuner.progress.planned, say)
         return finish(exp, record, failed_trials(tuner.oracle), stopped, say, tuner.time_budget)
 
 
-def say_why_the_search_ended(tuner: TrackedTuner, record: SweepRecord, stopped: str | None, planned: int,
-                             say: Callable[[str], None]) -> None:
+def say_why_the_search_ended(
+    tuner: TrackedTuner,
+    record: SweepRecord,
+    stopped: str | None,
+    planned: int,
+    say: Callable[[str], None],
+) -> None:
     """When the time budget ended the search, the parent run's `time_budget` tag says so;
     when Keras Tuner ran out of new points before the planned trials, one line says so."""
     if tuner.time_budget is not None and tuner.time_budget.spent:
         record.set_time_budget(f"the search stopped: {tuner.time_budget.spent}")
     elif stopped is None and len(tuner.oracle.trials) < planned:
-        say(f"\nthe search ended after {len(tuner.oracle.trials)} of {planned} planned trials: Keras Tuner "
-            "drew no new point from the space; add values or a range to search further")
+        say(
+            f"\nthe search ended after {len(tuner.oracle.trials)} of {planned} planned trials: Keras Tuner "
+            "drew no new point from the space; add values or a range to search further"
+        )
 
 
-def data_preparer(exp: Experiment, record: SweepRecord, say: Callable[[str], None]) -> Callable[[int], PreparedData]:
+def data_preparer(
+    exp: Experiment, record: SweepRecord, say: Callable[[str], None]
+) -> Callable[[int], PreparedData]:
     """The data at a trial's image size, prepared once per size; the first one's tags (what
     data the sweep saw) go on the parent run."""
     cache: dict[int, PreparedData] = {}
@@ -86,8 +108,14 @@ def failed_trials(oracle) -> int:
     return sum(trial.status == "FAILED" for trial in oracle.trials.values())
 
 
-def finish(exp: Experiment, record: SweepRecord, failed: int, stopped: str | None, say: Callable[[str], None],
-           time_budget: TimeBudgetedOracle | None = None) -> SweepResult:
+def finish(
+    exp: Experiment,
+    record: SweepRecord,
+    failed: int,
+    stopped: str | None,
+    say: Callable[[str], None],
+    time_budget: TimeBudgetedOracle | None = None,
+) -> SweepResult:
     """Leaderboard and promotion under the parent run once the trials are over; raises when
     no trial finished. `time_budget`: the sweep's time budget, whose rest a final run fills
     with `tuner.fill_budget`."""
@@ -99,23 +127,42 @@ def finish(exp: Experiment, record: SweepRecord, failed: int, stopped: str | Non
 
     rows = ranked()
     best_trial = champion_row(trial_rows(rows), max_latency_ms)
-    if exp.tuner.final_epochs and best_trial and _end_step("the final run", lambda: train_final(exp, record, best_trial, say, epochs_for), say):
+    if (
+        exp.tuner.final_epochs
+        and best_trial
+        and _end_step(
+            "the final run", lambda: train_final(exp, record, best_trial, say, epochs_for), say
+        )
+    ):
         rows = ranked()
-    if exp.registry.ensemble > 1 and _end_step("the ensemble", lambda: log_ensemble(exp, record, rows, say), say):
+    if exp.registry.ensemble > 1 and _end_step(
+        "the ensemble", lambda: log_ensemble(exp, record, rows, say), say
+    ):
         rows = ranked()
     record.log_leaderboard(rows, failed)
     record.log_pareto(rows)
     if stopped:
         say(f"sweep {stopped}")
     if not rows:
-        raise PetlocError(f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui")
+        raise PetlocError(
+            f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui"
+        )
     best = champion_row(rows, max_latency_ms)
     if best is None:
-        promotion = registry.Promotion(exp.registry.name, None, False,
-                                       f"no trial's batch-1 latency fits registry.max_latency_ms={max_latency_ms:g}; nothing promoted")
+        promotion = registry.Promotion(
+            exp.registry.name,
+            None,
+            False,
+            f"no trial's batch-1 latency fits registry.max_latency_ms={max_latency_ms:g}; nothing promoted",
+        )
     else:
-        promotion = registry.promote(best["run_id"], exp.registry.name, exp.registry.alias,
-                                     register_when_not_better=exp.registry.register_when_not_better, max_latency_ms=max_latency_ms)
+        promotion = registry.promote(
+            best["run_id"],
+            exp.registry.name,
+            exp.registry.alias,
+            register_when_not_better=exp.registry.register_when_not_better,
+            max_latency_ms=max_latency_ms,
+        )
     record.set_promotion(promotion.reason)
     return SweepResult(record.parent_run_id, rows, promotion, failed)
 
@@ -125,9 +172,11 @@ def _end_step(what: str, step: Callable[[], str | None], say: Callable[[str], No
     and the leaderboard and the promotion of the trials go on without it."""
     try:
         return step()
-    except Exception as err:  # its run ended FAILED with the reason; Ctrl+C still stops the sweep
+    # Its run ended FAILED with the reason; Ctrl+C still stops the sweep.
+    except Exception as err:  # noqa: BLE001  (whatever fails an extra candidate leaves the trials' results)
         stopping.raise_stop_behind(err)  # ... also one that a library turned into its own error
-        say(f"{what} failed, the sweep ends without it: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        first = str(err).splitlines()[0] if str(err) else ""
+        say(f"{what} failed, the sweep ends without it: {type(err).__name__}: {first}")
         return None
 
 
@@ -140,7 +189,9 @@ def mark_budget(rows: list[dict], max_latency_ms: float | None) -> list[dict]:
 
 def _fits(row: dict, max_latency_ms: float | None) -> bool:
     latency = row.get("latency_ms_b1")
-    return max_latency_ms is None or (isinstance(latency, (int, float)) and latency <= max_latency_ms)
+    return max_latency_ms is None or (
+        isinstance(latency, (int, float)) and latency <= max_latency_ms
+    )
 
 
 def champion_row(rows: list[dict], max_latency_ms: float | None) -> dict | None:

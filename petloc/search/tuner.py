@@ -9,8 +9,9 @@ figures, time left) in place of Keras Tuner's display.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -18,8 +19,14 @@ import keras_tuner as kt
 from petloc import library_internals, stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
-from petloc.search.budget import (PACE, BayesianOptimizationOracle, GridSearchOracle, HyperbandOracle, RandomSearchOracle,
-                                  TimeBudgetedOracle)
+from petloc.search.budget import (
+    PACE,
+    BayesianOptimizationOracle,
+    GridSearchOracle,
+    HyperbandOracle,
+    RandomSearchOracle,
+    TimeBudgetedOracle,
+)
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs
 from petloc.tracking import vocabulary as vocab
@@ -40,25 +47,46 @@ def oracle_seed(exp: Experiment) -> int:
 # Each takes the experiment and the time budget's settings (TimeBudgetedOracle's keywords):
 # petloc.search.budget's oracles are Keras Tuner's, with the budget mixed in.
 def _oracle_random(exp: Experiment, **time_budget):
-    return RandomSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                              max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return RandomSearchOracle(
+        OBJECTIVE,
+        max_trials=exp.tuner.max_trials,
+        seed=oracle_seed(exp),
+        max_consecutive_failed_trials=exp.tuner.max_consecutive_failures,
+        **time_budget,
+    )
 
 
 def _oracle_bayesian(exp: Experiment, **time_budget):
-    return BayesianOptimizationOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                                      max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return BayesianOptimizationOracle(
+        OBJECTIVE,
+        max_trials=exp.tuner.max_trials,
+        seed=oracle_seed(exp),
+        max_consecutive_failed_trials=exp.tuner.max_consecutive_failures,
+        **time_budget,
+    )
 
 
 def _oracle_grid(exp: Experiment, **time_budget):
     # Every combination of the choices, in the order the file lists them (ranges need a step).
-    return GridSearchOracle(OBJECTIVE, max_trials=exp.tuner.max_trials, seed=oracle_seed(exp),
-                            max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return GridSearchOracle(
+        OBJECTIVE,
+        max_trials=exp.tuner.max_trials,
+        seed=oracle_seed(exp),
+        max_consecutive_failed_trials=exp.tuner.max_consecutive_failures,
+        **time_budget,
+    )
 
 
 def _oracle_hyperband(exp: Experiment, **time_budget):
     # Hyperband decides the epochs of each trial itself, up to train.epochs.
-    return HyperbandOracle(OBJECTIVE, max_epochs=exp.train.epochs, factor=3, seed=oracle_seed(exp),
-                           max_consecutive_failed_trials=exp.tuner.max_consecutive_failures, **time_budget)
+    return HyperbandOracle(
+        OBJECTIVE,
+        max_epochs=exp.train.epochs,
+        factor=3,
+        seed=oracle_seed(exp),
+        max_consecutive_failed_trials=exp.tuner.max_consecutive_failures,
+        **time_budget,
+    )
 
 
 ORACLES: dict[str, Callable[..., TimeBudgetedOracle]] = {
@@ -79,13 +107,22 @@ class SpaceHyperModel(kt.HyperModel):
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         fixed = self.exp.fixed_hyperparameters()
         # The file's order first: the grid oracle turns the last-listed hyperparameter fastest.
-        for name in [*self.exp.space, *(n for n in hyperparams.DECLARED if n not in self.exp.space)]:
+        for name in [
+            *self.exp.space,
+            *(n for n in hyperparams.DECLARED if n not in self.exp.space),
+        ]:
             param = self.exp.space.get(name, fixed[name])
             kind = hyperparams.kind(name)
             if isinstance(param, list):
                 hp.Choice(name, param)
             elif isinstance(param, Range) and kind is int:
-                hp.Int(name, int(param.min), int(param.max), step=int(param.step) if param.step else None, sampling=param.sampling)
+                hp.Int(
+                    name,
+                    int(param.min),
+                    int(param.max),
+                    step=int(param.step) if param.step else None,
+                    sampling=param.sampling,
+                )
             elif isinstance(param, Range):
                 hp.Float(name, param.min, param.max, step=param.step, sampling=param.sampling)
             else:
@@ -106,26 +143,42 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
 
     holds_the_oracle = True  # alone or as a chief; a worker asks the chief's
 
-    def __init__(self, exp: Experiment, record: SweepRecord, data_for: Callable[[int], PreparedData],
-                 say: Callable[[str], None] = print, started: float | None = None, **kwargs):
-        """`started`: when this start of the sweep began (time.monotonic), for `tuner.max_minutes`."""
+    def __init__(
+        self,
+        exp: Experiment,
+        record: SweepRecord,
+        data_for: Callable[[int], PreparedData] | None,
+        say: Callable[[str], None] = print,
+        started: float | None = None,
+        **kwargs,
+    ):
+        """`started`: when this start of the sweep began (time.monotonic), for `tuner.max_minutes`.
+        `data_for`: the data at an image size; None for a chief, which trains no trial."""
         self.exp, self.record, self.data_for = exp, record, data_for
-        self.figures: dict[str, dict[str, float]] = {}  # trial_id -> summary of the trials this process ran
+        # trial_id -> summary of the trials this process ran
+        self.figures: dict[str, dict[str, float]] = {}
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
         self.run_tags: dict[str, str] = {}  # more tags for each trial's run
-        self.trial_runs: dict[str, str] = {}  # trial_id -> its run, for the trials this process finished
+        # trial_id -> its run, for the trials this process finished
+        self.trial_runs: dict[str, str] = {}
         # The time budget is the oracle's, on the process that holds it.
         budgeted_here = bool(exp.tuner.max_minutes) and self.holds_the_oracle
-        oracle = ORACLES[exp.tuner.kind](exp, max_minutes=exp.tuner.max_minutes if budgeted_here else None,
-                                         trial_epochs=exp.train.epochs, final_epochs=exp.tuner.final_epochs,
-                                         started=started, say=say)
+        oracle = ORACLES[exp.tuner.kind](
+            exp,
+            max_minutes=exp.tuner.max_minutes if budgeted_here else None,
+            trial_epochs=exp.train.epochs,
+            final_epochs=exp.tuner.final_epochs,
+            started=started,
+            say=say,
+        )
         self.time_budget: TimeBudgetedOracle | None = oracle if budgeted_here else None
         super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
         oracle.verbose = 0
-        self.progress = SweepProgress(planned_trials(exp, oracle), say,
-                                      self.time_budget.left if self.time_budget else None)
+        self.progress = SweepProgress(
+            planned_trials(exp, oracle), say, self.time_budget.left if self.time_budget else None
+        )
 
     def state_file(self) -> str | None:
         # One file for the oracle's holder, alone or as the chief of workers, so a sweep
@@ -146,12 +199,17 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
 
     def say_trial_begins(self, trial) -> None:
         """petloc's line for a trial that starts: k of N in the sweep."""
-        self.progress.trial_begins(trial.trial_id, len(self.oracle.trials), self.shown_values(trial))
+        self.progress.trial_begins(
+            trial.trial_id, len(self.oracle.trials), self.shown_values(trial)
+        )
 
     def shown_values(self, trial) -> dict[str, Any]:
         """The values the space varies, and Hyperband's epochs for the trial."""
-        values = {name: trial.hyperparameters.values[name] for name in searched_names(self.exp)
-                  if name in trial.hyperparameters.values}
+        values = {
+            name: trial.hyperparameters.values[name]
+            for name in searched_names(self.exp)
+            if name in trial.hyperparameters.values
+        }
         if "tuner/epochs" in trial.hyperparameters.values:
             values["epochs"] = trial.hyperparameters.values["tuner/epochs"]
         return values
@@ -181,15 +239,24 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         run_id = self._child_run(trial)
         try:
             with runs.run_status(run_id):
+                assert self.data_for is not None, "a chief trains no trial"
                 data = self.data_for(int(values["image_size"]))
                 initial = self._warm_start_weights(hp)
-                summary = train_tracked(self.exp, values, data, run_id, epochs=hp.values.get("tuner/epochs"),
-                                        initial_epoch=hp.values.get("tuner/initial_epoch", 0), initial_weights=initial,
-                                        save_weights=self._weights_file(trial.trial_id),
-                                        description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'",
-                                        pace=self._pace_reporter(trial.trial_id))
+                summary = train_tracked(
+                    self.exp,
+                    values,
+                    data,
+                    run_id,
+                    epochs=hp.values.get("tuner/epochs"),
+                    initial_epoch=hp.values.get("tuner/initial_epoch", 0),
+                    initial_weights=initial,
+                    save_weights=self._weights_file(trial.trial_id),
+                    description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'",
+                    pace=self._pace_reporter(trial.trial_id),
+                )
         except Exception as err:
-            stopping.raise_stop_behind(err)  # a stop that a library turned into its own error: no failed trial
+            # a stop that a library turned into its own error: no failed trial
+            stopping.raise_stop_behind(err)
             self.errors[trial.trial_id] = runs.why_failed(err)
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
@@ -200,7 +267,9 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         """How a trial tells the time budget its steady epoch as it trains (petloc.search.budget)."""
         if not self.exp.tuner.max_minutes:
             return None
-        return lambda epoch, seconds: self.oracle.update_trial(trial_id, {PACE: seconds}, step=epoch)
+        return lambda epoch, seconds: self.oracle.update_trial(
+            trial_id, {PACE: seconds}, step=epoch
+        )
 
     def count_finished_runs(self, say: Callable[[str], None]) -> list[str]:
         """Trials a killed process left running whose run had already ended FINISHED in the
@@ -222,8 +291,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             trial.status = kt.engine.trial.TrialStatus.COMPLETED
             self.oracle.end_trial(trial)
             self.trial_runs[trial_id] = run.info.run_id
-            say(f"trial {trial_id}: its run {run.info.run_id} had ended FINISHED before the sweep stopped; "
-                "counted as done, not run again")
+            say(
+                f"trial {trial_id}: its run {run.info.run_id} had ended FINISHED before the sweep stopped; "
+                "counted as done, not run again"
+            )
             counted.append(trial_id)
         return counted
 
@@ -235,7 +306,9 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         values = trial.hyperparameters.values
         tags = {name: str(value) for name, value in values.items() if name.startswith("tuner/")}
         tags.update(self.run_tags)
-        return self.record.trial_run(trial.trial_id, f"trial-{trial.trial_id}-{values.get('backbone', '')}", tags)
+        return self.record.trial_run(
+            trial.trial_id, f"trial-{trial.trial_id}-{values.get('backbone', '')}", tags
+        )
 
     def _weights_file(self, trial_id: str) -> Path:
         return Path(self.get_trial_dir(trial_id)) / "weights.weights.h5"

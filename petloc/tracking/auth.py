@@ -52,15 +52,19 @@ def is_loopback(host: str) -> bool:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except OSError:
         return False
-    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses
+    )
 
 
 def check_door(host: str, auth: bool | None) -> None:
     """Serving other machines is a choice the operator makes out loud: with users, or without."""
     if auth is None and not is_loopback(host):
-        raise PetlocError(f"--host {host} lets other machines in: add --auth (users, passwords and permissions; "
-                          "see the README), or --no-auth on a network where everyone may change and delete every "
-                          "run and model")
+        raise PetlocError(
+            f"--host {host} lets other machines in: add --auth (users, passwords and permissions; "
+            "see the README), or --no-auth on a network where everyone may change and delete every "
+            "run and model"
+        )
 
 
 def auth_database(backend: str, given: str | None) -> str:
@@ -89,7 +93,9 @@ def _read_password_file(path: Path) -> str:
     if not stat.S_ISREG(info.st_mode):
         raise PetlocError(f"--admin-password-file {path}: not a regular file")
     if info.st_size > PASSWORD_FILE_MAX_BYTES:
-        raise PetlocError(f"--admin-password-file {path}: over {PASSWORD_FILE_MAX_BYTES} bytes, not a password file")
+        raise PetlocError(
+            f"--admin-password-file {path}: over {PASSWORD_FILE_MAX_BYTES} bytes, not a password file"
+        )
     with open(path, "rb") as file:
         text = file.read(PASSWORD_FILE_MAX_BYTES + 1).decode("utf-8", errors="replace")
     password = text.splitlines()[0] if text.strip() else ""
@@ -102,9 +108,13 @@ def write_config(database: str, default_permission: str) -> Path:
     """MLflow's basic_auth.ini for this server, readable by this user only (a database URI may
     hold a password); the caller removes it when the server stops."""
     admin = os.environ.get(USERNAME_ENV) or DEFAULT_ADMIN
-    lines = ["[mlflow]", f"default_permission = {default_permission}", f"database_uri = {_ini_value(database)}",
-             f"admin_username = {_ini_value(admin)}",
-             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth"]
+    lines = [
+        "[mlflow]",
+        f"default_permission = {default_permission}",
+        f"database_uri = {_ini_value(database)}",
+        f"admin_username = {_ini_value(admin)}",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+    ]
     handle, name = tempfile.mkstemp(prefix="petloc-auth-", suffix=".ini")  # 0600
     with os.fdopen(handle, "w") as file:
         file.write("\n".join(lines) + "\n")
@@ -114,7 +124,8 @@ def write_config(database: str, default_permission: str) -> Path:
 def _ini_value(value: str) -> str:
     if any(ch in value for ch in "\r\n"):
         raise PetlocError(f"--auth-db: a line break in {value!r}")
-    return value.replace("%", "%%")  # configparser's interpolation: a URL-encoded password keeps its %
+    # configparser's interpolation: a URL-encoded password keeps its %
+    return value.replace("%", "%%")
 
 
 def config_file(backend: str, auth: Auth) -> tuple[Path, bool]:
@@ -123,8 +134,10 @@ def config_file(backend: str, auth: Auth) -> tuple[Path, bool]:
     own = os.environ.get(CONFIG_ENV)
     if own:
         if auth.database or auth.default_permission != DEFAULT_PERMISSION:
-            raise PetlocError(f"{CONFIG_ENV}={own} sets the auth database and default permission: "
-                              "leave out --auth-db and --default-permission")
+            raise PetlocError(
+                f"{CONFIG_ENV}={own} sets the auth database and default permission: "
+                "leave out --auth-db and --default-permission"
+            )
         if not Path(own).is_file():
             raise PetlocError(f"{CONFIG_ENV}={own}: no such file")
         return Path(own), False
@@ -147,17 +160,26 @@ def bootstrap(config: Path, password: str | None):
     try:
         mlflow_auth.store.init_db(settings.database_uri)
         if not mlflow_auth.store.has_user(admin, use_primary=True) and not password:
-            raise PetlocError(f"--auth: the admin user '{admin}' does not exist yet: give its first password in "
-                              f"{PASSWORD_ENV} or with --admin-password-file FILE")
+            raise PetlocError(
+                f"--auth: the admin user '{admin}' does not exist yet: give its first password in "
+                f"{PASSWORD_ENV} or with --admin-password-file FILE"
+            )
         mlflow_auth.create_admin_user(admin, password)
     except PetlocError:
         raise
     except MlflowException as err:
         # MLflow's advice names its configuration file, which petloc writes: name petloc's ways instead.
         reason = err.message.splitlines()[0].split(" Set ")[0]
-        raise PetlocError(f"--auth: {reason} (the admin's first password: {PASSWORD_ENV} or --admin-password-file)") from None
-    except Exception as err:  # the auth database: unreachable, locked, not a database
-        raise PetlocError(f"--auth-db {shown_uri(settings.database_uri)}: cannot open it ({first_line(getattr(err, 'orig', None) or err)})") from None
+        raise PetlocError(
+            f"--auth: {reason} (the admin's first password: {PASSWORD_ENV} or --admin-password-file)"
+        ) from None
+    # The auth database through SQLAlchemy and its driver: unreachable, locked, not a database,
+    # no driver installed; many types, all one line for the user.
+    except Exception as err:  # noqa: BLE001  (see above)
+        reason = first_line(getattr(err, "orig", None) or err)
+        raise PetlocError(
+            f"--auth-db {shown_uri(settings.database_uri)}: cannot open it ({reason})"
+        ) from None
     return settings
 
 
@@ -169,4 +191,3 @@ def server_env(env: dict, config: Path) -> dict:
     # browsers mid-form.
     env.setdefault(SECRET_KEY_ENV, secrets.token_urlsafe(32))
     return env
-

@@ -11,8 +11,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import mlflow
@@ -45,13 +46,24 @@ def _git(*args: str) -> str | None:
 def provenance() -> dict[str, str]:
     """Where a run comes from: the command line, petloc's version and, in a git work tree
     with commits, the commit (MLflow's own source tags too) and whether the tree was dirty."""
-    command = os.environ.get(COMMAND_ENV) or shlex.join(sys.argv)  # Python use: the script that called petloc
-    tags = {vocab.VERSION: petloc.__version__, vocab.COMMAND: command,
-            "mlflow.source.name": command, "mlflow.source.type": "LOCAL"}
+    # Python use: the script that called petloc
+    command = os.environ.get(COMMAND_ENV) or shlex.join(sys.argv)
+    tags = {
+        vocab.VERSION: petloc.__version__,
+        vocab.COMMAND: command,
+        "mlflow.source.name": command,
+        "mlflow.source.type": "LOCAL",
+    }
     commit = _git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     if commit:  # no repository, or one without commits: no commit to name
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-        tags.update({vocab.GIT_COMMIT: commit, "mlflow.source.git.commit": commit, vocab.GIT_DIRTY: str(dirty).lower()})
+        tags.update(
+            {
+                vocab.GIT_COMMIT: commit,
+                "mlflow.source.git.commit": commit,
+                vocab.GIT_DIRTY: str(dirty).lower(),
+            }
+        )
     return tags
 
 
@@ -87,10 +99,15 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self.began)
-        metrics = {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs and key in logs}
+        metrics = {
+            name: float(logs[key]) for key, name in EPOCH_METRICS.items() if logs and key in logs
+        }
         if metrics:  # one call: `mlflow.log_metrics(run_id=...)` also reads the run back, a second round trip an epoch
             now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch + 1) for key, value in metrics.items()])
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(key, value, now, epoch + 1) for key, value in metrics.items()],
+            )
         if self.pace and len(self.seconds) >= 2:
             self.pace(epoch + 1, self.epoch_seconds())
 
@@ -102,7 +119,9 @@ class EpochLogger(keras.callbacks.Callback):
             return sum(self.seconds[1:]) / len(self.seconds[1:])
         if not self.seconds:
             return 0.0
-        return self.seconds[0] - sum(_first_batch_excess(marks) for marks in self.first_epoch.values())
+        return self.seconds[0] - sum(
+            _first_batch_excess(marks) for marks in self.first_epoch.values()
+        )
 
 
 def epoch_history(run_id: str) -> dict[str, list[float]]:
@@ -111,7 +130,10 @@ def epoch_history(run_id: str) -> dict[str, list[float]]:
     client = MlflowClient()
     history = {}
     for key, name in EPOCH_METRICS.items():
-        by_epoch = {m.step: m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp)}
+        by_epoch = {
+            m.step: m.value
+            for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp)
+        }
         if by_epoch:
             history[key] = [by_epoch[step] for step in sorted(by_epoch)]
     return history
@@ -133,15 +155,27 @@ def log_model(model: keras.Model, run_id: str, localiser: bool = True) -> str:
         if localiser:
             # MLflow would load the model back and serve its input example to check it, a large
             # share of a trial's tracking (benchmarks/RESULTS.md); tests/serving/ check the served model.
-            info = mlflow.models.Model.log(artifact_path=None, name="model", flavor=serving, keras_model=model,
-                                           validate_serving_input=False)
+            info = mlflow.models.Model.log(
+                artifact_path=None,
+                name="model",
+                flavor=serving,
+                keras_model=model,
+                validate_serving_input=False,
+            )
         else:
             info = mlflow.keras.log_model(model, name="model")
     MlflowClient().set_tag(run_id, vocab.MODEL_URI, info.model_uri)
     return info.model_uri
 
 
-def log_run_inputs(run_id: str, params: dict[str, Any], data: PreparedData, seed: int, description: str, **tags: Any) -> None:
+def log_run_inputs(
+    run_id: str,
+    params: dict[str, Any],
+    data: PreparedData,
+    seed: int,
+    description: str,
+    **tags: Any,
+) -> None:
     """What a run was given: flat params, its data (tags and MLflow datasets), where it comes
     from, the seed, and a description the MLflow UI shows."""
     # MLflow shows a missing value as "None"; petloc's files say "none".
@@ -155,14 +189,20 @@ def log_run_inputs(run_id: str, params: dict[str, Any], data: PreparedData, seed
 def log_datasets(run_id: str, data: PreparedData) -> None:
     """The training and validation sides as MLflow datasets (name, digest, source, context),
     so the UI's Datasets column shows what each run trained and was measured on."""
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder, either way
+    # "can be interpreted in multiple ways": a local folder, either way
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = resolve_dataset_source(str(Path(data.source).resolve()))
     inputs = []
     for context, side in (("training", data.train), ("validation", data.val)):
         # Same folder, another side of the split: its own digest (folder digest + split + side).
-        digest = hashlib.sha256(f"{data.whole.digest}/{data.val_key}/{context}".encode()).hexdigest()[:16]
-        dataset = MetaDataset(source, name=f"{Path(data.source).name}-{context}", digest=digest)
+        digest = hashlib.sha256(
+            f"{data.whole.digest}/{data.val_key}/{context}".encode()
+        ).hexdigest()[:16]
+        # MLflow leaves Dataset.profile abstract in MetaDataset, its documented metadata-only
+        # dataset; Dataset is no ABC, so it instantiates.
+        name = f"{Path(data.source).name}-{context}"
+        dataset = MetaDataset(source, name=name, digest=digest)  # type: ignore[abstract]
         tags = [InputTag("mlflow.data.context", context), InputTag("images", str(len(side)))]
         inputs.append(DatasetInput(Dataset(**dataset.to_dict()), tags))
     # Through the client: `mlflow.log_input` needs an active run, and ending one marks it FINISHED.
@@ -181,7 +221,8 @@ def log_datasets(run_id: str, data: PreparedData) -> None:
 # and SQLite alike (tests/tracking/test_run_records.py). The failed call wrote nothing, and again
 # it finds the winner's row.
 DATASET_RACE_ATTEMPTS = 3
-DATASET_KEY_CLASHES = ('"dataset_pk"', "UNIQUE constraint failed: datasets.")  # PostgreSQL's, SQLite's words
+# PostgreSQL's, SQLite's words
+DATASET_KEY_CLASHES = ('"dataset_pk"', "UNIQUE constraint failed: datasets.")
 
 
 def _lost_dataset_race(err: MlflowException) -> bool:

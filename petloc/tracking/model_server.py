@@ -20,12 +20,18 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
-from petloc.data.images import (DEFAULT_MAX_ROWS, MAX_ROWS_SETTING, max_image_bytes, max_image_pixels,
-                                 positive_setting)
+from petloc.data.images import (
+    DEFAULT_MAX_ROWS,
+    MAX_ROWS_SETTING,
+    max_image_bytes,
+    max_image_pixels,
+    positive_setting,
+)
 from petloc.errors import PetlocError
 
 MAX_REQUEST_SETTING = "PETLOC_MAX_REQUEST_BYTES"
@@ -68,9 +74,13 @@ class RequestLimits:
     read_seconds: int = DEFAULT_READ_SECONDS
 
     @classmethod
-    def from_environment(cls) -> "RequestLimits":
-        return cls(max_request_bytes(), max_concurrent_requests(), max_rows() * ROWS_REFUSED_FACTOR,
-                   positive_setting(READ_SECONDS_SETTING, DEFAULT_READ_SECONDS))
+    def from_environment(cls) -> RequestLimits:
+        return cls(
+            max_request_bytes(),
+            max_concurrent_requests(),
+            max_rows() * ROWS_REFUSED_FACTOR,
+            positive_setting(READ_SECONDS_SETTING, DEFAULT_READ_SECONDS),
+        )
 
 
 def check_settings() -> None:
@@ -90,8 +100,11 @@ def serve_model(ref: str, host: str, port: int, say: Callable[[str], None] = pri
     check_port_free(host, port)  # before the model loads
     tracking_uri = store.configure()
     served = served_model(ref)
-    named = ref if served.startswith("models:/m-") else served  # a registered version: as the user named it
-    say(f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)")
+    # a registered version: as the user named it
+    named = ref if served.startswith("models:/m-") else served
+    say(
+        f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)"
+    )
     # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one).
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     sys.stdout.flush()
@@ -108,8 +121,10 @@ def served_model(ref: str) -> str:
         return str(Path(ref).resolve())
     uri = registry.model_uri(ref)
     if uri is None:
-        raise PetlocError(f"{ref}: name a registered model (petloc@champion, petloc/3), an MLflow URI (models:/..., runs:/...) "
-                          "or a model folder")
+        raise PetlocError(
+            f"{ref}: name a registered model (petloc@champion, petloc/3), an MLflow URI (models:/..., runs:/...) "
+            "or a model folder"
+        )
     return registry.loadable_uri(uri)
 
 
@@ -123,10 +138,15 @@ def main(model_uri: str, host: str, port: int) -> None:
     from mlflow.pyfunc import scoring_server
 
     limits = RequestLimits.from_environment()
-    model = scoring_server.load_model_with_mlflow_config(model_uri)  # as MLflow's own app module loads it
+    # as MLflow's own app module loads it
+    model = scoring_server.load_model_with_mlflow_config(model_uri)
     # SIGTERM waits this long for requests in flight, then stops the server anyway.
-    uvicorn.run(BoundedRequests(scoring_server.init(model), limits), host=host, port=port,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        BoundedRequests(scoring_server.init(model), limits),
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=10,
+    )
 
 
 class BoundedRequests:
@@ -145,7 +165,8 @@ class BoundedRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         send = _WithoutStackTraces(send)
-        if scope["method"] in ("GET", "HEAD"):  # health checks (/ping) never wait behind predictions
+        # health checks (/ping) never wait behind predictions
+        if scope["method"] in ("GET", "HEAD"):
             return await self._bounded(scope, receive, send)
         async with self.slots:
             return await self._bounded(scope, receive, send)
@@ -160,27 +181,45 @@ class BoundedRequests:
         except _ClientGone:
             return None
         except TimeoutError:
-            return await self._refuse(scope, send, 408, "REQUEST_TIMEOUT",
-                                      f"the request body did not arrive within {self.limits.read_seconds} s "
-                                      f"({READ_SECONDS_SETTING})", close=True)
+            return await self._refuse(
+                scope,
+                send,
+                408,
+                "REQUEST_TIMEOUT",
+                f"the request body did not arrive within {self.limits.read_seconds} s "
+                f"({READ_SECONDS_SETTING})",
+                close=True,
+            )
         if body is None:
             return await self._over_limit(scope, send, "a chunked body")
         if scope["method"] == "POST" and _content_type(scope) is None:
             # MLflow's handler splits the header's value: without one, a 500 and a traceback.
-            return await self._refuse(scope, send, 415, "UNSUPPORTED_MEDIA_TYPE",
-                                      "the request has no Content-Type: send application/json (or text/csv)")
+            return await self._refuse(
+                scope,
+                send,
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "the request has no Content-Type: send application/json (or text/csv)",
+            )
         rows, problem = await asyncio.to_thread(_rows_or_problem, scope, body)
         if problem:
             return await self._refuse(scope, send, 400, "BAD_REQUEST", problem)
         if rows > self.limits.rows:
-            return await self._refuse(scope, send, 413, "RESOURCE_LIMIT_EXCEEDED",
-                                      f"{rows} rows in one request, over {self.limits.rows} ({ROWS_REFUSED_FACTOR} x "
-                                      f"{MAX_ROWS_SETTING}): send fewer rows per request")
+            return await self._refuse(
+                scope,
+                send,
+                413,
+                "RESOURCE_LIMIT_EXCEEDED",
+                f"{rows} rows in one request, over {self.limits.rows} ({ROWS_REFUSED_FACTOR} x "
+                f"{MAX_ROWS_SETTING}): send fewer rows per request",
+            )
         return await self.app(scope, _replay(body, receive), send)
 
     async def _over_limit(self, scope, send, what: str):
-        message = (f"request body ({what}) is over the limit of {self.max_bytes} bytes ({MAX_REQUEST_SETTING}): "
-                   "send fewer rows per request")
+        message = (
+            f"request body ({what}) is over the limit of {self.max_bytes} bytes ({MAX_REQUEST_SETTING}): "
+            "send fewer rows per request"
+        )
         # The rest of the body is never read: the connection closes after the answer.
         return await self._refuse(scope, send, 413, "RESOURCE_LIMIT_EXCEEDED", message, close=True)
 
@@ -189,7 +228,10 @@ class BoundedRequests:
         """One line in the server's log, and an answer in the shape of MLflow's own errors."""
         log.warning("refused %s %s: %s", scope["method"], scope["path"], message)
         content = json.dumps({"error_code": code, "message": message}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+        ]
         if close:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -243,7 +285,9 @@ def _rows_or_problem(scope, body: bytes) -> tuple[int, str | None]:
     Python's parser, or a number of more digits than Python converts, raised an error inside
     MLflow's app."""
     if not _is_json(scope):
-        return (body.count(b"\n") if (_content_type(scope) or "").startswith("text/csv") else 0), None
+        return (
+            body.count(b"\n") if (_content_type(scope) or "").startswith("text/csv") else 0
+        ), None
     try:
         request = json.loads(body)
     except RecursionError:
@@ -257,10 +301,16 @@ def _json_rows(request) -> int:
     if not isinstance(request, dict):
         return 0
     split = request.get("dataframe_split")
-    found = [request.get("dataframe_records"), split.get("data") if isinstance(split, dict) else None,
-             request.get("inputs"), request.get("instances")]
+    found = [
+        request.get("dataframe_records"),
+        split.get("data") if isinstance(split, dict) else None,
+        request.get("inputs"),
+        request.get("instances"),
+    ]
     counts = [len(f) for f in found if isinstance(f, list)]
-    counts += [len(v) for f in found if isinstance(f, dict) for v in f.values() if isinstance(v, list)]
+    counts += [
+        len(v) for f in found if isinstance(f, dict) for v in f.values() if isinstance(v, list)
+    ]
     return max(counts, default=0)
 
 
@@ -283,8 +333,12 @@ class _WithoutStackTraces:
         if message.get("more_body", False):
             return None
         body = _without_stack_trace(self.body)
-        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
-        await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        headers = [
+            (k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"
+        ]
+        await self.send(
+            {**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        )
         return await self.send({"type": "http.response.body", "body": body})
 
 
@@ -296,7 +350,10 @@ def _without_stack_trace(body: bytes) -> bytes:
     if not isinstance(answer, dict) or "stack_trace" not in answer:
         return body
     answer.pop("stack_trace")
-    log.warning("error answered: %s", str(answer.get("message", "")).splitlines()[0][:300] if answer.get("message") else "")
+    log.warning(
+        "error answered: %s",
+        str(answer.get("message", "")).splitlines()[0][:300] if answer.get("message") else "",
+    )
     return json.dumps(answer).encode()
 
 

@@ -7,6 +7,7 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
 import keras
 import mlflow
 import mlflow.keras
@@ -18,13 +19,20 @@ from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
 from petloc.model.backbones import CaffePreprocess
 from petloc.registry_names import check_alias, check_name, parse_ref, printable
-from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import configure, tracking_uri
+from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 
 # Version tags copied from the source run's metrics and tags.
 METRIC_LABELS = {"best_val_miou": "val mIoU", "val_accuracy": "val accuracy"}
-METRIC_TAGS = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.VAL_IOU50, vocab.LATENCY_MS_B1, vocab.LATENCY_MS_B32, vocab.PARAMS_COUNT)
+METRIC_TAGS = (
+    vocab.BEST_VAL_MIOU,
+    vocab.VAL_ACCURACY,
+    vocab.VAL_IOU50,
+    vocab.LATENCY_MS_B1,
+    vocab.LATENCY_MS_B32,
+    vocab.PARAMS_COUNT,
+)
 RUN_TAGS = (vocab.DATASET_DIGEST, vocab.VAL_DATA, vocab.SWEEP_RUN_ID, vocab.TRIAL_ID)
 
 
@@ -64,7 +72,8 @@ def loadable_uri(uri: str) -> str:
         return uri
     if version.model_id:
         return f"models:/{version.model_id}"
-    if (version.source or "").startswith("models:/m-"):  # a logged model's id (a SQL store keeps no model_id)
+    # a logged model's id (a SQL store keeps no model_id)
+    if (version.source or "").startswith("models:/m-"):
         return version.source
     return f"models:/{version.name}/{version.version}"
 
@@ -93,15 +102,25 @@ def pretrained_backbone(ref: str) -> Pretrained:
     try:
         classifier = mlflow.keras.load_model(loadable_uri(model_uri(ref) or ref))
     except (MlflowException, OSError) as err:
-        raise PetlocError(f"backbone: cannot load registered:{ref} ({str(err).splitlines()[0][:200]})") from None
+        raise PetlocError(
+            f"backbone: cannot load registered:{ref} ({str(err).splitlines()[0][:200]})"
+        ) from None
     net = next((layer for layer in classifier.layers if isinstance(layer, keras.Model)), None)
     if net is None:
         raise PetlocError(f"backbone: registered:{ref} holds no backbone network")
-    if any(isinstance(layer, CaffePreprocess) for layer in net.layers):  # pretraining starts from scratch: -1..1
-        raise PetlocError(f"backbone: registered:{ref} was pretrained by an older petloc on Caffe's inputs, which "
-                          "localisers no longer build; pretrain it again")
-    return Pretrained(ref, run.data.params[vocab.BACKBONE], float(run.data.params[vocab.WIDTH]), net.get_weights(),
-                      run.data.tags.get(vocab.VAL_DATA))
+    # pretraining starts from scratch: -1..1
+    if any(isinstance(layer, CaffePreprocess) for layer in net.layers):
+        raise PetlocError(
+            f"backbone: registered:{ref} was pretrained by an older petloc on Caffe's inputs, which "
+            "localisers no longer build; pretrain it again"
+        )
+    return Pretrained(
+        ref,
+        run.data.params[vocab.BACKBONE],
+        float(run.data.params[vocab.WIDTH]),
+        net.get_weights(),
+        run.data.tags.get(vocab.VAL_DATA),
+    )
 
 
 def registered_version(uri: str):
@@ -114,13 +133,22 @@ def registered_version(uri: str):
     try:
         if ref.alias is not None:
             return client.get_model_version_by_alias(ref.name, ref.alias)
+        assert ref.version is not None  # a Ref names an alias or a version
         return client.get_model_version(ref.name, ref.version)
     except MlflowException as err:
-        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if err.error_code not in (
+            "RESOURCE_DOES_NOT_EXIST",
+            "INVALID_PARAMETER_VALUE",
+            "NOT_FOUND",
+        ):
             # Not "no such version" (a refused password, a server error): say what it was.
-            raise PetlocError(f"models:/{printable(str(ref))}: {err.message.splitlines()[0][:300]}") from None
-        raise PetlocError(f"models:/{printable(str(ref))}: no such registered model version; "
-                          f"registered: {describe_registry() or 'nothing yet'}") from None
+            raise PetlocError(
+                f"models:/{printable(str(ref))}: {err.message.splitlines()[0][:300]}"
+            ) from None
+        raise PetlocError(
+            f"models:/{printable(str(ref))}: no such registered model version; "
+            f"registered: {describe_registry() or 'nothing yet'}"
+        ) from None
 
 
 def source_run(ref: str):
@@ -151,9 +179,14 @@ def describe_registry() -> str:
 def versions_of(name: str) -> list:
     """Every version of registered model `name`."""
     quote = next((q for q in ("'", '"') if q not in name), None)
-    quotable = quote is not None and not name.endswith("\\")  # a final backslash would escape the quote
+    # a final backslash would escape the quote
+    quotable = quote is not None and not name.endswith("\\")
     query = f"name = {quote}{name}{quote}" if quotable else None
-    return [v for v in _every(MlflowClient().search_model_versions, filter_string=query) if v.name == name]
+    return [
+        v
+        for v in _every(MlflowClient().search_model_versions, filter_string=query)
+        if v.name == name
+    ]
 
 
 def _versions_by_name() -> dict[str, list]:
@@ -214,43 +247,88 @@ def promote(
     except MlflowException:
         raise PetlocError(f"run {printable(run_id)}: not found in {tracking_uri()}") from None
     # A localiser is ranked by val mIoU; a pretrained classifier by val accuracy.
-    metric = vocab.VAL_ACCURACY if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND else vocab.BEST_VAL_MIOU
+    metric = (
+        vocab.VAL_ACCURACY
+        if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND
+        else vocab.BEST_VAL_MIOU
+    )
     label = METRIC_LABELS.get(metric, metric)
     score = run.data.metrics.get(metric)
     model_source = run.data.tags.get(vocab.MODEL_URI)
     if score is None or not model_source:
-        raise PetlocError(f"run {run_id}: has no logged model with {metric}; promote a finished petloc run")
+        raise PetlocError(
+            f"run {run_id}: has no logged model with {metric}; promote a finished petloc run"
+        )
     latency = run.data.metrics.get(vocab.LATENCY_MS_B1)
     if max_latency_ms is not None and not force and (latency is None or latency > max_latency_ms):
         why = f"its batch-1 latency {_ms(latency)} is over the budget of {max_latency_ms:g} ms"
-        return Promotion(name, None, False, f"run {run_id} not promoted: {why} (--force moves {name}@{alias} anyway)")
+        return Promotion(
+            name,
+            None,
+            False,
+            f"run {run_id} not promoted: {why} (--force moves {name}@{alias} anyway)",
+        )
     holder = champion_version(name, alias)
     if holder is not None and holder.run_id == run_id:
-        return Promotion(name, holder.version, True, f"already {name}@{alias} (version {holder.version})")
+        return Promotion(
+            name, holder.version, True, f"already {name}@{alias} (version {holder.version})"
+        )
     val_data = run.data.tags.get(vocab.VAL_DATA)
-    if holder is not None and not force and (holder.tags.get(vocab.VAL_DATA) != val_data or holder.tags.get(metric) is None):
-        why = (f"{name}@{alias} (version {holder.version}) was measured on other validation data "
-               f"({holder.tags.get('val_data', 'unknown')}; this run: {val_data}), so their figures do not compare; "
-               f"petloc promote {run_id} --name {shlex.quote(name)} --force moves it")
+    if (
+        holder is not None
+        and not force
+        and (holder.tags.get(vocab.VAL_DATA) != val_data or holder.tags.get(metric) is None)
+    ):
+        why = (
+            f"{name}@{alias} (version {holder.version}) was measured on other validation data "
+            f"({holder.tags.get('val_data', 'unknown')}; this run: {val_data}), so their figures do not compare; "
+            f"petloc promote {run_id} --name {shlex.quote(name)} --force moves it"
+        )
         if not register_when_not_better:
             return Promotion(name, None, False, why + "; not registered")
         version = _existing_version(name, run_id) or _register(run, model_source, name)
         return Promotion(name, version, False, f"registered as version {version}; {why}")
-    holder_score = float(holder.tags[metric]) if holder is not None and metric in holder.tags else None
+    holder_score = (
+        float(holder.tags[metric]) if holder is not None and metric in holder.tags else None
+    )
     better = holder is None or (holder_score is not None and score > holder_score)
     if not (better or force or register_when_not_better):
-        return Promotion(name, None, False, f"{label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered")
+        return Promotion(
+            name,
+            None,
+            False,
+            f"{label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered",
+        )
     version = _existing_version(name, run_id) or _register(run, model_source, name)
     if better or force:
         _claim(name, alias, version, only=force)
         _set_alias(name, alias, version)
         settled = _settle(name, alias, metric)
         if settled is not None and settled.version != version:
-            return Promotion(name, version, False, f"registered as version {version}; {name}@{alias} is version {settled.version}, "
-                                                   f"promoted at the same time ({label} {settled.tags.get(metric, 'unknown')})")
-        why = "forced" if not better else ("first champion" if holder is None else f"beats {holder_score:.4f}")
-        return Promotion(name, version, True, f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})")
-    return Promotion(name, version, False, f"registered as version {version}; {label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}")
+            return Promotion(
+                name,
+                version,
+                False,
+                f"registered as version {version}; {name}@{alias} is version {settled.version}, "
+                f"promoted at the same time ({label} {settled.tags.get(metric, 'unknown')})",
+            )
+        why = (
+            "forced"
+            if not better
+            else ("first champion" if holder is None else f"beats {holder_score:.4f}")
+        )
+        return Promotion(
+            name,
+            version,
+            True,
+            f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})",
+        )
+    return Promotion(
+        name,
+        version,
+        False,
+        f"registered as version {version}; {label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}",
+    )
 
 
 # Promotions racing against one registry (two sweeps ending at once, maybe on two machines)
@@ -305,8 +383,13 @@ def _best_claim(name: str, alias: str, metric: str, holder):
     go to the older version, as a promotion needs to beat the holder strictly."""
     if holder.tags.get(metric) is None:
         return holder
-    rivals = [v for v in versions_of(name)
-              if _claim_tag(alias) in v.tags and v.tags.get("val_data") == holder.tags.get("val_data") and v.tags.get(metric) is not None]
+    rivals = [
+        v
+        for v in versions_of(name)
+        if _claim_tag(alias) in v.tags
+        and v.tags.get("val_data") == holder.tags.get("val_data")
+        and v.tags.get(metric) is not None
+    ]
     return max([holder, *rivals], key=lambda v: (float(v.tags[metric]), -int(v.version)))
 
 
@@ -314,7 +397,9 @@ def registered_name_of(run_id: str) -> str:
     """The registered model name the run's experiment file gives (`registry.name`), else "petloc"."""
     client = MlflowClient()
     try:
-        logged = json.loads(read_bounded(client.download_artifacts(run_id, "experiment.json"), SMALL_FILE_LIMIT))
+        logged = json.loads(
+            read_bounded(client.download_artifacts(run_id, "experiment.json"), SMALL_FILE_LIMIT)
+        )
         return logged.get("registry", {}).get("name") or "petloc"
     except (MlflowException, OSError, ValueError, UnreadableFile):
         return "petloc"
@@ -338,18 +423,27 @@ def _register(run, model_source: str, name: str) -> str:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        kind = "cat/dog classifier whose backbone localisers start from" if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND else "cat/dog head localiser (class + head box)"
+        kind = (
+            "cat/dog classifier whose backbone localisers start from"
+            if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND
+            else "cat/dog head localiser (class + head box)"
+        )
         try:
             client.create_registered_model(name, description=f"petloc: {kind}")
         except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":  # another promotion created it meanwhile
+            # another promotion created it meanwhile
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
     tags[vocab.SOURCE_RUN] = run.info.run_id
     # A logged model (models:/m-...) is named as such: a tracking server refuses the source without it.
-    model_id = model_source.removeprefix("models:/") if model_source.startswith("models:/m-") else None
-    version = client.create_model_version(name, model_source, run_id=run.info.run_id, tags=tags, model_id=model_id)
+    model_id = (
+        model_source.removeprefix("models:/") if model_source.startswith("models:/m-") else None
+    )
+    version = client.create_model_version(
+        name, model_source, run_id=run.info.run_id, tags=tags, model_id=model_id
+    )
     return version.version
 
 
@@ -362,15 +456,17 @@ def list_versions() -> list[dict]:
         for alias, version in model.aliases.items():
             by_version.setdefault(str(version), []).append(printable(alias))
         for v in sorted(versions.get(model.name, []), key=lambda v: int(v.version)):
-            rows.append({
-                "name": printable(model.name),
-                "version": v.version,
-                "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
-                "val_miou": _float(v.tags.get("best_val_miou")),
-                "val_accuracy": _float(v.tags.get("val_accuracy")),
-                "latency_ms_b1": _float(v.tags.get("latency_ms_b1")),
-                "source_run": v.run_id or v.tags.get("source_run", "-"),
-            })
+            rows.append(
+                {
+                    "name": printable(model.name),
+                    "version": v.version,
+                    "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
+                    "val_miou": _float(v.tags.get("best_val_miou")),
+                    "val_accuracy": _float(v.tags.get("val_accuracy")),
+                    "latency_ms_b1": _float(v.tags.get("latency_ms_b1")),
+                    "source_run": v.run_id or v.tags.get("source_run", "-"),
+                }
+            )
     return rows
 
 

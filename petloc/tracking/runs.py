@@ -24,7 +24,10 @@ def experiment_id(name: str) -> str:
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found and found.lifecycle_stage == "deleted":
-        raise PetlocError(f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) or set tracking.experiment to another name")
+        raise PetlocError(
+            f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+            "or set tracking.experiment to another name"
+        )
     if found:
         return found.experiment_id
     location = None
@@ -45,13 +48,15 @@ def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = 
     run_id = None
     try:
         with stopping.held_back():
-            run_id = MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            run_id = (
+                MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            )
         if (stop := stopping.pending()) is not None:
             raise stop
     except BaseException as err:
         if run_id is None:
             raise
-        raise end_run(run_id, err)  # also a stop landing just as the hold ended
+        raise end_run(run_id, err)  # noqa: B904  (err or its interrupt; also a stop landing just as the hold ended)
     return run_id
 
 
@@ -59,13 +64,16 @@ def claim_run(run_id: str) -> None:
     """Mark an existing run (a resumed sweep's parent) RUNNING and owned by this process."""
     client = MlflowClient()
     client.set_tag(run_id, OWNER_TAG, this_process())
-    if vocab.ERROR in client.get_run(run_id).data.tags:  # the reason it stopped last time no longer holds
+    # the reason it stopped last time no longer holds
+    if vocab.ERROR in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, vocab.ERROR)
     client.update_run(run_id, status="RUNNING")
 
 
 def this_process() -> str:
-    return _owner(os.getpid())
+    # Without /proc (not Linux) there is no start time: a name no host has, which
+    # owner_alive counts as alive, so no other process takes the run over.
+    return _owner(os.getpid()) or "unknown"
 
 
 def _owner(pid: int) -> str | None:
@@ -96,7 +104,9 @@ def end_orphans(run_ids: list[str], why: str) -> list[str]:
         owner = run.data.tags.get(OWNER_TAG)
         if run.info.status != "RUNNING" or not owner or owner_alive(owner):
             continue
-        client.set_tag(run_id, vocab.ERROR, f"its process ({owner}) ended without closing the run; {why}")
+        client.set_tag(
+            run_id, vocab.ERROR, f"its process ({owner}) ended without closing the run; {why}"
+        )
         client.set_terminated(run_id, "KILLED")
         ended.append(run_id)
     return ended
@@ -126,16 +136,20 @@ def run_status(run_id: str):
     try:
         with log.system_metrics(run_id):
             yield
-    except BaseException as err:
-        raise end_run(run_id, err)  # err itself, or the interrupt behind it (err as its cause)
+    except BaseException as err:  # noqa: BLE001  (every end, Ctrl+C too, ends the run; re-raised)
+        raise end_run(run_id, err)  # noqa: B904  (err itself, or the interrupt behind it with err as its cause)
     MlflowClient().set_terminated(run_id, "FINISHED")
 
 
 def why_failed(err: Exception) -> str:
-    """A failed run's reason in one line; a tracking server that stopped answering or refused the call is named."""
+    """A failed run's reason in one line; a tracking server that stopped answering or refused
+    the call is named."""
     first = str(err).splitlines()[0] if str(err) else ""
     if isinstance(err, MlflowException) and "Max retries exceeded" in first:
-        return f"the tracking server {store.tracking_uri()} did not answer, even after MLflow's retries ({first[:160]}...)"
+        return (
+            f"the tracking server {store.tracking_uri()} did not answer, even after MLflow's "
+            f"retries ({first[:160]}...)"
+        )
     refused = store.refusal(err)  # a password changed mid-sweep, a permission taken back
     if refused:
         return refused

@@ -16,21 +16,30 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Literal
 
 from petloc import processes
 from petloc.errors import PetlocError
-from petloc.tracking import store
 from petloc.tracking import auth as door
+from petloc.tracking import store
 from petloc.tracking.auth import Auth
 
 DEFAULT_ARTIFACTS = store.STORE_DIR / "artifacts"
 STOP_SECONDS = 30  # uvicorn finishes the requests in flight, then exits
 
 
-def serve(backend: str | None, artifacts: str | None, host: str, port: int, workers: int,
-          allowed_hosts: list[str] = (), auth: Auth | bool | None = None, say: Callable[[str], None] = print) -> None:
+def serve(
+    backend: str | None,
+    artifacts: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    allowed_hosts: Sequence[str] = (),
+    auth: Auth | Literal[False] | None = None,
+    say: Callable[[str], None] = print,
+) -> None:
     """Check the inputs, start `mlflow server`, tell clients where it is, and run it until
     Ctrl+C or SIGTERM (passed on to the server); returns once the server has stopped.
 
@@ -39,31 +48,41 @@ def serve(backend: str | None, artifacts: str | None, host: str, port: int, work
     door.check_door(host, None if auth is None else bool(auth))
     backend = backend or store.default_uri()
     destination = artifacts_destination(artifacts)
-    password = door.admin_password(auth) if auth else None  # a bad file is one line before anything starts
+    # a bad password file is one line before anything starts
+    password = door.admin_password(auth) if auth else None
     check_port_free(host, port)
     check_backend(backend)
     client_uri = client_uri_of(host, port)
     say(f"MLflow tracking server: runs in {store.shown_uri(backend)}, artifacts in {destination}")
-    cmd = mlflow_server_command(backend, destination, host, port, workers) + _allowed_hosts_flag(host, allowed_hosts)
+    cmd = mlflow_server_command(backend, destination, host, port, workers) + _allowed_hosts_flag(
+        host, allowed_hosts
+    )
     env = _server_env(backend)
     config, written = door.config_file(backend, auth) if auth else (None, False)
     try:
         if config:
             settings = door.bootstrap(config, password)
-            say(f"users and permissions: MLflow's basic-auth app in {store.shown_uri(settings.database_uri)}, admin user "
-                f"'{settings.admin_username}'; a user gets {settings.default_permission} on what others made")
+            say(
+                "users and permissions: MLflow's basic-auth app in "
+                f"{store.shown_uri(settings.database_uri)}, admin user '{settings.admin_username}'; "
+                f"a user gets {settings.default_permission} on what others made"
+            )
             cmd += ["--app-name", "basic-auth"]
             env = door.server_env(env, config)
-        say(f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)")
+        say(
+            f"clients: export MLFLOW_TRACKING_URI={client_uri}   (or tracking.uri: {client_uri} in the experiment file)"
+        )
         if config:
             say("  and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD of their user")
         _run(subprocess.Popen(cmd, env=env), _local_uri(host, port), client_uri, say)
     finally:
-        if written:
+        if written and config:
             config.unlink(missing_ok=True)
 
 
-def _run(server: subprocess.Popen, local_uri: str, client_uri: str, say: Callable[[str], None]) -> None:
+def _run(
+    server: subprocess.Popen, local_uri: str, client_uri: str, say: Callable[[str], None]
+) -> None:
     try:
         _wait_until_ready(server, local_uri)
         say(f"ready at {client_uri}  (Ctrl+C to stop)")
@@ -75,13 +94,29 @@ def _run(server: subprocess.Popen, local_uri: str, client_uri: str, say: Callabl
     raise PetlocError(f"mlflow server exited with code {code}; its messages are above")
 
 
-def mlflow_server_command(backend: str, destination: str, host: str, port: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-            "--serve-artifacts", "--artifacts-destination", destination,
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+def mlflow_server_command(
+    backend: str, destination: str, host: str, port: int, workers: int
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        destination,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
-def _allowed_hosts_flag(host: str, names: list[str]) -> list[str]:
+def _allowed_hosts_flag(host: str, names: Sequence[str]) -> list[str]:
     """MLflow answers API calls only for Host headers of localhost and private IPs (a guard
     against DNS rebinding; /health answers anyone): clients that use a name or a public
     address, as the printed URI does when serving other machines, are refused with a 403.
@@ -123,20 +158,27 @@ def check_port_free(host: str, port: int) -> None:
     """Fail in one line before MLflow spends seconds migrating, only for uvicorn to find the port taken."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+            # as uvicorn binds: TIME_WAIT is no obstacle
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as err:
         if err.errno == errno.EADDRINUSE:
-            raise PetlocError(f"port {port} on {host} is taken: is a server already running there? choose another --port") from None
-        raise PetlocError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+            raise PetlocError(
+                f"port {port} on {host} is taken: is a server already running there? choose another --port"
+            ) from None
+        raise PetlocError(
+            f"--host {host} --port {port}: cannot listen there ({err.strerror or err})"
+        ) from None
 
 
 def check_backend(uri: str) -> None:
     """One line when the backend is no database URI or cannot be used; a SQLite store is
     created (and migrated) under the project's lock, as every petloc command opens it."""
     if not store.is_database_uri(uri):
-        raise PetlocError(f"--backend {store.shown_uri(uri)}: not a database URI; use sqlite:///PATH/mlflow.db or "
-                          "postgresql://USER@HOST:5432/DB")
+        raise PetlocError(
+            f"--backend {store.shown_uri(uri)}: not a database URI; use sqlite:///PATH/mlflow.db or "
+            "postgresql://USER@HOST:5432/DB"
+        )
     if uri.startswith("sqlite:///"):
         store.configure(uri, "--backend")
     else:
@@ -167,7 +209,10 @@ def _local_uri(host: str, port: int) -> str:
 # under many busy clients, requests waited for a connection until they failed with a 400,
 # which clients do not retry (benchmarks/tracking_load.py). 5 kept + 35 on demand = one per
 # thread; only as many are opened as requests run at once.
-DATABASE_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "5", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "35"}
+DATABASE_POOL = {
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "5",
+    "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "35",
+}
 
 
 def _server_env(backend: str) -> dict:

@@ -49,7 +49,13 @@ def configure(uri: str | None = None, label: str | None = None) -> str:
     # Download progress bars would land in `predict --json` output; petloc prints its own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if label is None:
-        label = "tracking.uri" if uri else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "store"
+        label = (
+            "tracking.uri"
+            if uri
+            else "MLFLOW_TRACKING_URI"
+            if os.environ.get("MLFLOW_TRACKING_URI")
+            else "store"
+        )
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -78,8 +84,10 @@ def check_store(uri: str, label: str) -> None:
     elif scheme in DATABASE_SCHEMES:
         _check_database(uri, label)
     else:
-        raise PetlocError(f"{label} {shown_uri(uri)}: not a store petloc can use; give sqlite:///PATH/mlflow.db, "
-                          "postgresql://USER@HOST:5432/DB or http://HOST:PORT (a tracking server)")
+        raise PetlocError(
+            f"{label} {shown_uri(uri)}: not a store petloc can use; give sqlite:///PATH/mlflow.db, "
+            "postgresql://USER@HOST:5432/DB or http://HOST:PORT (a tracking server)"
+        )
 
 
 def is_database_uri(uri: str) -> bool:
@@ -97,17 +105,25 @@ def _check_database(uri: str, label: str) -> None:
     # A host that drops packets would otherwise hold the check for minutes.
     timeout = {"connect_timeout": 10} if uri.startswith(("postgresql", "mysql")) else {}
     try:
-        engine = sqlalchemy.create_engine(uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(
+            uri, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool
+        )
     except (ArgumentError, NoSuchModuleError, ValueError):
-        raise PetlocError(f"{label} {shown}: not a database URI; use sqlite:///PATH/mlflow.db or "
-                          "postgresql://USER@HOST:5432/DB") from None
+        raise PetlocError(
+            f"{label} {shown}: not a database URI; use sqlite:///PATH/mlflow.db or "
+            "postgresql://USER@HOST:5432/DB"
+        ) from None
     except ImportError as err:
-        raise PetlocError(f"{label} {shown}: its database driver is not installed ({err.name}): pip install it") from None
+        raise PetlocError(
+            f"{label} {shown}: its database driver is not installed ({err.name}): pip install it"
+        ) from None
     try:
         with engine.connect():
             pass
     except SQLAlchemyError as err:
-        raise PetlocError(f"{label} {shown}: cannot connect ({first_line(getattr(err, 'orig', None) or err)})") from None
+        raise PetlocError(
+            f"{label} {shown}: cannot connect ({first_line(getattr(err, 'orig', None) or err)})"
+        ) from None
     finally:
         engine.dispose()
 
@@ -119,11 +135,11 @@ def tracking_uri() -> str:
 
 def shown_uri(uri: str) -> str:
     """The URI with any password hidden, for messages."""
-    try:
-        import sqlalchemy
+    import sqlalchemy
 
+    try:
         return sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
-    except Exception:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # not a URL it parses (a bad port)
         return uri
 
 
@@ -138,7 +154,8 @@ def _check_server(uri: str) -> None:
     import requests
 
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
-    verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", True)  # as MLflow's client
+    # as MLflow's client
+    verify = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", True)
     base = uri.rstrip("/")
     try:
         answer = requests.get(f"{base}/health", timeout=SERVER_CHECK_SECONDS, verify=verify)
@@ -148,10 +165,13 @@ def _check_server(uri: str) -> None:
         reason = f"HTTP {answer.status_code}"
     except requests.RequestException as err:
         reason = _reason(err)
-    except MlflowException as err:  # the API call, made by MLflow's client, found no server after all
+    # the API call, made by MLflow's client, found no server after all
+    except MlflowException as err:
         reason = str(err).splitlines()[0][:200]
-    raise PetlocError(f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "
-                      "or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI")
+    raise PetlocError(
+        f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "
+        "or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI"
+    )
 
 
 def _check_api_call(base: str) -> None:
@@ -161,8 +181,14 @@ def _check_api_call(base: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    answer = http_request(get_default_host_creds(base), "/api/2.0/mlflow/experiments/search", "GET",
-                          max_retries=0, timeout=SERVER_CHECK_SECONDS, params={"max_results": 1})
+    answer = http_request(
+        get_default_host_creds(base),
+        "/api/2.0/mlflow/experiments/search",
+        "GET",
+        max_retries=0,
+        timeout=SERVER_CHECK_SECONDS,
+        params={"max_results": 1},
+    )
     if answer.status_code == 401:
         raise PetlocError(_credentials_refused(base))
     if answer.status_code == 403 and "Host header" in answer.text:
@@ -174,25 +200,31 @@ def _credentials_refused(base: str) -> str:
 
     creds = get_default_host_creds(base)
     if creds.username:
-        return (f"the tracking server at {base} refused the credentials of {creds.username} "
-                "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD): wrong password, or no such user")
+        return (
+            f"the tracking server at {base} refused the credentials of {creds.username} "
+            "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD): wrong password, or no such user"
+        )
     if creds.token:
         return f"the tracking server at {base} refused the token in MLFLOW_TRACKING_TOKEN"
-    return (f"the tracking server at {base} needs a user: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-            "(its admin creates users)")
+    return (
+        f"the tracking server at {base} needs a user: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+        "(its admin creates users)"
+    )
 
 
 def _host_refused(base: str) -> str:
     """MLflow accepts only localhost, private addresses and the names it was given: a name, or a
     public address, must be on the server's allowed-hosts list."""
-    host = urlparse(base).hostname
+    host = urlparse(base).hostname or ""  # none: not an address either
     try:
         ipaddress.ip_address(host)
         what = "the address"
     except ValueError:
         what = "the host name"
-    return (f"tracking server {base} refuses {what} {host} (not on its allowed-hosts list): start it with "
-            f"petloc tracking-server --allowed-hosts {host} (or mlflow server --allowed-hosts)")
+    return (
+        f"tracking server {base} refuses {what} {host} (not on its allowed-hosts list): start it with "
+        f"petloc tracking-server --allowed-hosts {host} (or mlflow server --allowed-hosts)"
+    )
 
 
 def refusal(err: BaseException) -> str | None:
@@ -207,8 +239,10 @@ def refusal(err: BaseException) -> str | None:
 
     user = get_default_host_creds(mlflow.get_tracking_uri()).username or "this client"
     permission, resource = _permission_needed(endpoint)
-    return (f"the tracking server {mlflow.get_tracking_uri()} refused {endpoint} to user {user}: it needs "
-            f"{permission} permission on the {resource}, which an admin or the {resource}'s manager grants")
+    return (
+        f"the tracking server {mlflow.get_tracking_uri()} refused {endpoint} to user {user}: it needs "
+        f"{permission} permission on the {resource}, which an admin or the {resource}'s manager grants"
+    )
 
 
 def _refused_call(err: BaseException) -> tuple[int | None, str | None]:
@@ -217,13 +251,21 @@ def _refused_call(err: BaseException) -> tuple[int | None, str | None]:
 
     if isinstance(err, requests.HTTPError) and err.response is not None:
         return err.response.status_code, urlparse(err.response.url).path
-    found = re.search(r"endpoint (\S+) failed with error code (\d+)", str(err)) if isinstance(err, MlflowException) else None
+    found = (
+        re.search(r"endpoint (\S+) failed with error code (\d+)", str(err))
+        if isinstance(err, MlflowException)
+        else None
+    )
     return (int(found[2]), found[1]) if found else (None, None)
 
 
 def _permission_needed(endpoint: str) -> tuple[str, str]:
     """MLflow's levels: READ reads, EDIT logs and updates, MANAGE also deletes and grants."""
-    resource = "registered model" if re.search(r"registered-models|model-versions", endpoint) else "experiment"
+    resource = (
+        "registered model"
+        if re.search(r"registered-models|model-versions", endpoint)
+        else "experiment"
+    )
     if "mlflow-artifacts" in endpoint:
         return "EDIT", "experiment"  # an artifact's upload
     action = endpoint.rstrip("/").rsplit("/", 1)[-1]
@@ -262,5 +304,7 @@ def _open_sqlite_store(uri: str, label: str) -> None:
             client = MlflowClient(uri, uri)
             client.search_experiments(max_results=1)
             client.search_registered_models(max_results=1)
-    except Exception as err:  # MLflow wraps the database's errors (locked, read-only, not a database) in its own
+    # MLflow wraps the database's errors (locked, read-only, not a database) in its own; the
+    # folder and the lock add OSError and UnreadableFile.
+    except Exception as err:  # noqa: BLE001  (see above)
         raise PetlocError(f"{label} {uri}: cannot open the store ({first_line(err)})") from None

@@ -4,11 +4,13 @@ the search and keeps its state files; everything it records goes through here.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import mlflow
 from mlflow.entities import RunTag
@@ -24,10 +26,17 @@ from petloc.tracking.training_runs import run_settings
 from petloc.training.gallery import plot_pareto
 
 LEADERBOARD_COLUMNS = [
-    ("trial", f"tags.{vocab.TRIAL_ID}"), ("backbone", "params.backbone"), ("image_size", "params.image_size"),
-    ("aug_strength", "params.aug_strength"), ("head_units", "params.head_units"), ("learning_rate", "params.learning_rate"),
-    ("val_miou", f"metrics.{vocab.BEST_VAL_MIOU}"), ("iou50", f"metrics.{vocab.VAL_IOU50}"), ("accuracy", f"metrics.{vocab.VAL_ACCURACY}"),
-    ("latency_ms_b1", f"metrics.{vocab.LATENCY_MS_B1}"), ("params", f"metrics.{vocab.PARAMS_COUNT}"),
+    ("trial", f"tags.{vocab.TRIAL_ID}"),
+    ("backbone", "params.backbone"),
+    ("image_size", "params.image_size"),
+    ("aug_strength", "params.aug_strength"),
+    ("head_units", "params.head_units"),
+    ("learning_rate", "params.learning_rate"),
+    ("val_miou", f"metrics.{vocab.BEST_VAL_MIOU}"),
+    ("iou50", f"metrics.{vocab.VAL_IOU50}"),
+    ("accuracy", f"metrics.{vocab.VAL_ACCURACY}"),
+    ("latency_ms_b1", f"metrics.{vocab.LATENCY_MS_B1}"),
+    ("params", f"metrics.{vocab.PARAMS_COUNT}"),
     ("train_s", f"metrics.{vocab.TRAIN_SECONDS}"),
 ]
 
@@ -47,6 +56,7 @@ def identity_tags(exp: Experiment, fingerprint: str) -> dict[str, str]:
 @dataclass
 class LiveChief:
     """The parent run of a distributed sweep's chief that is still alive."""
+
     run_id: str
     started: int  # the run's start time (ms)
     host: str
@@ -65,20 +75,30 @@ class SweepRecord:
     @classmethod
     def start(cls, exp: Experiment, fingerprint: str, experiment_id: str) -> SweepRecord:
         """A new parent run for the sweep, with its settings."""
-        run_id = runs.create_run(experiment_id, f"sweep-{exp.name}", {vocab.KIND: vocab.SWEEP_KIND, **identity_tags(exp, fingerprint)})
+        run_id = runs.create_run(
+            experiment_id,
+            f"sweep-{exp.name}",
+            {vocab.KIND: vocab.SWEEP_KIND, **identity_tags(exp, fingerprint)},
+        )
         record = cls(run_id)
         record._log_sweep_settings(exp)
         record.log_resumable_settings(exp, fingerprint)
         return record
 
     @classmethod
-    def resume(cls, exp: Experiment, fingerprint: str, run_id: str, state_file: Path) -> SweepRecord:
+    def resume(
+        cls, exp: Experiment, fingerprint: str, run_id: str, state_file: Path
+    ) -> SweepRecord:
         """The parent run `state_file` recorded, claimed by this process; the runs a dead process
         left RUNNING under it end KILLED."""
-        record = cls.existing(run_id, f"{state_file}: its parent run is not in {store.tracking_uri()}; run with --fresh")
+        record = cls.existing(
+            run_id,
+            f"{state_file}: its parent run is not in {store.tracking_uri()}; run with --fresh",
+        )
         record.end_orphans("ended when the sweep was resumed")
         runs.claim_run(run_id)
-        record.log_resumable_settings(exp, fingerprint)  # identity tags too: parents made before they existed
+        # identity tags too: parents made before they existed
+        record.log_resumable_settings(exp, fingerprint)
         return record
 
     @classmethod
@@ -93,16 +113,21 @@ class SweepRecord:
 
     def end_orphans(self, why: str) -> None:
         """Runs of this sweep left RUNNING by a process that died (kill -9, power loss) end KILLED."""
-        running = [self.parent_run_id, *(r.info.run_id for r in runs.child_runs(self.parent_run_id, RUNNING))]
+        running = [
+            self.parent_run_id,
+            *(r.info.run_id for r in runs.child_runs(self.parent_run_id, RUNNING)),
+        ]
         runs.end_orphans(running, why)
 
     def retire(self, why: str) -> None:
         """end_orphans, for a sweep started over: a parent run gone from the store is no error."""
-        try:
+        with contextlib.suppress(MlflowException):
             self.end_orphans(why)
-        except MlflowException:
-            pass
 
+    @overload
+    def ended(self, err: None = None) -> None: ...
+    @overload
+    def ended(self, err: BaseException) -> BaseException: ...
     def ended(self, err: BaseException | None = None) -> BaseException | None:
         """Ends the parent run FINISHED, or FAILED / KILLED for `err`; returns what to raise."""
         if err is not None:
@@ -120,7 +145,10 @@ class SweepRecord:
 
     def _set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
         # One call for all of them: a call per tag is a store transaction (or a server request) each.
-        self.client.log_batch(run_id or self.parent_run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        self.client.log_batch(
+            run_id or self.parent_run_id,
+            tags=[RunTag(key, str(value)) for key, value in tags.items()],
+        )
 
     def log_data_tags(self, tags: dict[str, Any]) -> None:
         """What data the sweep saw."""
@@ -128,23 +156,42 @@ class SweepRecord:
 
     def log_resumable_settings(self, exp: Experiment, fingerprint: str) -> None:
         """The settings this start of the sweep runs with, and `search_space.json` rewritten."""
-        size = (f"trials of up to {exp.train.epochs} epochs, as many as Hyperband's brackets hold" if exp.tuner.kind == "hyperband"
-                else f"up to {exp.tuner.max_trials} trials")
+        size = (
+            f"trials of up to {exp.train.epochs} epochs, as many as Hyperband's brackets hold"
+            if exp.tuner.kind == "hyperband"
+            else f"up to {exp.tuner.max_trials} trials"
+        )
         tags = {f"tuner.{k}": str(getattr(exp.tuner, k)) for k in RESUMABLE_TUNER_SETTINGS}
         tags.update({f"registry.{k}": str(value) for k, value in exp.registry.model_dump().items()})
         tags.update(identity_tags(exp, fingerprint))
-        tags[vocab.NOTE] = (f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, {size}); "
-                        "its trials are the child runs, the leaderboard is in the artifacts")
+        tags[vocab.NOTE] = (
+            f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, {size}); "
+            "its trials are the child runs, the leaderboard is in the artifacts"
+        )
         self._set_tags(tags)
-        self.client.log_dict(self.parent_run_id, {"space": _space(exp), "experiment": exp.model_dump(mode="json")}, "search_space.json")
+        self.client.log_dict(
+            self.parent_run_id,
+            {"space": _space(exp), "experiment": exp.model_dump(mode="json")},
+            "search_space.json",
+        )
 
     def _log_sweep_settings(self, exp: Experiment) -> None:
         """What a sweep is (its fingerprint covers it): params, written once, and provenance."""
-        params = {f"space.{k}": json.dumps(value) for k, value in _space(exp).items()}
-        params.update({f"tuner.{k}": value for k, value in exp.tuner.model_dump().items() if k not in RESUMABLE_TUNER_SETTINGS})
+        params: dict[str, Any] = {
+            f"space.{k}": json.dumps(value) for k, value in _space(exp).items()
+        }
+        params.update(
+            {
+                f"tuner.{k}": value
+                for k, value in exp.tuner.model_dump().items()
+                if k not in RESUMABLE_TUNER_SETTINGS
+            }
+        )
         params.update(run_settings(exp, exp.train.epochs))
         params[vocab.IMAGE_SIZE] = exp.data.image_size
-        mlflow.log_params({k: (str(value)[:6000]) for k, value in params.items()}, run_id=self.parent_run_id)
+        mlflow.log_params(
+            {k: (str(value)[:6000]) for k, value in params.items()}, run_id=self.parent_run_id
+        )
         self._set_tags(log.provenance())
 
     def set_time_budget(self, why: str) -> None:
@@ -170,16 +217,34 @@ class SweepRecord:
         experiment = client.get_experiment_by_name(exp.tracking.experiment)
         if experiment is None:
             return []
-        found = client.search_runs([experiment.experiment_id], f"{RUNNING} and tags.`{vocab.KIND}` = '{vocab.SWEEP_KIND}'", max_results=1000)
-        return [LiveChief(run.info.run_id, run.info.start_time, run.data.tags.get(vocab.OWNER, "?").partition(":")[0],
-                          run.data.tags[vocab.CHIEF])
-                for run in found if run.data.tags.get(vocab.SWEEP) == exp.name and vocab.CHIEF in run.data.tags and _chief_alive(run.data.tags)]
+        found = client.search_runs(
+            [experiment.experiment_id],
+            f"{RUNNING} and tags.`{vocab.KIND}` = '{vocab.SWEEP_KIND}'",
+            max_results=1000,
+        )
+        return [
+            LiveChief(
+                run.info.run_id,
+                run.info.start_time,
+                run.data.tags.get(vocab.OWNER, "?").partition(":")[0],
+                run.data.tags[vocab.CHIEF],
+            )
+            for run in found
+            if run.data.tags.get(vocab.SWEEP) == exp.name
+            and vocab.CHIEF in run.data.tags
+            and _chief_alive(run.data.tags)
+        ]
 
     # ---- its trial runs ---------------------------------------------------------------
 
     def child_run(self, trial_id: str, run_name: str, tags: dict[str, str]) -> str:
         """A new child run of the sweep for `trial_id` (a trial, or an end run), RUNNING."""
-        tags = {vocab.PARENT_RUN_ID: self.parent_run_id, vocab.SWEEP_RUN_ID: self.parent_run_id, vocab.TRIAL_ID: trial_id, **tags}
+        tags = {
+            vocab.PARENT_RUN_ID: self.parent_run_id,
+            vocab.SWEEP_RUN_ID: self.parent_run_id,
+            vocab.TRIAL_ID: trial_id,
+            **tags,
+        }
         experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
         return runs.create_run(experiment_id, run_name, tags)
 
@@ -189,19 +254,28 @@ class SweepRecord:
         once as FINISHED."""
         for run in self.runs_of(trial_id):
             if run.info.status in ("RUNNING", "FINISHED"):  # a FAILED attempt stays FAILED
-                self.client.set_tag(run.info.run_id, vocab.ERROR, f"trial {trial_id} was run again; this attempt "
-                                    f"({run.info.status} when it was dropped) did not end it")
+                self.client.set_tag(
+                    run.info.run_id,
+                    vocab.ERROR,
+                    f"trial {trial_id} was run again; this attempt "
+                    f"({run.info.status} when it was dropped) did not end it",
+                )
                 self.client.set_terminated(run.info.run_id, "KILLED")
         return self.child_run(trial_id, run_name, tags)
 
     def runs_of(self, trial_id: str, status: str | None = None) -> list:
         """The child runs of `trial_id` (FINAL_TRIAL, ENSEMBLE_TRIAL or a trial's), optionally of one status."""
-        where = f"tags.{vocab.TRIAL_ID} = '{trial_id}'" + (f" and attributes.status = '{status}'" if status else "")
+        where = f"tags.{vocab.TRIAL_ID} = '{trial_id}'" + (
+            f" and attributes.status = '{status}'" if status else ""
+        )
         return runs.child_runs(self.parent_run_id, where)
 
     def finished_runs(self) -> dict[str, Any]:
         """The FINISHED child runs, by trial_id."""
-        return {run.data.tags.get(vocab.TRIAL_ID): run for run in runs.child_runs(self.parent_run_id, FINISHED)}
+        return {
+            run.data.tags.get(vocab.TRIAL_ID): run
+            for run in runs.child_runs(self.parent_run_id, FINISHED)
+        }
 
     def fail_running(self, reason: str, trial_id: str | None = None) -> None:
         """The runs a lost worker left RUNNING (for one trial, or any) end FAILED, saying why."""
@@ -218,16 +292,22 @@ class SweepRecord:
         """The weights a FINISHED run of `trial_id` uploaded, into folder `into`; None when there are none."""
         for run in self.runs_of(trial_id, "FINISHED"):
             try:
-                return Path(self.client.download_artifacts(run.info.run_id, f"{vocab.CHECKPOINT_FOLDER}/{file_name}", str(into)))
+                return Path(
+                    self.client.download_artifacts(
+                        run.info.run_id, f"{vocab.CHECKPOINT_FOLDER}/{file_name}", str(into)
+                    )
+                )
             except MlflowException:
                 continue
         return None
 
     # ---- the leaderboard --------------------------------------------------------------
 
-    def leaderboard(self, extra: list[str] = ()) -> list[dict]:
+    def leaderboard(self, extra: Sequence[str] = ()) -> list[dict]:
         """Finished trials of the sweep, best val mIoU first; `extra` hyperparameters as columns too."""
-        finished = runs.child_runs(self.parent_run_id, FINISHED, order_by=[f"metrics.{vocab.BEST_VAL_MIOU} DESC"])
+        finished = runs.child_runs(
+            self.parent_run_id, FINISHED, order_by=[f"metrics.{vocab.BEST_VAL_MIOU} DESC"]
+        )
         rows = []
         for run in finished:
             row = {"run_id": run.info.run_id}
@@ -248,27 +328,51 @@ class SweepRecord:
         with log.scratch_dir() as tmp:
             csv_path, md_path = Path(tmp) / "leaderboard.csv", Path(tmp) / "leaderboard.md"
             csv_path.write_text(report.csv_text(rows, columns))
-            md_path.write_text(report.table(rows, columns, markdown=True, same_decimals=True) or "No finished trials.\n")
+            md_path.write_text(
+                report.table(rows, columns, markdown=True, same_decimals=True)
+                or "No finished trials.\n"
+            )
             self.client.log_artifact(self.parent_run_id, str(csv_path))
             self.client.log_artifact(self.parent_run_id, str(md_path))
-        metrics = {vocab.TRIALS_FINISHED: float(len(vocab.trial_rows(rows))), vocab.TRIALS_FAILED: float(failed)}
+        metrics = {
+            vocab.TRIALS_FINISHED: float(len(vocab.trial_rows(rows))),
+            vocab.TRIALS_FAILED: float(failed),
+        }
         if rows:
             best = rows[0]
             self._set_tags({vocab.BEST_TRIAL_ID: best["trial"], vocab.BEST_RUN_ID: best["run_id"]})
-            metrics.update({f"best_{k}": float(best[k]) for k in ("val_miou", "accuracy", "iou50", "latency_ms_b1") if best[k] != ""})
+            metrics.update(
+                {
+                    f"best_{k}": float(best[k])
+                    for k in ("val_miou", "accuracy", "iou50", "latency_ms_b1")
+                    if best[k] != ""
+                }
+            )
         mlflow.log_metrics(metrics, run_id=self.parent_run_id)
 
     def log_pareto(self, rows: list[dict]) -> None:
         """`pareto.csv` (every trial, on the front or not) and `pareto.png`."""
         on_front = {row["run_id"] for row in pareto_front(rows)}
-        points = [{"trial": r["trial"], "val_miou": r["val_miou"], "latency_ms_b1": r["latency_ms_b1"],
-                   "pareto": "yes" if r["run_id"] in on_front else "no", "run_id": r["run_id"]} for r in rows]
+        points = [
+            {
+                "trial": r["trial"],
+                "val_miou": r["val_miou"],
+                "latency_ms_b1": r["latency_ms_b1"],
+                "pareto": "yes" if r["run_id"] in on_front else "no",
+                "run_id": r["run_id"],
+            }
+            for r in rows
+        ]
         with log.scratch_dir() as tmp:
             csv_path = Path(tmp) / "pareto.csv"
-            csv_path.write_text(report.csv_text(points, ["trial", "val_miou", "latency_ms_b1", "pareto", "run_id"]))
+            csv_path.write_text(
+                report.csv_text(points, ["trial", "val_miou", "latency_ms_b1", "pareto", "run_id"])
+            )
             self.client.log_artifact(self.parent_run_id, str(csv_path))
             if points:
-                self.client.log_artifact(self.parent_run_id, str(plot_pareto(points, Path(tmp) / "pareto.png")))
+                self.client.log_artifact(
+                    self.parent_run_id, str(plot_pareto(points, Path(tmp) / "pareto.png"))
+                )
 
 
 def _chief_alive(tags: dict[str, str]) -> bool:
@@ -284,13 +388,17 @@ def _chief_alive(tags: dict[str, str]) -> bool:
 
 
 def _space(exp: Experiment) -> dict:
-    return {name: (p.model_dump() if hasattr(p, "model_dump") else p) for name, p in exp.space.items()}
+    return {name: (p.model_dump() if isinstance(p, Range) else p) for name, p in exp.space.items()}
 
 
 def searched(exp: Experiment) -> list[str]:
     """The hyperparameters the space varies beyond the leaderboard's own columns."""
     shown = {key.split(".", 1)[1] for _, key in LEADERBOARD_COLUMNS}
-    return [name for name, value in exp.space.items() if isinstance(value, (list, Range)) and name not in shown]
+    return [
+        name
+        for name, value in exp.space.items()
+        if isinstance(value, (list, Range)) and name not in shown
+    ]
 
 
 def _number_or_text(value):
@@ -309,13 +417,18 @@ def _number_or_text(value):
 
 def leaderboard_columns(rows: list[dict]) -> list[str]:
     """The leaderboard's columns: what each row holds, run_id last."""
-    return [c for c in (rows[0] if rows else dict(LEADERBOARD_COLUMNS)) if c != "run_id"] + ["run_id"]
+    return [c for c in (rows[0] if rows else dict(LEADERBOARD_COLUMNS)) if c != "run_id"] + [
+        "run_id"
+    ]
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
     """The trials no other trial beats on both val mIoU (higher) and batch-1 latency (lower),
     fastest first."""
-    timed = sorted((r for r in rows if isinstance(r.get("latency_ms_b1"), (int, float))), key=lambda r: (r["latency_ms_b1"], -r["val_miou"]))
+    timed = sorted(
+        (r for r in rows if isinstance(r.get("latency_ms_b1"), (int, float))),
+        key=lambda r: (r["latency_ms_b1"], -r["val_miou"]),
+    )
     front, best = [], float("-inf")
     for row in timed:
         if row["val_miou"] > best:

@@ -7,9 +7,10 @@ as a child of its parent run.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
 
@@ -37,8 +38,13 @@ def train_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun
     store.configure(exp.tracking.uri)  # a dead tracking server is one line before the data is read
     values = exp.fixed_hyperparameters()
     data = prepare_data(exp.data, values["image_size"], say)
-    say(f"training on {len(data.train)} images, validating on {len(data.val)}: " + ", ".join(f"{name}={value}" for name, value in values.items()))
-    run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"train-{values['backbone']}")
+    say(
+        f"training on {len(data.train)} images, validating on {len(data.val)}: "
+        + ", ".join(f"{name}={value}" for name, value in values.items())
+    )
+    run_id = runs.create_run(
+        runs.experiment_id(exp.tracking.experiment), f"train-{values['backbone']}"
+    )
     with runs.run_status(run_id):
         summary = train_tracked(exp, values, data, run_id)
     return TrackedRun(run_id, summary, data)
@@ -50,8 +56,13 @@ def pretrain_run(exp: Experiment, say: Callable[[str], None] = print) -> Tracked
     cfg = exp.pretrain
     data = prepare_data(exp.data, cfg.image_size or exp.data.image_size, say)
     crops = " and their head crops" if cfg.head_crops else ""
-    say(f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, validating on {len(data.val)}")
-    run_id = runs.create_run(runs.experiment_id(exp.tracking.experiment), f"pretrain-{cfg.backbone}")
+    say(
+        f"pretraining {cfg.backbone} (width {cfg.width}) on {len(data.train)} photos{crops}, "
+        f"validating on {len(data.val)}"
+    )
+    run_id = runs.create_run(
+        runs.experiment_id(exp.tracking.experiment), f"pretrain-{cfg.backbone}"
+    )
     with runs.run_status(run_id):
         summary = pretrain_tracked(exp, data, run_id)
     return TrackedRun(run_id, summary, data)
@@ -62,8 +73,15 @@ def run_settings(exp: Experiment, epochs: int, image_size: int | None = None) ->
     `seed` seeds the training, `data_seed` and `val_split` make the split; `precision` is
     the one used (`auto` resolved for this machine and `image_size`)."""
     precision = resolved_precision(exp.train.precision, image_size or exp.data.image_size)
-    return {"epochs": epochs, "early_stopping": exp.train.early_stopping, "seed": exp.train.seed, "xla": exp.train.xla,
-            "precision": precision, "val_split": exp.data.val_split, "data_seed": exp.data.seed}
+    return {
+        "epochs": epochs,
+        "early_stopping": exp.train.early_stopping,
+        "seed": exp.train.seed,
+        "xla": exp.train.xla,
+        "precision": precision,
+        "val_split": exp.data.val_split,
+        "data_seed": exp.data.seed,
+    }
 
 
 def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
@@ -73,15 +91,26 @@ def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
         return None
     pretrained = registry.pretrained_backbone(backbone.removeprefix(REGISTERED))
     if pretrained.val_data != val_key:
-        raise PetlocError(f"backbone: {backbone} was pretrained on another split ({pretrained.val_data}, this run {val_key}), "
-                          "so its training photos may be in this run's validation set; pretrain with the same data.path, val_split and seed")
+        raise PetlocError(
+            f"backbone: {backbone} was pretrained on another split ({pretrained.val_data}, "
+            f"this run {val_key}), so its training photos may be in this run's validation set; "
+            "pretrain with the same data.path, val_split and seed"
+        )
     return pretrained
 
 
 def train_tracked(
-    exp: Experiment, values: dict[str, Any], data: PreparedData, run_id: str,
-    epochs: int | None = None, initial_epoch: int = 0, initial_weights: Path | None = None, save_weights: Path | None = None,
-    description: str = "", pace: Callable[[int, float], None] | None = None, backup: Path | None = None,
+    exp: Experiment,
+    values: dict[str, Any],
+    data: PreparedData,
+    run_id: str,
+    epochs: int | None = None,
+    initial_epoch: int = 0,
+    initial_weights: Path | None = None,
+    save_weights: Path | None = None,
+    description: str = "",
+    pace: Callable[[int, float], None] | None = None,
+    backup: Path | None = None,
 ) -> dict[str, float]:
     """Fits `values` on `data` inside MLflow run `run_id` and logs everything; returns the summary
     metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes.
@@ -89,22 +118,40 @@ def train_tracked(
     holds one, the fit resumes from it, in the same run, and the curves and `epochs_trained`
     count the epochs before the interruption too, and `train_seconds` the training before it."""
     epochs = epochs or exp.train.epochs
-    resumed = bool(backup) and has_backup(backup)
-    seconds_before = backed_up(backup).seconds if resumed else 0.0  # the training before a stop counts too
+    resumed = bool(backup and has_backup(backup))
+    # the training before a stop counts too
+    seconds_before = backed_up(backup).seconds if backup and resumed else 0.0
     pretrained = pretrained_for(values["backbone"], data.val_key)
     description = description or f"Training run of experiment '{exp.name}'"
-    description += (f": {values['backbone']} at {values['image_size']} px, {epochs} epochs, on {len(data.train)} photos of {data.source}, "
-                    f"validated on {len(data.val)}")
-    log.log_run_inputs(run_id, {**values, **run_settings(exp, epochs, int(values['image_size']))}, data, exp.train.seed, description)
+    description += (
+        f": {values['backbone']} at {values['image_size']} px, {epochs} epochs, "
+        f"on {len(data.train)} photos of {data.source}, validated on {len(data.val)}"
+    )
+    log.log_run_inputs(
+        run_id,
+        {**values, **run_settings(exp, epochs, int(values["image_size"]))},
+        data,
+        exp.train.seed,
+        description,
+    )
     log.log_experiment(run_id, exp)
 
     start = time.perf_counter()
     epochs_logged = log.EpochLogger(run_id, pace)
     model, history = fit_localiser(
-        values, data.train, data.val, epochs, seed=exp.train.seed, early_stopping=exp.train.early_stopping,
-        callbacks=[epochs_logged], initial_epoch=initial_epoch, backup=str(backup) if backup else None,
-        initial_weights=str(initial_weights) if initial_weights else None, xla=exp.train.xla,
-        precision=exp.train.precision, pretrained=pretrained,
+        values,
+        data.train,
+        data.val,
+        epochs,
+        seed=exp.train.seed,
+        early_stopping=exp.train.early_stopping,
+        callbacks=[epochs_logged],
+        initial_epoch=initial_epoch,
+        backup=str(backup) if backup else None,
+        initial_weights=str(initial_weights) if initial_weights else None,
+        xla=exp.train.xla,
+        precision=exp.train.precision,
+        pretrained=pretrained,
     )
     if save_weights:
         save_weights.parent.mkdir(parents=True, exist_ok=True)
@@ -112,17 +159,39 @@ def train_tracked(
     train_seconds = seconds_before + time.perf_counter() - start
     curves = log.epoch_history(run_id) if resumed else history.history
     lever = {}
-    if values.get("tta", "none") != "none":  # what test-time augmentation was worth, on the same weights
+    # what test-time augmentation was worth, on the same weights
+    if values.get("tta", "none") != "none":
         plain, _ = quality(model, data.val)
-        lever = {"val_miou_without_tta": plain["miou"], "val_accuracy_without_tta": plain["accuracy"]}
+        lever = {
+            "val_miou_without_tta": plain["miou"],
+            "val_accuracy_without_tta": plain["accuracy"],
+        }
     model = TTA[values.get("tta", "none")](model)  # what is measured and logged is what users get
-    timed = {"epoch_seconds": epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}  # none when resumed with none left
-    return score_and_log(exp, model, data, run_id, curves, {
-        **lever, "train_seconds": train_seconds, "epochs_trained": float(len(curves.get("loss", []))), **timed,
-    })
+    # none when resumed with none left
+    timed = {"epoch_seconds": epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}
+    return score_and_log(
+        exp,
+        model,
+        data,
+        run_id,
+        curves,
+        {
+            **lever,
+            "train_seconds": train_seconds,
+            "epochs_trained": float(len(curves.get("loss", []))),
+            **timed,
+        },
+    )
 
 
-def score_and_log(exp: Experiment, model, data: PreparedData, run_id: str, history: dict | None, extra: dict[str, float]) -> dict[str, float]:
+def score_and_log(
+    exp: Experiment,
+    model,
+    data: PreparedData,
+    run_id: str,
+    history: dict | None,
+    extra: dict[str, float],
+) -> dict[str, float]:
     """A localiser as users get it, scored on the validation photos (mIoU, accuracy, IoU >= 0.5,
     latency) and logged in run `run_id` with its curves (when trained here), a gallery of its
     answers, and the model itself; returns the summary metrics."""
@@ -141,7 +210,12 @@ def score_and_log(exp: Experiment, model, data: PreparedData, run_id: str, histo
     }
     mlflow.log_metrics(summary, run_id=run_id)
     with log.scratch_dir() as tmp:
-        files = {"gallery": save_rgb(gallery_image(data.val, pred, exp.tracking.gallery_images), Path(tmp) / "val_gallery.png")}
+        files = {
+            "gallery": save_rgb(
+                gallery_image(data.val, pred, exp.tracking.gallery_images),
+                Path(tmp) / "val_gallery.png",
+            )
+        }
         if history:
             files[""] = plot_curves(history, Path(tmp) / "curves.png")
         if data.whole.skipped:
@@ -156,11 +230,19 @@ def score_and_log(exp: Experiment, model, data: PreparedData, run_id: str, histo
 def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[str, float]:
     """Trains the classifier inside MLflow run `run_id`; logs and returns its figures."""
     cfg = exp.pretrain
-    params: dict[str, Any] = {**cfg.model_dump(exclude={"register_as", "alias"}), "image_size": int(data.train.images.shape[1]),
-                              "seed": exp.train.seed, "val_split": exp.data.val_split}
-    description = (f"Pretraining of experiment '{exp.name}': a {cfg.backbone} cat / dog classifier for localisers to start from, "
-                   f"on {len(data.train)} photos of {data.source}")
-    log.log_run_inputs(run_id, params, data, exp.train.seed, description, **{vocab.KIND: vocab.PRETRAIN_KIND})
+    params: dict[str, Any] = {
+        **cfg.model_dump(exclude={"register_as", "alias"}),
+        "image_size": int(data.train.images.shape[1]),
+        "seed": exp.train.seed,
+        "val_split": exp.data.val_split,
+    }
+    description = (
+        f"Pretraining of experiment '{exp.name}': a {cfg.backbone} cat / dog classifier for localisers to start from, "
+        f"on {len(data.train)} photos of {data.source}"
+    )
+    log.log_run_inputs(
+        run_id, params, data, exp.train.seed, description, **{vocab.KIND: vocab.PRETRAIN_KIND}
+    )
     log.log_experiment(run_id, exp)
     start = time.perf_counter()
     model, history = fit_classifier(cfg, data, exp.train.seed, callbacks=[log.EpochLogger(run_id)])

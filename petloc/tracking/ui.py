@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from petloc.errors import PetlocError
 from petloc.tracking import auth, server, store
@@ -20,15 +20,23 @@ MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 UI_EXPERIMENTS_LISTED = 5
 
 
-def serve_ui(host: str, port: int, workers: int, allow_unauthenticated: bool = False,
-             say: Callable[[str], None] = print) -> int:
+def serve_ui(
+    host: str,
+    port: int,
+    workers: int,
+    allow_unauthenticated: bool = False,
+    say: Callable[[str], None] = print,
+) -> int:
     """Check the inputs, tell the UI's pages, and run `mlflow ui` until it ends; its exit code.
     0 at once when the store is a tracking server, which serves its own UI.
 
     `allow_unauthenticated`: serve a `host` beyond this machine without users (--no-auth)."""
-    if not allow_unauthenticated and not auth.is_loopback(host):  # MLflow's UI changes and deletes too; it has no users of its own
-        raise PetlocError(f"--host {host} lets other machines change and delete every run and model: share the store "
-                          "with petloc tracking-server --auth, or say --no-auth")
+    # MLflow's UI changes and deletes too; it has no users of its own
+    if not allow_unauthenticated and not auth.is_loopback(host):
+        raise PetlocError(
+            f"--host {host} lets other machines change and delete every run and model: share the store "
+            "with petloc tracking-server --auth, or say --no-auth"
+        )
     uri = store.configure()
     if uri.startswith(("http://", "https://")):
         say(f"the tracking server {uri} serves the MLflow UI: open {uri}")
@@ -49,10 +57,22 @@ def serve_ui(host: str, port: int, workers: int, allow_unauthenticated: bool = F
 
 
 def _ui_command(uri: str, host: str, port: int, workers: int) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (store.STORE_DIR / "artifacts").resolve().as_uri()]
-    return cmd + ["--workers", str(workers)]  # MLflow's default of 4 costs memory and start-up for one user
+    # MLflow's default of 4 workers costs memory and start-up for one user
+    return [*cmd, "--workers", str(workers)]
 
 
 def _ui_env() -> dict:
@@ -68,10 +88,21 @@ def ui_pages(base: str) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    experiments = client.search_experiments(max_results=UI_EXPERIMENTS_LISTED + 1, order_by=["last_update_time DESC"])
-    with_runs = [e for e in experiments if e.name != "Default" or client.search_runs([e.experiment_id], max_results=1)]
+    experiments = client.search_experiments(
+        max_results=UI_EXPERIMENTS_LISTED + 1, order_by=["last_update_time DESC"]
+    )
+    with_runs = [
+        e
+        for e in experiments
+        if e.name != "Default" or client.search_runs([e.experiment_id], max_results=1)
+    ]
     lines = [f"  experiments    {base}/#/experiments"]
-    lines += [f"  runs of {e.name}    {base}/#/experiments/{e.experiment_id}/runs?{MODEL_TRAINING_VIEW}"
-              for e in with_runs[:UI_EXPERIMENTS_LISTED]]
-    lines.append('MLflow opens on its GenAI pages: choose "Model training" at its top left once, and this browser shows runs and models.')
+    lines += [
+        f"  runs of {e.name}    {base}/#/experiments/{e.experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+        for e in with_runs[:UI_EXPERIMENTS_LISTED]
+    ]
+    lines.append(
+        'MLflow opens on its GenAI pages: choose "Model training" at its top left once, '
+        "and this browser shows runs and models."
+    )
     return lines

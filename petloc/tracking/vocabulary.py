@@ -9,7 +9,7 @@ Free of MLflow, so that `petloc --help` and the search's light modules may impor
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 # ---- petloc's own tags --------------------------------------------------------------------
 KIND = "petloc.kind"  # what a run is: one of the kinds below; plain training runs and trials carry none
@@ -41,7 +41,9 @@ REPRODUCES = "reproduces"  # a reproduction's original run
 DATASET_PATH, DATASET_DIGEST, SKIPPED_IMAGES = "dataset_path", "dataset_digest", "skipped_images"
 VAL_DATA = "val_data"  # what the validation photos were (digest, split, seed): figures compare only on the same
 COMMAND, GIT_COMMIT, GIT_DIRTY, SEED = "command", "git_commit", "git_dirty", "seed"
-TUNER_INITIAL_EPOCH = "tuner/initial_epoch"  # Keras Tuner's own `tuner/*` values, as tags of a trial's run
+TUNER_INITIAL_EPOCH = (
+    "tuner/initial_epoch"  # Keras Tuner's own `tuner/*` values, as tags of a trial's run
+)
 
 # On a sweep's parent run.
 BEST_TRIAL_ID, BEST_RUN_ID = "best_trial_id", "best_run_id"
@@ -61,7 +63,12 @@ WIDTH, MEMBERS = "width", "members"
 # The latencies are measured and named by petloc.training.evaluate.latencies, below tracking.
 BEST_VAL_MIOU, VAL_ACCURACY, VAL_IOU50 = "best_val_miou", "val_accuracy", "val_iou50"
 LATENCY_MS_B1, LATENCY_MS_B32 = "latency_ms_b1", "latency_ms_b32"
-PARAMS_COUNT, TRAIN_SECONDS, EPOCH_SECONDS, EPOCHS_TRAINED = "params_count", "train_seconds", "epoch_seconds", "epochs_trained"
+PARAMS_COUNT, TRAIN_SECONDS, EPOCH_SECONDS, EPOCHS_TRAINED = (
+    "params_count",
+    "train_seconds",
+    "epoch_seconds",
+    "epochs_trained",
+)
 TRIALS_FINISHED, TRIALS_FAILED = "trials_finished", "trials_failed"
 EPOCH_METRICS = {  # Keras log name -> MLflow metric name, step = epoch
     "loss": "train/loss",

@@ -44,7 +44,9 @@ def data_folder(cfg: DataConfig, say=print) -> Path:
     # Two sweeps started together on a new checkout: one makes the set, the other waits for it.
     with waiting_lock(SYNTHETIC_DIR.with_name(SYNTHETIC_DIR.name + ".lock")):
         if not is_generated(SYNTHETIC_DIR, cfg.synthetic_count, cfg.seed):
-            say(f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ...")
+            say(
+                f"making {cfg.synthetic_count} synthetic images in {SYNTHETIC_DIR} (seed {cfg.seed}) ..."
+            )
             generate(SYNTHETIC_DIR, count=cfg.synthetic_count, seed=cfg.seed)
     return SYNTHETIC_DIR
 
@@ -57,7 +59,9 @@ def prepare_data(cfg: DataConfig, image_size: int | None = None, say=print) -> P
     if arrays.skipped:
         say(f"{len(arrays.skipped)} file(s) skipped, {len(arrays)} images used")
     train, val = split_train_val(arrays, cfg.val_split, cfg.seed)
-    return PreparedData(source, arrays, train, val, f"{arrays.digest[:16]}/val{cfg.val_split}/seed{cfg.seed}")
+    return PreparedData(
+        source, arrays, train, val, f"{arrays.digest[:16]}/val{cfg.val_split}/seed{cfg.seed}"
+    )
 
 
 def gallery_image(arrays: ImageSet, pred, count: int) -> np.ndarray:
@@ -66,7 +70,15 @@ def gallery_image(arrays: ImageSet, pred, count: int) -> np.ndarray:
     ious = per_image_iou(arrays, pred)
     picks = np.unique(np.linspace(0, len(arrays) - 1, min(count, len(arrays))).round().astype(int))
     tiles = [
-        draw_prediction(arrays.images[i], arrays.boxes[i], pred.boxes[i], int(arrays.labels[i]), int(pred.labels[i]), float(pred.scores[i]), float(ious[i]))
+        draw_prediction(
+            arrays.images[i],
+            arrays.boxes[i],
+            pred.boxes[i],
+            int(arrays.labels[i]),
+            int(pred.labels[i]),
+            float(pred.scores[i]),
+            float(ious[i]),
+        )
         for i in picks
     ]
     return gallery(tiles)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
@@ -31,7 +31,9 @@ def forward_pass(model: keras.Model) -> Callable[[tf.Tensor], dict]:
     return tf.function(lambda x: model(x, training=False), input_signature=signature)
 
 
-LATENCY_BATCH = 32  # the batch of latency_ms_b32, and of a quality pass, which measures it on the way
+LATENCY_BATCH = (
+    32  # the batch of latency_ms_b32, and of a quality pass, which measures it on the way
+)
 
 
 class TimedForward:
@@ -57,21 +59,32 @@ class TimedForward:
         return out
 
     @classmethod
-    def of(cls, model: keras.Model, forward=None) -> "TimedForward":
+    def of(cls, model: keras.Model, forward=None) -> TimedForward:
         """`forward` if it already keeps times, else it (or `model`'s forward pass) timed."""
         return forward if isinstance(forward, cls) else cls(forward or forward_pass(model))
 
 
-def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = LATENCY_BATCH, forward=None) -> Predictions:
+def predict_arrays(
+    model: keras.Model, images: np.ndarray, batch_size: int = LATENCY_BATCH, forward=None
+) -> Predictions:
     forward = forward or forward_pass(model)
-    outs = [forward(tf.convert_to_tensor(images[i:i + batch_size], tf.float32)) for i in range(0, len(images), batch_size)]
-    probs = np.concatenate([o["cls"].numpy() for o in outs]) if outs else np.zeros((0, 2), np.float32)
-    boxes = np.concatenate([o["box"].numpy() for o in outs]) if outs else np.zeros((0, 4), np.float32)
+    outs = [
+        forward(tf.convert_to_tensor(images[i : i + batch_size], tf.float32))
+        for i in range(0, len(images), batch_size)
+    ]
+    probs = (
+        np.concatenate([o["cls"].numpy() for o in outs]) if outs else np.zeros((0, 2), np.float32)
+    )
+    boxes = (
+        np.concatenate([o["box"].numpy() for o in outs]) if outs else np.zeros((0, 4), np.float32)
+    )
     labels = probs.argmax(axis=1)
     return Predictions(labels, probs[np.arange(len(labels)), labels], boxes)
 
 
-def quality(model: keras.Model, arrays: ImageSet, forward=None) -> tuple[dict[str, float], Predictions]:
+def quality(
+    model: keras.Model, arrays: ImageSet, forward=None
+) -> tuple[dict[str, float], Predictions]:
     """miou, iou50, accuracy on `arrays`, and the predictions they came from."""
     pred = predict_arrays(model, arrays.images, forward=forward)
     return summarise(arrays.labels, pred.labels, arrays.boxes, pred.boxes), pred
@@ -81,7 +94,9 @@ def per_image_iou(arrays: ImageSet, pred: Predictions) -> np.ndarray:
     return box_iou(arrays.boxes, pred.boxes)
 
 
-def latency_ms(model: keras.Model, image_size: int, batch: int, repeats: int = 10, forward=None) -> float:
+def latency_ms(
+    model: keras.Model, image_size: int, batch: int, repeats: int = 10, forward=None
+) -> float:
     """Median wall time of one forward pass (graph-compiled, after a warm-up call), in
     milliseconds, over at least `repeats` calls: those a `TimedForward` already made at this
     batch size count."""
@@ -100,8 +115,14 @@ def latencies(model: keras.Model, image_size: int, forward=None) -> dict[str, fl
     }
 
 
-def evaluate_dataset(model: keras.Model, data: str | Path, on_bad: str = "skip", subset: str = "all",
-                     val_split: float = 0.15, seed: int = 0) -> tuple[dict, list]:
+def evaluate_dataset(
+    model: keras.Model,
+    data: str | Path,
+    on_bad: str = "skip",
+    subset: str = "all",
+    val_split: float = 0.15,
+    seed: int = 0,
+) -> tuple[dict, list]:
     """Figures and latency of `model` on the dataset at `data` (or one side of the split a run
     made of it), and the files skipped."""
     size = int(model.input_shape[1])
@@ -110,7 +131,15 @@ def evaluate_dataset(model: keras.Model, data: str | Path, on_bad: str = "skip",
     arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all")
     skipped = arrays.skipped
     if subset != "all":
-        arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed)))[subset]
-    forward = TimedForward(forward_pass(model))  # the quality pass's batches count towards latency_ms_b32
+        arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed), strict=True))[
+            subset
+        ]
+    # the quality pass's batches count towards latency_ms_b32
+    forward = TimedForward(forward_pass(model))
     figures, _ = quality(model, arrays, forward)
-    return {"images": len(arrays), "skipped": len(skipped), **figures, **latencies(model, size, forward)}, skipped
+    return {
+        "images": len(arrays),
+        "skipped": len(skipped),
+        **figures,
+        **latencies(model, size, forward),
+    }, skipped

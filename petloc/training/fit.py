@@ -8,10 +8,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -21,7 +21,14 @@ from petloc import library_internals
 from petloc.cpu import CPUINFO, cpu_flags
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
-from petloc.files import SMALL_FILE_LIMIT, atomic_write, atomic_write_text, check_regular, open_regular, read_bounded
+from petloc.files import (
+    SMALL_FILE_LIMIT,
+    atomic_write,
+    atomic_write_text,
+    check_regular,
+    open_regular,
+    read_bounded,
+)
 from petloc.model import CLASS_WEIGHTS, Hyperparameters, Pretrained, build_model, compile_model
 from petloc.training import progress
 
@@ -66,8 +73,10 @@ def best_epoch(folder: str | Path | None) -> tuple[float, int] | None:
     # Any size (the weights are in it): np.load reads only the members asked for, a few bytes.
     with open_regular(path) as file, np.load(file) as saved:
         if not {"score", "epoch"} <= set(saved.files):  # another layout, or not petloc's
-            raise PetlocError(f"{path}: holds no best epoch this petloc reads; remove {path.parent} to train "
-                              "that run again from scratch")
+            raise PetlocError(
+                f"{path}: holds no best epoch this petloc reads; remove {path.parent} to train "
+                "that run again from scratch"
+            )
         return float(saved["score"]), int(saved["epoch"])
 
 
@@ -81,7 +90,8 @@ class KeepBest(keras.callbacks.Callback):
 
     def __init__(self, monitor: str = "val_miou", folder: str | None = None):
         super().__init__()
-        self.monitor, self.best, self.weights = monitor, -1.0, None
+        self.monitor, self.best = monitor, -1.0
+        self.weights: list[np.ndarray] | None = None
         self.folder = Path(folder) if folder else None
 
     def on_train_begin(self, logs=None):
@@ -92,13 +102,18 @@ class KeepBest(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and logs.get(self.monitor, -1.0) > self.best:
-            self.best, self.weights = logs[self.monitor], self.model.get_weights()
+            weights = self.model.get_weights()
+            self.best, self.weights = logs[self.monitor], weights
             if self.folder:
-                atomic_write(self.folder / BEST_EPOCH, lambda file: np.savez(
-                    file, *self.weights, score=np.float64(self.best), epoch=np.int64(epoch + 1)))
+                atomic_write(
+                    self.folder / BEST_EPOCH,
+                    lambda file: np.savez(
+                        file, *weights, score=np.float64(self.best), epoch=np.int64(epoch + 1)
+                    ),
+                )
 
     def on_train_end(self, logs=None):
-        if self.weights is None and self.best_on_disk:
+        if self.weights is None and self.best_on_disk and self.folder:
             # The best epoch came before a resume.
             with open_regular(self.folder / BEST_EPOCH) as file, np.load(file) as saved:
                 self.weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 2)]
@@ -124,7 +139,8 @@ class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
         self.first_epoch = False
         if kept and epoch > 0:  # resumed at `epoch`: the epochs after the best one did not improve
             self.best, self.best_epoch = kept[0], kept[1] - 1
-            self.wait = max(0, epoch - kept[1])  # the best file is this epoch's when a kill came between it and the backup
+            # the best file is this epoch's when a kill came between it and the backup
+            self.wait = max(0, epoch - kept[1])
 
 
 class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
@@ -138,7 +154,8 @@ class ResumedSwapEMAWeights(keras.callbacks.SwapEMAWeights):
         library_internals.start_with_averaged_weights(self)
 
 
-BACKUP_WEIGHTS, BACKUP_STATE = "latest.weights.h5", "training_metadata.json"  # Keras's BackupAndRestore's files
+# Keras's BackupAndRestore's files
+BACKUP_WEIGHTS, BACKUP_STATE = ("latest.weights.h5", "training_metadata.json")
 
 
 def has_backup(folder: str | Path) -> bool:
@@ -154,7 +171,9 @@ class BackedUp(NamedTuple):
     """What a backup folder's training state says (Keras's metadata, and petloc's additions)."""
 
     epochs: int = 0  # finished
-    seconds: float = 0.0  # spent training up to them, over every fit (from each fit's first epoch; building the model not counted)
+    # spent training up to them, over every fit (from each fit's first epoch; building the
+    # model not counted)
+    seconds: float = 0.0
     stopped: bool = False  # early stopping ended the fit after them: nothing left to train
 
 
@@ -164,8 +183,11 @@ def backed_up(folder: str | Path) -> BackedUp:
     if not path.exists():
         return BackedUp()
     try:
-        state = json.loads(read_bounded(path, SMALL_FILE_LIMIT))  # a FIFO or device: UnreadableFile, one line
-        return BackedUp(int(state["epoch"]), float(state.get("seconds", 0.0)), bool(state.get("stopped", False)))
+        # a FIFO or device: UnreadableFile, one line
+        state = json.loads(read_bounded(path, SMALL_FILE_LIMIT))
+        return BackedUp(
+            int(state["epoch"]), float(state.get("seconds", 0.0)), bool(state.get("stopped", False))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return BackedUp()
 
@@ -179,21 +201,31 @@ class WholeBackup(library_internals.BackupHooks, keras.callbacks.BackupAndRestor
     The state also counts the seconds spent training, over every fit that resumed it."""
 
     def on_train_begin(self, logs=None):
-        self.began, self.seconds_before, self.stopped = time.perf_counter(), backed_up(self.backup_dir).seconds, False
+        self.began, self.seconds_before, self.stopped = (
+            time.perf_counter(),
+            backed_up(self.backup_dir).seconds,
+            False,
+        )
         super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         # Early stopping (before this callback) ended the fit: a kill before the fit's end must
         # not train on when it resumes. A NaN loss stops it too, and is an error again.
-        self.stopped = bool(self.model.stop_training) and math.isfinite((logs or {}).get("loss", math.nan))
+        self.stopped = bool(self.model.stop_training) and math.isfinite(
+            (logs or {}).get("loss", math.nan)
+        )
         super().on_epoch_end(epoch, logs)
 
     def write_backup(self, weights_path: str, state_path: str, state: dict[str, int]) -> None:
-        partial = os.path.join(self.backup_dir, ".partial.weights.h5")  # Keras wants the .weights.h5 ending
+        # Keras wants the .weights.h5 ending
+        partial = os.path.join(self.backup_dir, ".partial.weights.h5")
         os.makedirs(self.backup_dir, exist_ok=True)
         self.model.save_weights(partial, overwrite=True)
         os.replace(partial, weights_path)
-        ours = {"seconds": self.seconds_before + time.perf_counter() - self.began, "stopped": self.stopped}
+        ours = {
+            "seconds": self.seconds_before + time.perf_counter() - self.began,
+            "stopped": self.stopped,
+        }
         atomic_write_text(Path(state_path), json.dumps({**state, **ours}))
 
 
@@ -223,19 +255,25 @@ def fit(
     if initial_weights:
         model.load_weights(initial_weights)
     backing_up = WholeBackup(backup) if backup else None
-    resuming = bool(backup) and has_backup(backup)
-    state = backed_up(backup) if resuming else BackedUp()
+    resuming = bool(backup and has_backup(backup))
+    state = backed_up(backup) if backup and resuming else BackedUp()
     if state.stopped:  # early stopping had ended it: resume with no epoch left
         epochs = state.epochs
     every_epoch = [keras.callbacks.TerminateOnNaN(), ShortMetricNames(), KeepBest(monitor, backup)]
     if getattr(model.optimizer, "use_ema", False):
         # Validate the averaged weights, and hold them at each epoch's end, so that KeepBest
         # keeps the best average (Keras swaps the raw weights back for the next epoch).
-        every_epoch.insert(0, ResumedSwapEMAWeights() if resuming else keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        every_epoch.insert(
+            0,
+            ResumedSwapEMAWeights()
+            if resuming
+            else keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
+        )
     if early_stopping:
         every_epoch.append(ResumedEarlyStopping(monitor, early_stopping, backup))
     if not progress.detailed():
-        every_epoch.append(progress.EpochLine())  # instead of Keras's line, which repeats each metric under two names
+        # instead of Keras's line, which repeats each metric under two names
+        every_epoch.append(progress.EpochLine())
     # Last: its epoch-end backup holds what the callbacks above left (the averaged weights),
     # and at the end it removes the folder after KeepBest has read the best epoch from it.
     after_all = [backing_up] if backing_up else []
@@ -243,14 +281,22 @@ def fit(
     build_training_state(model, train)
     train, steps_per_epoch = endless(train)
     history = model.fit(
-        train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-        callbacks=every_epoch + list(callbacks) + after_all, verbose=progress.keras_verbose(),
+        train,
+        validation_data=val,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=every_epoch + list(callbacks) + after_all,
+        verbose=progress.keras_verbose(),
     )
     losses = history.history.get("loss", [])
-    if resuming and not losses and state.epochs >= epochs:  # stopped after the last epoch's backup: nothing left to train
+    # stopped after the last epoch's backup: nothing left to train
+    if resuming and not losses and state.epochs >= epochs:
         return model, history
     if not losses or not math.isfinite(losses[-1]):
-        raise TrainingDiverged(f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate")
+        raise TrainingDiverged(
+            f"loss became {losses[-1] if losses else 'undefined'} in epoch {len(losses)}; try a lower learning_rate"
+        )
     return model, history
 
 
@@ -295,21 +341,37 @@ def fit_localiser(
     val_miou weights. `precision` is a Keras dtype policy for training; the model returned
     is float32. `pretrained` is the network a `registered:` backbone names."""
     hparams = Hyperparameters.of(values)
+    assert hparams.image_size is not None, "values carry image_size (Experiment fills it in)"
     image_size, batch_size = int(hparams.image_size), hparams.batch_size
     precision = resolved_precision(precision, image_size)
 
     def build() -> keras.Model:
         with dtype_policy(precision):
             model = build_model(hparams, image_size, pretrained)
-        return compile_model(model, hparams, steps_per_epoch=-(-len(train) // batch_size), epochs=epochs, jit_compile=xla or "auto")
+        return compile_model(
+            model,
+            hparams,
+            steps_per_epoch=-(-len(train) // batch_size),
+            epochs=epochs,
+            jit_compile=xla or "auto",
+        )
 
     def batches():
         weights = CLASS_WEIGHTS[hparams.class_weight](train.labels)
-        return train_batches(train, batch_size, hparams.aug_strength, seed, weights, hparams.aug_erase), eval_batches(val, batch_size)
+        return train_batches(
+            train, batch_size, hparams.aug_strength, seed, weights, hparams.aug_erase
+        ), eval_batches(val, batch_size)
 
     model, history = fit(
-        build, batches, epochs, seed=seed, early_stopping=early_stopping, callbacks=callbacks,
-        initial_epoch=initial_epoch, initial_weights=initial_weights, backup=backup,
+        build,
+        batches,
+        epochs,
+        seed=seed,
+        early_stopping=early_stopping,
+        callbacks=callbacks,
+        initial_epoch=initial_epoch,
+        initial_weights=initial_weights,
+        backup=backup,
     )
     if precision != "float32":
         model = in_float32(model, hparams, image_size, pretrained)
@@ -328,7 +390,11 @@ def resolved_precision(precision: str, image_size: int, cpuinfo: Path = CPUINFO)
     pay, float32 elsewhere (without the units bfloat16 is emulated, far slower)."""
     if precision != "auto":
         return precision
-    return "mixed_bfloat16" if cpu_flags(cpuinfo) & BF16_UNITS and image_size >= BF16_MIN_IMAGE_SIZE else "float32"
+    return (
+        "mixed_bfloat16"
+        if cpu_flags(cpuinfo) & BF16_UNITS and image_size >= BF16_MIN_IMAGE_SIZE
+        else "float32"
+    )
 
 
 @contextmanager
@@ -342,7 +408,12 @@ def dtype_policy(name: str):
         keras.mixed_precision.set_global_policy(before)
 
 
-def in_float32(model: keras.Model, hparams: Hyperparameters, image_size: int, pretrained: Pretrained | None = None) -> keras.Model:
+def in_float32(
+    model: keras.Model,
+    hparams: Hyperparameters,
+    image_size: int,
+    pretrained: Pretrained | None = None,
+) -> keras.Model:
     """The same network and weights in float32. A saved mixed-precision model computes in
     bfloat16 wherever it is loaded, which is far slower on CPUs without bf16 units."""
     with dtype_policy("float32"):

@@ -18,14 +18,29 @@ RIGHT, WRONG = (0, 170, 0), (220, 0, 0)
 TILE = 192
 
 
-def draw_prediction(image: np.ndarray, true_box, pred_box, true_label: int, pred_label: int, score: float, iou: float) -> np.ndarray:
+def draw_prediction(
+    image: np.ndarray,
+    true_box,
+    pred_box,
+    true_label: int,
+    pred_label: int,
+    score: float,
+    iou: float,
+) -> np.ndarray:
     """One tile: true box green, predicted box magenta, label green when right and red when
     wrong (bottom left), IoU in the top-right corner. Boxes are normalised."""
-    tile = cv2.resize(np.ascontiguousarray(image, dtype=np.uint8), (TILE, TILE), interpolation=cv2.INTER_LINEAR)
+    tile = cv2.resize(
+        np.ascontiguousarray(image, dtype=np.uint8), (TILE, TILE), interpolation=cv2.INTER_LINEAR
+    )
     for box, colour, thickness in ((true_box, TRUE_COLOUR, 2), (pred_box, PRED_COLOUR, 2)):
-        x1, y1, x2, y2 = (int(round(float(v) * TILE)) for v in box)
+        x1, y1, x2, y2 = (round(float(v) * TILE) for v in box)
         cv2.rectangle(tile, (x1, y1), (x2, y2), colour, thickness)
-    _label(tile, f"{CLASS_NAMES[pred_label]} {score:.2f}", (4, TILE - 6), RIGHT if pred_label == true_label else WRONG)
+    _label(
+        tile,
+        f"{CLASS_NAMES[pred_label]} {score:.2f}",
+        (4, TILE - 6),
+        RIGHT if pred_label == true_label else WRONG,
+    )
     text = f"IoU {iou:.2f}"
     (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
     _label(tile, text, (TILE - w - 6, 16), (40, 40, 40))
@@ -46,13 +61,17 @@ def gallery(tiles: list[np.ndarray], columns: int = 4) -> np.ndarray:
     sheet = np.full((rows * (TILE + gap) + gap, columns * (TILE + gap) + gap, 3), 255, np.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, columns)
-        sheet[gap + r * (TILE + gap):gap + r * (TILE + gap) + TILE, gap + c * (TILE + gap):gap + c * (TILE + gap) + TILE] = tile
+        sheet[
+            gap + r * (TILE + gap) : gap + r * (TILE + gap) + TILE,
+            gap + c * (TILE + gap) : gap + c * (TILE + gap) + TILE,
+        ] = tile
     return sheet
 
 
 def save_rgb(image: np.ndarray, path: Path) -> Path:
     """An RGB image written in the format of the path's suffix; OSError when it was not."""
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):  # cv2 reports failure only so
+    # cv2 reports failure only so
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
         raise OSError(f"{path}: cannot write the image")
     return path
 
@@ -66,7 +85,9 @@ def save_new_png(image: np.ndarray, folder: Path, stem: str) -> Path:
     for n in itertools.count(1):
         path = folder / (f"{stem}.png" if n == 1 else f"{stem}-{n}.png")
         try:
-            file = open(path, "xb")  # "x": refuses a name that exists, even one made a moment ago
+            # "x": refuses a name that exists, even one made a moment ago; opened apart from the
+            # write so that only a taken name moves on to the next
+            file = open(path, "xb")  # noqa: SIM115  (closed by the `with` below)
         except FileExistsError:
             continue
         with file:
@@ -87,9 +108,12 @@ def writable_folder(path: str | Path) -> Path:
         raise PetlocError(f"{folder}: is a file, expected a folder for the annotated copies")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()  # the one sure test of "can write here", also for root
+        # the one sure test of "can write here", also for root
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as err:
-        raise PetlocError(f"{folder}: cannot write annotated copies there ({err.strerror or err})") from None
+        raise PetlocError(
+            f"{folder}: cannot write annotated copies there ({err.strerror or err})"
+        ) from None
     return folder
 
 
@@ -113,9 +137,14 @@ def curves_figure(history: dict[str, list[float]]):
     from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for axes, keys in ((left, ("loss", "val_loss")), (right, ("miou", "val_miou", "accuracy", "val_accuracy"))):
+    for axes, keys in (
+        (left, ("loss", "val_loss")),
+        (right, ("miou", "val_miou", "accuracy", "val_accuracy")),
+    ):
         for key in (k for k in keys if history.get(k)):
-            axes.plot(range(1, len(history[key]) + 1), history[key], marker="o", markersize=4, label=key)
+            axes.plot(
+                range(1, len(history[key]) + 1), history[key], marker="o", markersize=4, label=key
+            )
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axes.legend()
     left.set(title="loss", xlabel="epoch")
@@ -128,10 +157,15 @@ def curves_figure(history: dict[str, list[float]]):
 def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     """The photo at its own size with the predicted head box and 'label score' drawn."""
     photo = np.ascontiguousarray(image, dtype=np.uint8).copy()
-    x1, y1, x2, y2 = (int(round(v)) for v in prediction.box)
+    x1, y1, x2, y2 = (round(v) for v in prediction.box)
     thickness = max(2, round(max(photo.shape[:2]) / 200))
     cv2.rectangle(photo, (x1, y1), (x2, y2), PRED_COLOUR, thickness)
-    _label(photo, f"{prediction.label} {prediction.score:.2f}", (max(x1, 2) + 2, max(y1, 20) - 4), (40, 40, 40))
+    _label(
+        photo,
+        f"{prediction.label} {prediction.score:.2f}",
+        (max(x1, 2) + 2, max(y1, 20) - 4),
+        (40, 40, 40),
+    )
     return photo
 
 
@@ -144,11 +178,28 @@ def plot_pareto(points: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([p["latency_ms_b1"] for p in points], [p["val_miou"] for p in points], color="tab:gray", label="trial")
+    ax.scatter(
+        [p["latency_ms_b1"] for p in points],
+        [p["val_miou"] for p in points],
+        color="tab:gray",
+        label="trial",
+    )
     front = sorted((p for p in points if p["pareto"] == "yes"), key=lambda p: p["latency_ms_b1"])
-    ax.plot([p["latency_ms_b1"] for p in front], [p["val_miou"] for p in front], "o-", color="tab:red", label="Pareto front")
+    ax.plot(
+        [p["latency_ms_b1"] for p in front],
+        [p["val_miou"] for p in front],
+        "o-",
+        color="tab:red",
+        label="Pareto front",
+    )
     for p in points:
-        ax.annotate(str(p["trial"]), (p["latency_ms_b1"], p["val_miou"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            str(p["trial"]),
+            (p["latency_ms_b1"], p["val_miou"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     ax.set(xlabel="latency, batch 1 (ms)", ylabel="val mIoU", title="val mIoU against latency")
     ax.legend()
     fig.tight_layout()

@@ -17,11 +17,10 @@ import tensorflow as tf
 import petloc.model  # noqa: F401  (registers petloc's custom layers and losses for loading)
 from petloc.data.images import BadImage, read_image
 from petloc.data.records import CLASS_NAMES
-from petloc.training.evaluate import forward_pass
 from petloc.errors import PetlocError
 from petloc.files import check_regular
+from petloc.training.evaluate import forward_pass
 from petloc.training.gallery import draw_box_on_photo, save_new_png
-
 
 EXPECTED_OUTPUTS = {"cls": 2, "box": 4}  # output name -> values per image
 
@@ -34,7 +33,11 @@ class Prediction:
 
     def to_dict(self, warnings: tuple[str, ...] = ()) -> dict:
         """The answer as petloc prints and serves it; the decoder's `warnings`, if any, as one `warning`."""
-        answer = {"label": self.label, "score": round(self.score, 4), "box": [round(v, 1) for v in self.box]}
+        answer = {
+            "label": self.label,
+            "score": round(self.score, 4),
+            "box": [round(v, 1) for v in self.box],
+        }
         return {**answer, "warning": "; ".join(warnings)} if warnings else answer
 
 
@@ -46,7 +49,12 @@ class Predictor:
         self.image_size = int(model.input_shape[1])
         self._forward = forward_pass(model)
 
-    def predict(self, images: list[np.ndarray], batch_size: int = 32, sizes: list[tuple[int, int]] | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        images: list[np.ndarray],
+        batch_size: int = 32,
+        sizes: list[tuple[int, int]] | None = None,
+    ) -> list[Prediction]:
         """RGB uint8 images (H x W x 3), any sizes; boxes come back in each image's pixels, or
         in pixels of `sizes` (width, height) when the images are shrunk copies of larger ones."""
         if not len(images):
@@ -55,7 +63,9 @@ class Predictor:
         batch = np.stack([self.model_input(im) for im in images])
         results = []
         for start in range(0, len(batch), batch_size):
-            results += self.predict_resized(batch[start:start + batch_size], sizes[start:start + batch_size])
+            results += self.predict_resized(
+                batch[start : start + batch_size], sizes[start : start + batch_size]
+            )
         return results
 
     def model_input(self, image: np.ndarray) -> np.ndarray:
@@ -67,7 +77,7 @@ class Predictor:
         out = self._forward(tf.convert_to_tensor(batch, tf.float32))
         probs, boxes = out["cls"].numpy(), out["box"].numpy()
         results = []
-        for (w, h), p, b in zip(sizes, probs, boxes):
+        for (w, h), p, b in zip(sizes, probs, boxes, strict=True):
             x1, x2 = sorted((float(b[0]) * w, float(b[2]) * w))
             y1, y2 = sorted((float(b[1]) * h, float(b[3]) * h))
             label = int(p.argmax())
@@ -78,11 +88,15 @@ class Predictor:
 def load_keras_file(path: str | Path) -> keras.Model:
     """A petloc localiser from a `.keras` file (safe mode: no code runs from the file)."""
     if not Path(path).exists():
-        raise PetlocError(f"{path}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)")
+        raise PetlocError(
+            f"{path}: no such model file (give a .keras file or an MLflow URI such as models:/petloc@champion)"
+        )
     check_regular(path)  # a FIFO or device: its own line (Keras reads the file by its name)
     if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
-        raise PetlocError(f"{path}: cannot be read as a Keras model "
-                          "(not a .keras zip archive: truncated, corrupt or another kind of file)")
+        raise PetlocError(
+            f"{path}: cannot be read as a Keras model "
+            "(not a .keras zip archive: truncated, corrupt or another kind of file)"
+        )
     return checked_localiser(str(path), lambda: keras.saving.load_model(path, safe_mode=True))
 
 
@@ -92,8 +106,11 @@ def checked_localiser(source: str, load) -> keras.Model:
         model = load()
     except PetlocError:
         raise
-    except Exception as err:  # Keras raises many types for a bad file (safe_mode: ValueError); all mean the same to a user
-        raise PetlocError(f"{source}: not a loadable Keras model ({str(err).splitlines()[0][:200]})") from None
+    # Keras raises many types for a bad file (safe_mode: ValueError); all mean the same to a user
+    except Exception as err:  # noqa: BLE001  (whatever a bad file raises: one line, see above)
+        raise PetlocError(
+            f"{source}: not a loadable Keras model ({str(err).splitlines()[0][:200]})"
+        ) from None
     if problem := localiser_problem(model):
         raise PetlocError(f"{source}: not a petloc localiser ({problem})")
     return model
@@ -107,17 +124,29 @@ def localiser_problem(model) -> str | None:
     except (AttributeError, ValueError):
         return "it has no defined input and output"
     if not isinstance(outputs, dict) or set(outputs) != set(EXPECTED_OUTPUTS):
-        found = ", ".join(sorted(outputs)) if isinstance(outputs, dict) else f"shape {model.output_shape}"
+        found = (
+            ", ".join(sorted(outputs))
+            if isinstance(outputs, dict)
+            else f"shape {model.output_shape}"
+        )
         return f"its output is {found}; expected 'cls' (2 class scores) and 'box' (4 corners)"
     for name, width in EXPECTED_OUTPUTS.items():
         if tuple(outputs[name].shape[1:]) != (width,):
             return f"its '{name}' output has shape {tuple(outputs[name].shape)}; expected (None, {width})"
-    if not (isinstance(inputs, tuple) and len(inputs) == 4 and inputs[3] == 3 and inputs[1] and inputs[1] == inputs[2]):
+    if not (
+        isinstance(inputs, tuple)
+        and len(inputs) == 4
+        and inputs[3] == 3
+        and inputs[1]
+        and inputs[1] == inputs[2]
+    ):
         return f"its input has shape {inputs}; expected square RGB images (None, N, N, 3)"
     return None
 
 
-def predict_files(predictor: Predictor, paths: Iterable[str], out: Path | None = None, batch_size: int = 32) -> Iterator[dict]:
+def predict_files(
+    predictor: Predictor, paths: Iterable[str], out: Path | None = None, batch_size: int = 32
+) -> Iterator[dict]:
     """One row per image file, in order: its answer (with a `warning` when the decoder had to
     repair it), or `error`; with `out`, an annotated copy beside the others, never over a file.
     Files are decoded on worker threads and answered `batch_size` at a time, so memory holds
@@ -126,7 +155,9 @@ def predict_files(predictor: Predictor, paths: Iterable[str], out: Path | None =
     with ThreadPoolExecutor(max_workers=2) as pool:
         try:
             while chunk := list(islice(paths, batch_size)):
-                reads = pool.map(lambda path: _read(predictor, path, keep_photo=out is not None), chunk)
+                reads = pool.map(
+                    lambda path: _read(predictor, path, keep_photo=out is not None), chunk
+                )
                 yield from _answer_chunk(predictor, chunk, reads, out)
         finally:  # stopped (Ctrl+C, SIGTERM): the photos not yet begun are not decoded first
             pool.shutdown(cancel_futures=True)
@@ -149,23 +180,37 @@ def _read(predictor: Predictor, path: str, keep_photo: bool) -> _Read:
     except BadImage as err:
         return _Read(error=str(err))
     pixels = image.pixels
-    return _Read(resized=predictor.model_input(pixels), size=(pixels.shape[1], pixels.shape[0]), warnings=image.warnings,
-                 photo=pixels if keep_photo else None)
+    return _Read(
+        resized=predictor.model_input(pixels),
+        size=(pixels.shape[1], pixels.shape[0]),
+        warnings=image.warnings,
+        photo=pixels if keep_photo else None,
+    )
 
 
-def _answer_chunk(predictor: Predictor, paths: list[str], reads: Iterable[_Read], out: Path | None) -> Iterator[dict]:
+def _answer_chunk(
+    predictor: Predictor, paths: list[str], reads: Iterable[_Read], out: Path | None
+) -> Iterator[dict]:
     reads = list(reads)
-    good = [r for r in reads if not r.error]
-    preds = iter(predictor.predict_resized(np.stack([r.resized for r in good]), [r.size for r in good]) if good else [])
-    for path, read in zip(paths, reads):
+    good = [(r.resized, r.size) for r in reads if r.resized is not None]  # the reads without error
+    preds = iter(
+        predictor.predict_resized(np.stack([x for x, _ in good]), [size for _, size in good])
+        if good
+        else []
+    )
+    for path, read in zip(paths, reads, strict=True):
         if read.error:
             yield {"image": path, "error": read.error}
             continue
         pred = next(preds)
         row = {"image": path, **pred.to_dict(read.warnings)}
         if out:
+            assert read.photo is not None  # kept by _read when there is an `out`
             try:
                 save_new_png(draw_box_on_photo(read.photo, pred), out, Path(path).stem)
             except OSError as err:
-                row = {"image": path, "error": f"cannot write the annotated copy: {err.strerror or err}"}
+                row = {
+                    "image": path,
+                    "error": f"cannot write the annotated copy: {err.strerror or err}",
+                }
         yield row

@@ -20,15 +20,20 @@ from petloc.model.heads import CropBoxes, crop_windows
 from petloc.training.dataset import PreparedData
 from petloc.training.fit import fit
 
+
 def with_head_crops(arrays: ImageSet, margin: float = 0.25, chunk: int = 256) -> ImageSet:
     """The photos plus, for each, a crop around its head (`margin` of the box on each side),
     resized to the photo size, with the head box moved into the crop's coordinates."""
     side = arrays.images.shape[1]
     cut = CropBoxes(side, margin)
-    crops = np.concatenate([
-        np.asarray(cut(arrays.images[i:i + chunk].astype(np.float32), arrays.boxes[i:i + chunk]))
-        for i in range(0, len(arrays), chunk)
-    ])
+    crops = np.concatenate(
+        [
+            np.asarray(
+                cut(arrays.images[i : i + chunk].astype(np.float32), arrays.boxes[i : i + chunk])
+            )
+            for i in range(0, len(arrays), chunk)
+        ]
+    )
     window = np.asarray(crop_windows(arrays.boxes, margin))
     origin, extent = window[:, [0, 1, 0, 1]], window[:, [2, 3, 2, 3]] - window[:, [0, 1, 0, 1]]
     boxes = np.clip((arrays.boxes - origin) / extent, 0.0, 1.0).astype(np.float32)
@@ -48,14 +53,18 @@ def build_classifier(backbone: str, width: float, image_size: int, dropout: floa
     x = layers.GlobalAveragePooling2D(name="cls_pool")(net(inputs))
     if dropout > 0:
         x = layers.Dropout(dropout, name="cls_dropout")(x)
-    return keras.Model(inputs, layers.Dense(2, activation="softmax", name="cls")(x), name=f"classifier_{backbone}")
+    return keras.Model(
+        inputs, layers.Dense(2, activation="softmax", name="cls")(x), name=f"classifier_{backbone}"
+    )
 
 
 def _class_only(batches):
     return batches.map(lambda x, y: (x, y["cls"]))
 
 
-def fit_classifier(cfg: PretrainConfig, data: PreparedData, seed: int, callbacks=()) -> tuple[keras.Model, keras.callbacks.History]:
+def fit_classifier(
+    cfg: PretrainConfig, data: PreparedData, seed: int, callbacks=()
+) -> tuple[keras.Model, keras.callbacks.History]:
     """Trains the classifier `cfg` describes on `data`'s training photos (and their head crops)
     through the shared fit path; keeps the weights of the best val accuracy."""
     train = with_head_crops(data.train) if cfg.head_crops else data.train
@@ -72,8 +81,10 @@ def fit_classifier(cfg: PretrainConfig, data: PreparedData, seed: int, callbacks
         return model
 
     def batches():
-        return (_class_only(train_batches(train, cfg.batch_size, cfg.aug_strength, seed)),
-                _class_only(eval_batches(data.val, cfg.batch_size)))
+        return (
+            _class_only(train_batches(train, cfg.batch_size, cfg.aug_strength, seed)),
+            _class_only(eval_batches(data.val, cfg.batch_size)),
+        )
 
     return fit(build, batches, cfg.epochs, seed=seed, monitor="val_accuracy", callbacks=callbacks)
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import keras
-
 
 # `petloc --verbose` sets this logger to DEBUG; the logging level is a switch every layer can
 # read without importing the command line.
@@ -47,6 +46,10 @@ class EpochLine(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         train = "  ".join(f"{name} {logs[name]:.3f}" for name in SHOWN if name in logs)
-        val = "  ".join(f"{name} {logs['val_' + name]:.3f}" for name in SHOWN if "val_" + name in logs)
+        val = "  ".join(
+            f"{name} {logs['val_' + name]:.3f}" for name in SHOWN if "val_" + name in logs
+        )
         seconds = time.perf_counter() - self.started
-        self.say(f"  epoch {epoch + 1}/{self.params.get('epochs', '?')}  {train} | val {val}  ({seconds:.0f} s)")
+        self.say(
+            f"  epoch {epoch + 1}/{self.params.get('epochs', '?')}  {train} | val {val}  ({seconds:.0f} s)"
+        )

@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 import petloc
 from petloc import report
 from petloc.cli import cli
-from petloc.quiet import TENSORFLOW_STARTUP_LOG, _native_stderr_filtered
 from petloc.config import Experiment, load_experiment, parse_experiment
 from petloc.errors import PetlocError
+from petloc.quiet import TENSORFLOW_STARTUP_LOG, _native_stderr_filtered
 from petloc.training.gallery import curves_figure, plot_curves
 from petloc.training.progress import EpochLine
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
@@ -43,8 +43,22 @@ def numeric_cells_line_up(lines: list[str]) -> bool:
 # --- tables (item 10) ---
 
 ROWS = [
-    {"trial": 0, "backbone": "simple", "val_miou": 0.0018852184173460574, "params": 8.379e05, "latency_ms_b1": 6.612, "train_s": 12.34},
-    {"trial": 10, "backbone": "mobilenetv2", "val_miou": 0.41, "params": 1234567.0, "latency_ms_b1": 16.6, "train_s": 123.4},
+    {
+        "trial": 0,
+        "backbone": "simple",
+        "val_miou": 0.0018852184173460574,
+        "params": 8.379e05,
+        "latency_ms_b1": 6.612,
+        "train_s": 12.34,
+    },
+    {
+        "trial": 10,
+        "backbone": "mobilenetv2",
+        "val_miou": 0.41,
+        "params": 1234567.0,
+        "latency_ms_b1": 16.6,
+        "train_s": 123.4,
+    },
 ]
 
 
@@ -56,18 +70,29 @@ def test_table_rounds_and_right_aligns_numbers():
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1  # the last column is numbers, right-aligned
     assert numeric_cells_line_up(lines[1:])
-    assert lines[1].split()[1] == "simple" and lines[0].index("backbone") == lines[1].index("simple")  # text left
+    # text left
+    assert lines[1].split()[1] == "simple" and lines[0].index("backbone") == lines[1].index(
+        "simple"
+    )
 
 
 def test_markdown_table_marks_number_columns_right_aligned():
-    header, rule, *body = report.table(ROWS, markdown=True, same_decimals=True).splitlines()
+    _header, rule, *body = report.table(ROWS, markdown=True, same_decimals=True).splitlines()
     assert rule == "|---:|---|---:|---:|---:|---:|"
     assert body[0] == "| 0 | simple | 0.0019 | 837900 | 6.61 | 12.3 |"
 
 
 def test_each_cell_keeps_four_significant_digits_in_tables_of_mixed_quantities():
-    rows = [{"": "image width px", "min": 64.0}, {"": "box area / image", "min": 0.0625}, {"": "tiny", "min": 0.0018852184173460574}]
-    assert [line.split()[-1] for line in report.table(rows).splitlines()[1:]] == ["64", "0.0625", "0.001885"]
+    rows = [
+        {"": "image width px", "min": 64.0},
+        {"": "box area / image", "min": 0.0625},
+        {"": "tiny", "min": 0.0018852184173460574},
+    ]
+    assert [line.split()[-1] for line in report.table(rows).splitlines()[1:]] == [
+        "64",
+        "0.0625",
+        "0.001885",
+    ]
 
 
 def test_csv_keeps_full_precision():
@@ -76,9 +101,13 @@ def test_csv_keeps_full_precision():
 
 # --- curves (item 11) ---
 
+
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_curves_show_every_epoch_as_a_marker(epochs, tmp_path):
-    history = {key: [0.5] * epochs for key in ("loss", "val_loss", "miou", "val_miou", "accuracy", "val_accuracy")}
+    history = {
+        key: [0.5] * epochs
+        for key in ("loss", "val_loss", "miou", "val_miou", "accuracy", "val_accuracy")
+    }
     figure = curves_figure(history)
     lines = [line for axes in figure.axes for line in axes.get_lines()]
     assert len(lines) == 6
@@ -90,16 +119,29 @@ def test_curves_show_every_epoch_as_a_marker(epochs, tmp_path):
 
 # --- epoch lines (item 9) ---
 
+
 def test_epoch_line_shows_each_metric_once():
     said = []
     line = EpochLine(said.append)
     line.params = {"epochs": 3}
-    logs = {"loss": 1.23456, "box_miou": 0.4, "miou": 0.4, "cls_accuracy": 0.8, "accuracy": 0.8,
-            "val_loss": 1.5, "val_box_miou": 0.35, "val_miou": 0.35, "val_cls_accuracy": 0.75, "val_accuracy": 0.75}
+    logs = {
+        "loss": 1.23456,
+        "box_miou": 0.4,
+        "miou": 0.4,
+        "cls_accuracy": 0.8,
+        "accuracy": 0.8,
+        "val_loss": 1.5,
+        "val_box_miou": 0.35,
+        "val_miou": 0.35,
+        "val_cls_accuracy": 0.75,
+        "val_accuracy": 0.75,
+    }
     line.on_epoch_begin(0)
     line.on_epoch_end(0, logs)
     [text] = said
-    assert text.startswith("  epoch 1/3  loss 1.235  miou 0.400  accuracy 0.800 | val loss 1.500  miou 0.350  accuracy 0.750")
+    assert text.startswith(
+        "  epoch 1/3  loss 1.235  miou 0.400  accuracy 0.800 | val loss 1.500  miou 0.350  accuracy 0.750"
+    )
     assert "box_miou" not in text and "cls_accuracy" not in text
 
 
@@ -108,24 +150,41 @@ def test_epoch_line_shows_each_metric_once():
 TF_STARTUP = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
     "I0000 00:00:1796181451.037979   27153 port.cc:153] oneDNN custom operations are on.\n"
-    "I0000 00:00:1796181451.038289   27153 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\n"
+    "I0000 00:00:1796181451.038289   27153 cudart_stub.cc:31] Could not find cuda drivers on your "
+    "machine, GPU will not be used.\n"
     "2025-09-17 14:44:05.157831: I external/local_xla/xla/tsl/cuda/cudart_stub.cc:32] Could not find cuda drivers\n"
 )
 
 
 def test_startup_log_is_dropped_and_everything_else_kept(capfd):
     with _native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
-        os.write(2, (TF_STARTUP + "E0000 00:00:1796181451.1 27153 x.cc:1] a real error\nsomething else\n").encode())
+        os.write(
+            2,
+            (
+                TF_STARTUP + "E0000 00:00:1796181451.1 27153 x.cc:1] a real error\nsomething else\n"
+            ).encode(),
+        )
     err = capfd.readouterr().err
     assert err == "E0000 00:00:1796181451.1 27153 x.cc:1] a real error\nsomething else\n"
 
 
 @pytest.mark.slow
 def test_terminal_is_quiet_unless_verbose(tmp_path):
-    def run(*flags):  # `petloc models` imports TensorFlow (the registry loads Keras models); `config` no longer does
-        env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_TRACKING_URI")}
-        return subprocess.run([sys.executable, "-m", "petloc", *flags, "models"],
-                              cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    # `petloc models` imports TensorFlow (the registry loads Keras models); `config` no longer does
+    def run(*flags):
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_TRACKING_URI")
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "petloc", *flags, "models"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
 
     quiet, verbose = run(), run("--verbose")
     assert quiet.returncode == verbose.returncode == 0
@@ -135,6 +194,7 @@ def test_terminal_is_quiet_unless_verbose(tmp_path):
 
 
 # --- --version and petloc config (item 12) ---
+
 
 def test_version():
     result = invoke("--version")
@@ -147,14 +207,19 @@ def test_config_prints_the_experiment_that_would_run():
     printed = yaml.safe_load(output)
     exp = load_experiment(path, ["tuner.max_trials=3", "train.epochs=2"])
     assert printed == exp.model_dump(mode="json")
-    assert printed["tuner"]["max_trials"] == 3 and printed["tracking"]["gallery_images"] == 16  # a default filled in
+    # a default filled in
+    assert printed["tuner"]["max_trials"] == 3 and printed["tracking"]["gallery_images"] == 16
     assert parse_experiment(printed) == exp  # the output is itself the experiment file
-    commented = "\n".join(line.removeprefix("#   ") for line in output.splitlines() if line.startswith("#   "))
+    commented = "\n".join(
+        line.removeprefix("#   ") for line in output.splitlines() if line.startswith("#   ")
+    )
     assert yaml.safe_load(commented) == exp.fixed_hyperparameters()
 
 
 def test_config_errors_are_one_line(tmp_path):
-    with pytest.raises(PetlocError, match=r"quick.yaml: tuner.maxtrials: Extra inputs are not permitted$"):
+    with pytest.raises(
+        PetlocError, match=r"quick.yaml: tuner.maxtrials: Extra inputs are not permitted$"
+    ):
         invoke("config", ROOT / "experiments" / "quick.yaml", "tuner.maxtrials=3")
     with pytest.raises(PetlocError, match="no such experiment file"):
         invoke("config", tmp_path / "missing.yaml")
@@ -162,20 +227,27 @@ def test_config_errors_are_one_line(tmp_path):
 
 # --- one registered model per kind of data (item 7) ---
 
+
 def test_each_shipped_experiment_registers_its_own_model():
-    names = {path.name: load_experiment(path).registry.name for path in (ROOT / "experiments").glob("*.yaml")}
+    names = {
+        path.name: load_experiment(path).registry.name
+        for path in (ROOT / "experiments").glob("*.yaml")
+    }
     assert names == {"quick.yaml": "petloc-quick", "cats_dogs.yaml": "petloc-cats-dogs"}
     assert Experiment().registry.name == "petloc"  # an experiment without one: petloc@champion
 
 
 # --- a real sweep: progress lines, leaderboard, promotion across data (items 7, 8, 10) ---
 
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep_ux")
     with in_project(root):
         data = tiny_dataset(root / "photos")
-        exp = tiny_experiment(root, data, space={"head_units": [8, 16]}, registry={"name": "tiny-model"})
+        exp = tiny_experiment(
+            root, data, space={"head_units": [8, 16]}, registry={"name": "tiny-model"}
+        )
         result = invoke("sweep", exp)
         assert result.exit_code == 0, result.output
         mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")
@@ -185,51 +257,72 @@ def swept(tmp_path_factory):
 def trial_tags(client, output):
     parent_id = output.split("parent run ")[1].split(";")[0]
     parent = client.get_run(parent_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
     return parent_id, {r.data.tags["trial_id"] for r in runs}
 
 
 @pytest.mark.slow
 def test_sweep_prints_each_trial_with_its_figures_time_and_eta(swept):
-    root, exp, client, output = swept
-    assert "Running Trial" not in output and "Best val_miou So Far" not in output  # Keras Tuner's own display
+    _root, _exp, client, output = swept
+    # Keras Tuner's own display
+    assert "Running Trial" not in output and "Best val_miou So Far" not in output
     assert re.search(r"^trial 0 \(1 of 2\): head_units=\d+$", output, re.M)
     assert re.search(r"^trial 1 \(2 of 2\): head_units=\d+$", output, re.M)
-    first = re.search(r"^trial 0 done in \d+ s: val mIoU (\d\.\d{3}), accuracy \d\.\d{3}, latency [\d.]+ ms  "
-                      r"\[sweep: 1 of 2 trials, \d+ s elapsed, about [\w ]+ left\]$", output, re.M)
+    first = re.search(
+        r"^trial 0 done in \d+ s: val mIoU (\d\.\d{3}), accuracy \d\.\d{3}, latency [\d.]+ ms  "
+        r"\[sweep: 1 of 2 trials, \d+ s elapsed, about [\w ]+ left\]$",
+        output,
+        re.M,
+    )
     assert first
-    assert re.search(r"^trial 1 done in \d+ s: .*\[sweep: 2 of 2 trials, \d+ s elapsed\]$", output, re.M)
-    assert re.search(r"^  epoch 1/1  loss \d+\.\d{3}  miou \d\.\d{3}  accuracy \d\.\d{3} \| val loss", output, re.M)
+    assert re.search(
+        r"^trial 1 done in \d+ s: .*\[sweep: 2 of 2 trials, \d+ s elapsed\]$", output, re.M
+    )
+    assert re.search(
+        r"^  epoch 1/1  loss \d+\.\d{3}  miou \d\.\d{3}  accuracy \d\.\d{3} \| val loss",
+        output,
+        re.M,
+    )
     assert "box_miou" not in output and "cls_accuracy" not in output
     _, trial_ids = trial_tags(client, output)
     printed = set(re.findall(r"^trial (\d+) done", output, re.M))
-    assert printed == trial_ids == {"0", "1"}  # one numbering: Keras Tuner's trial_id, as the runs' tags
+    # one numbering: Keras Tuner's trial_id, as the runs' tags
+    assert printed == trial_ids == {"0", "1"}
 
 
 @pytest.mark.slow
 def test_sweep_leaderboard_is_rounded_and_aligned_in_terminal_and_markdown(swept):
-    root, exp, client, output = swept
+    root, _exp, client, output = swept
     board = output.split("Leaderboard of sweep")[1].split("\n\n")[0].splitlines()[1:]
-    header, rows = board[0], board[1:]
+    rows = board[1:]  # below the header
     assert len(rows) == 2 and "e+" not in output
     assert numeric_cells_line_up(rows)
     for cell in re.findall(r"\d+\.(\d+)", "\n".join(rows)):
         assert len(cell) <= 6
-    assert rows[0].rstrip().endswith(tuple("0123456789")) and len(rows[0]) == len(rows[1])  # train_s right-aligned
+    # train_s right-aligned
+    assert rows[0].rstrip().endswith(tuple("0123456789")) and len(rows[0]) == len(rows[1])
     parent_id, _ = trial_tags(client, output)
-    markdown = Path(client.download_artifacts(parent_id, "leaderboard.md", str(root))).read_text().splitlines()
+    markdown = (
+        Path(client.download_artifacts(parent_id, "leaderboard.md", str(root)))
+        .read_text()
+        .splitlines()
+    )
     columns = [c.strip() for c in markdown[0].strip("|").split("|")]
-    aligns = dict(zip(columns, markdown[1].strip("|").split("|")))
+    aligns = dict(zip(columns, markdown[1].strip("|").split("|"), strict=True))
     assert aligns["val_miou"] == aligns["train_s"] == "---:" and aligns["backbone"] == "---"
     for line in markdown[2:]:
-        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))
+        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=True))
         # Four significant digits: up to six decimals for an mIoU under 0.01 (a tiny trial's).
-        assert re.fullmatch(r"0\.\d{1,6}|0|1", cells["val_miou"]) and re.fullmatch(r"\d+", cells["params"])
+        assert re.fullmatch(r"0\.\d{1,6}|0|1", cells["val_miou"]) and re.fullmatch(
+            r"\d+", cells["params"]
+        )
 
 
 @pytest.mark.slow
 def test_promotion_never_compares_models_trained_on_other_data(swept, monkeypatch):
-    root, exp, client, output = swept
+    root, exp, client, _output = swept
     monkeypatch.chdir(root)
     champion = client.get_model_version_by_alias("tiny-model", "champion")
     other = tiny_dataset(root / "other-photos", count=40)  # another set of photos
@@ -237,23 +330,43 @@ def test_promotion_never_compares_models_trained_on_other_data(swept, monkeypatc
     assert again.exit_code == 0, again.output
     reason = again.output.split("registry: ")[1].splitlines()[0]
     assert "was measured on other validation data" in reason and "--force" in reason
-    assert reason.startswith("registered as version 2;")  # kept in the registry, the alias not moved
+    # kept in the registry, the alias not moved
+    assert reason.startswith("registered as version 2;")
     assert client.get_model_version_by_alias("tiny-model", "champion").version == champion.version
     # The same photos and split at another input size compare: the figures answer one question.
     trained = invoke("train", exp, "space.image_size=48")
     run_id = trained.output.split("MLflow run ")[1].split()[0]
     promoted = invoke("promote", run_id, "--name", "tiny-model").output
-    assert "other validation data" not in promoted and ("beats" in promoted or "does not beat" in promoted)
+    assert "other validation data" not in promoted and (
+        "beats" in promoted or "does not beat" in promoted
+    )
 
 
 # --- how many trials a sweep plans, for "k of N" and the estimate of the time left (item 8) ---
 
-@pytest.mark.parametrize("kind, space, max_trials, planned", [
-    ("random", {"head_units": [8, 16]}, 5, 5),
-    ("grid", {"head_units": [8, 16], "dropout": [0.0, 0.1]}, 6, 4),  # the grid stops after its 4 combinations
-    ("grid", {"learning_rate": {"min": 0.001, "max": 0.004, "step": 2, "sampling": "log"}, "aug_strength": {"min": 0, "max": 0.6, "step": 0.2}}, 99, 12),
-    ("grid", {"head_units": [8, 16, 32]}, 2, 2),
-])
+
+@pytest.mark.parametrize(
+    "kind, space, max_trials, planned",
+    [
+        ("random", {"head_units": [8, 16]}, 5, 5),
+        (
+            "grid",
+            {"head_units": [8, 16], "dropout": [0.0, 0.1]},
+            6,
+            4,
+        ),  # the grid stops after its 4 combinations
+        (
+            "grid",
+            {
+                "learning_rate": {"min": 0.001, "max": 0.004, "step": 2, "sampling": "log"},
+                "aug_strength": {"min": 0, "max": 0.6, "step": 0.2},
+            },
+            99,
+            12,
+        ),
+        ("grid", {"head_units": [8, 16, 32]}, 2, 2),
+    ],
+)
 def test_planned_trials(kind, space, max_trials, planned):
     from petloc.search.progress import planned_trials
     from petloc.search.tuner import ORACLES
@@ -265,7 +378,12 @@ def test_planned_trials(kind, space, max_trials, planned):
 def test_durations_read_as_people_say_them():
     from petloc.search.progress import duration
 
-    assert [duration(s) for s in (4.4, 59.6, 185, 3725)] == ["4 s", "1 min 00 s", "3 min 05 s", "1 h 02 min"]
+    assert [duration(s) for s in (4.4, 59.6, 185, 3725)] == [
+        "4 s",
+        "1 min 00 s",
+        "3 min 05 s",
+        "1 h 02 min",
+    ]
 
 
 def test_a_search_that_runs_out_of_points_says_so(tmp_path, monkeypatch):
@@ -276,19 +394,30 @@ def test_a_search_that_runs_out_of_points_says_so(tmp_path, monkeypatch):
     exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16]}, tuner={"max_trials": 4})
     result = CliRunner().invoke(cli, ["sweep", str(exp)])
     assert result.exit_code == 0, result.output
-    assert "the search ended after 2 of 4 planned trials: Keras Tuner drew no new point from the space" in result.output
+    assert (
+        "the search ended after 2 of 4 planned trials: Keras Tuner drew no new point from the space"
+        in result.output
+    )
 
 
 def test_a_failed_trial_is_one_line_without_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_dataset(tmp_path / "photos", count=24)
-    exp = tiny_experiment(tmp_path, data, space={"weights": str(tmp_path / "missing.weights.h5"), "head_units": [8, 16]},
-                          tuner={"max_consecutive_failures": 1, "max_trials": 2})
+    exp = tiny_experiment(
+        tmp_path,
+        data,
+        space={"weights": str(tmp_path / "missing.weights.h5"), "head_units": [8, 16]},
+        tuner={"max_consecutive_failures": 1, "max_trials": 2},
+    )
     result = CliRunner().invoke(cli, ["sweep", str(exp)])
     assert isinstance(result.exception, PetlocError)
-    assert re.search(r"^trial 0 failed after \d+ s: PetlocError: weights: '.*missing.weights.h5' is neither .*"
-                     r"\[sweep: 1 of 2 trials, \d+ s elapsed, about \d+ s left\]$", result.output, re.M)
+    assert re.search(
+        r"^trial 0 failed after \d+ s: PetlocError: weights: '.*missing.weights.h5' is neither .*"
+        r"\[sweep: 1 of 2 trials, \d+ s elapsed, about \d+ s left\]$",
+        result.output,
+        re.M,
+    )
     assert "Traceback" not in result.output
 
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from petloc.errors import PetlocError
-from tests.helpers import in_project, invoke, petloc_process, run_id_of, store_client, tiny_dataset, tiny_experiment
+from tests.helpers import (
+    in_project,
+    invoke,
+    petloc_process,
+    run_id_of,
+    store_client,
+    tiny_dataset,
+    tiny_experiment,
+)
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +25,15 @@ def trained(tmp_path_factory):
     with in_project(root):
         data = tiny_dataset(root / "photos")
         exp = tiny_experiment(root, data)
-        result = invoke("train", exp, "train.epochs=2", "space.tta=flip", "train.precision=mixed_bfloat16")
+        result = invoke(
+            "train", exp, "train.epochs=2", "space.tta=flip", "train.precision=mixed_bfloat16"
+        )
         assert result.exit_code == 0, result.output
         yield root, data, run_id_of(result.output)
 
 
 def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
-    root, data, run_id = trained
+    root, _data, run_id = trained
     monkeypatch.chdir(root)
     client = store_client(root)
     r = client.get_run(run_id)
@@ -38,7 +48,9 @@ def test_train_logs_params_curves_summary_and_artifacts(trained, monkeypatch):
     assert [m.step for m in client.get_metric_history(run_id, "val/miou")] == [1, 2]
     assert len(client.get_metric_history(run_id, "train/loss")) == 2
     assert r.data.tags["dataset_digest"]  # provenance tags: tests/tracking/test_run_records.py
-    files = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "gallery")}
+    files = {f.path for f in client.list_artifacts(run_id)} | {
+        f.path for f in client.list_artifacts(run_id, "gallery")
+    }
     assert {"curves.png", "gallery/val_gallery.png"} <= files
     assert (root / "mlruns" / "mlflow.db").is_file() and (root / "mlruns" / "artifacts").is_dir()
 
@@ -66,14 +78,28 @@ def test_evaluate_json_has_the_figures(trained, monkeypatch):
 def test_evaluate_on_the_runs_validation_split_reproduces_its_figures(trained, monkeypatch):
     root, data, run_id = trained
     monkeypatch.chdir(root)
-    result = invoke("evaluate", f"runs:/{run_id}/model", data, "--json", "--subset", "val", "--val-split", "0.25", "--seed", "0")
+    result = invoke(
+        "evaluate",
+        f"runs:/{run_id}/model",
+        data,
+        "--json",
+        "--subset",
+        "val",
+        "--val-split",
+        "0.25",
+        "--seed",
+        "0",
+    )
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     logged = store_client(root).get_run(run_id).data.metrics
     assert figures["images"] == 15 and figures["subset"] == "val"
     assert figures["miou"] == pytest.approx(logged["best_val_miou"], abs=1e-4)
-    assert figures["accuracy"] == pytest.approx(logged["val_accuracy"], abs=1e-4)  # the logged model has the TTA in it
-    flipped = json.loads(invoke("evaluate", f"runs:/{run_id}/model", data, "--json", "--tta", "flip").stdout)
+    # the logged model has the TTA in it
+    assert figures["accuracy"] == pytest.approx(logged["val_accuracy"], abs=1e-4)
+    flipped = json.loads(
+        invoke("evaluate", f"runs:/{run_id}/model", data, "--json", "--tta", "flip").stdout
+    )
     assert flipped["tta"] == "flip" and flipped["images"] == 60 and 0 <= flipped["miou"] <= 1
 
 
@@ -86,7 +112,9 @@ def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tm
     twin = tmp_path / "elsewhere" / photo.name  # the same file name in another folder
     twin.parent.mkdir()
     twin.write_bytes(photo.read_bytes())
-    result = invoke("predict", f"runs:/{run_id}/model", photo, broken, twin, "--json", "--out", tmp_path / "out")
+    result = invoke(
+        "predict", f"runs:/{run_id}/model", photo, broken, twin, "--json", "--out", tmp_path / "out"
+    )
     assert result.exit_code == 1, result.output  # one image failed
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert lines[0]["image"] == str(photo) and lines[0]["label"] in ("cat", "dog")
@@ -95,7 +123,11 @@ def test_predict_json_lines_with_pixel_boxes_and_errors(trained, monkeypatch, tm
     assert 0 <= x1 <= x2 <= 64 and 0 <= y1 <= y2 <= 64  # pixels of the 64 px photo, not 0..1
     assert lines[1]["image"] == str(broken) and "error" in lines[1]
     assert lines[2]["image"] == str(twin) and lines[2]["box"] == lines[0]["box"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{photo.stem}-2.png", f"{photo.stem}.png"]  # none overwritten
+    # none overwritten
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"{photo.stem}-2.png",
+        f"{photo.stem}.png",
+    ]
 
 
 def test_python_api_loads_by_uri(trained, monkeypatch):
@@ -110,7 +142,11 @@ def test_python_api_loads_by_uri(trained, monkeypatch):
     wide = cv2.resize(photo, (300, 150))  # not square, not the model's size
     [pred] = predictor.predict([wide])
     size = predictor.image_size
-    normalised = np.asarray(predictor.model.predict(cv2.resize(wide, (size, size), interpolation=cv2.INTER_AREA)[None].astype(np.float32))["box"])[0]
+    normalised = np.asarray(
+        predictor.model.predict(
+            cv2.resize(wide, (size, size), interpolation=cv2.INTER_AREA)[None].astype(np.float32)
+        )["box"]
+    )[0]
     x1, x2 = sorted(normalised[[0, 2]] * 300)
     y1, y2 = sorted(normalised[[1, 3]] * 150)
     assert pred.box == pytest.approx((x1, y1, x2, y2), abs=0.01)  # pixels of the 300 x 150 photo
@@ -149,4 +185,7 @@ def test_bad_configuration_from_the_shell_is_exit_2_without_traceback(tmp_path):
     proc = petloc_process("train", exp, "train.epoks=2", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("petloc: error: ")
-    assert "train.epoks: Extra inputs are not permitted" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        "train.epoks: Extra inputs are not permitted" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )

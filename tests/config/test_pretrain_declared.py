@@ -20,7 +20,15 @@ def schema_of(name: str) -> dict:
 
 
 def test_pretrain_shares_the_localiser_s_hyperparameters():
-    assert {"backbone", "width", "aug_strength", "dropout", "learning_rate", "batch_size", "image_size"} <= set(SHARED)
+    assert {
+        "backbone",
+        "width",
+        "aug_strength",
+        "dropout",
+        "learning_rate",
+        "batch_size",
+        "image_size",
+    } <= set(SHARED)
 
 
 @pytest.mark.parametrize("name", SHARED)
@@ -36,8 +44,17 @@ def test_a_shared_field_has_the_declared_type_and_bounds(name):
 @pytest.mark.parametrize("name", SHARED)
 def test_a_shared_field_refuses_what_the_declaration_refuses(name):
     bounds, choices = hyperparams.bounds(name), hyperparams.choices(name)
-    refused = ([bounds[0] - 1, bounds[1] + 1] if hyperparams.kind(name) is int else
-               [bounds[0] - 0.01, bounds[1] * 1.01 + 0.01]) if bounds else ["no-such-choice"] if choices else []
+    refused = (
+        (
+            [bounds[0] - 1, bounds[1] + 1]
+            if hyperparams.kind(name) is int
+            else [bounds[0] - 0.01, bounds[1] * 1.01 + 0.01]
+        )
+        if bounds
+        else ["no-such-choice"]
+        if choices
+        else []
+    )
     for value in refused:
         with pytest.raises(PetlocError, match=f"pretrain.{name}: "):
             parse_experiment({"pretrain": {name: value}})
@@ -53,5 +70,6 @@ def test_pretraining_s_default_is_a_value_the_declaration_allows(name):
         return
     bounds, choices = hyperparams.bounds(name), hyperparams.choices(name)
     assert isinstance(value, hyperparams.kind(name))
-    assert (bounds is None or bounds[0] <= value <= bounds[1]) and (choices is None or value in choices)
-
+    assert (bounds is None or bounds[0] <= value <= bounds[1]) and (
+        choices is None or value in choices
+    )

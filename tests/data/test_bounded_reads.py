@@ -8,6 +8,7 @@ deadline and a cap on its address space, so a regression fails instead of taking
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -71,10 +72,8 @@ def _release(fifo: Path) -> None:
     """Open the other end of `fifo` and close it: a reader blocked in open() gets end-of-file,
     a writer blocked in open() its reader."""
     for flags in (os.O_WRONLY | os.O_NONBLOCK, os.O_RDONLY | os.O_NONBLOCK):
-        try:
+        with contextlib.suppress(OSError):
             os.close(os.open(fifo, flags))
-        except OSError:
-            pass
 
 
 # ---- photos: PETLOC_MAX_IMAGE_BYTES everywhere, no FIFO, no device ------------------------
@@ -92,15 +91,23 @@ def test_the_image_byte_limit_applies_to_files_too_not_only_to_the_server(tmp_pa
     path.write_bytes(jpeg(photo()))
     monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", str(path.stat().st_size - 1))
     size = path.stat().st_size
-    with pytest.raises(BadImage, match=rf"is {size} bytes, over the limit of {size - 1} bytes \(PETLOC_MAX_IMAGE_BYTES\)"):
+    with pytest.raises(
+        BadImage,
+        match=rf"is {size} bytes, over the limit of {size - 1} bytes \(PETLOC_MAX_IMAGE_BYTES\)",
+    ):
         read_image(path)
     monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", str(path.stat().st_size))
     assert read_image(path).pixels.shape == (48, 64, 3)
 
 
-def test_a_mistyped_image_byte_limit_is_one_line_before_predict_loads_its_model(tmp_path, monkeypatch):
+def test_a_mistyped_image_byte_limit_is_one_line_before_predict_loads_its_model(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("PETLOC_MAX_IMAGE_BYTES", "20MB")
-    with pytest.raises(PetlocError, match=r"^PETLOC_MAX_IMAGE_BYTES=20MB: expected a whole number above 0, at most 2147483647$"):
+    with pytest.raises(
+        PetlocError,
+        match=r"^PETLOC_MAX_IMAGE_BYTES=20MB: expected a whole number above 0, at most 2147483647$",
+    ):
         invoke("predict", tmp_path / "no-such-model.keras", tmp_path / "photo.jpg")
 
 
@@ -117,8 +124,12 @@ def test_data_check_on_a_sparse_gigabyte_annotation_stays_small_and_quick(tmp_pa
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["usable"] == 1
-    assert report["skipped"] == [{"path": str(data / "b.jpg"),
-                                  "reason": f"b.txt: is {GIGABYTE} bytes, over the limit of 1000000 bytes"}]
+    assert report["skipped"] == [
+        {
+            "path": str(data / "b.jpg"),
+            "reason": f"b.txt: is {GIGABYTE} bytes, over the limit of 1000000 bytes",
+        }
+    ]
     assert peak_mb < 300, f"data check peaked at {peak_mb} MB"
 
 
@@ -144,7 +155,8 @@ def test_a_fifo_annotation_is_skipped_with_its_reason(tmp_path):
     report = within_deadline(lambda: check_dataset(tmp_path), tmp_path / "b.txt")
     assert report.usable == 1
     assert [(s.path.name, s.reason) for s in report.skipped] == [
-        ("b.jpg", "b.txt: is a named pipe (FIFO), not a regular file")]
+        ("b.jpg", "b.txt: is a named pipe (FIFO), not a regular file")
+    ]
 
 
 # ---- a split that is another split -------------------------------------------------------
@@ -154,7 +166,10 @@ def test_a_split_folder_linked_to_another_split_is_refused_in_one_line(tmp_path)
     write_pair(tmp_path / "train", "a")
     write_pair(tmp_path / "train", "b")
     (tmp_path / "valid").symlink_to("train")
-    with pytest.raises(PetlocError, match=r"valid: is the same folder as .*train \(a link\): a photo cannot be in two"):
+    with pytest.raises(
+        PetlocError,
+        match=r"valid: is the same folder as .*train \(a link\): a photo cannot be in two",
+    ):
         check_dataset(tmp_path)
 
 
@@ -167,7 +182,11 @@ def test_a_photo_linked_into_a_second_split_is_used_once(tmp_path):
     report = check_dataset(tmp_path)
     assert report.counts == {"train": {"cat": 2, "dog": 0}, "valid": {"cat": 1, "dog": 0}}
     assert [(str(s.path), s.reason) for s in report.skipped] == [
-        (str(tmp_path / "valid" / "a.jpg"), f"the same file as {tmp_path / 'train' / 'a.jpg'} (a link): used once")]
+        (
+            str(tmp_path / "valid" / "a.jpg"),
+            f"the same file as {tmp_path / 'train' / 'a.jpg'} (a link): used once",
+        )
+    ]
 
 
 # ---- experiment files and petloc's own state ------------------------------------------------
@@ -177,12 +196,20 @@ def test_a_photo_linked_into_a_second_split_is_used_once(tmp_path):
 def test_an_experiment_file_that_is_no_small_regular_file_is_one_line(tmp_path, kind):
     from petloc.config import load_experiment
 
-    path = {"fifo": tmp_path / "exp.yaml", "device": Path("/dev/zero"), "huge": tmp_path / "huge.yaml"}[kind]
+    path = {
+        "fifo": tmp_path / "exp.yaml",
+        "device": Path("/dev/zero"),
+        "huge": tmp_path / "huge.yaml",
+    }[kind]
     if kind == "fifo":
         os.mkfifo(path)
     if kind == "huge":
         path.write_text("# padding\n" * 200_000)
-    reason = {"fifo": "is a named pipe", "device": "is a device", "huge": "is 2000000 bytes, over the limit"}[kind]
+    reason = {
+        "fifo": "is a named pipe",
+        "device": "is a device",
+        "huge": "is 2000000 bytes, over the limit",
+    }[kind]
     with pytest.raises(PetlocError, match=rf"^{path}: {reason}"):
         within_deadline(lambda: load_experiment(path), path if kind == "fifo" else None)
 
@@ -233,12 +260,16 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_predict_answers_a_fifo_a_device_a_folder_and_a_huge_photo_with_error_lines_and_goes_on(model, tmp_path):
+def test_predict_answers_a_fifo_a_device_a_folder_and_a_huge_photo_with_error_lines_and_goes_on(
+    model, tmp_path
+):
     os.mkfifo(tmp_path / "x.jpg")
     sparse(tmp_path / "big.jpg")
     (tmp_path / "folder.jpg").mkdir()
     (tmp_path / "good.jpg").write_bytes(jpeg(photo()))
-    images = [tmp_path / name for name in ("x.jpg", "/dev/zero", "big.jpg", "folder.jpg", "good.jpg")]
+    images = [
+        tmp_path / name for name in ("x.jpg", "/dev/zero", "big.jpg", "folder.jpg", "good.jpg")
+    ]
     predict = [*PETLOC, "predict", model, *images, "--json"]
     result, peak_mb = run_measured(predict, timeout=120, memory_cap=6 * GIGABYTE)
     rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -262,15 +293,22 @@ def test_sigterm_stops_a_predict_given_a_fifo(model, tmp_path):
     for i in range(3000):  # work left to do when the signal comes
         (tmp_path / f"copy{i}.jpg").symlink_to(good)
     images = [tmp_path / "x.jpg", *(tmp_path / f"copy{i}.jpg" for i in range(3000))]
-    process = subprocess.Popen([*PETLOC, "predict", str(model), *map(str, images)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=petloc_env(), preexec_fn=_cap(6 * GIGABYTE))
+    process = subprocess.Popen(
+        [*PETLOC, "predict", str(model), *map(str, images)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=petloc_env(),
+        preexec_fn=_cap(6 * GIGABYTE),
+    )
     try:
         first = _first_line(process, timeout=90)  # the FIFO's error line, once the model is loaded
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
         stderr = process.stderr.read()
         assert first.startswith(f"{tmp_path / 'x.jpg'}: error: is a named pipe"), first
-        assert process.returncode in (128 + signal.SIGTERM, 1), stderr  # 1: it had answered every image already
+        # 1: it had answered every image already
+        assert process.returncode in (128 + signal.SIGTERM, 1), stderr
         assert "Traceback" not in stderr
     finally:
         if process.poll() is None:
@@ -315,8 +353,17 @@ print(json.dumps(answer))
 def run_measured(args, timeout: float, memory_cap: int) -> tuple[subprocess.CompletedProcess, int]:
     """`args` run to its end (killed after `timeout` s) with its address space capped, and the
     peak memory (MB) of that one process."""
-    launched = subprocess.run([sys.executable, "-c", _LAUNCHER, str(memory_cap), str(timeout), *map(str, args)],
-                              capture_output=True, text=True, env=petloc_env(), timeout=timeout + 30)
+    launched = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(memory_cap), str(timeout), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=petloc_env(),
+        timeout=timeout + 30,
+    )
     answer = json.loads(launched.stdout)
-    assert answer["code"] is not None, f"{' '.join(map(str, args[2:]))}: still running after {timeout} s"
-    return subprocess.CompletedProcess(args, answer["code"], answer["out"], answer["err"]), answer["peak_mb"]
+    assert answer["code"] is not None, (
+        f"{' '.join(map(str, args[2:]))}: still running after {timeout} s"
+    )
+    return subprocess.CompletedProcess(args, answer["code"], answer["out"], answer["err"]), answer[
+        "peak_mb"
+    ]

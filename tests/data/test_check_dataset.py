@@ -54,7 +54,12 @@ def test_to_dict_is_json_with_every_skipped_file(dataset):
     assert data["counts"]["train"] == {"cat": 2, "dog": 1}
     assert data["usable"] == 4
     assert data["box_area"] == {"min": 0.0625, "median": 0.25, "max": 1.0}
-    assert data["skipped"] == [{"path": str(dataset / "train" / "odd_d.jpg"), "reason": "odd_d.txt: class 3 is not 1 (cat) or 2 (dog)"}]
+    assert data["skipped"] == [
+        {
+            "path": str(dataset / "train" / "odd_d.jpg"),
+            "reason": "odd_d.txt: class 3 is not 1 (cat) or 2 (dog)",
+        }
+    ]
 
 
 def test_format_report_shows_the_counts_table_stats_and_reasons(dataset):
@@ -65,7 +70,10 @@ def test_format_report_shows_the_counts_table_stats_and_reasons(dataset):
     assert ["train", "2", "1", "3"] in [line.split() for line in lines]
     assert ["total", "2", "2", "4"] in [line.split() for line in lines]
     assert ["box", "area", "/", "image", "0.0625", "0.25", "1"] in [line.split() for line in lines]
-    assert f"  {dataset / 'train' / 'odd_d.jpg'}: odd_d.txt: class 3 is not 1 (cat) or 2 (dog)" in lines
+    assert (
+        f"  {dataset / 'train' / 'odd_d.jpg'}: odd_d.txt: class 3 is not 1 (cat) or 2 (dog)"
+        in lines
+    )
 
 
 def test_on_bad_fail_raises_on_the_first_problem(dataset):
@@ -76,5 +84,10 @@ def test_on_bad_fail_raises_on_the_first_problem(dataset):
 def test_a_dataset_with_nothing_usable_reports_no_statistics(tmp_path):
     write_pair(tmp_path, "odd", "3 0 0 10 10")
     report = check_dataset(tmp_path)
-    assert (report.usable, report.box_area, report.image_width, len(report.skipped)) == (0, None, None, 1)
+    assert (report.usable, report.box_area, report.image_width, len(report.skipped)) == (
+        0,
+        None,
+        None,
+        1,
+    )
     assert "1 skipped" in format_report(report)

@@ -7,8 +7,8 @@ import shutil
 import socket
 import tarfile
 import threading
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,7 +23,16 @@ from tests.helpers import petloc_process
 
 W, H = 48, 40
 CATS = ["Abyssinian_1", "Bengal_2", "Birman_3", "Persian_4"]
-DOGS = ["beagle_5", "boxer_6", "chihuahua_7", "pug_8", "pug_9", "samoyed_10", "shiba_inu_11", "havanese_12"]
+DOGS = [
+    "beagle_5",
+    "boxer_6",
+    "chihuahua_7",
+    "pug_8",
+    "pug_9",
+    "samoyed_10",
+    "shiba_inu_11",
+    "havanese_12",
+]
 NO_XML = "Sphynx_13"  # like Oxford's test split: an image without a head box
 DAMAGED = "boxer_14"  # xml fine, JPEG cut short
 BAD_XML = "pug_15"
@@ -62,15 +71,21 @@ def make_oxford(root):
     images, xmls = root / "images", root / "annotations" / "xmls"
     xmls.mkdir(parents=True)
     images.mkdir()
-    species = {**{n: "cat" for n in CATS + [NO_XML]}, **{n: "dog" for n in DOGS + [DAMAGED, BAD_XML]}}
+    species = {
+        **{n: "cat" for n in [*CATS, NO_XML]},
+        **{n: "dog" for n in [*DOGS, DAMAGED, BAD_XML]},
+    }
     for name, kind in species.items():
         (images / f"{name}.jpg").write_bytes(jpeg(index(name)))
         if name != NO_XML:
             (xmls / f"{name}.xml").write_text(voc_xml(kind, index(name)))
     (images / f"{DAMAGED}.jpg").write_bytes(jpeg(index(DAMAGED))[:300])
     (xmls / f"{BAD_XML}.xml").write_text("<annotation><size>")
-    listed = {n: f"{n} 1 {1 if kind == 'cat' else 2} 1\n" for n, kind in species.items()}  # NAME CLASS SPECIES BREED
-    (root / "annotations" / "trainval.txt").write_text("".join(v for n, v in listed.items() if n != NO_XML))
+    # NAME CLASS SPECIES BREED
+    listed = {n: f"{n} 1 {1 if kind == 'cat' else 2} 1\n" for n, kind in species.items()}
+    (root / "annotations" / "trainval.txt").write_text(
+        "".join(v for n, v in listed.items() if n != NO_XML)
+    )
     (root / "annotations" / "test.txt").write_text(listed[NO_XML])
 
 
@@ -100,7 +115,10 @@ def md5s(files: dict[str, bytes]) -> dict[str, str]:
 def archives(tmp_path_factory):
     source = tmp_path_factory.mktemp("oxford-source")
     make_oxford(source)
-    return {"images.tar.gz": targz(source, "images"), "annotations.tar.gz": targz(source, "annotations")}
+    return {
+        "images.tar.gz": targz(source, "images"),
+        "annotations.tar.gz": targz(source, "annotations"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +157,9 @@ def server(archives):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.files, httpd.requests, httpd.cut = dict(archives), [], None
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield httpd
     httpd.shutdown()
@@ -149,14 +169,19 @@ def server(archives):
 
 def run(out, url, digests, **kwargs):
     lines = []
-    result = download_oxford(out, base_url=url, val_share=VAL_SHARE, say=lines.append, digests=digests, **kwargs)
+    result = download_oxford(
+        out, base_url=url, val_share=VAL_SHARE, say=lines.append, digests=digests, **kwargs
+    )
     return result, lines
 
 
 def split_of(cats_dogs) -> dict[str, dict[str, str]]:
     """split -> {image name without suffix: its .txt line}."""
     return {
-        split: {p.stem: p.with_suffix(".txt").read_text() for p in sorted((cats_dogs / split).glob("*.jpg"))}
+        split: {
+            p.stem: p.with_suffix(".txt").read_text()
+            for p in sorted((cats_dogs / split).glob("*.jpg"))
+        }
         for split in ("train", "valid")
     }
 
@@ -164,7 +189,8 @@ def split_of(cats_dogs) -> dict[str, dict[str, str]]:
 def assert_converted(out, archives):
     cats_dogs = out / "cats_dogs"
     splits = split_of(cats_dogs)
-    assert sorted([*splits["train"], *splits["valid"]]) == sorted(CATS + DOGS)  # no skipped, no xml-less image
+    # no skipped, no xml-less image
+    assert sorted([*splits["train"], *splits["valid"]]) == sorted(CATS + DOGS)
     for lines in splits.values():
         for name, line in lines.items():
             assert line == expected_line(name)
@@ -173,22 +199,31 @@ def assert_converted(out, archives):
     # the copies are the original files, and every .txt has its image
     for split, lines in splits.items():
         for name in lines:
-            assert (cats_dogs / split / f"{name}.jpg").read_bytes() == (out / "images" / f"{name}.jpg").read_bytes()
+            assert (cats_dogs / split / f"{name}.jpg").read_bytes() == (
+                out / "images" / f"{name}.jpg"
+            ).read_bytes()
     assert sorted(p.stem for p in cats_dogs.rglob("*.txt")) == sorted(CATS + DOGS)
     for name, body in archives.items():
         assert (out / "downloads" / name).read_bytes() == body
     return splits
 
 
-def test_download_checks_extracts_and_converts_to_a_stratified_cats_dogs_split(tmp_path, server, archives, digests):
+def test_download_checks_extracts_and_converts_to_a_stratified_cats_dogs_split(
+    tmp_path, server, archives, digests
+):
     out = tmp_path / "oxford"
     result, lines = run(out, server.url, digests)
     assert result == out / "cats_dogs"
     assert_converted(out, archives)
     # the originals are the Oxford layout the readers know, damaged files reported
     items = list(scan(out))
-    assert sorted(i[0].path.stem for i in items if not isinstance(i, Skipped)) == sorted(CATS + DOGS)
-    assert sorted(i.path.name for i in items if isinstance(i, Skipped)) == [f"{DAMAGED}.jpg", f"{BAD_XML}.jpg"]
+    assert sorted(i[0].path.stem for i in items if not isinstance(i, Skipped)) == sorted(
+        CATS + DOGS
+    )
+    assert sorted(i.path.name for i in items if isinstance(i, Skipped)) == [
+        f"{DAMAGED}.jpg",
+        f"{BAD_XML}.jpg",
+    ]
     # the log says what was skipped and why, and the counts per split and class
     assert "12 images with a head box; 2 skipped" in lines
     assert any(f"{BAD_XML}.xml: malformed XML" in line for line in lines)
@@ -199,7 +234,9 @@ def test_download_checks_extracts_and_converts_to_a_stratified_cats_dogs_split(t
     assert not list(out.rglob("*.part")) and not list(out.rglob("*.extracting"))
 
 
-def test_second_run_downloads_nothing_and_keeps_the_conversion_unless_forced(tmp_path, server, archives, digests):
+def test_second_run_downloads_nothing_and_keeps_the_conversion_unless_forced(
+    tmp_path, server, archives, digests
+):
     out = tmp_path / "oxford"
     run(out, server.url, digests)
     first = split_of(out / "cats_dogs")
@@ -241,15 +278,18 @@ def test_file_url_to_a_local_folder_works(tmp_path, archives, digests):
     mirror = local_mirror(tmp_path, archives)
     out = tmp_path / "oxford"
     (out / "downloads").mkdir(parents=True)
-    (out / "downloads" / "images.tar.gz.part").write_bytes(b"stale")  # file:// cannot resume: start over
+    # file:// cannot resume: start over
+    (out / "downloads" / "images.tar.gz.part").write_bytes(b"stale")
     run(out, mirror.as_uri(), digests)  # no trailing slash on purpose
     assert_converted(out, archives)
 
 
-def test_an_interrupted_download_leaves_only_a_part_file_and_resumes(tmp_path, server, archives, digests):
+def test_an_interrupted_download_leaves_only_a_part_file_and_resumes(
+    tmp_path, server, archives, digests
+):
     out = tmp_path / "oxford"
     server.cut = 100
-    with pytest.raises(PetlocError, match="ended after 100 of .* bytes; run again to resume"):
+    with pytest.raises(PetlocError, match=r"ended after 100 of .* bytes; run again to resume"):
         run(out, server.url, digests)
     assert not (out / "downloads" / "images.tar.gz").exists()
     assert (out / "downloads" / "images.tar.gz.part").stat().st_size == 100
@@ -291,10 +331,13 @@ def test_missing_file_on_the_server_is_one_line_with_the_status(tmp_path, server
     ],
     ids=["random-bytes", "truncated"],
 )
-def test_a_bad_archive_is_named_removed_and_fetched_again_next_run(tmp_path, server, archives, digests, damage, reason):
+def test_a_bad_archive_is_named_removed_and_fetched_again_next_run(
+    tmp_path, server, archives, digests, damage, reason
+):
     out = tmp_path / "oxford"
     server.files["images.tar.gz"] = damage(archives["images.tar.gz"])
-    with pytest.raises(PetlocError) as err:  # a mirror's digest that matches a broken file: the tar check still refuses it
+    # a mirror's digest that matches a broken file: the tar check still refuses it
+    with pytest.raises(PetlocError) as err:
         run(out, server.url, md5s(server.files))
     archive = out / "downloads" / "images.tar.gz"
     assert str(err.value).startswith(f"{archive}: {reason}") and "\n" not in str(err.value)
@@ -309,18 +352,22 @@ def test_an_archive_without_the_expected_members_is_refused(tmp_path, server, ar
     (source / "annotations" / "xmls").mkdir(parents=True)
     (source / "annotations" / "trainval.txt").write_text("")
     server.files["annotations.tar.gz"] = targz(source, "annotations")
-    with pytest.raises(PetlocError, match=r"annotations.tar.gz: no member matching annotations/xmls/\*.xml"):
+    with pytest.raises(
+        PetlocError, match=r"annotations.tar.gz: no member matching annotations/xmls/\*.xml"
+    ):
         run(tmp_path / "oxford", server.url, md5s(server.files))
     assert not (tmp_path / "oxford" / "downloads" / "annotations.tar.gz").exists()
 
 
 def test_val_share_outside_zero_to_one_is_refused_before_any_download(tmp_path, server):
-    with pytest.raises(PetlocError, match="val_share is 1.5"):
+    with pytest.raises(PetlocError, match=r"val_share is 1\.5"):
         download_oxford(tmp_path / "oxford", base_url=server.url, val_share=1.5, say=lambda _: None)
     assert server.requests == []
 
 
-def test_a_part_file_the_server_cannot_continue_is_downloaded_afresh(tmp_path, server, archives, digests):
+def test_a_part_file_the_server_cannot_continue_is_downloaded_afresh(
+    tmp_path, server, archives, digests
+):
     # e.g. interrupted between the last byte and the rename: the server answers 416
     out = tmp_path / "oxford"
     (out / "downloads").mkdir(parents=True)
@@ -355,19 +402,26 @@ def own_photos(folder):
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
-def test_a_cats_dogs_folder_petloc_did_not_make_is_refused_before_any_download(tmp_path, server, digests, force):
+def test_a_cats_dogs_folder_petloc_did_not_make_is_refused_before_any_download(
+    tmp_path, server, digests, force
+):
     out = tmp_path / "oxford"
     own_photos(out / "cats_dogs")
     before = tree(out)
     with pytest.raises(PetlocError) as err:
         run(out, server.url, digests, force=force)
     message = str(err.value)
-    assert message.startswith(f"{out / 'cats_dogs'} exists and petloc did not make it") and "\n" not in message
+    assert (
+        message.startswith(f"{out / 'cats_dogs'} exists and petloc did not make it")
+        and "\n" not in message
+    )
     assert "--replace-foreign" in message
     assert tree(out) == before and server.requests == []
 
 
-def test_a_link_named_cats_dogs_is_refused_and_what_it_points_to_is_untouched(tmp_path, server, digests):
+def test_a_link_named_cats_dogs_is_refused_and_what_it_points_to_is_untouched(
+    tmp_path, server, digests
+):
     photos = tmp_path / "my-photos"
     own_photos(photos)
     photos_before = tree(photos)
@@ -379,7 +433,9 @@ def test_a_link_named_cats_dogs_is_refused_and_what_it_points_to_is_untouched(tm
     assert (out / "cats_dogs").is_symlink() and tree(photos) == photos_before
 
 
-def test_replace_foreign_moves_the_folder_aside_says_so_and_converts(tmp_path, server, archives, digests):
+def test_replace_foreign_moves_the_folder_aside_says_so_and_converts(
+    tmp_path, server, archives, digests
+):
     out = tmp_path / "oxford"
     own_photos(out / "cats_dogs")
     before = tree(out / "cats_dogs")
@@ -390,18 +446,27 @@ def test_replace_foreign_moves_the_folder_aside_says_so_and_converts(tmp_path, s
     assert_converted(out, archives)
 
 
-def test_an_archive_with_another_md5_is_kept_aside_not_extracted_and_named(tmp_path, server, archives, digests):
+def test_an_archive_with_another_md5_is_kept_aside_not_extracted_and_named(
+    tmp_path, server, archives, digests
+):
     out = tmp_path / "oxford"
     lines = []
-    with pytest.raises(PetlocError) as err:  # the official digests: the test's archive is not the official one
+    # the official digests: the test's archive is not the official one
+    with pytest.raises(PetlocError) as err:
         download_oxford(out, base_url=server.url, val_share=VAL_SHARE, say=lines.append)
     archive = out / "downloads" / "images.tar.gz"
     official = oxford_download.OFFICIAL_MD5["images.tar.gz"]
     message = str(err.value)
-    assert message.startswith(f"{archive}: MD5 {digests['images.tar.gz']} is not the expected {official}; ")
+    assert message.startswith(
+        f"{archive}: MD5 {digests['images.tar.gz']} is not the expected {official}; "
+    )
     assert f"--md5 images.tar.gz={digests['images.tar.gz']}" in message and "\n" not in message
     assert (out / "downloads" / "images.tar.gz.bad-md5").read_bytes() == archives["images.tar.gz"]
-    assert not archive.exists() and not (out / "images").exists() and not list(out.rglob("*.extracting"))
+    assert (
+        not archive.exists()
+        and not (out / "images").exists()
+        and not list(out.rglob("*.extracting"))
+    )
     # the user's own digests for a mirror they trust: fetched again and used
     run(out, server.url, digests)
     assert_converted(out, archives)
@@ -432,7 +497,11 @@ def assert_refused_and_nothing_outside(tmp_path, out, server, digests, name, rea
     assert reason in message
     assert (tmp_path / SENTINEL).read_text() == "keep"
     assert outside_out(tmp_path) == before
-    assert not (out / "images").exists() and not list(out.rglob("*.extracting")) and not archive.exists()
+    assert (
+        not (out / "images").exists()
+        and not list(out.rglob("*.extracting"))
+        and not archive.exists()
+    )
 
 
 @pytest.mark.parametrize(
@@ -440,7 +509,10 @@ def assert_refused_and_nothing_outside(tmp_path, out, server, digests, name, rea
     [
         (lambda t: member("images/alias.jpg", tarfile.SYMTYPE, "Abyssinian_1.jpg"), "a symlink"),
         (lambda t: member("images/evil", tarfile.SYMTYPE, "../../../../" + SENTINEL), "a symlink"),
-        (lambda t: member("images/alias.jpg", tarfile.LNKTYPE, "images/Abyssinian_1.jpg"), "a hard link"),
+        (
+            lambda t: member("images/alias.jpg", tarfile.LNKTYPE, "images/Abyssinian_1.jpg"),
+            "a hard link",
+        ),
         (lambda t: member("images/evil", tarfile.LNKTYPE, str(t / SENTINEL)), "a hard link"),
         (lambda t: member(str(t / SENTINEL), data=b"pwned"), "an absolute path"),
         (lambda t: member("images/../../../../" + SENTINEL, data=b"pwned"), "a '..' in its path"),
@@ -449,15 +521,29 @@ def assert_refused_and_nothing_outside(tmp_path, out, server, digests, name, rea
         (lambda t: member("images/pipe", tarfile.FIFOTYPE), "a fifo"),
         (lambda t: member("elsewhere/x.jpg", data=b"x"), "not under images/"),
     ],
-    ids=["symlink-inside", "symlink-out", "hardlink-inside", "hardlink-out", "absolute", "dot-dot",
-         "char-device", "block-device", "fifo", "outside-top-folder"],
+    ids=[
+        "symlink-inside",
+        "symlink-out",
+        "hardlink-inside",
+        "hardlink-out",
+        "absolute",
+        "dot-dot",
+        "char-device",
+        "block-device",
+        "fifo",
+        "outside-top-folder",
+    ],
 )
-def test_a_member_that_is_not_a_plain_file_or_folder_under_images_is_refused(tmp_path, server, make, reason):
+def test_a_member_that_is_not_a_plain_file_or_folder_under_images_is_refused(
+    tmp_path, server, make, reason
+):
     source, out = crafted(tmp_path)
     info, data = make(tmp_path)
     server.files["images.tar.gz"] = targz(source, "images", (info, data))
     before = outside_out(tmp_path)
-    assert_refused_and_nothing_outside(tmp_path, out, server, md5s(server.files), info.name, reason, before)
+    assert_refused_and_nothing_outside(
+        tmp_path, out, server, md5s(server.files), info.name, reason, before
+    )
 
 
 def path_max_chain(up_to_tmp: int) -> list:
@@ -467,10 +553,14 @@ def path_max_chain(up_to_tmp: int) -> list:
     long_dir, steps = "d" * 247, "abcdefghijklmnop"  # 16 * 248 characters: past PATH_MAX (4096)
     members, path = [], "images"
     for step in steps:
-        members += [member(f"{path}/{long_dir}", tarfile.DIRTYPE), member(f"{path}/{step}", tarfile.SYMTYPE, long_dir)]
+        members += [
+            member(f"{path}/{long_dir}", tarfile.DIRTYPE),
+            member(f"{path}/{step}", tarfile.SYMTYPE, long_dir),
+        ]
         path = f"{path}/{long_dir}"
     through = "/".join(steps) + "/" + "l" * 254
-    members.append(member(f"images/{through}", tarfile.SYMTYPE, "../" * len(steps)))  # back to images/, really
+    # back to images/, really
+    members.append(member(f"images/{through}", tarfile.SYMTYPE, "../" * len(steps)))
     members.append(member("images/escape", tarfile.SYMTYPE, f"{through}/" + "../" * up_to_tmp))
     members.append(member(f"images/escape/{SENTINEL}", data=b"pwned"))
     return members
@@ -482,7 +572,9 @@ def test_the_path_max_symlink_chain_of_cve_2025_4517_writes_nothing_outside(tmp_
     server.files["images.tar.gz"] = targz(source, "images", *path_max_chain(up_to_tmp=4))
     before = outside_out(tmp_path)
     # refused at its first link, images/a
-    assert_refused_and_nothing_outside(tmp_path, out, server, md5s(server.files), "images/a", "a symlink", before)
+    assert_refused_and_nothing_outside(
+        tmp_path, out, server, md5s(server.files), "images/a", "a symlink", before
+    )
 
 
 def petloc_data_oxford(*args):
@@ -491,7 +583,9 @@ def petloc_data_oxford(*args):
     return done.returncode, done.stdout, done.stderr
 
 
-def test_cli_refuses_a_foreign_cats_dogs_in_one_line_and_replace_foreign_moves_it_aside(tmp_path, archives, digests):
+def test_cli_refuses_a_foreign_cats_dogs_in_one_line_and_replace_foreign_moves_it_aside(
+    tmp_path, archives, digests
+):
     mirror = local_mirror(tmp_path, archives)
     out = tmp_path / "oxford"
     own_photos(out / "cats_dogs")
@@ -500,11 +594,17 @@ def test_cli_refuses_a_foreign_cats_dogs_in_one_line_and_replace_foreign_moves_i
     md5_args = [arg for name, md5 in digests.items() for arg in ("--md5", f"{name}={md5}")]
 
     code, _, err = petloc_data_oxford(*mirror_args, *md5_args, "--force")
-    assert code == 2 and err.startswith(f"petloc: error: {out / 'cats_dogs'} exists and petloc did not make it")
+    assert code == 2 and err.startswith(
+        f"petloc: error: {out / 'cats_dogs'} exists and petloc did not make it"
+    )
     assert err.count("\n") == 1 and tree(out / "cats_dogs") == before
 
     code, _, err = petloc_data_oxford(*mirror_args, "--md5", "images.tar.gz=abc")
-    assert code == 2 and err.startswith("petloc: error: --md5 images.tar.gz=abc: expected NAME=MD5") and err.count("\n") == 1
+    assert (
+        code == 2
+        and err.startswith("petloc: error: --md5 images.tar.gz=abc: expected NAME=MD5")
+        and err.count("\n") == 1
+    )
 
     code, stdout, _ = petloc_data_oxford(*mirror_args, *md5_args, "--replace-foreign")
     [aside] = out.glob("cats_dogs.old-*")

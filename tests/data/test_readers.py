@@ -17,7 +17,15 @@ from petloc.data.images import BadImage, decode_image, decode_rgb, header_size, 
 from petloc.data.readers import OVERSHOOT_TOLERANCE_PX, checked_box, detect_layout, scan
 from petloc.data.records import Sample, Skipped
 from petloc.errors import PetlocError
-from tests.helpers import blank_png, encode, invoke, jpeg_with_orientation, marked_photo, photo, with_extraneous_bytes
+from tests.helpers import (
+    blank_png,
+    encode,
+    invoke,
+    jpeg_with_orientation,
+    marked_photo,
+    photo,
+    with_extraneous_bytes,
+)
 
 W, H = 64, 48
 
@@ -45,7 +53,9 @@ def write_pair(folder, name, line, image: bytes | None = None) -> None:
 
 def items(root, **kwargs) -> tuple[list[tuple[Sample, np.ndarray | None]], list[Skipped]]:
     found = list(scan(root, **kwargs))
-    return [i for i in found if not isinstance(i, Skipped)], [i for i in found if isinstance(i, Skipped)]
+    return [i for i in found if not isinstance(i, Skipped)], [
+        i for i in found if isinstance(i, Skipped)
+    ]
 
 
 # ---- images ---------------------------------------------------------------------------
@@ -111,7 +121,9 @@ def test_cmyk_jpeg_loads_with_its_colours(tmp_path):
     assert np.abs(pixels[H // 2, [8, -8]].astype(int) - [[200, 30, 30], [20, 40, 230]]).max() <= 4
 
 
-@pytest.mark.parametrize("options", [(), (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), (cv2.IMWRITE_JPEG_RST_INTERVAL, 2)])
+@pytest.mark.parametrize(
+    "options", [(), (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), (cv2.IMWRITE_JPEG_RST_INTERVAL, 2)]
+)
 def test_progressive_and_restart_marker_jpegs_load(tmp_path, options):
     (tmp_path / "a.jpg").write_bytes(encode(photo(), ".jpg", *options))
     assert read_rgb(tmp_path / "a.jpg").shape == (H, W, 3)
@@ -136,7 +148,10 @@ GOOD_JPEG = encode(photo())
 BAD_IMAGES = {
     "empty.jpg": (b"", "empty file"),
     "notes.jpg": (b"this is a text file, not a photo\n", r"not an image \(unknown file format\)"),
-    "cut.jpg": (GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3], r"truncated JPEG: no end-of-image marker \(FFD9\)"),
+    "cut.jpg": (
+        GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3],
+        r"truncated JPEG: no end-of-image marker \(FFD9\)",
+    ),
     "scrambled.jpg": (corrupt_scan_data(GOOD_JPEG), r"corrupt JPEG data \("),
     "broken.png": (encode(photo(), ".png")[:200], "damaged PNG file"),
 }
@@ -172,28 +187,42 @@ def test_corrupt_jpeg_is_refused_without_libjpeg_noise_on_stderr(tmp_path, capfd
 def test_extraneous_bytes_are_a_warning_when_lenient_and_refused_when_strict(tmp_path):
     (tmp_path / "padded.jpg").write_bytes(with_extraneous_bytes(GOOD_JPEG))
     image = read_image(tmp_path / "padded.jpg")
-    np.testing.assert_array_equal(image.pixels, decode_rgb(GOOD_JPEG))  # every viewer shows the whole photo
+    # every viewer shows the whole photo
+    np.testing.assert_array_equal(image.pixels, decode_rgb(GOOD_JPEG))
     [warning] = image.warnings
-    assert re.fullmatch(r"the JPEG decoder skipped \d+ extraneous bytes before marker 0xd9; the image decoded in full", warning)
-    with pytest.raises(BadImage, match=r"corrupt JPEG data \(\d+ extraneous bytes before marker 0xd9\)"):
+    assert re.fullmatch(
+        r"the JPEG decoder skipped \d+ extraneous bytes before marker 0xd9; the image decoded in full",
+        warning,
+    )
+    with pytest.raises(
+        BadImage, match=r"corrupt JPEG data \(\d+ extraneous bytes before marker 0xd9\)"
+    ):
         read_rgb(tmp_path / "padded.jpg")  # training data: strict by default
 
 
-@pytest.mark.parametrize("data, reason", [
-    (GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3], r"truncated JPEG: no end-of-image marker"),
-    (GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3] + b"\xff\xd9", r"corrupt JPEG data \(premature end of data segment\)"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3], r"truncated JPEG: no end-of-image marker"),
+        (
+            GOOD_JPEG[: len(GOOD_JPEG) * 2 // 3] + b"\xff\xd9",
+            r"corrupt JPEG data \(premature end of data segment\)",
+        ),
+    ],
+)
 def test_truncated_jpegs_stay_errors_when_lenient(data, reason):
     with pytest.raises(BadImage, match=reason):
         decode_image(data)
 
 
 def test_a_phone_photo_is_read_upright_as_a_viewer_shows_it(tmp_path):
-    (tmp_path / "phone.jpg").write_bytes(jpeg_with_orientation(marked_photo(), 6))  # turned 90 degrees clockwise
+    # turned 90 degrees clockwise
+    (tmp_path / "phone.jpg").write_bytes(jpeg_with_orientation(marked_photo(), 6))
     pixels = read_rgb(tmp_path / "phone.jpg")
     assert pixels.shape == (W, H, 3)  # portrait
     assert header_size(tmp_path / "phone.jpg") == (H, W)
-    assert (pixels[:12, -8:, 0] > 200).all() and (pixels[:12, -8:, 1] < 60).all()  # the marker is now top right
+    # the marker is now top right
+    assert (pixels[:12, -8:, 0] > 200).all() and (pixels[:12, -8:, 1] < 60).all()
     assert (pixels[-12:, :8, 0] < 160).all()
 
 
@@ -202,13 +231,18 @@ def test_every_exif_orientation_matches_pillows_exif_transpose(orientation):
     from PIL import Image, ImageOps
 
     data = jpeg_with_orientation(marked_photo(), orientation)
-    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")).astype(int)
+    expected = np.asarray(
+        ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    ).astype(int)
     assert np.abs(decode_rgb(data).astype(int) - expected).max() <= 3  # two JPEG decoders' rounding
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
-    (tmp_path / "bomb.png").write_bytes(blank_png(20000, 20000))  # 390 kB that decode to 400 MB, 1.2 GB in RGB
-    reason = r"image is 400000000 pixels, over the limit of 50000000 pixels \(PETLOC_MAX_IMAGE_PIXELS\)"
+    # 390 kB that decode to 400 MB, 1.2 GB in RGB
+    (tmp_path / "bomb.png").write_bytes(blank_png(20000, 20000))
+    reason = (
+        r"image is 400000000 pixels, over the limit of 50000000 pixels \(PETLOC_MAX_IMAGE_PIXELS\)"
+    )
     with pytest.raises(BadImage, match=reason):
         read_rgb(tmp_path / "bomb.png")
     with pytest.raises(BadImage, match=reason):
@@ -218,10 +252,16 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
 def test_the_pixel_limit_is_a_setting(tmp_path, monkeypatch):
     (tmp_path / "a.png").write_bytes(encode(photo(), ".png"))
     monkeypatch.setenv("PETLOC_MAX_IMAGE_PIXELS", "3000")
-    with pytest.raises(BadImage, match=r"image is 64x48 pixels, over the limit of 3000 pixels \(PETLOC_MAX_IMAGE_PIXELS\)"):
+    with pytest.raises(
+        BadImage,
+        match=r"image is 64x48 pixels, over the limit of 3000 pixels \(PETLOC_MAX_IMAGE_PIXELS\)",
+    ):
         read_image(tmp_path / "a.png")
     monkeypatch.setenv("PETLOC_MAX_IMAGE_PIXELS", "lots")
-    with pytest.raises(PetlocError, match="PETLOC_MAX_IMAGE_PIXELS=lots: expected a whole number above 0, at most 2147483647"):
+    with pytest.raises(
+        PetlocError,
+        match="PETLOC_MAX_IMAGE_PIXELS=lots: expected a whole number above 0, at most 2147483647",
+    ):
         read_image(tmp_path / "a.png")
 
 
@@ -230,7 +270,12 @@ def test_decoding_with_max_side_shrinks_but_keeps_the_original_size(ext):
     big = cv2.resize(photo(), (640, 480))
     image = decode_image(encode(big, ext), max_side=100)
     assert image.pixels.shape == (75, 100, 3) and (image.width, image.height) == (640, 480)
-    assert np.abs(image.pixels.astype(int) - cv2.resize(big, (100, 75), interpolation=cv2.INTER_AREA)).mean() < 3
+    assert (
+        np.abs(
+            image.pixels.astype(int) - cv2.resize(big, (100, 75), interpolation=cv2.INTER_AREA)
+        ).mean()
+        < 3
+    )
 
 
 # ---- cats_dogs layout -----------------------------------------------------------------
@@ -243,14 +288,21 @@ def test_cats_dogs_pairs_become_samples_with_model_labels_and_pixels(tmp_path):
     assert skipped == []
     (cat, cat_pixels), (dog, _) = good
     assert (cat.path.name, cat.label, cat.box, cat.width, cat.height, cat.split) == (
-        "Abyssinian_1.jpg", 0, (10, 5, 40, 30), W, H, None)
+        "Abyssinian_1.jpg",
+        0,
+        (10, 5, 40, 30),
+        W,
+        H,
+        None,
+    )
     assert dog.label == 1 and dog.box == (0, 0, 64, 48)
     assert cat_pixels.shape == (H, W, 3)
 
 
 @pytest.mark.parametrize("decode", [True, False])
 def test_boxes_of_a_phone_photo_are_checked_in_its_upright_frame(tmp_path, decode):
-    write_pair(tmp_path, "portrait", "1 2 40 46 62", jpeg_with_orientation(marked_photo(), 6))  # fits 48x64, not 64x48
+    # fits 48x64, not 64x48
+    write_pair(tmp_path, "portrait", "1 2 40 46 62", jpeg_with_orientation(marked_photo(), 6))
     [(sample, pixels)], skipped = items(tmp_path, decode=decode)
     assert skipped == [] and (sample.width, sample.height, sample.box) == (H, W, (2, 40, 46, 62))
     assert pixels is None or pixels.shape == (W, H, 3)
@@ -261,8 +313,14 @@ def test_train_valid_test_subfolders_set_the_split(tmp_path):
         write_pair(tmp_path / split, f"pet_{split}", "2 1 1 20 20")
     write_pair(tmp_path, "stray", "1 1 1 20 20")
     good, skipped = items(tmp_path)
-    assert [(s.path.parent.name, s.split) for s, _ in good] == [("train", "train"), ("valid", "valid"), ("test", "test")]
-    assert [(s.path.name, s.reason) for s in skipped] == [("stray.jpg", "outside the train/, valid/ and test/ folders: not used")]
+    assert [(s.path.parent.name, s.split) for s, _ in good] == [
+        ("train", "train"),
+        ("valid", "valid"),
+        ("test", "test"),
+    ]
+    assert [(s.path.name, s.reason) for s in skipped] == [
+        ("stray.jpg", "outside the train/, valid/ and test/ folders: not used")
+    ]
 
 
 def test_image_suffixes_are_matched_in_any_case_and_in_sorted_order(tmp_path):
@@ -306,7 +364,9 @@ def test_annotation_without_image_is_reported(tmp_path):
     write_pair(tmp_path, "good", "1 1 1 30 30")
     (tmp_path / "orphan.txt").write_text("1 1 1 30 30")
     _, skipped = items(tmp_path)
-    assert [(s.path.name, s.reason) for s in skipped] == [("orphan.txt", "annotation without an image")]
+    assert [(s.path.name, s.reason) for s in skipped] == [
+        ("orphan.txt", "annotation without an image")
+    ]
 
 
 def test_box_overshooting_by_rounding_is_clipped_and_beyond_that_skipped(tmp_path):
@@ -334,7 +394,9 @@ def test_on_bad_fail_raises_one_line_naming_the_file_and_reason(tmp_path):
     write_pair(tmp_path, "wrong", "3 1 1 30 30")
     with pytest.raises(PetlocError) as err:
         list(scan(tmp_path, on_bad="fail"))
-    assert str(err.value) == f"{tmp_path / 'wrong.jpg'}: wrong.txt: class 3 is not 1 (cat) or 2 (dog)"
+    assert (
+        str(err.value) == f"{tmp_path / 'wrong.jpg'}: wrong.txt: class 3 is not 1 (cat) or 2 (dog)"
+    )
 
 
 def test_without_decoding_sizes_come_from_headers_and_no_pixels(tmp_path):
@@ -364,7 +426,9 @@ def test_a_kept_box_always_lies_inside_the_image_with_positive_area(box):
     if isinstance(result, Sample):
         bx1, by1, bx2, by2 = result.box
         assert 0 <= bx1 < bx2 <= W and 0 <= by1 < by2 <= H
-        assert max(abs(a - b) for a, b in zip(result.box, box)) <= OVERSHOOT_TOLERANCE_PX
+        assert (
+            max(abs(a - b) for a, b in zip(result.box, box, strict=True)) <= OVERSHOOT_TOLERANCE_PX
+        )
 
 
 # ---- Oxford-IIIT Pet layout -----------------------------------------------------------
@@ -389,7 +453,9 @@ def make_oxford(root) -> None:
     (xmls / "boxer_2.xml").write_text(voc_xml("dog", (11, 6, 40, 30)))
     (xmls / "boxer_3.xml").write_text("<annotation><size><width>64</width>")
     (xmls / "pug_4.xml").write_text(voc_xml("dog", (1, 1, 10, 10), size=(500, 375)))
-    (root / "annotations" / "trainval.txt").write_text("#Image CLASS-ID SPECIES BREED-ID\nBengal_1 6 1 2\n")
+    (root / "annotations" / "trainval.txt").write_text(
+        "#Image CLASS-ID SPECIES BREED-ID\nBengal_1 6 1 2\n"
+    )
     (root / "annotations" / "test.txt").write_text("boxer_2 4 2 1\nboxer_3 4 2 1\n")
 
 
@@ -447,8 +513,14 @@ def test_data_check_json_counts_the_usable_photos_and_names_each_skipped_file_an
     report = json.loads(result.stdout)
     assert (report["layout"], report["usable"]) == ("cats_dogs", 1)
     assert report["skipped"] == [
-        {"path": str(tmp_path / "cut.jpg"), "reason": "truncated JPEG: no end-of-image marker (FFD9)"},
-        {"path": str(tmp_path / "wrong.jpg"), "reason": "wrong.txt: class 3 is not 1 (cat) or 2 (dog)"},
+        {
+            "path": str(tmp_path / "cut.jpg"),
+            "reason": "truncated JPEG: no end-of-image marker (FFD9)",
+        },
+        {
+            "path": str(tmp_path / "wrong.jpg"),
+            "reason": "wrong.txt: class 3 is not 1 (cat) or 2 (dog)",
+        },
     ]
     with pytest.raises(PetlocError, match=r"cut\.jpg: truncated JPEG"):
         invoke("data", "check", tmp_path, "--json", "--on-bad", "fail")

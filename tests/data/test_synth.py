@@ -47,7 +47,8 @@ def test_different_seed_gives_different_images(tmp_path, dataset):
     ours = files(dataset)
     shared = [name for name in ours if name.endswith(".jpg") and name in other]
     assert len(shared) == 21  # the names follow the classes drawn: some are taken in both sets
-    assert [name for name in shared if other[name] == ours[name]] == []  # a new picture under each of them
+    # a new picture under each of them
+    assert [name for name in shared if other[name] == ours[name]] == []
 
 
 def test_count_is_honoured_and_a_rerun_replaces_the_old_set(tmp_path):
@@ -153,9 +154,13 @@ def test_sigterm_stops_a_large_synth_at_once(tmp_path):
     import time
 
     out = tmp_path / "synth"
-    code = ("from petloc import stopping\nfrom petloc.data.synth import generate\nstopping.install()\n"
-            f"generate({str(out)!r}, count=10**9, size=32)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = (
+        "from petloc import stopping\nfrom petloc.data.synth import generate\nstopping.install()\n"
+        f"generate({str(out)!r}, count=10**9, size=32)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         time.sleep(8)  # the old code is still queueing images, and writing some
         proc.send_signal(signal.SIGTERM)
@@ -168,10 +173,19 @@ def test_sigterm_stops_a_large_synth_at_once(tmp_path):
     assert not (out / ".synth.json").exists()  # an incomplete set is never taken for a whole one
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--count", "99999999999999999999"], "'--count': 99999999999999999999 is not in the range 1<=x<=1000000"),
-    (["--seed", "-99999999999999999999"], "'--seed': -99999999999999999999 is not in the range 0<=x<=2147483647"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--count", "99999999999999999999"],
+            "'--count': 99999999999999999999 is not in the range 1<=x<=1000000",
+        ),
+        (
+            ["--seed", "-99999999999999999999"],
+            "'--seed': -99999999999999999999 is not in the range 0<=x<=2147483647",
+        ),
+    ],
+)
 def test_synth_counts_and_seeds_are_bounded(tmp_path, args, message):
     """A negative seed was NumPy's traceback; a 20-digit count was accepted and filled the disk."""
     from click.testing import CliRunner

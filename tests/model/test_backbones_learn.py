@@ -59,7 +59,10 @@ def pets(tmp_path_factory):
 def floors(train, val) -> dict[str, float]:
     """What a model that learnt nothing scores on val: the mean training box, the majority class."""
     mean_box = np.tile(train.boxes.mean(axis=0), (len(val), 1))
-    return {"miou": float(box_iou(val.boxes, mean_box).mean()), "accuracy": float(np.bincount(val.labels).max() / len(val))}
+    return {
+        "miou": float(box_iou(val.boxes, mean_box).mean()),
+        "accuracy": float(np.bincount(val.labels).max() / len(val)),
+    }
 
 
 @pytest.mark.slow
@@ -68,8 +71,16 @@ def test_every_backbone_learns_from_scratch_in_a_short_run(name, pets):
     run = RUNS[name]  # a new backbone needs its short run here
     train, val = pets
     values = {
-        "backbone": name, "width": 0.5, "image_size": SIZE, "aug_strength": 0.2, "head_units": 64, "dropout": 0.0,
-        "box_loss": "smooth_l1", "box_loss_weight": 5.0, "learning_rate": run.learning_rate, "batch_size": 16,
+        "backbone": name,
+        "width": 0.5,
+        "image_size": SIZE,
+        "aug_strength": 0.2,
+        "head_units": 64,
+        "dropout": 0.0,
+        "box_loss": "smooth_l1",
+        "box_loss_weight": 5.0,
+        "learning_rate": run.learning_rate,
+        "batch_size": 16,
     }
     model, _ = fit_localiser(values, train, val, run.epochs)
     on_train, on_val = quality(model, train)[0], quality(model, val)[0]
@@ -77,7 +88,11 @@ def test_every_backbone_learns_from_scratch_in_a_short_run(name, pets):
     print(f"{name}: val {on_val}, train {on_train}, floor {floor}")
     checked = ["miou", "accuracy"] if run.learns_class else ["miou"]
     for figure in checked:
-        assert on_val[figure] > floor[figure] + MARGIN, f"val {figure} {on_val[figure]:.3f}, floor {floor[figure]:.3f}"
-        assert on_train[figure] - on_val[figure] < MAX_GAP, f"train {figure} {on_train[figure]:.3f}, val {on_val[figure]:.3f}"
+        assert on_val[figure] > floor[figure] + MARGIN, (
+            f"val {figure} {on_val[figure]:.3f}, floor {floor[figure]:.3f}"
+        )
+        assert on_train[figure] - on_val[figure] < MAX_GAP, (
+            f"train {figure} {on_train[figure]:.3f}, val {on_val[figure]:.3f}"
+        )
     if not run.learns_class:  # not learnt yet, but never worse than the majority
         assert on_val["accuracy"] >= floor["accuracy"] - MARGIN

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from petloc.errors import PetlocError
-from petloc.model import BACKBONES, BOX_LOSSES, TTA, Hyperparameters, build_backbone, build_model, compile_model
+from petloc.model import (
+    BACKBONES,
+    BOX_LOSSES,
+    TTA,
+    Hyperparameters,
+    build_backbone,
+    build_model,
+    compile_model,
+)
 from petloc.model.metrics import box_iou, summarise
 
 SIZE = 32
@@ -15,14 +23,25 @@ SIZE = 32
 def batch(n=4, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
-    y = {"cls": rng.integers(0, 2, n), "box": np.tile([[0.2, 0.3, 0.6, 0.9]], (n, 1)).astype(np.float32)}
+    y = {
+        "cls": rng.integers(0, 2, n),
+        "box": np.tile([[0.2, 0.3, 0.6, 0.9]], (n, 1)).astype(np.float32),
+    }
     return x, y
 
 
 # `simple` in the fast tier; every other backbone (the big Keras applications among them) in the slow one.
-@pytest.mark.parametrize("name", [name if name == "simple" else pytest.param(name, marks=pytest.mark.slow) for name in sorted(BACKBONES)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        name if name == "simple" else pytest.param(name, marks=pytest.mark.slow)
+        for name in sorted(BACKBONES)
+    ],
+)
 def test_every_backbone_runs_forward_and_backward(name):
-    spec = Hyperparameters(backbone=name, width=0.35 if name == "mobilenetv2" else 0.5, head_units=16)
+    spec = Hyperparameters(
+        backbone=name, width=0.35 if name == "mobilenetv2" else 0.5, head_units=16
+    )
     model = compile_model(build_model(spec, SIZE), spec)
     model.run_eagerly = True  # tracing the big backbones' train step takes a minute each
     x, y = batch()
@@ -33,11 +52,11 @@ def test_every_backbone_runs_forward_and_backward(name):
     before = [w.copy() for w in model.get_weights()]
     logs = model.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"])
-    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 def test_unknown_backbone_names_the_choices():
-    with pytest.raises(PetlocError, match="unknown backbone 'vgg19'.*mobilenetv2"):
+    with pytest.raises(PetlocError, match=r"unknown backbone 'vgg19'.*mobilenetv2"):
         build_backbone("vgg19", SIZE)
 
 
@@ -46,7 +65,7 @@ def test_local_weights_file_is_loaded(tmp_path):
     path = tmp_path / "simple.weights.h5"
     net.save_weights(path)
     again = build_backbone("simple", SIZE, 0.5, str(path))
-    for a, b in zip(net.get_weights(), again.get_weights()):
+    for a, b in zip(net.get_weights(), again.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -66,9 +85,16 @@ def test_resnet50_and_vgg16_take_caffe_s_inputs_only_with_weights(tmp_path):
     from petloc.model.backbones import CaffePreprocess
 
     path = tmp_path / "vgg16.weights.h5"
-    keras.applications.VGG16(include_top=False, input_shape=(SIZE, SIZE, 3), weights=None).save_weights(path)
-    caffe = [any(isinstance(layer, CaffePreprocess) for layer in build_backbone("vgg16", SIZE, 1.0, *weights).layers)
-             for weights in ([str(path)], [])]
+    keras.applications.VGG16(
+        include_top=False, input_shape=(SIZE, SIZE, 3), weights=None
+    ).save_weights(path)
+    caffe = [
+        any(
+            isinstance(layer, CaffePreprocess)
+            for layer in build_backbone("vgg16", SIZE, 1.0, *weights).layers
+        )
+        for weights in ([str(path)], [])
+    ]
     assert caffe == [True, False]
 
 
@@ -100,14 +126,17 @@ def test_box_losses_are_zero_on_a_perfect_box_and_grow_with_error():
 
 
 def test_saved_model_reloads_in_safe_mode_with_same_outputs(tmp_path):
-    spec = Hyperparameters(backbone="vgg16", head_units=8)  # carries a custom layer (CaffePreprocess), as resnet50 does, and builds 5x faster
+    # carries a custom layer (CaffePreprocess), as resnet50 does, and builds 5x faster
+    spec = Hyperparameters(backbone="vgg16", head_units=8)
     model = compile_model(build_model(spec, SIZE), spec)
     x, _ = batch(2)
     path = tmp_path / "m.keras"
     model.save(path)
     again = keras.saving.load_model(path, safe_mode=True)
     for key in ("cls", "box"):
-        np.testing.assert_allclose(np.asarray(model(x)[key]), np.asarray(again(x)[key]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(model(x)[key]), np.asarray(again(x)[key]), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_flip_tta_averages_each_photo_with_its_mirror_and_reloads(tmp_path):
@@ -119,8 +148,14 @@ def test_flip_tta_averages_each_photo_with_its_mirror_and_reloads(tmp_path):
     mb = np.asarray(mirrored["box"])
     unmirrored = np.stack([1 - mb[:, 2], mb[:, 1], 1 - mb[:, 0], mb[:, 3]], axis=1)
     out = tta(x)
-    np.testing.assert_allclose(np.asarray(out["box"]), (np.asarray(plain["box"]) + unmirrored) / 2, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(out["cls"]), (np.asarray(plain["cls"]) + np.asarray(mirrored["cls"])) / 2, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out["box"]), (np.asarray(plain["box"]) + unmirrored) / 2, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(out["cls"]),
+        (np.asarray(plain["cls"]) + np.asarray(mirrored["cls"])) / 2,
+        atol=1e-5,
+    )
     path = tmp_path / "tta.keras"
     tta.save(path)
     again = keras.saving.load_model(path, safe_mode=True)
@@ -142,14 +177,17 @@ def test_head_crop_cuts_the_box_with_its_margin():
     images[0, 10:20, 20:30] = 255.0  # a 10 x 10 "head" at x 20..30, y 10..20
     box = np.array([[0.5, 0.25, 0.75, 0.5]], np.float32)
     crop = np.asarray(CropBoxes(20, margin=0.0)(images, box))
-    assert crop.shape == (1, 20, 20, 3) and crop[0, 2:-2, 2:-2].min() > 200  # the head fills the crop
+    # the head fills the crop
+    assert crop.shape == (1, 20, 20, 3) and crop[0, 2:-2, 2:-2].min() > 200
     wide = np.asarray(CropBoxes(20, margin=0.5)(images, box))[0, ..., 0]
     assert wide[10, 10] > 200 and wide[1, 1] < 50  # head in the middle, background at the edge
 
 
 @pytest.mark.slow  # XLA compiles the train step
 def test_context_backbone_trains_under_xla():
-    spec = Hyperparameters(backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre")
+    spec = Hyperparameters(
+        backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre"
+    )
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=True)
     assert model.get_layer("simple_context").output.shape[1] == SIZE // 8  # still stride 8
     assert model.jit_compile is True  # Keras turns XLA off silently for layers it cannot compile
@@ -162,7 +200,9 @@ def test_context_backbone_trains_under_xla():
 
 @pytest.mark.slow  # the head crop also trains and reloads in test_centre_box_head_trains_on_unsized_batches_and_reloads
 def test_head_crop_stage_trains_and_reloads(tmp_path):
-    spec = Hyperparameters(backbone="simple", width=0.25, head_units=8, box_loss="l1", second_stage="head_crop")
+    spec = Hyperparameters(
+        backbone="simple", width=0.25, head_units=8, box_loss="l1", second_stage="head_crop"
+    )
     model = compile_model(build_model(spec, SIZE), spec)
     x, y = batch()
     assert np.isfinite(model.train_on_batch(x, y, return_dict=True)["loss"])
@@ -187,23 +227,40 @@ def test_soft_argmax_finds_the_peak_and_pools_the_features_there():
     centre, _ = SoftArgmaxPool()(logits, features)
     np.testing.assert_allclose(np.asarray(centre), [[4.5 / 8, 1.5 / 4]], atol=1e-5)
     box = CentreSizeBox()(np.array([[0.5, 0.2]], np.float32), np.array([[0.4, 0.6]], np.float32))
-    np.testing.assert_allclose(np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6)  # clipped at the top
+    # clipped at the top
+    np.testing.assert_allclose(np.asarray(box), [[0.3, 0.0, 0.7, 0.5]], atol=1e-6)
 
 
 # The fast tier trains the centre head once, with the head crop; alone and under XLA in the slow one.
-@pytest.mark.parametrize("second_stage, xla", [pytest.param("none", False, marks=pytest.mark.slow), ("head_crop", False),
-                                               pytest.param("none", True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "second_stage, xla",
+    [
+        pytest.param("none", False, marks=pytest.mark.slow),
+        ("head_crop", False),
+        pytest.param("none", True, marks=pytest.mark.slow),
+    ],
+)
 def test_centre_box_head_trains_on_unsized_batches_and_reloads(tmp_path, second_stage, xla):
     import tensorflow as tf
 
-    spec = Hyperparameters(backbone="simple", width=0.25, head_units=8, box_loss="l1", box_head="centre", second_stage=second_stage)
+    spec = Hyperparameters(
+        backbone="simple",
+        width=0.25,
+        head_units=8,
+        box_loss="l1",
+        box_head="centre",
+        second_stage=second_stage,
+    )
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=xla)
     assert model.jit_compile is xla
     x, y = batch()
     before = np.asarray(model(x)["box"])
+
     # Batches whose image size is not static, as the augmentation pipeline makes them.
     def forget_size(images, targets):
-        return tf.ensure_shape(tf.numpy_function(lambda a: a, [images], tf.float32), [None, None, None, 3]), targets
+        return tf.ensure_shape(
+            tf.numpy_function(lambda a: a, [images], tf.float32), [None, None, None, 3]
+        ), targets
 
     unsized = tf.data.Dataset.from_tensors((x, y)).map(forget_size)
     assert unsized.element_spec[0].shape[1] is None
@@ -221,7 +278,14 @@ def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     from petloc.training.fit import dtype_policy
 
     with dtype_policy("mixed_bfloat16"):
-        spec = Hyperparameters(backbone="simple", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre", second_stage="head_crop")
+        spec = Hyperparameters(
+            backbone="simple",
+            width=0.25,
+            head_units=8,
+            box_loss="l1_giou",
+            box_head="centre",
+            second_stage="head_crop",
+        )
         model = compile_model(build_model(spec, SIZE), spec)
     assert model.get_layer("box_heatmap").compute_dtype == "bfloat16"
     for name in ("box_centre", "box", "box_size", "cls", "head_crop"):
@@ -231,7 +295,9 @@ def test_centre_head_and_head_crop_train_under_mixed_bfloat16():
     assert model(x)["box"].dtype == "float32"
 
 
-@pytest.mark.slow  # the fast tier has it end to end: tests/cli/test_train_evaluate_predict.py trains in mixed_bfloat16, loads float32
+# The fast tier has it end to end: tests/cli/test_train_evaluate_predict.py trains in
+# mixed_bfloat16, loads float32.
+@pytest.mark.slow
 def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_float32():
     from petloc.data.pipeline import ImageSet
     from petloc.training.fit import fit_localiser
@@ -241,18 +307,35 @@ def test_mixed_precision_trains_in_bfloat16_and_returns_the_same_network_in_floa
             self.trained = self.model  # after KeepBest has put the best weights back
 
     x, y = batch(n=8)
-    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
-    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
-          "box_loss": "l1", "box_head": "centre"}
+    data = ImageSet(
+        x.astype(np.uint8),
+        y["cls"].astype(np.int32),
+        y["box"],
+        [f"{i}.jpg" for i in range(8)],
+        [""] * 8,
+    )
+    hp = {
+        "backbone": "simple",
+        "width": 0.25,
+        "head_units": 8,
+        "image_size": SIZE,
+        "aug_strength": 0.0,
+        "batch_size": 4,
+        "box_loss": "l1",
+        "box_head": "centre",
+    }
     look = Look()
     model, _ = fit_localiser(hp, data, data, epochs=1, precision="mixed_bfloat16", callbacks=[look])
     assert look.trained.get_layer("box_heatmap").compute_dtype == "bfloat16"
     assert model.get_layer("box_heatmap").compute_dtype == "float32"
-    assert keras.mixed_precision.global_policy().name == "float32"  # restored for whatever comes next
+    # restored for whatever comes next
+    assert keras.mixed_precision.global_policy().name == "float32"
     assert len(model.get_weights()) == len(look.trained.get_weights())
-    for a, b in zip(model.get_weights(), look.trained.get_weights()):
+    for a, b in zip(model.get_weights(), look.trained.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(np.asarray(model(x)["box"]), np.asarray(look.trained(x)["box"]), atol=0.03)
+    np.testing.assert_allclose(
+        np.asarray(model(x)["box"]), np.asarray(look.trained(x)["box"]), atol=0.03
+    )
 
 
 def test_weight_averaging_keeps_the_average_that_was_validated():
@@ -266,13 +349,28 @@ def test_weight_averaging_keeps_the_average_that_was_validated():
             self.raw = [w.copy() for w in self.model.get_weights()]
 
     x, y = batch(n=8)
-    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
-    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
-          "box_loss": "l1", "learning_rate": 1e-2, "ema": 0.9}
+    data = ImageSet(
+        x.astype(np.uint8),
+        y["cls"].astype(np.int32),
+        y["box"],
+        [f"{i}.jpg" for i in range(8)],
+        [""] * 8,
+    )
+    hp = {
+        "backbone": "simple",
+        "width": 0.25,
+        "head_units": 8,
+        "image_size": SIZE,
+        "aug_strength": 0.0,
+        "batch_size": 4,
+        "box_loss": "l1",
+        "learning_rate": 1e-2,
+        "ema": 0.9,
+    }
     raw = LastRawWeights()
     model, history = fit_localiser(hp, data, data, epochs=1, callbacks=[raw])
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
-    assert any(not np.allclose(a, b) for a, b in zip(model.get_weights(), raw.raw))
+    assert any(not np.allclose(a, b) for a, b in zip(model.get_weights(), raw.raw, strict=True))
     logs = model.evaluate(x.astype(np.uint8), y, batch_size=4, return_dict=True, verbose=0)
     assert logs["box_miou"] == pytest.approx(history.history["val_miou"][-1], abs=1e-5)
 
@@ -287,12 +385,28 @@ def test_the_training_step_is_traced_once(ema, monkeypatch):
 
     traces = []
     step = keras.Model.train_step
-    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traces.append(1) or step(self, data))
+    monkeypatch.setattr(
+        keras.Model, "train_step", lambda self, data: traces.append(1) or step(self, data)
+    )
     x, y = batch(n=8)
-    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
+    data = ImageSet(
+        x.astype(np.uint8),
+        y["cls"].astype(np.int32),
+        y["box"],
+        [f"{i}.jpg" for i in range(8)],
+        [""] * 8,
+    )
     # simple_context at 32 px: its dilated layers are TapsConv2D, fed the augmented batches
-    hp = {"backbone": "simple_context", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.3, "batch_size": 4,
-          "ema": ema, "class_weight": "balanced"}
+    hp = {
+        "backbone": "simple_context",
+        "width": 0.25,
+        "head_units": 8,
+        "image_size": SIZE,
+        "aug_strength": 0.3,
+        "batch_size": 4,
+        "ema": ema,
+        "class_weight": "balanced",
+    }
     _, history = fit_localiser(hp, data, data, epochs=2)
     assert len(traces) == 1
     assert len(history.history["val_miou"]) == 2
@@ -309,17 +423,37 @@ def test_one_training_iterator_serves_every_epoch(monkeypatch):
 
     made = []
     iterate = tf.data.Dataset.__iter__
-    monkeypatch.setattr(tf.data.Dataset, "__iter__", lambda self: made.append(int(self.cardinality())) or iterate(self))
+    monkeypatch.setattr(
+        tf.data.Dataset,
+        "__iter__",
+        lambda self: made.append(int(self.cardinality())) or iterate(self),
+    )
     x, y = batch(n=12)
-    train = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(12)], [""] * 12)
+    train = ImageSet(
+        x.astype(np.uint8),
+        y["cls"].astype(np.int32),
+        y["box"],
+        [f"{i}.jpg" for i in range(12)],
+        [""] * 12,
+    )
     val = train.subset(np.arange(8))
     steps = []
-    counter = keras.callbacks.LambdaCallback(on_epoch_begin=lambda *_, **__: steps.append(0),
-                                             on_train_batch_end=lambda *_, **__: steps.__setitem__(-1, steps[-1] + 1))
-    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.3, "batch_size": 4}
+    counter = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda *_, **__: steps.append(0),
+        on_train_batch_end=lambda *_, **__: steps.__setitem__(-1, steps[-1] + 1),
+    )
+    hp = {
+        "backbone": "simple",
+        "width": 0.25,
+        "head_units": 8,
+        "image_size": SIZE,
+        "aug_strength": 0.3,
+        "batch_size": 4,
+    }
     fit_localiser(hp, train, val, epochs=3, callbacks=[counter])
     assert steps == [3, 3, 3]
-    # training: one iterator of the repeated batches (-1: infinite) for the three epochs; validation (2 batches) as Keras does it
+    # training: one iterator of the repeated batches (-1: infinite) for the three epochs;
+    # validation (2 batches) as Keras does it
     assert [c for c in made if c != 2] == [-1]
 
 
@@ -328,11 +462,20 @@ def test_endless_training_batches_reshuffle_and_reaugment_each_pass():
     from petloc.training.fit import endless
 
     x, y = batch(n=10)
-    data = ImageSet(x.astype(np.uint8), np.arange(10, dtype=np.int32) % 2, y["box"], [f"{i}.jpg" for i in range(10)], [""] * 10)
+    data = ImageSet(
+        x.astype(np.uint8),
+        np.arange(10, dtype=np.int32) % 2,
+        y["box"],
+        [f"{i}.jpg" for i in range(10)],
+        [""] * 10,
+    )
     batches, steps = endless(train_batches(data, 4, 0.3, seed=0))
     assert steps == 3
     drawn = list(batches.take(2 * steps))  # two passes of one iterator, as `fit` reads them
-    boxes = [np.concatenate([b[1]["box"].numpy() for b in drawn[p * steps:(p + 1) * steps]]) for p in range(2)]
+    boxes = [
+        np.concatenate([b[1]["box"].numpy() for b in drawn[p * steps : (p + 1) * steps]])
+        for p in range(2)
+    ]
     assert [len(b) for b in boxes] == [10, 10]  # each pass: every image once (4 + 4 + 2)
     assert not np.allclose(boxes[0], boxes[1])  # another order and other crops
 
@@ -351,7 +494,8 @@ def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
     taps_conv.taps = True  # its matrix product, on any CPU (an AVX-512 one runs Conv2D's own)
     keras_conv.build(x.shape), taps_conv.build(x.shape)
     taps_conv.set_weights(keras_conv.get_weights())
-    weights = tf.reshape(tf.range(2 * side * side * 5, dtype=tf.float32) * 1e-3, (2, side, side, 5))  # every output counts differently
+    # every output counts differently
+    weights = tf.reshape(tf.range(2 * side * side * 5, dtype=tf.float32) * 1e-3, (2, side, side, 5))
     results = []
     for conv in (keras_conv, taps_conv):
         with tf.GradientTape() as tape:
@@ -359,9 +503,10 @@ def test_taps_conv_computes_what_a_dilated_conv2d_computes(side, rate):
             y = conv(x)
             loss = tf.reduce_sum(y * weights)
         results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, conv.kernel])])
-    for theirs, mine in zip(*results):  # outputs, input gradients, kernel gradients
+    for theirs, mine in zip(*results, strict=True):  # outputs, input gradients, kernel gradients
         np.testing.assert_allclose(mine, theirs, atol=1e-4)
-    unsized = tf.function(taps_conv.call, input_signature=[tf.TensorSpec([None, None, None, 6])])  # a batch of unknown size
+    # a batch of unknown size
+    unsized = tf.function(taps_conv.call, input_signature=[tf.TensorSpec([None, None, None, 6])])
     np.testing.assert_allclose(unsized(x).numpy(), results[0][0], atol=1e-4)
 
 
@@ -370,7 +515,9 @@ def test_taps_run_only_where_the_cpu_lacks_avx512(tmp_path):
     from petloc.model.backbones import taps_pay
 
     (tmp_path / "avx2").write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
-    (tmp_path / "avx512").write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16\n")
+    (tmp_path / "avx512").write_text(
+        "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16\n"
+    )
     assert taps_pay(tmp_path / "avx2") and not taps_pay(tmp_path / "avx512")
     assert taps_pay(tmp_path / "missing")  # flags unknown: the product, as on AVX2
 
@@ -380,8 +527,11 @@ def test_simple_context_dilates_with_taps_only_where_the_map_is_small():
 
     def dilated(size):
         net = build_backbone("simple_context", size, 0.25)
-        return [(layer.dilation_rate[0], type(layer) is TapsConv2D) for layer in net.layers
-                if isinstance(layer, keras.layers.Conv2D) and layer.dilation_rate[0] > 1]
+        return [
+            (layer.dilation_rate[0], type(layer) is TapsConv2D)
+            for layer in net.layers
+            if isinstance(layer, keras.layers.Conv2D) and layer.dilation_rate[0] > 1
+        ]
 
     assert dilated(64) == [(2, False), (4, True)]  # an 8x8 map
     assert dilated(128) == [(2, False), (4, False)]  # 16x16: TensorFlow's own is as fast or faster
@@ -389,22 +539,48 @@ def test_simple_context_dilates_with_taps_only_where_the_map_is_small():
 
 def test_learning_rate_warms_up_linearly_then_decays_to_five_percent():
     # hp `lr_warmup` (epochs): from 5% of the rate to all of it, then the cosine decay to 5% by the last step.
-    from petloc.training.fit import fit_localiser
     from petloc.data.pipeline import ImageSet
+    from petloc.training.fit import fit_localiser
 
     x, y = batch(n=8)
-    data = ImageSet(x.astype(np.uint8), y["cls"].astype(np.int32), y["box"], [f"{i}.jpg" for i in range(8)], [""] * 8)
-    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": SIZE, "aug_strength": 0.0, "batch_size": 4,
-          "box_loss": "l1", "learning_rate": 1e-2, "lr_warmup": 1.0}
+    data = ImageSet(
+        x.astype(np.uint8),
+        y["cls"].astype(np.int32),
+        y["box"],
+        [f"{i}.jpg" for i in range(8)],
+        [""] * 8,
+    )
+    hp = {
+        "backbone": "simple",
+        "width": 0.25,
+        "head_units": 8,
+        "image_size": SIZE,
+        "aug_strength": 0.0,
+        "batch_size": 4,
+        "box_loss": "l1",
+        "learning_rate": 1e-2,
+        "lr_warmup": 1.0,
+    }
     model, _ = fit_localiser(hp, data, data, epochs=3)  # 2 steps an epoch: 2 of warm-up, 4 of decay
     rate = model.optimizer.learning_rate
     schedule = [float(model.optimizer._learning_rate(step)) for step in range(7)]
-    assert schedule[0] == pytest.approx(5e-4) and schedule[1] == pytest.approx(5.25e-3) and schedule[2] == pytest.approx(1e-2)
-    assert schedule[2] > schedule[3] > schedule[4] > schedule[5] > schedule[6] == pytest.approx(5e-4)
+    assert (
+        schedule[0] == pytest.approx(5e-4)
+        and schedule[1] == pytest.approx(5.25e-3)
+        and schedule[2] == pytest.approx(1e-2)
+    )
+    assert (
+        schedule[2] > schedule[3] > schedule[4] > schedule[5] > schedule[6] == pytest.approx(5e-4)
+    )
     assert float(rate) == pytest.approx(5e-4)  # where the run ended
-    plain = compile_model(build_model(Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2), SIZE),
-                          Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2), steps_per_epoch=2, epochs=3)
-    assert float(plain.optimizer._learning_rate(0)) == pytest.approx(1e-2)  # no warm-up unless asked
+    plain = compile_model(
+        build_model(Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2), SIZE),
+        Hyperparameters(backbone="simple", width=0.25, learning_rate=1e-2),
+        steps_per_epoch=2,
+        epochs=3,
+    )
+    # no warm-up unless asked
+    assert float(plain.optimizer._learning_rate(0)) == pytest.approx(1e-2)
 
 
 def test_label_smoothing_smooths_the_class_targets_and_reloads(tmp_path):

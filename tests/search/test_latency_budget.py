@@ -22,42 +22,52 @@ ROWS = [  # a leaderboard, best val mIoU first: the most accurate trial is the s
 
 def test_the_budget_excludes_the_most_accurate_trial():
     assert champion_row(ROWS, None)["run_id"] == "c"
-    assert champion_row(ROWS, 5.0)["run_id"] == "a"  # c (9 ms) does not fit; a is the best that does
+    # c (9 ms) does not fit; a is the best that does
+    assert champion_row(ROWS, 5.0)["run_id"] == "a"
     assert champion_row(ROWS, 0.5) is None
     assert [r["fits_budget"] for r in mark_budget(ROWS, 5.0)] == ["no", "yes", "yes", "yes"]
     assert mark_budget(ROWS, None) == ROWS
 
 
 def test_pareto_front_keeps_the_trials_nothing_beats_on_both():
-    assert [r["run_id"] for r in pareto_front(ROWS)] == ["d", "a", "c"]  # b is slower and worse than a
+    # b is slower and worse than a
+    assert [r["run_id"] for r in pareto_front(ROWS)] == ["d", "a", "c"]
 
 
 @pytest.fixture(scope="module")
 def budget_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget")
     data = tiny_dataset(root / "photos", count=24)
-    exp = tiny_experiment(root, data, space={"head_units": [8, 16]}, registry={"max_latency_ms": 0.001})
+    exp = tiny_experiment(
+        root, data, space={"head_units": [8, 16]}, registry={"max_latency_ms": 0.001}
+    )
     with in_project(root):
         result = CliRunner().invoke(cli, ["sweep", str(exp)], catch_exceptions=False)
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
-    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'"
+    )
     return root, client, parent, result.output
 
 
 def test_a_sweep_under_a_budget_no_trial_fits_promotes_nothing(budget_sweep):
-    root, client, parent, output = budget_sweep
-    assert "no trial's batch-1 latency fits registry.max_latency_ms=0.001; nothing promoted" in output
+    _root, client, _parent, output = budget_sweep
+    assert (
+        "no trial's batch-1 latency fits registry.max_latency_ms=0.001; nothing promoted" in output
+    )
     assert "fits_budget" in output.split("Leaderboard of sweep")[1].splitlines()[1].split()
     assert client.search_registered_models() == []
 
 
 def test_the_parent_run_holds_the_pareto_front(budget_sweep):
-    root, client, parent, _ = budget_sweep
+    _root, client, parent, _ = budget_sweep
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.csv", "pareto.png"} <= artifacts
     with open(client.download_artifacts(parent.info.run_id, "pareto.csv")) as file:
         rows = list(csv.DictReader(file))
-    assert len(rows) == 2 and {"trial", "val_miou", "latency_ms_b1", "pareto", "run_id"} <= set(rows[0])
+    assert len(rows) == 2 and {"trial", "val_miou", "latency_ms_b1", "pareto", "run_id"} <= set(
+        rows[0]
+    )
     assert "yes" in {r["pareto"] for r in rows}  # the fastest trial is always on the front
 
 
@@ -66,8 +76,16 @@ def test_promote_refuses_a_run_over_the_budget_unless_forced(budget_sweep):
     run_id = parent.data.tags["best_run_id"]
     latency = client.get_run(run_id).data.metrics["latency_ms_b1"]
     with in_project(root):
-        refused = CliRunner().invoke(cli, ["promote", run_id, "--max-latency-ms", str(latency / 2)], catch_exceptions=False)
-        assert f"not promoted: its batch-1 latency {latency:.2f} ms is over the budget" in refused.output
+        refused = CliRunner().invoke(
+            cli, ["promote", run_id, "--max-latency-ms", str(latency / 2)], catch_exceptions=False
+        )
+        assert (
+            f"not promoted: its batch-1 latency {latency:.2f} ms is over the budget"
+            in refused.output
+        )
         assert client.search_registered_models() == []
-        fits = CliRunner().invoke(cli, ["promote", run_id, "--max-latency-ms", str(latency * 2)], catch_exceptions=False)
-    assert "petloc@champion is now version 1" in fits.output  # the experiment file names no registry.name
+        fits = CliRunner().invoke(
+            cli, ["promote", run_id, "--max-latency-ms", str(latency * 2)], catch_exceptions=False
+        )
+    # the experiment file names no registry.name
+    assert "petloc@champion is now version 1" in fits.output

@@ -38,11 +38,20 @@ except KeyboardInterrupt as err:
 """
 
 
-@pytest.mark.parametrize("sig, raised", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")])
+@pytest.mark.parametrize(
+    "sig, raised", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")]
+)
 def test_a_stop_dropped_inside_a_callback_is_sent_again(sig, raised):
-    done = subprocess.run([sys.executable, "-c", STOPPED_DURING_A_CALLBACK.format(signal=sig)], capture_output=True,
-                          text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert done.stdout.splitlines() == ["went on", f"stopped by {raised}"], done.stdout + done.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_DURING_A_CALLBACK.format(signal=sig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert done.stdout.splitlines() == ["went on", f"stopped by {raised}"], (
+        done.stdout + done.stderr
+    )
     assert "Traceback" not in done.stderr  # an interrupt is no bug: no "Exception ignored" trace
 
 
@@ -77,14 +86,22 @@ print(run_id)
 
 
 def test_a_stop_turned_into_another_error_still_stops_and_ends_the_run_killed(tmp_path):
-    done = subprocess.run([sys.executable, "-c", STOPPED_INSIDE_A_LIBRARY], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=petloc_env())
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_INSIDE_A_LIBRARY],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=petloc_env(),
+    )
     assert done.returncode == 0 and len(done.stdout.splitlines()) >= 2, done.stdout + done.stderr
     said, run_id = done.stdout.splitlines()[-2:]
     assert said == "stopped by Terminated after TypeError", done.stdout + done.stderr
     run = store_client(tmp_path).get_run(run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags["error"].startswith("Terminated: signal 15 (surfaced as TypeError: Failed to convert elements")
+    assert run.data.tags["error"].startswith(
+        "Terminated: signal 15 (surfaced as TypeError: Failed to convert elements"
+    )
 
 
 # A stop that arrives while the store creates a run (a worker's trial run, as Ctrl+C found
@@ -117,11 +134,19 @@ except KeyboardInterrupt as err:
 """
 
 
-@pytest.mark.parametrize("sig, raised", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")])
+@pytest.mark.parametrize(
+    "sig, raised", [("SIGTERM", "Terminated"), ("SIGINT", "KeyboardInterrupt")]
+)
 def test_a_stop_while_the_store_creates_a_run_ends_that_run_killed(tmp_path, sig, raised):
-    done = subprocess.run([sys.executable, "-c", STOPPED_WHILE_A_RUN_IS_CREATED.format(signal=sig)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env=petloc_env(),
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    done = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_A_RUN_IS_CREATED.format(signal=sig)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=petloc_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert done.stdout.splitlines()[-1:] == [f"stopped by {raised}"], done.stdout + done.stderr
     client = store_client(tmp_path)
     [run] = client.search_runs([client.get_experiment_by_name("stops").experiment_id])
@@ -145,8 +170,13 @@ except KeyboardInterrupt:
 
 
 def test_a_second_ctrl_c_does_not_wait_for_a_held_call():
-    done = subprocess.run([sys.executable, "-c", SECOND_CTRL_C_IN_A_HELD_CALL], capture_output=True, text=True, timeout=60,
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    done = subprocess.run(
+        [sys.executable, "-c", SECOND_CTRL_C_IN_A_HELD_CALL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert done.stdout.splitlines() == ["held", "stopped"], done.stdout + done.stderr
 
 
@@ -157,20 +187,27 @@ def test_a_sweep_whose_stop_was_swallowed_starts_no_other_trial(tmp_path, monkey
     trial_ends = TrackedTuner.on_trial_end
 
     def on_trial_end(self, trial):
-        monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)  # as the SIGTERM handler records it
+        # as the SIGTERM handler records it
+        monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)
         trial_ends(self, trial)
 
     monkeypatch.setattr(TrackedTuner, "on_trial_end", on_trial_end)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), space={"head_units": [8, 16, 32]})
+    exp = tiny_experiment(
+        tmp_path, tiny_dataset(tmp_path / "photos"), space={"head_units": [8, 16, 32]}
+    )
     result = invoke("sweep", exp)
     assert result.exit_code != 0 and "Leaderboard" not in result.output, result.output
     client = store_client(tmp_path)
-    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'"
+    )
     assert parent.info.status == "KILLED"
     assert parent.data.tags["error"] == "Terminated: signal 15 (it had been swallowed)"
-    assert [(run.data.tags["trial_id"], run.info.status) for run in children(client, parent.info.run_id)] == [("0", "FINISHED")]
+    assert [
+        (run.data.tags["trial_id"], run.info.status) for run in children(client, parent.info.run_id)
+    ] == [("0", "FINISHED")]
 
 
 def test_a_stop_turned_into_an_error_by_an_end_step_stops_the_sweep(monkeypatch):
@@ -182,7 +219,8 @@ def test_a_stop_turned_into_an_error_by_an_end_step_stops_the_sweep(monkeypatch)
     def traces_a_model():
         raise TypeError("Failed to convert elements of (None,) to Tensor")
 
-    assert _end_step("the ensemble", traces_a_model, said.append) is None and said  # no stop: one line, and on
+    # no stop: one line, and on
+    assert _end_step("the ensemble", traces_a_model, said.append) is None and said
     monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)
     with pytest.raises(stopping.Terminated, match="surfaced as TypeError"):
         _end_step("the ensemble", traces_a_model, said.append)

@@ -7,12 +7,23 @@ from pathlib import Path
 import pytest
 
 from petloc.errors import PetlocError
-from tests.helpers import children, in_project, invoke, parent_id_of, run_id_of, store_client, tiny_dataset, tiny_experiment
+from tests.helpers import (
+    children,
+    in_project,
+    invoke,
+    parent_id_of,
+    run_id_of,
+    store_client,
+    tiny_dataset,
+    tiny_experiment,
+)
 
 
 def sweep_parent(client):
     """The one parent run of the sweep 'tiny'."""
-    [parent] = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'"
+    )
     return parent
 
 
@@ -21,28 +32,43 @@ def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     with in_project(root):
         data = tiny_dataset(root / "photos")
-        exp = tiny_experiment(root, data, space={"head_units": [8, 16], "aug_strength": [0.0, 0.3]}, train={"seed": 3})
+        exp = tiny_experiment(
+            root, data, space={"head_units": [8, 16], "aug_strength": [0.0, 0.3]}, train={"seed": 3}
+        )
         first = invoke("sweep", exp)
         assert first.exit_code == 0, first.output
         yield root, exp, store_client(root), parent_id_of(first.output), first.output
 
 
 def test_one_parent_run_with_a_child_run_per_trial(swept):
-    root, exp, client, parent_id, output = swept
+    _root, _exp, client, parent_id, output = swept
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert "space.head_units" in parent.data.params and parent.data.tags["dataset_digest"]
-    assert (parent.data.params["seed"], parent.data.params["data_seed"]) == ("3", "0")  # train.seed, data.seed
+    # train.seed, data.seed
+    assert (parent.data.params["seed"], parent.data.params["data_seed"]) == ("3", "0")
     settings = ("epochs", "early_stopping", "seed", "xla", "precision", "val_split", "data_seed")
     runs = children(client, parent_id)
     assert sorted(r.data.tags["trial_id"] for r in runs) == ["0", "1"]
     tried = {(r.data.params["head_units"], r.data.params["aug_strength"]) for r in runs}
-    assert len(tried) == 2 and tried <= {(units, aug) for units in ("8", "16") for aug in ("0.0", "0.3")}  # two points of the space
+    # two points of the space
+    assert len(tried) == 2 and tried <= {
+        (units, aug) for units in ("8", "16") for aug in ("0.0", "0.3")
+    }
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert {k: r.data.params[k] for k in settings} == {k: parent.data.params[k] for k in settings}
+        assert {k: r.data.params[k] for k in settings} == {
+            k: parent.data.params[k] for k in settings
+        }
         assert not any(k.startswith("tuner/") for k in r.data.params)
-        assert {"best_val_miou", "val_accuracy", "latency_ms_b1", "latency_ms_b32", "params_count", "train_seconds"} <= set(r.data.metrics)
+        assert {
+            "best_val_miou",
+            "val_accuracy",
+            "latency_ms_b1",
+            "latency_ms_b32",
+            "params_count",
+            "train_seconds",
+        } <= set(r.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"leaderboard.csv", "leaderboard.md", "search_space.json"} <= artifacts
     best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
@@ -51,23 +77,33 @@ def test_one_parent_run_with_a_child_run_per_trial(swept):
 
 
 def test_best_trial_becomes_champion_with_version_tags(swept):
-    root, exp, client, parent_id, _ = swept
+    _root, _exp, client, parent_id, _ = swept
     version = client.get_model_version_by_alias("petloc", "champion")
     best_run = client.get_run(parent_id).data.tags["best_run_id"]
     assert version.run_id == best_run
-    for key in ("best_val_miou", "val_accuracy", "latency_ms_b1", "source_run", "dataset_digest", "sweep_run_id"):
+    for key in (
+        "best_val_miou",
+        "val_accuracy",
+        "latency_ms_b1",
+        "source_run",
+        "dataset_digest",
+        "sweep_run_id",
+    ):
         assert key in version.tags, key
 
 
 def test_predict_and_evaluate_by_registered_name(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, _exp, _client, _parent_id, _ = swept
     monkeypatch.chdir(root)
     photo = sorted((root / "photos").glob("*.jpg"))[0]
     for ref in ("petloc@champion", "models:/petloc@champion", "models:/petloc/1"):
         result = invoke("predict", ref, photo, "--json")
         assert result.exit_code == 0, result.output
         assert '"label"' in result.stdout
-    with pytest.raises(PetlocError, match=r"petloc@nope: no such registered model version; registered: petloc \(versions 1-"):
+    with pytest.raises(
+        PetlocError,
+        match=r"petloc@nope: no such registered model version; registered: petloc \(versions 1-",
+    ):
         invoke("predict", "petloc@nope", photo)
 
 
@@ -82,8 +118,11 @@ def test_the_served_pyfunc_answers_as_the_python_api(swept, monkeypatch):
     root = swept[0]
     monkeypatch.chdir(root)
     photo = sorted((root / "photos").glob("*.jpg"))[0]
-    direct = petloc.load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()  # also points MLflow at root's store
-    served = mlflow.pyfunc.load_model("models:/petloc@champion").predict(pd.DataFrame({"image": [base64.b64encode(photo.read_bytes()).decode()]}))
+    # also points MLflow at root's store
+    direct = petloc.load_model("petloc@champion").predict([read_rgb(photo)])[0].to_dict()
+    served = mlflow.pyfunc.load_model("models:/petloc@champion").predict(
+        pd.DataFrame({"image": [base64.b64encode(photo.read_bytes()).decode()]})
+    )
     assert served == [direct]
 
 
@@ -104,20 +143,25 @@ def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
     assert len(after) == 3 and before < {r.info.run_id for r in after}
     # The parent shows the settings it last ran with, not those of its first start.
     parent = client.get_run(parent_id)
-    assert parent.data.tags["tuner.max_trials"] == "3" and "up to 3 trials" in parent.data.tags["mlflow.note.content"]
-    space = json.loads(Path(client.download_artifacts(parent_id, "search_space.json", str(root))).read_text())
+    assert (
+        parent.data.tags["tuner.max_trials"] == "3"
+        and "up to 3 trials" in parent.data.tags["mlflow.note.content"]
+    )
+    space = json.loads(
+        Path(client.download_artifacts(parent_id, "search_space.json", str(root))).read_text()
+    )
     assert space["experiment"]["tuner"]["max_trials"] == 3
 
 
 def test_changed_settings_need_fresh(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, exp, _client, _parent_id, _ = swept
     monkeypatch.chdir(root)
     with pytest.raises(PetlocError, match="started with different settings; run it with --fresh"):
         invoke("sweep", exp, "train.epochs=2")
 
 
 def test_manual_promotion_respects_the_champion_unless_forced(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, _exp, client, parent_id, _ = swept
     monkeypatch.chdir(root)
     champion = client.get_model_version_by_alias("petloc", "champion")
     worst = min(children(client, parent_id), key=lambda r: r.data.metrics["best_val_miou"])
@@ -134,7 +178,7 @@ def test_manual_promotion_respects_the_champion_unless_forced(swept, monkeypatch
 
 
 def test_promotion_never_compares_figures_from_other_validation_data(swept, monkeypatch):
-    root, exp, client, parent_id, _ = swept
+    root, exp, client, _parent_id, _ = swept
     monkeypatch.chdir(root)
     champion = client.get_model_version_by_alias("petloc", "champion")
     trained = invoke("train", exp, "data.seed=1")  # another split: another validation set
@@ -149,15 +193,21 @@ def test_failed_trials_are_failed_runs_and_stop_the_sweep(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_dataset(tmp_path / "photos", count=24)
-    exp = tiny_experiment(tmp_path, data, space={"weights": str(tmp_path / "missing.weights.h5"), "head_units": [8, 16, 32]},
-                          tuner={"max_consecutive_failures": 2, "max_trials": 5})
+    exp = tiny_experiment(
+        tmp_path,
+        data,
+        space={"weights": str(tmp_path / "missing.weights.h5"), "head_units": [8, 16, 32]},
+        tuner={"max_consecutive_failures": 2, "max_trials": 5},
+    )
     with pytest.raises(PetlocError, match="no trial finished"):
         invoke("sweep", exp)
     client = store_client(tmp_path)
     parent = sweep_parent(client)
     runs = children(client, parent.info.run_id)
     assert len(runs) == 2
-    assert all(r.info.status == "FAILED" and "missing.weights.h5" in r.data.tags["error"] for r in runs)
+    assert all(
+        r.info.status == "FAILED" and "missing.weights.h5" in r.data.tags["error"] for r in runs
+    )
     assert client.get_run(parent.info.run_id).info.status == "FAILED"
 
 
@@ -167,23 +217,40 @@ def test_other_oracles_run_tracked_trials(tmp_path, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_dataset(tmp_path / "photos", count=24)
-    space = {"head_units": [8, 16]} if kind != "grid" else {"head_units": [8, 16], "dropout": [0.0, 0.1]}
-    exp = tiny_experiment(tmp_path, data, space=space, tuner={"kind": kind, "max_trials": 2 if kind != "grid" else 6},
-                          train={"epochs": 2 if kind == "hyperband" else 1})
+    space = (
+        {"head_units": [8, 16]}
+        if kind != "grid"
+        else {"head_units": [8, 16], "dropout": [0.0, 0.1]}
+    )
+    exp = tiny_experiment(
+        tmp_path,
+        data,
+        space=space,
+        tuner={"kind": kind, "max_trials": 2 if kind != "grid" else 6},
+        train={"epochs": 2 if kind == "hyperband" else 1},
+    )
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
     client = store_client(tmp_path)
     runs = children(client, sweep_parent(client).info.run_id)
     assert runs and all(r.info.status == "FINISHED" for r in runs)
-    if kind == "grid":  # each combination once, the last-listed hyperparameter turning fastest, then it stops
+    # each combination once, the last-listed hyperparameter turning fastest, then it stops
+    if kind == "grid":
         order = sorted(runs, key=lambda r: int(r.data.tags["trial_id"]))
         assert [(r.data.params["head_units"], r.data.params["dropout"]) for r in order] == [
-            ("8", "0.0"), ("8", "0.1"), ("16", "0.0"), ("16", "0.1")]
+            ("8", "0.0"),
+            ("8", "0.1"),
+            ("16", "0.0"),
+            ("16", "0.1"),
+        ]
         header = result.output.split("Leaderboard of sweep")[1].splitlines()[1]
-        assert "dropout" in header.split() and "head_units" in header.split()  # what the space varies is shown
+        # what the space varies is shown
+        assert "dropout" in header.split() and "head_units" in header.split()
     if kind == "hyperband":
         # Hyperband's bookkeeping stays in tags; each trial trains the epochs its bracket gives it.
-        assert all("tuner/epochs" in r.data.tags and "tuner/epochs" not in r.data.params for r in runs)
+        assert all(
+            "tuner/epochs" in r.data.tags and "tuner/epochs" not in r.data.params for r in runs
+        )
         assert {r.data.params["epochs"] for r in runs} <= {"1", "2"}
 
 
@@ -212,28 +279,43 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
     trials = [r for r in runs if r.data.tags["trial_id"] != "ensemble"]
     assert ensemble.info.status == "FINISHED" and len(trials) == 2
     assert set(ensemble.data.tags["member_runs"].split(",")) == {r.info.run_id for r in trials}
-    assert ensemble.data.tags["petloc.kind"] == "ensemble" and ensemble.data.params["backbone"] == trials[0].data.params["backbone"]
+    assert (
+        ensemble.data.tags["petloc.kind"] == "ensemble"
+        and ensemble.data.params["backbone"] == trials[0].data.params["backbone"]
+    )
     assert ensemble.data.tags["val_data"] == trials[0].data.tags["val_data"]
     for key in ("best_val_miou", "val_accuracy", "latency_ms_b1"):
         assert key in ensemble.data.metrics
-    assert "ensemble of trials 0, 1: val mIoU" in result.output and "(2 finished, 0 failed, their ensemble" in result.output
+    assert (
+        "ensemble of trials 0, 1: val mIoU" in result.output
+        and "(2 finished, 0 failed, their ensemble" in result.output
+    )
     backbone = trials[0].data.params["backbone"]  # the members' backbone, not a made-up "ensemble"
-    assert any(line.startswith(f"ensemble  {backbone}") for line in result.output.splitlines())  # a leaderboard row
+    # a leaderboard row
+    assert any(line.startswith(f"ensemble  {backbone}") for line in result.output.splitlines())
 
     # Its answers are the mean of its members' answers.
     models = [load_localiser(r.data.tags["model_uri"]) for r in (ensemble, *trials)]
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     outs = [m(images, training=False) for m in models]
     for key in ("cls", "box"):
-        np.testing.assert_allclose(np.asarray(outs[0][key]), (np.asarray(outs[1][key]) + np.asarray(outs[2][key])) / 2, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(outs[0][key]),
+            (np.asarray(outs[1][key]) + np.asarray(outs[2][key])) / 2,
+            atol=1e-5,
+        )
 
     best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
     assert client.get_model_version_by_alias("petloc", "champion").run_id == best.info.run_id
-    with pytest.raises(PetlocError, match="the ensemble of a sweep's trials 0, 1; reproduce its member runs"):
+    with pytest.raises(
+        PetlocError, match="the ensemble of a sweep's trials 0, 1; reproduce its member runs"
+    ):
         invoke("reproduce", ensemble.info.run_id)
     again = invoke("sweep", exp, "registry.ensemble=2")
     assert again.exit_code == 0, again.output
-    assert len(children(client, parent.info.run_id)) == 3 and "ensemble of trials" not in again.output
+    assert (
+        len(children(client, parent.info.run_id)) == 3 and "ensemble of trials" not in again.output
+    )
 
 
 def test_the_final_run_trains_the_best_configuration_at_full_length(tmp_path, monkeypatch):
@@ -242,7 +324,12 @@ def test_the_final_run_trains_the_best_configuration_at_full_length(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_dataset(tmp_path / "photos")
-    exp = tiny_experiment(tmp_path, data, space={"head_units": [8, 16], "dropout": [0.0, 0.1]}, tuner={"final_epochs": 2})
+    exp = tiny_experiment(
+        tmp_path,
+        data,
+        space={"head_units": [8, 16], "dropout": [0.0, 0.1]},
+        tuner={"final_epochs": 2},
+    )
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
     client = store_client(tmp_path)
@@ -252,9 +339,19 @@ def test_the_final_run_trains_the_best_configuration_at_full_length(tmp_path, mo
     best = max((r for r in runs if r is not final), key=lambda r: r.data.metrics["best_val_miou"])
     assert final.info.status == "FINISHED" and final.data.tags["source_run"] == best.info.run_id
     assert final.data.params["epochs"] == "2" and final.data.metrics["epochs_trained"] == 2.0
-    for name in ("head_units", "dropout", "backbone", "image_size", "learning_rate", "aug_strength"):
+    for name in (
+        "head_units",
+        "dropout",
+        "backbone",
+        "image_size",
+        "learning_rate",
+        "aug_strength",
+    ):
         assert final.data.params[name] == best.data.params[name], name
-    assert f"final run: trial {best.data.tags['trial_id']}'s configuration from scratch for 2 epochs" in result.output
+    assert (
+        f"final run: trial {best.data.tags['trial_id']}'s configuration from scratch for 2 epochs"
+        in result.output
+    )
     assert "(2 finished, 0 failed, the final run" in result.output
     top = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
     assert client.get_model_version_by_alias("petloc", "champion").run_id == top.info.run_id
@@ -273,10 +370,18 @@ def test_a_failed_end_step_leaves_the_leaderboard_and_the_promotion(tmp_path, mo
     monkeypatch.setattr(sweep, "train_final", diverges)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), space={"head_units": [8, 16]}, tuner={"final_epochs": 2})
+    exp = tiny_experiment(
+        tmp_path,
+        tiny_dataset(tmp_path / "photos"),
+        space={"head_units": [8, 16]},
+        tuner={"final_epochs": 2},
+    )
     result = invoke("sweep", exp)
     assert result.exit_code == 0, result.output
-    assert "the final run failed, the sweep ends without it: PetlocError: loss became nan in epoch 3" in result.output
+    assert (
+        "the final run failed, the sweep ends without it: PetlocError: loss became nan in epoch 3"
+        in result.output
+    )
     assert "Leaderboard of sweep 'tiny' (2 finished, 0 failed" in result.output
     client = store_client(tmp_path)
     assert client.get_run(sweep_parent(client).info.run_id).info.status == "FINISHED"
@@ -294,7 +399,9 @@ def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
     experiment = client.create_experiment("ids")
     parent = client.create_run(experiment).info.run_id
     for trial, miou in (("0012", 0.6), ("0003", 0.5)):
-        run = client.create_run(experiment, tags={"trial_id": trial, "mlflow.parentRunId": parent}).info.run_id
+        run = client.create_run(
+            experiment, tags={"trial_id": trial, "mlflow.parentRunId": parent}
+        ).info.run_id
         client.log_param(run, "head_units", "64")
         client.log_metric(run, "best_val_miou", miou)
         client.set_terminated(run)
@@ -305,17 +412,25 @@ def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
     finally:
         mlflow.set_tracking_uri(before)
     assert [row["trial"] for row in rows] == ["0012", "0003"]
-    assert rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6  # params and metrics still read as numbers
+    # params and metrics still read as numbers
+    assert rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6
 
 
-def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_finished_epoch(tmp_path, monkeypatch):
+def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_finished_epoch(
+    tmp_path, monkeypatch
+):
     """Ctrl+C in the final run's third epoch: the run ends KILLED with its two epochs kept; the
     sweep run again trains epochs 3-4 only, in the same run, which ends FINISHED with the whole curve."""
     from petloc.tracking import log
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    exp = tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos"), space={"head_units": [8, 16]}, tuner={"final_epochs": 4})
+    exp = tiny_experiment(
+        tmp_path,
+        tiny_dataset(tmp_path / "photos"),
+        space={"head_units": [8, 16]},
+        tuner={"final_epochs": 4},
+    )
     client = store_client(tmp_path)
     begin, trained = log.EpochLogger.on_epoch_begin, []
 
@@ -330,19 +445,32 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     monkeypatch.setattr(log.EpochLogger, "on_epoch_begin", ctrl_c_in_the_final_runs_third_epoch)
     stopped = invoke("sweep", exp)
     assert stopped.exit_code != 0, stopped.output  # click's runner: "Aborted!"
-    [killed] = [r for r in children(client, sweep_parent(client).info.run_id) if r.data.tags["trial_id"] == "final"]
-    assert killed.info.status == "KILLED" and [m.step for m in client.get_metric_history(killed.info.run_id, "val/miou")] == [1, 2]
+    [killed] = [
+        r
+        for r in children(client, sweep_parent(client).info.run_id)
+        if r.data.tags["trial_id"] == "final"
+    ]
+    assert killed.info.status == "KILLED" and [
+        m.step for m in client.get_metric_history(killed.info.run_id, "val/miou")
+    ] == [1, 2]
 
     from petloc.training.fit import backed_up
 
     backups = tmp_path / "mlruns" / "tuner" / "tiny" / "final"
     state = backups / killed.info.run_id / "training_metadata.json"
     assert backed_up(state.parent).epochs == 2 and backed_up(state.parent).seconds > 0
-    state.write_text(json.dumps({**json.loads(state.read_text()), "seconds": 1e5}))  # far more than this test trains
+    # far more than this test trains
+    state.write_text(json.dumps({**json.loads(state.read_text()), "seconds": 1e5}))
     # Two more backups: one of a run no longer in the store, and one of a final run stopped at
     # another length, which the sweep resumes when run again with that tuner.final_epochs.
-    other = client.create_run(killed.info.experiment_id, tags={
-        "mlflow.parentRunId": sweep_parent(client).info.run_id, "trial_id": "final", "source_run": killed.data.tags["source_run"]})
+    other = client.create_run(
+        killed.info.experiment_id,
+        tags={
+            "mlflow.parentRunId": sweep_parent(client).info.run_id,
+            "trial_id": "final",
+            "source_run": killed.data.tags["source_run"],
+        },
+    )
     client.log_param(other.info.run_id, "epochs", "9")
     client.set_terminated(other.info.run_id, "KILLED")
     for folder in ("a-run-no-longer-in-the-store", other.info.run_id):
@@ -352,12 +480,29 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
     again = invoke("sweep", exp)
     assert again.exit_code == 0, again.output
     assert f"final run: resuming run {killed.info.run_id} (4 epochs" in again.output
-    assert trained[trained.index("resumed") + 1:] == [2, 3]  # epochs 3 and 4, counted from 0
-    [final] = [r for r in children(client, sweep_parent(client).info.run_id) if r.data.tags["trial_id"] == "final" and r.info.run_id != other.info.run_id]
-    assert final.info.run_id == killed.info.run_id and final.info.status == "FINISHED" and "error" not in final.data.tags
-    assert [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")] == [1, 2, 3, 4]
+    assert trained[trained.index("resumed") + 1 :] == [2, 3]  # epochs 3 and 4, counted from 0
+    [final] = [
+        r
+        for r in children(client, sweep_parent(client).info.run_id)
+        if r.data.tags["trial_id"] == "final" and r.info.run_id != other.info.run_id
+    ]
+    assert (
+        final.info.run_id == killed.info.run_id
+        and final.info.status == "FINISHED"
+        and "error" not in final.data.tags
+    )
+    assert [m.step for m in client.get_metric_history(final.info.run_id, "val/miou")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert final.data.metrics["epochs_trained"] == 4.0 and final.data.params["epochs"] == "4"
     assert final.data.metrics["train_seconds"] > 1e5  # the training before the stop counts too
-    assert [p.name for p in backups.iterdir()] == [other.info.run_id]  # this run's state and the stale one are gone
-    assert "resumed from its last finished epoch after a stop" in final.data.tags["mlflow.note.content"]
+    # this run's state and the stale one are gone
+    assert [p.name for p in backups.iterdir()] == [other.info.run_id]
+    assert (
+        "resumed from its last finished epoch after a stop"
+        in final.data.tags["mlflow.note.content"]
+    )
     assert "curves.png" in {a.path for a in client.list_artifacts(final.info.run_id)}

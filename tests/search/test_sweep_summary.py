@@ -5,8 +5,11 @@ from petloc.search.summary import sweep_summary
 from petloc.search.sweep import SweepResult
 from petloc.tracking.registry import Promotion
 
-ROWS = [{"trial": "0", "val_miou": 0.5, "run_id": "a"}, {"trial": "1", "val_miou": 0.25, "run_id": "b"},
-        {"trial": FINAL_TRIAL, "val_miou": 0.625, "run_id": "c"}]
+ROWS = [
+    {"trial": "0", "val_miou": 0.5, "run_id": "a"},
+    {"trial": "1", "val_miou": 0.25, "run_id": "b"},
+    {"trial": FINAL_TRIAL, "val_miou": 0.625, "run_id": "c"},
+]
 
 
 def test_the_summary_counts_the_trials_and_tells_where_the_model_is():
@@ -14,10 +17,15 @@ def test_the_summary_counts_the_trials_and_tells_where_the_model_is():
     lines = sweep_summary("tiny", SweepResult("p1", ROWS, promoted, 1), 61.4, "my pets@champion")
     assert lines[1] == "Leaderboard of sweep 'tiny' (2 finished, 1 failed, the final run, 61 s):"
     assert "run_id" not in lines[2] and len(lines[2].splitlines()) == 4  # header and three rows
-    assert lines[3:] == ["", "registry: registered as version 3", "", "parent run p1; browse with: petloc ui",
-                         "pull the model by name: petloc predict 'my pets@champion' photo.jpg  |  "
-                         "petloc evaluate 'my pets@champion' DATA",
-                         "from Python: petloc.load_model('my pets@champion').predict([image])"]
+    assert lines[3:] == [
+        "",
+        "registry: registered as version 3",
+        "",
+        "parent run p1; browse with: petloc ui",
+        "pull the model by name: petloc predict 'my pets@champion' photo.jpg  |  "
+        "petloc evaluate 'my pets@champion' DATA",
+        "from Python: petloc.load_model('my pets@champion').predict([image])",
+    ]
 
 
 def test_without_a_promotion_there_is_no_registry_line():

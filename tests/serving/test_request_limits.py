@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import select
-import signal
 import socket
 import sys
 import time
@@ -35,13 +34,17 @@ def served(tmp_path_factory):
     from petloc.model import Hyperparameters, build_model
 
     root = tmp_path_factory.mktemp("serve-limits")
-    serving.save_model(build_model(Hyperparameters(width=0.25, head_units=8), 32), str(root / "model"))
+    serving.save_model(
+        build_model(Hyperparameters(width=0.25, head_units=8), 32), str(root / "model")
+    )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PETLOC_", "MLFLOW_"))}
     env["PETLOC_REQUEST_SECONDS"] = "5"
     petloc = str(Path(sys.executable).with_name("petloc"))
     log = root / "serve.log"
-    proc = serve_until_answering([petloc, "serve", str(root / "model"), "--port", str(port)], root, env, log)
+    proc = serve_until_answering(
+        [petloc, "serve", str(root / "model"), "--port", str(port)], root, env, log
+    )
     try:
         yield port, proc, log
     finally:
@@ -70,7 +73,11 @@ def read_answer(sock: socket.socket) -> tuple[int, dict]:
 
 def content_length(data: bytes) -> int:
     head = data.partition(b"\r\n\r\n")[0].lower()
-    return int(head.split(b"content-length:")[1].split(b"\r\n")[0]) if b"content-length:" in head else 1 << 62
+    return (
+        int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        if b"content-length:" in head
+        else 1 << 62
+    )
 
 
 def stream_post(port: int, proc, size: int, chunked: bool, most_growth_mb: float = 200):
@@ -82,8 +89,11 @@ def stream_post(port: int, proc, size: int, chunked: bool, most_growth_mb: float
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
     length = len(IMAGE_HEAD) + size // BLOCK * BLOCK + len(IMAGE_TAIL)
     framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % length
-    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 + framing + b"\r\n\r\n")
+    sock.sendall(
+        b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + framing
+        + b"\r\n\r\n"
+    )
 
     def frame(part: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(part), part) if chunked else part
@@ -100,7 +110,9 @@ def stream_post(port: int, proc, size: int, chunked: bool, most_growth_mb: float
                     break
                 sent += len(part)
                 peak = max(peak, server_rss_mb(proc))
-                assert peak - idle < most_growth_mb, f"the server grew {peak - idle:.0f} MB after {sent} bytes"
+                assert peak - idle < most_growth_mb, (
+                    f"the server grew {peak - idle:.0f} MB after {sent} bytes"
+                )
             else:
                 if chunked:
                     sock.sendall(b"0\r\n\r\n")
@@ -113,8 +125,11 @@ def stream_post(port: int, proc, size: int, chunked: bool, most_growth_mb: float
 
 def post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        sock.sendall(
+            f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         return read_answer(sock)
 
 
@@ -141,12 +156,19 @@ def test_a_gigabyte_body_by_its_content_length_is_refused_unread(served):
     assert answer["message"].endswith(limit)
     assert sent < DEFAULT_LIMIT / 4  # answered from the header: only what the sockets buffered went
     assert growth < 100, growth
-    assert len(log_lines(log, f"({len(IMAGE_HEAD) + GIGABYTE + len(IMAGE_TAIL)} bytes) is over the limit")) == 1
+    assert (
+        len(
+            log_lines(
+                log, f"({len(IMAGE_HEAD) + GIGABYTE + len(IMAGE_TAIL)} bytes) is over the limit"
+            )
+        )
+        == 1
+    )
 
 
 @pytest.mark.slow
 def test_a_chunked_gigabyte_body_is_cut_off_at_the_limit(served):
-    port, proc, log = served
+    port, proc, _log = served
     status, answer, sent, growth = stream_post(port, proc, GIGABYTE, chunked=True)
     assert status == 413, answer
     assert "(a chunked body) is over the limit" in answer["message"]
@@ -172,9 +194,12 @@ def test_malformed_json_is_a_400_that_does_not_echo_the_body(served):
     assert status == 400
     assert answer["message"].startswith("request body is not valid JSON: Unterminated string")
     assert len(json.dumps(answer)) < 500  # MLflow's own answer quotes the whole body back
-    status, answer = post(port, b'{"inputs": ' + b"1" * 5000 + b"}")  # past Python's digit limit for an int
+    # past Python's digit limit for an int
+    status, answer = post(port, b'{"inputs": ' + b"1" * 5000 + b"}")
     assert status == 400
-    assert answer["message"].startswith("request body is not valid JSON: Exceeds the limit (4300 digits)")
+    assert answer["message"].startswith(
+        "request body is not valid JSON: Exceeds the limit (4300 digits)"
+    )
     time.sleep(0.5)
     assert "Traceback" not in log.read_text()
 
@@ -183,7 +208,9 @@ def test_malformed_json_is_a_400_that_does_not_echo_the_body(served):
 def test_a_request_without_a_content_type_is_a_415_not_a_traceback(served):
     port, _, log = served
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+        )
         status, answer = read_answer(sock)
     assert status == 415 and "no Content-Type" in answer["message"]
     time.sleep(0.5)
@@ -196,7 +223,10 @@ def test_a_mistyped_request_limit_is_one_line_before_anything_starts(tmp_path, m
     monkeypatch.setenv("PETLOC_MAX_REQUEST_BYTES", "64MB")
     with in_project(tmp_path), pytest.raises(PetlocError) as refused:
         CliRunner().invoke(cli, ["serve", "petloc@nope"], catch_exceptions=False)
-    assert str(refused.value) == "PETLOC_MAX_REQUEST_BYTES=64MB: expected a whole number above 0, at most 2147483647"
+    assert (
+        str(refused.value)
+        == "PETLOC_MAX_REQUEST_BYTES=64MB: expected a whole number above 0, at most 2147483647"
+    )
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -237,11 +267,12 @@ def test_many_large_requests_at_once_are_answered_a_few_at_a_time(served):
 def test_a_request_of_far_too_many_rows_is_refused_before_mlflow_builds_its_frame(served):
     """60 MB of CSV lines took the server to 12 GB inside MLflow's parser; 2000 empty JSON records
     are refused as plainly. Rows up to 16 x PETLOC_MAX_ROWS still get an error each."""
-    port, proc, log = served
+    port, proc, _log = served
     idle = server_rss_mb(proc)
     status, answer = post(port, b"image\n" + b"x\n" * 30_000_000, content_type="text/csv")
     assert status == 413 and answer["message"] == (
-        "30000001 rows in one request, over 1024 (16 x PETLOC_MAX_ROWS): send fewer rows per request")
+        "30000001 rows in one request, over 1024 (16 x PETLOC_MAX_ROWS): send fewer rows per request"
+    )
     assert server_rss_mb(proc) - idle < 300
     status, answer = post(port, json.dumps({"dataframe_records": [{}] * 2000}).encode())
     assert status == 413 and answer["message"].startswith("2000 rows in one request")
@@ -255,8 +286,10 @@ def test_stalled_uploads_are_cut_off_and_others_are_answered(served):
     port, _, _ = served
     stalled = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
     for sock in stalled:
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"data")
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"data'
+        )
     started = time.monotonic()
     image = base64.b64encode(jpeg(photo())).decode()
     status, answer = post(port, json.dumps({"dataframe_records": [{"image": image}]}).encode())
@@ -264,26 +297,44 @@ def test_stalled_uploads_are_cut_off_and_others_are_answered(served):
     for sock in stalled:
         with sock:
             status, answer = read_answer(sock)
-            assert status == 408 and "did not arrive within 5 s (PETLOC_REQUEST_SECONDS)" in answer["message"]
+            assert (
+                status == 408
+                and "did not arrive within 5 s (PETLOC_REQUEST_SECONDS)" in answer["message"]
+            )
 
 
 @pytest.mark.slow
 def test_error_answers_carry_no_stack_trace(served):
-    port, _, log = served
+    port, _, _log = served
     status, answer = post(port, b'"\n', content_type="text/csv")  # MLflow's CSV parser fails on it
-    assert 400 <= status < 500 and "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
+    assert (
+        400 <= status < 500
+        and "stack_trace" not in answer
+        and "Traceback" not in json.dumps(answer)
+    )
     assert answer["message"]
 
 
-@pytest.mark.parametrize("setting, value", [("PETLOC_MAX_ROWS", "1e400"), ("PETLOC_MAX_IMAGE_PIXELS", "-1"),
-                                            ("PETLOC_REQUEST_SECONDS", "soon"),
-                                            ("PETLOC_MAX_IMAGE_BYTES", "999999999999999999999999999999")])
-def test_every_limit_the_server_reads_is_checked_before_it_starts(tmp_path, monkeypatch, setting, value):
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("PETLOC_MAX_ROWS", "1e400"),
+        ("PETLOC_MAX_IMAGE_PIXELS", "-1"),
+        ("PETLOC_REQUEST_SECONDS", "soon"),
+        ("PETLOC_MAX_IMAGE_BYTES", "999999999999999999999999999999"),
+    ],
+)
+def test_every_limit_the_server_reads_is_checked_before_it_starts(
+    tmp_path, monkeypatch, setting, value
+):
     """PETLOC_MAX_ROWS=1e400 was a traceback in the server after "serving ..." was printed."""
     from petloc.errors import PetlocError
 
     monkeypatch.setenv(setting, value)
-    with in_project(tmp_path), pytest.raises(PetlocError, match=f"^{setting}=.*: expected a whole number above 0"):
+    with (
+        in_project(tmp_path),
+        pytest.raises(PetlocError, match=f"^{setting}=.*: expected a whole number above 0"),
+    ):
         CliRunner().invoke(cli, ["serve", "petloc@nope"], catch_exceptions=False)
     assert not (tmp_path / "mlruns").exists()
 
@@ -296,6 +347,11 @@ def test_serve_on_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with in_project(tmp_path), pytest.raises(PetlocError, match=f"^port {port} on 127.0.0.1 is taken"):
-            CliRunner().invoke(cli, ["serve", "petloc@nope", "--port", str(port)], catch_exceptions=False)
+        with (
+            in_project(tmp_path),
+            pytest.raises(PetlocError, match=f"^port {port} on 127.0.0.1 is taken"),
+        ):
+            CliRunner().invoke(
+                cli, ["serve", "petloc@nope", "--port", str(port)], catch_exceptions=False
+            )
     assert not (tmp_path / "mlruns").exists()

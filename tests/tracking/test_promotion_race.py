@@ -35,7 +35,9 @@ def _finished_run(client: MlflowClient, experiment_id: str, miou: float) -> str:
     client.log_metric(run_id, "best_val_miou", miou)
     client.log_metric(run_id, "latency_ms_b1", 5.0)
     client.set_tag(run_id, "val_data", VAL_DATA)
-    model = mlflow.initialize_logged_model(name="model", source_run_id=run_id, experiment_id=experiment_id)
+    model = mlflow.initialize_logged_model(
+        name="model", source_run_id=run_id, experiment_id=experiment_id
+    )
     client.set_tag(run_id, "model_uri", f"models:/{model.model_id}")
     client.set_terminated(run_id)
     return run_id
@@ -44,8 +46,12 @@ def _finished_run(client: MlflowClient, experiment_id: str, miou: float) -> str:
 def _old_champion(client: MlflowClient, name: str, run_id: str) -> None:
     """A champion registered before this change (no promotion record on it)."""
     client.create_registered_model(name)
-    version = client.create_model_version(name, client.get_run(run_id).data.tags["model_uri"], run_id=run_id,
-                                          tags={"best_val_miou": "0.5", "val_data": VAL_DATA})
+    version = client.create_model_version(
+        name,
+        client.get_run(run_id).data.tags["model_uri"],
+        run_id=run_id,
+        tags={"best_val_miou": "0.5", "val_data": VAL_DATA},
+    )
     client.set_registered_model_alias(name, "champion", version.version)
 
 
@@ -63,23 +69,36 @@ def test_racing_promotions_leave_the_champion_on_the_best_model(tmp_path, monkey
         if r % 2 == 0:  # even rounds race against an old champion, odd ones for the first one
             _old_champion(client, name, _finished_run(client, experiment_id, 0.5))
         ranked = [_finished_run(client, experiment_id, miou) for miou in scores]
-        turn = ranked[r % RACERS:] + ranked[:r % RACERS]  # the best run is promoted by each racer in turn
+        # the best run is promoted by each racer in turn
+        turn = ranked[r % RACERS :] + ranked[: r % RACERS]
         rounds.append((name, turn, ranked[-1]))
 
     spawn = multiprocessing.get_context("spawn")  # TensorFlow and fork do not mix
     start = spawn.Barrier(RACERS)
-    racers = [spawn.Process(target=_promote_in_rounds, args=(uri, start, [(name, turn[i]) for name, turn, _ in rounds]))
-              for i in range(RACERS)]
+    racers = [
+        spawn.Process(
+            target=_promote_in_rounds,
+            args=(uri, start, [(name, turn[i]) for name, turn, _ in rounds]),
+        )
+        for i in range(RACERS)
+    ]
     for racer in racers:
         racer.start()
     for racer in racers:
         racer.join(timeout=600)
     assert [racer.exitcode for racer in racers] == [0] * RACERS
 
-    wrong = [name for name, _, best in rounds if client.get_model_version_by_alias(name, "champion").run_id != best]
+    wrong = [
+        name
+        for name, _, best in rounds
+        if client.get_model_version_by_alias(name, "champion").run_id != best
+    ]
     assert not wrong, f"@champion left on a worse model in {len(wrong)} of {ROUNDS} rounds: {wrong}"
     # Every racer registered its run once, whoever won.
-    assert all(len(client.search_model_versions(f"name='{name}'")) == RACERS + (r % 2 == 0) for r, (name, _, _) in enumerate(rounds))
+    assert all(
+        len(client.search_model_versions(f"name='{name}'")) == RACERS + (r % 2 == 0)
+        for r, (name, _, _) in enumerate(rounds)
+    )
 
 
 def test_a_forced_champion_is_not_undone_by_the_next_promotion(tmp_path, monkeypatch):
@@ -93,5 +112,8 @@ def test_a_forced_champion_is_not_undone_by_the_next_promotion(tmp_path, monkeyp
     best, forced, later = (_finished_run(client, experiment_id, miou) for miou in (0.8, 0.4, 0.6))
     assert promote(best, "forced").champion
     assert promote(forced, "forced", force=True).reason.endswith("(val mIoU 0.4000, forced)")
-    assert promote(later, "forced").reason == "forced@champion is now version 3 (val mIoU 0.6000, beats 0.4000)"
+    assert (
+        promote(later, "forced").reason
+        == "forced@champion is now version 3 (val mIoU 0.6000, beats 0.4000)"
+    )
     assert client.get_model_version_by_alias("forced", "champion").run_id == later

@@ -7,15 +7,27 @@ from petloc.tracking import store
 from tests.helpers import free_port, in_project, invoke, tiny_experiment
 
 
-@pytest.mark.parametrize("uri, message", [
-    # MLflow 3's file store has no Model Registry: MLflow itself raised a traceback.
-    ("file:///tmp/mlruns", "tracking.uri file:///tmp/mlruns: not a store petloc can use; give sqlite:///"),
-    ("ftp://x", "tracking.uri ftp://x: not a store petloc can use"),
-    ("mlruns", "tracking.uri mlruns: not a store petloc can use"),
-    ("sqlite:///", "tracking.uri sqlite:///: not a store petloc can use"),
-    ("postgresql+nodriver://u@h/db", r"tracking.uri postgresql\+nodriver://u@h/db: not a database URI"),
-    ("sqlite:////proc/petloc-test/mlflow.db", r"tracking.uri sqlite:////proc/petloc-test/mlflow.db: cannot open the store"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        # MLflow 3's file store has no Model Registry: MLflow itself raised a traceback.
+        (
+            "file:///tmp/mlruns",
+            "tracking.uri file:///tmp/mlruns: not a store petloc can use; give sqlite:///",
+        ),
+        ("ftp://x", "tracking.uri ftp://x: not a store petloc can use"),
+        ("mlruns", "tracking.uri mlruns: not a store petloc can use"),
+        ("sqlite:///", "tracking.uri sqlite:///: not a store petloc can use"),
+        (
+            "postgresql+nodriver://u@h/db",
+            r"tracking.uri postgresql\+nodriver://u@h/db: not a database URI",
+        ),
+        (
+            "sqlite:////proc/petloc-test/mlflow.db",
+            r"tracking.uri sqlite:////proc/petloc-test/mlflow.db: cannot open the store",
+        ),
+    ],
+)
 def test_unusable_store_uris_are_one_line(uri, message):
     with pytest.raises(PetlocError, match=message) as err:
         store.check_store(uri, "tracking.uri")
@@ -24,14 +36,22 @@ def test_unusable_store_uris_are_one_line(uri, message):
 
 def test_a_database_that_does_not_answer_is_one_line_with_its_password_hidden():
     uri = f"postgresql://someone:secret@127.0.0.1:{free_port()}/runs"
-    with pytest.raises(PetlocError, match=r"tracking.uri postgresql://someone:\*\*\*@127.0.0.1:\d+/runs: cannot connect") as err:
+    with pytest.raises(
+        PetlocError,
+        match=r"tracking.uri postgresql://someone:\*\*\*@127.0.0.1:\d+/runs: cannot connect",
+    ) as err:
         store.check_store(uri, "tracking.uri")
     assert "secret" not in str(err.value)
 
 
-def test_train_with_an_unusable_tracking_uri_names_the_key_and_creates_nothing(tmp_path, monkeypatch):
+def test_train_with_an_unusable_tracking_uri_names_the_key_and_creates_nothing(
+    tmp_path, monkeypatch
+):
     exp = tiny_experiment(tmp_path, tmp_path / "no-data", tracking={"uri": "file:///tmp/somewhere"})
-    with in_project(tmp_path), pytest.raises(PetlocError, match="^tracking.uri file:///tmp/somewhere: not a store"):
+    with (
+        in_project(tmp_path),
+        pytest.raises(PetlocError, match=r"^tracking\.uri file:///tmp/somewhere: not a store"),
+    ):
         invoke("train", exp)
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "no-data").exists()
 
@@ -39,5 +59,7 @@ def test_train_with_an_unusable_tracking_uri_names_the_key_and_creates_nothing(t
 def test_a_bad_mlflow_tracking_uri_is_named_as_the_variable(tmp_path, monkeypatch):
     with in_project(tmp_path):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/somewhere")
-        with pytest.raises(PetlocError, match="^MLFLOW_TRACKING_URI file:///tmp/somewhere: not a store"):
+        with pytest.raises(
+            PetlocError, match=r"^MLFLOW_TRACKING_URI file:///tmp/somewhere: not a store"
+        ):
             invoke("models")

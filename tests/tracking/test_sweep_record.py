@@ -31,10 +31,18 @@ def finish(client: MlflowClient, run_id: str, miou: float) -> None:
 def test_a_new_parent_run_carries_the_sweep_s_identity_and_settings(sweep):
     exp, record, client = sweep
     tags = client.get_run(record.parent_run_id).data.tags
-    assert (tags["petloc.kind"], tags["petloc.sweep"], tags["petloc.sweep_fingerprint"]) == ("sweep", exp.name, "f1")
-    assert tags["petloc.owner"] == runs.this_process() and "petloc.version" in tags and "petloc_version" not in tags
+    assert (tags["petloc.kind"], tags["petloc.sweep"], tags["petloc.sweep_fingerprint"]) == (
+        "sweep",
+        exp.name,
+        "f1",
+    )
+    assert (
+        tags["petloc.owner"] == runs.this_process()
+        and "petloc.version" in tags
+        and "petloc_version" not in tags
+    )
     assert tags["tuner.max_trials"] == str(exp.tuner.max_trials)
-    with pytest.raises(PetlocError, match="^gone: no such parent$"):
+    with pytest.raises(PetlocError, match=r"^gone: no such parent$"):
         SweepRecord.existing("0" * 32, "gone: no such parent")
 
 
@@ -43,7 +51,9 @@ def test_a_trial_run_again_ends_its_earlier_attempt_and_the_leaderboard_ranks_th
     first = record.trial_run("0", "trial-0", {"tuner/epochs": "2"})
     again = record.trial_run("0", "trial-0", {})
     ended = client.get_run(first)
-    assert ended.info.status == "KILLED" and ended.data.tags["error"].startswith("trial 0 was run again")
+    assert ended.info.status == "KILLED" and ended.data.tags["error"].startswith(
+        "trial 0 was run again"
+    )
     assert client.get_run(again).data.tags["sweep_run_id"] == record.parent_run_id
     finish(client, again, 0.5)
     better = record.trial_run("1", "trial-1", {})
@@ -61,9 +71,14 @@ def test_a_trial_run_again_ends_its_earlier_attempt_and_the_leaderboard_ranks_th
     record.log_pareto(rows)
     record.set_promotion("nothing promoted")
     parent = client.get_run(record.parent_run_id)
-    assert (parent.data.tags["best_trial_id"], parent.data.tags["best_run_id"], parent.data.tags["promotion"]) == \
-        ("1", better, "nothing promoted")
-    assert parent.data.metrics["best_val_miou"] == 0.7 and parent.data.metrics["trials_failed"] == 1.0
+    assert (
+        parent.data.tags["best_trial_id"],
+        parent.data.tags["best_run_id"],
+        parent.data.tags["promotion"],
+    ) == ("1", better, "nothing promoted")
+    assert (
+        parent.data.metrics["best_val_miou"] == 0.7 and parent.data.metrics["trials_failed"] == 1.0
+    )
     files = {f.path for f in client.list_artifacts(record.parent_run_id)}
     assert {"leaderboard.csv", "leaderboard.md", "pareto.csv", "pareto.png"} <= files
 
@@ -73,11 +88,14 @@ def test_a_trial_s_checkpoint_goes_up_and_comes_back(sweep, tmp_path):
     run_id = record.trial_run("3", "trial-3", {})
     weights = tmp_path / "weights.weights.h5"
     weights.write_bytes(b"weights")
-    assert record.download_checkpoint("3", weights.name, tmp_path / "none") is None  # not FINISHED, nothing up
+    # not FINISHED, nothing up
+    assert record.download_checkpoint("3", weights.name, tmp_path / "none") is None
     record.upload_checkpoint(run_id, weights)
     client.set_terminated(run_id)
     (tmp_path / "back").mkdir()
-    assert record.download_checkpoint("3", weights.name, tmp_path / "back").read_bytes() == b"weights"
+    assert (
+        record.download_checkpoint("3", weights.name, tmp_path / "back").read_bytes() == b"weights"
+    )
 
 
 def test_a_chief_is_live_while_it_beats(sweep):
@@ -87,5 +105,10 @@ def test_a_chief_is_live_while_it_beats(sweep):
     assert SweepRecord.live_chiefs(exp) == []  # no heartbeat yet
     record.beat()
     [chief] = SweepRecord.live_chiefs(exp)
-    assert (chief.run_id, chief.address, chief.started) == (record.parent_run_id, "10.0.0.7:8470", record.started())
-    assert SweepRecord.live_chiefs(exp.model_copy(update={"name": "other"})) == []  # another sweep's chief
+    assert (chief.run_id, chief.address, chief.started) == (
+        record.parent_run_id,
+        "10.0.0.7:8470",
+        record.started(),
+    )
+    # another sweep's chief
+    assert SweepRecord.live_chiefs(exp.model_copy(update={"name": "other"})) == []

@@ -25,13 +25,20 @@ def client(tmp_path):
 def classifier() -> keras.Model:
     """A cat / dog classifier around a backbone network, as `petloc pretrain` logs one (tiny)."""
     net = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(2, 3)], name="net")
-    return keras.Sequential([keras.Input((8, 8, 3)), net, layers.GlobalAveragePooling2D(), layers.Dense(2)])
+    return keras.Sequential(
+        [keras.Input((8, 8, 3)), net, layers.GlobalAveragePooling2D(), layers.Dense(2)]
+    )
 
 
-@pytest.mark.parametrize("kind_tag", ["petloc_kind", "petloc.kind"])  # an older petloc's spelling, and today's
-def test_a_pretrained_classifier_is_promoted_and_used_as_a_backbone_under_either_spelling(client, kind_tag):
+# an older petloc's spelling, and today's
+@pytest.mark.parametrize("kind_tag", ["petloc_kind", "petloc.kind"])
+def test_a_pretrained_classifier_is_promoted_and_used_as_a_backbone_under_either_spelling(
+    client, kind_tag
+):
     experiment_id = client.create_experiment("pretrain")
-    run_id = client.create_run(experiment_id, tags={kind_tag: "pretrain", "val_data": "digest/0.2/0"}).info.run_id
+    run_id = client.create_run(
+        experiment_id, tags={kind_tag: "pretrain", "val_data": "digest/0.2/0"}
+    ).info.run_id
     client.log_param(run_id, "backbone", "mobilenet_v3_small")
     client.log_param(run_id, "width", "0.25")
     client.log_metric(run_id, "val_accuracy", 0.8)
@@ -39,10 +46,20 @@ def test_a_pretrained_classifier_is_promoted_and_used_as_a_backbone_under_either
     client.set_terminated(run_id)
 
     promotion = registry.promote(run_id, "backbones")  # ranked by val accuracy, as a classifier is
-    assert promotion.champion and promotion.reason == "backbones@champion is now version 1 (val accuracy 0.8000, first champion)"
-    assert client.get_registered_model("backbones").description.startswith("petloc: cat/dog classifier")
+    assert (
+        promotion.champion
+        and promotion.reason
+        == "backbones@champion is now version 1 (val accuracy 0.8000, first champion)"
+    )
+    assert client.get_registered_model("backbones").description.startswith(
+        "petloc: cat/dog classifier"
+    )
     pretrained = registry.pretrained_backbone("backbones@champion")
-    assert (pretrained.backbone, pretrained.width, pretrained.val_data) == ("mobilenet_v3_small", 0.25, "digest/0.2/0")
+    assert (pretrained.backbone, pretrained.width, pretrained.val_data) == (
+        "mobilenet_v3_small",
+        0.25,
+        "digest/0.2/0",
+    )
 
 
 def test_a_run_of_no_kind_is_no_pretrained_backbone(client):
@@ -52,13 +69,17 @@ def test_a_run_of_no_kind_is_no_pretrained_backbone(client):
     log.log_model(classifier(), run_id, localiser=False)
     client.set_terminated(run_id)
     registry.promote(run_id, "localisers")
-    with pytest.raises(PetlocError, match="registered:localisers@champion is not a network from petloc pretrain"):
+    with pytest.raises(
+        PetlocError, match="registered:localisers@champion is not a network from petloc pretrain"
+    ):
         registry.pretrained_backbone("localisers@champion")
 
 
 def test_reproduce_tells_ensembles_and_classifiers_apart_under_either_spelling(client):
     experiment_id = client.create_experiment("sweep")
-    parent = client.create_run(experiment_id, tags={"petloc.kind": "sweep", "petloc.sweep": "tiny"}).info.run_id
+    parent = client.create_run(
+        experiment_id, tags={"petloc.kind": "sweep", "petloc.sweep": "tiny"}
+    ).info.run_id
 
     def child(miou: float, tags: dict, params: dict, nested: bool = True) -> str:
         tags = {"mlflow.parentRunId": parent, **tags} if nested else tags
@@ -70,13 +91,22 @@ def test_reproduce_tells_ensembles_and_classifiers_apart_under_either_spelling(c
         return run_id
 
     old_ensemble = child(0.9, {"trial_id": "ensemble"}, {"backbone": "ensemble", "members": "0, 1"})
-    new_ensemble = child(0.8, {"trial_id": "ensemble", "petloc.kind": "ensemble"}, {"backbone": "resnet50", "members": "0, 1"})
+    new_ensemble = child(
+        0.8,
+        {"trial_id": "ensemble", "petloc.kind": "ensemble"},
+        {"backbone": "resnet50", "members": "0, 1"},
+    )
     old_classifier = child(0.7, {"petloc_kind": "pretrain"}, {"backbone": "resnet50"}, nested=False)
     trial = child(0.6, {"trial_id": "0"}, {"backbone": "resnet50"})
     for ensemble in (old_ensemble, new_ensemble):
-        with pytest.raises(PetlocError, match=rf"^run {ensemble}: the ensemble of a sweep's trials 0, 1; reproduce its member runs"):
+        with pytest.raises(
+            PetlocError,
+            match=rf"^run {ensemble}: the ensemble of a sweep's trials 0, 1; reproduce its member runs",
+        ):
             reproduce(ensemble)
-    with pytest.raises(PetlocError, match=rf"^run {old_classifier}: not a finished localiser training run or trial"):
+    with pytest.raises(
+        PetlocError, match=rf"^run {old_classifier}: not a finished localiser training run or trial"
+    ):
         reproduce(old_classifier)
     # The parent's hint names its best reproducible run: neither ensemble, whatever its spelling.
     with pytest.raises(PetlocError, match=rf"such as its best, run {trial} "):
@@ -85,16 +115,34 @@ def test_reproduce_tells_ensembles_and_classifiers_apart_under_either_spelling(c
 
 def test_runs_are_written_with_the_new_spellings_and_read_with_both():
     tags = log.provenance()
-    assert vocabulary.VERSION == "petloc.version" and vocabulary.VERSION in tags and "petloc_version" not in tags
+    assert (
+        vocabulary.VERSION == "petloc.version"
+        and vocabulary.VERSION in tags
+        and "petloc_version" not in tags
+    )
     assert vocabulary.version_of({"petloc_version": "0.3.0"}) == "0.3.0"
     assert vocabulary.version_of({"petloc.version": "0.4.0", "petloc_version": "0.3.0"}) == "0.4.0"
-    assert vocabulary.kind_of({"petloc_kind": "pretrain"}) == vocabulary.kind_of({"petloc.kind": "pretrain"}) == "pretrain"
+    assert (
+        vocabulary.kind_of({"petloc_kind": "pretrain"})
+        == vocabulary.kind_of({"petloc.kind": "pretrain"})
+        == "pretrain"
+    )
     assert vocabulary.kind_of({}) is None
-    assert vocabulary.is_ensemble({}, {"backbone": "ensemble"}) and vocabulary.is_ensemble({"petloc.kind": "ensemble"}, {})
+    assert vocabulary.is_ensemble({}, {"backbone": "ensemble"}) and vocabulary.is_ensemble(
+        {"petloc.kind": "ensemble"}, {}
+    )
     assert not vocabulary.is_ensemble({"petloc.kind": "sweep"}, {"backbone": "resnet50"})
 
 
 def test_every_petloc_tag_carries_the_dotted_prefix():
-    own = [vocabulary.KIND, vocabulary.VERSION, vocabulary.OWNER, vocabulary.SWEEP, vocabulary.FINGERPRINT,
-           vocabulary.CHIEF, vocabulary.CHIEF_HEARTBEAT, vocabulary.WORKER]
+    own = [
+        vocabulary.KIND,
+        vocabulary.VERSION,
+        vocabulary.OWNER,
+        vocabulary.SWEEP,
+        vocabulary.FINGERPRINT,
+        vocabulary.CHIEF,
+        vocabulary.CHIEF_HEARTBEAT,
+        vocabulary.WORKER,
+    ]
     assert all(name.startswith("petloc.") for name in own) and len(set(own)) == len(own)

@@ -40,7 +40,10 @@ FIRST_LOAD_MS = 90_000  # parsing MLflow's 4 MB bundle took 5-35 s on a busy 2-C
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.ui,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)",
+    ),
 ]
 
 
@@ -104,14 +107,20 @@ def app(tmp_path_factory):
             MlflowClient(uri).search_experiments()
             proc = subprocess.Popen(
                 [petloc_command(), "ui", "--port", str(port)],
-                cwd=root, env=petloc_env(), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=root,
+                env=petloc_env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             result = invoke("sweep", exp)
             assert result.exit_code == 0, result.output
             parent_id = parent_id_of(result.output)
             client = MlflowClient(uri, registry_uri=uri)
             parent = client.get_run(parent_id)
-            trials = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+            trials = client.search_runs(
+                [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+            )
             champion = client.get_model_version_by_alias("petloc", "champion")
             wait_until_answering(url + "/", proc, log, STARTUP_S)
             yield SimpleNamespace(
@@ -140,11 +149,15 @@ def tab(app, tmp_path_factory):
         page = context.new_page()
         # MLflow pops up a modal about the "new Model Registry UI" on a first visit; close it whenever it shows.
         promo = page.get_by_role("dialog", name=re.compile("new Model Registry UI"))
-        page.add_locator_handler(promo, lambda dialog: dialog.get_by_role("button", name="Close").click())
+        page.add_locator_handler(
+            promo, lambda dialog: dialog.get_by_role("button", name="Close").click()
+        )
         try:
             page.goto(app.url + "/", timeout=FIRST_LOAD_MS)
             # The home page's "Recent Experiments" lists the sweep's experiment: the UI reads the project's store.
-            expect(page.get_by_role("link", name="tiny", exact=True)).to_be_visible(timeout=FIRST_LOAD_MS)
+            expect(page.get_by_role("link", name="tiny", exact=True)).to_be_visible(
+                timeout=FIRST_LOAD_MS
+            )
         except Exception:
             shot = tmp_path_factory.mktemp("ui-failure") / "home.png"
             page.screenshot(path=shot, full_page=True)
@@ -178,7 +191,8 @@ def test_experiment_page_nests_the_trials_under_the_sweep_run_and_shows_their_me
     expect(trial_links).to_have_count(0)  # collapsed: trials are not top-level rows
     expect(page.get_by_text(f"{1 + len(app.trials)} matching runs")).to_be_visible()
 
-    page.get_by_role("gridcell", name="sweep-tiny").get_by_role("button").click()  # the parent's expand toggle
+    # the parent's expand toggle
+    page.get_by_role("gridcell", name="sweep-tiny").get_by_role("button").click()
     names = sorted(t.info.run_name for t in app.trials)
     assert len(names) == 2 and all(n.startswith("trial-") for n in names)
     expect(trial_links).to_have_count(len(names))
@@ -194,7 +208,9 @@ def test_experiment_page_nests_the_trials_under_the_sweep_run_and_shows_their_me
     for run in (app.parent, *app.trials):
         cell = metric_cell(page, run.info.run_id, "best_val_miou")
         expect(cell).to_have_text(re.compile(r"\d"))
-        assert float(cell.inner_text()) == pytest.approx(run.data.metrics["best_val_miou"]), run.info.run_name
+        assert float(cell.inner_text()) == pytest.approx(run.data.metrics["best_val_miou"]), (
+            run.info.run_name
+        )
 
 
 def test_champion_trial_page_shows_metrics_parent_run_and_registered_model(app, page):
@@ -207,7 +223,8 @@ def test_champion_trial_page_shows_metrics_parent_run_and_registered_model(app, 
         expect(value).to_have_text(re.compile(r"\d"))
         assert float(value.inner_text()) == pytest.approx(run.data.metrics[metric]), metric
     expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible()  # "Parent run"
-    expect(page.get_by_role("link", name="petloc", exact=True)).to_be_visible()  # "Registered models"
+    # "Registered models"
+    expect(page.get_by_role("link", name="petloc", exact=True)).to_be_visible()
 
 
 def test_models_page_shows_petloc_with_the_champion_alias(app, page):
@@ -217,23 +234,35 @@ def test_models_page_shows_petloc_with_the_champion_alias(app, page):
     listed = page.get_by_role("row").filter(has=page.get_by_role("link", name="petloc", exact=True))
     expect(listed).to_be_visible()
     expect(listed.get_by_role("status", name="champion", exact=True)).to_be_visible()
-    expect(listed.get_by_role("link", name=re.compile(rf"champion\s*:\s*Version {version}$"))).to_be_visible()
+    expect(
+        listed.get_by_role("link", name=re.compile(rf"champion\s*:\s*Version {version}$"))
+    ).to_be_visible()
 
     listed.get_by_role("link", name="petloc", exact=True).click()
     expect(page.get_by_role("heading", name="petloc", exact=True)).to_be_visible()
-    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"Version {version}", exact=True))
+    row = page.get_by_role("row").filter(
+        has=page.get_by_role("link", name=f"Version {version}", exact=True)
+    )
     # exact: the version also carries the tag promoted_to_champion (how racing promotions settle)
     expect(row.get_by_role("status", name="champion", exact=True)).to_be_visible()
     expect(row.get_by_role("status", name="source_run")).to_contain_text(app.champion.run_id)
 
 
-def test_the_pages_petloc_ui_prints_show_the_experiments_runs_not_mlflows_genai_pages(app, page, tmp_path):
+def test_the_pages_petloc_ui_prints_show_the_experiments_runs_not_mlflows_genai_pages(
+    app, page, tmp_path
+):
     """A second `petloc ui` on the store the sweep filled: what it prints is where a user lands."""
     port, log = free_port(), tmp_path / "second-ui.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([petloc_command(), "ui", "--port", str(port)], cwd=app.root, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [petloc_command(), "ui", "--port", str(port)],
+            cwd=app.root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_answering(url + "/", proc, log, STARTUP_S)
@@ -243,9 +272,12 @@ def test_the_pages_petloc_ui_prints_show_the_experiments_runs_not_mlflows_genai_
         assert f"experiments    {url}/#/experiments" in printed, printed
 
         page.goto(runs_page, timeout=FIRST_LOAD_MS)  # another port: a new origin, as a first visit
-        expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible(timeout=FIRST_LOAD_MS)
+        expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible(
+            timeout=FIRST_LOAD_MS
+        )
         expect(page.get_by_text(f"{1 + len(app.trials)} matching runs")).to_be_visible()
-        expect(page.get_by_role("link", name="Model registry")).to_be_visible()  # the "Model training" sidebar
+        # the "Model training" sidebar
+        expect(page.get_by_role("link", name="Model registry")).to_be_visible()
         expect(page.get_by_role("link", name="Judges")).to_have_count(0)  # not the GenAI one
 
         # The experiments list as MLflow shows it; "Model training" chosen once, the browser keeps it
@@ -258,7 +290,10 @@ def test_the_pages_petloc_ui_prints_show_the_experiments_runs_not_mlflows_genai_
         expect(experiment).to_be_visible()
         experiment.click()
         expect(page.get_by_role("link", name="sweep-tiny", exact=True)).to_be_visible()
-        assert f"/experiments/{app.experiment_id}/runs" in page.url and "workflowType=machine_learning" in page.url
+        assert (
+            f"/experiments/{app.experiment_id}/runs" in page.url
+            and "workflowType=machine_learning" in page.url
+        )
     finally:
         stop(proc)
 

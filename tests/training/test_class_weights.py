@@ -14,7 +14,9 @@ def arrays(labels):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
     boxes = np.tile([[0.2, 0.2, 0.7, 0.8]], (n, 1)).astype(np.float32)
-    return ImageSet(images, np.asarray(labels, np.int32), boxes, [f"{i}.jpg" for i in range(n)], [""] * n)
+    return ImageSet(
+        images, np.asarray(labels, np.int32), boxes, [f"{i}.jpg" for i in range(n)], [""] * n
+    )
 
 
 def test_balanced_weights_make_both_classes_count_the_same():
@@ -30,7 +32,7 @@ def test_batches_carry_class_weights_for_the_class_loss_only():
     data = arrays([0, 1, 1, 1, 0, 1, 1, 1])
     weights = CLASS_WEIGHTS["balanced"](data.labels)
     for strength in (0.0, 0.3):
-        for images, y, sw in train_batches(data, 4, strength, seed=0, class_weights=weights):
+        for _images, y, sw in train_batches(data, 4, strength, seed=0, class_weights=weights):
             np.testing.assert_allclose(sw["cls"].numpy(), weights[y["cls"].numpy()])
             np.testing.assert_array_equal(sw["box"].numpy(), 1.0)
 
@@ -38,8 +40,15 @@ def test_batches_carry_class_weights_for_the_class_loss_only():
 @pytest.mark.slow  # three trainings
 def test_balanced_class_weights_change_what_the_class_head_learns():
     data = arrays([0, 1, 1, 1] * 4)
-    hp = {"backbone": "simple", "width": 0.25, "head_units": 8, "image_size": 32, "aug_strength": 0.0,
-          "batch_size": 8, "box_loss": "l1"}
+    hp = {
+        "backbone": "simple",
+        "width": 0.25,
+        "head_units": 8,
+        "image_size": 32,
+        "aug_strength": 0.0,
+        "batch_size": 8,
+        "box_loss": "l1",
+    }
     kernels = []
     for weighting in ("none", "none", "balanced"):  # same seed and data; only the weighting differs
         model, history = fit_localiser({**hp, "class_weight": weighting}, data, data, epochs=1)

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from petloc.cli import cli
 from petloc.config import parse_experiment
@@ -15,8 +16,6 @@ from petloc.errors import PetlocError
 from petloc.model import Hyperparameters, build_model
 from petloc.training.fit import resolved_precision
 from petloc.training.predict import Predictor, predict_files
-from mlflow import MlflowClient
-
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 SIZE = 32
@@ -35,16 +34,21 @@ def encode(pixels: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(Hyperparameters(width=0.25, head_units=8, box_head="centre", tta="flip"), SIZE)
+    return build_model(
+        Hyperparameters(width=0.25, head_units=8, box_head="centre", tta="flip"), SIZE
+    )
 
 
 def test_predictor_answers_as_model_predict_did(model):
-    images = [photo(seed=i, w=40 + 7 * i, h=30 + 5 * i) for i in range(5)]  # several sizes, batches of 2, 2, 1
-    resized = np.stack([cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for im in images]).astype(np.float32)
+    # several sizes, batches of 2, 2, 1
+    images = [photo(seed=i, w=40 + 7 * i, h=30 + 5 * i) for i in range(5)]
+    resized = np.stack(
+        [cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for im in images]
+    ).astype(np.float32)
     expected = model.predict(resized, verbose=0)
     preds = Predictor(model).predict(images, batch_size=2)
     assert len(preds) == 5
-    for im, pred, p, b in zip(images, preds, expected["cls"], expected["box"]):
+    for im, pred, p, b in zip(images, preds, expected["cls"], expected["box"], strict=True):
         h, w = im.shape[:2]
         assert pred.label == ("cat", "dog")[int(p.argmax())]
         assert pred.score == pytest.approx(float(p.max()), abs=1e-5)
@@ -83,32 +87,43 @@ def test_predict_command_on_more_files_than_a_batch(model, tmp_path):
         path = tmp_path / f"p{i:02d}.jpg"
         path.write_bytes(b"\xff\xd8\xff broken" if i == 33 else encode(photo(seed=i)))
         paths.append(str(path))
-    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "m.keras"), *paths, "--json"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["predict", str(tmp_path / "m.keras"), *paths, "--json"], catch_exceptions=False
+    )
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["image"] for r in rows] == paths
     assert "error" in rows[33] and sum("error" in r for r in rows) == 1
     assert result.exit_code == 1
-    good = CliRunner().invoke(cli, ["predict", str(tmp_path / "m.keras"), *paths[:33]], catch_exceptions=False)
+    good = CliRunner().invoke(
+        cli, ["predict", str(tmp_path / "m.keras"), *paths[:33]], catch_exceptions=False
+    )
     assert good.exit_code == 0 and len(good.stdout.strip().splitlines()) == 33
 
 
 def test_precision_auto_is_the_default_and_resolves_by_the_cpus_bf16_units(tmp_path):
     assert parse_experiment({"name": "x"}).train.precision == "auto"
     for value in ("float32", "mixed_bfloat16"):
-        assert parse_experiment({"name": "x", "train": {"precision": value}}).train.precision == value
-        assert resolved_precision(value, 64) == value  # an explicit choice is kept whatever the CPU and size
-    with pytest.raises(PetlocError, match="train.precision"):
+        assert (
+            parse_experiment({"name": "x", "train": {"precision": value}}).train.precision == value
+        )
+        # an explicit choice is kept whatever the CPU and size
+        assert resolved_precision(value, 64) == value
+    with pytest.raises(PetlocError, match=r"train\.precision"):
         from petloc.config import load_experiment
 
         (tmp_path / "e.yaml").write_text("name: x\ntrain:\n  precision: bf16\n")
         load_experiment(tmp_path / "e.yaml")
-    cpus = {"amx": "flags : fpu sse2 avx512f amx_bf16 amx_tile\n", "avx512": "flags : fpu avx512f avx512_bf16\n",
-            "none": "flags : fpu sse2 avx2 avx512f\n"}
+    cpus = {
+        "amx": "flags : fpu sse2 avx512f amx_bf16 amx_tile\n",
+        "avx512": "flags : fpu avx512f avx512_bf16\n",
+        "none": "flags : fpu sse2 avx2 avx512f\n",
+    }
     for name, text in cpus.items():
         (tmp_path / name).write_text(text)
     assert resolved_precision("auto", 128, tmp_path / "amx") == "mixed_bfloat16"
     assert resolved_precision("auto", 224, tmp_path / "avx512") == "mixed_bfloat16"
-    assert resolved_precision("auto", 64, tmp_path / "avx512") == "float32"  # measured slower at 64 px
+    # measured slower at 64 px
+    assert resolved_precision("auto", 64, tmp_path / "avx512") == "float32"
     assert resolved_precision("auto", 128, tmp_path / "none") == "float32"
     assert resolved_precision("auto", 128, tmp_path / "missing") == "float32"
 
@@ -145,8 +160,13 @@ def test_the_quality_pass_is_also_the_batch_32_latency_measurement(model):
 
     n = 32 * 6 + 1  # six full batches and one of a single image
     rng = np.random.default_rng(0)
-    arrays = ImageSet(rng.integers(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8), np.zeros(n, np.int64),
-                      np.tile(np.array([[0.2, 0.2, 0.6, 0.6]], np.float32), (n, 1)), [f"{i}.jpg" for i in range(n)], [""] * n)
+    arrays = ImageSet(
+        rng.integers(0, 256, (n, SIZE, SIZE, 3)).astype(np.uint8),
+        np.zeros(n, np.int64),
+        np.tile(np.array([[0.2, 0.2, 0.6, 0.6]], np.float32), (n, 1)),
+        [f"{i}.jpg" for i in range(n)],
+        [""] * n,
+    )
     forward = TimedForward(counted)
     figures, _ = quality(model, arrays, forward)
     assert calls == [32] * 6 + [1]

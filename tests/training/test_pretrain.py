@@ -15,17 +15,24 @@ from petloc.training.pretrain import with_head_crops
 from tests.helpers import in_project, invoke, run_id_of, tiny_dataset, tiny_experiment
 
 # Pretrained at 40 px; the localisers below take its weights at the experiment's 32 px.
-PRETRAIN = {"backbone": "simple", "width": 0.25, "epochs": 1, "batch_size": 16, "aug_strength": 0.3, "image_size": 40}
+PRETRAIN = {
+    "backbone": "simple",
+    "width": 0.25,
+    "epochs": 1,
+    "batch_size": 16,
+    "aug_strength": 0.3,
+    "image_size": 40,
+}
 
 
 def test_head_crop_box_still_frames_the_head():
     images = np.zeros((2, 40, 40, 3), np.uint8)
     boxes = np.array([[0.25, 0.5, 0.5, 0.75], [0.5, 0.0, 1.0, 0.5]], np.float32)
-    for img, (x1, y1, x2, y2) in zip(images, boxes * 40):
-        img[int(y1):int(y2), int(x1):int(x2)] = 255
+    for img, (x1, y1, x2, y2) in zip(images, boxes * 40, strict=True):
+        img[int(y1) : int(y2), int(x1) : int(x2)] = 255
     both = with_head_crops(ImageSet(images, np.array([0, 1]), boxes, ["a.jpg", "b.jpg"], ["", ""]))
     assert len(both) == 4 and list(both.labels) == [0, 1, 0, 1] and both.paths[2] == "a.jpg#head"
-    for img, (x1, y1, x2, y2) in zip(both.images[2:], both.boxes[2:] * 40):
+    for img, (x1, y1, x2, y2) in zip(both.images[2:], both.boxes[2:] * 40, strict=True):
         painted = np.argwhere(img[..., 0] > 127)
         (top, left), (bottom, right) = painted.min(0), painted.max(0) + 1
         assert (left, top, right, bottom) == pytest.approx((x1, y1, x2, y2), abs=1.5)
@@ -40,8 +47,12 @@ def pretrained(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     with in_project(root):
         # The experiment's own tracking.uri, not the default store: the backbone is looked up there.
-        exp = tiny_experiment(root, tiny_dataset(root / "photos"), pretrain=PRETRAIN,
-                              tracking={"uri": f"sqlite:///{root}/elsewhere/mlflow.db"})
+        exp = tiny_experiment(
+            root,
+            tiny_dataset(root / "photos"),
+            pretrain=PRETRAIN,
+            tracking={"uri": f"sqlite:///{root}/elsewhere/mlflow.db"},
+        )
         result = invoke("pretrain", exp)
         assert result.exit_code == 0, result.output
         yield root, exp, result.output
@@ -49,7 +60,7 @@ def pretrained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pretrain_is_tracked_and_registered(pretrained, monkeypatch):
-    root, exp, output = pretrained
+    root, _exp, output = pretrained
     monkeypatch.chdir(root)
     mlflow.set_tracking_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
@@ -71,7 +82,12 @@ def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, 
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = invoke("train", exp, "space.backbone=registered:petloc-backbone@champion", f"space.freeze_backbone={str(freeze).lower()}")
+    result = invoke(
+        "train",
+        exp,
+        "space.backbone=registered:petloc-backbone@champion",
+        f"space.freeze_backbone={str(freeze).lower()}",
+    )
     assert result.exit_code == 0, result.output
     run_id = run_id_of(result.output)
     mlflow.set_tracking_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
@@ -79,21 +95,36 @@ def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, 
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
     localiser = mlflow.keras.load_model(f"runs:/{run_id}/model")
     classifier = mlflow.keras.load_model("models:/petloc-backbone@champion")
-    source, = (layer for layer in classifier.layers if isinstance(layer, keras.Model))
-    target, = (layer for layer in localiser.layers if isinstance(layer, keras.Model))
-    same = [np.array_equal(a, b) for a, b in zip(source.get_weights(), target.get_weights())]
+    (source,) = (layer for layer in classifier.layers if isinstance(layer, keras.Model))
+    (target,) = (layer for layer in localiser.layers if isinstance(layer, keras.Model))
+    same = [
+        np.array_equal(a, b)
+        for a, b in zip(source.get_weights(), target.get_weights(), strict=True)
+    ]
     assert len(same) == len(source.get_weights()) > 0
     # Frozen, the backbone is exactly the pretrained one; fine-tuned, training moved it.
     assert all(same) if freeze else not all(same)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["space.backbone=registered:nothing@champion"], "models:/nothing@champion: no such registered model version; registered: petloc-backbone"),
-    (["space.backbone=registered:petloc-backbone"], "should be registered:NAME@ALIAS or registered:NAME/VERSION"),
-    # Another split: the backbone may have trained on this run's validation photos.
-    (["space.backbone=registered:petloc-backbone@champion", "data.seed=1"], "was pretrained on another split"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["space.backbone=registered:nothing@champion"],
+            "models:/nothing@champion: no such registered model version; registered: petloc-backbone",
+        ),
+        (
+            ["space.backbone=registered:petloc-backbone"],
+            "should be registered:NAME@ALIAS or registered:NAME/VERSION",
+        ),
+        # Another split: the backbone may have trained on this run's validation photos.
+        (
+            ["space.backbone=registered:petloc-backbone@champion", "data.seed=1"],
+            "was pretrained on another split",
+        ),
+    ],
+)
 def test_bad_registered_backbone_is_one_line(pretrained, monkeypatch, args, message):
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
@@ -105,10 +136,14 @@ def test_bad_registered_backbone_is_one_line(pretrained, monkeypatch, args, mess
 def test_a_localiser_is_not_a_backbone(pretrained, monkeypatch):
     root, exp, _ = pretrained
     monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/elsewhere/mlflow.db")  # for petloc promote
+    # for petloc promote
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/elsewhere/mlflow.db")
     trained = invoke("train", exp)
-    assert invoke("promote", run_id_of(trained.output)).exit_code == 0  # petloc@champion, a localiser
-    with pytest.raises(PetlocError, match="registered:petloc@champion is not a network from petloc pretrain"):
+    # petloc@champion, a localiser
+    assert invoke("promote", run_id_of(trained.output)).exit_code == 0
+    with pytest.raises(
+        PetlocError, match="registered:petloc@champion is not a network from petloc pretrain"
+    ):
         invoke("train", exp, "space.backbone=registered:petloc@champion")
 
 
@@ -122,16 +157,27 @@ def test_a_backbone_pretrained_on_caffe_inputs_is_refused_in_one_line(tmp_path):
 
     with in_project(tmp_path):
         store.configure()
-        inner = keras.Sequential([keras.Input((32, 32, 3)), CaffePreprocess(), layers.Conv2D(2, 3)], name="vgg16")
-        classifier = keras.Sequential([keras.Input((32, 32, 3)), inner, layers.GlobalAveragePooling2D(), layers.Dense(2)])
-        run_id = runs.create_run(runs.experiment_id("old"), "pretrain-vgg16", {"petloc_kind": "pretrain"})
+        inner = keras.Sequential(
+            [keras.Input((32, 32, 3)), CaffePreprocess(), layers.Conv2D(2, 3)], name="vgg16"
+        )
+        classifier = keras.Sequential(
+            [keras.Input((32, 32, 3)), inner, layers.GlobalAveragePooling2D(), layers.Dense(2)]
+        )
+        run_id = runs.create_run(
+            runs.experiment_id("old"), "pretrain-vgg16", {"petloc_kind": "pretrain"}
+        )
         mlflow.log_params({"backbone": "vgg16", "width": 1.0}, run_id=run_id)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.keras.log_model(classifier, name="model")
         client = MlflowClient()
         client.create_registered_model("old-backbone")
-        version = client.create_model_version("old-backbone", info.model_uri, run_id=run_id, model_id=info.model_id)
+        version = client.create_model_version(
+            "old-backbone", info.model_uri, run_id=run_id, model_id=info.model_id
+        )
         client.set_registered_model_alias("old-backbone", "champion", version.version)
-        with pytest.raises(PetlocError, match=r"^backbone: registered:old-backbone@champion was pretrained by an "
-                                              r"older petloc on Caffe's inputs.*pretrain it again$"):
+        with pytest.raises(
+            PetlocError,
+            match=r"^backbone: registered:old-backbone@champion was pretrained by an "
+            r"older petloc on Caffe's inputs.*pretrain it again$",
+        ):
             registry.pretrained_backbone("old-backbone@champion")
