@@ -215,12 +215,12 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
             run_on_this_machine(experiment, overrides, workers, fresh, worker_timeout, click.echo)
         )
     if worker_id is not None:
-        from petloc.search.distributed import run_worker
+        from petloc.search.worker import run_worker
 
         run_worker(exp, worker_id, chief, say=click.echo)
         return
     if chief is not None:
-        from petloc.search.distributed import run_chief
+        from petloc.search.chief import run_chief
 
         result = run_chief(
             exp, chief or address or DEFAULT_CHIEF_ADDRESS, fresh, worker_timeout, click.echo

@@ -149,7 +149,7 @@ class TunerConfig(Strict):
     # many epochs, as one more child run ("final"); 0 = none.
     final_epochs: int = Field(0, ge=0, le=MAX_EPOCHS)
     # A time budget for each start of the sweep, data preparation and final run included: no
-    # trial starts that might, with the final run after it, end past it (petloc.search.budget).
+    # trial starts that might, with the final run after it, end past it (petloc.search.time_budget).
     max_minutes: float | None = Field(None, gt=0, le=366 * 24 * 60)
     # With max_minutes and final_epochs (else it does nothing): the final run trains more than
     # final_epochs when the search left time, as many epochs as the rest of the budget holds.

@@ -3,7 +3,7 @@ end, and the winner offered to the registry.
 
 A sweep's state lives in `mlruns/tuner/<name>/` (`petloc.search.state`); running the same
 sweep again continues it, `--fresh` starts over. Its runs are recorded through
-`petloc.tracking.sweep_record`. Across processes and machines (`petloc.search.distributed`),
+`petloc.tracking.sweep_record`. Across processes and machines (`petloc.search.distributed`, `chief.py`, `worker.py`),
 the chief holds the state and the oracle; workers learn the parent run from the chief itself.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from petloc import stopping
 from petloc.config import Experiment
 from petloc.errors import PetlocError
-from petloc.search.budget import TimeBudgetedOracle
 from petloc.search.ensemble import log_ensemble
 from petloc.search.final import train_final
 from petloc.search.state import sweep_state
+from petloc.search.time_budget import TimeBudgetedOracle
 from petloc.search.tuner import TrackedTuner
 from petloc.tracking import registry
 from petloc.tracking.sweep_record import SweepRecord, searched

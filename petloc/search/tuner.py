@@ -19,7 +19,8 @@ import keras_tuner as kt
 from petloc import library_internals, stopping
 from petloc.config import Experiment, Range
 from petloc.model import Hyperparameters, build_model, hyperparams
-from petloc.search.budget import (
+from petloc.search.progress import SweepProgress, planned_trials
+from petloc.search.time_budget import (
     PACE,
     BayesianOptimizationOracle,
     GridSearchOracle,
@@ -27,7 +28,6 @@ from petloc.search.budget import (
     RandomSearchOracle,
     TimeBudgetedOracle,
 )
-from petloc.search.progress import SweepProgress, planned_trials
 from petloc.tracking import runs
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord
@@ -45,7 +45,7 @@ def oracle_seed(exp: Experiment) -> int:
 
 
 # Each takes the experiment and the time budget's settings (TimeBudgetedOracle's keywords):
-# petloc.search.budget's oracles are Keras Tuner's, with the budget mixed in.
+# petloc.search.time_budget's oracles are Keras Tuner's, with the budget mixed in.
 def _oracle_random(exp: Experiment, **time_budget):
     return RandomSearchOracle(
         OBJECTIVE,
@@ -264,7 +264,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         return trial_metrics(summary)
 
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
-        """How a trial tells the time budget its steady epoch as it trains (petloc.search.budget)."""
+        """How a trial tells the time budget its steady epoch as it trains (petloc.search.time_budget)."""
         if not self.exp.tuner.max_minutes:
             return None
         return lambda epoch, seconds: self.oracle.update_trial(
@@ -323,7 +323,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
 
 def trial_metrics(summary: dict[str, float]) -> dict[str, float]:
     """What the oracle keeps of a trial's summary (a run's metrics): the objective, and the
-    training time that the time budget (petloc.search.budget) reads."""
+    training time that the time budget (petloc.search.time_budget) reads."""
     metrics = {"val_miou": summary["best_val_miou"]}
     kept = ("val_accuracy", "epoch_seconds", "epochs_trained")
     metrics.update({name: summary[name] for name in kept if name in summary})

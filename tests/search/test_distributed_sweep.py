@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
-from petloc.search.budget import PACE
+from petloc.search.time_budget import PACE
 from tests.helpers import (
     PETLOC,
     free_port,

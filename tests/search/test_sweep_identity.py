@@ -27,14 +27,9 @@ from mlflow.tracking import MlflowClient
 
 from petloc.config import load_experiment
 from petloc.errors import PetlocError
-from petloc.search.distributed import (
-    ChiefServicer,
-    _heartbeat,
-    _refuse_a_concurrent_chief,
-    ask_chief,
-    refuse_a_second_chief,
-)
+from petloc.search.chief import ChiefServicer, _refuse_a_concurrent_chief, refuse_a_second_chief
 from petloc.search.state import sweep_tags
+from petloc.search.worker import _heartbeat, ask_chief
 from petloc.tracking import runs
 from petloc.tracking.vocabulary import CHIEF as CHIEF_TAG
 from petloc.tracking.vocabulary import CHIEF_HEARTBEAT as CHIEF_HEARTBEAT_TAG

@@ -7,8 +7,8 @@ import keras_tuner as kt
 import pytest
 
 from petloc.config import parse_experiment
-from petloc.search import budget as budgeted
-from petloc.search.budget import PACE, TimeBudgetedOracle
+from petloc.search import time_budget as budgeted
+from petloc.search.time_budget import PACE, TimeBudgetedOracle
 from petloc.tracking.log import EpochLogger
 from tests.helpers import children, invoke, store_client, tiny_dataset, tiny_experiment
 
