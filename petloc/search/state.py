@@ -49,11 +49,13 @@ def _parent_record(exp: Experiment, state_file: Path, experiment_id: str) -> Swe
     """The sweep's parent run: the one recorded in sweep.json, or a new one."""
     state = _read_state(state_file)
     if state is None:
-        record = SweepRecord.start(exp, fingerprint(exp), experiment_id)
-        atomic_write_text(
-            state_file,
-            json.dumps({"parent_run_id": record.parent_run_id, "fingerprint": fingerprint(exp)}),
-        )
+        record = SweepRecord.create(exp, fingerprint(exp), experiment_id)
+        try:
+            state = {"parent_run_id": record.parent_run_id, "fingerprint": fingerprint(exp)}
+            atomic_write_text(state_file, json.dumps(state))
+            record.log_settings(exp, fingerprint(exp))
+        except BaseException as err:  # noqa: BLE001  (a stop or a store error ends the new parent; re-raised)
+            raise record.ended(err)  # noqa: B904  (err itself, or the interrupt behind it with err as its cause)
         return record
     if state["fingerprint"] != fingerprint(exp):
         raise PetlocError(

@@ -73,17 +73,20 @@ class SweepRecord:
     # ---- the parent run ---------------------------------------------------------------
 
     @classmethod
-    def start(cls, exp: Experiment, fingerprint: str, experiment_id: str) -> SweepRecord:
-        """A new parent run for the sweep, with its settings."""
+    def create(cls, exp: Experiment, fingerprint: str, experiment_id: str) -> SweepRecord:
+        """A new parent run for the sweep, with only what finds it: the caller records it
+        (sweep.json) before `log_settings`, so a stop in between leaves no run nobody knows."""
         run_id = runs.create_run(
             experiment_id,
             f"sweep-{exp.name}",
             {vocab.KIND: vocab.SWEEP_KIND, **identity_tags(exp, fingerprint)},
         )
-        record = cls(run_id)
-        record._log_sweep_settings(exp)
-        record.log_resumable_settings(exp, fingerprint)
-        return record
+        return cls(run_id)
+
+    def log_settings(self, exp: Experiment, fingerprint: str) -> None:
+        """A new sweep's settings: what it is (params, provenance) and what this start runs with."""
+        self._log_sweep_settings(exp)
+        self.log_resumable_settings(exp, fingerprint)
 
     @classmethod
     def resume(

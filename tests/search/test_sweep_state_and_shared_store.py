@@ -202,6 +202,28 @@ def test_a_sweep_that_fails_after_its_parent_run_exists_ends_it_failed(tmp_path)
     assert "no usable images" in parent.data.tags["error"]
 
 
+def test_a_stop_while_a_new_sweep_logs_its_settings_leaves_its_parent_recorded_and_killed(
+    tmp_path, monkeypatch
+):
+    """The parent run is in sweep.json before its settings go to the store: a Ctrl+C (or a
+    store error) in between ends it KILLED, and the next start finds it, not a run nobody knows."""
+    from petloc.config import load_experiment
+    from petloc.search.state import sweep_state
+    from petloc.tracking.sweep_record import SweepRecord
+
+    def stopped(self, exp, fingerprint):
+        raise KeyboardInterrupt
+
+    exp = load_experiment(tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=8)))
+    with in_project(tmp_path):
+        monkeypatch.setattr(SweepRecord, "log_settings", stopped)
+        with pytest.raises(KeyboardInterrupt), sweep_state(exp, fresh=False):
+            pass
+        _, [parent] = sweep_runs(tmp_path)
+        state = json.loads((tmp_path / "mlruns" / "tuner" / exp.name / "sweep.json").read_text())
+        assert state["parent_run_id"] == parent.info.run_id and parent.info.status == "KILLED"
+
+
 # --- several processes, one store ----------------------------------------------------------
 
 OPEN_STORE = "from petloc.tracking import runs, store; store.configure(); runs.experiment_id('e')"

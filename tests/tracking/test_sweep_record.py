@@ -18,7 +18,8 @@ def sweep(tmp_path):
     exp = load_experiment(tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=8)))
     with in_project(tmp_path):
         uri = configure()
-        record = SweepRecord.start(exp, "f1", runs.experiment_id(exp.tracking.experiment))
+        record = SweepRecord.create(exp, "f1", runs.experiment_id(exp.tracking.experiment))
+        record.log_settings(exp, "f1")
         yield exp, record, MlflowClient(uri)
 
 
