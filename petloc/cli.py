@@ -91,9 +91,8 @@ def train(experiment, overrides):
 
     run = train_run(exp, click.echo)
     click.echo(table([run.summary]))
-    click.echo(
-        f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({store.configure(exp.tracking.uri)})"
-    )
+    shown = store.shown_uri(store.configure(exp.tracking.uri))
+    click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({shown})")
     click.echo(f"model: runs:/{run.run_id}/model   browse: petloc ui")
 
 

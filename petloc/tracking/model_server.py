@@ -103,7 +103,7 @@ def serve_model(ref: str, host: str, port: int, say: Callable[[str], None] = pri
     # a registered version: as the user named it
     named = ref if served.startswith("models:/m-") else served
     say(
-        f"serving {named} from {tracking_uri} at http://{host}:{port}/invocations  (Ctrl+C to stop)"
+        f"serving {named} from {store.shown_uri(tracking_uri)} at http://{host}:{port}/invocations  (Ctrl+C to stop)"
     )
     # Without MLFLOW_TRACKING_URI, MLflow looks for the model in ./mlflow.db (and makes one).
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}

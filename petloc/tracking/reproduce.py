@@ -45,7 +45,7 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
     try:
         original = client.get_run(run_id)
     except MlflowException:
-        raise PetlocError(f"run {run_id}: not found in {store.configure()}") from None
+        raise PetlocError(f"run {run_id}: not found in {store.tracking_uri()}") from None
     kind = vocab.kind_of(original.data.tags)
     if kind == vocab.SWEEP_KIND:
         raise PetlocError(_sweep_parent_refusal(original))

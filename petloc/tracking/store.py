@@ -169,7 +169,7 @@ def _check_server(uri: str) -> None:
     except MlflowException as err:
         reason = str(err).splitlines()[0][:200]
     raise PetlocError(
-        f"tracking server {uri} does not answer ({reason}): start it (petloc tracking-server), "
+        f"tracking server {shown_uri(uri)} does not answer ({reason}): start it (petloc tracking-server), "
         "or fix tracking.uri in the experiment file / MLFLOW_TRACKING_URI"
     )
 
@@ -240,7 +240,7 @@ def refusal(err: BaseException) -> str | None:
     user = get_default_host_creds(mlflow.get_tracking_uri()).username or "this client"
     permission, resource = _permission_needed(endpoint)
     return (
-        f"the tracking server {mlflow.get_tracking_uri()} refused {endpoint} to user {user}: it needs "
+        f"the tracking server {tracking_uri()} refused {endpoint} to user {user}: it needs "
         f"{permission} permission on the {resource}, which an admin or the {resource}'s manager grants"
     )
 
@@ -307,4 +307,4 @@ def _open_sqlite_store(uri: str, label: str) -> None:
     # MLflow wraps the database's errors (locked, read-only, not a database) in its own; the
     # folder and the lock add OSError and UnreadableFile.
     except Exception as err:  # noqa: BLE001  (see above)
-        raise PetlocError(f"{label} {uri}: cannot open the store ({first_line(err)})") from None
+        raise PetlocError(f"{label} {shown_uri(uri)}: cannot open the store ({first_line(err)})") from None

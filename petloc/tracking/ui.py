@@ -39,12 +39,13 @@ def serve_ui(
         )
     uri = store.configure()
     if uri.startswith(("http://", "https://")):
-        say(f"the tracking server {uri} serves the MLflow UI: open {uri}")
-        for line in ui_pages(uri):
+        shown = store.shown_uri(uri)  # no password on the terminal
+        say(f"the tracking server {shown} serves the MLflow UI: open {shown}")
+        for line in ui_pages(shown):
             say(line)
         return 0
     server.check_port_free(host, port)  # else MLflow's bind error drowns in its log and we exit 0
-    say(f"MLflow UI for {uri}  (Ctrl+C to stop)")
+    say(f"MLflow UI for {store.shown_uri(uri)}  (Ctrl+C to stop)")
     for line in ui_pages(server.client_uri_of(host, port)):
         say(line)
     mlflow_ui = subprocess.Popen(_ui_command(uri, host, port, workers), env=_ui_env())
