@@ -26,7 +26,7 @@ from common import scratch, table, write_block
 from photos import SHARED_PHOTOS
 
 from petloc.config import load_experiment
-from petloc.search import ENSEMBLE_TRIAL, FINAL_TRIAL
+from petloc.tracking.vocabulary import ENSEMBLE_TRIAL, FINAL_TRIAL
 
 ROOT = Path(__file__).resolve().parent.parent
 WITHIN = 0.02

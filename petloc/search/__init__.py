@@ -6,7 +6,3 @@ SEARCH_OVER = "search over:"
 
 # Where a sweep's chief listens for its workers unless told (kept here, free of TensorFlow, for `petloc --help`).
 DEFAULT_CHIEF_ADDRESS = "127.0.0.1:8470"
-
-# Child runs of a sweep besides its trials, and the leaderboard's rows of its own trials: part of
-# what petloc records, so defined with the rest of its MLflow names (light: no MLflow import).
-from petloc.tracking.vocabulary import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows  # noqa: E402,F401

@@ -23,7 +23,7 @@ from petloc.files import (
 )
 from petloc.search.tuner import tuner_dir
 from petloc.tracking import runs, store
-from petloc.tracking.sweep_record import RESUMABLE_TUNER_SETTINGS, SweepRecord, identity_tags
+from petloc.tracking.sweep_record import RESUMABLE_TUNER_SETTINGS, SweepRecord
 
 TUNER_STATE_LIMIT = (
     16_000_000  # bytes of one of Keras Tuner's JSON files: its oracle's grows with the trials
@@ -38,11 +38,6 @@ def fingerprint(exp: Experiment) -> str:
         body["tuner"].pop(what_may_change)
     body.pop("registry")
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def sweep_tags(exp: Experiment) -> dict[str, str]:
-    """What finds a sweep's parent run in the tracking server, and tells its settings apart."""
-    return identity_tags(exp, fingerprint(exp))
 
 
 def _parent_record(exp: Experiment, state_file: Path, experiment_id: str) -> SweepRecord:

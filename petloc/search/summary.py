@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 
 from petloc.report import table
-from petloc.search import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows
+from petloc.tracking.vocabulary import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows
 
 
 def sweep_summary(name: str, result, seconds: float, model_ref: str) -> list[str]:

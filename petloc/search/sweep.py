@@ -123,7 +123,7 @@ def finish(
     max_latency_ms = exp.registry.max_latency_ms
 
     def ranked() -> list[dict]:
-        return mark_budget(record.leaderboard(searched(exp)), max_latency_ms)
+        return mark_latency_fit(record.leaderboard(searched(exp)), max_latency_ms)
 
     rows = ranked()
     best_trial = champion_row(trial_rows(rows), max_latency_ms)
@@ -180,7 +180,7 @@ def _end_step(what: str, step: Callable[[], str | None], say: Callable[[str], No
         return None
 
 
-def mark_budget(rows: list[dict], max_latency_ms: float | None) -> list[dict]:
+def mark_latency_fit(rows: list[dict], max_latency_ms: float | None) -> list[dict]:
     """With a latency budget, each leaderboard row says whether its trial fits it."""
     if max_latency_ms is None:
         return rows

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import keras_tuner as kt
 
 from petloc.search.progress import duration
+from petloc.tracking import vocabulary as vocab
 
 TrialStatus = kt.engine.trial.TrialStatus
 
@@ -110,10 +111,10 @@ class TimeBudgetedOracle(kt.Oracle):
         timed = {}
         for trial_id, wall in self.took.items():
             metrics = self.trials[trial_id].metrics
-            if metrics.exists("epoch_seconds") and metrics.exists("epochs_trained"):
+            if metrics.exists(vocab.EPOCH_SECONDS) and metrics.exists(vocab.EPOCHS_TRAINED):
                 timed[trial_id] = (
-                    metrics.get_last_value("epochs_trained"),
-                    metrics.get_last_value("epoch_seconds"),
+                    metrics.get_last_value(vocab.EPOCHS_TRAINED),
+                    metrics.get_last_value(vocab.EPOCH_SECONDS),
                     wall,
                 )
         return timed

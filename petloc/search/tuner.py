@@ -324,8 +324,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
 def trial_metrics(summary: dict[str, float]) -> dict[str, float]:
     """What the oracle keeps of a trial's summary (a run's metrics): the objective, and the
     training time that the time budget (petloc.search.time_budget) reads."""
-    metrics = {"val_miou": summary["best_val_miou"]}
-    kept = ("val_accuracy", "epoch_seconds", "epochs_trained")
+    metrics = {OBJECTIVE.name: summary[vocab.BEST_VAL_MIOU]}
+    kept = (vocab.VAL_ACCURACY, vocab.EPOCH_SECONDS, vocab.EPOCHS_TRAINED)
     metrics.update({name: summary[name] for name in kept if name in summary})
     return metrics
 

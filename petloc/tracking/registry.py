@@ -24,7 +24,7 @@ from petloc.tracking.store import configure, tracking_uri
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
 
 # Version tags copied from the source run's metrics and tags.
-METRIC_LABELS = {"best_val_miou": "val mIoU", "val_accuracy": "val accuracy"}
+METRIC_LABELS = {vocab.BEST_VAL_MIOU: "val mIoU", vocab.VAL_ACCURACY: "val accuracy"}
 METRIC_TAGS = (
     vocab.BEST_VAL_MIOU,
     vocab.VAL_ACCURACY,
@@ -387,7 +387,7 @@ def _best_claim(name: str, alias: str, metric: str, holder):
         v
         for v in versions_of(name)
         if _claim_tag(alias) in v.tags
-        and v.tags.get("val_data") == holder.tags.get("val_data")
+        and v.tags.get(vocab.VAL_DATA) == holder.tags.get(vocab.VAL_DATA)
         and v.tags.get(metric) is not None
     ]
     return max([holder, *rivals], key=lambda v: (float(v.tags[metric]), -int(v.version)))
@@ -398,7 +398,7 @@ def registered_name_of(run_id: str) -> str:
     client = MlflowClient()
     try:
         logged = json.loads(
-            read_bounded(client.download_artifacts(run_id, "experiment.json"), SMALL_FILE_LIMIT)
+            read_bounded(client.download_artifacts(run_id, vocab.EXPERIMENT_FILE), SMALL_FILE_LIMIT)
         )
         return logged.get("registry", {}).get("name") or "petloc"
     except (MlflowException, OSError, ValueError, UnreadableFile):
@@ -461,10 +461,10 @@ def list_versions() -> list[dict]:
                     "name": printable(model.name),
                     "version": v.version,
                     "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
-                    "val_miou": _float(v.tags.get("best_val_miou")),
-                    "val_accuracy": _float(v.tags.get("val_accuracy")),
-                    "latency_ms_b1": _float(v.tags.get("latency_ms_b1")),
-                    "source_run": v.run_id or v.tags.get("source_run", "-"),
+                    "val_miou": _float(v.tags.get(vocab.BEST_VAL_MIOU)),
+                    "val_accuracy": _float(v.tags.get(vocab.VAL_ACCURACY)),
+                    "latency_ms_b1": _float(v.tags.get(vocab.LATENCY_MS_B1)),
+                    "source_run": v.run_id or v.tags.get(vocab.SOURCE_RUN, "-"),
                 }
             )
     return rows

@@ -36,12 +36,9 @@ def experiment_id(name: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-OWNER_TAG = vocab.OWNER  # host:pid:start time of the process that runs it
-
-
 def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = None) -> str:
     """A new RUNNING run owned by this process; every petloc run starts here."""
-    tags = {**(tags or {}), OWNER_TAG: this_process()}
+    tags = {**(tags or {}), vocab.OWNER: this_process()}
     stopping.raise_if_stopped()  # a stop some library swallowed earlier: before any run exists
     # A stop arriving while the store makes the run waits for its ID, so the run can be ended
     # KILLED: raised inside the call, the run would stay RUNNING until the next start.
@@ -63,7 +60,7 @@ def create_run(experiment_id: str, run_name: str, tags: dict[str, str] | None = 
 def claim_run(run_id: str) -> None:
     """Mark an existing run (a resumed sweep's parent) RUNNING and owned by this process."""
     client = MlflowClient()
-    client.set_tag(run_id, OWNER_TAG, this_process())
+    client.set_tag(run_id, vocab.OWNER, this_process())
     # the reason it stopped last time no longer holds
     if vocab.ERROR in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, vocab.ERROR)
@@ -86,7 +83,7 @@ def _owner(pid: int) -> str | None:
 
 
 def owner_alive(owner: str) -> bool:
-    """Whether the process named by an OWNER_TAG value still runs. A process on another host
+    """Whether the process named by a `petloc.owner` tag still runs. A process on another host
     cannot be checked from here, so it counts as alive."""
     host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
@@ -101,7 +98,7 @@ def end_orphans(run_ids: list[str], why: str) -> list[str]:
     ended = []
     for run_id in run_ids:
         run = client.get_run(run_id)
-        owner = run.data.tags.get(OWNER_TAG)
+        owner = run.data.tags.get(vocab.OWNER)
         if run.info.status != "RUNNING" or not owner or owner_alive(owner):
             continue
         client.set_tag(

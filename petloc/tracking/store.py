@@ -307,4 +307,6 @@ def _open_sqlite_store(uri: str, label: str) -> None:
     # MLflow wraps the database's errors (locked, read-only, not a database) in its own; the
     # folder and the lock add OSError and UnreadableFile.
     except Exception as err:  # noqa: BLE001  (see above)
-        raise PetlocError(f"{label} {shown_uri(uri)}: cannot open the store ({first_line(err)})") from None
+        raise PetlocError(
+            f"{label} {shown_uri(uri)}: cannot open the store ({first_line(err)})"
+        ) from None

@@ -168,7 +168,7 @@ def train_tracked(
         }
     model = TTA[values.get("tta", "none")](model)  # what is measured and logged is what users get
     # none when resumed with none left
-    timed = {"epoch_seconds": epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}
+    timed = {vocab.EPOCH_SECONDS: epochs_logged.epoch_seconds()} if epochs_logged.seconds else {}
     return score_and_log(
         exp,
         model,
@@ -178,7 +178,7 @@ def train_tracked(
         {
             **lever,
             "train_seconds": train_seconds,
-            "epochs_trained": float(len(curves.get("loss", []))),
+            vocab.EPOCHS_TRAINED: float(len(curves.get("loss", []))),
             **timed,
         },
     )
@@ -200,9 +200,9 @@ def score_and_log(
     forward = TimedForward(forward_pass(model))
     figures, pred = quality(model, data.val, forward)
     summary = {
-        "best_val_miou": figures["miou"],
-        "val_accuracy": figures["accuracy"],
-        "val_iou50": figures["iou50"],
+        vocab.BEST_VAL_MIOU: figures["miou"],
+        vocab.VAL_ACCURACY: figures["accuracy"],
+        vocab.VAL_IOU50: figures["iou50"],
         **latencies(model, int(model.input_shape[1]), forward),
         "params_count": float(model.count_params()),
         "skipped_images": float(len(data.whole.skipped)),
@@ -250,7 +250,7 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
         **classifier_figures(model, data.val),
         "train_images": float(len(data.train) * (2 if cfg.head_crops else 1)),
         "train_seconds": time.perf_counter() - start,
-        "epochs_trained": float(len(history.history.get("loss", []))),
+        vocab.EPOCHS_TRAINED: float(len(history.history.get("loss", []))),
     }
     mlflow.log_metrics(summary, run_id=run_id)
     log.log_model(model, run_id, localiser=False)

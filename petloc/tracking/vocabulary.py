@@ -2,8 +2,9 @@
 
 petloc's own tags carry the `petloc.` prefix; the older plain names (trial_id, model_uri, ...)
 stay as users' queries know them. Stores written by older petloc versions keep working:
-the readers below (`kind_of`, `version_of`, `is_ensemble`) also read the spellings those
-wrote (`petloc_kind`, `petloc_version`, an ensemble's `backbone` param "ensemble").
+the readers below (`kind_of`, `is_ensemble`) also read the spellings those
+wrote (`petloc_kind`, an ensemble's `backbone` param "ensemble"); the old `petloc_version`
+tag is only information, and nothing reads it.
 Free of MLflow, so that `petloc --help` and the search's light modules may import it.
 """
 
@@ -23,7 +24,7 @@ CHIEF_HEARTBEAT = "petloc.chief_heartbeat"  # the chief's last sign of life (wal
 WORKER = "petloc.worker"  # the worker that ran a trial, on its run
 
 # Spellings older petloc versions wrote: read, never written.
-OLD_KIND, OLD_VERSION = "petloc_kind", "petloc_version"
+OLD_KIND = "petloc_kind"
 OLD_ENSEMBLE_BACKBONE = "ensemble"  # the `backbone` param that marked an ensemble's run
 
 # ---- tags of runs --------------------------------------------------------------------------
@@ -87,11 +88,6 @@ CHECKPOINT_FOLDER = "checkpoint"  # a Hyperband trial's weights, for the round t
 def kind_of(tags: Mapping[str, str]) -> str | None:
     """A run's kind, also as older petloc versions spelled its tag."""
     return tags.get(KIND) or tags.get(OLD_KIND)
-
-
-def version_of(tags: Mapping[str, str]) -> str | None:
-    """The petloc version that made a run, also as older versions spelled its tag."""
-    return tags.get(VERSION) or tags.get(OLD_VERSION)
 
 
 def is_ensemble(tags: Mapping[str, str], params: Mapping[str, str]) -> bool:

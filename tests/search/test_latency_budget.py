@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
-from petloc.search.sweep import champion_row, mark_budget
+from petloc.search.sweep import champion_row, mark_latency_fit
 from petloc.tracking.sweep_record import pareto_front
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
@@ -25,8 +25,8 @@ def test_the_budget_excludes_the_most_accurate_trial():
     # c (9 ms) does not fit; a is the best that does
     assert champion_row(ROWS, 5.0)["run_id"] == "a"
     assert champion_row(ROWS, 0.5) is None
-    assert [r["fits_budget"] for r in mark_budget(ROWS, 5.0)] == ["no", "yes", "yes", "yes"]
-    assert mark_budget(ROWS, None) == ROWS
+    assert [r["fits_budget"] for r in mark_latency_fit(ROWS, 5.0)] == ["no", "yes", "yes", "yes"]
+    assert mark_latency_fit(ROWS, None) == ROWS
 
 
 def test_pareto_front_keeps_the_trials_nothing_beats_on_both():

@@ -28,9 +28,11 @@ from mlflow.tracking import MlflowClient
 from petloc.config import load_experiment
 from petloc.errors import PetlocError
 from petloc.search.chief import ChiefServicer, _refuse_a_concurrent_chief, refuse_a_second_chief
-from petloc.search.state import sweep_tags
+from petloc.search.state import fingerprint
 from petloc.search.worker import _heartbeat, ask_chief
 from petloc.tracking import runs
+from petloc.tracking import vocabulary as vocab
+from petloc.tracking.sweep_record import identity_tags
 from petloc.tracking.vocabulary import CHIEF as CHIEF_TAG
 from petloc.tracking.vocabulary import CHIEF_HEARTBEAT as CHIEF_HEARTBEAT_TAG
 from tests.helpers import free_port, tiny_dataset, tiny_experiment
@@ -60,10 +62,14 @@ def chief_parent(exp, owner: str, heartbeat: float) -> str:
     run_id = runs.create_run(
         runs.experiment_id(exp.tracking.experiment),
         "sweep-tiny",
-        {"petloc.kind": "sweep", **sweep_tags(exp), CHIEF_TAG: "10.0.0.7:8470"},
+        {
+            "petloc.kind": "sweep",
+            **identity_tags(exp, fingerprint(exp)),
+            CHIEF_TAG: "10.0.0.7:8470",
+        },
     )
     client = MlflowClient()
-    client.set_tag(run_id, runs.OWNER_TAG, owner)
+    client.set_tag(run_id, vocab.OWNER, owner)
     client.set_tag(run_id, CHIEF_HEARTBEAT_TAG, f"{heartbeat:.0f}")
     return run_id
 

@@ -17,6 +17,7 @@ from petloc.data.pipeline import CACHE_VERSION, dataset_digest, load_arrays
 from petloc.errors import PetlocError
 from petloc.files import atomic_write_text, exclusive_lock, remove_tree
 from petloc.tracking import runs, store
+from petloc.tracking import vocabulary as vocab
 from tests.helpers import (
     PETLOC,
     in_project,
@@ -165,13 +166,13 @@ def test_runs_left_running_by_a_dead_process_end_killed_and_live_ones_are_kept(o
         orphan = runs.create_run(
             experiment_id, "orphan", {"mlflow.parentRunId": parent.info.run_id}
         )
-        client.set_tag(orphan, runs.OWNER_TAG, dead_owner)
+        client.set_tag(orphan, vocab.OWNER, dead_owner)
         # this process
         live = runs.create_run(experiment_id, "live", {"mlflow.parentRunId": parent.info.run_id})
         elsewhere = runs.create_run(
             experiment_id, "elsewhere", {"mlflow.parentRunId": parent.info.run_id}
         )
-        client.set_tag(elsewhere, runs.OWNER_TAG, "another-host:1:1")
+        client.set_tag(elsewhere, vocab.OWNER, "another-host:1:1")
         assert invoke("sweep", exp).exit_code == 0
     ended = client.get_run(orphan)
     assert (
@@ -320,7 +321,7 @@ def test_sweep_killed_with_sigkill_resumes_and_fresh_retires_its_runs(tmp_path):
             "ended without closing the run; the sweep was started again with --fresh"
             in old.data.tags["error"]
         )
-    assert socket.gethostname() in client.get_run(parent_id).data.tags[runs.OWNER_TAG]
+    assert socket.gethostname() in client.get_run(parent_id).data.tags[vocab.OWNER]
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """The lines `petloc sweep` ends with, from petloc.search.summary."""
 
-from petloc.search import FINAL_TRIAL
 from petloc.search.summary import sweep_summary
 from petloc.search.sweep import SweepResult
 from petloc.tracking.registry import Promotion
+from petloc.tracking.vocabulary import FINAL_TRIAL
 
 ROWS = [
     {"trial": "0", "val_miou": 0.5, "run_id": "a"},

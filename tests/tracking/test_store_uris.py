@@ -65,7 +65,9 @@ def test_a_bad_mlflow_tracking_uri_is_named_as_the_variable(tmp_path, monkeypatc
             invoke("models")
 
 
-@pytest.mark.parametrize("uri", ["postgresql://u:secret@127.0.0.1:1/db", "http://u:secret@127.0.0.1:1"])
+@pytest.mark.parametrize(
+    "uri", ["postgresql://u:secret@127.0.0.1:1/db", "http://u:secret@127.0.0.1:1"]
+)
 def test_a_store_that_does_not_answer_is_named_without_its_password(uri):
     with pytest.raises(PetlocError, match=r"u:\*\*\*@127\.0\.0\.1") as refused:
         store.configure(uri, "tracking.uri")

@@ -120,8 +120,6 @@ def test_runs_are_written_with_the_new_spellings_and_read_with_both():
         and vocabulary.VERSION in tags
         and "petloc_version" not in tags
     )
-    assert vocabulary.version_of({"petloc_version": "0.3.0"}) == "0.3.0"
-    assert vocabulary.version_of({"petloc.version": "0.4.0", "petloc_version": "0.3.0"}) == "0.4.0"
     assert (
         vocabulary.kind_of({"petloc_kind": "pretrain"})
         == vocabulary.kind_of({"petloc.kind": "pretrain"})
