@@ -11,7 +11,7 @@ import re
 import socket
 import subprocess
 import tempfile
-import time
+import threading
 from collections import Counter
 
 import pytest
@@ -32,7 +32,7 @@ from tests.helpers import (
     tiny_dataset,
     tiny_experiment,
 )
-from tests.servers import healthy, stop_process_group, tracking_server
+from tests.servers import stop_process_group, tracking_server
 
 ADMIN_PASSWORD = "first-admin-secret-1"  # MLflow wants 12 characters at least
 READER, READER_PASSWORD = "reader", "reader-secret-123"
@@ -375,16 +375,35 @@ def test_an_ipv6_host_is_printed_in_brackets_and_clients_use_it(tmp_path):
         start_new_session=True,
     )
     uri = f"http://[::1]:{port}"
+    printed: list[str] = []
     try:
-        deadline = time.monotonic() + 180
-        while not healthy(uri) and time.monotonic() < deadline and server.poll() is None:
-            time.sleep(0.5)
+        # petloc's own "ready" line, not our /health poll: ours can win the race and stop the
+        # server before petloc's poll has seen it up
+        printed = lines_until(server.stdout, "ready at", seconds=180)
         store.configure(uri)  # the start check, through the printed URI
         assert MlflowClient(uri).create_experiment("over-ipv6")
     finally:
         stop_process_group(server)
-    out = server.stdout.read()
-    assert f"export MLFLOW_TRACKING_URI={uri} " in out and f"ready at {uri} " in out
+    out = "".join(printed)
+    assert f"export MLFLOW_TRACKING_URI={uri} " in out
+    assert f"ready at {uri} " in out
+
+
+def lines_until(stream, text: str, seconds: float) -> list[str]:
+    """The lines of `stream` up to the first holding `text`; fails after `seconds` or at its end."""
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+            if text in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert lines and text in lines[-1], f"no line with {text!r} in {seconds} s: {''.join(lines)}"
+    return lines
 
 
 def test_ui_on_a_taken_port_is_one_line(tmp_path):
