@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from petloc.data.augment import augment
+from petloc.data.classes import SPECIES, Classes
 from petloc.data.images import IMAGE_SUFFIXES, max_image_bytes
 from petloc.data.readers import scan
 from petloc.data.records import Skipped
@@ -41,12 +42,13 @@ class ImageSet:
     """A whole dataset in memory, boxes normalised to the image."""
 
     images: np.ndarray  # [N, S, S, 3] uint8 RGB
-    labels: np.ndarray  # [N] int32, 0 = cat, 1 = dog
+    labels: np.ndarray  # [N] int32, indices into `classes.names`
     boxes: np.ndarray  # [N, 4] float32, normalised [x1, y1, x2, y2]
     paths: list[str]
     splits: list[str]  # "" where the layout does not say
     skipped: list[Skipped] = field(default_factory=list)
     digest: str = ""
+    classes: Classes = SPECIES
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,6 +62,7 @@ class ImageSet:
             [self.splits[i] for i in index],
             [],
             self.digest,
+            self.classes,
         )
 
 
