@@ -588,11 +588,18 @@ def oxford(out, url, val_share, seed, force, md5, replace_foreign):
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
-def check(path, as_json, on_bad):
+@click.option(
+    "--labels",
+    type=click.Choice(["species", "breed"]),
+    default="species",
+    show_default=True,
+    help="A photo's class: its species, or its breed where the data names one.",
+)
+def check(path, as_json, on_bad, labels):
     """Counts per class and split, box statistics, and every problem found."""
     from petloc.data.check import check_dataset, format_report
 
-    report = check_dataset(path, on_bad=on_bad)
+    report = check_dataset(path, on_bad=on_bad, labels=labels)
     click.echo(json.dumps(report.to_dict()) if as_json else format_report(report))
 
 

@@ -124,6 +124,9 @@ class DataConfig(Strict):
     seed: int = Seed
     on_bad: Literal["skip", "fail"] = "skip"
     synthetic_count: int = Field(1500, ge=20, le=1_000_000)
+    # what a photo's class is: its species (cat / dog), or its breed where the data names one
+    # (cats_dogs file names, Oxford's list files, a manifest's label column)
+    labels: Literal["species", "breed"] = "species"
 
 
 class TrainConfig(Strict):

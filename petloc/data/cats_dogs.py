@@ -3,20 +3,27 @@
 CLASS is 1 = cat, 2 = dog; the box is the head's top-left and bottom-right corners in
 pixels of the image. The pairs sit in one folder, or in `train/ valid/ test/` subfolders
 (which then give `Sample.split`). The box is checked against the image by `readers.scan`.
+
+With labels="species" the class is CLASS's species. With labels="breed" it is the file
+name's breed, the part before the last `_NUMBER` (`Abyssinian_12.jpg` -> `Abyssinian`,
+`great_pyrenees_157.jpg` -> `great_pyrenees`), and CLASS gives the breed's species (in
+Oxford's names cat breeds are the capitalised ones).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from petloc.data.images import IMAGE_SUFFIXES, BadImage, SizeOf
-from petloc.data.records import Sample, Skipped
+from petloc.data.records import SPECIES_IDS, Sample, Skipped
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_text_bounded
 
 SPLITS = ("train", "valid", "test")
-CLASS_IDS = {1: 0, 2: 1}  # file's CLASS -> model label (cat = 0, dog = 1)
+CLASS_IDS = {number: species for species, number in SPECIES_IDS.items()}  # file's CLASS -> species
+BREED_NAME = re.compile(r"(.+)_\d+")  # Abyssinian_12 -> Abyssinian
 
 
 class BadAnnotation(Exception):
@@ -33,14 +40,14 @@ def _has_pair(folder: Path) -> bool:
     return any(image.stem in texts for image in images)
 
 
-def read(root: Path, size_of: SizeOf) -> Iterator[Sample | Skipped]:
+def read(root: Path, size_of: SizeOf, labels: str = "species") -> Iterator[Sample | Skipped]:
     """Every image under `root` in sorted order, as a Sample or the reason it is skipped."""
     splits = _split_folders(root)
     if not splits:
-        yield from _read_folder(root, None, size_of)
+        yield from _read_folder(root, None, size_of, labels)
         return
     for split, folder in splits.items():
-        yield from _read_folder(folder, split, size_of)
+        yield from _read_folder(folder, split, size_of, labels)
     for image in _pairs(root)[0]:
         yield Skipped(image, "outside the train/, valid/ and test/ folders: not used")
 
@@ -69,10 +76,12 @@ def _pairs(folder: Path) -> tuple[list[Path], dict[str, Path]]:
     return images, texts
 
 
-def _read_folder(folder: Path, split: str | None, size_of: SizeOf) -> Iterator[Sample | Skipped]:
+def _read_folder(
+    folder: Path, split: str | None, size_of: SizeOf, labels: str
+) -> Iterator[Sample | Skipped]:
     images, texts = _pairs(folder)
     for image in images:
-        yield _read_pair(image, texts.get(image.stem), split, size_of)
+        yield _read_pair(image, texts.get(image.stem), split, size_of, labels)
     image_stems = {image.stem for image in images}
     for stem, text in texts.items():
         if stem not in image_stems:
@@ -80,23 +89,30 @@ def _read_folder(folder: Path, split: str | None, size_of: SizeOf) -> Iterator[S
 
 
 def _read_pair(
-    image: Path, text: Path | None, split: str | None, size_of: SizeOf
+    image: Path, text: Path | None, split: str | None, size_of: SizeOf, labels: str
 ) -> Sample | Skipped:
     if text is None:
         return Skipped(image, f"no annotation file {image.stem}.txt")
+    breed = BREED_NAME.fullmatch(image.stem)
+    if labels == "breed" and breed is None:
+        return Skipped(
+            image, "the file name is not BREED_NUMBER (labels=breed takes the breed from it)"
+        )
     try:
-        label, box = parse_annotation(text)
+        species, box = parse_annotation(text)
     except BadAnnotation as err:
         return Skipped(image, f"{text.name}: {err}")
     try:
         width, height = size_of(image)
     except BadImage as err:
         return Skipped(image, str(err))
-    return Sample(image, label, box, width, height, split)
+    if breed is not None and labels == "breed":
+        return Sample(image, breed[1], box, width, height, split, species)
+    return Sample(image, species, box, width, height, split)
 
 
-def parse_annotation(text: Path) -> tuple[int, tuple[float, float, float, float]]:
-    """(label, box) from a `CLASS x1 y1 x2 y2` file; raises `BadAnnotation`."""
+def parse_annotation(text: Path) -> tuple[str, tuple[float, float, float, float]]:
+    """(species, box) from a `CLASS x1 y1 x2 y2` file; raises `BadAnnotation`."""
     try:
         content = read_text_bounded(text, SMALL_FILE_LIMIT, encoding="utf-8-sig")
     except UnreadableFile as err:
@@ -111,7 +127,7 @@ def parse_annotation(text: Path) -> tuple[int, tuple[float, float, float, float]
     return _parse_line(lines[0])
 
 
-def _parse_line(line: str) -> tuple[int, tuple[float, float, float, float]]:
+def _parse_line(line: str) -> tuple[str, tuple[float, float, float, float]]:
     fields = line.split()
     try:
         if len(fields) != 5:

@@ -1,23 +1,29 @@
 """The Oxford-IIIT Pet layout: `images/NAME.jpg` + `annotations/xmls/NAME.xml` (head box).
 
 Only images with an xml have a head box, so the xmls drive the reading. The list files
-`annotations/trainval.txt` and `annotations/test.txt` (`NAME CLASS_ID SPECIES BREED_ID`,
-SPECIES 1 = cat, 2 = dog) give the split and a second word on the species.
+`annotations/list.txt`, `trainval.txt` and `test.txt` (`NAME CLASS_ID SPECIES BREED_ID`,
+SPECIES 1 = cat, 2 = dog) give the split and a second word on the species. With
+labels="breed" the class is the breed, NAME without its trailing `_number` (37 breeds),
+with its species; a photo no list file names has no breed and is skipped.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from petloc.data.cats_dogs import BREED_NAME
+from petloc.data.classes import SPECIES
 from petloc.data.images import IMAGE_SUFFIXES, BadImage, SizeOf
-from petloc.data.records import CLASS_NAMES, Sample, Skipped
+from petloc.data.records import Sample, Skipped
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 
-# Oxford's trainval becomes "train": a validation split is carved from it downstream.
-LIST_FILES = {"trainval.txt": "train", "test.txt": "test"}
-SPECIES_IDS = {"1": 0, "2": 1}  # list file's SPECIES -> model label (cat = 0, dog = 1)
+# Oxford's trainval becomes "train": a validation split is carved from it downstream;
+# list.txt names every photo (breeds), without a split.
+LIST_FILES = {"list.txt": None, "trainval.txt": "train", "test.txt": "test"}
+SPECIES_IDS = {"1": "cat", "2": "dog"}  # list file's SPECIES
 LIST_FILE_LIMIT = 16_000_000  # bytes: Oxford's own are 0.1 MB (3,700 lines of ~25 bytes)
 
 
@@ -29,16 +35,25 @@ def looks_like(root: Path) -> bool:
     return (root / "images").is_dir() and (root / "annotations" / "xmls").is_dir()
 
 
-def read(root: Path, size_of: SizeOf) -> Iterator[Sample | Skipped]:
+@dataclass(frozen=True)
+class Listed:
+    """What the list files say of one photo."""
+
+    species: str
+    breed: str
+    split: str | None
+
+
+def read(root: Path, size_of: SizeOf, labels: str = "species") -> Iterator[Sample | Skipped]:
     """One Sample (or Skipped) per head-box xml, in sorted order."""
     listed = read_lists(root / "annotations")
     for xml in sorted((root / "annotations" / "xmls").glob("*.xml")):
-        yield _read_one(root / "images", xml, listed.get(xml.stem), size_of)
+        yield _read_one(root / "images", xml, listed.get(xml.stem), size_of, labels)
 
 
-def read_lists(annotations: Path) -> dict[str, tuple[str, int]]:
-    """NAME -> (split, label) from the list files that exist; malformed lines are ignored."""
-    listed = {}
+def read_lists(annotations: Path) -> dict[str, Listed]:
+    """NAME -> what the list files that exist say of it; malformed lines are ignored."""
+    listed: dict[str, Listed] = {}
     for filename, split in LIST_FILES.items():
         path = annotations / filename
         if not path.exists():
@@ -46,29 +61,27 @@ def read_lists(annotations: Path) -> dict[str, tuple[str, int]]:
         text = read_bounded(path, LIST_FILE_LIMIT).decode("utf-8", errors="replace")
         for line in text.splitlines():
             fields = line.split()
-            if len(fields) == 4 and not line.startswith("#") and fields[2] in SPECIES_IDS:
-                listed[fields[0]] = (split, SPECIES_IDS[fields[2]])
+            breed = BREED_NAME.fullmatch(fields[0]) if fields else None
+            if len(fields) == 4 and not line.startswith("#") and fields[2] in SPECIES_IDS and breed:
+                # list.txt is read first: the split files' lines then add the split
+                listed[fields[0]] = Listed(SPECIES_IDS[fields[2]], breed[1], split)
     return listed
 
 
 def _read_one(
-    images: Path, xml: Path, listed: tuple[str, int] | None, size_of: SizeOf
+    images: Path, xml: Path, listed: Listed | None, size_of: SizeOf, labels: str
 ) -> Sample | Skipped:
     image = _image_for(images, xml.stem)
     if image is None:
         return Skipped(xml, f"no image {xml.stem}.jpg in {images}")
+    if labels == "breed" and listed is None:
+        return Skipped(image, f"no list file names {xml.stem}: its breed is unknown")
     try:
-        label, box, declared = parse_xml(xml)
+        species, box, declared = parse_xml(xml)
     except BadXml as err:
         return Skipped(image, f"{xml.name}: {err}")
-    split = None
-    if listed is not None:
-        split, listed_label = listed
-        if listed_label != label:
-            return Skipped(
-                image,
-                f"{xml.name} says {CLASS_NAMES[label]}, the list file says {CLASS_NAMES[listed_label]}",
-            )
+    if listed is not None and listed.species != species:
+        return Skipped(image, f"{xml.name} says {species}, the list file says {listed.species}")
     try:
         width, height = size_of(image)
     except BadImage as err:
@@ -77,7 +90,10 @@ def _read_one(
         return Skipped(
             image, f"image is {width}x{height} but {xml.name} says {declared[0]}x{declared[1]}"
         )
-    return Sample(image, label, box, width, height, split)
+    split = listed.split if listed else None
+    if labels == "breed" and listed is not None:
+        return Sample(image, listed.breed, box, width, height, split, species)
+    return Sample(image, species, box, width, height, split)
 
 
 def _image_for(images: Path, stem: str) -> Path | None:
@@ -88,8 +104,8 @@ def _image_for(images: Path, stem: str) -> Path | None:
     )
 
 
-def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[int, int]]:
-    """(label, box, (width, height)) from a VOC xml with exactly one cat or dog; raises `BadXml`."""
+def parse_xml(xml: Path) -> tuple[str, tuple[float, float, float, float], tuple[int, int]]:
+    """(species, box, (width, height)) from a VOC xml with exactly one cat or dog; raises `BadXml`."""
     try:
         root = ET.fromstring(read_bounded(xml, SMALL_FILE_LIMIT))
     except UnreadableFile as err:
@@ -102,7 +118,7 @@ def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[
     if len(objects) != 1:
         raise BadXml(f"{len(objects)} <object> elements, expected one")
     name = (objects[0].findtext("name") or "").strip().lower()
-    if name not in CLASS_NAMES:
+    if name not in SPECIES.names:
         raise BadXml(f"object name {name!r} is not cat or dog")
     width, height = (int(_number(root, f"size/{tag}")) for tag in ("width", "height"))
     xmin, ymin, xmax, ymax = (
@@ -110,7 +126,7 @@ def parse_xml(xml: Path) -> tuple[int, tuple[float, float, float, float], tuple[
     )
     # VOC counts pixels from 1 and includes both ends: pixel i spans [i-1, i] in
     # continuous corner coordinates, so the box is (xmin-1, ymin-1, xmax, ymax).
-    return CLASS_NAMES.index(name), (xmin - 1, ymin - 1, xmax, ymax), (width, height)
+    return name, (xmin - 1, ymin - 1, xmax, ymax), (width, height)
 
 
 def _number(element: ET.Element, path: str) -> float:

@@ -31,8 +31,9 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from petloc.data.classes import SPECIES
 from petloc.data.readers import scan
-from petloc.data.records import CLASS_NAMES, Sample, Skipped, annotation_line
+from petloc.data.records import Sample, Skipped, annotation_line
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, inside, read_bounded, remove_tree
 
@@ -304,9 +305,9 @@ def convert(
         remove_tree(dest, out)
     staging.rename(dest)
     for split, chosen in splits.items():
-        counts = Counter(CLASS_NAMES[s.label] for s in chosen)
+        counts = Counter(s.label for s in chosen)
         say(
-            f"{dest / split}: {len(chosen)} images ({', '.join(f'{n} {counts[n]}' for n in CLASS_NAMES)})"
+            f"{dest / split}: {len(chosen)} images ({', '.join(f'{n} {counts[n]}' for n in SPECIES.names)})"
         )
     return dest
 

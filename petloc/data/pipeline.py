@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -23,14 +23,16 @@ from petloc.data.augment import augment
 from petloc.data.classes import SPECIES, Classes
 from petloc.data.images import IMAGE_SUFFIXES, max_image_bytes
 from petloc.data.readers import scan
-from petloc.data.records import Skipped
+from petloc.data.records import Skipped, checked_labelling, species_task
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, atomic_write, open_regular
 
 DEFAULT_CACHE = Path("data/.cache")
-CACHE_VERSION = 3  # bump when decoding or box conversion changes, so old caches are not reused (3: EXIF orientation)
+# bump when decoding, box conversion or what a cache holds changes, so old caches are not
+# reused (3: EXIF orientation; 4: class names, labels by species or breed)
+CACHE_VERSION = 4
 # what the digest covers: photos and their annotations
-DATASET_FILES = {*IMAGE_SUFFIXES, ".txt", ".xml"}
+DATASET_FILES = {*IMAGE_SUFFIXES, ".txt", ".xml", ".csv"}
 TEXT_DIGEST_LIMIT = (
     16_000_000  # bytes of a .txt or .xml the digest reads: past any limit a read of it applies
 )
@@ -63,6 +65,22 @@ class ImageSet:
             [],
             self.digest,
             self.classes,
+        )
+
+    def relabelled(self, classes: Classes) -> ImageSet:
+        """The same photos with labels as indices into `classes` (a model's), by class name;
+        a class the model does not know is a one-line PetlocError naming its first photo."""
+        known = [classes.names.index(n) if n in classes.names else -1 for n in self.classes.names]
+        mapping = np.array(known, np.int32)
+        unknown = np.flatnonzero(mapping[self.labels] < 0)
+        if len(unknown):
+            first = unknown[0]
+            try:
+                classes.index(self.classes.names[self.labels[first]])
+            except PetlocError as err:
+                raise PetlocError(f"{self.paths[first]}: {err}") from None
+        return replace(
+            self, labels=mapping[self.labels], skipped=list(self.skipped), classes=classes
         )
 
 
@@ -105,14 +123,15 @@ def _cache_limit(photos: int, image_size: int) -> int:
     return photos * (image_size * image_size * 3 + 4096) + SMALL_FILE_LIMIT
 
 
-def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> ImageSet:
-    images, labels, boxes, paths, splits, skipped = [], [], [], [], [], []
+def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool, labels: str) -> ImageSet:
+    images, names, boxes, paths, splits, skipped = [], [], [], [], [], []
+    species_of: dict[str, str | None] = {}
     photos = _photo_count(root)
     # Once per dataset and size (then cached); a bar on a terminal, nothing in logs and pipes.
     bar = tqdm(
         total=photos, desc=f"decoding {root.name} at {image_size} px", unit="photo", disable=None
     )
-    for item in scan(root, on_bad=on_bad, strict=strict):
+    for item in scan(root, on_bad=on_bad, strict=strict, labels=labels):
         bar.update()
         if isinstance(item, Skipped):
             skipped.append(item)
@@ -120,7 +139,8 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Image
         sample, pixels = item
         assert pixels is not None  # scan decodes unless told not to
         images.append(cv2.resize(pixels, (image_size, image_size), interpolation=cv2.INTER_AREA))
-        labels.append(sample.label)
+        names.append(sample.label)
+        species_of[sample.label] = sample.species
         boxes.append(
             np.array(sample.box, np.float32)
             / np.array([sample.width, sample.height] * 2, np.float32)
@@ -130,14 +150,28 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool) -> Image
     bar.close()
     if not images:
         raise PetlocError(f"{root}: no usable images ({len(skipped)} skipped)")
+    classes = classes_of(species_of, root)
     return ImageSet(
         np.stack(images),
-        np.array(labels, np.int32),
+        np.array([classes.index(name) for name in names], np.int32),
         np.stack(boxes).astype(np.float32),
         paths,
         splits,
         skipped,
+        classes=classes,
     )
+
+
+def classes_of(species_of: dict[str, str | None], root: Path) -> Classes:
+    """A dataset's classes from {class: species}: cat and dog alone are the species task (cat
+    = 0, dog = 1 whichever of them the photos hold), else the classes the photos name."""
+    if species_task(species_of):
+        return SPECIES
+    if len(species_of) < 2:
+        raise PetlocError(
+            f"{root}: every usable photo is class {next(iter(species_of))!r}; a model needs at least 2 classes"
+        )
+    return Classes.of(species_of)
 
 
 def load_arrays(
@@ -146,14 +180,17 @@ def load_arrays(
     on_bad: str = "skip",
     cache_dir: Path | None = DEFAULT_CACHE,
     strict: bool = True,
+    labels: str = "species",
 ) -> ImageSet:
     """Decoded, resized dataset; read from the cache when the files have not changed.
-    strict=False keeps JPEGs the decoder repaired (see `scan`)."""
+    strict=False keeps JPEGs the decoder repaired (see `scan`); `labels` is how photos are
+    labelled (species or breed), and the same folder labelled otherwise is another cache."""
     root = Path(root)
     if not root.is_dir():
         raise PetlocError(f"{root}: data folder does not exist")
+    checked_labelling(labels)
     digest = dataset_digest(root)
-    kind = "" if strict else "-lenient"
+    kind = ("" if strict else "-lenient") + ("" if labels == "species" else f"-{labels}")
     cache = (
         cache_dir / f"{digest[:16]}-{image_size}{kind}-v{CACHE_VERSION}.npz" if cache_dir else None
     )
@@ -174,8 +211,9 @@ def load_arrays(
                 meta["splits"],
                 skipped,
                 digest,
+                Classes.from_json(meta["classes"]),
             )
-    arrays = _decode_all(root, image_size, on_bad, strict)
+    arrays = _decode_all(root, image_size, on_bad, strict, labels)
     arrays.digest = digest
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +221,7 @@ def load_arrays(
             "paths": arrays.paths,
             "splits": arrays.splits,
             "skipped": [[str(s.path), s.reason] for s in arrays.skipped],
+            "classes": arrays.classes.to_json(),
         }
         _write_cache(
             cache,
@@ -210,7 +249,7 @@ def _write_cache(cache: Path, **arrays) -> None:
 
 
 def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """The layout's own train/valid folders when it has them, else a stratified split."""
+    """The layout's own train/valid folders when it has them, else a split stratified by class."""
     splits = np.array(arrays.splits)
     if (splits == "valid").any():
         train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
@@ -218,7 +257,8 @@ def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[Imag
         # a layout's test photos are never trained or tuned on
         pool = np.flatnonzero(splits != "test")
         labels = arrays.labels[pool]
-        stratify = labels if len(np.unique(labels)) > 1 and np.bincount(labels).min() >= 2 else None
+        _refuse_too_few(arrays, labels)
+        stratify = labels if len(np.unique(labels)) > 1 else None
         try:
             train, val = train_test_split(
                 pool, test_size=val_share, random_state=seed, stratify=stratify
@@ -232,6 +272,19 @@ def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[Imag
             f"train/validation split left {len(train)} training and {len(val)} validation images"
         )
     return arrays.subset(np.sort(train)), arrays.subset(np.sort(val))
+
+
+def _refuse_too_few(arrays: ImageSet, pool_labels: np.ndarray) -> None:
+    """A class the photos hold must have 2 outside the test split: one to train on, one to
+    validate with."""
+    counts = np.bincount(pool_labels, minlength=len(arrays.classes))
+    for index in np.unique(arrays.labels):
+        if counts[index] < 2:
+            folder = os.path.commonpath([os.path.dirname(p) for p in arrays.paths])
+            raise PetlocError(
+                f"{folder}: class {arrays.classes.names[index]!r} has {counts[index]} photo(s) "
+                "outside the test split, too few to split into train and validation (2 at least)"
+            )
 
 
 def _targets(images, labels, boxes):

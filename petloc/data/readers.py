@@ -7,20 +7,25 @@ file becomes a `Skipped` and the pixels go out with the sample.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from petloc.data import cats_dogs, oxford
+from petloc.data import cats_dogs, manifest, oxford
 from petloc.data.images import SizeOf, header_size, read_rgb
-from petloc.data.records import Sample, Skipped
+from petloc.data.records import (
+    OVERSHOOT_TOLERANCE_PX,
+    Sample,
+    Skipped,
+    box_problem,
+    checked_labelling,
+    format_box,
+)
 from petloc.errors import PetlocError
 
-# Boxes may overshoot the image by rounding (scaled or 1-based boxes): clip up to this.
-OVERSHOOT_TOLERANCE_PX = 2.0
+__all__ = ["OVERSHOOT_TOLERANCE_PX", "box_problem", "format_box"]  # here for older imports
 ON_BAD = ("skip", "fail")
 
 Item = tuple[Sample, np.ndarray | None] | Skipped
@@ -29,11 +34,12 @@ Item = tuple[Sample, np.ndarray | None] | Skipped
 @dataclass(frozen=True)
 class Layout:
     looks_like: Callable[[Path], bool]
-    read: Callable[[Path, SizeOf], Iterator[Sample | Skipped]]
+    read: Callable[[Path, SizeOf, str], Iterator[Sample | Skipped]]  # (root, size_of, labels)
 
 
-# Checked in this order: the most specific layout first.
+# Checked in this order: the most specific layout first (a manifest says outright what is what).
 LAYOUTS = {
+    "csv": Layout(manifest.looks_like, manifest.read),
     "oxford": Layout(oxford.looks_like, oxford.read),
     "cats_dogs": Layout(cats_dogs.looks_like, cats_dogs.read),
 }
@@ -51,32 +57,44 @@ def detect_layout(root: str | Path) -> str:
             return name
     raise PetlocError(
         f"{root}: no dataset found (expected NAME.jpg + NAME.txt pairs, maybe in train/ valid/ test/, "
-        "or Oxford-IIIT Pet images/ + annotations/xmls/)"
+        f"Oxford-IIIT Pet images/ + annotations/xmls/, or a {manifest.MANIFEST} manifest)"
     )
 
 
 def scan(
-    root: str | Path, *, decode: bool = True, on_bad: str = "skip", strict: bool = True
+    root: str | Path,
+    *,
+    decode: bool = True,
+    on_bad: str = "skip",
+    strict: bool = True,
+    labels: str = "species",
 ) -> Iterator[Item]:
     """(Sample, RGB pixels or None when decode=False) per usable image, else a Skipped.
 
     Layout errors raise at once; with on_bad="fail" the first problem raises
     `PetlocError` naming the file and the reason. strict=False keeps JPEGs the decoder
     repaired (extraneous bytes before a marker), which training skips by default.
+    `labels` is how photos are labelled (`records.LABELLINGS`): by species or by breed.
     """
     if on_bad not in ON_BAD:
         raise PetlocError(f"on_bad is {on_bad!r}, expected one of {', '.join(ON_BAD)}")
+    checked_labelling(labels)
     root = Path(root)
-    return _scan(root, LAYOUTS[detect_layout(root)], decode, on_bad == "fail", strict)
-
-
-def _scan(root: Path, layout: Layout, decode: bool, fail: bool, strict: bool) -> Iterator[Item]:
+    layout = LAYOUTS[detect_layout(root)]
     images = _DecodeOnce(strict) if decode else None
+    read = layout.read(root, images.size_of if images else header_size, labels)
+    return _scan(read, images, on_bad == "fail")
+
+
+def _scan(
+    read: Iterator[Sample | Skipped], images: _DecodeOnce | None, fail: bool
+) -> Iterator[Item]:
     first_of: dict[Path, Path] = {}  # resolved photo -> the path it was used under
-    for item in layout.read(root, images.size_of if images else header_size):
+    species_of: dict[str, tuple[str | None, Path]] = {}  # class -> its species, where first said
+    for item in read:
         pixels = images.take(item.path) if images else None
         if isinstance(item, Sample):
-            item = _once(checked_box(item), first_of)
+            item = _one_species(_once(checked_box(item), first_of), species_of)
         if isinstance(item, Skipped):
             if fail:
                 raise PetlocError(str(item))
@@ -95,6 +113,22 @@ def _once(item: Sample | Skipped, first_of: dict[Path, Path]) -> Sample | Skippe
         item
         if first == item.path
         else Skipped(item.path, f"the same file as {first} (a link): used once")
+    )
+
+
+def _one_species(
+    item: Sample | Skipped, species_of: dict[str, tuple[str | None, Path]]
+) -> Sample | Skipped:
+    """A class belongs to one species: a photo saying otherwise than the first is skipped."""
+    if isinstance(item, Skipped):
+        return item
+    species, first = species_of.setdefault(item.label, (item.species, item.path))
+    if species == item.species:
+        return item
+    return Skipped(
+        item.path,
+        f"class {item.label!r} is species {item.species or 'unsaid'} here "
+        f"but {species or 'unsaid'} in {first}",
     )
 
 
@@ -134,24 +168,3 @@ def checked_box(sample: Sample) -> Sample | Skipped:
             sample.path, f"box {format_box(sample.box)} has zero area inside the {w}x{h} image"
         )
     return replace(sample, box=clipped)
-
-
-def box_problem(box: tuple[float, ...], width: int, height: int) -> str | None:
-    """Why a pixel box cannot be used for a width x height image, or None."""
-    x1, y1, x2, y2 = box
-    text = format_box(box)
-    if not all(math.isfinite(v) for v in box):
-        return f"box {text} has a coordinate that is not a number"
-    if x2 < x1 or y2 < y1:
-        return f"box {text} is inverted (x2 < x1 or y2 < y1)"
-    if x2 == x1 or y2 == y1:
-        return f"box {text} has zero area"
-    overshoot = max(-x1, -y1, x2 - width, y2 - height)
-    if overshoot > OVERSHOOT_TOLERANCE_PX:
-        return f"box {text} lies outside the {width}x{height} image by {overshoot:g} px"
-    return None
-
-
-def format_box(box: tuple[float, ...]) -> str:
-    """(10, 5, 3, 40): whole numbers without decimals, as users wrote them."""
-    return "(" + ", ".join(f"{v:g}" for v in box) + ")"

@@ -26,7 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from petloc.data.records import CLASS_NAMES, annotation_line
+from petloc.data.classes import SPECIES
+from petloc.data.records import annotation_line
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 
 DOG_SHARE = 0.7
@@ -392,11 +393,12 @@ def generate(out: Path, count: int = 1500, seed: int = 0, size: int = 128) -> Pa
     # each image has its own random stream, so any order gives the same set
     def write(index: int) -> None:
         image, label, box = render(np.random.default_rng([seed, index]), size)
-        name = f"synth_{CLASS_NAMES[label]}_{index:05d}"
+        species = SPECIES.names[label]
+        name = f"synth_{species}_{index:05d}"
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         if not cv2.imwrite(str(out / f"{name}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
             raise OSError(f"{out / name}.jpg: could not write the image")
-        (out / f"{name}.txt").write_text(annotation_line(label, box))
+        (out / f"{name}.txt").write_text(annotation_line(species, box))
 
     # NumPy and OpenCV release the GIL for most of an image's work, so threads pay. Images go
     # to the pool a batch at a time, so a stop cancels what is not yet started.

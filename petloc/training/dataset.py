@@ -53,14 +53,20 @@ def data_folder(cfg: DataConfig, say=print) -> Path:
 
 def prepare_data(cfg: DataConfig, image_size: int | None = None, say=print) -> PreparedData:
     source = data_folder(cfg, say)
-    arrays = load_arrays(source, image_size or cfg.image_size, on_bad=cfg.on_bad)
+    arrays = load_arrays(source, image_size or cfg.image_size, on_bad=cfg.on_bad, labels=cfg.labels)
     for skipped in arrays.skipped:
         say(f"skipped {skipped}")
     if arrays.skipped:
         say(f"{len(arrays.skipped)} file(s) skipped, {len(arrays)} images used")
     train, val = split_train_val(arrays, cfg.val_split, cfg.seed)
+    # breed and species of one folder are different validation data
+    labelled = "" if cfg.labels == "species" else f"/{cfg.labels}"
     return PreparedData(
-        source, arrays, train, val, f"{arrays.digest[:16]}/val{cfg.val_split}/seed{cfg.seed}"
+        source,
+        arrays,
+        train,
+        val,
+        f"{arrays.digest[:16]}/val{cfg.val_split}/seed{cfg.seed}{labelled}",
     )
 
 

@@ -289,13 +289,13 @@ def test_cats_dogs_pairs_become_samples_with_model_labels_and_pixels(tmp_path):
     (cat, cat_pixels), (dog, _) = good
     assert (cat.path.name, cat.label, cat.box, cat.width, cat.height, cat.split) == (
         "Abyssinian_1.jpg",
-        0,
+        "cat",
         (10, 5, 40, 30),
         W,
         H,
         None,
     )
-    assert dog.label == 1 and dog.box == (0, 0, 64, 48)
+    assert dog.label == "dog" and dog.box == (0, 0, 64, 48)
     assert cat_pixels.shape == (H, W, 3)
 
 
@@ -418,7 +418,7 @@ def test_each_image_is_decoded_once(tmp_path, monkeypatch):
     box=st.tuples(*[st.floats(-10, 80, allow_nan=False)] * 4),
 )
 def test_a_kept_box_always_lies_inside_the_image_with_positive_area(box):
-    result = checked_box(Sample(readers.Path("x.jpg"), 0, box, W, H))
+    result = checked_box(Sample(readers.Path("x.jpg"), "cat", box, W, H))
     x1, y1, x2, y2 = box
     fits = 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H
     if fits:
@@ -464,8 +464,8 @@ def test_oxford_layout_reads_head_boxes_with_voc_corners_converted(tmp_path):
     assert detect_layout(tmp_path) == "oxford"
     good, skipped = items(tmp_path)
     assert [(s.path.name, s.label, s.box, s.split) for s, _ in good] == [
-        ("Bengal_1.jpg", 0, (0, 0, 64, 48), "train"),  # VOC 1..64 inclusive = the whole width
-        ("boxer_2.jpg", 1, (10, 5, 40, 30), "test"),
+        ("Bengal_1.jpg", "cat", (0, 0, 64, 48), "train"),  # VOC 1..64 inclusive = the whole width
+        ("boxer_2.jpg", "dog", (10, 5, 40, 30), "test"),
     ]
     reasons = {s.path.name: s.reason for s in skipped}
     assert reasons["boxer_3.jpg"].startswith("boxer_3.xml: malformed XML")
