@@ -16,7 +16,7 @@ NO_SPLIT = "all"  # the counts' key when the layout has no train/valid/test spli
 MAX_SKIPPED_SHOWN = 20
 # Up to this many classes the counts table has a column per class; past it (breeds) a row
 # per class and a column per split, which stays readable for dozens of classes.
-MAX_CLASS_COLUMNS = 4
+MAX_CLASS_COLUMNS = 3
 
 
 @dataclass(frozen=True)
