@@ -56,7 +56,9 @@ def register_backbone(name: str) -> Callable[[Callable[..., Any]], Callable[...,
     def add(builder: Callable[..., Any]) -> Callable[..., Any]:
         module = getattr(builder, "__module__", None) or "?"
         if not callable(builder):
-            raise PetlocError(f"register_backbone({name!r}) in {module}: {builder!r} is not callable")
+            raise PetlocError(
+                f"register_backbone({name!r}) in {module}: {builder!r} is not callable"
+            )
         try:
             hyperparams.add_choice("backbone", name, module)
         except ValueError as err:

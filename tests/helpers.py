@@ -206,14 +206,14 @@ def build(image_size, width, weights):
     return keras.Model(inputs, x, name="{name}")
 '''
 
-NAME_ONLY_PLUGIN = '''
+NAME_ONLY_PLUGIN = """
 import petloc
 
 
 @petloc.register_backbone("{name}")
 def build(image_size, width, weights):
     raise NotImplementedError("only registered")
-'''
+"""
 
 
 def write_plugin(

@@ -18,7 +18,6 @@ from pathlib import Path
 import keras
 
 from petloc import plugins
-from petloc.errors import PetlocError
 
 CONFIG_MEMBER = "config.json"  # the model's architecture inside a .keras zip
 MAX_CONFIG_BYTES = 64_000_000  # far above any localiser's; a bigger member is not a model

@@ -111,7 +111,9 @@ def test_hyperparameters_lists_the_plugin_s_backbone_and_where_it_comes_from(tmp
 
 
 def test_a_bad_plugin_option_is_one_line(tmp_path):
-    done = petloc_process("hyperparameters", "--plugin", "no_such_plugin_here", cwd=tmp_path, env=petloc_env())
+    done = petloc_process(
+        "hyperparameters", "--plugin", "no_such_plugin_here", cwd=tmp_path, env=petloc_env()
+    )
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("petloc: error: --plugin: cannot import 'no_such_plugin_here'")

@@ -51,7 +51,9 @@ def test_plugin_modules_are_found_under_the_current_directory(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", ".")])
     with forgetting_plugins(tmp_path):
-        exp = load_experiment(experiment(tmp_path, "plugins: [mypackage.nets]\nspace: {backbone: cwdnet}\n"))
+        exp = load_experiment(
+            experiment(tmp_path, "plugins: [mypackage.nets]\nspace: {backbone: cwdnet}\n")
+        )
         assert exp.space["backbone"] == "cwdnet" and plugins.origin("cwdnet") == "mypackage.nets"
 
 
@@ -63,7 +65,10 @@ def test_plugin_modules_are_found_under_the_current_directory(tmp_path, monkeypa
             "x.yaml: plugins: cannot import 'no_such_plugin': it is not installed here "
             "and not under the current directory",
         ),
-        ("plugins: [broken_plugin]\n", "x.yaml: plugins: cannot import 'broken_plugin': ZeroDivisionError: division by zero"),
+        (
+            "plugins: [broken_plugin]\n",
+            "x.yaml: plugins: cannot import 'broken_plugin': ZeroDivisionError: division by zero",
+        ),
         ("plugins: ['not a module']\n", "x.yaml: plugins: 'not a module' is not a module name"),
         ("plugins: cfg_nets\n", "x.yaml: plugins: expected a list of module names"),
         (
@@ -88,7 +93,10 @@ def test_a_bad_plugin_is_one_line_naming_the_file_key_and_module(project, text, 
     "name, problem",
     [
         ("simple", "'simple' is a built-in backbone"),
-        ("simple_contextual", "'simple_contextual' and 'simple_context' share their first 10 characters"),
+        (
+            "simple_contextual",
+            "'simple_contextual' and 'simple_context' share their first 10 characters",
+        ),
         ("my net", "'my net' is not a usable backbone name"),
         ("registered:x", "is not a usable backbone name"),
         ("", "is not a usable backbone name"),
@@ -117,7 +125,9 @@ def installed(folder, dist: str, entry_points: str) -> None:
 
 def test_an_installed_package_registers_through_its_entry_point(project, monkeypatch):
     write_plugin(project, "ep_nets", "epnet", keras_free=True)
-    (project / "ep_builder.py").write_text("def build(image_size, width, weights):\n    return None\n")
+    (project / "ep_builder.py").write_text(
+        "def build(image_size, width, weights):\n    return None\n"
+    )
     installed(project, "petloc_ep_demo", "epnet = ep_nets\nepbuilt = ep_builder:build")
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
     assert plugins.builder("epnet") is not None and plugins.origin("epnet") == "ep_nets"
