@@ -508,10 +508,25 @@ def _print_prediction(row: dict, as_json: bool) -> None:
 
 
 @cli.command()
-def hyperparameters():
-    """Every searchable hyperparameter: type, default, bounds or choices, and what it does."""
-    from petloc import hyperparams
+@click.argument("experiment", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--plugin",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Also a plug-in module's backbones (repeatable); installed plug-ins are always listed.",
+)
+def hyperparameters(experiment, modules):
+    """Every searchable hyperparameter: type, default, bounds or choices, and what it does.
+
+    Backbones include the installed plug-ins' and, given an EXPERIMENT file, its `plugins:`."""
+    from petloc import hyperparams, plugins
+    from petloc.config import load_experiment
     from petloc.report import table
+
+    if experiment:
+        load_experiment(experiment)  # imports its plug-ins
+    plugins.import_plugins(modules, "--plugin")
 
     click.echo(table(hyperparams.rows()))
 

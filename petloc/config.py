@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from petloc import hyperparams
+from petloc import hyperparams, plugins
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
 from petloc.hyperparams import REGISTERED
@@ -247,6 +247,9 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 class Experiment(Strict):
     name: str = "experiment"
+    # Modules that register users' own backbones (petloc/plugins.py), imported before the rest
+    # of the file is checked (`parse_experiment`), so the space may name their backbones.
+    plugins: list[str] = []
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     space: dict[str, Param] = {}
@@ -371,10 +374,25 @@ def _first_error(source: str, err: ValidationError) -> str:
 
 
 def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
+    """The experiment in `raw`, its plug-in modules imported first (`import_plugins`)."""
+    import_plugins(raw.get("plugins", []), source)
     try:
         return Experiment.model_validate(raw)
     except ValidationError as err:
         raise PetlocError(_first_error(source, err)) from None
+
+
+def import_plugins(modules: Any, source: str) -> None:
+    """Imports an experiment's `plugins:` (and the installed ones): their backbones are then
+    valid choices. Module names are found as `python -m` finds them: installed, or under the
+    current directory (not the experiment file's folder; see petloc/plugins.py)."""
+    if modules is None:
+        modules = []
+    if not isinstance(modules, list):
+        raise PetlocError(
+            f"{source}: plugins: expected a list of module names, e.g. [mypackage.nets]"
+        )
+    plugins.import_plugins(modules, f"{source}: plugins")
 
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:

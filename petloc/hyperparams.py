@@ -6,8 +6,13 @@ Plain data, free of TensorFlow: a mistyped name in an experiment file is answere
 Keras loads. The choices are the names in `petloc.model`'s registries (backbones, box heads,
 losses, ...), declared here too; tests/model/test_hyperparameter_names.py checks that the two agree, so a new
 registry entry needs its name added here to be a valid choice.
+
+Plug-ins (`petloc.register_backbone`, petloc/plugins.py) add choices at run time:
+`PLUGIN_CHOICES` holds each added name with the module that added it, so a plug-in's name is
+valid wherever a declared one is, and `petloc hyperparameters` says where it comes from.
 """
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -28,6 +33,13 @@ SECOND_STAGE_NAMES = ("none", "head_crop")
 BOX_LOSS_NAMES = ("mse", "l1", "smooth_l1", "giou", "l1_giou")
 CLASS_WEIGHT_NAMES = ("none", "balanced")
 TTA_NAMES = ("none", "flip")
+
+
+# Hyperparameter -> {plug-in choice: the module that registered it}; filled by petloc.plugins.
+PLUGIN_CHOICES: dict[str, dict[str, str]] = {"backbone": {}}
+# A choice becomes an MLflow param value and a run name: plain characters, MLflow-friendly.
+CHOICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,49}")
+DISTINCT_PREFIX = 10  # categorical values are told apart by their first 10 characters
 
 
 def _hp(default, doc: str, bounds: tuple | None = None, choices: tuple[str, ...] | None = None):
@@ -132,7 +144,60 @@ def bounds(name: str) -> tuple | None:
 
 
 def choices(name: str) -> tuple[str, ...] | None:
-    return DECLARED[name].metadata["choices"]
+    """The declared choices of `name`, then those plug-ins added."""
+    declared = DECLARED[name].metadata["choices"]
+    added = tuple(PLUGIN_CHOICES.get(name, {}))
+    return declared + added if declared is not None else None
+
+
+def choice_problem(name: str, value: str, origin: str) -> str | None:
+    """Why plug-in module `origin` cannot add `value` to the choices of `name`; None if it can.
+    The same module may add its value again (a module imported twice)."""
+    if not isinstance(value, str) or not CHOICE_NAME.fullmatch(value):
+        return (
+            f"{value!r} is not a usable {name} name: letters, digits, '_' and '-', "
+            "starting with a letter, at most 50 characters"
+        )
+    added = PLUGIN_CHOICES[name]
+    if value in DECLARED[name].metadata["choices"]:
+        return f"{value!r} is a built-in {name}"
+    if value in added and added[value] != origin:
+        return f"{value!r} is already registered by {added[value]}"
+    clash = next(
+        (
+            other
+            for other in (choices(name) or ())
+            if other != value and other[:DISTINCT_PREFIX] == value[:DISTINCT_PREFIX]
+        ),
+        None,
+    )
+    if clash:
+        return (
+            f"{value!r} and {clash!r} share their first {DISTINCT_PREFIX} characters "
+            "(run names and MLflow's columns tell choices apart by them)"
+        )
+    return None
+
+
+def add_choice(name: str, value: str, origin: str) -> None:
+    """Plug-in module `origin` adds `value` to the choices of `name` (checked first)."""
+    if problem := choice_problem(name, value, origin):
+        raise ValueError(problem)
+    PLUGIN_CHOICES[name][value] = origin
+
+
+def plugin_modules(values: dict[str, Any]) -> tuple[str, ...]:
+    """The plug-in modules the choices in `values` come from (what a model built from them needs)."""
+    found = (PLUGIN_CHOICES[name].get(values.get(name)) for name in PLUGIN_CHOICES)  # type: ignore[arg-type]
+    return tuple(dict.fromkeys(module for module in found if module))
+
+
+def _shown_choices(name: str) -> str:
+    added = PLUGIN_CHOICES.get(name, {})
+    return ", ".join(
+        f"{choice} (plug-in: {added[choice]})" if choice in added else choice
+        for choice in choices(name) or ()
+    )
 
 
 def doc(name: str) -> str:
@@ -145,7 +210,7 @@ def rows() -> list[dict[str, Any]]:
     for name in DECLARED:
         options, limits = choices(name), bounds(name)
         values = (
-            ", ".join(options) if options else (f"{limits[0]} .. {limits[1]}" if limits else "")
+            _shown_choices(name) if options else (f"{limits[0]} .. {limits[1]}" if limits else "")
         )
         listed.append(
             {

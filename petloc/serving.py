@@ -42,6 +42,8 @@ from petloc.data.images import (
     positive_setting,
 )
 from petloc.errors import PetlocError
+from petloc.tracking import vocabulary as vocab
+from petloc.training.model_needs import import_needed
 from petloc.training.predict import Predictor
 
 WORKING_SIDE = 1024  # px; boxes still come back in the original image's pixels
@@ -176,8 +178,19 @@ def _load_pyfunc(path):
 
     RequestLimits.from_environment()  # a mistyped setting stops the server at start, not at a request
     max_image_pixels()
+    import_logged_needs(path, str(path))
     # a local folder: loaded in place, not copied
     return ImagePyfunc(Predictor(mlflow.keras.load_model(path)))
+
+
+def import_logged_needs(folder: str | Path, source: str) -> None:
+    """Imports what the logged model in local `folder` needs to load: the plug-in modules
+    its metadata records and its file's unregistered custom layers' (petloc/plugins.py);
+    one line naming the module where one is missing."""
+    from mlflow.models import Model
+
+    recorded = (Model.load(str(folder)).metadata or {}).get(vocab.MODEL_PLUGINS) or []
+    import_needed(sorted(Path(folder).rglob("*.keras")), source, recorded)
 
 
 @dataclass(frozen=True)

@@ -180,3 +180,69 @@ def blank_png(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
     )
+
+
+# ---- plug-in backbones (petloc/plugins.py) ------------------------------------------------
+
+PLUGIN_SOURCE = '''
+import keras
+import petloc
+
+
+@keras.saving.register_keras_serializable(package="{module}")
+class Doubled(keras.layers.Layer):
+    """A layer of the plug-in's own: loading a model with it needs this module."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+@petloc.register_backbone("{name}")
+def build(image_size, width, weights):
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(x)
+    {custom}
+    return keras.Model(inputs, x, name="{name}")
+'''
+
+NAME_ONLY_PLUGIN = """
+import petloc
+
+
+@petloc.register_backbone("{name}")
+def build(image_size, width, weights):
+    raise NotImplementedError("only registered")
+"""
+
+
+def write_plugin(
+    folder: Path, module: str, name: str, custom_layer: bool = True, keras_free: bool = False
+) -> Path:
+    """A plug-in module `module` in `folder` registering backbone `name`: a tiny real network
+    (with its own registered Keras layer when `custom_layer`), or, `keras_free`, only the name."""
+    path = folder / f"{module}.py"
+    source = NAME_ONLY_PLUGIN if keras_free else PLUGIN_SOURCE
+    custom = "x = Doubled()(x)" if custom_layer else ""
+    path.write_text(source.format(module=module, name=name, custom=custom))
+    return path
+
+
+@contextmanager
+def forgetting_plugins(folder: Path):
+    """The plug-ins the block registers are forgotten after it, and the modules it imported from `folder`."""
+    from petloc import hyperparams, plugins
+
+    modules, added = set(sys.modules), {k: dict(v) for k, v in hyperparams.PLUGIN_CHOICES.items()}
+    builders, loaded = dict(plugins.BUILDERS), plugins._entry_points_loaded
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - modules:
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(folder)):
+                del sys.modules[name]
+        for kind, choices in added.items():
+            hyperparams.PLUGIN_CHOICES[kind] = choices
+        plugins.BUILDERS.clear()
+        plugins.BUILDERS.update(builders)
+        plugins._entry_points_loaded = loaded

@@ -1,5 +1,7 @@
 """Backbone registry: name -> builder. Adding a backbone is one short function, and its name
 in `petloc/hyperparams.py` (which config reads without TensorFlow; a test checks the two).
+Users' own backbones register through `petloc.register_backbone` (petloc/plugins.py) and are
+looked up after these.
 
 A builder takes the input size, a width multiplier and a weights choice, and returns a
 `keras.Model` mapping RGB pixels in 0..255 to a feature map. Each builder puts the
@@ -15,6 +17,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from petloc import plugins
 from petloc.cpu import CPUINFO, cpu_flags
 from petloc.errors import PetlocError
 
@@ -56,11 +59,11 @@ def build_backbone(
     """The backbone `name` at `image_size`; `registered:NAME@ALIAS` needs the `pretrained` network."""
     if name.startswith(REGISTERED):
         return _from_pretrained(name, image_size, pretrained)
-    if name not in BACKBONES:
-        raise PetlocError(
-            f"backbone: unknown backbone {name!r}; choose from {', '.join(sorted(BACKBONES))}"
-        )
-    return BACKBONES[name](image_size, width, _weights_arg(weights))
+    builder = BACKBONES.get(name) or plugins.builder(name)
+    if builder is None:
+        known = sorted([*BACKBONES, *plugins.BUILDERS])
+        raise PetlocError(f"backbone: unknown backbone {name!r}; choose from {', '.join(known)}")
+    return builder(image_size, width, _weights_arg(weights))
 
 
 def _from_pretrained(name: str, image_size: int, pretrained: Pretrained | None) -> keras.Model:

@@ -148,9 +148,13 @@ def _first_batch_excess(marks: list[float]) -> float:
     return max(0.0, (first - began) - later)
 
 
-def log_model(model: keras.Model, run_id: str, localiser: bool = True) -> str:
+def log_model(
+    model: keras.Model, run_id: str, localiser: bool = True, plugins: tuple[str, ...] = ()
+) -> str:
     """The model in MLflow's Keras flavour (a localiser also as a pyfunc that takes JPEGs);
-    its URI is the run's `model_uri` tag and is returned."""
+    its URI is the run's `model_uri` tag and is returned. `plugins`: the plug-in modules it
+    needs to load (petloc/plugins.py), kept in its metadata for every loader to import."""
+    metadata = {vocab.MODEL_PLUGINS: list(plugins)} if plugins else None
     with mlflow.start_run(run_id=run_id, nested=True):
         if localiser:
             # MLflow would load the model back and serve its input example to check it, a large
@@ -161,9 +165,10 @@ def log_model(model: keras.Model, run_id: str, localiser: bool = True) -> str:
                 flavor=serving,
                 keras_model=model,
                 validate_serving_input=False,
+                metadata=metadata,
             )
         else:
-            info = mlflow.keras.log_model(model, name="model")
+            info = mlflow.keras.log_model(model, name="model", metadata=metadata)
     MlflowClient().set_tag(run_id, vocab.MODEL_URI, info.model_uri)
     return info.model_uri
 

@@ -14,6 +14,7 @@ import mlflow.keras
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from petloc import serving
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
@@ -86,11 +87,19 @@ def _load_logged(uri: str) -> keras.Model:
     """A Keras model logged by petloc, by MLflow URI."""
     configure()
     try:
-        return mlflow.keras.load_model(loadable_uri(uri))
+        return load_logged_keras(uri, uri)
     except MlflowException as err:
         raise PetlocError(f"{uri}: {err.message.splitlines()[0]}") from None
     except OSError as err:
         raise PetlocError(f"{uri}: cannot read the model ({err})") from None
+
+
+def load_logged_keras(uri: str, source: str) -> keras.Model:
+    """The Keras model logged at `uri`, fetched first so that the plug-in modules it needs
+    are imported before Keras reads it (`serving.import_logged_needs`)."""
+    local = mlflow.artifacts.download_artifacts(artifact_uri=loadable_uri(uri))
+    serving.import_logged_needs(local, source)
+    return mlflow.keras.load_model(local)
 
 
 def pretrained_backbone(ref: str) -> Pretrained:
@@ -100,7 +109,7 @@ def pretrained_backbone(ref: str) -> Pretrained:
     if vocab.kind_of(run.data.tags) != vocab.PRETRAIN_KIND:
         raise PetlocError(f"backbone: registered:{ref} is not a network from petloc pretrain")
     try:
-        classifier = mlflow.keras.load_model(loadable_uri(model_uri(ref) or ref))
+        classifier = load_logged_keras(model_uri(ref) or ref, f"backbone: registered:{ref}")
     except (MlflowException, OSError) as err:
         raise PetlocError(
             f"backbone: cannot load registered:{ref} ({str(err).splitlines()[0][:200]})"

@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 
+from petloc import hyperparams
 from petloc.config import Experiment
 from petloc.errors import PetlocError
 from petloc.model import REGISTERED, TTA, Pretrained
@@ -84,6 +85,12 @@ def run_settings(exp: Experiment, epochs: int, image_size: int | None = None) ->
     }
 
 
+def plugin_modules(values: dict[str, Any], pretrained: Pretrained | None) -> tuple[str, ...]:
+    """The plug-in modules a model built from `values` needs (a pretrained network's own backbone's)."""
+    backbone = pretrained.backbone if pretrained else values["backbone"]
+    return hyperparams.plugin_modules({**values, "backbone": backbone})
+
+
 def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
     """The registered network a `registered:` backbone names, checked not to have trained on
     this run's validation photos; None for a built-in backbone."""
@@ -127,12 +134,14 @@ def train_tracked(
         f": {values['backbone']} at {values['image_size']} px, {epochs} epochs, "
         f"on {len(data.train)} photos of {data.source}, validated on {len(data.val)}"
     )
+    needs = plugin_modules(values, pretrained)
     log.log_run_inputs(
         run_id,
         {**values, **run_settings(exp, epochs, int(values["image_size"]))},
         data,
         exp.train.seed,
         description,
+        **({vocab.PLUGINS: ",".join(needs)} if needs else {}),
     )
     log.log_experiment(run_id, exp)
 
@@ -181,6 +190,7 @@ def train_tracked(
             vocab.EPOCHS_TRAINED: float(len(curves.get("loss", []))),
             **timed,
         },
+        plugins=needs,
     )
 
 
@@ -191,6 +201,7 @@ def score_and_log(
     run_id: str,
     history: dict | None,
     extra: dict[str, float],
+    plugins: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """A localiser as users get it, scored on the validation photos (mIoU, accuracy, IoU >= 0.5,
     latency) and logged in run `run_id` with its curves (when trained here), a gallery of its
@@ -223,7 +234,7 @@ def score_and_log(
             skipped.write_text("".join(f"{s}\n" for s in data.whole.skipped), encoding="utf-8")
             files["data"] = skipped
         log.log_files(run_id, files)
-    log.log_model(model, run_id, localiser=True)
+    log.log_model(model, run_id, localiser=True, plugins=plugins)
     return summary
 
 
@@ -240,8 +251,15 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
         f"Pretraining of experiment '{exp.name}': a {cfg.backbone} cat / dog classifier for localisers to start from, "
         f"on {len(data.train)} photos of {data.source}"
     )
+    needs = hyperparams.plugin_modules({"backbone": cfg.backbone})
+    plugin_tag = {vocab.PLUGINS: ",".join(needs)} if needs else {}
     log.log_run_inputs(
-        run_id, params, data, exp.train.seed, description, **{vocab.KIND: vocab.PRETRAIN_KIND}
+        run_id,
+        params,
+        data,
+        exp.train.seed,
+        description,
+        **{vocab.KIND: vocab.PRETRAIN_KIND, **plugin_tag},
     )
     log.log_experiment(run_id, exp)
     start = time.perf_counter()
@@ -253,5 +271,5 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
         vocab.EPOCHS_TRAINED: float(len(history.history.get("loss", []))),
     }
     mlflow.log_metrics(summary, run_id=run_id)
-    log.log_model(model, run_id, localiser=False)
+    log.log_model(model, run_id, localiser=False, plugins=needs)
     return summary

@@ -22,6 +22,10 @@ FINGERPRINT = "petloc.sweep_fingerprint"  # a sweep's settings, on its parent ru
 CHIEF = "petloc.chief"  # HOST:PORT of a distributed sweep's chief, on its parent run
 CHIEF_HEARTBEAT = "petloc.chief_heartbeat"  # the chief's last sign of life (wall-clock seconds)
 WORKER = "petloc.worker"  # the worker that ran a trial, on its run
+# The plug-in modules a run's model needs (petloc/plugins.py), comma-separated, on its run;
+# the logged model carries them as a list under its MLmodel metadata key MODEL_PLUGINS.
+PLUGINS = "petloc.plugins"
+MODEL_PLUGINS = "petloc_plugins"
 
 # Spellings older petloc versions wrote: read, never written.
 OLD_KIND = "petloc_kind"

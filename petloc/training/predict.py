@@ -21,6 +21,7 @@ from petloc.errors import PetlocError
 from petloc.files import check_regular
 from petloc.training.evaluate import forward_pass
 from petloc.training.gallery import draw_box_on_photo, save_new_png
+from petloc.training.model_needs import import_needed
 
 EXPECTED_OUTPUTS = {"cls": 2, "box": 4}  # output name -> values per image
 
@@ -97,6 +98,7 @@ def load_keras_file(path: str | Path) -> keras.Model:
             f"{path}: cannot be read as a Keras model "
             "(not a .keras zip archive: truncated, corrupt or another kind of file)"
         )
+    import_needed([path], str(path))  # a plug-in backbone's own layers (petloc/plugins.py)
     return checked_localiser(str(path), lambda: keras.saving.load_model(path, safe_mode=True))
 
 

@@ -21,6 +21,7 @@ LAYERS = [
     ("petloc.library_internals", 0),
     ("petloc.data", 1),
     ("petloc.hyperparams", 1),  # plain data below the model, so config reads it without Keras
+    ("petloc.plugins", 1),  # users' backbones: the model looks them up, config imports them
     ("petloc.model", 2),
     ("petloc.config", 3),
     ("petloc.training", 4),
