@@ -1,18 +1,44 @@
 """petloc: find the head of a cat or dog in a photo, and the experiment framework around it.
 
 import petloc
-model = petloc.load_model("petloc@champion")   # or a .keras file, or models:/petloc/3
+result = petloc.sweep("experiments/quick.yaml", {"tuner.max_trials": 2})  # as `petloc sweep`
+result.leaderboard                               # a pandas DataFrame, as leaderboard.csv
+model = petloc.load_model(result.champion)       # or "petloc@champion", a .keras file, ...
 predictions = model.predict([rgb_image])         # label, score, box in the image's pixels
+
+`petloc.train` and `petloc.evaluate` do what `petloc train` and `petloc evaluate` do
+(petloc.api); a mistake raises the command line's one-line `petloc.errors.PetlocError`.
 
 @petloc.register_backbone("mynet")                # your own backbone (petloc/plugins.py)
 def mynet(image_size, width, weights): ...
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 # Free of TensorFlow, as `import petloc` must stay.
 from petloc.plugins import register_backbone
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "register_backbone"]
+
+# Loaded on first use (module __getattr__): `import petloc` (and `petloc --help`) stays free
+# of TensorFlow and MLflow.
+API = ("sweep", "train", "evaluate", "SweepResult", "TrainResult", "EvaluationResult")
+__all__ = [
+    "EvaluationResult",
+    "SweepResult",
+    "TrainResult",
+    "__version__",
+    "evaluate",
+    "load_model",
+    "register_backbone",
+    "sweep",
+    "train",
+]
+
+if TYPE_CHECKING:
+    from petloc.api import EvaluationResult, SweepResult, TrainResult, evaluate, sweep, train
 
 
 def load_model(source: str):
@@ -21,3 +47,15 @@ def load_model(source: str):
     from petloc.tracking.registry import load_predictor
 
     return load_predictor(source)
+
+
+def __getattr__(name: str):
+    if name in API:
+        from petloc import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'petloc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *API])

@@ -81,19 +81,11 @@ def train(experiment, overrides):
 
     OVERRIDES are key=value pairs such as data.path=../photos space.backbone=simple train.epochs=5.
     """
-    from petloc.config import load_experiment
+    from petloc import api
 
-    exp = load_experiment(experiment, overrides)  # a bad file is one line before TensorFlow loads
-
-    from petloc.report import table
-    from petloc.tracking import store
-    from petloc.tracking.training_runs import train_run
-
-    run = train_run(exp, click.echo)
-    click.echo(table([run.summary]))
-    shown = store.shown_uri(store.configure(exp.tracking.uri))
-    click.echo(f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({shown})")
-    click.echo(f"model: runs:/{run.run_id}/model   browse: petloc ui")
+    # a bad file is one line before TensorFlow loads
+    for line in api.train(experiment, overrides, say=click.echo).summary:
+        click.echo(line)
 
 
 @cli.command()
@@ -218,21 +210,20 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
 
         run_worker(exp, worker_id, chief, say=click.echo)
         return
-    if chief is not None:
+    if chief is None:
+        from petloc import api
+
+        summary = api.sweep(exp, fresh=fresh, say=click.echo).summary
+    else:
         from petloc.search.chief import run_chief
+        from petloc.search.summary import sweep_summary
 
         result = run_chief(
             exp, chief or address or DEFAULT_CHIEF_ADDRESS, fresh, worker_timeout, click.echo
         )
-    else:
-        from petloc.search.sweep import run_sweep
-
-        result = run_sweep(exp, fresh=fresh, say=click.echo)
-    from petloc.search.summary import sweep_summary
-
-    for line in sweep_summary(
-        exp.name, result, time.perf_counter() - start, f"{exp.registry.name}@{exp.registry.alias}"
-    ):
+        model_ref = f"{exp.registry.name}@{exp.registry.alias}"
+        summary = sweep_summary(exp.name, result, time.perf_counter() - start, model_ref)
+    for line in summary:
         click.echo(line)
 
 
@@ -447,21 +438,20 @@ def serve(model, host, port):
 )
 def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
     """mIoU, IoU >= 0.5 share, accuracy and latency of MODEL on the dataset at DATA."""
-    from petloc.model import TTA
+    from petloc import api
     from petloc.report import table
-    from petloc.tracking.registry import load_localiser
-    from petloc.training.evaluate import evaluate_dataset
 
-    figures, skipped = evaluate_dataset(
-        TTA[tta](load_localiser(model)), data, on_bad, subset, val_split, seed
+    result = api.evaluate(
+        model,
+        data,
+        on_bad=on_bad,
+        subset=subset,
+        val_split=val_split,
+        seed=seed,
+        tta=tta,
+        say=None if as_json else lambda line: click.echo(line, err=True),  # skipped files
     )
-    result = {"model": model, "data": str(data), "subset": subset, "tta": tta, **figures}
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        for bad in skipped:
-            click.echo(f"skipped {bad}", err=True)
-        click.echo(table([result]))
+    click.echo(json.dumps(result.figures) if as_json else table([result.figures]))
 
 
 @cli.command()
@@ -643,11 +633,9 @@ def main() -> None:
 
 def _tracking_refusal(err: Exception) -> str | None:
     """A tracking server's refusal (credentials, a missing permission) met after the start check."""
-    if not type(err).__module__.startswith(("mlflow", "requests")):
-        return None
-    from petloc.tracking.store import refusal
+    from petloc.api import tracking_refusal
 
-    return refusal(err)
+    return tracking_refusal(err)
 
 
 def _stopped(interrupt: BaseException | None) -> None:

@@ -93,6 +93,7 @@ def train_final(
             epochs=epochs,
             backup=backups / run_id,
             description=f"Final run of sweep '{exp.name}': trial {best['trial']}'s configuration {how}",
+            say=say,
         )
     _remove_stale_backups(record, backups, best["run_id"], epochs)
     # Keras removed this run's backup; the folder goes too unless another run's is there

@@ -253,6 +253,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
                     save_weights=self._weights_file(trial.trial_id),
                     description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'",
                     pace=self._pace_reporter(trial.trial_id),
+                    say=self.progress.say,
                 )
         except Exception as err:
             # a stop that a library turned into its own error: no failed trial

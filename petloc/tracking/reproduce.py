@@ -80,6 +80,7 @@ def reproduce(run_id: str, force: bool = False, say=print) -> Reproduction:
             new_id,
             epochs=int(original.data.params[vocab.EPOCHS]),
             description=f"Reproduction of run {run_id}",
+            say=say,
         )
     before = {k: original.data.metrics.get(k, float("nan")) for k in FIGURES}
     after = {k: summary[k] for k in FIGURES}

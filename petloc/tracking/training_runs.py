@@ -47,7 +47,7 @@ def train_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun
         runs.experiment_id(exp.tracking.experiment), f"train-{values['backbone']}"
     )
     with runs.run_status(run_id):
-        summary = train_tracked(exp, values, data, run_id)
+        summary = train_tracked(exp, values, data, run_id, say=say)
     return TrackedRun(run_id, summary, data)
 
 
@@ -118,12 +118,14 @@ def train_tracked(
     description: str = "",
     pace: Callable[[int, float], None] | None = None,
     backup: Path | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, float]:
     """Fits `values` on `data` inside MLflow run `run_id` and logs everything; returns the summary
     metrics. `pace(epoch, seconds)` hears the steady epoch time as the training goes.
     `backup`: a folder where the training state is kept after each epoch (`fit.fit`); when it
     holds one, the fit resumes from it, in the same run, and the curves and `epochs_trained`
-    count the epochs before the interruption too, and `train_seconds` the training before it."""
+    count the epochs before the interruption too, and `train_seconds` the training before it.
+    `say` hears the epoch lines."""
     epochs = epochs or exp.train.epochs
     resumed = bool(backup and has_backup(backup))
     # the training before a stop counts too
@@ -161,6 +163,7 @@ def train_tracked(
         xla=exp.train.xla,
         precision=exp.train.precision,
         pretrained=pretrained,
+        say=say,
     )
     if save_weights:
         save_weights.parent.mkdir(parents=True, exist_ok=True)

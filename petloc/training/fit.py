@@ -240,6 +240,7 @@ def fit(
     initial_epoch: int = 0,
     initial_weights: str | None = None,
     backup: str | None = None,
+    say: Callable[[str], None] = print,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """The one fit path of petloc's networks: seed, build (compiled), make the training and
     validation batches, fit, and end with the weights of the epoch with the best `monitor`;
@@ -249,7 +250,7 @@ def fit(
     `initial_weights` and `initial_epoch` continue an earlier run (Hyperband's brackets).
     `backup`: a folder where the training state (weights, optimizer, epoch, the best epoch so
     far) is kept after each epoch; a fit given one that holds a state resumes from it, and a
-    fit that ends removes it."""
+    fit that ends removes it. `say` hears the epoch lines."""
     keras.utils.set_random_seed(seed)
     model = build()
     if initial_weights:
@@ -273,7 +274,7 @@ def fit(
         every_epoch.append(ResumedEarlyStopping(monitor, early_stopping, backup))
     if not progress.detailed():
         # instead of Keras's line, which repeats each metric under two names
-        every_epoch.append(progress.EpochLine())
+        every_epoch.append(progress.EpochLine(say))
     # Last: its epoch-end backup holds what the callbacks above left (the averaged weights),
     # and at the end it removes the folder after KeepBest has read the best epoch from it.
     after_all = [backing_up] if backing_up else []
@@ -336,10 +337,12 @@ def fit_localiser(
     xla: bool = False,
     precision: str = "float32",
     pretrained: Pretrained | None = None,
+    say: Callable[[str], None] = print,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """Builds and trains the localiser the hyperparameter `values` describe; keeps the best
     val_miou weights. `precision` is a Keras dtype policy for training; the model returned
-    is float32. `pretrained` is the network a `registered:` backbone names."""
+    is float32. `pretrained` is the network a `registered:` backbone names; `say` hears the
+    epoch lines."""
     hparams = Hyperparameters.of(values)
     assert hparams.image_size is not None, "values carry image_size (Experiment fills it in)"
     image_size, batch_size = int(hparams.image_size), hparams.batch_size
@@ -372,6 +375,7 @@ def fit_localiser(
         initial_epoch=initial_epoch,
         initial_weights=initial_weights,
         backup=backup,
+        say=say,
     )
     if precision != "float32":
         model = in_float32(model, hparams, image_size, pretrained)

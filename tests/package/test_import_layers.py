@@ -28,6 +28,7 @@ LAYERS = [
     ("petloc.tracking", 5),
     ("petloc.serving", 5),
     ("petloc.search", 6),
+    ("petloc.api", 7),  # the Python API: what the command line does, as functions
     ("petloc.cli", 7),
     ("petloc.__main__", 7),
     ("petloc", 7),  # the package itself: the public API
