@@ -12,9 +12,7 @@ from petloc.model.losses import CLASS_WEIGHTS, SmoothedClassLoss
 from petloc.model.metrics import class_figures, macro_accuracy, species_accuracy, top_k_accuracy
 from petloc.training.predict import Predictor, load_keras_file, localiser_problem
 
-BREEDS = Classes(
-    ("abyssinian", "beagle", "bengal", "boxer"), species=("cat", "dog", "cat", "dog")
-)
+BREEDS = Classes(("abyssinian", "beagle", "bengal", "boxer"), species=("cat", "dog", "cat", "dog"))
 
 
 def tiny(classes: Classes) -> keras.Model:
