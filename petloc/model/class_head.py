@@ -49,13 +49,24 @@ class ClassHead(layers.Dense):
 
 
 def model_classes(model: keras.Model) -> Classes:
-    """The classes `model` scores, in the order of its "cls" output: those its class head
-    carries; a model without them (saved before heads carried names) with 2 scores is the
-    species task, with N others is numbered 0..N-1."""
+    """The classes `model` scores, in the order of its "cls" output (or its only output): those
+    its class head carries. A model without them (saved before heads carried names) is of
+    the species task when it scores 2 classes or its output is not yet defined, and numbered
+    0..N-1 when it scores N others."""
     for layer in library_internals.all_layers(model):
         if isinstance(layer, ClassHead):
             return layer.classes
-    width = int(model.output["cls"].shape[-1]) if isinstance(model.output, dict) else 0
-    if width == len(SPECIES):
+    width = _class_scores(model)
+    if width in (0, len(SPECIES)):
         return SPECIES
     return Classes(tuple(str(i) for i in range(width)))
+
+
+def _class_scores(model: keras.Model) -> int:
+    """How many class scores `model` gives; 0 when its output is not defined."""
+    try:
+        output = model.output
+    except (AttributeError, ValueError):  # a Sequential model never called
+        return 0
+    scores = output.get("cls") if isinstance(output, dict) else output
+    return int(scores.shape[-1] or 0) if scores is not None else 0
