@@ -18,6 +18,7 @@ from petloc.data.classes import SPECIES, Classes
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.model import ClassHead, build_backbone, optimizer
 from petloc.model.heads import CropBoxes, crop_windows
+from petloc.model.metrics import class_figures
 from petloc.training.dataset import PreparedData
 from petloc.training.fit import fit
 
@@ -93,12 +94,18 @@ def fit_classifier(
 
 
 def classifier_figures(model: keras.Model, val: ImageSet) -> dict[str, float]:
-    """Accuracy on the validation photos, and on the crops around their heads."""
+    """Accuracy on the validation photos (and the class figures that apply to its classes,
+    `petloc.model.metrics.class_figures`, under the run metric names `val_<figure>`), and on
+    the crops around their heads."""
     probs = model.predict(val.images.astype(np.float32), batch_size=64, verbose=0)
     heads = with_head_crops(val).subset(np.arange(len(val), 2 * len(val)))
     head_probs = model.predict(heads.images.astype(np.float32), batch_size=64, verbose=0)
     return {
         "val_accuracy": float((probs.argmax(1) == val.labels).mean()),
         "val_head_accuracy": float((head_probs.argmax(1) == val.labels).mean()),
+        **{
+            f"val_{name}": value
+            for name, value in class_figures(val.labels, probs, val.classes).items()
+        },
         "params_count": float(model.count_params()),
     }

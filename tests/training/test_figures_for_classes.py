@@ -6,6 +6,7 @@ import csv
 import io
 
 import cv2
+import keras
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from petloc.model import model_classes
 from petloc.training.evaluate import Predictions, in_model_classes, per_class_csv, quality
 from petloc.training.fit import fit_localiser
 from petloc.training.gallery import plot_confusion
+from petloc.training.pretrain import build_classifier, classifier_figures
 from tests.helpers import relabelled_images
 
 THREE = Classes(("ant", "bee", "cow"), species=("insect", "insect", "mammal"))
@@ -71,3 +73,13 @@ def test_confusion_matrix_of_37_classes_is_a_picture_big_enough_to_read(tmp_path
     path = plot_confusion(true, np.where(rng.random(300) < 0.7, true, 0), names, tmp_path / "c.png")
     image = cv2.imread(str(path))
     assert image is not None and min(image.shape[:2]) >= 37 * 16  # a row per class, each legible
+
+
+def test_a_pretrained_classifier_scores_and_names_the_data_classes(tmp_path):
+    data = relabelled_images(THREE, count=6)
+    model = build_classifier("simple", 0.25, 32, 0.0, THREE)
+    model.save(tmp_path / "classifier.keras")
+    loaded = keras.saving.load_model(tmp_path / "classifier.keras", safe_mode=True)
+    assert model_classes(loaded) == THREE
+    figures = classifier_figures(loaded, data)
+    assert {"val_accuracy", "val_macro_accuracy", "val_species_accuracy"} <= set(figures)
