@@ -14,9 +14,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 import common  # noqa: F401  (quiet TensorFlow before it loads)
+import numpy as np
 from common import table, write_block
 
 from petloc.config import load_experiment
@@ -26,6 +25,7 @@ from petloc.training.evaluate import quality
 from petloc.training.fit import fit_localiser
 
 REPO = Path(__file__).resolve().parents[1]
+SHOWN = ("backbone", "head_units", "aug_strength", "learning_rate", "image_size")
 SHARED = REPO.parent / "shared/datasets/cats_dogs/train"
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         f"`{Path(args.data).parent.name}/{Path(args.data).name}` (the split of "
         "experiments/breeds.yaml, stratified by breed; the species model is scored on the same "
         "photos). Hyperparameters: experiments/breeds.yaml's fixed values "
-        f"({', '.join(f'{k}={v}' for k, v in values.items() if k in ('backbone', 'head_units', 'aug_strength', 'learning_rate', 'image_size'))})."
+        f"({', '.join(f'{k}={values[k]}' for k in SHOWN)})."
     )
     write_block("breed_supervision", "Breeds, and does breed supervision help species?", body)
 

@@ -12,10 +12,10 @@ image is shrunk to WORKING_SIDE right after decoding (the model looks at 128-224
 over a limit gets its own error; the others are answered.
 
 A logged model carries what a server elsewhere needs: its signature (an `image` string in;
-label, score, box, warning, error out) and a tiny JPEG as input example, petloc's own code
-(petloc is not on PyPI, so the package folder is copied into the model and put first on
-sys.path when MLflow loads it), and petloc's dependencies pinned to the versions it was
-trained with.
+label, score, box, warning, error out), the classes its labels name (metadata `classes`),
+a tiny JPEG as input example, petloc's own code (petloc is not on PyPI, so the package
+folder is copied into the model and put first on sys.path when MLflow loads it), and
+petloc's dependencies pinned to the versions it was trained with.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import functools
 import importlib.metadata
+import json
 import logging
 import os
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ from petloc.data.images import (
     positive_setting,
 )
 from petloc.errors import PetlocError
+from petloc.model import model_classes
 from petloc.tracking import vocabulary as vocab
 from petloc.training.model_needs import import_needed
 from petloc.training.predict import Predictor
@@ -61,7 +63,12 @@ def save_model(keras_model, path, mlflow_model=None, **kwargs):
     kwargs.pop("validate_serving_input", None)  # read by Model.log itself, not a save setting
     mlflow_model = mlflow_model or Model()
     mlflow_model.signature = signature()
-    mlflow_model.metadata = {**(mlflow_model.metadata or {}), "petloc_version": petloc.__version__}
+    mlflow_model.metadata = {
+        **(mlflow_model.metadata or {}),
+        "petloc_version": petloc.__version__,
+        # the names `label` answers with, in the model's order (a signature has no descriptions)
+        vocab.MODEL_CLASSES: json.loads(model_classes(keras_model).to_json()),
+    }
     with _quiet_keras_signature_warning(), _as_served(keras_model):
         mlflow.keras.save_model(
             keras_model,

@@ -263,3 +263,31 @@ def tiny_breed_dataset(folder: Path, count: int = 60) -> Path:
         image.rename(folder / f"{breed}_{n}.jpg")
         image.with_suffix(".txt").rename(folder / f"{breed}_{n}.txt")
     return folder
+
+
+# ---- datasets of other classes than the species -------------------------------------------
+
+
+def relabelled_images(classes, count: int = 24, size: int = 32, seed: int = 0):
+    """An in-memory ImageSet of `count` synthetic pets whose labels are dealt round the given
+    `Classes` in turn (every class gets images), boxes normalised: a dataset of any number of
+    classes without a reader for it."""
+    from petloc.data.pipeline import ImageSet
+    from petloc.data.synth import MIN_SIZE, render
+
+    rng, drawn = np.random.default_rng(seed), max(size, MIN_SIZE)
+    images, boxes = [], []
+    for _ in range(count):
+        image, _label, box = render(rng, size=drawn)
+        images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
+        boxes.append(np.asarray(box, np.float32) / drawn)
+    labels = np.arange(count, dtype=np.int32) % len(classes)
+    return ImageSet(
+        np.stack(images),
+        labels,
+        np.stack(boxes).astype(np.float32),
+        [f"pet{i}.jpg" for i in range(count)],
+        [""] * count,
+        digest=f"relabelled-{len(classes)}-{count}-{seed}",
+        classes=classes,
+    )

@@ -15,8 +15,6 @@ from pathlib import Path
 from petloc.data.classes import SPECIES
 from petloc.errors import PetlocError
 
-# Kept for the layers above until they read a dataset's own classes: the species task's names.
-CLASS_NAMES = SPECIES.names
 LABELLINGS = ("species", "breed")
 # the cats_dogs layout's CLASS on disk for each species
 SPECIES_IDS = {"cat": 1, "dog": 2}

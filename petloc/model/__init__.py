@@ -5,6 +5,7 @@ from petloc import hyperparams
 from petloc.hyperparams import Hyperparameters
 from petloc.model.backbones import BACKBONES, REGISTERED, Pretrained, build_backbone
 from petloc.model.build import build_model, compile_model, optimizer
+from petloc.model.class_head import ClassHead, model_classes
 from petloc.model.heads import BOX_HEADS, SECOND_STAGES
 from petloc.model.losses import BOX_LOSSES, CLASS_WEIGHTS
 from petloc.model.tta import TTA
@@ -17,11 +18,13 @@ __all__ = [
     "REGISTERED",
     "SECOND_STAGES",
     "TTA",
+    "ClassHead",
     "Hyperparameters",
     "Pretrained",
     "build_backbone",
     "build_model",
     "compile_model",
     "hyperparams",
+    "model_classes",
     "optimizer",
 ]

@@ -1,6 +1,7 @@
 """The two-headed localiser: a registered backbone, a class head and a box head.
 
-Outputs are a dict: "cls" (softmax over cat, dog) and "box" (4 sigmoids, normalised
+Outputs are a dict: "cls" (softmax over the dataset's classes, whose names the head
+carries: `petloc.model.class_head`) and "box" (4 sigmoids, normalised
 [x1, y1, x2, y2]). The input is RGB pixels in 0..255 at `image_size` x `image_size`.
 Under a mixed-precision policy the outputs stay float32.
 """
@@ -12,17 +13,23 @@ import re
 import keras
 from keras import layers
 
+from petloc.data.classes import SPECIES, Classes
 from petloc.hyperparams import Hyperparameters
 from petloc.model.backbones import Pretrained, build_backbone
+from petloc.model.class_head import ClassHead
 from petloc.model.heads import BOX_HEADS, SECOND_STAGES, dense_stack
 from petloc.model.losses import BOX_LOSSES, class_loss
 from petloc.model.metrics import MeanIoU
 
 
 def build_model(
-    hparams: Hyperparameters, image_size: int, pretrained: Pretrained | None = None
+    hparams: Hyperparameters,
+    image_size: int,
+    pretrained: Pretrained | None = None,
+    classes: Classes = SPECIES,
 ) -> keras.Model:
-    """The localiser `hparams` describes; `pretrained` is the network a `registered:` backbone names."""
+    """The localiser `hparams` describes, scoring `classes`; `pretrained` is the network a
+    `registered:` backbone names."""
     backbone = build_backbone(
         hparams.backbone, image_size, hparams.width, hparams.weights, pretrained
     )
@@ -39,7 +46,7 @@ def build_model(
 
     # A second stage may look again at the head the box found, and classify from both.
     pooled = SECOND_STAGES[hparams.second_stage](hparams, inputs, box, pooled, pretrained)
-    cls = layers.Dense(2, activation="softmax", name="cls", dtype="float32")(
+    cls = ClassHead.of(classes)(
         dense_stack(pooled, hparams.head_units, hparams.head_depth, hparams.dropout, "cls")
     )
     return keras.Model(

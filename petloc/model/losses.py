@@ -11,8 +11,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from petloc.data.records import CLASS_NAMES
-
 
 def ordered(box):
     """Corners sorted so that x1 <= x2 and y1 <= y2."""
@@ -82,8 +80,9 @@ class SmoothedClassLoss(keras.losses.Loss):
         self.smoothing = smoothing
 
     def call(self, y_true, y_pred):
+        # as many classes as the head scores (static in the traced graph)
         labels = ops.one_hot(
-            ops.cast(ops.reshape(y_true, [-1]), "int32"), len(CLASS_NAMES), dtype=y_pred.dtype
+            ops.cast(ops.reshape(y_true, [-1]), "int32"), y_pred.shape[-1], dtype=y_pred.dtype
         )
         return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=self.smoothing)
 
@@ -104,14 +103,16 @@ BOX_LOSSES = {
 }
 
 
-def _balanced(labels: np.ndarray) -> np.ndarray:
-    """Each class weighs total / (classes x its count): both classes count equally in the loss."""
-    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
-    return len(labels) / (len(CLASS_NAMES) * np.maximum(counts, 1))
+def _balanced(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Each of the `classes` weighs total / (classes x its count): every class counts equally
+    in the loss (a class missing from the labels gets the weight of a class seen once)."""
+    counts = np.bincount(labels, minlength=classes)
+    return len(labels) / (classes * np.maximum(counts, 1))
 
 
-# How much each class's images weigh in the class loss, from the training labels.
-CLASS_WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray | None]] = {
-    "none": lambda labels: None,
+# How much each class's images weigh in the class loss, from the training labels and the
+# number of classes the model scores.
+CLASS_WEIGHTS: dict[str, Callable[[np.ndarray, int], np.ndarray | None]] = {
+    "none": lambda labels, classes: None,
     "balanced": _balanced,
 }

@@ -18,6 +18,7 @@ import keras_tuner as kt
 
 from petloc import library_internals, stopping
 from petloc.config import Experiment, Range
+from petloc.data.classes import SPECIES, Classes
 from petloc.model import Hyperparameters, build_model, hyperparams
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.search.time_budget import (
@@ -100,9 +101,10 @@ ORACLES: dict[str, Callable[..., TimeBudgetedOracle]] = {
 class SpaceHyperModel(kt.HyperModel):
     """The experiment's `space:` as Keras Tuner hyperparameters, and the model they build."""
 
-    def __init__(self, exp: Experiment):
+    def __init__(self, exp: Experiment, classes: Classes = SPECIES):
+        """`classes`: those the models score (the trials' own models take their data's)."""
         super().__init__(name="petloc")
-        self.exp = exp
+        self.exp, self.classes = exp, classes
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         fixed = self.exp.fixed_hyperparameters()
@@ -135,7 +137,9 @@ class SpaceHyperModel(kt.HyperModel):
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """Keras Tuner's hook; petloc's trials build and train through `train_tracked`."""
         values = self.values(hp)
-        return build_model(Hyperparameters.of(values), int(values["image_size"]))
+        return build_model(
+            Hyperparameters.of(values), int(values["image_size"]), classes=self.classes
+        )
 
 
 class TrackedTuner(library_internals.TunerHooks, kt.Tuner):

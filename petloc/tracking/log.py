@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shlex
 import subprocess
@@ -28,7 +29,9 @@ from mlflow.tracking import MlflowClient
 import petloc
 from petloc import serving
 from petloc.config import Experiment
+from petloc.data.classes import Classes
 from petloc.errors import COMMAND_ENV
+from petloc.model import model_classes
 from petloc.tracking import vocabulary as vocab
 from petloc.training.dataset import PreparedData
 
@@ -168,9 +171,18 @@ def log_model(
                 metadata=metadata,
             )
         else:
-            info = mlflow.keras.log_model(model, name="model", metadata=metadata)
+            info = mlflow.keras.log_model(
+                model,
+                name="model",
+                metadata={**(metadata or {}), vocab.MODEL_CLASSES: classes_metadata(model)},
+            )
     MlflowClient().set_tag(run_id, vocab.MODEL_URI, info.model_uri)
     return info.model_uri
+
+
+def classes_metadata(model: keras.Model) -> dict:
+    """The classes a model answers with, as its MLflow model metadata holds them."""
+    return json.loads(model_classes(model).to_json())
 
 
 def log_run_inputs(
@@ -181,14 +193,23 @@ def log_run_inputs(
     description: str,
     **tags: Any,
 ) -> None:
-    """What a run was given: flat params, its data (tags and MLflow datasets), where it comes
-    from, the seed, and a description the MLflow UI shows."""
+    """What a run was given: flat params (with the number of classes), its data (tags, MLflow
+    datasets and its classes as `classes.json`), where it comes from, the seed, and a
+    description the MLflow UI shows."""
+    classes = data.whole.classes
+    params = {**params, vocab.CLASSES: len(classes)}
     # MLflow shows a missing value as "None"; petloc's files say "none".
     mlflow.log_params({k: ("none" if v is None else v) for k, v in params.items()}, run_id=run_id)
+    log_classes(run_id, classes)
     every = {**data.tags(), **provenance(), vocab.SEED: seed, vocab.NOTE: description, **tags}
     # One call for all of them: a call per tag was a store transaction (or a server request) each.
     MlflowClient().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in every.items()])
     log_datasets(run_id, data)
+
+
+def log_classes(run_id: str, classes: Classes) -> None:
+    """The run's classes, in the model's order, as `classes.json` (Classes.from_json reads it)."""
+    MlflowClient().log_text(run_id, classes.to_json(), vocab.CLASSES_FILE)
 
 
 def log_datasets(run_id: str, data: PreparedData) -> None:
@@ -251,11 +272,12 @@ def log_experiment(run_id: str, exp: Experiment) -> None:
     MlflowClient().log_dict(run_id, exp.model_dump(mode="json"), vocab.EXPERIMENT_FILE)
 
 
-def log_files(run_id: str, files: dict[str, Path]) -> None:
-    """Each local file under the artifact folder named by its key ("" = top level)."""
+def log_files(run_id: str, files: dict[str, Path | list[Path]]) -> None:
+    """Each local file (or list of them) under the artifact folder named by its key ("" = top level)."""
     client = MlflowClient()
-    for folder, path in files.items():
-        client.log_artifact(run_id, str(path), folder or None)
+    for folder, paths in files.items():
+        for path in paths if isinstance(paths, list) else [paths]:
+            client.log_artifact(run_id, str(path), folder or None)
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:

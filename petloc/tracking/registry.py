@@ -30,6 +30,7 @@ METRIC_TAGS = (
     vocab.BEST_VAL_MIOU,
     vocab.VAL_ACCURACY,
     vocab.VAL_IOU50,
+    *vocab.CLASS_FIGURES.values(),  # those the run has
     vocab.LATENCY_MS_B1,
     vocab.LATENCY_MS_B32,
     vocab.PARAMS_COUNT,
@@ -445,6 +446,8 @@ def _register(run, model_source: str, name: str) -> str:
                 raise
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
+    if vocab.CLASSES in run.data.params:  # how many classes the version answers with
+        tags[vocab.CLASSES] = run.data.params[vocab.CLASSES]
     tags[vocab.SOURCE_RUN] = run.info.run_id
     # A logged model (models:/m-...) is named as such: a tracking server refuses the source without it.
     model_id = (

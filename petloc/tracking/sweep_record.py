@@ -35,6 +35,7 @@ LEADERBOARD_COLUMNS = [
     ("val_miou", f"metrics.{vocab.BEST_VAL_MIOU}"),
     ("iou50", f"metrics.{vocab.VAL_IOU50}"),
     ("accuracy", f"metrics.{vocab.VAL_ACCURACY}"),
+    *((name, f"metrics.{metric}") for name, metric in vocab.CLASS_FIGURES.items()),
     ("latency_ms_b1", f"metrics.{vocab.LATENCY_MS_B1}"),
     ("params", f"metrics.{vocab.PARAMS_COUNT}"),
     ("train_s", f"metrics.{vocab.TRAIN_SECONDS}"),
@@ -323,7 +324,7 @@ class SweepRecord:
                 row[column] = _number_or_text(source.get(name, ""))
             row.update({name: _number_or_text(run.data.params.get(name, "")) for name in extra})
             rows.append(row)
-        return rows
+        return _without_absent_class_figures(rows)
 
     def log_leaderboard(self, rows: list[dict], failed: int) -> None:
         """`leaderboard.csv` and `.md`, the trial counts, and the best row's figures and IDs."""
@@ -418,11 +419,17 @@ def _number_or_text(value):
         return value
 
 
+def _without_absent_class_figures(rows: list[dict]) -> list[dict]:
+    """The rows without the class figures no run has (top-5 of a 2-class sweep, species of
+    classes without species)."""
+    absent = [name for name in vocab.CLASS_FIGURES if all(row[name] == "" for row in rows)]
+    return [{k: v for k, v in row.items() if k not in absent} for row in rows]
+
+
 def leaderboard_columns(rows: list[dict]) -> list[str]:
     """The leaderboard's columns: what each row holds, run_id last."""
-    return [c for c in (rows[0] if rows else dict(LEADERBOARD_COLUMNS)) if c != "run_id"] + [
-        "run_id"
-    ]
+    empty = [c for c, _ in LEADERBOARD_COLUMNS if c not in vocab.CLASS_FIGURES]
+    return [c for c in (rows[0] if rows else empty) if c != "run_id"] + ["run_id"]
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:

@@ -21,9 +21,16 @@ from petloc.model import REGISTERED, TTA, Pretrained
 from petloc.tracking import log, registry, runs, store
 from petloc.tracking import vocabulary as vocab
 from petloc.training.dataset import PreparedData, gallery_image, prepare_data
-from petloc.training.evaluate import TimedForward, forward_pass, latencies, quality
+from petloc.training.evaluate import (
+    Predictions,
+    TimedForward,
+    forward_pass,
+    latencies,
+    per_class_csv,
+    quality,
+)
 from petloc.training.fit import backed_up, fit_localiser, has_backup, resolved_precision
-from petloc.training.gallery import plot_curves, save_rgb
+from petloc.training.gallery import plot_confusion, plot_curves, save_rgb
 from petloc.training.pretrain import classifier_figures, fit_classifier
 
 
@@ -52,7 +59,7 @@ def train_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun
 
 
 def pretrain_run(exp: Experiment, say: Callable[[str], None] = print) -> TrackedRun:
-    """`petloc pretrain`: the cat / dog classifier of the `pretrain:` section, tracked."""
+    """`petloc pretrain`: the classifier of the `pretrain:` section, tracked."""
     store.configure(exp.tracking.uri)  # a dead tracking server is one line before the data is read
     cfg = exp.pretrain
     data = prepare_data(exp.data, cfg.image_size or exp.data.image_size, say)
@@ -206,9 +213,10 @@ def score_and_log(
     extra: dict[str, float],
     plugins: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """A localiser as users get it, scored on the validation photos (mIoU, accuracy, IoU >= 0.5,
-    latency) and logged in run `run_id` with its curves (when trained here), a gallery of its
-    answers, and the model itself; returns the summary metrics."""
+    """A localiser as users get it, scored on the validation photos (mIoU, accuracy and the
+    class figures that apply, IoU >= 0.5, latency) and logged in run `run_id` with its curves
+    (when trained here), a gallery of its answers, a per-class table and confusion matrix,
+    and the model itself; returns the summary metrics."""
     # One trace for the quality pass and the latencies; the quality pass's batches of 32 are
     # also the batch-32 latency's calls.
     forward = TimedForward(forward_pass(model))
@@ -217,6 +225,11 @@ def score_and_log(
         vocab.BEST_VAL_MIOU: figures["miou"],
         vocab.VAL_ACCURACY: figures["accuracy"],
         vocab.VAL_IOU50: figures["iou50"],
+        **{
+            vocab.CLASS_FIGURES[name]: figures[name]
+            for name in vocab.CLASS_FIGURES
+            if name in figures
+        },
         **latencies(model, int(model.input_shape[1]), forward),
         "params_count": float(model.count_params()),
         "skipped_images": float(len(data.whole.skipped)),
@@ -224,14 +237,16 @@ def score_and_log(
     }
     mlflow.log_metrics(summary, run_id=run_id)
     with log.scratch_dir() as tmp:
-        files = {
+        files: dict[str, Path | list[Path]] = {
             "gallery": save_rgb(
                 gallery_image(data.val, pred, exp.tracking.gallery_images),
                 Path(tmp) / "val_gallery.png",
             )
         }
+        top = class_files(data, pred, Path(tmp))
         if history:
-            files[""] = plot_curves(history, Path(tmp) / "curves.png")
+            top.append(plot_curves(history, Path(tmp) / "curves.png"))
+        files[""] = top
         if data.whole.skipped:
             skipped = Path(tmp) / "skipped.txt"
             skipped.write_text("".join(f"{s}\n" for s in data.whole.skipped), encoding="utf-8")
@@ -239,6 +254,17 @@ def score_and_log(
         log.log_files(run_id, files)
     log.log_model(model, run_id, localiser=True, plugins=plugins)
     return summary
+
+
+def class_files(data: PreparedData, pred: Predictions, folder: Path) -> list[Path]:
+    """The per-class table and the confusion matrix of the validation photos, to log at the
+    run's top level."""
+    table = folder / vocab.PER_CLASS_FILE
+    table.write_text(per_class_csv(data.val, pred), encoding="utf-8")
+    confusion = plot_confusion(
+        data.val.labels, pred.labels, data.val.classes.names, folder / vocab.CONFUSION_FILE
+    )
+    return [table, confusion]
 
 
 def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[str, float]:
@@ -251,7 +277,8 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
         "val_split": exp.data.val_split,
     }
     description = (
-        f"Pretraining of experiment '{exp.name}': a {cfg.backbone} cat / dog classifier for localisers to start from, "
+        f"Pretraining of experiment '{exp.name}': a {cfg.backbone} classifier of "
+        f"{len(data.whole.classes)} classes for localisers to start from, "
         f"on {len(data.train)} photos of {data.source}"
     )
     needs = hyperparams.plugin_modules({"backbone": cfg.backbone})

@@ -63,6 +63,7 @@ FINAL_TRIAL, ENSEMBLE_TRIAL = "final", "ensemble"
 # A run's hyperparameters are params under their own names (petloc.hyperparams.DECLARED).
 BACKBONE, IMAGE_SIZE, EPOCHS, PRECISION = "backbone", "image_size", "epochs", "precision"
 WIDTH, MEMBERS = "width", "members"
+CLASSES = "classes"  # how many classes the run's data (and model) has; their names: CLASSES_FILE
 
 # ---- metrics (names unchanged in this step) -----------------------------------------------
 # The latencies are measured and named by petloc.training.evaluate.latencies, below tracking.
@@ -75,6 +76,19 @@ PARAMS_COUNT, TRAIN_SECONDS, EPOCH_SECONDS, EPOCHS_TRAINED = (
     "epochs_trained",
 )
 TRIALS_FINISHED, TRIALS_FAILED = "trials_finished", "trials_failed"
+VAL_TOP5_ACCURACY, VAL_MACRO_ACCURACY, VAL_SPECIES_ACCURACY = (
+    "val_top5_accuracy",
+    "val_macro_accuracy",
+    "val_species_accuracy",
+)
+# The class figures of petloc.training.evaluate.quality, as `petloc evaluate` and the
+# leaderboard name them -> a run's metric (on the validation photos). Each only where it
+# applies: top-5 for more than 5 classes, species for classes with species.
+CLASS_FIGURES = {
+    "top5_accuracy": VAL_TOP5_ACCURACY,
+    "macro_accuracy": VAL_MACRO_ACCURACY,
+    "species_accuracy": VAL_SPECIES_ACCURACY,
+}
 EPOCH_METRICS = {  # Keras log name -> MLflow metric name, step = epoch
     "loss": "train/loss",
     "miou": "train/miou",
@@ -86,6 +100,11 @@ EPOCH_METRICS = {  # Keras log name -> MLflow metric name, step = epoch
 
 # ---- artifacts ----------------------------------------------------------------------------
 EXPERIMENT_FILE = "experiment.json"
+CLASSES_FILE = "classes.json"  # the run's Classes (names in the model's order, species)
+PER_CLASS_FILE = "per_class.csv"  # class, species, count, accuracy, miou on the validation photos
+CONFUSION_FILE = "confusion.png"  # the validation photos' confusion matrix
+# In a logged model's MLmodel metadata: the classes it answers with ({"names", "species"}).
+MODEL_CLASSES = "classes"
 CHECKPOINT_FOLDER = "checkpoint"  # a Hyperband trial's weights, for the round that continues it
 
 

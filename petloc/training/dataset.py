@@ -84,6 +84,7 @@ def gallery_image(arrays: ImageSet, pred, count: int) -> np.ndarray:
             int(pred.labels[i]),
             float(pred.scores[i]),
             float(ious[i]),
+            arrays.classes.names,
         )
         for i in picks
     ]

@@ -1,4 +1,5 @@
-"""Quality and speed of a trained model on a dataset: mIoU, IoU >= 0.5 share, accuracy, latency."""
+"""Quality and speed of a trained model on a dataset: mIoU, IoU >= 0.5 share, accuracy (top-1,
+and top-5, macro and species where they apply), per-class figures, latency."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from petloc.data.classes import SPECIES
 from petloc.data.pipeline import ImageSet, load_arrays, split_train_val
-from petloc.model.metrics import box_iou, summarise
+from petloc.model.class_head import model_classes
+from petloc.model.metrics import box_iou, class_figures, per_class_accuracy, summarise
+from petloc.report import csv_text
 
 
 @dataclass
 class Predictions:
-    labels: np.ndarray  # [N] 0 = cat, 1 = dog
+    labels: np.ndarray  # [N] indices into the model's classes
     scores: np.ndarray  # [N] probability of the predicted label
     boxes: np.ndarray  # [N, 4] normalised
+    probs: np.ndarray  # [N, classes] every class's probability
 
 
 def forward_pass(model: keras.Model) -> Callable[[tf.Tensor], dict]:
@@ -72,26 +77,58 @@ def predict_arrays(
         forward(tf.convert_to_tensor(images[i : i + batch_size], tf.float32))
         for i in range(0, len(images), batch_size)
     ]
+    width = int(model.output["cls"].shape[-1])
     probs = (
-        np.concatenate([o["cls"].numpy() for o in outs]) if outs else np.zeros((0, 2), np.float32)
+        np.concatenate([o["cls"].numpy() for o in outs])
+        if outs
+        else np.zeros((0, width), np.float32)
     )
     boxes = (
         np.concatenate([o["box"].numpy() for o in outs]) if outs else np.zeros((0, 4), np.float32)
     )
     labels = probs.argmax(axis=1)
-    return Predictions(labels, probs[np.arange(len(labels)), labels], boxes)
+    return Predictions(labels, probs[np.arange(len(labels)), labels], boxes, probs)
 
 
 def quality(
     model: keras.Model, arrays: ImageSet, forward=None
 ) -> tuple[dict[str, float], Predictions]:
-    """miou, iou50, accuracy on `arrays`, and the predictions they came from."""
+    """miou, iou50, accuracy and the class figures (`petloc.model.metrics.class_figures`) on
+    `arrays`, whose labels index the model's classes, and the predictions they came from."""
     pred = predict_arrays(model, arrays.images, forward=forward)
-    return summarise(arrays.labels, pred.labels, arrays.boxes, pred.boxes), pred
+    figures = summarise(arrays.labels, pred.labels, arrays.boxes, pred.boxes)
+    return {**figures, **class_figures(arrays.labels, pred.probs, arrays.classes)}, pred
 
 
 def per_image_iou(arrays: ImageSet, pred: Predictions) -> np.ndarray:
     return box_iou(arrays.boxes, pred.boxes)
+
+
+PER_CLASS_COLUMNS = ["class", "species", "count", "accuracy", "miou"]
+
+
+def per_class_rows(arrays: ImageSet, pred: Predictions) -> list[dict]:
+    """One row per class: its species, its number of images, the share of them classed
+    right and their mIoU (empty where the class has no image)."""
+    classes, ious = arrays.classes, per_image_iou(arrays, pred)
+    accuracy = per_class_accuracy(arrays.labels, pred.labels, len(classes))
+    rows = []
+    for i, name in enumerate(classes.names):
+        mine = arrays.labels == i
+        rows.append(
+            {
+                "class": name,
+                "species": classes.species[i] if classes.species else "",
+                "count": int(mine.sum()),
+                "accuracy": float(accuracy[i]) if mine.any() else "",
+                "miou": float(ious[mine].mean()) if mine.any() else "",
+            }
+        )
+    return rows
+
+
+def per_class_csv(arrays: ImageSet, pred: Predictions) -> str:
+    return csv_text(per_class_rows(arrays, pred), PER_CLASS_COLUMNS)
 
 
 def latency_ms(
@@ -125,15 +162,19 @@ def evaluate_dataset(
 ) -> tuple[dict, list]:
     """Figures and latency of `model` on the dataset at `data` (or one side of the split a run
     made of it), and the files skipped."""
-    size = int(model.input_shape[1])
+    size, classes = int(model.input_shape[1]), model_classes(model)
+    # a model of other classes than cat / dog reads the photos' breeds (or a manifest's labels)
+    labels = "species" if classes.names == SPECIES.names else "breed"
     # Every photo that decodes is scored; only re-making a run's split needs the photos its
     # training kept (training skips the JPEGs the decoder had to repair).
-    arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all")
+    arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all", labels=labels)
     skipped = arrays.skipped
     if subset != "all":
         arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed), strict=True))[
             subset
         ]
+    # after the split, which is made on the data's own labels as the run's was
+    arrays = arrays.relabelled(classes)
     # the quality pass's batches count towards latency_ms_b32
     forward = TimedForward(forward_pass(model))
     figures, _ = quality(model, arrays, forward)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from petloc import library_internals
 from petloc.cpu import CPUINFO, cpu_flags
+from petloc.data.classes import SPECIES, Classes
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
 from petloc.errors import PetlocError
 from petloc.files import (
@@ -350,7 +351,7 @@ def fit_localiser(
 
     def build() -> keras.Model:
         with dtype_policy(precision):
-            model = build_model(hparams, image_size, pretrained)
+            model = build_model(hparams, image_size, pretrained, train.classes)
         return compile_model(
             model,
             hparams,
@@ -360,7 +361,7 @@ def fit_localiser(
         )
 
     def batches():
-        weights = CLASS_WEIGHTS[hparams.class_weight](train.labels)
+        weights = CLASS_WEIGHTS[hparams.class_weight](train.labels, len(train.classes))
         return train_batches(
             train, batch_size, hparams.aug_strength, seed, weights, hparams.aug_erase
         ), eval_batches(val, batch_size)
@@ -378,7 +379,7 @@ def fit_localiser(
         say=say,
     )
     if precision != "float32":
-        model = in_float32(model, hparams, image_size, pretrained)
+        model = in_float32(model, hparams, image_size, pretrained, train.classes)
     return model, history
 
 
@@ -417,10 +418,11 @@ def in_float32(
     hparams: Hyperparameters,
     image_size: int,
     pretrained: Pretrained | None = None,
+    classes: Classes = SPECIES,
 ) -> keras.Model:
     """The same network and weights in float32. A saved mixed-precision model computes in
     bfloat16 wherever it is loaded, which is far slower on CPUs without bf16 units."""
     with dtype_policy("float32"):
-        again = build_model(hparams, image_size, pretrained)
+        again = build_model(hparams, image_size, pretrained, classes)
     again.set_weights(model.get_weights())  # mixed precision keeps its weights in float32
     return compile_model(again, hparams)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from petloc.data.records import CLASS_NAMES
 from petloc.errors import PetlocError
 
 TRUE_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (255, 0, 255)
 RIGHT, WRONG = (0, 170, 0), (220, 0, 0)
 TILE = 192
+TILE_LABEL_CHARS = 16  # a longer class name is cut so that its score still fits on a tile
 
 
 def draw_prediction(
@@ -26,9 +27,10 @@ def draw_prediction(
     pred_label: int,
     score: float,
     iou: float,
+    names: Sequence[str],
 ) -> np.ndarray:
-    """One tile: true box green, predicted box magenta, label green when right and red when
-    wrong (bottom left), IoU in the top-right corner. Boxes are normalised."""
+    """One tile: true box green, predicted box magenta, label (of the class `names`) green
+    when right and red when wrong (bottom left), IoU in the top-right corner. Boxes are normalised."""
     tile = cv2.resize(
         np.ascontiguousarray(image, dtype=np.uint8), (TILE, TILE), interpolation=cv2.INTER_LINEAR
     )
@@ -37,7 +39,7 @@ def draw_prediction(
         cv2.rectangle(tile, (x1, y1), (x2, y2), colour, thickness)
     _label(
         tile,
-        f"{CLASS_NAMES[pred_label]} {score:.2f}",
+        f"{_short(names[pred_label])} {score:.2f}",
         (4, TILE - 6),
         RIGHT if pred_label == true_label else WRONG,
     )
@@ -45,6 +47,10 @@ def draw_prediction(
     (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
     _label(tile, text, (TILE - w - 6, 16), (40, 40, 40))
     return tile
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= TILE_LABEL_CHARS else name[: TILE_LABEL_CHARS - 1] + "~"
 
 
 def _label(tile: np.ndarray, text: str, origin: tuple[int, int], colour) -> None:
@@ -202,6 +208,39 @@ def plot_pareto(points: list[dict], path: Path) -> Path:
         )
     ax.set(xlabel="latency, batch 1 (ms)", ylabel="val mIoU", title="val mIoU against latency")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(true_labels, pred_labels, names: Sequence[str], path: Path) -> Path:
+    """The confusion matrix (rows the true class, columns the predicted one), each row as
+    shares of that class's images so that rare classes read as clearly as common ones; the
+    counts are written in the cells while there are few classes. The figure grows with the
+    classes, so 37 breed names stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    n = len(names)
+    counts = confusion_matrix(true_labels, pred_labels, labels=list(range(n)))
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 0.28 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ticks = list(range(n))
+    font = 9 if n <= 12 else 7
+    ax.set_xticks(ticks, list(names), rotation=90, fontsize=font)
+    ax.set_yticks(ticks, list(names), fontsize=font)
+    ax.set(xlabel="predicted class", ylabel="true class", title="confusion (share of each row)")
+    if n <= 12:
+        for (row, col), count in np.ndenumerate(counts):
+            colour = "white" if shares[row, col] > 0.5 else "black"
+            ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=font)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

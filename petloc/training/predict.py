@@ -14,21 +14,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import petloc.model  # noqa: F401  (registers petloc's custom layers and losses for loading)
+import petloc.model  # registers petloc's custom layers and losses for loading
 from petloc.data.images import BadImage, read_image
-from petloc.data.records import CLASS_NAMES
 from petloc.errors import PetlocError
 from petloc.files import check_regular
 from petloc.training.evaluate import forward_pass
 from petloc.training.gallery import draw_box_on_photo, save_new_png
 from petloc.training.model_needs import import_needed
 
-EXPECTED_OUTPUTS = {"cls": 2, "box": 4}  # output name -> values per image
+# output name -> values per image; "cls" scores each of the model's classes (`model_classes`)
+EXPECTED_OUTPUTS: dict[str, int | None] = {"cls": None, "box": 4}
 
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str  # "cat" or "dog"
+    label: str  # the name of one of the model's classes
     score: float  # probability of that label
     box: tuple[float, float, float, float]  # pixels of the original image
 
@@ -48,6 +48,7 @@ class Predictor:
     def __init__(self, model: keras.Model):
         self.model = model
         self.image_size = int(model.input_shape[1])
+        self.classes = petloc.model.model_classes(model)
         self._forward = forward_pass(model)
 
     def predict(
@@ -82,7 +83,7 @@ class Predictor:
             x1, x2 = sorted((float(b[0]) * w, float(b[2]) * w))
             y1, y2 = sorted((float(b[1]) * h, float(b[3]) * h))
             label = int(p.argmax())
-            results.append(Prediction(CLASS_NAMES[label], float(p[label]), (x1, y1, x2, y2)))
+            results.append(Prediction(self.classes.names[label], float(p[label]), (x1, y1, x2, y2)))
         return results
 
 
@@ -119,8 +120,8 @@ def checked_localiser(source: str, load) -> keras.Model:
 
 
 def localiser_problem(model) -> str | None:
-    """Why `model` is not a petloc localiser (square RGB images in; "cls" (2) and "box" (4)
-    out), or None."""
+    """Why `model` is not a petloc localiser (square RGB images in; "cls" (a score for each
+    of its classes, at least 2) and "box" (4) out), or None."""
     try:
         inputs, outputs = model.input_shape, model.output
     except (AttributeError, ValueError):
@@ -131,8 +132,12 @@ def localiser_problem(model) -> str | None:
             if isinstance(outputs, dict)
             else f"shape {model.output_shape}"
         )
-        return f"its output is {found}; expected 'cls' (2 class scores) and 'box' (4 corners)"
+        return f"its output is {found}; expected 'cls' (class scores) and 'box' (4 corners)"
+    cls_shape = tuple(outputs["cls"].shape)
+    if len(cls_shape) != 2 or not cls_shape[1] or cls_shape[1] < 2:
+        return f"its 'cls' output has shape {cls_shape}; expected (None, N) for N >= 2 classes"
     for name, width in EXPECTED_OUTPUTS.items():
+        width = width or len(petloc.model.model_classes(model))
         if tuple(outputs[name].shape[1:]) != (width,):
             return f"its '{name}' output has shape {tuple(outputs[name].shape)}; expected (None, {width})"
     if not (

@@ -1,4 +1,4 @@
-"""Pretraining a backbone as a cat / dog classifier, for transfer into the localiser.
+"""Pretraining a backbone as a classifier of the dataset's classes, for transfer into the localiser.
 
 The classifier learns from the training split's whole photos and their head crops (a head
 is where cats and dogs differ most), with the localiser's box-aware augmentation. The run is
@@ -14,9 +14,11 @@ import numpy as np
 from keras import layers
 
 from petloc.config import PretrainConfig
+from petloc.data.classes import SPECIES, Classes
 from petloc.data.pipeline import ImageSet, eval_batches, train_batches
-from petloc.model import build_backbone, optimizer
+from petloc.model import ClassHead, build_backbone, optimizer
 from petloc.model.heads import CropBoxes, crop_windows
+from petloc.model.metrics import class_figures
 from petloc.training.dataset import PreparedData
 from petloc.training.fit import fit
 
@@ -44,18 +46,20 @@ def with_head_crops(arrays: ImageSet, margin: float = 0.25, chunk: int = 256) ->
         arrays.paths + [f"{p}#head" for p in arrays.paths],
         arrays.splits * 2,
         digest=arrays.digest,
+        classes=arrays.classes,
     )
 
 
-def build_classifier(backbone: str, width: float, image_size: int, dropout: float) -> keras.Model:
+def build_classifier(
+    backbone: str, width: float, image_size: int, dropout: float, classes: Classes = SPECIES
+) -> keras.Model:
+    """A backbone with a softmax over `classes`, whose names the head carries."""
     net = build_backbone(backbone, image_size, width)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = layers.GlobalAveragePooling2D(name="cls_pool")(net(inputs))
     if dropout > 0:
         x = layers.Dropout(dropout, name="cls_dropout")(x)
-    return keras.Model(
-        inputs, layers.Dense(2, activation="softmax", name="cls")(x), name=f"classifier_{backbone}"
-    )
+    return keras.Model(inputs, ClassHead.of(classes)(x), name=f"classifier_{backbone}")
 
 
 def _class_only(batches):
@@ -71,7 +75,7 @@ def fit_classifier(
     size = int(data.train.images.shape[1])  # prepared at the pretraining size
 
     def build() -> keras.Model:
-        model = build_classifier(cfg.backbone, cfg.width, size, cfg.dropout)
+        model = build_classifier(cfg.backbone, cfg.width, size, cfg.dropout, train.classes)
         model.compile(
             optimizer=optimizer(cfg.learning_rate, -(-len(train) // cfg.batch_size) * cfg.epochs),
             loss="sparse_categorical_crossentropy",
@@ -90,12 +94,18 @@ def fit_classifier(
 
 
 def classifier_figures(model: keras.Model, val: ImageSet) -> dict[str, float]:
-    """Accuracy on the validation photos, and on the crops around their heads."""
+    """Accuracy on the validation photos (and the class figures that apply to its classes,
+    `petloc.model.metrics.class_figures`, under the run metric names `val_<figure>`), and on
+    the crops around their heads."""
     probs = model.predict(val.images.astype(np.float32), batch_size=64, verbose=0)
     heads = with_head_crops(val).subset(np.arange(len(val), 2 * len(val)))
     head_probs = model.predict(heads.images.astype(np.float32), batch_size=64, verbose=0)
     return {
         "val_accuracy": float((probs.argmax(1) == val.labels).mean()),
         "val_head_accuracy": float((head_probs.argmax(1) == val.labels).mean()),
+        **{
+            f"val_{name}": value
+            for name, value in class_figures(val.labels, probs, val.classes).items()
+        },
         "params_count": float(model.count_params()),
     }

@@ -21,16 +21,16 @@ def arrays(labels):
 
 def test_balanced_weights_make_both_classes_count_the_same():
     labels = np.array([0] * 3 + [1] * 9)
-    weights = CLASS_WEIGHTS["balanced"](labels)
+    weights = CLASS_WEIGHTS["balanced"](labels, 2)
     assert weights == pytest.approx([2.0, 2 / 3])
     assert (weights[labels]).sum() == pytest.approx(len(labels))  # the loss keeps its scale
     assert weights[0] * 3 == pytest.approx(weights[1] * 9)
-    assert CLASS_WEIGHTS["none"](labels) is None
+    assert CLASS_WEIGHTS["none"](labels, 2) is None
 
 
 def test_batches_carry_class_weights_for_the_class_loss_only():
     data = arrays([0, 1, 1, 1, 0, 1, 1, 1])
-    weights = CLASS_WEIGHTS["balanced"](data.labels)
+    weights = CLASS_WEIGHTS["balanced"](data.labels, 2)
     for strength in (0.0, 0.3):
         for _images, y, sw in train_batches(data, 4, strength, seed=0, class_weights=weights):
             np.testing.assert_allclose(sw["cls"].numpy(), weights[y["cls"].numpy()])
