@@ -233,7 +233,11 @@ def test_each_shipped_experiment_registers_its_own_model():
         path.name: load_experiment(path).registry.name
         for path in (ROOT / "experiments").glob("*.yaml")
     }
-    assert names == {"quick.yaml": "petloc-quick", "cats_dogs.yaml": "petloc-cats-dogs"}
+    assert names == {
+        "quick.yaml": "petloc-quick",
+        "cats_dogs.yaml": "petloc-cats-dogs",
+        "breeds.yaml": "petloc-breeds",
+    }
     assert Experiment().registry.name == "petloc"  # an experiment without one: petloc@champion
 
 
