@@ -29,12 +29,10 @@ def breed_sweep_file(root):
     """A two-trial breed sweep over petloc's `simple` and the plug-in's backbone."""
     write_plugin(root, MODULE, NAME, custom_layer=True)
     exp = tiny_experiment(
-        root,
-        tiny_breed_dataset(root / "photos", count=48),
-        data={"labels": "breed"},
-        registry={"name": "team-breeds"},
+        root, tiny_breed_dataset(root / "photos", count=48), registry={"name": "team-breeds"}
     )
     body = yaml.safe_load(exp.read_text())
+    body["data"]["labels"] = "breed"
     body["plugins"] = [MODULE]
     body["space"]["backbone"] = [NAME, "simple"]
     body["tuner"] = {"kind": "grid", "max_trials": 2, "seed": 0}
