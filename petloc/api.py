@@ -198,7 +198,8 @@ def sweep(
 
     Running the same sweep again continues it; `fresh=True` forgets its earlier trials.
     `say` hears the progress lines (None: silent). Raises PetlocError on bad input, and when
-    no trial finished."""
+    no trial finished. A sweep over several processes or machines (a chief and workers) is
+    started with `petloc sweep --workers/--chief/--worker`; its runs are the same."""
     exp = experiment_of(experiment, overrides)
     _prepare()
     start = time.perf_counter()

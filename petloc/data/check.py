@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from petloc.data.classes import SPECIES
+from petloc.data.classes import dataset_classes
 from petloc.data.readers import detect_layout, scan
-from petloc.data.records import Sample, Skipped, species_task
+from petloc.data.records import Sample, Skipped
 from petloc.report import table
 
 NO_SPLIT = "all"  # the counts' key when the layout has no train/valid/test split
@@ -93,7 +93,7 @@ def check_dataset(
 def _counts(samples: list[Sample]) -> dict[str, dict[str, int]]:
     """split -> {class: photos} with every class of the dataset in each split (0 where none)."""
     species_of = {s.label: s.species for s in samples}
-    names = SPECIES.names if species_task(species_of) else sorted(species_of)
+    names = dataset_classes(species_of).names
     counts: dict[str, dict[str, int]] = {}
     for sample in samples:
         counts.setdefault(sample.split or NO_SPLIT, dict.fromkeys(names, 0))[sample.label] += 1

@@ -22,8 +22,8 @@ class Classes:
     species: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.names) < 2:
-            raise PetlocError(f"a model needs at least 2 classes, the data has {list(self.names)}")
+        if not self.names:
+            raise PetlocError("no classes")
         if len(set(self.names)) != len(self.names):
             raise PetlocError(f"class names repeat: {list(self.names)}")
         if self.species is not None and len(self.species) != len(self.names):
@@ -77,6 +77,24 @@ class Classes:
 
 
 SPECIES = Classes(("cat", "dog"))
+
+
+def dataset_classes(species_of: Mapping[str, str | None]) -> Classes:
+    """A dataset's classes from {class: its species or None}: cat and dog without species are
+    the species task (cat = 0, dog = 1, whichever of them the photos hold), else the names
+    sorted. A folder of one class makes one class: a model is scored on it, not trained."""
+    if set(species_of) <= set(SPECIES.names) and not any(species_of.values()):
+        return SPECIES
+    return Classes.of(species_of)
+
+
+def at_least_two(classes: Classes, where: object) -> Classes:
+    """`classes`, or a one-line PetlocError when they are too few to train a model on."""
+    if len(classes) < 2:
+        raise PetlocError(
+            f"{where}: every usable photo is class {classes.names[0]!r}; a model needs at least 2 classes"
+        )
+    return classes
 
 
 def _listed(names: tuple[str, ...], most: int = 8) -> str:

@@ -20,10 +20,10 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from petloc.data.augment import augment
-from petloc.data.classes import SPECIES, Classes
+from petloc.data.classes import SPECIES, Classes, dataset_classes
 from petloc.data.images import IMAGE_SUFFIXES, max_image_bytes
 from petloc.data.readers import scan
-from petloc.data.records import Skipped, checked_labelling, species_task
+from petloc.data.records import Skipped, checked_labelling
 from petloc.errors import PetlocError
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, atomic_write, open_regular
 
@@ -150,7 +150,7 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool, labels: 
     bar.close()
     if not images:
         raise PetlocError(f"{root}: no usable images ({len(skipped)} skipped)")
-    classes = classes_of(species_of, root)
+    classes = dataset_classes(species_of)
     return ImageSet(
         np.stack(images),
         np.array([classes.index(name) for name in names], np.int32),
@@ -160,18 +160,6 @@ def _decode_all(root: Path, image_size: int, on_bad: str, strict: bool, labels: 
         skipped,
         classes=classes,
     )
-
-
-def classes_of(species_of: dict[str, str | None], root: Path) -> Classes:
-    """A dataset's classes from {class: species}: cat and dog alone are the species task (cat
-    = 0, dog = 1 whichever of them the photos hold), else the classes the photos name."""
-    if species_task(species_of):
-        return SPECIES
-    if len(species_of) < 2:
-        raise PetlocError(
-            f"{root}: every usable photo is class {next(iter(species_of))!r}; a model needs at least 2 classes"
-        )
-    return Classes.of(species_of)
 
 
 def load_arrays(
@@ -252,7 +240,9 @@ def split_train_val(arrays: ImageSet, val_share: float, seed: int) -> tuple[Imag
     """The layout's own train/valid folders when it has them, else a split stratified by class."""
     splits = np.array(arrays.splits)
     if (splits == "valid").any():
-        train, val = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "valid")
+        # photos whose split the layout leaves unsaid (a manifest's empty cell) are trained on
+        train = np.flatnonzero((splits == "train") | (splits == ""))
+        val = np.flatnonzero(splits == "valid")
     else:
         # a layout's test photos are never trained or tuned on
         pool = np.flatnonzero(splits != "test")

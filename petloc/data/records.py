@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from petloc.data.classes import SPECIES
 from petloc.errors import PetlocError
 
 LABELLINGS = ("species", "breed")
@@ -44,12 +43,6 @@ class Skipped:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
-
-
-def species_task(species_of: dict[str, str | None]) -> bool:
-    """True when the photos' classes are species (cat, dog, or one of them): their classes are
-    then the species task's, cat = 0 and dog = 1 whichever the photos hold."""
-    return set(species_of) <= set(SPECIES.names) and not any(species_of.values())
 
 
 def checked_labelling(labels: str) -> str:

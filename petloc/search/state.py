@@ -30,6 +30,9 @@ TUNER_STATE_LIMIT = (
 )
 
 
+ADDED_SETTINGS = (("", "plugins", []), ("data", "labels", "species"))
+
+
 def fingerprint(exp: Experiment) -> str:
     """What makes two sweeps the same sweep: everything but the trial and time budgets, which
     may grow, and what only the sweep's end does (the final run, the registry section)."""
@@ -37,6 +40,11 @@ def fingerprint(exp: Experiment) -> str:
     for what_may_change in RESUMABLE_TUNER_SETTINGS:
         body["tuner"].pop(what_may_change)
     body.pop("registry")
+    # settings added since a sweep may have started, at their defaults: the same sweep as before
+    for section, key, default in ADDED_SETTINGS:
+        holder = body[section] if section else body
+        if holder.get(key) == default:
+            holder.pop(key)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

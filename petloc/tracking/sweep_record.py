@@ -348,8 +348,14 @@ class SweepRecord:
             metrics.update(
                 {
                     f"best_{k}": float(best[k])
-                    for k in ("val_miou", "accuracy", "iou50", "latency_ms_b1")
-                    if best[k] != ""
+                    for k in (
+                        "val_miou",
+                        "accuracy",
+                        "iou50",
+                        "latency_ms_b1",
+                        *vocab.CLASS_FIGURES,
+                    )
+                    if best.get(k, "") != ""
                 }
             )
         mlflow.log_metrics(metrics, run_id=self.parent_run_id)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from petloc.config import DataConfig
+from petloc.data.classes import at_least_two
 from petloc.data.pipeline import ImageSet, load_arrays, split_train_val
 from petloc.data.synth import generate, is_generated
 from petloc.files import waiting_lock
@@ -54,6 +55,7 @@ def data_folder(cfg: DataConfig, say=print) -> Path:
 def prepare_data(cfg: DataConfig, image_size: int | None = None, say=print) -> PreparedData:
     source = data_folder(cfg, say)
     arrays = load_arrays(source, image_size or cfg.image_size, on_bad=cfg.on_bad, labels=cfg.labels)
+    at_least_two(arrays.classes, source)
     for skipped in arrays.skipped:
         say(f"skipped {skipped}")
     if arrays.skipped:

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from petloc.data.classes import SPECIES
+from petloc.data.classes import Classes
 from petloc.data.pipeline import ImageSet, load_arrays, split_train_val
 from petloc.model.class_head import model_classes
 from petloc.model.metrics import box_iou, class_figures, per_class_accuracy, summarise
@@ -152,6 +152,19 @@ def latencies(model: keras.Model, image_size: int, forward=None) -> dict[str, fl
     }
 
 
+def _labelled_as_trained(
+    data: str | Path, size: int, classes: Classes, on_bad: str, strict: bool
+) -> ImageSet:
+    """The photos at `data` labelled as the model's were: the labelling (LABELLINGS) whose
+    classes the model knows, breeds first for classes that have a species (a breed model)."""
+    order = ("breed", "species") if classes.species else ("species", "breed")
+    for labels in order:
+        arrays = load_arrays(data, size, on_bad=on_bad, strict=strict, labels=labels)
+        if set(arrays.classes.names) <= set(classes.names):
+            return arrays
+    return arrays  # relabelled then names the first photo of a class the model does not know
+
+
 def evaluate_dataset(
     model: keras.Model,
     data: str | Path,
@@ -163,11 +176,9 @@ def evaluate_dataset(
     """Figures and latency of `model` on the dataset at `data` (or one side of the split a run
     made of it), and the files skipped."""
     size, classes = int(model.input_shape[1]), model_classes(model)
-    # a model of other classes than cat / dog reads the photos' breeds (or a manifest's labels)
-    labels = "species" if classes.names == SPECIES.names else "breed"
     # Every photo that decodes is scored; only re-making a run's split needs the photos its
     # training kept (training skips the JPEGs the decoder had to repair).
-    arrays = load_arrays(data, size, on_bad=on_bad, strict=subset != "all", labels=labels)
+    arrays = _labelled_as_trained(data, size, classes, on_bad, strict=subset != "all")
     skipped = arrays.skipped
     if subset != "all":
         arrays = dict(zip(("train", "val"), split_train_val(arrays, val_split, seed), strict=True))[
@@ -180,6 +191,7 @@ def evaluate_dataset(
     figures, _ = quality(model, arrays, forward)
     return {
         "images": len(arrays),
+        "classes": len(classes),
         "skipped": len(skipped),
         **figures,
         **latencies(model, size, forward),

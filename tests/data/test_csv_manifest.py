@@ -139,3 +139,36 @@ def test_the_manifest_is_part_of_the_cache_key(tmp_path):
     (data / "pics" / "stoat1.jpg").write_bytes((data / "pics" / "ferret1.jpg").read_bytes())
     second = load_arrays(data, SIZE, cache_dir=cache, labels="breed")
     assert "stoat" in second.classes.names and "stoat" not in first.classes.names
+
+
+def test_rows_whose_split_is_unsaid_are_trained_on_beside_the_valid_ones(tmp_path):
+    names = [f"{kind}{n}.jpg" for kind in ("rabbit", "hamster") for n in range(3)]
+    splits = ["valid", "", ""] * 2  # a manifest that names only its validation photos
+    rows = [
+        f"{name},{name[:-5]},4,4,30,30,{split}" for name, split in zip(names, splits, strict=True)
+    ]
+    manifest(tmp_path, rows, "path,label,x1,y1,x2,y2,split", names)
+    train, val = split_train_val(load_arrays(tmp_path, SIZE, cache_dir=None), 0.5, seed=0)
+    assert sorted(Path(p).name for p in val.paths) == ["hamster0.jpg", "rabbit0.jpg"]
+    assert len(train) == 4
+
+
+def test_a_model_of_a_manifest_s_species_is_scored_on_them_and_one_class_folders_score(tmp_path):
+    """A model trained on a manifest's species column (rodent / lagomorph) reads the photos'
+    species again, not their labels; a folder of one of its classes is scored, not refused."""
+    from petloc.model import Hyperparameters, build_model
+    from petloc.training.evaluate import evaluate_dataset
+
+    names = [f"{kind}{n}.jpg" for kind in ("rabbit", "hamster") for n in range(3)]
+    rows = [
+        f"{name},{name[:-5]},4,4,30,30,{'lagomorph' if name.startswith('rabbit') else 'rodent'}"
+        for name in names
+    ]
+    manifest(tmp_path / "both", rows, "path,label,x1,y1,x2,y2,species", names)
+    manifest(tmp_path / "one", rows[:3], "path,label,x1,y1,x2,y2,species", names[:3])
+    classes = Classes(("lagomorph", "rodent"))
+    model = build_model(Hyperparameters(width=0.25, head_units=8), SIZE, classes=classes)
+    figures, _ = evaluate_dataset(model, tmp_path / "both")
+    assert figures["images"] == 6 and figures["classes"] == 2
+    figures, _ = evaluate_dataset(model, tmp_path / "one")
+    assert figures["images"] == 3

@@ -8,7 +8,9 @@ store (here one SQLite file; the PostgreSQL server of test_distributed_sweep.py 
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import json
 import os
 import signal
 import socket
@@ -25,10 +27,10 @@ from keras_tuner.src.distribute import oracle_client
 from keras_tuner.src.engine.trial import Trial, TrialStatus
 from mlflow.tracking import MlflowClient
 
-from petloc.config import load_experiment
+from petloc.config import load_experiment, parse_experiment
 from petloc.errors import PetlocError
 from petloc.search.chief import ChiefServicer, _refuse_a_concurrent_chief, refuse_a_second_chief
-from petloc.search.state import fingerprint
+from petloc.search.state import RESUMABLE_TUNER_SETTINGS, fingerprint
 from petloc.search.worker import _heartbeat, ask_chief
 from petloc.tracking import runs
 from petloc.tracking import vocabulary as vocab
@@ -368,3 +370,18 @@ def test_a_worker_whose_chief_is_not_there_or_not_a_chief_says_so_in_one_line(
         assert worker.returncode == 2 and "Traceback" not in out, out
         assert says in out.strip().splitlines()[-1], out
         assert time.monotonic() - started < 90  # the process's own start (TensorFlow) included
+
+
+def test_settings_added_since_a_sweep_started_keep_it_the_same_sweep_at_their_defaults():
+    """`data.labels` and `plugins` came after sweeps were started: at their defaults the
+    fingerprint is the one such a sweep recorded (computed without them); set otherwise, they
+    make another sweep."""
+    plain = parse_experiment({"name": "s"})
+    spelled = parse_experiment({"name": "s", "data": {"labels": "species"}, "plugins": []})
+    before = plain.model_dump(mode="json")  # what a sweep started before these settings hashed
+    del before["plugins"], before["data"]["labels"], before["registry"]
+    for setting in RESUMABLE_TUNER_SETTINGS:
+        del before["tuner"][setting]
+    recorded = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert fingerprint(plain) == fingerprint(spelled) == recorded
+    assert fingerprint(parse_experiment({"name": "s", "data": {"labels": "breed"}})) != recorded
