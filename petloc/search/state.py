@@ -30,7 +30,10 @@ TUNER_STATE_LIMIT = (
 )
 
 
-ADDED_SETTINGS = (("", "plugins", []), ("data", "labels", "species"))
+ADDED_SETTINGS: tuple[tuple[str, str, object], ...] = (
+    ("", "plugins", []),
+    ("data", "labels", "species"),
+)
 
 
 def fingerprint(exp: Experiment) -> str:
