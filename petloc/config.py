@@ -91,12 +91,20 @@ def _check_type(name: str, value: Any) -> Any:
                 f"backbone: {printable(value)!r} should be {REGISTERED}NAME@ALIAS or {REGISTERED}NAME/VERSION"
             )
         return value  # resolved when the model is built: the registry may be elsewhere
-    registry = hyperparams.choices(name)
-    if registry is not None and value not in registry:
-        raise ValueError(
-            f"{name}: unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}"
-        )
+    if problem := _not_a_choice(name, value):
+        raise ValueError(f"{name}: {problem}")
     return value
+
+
+def _not_a_choice(name: str, value: Any) -> str | None:
+    """Why `value` is not one of the choices of hyperparameter `name`; None when it is (or
+    `name` has no fixed choices). A backbone of a broken installed entry point says so."""
+    registry = hyperparams.choices(name) if name in hyperparams.DECLARED else None
+    if registry is None or value in registry:
+        return None
+    if name == "backbone" and isinstance(value, str) and (broken := plugins.broken(value)):
+        return broken
+    return f"unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}"
 
 
 def _check_range(name: str, r: Range) -> None:
@@ -233,11 +241,8 @@ class PretrainConfig(Strict):
     @field_validator("*")
     @classmethod
     def _declared_choice(cls, value: Any, info: ValidationInfo) -> Any:
-        name = info.field_name or ""
-        choices = hyperparams.choices(name) if name in hyperparams.DECLARED else None
-        if choices is not None and value not in choices:
-            what = name.replace("_", " ")
-            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(sorted(choices))}")
+        if problem := _not_a_choice(info.field_name or "", value):
+            raise ValueError(problem)
         return value
 
 
@@ -374,15 +379,15 @@ def _first_error(source: str, err: ValidationError) -> str:
 
 
 def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
-    """The experiment in `raw`, its plug-in modules imported first (`import_plugins`)."""
-    import_plugins(raw.get("plugins", []), source)
+    """The experiment in `raw`, its plug-in modules imported first."""
+    import_experiment_plugins(raw.get("plugins", []), source)
     try:
         return Experiment.model_validate(raw)
     except ValidationError as err:
         raise PetlocError(_first_error(source, err)) from None
 
 
-def import_plugins(modules: Any, source: str) -> None:
+def import_experiment_plugins(modules: Any, source: str) -> None:
     """Imports an experiment's `plugins:` (and the installed ones): their backbones are then
     valid choices. Module names are found as `python -m` finds them: installed, or under the
     current directory (not the experiment file's folder; see petloc/plugins.py)."""

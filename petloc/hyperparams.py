@@ -187,9 +187,11 @@ def add_choice(name: str, value: str, origin: str) -> None:
 
 
 def plugin_modules(values: dict[str, Any]) -> tuple[str, ...]:
-    """The plug-in modules the choices in `values` come from (what a model built from them needs)."""
+    """The plug-in modules the choices in `values` come from (what a model built from them needs).
+    `__main__` (a script or a notebook) is left out: importing it elsewhere finds that
+    process's own script, never the plug-in, so recording it would only hide its absence."""
     found = (PLUGIN_CHOICES[name].get(values.get(name)) for name in PLUGIN_CHOICES)  # type: ignore[arg-type]
-    return tuple(dict.fromkeys(module for module in found if module))
+    return tuple(dict.fromkeys(module for module in found if module and module != "__main__"))
 
 
 def _shown_choices(name: str) -> str:

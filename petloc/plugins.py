@@ -12,7 +12,8 @@ An experiment file names its plug-in modules (`plugins: [mypackage.nets]`); they
 before the rest of the file is checked, so `space.backbone: [simple, mynet]` is valid. An
 installed package registers through the entry-point group `petloc.backbones`
 (`mynet = mypackage.nets`, or `mynet = mypackage.nets:build` for an undecorated builder),
-imported the first time petloc consults its backbones.
+imported the first time petloc consults its backbones. A broken one is a warning, not an
+error, until its name is asked for: one bad package must not stop the models that never use it.
 
 Plug-in modules are imported the way `python -m` finds them: installed, or under the current
 directory (appended to sys.path, after the installed packages, so a local folder never shadows
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import os
 import re
 import sys
@@ -41,7 +43,10 @@ MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 # Backbone name -> builder(image_size, width, weights) -> keras.Model, of the plug-ins.
 BUILDERS: dict[str, Callable[..., Any]] = {}
+# Entry-point name -> why it did not load (one line naming the entry point and its distribution).
+BROKEN: dict[str, str] = {}
 _entry_points_loaded = False
+LOGGER = logging.getLogger("petloc")
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -63,6 +68,13 @@ def register_backbone(name: str) -> Callable[[Callable[..., Any]], Callable[...,
             hyperparams.add_choice("backbone", name, module)
         except ValueError as err:
             raise PetlocError(f"register_backbone({name!r}) in {module}: {err}") from None
+        if module == "__main__" and name not in BUILDERS:
+            # No other process can import a script's or a notebook's code by name.
+            LOGGER.warning(
+                "petloc: backbone %r is registered in __main__ (a script or a notebook): "
+                "a model on it loads only where that code runs again first",
+                name,
+            )
         BUILDERS[name] = builder
         return builder
 
@@ -115,12 +127,26 @@ def _load_entry_point(entry: importlib.metadata.EntryPoint) -> None:
     try:
         loaded = entry.load()
     except PetlocError as err:
-        raise PetlocError(f"{where}: {err}") from None
+        _broken(entry.name, f"{where}: {err}")
+        return
     except Exception as err:  # noqa: BLE001  (an installed package may raise anything: one line)
-        raise PetlocError(f"{where}: cannot load it: {_one_line(err)}") from None
+        _broken(entry.name, f"{where}: cannot load it: {_one_line(err)}")
+        return
     # `name = package.module:builder` names an undecorated builder: register it by the entry's name.
     if callable(loaded) and entry.name not in BUILDERS:
         register_backbone(entry.name)(loaded)
+
+
+def _broken(name: str, problem: str) -> None:
+    """Reports a broken entry point once and keeps its problem for when its name is asked for."""
+    BROKEN[name] = problem
+    LOGGER.warning("petloc: skipped %s", problem)
+
+
+def broken(name: str) -> str | None:
+    """Why the installed entry point named `name` did not load; None when it did or is none."""
+    load_entry_points()
+    return BROKEN.get(name)
 
 
 def builder(name: str) -> Callable[..., Any] | None:

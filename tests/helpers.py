@@ -235,6 +235,7 @@ def forgetting_plugins(folder: Path):
 
     modules, added = set(sys.modules), {k: dict(v) for k, v in hyperparams.PLUGIN_CHOICES.items()}
     builders, loaded = dict(plugins.BUILDERS), plugins._entry_points_loaded
+    broken = dict(plugins.BROKEN)
     try:
         yield
     finally:
@@ -246,6 +247,8 @@ def forgetting_plugins(folder: Path):
         plugins.BUILDERS.clear()
         plugins.BUILDERS.update(builders)
         plugins._entry_points_loaded = loaded
+        plugins.BROKEN.clear()
+        plugins.BROKEN.update(broken)
 
 
 # two cat breeds (capitalised, as in the Oxford-IIIT Pet file names) and two dog breeds

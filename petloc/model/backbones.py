@@ -10,6 +10,7 @@ scaling its network expects inside the returned model, so saved models take raw 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +60,36 @@ def build_backbone(
     """The backbone `name` at `image_size`; `registered:NAME@ALIAS` needs the `pretrained` network."""
     if name.startswith(REGISTERED):
         return _from_pretrained(name, image_size, pretrained)
-    builder = BACKBONES.get(name) or plugins.builder(name)
+    if name in BACKBONES:
+        return BACKBONES[name](image_size, width, _weights_arg(weights))
+    builder = plugins.builder(name)
     if builder is None:
+        if broken := plugins.broken(name):
+            raise PetlocError(f"backbone {name!r}: {broken}")
         known = sorted([*BACKBONES, *plugins.BUILDERS])
         raise PetlocError(f"backbone: unknown backbone {name!r}; choose from {', '.join(known)}")
-    return builder(image_size, width, _weights_arg(weights))
+    return _from_plugin(name, builder, (image_size, width, _weights_arg(weights)))
+
+
+def _from_plugin(name: str, builder: Callable, args: tuple) -> keras.Model:
+    """The plug-in's network, its builder's mistakes one line each. The arguments are checked
+    against its signature before the call, so a TypeError from inside a builder that takes
+    them keeps its traceback."""
+    where = f"backbone {name!r} (plug-in {plugins.origin(name)})"
+    try:
+        inspect.signature(builder).bind(*args)
+    except TypeError as err:
+        raise PetlocError(
+            f"{where}: its builder does not take (image_size, width, weights): {err}"
+        ) from None
+    except ValueError:  # no signature to read (a builtin or C callable): the call will tell
+        pass
+    net = builder(*args)
+    if not isinstance(net, keras.Model):
+        raise PetlocError(
+            f"{where}: its builder returned a {type(net).__name__}, not a keras.Model"
+        )
+    return net
 
 
 def _from_pretrained(name: str, image_size: int, pretrained: Pretrained | None) -> keras.Model:

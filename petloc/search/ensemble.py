@@ -15,7 +15,7 @@ from petloc.config import Experiment
 from petloc.tracking import log, registry, runs
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord
-from petloc.tracking.training_runs import score_and_log
+from petloc.tracking.training_runs import plugins_tag, recorded_plugins, score_and_log
 from petloc.training.dataset import prepare_data
 
 
@@ -58,10 +58,10 @@ def log_ensemble(
         return None
     trials = ", ".join(str(row["trial"]) for row in members)
     say(f"ensemble of trials {trials}: scoring their averaged answers on the validation photos")
-    models = [
-        registry.load_localiser(record.run(row["run_id"]).data.tags[vocab.MODEL_URI])
-        for row in members
-    ]
+    member_tags = [record.run(row["run_id"]).data.tags for row in members]
+    models = [registry.load_localiser(tags[vocab.MODEL_URI]) for tags in member_tags]
+    # What the members' runs recorded they need (a pretrained backbone's plug-in included).
+    needs = recorded_plugins(member_tags)
     model = average_of(models)
     size = int(members[0]["image_size"])
     data = prepare_data(exp.data, size, say=lambda _: None)
@@ -80,9 +80,9 @@ def log_ensemble(
             f"Ensemble of trials {trials} of sweep '{exp.name}': their class scores and boxes averaged, "
             f"validated on {len(data.val)} photos of {data.source}"
         )
-        log.log_run_inputs(run_id, params, data, exp.train.seed, description)
+        log.log_run_inputs(run_id, params, data, exp.train.seed, description, **plugins_tag(needs))
         log.log_experiment(run_id, exp)  # what `petloc promote` reads its default --name from
-        summary = score_and_log(exp, model, data, run_id, history=None, extra={})
+        summary = score_and_log(exp, model, data, run_id, history=None, extra={}, plugins=needs)
     say(
         f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, "
         f"accuracy {summary['val_accuracy']:.3f}, latency {summary['latency_ms_b1']:.1f} ms"

@@ -92,10 +92,21 @@ def run_settings(exp: Experiment, epochs: int, image_size: int | None = None) ->
     }
 
 
-def plugin_modules(values: dict[str, Any], pretrained: Pretrained | None) -> tuple[str, ...]:
+def modules_needed(values: dict[str, Any], pretrained: Pretrained | None) -> tuple[str, ...]:
     """The plug-in modules a model built from `values` needs (a pretrained network's own backbone's)."""
     backbone = pretrained.backbone if pretrained else values["backbone"]
     return hyperparams.plugin_modules({**values, "backbone": backbone})
+
+
+def plugins_tag(needs: tuple[str, ...]) -> dict[str, str]:
+    """The run tag naming the plug-in modules `needs` (none when there are none)."""
+    return {vocab.PLUGINS: ",".join(needs)} if needs else {}
+
+
+def recorded_plugins(tags: list[dict[str, str]]) -> tuple[str, ...]:
+    """The plug-in modules the runs with `tags` recorded, each once, in order."""
+    listed = (tag.get(vocab.PLUGINS, "").split(",") for tag in tags)
+    return tuple(dict.fromkeys(module for modules in listed for module in modules if module))
 
 
 def pretrained_for(backbone: str, val_key: str) -> Pretrained | None:
@@ -143,14 +154,14 @@ def train_tracked(
         f": {values['backbone']} at {values['image_size']} px, {epochs} epochs, "
         f"on {len(data.train)} photos of {data.source}, validated on {len(data.val)}"
     )
-    needs = plugin_modules(values, pretrained)
+    needs = modules_needed(values, pretrained)
     log.log_run_inputs(
         run_id,
         {**values, **run_settings(exp, epochs, int(values["image_size"]))},
         data,
         exp.train.seed,
         description,
-        **({vocab.PLUGINS: ",".join(needs)} if needs else {}),
+        **plugins_tag(needs),
     )
     log.log_experiment(run_id, exp)
 
@@ -281,15 +292,14 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
         f"{len(data.whole.classes)} classes for localisers to start from, "
         f"on {len(data.train)} photos of {data.source}"
     )
-    needs = hyperparams.plugin_modules({"backbone": cfg.backbone})
-    plugin_tag = {vocab.PLUGINS: ",".join(needs)} if needs else {}
+    needs = modules_needed({"backbone": cfg.backbone}, None)
     log.log_run_inputs(
         run_id,
         params,
         data,
         exp.train.seed,
         description,
-        **{vocab.KIND: vocab.PRETRAIN_KIND, **plugin_tag},
+        **{vocab.KIND: vocab.PRETRAIN_KIND, **plugins_tag(needs)},
     )
     log.log_experiment(run_id, exp)
     start = time.perf_counter()

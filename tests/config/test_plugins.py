@@ -136,13 +136,39 @@ def test_an_installed_package_registers_through_its_entry_point(project, monkeyp
     assert load_experiment(experiment(project, "space: {backbone: [epnet, epbuilt]}\n"))
 
 
-def test_a_broken_entry_point_is_one_line_naming_its_distribution(project, monkeypatch):
+def test_a_broken_entry_point_is_a_warning_until_its_backbone_is_asked_for(
+    project, monkeypatch, caplog
+):
+    """One bad installed package must not stop the experiments that never use it."""
     installed(project, "petloc_broken_demo", "gone = not_there_at_all")
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
-    with pytest.raises(PetlocError) as err:
-        plugins.load_entry_points()
-    assert str(err.value).startswith(
+    reason = (
         "entry point gone = not_there_at_all of petloc_broken_demo 1.0 (group petloc.backbones): "
         "cannot load it: ModuleNotFoundError"
     )
-    assert "\n" not in str(err.value)
+    with caplog.at_level("WARNING", logger="petloc"):
+        plugins.load_entry_points()
+        plugins.load_entry_points()
+        assert load_experiment(experiment(project, "space: {backbone: simple}\n"))
+    [warning] = [r.getMessage() for r in caplog.records if "not_there_at_all" in r.getMessage()]
+    assert reason in warning and "\n" not in warning
+
+    for text in ("space: {backbone: [simple, gone]}\n", "pretrain: {backbone: gone}\n"):
+        with pytest.raises(PetlocError) as err:
+            load_experiment(experiment(project, text))
+        assert reason in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_backbone_registered_in_main_warns_once_and_is_not_recorded_as_needed(project, caplog):
+    """A notebook's or a script's backbone: no other process can import `__main__` for it."""
+
+    def build(image_size, width, weights):
+        return None
+
+    build.__module__ = "__main__"
+    with caplog.at_level("WARNING", logger="petloc"):
+        petloc.register_backbone("notebooknet")(build)
+        petloc.register_backbone("notebooknet")(build)  # the notebook's cell run again
+    [warning] = [r.getMessage() for r in caplog.records if "notebooknet" in r.getMessage()]
+    assert "__main__" in warning and "\n" not in warning
+    assert hyperparams.plugin_modules({"backbone": "notebooknet"}) == ()

@@ -61,3 +61,62 @@ def test_a_saved_model_names_the_plugin_module_its_layer_needs(plugin):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["['model_nets']", "True"]
+
+
+def _takes_two(image_size, width):
+    return None
+
+
+def _gives_a_tensor(image_size, width, weights):
+    return np.zeros((image_size, image_size, 3))
+
+
+def _gives_a_layer(image_size, width, weights):
+    import keras
+
+    return keras.layers.Conv2D(8, 3)
+
+
+@pytest.mark.parametrize(
+    "builder, problem",
+    [
+        (_takes_two, "its builder does not take (image_size, width, weights)"),
+        (_gives_a_tensor, "its builder returned a ndarray, not a keras.Model"),
+        (_gives_a_layer, "its builder returned a Conv2D, not a keras.Model"),
+    ],
+)
+def test_a_plugin_builder_of_the_wrong_shape_is_one_line(tmp_path, builder, problem):
+    import petloc
+
+    with forgetting_plugins(tmp_path):
+        petloc.register_backbone("wrongnet")(builder)
+        with pytest.raises(PetlocError) as err:
+            build_backbone("wrongnet", SIZE)
+    assert str(err.value).startswith(f"backbone 'wrongnet' (plug-in {__name__}): {problem}")
+    assert "\n" not in str(err.value)
+
+
+def test_a_type_error_inside_a_builder_that_takes_the_arguments_keeps_its_traceback(tmp_path):
+    import petloc
+
+    def build(image_size, width, weights):
+        return len(image_size)  # the plug-in's own bug, for its author to see
+
+    with forgetting_plugins(tmp_path):
+        petloc.register_backbone("buggynet")(build)
+        with pytest.raises(TypeError, match="has no len"):
+            build_backbone("buggynet", SIZE)
+
+
+def test_building_the_backbone_of_a_broken_entry_point_names_it(tmp_path, monkeypatch):
+    from petloc import plugins
+
+    with forgetting_plugins(tmp_path):
+        monkeypatch.setattr(plugins, "_entry_points_loaded", True)
+        plugins.BROKEN["gonenet"] = "entry point gonenet = gone of demo 1.0: cannot load it"
+        with pytest.raises(PetlocError) as err:
+            build_backbone("gonenet", SIZE)
+    assert (
+        str(err.value)
+        == "backbone 'gonenet': entry point gonenet = gone of demo 1.0: cannot load it"
+    )

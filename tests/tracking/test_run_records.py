@@ -190,3 +190,18 @@ def test_runs_logging_the_same_new_dataset_at_once_all_log_it(tmp_path, store, r
     for run_id in run_ids:
         # training and validation, each once
         assert len(client.get_run(run_id).inputs.dataset_inputs) == 2
+
+
+def test_an_ensemble_needs_the_plugins_its_members_recorded():
+    """The ensemble's run and model name every plug-in module of its members, each once."""
+    from petloc.tracking.training_runs import modules_needed, plugins_tag, recorded_plugins
+
+    members = [
+        {"petloc.plugins": "team_nets"},
+        {},  # a built-in backbone
+        {"petloc.plugins": "other_nets,team_nets"},
+    ]
+    needs = recorded_plugins(members)
+    assert needs == ("team_nets", "other_nets")
+    assert plugins_tag(needs) == {"petloc.plugins": "team_nets,other_nets"}
+    assert plugins_tag(modules_needed({"backbone": "simple"}, None)) == {}
