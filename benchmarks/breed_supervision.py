@@ -105,7 +105,11 @@ def main() -> None:
         "photos). Hyperparameters: experiments/breeds.yaml's fixed values "
         f"({', '.join(f'{k}={values[k]}' for k in SHOWN)})."
     )
-    write_block("breed_supervision", "Breeds, and does breed supervision help species?", body)
+    write_block(
+        f"breed_supervision_{args.epochs}",
+        f"Breeds, and does breed supervision help species? ({args.epochs} epochs)",
+        body,
+    )
 
 
 if __name__ == "__main__":
