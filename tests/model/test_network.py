@@ -188,14 +188,13 @@ def test_context_backbone_trains_under_xla():
     spec = Hyperparameters(
         backbone="simple_context", width=0.25, head_units=8, box_loss="l1_giou", box_head="centre"
     )
+    keras.utils.set_random_seed(0)  # one start: a few steps from an unlucky one can climb first
     model = compile_model(build_model(spec, SIZE), spec, jit_compile=True)
     assert model.get_layer("simple_context").output.shape[1] == SIZE // 8  # still stride 8
     assert model.jit_compile is True  # Keras turns XLA off silently for layers it cannot compile
     x, y = batch()
-    first = model.train_on_batch(x, y, return_dict=True)["loss"]
-    for _ in range(4):
-        last = model.train_on_batch(x, y, return_dict=True)["loss"]
-    assert np.isfinite(first) and last < first
+    losses = [model.train_on_batch(x, y, return_dict=True)["loss"] for _ in range(10)]
+    assert np.isfinite(losses).all() and max(losses[-3:]) < losses[0], losses
 
 
 @pytest.mark.slow  # the head crop also trains and reloads in test_centre_box_head_trains_on_unsized_batches_and_reloads
