@@ -400,8 +400,27 @@ def import_experiment_plugins(modules: Any, source: str) -> None:
     plugins.import_plugins(modules, f"{source}: plugins")
 
 
+# petloc's own example experiments: `experiments/` in a checkout, installed as package data
+# (petloc/experiments/, pyproject's package-dir) so they work from any folder after `pip install .`.
+BUNDLED_FOLDERS = (
+    Path(__file__).resolve().parent / "experiments",
+    Path(__file__).resolve().parent.parent / "experiments",
+)
+
+
+def bundled_experiment(path: Path) -> Path | None:
+    """petloc's own experiment named by `path` when it is `NAME.yaml` or `experiments/NAME.yaml`
+    and no such file is here (a folder other than the checkout, after `pip install .`)."""
+    if path.exists() or path.parts[:-1] not in ((), ("experiments",)):
+        return None
+    return next(
+        (folder / path.name for folder in BUNDLED_FOLDERS if (folder / path.name).is_file()), None
+    )
+
+
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     path = Path(path)
+    path = bundled_experiment(path) or path
     if not path.exists():
         raise PetlocError(f"{path}: no such experiment file")
     text = read_text_bounded(path, SMALL_FILE_LIMIT)  # a FIFO, device or huge file: one line
