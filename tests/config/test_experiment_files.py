@@ -209,3 +209,15 @@ def test_the_largest_accepted_values_still_load(tmp_path):
         ["train.epochs=100000", "train.seed=2147483647", "tracking.experiment=" + "é" * 256],
     )
     assert exp.train.epochs == 100_000 and len(exp.tracking.experiment) == 256
+
+
+def test_petlocs_own_experiments_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    """After `pip install .` the README's `experiments/quick.yaml` and a bare `quick.yaml` name
+    petloc's own example; a file of that name in the folder wins."""
+    monkeypatch.chdir(tmp_path)
+    assert load_experiment("quick.yaml").name == "quick"
+    assert load_experiment("experiments/cats_dogs.yaml").name == "cats_dogs"
+    (tmp_path / "quick.yaml").write_text("name: mine\n")
+    assert load_experiment("quick.yaml").name == "mine"
+    with pytest.raises(PetlocError, match=r"^elsewhere/quick.yaml: no such experiment file$"):
+        load_experiment("elsewhere/quick.yaml")
