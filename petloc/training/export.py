@@ -42,6 +42,7 @@ CHECK_PHOTOS = 8  # photos the check runs through both models
 ONNX_OPSET = 17
 SYNTHETIC = "synthetic"  # where the check's photos came from when no --data is given
 TFLITE_DELEGATE_NOTE = re.compile(r"INFO: Created TensorFlow Lite XNNPACK delegate")
+EVERY_LINE = re.compile("")
 
 Say = Callable[[str], None]
 
@@ -49,9 +50,13 @@ Say = Callable[[str], None]
 # ---- the formats: how each is written and run -----------------------------------------------
 
 
-def _write_savedmodel(model: keras.Model, folder: Path) -> str:
+# What a format's writer says beyond the file: entries for petloc.json (empty when none)
+Notes = dict[str, object]
+
+
+def _write_savedmodel(model: keras.Model, folder: Path) -> tuple[str, Notes]:
     model.export(str(folder), format="tf_saved_model", verbose=False)
-    return "."  # the folder is the SavedModel
+    return ".", {}  # the folder is the SavedModel
 
 
 def _run_savedmodel(path: Path) -> Forward:
@@ -60,13 +65,27 @@ def _run_savedmodel(path: Path) -> Forward:
     return lambda batch: {k: v.numpy() for k, v in serve(**{name: tf.constant(batch)}).items()}
 
 
-def _write_tflite(model: keras.Model, folder: Path) -> str:
+def _write_tflite(model: keras.Model, folder: Path) -> tuple[str, Notes]:
+    """float32 TFLite with TFLite's built-in ops only: TensorFlow's own ops (Select ops) would
+    need the Flex delegate, which TensorFlow's pip interpreter does not apply."""
     # From a SavedModel: the converter's path for Keras 3 models (custom layers are traced)
     with tempfile.TemporaryDirectory() as saved:
         model.export(saved, format="tf_saved_model", verbose=False)
-        flat = tf.lite.TFLiteConverter.from_saved_model(saved).convert()  # float32, as is
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)  # float32, not quantised
+        try:
+            # the converter also lists on stderr each op it lacks: the error below says it
+            with _native_stderr_filtered(EVERY_LINE):
+                flat = converter.convert()
+        except Exception as err:
+            lacking = re.search(r"TF Select ops: ([\w, ]+)", str(err))
+            if lacking is None:
+                raise
+            raise PetlocError(
+                f"TFLite has no built-in op for {lacking[1].strip()}, which the model uses "
+                "(as second_stage=head_crop does): export it as savedmodel or onnx"
+            ) from None
     (folder / "model.tflite").write_bytes(flat)
-    return "model.tflite"
+    return "model.tflite", {}
 
 
 def _run_tflite(path: Path) -> Forward:
@@ -80,18 +99,14 @@ def _run_tflite(path: Path) -> Forward:
 
 
 def _tflite_interpreter(path: str):
-    """LiteRT's interpreter where `ai-edge-litert` is installed, else TensorFlow's own
-    (deprecated in favour of LiteRT, still in TensorFlow 2.21 and answering the same)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore[import-not-found]
-    except ImportError:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter")
-            return tf.lite.Interpreter(model_path=path)
-    return Interpreter(model_path=path)
+    """TensorFlow's TFLite interpreter: deprecated in favour of LiteRT (`ai-edge-litert`), but
+    still in TensorFlow 2.21, which petloc depends on already."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter")
+        return tf.lite.Interpreter(model_path=path)
 
 
-def _write_onnx(model: keras.Model, folder: Path) -> str:
+def _write_onnx(model: keras.Model, folder: Path) -> tuple[str, Notes]:
     import tf2onnx  # type: ignore[import-untyped]
 
     size = int(model.input_shape[1])
@@ -102,7 +117,7 @@ def _write_onnx(model: keras.Model, folder: Path) -> str:
         opset=ONNX_OPSET,
         output_path=str(folder / "model.onnx"),
     )
-    return "model.onnx"
+    return "model.onnx", {"opset": ONNX_OPSET}
 
 
 def _run_onnx(path: Path) -> Forward:
@@ -116,7 +131,7 @@ def _run_onnx(path: Path) -> Forward:
 
 @dataclass(frozen=True)
 class Format:
-    write: Callable[[keras.Model, Path], str]  # into an empty folder; the written file's name
+    write: Callable[[keras.Model, Path], tuple[str, Notes]]  # into an empty folder
     run: Callable[[Path], Forward]  # the written file's forward pass, in its own runtime
     suffix: str = ""  # the written file's, when it is one file (`petloc predict FILE`)
     needs: tuple[str, ...] = ()  # modules outside petloc's own requirements
@@ -226,7 +241,7 @@ def export_model(
     folder = check_out(out)
     photos, where = check_photos(data, int(model.input_shape[1]))
     with _staging(folder) as staging:
-        name = _written(fmt, model, staging, source, format)
+        name, notes = _written(fmt, model, staging, source, format)
         check = compare(model, fmt.run(staging / name), photos, where, tolerance)
         say(check.line())
         if not check.passed():
@@ -235,13 +250,15 @@ def export_model(
                 f"tolerance {tolerance:g} (boxes {check.max_box_difference:.1e}, scores "
                 f"{check.max_score_difference:.1e}); nothing kept at {out}"
             )
-        write_metadata(staging, format, name, model, source, check)
+        write_metadata(staging, format, name, model, source, check, notes)
         staging.rename(folder)  # onto a new or empty folder, as check_out made sure
     file = folder / name if name != "." else folder
     return Exported(folder, file, format, check)
 
 
-def _written(fmt: Format, model: keras.Model, folder: Path, source: str, format: str) -> str:
+def _written(
+    fmt: Format, model: keras.Model, folder: Path, source: str, format: str
+) -> tuple[str, Notes]:
     try:
         return fmt.write(model, folder)
     except Exception as err:  # noqa: BLE001  (a converter raises anything: one line names the model)
@@ -318,7 +335,13 @@ def compare(
 
 
 def write_metadata(
-    folder: Path, format: str, name: str, model: keras.Model, source: str, check: Check
+    folder: Path,
+    format: str,
+    name: str,
+    model: keras.Model,
+    source: str,
+    check: Check,
+    notes: Notes,
 ) -> None:
     size = int(model.input_shape[1])
     classes = model_classes(model)
@@ -335,6 +358,7 @@ def write_metadata(
             "box": "the head's corners x1, y1, x2, y2 as fractions of the image's width and height",
         },
         "source": source,
+        **notes,
         "check": asdict(check),
     }
     (folder / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
