@@ -142,7 +142,6 @@ FORMATS: dict[str, Format] = {
     "tflite": Format(_write_tflite, _run_tflite, ".tflite"),
     "onnx": Format(_write_onnx, _run_onnx, ".onnx", needs=("tf2onnx", "onnxruntime")),
 }
-EXTRA = {"onnx": "onnx"}  # the pip extra that installs a format's `needs`
 
 
 def check_format(name: str) -> Format:
@@ -160,7 +159,7 @@ def check_runtime(name: str) -> None:
     if missing:
         raise PetlocError(
             f"--format {name} needs {' and '.join(missing)}, which are not installed "
-            f"(pip install 'petloc[{EXTRA.get(name, name)}]')"
+            f"(pip install 'petloc[{name}]')"  # the extra named after its format
         )
 
 

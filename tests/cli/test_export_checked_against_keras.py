@@ -13,7 +13,14 @@ import petloc
 from petloc.errors import PetlocError
 from petloc.model import Hyperparameters, build_model
 from petloc.training import export as exporting
-from tests.helpers import invoke, petloc_process, tiny_dataset
+from tests.helpers import (
+    in_project,
+    invoke,
+    petloc_process,
+    run_id_of,
+    tiny_dataset,
+    tiny_experiment,
+)
 
 SIZE = 32
 TOLERANCE = 1e-3
@@ -197,3 +204,25 @@ def test_a_model_tflite_has_no_op_for_is_one_line_and_leaves_nothing(tmp_path):
     assert "TFLite has no built-in op for CropAndResize" in str(err.value)
     assert "export it as savedmodel or onnx" in str(err.value) and "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crop.keras"]
+
+
+@pytest.mark.slow  # a tracked training run first
+def test_a_registered_model_with_flip_tta_exports_and_answers_by_name(tmp_path):
+    with in_project(tmp_path):
+        data = tiny_dataset(tmp_path / "photos", count=40)
+        trained = invoke("train", tiny_experiment(tmp_path, data), "space.tta=flip")
+        assert trained.exit_code == 0, trained.output
+        promoted = invoke("promote", run_id_of(trained.output), "--name", "tiny")
+        assert "tiny@champion is now version 1" in promoted.output
+        exported = invoke(
+            "export", "tiny@champion", "--format", "tflite", "--out", "out", "--data", data
+        )
+        assert exported.exit_code == 0, exported.output
+        assert json.loads((tmp_path / "out" / "petloc.json").read_text())["source"] == (
+            "tiny@champion"
+        )
+        images = sorted(data.glob("*.jpg"))[:6]
+        by_name, exported_rows = predictions("tiny@champion", images), predictions("out", images)
+    for want, got in zip(by_name, exported_rows, strict=True):
+        assert got["label"] == want["label"]
+        assert got["box"] == pytest.approx(want["box"], abs=0.11)
