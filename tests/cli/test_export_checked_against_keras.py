@@ -52,7 +52,9 @@ def tflite(project):
 
 
 def differences(output: str) -> tuple[int, float, float]:
-    photos, box, score = CHECKED.search(output).groups()
+    found = CHECKED.search(output)
+    assert found, output
+    photos, box, score = found.groups()
     return int(photos), float(box), float(score)
 
 
@@ -91,7 +93,7 @@ def test_predict_with_the_tflite_export_answers_as_with_the_keras_model(project,
 
 
 def test_a_savedmodel_export_from_python_loads_in_tensorflow(project):
-    heard = []
+    heard: list[str] = []
     result = petloc.export(
         project / "tiny.keras", "savedmodel", project / "savedmodel", say=heard.append
     )
