@@ -487,6 +487,45 @@ def predict(model, images, as_json, out):
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--format", "format_", required=True, metavar="savedmodel|tflite|onnx", help="What to write."
+)
+@click.option("--out", required=True, type=click.Path(), help="A new or empty folder.")
+@click.option(
+    "--data",
+    type=click.Path(),
+    help="Check the export on the photos in this folder  [default: a few synthetic photos]",
+)
+@click.option(
+    "--tolerance",
+    type=FiniteFloat(0),
+    default=None,
+    help="Largest difference from the Keras model, in box corners (fractions of the image side) "
+    "and class scores, that the export may show  [default: 1e-3]",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip"]),
+    default="none",
+    show_default=True,
+    help="flip: bake averaging each photo with its mirror image into the export.",
+)
+def export(model, format_, out, data, tolerance, tta):
+    """MODEL for another runtime: a TensorFlow SavedModel, TFLite or ONNX, in folder OUT.
+
+    MODEL: petloc@champion, petloc/3, models:/..., runs:/RUN/model or a .keras file. The
+    export is run beside the Keras model on photos and kept only when it answers the same
+    within the tolerance; OUT/petloc.json names its classes and input size. `petloc predict
+    OUT` (or OUT/model.tflite) answers with it.
+    """
+    from petloc import api
+
+    given = {} if tolerance is None else {"tolerance": tolerance}
+    api.export(model, format_, out, data=data, tta=tta, say=click.echo, **given)
+
+
 def _print_prediction(row: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(row))

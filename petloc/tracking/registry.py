@@ -22,7 +22,8 @@ from petloc.model.backbones import CaffePreprocess
 from petloc.registry_names import check_alias, check_name, parse_ref, printable
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import configure, tracking_uri
-from petloc.training.predict import Predictor, checked_localiser, load_keras_file
+from petloc.training.export import exported_predictor
+from petloc.training.predict import ForwardPredictor, Predictor, checked_localiser, load_keras_file
 
 # Version tags copied from the source run's metrics and tags.
 METRIC_LABELS = {vocab.BEST_VAL_MIOU: "val mIoU", vocab.VAL_ACCURACY: "val accuracy"}
@@ -80,8 +81,9 @@ def loadable_uri(uri: str) -> str:
     return f"models:/{version.name}/{version.version}"
 
 
-def load_predictor(source: str | Path) -> Predictor:
-    return Predictor(load_localiser(source))
+def load_predictor(source: str | Path) -> ForwardPredictor:
+    """A predictor for what `load_localiser` loads, or for a model `petloc export` wrote."""
+    return exported_predictor(source) or Predictor(load_localiser(source))
 
 
 def _load_logged(uri: str) -> keras.Model:
