@@ -48,7 +48,7 @@ def libraries_quiet(verbose: bool) -> None:
 
 
 def started_verbose() -> bool:
-    """True in a process started by `petloc --verbose` (its VERBOSE_SETTING)."""
+    """True under `petloc --verbose` and in the processes it starts (VERBOSE_SETTING)."""
     return os.environ.get(VERBOSE_SETTING) == "1"
 
 

@@ -122,13 +122,13 @@ def gallery_figure(answers: Answers, pick: GalleryPick):
     fig.legend(handles=_legend_handles(), loc="upper center", ncol=3, fontsize=8, frameon=False)
     fig.text(
         0.5,
-        1 - (HEADER_INCHES - 0.12) / height,
-        f"{len(pick.worst)} worst answers (wrong class first, then lowest IoU) and "
-        f"{len(pick.spread)} photos spread over the classes. "
-        "Score: the predicted class's probability; IoU: overlap of the two boxes (1 = exact).",
+        1 - 0.5 / height,  # under the legend's two rows
+        f"{len(pick.worst)} worst answers (wrong class first, then lowest IoU), then "
+        f"{len(pick.spread)} photos spread over the classes\n"
+        "score: the predicted class's probability; IoU: overlap of the two boxes (1 = exact)",
         ha="center",
-        fontsize=7,
-        wrap=True,
+        va="top",
+        fontsize=8,
     )
     return fig
 
