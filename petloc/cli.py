@@ -22,7 +22,7 @@ import click
 
 from petloc import __version__, stopping
 from petloc.errors import COMMAND_ENV, PetlocError
-from petloc.quiet import hide_tensorflow_startup_log
+from petloc.quiet import libraries_quiet
 from petloc.search import DEFAULT_CHIEF_ADDRESS
 
 # As the experiment file bounds them (petloc.config), without importing it for --help.
@@ -64,10 +64,8 @@ def cli(verbose):
         # Quiet: TensorFlow's C++ errors too (such as "failed call to cuInit" on a machine
         # without a GPU); a real failure reaches Python as an exception.
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if verbose else "3"
+    libraries_quiet(verbose)
     if not verbose:
-        hide_tensorflow_startup_log()
-        # its Python warnings (retracing notes)
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         # MLflow loads each model it logs to check it; Keras then warns that the optimizer's
         # state is not restored, which inference never needs.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
