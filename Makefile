@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,lint,postgres,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[test,lint,postgres,docs,onnx]"
 	touch $@
 
 run: setup
