@@ -57,7 +57,8 @@ class SweepResult:
     """What a sweep ended with.
 
     `leaderboard`: the finished trials, best val mIoU first, with the columns of the parent
-    run's `leaderboard.csv` (a missing figure is NaN). `champion`: the registered model that
+    run's `leaderboard.csv`, its figures under the runs' metric names (`best_val_miou`,
+    `val_accuracy`, `latency_ms_b1`, ...; a missing figure is NaN). `champion`: the registered model that
     holds the registry alias when the sweep ended, pinned by version (`models:/NAME/VERSION`),
     whether or not this sweep's best took it (`promoted` says); None when no version holds it.
     `summary`: the lines `petloc sweep` prints at the end; `str(result)` joins them."""
@@ -93,8 +94,11 @@ class TrainResult:
 @dataclass
 class EvaluationResult:
     """`figures`: what `petloc evaluate --json` prints (model, data, subset, tta, images,
-    skipped, miou, iou50, accuracy, latency_ms_b1, latency_ms_b32); `skipped`: the files
-    left out and why."""
+    classes, skipped, and the figures under the quantities' bare names, measured on these
+    photos: miou, iou50, accuracy, the class figures that apply (top5_accuracy,
+    macro_accuracy, species_accuracy), latency_ms_b1, latency_ms_b32, params_count; a
+    training run logs the same as best_val_miou, val_iou50, val_accuracy, ...); `skipped`:
+    the files left out and why."""
 
     figures: dict[str, Any]
     skipped: list = field(default_factory=list)

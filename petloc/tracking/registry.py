@@ -35,6 +35,7 @@ METRIC_TAGS = (
     vocab.LATENCY_MS_B32,
     vocab.PARAMS_COUNT,
 )
+LISTED_FIGURES = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.LATENCY_MS_B1)  # petloc models
 RUN_TAGS = (vocab.DATASET_DIGEST, vocab.VAL_DATA, vocab.SWEEP_RUN_ID, vocab.TRIAL_ID)
 
 
@@ -473,9 +474,8 @@ def list_versions() -> list[dict]:
                     "name": printable(model.name),
                     "version": v.version,
                     "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
-                    "val_miou": _float(v.tags.get(vocab.BEST_VAL_MIOU)),
-                    "val_accuracy": _float(v.tags.get(vocab.VAL_ACCURACY)),
-                    "latency_ms_b1": _float(v.tags.get(vocab.LATENCY_MS_B1)),
+                    # the figures under the runs' metric names, as the versions' tags hold them
+                    **{name: _float(v.tags.get(name)) for name in LISTED_FIGURES},
                     "source_run": v.run_id or v.tags.get(vocab.SOURCE_RUN, "-"),
                 }
             )

@@ -413,7 +413,7 @@ def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
         mlflow.set_tracking_uri(before)
     assert [row["trial"] for row in rows] == ["0012", "0003"]
     # params and metrics still read as numbers
-    assert rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6
+    assert rows[0]["head_units"] == 64 and rows[0]["best_val_miou"] == 0.6
 
 
 def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_finished_epoch(
