@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from petloc.config import Experiment, apply_overrides, load_experiment, parse_experiment
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, did_you_mean
 from petloc.quiet import hide_tensorflow_startup_log
 
 if TYPE_CHECKING:
@@ -311,8 +311,10 @@ def evaluate(
 def _check_evaluate_options(**given: str) -> None:
     for name, value in given.items():
         if value not in EVALUATE_CHOICES[name]:
+            choices = EVALUATE_CHOICES[name]
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
             raise PetlocError(
-                f"{name}: {value!r} is not one of {', '.join(EVALUATE_CHOICES[name])}"
+                f"{name}: {value!r} is not one of {', '.join(choices)}{';' + hint if hint else ''}"
             )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -15,11 +15,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc import serving
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, closest
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
 from petloc.model.backbones import CaffePreprocess
-from petloc.registry_names import check_alias, check_name, parse_ref, printable
+from petloc.registry_names import Ref, check_alias, check_name, parse_ref, printable
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import configure, tracking_uri
 from petloc.training.predict import Predictor, checked_localiser, load_keras_file
@@ -157,9 +157,23 @@ def registered_version(uri: str):
                 f"models:/{printable(str(ref))}: {err.message.splitlines()[0][:300]}"
             ) from None
         raise PetlocError(
-            f"models:/{printable(str(ref))}: no such registered model version; "
+            f"models:/{printable(str(ref))}: no such registered model version;{_meant(ref)} "
             f"registered: {describe_registry() or 'nothing yet'}"
         ) from None
+
+
+def _meant(ref: Ref) -> str:
+    """` did you mean NAME@ALIAS?` when `ref`'s name mistypes a registered model's, or its
+    alias one of the model's aliases; else ""."""
+    models = {model.name: model for model in _every(MlflowClient().search_registered_models)}
+    meant = None
+    if ref.name not in models:
+        name = closest(ref.name, models)
+        meant = replace(ref, name=name) if name else None
+    elif ref.alias is not None:
+        alias = closest(ref.alias, models[ref.name].aliases)
+        meant = replace(ref, alias=alias) if alias else None
+    return f" did you mean {printable(str(meant))}?" if meant else ""
 
 
 def source_run(ref: str):
