@@ -128,11 +128,11 @@ def test_bad_overrides(tmp_path, override, message):
     [
         (
             {"backbone": ["simple", "resnet18"]},
-            "backbone: unknown backbone 'resnet18'; choose from efficientnetb0, mobilenetv2",
+            r"backbone: unknown backbone 'resnet18'; did you mean resnet50\? choose from efficientnetb0, ",
         ),
         (
             {"box_loss": "iou"},
-            "box_loss: unknown box loss 'iou'; choose from giou, l1, l1_giou, mse, smooth_l1",
+            r"box_loss: unknown box loss 'iou'; did you mean giou\? choose from giou, l1, l1_giou, mse, ",
         ),
     ],
 )
