@@ -57,9 +57,9 @@ class Choice(click.Choice):
             return super().convert(value, param, ctx)
         except click.BadParameter as err:
             hint = did_you_mean(str(value), map(str, self.choices))
-            if hint:
-                err.message = f"{err.message.rstrip('.')};{hint}"
-            raise
+            if not hint:
+                raise
+            self.fail(f"{err.message.rstrip('.')};{hint}", param, ctx)
 
 
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})

@@ -236,6 +236,12 @@ def test_config_prints_the_experiment_that_would_run():
     assert yaml.safe_load(commented) == exp.fixed_hyperparameters()
 
 
+def test_a_mistyped_choice_on_the_command_line_gets_a_suggestion():
+    result = CliRunner().invoke(cli, ["evaluate", "m", "d", "--subset", "vall"])
+    assert result.exit_code == 2
+    assert "'vall' is not one of 'all', 'train', 'val'; did you mean val?" in result.output
+
+
 def test_config_errors_are_one_line(tmp_path):
     with pytest.raises(
         PetlocError,

@@ -157,6 +157,7 @@ def test_a_missing_experiment_file_is_the_cli_s_one_line_error(tmp_path):
     [
         ({"subset": "test"}, "subset: 'test' is not one of all, train, val"),
         ({"tta": "mirror"}, "tta: 'mirror' is not one of none, flip"),
+        ({"subset": "vall"}, r"subset: 'vall' is not one of all, train, val; did you mean val\?"),
         ({"val_split": 1.5}, "val_split: 1.5 is not between 0 and 1"),
         ({"seed": -1}, "seed: -1 is not a whole number from 0 to 2147483647"),
     ],
