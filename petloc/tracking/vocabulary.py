@@ -6,6 +6,18 @@ the readers below (`kind_of`, `is_ensemble`) also read the spellings those
 wrote (`petloc_kind`, an ensemble's `backbone` param "ensemble"); the old `petloc_version`
 tag is only information, and nothing reads it.
 Free of MLflow, so that `petloc --help` and the search's light modules may import it.
+
+Metric names: one name per quantity (petloc.quantities: miou, accuracy, latency_ms_b1, ...).
+- A run's summary metric is `val_` + the quantity when the run measures it on its validation
+  photos (`val_accuracy`, `val_iou50`, `val_top5_accuracy`), as Keras's `fit` names them;
+  mIoU is the exception the design contract fixes, `best_val_miou` (the kept epoch's
+  weights). What a run measures on no photos keeps the quantity's name (`latency_ms_b1`,
+  `params_count`, `train_seconds`). RUN_METRICS maps each quantity to its run metric.
+- The leaderboard's columns, the sweep's parent run (the best trial's figures), `petloc
+  models` and registered versions' tags use the run metric names: one quantity, one column.
+- `petloc evaluate` measures on the photos it is given and reports the bare quantity names
+  (`miou`, `accuracy`), as Keras's `model.evaluate` does against `fit`'s `val_` names.
+- Per-epoch curves are `train/<name>` and `val/<name>` (EPOCH_METRICS), step = the epoch.
 """
 
 from __future__ import annotations
@@ -68,15 +80,7 @@ WIDTH, MEMBERS = "width", "members"
 CLASSES = "classes"  # how many classes the run's data (and model) has; their names: CLASSES_FILE
 
 # ---- metrics ------------------------------------------------------------------------------
-# One name per quantity (petloc.quantities). The rule: a run's summary metric is `val_` + the
-# quantity, as it measures it on its validation photos (Keras's `fit` names them so), except
-# mIoU, which the design contract names `best_val_miou` (the kept epoch's weights, the best
-# val mIoU); what a run measures on no photos (latency, size, time) keeps the quantity's
-# name. `petloc evaluate`, which measures on the photos it is given, reports the bare
-# quantity names, as Keras's `model.evaluate` does. The leaderboard's columns, the sweep's
-# parent run (the best trial's figures), `petloc models` and registered versions' tags all
-# use the run names, so that one column of the MLflow runs table holds one quantity.
-# Per-epoch curves are `train/<name>` and `val/<name>` (EPOCH_METRICS), step = epoch.
+# One name per quantity, by the rule in this module's docstring.
 BEST_VAL_MIOU, VAL_ACCURACY, VAL_IOU50 = "best_val_miou", "val_accuracy", "val_iou50"
 VAL_TOP5_ACCURACY, VAL_MACRO_ACCURACY, VAL_SPECIES_ACCURACY = (
     "val_top5_accuracy",
