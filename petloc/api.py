@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from petloc.config import Experiment, apply_overrides, load_experiment, parse_experiment
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, did_you_mean
 from petloc.quiet import hide_tensorflow_startup_log
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ class SweepResult:
     """What a sweep ended with.
 
     `leaderboard`: the finished trials, best val mIoU first, with the columns of the parent
-    run's `leaderboard.csv` (a missing figure is NaN). `champion`: the registered model that
+    run's `leaderboard.csv`, its figures under the runs' metric names (`best_val_miou`,
+    `val_accuracy`, `latency_ms_b1`, ...; a missing figure is NaN). `champion`: the registered model that
     holds the registry alias when the sweep ended, pinned by version (`models:/NAME/VERSION`),
     whether or not this sweep's best took it (`promoted` says); None when no version holds it.
     `summary`: the lines `petloc sweep` prints at the end; `str(result)` joins them."""
@@ -95,8 +96,11 @@ class TrainResult:
 @dataclass
 class EvaluationResult:
     """`figures`: what `petloc evaluate --json` prints (model, data, subset, tta, images,
-    skipped, miou, iou50, accuracy, latency_ms_b1, latency_ms_b32); `skipped`: the files
-    left out and why."""
+    classes, skipped, and the figures under the quantities' bare names, measured on these
+    photos: miou, iou50, accuracy, the class figures that apply (top5_accuracy,
+    macro_accuracy, species_accuracy), latency_ms_b1, latency_ms_b32, params_count; a
+    training run logs the same as best_val_miou, val_iou50, val_accuracy, ...); `skipped`:
+    the files left out and why."""
 
     figures: dict[str, Any]
     skipped: list = field(default_factory=list)
@@ -309,8 +313,10 @@ def evaluate(
 def _check_evaluate_options(**given: str) -> None:
     for name, value in given.items():
         if value not in EVALUATE_CHOICES[name]:
+            choices = EVALUATE_CHOICES[name]
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
             raise PetlocError(
-                f"{name}: {value!r} is not one of {', '.join(EVALUATE_CHOICES[name])}"
+                f"{name}: {value!r} is not one of {', '.join(choices)}{';' + hint if hint else ''}"
             )
 
 

@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 import click
 
 from petloc import __version__, stopping
-from petloc.errors import COMMAND_ENV, PetlocError
+from petloc.errors import COMMAND_ENV, PetlocError, did_you_mean
 from petloc.quiet import libraries_quiet
 from petloc.search import DEFAULT_CHIEF_ADDRESS
 
@@ -47,6 +47,19 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+class Choice(click.Choice):
+    """click's Choice, whose error also names the choice a typo likely meant."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as err:
+            hint = did_you_mean(str(value), map(str, self.choices))
+            if not hint:
+                raise
+            self.fail(f"{err.message.rstrip('.')};{hint}", param, ctx)
 
 
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
@@ -361,7 +374,7 @@ def ui(host, port, workers, no_auth):
 )
 @click.option(
     "--default-permission",
-    type=click.Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
+    type=Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
     default="READ",
     show_default=True,
     help="With --auth: what a user may do with experiments and models others made, without a grant.",
@@ -410,10 +423,10 @@ def serve(model, host, port):
 @click.argument("model")
 @click.argument("data", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
-@click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
+@click.option("--on-bad", type=Choice(["skip", "fail"]), default="skip", show_default=True)
 @click.option(
     "--subset",
-    type=click.Choice(["all", "train", "val"]),
+    type=Choice(["all", "train", "val"]),
     default="all",
     show_default=True,
     help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).",
@@ -429,7 +442,7 @@ def serve(model, host, port):
 )
 @click.option(
     "--tta",
-    type=click.Choice(["none", "flip"]),
+    type=Choice(["none", "flip"]),
     default="none",
     show_default=True,
     help="flip: also average each photo with its mirror image (on top of what the model does).",
@@ -505,7 +518,7 @@ def predict(model, images, as_json, out):
 )
 @click.option(
     "--tta",
-    type=click.Choice(["none", "flip"]),
+    type=Choice(["none", "flip"]),
     default="none",
     show_default=True,
     help="flip: bake averaging each photo with its mirror image into the export.",
@@ -629,10 +642,10 @@ def oxford(out, url, val_share, seed, force, md5, replace_foreign):
 @data.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
+@click.option("--on-bad", type=Choice(["skip", "fail"]), default="skip", show_default=True)
 @click.option(
     "--labels",
-    type=click.Choice(["species", "breed"]),
+    type=Choice(["species", "breed"]),
     default="species",
     show_default=True,
     help="A photo's class: its species, or its breed where the data names one.",

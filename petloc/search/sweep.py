@@ -22,6 +22,7 @@ from petloc.search.state import sweep_state
 from petloc.search.time_budget import TimeBudgetedOracle
 from petloc.search.tuner import TrackedTuner
 from petloc.tracking import registry
+from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord, searched
 from petloc.tracking.vocabulary import trial_rows
 from petloc.training.dataset import PreparedData, prepare_data
@@ -188,7 +189,7 @@ def mark_latency_fit(rows: list[dict], max_latency_ms: float | None) -> list[dic
 
 
 def _fits(row: dict, max_latency_ms: float | None) -> bool:
-    latency = row.get("latency_ms_b1")
+    latency = row.get(vocab.LATENCY_MS_B1)
     return max_latency_ms is None or (
         isinstance(latency, (int, float)) and latency <= max_latency_ms
     )

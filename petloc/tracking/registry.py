@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -15,11 +15,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from petloc import serving
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, closest
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
 from petloc.model.backbones import CaffePreprocess
-from petloc.registry_names import check_alias, check_name, parse_ref, printable
+from petloc.registry_names import Ref, check_alias, check_name, parse_ref, printable
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import configure, tracking_uri
 from petloc.training.export import exported_predictor
@@ -36,6 +36,7 @@ METRIC_TAGS = (
     vocab.LATENCY_MS_B32,
     vocab.PARAMS_COUNT,
 )
+LISTED_FIGURES = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.LATENCY_MS_B1)  # petloc models
 RUN_TAGS = (vocab.DATASET_DIGEST, vocab.VAL_DATA, vocab.SWEEP_RUN_ID, vocab.TRIAL_ID)
 
 
@@ -158,9 +159,23 @@ def registered_version(uri: str):
                 f"models:/{printable(str(ref))}: {err.message.splitlines()[0][:300]}"
             ) from None
         raise PetlocError(
-            f"models:/{printable(str(ref))}: no such registered model version; "
+            f"models:/{printable(str(ref))}: no such registered model version;{_meant(ref)} "
             f"registered: {describe_registry() or 'nothing yet'}"
         ) from None
+
+
+def _meant(ref: Ref) -> str:
+    """` did you mean NAME@ALIAS?` when `ref`'s name mistypes a registered model's, or its
+    alias one of the model's aliases; else ""."""
+    models = {model.name: model for model in _every(MlflowClient().search_registered_models)}
+    meant = None
+    if ref.name not in models:
+        name = closest(ref.name, models)
+        meant = replace(ref, name=name) if name else None
+    elif ref.alias is not None:
+        alias = closest(ref.alias, models[ref.name].aliases)
+        meant = replace(ref, alias=alias) if alias else None
+    return f" did you mean {printable(str(meant))}?" if meant else ""
 
 
 def source_run(ref: str):
@@ -475,9 +490,8 @@ def list_versions() -> list[dict]:
                     "name": printable(model.name),
                     "version": v.version,
                     "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
-                    "val_miou": _float(v.tags.get(vocab.BEST_VAL_MIOU)),
-                    "val_accuracy": _float(v.tags.get(vocab.VAL_ACCURACY)),
-                    "latency_ms_b1": _float(v.tags.get(vocab.LATENCY_MS_B1)),
+                    # the figures under the runs' metric names, as the versions' tags hold them
+                    **{name: _float(v.tags.get(name)) for name in LISTED_FIGURES},
                     "source_run": v.run_id or v.tags.get(vocab.SOURCE_RUN, "-"),
                 }
             )

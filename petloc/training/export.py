@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from difflib import get_close_matches
 from pathlib import Path
 
 import keras
@@ -31,7 +30,7 @@ import tensorflow as tf
 from petloc.data.classes import Classes
 from petloc.data.images import IMAGE_SUFFIXES, BadImage, read_image
 from petloc.data.synth import generate
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, did_you_mean
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import model_classes
 from petloc.quiet import _native_stderr_filtered
@@ -148,9 +147,10 @@ def check_format(name: str) -> Format:
     """The format called `name`, or a one-line error listing them (with the nearest name)."""
     if name in FORMATS:
         return FORMATS[name]
-    near = get_close_matches(str(name), FORMATS, n=1)
-    hint = f"; did you mean {near[0]}?" if near else ""
-    raise PetlocError(f"--format: {name!r} is not one of {', '.join(FORMATS)}{hint}")
+    hint = did_you_mean(name, FORMATS)
+    raise PetlocError(
+        f"--format: {name!r} is not one of {', '.join(FORMATS)}" + (f";{hint}" if hint else "")
+    )
 
 
 def check_runtime(name: str) -> None:

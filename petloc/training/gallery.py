@@ -305,9 +305,10 @@ def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     return photo
 
 
-def plot_pareto(points: list[dict], path: Path) -> Path:
+def plot_pareto(points: list[dict], path: Path, miou: str, latency: str) -> Path:
     """Val mIoU against batch-1 latency, a dot per trial, the Pareto front joined (points
-    carry `trial`, `val_miou`, `latency_ms_b1` and `pareto` "yes"/"no")."""
+    carry `trial`, their val mIoU under key `miou`, their latency under `latency`, and
+    `pareto` "yes"/"no")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,15 +316,15 @@ def plot_pareto(points: list[dict], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(
-        [p["latency_ms_b1"] for p in points],
-        [p["val_miou"] for p in points],
+        [p[latency] for p in points],
+        [p[miou] for p in points],
         color="tab:gray",
         label="trial",
     )
-    front = sorted((p for p in points if p["pareto"] == "yes"), key=lambda p: p["latency_ms_b1"])
+    front = sorted((p for p in points if p["pareto"] == "yes"), key=lambda p: p[latency])
     ax.plot(
-        [p["latency_ms_b1"] for p in front],
-        [p["val_miou"] for p in front],
+        [p[latency] for p in front],
+        [p[miou] for p in front],
         "o-",
         color="tab:red",
         label="Pareto front",
@@ -331,7 +332,7 @@ def plot_pareto(points: list[dict], path: Path) -> Path:
     for p in points:
         ax.annotate(
             str(p["trial"]),
-            (p["latency_ms_b1"], p["val_miou"]),
+            (p[latency], p[miou]),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=8,
