@@ -38,7 +38,7 @@ def axis(name: str, values: Sequence) -> Axis:
             f"{name} (log)" if log else name,
             [scale(v) for v in numbers],
             [scale(v) for v in shown],
-            [f"{v:g}" for v in shown],
+            [f"{v:.4g}" for v in shown],
         )
     categories = sorted({str(v) for v in values})
     return Axis(
@@ -205,7 +205,9 @@ def plot_best_so_far(points: list[dict], label: str, path: Path) -> Path:
     fig, (by_trial, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     numbers = list(range(1, len(points) + 1))
     by_trial.plot(numbers, [p["objective"] for p in points], "o", color="tab:gray", label="trial")
-    by_trial.step(numbers, _running_best([p["objective"] for p in points]), where="post")
+    by_trial.step(
+        numbers, _running_best([p["objective"] for p in points]), where="post", label="best so far"
+    )
     by_trial.set(xlabel="trial (in the order started)", ylabel=label, title="against trials")
     by_trial.legend()
     timed = sorted(points, key=lambda p: p["minutes"])
