@@ -389,13 +389,13 @@ class SweepRecord:
     def log_report(self, rows: list[dict], say: Callable[[str], None] = print) -> None:
         """The description (the leaderboard, each trial linked to its run), the leaderboard as
         an MLflow table, and the search's pictures; what fails is a warning line."""
-        self.describe(rows, say=say)
         sweep_report.guarded(
             f"the table {sweep_report.TABLE_FILE}",
             lambda: sweep_report.log_table(self.client, self.parent_run_id, rows),
             say,
         )
         sweep_report.log_pictures(self.client, self.parent_run_id, rows, say)
+        self.describe(rows, say=say)
 
     def describe(
         self, rows: list[dict], promotion=None, say: Callable[[str], None] = print
@@ -406,7 +406,8 @@ class SweepRecord:
         def write() -> None:
             run = self.client.get_run(self.parent_run_id)
             head = sweep_report.head_of(run.data.tags.get(vocab.NOTE, ""))
-            text = sweep_report.description(head, rows, run.info.experiment_id, promotion)
+            logged = frozenset(a.path for a in self.client.list_artifacts(self.parent_run_id))
+            text = sweep_report.description(head, rows, run.info.experiment_id, promotion, logged)
             self._set_tags({vocab.NOTE: text})
 
         sweep_report.guarded("the parent run's description", write, say)

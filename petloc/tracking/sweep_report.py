@@ -24,6 +24,7 @@ TABLE_FILE = "leaderboard.json"  # the leaderboard as an MLflow table (mlflow.lo
 PARALLEL_HTML, PARALLEL_PNG = "parallel_coordinates.html", "parallel_coordinates.png"
 IMPORTANCE_JSON, IMPORTANCE_PNG = "importance.json", "importance.png"
 BEST_SO_FAR_PNG = "best_so_far.png"
+PICTURES = (PARALLEL_HTML, PARALLEL_PNG, IMPORTANCE_PNG, BEST_SO_FAR_PNG, "pareto.png")
 
 # An MLflow tag holds at most 8000 characters; the description keeps a margin below that.
 MAX_DESCRIPTION = 7500
@@ -57,9 +58,11 @@ def description(
     rows: list[dict],
     experiment_id: str,
     promotion=None,
+    logged: frozenset[str] = frozenset(),
 ) -> str:
     """`head` (what the sweep is), the leaderboard with each trial linked to its run, and the
-    registry's answer (`promotion`, a registry.Promotion) linked to its version. Rows that do
+    registry's answer (`promotion`, a registry.Promotion) linked to its version, and which of
+    the pictures the run's artifacts hold (`logged`: their paths). Rows that do
     not fit in a tag are left out, worst first, and counted."""
     columns = [c for c in sweep_record.leaderboard_columns(rows) if c != "run_id"]
     linked = [
@@ -69,7 +72,7 @@ def description(
         }
         for row in rows
     ]
-    tail = _registry_line(promotion) + _artifacts_line()
+    tail = _registry_line(promotion) + _artifacts_line(logged)
     for shown in range(len(linked), -1, -1):
         left_out = len(linked) - shown
         more = f"\n\n{left_out} more in leaderboard.csv." if left_out else ""
@@ -100,11 +103,11 @@ def _registry_line(promotion) -> str:
     )
 
 
-def _artifacts_line() -> str:
-    return (
-        f"\n\n**Pictures** (Artifacts tab): {PARALLEL_HTML} (interactive), {PARALLEL_PNG}, "
-        f"{IMPORTANCE_PNG}, {BEST_SO_FAR_PNG}, pareto.png; the table: {TABLE_FILE}."
-    )
+def _artifacts_line(logged: frozenset[str]) -> str:
+    shown = [name for name in PICTURES if name in logged]
+    if not shown:
+        return ""
+    return f"\n\n**Pictures** (Artifacts tab): {', '.join(shown)}."
 
 
 def head_of(note: str) -> str:

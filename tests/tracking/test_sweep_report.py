@@ -87,6 +87,10 @@ def test_the_description_is_the_leaderboard_each_trial_linked_and_the_version_li
         "**Registry:** [my pets version 3](#/models/my%20pets/versions/3) (the champion): "
         "registered as version 3, now the champion"
     ) in note
+    assert (
+        "**Pictures** (Artifacts tab): parallel_coordinates.html, parallel_coordinates.png, "
+        "importance.png, best_so_far.png."
+    ) in note
 
 
 def test_the_parent_run_logs_the_search_pictures_and_the_leaderboard_table(sweep):
@@ -154,6 +158,10 @@ def test_with_two_trials_there_is_no_importance_and_a_failing_picture_is_one_war
     assert not {sweep_report.IMPORTANCE_JSON, sweep_report.IMPORTANCE_PNG} & logged
     note = client.get_run(record.parent_run_id).data.tags["mlflow.note.content"]
     assert note.count("](#/experiments/") == 2
+    # it names only the pictures there are
+    assert (
+        "parallel_coordinates.png." in note and "importance" not in note and "best_so" not in note
+    )
 
 
 def test_a_long_leaderboard_fits_the_description_and_counts_what_it_leaves_out():

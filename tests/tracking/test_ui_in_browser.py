@@ -190,6 +190,10 @@ def shot(page, name: str) -> None:
     """The page as a PNG in $PETLOC_UI_SHOTS, when set."""
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        # MLflow opens its assistant's chat beside each page; closed, the page shows whole.
+        assistant = page.locator("button[aria-label='New Chat'] ~ button[aria-label='Close']")
+        if assistant.count():
+            assistant.first.click()
         page.screenshot(path=Path(SHOTS) / f"{name}.png", full_page=True)
 
 
