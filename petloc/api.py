@@ -63,7 +63,9 @@ class SweepResult:
     `val_accuracy`, `latency_ms_b1`, ...; a missing figure is NaN). `champion`: the registered model that
     holds the registry alias when the sweep ended, pinned by version (`models:/NAME/VERSION`),
     whether or not this sweep's best took it (`promoted` says); None when no version holds it.
-    `summary`: the lines `petloc sweep` prints at the end; `str(result)` joins them."""
+    `summary`: the lines `petloc sweep` prints at the end; `str(result)` joins them.
+    `urls`: the MLflow UI's pages of the parent run, the best run and its registered version,
+    label -> URL (on the tracking server, or where `petloc ui` serves them)."""
 
     name: str
     parent_run_id: str
@@ -73,6 +75,7 @@ class SweepResult:
     registry: str  # the promotion's one-line reason
     failed: int
     summary: list[str] = field(repr=False)
+    urls: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return "\n".join(self.summary)
@@ -228,6 +231,7 @@ def _sweep(exp: Experiment, fresh: bool, say: Say, start: float) -> SweepResult:
         registry=promotion.reason if promotion else "",
         failed=outcome.failed,
         summary=sweep_summary(exp.name, outcome, time.perf_counter() - start, ref),
+        urls=dict(outcome.links.urls) if outcome.links else {},
     )
 
 

@@ -30,10 +30,12 @@ def sweep_summary(name: str, result, seconds: float, model_ref: str) -> list[str
     if result.promotion:
         lines += ["", f"registry: {result.promotion.reason}"]
     quoted = shlex.quote(model_ref)  # a registered name may hold quotes or spaces
+    links = result.links.lines() if result.links else []
     return [
         *lines,
         "",
         f"parent run {result.parent_run_id}; browse with: petloc ui",
+        *links,
         f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA",
         f"from Python: petloc.load_model({model_ref!r}).predict([image])",
     ]

@@ -24,6 +24,7 @@ from petloc.search.tuner import TrackedTuner
 from petloc.tracking import registry
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord, searched
+from petloc.tracking.ui_links import SweepLinks
 from petloc.tracking.vocabulary import trial_rows
 from petloc.training.dataset import PreparedData, prepare_data
 
@@ -34,6 +35,7 @@ class SweepResult:
     leaderboard: list[dict]
     promotion: registry.Promotion | None
     failed: int
+    links: SweepLinks | None = None  # the parent run, the best run and its version in the UI
 
 
 def run_sweep(
@@ -142,6 +144,7 @@ def finish(
         rows = ranked()
     record.log_leaderboard(rows, failed)
     record.log_pareto(rows)
+    record.log_report(rows, say)
     if stopped:
         say(f"sweep {stopped}")
     if not rows:
@@ -165,7 +168,9 @@ def finish(
             max_latency_ms=max_latency_ms,
         )
     record.set_promotion(promotion.reason)
-    return SweepResult(record.parent_run_id, rows, promotion, failed)
+    record.describe(rows, promotion, say)
+    links = record.links(best["run_id"] if best else None, promotion)
+    return SweepResult(record.parent_run_id, rows, promotion, failed, links)
 
 
 def _end_step(what: str, step: Callable[[], str | None], say: Callable[[str], None]) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from petloc import report
 from petloc.config import Experiment, Range
 from petloc.errors import PetlocError
-from petloc.tracking import log, runs, store
+from petloc.tracking import log, runs, store, sweep_report, ui_links
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.training_runs import run_settings
 from petloc.training.gallery import plot_pareto
@@ -165,7 +165,7 @@ class SweepRecord:
         tags.update(identity_tags(exp, fingerprint))
         tags[vocab.NOTE] = (
             f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, {size}); "
-            "its trials are the child runs, the leaderboard is in the artifacts"
+            "its trials are the child runs, ranked below once they end"
         )
         self._set_tags(tags)
         self.client.log_dict(
@@ -377,6 +377,45 @@ class SweepRecord:
                         )
                     ),
                 )
+
+    # ---- the report: the parent run read first -----------------------------------------
+
+    def log_report(self, rows: list[dict], say: Callable[[str], None] = print) -> None:
+        """The description (the leaderboard, each trial linked to its run), the leaderboard as
+        an MLflow table, and the search's pictures; what fails is a warning line."""
+        sweep_report.guarded(
+            f"the table {sweep_report.TABLE_FILE}",
+            lambda: sweep_report.log_table(self.client, self.parent_run_id, rows),
+            say,
+        )
+        sweep_report.log_pictures(self.client, self.parent_run_id, rows, say)
+        self.describe(rows, say=say)
+
+    def describe(
+        self, rows: list[dict], promotion=None, say: Callable[[str], None] = print
+    ) -> None:
+        """The parent run's description: what the sweep is, its linked leaderboard and, once
+        known, the registry's answer (`promotion`, a registry.Promotion) linked to its version."""
+
+        def write() -> None:
+            run = self.client.get_run(self.parent_run_id)
+            head = sweep_report.head_of(run.data.tags.get(vocab.NOTE, ""))
+            logged = frozenset(a.path for a in self.client.list_artifacts(self.parent_run_id))
+            text = sweep_report.description(head, rows, run.info.experiment_id, promotion, logged)
+            self._set_tags({vocab.NOTE: text})
+
+        sweep_report.guarded("the parent run's description", write, say)
+
+    def links(self, best_run_id: str | None, promotion=None) -> ui_links.SweepLinks:
+        """The URLs of the parent run, the best run and its registered version."""
+        registered = promotion is not None and promotion.version is not None
+        return ui_links.sweep_links(
+            self.client.get_run(self.parent_run_id).info.experiment_id,
+            self.parent_run_id,
+            best_run_id,
+            (promotion.name, promotion.version) if registered else None,
+            bool(registered and promotion.champion),
+        )
 
 
 def _chief_alive(tags: dict[str, str]) -> bool:

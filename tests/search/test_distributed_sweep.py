@@ -179,6 +179,15 @@ def test_a_chief_and_two_workers_log_each_trial_once_through_the_tracking_server
     assert len(leaderboard(client, parent.info.run_id)) == 3
     (version,) = client.search_model_versions("name = 'team-model'")
     assert client.get_model_version_by_alias("team-model", "champion").version == version.version
+    # The chief ends with the sweep's pages on the server's UI, its report on the parent run.
+    experiment = parent.info.experiment_id
+    assert "in the MLflow UI:" in out
+    assert f"{server}/#/experiments/{experiment}/runs/{parent.info.run_id}" in out
+    assert f"{server}/#/models/team-model/versions/{version.version}" in out
+    assert "](#/experiments/" in parent.data.tags["mlflow.note.content"]
+    assert {"leaderboard.json", "importance.json", "parallel_coordinates.html"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
 
     # Anyone pulls the champion by name through the same server.
     photo = next(data.glob("*.jpg")) if list(data.glob("*.jpg")) else next(data.rglob("*.png"))

@@ -568,3 +568,29 @@ def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_fin
         in final.data.tags["mlflow.note.content"]
     )
     assert "curves.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
+
+
+def test_the_sweep_ends_with_its_pages_and_its_parent_run_reads_as_its_report(swept):
+    _root, _exp, client, parent_id, output = swept
+    parent = client.get_run(parent_id)
+    experiment = parent.info.experiment_id
+    champion = client.get_model_version_by_alias("petloc", "champion")
+    base = "http://127.0.0.1:5000/#"  # where `petloc ui` serves a local store
+    assert "open in the MLflow UI once `petloc ui` runs:" in output
+    for page in (
+        f"{base}/experiments/{experiment}/runs/{parent_id}",
+        f"{base}/experiments/{experiment}/runs/{champion.run_id}",
+        f"{base}/models/petloc/versions/{champion.version}",
+    ):
+        assert page in output
+    note = parent.data.tags["mlflow.note.content"]
+    for run in children(client, parent_id):
+        assert (
+            f"[{run.data.tags['trial_id']}](#/experiments/{experiment}/runs/{run.info.run_id})"
+            in note
+        )
+    assert (
+        f"[petloc version {champion.version}](#/models/petloc/versions/{champion.version})" in note
+    )
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"leaderboard.json", "parallel_coordinates.html", "best_so_far.png"} <= artifacts

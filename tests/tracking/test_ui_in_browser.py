@@ -33,6 +33,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Screenshots of the pages a user reads a sweep on, for people to look at: saved in this
+# folder when the variable names one.
+SHOTS = os.environ.get("PETLOC_UI_SHOTS")
 STARTUP_S = 90  # generous: the machine may be busy with the sweep the fixture just ran
 TIMEOUT_MS = 30_000  # for clicks and expect()
 FIRST_LOAD_MS = 90_000  # parsing MLflow's 4 MB bundle took 5-35 s on a busy 2-CPU machine
@@ -122,6 +125,9 @@ def app(tmp_path_factory):
                 [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
             )
             champion = client.get_model_version_by_alias("petloc", "champion")
+            [logged_model] = client.search_logged_models(
+                [parent.info.experiment_id], f"source_run_id = '{champion.run_id}'"
+            )
             wait_until_answering(url + "/", proc, log, STARTUP_S)
             yield SimpleNamespace(
                 url=url,
@@ -131,6 +137,7 @@ def app(tmp_path_factory):
                 trials=trials,
                 champion=champion,
                 champion_run=client.get_run(champion.run_id),
+                logged_model=logged_model,
                 root=root,
             )
         finally:
@@ -177,6 +184,17 @@ def page(tab, request, tmp_path):
         shot = tmp_path / "failure.png"
         tab.screenshot(path=shot, full_page=True)
         print(f"screenshot of {tab.url} at failure: {shot}")
+
+
+def shot(page, name: str) -> None:
+    """The page as a PNG in $PETLOC_UI_SHOTS, when set."""
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        # MLflow opens its assistant's chat beside each page; closed, the page shows whole.
+        assistant = page.locator("button[aria-label='New Chat'] ~ button[aria-label='Close']")
+        if assistant.count():
+            assistant.first.click()
+        page.screenshot(path=Path(SHOTS) / f"{name}.png", full_page=True)
 
 
 def metric_cell(page, run_id: str, metric: str):
@@ -246,6 +264,82 @@ def test_models_page_shows_petloc_with_the_champion_alias(app, page):
     # exact: the version also carries the tag promoted_to_champion (how racing promotions settle)
     expect(row.get_by_role("status", name="champion", exact=True)).to_be_visible()
     expect(row.get_by_role("status", name="source_run")).to_contain_text(app.champion.run_id)
+
+
+def test_the_parent_runs_description_is_the_leaderboard_linked_to_the_trials_and_the_version(
+    app, page
+):
+    parent = app.parent.info.run_id
+    page.goto(f"{app.url}/#/experiments/{app.experiment_id}/runs/{parent}")
+    expect(page.get_by_role("heading", name="sweep-tiny")).to_be_visible()
+    more = page.get_by_text("Show more", exact=True)  # MLflow folds a long description
+    if more.count():
+        more.click()
+    description = page.get_by_test_id("note-editor-preview-content")  # MLflow's rendered Markdown
+    trial_links = {
+        t.info.run_id: description.locator(
+            f'a[href="#/experiments/{app.experiment_id}/runs/{t.info.run_id}"]'
+        )
+        for t in app.trials
+    }
+    trial_ids = {t.info.run_id: t.data.tags["trial_id"] for t in app.trials}
+    for trial, link in trial_links.items():
+        expect(link).to_be_visible()
+        # the link is in the leaderboard's row, among the trial's figures
+        cells = link.locator("xpath=ancestor::tr").get_by_role("cell")
+        expect(cells.first).to_have_text(trial_ids[trial])
+    expect(description.get_by_role("columnheader", name="head_units", exact=True)).to_be_visible()
+    version = description.locator(f'a[href="#/models/petloc/versions/{app.champion.version}"]')
+    expect(version).to_have_text(f"petloc version {app.champion.version}")
+    shot(page, "parent_run_overview")
+
+    # A trial's link opens its run (in a new tab, as MLflow opens a description's links).
+    best = app.champion_run
+    with page.context.expect_page() as opened:
+        trial_links[best.info.run_id].click()
+    trial_page = opened.value
+    try:
+        expect(trial_page.get_by_role("heading", name=best.info.run_name)).to_be_visible(
+            timeout=FIRST_LOAD_MS
+        )
+        assert trial_page.url.endswith(
+            f"/#/experiments/{app.experiment_id}/runs/{best.info.run_id}"
+        )
+    finally:
+        trial_page.close()
+    with page.context.expect_page() as opened:
+        version.click()
+    version_page = opened.value
+    try:
+        expect(
+            version_page.get_by_role("heading", name=f"Version {app.champion.version}")
+        ).to_be_visible(timeout=FIRST_LOAD_MS)
+    finally:
+        version_page.close()
+
+
+def test_the_parallel_coordinates_page_opens_in_the_artifacts_view(app, page):
+    parent = app.parent.info.run_id
+    page.goto(f"{app.url}/#/experiments/{app.experiment_id}/runs/{parent}")
+    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("parallel_coordinates.html", exact=True).click()
+    plot = page.frame_locator("iframe").first
+    # Plotly's axes, drawn offline from the page's own inlined script
+    expect(plot.get_by_text("head_units", exact=True).first).to_be_visible()
+    expect(plot.get_by_text("val mIoU", exact=True).first).to_be_visible()
+    shot(page, "parent_run_parallel_coordinates")
+
+
+def test_the_champions_logged_model_page_shows_its_registered_version(app, page):
+    model = app.logged_model
+    page.goto(f"{app.url}/#/experiments/{app.experiment_id}/models/{model.model_id}")
+    expect(page.get_by_role("heading", name=model.name).first).to_be_visible()
+    page.wait_for_timeout(2000)  # the versions load after the model itself
+    shot(page, "champion_logged_model")
+    expect(page.get_by_text("Not registered", exact=True)).to_have_count(0)
+    expect(
+        page.locator(f'a[href*="/models/petloc/versions/{app.champion.version}"]').first
+    ).to_be_visible()
 
 
 def test_the_pages_petloc_ui_prints_show_the_experiments_runs_not_mlflows_genai_pages(
