@@ -58,7 +58,7 @@ def parallel_coordinates_html(
 ) -> Path:
     """An interactive Plotly page, its JavaScript inlined: it opens offline, and inside the
     MLflow UI's artifact view. Drag along an axis to keep only the trials in that range."""
-    import plotly.graph_objects as go  # type: ignore[import-untyped]  # no type information shipped
+    import plotly.graph_objects as go
 
     scores = [float(t[objective]) for t in trials]
     axes = [axis(name, [t[name] for t in trials]) for name in names]
