@@ -153,6 +153,19 @@ def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
     assert space["experiment"]["tuner"]["max_trials"] == 3
 
 
+def test_the_champion_s_logged_model_is_named_after_its_trial_and_lists_its_version(swept):
+    _root, _exp, client, _parent_id, _ = swept
+    champion = client.get_model_version_by_alias("petloc", "champion")
+    run = client.get_run(champion.run_id)
+    trial, backbone = run.data.tags["trial_id"], run.data.params["backbone"]
+    logged = client.get_logged_model(run.data.tags["model_uri"].removeprefix("models:/"))
+    assert logged.name == f"trial-{trial}-{backbone}"
+    assert {"name": "petloc", "version": str(champion.version)} in json.loads(
+        logged.tags["mlflow.modelVersions"]
+    )
+    assert champion.description.startswith(f"Trial {trial} ({backbone}) of sweep 'tiny'")
+
+
 def test_changed_settings_need_fresh(swept, monkeypatch):
     root, exp, _client, _parent_id, _ = swept
     monkeypatch.chdir(root)

@@ -17,6 +17,7 @@ from petloc.tracking import log
 from petloc.tracking.registry import load_localiser, loadable_uri, promote
 from petloc.tracking.store import configure
 from tests.helpers import in_project
+from tests.servers import tracking_server
 
 VAL_DATA = "digest=abc split=0.25 seed=0"
 
@@ -110,3 +111,31 @@ def test_runs_uri_of_the_old_model_name_still_loads(trial):
     assert model.input_shape[1] == 32
     # MLflow finds the model by its new name too
     assert mlflow.artifacts.list_artifacts(f"runs:/{trial.run_id}/trial-3-simple")
+
+
+@pytest.mark.slow  # a tracking server process
+def test_through_a_tracking_server_the_version_is_listed_once(tmp_path):
+    """A server's create call lists the version on the logged model itself (MLflow 3's
+    handler); petloc's link then finds it there and does not list it twice."""
+    with (
+        tracking_server(f"sqlite:///{tmp_path}/server.db", tmp_path / "artifacts") as uri,
+        in_project(tmp_path),
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        configure(uri)
+        client = MlflowClient(uri, registry_uri=uri)
+        experiment_id = client.create_experiment("served")
+        run_id = client.create_run(experiment_id, run_name="train-simple").info.run_id
+        client.log_metric(run_id, "best_val_miou", 0.5)
+        model = mlflow.initialize_logged_model(
+            name="train-simple", source_run_id=run_id, experiment_id=experiment_id
+        )
+        client.set_tag(run_id, "model_uri", f"models:/{model.model_id}")
+        client.set_terminated(run_id)
+        assert promote(run_id, "served").champion
+        listed = json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"])
+        assert [{k: str(v) for k, v in e.items()} for e in listed] == [
+            {"name": "served", "version": "1"}
+        ]
+        assert client.get_model_version("served", "1").run_id == run_id
