@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
@@ -341,8 +344,17 @@ def promote(
         return Promotion(name, None, False, f"{loses}; not registered")
     version = _registered(run, model_source, name)
     if better or force:
-        beaten = holder.version if better and holder is not None else None
-        _claim(name, alias, version, only=force, beaten=beaten)
+        mine = ties.Standing(score, latency)
+
+        def beats(other) -> bool:  # a version this run beats on the same validation data
+            theirs = _standing(other.tags, metric)
+            return (
+                other.tags.get(vocab.VAL_DATA) == val_data
+                and theirs is not None
+                and ties.compare(mine, theirs, threshold).better
+            )
+
+        _claim(name, alias, version, only=force, beats=beats)
         _set_alias(name, alias, version)
         settled = _settle(name, alias, metric, threshold)
         if settled is not None and settled.version != version:
@@ -407,29 +419,34 @@ def _against(holder: ties.Standing, verdict, latency: float | None, threshold: f
 # Promotions racing against one registry (two sweeps ending at once, maybe on two machines)
 # can each read the old holder and move the alias in any order. Each winner first records
 # its win on its version; after moving the alias, every writer re-reads those records and
-# settles on the best, so whoever writes last leaves the alias right.
+# settles on the best, so whoever writes last leaves the alias right. A record holds the time
+# of the win (UTC): only recent ones race (an older petloc's records, "true", never do).
 SETTLE_ROUNDS = 20
+CLAIM_SECONDS = 600.0  # how long a win counts as racing; settling takes seconds
 
 
 def _claim_tag(alias: str) -> str:
     return f"promoted_to_{alias}"
 
 
-def _claim(name: str, alias: str, version: str, only: bool, beaten: str | None = None) -> None:
+def _claim(
+    name: str, alias: str, version: str, only: bool, beats: Callable[[Any], bool] | None = None
+) -> None:
     """Records on `version` that it won `alias`; `only` (a forced move) withdraws the other
     versions' records, so that settling never brings back a model the user moved away from.
-    `beaten`, the holder this version beat, loses its record: with ties, a better model is not
-    always a higher score, so settling must not weigh a champion of the past against it."""
+    Otherwise the versions it `beats` lose theirs: with ties, a better model is not always a
+    higher score, so settling must not weigh a beaten champion of the past against it."""
     client = MlflowClient()
-    client.set_model_version_tag(name, version, _claim_tag(alias), "true")
-    if only:
-        for other in versions_of(name):
-            if other.version != version and _claim_tag(alias) in other.tags:
+    client.set_model_version_tag(
+        name, version, _claim_tag(alias), datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    for other in versions_of(name):
+        if other.version == version or _claim_tag(alias) not in other.tags:
+            continue
+        if only or (beats is not None and beats(other)):
+            # withdrawn by a racer meanwhile: nothing left to do
+            with contextlib.suppress(MlflowException):
                 client.delete_model_version_tag(name, other.version, _claim_tag(alias))
-    elif beaten not in (None, version):
-        # never recorded (a champion of an older petloc), or withdrawn by a racer meanwhile
-        with contextlib.suppress(MlflowException):
-            client.delete_model_version_tag(name, str(beaten), _claim_tag(alias))
 
 
 def _settle(name: str, alias: str, metric: str, threshold: float):
@@ -467,12 +484,21 @@ def _best_claim(name: str, alias: str, metric: str, holder, threshold: float):
     rivals = {
         v.version: v
         for v in versions_of(name)
-        if _claim_tag(alias) in v.tags
+        if _racing(v.tags.get(_claim_tag(alias)))
         and v.tags.get(vocab.VAL_DATA) == holder.tags.get(vocab.VAL_DATA)
         and _standing(v.tags, metric) is not None
     }
     candidates = sorted({**rivals, holder.version: holder}.values(), key=lambda v: int(v.version))
     return ties.ranked(candidates, lambda v: _standing(v.tags, metric), threshold)[0]
+
+
+def _racing(claim: str | None) -> bool:
+    """Whether a version's record of a win is recent enough to race the holder."""
+    try:
+        won = datetime.fromisoformat(claim or "")
+    except ValueError:
+        return False
+    return won.tzinfo is not None and (datetime.now(UTC) - won).total_seconds() < CLAIM_SECONDS
 
 
 @dataclass

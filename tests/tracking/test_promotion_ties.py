@@ -91,3 +91,19 @@ def test_petloc_promote_takes_min_improvement(store):
     assert "petloc@champion is now version 2 (val mIoU 0.5580, beats 0.5491)" in moved
     refused = invoke("promote", slower, "--min-improvement", "-1")
     assert refused.exit_code == 2 and "--min-improvement" in refused.output
+
+
+def test_a_champion_of_the_past_does_not_come_back_through_a_tie(store):
+    """Settling weighs only recent wins: neither a champion a later one beat, nor one an older
+    petloc recorded, returns because it ties with the newcomer and is faster."""
+    client = store[0]
+    first = _run(store, 0.6000, 2.0)
+    promote(first, min_improvement=0.0)
+    second = _run(store, 0.6101, 9.0)
+    assert promote(second, min_improvement=0.0).champion  # strictly higher: it beats first
+    client.set_model_version_tag(
+        "petloc", "1", "promoted_to_champion", "true"
+    )  # an older petloc's record
+    third = _run(store, 0.6050, 5.0)  # ties second (0.0051) and is faster; ties first, slower
+    promotion = promote(third, min_improvement=0.01)
+    assert promotion.champion and _champion(store) == third, promotion.reason
