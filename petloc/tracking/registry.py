@@ -72,6 +72,19 @@ def _is_path(text: str) -> bool:
         return False
 
 
+def _run_model_uri(uri: str) -> str:
+    """`runs:/RUN/model` as the run's logged model (its `model_uri` tag), whatever its name:
+    older petloc named every model `model`, and users' scripts and notes still say so."""
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    if path.strip("/") != vocab.OLD_MODEL_NAME:
+        return uri
+    try:
+        logged = MlflowClient().get_run(run_id).data.tags.get(vocab.MODEL_URI, "")
+    except MlflowException:  # MLflow's own error, on loading, says what is wrong
+        return uri
+    return logged if logged.startswith("models:/m-") else uri
+
+
 def loadable_uri(uri: str) -> str:
     """The URI MLflow loads for `uri`: `runs:/RUN/model` as the run's logged model
     (`_run_model_uri`); a registered version (NAME@ALIAS, NAME/N) as its logged model's own
@@ -88,19 +101,6 @@ def loadable_uri(uri: str) -> str:
     if (version.source or "").startswith("models:/m-"):
         return version.source
     return f"models:/{version.name}/{version.version}"
-
-
-def _run_model_uri(uri: str) -> str:
-    """`runs:/RUN/model` as the run's logged model (its `model_uri` tag), whatever its name:
-    older petloc named every model `model`, and users' scripts and notes still say so."""
-    run_id, _, path = uri.removeprefix("runs:/").partition("/")
-    if path.strip("/") != vocab.OLD_MODEL_NAME:
-        return uri
-    try:
-        logged = MlflowClient().get_run(run_id).data.tags.get(vocab.MODEL_URI, "")
-    except MlflowException:  # MLflow's own error, on loading, says what is wrong
-        return uri
-    return logged if logged.startswith("models:/m-") else uri
 
 
 def load_predictor(source: str | Path) -> Predictor:
