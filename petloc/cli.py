@@ -27,6 +27,7 @@ from petloc.search import DEFAULT_CHIEF_ADDRESS
 
 # As the experiment file bounds them (petloc.config), without importing it for --help.
 SEED = click.IntRange(0, 2**31 - 1)
+MIN_IMPROVEMENT = 0.01  # registry.min_improvement's default
 MAX_SYNTHETIC = 1_000_000
 
 
@@ -251,7 +252,7 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
     type=FiniteFloat(0),
     default=None,
     help="Val mIoU differences at or below this are ties, won by the lower batch-1 latency "
-    "(default: the registry.min_improvement of the run's experiment file, else its default).",
+    f"(default: the registry.min_improvement of the run's experiment file, else {MIN_IMPROVEMENT:g}).",
 )
 def promote(run_id, name, alias, force, max_latency_ms, min_improvement):
     """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force).

@@ -83,6 +83,10 @@ def test_without_min_improvement_any_higher_score_wins(store):
 
 
 def test_petloc_promote_takes_min_improvement(store):
+    from petloc.cli import MIN_IMPROVEMENT
+    from petloc.config import RegistryConfig
+
+    assert RegistryConfig().min_improvement == MIN_IMPROVEMENT  # what --help says
     promote(_run(store, 0.5491, 3.1))  # the default: 0.5580 ties with it
     slower = _run(store, 0.5580, 6.2)
     assert "a tie within" in invoke("promote", slower).output
