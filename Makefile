@@ -2,18 +2,19 @@
 #   make run    sets up .venv, makes the synthetic data, runs the quick sweep
 #   make test   sets up .venv and runs the fast tests
 #   make lint   the house rules: ruff's lint and format, mypy on petloc
+#   make docs   the documentation site (docs/, mkdocs.yml) into site/, strict: a broken link fails
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow lint setup clean bench bench-search
+.PHONY: run test test-slow lint docs setup clean bench bench-search
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
+	$(BIN)/python -m pip install --quiet -e ".[test,lint,postgres,docs,onnx]"
 	touch $@
 
 run: setup
@@ -38,6 +39,11 @@ lint: setup
 	$(BIN)/mypy || status=1; \
 	exit $$status
 
+# The site under docs/ into site/ (git-ignored). --strict: a broken link, a missing page or a
+# warning fails it (docs/hooks.py adds the files outside docs/ that the pages link to).
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet
+
 # Speed figures, each a ratio measured side by side, written to benchmarks/RESULTS.md (about 12 minutes)
 bench: setup
 	$(BIN)/python benchmarks/startup_speed.py
@@ -56,4 +62,4 @@ bench-search: setup
 	$(BIN)/python benchmarks/sweep_workers.py
 
 clean:
-	rm -rf $(VENV) data/synthetic data/.cache mlruns/mlflow.db mlruns/artifacts mlruns/tuner .ruff_cache .mypy_cache
+	rm -rf $(VENV) site data/synthetic data/.cache mlruns/mlflow.db mlruns/artifacts mlruns/tuner .ruff_cache .mypy_cache

@@ -29,7 +29,9 @@ def main() -> None:
     result = petloc.sweep(EXPERIMENT, TINY, fresh=True)
 
     print("\nleaderboard (a pandas DataFrame, as the parent run's leaderboard.csv):")
-    print(result.leaderboard[["trial", "backbone", "val_miou", "accuracy", "latency_ms_b1"]])
+    print(
+        result.leaderboard[["trial", "backbone", "best_val_miou", "val_accuracy", "latency_ms_b1"]]
+    )
     print(f"parent run: {result.parent_run_id}")
     print(f"champion: {result.champion}")
     if result.champion is None:  # e.g. no trial fitted registry.max_latency_ms

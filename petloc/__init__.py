@@ -6,8 +6,8 @@ result.leaderboard                               # a pandas DataFrame, as leader
 model = petloc.load_model(result.champion)       # or "petloc@champion", a .keras file, ...
 predictions = model.predict([rgb_image])         # label, score, box in the image's pixels
 
-`petloc.train` and `petloc.evaluate` do what `petloc train` and `petloc evaluate` do
-(petloc.api); a mistake raises the command line's one-line `petloc.errors.PetlocError`.
+`petloc.train`, `petloc.evaluate` and `petloc.export` do what `petloc train`, `evaluate` and
+`export` do (petloc.api); a mistake raises the command line's one-line `petloc.errors.PetlocError`.
 
 @petloc.register_backbone("mynet")                # your own backbone (petloc/plugins.py)
 def mynet(image_size, width, weights): ...
@@ -24,13 +24,24 @@ __version__ = "0.1.0"
 
 # Loaded on first use (module __getattr__): `import petloc` (and `petloc --help`) stays free
 # of TensorFlow and MLflow.
-API = ("sweep", "train", "evaluate", "SweepResult", "TrainResult", "EvaluationResult")
+API = (
+    "sweep",
+    "train",
+    "evaluate",
+    "export",
+    "SweepResult",
+    "TrainResult",
+    "EvaluationResult",
+    "ExportResult",
+)
 __all__ = [
     "EvaluationResult",
+    "ExportResult",
     "SweepResult",
     "TrainResult",
     "__version__",
     "evaluate",
+    "export",
     "load_model",
     "register_backbone",
     "sweep",
@@ -38,7 +49,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from petloc.api import EvaluationResult, SweepResult, TrainResult, evaluate, sweep, train
+    from petloc.api import (
+        EvaluationResult,
+        ExportResult,
+        SweepResult,
+        TrainResult,
+        evaluate,
+        export,
+        sweep,
+        train,
+    )
 
 
 def load_model(source: str):

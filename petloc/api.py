@@ -1,4 +1,4 @@
-"""petloc from Python: what `petloc sweep`, `train` and `evaluate` do, as functions that
+"""petloc from Python: what `petloc sweep`, `train`, `evaluate` and `export` do, as functions that
 return results instead of printing them. The command line calls these same functions.
 
     import petloc
@@ -22,18 +22,20 @@ unless set already or the `petloc` logger is at DEBUG).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from petloc.config import Experiment, apply_overrides, load_experiment, parse_experiment
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, did_you_mean
 from petloc.quiet import hide_tensorflow_startup_log
 
 if TYPE_CHECKING:
@@ -57,7 +59,8 @@ class SweepResult:
     """What a sweep ended with.
 
     `leaderboard`: the finished trials, best val mIoU first, with the columns of the parent
-    run's `leaderboard.csv` (a missing figure is NaN). `champion`: the registered model that
+    run's `leaderboard.csv`, its figures under the runs' metric names (`best_val_miou`,
+    `val_accuracy`, `latency_ms_b1`, ...; a missing figure is NaN). `champion`: the registered model that
     holds the registry alias when the sweep ended, pinned by version (`models:/NAME/VERSION`),
     whether or not this sweep's best took it (`promoted` says); None when no version holds it.
     `summary`: the lines `petloc sweep` prints at the end; `str(result)` joins them."""
@@ -93,8 +96,11 @@ class TrainResult:
 @dataclass
 class EvaluationResult:
     """`figures`: what `petloc evaluate --json` prints (model, data, subset, tta, images,
-    skipped, miou, iou50, accuracy, latency_ms_b1, latency_ms_b32); `skipped`: the files
-    left out and why."""
+    classes, skipped, and the figures under the quantities' bare names, measured on these
+    photos: miou, iou50, accuracy, the class figures that apply (top5_accuracy,
+    macro_accuracy, species_accuracy), latency_ms_b1, latency_ms_b32, params_count; a
+    training run logs the same as best_val_miou, val_iou50, val_accuracy, ...); `skipped`:
+    the files left out and why."""
 
     figures: dict[str, Any]
     skipped: list = field(default_factory=list)
@@ -308,8 +314,10 @@ def evaluate(
 def _check_evaluate_options(**given: str) -> None:
     for name, value in given.items():
         if value not in EVALUATE_CHOICES[name]:
+            choices = EVALUATE_CHOICES[name]
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
             raise PetlocError(
-                f"{name}: {value!r} is not one of {', '.join(EVALUATE_CHOICES[name])}"
+                f"{name}: {value!r} is not one of {', '.join(choices)}{';' + hint if hint else ''}"
             )
 
 
@@ -334,6 +342,92 @@ def _evaluate(
         say(f"skipped {bad}")
     result = {"model": model, "data": str(data), "subset": subset, "tta": tta, **figures}
     return EvaluationResult(result, list(skipped))
+
+
+# ---- export -------------------------------------------------------------------------------
+
+# Above it an export is not kept. float32 exports compute what Keras computes, in another
+# order of operations: they agree far closer than this; a real fault differs by far more.
+EXPORT_TOLERANCE = 1e-3
+
+
+@dataclass
+class ExportResult:
+    """What `petloc export` wrote: `folder` (with its petloc.json), `file` (the model; the
+    folder itself for a SavedModel), `format`, and `check`: the photos the export was run on
+    beside the Keras model and the largest differences found (`max_box_difference` in box
+    corners normalised to the image side, `max_score_difference` in class probability)."""
+
+    folder: Path
+    file: Path
+    format: str
+    check: dict[str, Any]
+    summary: list[str] = field(repr=False)
+
+    def __str__(self) -> str:
+        return "\n".join(self.summary)
+
+
+def export(
+    model: str | os.PathLike,
+    format: str,
+    out: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    tolerance: float = EXPORT_TOLERANCE,
+    tta: str = "none",
+    say: Say | None = print,
+) -> ExportResult:
+    """`petloc export MODEL --format FORMAT --out OUT`: `model` (a registered name such as
+    `petloc@champion`, an MLflow model URI or a `.keras` file) written for another runtime:
+    "savedmodel" (TensorFlow), "tflite" or "onnx" (with the `onnx` extra), into the new or
+    empty folder `out` with a petloc.json naming its classes and input size.
+
+    The export is run beside the Keras model on a few photos (the image files under `data`,
+    else synthetic ones) and kept only when its boxes and class scores differ from the Keras
+    model's by at most `tolerance`; `say` hears the differences. `tta="flip"` bakes
+    mirror-image averaging into the export. `petloc predict` answers with a TFLite, ONNX or
+    SavedModel export as with the Keras model."""
+    _check_evaluate_options(tta=tta)
+    if not (isinstance(tolerance, int | float) and 0 <= tolerance < float("inf")):
+        raise PetlocError(f"tolerance: {tolerance!r} is not a number from 0 up")
+    _prepare()
+    return _tracking_errors_as_one_line(
+        lambda: _export(str(model), format, out, data, float(tolerance), tta, _say(say))
+    )
+
+
+def _export(
+    model: str,
+    format: str,
+    out: str | os.PathLike,
+    data: str | os.PathLike | None,
+    tolerance: float,
+    tta: str,
+    say: Say,
+) -> ExportResult:
+    from petloc.model import TTA
+    from petloc.tracking.registry import load_localiser
+    from petloc.training import export as exporting
+
+    # the cheap mistakes before the model loads
+    exporting.check_format(format)
+    exporting.check_runtime(format)
+    exporting.check_out(out)
+    written = exporting.export_model(
+        TTA[tta](load_localiser(model)),
+        format,
+        out,
+        source=model,
+        data=data,
+        tolerance=tolerance,
+        say=say,
+    )
+    summary = [f"{format}: {written.file} (classes and input size in {exporting.METADATA})"]
+    say(summary[0])
+    return ExportResult(
+        written.folder, written.file, format, dataclasses.asdict(written.check), summary
+    )
 
 
 # ---- errors -------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 import click
 
 from petloc import __version__, stopping
-from petloc.errors import COMMAND_ENV, PetlocError
-from petloc.quiet import hide_tensorflow_startup_log
+from petloc.errors import COMMAND_ENV, PetlocError, did_you_mean
+from petloc.quiet import libraries_quiet
 from petloc.search import DEFAULT_CHIEF_ADDRESS
 
 # As the experiment file bounds them (petloc.config), without importing it for --help.
@@ -50,6 +50,19 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Choice(click.Choice):
+    """click's Choice, whose error also names the choice a typo likely meant."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as err:
+            hint = did_you_mean(str(value), map(str, self.choices))
+            if not hint:
+                raise
+            self.fail(f"{err.message.rstrip('.')};{hint}", param, ctx)
+
+
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="petloc", message="%(prog)s %(version)s")
 @click.option(
@@ -65,10 +78,8 @@ def cli(verbose):
         # Quiet: TensorFlow's C++ errors too (such as "failed call to cuInit" on a machine
         # without a GPU); a real failure reaches Python as an exception.
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if verbose else "3"
+    libraries_quiet(verbose)
     if not verbose:
-        hide_tensorflow_startup_log()
-        # its Python warnings (retracing notes)
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
         # MLflow loads each model it logs to check it; Keras then warns that the optimizer's
         # state is not restored, which inference never needs.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -381,7 +392,7 @@ def ui(host, port, workers, no_auth):
 )
 @click.option(
     "--default-permission",
-    type=click.Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
+    type=Choice(["NO_PERMISSIONS", "READ", "USE", "EDIT", "MANAGE"]),
     default="READ",
     show_default=True,
     help="With --auth: what a user may do with experiments and models others made, without a grant.",
@@ -430,10 +441,10 @@ def serve(model, host, port):
 @click.argument("model")
 @click.argument("data", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
-@click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
+@click.option("--on-bad", type=Choice(["skip", "fail"]), default="skip", show_default=True)
 @click.option(
     "--subset",
-    type=click.Choice(["all", "train", "val"]),
+    type=Choice(["all", "train", "val"]),
     default="all",
     show_default=True,
     help="Only one side of the split a run made of DATA (same --val-split and --seed as its experiment).",
@@ -449,7 +460,7 @@ def serve(model, host, port):
 )
 @click.option(
     "--tta",
-    type=click.Choice(["none", "flip"]),
+    type=Choice(["none", "flip"]),
     default="none",
     show_default=True,
     help="flip: also average each photo with its mirror image (on top of what the model does).",
@@ -503,6 +514,45 @@ def predict(model, images, as_json, out):
         failed += "error" in row
     if failed:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("model")
+@click.option(
+    "--format", "format_", required=True, metavar="savedmodel|tflite|onnx", help="What to write."
+)
+@click.option("--out", required=True, type=click.Path(), help="A new or empty folder.")
+@click.option(
+    "--data",
+    type=click.Path(),
+    help="Check the export on the photos in this folder  [default: a few synthetic photos]",
+)
+@click.option(
+    "--tolerance",
+    type=FiniteFloat(0),
+    default=None,
+    help="Largest difference from the Keras model, in box corners (fractions of the image side) "
+    "and class scores, that the export may show  [default: 1e-3]",
+)
+@click.option(
+    "--tta",
+    type=Choice(["none", "flip"]),
+    default="none",
+    show_default=True,
+    help="flip: bake averaging each photo with its mirror image into the export.",
+)
+def export(model, format_, out, data, tolerance, tta):
+    """MODEL for another runtime: a TensorFlow SavedModel, TFLite or ONNX, in folder OUT.
+
+    MODEL: petloc@champion, petloc/3, models:/..., runs:/RUN/model or a .keras file. The
+    export is run beside the Keras model on photos and kept only when it answers the same
+    within the tolerance; OUT/petloc.json names its classes and input size. `petloc predict
+    OUT` (or OUT/model.tflite) answers with it.
+    """
+    from petloc import api
+
+    given = {} if tolerance is None else {"tolerance": tolerance}
+    api.export(model, format_, out, data=data, tta=tta, say=click.echo, **given)
 
 
 def _print_prediction(row: dict, as_json: bool) -> None:
@@ -610,10 +660,10 @@ def oxford(out, url, val_share, seed, force, md5, replace_foreign):
 @data.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--on-bad", type=click.Choice(["skip", "fail"]), default="skip", show_default=True)
+@click.option("--on-bad", type=Choice(["skip", "fail"]), default="skip", show_default=True)
 @click.option(
     "--labels",
-    type=click.Choice(["species", "breed"]),
+    type=Choice(["species", "breed"]),
     default="species",
     show_default=True,
     help="A photo's class: its species, or its breed where the data names one.",

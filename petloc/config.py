@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from petloc import hyperparams, plugins
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, did_you_mean
 from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
 from petloc.hyperparams import REGISTERED
 from petloc.registry_names import alias_problem, described, name_problem, parse_ref, printable
@@ -104,7 +104,8 @@ def _not_a_choice(name: str, value: Any) -> str | None:
         return None
     if name == "backbone" and isinstance(value, str) and (broken := plugins.broken(value)):
         return broken
-    return f"unknown {name.replace('_', ' ')} {value!r}; choose from {', '.join(sorted(registry))}"
+    hint = did_you_mean(value, registry) if isinstance(value, str) else ""
+    return f"unknown {name.replace('_', ' ')} {value!r};{hint} choose from {', '.join(sorted(registry))}"
 
 
 def _check_range(name: str, r: Range) -> None:
@@ -283,9 +284,9 @@ class Experiment(Strict):
         checked = {}
         for name, value in space.items():
             if name not in hyperparams.DECLARED:
-                raise ValueError(
-                    f"unknown hyperparameter {name!r}; known: {', '.join(hyperparams.DECLARED)}"
-                )
+                hint = did_you_mean(name, hyperparams.DECLARED, "space.")
+                known = f" known: {', '.join(hyperparams.DECLARED)}"
+                raise ValueError(f"unknown hyperparameter {name!r};{hint or known}")
             if isinstance(value, list):
                 if not value:
                     raise ValueError(f"{name}: empty list of choices")
@@ -378,8 +379,32 @@ def _first_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "Range")))
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = _not_a_key(first["loc"], key)
+    elif first["type"] == "literal_error" and isinstance(first["input"], str):
+        hint = did_you_mean(first["input"], re.findall(r"'([^']*)'", first["ctx"]["expected"]))
+        msg += f";{hint}" if hint else ""
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: {key + ': ' if key else ''}{msg}{more}"
+
+
+def _not_a_key(loc: tuple, key: str) -> str:
+    """Why `key` (at `loc`) is refused: not a key, and the key it likely mistypes, else the
+    keys there are."""
+    section, _, typed = key.rpartition(".")
+    keys = list(_section_at(loc[:-1]).model_fields)
+    hint = did_you_mean(typed, keys, section + "." if section else "")
+    return f"not a key;{hint}" if hint else f"not a key; known: {', '.join(keys)}"
+
+
+def _section_at(path: tuple) -> type[BaseModel]:
+    """The schema class of the section at `path` in an experiment: a range's within `space`."""
+    if any(str(part).startswith("function-") for part in path):
+        return Range
+    model: type[BaseModel] = Experiment
+    for part in path:
+        model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
+    return model
 
 
 def parse_experiment(raw: dict, source: str = "<experiment>") -> Experiment:
@@ -404,8 +429,27 @@ def import_experiment_plugins(modules: Any, source: str) -> None:
     plugins.import_plugins(modules, f"{source}: plugins")
 
 
+# petloc's own example experiments: `experiments/` in a checkout, installed as package data
+# (petloc/experiments/, pyproject's package-dir) so they work from any folder after `pip install .`.
+BUNDLED_FOLDERS = (
+    Path(__file__).resolve().parent / "experiments",
+    Path(__file__).resolve().parent.parent / "experiments",
+)
+
+
+def bundled_experiment(path: Path) -> Path | None:
+    """petloc's own experiment named by `path` when it is `NAME.yaml` or `experiments/NAME.yaml`
+    and no such file is here (a folder other than the checkout, after `pip install .`)."""
+    if path.exists() or path.parts[:-1] not in ((), ("experiments",)):
+        return None
+    return next(
+        (folder / path.name for folder in BUNDLED_FOLDERS if (folder / path.name).is_file()), None
+    )
+
+
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     path = Path(path)
+    path = bundled_experiment(path) or path
     if not path.exists():
         raise PetlocError(f"{path}: no such experiment file")
     text = read_text_bounded(path, SMALL_FILE_LIMIT)  # a FIFO, device or huge file: one line

@@ -1,4 +1,5 @@
-"""Keeping TensorFlow's start-up chatter off the terminal. Free of TensorFlow itself: it runs
+"""Keeping the libraries' own lines (TensorFlow's start-up chatter, absl's warnings, Keras
+Tuner's prints) off the terminal unless `petloc --verbose`. Free of TensorFlow itself: it runs
 before TensorFlow is imported."""
 
 from __future__ import annotations
@@ -6,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import io
+import logging
 import os
 import re
 import sys
@@ -20,6 +23,50 @@ TENSORFLOW_STARTUP_LOG = re.compile(
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d+\.\d+: [IW] \S+:\d+\] "
     r"|To enable the following instructions: .* rebuild TensorFlow"
 )
+
+
+# Keras Tuner prints these with print(), with no switch for the first: "Reloading Tuner from
+# FILE" as a tuner resumes, and its trial banners (Oracle.verbose turns those off).
+KERAS_TUNER_LINES = re.compile(r"Reloading Tuner from |Search: Running Trial #|Trial \S+ Complete ")
+
+# Set in the environment of every process a petloc command starts (the model server, sweep
+# workers), so that they stay as quiet, or as verbose, as the command.
+VERBOSE_SETTING = "PETLOC_VERBOSE"
+
+
+def libraries_quiet(verbose: bool) -> None:
+    """Unless `verbose`: TensorFlow starts without its log lines and its and absl's Python
+    loggers show errors only. Either way, processes started from this one follow suit."""
+    os.environ[VERBOSE_SETTING] = "1" if verbose else "0"
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # a level the user set wins
+    hide_tensorflow_startup_log()
+    # TensorFlow's retracing notes; absl's warnings (such as those of SavedModel export)
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def started_verbose() -> bool:
+    """True under `petloc --verbose` and in the processes it starts (VERBOSE_SETTING)."""
+    return os.environ.get(VERBOSE_SETTING) == "1"
+
+
+@contextlib.contextmanager
+def keras_tuner_prints_hidden(hidden: bool = True):
+    """Keras Tuner's prints (KERAS_TUNER_LINES) dropped from sys.stdout while `hidden`; every
+    other line written meanwhile (petloc's own) goes out as it was."""
+    if not hidden:
+        yield
+        return
+    caught = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(caught):
+            yield
+    finally:
+        lines = caught.getvalue().splitlines(keepends=True)
+        sys.stdout.write("".join(line for line in lines if not KERAS_TUNER_LINES.match(line)))
+        sys.stdout.flush()
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):

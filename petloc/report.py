@@ -6,6 +6,8 @@ import csv
 import io
 import math
 
+from petloc.quantities import decimals_of
+
 SIGNIFICANT = 4  # digits a column's largest number keeps: 0.7281 mIoU, 16.60 ms, 123.4 s
 MAX_DECIMALS = 8
 
@@ -18,6 +20,15 @@ def number(value) -> str:
     if isinstance(value, int) or value.is_integer() or abs(value) >= 1000:
         return f"{value:.0f}"
     return f"{value:.{_decimals(value)}f}"
+
+
+def figure(name: str, value) -> str:
+    """A figure as every table shows quantity `name` (`miou`, `best_val_miou`: 0.734;
+    `latency_ms_b1`: 4.47), one count of decimals per quantity; other names as `number`."""
+    decimals = decimals_of(name)
+    if decimals is None or not _is_number(value):
+        return number(value)
+    return f"{value:.{decimals}f}"
 
 
 def _is_number(value) -> bool:
@@ -63,13 +74,20 @@ def table(
     same_decimals: bool = False,
 ) -> str:
     """`rows` aligned under their keys: numbers right, text left; Markdown when asked.
-    `same_decimals` gives each column's numbers one count of decimals, for tables whose
-    columns each hold one quantity (a leaderboard); else each cell keeps 4 significant digits."""
+    A column named for a quantity (petloc.quantities: `best_val_miou`, `latency_ms_b1`, ...)
+    shows it with that quantity's decimals, in every table. Other columns: `same_decimals`
+    gives each one's numbers one count of decimals, for tables whose columns each hold one
+    quantity (a leaderboard); else each cell keeps 4 significant digits."""
     if not rows:
         return ""
     columns = columns or list(rows[0])
-    cell = column if same_decimals else (lambda values: [number(v) for v in values])
-    by_column = [cell([row.get(c, "") for row in rows]) for c in columns]
+
+    def cells_of(name: str, values: list) -> list[str]:
+        if decimals_of(name) is not None:
+            return [figure(name, v) for v in values]
+        return column(values) if same_decimals else [number(v) for v in values]
+
+    by_column = [cells_of(c, [row.get(c, "") for row in rows]) for c in columns]
     cells = [list(row) for row in zip(*by_column, strict=True)]
     right = [_numeric([row.get(c, "") for row in rows]) for c in columns]
     if markdown:

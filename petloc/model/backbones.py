@@ -20,7 +20,7 @@ from keras import layers
 
 from petloc import plugins
 from petloc.cpu import CPUINFO, cpu_flags
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, did_you_mean
 
 REGISTERED = "registered:"  # backbone: registered:NAME@ALIAS, a pretrained backbone by name
 # Batch-norm momentum of every backbone: the moving statistics settle within a few dozen
@@ -67,7 +67,10 @@ def build_backbone(
         if broken := plugins.broken(name):
             raise PetlocError(f"backbone {name!r}: {broken}")
         known = sorted([*BACKBONES, *plugins.BUILDERS])
-        raise PetlocError(f"backbone: unknown backbone {name!r}; choose from {', '.join(known)}")
+        raise PetlocError(
+            f"backbone: unknown backbone {name!r};{did_you_mean(name, known)} "
+            f"choose from {', '.join(known)}"
+        )
     return _from_plugin(name, builder, (image_size, width, _weights_arg(weights)))
 
 

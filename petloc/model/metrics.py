@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from petloc import quantities
 from petloc.data.classes import Classes
 from petloc.model.losses import iou_and_enclosure
 
@@ -32,9 +33,9 @@ def summarise(true_labels, pred_labels, true_boxes, pred_boxes) -> dict[str, flo
     """The quality figures petloc reports: miou, iou50 (share with IoU >= 0.5), accuracy."""
     ious = box_iou(true_boxes, pred_boxes)
     return {
-        "miou": float(ious.mean()) if len(ious) else 0.0,
-        "iou50": float((ious >= 0.5).mean()) if len(ious) else 0.0,
-        "accuracy": float((np.asarray(true_labels) == np.asarray(pred_labels)).mean())
+        quantities.MIOU: float(ious.mean()) if len(ious) else 0.0,
+        quantities.IOU50: float((ious >= 0.5).mean()) if len(ious) else 0.0,
+        quantities.ACCURACY: float((np.asarray(true_labels) == np.asarray(pred_labels)).mean())
         if len(ious)
         else 0.0,
     }
@@ -77,11 +78,11 @@ def class_figures(true_labels, probs, classes: Classes) -> dict[str, float]:
     more than TOP_K classes, species_accuracy where the classes have species."""
     probs = np.asarray(probs)
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-    figures = {"macro_accuracy": macro_accuracy(true_labels, pred, len(classes))}
+    figures = {quantities.MACRO_ACCURACY: macro_accuracy(true_labels, pred, len(classes))}
     if len(classes) > TOP_K:
-        figures["top5_accuracy"] = top_k_accuracy(true_labels, probs)
+        figures[quantities.TOP5_ACCURACY] = top_k_accuracy(true_labels, probs)
     if classes.species:
-        figures["species_accuracy"] = species_accuracy(true_labels, pred, classes)
+        figures[quantities.SPECIES_ACCURACY] = species_accuracy(true_labels, pred, classes)
     return figures
 
 

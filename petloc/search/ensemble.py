@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 from petloc.config import Experiment
+from petloc.search.progress import headline
 from petloc.tracking import log, registry, runs
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord
@@ -83,8 +84,5 @@ def log_ensemble(
         log.log_run_inputs(run_id, params, data, exp.train.seed, description, **plugins_tag(needs))
         log.log_experiment(run_id, exp)  # what `petloc promote` reads its default --name from
         summary = score_and_log(exp, model, data, run_id, history=None, extra={}, plugins=needs)
-    say(
-        f"ensemble of trials {trials}: val mIoU {summary['best_val_miou']:.3f}, "
-        f"accuracy {summary['val_accuracy']:.3f}, latency {summary['latency_ms_b1']:.1f} ms"
-    )
+    say(f"ensemble of trials {trials}: {headline(summary)}")
     return run_id

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from petloc.config import Experiment
 from petloc.files import remove_tree
+from petloc.search.progress import headline
 from petloc.search.tuner import tuner_dir
 from petloc.tracking import runs, store
 from petloc.tracking import vocabulary as vocab
@@ -99,10 +100,7 @@ def train_final(
     # Keras removed this run's backup; the folder goes too unless another run's is there
     with contextlib.suppress(OSError):
         backups.rmdir()
-    say(
-        f"final run: val mIoU {summary['best_val_miou']:.3f}, accuracy {summary['val_accuracy']:.3f}, "
-        f"latency {summary['latency_ms_b1']:.1f} ms"
-    )
+    say(f"final run: {headline(summary)}")
     return run_id
 
 

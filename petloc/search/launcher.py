@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from petloc import processes
+from petloc.quiet import started_verbose
 from petloc.search import SEARCH_OVER
 
 STOP_GRACE_SECONDS = 30  # a stopped process ends its MLflow runs KILLED before it exits
@@ -36,7 +37,9 @@ def run_on_this_machine(
 ) -> int:
     """The chief's exit code once it ends (0: the sweep finished)."""
     address = f"127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "petloc", "sweep", experiment, *overrides]
+    # under `petloc --verbose sweep`, the chief and workers show the libraries' lines too
+    verbose = ["--verbose"] if started_verbose() else []
+    command = [sys.executable, "-m", "petloc", *verbose, "sweep", experiment, *overrides]
     say(
         f"sweep with {workers} worker process{'es' if workers > 1 else ''} on this machine (chief on {address})"
     )

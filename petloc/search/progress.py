@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras_tuner as kt
 
 from petloc import library_internals
 from petloc.config import Experiment, Range
-from petloc.report import number
+from petloc.report import figure, number
+from petloc.tracking import vocabulary as vocab
 
 
 def planned_trials(exp: Experiment, oracle: kt.Oracle) -> int:
@@ -44,6 +45,19 @@ def grid_size(exp: Experiment) -> int:
             else:
                 size *= math.floor((value.max - value.min) / value.step + 1e-9) + 1
     return size
+
+
+HEADLINE = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.LATENCY_MS_B1)
+
+
+def headline(figures: Mapping[str, float]) -> str:
+    """`val mIoU 0.734, accuracy 0.912, latency 4.47 ms`: a run's summary `figures` (its
+    metrics) as every progress line shows them, each rounded as in the tables."""
+    shown = {name: figure(name, figures[name]) for name in HEADLINE}
+    return (
+        f"val mIoU {shown[vocab.BEST_VAL_MIOU]}, accuracy {shown[vocab.VAL_ACCURACY]}, "
+        f"latency {shown[vocab.LATENCY_MS_B1]} ms"
+    )
 
 
 def duration(seconds: float) -> str:
@@ -85,7 +99,7 @@ class SweepProgress:
         error: str = "",
         sweep: bool = True,
     ) -> None:
-        """`figures` of a finished trial (best_val_miou, val_accuracy, latency_ms_b1), or None
+        """`figures` of a finished trial (its summary metrics: `headline`), or None
         and the `error` of a failed one; without `sweep`, the line leaves out the sweep's
         progress (a worker sees only its own trials; the chief prints the sweep's)."""
         now = time.perf_counter()
@@ -94,10 +108,7 @@ class SweepProgress:
         if figures is None:
             head = f"trial {trial_id} failed after {took}: {error}"
         else:
-            head = (
-                f"trial {trial_id} done in {took}: val mIoU {figures['best_val_miou']:.3f}, "
-                f"accuracy {figures['val_accuracy']:.3f}, latency {figures['latency_ms_b1']:.1f} ms"
-            )
+            head = f"trial {trial_id} done in {took}: {headline(figures)}"
         if not sweep:
             self.say(head)
             return

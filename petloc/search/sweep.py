@@ -23,7 +23,7 @@ from petloc.search.time_budget import TimeBudgetedOracle
 from petloc.search.tuner import TrackedTuner
 from petloc.tracking import registry, ties
 from petloc.tracking import vocabulary as vocab
-from petloc.tracking.sweep_record import LEADERBOARD_COLUMNS, SweepRecord, searched
+from petloc.tracking.sweep_record import SweepRecord, searched
 from petloc.tracking.vocabulary import trial_rows
 from petloc.training.dataset import PreparedData, prepare_data
 
@@ -191,19 +191,14 @@ def mark_latency_fit(rows: list[dict], max_latency_ms: float | None) -> list[dic
 
 
 def _fits(row: dict, max_latency_ms: float | None) -> bool:
-    latency = row.get("latency_ms_b1")
+    latency = row.get(vocab.LATENCY_MS_B1)
     return max_latency_ms is None or (
         isinstance(latency, (int, float)) and latency <= max_latency_ms
     )
 
 
-def _column(metric: str) -> str:
-    """The leaderboard's column of a run metric."""
-    return next((c for c, key in LEADERBOARD_COLUMNS if key == f"metrics.{metric}"), metric)
-
-
 def _standing(row: dict) -> ties.Standing | None:
-    score, latency = row.get(_column(vocab.BEST_VAL_MIOU)), row.get(_column(vocab.LATENCY_MS_B1))
+    score, latency = row.get(vocab.BEST_VAL_MIOU), row.get(vocab.LATENCY_MS_B1)
     if not isinstance(score, (int, float)):
         return None
     return ties.Standing(score, latency if isinstance(latency, (int, float)) else None)

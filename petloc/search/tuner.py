@@ -20,6 +20,7 @@ from petloc import library_internals, stopping
 from petloc.config import Experiment, Range
 from petloc.data.classes import SPECIES, Classes
 from petloc.model import Hyperparameters, build_model, hyperparams
+from petloc.quiet import keras_tuner_prints_hidden
 from petloc.search.progress import SweepProgress, planned_trials
 from petloc.search.time_budget import (
     PACE,
@@ -176,10 +177,14 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             say=say,
         )
         self.time_budget: TimeBudgetedOracle | None = oracle if budgeted_here else None
-        super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
+        # Keras Tuner prints "Reloading Tuner from FILE" as a sweep resumes; the trial lines
+        # (numbered on from the trials done) already show it.
+        with keras_tuner_prints_hidden(not progress.detailed()):
+            super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
-        oracle.verbose = 0
+        # Shown under --verbose with the libraries' other lines.
+        oracle.verbose = 1 if progress.detailed() else 0
         self.progress = SweepProgress(
             planned_trials(exp, oracle), say, self.time_budget.left if self.time_budget else None
         )

@@ -33,6 +33,7 @@ from petloc.data.images import (
     positive_setting,
 )
 from petloc.errors import PetlocError
+from petloc.quiet import libraries_quiet, started_verbose
 
 MAX_REQUEST_SETTING = "PETLOC_MAX_REQUEST_BYTES"
 # A round figure: a body costs MLflow's parsing (JSON, DataFrame, base64 copies) a few times its
@@ -372,4 +373,6 @@ def _replay(body: bytes, receive):
 
 
 if __name__ == "__main__":
+    # This process loads TensorFlow anew: as quiet as the `petloc serve` that started it.
+    libraries_quiet(started_verbose())
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

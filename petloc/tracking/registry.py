@@ -7,7 +7,7 @@ import contextlib
 import json
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,17 +18,18 @@ import mlflow.keras
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from petloc import serving
+from petloc import report, serving
 from petloc.config import RegistryConfig
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, closest
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
 from petloc.model.backbones import CaffePreprocess
-from petloc.registry_names import check_alias, check_name, parse_ref, printable
+from petloc.registry_names import Ref, check_alias, check_name, parse_ref, printable
 from petloc.tracking import ties
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import configure, tracking_uri
-from petloc.training.predict import Predictor, checked_localiser, load_keras_file
+from petloc.training.export import exported_predictor
+from petloc.training.predict import ForwardPredictor, Predictor, checked_localiser, load_keras_file
 
 # Version tags copied from the source run's metrics and tags.
 METRIC_LABELS = {vocab.BEST_VAL_MIOU: "val mIoU", vocab.VAL_ACCURACY: "val accuracy"}
@@ -41,6 +42,7 @@ METRIC_TAGS = (
     vocab.LATENCY_MS_B32,
     vocab.PARAMS_COUNT,
 )
+LISTED_FIGURES = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.LATENCY_MS_B1)  # petloc models
 RUN_TAGS = (vocab.DATASET_DIGEST, vocab.VAL_DATA, vocab.SWEEP_RUN_ID, vocab.TRIAL_ID)
 MIN_IMPROVEMENT = RegistryConfig().min_improvement  # the experiment file's default
 
@@ -103,8 +105,9 @@ def loadable_uri(uri: str) -> str:
     return f"models:/{version.name}/{version.version}"
 
 
-def load_predictor(source: str | Path) -> Predictor:
-    return Predictor(load_localiser(source))
+def load_predictor(source: str | Path) -> ForwardPredictor:
+    """A predictor for what `load_localiser` loads, or for a model `petloc export` wrote."""
+    return exported_predictor(source) or Predictor(load_localiser(source))
 
 
 def _load_logged(uri: str) -> keras.Model:
@@ -179,9 +182,23 @@ def registered_version(uri: str):
                 f"models:/{printable(str(ref))}: {err.message.splitlines()[0][:300]}"
             ) from None
         raise PetlocError(
-            f"models:/{printable(str(ref))}: no such registered model version; "
+            f"models:/{printable(str(ref))}: no such registered model version;{_meant(ref)} "
             f"registered: {describe_registry() or 'nothing yet'}"
         ) from None
+
+
+def _meant(ref: Ref) -> str:
+    """` did you mean NAME@ALIAS?` when `ref`'s name mistypes a registered model's, or its
+    alias one of the model's aliases; else ""."""
+    models = {model.name: model for model in _every(MlflowClient().search_registered_models)}
+    meant = None
+    if ref.name not in models:
+        name = closest(ref.name, models)
+        meant = replace(ref, name=name) if name else None
+    elif ref.alias is not None:
+        alias = closest(ref.alias, models[ref.name].aliases)
+        meant = replace(ref, alias=alias) if alias else None
+    return f" did you mean {printable(str(meant))}?" if meant else ""
 
 
 def source_run(ref: str):
@@ -614,13 +631,14 @@ def _link(model_id: str, name: str, version: str) -> None:
     )
 
 
-# A version's figures in its description: the run's metric, its label and how it is shown.
-DESCRIBED = (
-    (vocab.BEST_VAL_MIOU, "val mIoU", "{:.4f}"),
-    (vocab.VAL_ACCURACY, "val accuracy", "{:.4f}"),
-    (vocab.VAL_IOU50, "val IoU >= 0.5", "{:.4f}"),
-    (vocab.LATENCY_MS_B1, "batch-1 latency", "{:.2f} ms"),
-)
+# A version's figures in its description: the run's metric (its name, as the version's tags
+# and `petloc models` say it, and its rounding, petloc.report.figure) and what it means.
+DESCRIBED = {
+    vocab.BEST_VAL_MIOU: "val mIoU",
+    vocab.VAL_ACCURACY: "val accuracy",
+    vocab.VAL_IOU50: "share of val boxes with IoU >= 0.5",
+    vocab.LATENCY_MS_B1: "batch-1 latency, ms",
+}
 
 
 def version_description(run, sweep: str | None) -> str:
@@ -628,11 +646,19 @@ def version_description(run, sweep: str | None) -> str:
     sweep, or the run) and its figures on the validation photos."""
     tags, metrics = run.data.tags, run.data.metrics
     rows = [
-        (label, shown.format(metrics[key])) for key, label, shown in DESCRIBED if key in metrics
+        (f"`{key}`", label, report.figure(key, metrics[key]))
+        for key, label in DESCRIBED.items()
+        if key in metrics
     ]
     if vocab.CLASSES in run.data.params:
-        rows.append(("classes", run.data.params[vocab.CLASSES]))
-    table = "\n".join(["| figure | value |", "|---|---:|", *(f"| {a} | {b} |" for a, b in rows)])
+        rows.append((f"`{vocab.CLASSES}`", "classes", run.data.params[vocab.CLASSES]))
+    table = "\n".join(
+        [
+            "| figure | what | value |",
+            "|---|---|---:|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        ]
+    )
     return f"{_origin(tags, run.data.params, sweep)}, run `{run.info.run_id}`.\n\n{table}\n"
 
 
@@ -676,9 +702,8 @@ def list_versions() -> list[dict]:
                     "name": printable(model.name),
                     "version": v.version,
                     "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
-                    "val_miou": _float(v.tags.get(vocab.BEST_VAL_MIOU)),
-                    "val_accuracy": _float(v.tags.get(vocab.VAL_ACCURACY)),
-                    "latency_ms_b1": _float(v.tags.get(vocab.LATENCY_MS_B1)),
+                    # the figures under the runs' metric names, as the versions' tags hold them
+                    **{name: _float(v.tags.get(name)) for name in LISTED_FIGURES},
                     "source_run": v.run_id or v.tags.get(vocab.SOURCE_RUN, "-"),
                 }
             )

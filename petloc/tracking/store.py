@@ -70,6 +70,8 @@ def configure(uri: str | None = None, label: str | None = None) -> str:
 
 _OPENED: set[str] = set()  # stores this process has created or checked already
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # with or without a driver: postgresql+psycopg
+# Drivers petloc offers as an extra (pyproject's optional dependencies), by the module SQLAlchemy imports.
+DRIVER_EXTRAS = {"psycopg": "pip install 'petloc[postgres]'"}
 
 
 def check_store(uri: str, label: str) -> None:
@@ -114,8 +116,9 @@ def _check_database(uri: str, label: str) -> None:
             "postgresql://USER@HOST:5432/DB"
         ) from None
     except ImportError as err:
+        hint = DRIVER_EXTRAS.get(err.name or "", "pip install it")
         raise PetlocError(
-            f"{label} {shown}: its database driver is not installed ({err.name}): pip install it"
+            f"{label} {shown}: its database driver is not installed ({err.name}): {hint}"
         ) from None
     try:
         with engine.connect():

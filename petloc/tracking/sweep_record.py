@@ -32,13 +32,8 @@ LEADERBOARD_COLUMNS = [
     ("aug_strength", "params.aug_strength"),
     ("head_units", "params.head_units"),
     ("learning_rate", "params.learning_rate"),
-    ("val_miou", f"metrics.{vocab.BEST_VAL_MIOU}"),
-    ("iou50", f"metrics.{vocab.VAL_IOU50}"),
-    ("accuracy", f"metrics.{vocab.VAL_ACCURACY}"),
-    *((name, f"metrics.{metric}") for name, metric in vocab.CLASS_FIGURES.items()),
-    ("latency_ms_b1", f"metrics.{vocab.LATENCY_MS_B1}"),
-    ("params", f"metrics.{vocab.PARAMS_COUNT}"),
-    ("train_s", f"metrics.{vocab.TRAIN_SECONDS}"),
+    # the figures under the runs' own metric names
+    *((metric, f"metrics.{metric}") for metric in vocab.LEADERBOARD_METRICS),
 ]
 
 # What a sweep may change when it resumes (outside its fingerprint): tags, set again at each
@@ -345,19 +340,8 @@ class SweepRecord:
         if rows:
             best = rows[0]
             self._set_tags({vocab.BEST_TRIAL_ID: best["trial"], vocab.BEST_RUN_ID: best["run_id"]})
-            metrics.update(
-                {
-                    f"best_{k}": float(best[k])
-                    for k in (
-                        "val_miou",
-                        "accuracy",
-                        "iou50",
-                        "latency_ms_b1",
-                        *vocab.CLASS_FIGURES,
-                    )
-                    if best.get(k, "") != ""
-                }
-            )
+            # under the trials' own names: one column of the runs table for parent and trials
+            metrics.update({k: float(best[k]) for k in vocab.BEST_FIGURES if best.get(k, "") != ""})
         mlflow.log_metrics(metrics, run_id=self.parent_run_id)
 
     def log_pareto(self, rows: list[dict]) -> None:
@@ -366,8 +350,8 @@ class SweepRecord:
         points = [
             {
                 "trial": r["trial"],
-                "val_miou": r["val_miou"],
-                "latency_ms_b1": r["latency_ms_b1"],
+                vocab.BEST_VAL_MIOU: r[vocab.BEST_VAL_MIOU],
+                vocab.LATENCY_MS_B1: r[vocab.LATENCY_MS_B1],
                 "pareto": "yes" if r["run_id"] in on_front else "no",
                 "run_id": r["run_id"],
             }
@@ -376,12 +360,22 @@ class SweepRecord:
         with log.scratch_dir() as tmp:
             csv_path = Path(tmp) / "pareto.csv"
             csv_path.write_text(
-                report.csv_text(points, ["trial", "val_miou", "latency_ms_b1", "pareto", "run_id"])
+                report.csv_text(
+                    points, ["trial", vocab.BEST_VAL_MIOU, vocab.LATENCY_MS_B1, "pareto", "run_id"]
+                )
             )
             self.client.log_artifact(self.parent_run_id, str(csv_path))
             if points:
                 self.client.log_artifact(
-                    self.parent_run_id, str(plot_pareto(points, Path(tmp) / "pareto.png"))
+                    self.parent_run_id,
+                    str(
+                        plot_pareto(
+                            points,
+                            Path(tmp) / "pareto.png",
+                            miou=vocab.BEST_VAL_MIOU,
+                            latency=vocab.LATENCY_MS_B1,
+                        )
+                    ),
                 )
 
 
@@ -428,13 +422,13 @@ def _number_or_text(value):
 def _without_absent_class_figures(rows: list[dict]) -> list[dict]:
     """The rows without the class figures no run has (top-5 of a 2-class sweep, species of
     classes without species)."""
-    absent = [name for name in vocab.CLASS_FIGURES if all(row[name] == "" for row in rows)]
+    absent = [name for name in vocab.CLASS_FIGURES.values() if all(row[name] == "" for row in rows)]
     return [{k: v for k, v in row.items() if k not in absent} for row in rows]
 
 
 def leaderboard_columns(rows: list[dict]) -> list[str]:
     """The leaderboard's columns: what each row holds, run_id last."""
-    empty = [c for c, _ in LEADERBOARD_COLUMNS if c not in vocab.CLASS_FIGURES]
+    empty = [c for c, _ in LEADERBOARD_COLUMNS if c not in vocab.CLASS_FIGURES.values()]
     return [c for c in (rows[0] if rows else empty) if c != "run_id"] + ["run_id"]
 
 
@@ -442,12 +436,12 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     """The trials no other trial beats on both val mIoU (higher) and batch-1 latency (lower),
     fastest first."""
     timed = sorted(
-        (r for r in rows if isinstance(r.get("latency_ms_b1"), (int, float))),
-        key=lambda r: (r["latency_ms_b1"], -r["val_miou"]),
+        (r for r in rows if isinstance(r.get(vocab.LATENCY_MS_B1), (int, float))),
+        key=lambda r: (r[vocab.LATENCY_MS_B1], -r[vocab.BEST_VAL_MIOU]),
     )
     front, best = [], float("-inf")
     for row in timed:
-        if row["val_miou"] > best:
+        if row[vocab.BEST_VAL_MIOU] > best:
             front.append(row)
-            best = row["val_miou"]
+            best = row[vocab.BEST_VAL_MIOU]
     return front

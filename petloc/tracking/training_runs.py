@@ -14,7 +14,7 @@ from typing import Any
 
 import mlflow
 
-from petloc import hyperparams
+from petloc import hyperparams, quantities
 from petloc.config import Experiment
 from petloc.errors import PetlocError
 from petloc.model import REGISTERED, TTA, Pretrained
@@ -193,8 +193,8 @@ def train_tracked(
     if values.get("tta", "none") != "none":
         plain, _ = quality(model, data.val)
         lever = {
-            "val_miou_without_tta": plain["miou"],
-            "val_accuracy_without_tta": plain["accuracy"],
+            vocab.VAL_MIOU_WITHOUT_TTA: plain[quantities.MIOU],
+            vocab.VAL_ACCURACY_WITHOUT_TTA: plain[quantities.ACCURACY],
         }
     model = TTA[values.get("tta", "none")](model)  # what is measured and logged is what users get
     # none when resumed with none left
@@ -207,7 +207,7 @@ def train_tracked(
         curves,
         {
             **lever,
-            "train_seconds": train_seconds,
+            vocab.TRAIN_SECONDS: train_seconds,
             vocab.EPOCHS_TRAINED: float(len(curves.get("loss", []))),
             **timed,
         },
@@ -232,18 +232,16 @@ def score_and_log(
     # also the batch-32 latency's calls.
     forward = TimedForward(forward_pass(model))
     figures, pred = quality(model, data.val, forward)
-    summary = {
-        vocab.BEST_VAL_MIOU: figures["miou"],
-        vocab.VAL_ACCURACY: figures["accuracy"],
-        vocab.VAL_IOU50: figures["iou50"],
-        **{
-            vocab.CLASS_FIGURES[name]: figures[name]
-            for name in vocab.CLASS_FIGURES
-            if name in figures
-        },
+    measured = {
+        **figures,
         **latencies(model, int(model.input_shape[1]), forward),
-        "params_count": float(model.count_params()),
-        "skipped_images": float(len(data.whole.skipped)),
+        quantities.PARAMS_COUNT: float(model.count_params()),
+    }
+    summary = {
+        **{
+            metric: measured[name] for name, metric in vocab.RUN_METRICS.items() if name in measured
+        },
+        vocab.SKIPPED_IMAGES: float(len(data.whole.skipped)),  # the tag's count, as a metric
         **extra,
     }
     mlflow.log_metrics(summary, run_id=run_id)
@@ -307,7 +305,7 @@ def pretrain_tracked(exp: Experiment, data: PreparedData, run_id: str) -> dict[s
     summary = {
         **classifier_figures(model, data.val),
         "train_images": float(len(data.train) * (2 if cfg.head_crops else 1)),
-        "train_seconds": time.perf_counter() - start,
+        vocab.TRAIN_SECONDS: time.perf_counter() - start,
         vocab.EPOCHS_TRAINED: float(len(history.history.get("loss", []))),
     }
     mlflow.log_metrics(summary, run_id=run_id)

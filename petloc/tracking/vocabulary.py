@@ -6,11 +6,25 @@ the readers below (`kind_of`, `is_ensemble`) also read the spellings those
 wrote (`petloc_kind`, an ensemble's `backbone` param "ensemble"); the old `petloc_version`
 tag is only information, and nothing reads it.
 Free of MLflow, so that `petloc --help` and the search's light modules may import it.
+
+Metric names: one name per quantity (petloc.quantities: miou, accuracy, latency_ms_b1, ...).
+- A run's summary metric is `val_` + the quantity when the run measures it on its validation
+  photos (`val_accuracy`, `val_iou50`, `val_top5_accuracy`), as Keras's `fit` names them;
+  mIoU is the exception the design contract fixes, `best_val_miou` (the kept epoch's
+  weights). What a run measures on no photos keeps the quantity's name (`latency_ms_b1`,
+  `params_count`, `train_seconds`). RUN_METRICS maps each quantity to its run metric.
+- The leaderboard's columns, the sweep's parent run (the best trial's figures), `petloc
+  models` and registered versions' tags use the run metric names: one quantity, one column.
+- `petloc evaluate` measures on the photos it is given and reports the bare quantity names
+  (`miou`, `accuracy`), as Keras's `model.evaluate` does against `fit`'s `val_` names.
+- Per-epoch curves are `train/<name>` and `val/<name>` (EPOCH_METRICS), step = the epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from petloc import quantities
 
 # ---- petloc's own tags --------------------------------------------------------------------
 KIND = "petloc.kind"  # what a run is: one of the kinds below; plain training runs and trials carry none
@@ -69,29 +83,60 @@ BACKBONE, IMAGE_SIZE, EPOCHS, PRECISION = "backbone", "image_size", "epochs", "p
 WIDTH, MEMBERS = "width", "members"
 CLASSES = "classes"  # how many classes the run's data (and model) has; their names: CLASSES_FILE
 
-# ---- metrics (names unchanged in this step) -----------------------------------------------
-# The latencies are measured and named by petloc.training.evaluate.latencies, below tracking.
+# ---- metrics ------------------------------------------------------------------------------
+# One name per quantity, by the rule in this module's docstring.
 BEST_VAL_MIOU, VAL_ACCURACY, VAL_IOU50 = "best_val_miou", "val_accuracy", "val_iou50"
-LATENCY_MS_B1, LATENCY_MS_B32 = "latency_ms_b1", "latency_ms_b32"
-PARAMS_COUNT, TRAIN_SECONDS, EPOCH_SECONDS, EPOCHS_TRAINED = (
-    "params_count",
-    "train_seconds",
-    "epoch_seconds",
-    "epochs_trained",
-)
-TRIALS_FINISHED, TRIALS_FAILED = "trials_finished", "trials_failed"
 VAL_TOP5_ACCURACY, VAL_MACRO_ACCURACY, VAL_SPECIES_ACCURACY = (
     "val_top5_accuracy",
     "val_macro_accuracy",
     "val_species_accuracy",
 )
-# The class figures of petloc.training.evaluate.quality, as `petloc evaluate` and the
-# leaderboard name them -> a run's metric (on the validation photos). Each only where it
-# applies: top-5 for more than 5 classes, species for classes with species.
-CLASS_FIGURES = {
-    "top5_accuracy": VAL_TOP5_ACCURACY,
-    "macro_accuracy": VAL_MACRO_ACCURACY,
-    "species_accuracy": VAL_SPECIES_ACCURACY,
+# The latencies are measured and named by petloc.training.evaluate.latencies, below tracking.
+LATENCY_MS_B1, LATENCY_MS_B32 = quantities.LATENCY_MS_B1, quantities.LATENCY_MS_B32
+PARAMS_COUNT, TRAIN_SECONDS, EPOCH_SECONDS, EPOCHS_TRAINED = (
+    quantities.PARAMS_COUNT,
+    quantities.TRAIN_SECONDS,
+    quantities.EPOCH_SECONDS,
+    quantities.EPOCHS_TRAINED,
+)
+TRIALS_FINISHED, TRIALS_FAILED = "trials_finished", "trials_failed"
+# What test-time augmentation was worth: the same weights' figures without it.
+VAL_MIOU_WITHOUT_TTA, VAL_ACCURACY_WITHOUT_TTA = "val_miou_without_tta", "val_accuracy_without_tta"
+
+# Quantity (as `petloc evaluate` and petloc.training.evaluate.quality name it) -> a run's metric.
+RUN_METRICS = {
+    quantities.MIOU: BEST_VAL_MIOU,
+    quantities.ACCURACY: VAL_ACCURACY,
+    quantities.IOU50: VAL_IOU50,
+    quantities.TOP5_ACCURACY: VAL_TOP5_ACCURACY,
+    quantities.MACRO_ACCURACY: VAL_MACRO_ACCURACY,
+    quantities.SPECIES_ACCURACY: VAL_SPECIES_ACCURACY,
+    quantities.LATENCY_MS_B1: LATENCY_MS_B1,
+    quantities.LATENCY_MS_B32: LATENCY_MS_B32,
+    quantities.PARAMS_COUNT: PARAMS_COUNT,
+}
+# The class figures, each only where it applies (top-5 for more than 5 classes, species for
+# classes with species): quantity -> run metric.
+CLASS_FIGURES = {name: RUN_METRICS[name] for name in quantities.CLASS_FIGURES}
+# The leaderboard's figures, its columns under these same names, best val mIoU first.
+LEADERBOARD_METRICS = (
+    BEST_VAL_MIOU,
+    VAL_IOU50,
+    VAL_ACCURACY,
+    *CLASS_FIGURES.values(),
+    LATENCY_MS_B1,
+    PARAMS_COUNT,
+    TRAIN_SECONDS,
+)
+# The best trial's figures, on the sweep's parent run under the same names.
+BEST_FIGURES = (BEST_VAL_MIOU, VAL_ACCURACY, VAL_IOU50, *CLASS_FIGURES.values(), LATENCY_MS_B1)
+# What older petloc versions logged on a sweep's parent for them: never written now, and
+# nothing reads them (the leaderboard is rebuilt from the trial runs, whose names are unchanged).
+OLD_BEST_FIGURES = {
+    "best_accuracy": VAL_ACCURACY,
+    "best_iou50": VAL_IOU50,
+    "best_latency_ms_b1": LATENCY_MS_B1,
+    **{f"best_{name}": metric for name, metric in CLASS_FIGURES.items()},
 }
 EPOCH_METRICS = {  # Keras log name -> MLflow metric name, step = epoch
     "loss": "train/loss",

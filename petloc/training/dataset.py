@@ -15,7 +15,7 @@ from petloc.data.pipeline import ImageSet, load_arrays, split_train_val
 from petloc.data.synth import generate, is_generated
 from petloc.files import waiting_lock
 from petloc.training.evaluate import per_image_iou
-from petloc.training.gallery import draw_prediction, gallery
+from petloc.training.gallery import Answers, figure_rgb, gallery_figure, pick_for_gallery
 
 SYNTHETIC_DIR = Path("data/synthetic")
 
@@ -72,22 +72,19 @@ def prepare_data(cfg: DataConfig, image_size: int | None = None, say=print) -> P
     )
 
 
-def gallery_image(arrays: ImageSet, pred, count: int) -> np.ndarray:
-    """`count` validation images spread over the set (files are sorted by class), with the
-    true box in green and the predicted one in magenta."""
+def gallery_image(arrays: ImageSet, pred, count: int, seed: int = 0) -> np.ndarray:
+    """`count` validation photos, half of them the worst answers and the others spread over the
+    classes (`pick_for_gallery`), each with its true and predicted box under a legend."""
     ious = per_image_iou(arrays, pred)
-    picks = np.unique(np.linspace(0, len(arrays) - 1, min(count, len(arrays))).round().astype(int))
-    tiles = [
-        draw_prediction(
-            arrays.images[i],
-            arrays.boxes[i],
-            pred.boxes[i],
-            int(arrays.labels[i]),
-            int(pred.labels[i]),
-            float(pred.scores[i]),
-            float(ious[i]),
-            arrays.classes.names,
-        )
-        for i in picks
-    ]
-    return gallery(tiles)
+    pick = pick_for_gallery(arrays.labels, pred.labels, ious, count, seed)
+    answers = Answers(
+        arrays.images,
+        arrays.boxes,
+        pred.boxes,
+        arrays.labels,
+        pred.labels,
+        pred.scores,
+        ious,
+        arrays.classes.names,
+    )
+    return figure_rgb(gallery_figure(answers, pick))

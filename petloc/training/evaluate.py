@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from petloc import quantities
 from petloc.data.classes import Classes
 from petloc.data.pipeline import ImageSet, load_arrays, split_train_val
 from petloc.model.class_head import model_classes
@@ -147,8 +148,10 @@ def latency_ms(
 def latencies(model: keras.Model, image_size: int, forward=None) -> dict[str, float]:
     forward = TimedForward.of(model, forward)
     return {
-        "latency_ms_b1": latency_ms(model, image_size, 1, repeats=20, forward=forward),
-        "latency_ms_b32": latency_ms(model, image_size, LATENCY_BATCH, repeats=5, forward=forward),
+        quantities.LATENCY_MS_B1: latency_ms(model, image_size, 1, repeats=20, forward=forward),
+        quantities.LATENCY_MS_B32: latency_ms(
+            model, image_size, LATENCY_BATCH, repeats=5, forward=forward
+        ),
     }
 
 
@@ -174,7 +177,7 @@ def evaluate_dataset(
     seed: int = 0,
 ) -> tuple[dict, list]:
     """Figures and latency of `model` on the dataset at `data` (or one side of the split a run
-    made of it), and the files skipped."""
+    made of it), under the quantities' bare names (petloc.quantities), and the files skipped."""
     size, classes = int(model.input_shape[1]), model_classes(model)
     # Every photo that decodes is scored; only re-making a run's split needs the photos its
     # training kept (training skips the JPEGs the decoder had to repair).
@@ -195,4 +198,5 @@ def evaluate_dataset(
         "skipped": len(skipped),
         **figures,
         **latencies(model, size, forward),
+        quantities.PARAMS_COUNT: model.count_params(),
     }, skipped

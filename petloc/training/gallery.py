@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -14,43 +16,185 @@ from petloc.errors import PetlocError
 
 TRUE_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (255, 0, 255)
-RIGHT, WRONG = (0, 170, 0), (220, 0, 0)
-TILE = 192
-TILE_LABEL_CHARS = 16  # a longer class name is cut so that its score still fits on a tile
+RIGHT, WRONG = (0, 150, 0), (220, 0, 0)
+WORST_COLOUR = (255, 140, 0)
+TILE_INCHES = 2.4  # a tile's width; 192 px at the gallery's 80 dpi
+TITLE_INCHES = 0.62  # three lines of title above each photo
+HEADER_INCHES = 0.95  # the legend and the line that explains the sample
+LABEL_CHARS = (
+    26  # the longest breed name; a longer class name is cut so that the title fits its tile
+)
 
 
-def draw_prediction(
-    image: np.ndarray,
-    true_box,
-    pred_box,
-    true_label: int,
-    pred_label: int,
-    score: float,
-    iou: float,
-    names: Sequence[str],
-) -> np.ndarray:
-    """One tile: true box green, predicted box magenta, label (of the class `names`) green
-    when right and red when wrong (bottom left), IoU in the top-right corner. Boxes are normalised."""
-    tile = cv2.resize(
-        np.ascontiguousarray(image, dtype=np.uint8), (TILE, TILE), interpolation=cv2.INTER_LINEAR
+@dataclass(frozen=True)
+class GalleryPick:
+    """Which validation photos a gallery shows: `worst` (wrong class first, then lowest IoU)
+    and `spread` (over the true classes, the least shown class first)."""
+
+    worst: list[int]
+    spread: list[int]
+
+    @property
+    def indices(self) -> list[int]:
+        return self.worst + self.spread
+
+
+def pick_for_gallery(
+    true_labels: np.ndarray,
+    pred_labels: np.ndarray,
+    ious: np.ndarray,
+    count: int,
+    seed: int = 0,
+) -> GalleryPick:
+    """`count` photos to show: half of them the worst answers, the others spread over the true
+    classes so that every class shows up (37 breeds: as many as fit). The first photos of a
+    set sorted by class are all one class, and a model's errors hide among its answers, so
+    neither is left to the order of the files. Seeded: the same answers pick the same photos."""
+    true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
+    n = len(true_labels)
+    count = min(max(count, 0), n)
+    rank = np.random.default_rng(seed).permutation(n)  # ties broken the same way every time
+    right = (pred_labels == true_labels).astype(int)
+    # np.lexsort sorts by its last key first: wrong class, then IoU, then the seeded rank
+    worst = [int(i) for i in np.lexsort((rank, np.asarray(ious, float), right))[: count // 2]]
+    return GalleryPick(worst, _spread(true_labels, set(worst), count - len(worst), rank))
+
+
+def _spread(labels: np.ndarray, taken: set[int], count: int, rank: np.ndarray) -> list[int]:
+    """`count` photos not in `taken`, one class at a time: each time the class shown least so
+    far (counting `taken`), its photos in the seeded order."""
+    pools = {
+        int(c): sorted(
+            (i for i in np.flatnonzero(labels == c) if i not in taken), key=rank.__getitem__
+        )
+        for c in np.unique(labels)
+    }
+    shown = {c: sum(1 for i in taken if labels[i] == c) for c in pools}
+    order = sorted(pools, key=lambda c: rank[pools[c][0]] if pools[c] else 0)  # seeded, not by name
+    chosen: list[int] = []
+    while len(chosen) < count:
+        c = min((c for c in order if pools[c]), key=lambda c: shown[c])
+        chosen.append(int(pools[c].pop(0)))
+        shown[c] += 1
+    return sorted(chosen, key=lambda i: (labels[i], i))  # a class's photos side by side
+
+
+@dataclass(frozen=True)
+class Answers:
+    """A model's answers on photos next to the truth (boxes normalised [x1, y1, x2, y2])."""
+
+    images: np.ndarray
+    true_boxes: np.ndarray
+    pred_boxes: np.ndarray
+    true_labels: np.ndarray
+    pred_labels: np.ndarray
+    scores: np.ndarray  # the predicted class's probability
+    ious: np.ndarray
+    names: Sequence[str]
+
+
+def gallery_figure(answers: Answers, pick: GalleryPick):
+    """The picked photos as titled tiles (true class, predicted class and its score, IoU) with
+    both boxes drawn, under a legend of the boxes, the title colours and the worst's frame.
+    A matplotlib Figure on its own canvas (no pyplot: nothing global to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    indices = pick.indices
+    columns = max(1, min(len(indices), max(4, math.ceil(math.sqrt(len(indices))))))
+    rows = -(-len(indices) // columns)
+    tile_h = TILE_INCHES + TITLE_INCHES
+    width, height = max(columns, 4) * TILE_INCHES, HEADER_INCHES + rows * tile_h
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    for n, i in enumerate(indices):
+        r, c = divmod(n, columns)
+        bottom = height - HEADER_INCHES - (r + 1) * tile_h + 0.05
+        ax = fig.add_axes(
+            (
+                (c * TILE_INCHES + 0.08) / width,
+                bottom / height,
+                (TILE_INCHES - 0.16) / width,
+                (TILE_INCHES - 0.1) / height,
+            )
+        )
+        _tile(ax, answers, i, worst=n < len(pick.worst))
+    fig.legend(handles=_legend_handles(), loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.text(
+        0.5,
+        1 - 0.5 / height,  # under the legend's two rows
+        f"{len(pick.worst)} worst answers (wrong class first, then lowest IoU), then "
+        f"{len(pick.spread)} photos spread over the classes\n"
+        "score: the predicted class's probability; IoU: overlap of the two boxes (1 = exact)",
+        ha="center",
+        va="top",
+        fontsize=8,
     )
-    for box, colour, thickness in ((true_box, TRUE_COLOUR, 2), (pred_box, PRED_COLOUR, 2)):
-        x1, y1, x2, y2 = (round(float(v) * TILE) for v in box)
-        cv2.rectangle(tile, (x1, y1), (x2, y2), colour, thickness)
-    _label(
-        tile,
-        f"{_short(names[pred_label])} {score:.2f}",
-        (4, TILE - 6),
-        RIGHT if pred_label == true_label else WRONG,
+    return fig
+
+
+def _tile(ax, answers: Answers, i: int, worst: bool) -> None:
+    from matplotlib.patches import Rectangle
+
+    image = answers.images[i]
+    side_y, side_x = image.shape[:2]
+    ax.imshow(image)
+    for box, colour in ((answers.true_boxes[i], TRUE_COLOUR), (answers.pred_boxes[i], PRED_COLOUR)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        ax.add_patch(
+            Rectangle(
+                (x1 * side_x - 0.5, y1 * side_y - 0.5),
+                (x2 - x1) * side_x,
+                (y2 - y1) * side_y,
+                fill=False,
+                edgecolor=_rgb(colour),
+                linewidth=2,
+            )
+        )
+    true, pred = int(answers.true_labels[i]), int(answers.pred_labels[i])
+    ax.set_title(
+        f"true {_short(answers.names[true])}\n"
+        f"pred {_short(answers.names[pred])}\n"
+        f"score {float(answers.scores[i]):.2f}   IoU {float(answers.ious[i]):.2f}",
+        fontsize=8,
+        color=_rgb(RIGHT if pred == true else WRONG),
+        linespacing=1.1,
     )
-    text = f"IoU {iou:.2f}"
-    (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-    _label(tile, text, (TILE - w - 6, 16), (40, 40, 40))
-    return tile
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set(
+            edgecolor=_rgb(WORST_COLOUR) if worst else "lightgray", linewidth=3 if worst else 1
+        )
+
+
+def _legend_handles() -> list:
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(fill=False, edgecolor=_rgb(TRUE_COLOUR), linewidth=2, label="true box"),
+        Patch(fill=False, edgecolor=_rgb(PRED_COLOUR), linewidth=2, label="predicted box"),
+        Patch(fill=False, edgecolor=_rgb(WORST_COLOUR), linewidth=3, label="frame: a worst answer"),
+        Patch(color=_rgb(RIGHT), label="green title: right class"),
+        Patch(color=_rgb(WRONG), label="red title: wrong class"),
+    ]
+
+
+def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
+    """An RGB colour of 0-255 as matplotlib takes it."""
+    red, green, blue = colour
+    return red / 255, green / 255, blue / 255
+
+
+def figure_rgb(fig) -> np.ndarray:
+    """A figure drawn at the gallery's 80 dpi, as an RGB image."""
+    fig.set_dpi(80)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= TILE_LABEL_CHARS else name[: TILE_LABEL_CHARS - 1] + "~"
+    return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "~"
 
 
 def _label(tile: np.ndarray, text: str, origin: tuple[int, int], colour) -> None:
@@ -58,20 +202,6 @@ def _label(tile: np.ndarray, text: str, origin: tuple[int, int], colour) -> None
     x, y = origin
     cv2.rectangle(tile, (x - 2, y - h - 3), (x + w + 2, y + base), (255, 255, 255), -1)
     cv2.putText(tile, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
-
-
-def gallery(tiles: list[np.ndarray], columns: int = 4) -> np.ndarray:
-    """Tiles in a grid with a 4 px white gutter, as one RGB image."""
-    rows = -(-len(tiles) // columns)
-    gap = 4
-    sheet = np.full((rows * (TILE + gap) + gap, columns * (TILE + gap) + gap, 3), 255, np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, columns)
-        sheet[
-            gap + r * (TILE + gap) : gap + r * (TILE + gap) + TILE,
-            gap + c * (TILE + gap) : gap + c * (TILE + gap) + TILE,
-        ] = tile
-    return sheet
 
 
 def save_rgb(image: np.ndarray, path: Path) -> Path:
@@ -175,9 +305,10 @@ def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     return photo
 
 
-def plot_pareto(points: list[dict], path: Path) -> Path:
+def plot_pareto(points: list[dict], path: Path, miou: str, latency: str) -> Path:
     """Val mIoU against batch-1 latency, a dot per trial, the Pareto front joined (points
-    carry `trial`, `val_miou`, `latency_ms_b1` and `pareto` "yes"/"no")."""
+    carry `trial`, their val mIoU under key `miou`, their latency under `latency`, and
+    `pareto` "yes"/"no")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,15 +316,15 @@ def plot_pareto(points: list[dict], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(
-        [p["latency_ms_b1"] for p in points],
-        [p["val_miou"] for p in points],
+        [p[latency] for p in points],
+        [p[miou] for p in points],
         color="tab:gray",
         label="trial",
     )
-    front = sorted((p for p in points if p["pareto"] == "yes"), key=lambda p: p["latency_ms_b1"])
+    front = sorted((p for p in points if p["pareto"] == "yes"), key=lambda p: p[latency])
     ax.plot(
-        [p["latency_ms_b1"] for p in front],
-        [p["val_miou"] for p in front],
+        [p[latency] for p in front],
+        [p[miou] for p in front],
         "o-",
         color="tab:red",
         label="Pareto front",
@@ -201,7 +332,7 @@ def plot_pareto(points: list[dict], path: Path) -> Path:
     for p in points:
         ax.annotate(
             str(p["trial"]),
-            (p["latency_ms_b1"], p["val_miou"]),
+            (p[latency], p[miou]),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=8,

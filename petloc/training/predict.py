@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import cv2
 import keras
 import numpy as np
-import tensorflow as tf
 
 import petloc.model  # registers petloc's custom layers and losses for loading
+from petloc.data.classes import Classes
 from petloc.data.images import BadImage, read_image
 from petloc.errors import PetlocError
 from petloc.files import check_regular
@@ -42,14 +43,18 @@ class Prediction:
         return {**answer, "warning": "; ".join(warnings)} if warnings else answer
 
 
-class Predictor:
-    """A trained localiser that takes RGB images of any size."""
+# A float32 batch of square RGB pixels (0-255) -> {"cls": scores, "box": normalised corners}
+Forward = Callable[[np.ndarray], Mapping[str, Any]]
 
-    def __init__(self, model: keras.Model):
-        self.model = model
-        self.image_size = int(model.input_shape[1])
-        self.classes = petloc.model.model_classes(model)
-        self._forward = forward_pass(model)
+
+class ForwardPredictor:
+    """Labels, scores and pixel boxes for RGB images of any size, from any forward pass of a
+    localiser: the Keras model's (`Predictor`) or an exported one's (petloc/training/export.py)."""
+
+    def __init__(self, forward: Forward, image_size: int, classes: Classes):
+        self.image_size = image_size
+        self.classes = classes
+        self._forward = forward
 
     def predict(
         self,
@@ -76,8 +81,8 @@ class Predictor:
 
     def predict_resized(self, batch: np.ndarray, sizes: list[tuple[int, int]]) -> list[Prediction]:
         """Images already at the model's input size, answered in pixels of `sizes` (width, height)."""
-        out = self._forward(tf.convert_to_tensor(batch, tf.float32))
-        probs, boxes = out["cls"].numpy(), out["box"].numpy()
+        out = self._forward(np.asarray(batch, np.float32))
+        probs, boxes = np.asarray(out["cls"]), np.asarray(out["box"])
         results = []
         for (w, h), p, b in zip(sizes, probs, boxes, strict=True):
             x1, x2 = sorted((float(b[0]) * w, float(b[2]) * w))
@@ -85,6 +90,16 @@ class Predictor:
             label = int(p.argmax())
             results.append(Prediction(self.classes.names[label], float(p[label]), (x1, y1, x2, y2)))
         return results
+
+
+class Predictor(ForwardPredictor):
+    """A trained Keras localiser that takes RGB images of any size."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        super().__init__(
+            forward_pass(model), int(model.input_shape[1]), petloc.model.model_classes(model)
+        )
 
 
 def load_keras_file(path: str | Path) -> keras.Model:
@@ -152,7 +167,7 @@ def localiser_problem(model) -> str | None:
 
 
 def predict_files(
-    predictor: Predictor, paths: Iterable[str], out: Path | None = None, batch_size: int = 32
+    predictor: ForwardPredictor, paths: Iterable[str], out: Path | None = None, batch_size: int = 32
 ) -> Iterator[dict]:
     """One row per image file, in order: its answer (with a `warning` when the decoder had to
     repair it), or `error`; with `out`, an annotated copy beside the others, never over a file.
@@ -181,7 +196,7 @@ class _Read:
     photo: np.ndarray | None = None  # kept only to draw an annotated copy
 
 
-def _read(predictor: Predictor, path: str, keep_photo: bool) -> _Read:
+def _read(predictor: ForwardPredictor, path: str, keep_photo: bool) -> _Read:
     try:
         image = read_image(path)
     except BadImage as err:
@@ -196,7 +211,7 @@ def _read(predictor: Predictor, path: str, keep_photo: bool) -> _Read:
 
 
 def _answer_chunk(
-    predictor: Predictor, paths: list[str], reads: Iterable[_Read], out: Path | None
+    predictor: ForwardPredictor, paths: list[str], reads: Iterable[_Read], out: Path | None
 ) -> Iterator[dict]:
     reads = list(reads)
     good = [(r.resized, r.size) for r in reads if r.resized is not None]  # the reads without error

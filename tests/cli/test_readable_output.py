@@ -46,18 +46,20 @@ ROWS = [
     {
         "trial": 0,
         "backbone": "simple",
-        "val_miou": 0.0018852184173460574,
-        "params": 8.379e05,
+        "learning_rate": 0.0018852184173460574,
+        "best_val_miou": 0.7346,
+        "params_count": 8.379e05,
         "latency_ms_b1": 6.612,
-        "train_s": 12.34,
+        "train_seconds": 12.34,
     },
     {
         "trial": 10,
         "backbone": "mobilenetv2",
-        "val_miou": 0.41,
-        "params": 1234567.0,
+        "learning_rate": 0.41,
+        "best_val_miou": 0.41,
+        "params_count": 1234567.0,
         "latency_ms_b1": 16.6,
-        "train_s": 123.4,
+        "train_seconds": 123.4,
     },
 ]
 
@@ -67,6 +69,7 @@ def test_table_rounds_and_right_aligns_numbers():
     assert "0.0018852184173460574" not in text and "e+" not in text
     assert "837900" in text and "1234567" in text
     assert "0.0019" in text and "0.4100" in text  # one column, one count of decimals
+    assert "0.735" in text and "0.410" in text  # a quantity's column: its own decimals
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1  # the last column is numbers, right-aligned
     assert numeric_cells_line_up(lines[1:])
@@ -78,8 +81,25 @@ def test_table_rounds_and_right_aligns_numbers():
 
 def test_markdown_table_marks_number_columns_right_aligned():
     _header, rule, *body = report.table(ROWS, markdown=True, same_decimals=True).splitlines()
-    assert rule == "|---:|---|---:|---:|---:|---:|"
-    assert body[0] == "| 0 | simple | 0.0019 | 837900 | 6.61 | 12.3 |"
+    assert rule == "|---:|---|---:|---:|---:|---:|---:|"
+    assert body[0] == "| 0 | simple | 0.0019 | 0.735 | 837900 | 6.61 | 12 |"
+
+
+@pytest.mark.parametrize("same_decimals", [False, True])
+def test_a_quantity_is_rounded_one_way_in_every_row_and_every_table(same_decimals):
+    """`petloc models` showed latency 4.47 in one row and 3.544 in the next."""
+    rows = [
+        {"best_val_miou": 0.5, "latency_ms_b1": 4.47, "val_accuracy": 1.0, "miou": 0.1234},
+        {"best_val_miou": 0.61234, "latency_ms_b1": 3.5441, "val_accuracy": 0.875, "miou": 0.5},
+    ]
+    lines = report.table(rows, same_decimals=same_decimals).splitlines()
+    assert [line.split() for line in lines[1:]] == [
+        ["0.500", "4.47", "1.000", "0.123"],
+        ["0.612", "3.54", "0.875", "0.500"],
+    ]
+    assert report.figure("val_top5_accuracy", 0.9) == "0.900"
+    assert report.figure("train_seconds", 12.6) == "13"
+    assert report.figure("learning_rate", 0.00123456) == "0.001235"  # not a quantity
 
 
 def test_each_cell_keeps_four_significant_digits_in_tables_of_mixed_quantities():
@@ -216,9 +236,16 @@ def test_config_prints_the_experiment_that_would_run():
     assert yaml.safe_load(commented) == exp.fixed_hyperparameters()
 
 
+def test_a_mistyped_choice_on_the_command_line_gets_a_suggestion():
+    result = CliRunner().invoke(cli, ["evaluate", "m", "d", "--subset", "vall"])
+    assert result.exit_code == 2
+    assert "'vall' is not one of 'all', 'train', 'val'; did you mean val?" in result.output
+
+
 def test_config_errors_are_one_line(tmp_path):
     with pytest.raises(
-        PetlocError, match=r"quick.yaml: tuner.maxtrials: Extra inputs are not permitted$"
+        PetlocError,
+        match=r"quick.yaml: tuner.maxtrials: not a key; did you mean tuner.max_trials\?$",
     ):
         invoke("config", ROOT / "experiments" / "quick.yaml", "tuner.maxtrials=3")
     with pytest.raises(PetlocError, match="no such experiment file"):
@@ -275,7 +302,7 @@ def test_sweep_prints_each_trial_with_its_figures_time_and_eta(swept):
     assert re.search(r"^trial 0 \(1 of 2\): head_units=\d+$", output, re.M)
     assert re.search(r"^trial 1 \(2 of 2\): head_units=\d+$", output, re.M)
     first = re.search(
-        r"^trial 0 done in \d+ s: val mIoU (\d\.\d{3}), accuracy \d\.\d{3}, latency [\d.]+ ms  "
+        r"^trial 0 done in \d+ s: val mIoU (\d\.\d{3}), accuracy \d\.\d{3}, latency \d+\.\d{2} ms  "
         r"\[sweep: 1 of 2 trials, \d+ s elapsed, about [\w ]+ left\]$",
         output,
         re.M,
@@ -305,7 +332,7 @@ def test_sweep_leaderboard_is_rounded_and_aligned_in_terminal_and_markdown(swept
     assert numeric_cells_line_up(rows)
     for cell in re.findall(r"\d+\.(\d+)", "\n".join(rows)):
         assert len(cell) <= 6
-    # train_s right-aligned
+    # train_seconds right-aligned
     assert rows[0].rstrip().endswith(tuple("0123456789")) and len(rows[0]) == len(rows[1])
     parent_id, _ = trial_tags(client, output)
     markdown = (
@@ -315,12 +342,13 @@ def test_sweep_leaderboard_is_rounded_and_aligned_in_terminal_and_markdown(swept
     )
     columns = [c.strip() for c in markdown[0].strip("|").split("|")]
     aligns = dict(zip(columns, markdown[1].strip("|").split("|"), strict=True))
-    assert aligns["val_miou"] == aligns["train_s"] == "---:" and aligns["backbone"] == "---"
+    assert aligns["best_val_miou"] == aligns["train_seconds"] == "---:"
+    assert aligns["backbone"] == "---"
     for line in markdown[2:]:
         cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=True))
-        # Four significant digits: up to six decimals for an mIoU under 0.01 (a tiny trial's).
-        assert re.fullmatch(r"0\.\d{1,6}|0|1", cells["val_miou"]) and re.fullmatch(
-            r"\d+", cells["params"]
+        # mIoU to 3 decimals, as in every table; the parameter count whole
+        assert re.fullmatch(r"[01]\.\d{3}", cells["best_val_miou"]) and re.fullmatch(
+            r"\d+", cells["params_count"]
         )
 
 

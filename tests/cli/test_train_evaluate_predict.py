@@ -167,7 +167,7 @@ def dtype_policies(model) -> set[str]:
     [
         (["space.backbone=resnet18"], "unknown backbone 'resnet18'"),
         (["data.path=/nonexistent/photos"], "/nonexistent/photos: data folder does not exist"),
-        (["train.epoks=2"], "train.epoks: Extra inputs are not permitted"),
+        (["train.epoks=2"], "train.epoks: not a key; did you mean train.epochs?"),
     ],
 )
 def test_bad_configuration_is_a_one_line_error(tmp_path, args, message):
@@ -186,6 +186,6 @@ def test_bad_configuration_from_the_shell_is_exit_2_without_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("petloc: error: ")
     assert (
-        "train.epoks: Extra inputs are not permitted" in proc.stderr
+        "train.epoks: not a key; did you mean train.epochs?" in proc.stderr
         and "Traceback" not in proc.stderr
     )

@@ -49,15 +49,33 @@ def test_choices_ranges_and_fixed_values():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("dta:\n  path: x\n", r"exp.yaml: dta: Extra inputs are not permitted"),
-        ("data:\n  image_sise: 64\n", r"data.image_sise: Extra inputs"),
+        ("dta:\n  path: x\n", r"exp.yaml: dta: not a key; did you mean data\?$"),
+        (
+            "data:\n  image_sise: 64\n",
+            r"data.image_sise: not a key; did you mean data.image_size\?$",
+        ),
         ("data:\n  image_size: big\n", r"data.image_size: .*integer"),
         ("space:\n  backbone: []\n", r"space: .*backbone: empty list of choices"),
         (
             "space:\n  learning_rate: {min: 0.1, max: 0.01}\n",
             r"space.learning_rate.*min 0.1 is greater than max 0.01",
         ),
-        ("space:\n  head_unit: 64\n", r"unknown hyperparameter 'head_unit'"),
+        # a typo gets a suggestion, in every section and in the space
+        (
+            "space:\n  head_unit: 64\n",
+            r"hyperparameter 'head_unit'; did you mean space.head_units\?$",
+        ),
+        (
+            "space:\n  backbone: mobilnet\n",
+            r"space: backbone: unknown backbone 'mobilnet'; did you mean mobilenetv2\? choose from ",
+        ),
+        ("tuner:\n  kind: bayesain\n", r"tuner.kind: Input should be .*; did you mean bayesian\?$"),
+        ("registry:\n  nmae: x\n", r"registry.nmae: not a key; did you mean registry.name\?$"),
+        (
+            "space:\n  learning_rate: {min: 0.1, max: 1, sampl: log}\n",
+            r"did you mean space.learning_rate.sampling\?",
+        ),
+        ("data:\n  colour: red\n", r"data.colour: not a key; known: path, image_size, "),
         ("space:\n  head_units: [64, wide]\n", r"head_units: 'wide' is not an integer"),
         (
             "tuner:\n  kind: annealing\n",
@@ -110,11 +128,11 @@ def test_bad_overrides(tmp_path, override, message):
     [
         (
             {"backbone": ["simple", "resnet18"]},
-            "backbone: unknown backbone 'resnet18'; choose from efficientnetb0, mobilenetv2",
+            r"backbone: unknown backbone 'resnet18'; did you mean resnet50\? choose from efficientnetb0, ",
         ),
         (
             {"box_loss": "iou"},
-            "box_loss: unknown box loss 'iou'; choose from giou, l1, l1_giou, mse, smooth_l1",
+            r"box_loss: unknown box loss 'iou'; did you mean giou\? choose from giou, l1, l1_giou, mse, ",
         ),
     ],
 )
@@ -209,3 +227,15 @@ def test_the_largest_accepted_values_still_load(tmp_path):
         ["train.epochs=100000", "train.seed=2147483647", "tracking.experiment=" + "é" * 256],
     )
     assert exp.train.epochs == 100_000 and len(exp.tracking.experiment) == 256
+
+
+def test_petlocs_own_experiments_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    """After `pip install .` the README's `experiments/quick.yaml` and a bare `quick.yaml` name
+    petloc's own example; a file of that name in the folder wins."""
+    monkeypatch.chdir(tmp_path)
+    assert load_experiment("quick.yaml").name == "quick"
+    assert load_experiment("experiments/cats_dogs.yaml").name == "cats_dogs"
+    (tmp_path / "quick.yaml").write_text("name: mine\n")
+    assert load_experiment("quick.yaml").name == "mine"
+    with pytest.raises(PetlocError, match=r"^elsewhere/quick.yaml: no such experiment file$"):
+        load_experiment("elsewhere/quick.yaml")

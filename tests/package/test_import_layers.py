@@ -13,6 +13,7 @@ LAYERS = [
     ("petloc.errors", 0),
     ("petloc.files", 0),
     ("petloc.report", 0),
+    ("petloc.quantities", 0),  # what petloc measures, by name, and how tables show it
     ("petloc.quiet", 0),
     ("petloc.processes", 0),
     ("petloc.stopping", 0),

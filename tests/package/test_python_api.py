@@ -56,7 +56,7 @@ def test_the_sweep_leaderboard_is_the_csv_as_a_dataframe(swept):
     header, *rows = leaderboard_csv(root, result.parent_run_id)
     assert list(result.leaderboard.columns) == header
     assert list(result.leaderboard["run_id"]) == [row[header.index("run_id")] for row in rows]
-    assert len(result.leaderboard) == 1 and 0 <= result.leaderboard["val_miou"][0] <= 1
+    assert len(result.leaderboard) == 1 and 0 <= result.leaderboard["best_val_miou"][0] <= 1
     assert result.failed == 0 and result.name == "tiny"
 
 
@@ -158,6 +158,7 @@ def test_a_missing_experiment_file_is_the_cli_s_one_line_error(tmp_path):
     [
         ({"subset": "test"}, "subset: 'test' is not one of all, train, val"),
         ({"tta": "mirror"}, "tta: 'mirror' is not one of none, flip"),
+        ({"subset": "vall"}, r"subset: 'vall' is not one of all, train, val; did you mean val\?"),
         ({"val_split": 1.5}, "val_split: 1.5 is not between 0 and 1"),
         ({"seed": -1}, "seed: -1 is not a whole number from 0 to 2147483647"),
     ],
@@ -197,7 +198,7 @@ def test_the_example_sweeps_shows_the_leaderboard_and_predicts(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "leaderboard" in out and "val_miou" in out and "backbone" in out
+    assert "leaderboard" in out and "best_val_miou" in out and "backbone" in out
     assert "champion: models:/petloc-quick/1" in out
     answers = [line for line in out.splitlines() if line.startswith("synth_")]
     assert len(answers) == 2 and all(" box [" in line for line in answers)

@@ -13,10 +13,10 @@ from petloc.search.sweep import champion_row, ranked_rows
 from tests.helpers import tiny_dataset, tiny_experiment
 
 ROWS = [  # as MLflow returns them, best val mIoU first
-    {"trial": "2", "val_miou": 0.5496, "latency_ms_b1": 6.2, "run_id": "slow"},
-    {"trial": "0", "val_miou": 0.5491, "latency_ms_b1": 3.1, "run_id": "fast"},
-    {"trial": "1", "val_miou": 0.5300, "latency_ms_b1": 1.0, "run_id": "fastest"},
-    {"trial": "3", "val_miou": 0.5250, "latency_ms_b1": 2.0, "run_id": "worst"},
+    {"trial": "2", "best_val_miou": 0.5496, "latency_ms_b1": 6.2, "run_id": "slow"},
+    {"trial": "0", "best_val_miou": 0.5491, "latency_ms_b1": 3.1, "run_id": "fast"},
+    {"trial": "1", "best_val_miou": 0.5300, "latency_ms_b1": 1.0, "run_id": "fastest"},
+    {"trial": "3", "best_val_miou": 0.5250, "latency_ms_b1": 2.0, "run_id": "worst"},
 ]
 
 
@@ -39,8 +39,8 @@ def test_a_bigger_difference_is_not_a_tie():
 
 def test_a_difference_of_exactly_min_improvement_is_a_tie():
     rows = [
-        {"val_miou": 0.5591, "latency_ms_b1": 6.2, "run_id": "a"},
-        {"val_miou": 0.5491, "latency_ms_b1": 3.1, "run_id": "b"},
+        {"best_val_miou": 0.5591, "latency_ms_b1": 6.2, "run_id": "a"},
+        {"best_val_miou": 0.5491, "latency_ms_b1": 3.1, "run_id": "b"},
     ]
     assert champion_row(rows, None, 0.01)["run_id"] == "b"
 
@@ -51,9 +51,9 @@ def test_under_a_latency_budget_the_tie_is_among_the_trials_that_fit():
 
 
 def test_rows_without_a_figure_come_last():
-    rows = [{"val_miou": "", "latency_ms_b1": "", "run_id": "x"}, *ROWS]
+    rows = [{"best_val_miou": "", "latency_ms_b1": "", "run_id": "x"}, *ROWS]
     assert run_ids(ranked_rows(rows, 0.01))[-1] == "x"
-    no_latency = [{"val_miou": 0.5496, "latency_ms_b1": "", "run_id": "unknown"}, ROWS[1]]
+    no_latency = [{"best_val_miou": 0.5496, "latency_ms_b1": "", "run_id": "unknown"}, ROWS[1]]
     assert champion_row(no_latency, None, 0.01)["run_id"] == "fast"
 
 

@@ -1,12 +1,15 @@
 """`petloc sweep` end to end: real Keras Tuner oracle, real MLflow store and registry."""
 
 import base64
+import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from petloc.errors import PetlocError
+from petloc.tracking import vocabulary as vocab
 from petloc.tracking.ties import Standing, ranked
 from tests.helpers import (
     children,
@@ -102,6 +105,60 @@ def test_best_trial_becomes_champion_with_version_tags(swept):
         assert key in version.tags, key
 
 
+def test_one_name_per_quantity_in_runs_parent_leaderboard_models_and_evaluate(swept, monkeypatch):
+    """A quantity goes by the trial run's metric name on the parent, in the leaderboard (CSV,
+    Markdown, terminal), `petloc models` and the version's tags; by its bare name in
+    `evaluate --json`, which measures it on the photos it is given; and is rounded one way."""
+    root, _exp, client, parent_id, output = swept
+    monkeypatch.chdir(root)
+    parent = client.get_run(parent_id)
+    best = client.get_run(parent.data.tags["best_run_id"]).data.metrics
+    headline = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.VAL_IOU50, vocab.LATENCY_MS_B1)
+    assert {k: parent.data.metrics[k] for k in headline} == {k: best[k] for k in headline}
+    assert not set(vocab.OLD_BEST_FIGURES) & set(parent.data.metrics)
+
+    with open(client.download_artifacts(parent_id, "leaderboard.csv", str(root))) as file:
+        rows = list(csv.DictReader(file))
+    columns = list(rows[0])
+    assert [c for c in vocab.LEADERBOARD_METRICS if c in columns] == [
+        *headline[:1], vocab.VAL_IOU50, vocab.VAL_ACCURACY, vocab.VAL_MACRO_ACCURACY,
+        vocab.LATENCY_MS_B1, vocab.PARAMS_COUNT, vocab.TRAIN_SECONDS,
+    ]  # fmt: skip
+    top = rows[0]
+    assert top["run_id"] == parent.data.tags["best_run_id"]
+    for column in vocab.LEADERBOARD_METRICS:
+        if column in columns:
+            assert float(top[column]) == best[column], column
+    markdown = Path(client.download_artifacts(parent_id, "leaderboard.md", str(root))).read_text()
+    assert [c.strip() for c in markdown.splitlines()[0].strip("|").split("|")] == columns
+    printed = output.split("Leaderboard of sweep")[1].splitlines()[1].split()
+    assert printed == [c for c in columns if c != "run_id"]
+
+    listed = invoke("models").output.splitlines()
+    header = listed[0].split()
+    champion = dict(zip(header, listed[1].split(), strict=True))
+    assert {vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.LATENCY_MS_B1} <= set(header)
+    assert champion[vocab.BEST_VAL_MIOU] == f"{best[vocab.BEST_VAL_MIOU]:.3f}"
+    assert champion[vocab.LATENCY_MS_B1] == f"{best[vocab.LATENCY_MS_B1]:.2f}"
+    version = client.get_model_version_by_alias("petloc", "champion")
+    assert set(headline) <= set(version.tags)
+
+    evaluated = invoke(
+        "evaluate", "petloc@champion", root / "photos", "--json", "--subset", "val",
+        "--val-split", "0.25", "--seed", "0",
+    )  # fmt: skip
+    figures = json.loads(evaluated.stdout)
+    for quantity, metric in vocab.RUN_METRICS.items():
+        if metric in best and not quantity.startswith("latency"):  # timed again: other figures
+            assert figures[quantity] == pytest.approx(best[metric], abs=1e-4), quantity
+    assert not {vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY} & set(figures)
+    table = invoke("evaluate", "petloc@champion", root / "photos").output.splitlines()
+    cells = dict(zip(table[-2].split(), table[-1].split(), strict=True))
+    assert re.fullmatch(r"\d\.\d{3}", cells["miou"]) and re.fullmatch(
+        r"\d+\.\d{2}", cells["latency_ms_b1"]
+    )
+
+
 def test_predict_and_evaluate_by_registered_name(swept, monkeypatch):
     root, _exp, _client, _parent_id, _ = swept
     monkeypatch.chdir(root)
@@ -115,6 +172,11 @@ def test_predict_and_evaluate_by_registered_name(swept, monkeypatch):
         match=r"petloc@nope: no such registered model version; registered: petloc \(versions 1-",
     ):
         invoke("predict", "petloc@nope", photo)
+    for typo in ("petlco@champion", "petloc@champoin"):
+        with pytest.raises(
+            PetlocError, match=r"version; did you mean petloc@champion\? registered"
+        ):
+            invoke("predict", typo, photo)
 
 
 def test_the_served_pyfunc_answers_as_the_python_api(swept, monkeypatch):
@@ -440,7 +502,7 @@ def test_the_leaderboard_shows_trial_ids_as_keras_tuner_wrote_them(tmp_path):
         mlflow.set_tracking_uri(before)
     assert [row["trial"] for row in rows] == ["0012", "0003"]
     # params and metrics still read as numbers
-    assert rows[0]["head_units"] == 64 and rows[0]["val_miou"] == 0.6
+    assert rows[0]["head_units"] == 64 and rows[0]["best_val_miou"] == 0.6
 
 
 def test_a_sweep_interrupted_in_its_final_run_resumes_that_run_from_its_last_finished_epoch(

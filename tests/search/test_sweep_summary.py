@@ -6,9 +6,9 @@ from petloc.tracking.registry import Promotion
 from petloc.tracking.vocabulary import FINAL_TRIAL
 
 ROWS = [
-    {"trial": "0", "val_miou": 0.5, "run_id": "a"},
-    {"trial": "1", "val_miou": 0.25, "run_id": "b"},
-    {"trial": FINAL_TRIAL, "val_miou": 0.625, "run_id": "c"},
+    {"trial": "0", "best_val_miou": 0.5, "run_id": "a"},
+    {"trial": "1", "best_val_miou": 0.25, "run_id": "b"},
+    {"trial": FINAL_TRIAL, "best_val_miou": 0.625, "run_id": "c"},
 ]
 
 

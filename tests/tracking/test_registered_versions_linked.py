@@ -89,12 +89,13 @@ def test_a_version_describes_its_trial_sweep_and_figures_and_keeps_its_tags(tria
     version = trial.client.get_model_version("petloc-described", "1")
     text = version.description
     assert text.startswith("Trial 3 (simple) of sweep 'quick', run `")
+    # under the runs' metric names, rounded as every table rounds them
     for row in (
-        "| val mIoU | 0.5491 |",
-        "| val accuracy | 0.8125 |",
-        "| val IoU >= 0.5 | 0.6406 |",
-        "| batch-1 latency | 3.10 ms |",
-        "| classes | 2 |",
+        "| `best_val_miou` | val mIoU | 0.549 |",
+        "| `val_accuracy` | val accuracy | 0.812 |",
+        "| `val_iou50` | share of val boxes with IoU >= 0.5 | 0.641 |",
+        "| `latency_ms_b1` | batch-1 latency, ms | 3.10 |",
+        "| `classes` | classes | 2 |",
     ):
         assert row in text
     assert version.tags["best_val_miou"] == "0.5491" and version.tags["val_data"] == VAL_DATA

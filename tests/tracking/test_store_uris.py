@@ -1,5 +1,8 @@
 """A tracking URI petloc cannot use is one line naming where it came from, before anything is made."""
 
+import importlib.abc
+import sys
+
 import pytest
 
 from petloc.errors import PetlocError
@@ -32,6 +35,28 @@ def test_unusable_store_uris_are_one_line(uri, message):
     with pytest.raises(PetlocError, match=message) as err:
         store.check_store(uri, "tracking.uri")
     assert "\n" not in str(err.value)
+
+
+class NoPsycopg(importlib.abc.MetaPathFinder):
+    """An environment where `pip install petloc` left out the `postgres` extra."""
+
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] == "psycopg":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def test_a_postgresql_uri_without_psycopg_names_the_extra_to_install(monkeypatch):
+    for name in [m for m in sys.modules if m.partition(".")[0] == "psycopg"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NoPsycopg(), *sys.meta_path])
+    uri = f"postgresql://someone@127.0.0.1:{free_port()}/runs"
+    with pytest.raises(PetlocError) as err:
+        store.check_store(uri, "tracking.uri")
+    assert str(err.value) == (
+        f"tracking.uri {uri}: its database driver is not installed (psycopg): "
+        "pip install 'petloc[postgres]'"
+    )
 
 
 def test_a_database_that_does_not_answer_is_one_line_with_its_password_hidden():

@@ -8,10 +8,12 @@ import pytest
 from keras import layers
 from mlflow.tracking import MlflowClient
 
+from petloc import quantities
 from petloc.errors import PetlocError
 from petloc.tracking import log, registry, vocabulary
 from petloc.tracking.reproduce import reproduce
 from petloc.tracking.store import configure
+from petloc.tracking.sweep_record import LEADERBOARD_COLUMNS, SweepRecord
 from tests.helpers import in_project
 
 
@@ -144,3 +146,43 @@ def test_every_petloc_tag_carries_the_dotted_prefix():
         vocabulary.WORKER,
     ]
     assert all(name.startswith("petloc.") for name in own) and len(set(own)) == len(own)
+
+
+def test_a_run_metric_is_val_and_its_quantity_and_is_shown_as_the_quantity():
+    """The documented rule (vocabulary.py): measured on the validation photos, `val_` + the
+    quantity (mIoU: the design contract's best_val_miou); measured on no photos, the
+    quantity's own name. Every name of a quantity rounds alike."""
+    on_photos = {quantities.MIOU, quantities.IOU50, quantities.ACCURACY, *quantities.CLASS_FIGURES}
+    for quantity, metric in vocabulary.RUN_METRICS.items():
+        rule = f"val_{quantity}" if quantity in on_photos else quantity
+        assert metric == ("best_val_miou" if quantity == quantities.MIOU else rule)
+        assert quantities.decimals_of(metric) == quantities.DECIMALS[quantity] is not None
+    # the leaderboard's figure columns are the runs' metric names
+    metric_columns = [(c, k) for c, k in LEADERBOARD_COLUMNS if k.startswith("metrics.")]
+    assert [c for c, _ in metric_columns] == list(vocabulary.LEADERBOARD_METRICS)
+    assert all(k == f"metrics.{c}" for c, k in metric_columns)
+    assert set(vocabulary.BEST_FIGURES) <= set(vocabulary.LEADERBOARD_METRICS)
+
+
+def test_a_sweep_of_an_older_petloc_resumes_and_its_parent_gets_the_new_names(client):
+    """An older petloc logged the best trial's figures on the parent as best_accuracy, ...:
+    the leaderboard is rebuilt from the trial runs, and the parent gets the new names."""
+    experiment_id = client.create_experiment("old")
+    parent = client.create_run(experiment_id, tags={"petloc.kind": "sweep"}).info.run_id
+    client.log_metric(parent, "best_accuracy", 0.5)
+    trial = client.create_run(
+        experiment_id, tags={"mlflow.parentRunId": parent, "trial_id": "0"}
+    ).info.run_id
+    for name, value in (("best_val_miou", 0.6), ("val_accuracy", 0.75), ("val_iou50", 0.5)):
+        client.log_metric(trial, name, value)
+    client.set_terminated(trial)
+    record = SweepRecord(parent)
+    rows = record.leaderboard()
+    record.log_leaderboard(rows, failed=0)
+    metrics = client.get_run(parent).data.metrics
+    assert rows[0][vocabulary.VAL_ACCURACY] == 0.75
+    assert (metrics["best_val_miou"], metrics["val_accuracy"], metrics["val_iou50"]) == (
+        0.6,
+        0.75,
+        0.5,
+    )
