@@ -85,7 +85,7 @@ class SweepResult:
 class TrainResult:
     """One training run: its MLflow `run_id`, its summary `metrics` under the names the run
     logged them (`best_val_miou`, `val_accuracy`, `latency_ms_b1`, ...) and its logged model's
-    URI (`runs:/RUN_ID/model`, for `petloc.load_model` or `evaluate`)."""
+    URI (`runs:/RUN_ID/train-BACKBONE`, for `petloc.load_model`, `evaluate` or MLflow)."""
 
     run_id: str
     metrics: dict[str, float]
@@ -271,11 +271,12 @@ def train(
 def _train(exp: Experiment, say: Say) -> TrainResult:
     from petloc.report import table
     from petloc.tracking import store
+    from petloc.tracking.log import run_model_uri
     from petloc.tracking.training_runs import train_run
 
     run = train_run(exp, say)
     shown = store.shown_uri(store.configure(exp.tracking.uri))
-    model_uri = f"runs:/{run.run_id}/model"
+    model_uri = run_model_uri(run.run_id)
     summary = [
         table([run.summary]),
         f"MLflow run {run.run_id} in experiment '{exp.tracking.experiment}' ({shown})",

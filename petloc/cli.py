@@ -27,6 +27,7 @@ from petloc.search import DEFAULT_CHIEF_ADDRESS
 
 # As the experiment file bounds them (petloc.config), without importing it for --help.
 SEED = click.IntRange(0, 2**31 - 1)
+MIN_IMPROVEMENT = 0.01  # registry.min_improvement's default
 MAX_SYNTHETIC = 1_000_000
 
 
@@ -257,8 +258,19 @@ def sweep(experiment, overrides, fresh, workers, chief, address, worker_id, work
     default=None,
     help="Refuse a run whose batch-1 latency is over this budget.",
 )
-def promote(run_id, name, alias, force, max_latency_ms):
-    """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force)."""
+@click.option(
+    "--min-improvement",
+    type=FiniteFloat(0),
+    default=None,
+    help="Val mIoU differences at or below this are ties, won by the lower batch-1 latency "
+    f"(default: the registry.min_improvement of the run's experiment file, else {MIN_IMPROVEMENT:g}).",
+)
+def promote(run_id, name, alias, force, max_latency_ms, min_improvement):
+    """Register RUN_ID's model; it takes ALIAS when it beats the current holder (or --force).
+
+    It beats the holder with a val mIoU higher by more than --min-improvement, or within it
+    (a tie) and a lower batch-1 latency.
+    """
     from petloc.registry_names import check_alias, check_name
 
     check_alias(alias, "--alias")  # before the store is opened: a bad name changes nothing
@@ -267,10 +279,16 @@ def promote(run_id, name, alias, force, max_latency_ms):
     from petloc.tracking import registry, store
 
     store.configure()
-    name = name or registry.registered_name_of(run_id)
-    click.echo(
-        registry.promote(run_id, name, alias, force=force, max_latency_ms=max_latency_ms).reason
+    logged = registry.registry_settings_of(run_id)
+    promotion = registry.promote(
+        run_id,
+        name or logged.name,
+        alias,
+        force=force,
+        max_latency_ms=max_latency_ms,
+        min_improvement=logged.min_improvement if min_improvement is None else min_improvement,
     )
+    click.echo(promotion.reason)
 
 
 @cli.command()

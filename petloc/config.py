@@ -207,6 +207,10 @@ class RegistryConfig(Strict):
     # The champion is the best val mIoU among trials whose batch-1 latency (latency_ms_b1,
     # measured on the machine that trained them) fits this budget; None: no budget.
     max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # Val mIoU differences at or below this are ties, in the champion's choice, the
+    # leaderboard's order and the promotion; a tie goes to the lower batch-1 latency. The
+    # default is what two runs of one setting differ by (benchmarks/RESULTS.md, run-to-run noise).
+    min_improvement: float = Field(0.01, ge=0, allow_inf_nan=False)
     # After a sweep: the N best trials averaged as one model, logged as one more trial
     # ("ensemble"), so it is promoted only when it beats them all; 0 or 1 = none. Like the final
     # run, it runs where the sweep ends: on a chief, which then needs data.path too.

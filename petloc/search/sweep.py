@@ -21,7 +21,7 @@ from petloc.search.final import train_final
 from petloc.search.state import sweep_state
 from petloc.search.time_budget import TimeBudgetedOracle
 from petloc.search.tuner import TrackedTuner
-from petloc.tracking import registry
+from petloc.tracking import registry, ties
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord, searched
 from petloc.tracking.ui_links import SweepLinks
@@ -123,13 +123,14 @@ def finish(
     no trial finished. `time_budget`: the sweep's time budget, whose rest a final run fills
     with `tuner.fill_budget`."""
     epochs_for = time_budget.final_epochs_for if time_budget and exp.tuner.fill_budget else None
-    max_latency_ms = exp.registry.max_latency_ms
+    max_latency_ms, min_improvement = exp.registry.max_latency_ms, exp.registry.min_improvement
 
     def ranked() -> list[dict]:
-        return mark_latency_fit(record.leaderboard(searched(exp)), max_latency_ms)
+        rows = ranked_rows(record.leaderboard(searched(exp)), min_improvement)
+        return mark_latency_fit(rows, max_latency_ms)
 
     rows = ranked()
-    best_trial = champion_row(trial_rows(rows), max_latency_ms)
+    best_trial = champion_row(trial_rows(rows), max_latency_ms, min_improvement)
     if (
         exp.tuner.final_epochs
         and best_trial
@@ -151,7 +152,7 @@ def finish(
         raise PetlocError(
             f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui"
         )
-    best = champion_row(rows, max_latency_ms)
+    best = champion_row(rows, max_latency_ms, min_improvement)
     if best is None:
         promotion = registry.Promotion(
             exp.registry.name,
@@ -166,6 +167,7 @@ def finish(
             exp.registry.alias,
             register_when_not_better=exp.registry.register_when_not_better,
             max_latency_ms=max_latency_ms,
+            min_improvement=min_improvement,
         )
     record.set_promotion(promotion.reason)
     record.describe(rows, promotion, say)
@@ -200,6 +202,25 @@ def _fits(row: dict, max_latency_ms: float | None) -> bool:
     )
 
 
-def champion_row(rows: list[dict], max_latency_ms: float | None) -> dict | None:
-    """The best val mIoU among the trials that fit the latency budget (rows come best first)."""
-    return next((row for row in rows if _fits(row, max_latency_ms)), None)
+def _standing(row: dict) -> ties.Standing | None:
+    score, latency = row.get(vocab.BEST_VAL_MIOU), row.get(vocab.LATENCY_MS_B1)
+    if not isinstance(score, (int, float)):
+        return None
+    return ties.Standing(score, latency if isinstance(latency, (int, float)) else None)
+
+
+def ranked_rows(rows: list[dict], min_improvement: float) -> list[dict]:
+    """The leaderboard's order, the champion first: val mIoU, where differences at or below
+    `min_improvement` (registry.min_improvement) are ties that the lower batch-1 latency
+    wins. Row 1 is the fastest of the rows within min_improvement of the best val mIoU; each
+    next row is chosen the same way from the rows left (`petloc.tracking.ties.ranked`)."""
+    return ties.ranked(rows, _standing, min_improvement)
+
+
+def champion_row(
+    rows: list[dict], max_latency_ms: float | None, min_improvement: float = 0.0
+) -> dict | None:
+    """The first of the trials that fit the latency budget, ranked as the leaderboard is
+    (`ranked_rows`) among themselves: a trial over the budget ties with none."""
+    fitting = [row for row in rows if _fits(row, max_latency_ms)]
+    return next(iter(ranked_rows(fitting, min_improvement)), None)

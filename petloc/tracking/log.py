@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -154,17 +155,19 @@ def _first_batch_excess(marks: list[float]) -> float:
 def log_model(
     model: keras.Model, run_id: str, localiser: bool = True, plugins: tuple[str, ...] = ()
 ) -> str:
-    """The model in MLflow's Keras flavour (a localiser also as a pyfunc that takes JPEGs);
-    its URI is the run's `model_uri` tag and is returned. `plugins`: the plug-in modules it
-    needs to load (petloc/plugins.py), kept in its metadata for every loader to import."""
+    """The model in MLflow's Keras flavour (a localiser also as a pyfunc that takes JPEGs),
+    named after its run (`logged_model_name`); its URI is the run's `model_uri` tag and is
+    returned. `plugins`: the plug-in modules it needs to load (petloc/plugins.py), kept in its
+    metadata for every loader to import."""
     metadata = {vocab.MODEL_PLUGINS: list(plugins)} if plugins else None
+    name = logged_model_name(MlflowClient().get_run(run_id))
     with mlflow.start_run(run_id=run_id, nested=True):
         if localiser:
             # MLflow would load the model back and serve its input example to check it, a large
             # share of a trial's tracking (benchmarks/RESULTS.md); tests/serving/ check the served model.
             info = mlflow.models.Model.log(
                 artifact_path=None,
-                name="model",
+                name=name,
                 flavor=serving,
                 keras_model=model,
                 validate_serving_input=False,
@@ -173,11 +176,32 @@ def log_model(
         else:
             info = mlflow.keras.log_model(
                 model,
-                name="model",
+                name=name,
                 metadata={**(metadata or {}), vocab.MODEL_CLASSES: classes_metadata(model)},
             )
     MlflowClient().set_tag(run_id, vocab.MODEL_URI, info.model_uri)
     return info.model_uri
+
+
+# What MLflow refuses in a logged model's name ('/', ':', '.', '%', quotes), and what would
+# make `runs:/RUN/NAME` awkward to type, becomes '-'.
+UNNAMEABLE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def logged_model_name(run) -> str:
+    """A logged model's name, after what its run is: `final` and `ensemble` for a sweep's end
+    runs, else the run's name (`trial-0003-simple`, `train-simple`, `pretrain-small_resnet`).
+    Older petloc named every model `model` (`runs:/RUN/model` still loads their models and
+    these: `registry.loadable_uri`)."""
+    trial = run.data.tags.get(vocab.TRIAL_ID)
+    if trial in (vocab.FINAL_TRIAL, vocab.ENSEMBLE_TRIAL):
+        return trial
+    return UNNAMEABLE.sub("-", run.info.run_name or "").strip("-")[:100] or vocab.OLD_MODEL_NAME
+
+
+def run_model_uri(run_id: str) -> str:
+    """`runs:/RUN/NAME`: the model petloc logged in run `run_id`, as MLflow loads it."""
+    return f"runs:/{run_id}/{logged_model_name(MlflowClient().get_run(run_id))}"
 
 
 def classes_metadata(model: keras.Model) -> dict:

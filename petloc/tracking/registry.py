@@ -3,10 +3,14 @@ loading by name (`petloc@champion`, `petloc/3`, `models:/petloc@champion`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
@@ -14,12 +18,14 @@ import mlflow.keras
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from petloc import serving
+from petloc import report, serving
+from petloc.config import RegistryConfig
 from petloc.errors import PetlocError, closest
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import Pretrained
 from petloc.model.backbones import CaffePreprocess
 from petloc.registry_names import Ref, check_alias, check_name, parse_ref, printable
+from petloc.tracking import ties
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import configure, tracking_uri
 from petloc.training.export import exported_predictor
@@ -38,6 +44,7 @@ METRIC_TAGS = (
 )
 LISTED_FIGURES = (vocab.BEST_VAL_MIOU, vocab.VAL_ACCURACY, vocab.LATENCY_MS_B1)  # petloc models
 RUN_TAGS = (vocab.DATASET_DIGEST, vocab.VAL_DATA, vocab.SWEEP_RUN_ID, vocab.TRIAL_ID)
+MIN_IMPROVEMENT = RegistryConfig().min_improvement  # the experiment file's default
 
 
 def model_uri(ref: str) -> str | None:
@@ -67,10 +74,26 @@ def _is_path(text: str) -> bool:
         return False
 
 
+def _run_model_uri(uri: str) -> str:
+    """`runs:/RUN/model` as the run's logged model (its `model_uri` tag), whatever its name:
+    older petloc named every model `model`, and users' scripts and notes still say so."""
+    run_id, _, path = uri.removeprefix("runs:/").partition("/")
+    if path.strip("/") != vocab.OLD_MODEL_NAME:
+        return uri
+    try:
+        logged = MlflowClient().get_run(run_id).data.tags.get(vocab.MODEL_URI, "")
+    except MlflowException:  # MLflow's own error, on loading, says what is wrong
+        return uri
+    return logged if logged.startswith("models:/m-") else uri
+
+
 def loadable_uri(uri: str) -> str:
-    """The URI MLflow loads for `uri`: a registered version (NAME@ALIAS, NAME/N) as its logged
-    model's own id, found by exact name, since MLflow's URI parser cuts some names MLflow
-    allows (at '?'); a one-line error when there is no such version."""
+    """The URI MLflow loads for `uri`: `runs:/RUN/model` as the run's logged model
+    (`_run_model_uri`); a registered version (NAME@ALIAS, NAME/N) as its logged model's own
+    id, found by exact name, since MLflow's URI parser cuts some names MLflow allows (at
+    '?'); a one-line error when there is no such version."""
+    if uri.startswith("runs:/"):
+        return _run_model_uri(uri)
     version = registered_version(uri)
     if version is None:
         return uri
@@ -256,6 +279,7 @@ def promote(
     force: bool = False,
     register_when_not_better: bool = True,
     max_latency_ms: float | None = None,
+    min_improvement: float = MIN_IMPROVEMENT,
 ) -> Promotion:
     """Registers run `run_id`'s model and moves `alias` to it when it beats the current holder.
 
@@ -265,6 +289,10 @@ def promote(
     may have trained on this run's validation photos, and its figures answer another
     question. The run is then registered without moving the alias, saying why; `force`
     moves it. The input image size does not matter: the same photos are scored at any size.
+
+    Better means a val mIoU higher by more than `min_improvement`, or one within it (a tie)
+    with a lower batch-1 latency (`petloc.tracking.ties`); a pretrained classifier's val
+    accuracy ties only when equal.
     """
     check_name(name)
     check_alias(alias)
@@ -313,24 +341,39 @@ def promote(
         )
         if not register_when_not_better:
             return Promotion(name, None, False, why + "; not registered")
-        version = _existing_version(name, run_id) or _register(run, model_source, name)
+        version = _registered(run, model_source, name)
         return Promotion(name, version, False, f"registered as version {version}; {why}")
-    holder_score = (
-        float(holder.tags[metric]) if holder is not None and metric in holder.tags else None
+    threshold = min_improvement if metric == vocab.BEST_VAL_MIOU else 0.0
+    holder_standing = _standing(holder.tags, metric) if holder is not None else None
+    verdict = (
+        ties.compare(ties.Standing(score, latency), holder_standing, threshold)
+        if holder_standing is not None
+        else None
     )
-    better = holder is None or (holder_score is not None and score > holder_score)
+    better = holder is None or (verdict is not None and verdict.better)
+    loses = (
+        f"{label} {score:.4f} does not beat {name}@{alias}'s "
+        + _against(holder_standing, verdict, latency, threshold)
+        if holder_standing is not None
+        else ""
+    )
     if not (better or force or register_when_not_better):
-        return Promotion(
-            name,
-            None,
-            False,
-            f"{label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}; not registered",
-        )
-    version = _existing_version(name, run_id) or _register(run, model_source, name)
+        return Promotion(name, None, False, f"{loses}; not registered")
+    version = _registered(run, model_source, name)
     if better or force:
-        _claim(name, alias, version, only=force)
+        mine = ties.Standing(score, latency)
+
+        def beats(other) -> bool:  # a version this run beats on the same validation data
+            theirs = _standing(other.tags, metric)
+            return (
+                other.tags.get(vocab.VAL_DATA) == val_data
+                and theirs is not None
+                and ties.compare(mine, theirs, threshold).better
+            )
+
+        _claim(name, alias, version, only=force, beats=beats)
         _set_alias(name, alias, version)
-        settled = _settle(name, alias, metric)
+        settled = _settle(name, alias, metric, threshold)
         if settled is not None and settled.version != version:
             return Promotion(
                 name,
@@ -342,7 +385,11 @@ def promote(
         why = (
             "forced"
             if not better
-            else ("first champion" if holder is None else f"beats {holder_score:.4f}")
+            else (
+                "first champion"
+                if holder_standing is None
+                else _beats(holder_standing, verdict, latency, threshold)
+            )
         )
         return Promotion(
             name,
@@ -350,43 +397,82 @@ def promote(
             True,
             f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})",
         )
-    return Promotion(
-        name,
-        version,
-        False,
-        f"registered as version {version}; {label} {score:.4f} does not beat {name}@{alias}'s {holder_score:.4f}",
-    )
+    return Promotion(name, version, False, f"registered as version {version}; {loses}")
+
+
+def _standing(tags: dict, metric: str) -> ties.Standing | None:
+    """A registered version's figures, as its tags hold them; None without its score."""
+    score = _number(tags.get(metric))
+    return None if score is None else ties.Standing(score, _number(tags.get(vocab.LATENCY_MS_B1)))
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _beats(holder: ties.Standing, verdict, latency: float | None, threshold: float) -> str:
+    """Why a run beat the holder: its score, or a tie its latency decided."""
+    if verdict is not None and verdict.tie:
+        return (
+            f"ties {holder.score:.4f} within {threshold:g} and is faster: "
+            f"{_ms(latency)} against {_ms(holder.latency_ms)}"
+        )
+    return f"beats {holder.score:.4f}"
+
+
+def _against(holder: ties.Standing, verdict, latency: float | None, threshold: float) -> str:
+    """The holder's score a run did not beat, and, for a tie, that it is not faster."""
+    if verdict is not None and verdict.tie:
+        return (
+            f"{holder.score:.4f}: a tie within {threshold:g}, and not faster "
+            f"({_ms(latency)} against {_ms(holder.latency_ms)})"
+        )
+    return f"{holder.score:.4f}"
 
 
 # Promotions racing against one registry (two sweeps ending at once, maybe on two machines)
 # can each read the old holder and move the alias in any order. Each winner first records
 # its win on its version; after moving the alias, every writer re-reads those records and
-# settles on the best, so whoever writes last leaves the alias right.
+# settles on the best, so whoever writes last leaves the alias right. A record holds the time
+# of the win (UTC): only recent ones race (an older petloc's records, "true", never do).
 SETTLE_ROUNDS = 20
+CLAIM_SECONDS = 600.0  # how long a win counts as racing; settling takes seconds
 
 
 def _claim_tag(alias: str) -> str:
     return f"promoted_to_{alias}"
 
 
-def _claim(name: str, alias: str, version: str, only: bool) -> None:
+def _claim(
+    name: str, alias: str, version: str, only: bool, beats: Callable[[Any], bool] | None = None
+) -> None:
     """Records on `version` that it won `alias`; `only` (a forced move) withdraws the other
-    versions' records, so that settling never brings back a model the user moved away from."""
+    versions' records, so that settling never brings back a model the user moved away from.
+    Otherwise the versions it `beats` lose theirs: with ties, a better model is not always a
+    higher score, so settling must not weigh a beaten champion of the past against it."""
     client = MlflowClient()
-    client.set_model_version_tag(name, version, _claim_tag(alias), "true")
-    if only:
-        for other in versions_of(name):
-            if other.version != version and _claim_tag(alias) in other.tags:
+    client.set_model_version_tag(
+        name, version, _claim_tag(alias), datetime.now(UTC).isoformat(timespec="seconds")
+    )
+    for other in versions_of(name):
+        if other.version == version or _claim_tag(alias) not in other.tags:
+            continue
+        if only or (beats is not None and beats(other)):
+            # withdrawn by a racer meanwhile: nothing left to do
+            with contextlib.suppress(MlflowException):
                 client.delete_model_version_tag(name, other.version, _claim_tag(alias))
 
 
-def _settle(name: str, alias: str, metric: str):
+def _settle(name: str, alias: str, metric: str, threshold: float):
     """Moves `alias` to the best version that won it, until a re-read finds it there; the holder."""
     for _ in range(SETTLE_ROUNDS):
         holder = champion_version(name, alias)
         if holder is None:  # the alias was removed meanwhile
             return None
-        best = _best_claim(name, alias, metric, holder)
+        best = _best_claim(name, alias, metric, holder, threshold)
         if best.version == holder.version:
             return holder
         _set_alias(name, alias, best.version)
@@ -405,39 +491,76 @@ def _set_alias(name: str, alias: str, version: str, attempts: int = 3) -> None:
                 raise
 
 
-def _best_claim(name: str, alias: str, metric: str, holder):
-    """The holder, or a better version that won `alias` on the holder's validation data; ties
-    go to the older version, as a promotion needs to beat the holder strictly."""
-    if holder.tags.get(metric) is None:
+def _best_claim(name: str, alias: str, metric: str, holder, threshold: float):
+    """The holder, or a better version that won `alias` on the holder's validation data, by
+    the ranking of `petloc.tracking.ties` (the same answer whichever version holds the alias,
+    so racing writers agree); among equals the older version, as a promotion needs to beat
+    the holder."""
+    if _standing(holder.tags, metric) is None:
         return holder
-    rivals = [
-        v
+    rivals = {
+        v.version: v
         for v in versions_of(name)
-        if _claim_tag(alias) in v.tags
+        if _racing(v.tags.get(_claim_tag(alias)))
         and v.tags.get(vocab.VAL_DATA) == holder.tags.get(vocab.VAL_DATA)
-        and v.tags.get(metric) is not None
-    ]
-    return max([holder, *rivals], key=lambda v: (float(v.tags[metric]), -int(v.version)))
+        and _standing(v.tags, metric) is not None
+    }
+    candidates = sorted({**rivals, holder.version: holder}.values(), key=lambda v: int(v.version))
+    return ties.ranked(candidates, lambda v: _standing(v.tags, metric), threshold)[0]
 
 
-def registered_name_of(run_id: str) -> str:
-    """The registered model name the run's experiment file gives (`registry.name`), else "petloc"."""
-    client = MlflowClient()
+def _racing(claim: str | None) -> bool:
+    """Whether a version's record of a win is recent enough to race the holder."""
+    try:
+        won = datetime.fromisoformat(claim or "")
+    except ValueError:
+        return False
+    return won.tzinfo is not None and (datetime.now(UTC) - won).total_seconds() < CLAIM_SECONDS
+
+
+@dataclass
+class LoggedRegistry:
+    name: str
+    min_improvement: float
+
+
+def registry_settings_of(run_id: str) -> LoggedRegistry:
+    """The registry settings of the run's experiment file (`registry.name`,
+    `registry.min_improvement`), each at its default where the file has none or is unreadable."""
+    default = RegistryConfig()
     try:
         logged = json.loads(
-            read_bounded(client.download_artifacts(run_id, vocab.EXPERIMENT_FILE), SMALL_FILE_LIMIT)
+            read_bounded(
+                MlflowClient().download_artifacts(run_id, vocab.EXPERIMENT_FILE), SMALL_FILE_LIMIT
+            )
         )
-        return logged.get("registry", {}).get("name") or "petloc"
-    except (MlflowException, OSError, ValueError, UnreadableFile):
-        return "petloc"
+        section = logged.get("registry") or {}
+    except (MlflowException, OSError, ValueError, UnreadableFile, AttributeError):
+        section = {}
+    threshold = section.get("min_improvement") if isinstance(section, dict) else None
+    return LoggedRegistry(
+        (section.get("name") if isinstance(section, dict) else None) or default.name,
+        threshold
+        if isinstance(threshold, (int, float)) and 0 <= threshold < float("inf")
+        else default.min_improvement,
+    )
 
 
 def _ms(latency: float | None) -> str:
     return "unknown" if latency is None else f"{latency:.2f} ms"
 
 
+def _registered(run, model_source: str, name: str) -> str:
+    """The version of `name` registered from this run: the one it already has (promotion never
+    registers a run twice), else a new one; either way linked from its logged model."""
+    version = _existing_version(name, run.info.run_id) or _register(run, model_source, name)
+    if model_id := _logged_model_id(model_source):
+        _link(model_id, name, version)
+    return version
+
+
 def _existing_version(name: str, run_id: str) -> str | None:
-    """A version already registered from this run: promotion never registers a run twice."""
+    """A version already registered from this run."""
     try:
         found = [v for v in versions_of(name) if v.run_id == run_id]
     except MlflowException:
@@ -445,6 +568,16 @@ def _existing_version(name: str, run_id: str) -> str | None:
     return found[0].version if found else None
 
 
+def _logged_model_id(model_source: str) -> str | None:
+    """The logged model's id of a `models:/m-...` URI (MLflow 3); None for an older URI."""
+    return model_source.removeprefix("models:/") if model_source.startswith("models:/m-") else None
+
+
+# Registration as `mlflow.register_model` does it for a logged model (models:/m-...): the
+# version from the registry's create call, with the run and the model id, then the logged
+# model's tag listing its versions, which its page in the UI reads. Done here rather than by
+# that function: it takes no description, prints to the terminal, and adds its entry even when
+# a tracking server's create call has already written it (listing the version twice).
 def _register(run, model_source: str, name: str) -> str:
     client = MlflowClient()
     try:
@@ -466,14 +599,93 @@ def _register(run, model_source: str, name: str) -> str:
     if vocab.CLASSES in run.data.params:  # how many classes the version answers with
         tags[vocab.CLASSES] = run.data.params[vocab.CLASSES]
     tags[vocab.SOURCE_RUN] = run.info.run_id
-    # A logged model (models:/m-...) is named as such: a tracking server refuses the source without it.
-    model_id = (
-        model_source.removeprefix("models:/") if model_source.startswith("models:/m-") else None
-    )
+    # A logged model is named as such: a tracking server refuses the source without it.
     version = client.create_model_version(
-        name, model_source, run_id=run.info.run_id, tags=tags, model_id=model_id
+        name,
+        model_source,
+        run_id=run.info.run_id,
+        tags=tags,
+        description=version_description(run, _sweep_name(run)),
+        model_id=_logged_model_id(model_source),
     )
     return version.version
+
+
+def _link(model_id: str, name: str, version: str) -> None:
+    """Lists `name` version `version` on its logged model (vocab.LOGGED_MODEL_VERSIONS), once."""
+    client = MlflowClient()
+    try:
+        model = client.get_logged_model(model_id)
+    except MlflowException:  # a store without logged models, or the model deleted
+        return
+    entry = {"name": name, "version": str(version)}
+    try:
+        listed = json.loads(model.tags.get(vocab.LOGGED_MODEL_VERSIONS) or "[]")
+    except ValueError:
+        listed = []
+    listed = listed if isinstance(listed, list) else []
+    if any(isinstance(e, dict) and {k: str(v) for k, v in e.items()} == entry for e in listed):
+        return
+    client.set_logged_model_tags(
+        model_id, {vocab.LOGGED_MODEL_VERSIONS: json.dumps([*listed, entry])}
+    )
+
+
+# A version's figures in its description: the run's metric (its name, as the version's tags
+# and `petloc models` say it, and its rounding, petloc.report.figure) and what it means.
+DESCRIBED = {
+    vocab.BEST_VAL_MIOU: "val mIoU",
+    vocab.VAL_ACCURACY: "val accuracy",
+    vocab.VAL_IOU50: "share of val boxes with IoU >= 0.5",
+    vocab.LATENCY_MS_B1: "batch-1 latency, ms",
+}
+
+
+def version_description(run, sweep: str | None) -> str:
+    """A registered version's description in Markdown: where it comes from (its trial and
+    sweep, or the run) and its figures on the validation photos."""
+    tags, metrics = run.data.tags, run.data.metrics
+    rows = [
+        (f"`{key}`", label, report.figure(key, metrics[key]))
+        for key, label in DESCRIBED.items()
+        if key in metrics
+    ]
+    if vocab.CLASSES in run.data.params:
+        rows.append((f"`{vocab.CLASSES}`", "classes", run.data.params[vocab.CLASSES]))
+    table = "\n".join(
+        [
+            "| figure | what | value |",
+            "|---|---|---:|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        ]
+    )
+    return f"{_origin(tags, run.data.params, sweep)}, run `{run.info.run_id}`.\n\n{table}\n"
+
+
+def _origin(tags: dict, params: dict, sweep: str | None) -> str:
+    """`Trial 0003 (simple) of sweep 'quick'`, `The final run ...`, `A petloc train run`."""
+    trial = tags.get(vocab.TRIAL_ID)
+    of_sweep = f" of sweep '{sweep}'" if sweep else ""
+    if trial == vocab.FINAL_TRIAL:
+        source = tags.get(vocab.SOURCE_TRIAL)
+        return f"The final run{of_sweep}" + (f" (trial {source}'s configuration)" if source else "")
+    if trial == vocab.ENSEMBLE_TRIAL or vocab.is_ensemble(tags, params):
+        return f"The ensemble{of_sweep}"
+    if trial:
+        return f"Trial {trial} ({params.get(vocab.BACKBONE, '?')}){of_sweep}"
+    what = "petloc pretrain" if vocab.kind_of(tags) == vocab.PRETRAIN_KIND else "petloc train"
+    return f"A `{what}` run ({params.get(vocab.BACKBONE, '?')})"
+
+
+def _sweep_name(run) -> str | None:
+    """The name of the sweep whose trial `run` is, from its parent run; None outside a sweep."""
+    parent = run.data.tags.get(vocab.SWEEP_RUN_ID)
+    if not parent:
+        return None
+    try:
+        return MlflowClient().get_run(parent).data.tags.get(vocab.SWEEP)
+    except MlflowException:
+        return None
 
 
 def list_versions() -> list[dict]:

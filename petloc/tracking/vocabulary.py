@@ -73,6 +73,10 @@ TIME_BUDGET = "time_budget"  # why the time budget ended the search
 # best configuration trained at full length and the average of the best.
 FINAL_TRIAL, ENSEMBLE_TRIAL = "final", "ensemble"
 
+# On a logged model: the registered versions made from it, as MLflow's own registration
+# writes them (a JSON list of {"name", "version"}); the UI's logged model page reads it.
+LOGGED_MODEL_VERSIONS = "mlflow.modelVersions"
+
 # ---- params -------------------------------------------------------------------------------
 # A run's hyperparameters are params under their own names (petloc.hyperparams.DECLARED).
 BACKBONE, IMAGE_SIZE, EPOCHS, PRECISION = "backbone", "image_size", "epochs", "precision"
@@ -150,6 +154,9 @@ PER_CLASS_FILE = "per_class.csv"  # class, species, count, accuracy, miou on the
 CONFUSION_FILE = "confusion.png"  # the validation photos' confusion matrix
 # In a logged model's MLmodel metadata: the classes it answers with ({"names", "species"}).
 MODEL_CLASSES = "classes"
+# The name older petloc gave every logged model (`runs:/RUN/model`); models are now named
+# after their run (petloc.tracking.log.logged_model_name).
+OLD_MODEL_NAME = "model"
 CHECKPOINT_FOLDER = "checkpoint"  # a Hyperband trial's weights, for the round that continues it
 
 

@@ -80,7 +80,7 @@ def test_the_served_pyfunc_loads_where_the_plugin_is_importable(trained):
     script = (
         "import base64, sys, mlflow.pyfunc, pandas as pd\n"
         f"mlflow.set_tracking_uri('sqlite:///{root}/mlruns/mlflow.db')\n"
-        f"model = mlflow.pyfunc.load_model('runs:/{run_id}/model')\n"
+        f"model = mlflow.pyfunc.load_model('runs:/{run_id}/train-{NAME}')\n"
         "image = base64.b64encode(open(sys.argv[1], 'rb').read()).decode()\n"
         "print(model.predict(pd.DataFrame({'image': [image]}))[0]['label'])\n"
     )

@@ -370,7 +370,7 @@ def test_promotion_never_compares_models_trained_on_other_data(swept, monkeypatc
     run_id = trained.output.split("MLflow run ")[1].split()[0]
     promoted = invoke("promote", run_id, "--name", "tiny-model").output
     assert "other validation data" not in promoted and (
-        "beats" in promoted or "does not beat" in promoted
+        "beats" in promoted or "does not beat" in promoted or " ties " in promoted
     )
 
 

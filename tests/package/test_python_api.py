@@ -88,7 +88,8 @@ def test_train_and_evaluate_give_the_run_s_and_the_cli_s_names(project, capsys):
     from mlflow.tracking import MlflowClient
 
     logged = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db").get_run(trained.run_id)
-    assert trained.model_uri == f"runs:/{trained.run_id}/model"
+    # the model is named after its run (train-BACKBONE)
+    assert trained.model_uri == f"runs:/{trained.run_id}/{logged.info.run_name}"
     assert trained.metrics == {k: logged.data.metrics[k] for k in trained.metrics}
     assert {"best_val_miou", "val_accuracy", "latency_ms_b1"} <= set(trained.metrics)
     printed = json.loads(cli.stdout)

@@ -10,6 +10,7 @@ import pytest
 
 from petloc.errors import PetlocError
 from petloc.tracking import vocabulary as vocab
+from petloc.tracking.ties import Standing, ranked
 from tests.helpers import (
     children,
     in_project,
@@ -28,6 +29,16 @@ def sweep_parent(client):
         [client.get_experiment_by_name("tiny").experiment_id], "tags.`petloc.kind` = 'sweep'"
     )
     return parent
+
+
+def champion_of(runs):
+    """The run the leaderboard puts first: val mIoU within registry.min_improvement (0.01 by
+    default) is a tie, won by the lower batch-1 latency."""
+    return ranked(
+        runs,
+        lambda r: Standing(r.data.metrics["best_val_miou"], r.data.metrics["latency_ms_b1"]),
+        0.01,
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +85,7 @@ def test_one_parent_run_with_a_child_run_per_trial(swept):
         } <= set(r.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"leaderboard.csv", "leaderboard.md", "search_space.json"} <= artifacts
-    best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
-    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.tags["best_run_id"] == champion_of(runs).info.run_id
     assert "Leaderboard of sweep 'tiny' (2 finished, 0 failed" in output
 
 
@@ -215,6 +225,19 @@ def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
     assert space["experiment"]["tuner"]["max_trials"] == 3
 
 
+def test_the_champion_s_logged_model_is_named_after_its_trial_and_lists_its_version(swept):
+    _root, _exp, client, _parent_id, _ = swept
+    champion = client.get_model_version_by_alias("petloc", "champion")
+    run = client.get_run(champion.run_id)
+    trial, backbone = run.data.tags["trial_id"], run.data.params["backbone"]
+    logged = client.get_logged_model(run.data.tags["model_uri"].removeprefix("models:/"))
+    assert logged.name == f"trial-{trial}-{backbone}"
+    assert {"name": "petloc", "version": str(champion.version)} in json.loads(
+        logged.tags["mlflow.modelVersions"]
+    )
+    assert champion.description.startswith(f"Trial {trial} ({backbone}) of sweep 'tiny'")
+
+
 def test_changed_settings_need_fresh(swept, monkeypatch):
     root, exp, _client, _parent_id, _ = swept
     monkeypatch.chdir(root)
@@ -229,7 +252,8 @@ def test_manual_promotion_respects_the_champion_unless_forced(swept, monkeypatch
     worst = min(children(client, parent_id), key=lambda r: r.data.metrics["best_val_miou"])
     if worst.info.run_id == champion.run_id:
         pytest.skip("all trials scored the same")
-    result = invoke("promote", worst.info.run_id)
+    # no ties: a faster worst trial could tie with the champion
+    result = invoke("promote", worst.info.run_id, "--min-improvement", "0")
     assert "does not beat" in result.output
     assert client.get_model_version_by_alias("petloc", "champion").version == champion.version
     forced = invoke("promote", worst.info.run_id, "--force")
@@ -348,8 +372,11 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
     assert ensemble.data.tags["val_data"] == trials[0].data.tags["val_data"]
     for key in ("best_val_miou", "val_accuracy", "latency_ms_b1"):
         assert key in ensemble.data.metrics
+    # the members in the leaderboard's order (ties go to the faster)
+    members = ensemble.data.params["members"]
+    assert members in ("0, 1", "1, 0")
     assert (
-        "ensemble of trials 0, 1: val mIoU" in result.output
+        f"ensemble of trials {members}: val mIoU" in result.output
         and "(2 finished, 0 failed, their ensemble" in result.output
     )
     backbone = trials[0].data.params["backbone"]  # the members' backbone, not a made-up "ensemble"
@@ -367,10 +394,10 @@ def test_an_ensemble_of_the_best_trials_is_weighed_like_a_trial(tmp_path, monkey
             atol=1e-5,
         )
 
-    best = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
+    best = champion_of(runs)
     assert client.get_model_version_by_alias("petloc", "champion").run_id == best.info.run_id
     with pytest.raises(
-        PetlocError, match="the ensemble of a sweep's trials 0, 1; reproduce its member runs"
+        PetlocError, match=f"the ensemble of a sweep's trials {members}; reproduce its member runs"
     ):
         invoke("reproduce", ensemble.info.run_id)
     again = invoke("sweep", exp, "registry.ensemble=2")
@@ -398,7 +425,7 @@ def test_the_final_run_trains_the_best_configuration_at_full_length(tmp_path, mo
     parent = sweep_parent(client)
     runs = children(client, parent.info.run_id)
     [final] = [r for r in runs if r.data.tags["trial_id"] == "final"]
-    best = max((r for r in runs if r is not final), key=lambda r: r.data.metrics["best_val_miou"])
+    best = champion_of([r for r in runs if r is not final])
     assert final.info.status == "FINISHED" and final.data.tags["source_run"] == best.info.run_id
     assert final.data.params["epochs"] == "2" and final.data.metrics["epochs_trained"] == 2.0
     for name in (
@@ -415,7 +442,7 @@ def test_the_final_run_trains_the_best_configuration_at_full_length(tmp_path, mo
         in result.output
     )
     assert "(2 finished, 0 failed, the final run" in result.output
-    top = max(runs, key=lambda r: r.data.metrics["best_val_miou"])
+    top = champion_of(runs)
     assert client.get_model_version_by_alias("petloc", "champion").run_id == top.info.run_id
     again = invoke("sweep", exp)
     assert again.exit_code == 0, again.output

@@ -93,7 +93,7 @@ def test_localiser_starts_from_the_registered_backbone(pretrained, monkeypatch, 
     mlflow.set_tracking_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{root}/elsewhere/mlflow.db")
     assert MlflowClient().get_run(run_id).info.status == "FINISHED"
-    localiser = mlflow.keras.load_model(f"runs:/{run_id}/model")
+    localiser = mlflow.keras.load_model(MlflowClient().get_run(run_id).data.tags["model_uri"])
     classifier = mlflow.keras.load_model("models:/petloc-backbone@champion")
     (source,) = (layer for layer in classifier.layers if isinstance(layer, keras.Model))
     (target,) = (layer for layer in localiser.layers if isinstance(layer, keras.Model))
