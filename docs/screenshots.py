@@ -193,12 +193,18 @@ def screenshots(ui: str, experiment_id: str, parent, parent_name: str) -> None:
             best_effort("expand the sweep's row", lambda: toggle.first.click(timeout=10_000))
             add_metric_columns(page)
 
+        def unfolded_description() -> None:
+            expect(page.get_by_role("heading", name=parent_name)).to_be_visible()
+            # MLflow folds a long description: the leaderboard is what the picture is for
+            more = page.get_by_text("Show more", exact=True)
+            best_effort("unfold the description", lambda: more.first.click(timeout=10_000))
+
         shoot(page, runs, IMAGES / "ui-runs-table.png", expanded_table, TABLE_HEIGHT)
         shoot(
             page,
             f"{ui}/#/experiments/{experiment_id}/runs/{parent.info.run_id}?{MODEL_TRAINING_VIEW}",
             IMAGES / "ui-parent-run.png",
-            lambda: expect(page.get_by_role("heading", name=parent_name)).to_be_visible(),
+            unfolded_description,
         )
         context.close()
         browser.close()
