@@ -42,6 +42,7 @@ METADATA = "petloc.json"
 CHECK_PHOTOS = 8  # photos the check runs through both models
 ONNX_OPSET = 17
 SYNTHETIC = "synthetic"  # where the check's photos came from when neither --data nor a run gave any
+VALIDATION = "validation photos of "  # the check's source, before the run's dataset folder
 TFLITE_DELEGATE_NOTE = re.compile(r"INFO: Created TensorFlow Lite XNNPACK delegate")
 EVERY_LINE = re.compile("")
 
@@ -211,9 +212,6 @@ def _photos_from(source: str) -> str:
     if source.startswith(VALIDATION):
         return source  # "validation photos of FOLDER"
     return f"photos from {source}"
-
-
-VALIDATION = "validation photos of "
 
 
 @dataclass(frozen=True)
@@ -452,8 +450,8 @@ PREDICT_TAKES = (
 
 
 def _export_kind(source: str | os.PathLike) -> str | None:
-    """ "folder" or "file" when `source` is what `petloc export` wrote (its folder, or a file
-    with an export's suffix), else None (a .keras file, a registered name, nothing)."""
+    """What `source` is of what `petloc export` wrote: its "folder", an export "file" (by its
+    suffix), or None (a .keras file, a registered name, nothing there)."""
     path = Path(source)
     try:
         if path.is_dir() and (path / METADATA).exists():

@@ -25,8 +25,9 @@ from tests.helpers import (
 SIZE = 32
 TOLERANCE = 1e-3
 CHECKED = re.compile(
-    r"checked on (\d+) (?:synthetic photos|photos from \S+|validation photos of \S+): largest difference from the Keras "
-    r"model (\S+) in boxes \(normalised to the image side\), (\S+) in class scores; tolerance 0.001"
+    r"checked on (\d+) (?:synthetic photos|photos from \S+|validation photos of \S+): "
+    r"largest difference from the Keras model (\S+) in boxes \(normalised to the image side\), "
+    r"(\S+) in class scores; tolerance 0.001"
 )
 
 
