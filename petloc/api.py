@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import os
 import sys
 import time
@@ -387,14 +388,21 @@ def export(
     "savedmodel" (TensorFlow), "tflite" or "onnx" (with the `onnx` extra), into the new or
     empty folder `out` with a petloc.json naming its classes and input size.
 
-    The export is run beside the Keras model on a few photos (the image files under `data`,
-    else synthetic ones) and kept only when its boxes and class scores differ from the Keras
-    model's by at most `tolerance`; `say` hears the differences. `tta="flip"` bakes
-    mirror-image averaging into the export. `petloc predict` answers with a TFLite, ONNX or
-    SavedModel export as with the Keras model."""
+    The export is run beside the Keras model on a few photos (the image files under `data`;
+    else, for a model from MLflow, the validation photos of its run when their folder is
+    readable here; else synthetic ones) and kept only when its boxes and class scores differ
+    from the Keras model's by at most `tolerance` (a finite number from 0 up); `say` hears
+    the differences. `tta="flip"` bakes mirror-image averaging into the export. petloc.json
+    records `model` as given and, for a model from MLflow, the registered name, version and
+    run it resolved to. `petloc predict` answers with a TFLite, ONNX or SavedModel export as
+    with the Keras model."""
     _check_evaluate_options(tta=tta)
-    if not (isinstance(tolerance, int | float) and 0 <= tolerance < float("inf")):
-        raise PetlocError(f"tolerance: {tolerance!r} is not a number from 0 up")
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, numbers.Real)
+        or not 0 <= tolerance < float("inf")  # NaN fails too
+    ):
+        raise PetlocError(f"tolerance: {tolerance!r} is not a finite number from 0 up")
     _prepare()
     return _tracking_errors_as_one_line(
         lambda: _export(str(model), format, out, data, float(tolerance), tta, _say(say))
@@ -411,19 +419,23 @@ def _export(
     say: Say,
 ) -> ExportResult:
     from petloc.model import TTA
-    from petloc.tracking.registry import load_localiser
+    from petloc.tracking.registry import load_localiser, model_origin
     from petloc.training import export as exporting
 
     # the cheap mistakes before the model loads
     exporting.check_format(format)
     exporting.check_runtime(format)
     exporting.check_out(out)
+    localiser = TTA[tta](load_localiser(model))
+    origin = model_origin(model)
     written = exporting.export_model(
-        TTA[tta](load_localiser(model)),
+        localiser,
         format,
         out,
         source=model,
         data=data,
+        run_data=origin.run_data() if origin else None,
+        provenance=origin.provenance() if origin else None,
         tolerance=tolerance,
         say=say,
     )

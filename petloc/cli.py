@@ -525,7 +525,9 @@ def predict(model, images, as_json, out):
 @click.option(
     "--data",
     type=click.Path(),
-    help="Check the export on the photos in this folder  [default: a few synthetic photos]",
+    help="Check the export on the photos in this folder  [default: the validation photos of "
+    "MODEL's run when MODEL is from MLflow and their folder is readable, else a few synthetic "
+    "photos]",
 )
 @click.option(
     "--tolerance",
@@ -546,8 +548,8 @@ def export(model, format_, out, data, tolerance, tta):
 
     MODEL: petloc@champion, petloc/3, models:/..., runs:/RUN/model or a .keras file. The
     export is run beside the Keras model on photos and kept only when it answers the same
-    within the tolerance; OUT/petloc.json names its classes and input size. `petloc predict
-    OUT` (or OUT/model.tflite) answers with it.
+    within the tolerance; OUT/petloc.json names its classes and input size, and the version
+    and run MODEL resolved to. `petloc predict OUT` (or OUT/model.tflite) answers with it.
     """
     from petloc import api
 

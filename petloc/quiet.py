@@ -93,7 +93,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        with _native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
+        with native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
             self.loader.exec_module(module)
 
     def __getattr__(self, name):  # what else the import system asks of it (resources, source)
@@ -109,9 +109,13 @@ def hide_tensorflow_startup_log() -> None:
 
 
 @contextlib.contextmanager
-def _native_stderr_filtered(hidden: re.Pattern):
-    """File descriptor 2 (C++ libraries write there, not to sys.stderr) goes to a temp file;
-    afterwards its lines that `hidden` does not match are written to stderr."""
+def native_stderr_filtered(hidden: re.Pattern):
+    """A block's lines on file descriptor 2 that `hidden` matches, dropped.
+
+    C++ libraries (TensorFlow, TFLite, converters) write to the process's file descriptor 2,
+    not to sys.stderr, so redirecting sys.stderr misses them: while the block runs, descriptor
+    2 goes to a temporary file; afterwards its lines that `hidden` does not match are written
+    to stderr (`re.compile("")` drops them all). Not thread-safe: descriptor 2 is the process's."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as caught:

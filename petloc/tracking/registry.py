@@ -28,7 +28,7 @@ from petloc.registry_names import Ref, check_alias, check_name, parse_ref, print
 from petloc.tracking import ties
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import configure, tracking_uri
-from petloc.training.export import exported_predictor
+from petloc.training.export import PREDICT_TAKES, RunData, exported_predictor, is_export
 from petloc.training.predict import ForwardPredictor, Predictor, checked_localiser, load_keras_file
 
 # Version tags copied from the source run's metrics and tags.
@@ -60,6 +60,11 @@ def load_localiser(source: str | Path) -> keras.Model:
     """A petloc localiser from a `.keras` file, a registered name (`petloc@champion`,
     `petloc/3`) or an MLflow model URI (`models:/petloc@champion`, `runs:/RUN/model`)."""
     text = str(source)
+    if is_export(text):  # scoring needs the Keras model's layers and figures, not a runtime's
+        raise PetlocError(
+            f"{text}: is what petloc export wrote; evaluate and export take the Keras model "
+            "it came from (a .keras file or an MLflow URI); predict takes exports"
+        )
     uri = None if _is_path(text) else model_uri(text)
     if uri is None:
         return load_keras_file(text)
@@ -107,7 +112,58 @@ def loadable_uri(uri: str) -> str:
 
 def load_predictor(source: str | Path) -> ForwardPredictor:
     """A predictor for what `load_localiser` loads, or for a model `petloc export` wrote."""
-    return exported_predictor(source) or Predictor(load_localiser(source))
+    exported = exported_predictor(source)
+    if exported is not None:
+        return exported
+    text = str(source)
+    if not _is_path(text) and model_uri(text) is None:  # the message names exports too
+        raise PetlocError(f"{text}: no such model file ({PREDICT_TAKES})")
+    return Predictor(load_localiser(source))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a model loaded by name or URI came from: its run, and its registered version
+    when it was loaded as one."""
+
+    run: Any  # mlflow.entities.Run
+    name: str | None = None
+    version: str | None = None
+
+    def provenance(self) -> dict[str, object]:
+        """petloc.json's entries for it: what an alias or `latest` resolved to."""
+        named = {"registered_name": self.name, "registered_version": self.version}
+        return {**{k: v for k, v in named.items() if v is not None}, "run_id": self.run.info.run_id}
+
+    def run_data(self) -> RunData | None:
+        """The run's dataset folder and split, or None when it logged none (not a training run)."""
+        folder = self.run.data.tags.get(vocab.DATASET_PATH)
+        params = self.run.data.params
+        if not folder:
+            return None
+        try:
+            return RunData(folder, float(params[vocab.VAL_SPLIT]), int(params[vocab.DATA_SEED]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def model_origin(source: str) -> Origin | None:
+    """The run (and registered version) behind a registered name or an MLflow URI; None for
+    a file, or a URI whose run MLflow does not say (models:/NAME/latest)."""
+    uri = None if _is_path(source) else model_uri(source)
+    if uri is None:
+        return None
+    configure()
+    client = MlflowClient()
+    if uri.startswith("runs:/"):
+        return Origin(client.get_run(uri.removeprefix("runs:/").partition("/")[0]))
+    if uri.startswith("models:/m-"):  # a logged model by its id
+        logged = client.get_logged_model(uri.removeprefix("models:/").partition("/")[0])
+        return Origin(client.get_run(logged.source_run_id)) if logged.source_run_id else None
+    version = registered_version(uri)
+    if version is None or not version.run_id:
+        return None
+    return Origin(client.get_run(version.run_id), version.name, str(version.version))
 
 
 def _load_logged(uri: str) -> keras.Model:

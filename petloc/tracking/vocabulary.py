@@ -59,6 +59,7 @@ REPRODUCES = "reproduces"  # a reproduction's original run
 # A run's data, written by PreparedData.tags() (the training layer, below tracking: the same spelling there).
 DATASET_PATH, DATASET_DIGEST, SKIPPED_IMAGES = "dataset_path", "dataset_digest", "skipped_images"
 VAL_DATA = "val_data"  # what the validation photos were (digest, split, seed): figures compare only on the same
+VAL_SPLIT, DATA_SEED = "val_split", "data_seed"  # a run's params that made its split (run_settings)
 COMMAND, GIT_COMMIT, GIT_DIRTY, SEED = "command", "git_commit", "git_dirty", "seed"
 TUNER_INITIAL_EPOCH = (
     "tuner/initial_epoch"  # Keras Tuner's own `tuner/*` values, as tags of a trial's run

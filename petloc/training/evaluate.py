@@ -168,6 +168,16 @@ def _labelled_as_trained(
     return arrays  # relabelled then names the first photo of a class the model does not know
 
 
+def validation_paths(
+    model: keras.Model, data: str | Path, val_split: float, seed: int
+) -> list[str]:
+    """The files of the validation side of the split a run of `model` made of `data` with
+    `val_split` and `seed` (data.seed), as `evaluate_dataset(subset="val")` scores them."""
+    size, classes = int(model.input_shape[1]), model_classes(model)
+    arrays = _labelled_as_trained(data, size, classes, "skip", strict=True)
+    return split_train_val(arrays, val_split, seed)[1].paths
+
+
 def evaluate_dataset(
     model: keras.Model,
     data: str | Path,

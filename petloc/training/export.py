@@ -2,7 +2,8 @@
 
 Each export is checked before it is kept: the written file is loaded back with its own
 runtime and run beside the Keras model on photo files decoded as `petloc predict` decodes
-them; the largest differences in boxes and class scores are reported, and an export that
+them (the --data folder's, else the validation photos of the model's own run, else synthetic
+ones); the largest differences in boxes and class scores are reported, and an export that
 differs by more than the tolerance is removed, not left to be used. The folder also holds
 `petloc.json`: the format, the classes (in the order of the "cls" scores), the input size
 and the check's figures, so that `petloc predict` answers with the export as with the Keras
@@ -33,13 +34,15 @@ from petloc.data.synth import generate
 from petloc.errors import PetlocError, did_you_mean
 from petloc.files import SMALL_FILE_LIMIT, UnreadableFile, read_bounded
 from petloc.model import model_classes
-from petloc.quiet import _native_stderr_filtered
+from petloc.quiet import native_stderr_filtered
+from petloc.training.evaluate import validation_paths
 from petloc.training.predict import Forward, ForwardPredictor, Predictor
 
 METADATA = "petloc.json"
 CHECK_PHOTOS = 8  # photos the check runs through both models
 ONNX_OPSET = 17
-SYNTHETIC = "synthetic"  # where the check's photos came from when no --data is given
+SYNTHETIC = "synthetic"  # where the check's photos came from when neither --data nor a run gave any
+VALIDATION = "validation photos of "  # the check's source, before the run's dataset folder
 TFLITE_DELEGATE_NOTE = re.compile(r"INFO: Created TensorFlow Lite XNNPACK delegate")
 EVERY_LINE = re.compile("")
 
@@ -73,7 +76,7 @@ def _write_tflite(model: keras.Model, folder: Path) -> tuple[str, Notes]:
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)  # float32, not quantised
         try:
             # the converter also lists on stderr each op it lacks: the error below says it
-            with _native_stderr_filtered(EVERY_LINE):
+            with native_stderr_filtered(EVERY_LINE):
                 flat = converter.convert()
         except Exception as err:
             lacking = re.search(r"TF Select ops: ([\w, ]+)", str(err))
@@ -92,7 +95,7 @@ def _run_tflite(path: Path) -> Forward:
     (name,) = runner.get_input_details()  # the model's one input; batches resize it
     size = int(runner.get_input_details()[name]["shape_signature"][1])
     # The first call sets up the CPU delegate, which says so on stderr: not for users
-    with _native_stderr_filtered(TFLITE_DELEGATE_NOTE):
+    with native_stderr_filtered(TFLITE_DELEGATE_NOTE):
         runner(**{name: np.zeros((1, size, size, 3), np.float32)})
     return lambda batch: runner(**{name: batch})
 
@@ -179,7 +182,7 @@ class Check:
     """How the export answered beside the Keras model."""
 
     photos: int
-    source: str  # the --data folder, or "synthetic"
+    source: str  # the --data folder, "validation photos of FOLDER" (the run's), or "synthetic"
     max_box_difference: float  # corners normalised to the image side (0-1)
     max_score_difference: float  # class probabilities
     same_labels: int  # photos both gave the same label
@@ -192,13 +195,33 @@ class Check:
         )
 
     def line(self) -> str:
-        photos = "synthetic photos" if self.source == SYNTHETIC else f"photos from {self.source}"
-        return (
-            f"checked on {self.photos} {photos}: largest difference from the Keras "
-            f"model {self.max_box_difference:.1e} in boxes (normalised to the image side), "
+        line = (
+            f"checked on {self.photos} {_photos_from(self.source)}: largest difference from the "
+            f"Keras model {self.max_box_difference:.1e} in boxes (normalised to the image side), "
             f"{self.max_score_difference:.1e} in class scores; tolerance {self.tolerance:g}; "
             f"same label on {self.same_labels}/{self.photos}"
         )
+        if self.source == SYNTHETIC:
+            line += " (--data DIR checks on your own photos)"
+        return line
+
+
+def _photos_from(source: str) -> str:
+    if source == SYNTHETIC:
+        return "synthetic photos"
+    if source.startswith(VALIDATION):
+        return source  # "validation photos of FOLDER"
+    return f"photos from {source}"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The data the model was trained on: its run's dataset folder and the split it made, so
+    that the check runs on the run's validation photos when no --data is given."""
+
+    folder: str
+    val_split: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -228,17 +251,20 @@ def export_model(
     *,
     source: str,
     data: str | os.PathLike | None = None,
+    run_data: RunData | None = None,
+    provenance: Notes | None = None,
     tolerance: float,
     say: Say = print,
 ) -> Exported:
     """Writes `model` in `format` into the folder `out` with its petloc.json, once the export
-    answers as the Keras model does on photos (`data`'s, else synthetic ones) within
-    `tolerance`; above it, or on any failure, nothing is left at `out`. `source` names the
-    model in messages and in petloc.json."""
+    answers as the Keras model does on photos (`data`'s, else the validation photos of
+    `run_data`, else synthetic ones) within `tolerance`; above it, or on any failure, nothing
+    is left at `out`. `source` names the model in messages and in petloc.json, `provenance`
+    adds what it resolved to (registered name, version, run id)."""
     fmt = check_format(format)
     check_runtime(format)
     folder = check_out(out)
-    photos, where = check_photos(data, int(model.input_shape[1]))
+    photos, where = check_photos(data, model, run_data)
     with _staging(folder) as staging:
         name, notes = _written(fmt, model, staging, source, format)
         check = compare(model, fmt.run(staging / name), photos, where, tolerance)
@@ -249,7 +275,7 @@ def export_model(
                 f"tolerance {tolerance:g} (boxes {check.max_box_difference:.1e}, scores "
                 f"{check.max_score_difference:.1e}); nothing kept at {out}"
             )
-        write_metadata(staging, format, name, model, source, check, notes)
+        write_metadata(staging, format, name, model, source, check, {**(provenance or {}), **notes})
         staging.rename(folder)  # onto a new or empty folder, as check_out made sure
     file = folder / name if name != "." else folder
     return Exported(folder, file, format, check)
@@ -286,12 +312,20 @@ def _umask() -> int:
     return mask
 
 
-def check_photos(data: str | os.PathLike | None, image_size: int) -> tuple[list[np.ndarray], str]:
+def check_photos(
+    data: str | os.PathLike | None, model: keras.Model, run_data: RunData | None = None
+) -> tuple[list[np.ndarray], str]:
     """The check's photos, decoded from files as `petloc predict` decodes them (RGB, upright):
-    the first few image files under `data`, else a few synthetic photos written as JPEGs."""
+    the first few image files under `data`, else the first validation photos of `run_data`
+    when its folder is readable here, else a few synthetic photos written as JPEGs."""
     if data is None:
+        validation = _validation_files(model, run_data)
+        if run_data is not None and validation:
+            where = VALIDATION + run_data.folder
+            return _decoded(validation, where), where
         with tempfile.TemporaryDirectory() as folder:
-            generate(Path(folder), count=CHECK_PHOTOS, seed=0, size=max(image_size, 64))
+            size = max(int(model.input_shape[1]), 64)
+            generate(Path(folder), count=CHECK_PHOTOS, seed=0, size=size)
             return _decoded(sorted(Path(folder).glob("*.jpg")), "synthetic"), SYNTHETIC
     root = Path(data)
     if not root.is_dir():
@@ -299,6 +333,18 @@ def check_photos(data: str | os.PathLike | None, image_size: int) -> tuple[list[
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     photos = _decoded(files, f"--data {data}")
     return photos, str(data)
+
+
+def _validation_files(model: keras.Model, run_data: RunData | None) -> list[Path]:
+    """The run's validation photo files, as its split made them; none when the run's folder
+    is not readable here (a model from another machine) or no longer splits as it did."""
+    if run_data is None or not os.access(run_data.folder, os.R_OK | os.X_OK):
+        return []
+    try:
+        paths = validation_paths(model, run_data.folder, run_data.val_split, run_data.seed)
+    except (PetlocError, OSError):
+        return []
+    return [Path(p) for p in paths]
 
 
 def _decoded(files: list[Path], where: str) -> list[np.ndarray]:
@@ -395,18 +441,42 @@ def read_metadata(folder: Path) -> Metadata:
     return found
 
 
+EXPORT_SUFFIXES = tuple(f.suffix for f in FORMATS.values() if f.suffix)
+# What `petloc predict` takes, for messages about a model it cannot find
+PREDICT_TAKES = (
+    "give a .keras file, an MLflow URI such as models:/petloc@champion, or what petloc export "
+    f"wrote: its folder or its {'/'.join(EXPORT_SUFFIXES)} file"
+)
+
+
+def _export_kind(source: str | os.PathLike) -> str | None:
+    """What `source` is of what `petloc export` wrote: its "folder", an export "file" (by its
+    suffix), or None (a .keras file, a registered name, nothing there)."""
+    path = Path(source)
+    try:
+        if path.is_dir() and (path / METADATA).exists():
+            return "folder"
+        if path.is_file() and path.suffix in EXPORT_SUFFIXES:
+            return "file"
+    except (OSError, ValueError):  # a name too long to be a path
+        return None
+    return None
+
+
+def is_export(source: str | os.PathLike) -> bool:
+    """Whether `source` is an export's folder or file (which only `petloc predict` runs)."""
+    return _export_kind(source) is not None
+
+
 def exported_predictor(source: str | os.PathLike) -> ForwardPredictor | None:
     """The predictor of what `petloc export` wrote, given its folder or its file (.tflite,
     .onnx), or None when `source` is neither (a .keras file, a registered name, ...)."""
+    kind = _export_kind(source)
+    if kind is None:
+        return None
     path = Path(source)
-    try:
-        is_folder = path.is_dir() and (path / METADATA).exists()
-        is_file = path.is_file() and path.suffix in {f.suffix for f in FORMATS.values() if f.suffix}
-    except (OSError, ValueError):  # a name too long to be a path
-        return None
-    if not (is_folder or is_file):
-        return None
-    folder = path if is_folder else path.parent
+    is_file = kind == "file"
+    folder = path.parent if is_file else path
     meta = read_metadata(folder)
     if is_file and (folder / meta.file).resolve() != path.resolve():
         raise PetlocError(f"{source}: not the model {folder / METADATA} describes ({meta.file})")

@@ -25,8 +25,9 @@ from tests.helpers import (
 SIZE = 32
 TOLERANCE = 1e-3
 CHECKED = re.compile(
-    r"checked on (\d+) (?:synthetic photos|photos from \S+): largest difference from the Keras "
-    r"model (\S+) in boxes \(normalised to the image side\), (\S+) in class scores; tolerance 0.001"
+    r"checked on (\d+) (?:synthetic photos|photos from \S+|validation photos of \S+): "
+    r"largest difference from the Keras model (\S+) in boxes \(normalised to the image side\), "
+    r"(\S+) in class scores; tolerance 0.001"
 )
 
 
@@ -102,6 +103,7 @@ def test_a_savedmodel_export_from_python_loads_in_tensorflow(project):
     assert result.check["max_box_difference"] <= TOLERANCE
     assert result.check["max_score_difference"] <= TOLERANCE
     assert differences(heard[0])[0] == exporting.CHECK_PHOTOS
+    assert heard[0].endswith("(--data DIR checks on your own photos)")
     serve = tf.saved_model.load(str(result.folder)).signatures["serving_default"]
     out = serve(pixels=tf.zeros((2, SIZE, SIZE, 3)))
     assert out["cls"].shape == (2, 2) and out["box"].shape == (2, 4)
@@ -208,21 +210,57 @@ def test_a_model_tflite_has_no_op_for_is_one_line_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crop.keras"]
 
 
+@pytest.mark.parametrize("tolerance", [True, -0.1, float("nan"), float("inf"), "0.1", None])
+def test_a_tolerance_that_is_not_a_finite_number_from_0_is_one_line(project, tolerance):
+    with pytest.raises(PetlocError) as err:
+        petloc.export(project / "tiny.keras", "tflite", project / "never", tolerance=tolerance)
+    assert str(err.value) == f"tolerance: {tolerance!r} is not a finite number from 0 up"
+    assert not (project / "never").exists()
+
+
+def test_evaluate_on_an_export_says_it_takes_the_keras_model(project, tflite):
+    for given in (tflite[0], tflite[0] / "model.tflite"):
+        with pytest.raises(PetlocError) as err:
+            invoke("evaluate", given, project / "photos")
+        assert str(err.value) == (
+            f"{given}: is what petloc export wrote; evaluate and export take the Keras model it "
+            "came from (a .keras file or an MLflow URI); predict takes exports"
+        )
+
+
+@pytest.mark.parametrize("missing", ["nonexist.tflite", "nonexist.onnx", "nonexist.keras"])
+def test_predict_on_a_missing_model_names_exports_too(project, tflite, missing):
+    with pytest.raises(PetlocError) as err:
+        invoke("predict", tflite[0] / missing, next((project / "photos").glob("*.jpg")))
+    assert str(err.value) == (
+        f"{tflite[0] / missing}: no such model file (give a .keras file, an MLflow URI such as "
+        "models:/petloc@champion, or what petloc export wrote: its folder or its .tflite/.onnx file)"
+    )
+
+
 @pytest.mark.slow  # a tracked training run first
 def test_a_registered_model_with_flip_tta_exports_and_answers_by_name(tmp_path):
+    """Without --data, a model from the registry is checked on its run's validation photos;
+    petloc.json says which version and run the alias named."""
     with in_project(tmp_path):
         data = tiny_dataset(tmp_path / "photos", count=40)
         trained = invoke("train", tiny_experiment(tmp_path, data), "space.tta=flip")
         assert trained.exit_code == 0, trained.output
-        promoted = invoke("promote", run_id_of(trained.output), "--name", "tiny")
+        run_id = run_id_of(trained.output)
+        promoted = invoke("promote", run_id, "--name", "tiny")
         assert "tiny@champion is now version 1" in promoted.output
-        exported = invoke(
-            "export", "tiny@champion", "--format", "tflite", "--out", "out", "--data", data
-        )
+        exported = invoke("export", "tiny@champion", "--format", "tflite", "--out", "out")
         assert exported.exit_code == 0, exported.output
-        assert json.loads((tmp_path / "out" / "petloc.json").read_text())["source"] == (
-            "tiny@champion"
+        # val_split 0.25 of 40 photos: 10 validation photos, of which the check takes 8
+        assert f"checked on {exporting.CHECK_PHOTOS} validation photos of {data}:" in (
+            exported.output
         )
+        assert "synthetic" not in exported.output
+        meta = json.loads((tmp_path / "out" / "petloc.json").read_text())
+        assert meta["source"] == "tiny@champion"  # as typed
+        assert (meta["registered_name"], meta["registered_version"]) == ("tiny", "1")
+        assert meta["run_id"] == run_id
+        assert meta["check"]["source"] == f"validation photos of {data}"
         images = sorted(data.glob("*.jpg"))[:6]
         by_name, exported_rows = predictions("tiny@champion", images), predictions("out", images)
     for want, got in zip(by_name, exported_rows, strict=True):

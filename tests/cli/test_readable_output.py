@@ -18,7 +18,7 @@ from petloc import report
 from petloc.cli import cli
 from petloc.config import Experiment, load_experiment, parse_experiment
 from petloc.errors import PetlocError
-from petloc.quiet import TENSORFLOW_STARTUP_LOG, _native_stderr_filtered
+from petloc.quiet import TENSORFLOW_STARTUP_LOG, native_stderr_filtered
 from petloc.training.gallery import curves_figure, plot_curves
 from petloc.training.progress import EpochLine
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
@@ -177,7 +177,7 @@ TF_STARTUP = (
 
 
 def test_startup_log_is_dropped_and_everything_else_kept(capfd):
-    with _native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
+    with native_stderr_filtered(TENSORFLOW_STARTUP_LOG):
         os.write(
             2,
             (
