@@ -5,7 +5,7 @@ Keras's `model.evaluate` names its figures against `fit`'s `val_` ones. A run lo
 measures on its validation photos under their run metric names
 (petloc/tracking/vocabulary.py RUN_METRICS: `val_` + the quantity, mIoU `best_val_miou`).
 Tables and progress lines show each quantity with one count of decimals (DECIMALS), whatever
-the name it goes by; JSON and CSV keep full floats.
+the name it goes by; JSON and CSV keep full floats, and counts (COUNTS) as whole numbers.
 """
 
 from __future__ import annotations
@@ -38,9 +38,24 @@ DECIMALS = {
     EPOCHS_TRAINED: 0,
 }
 
+# Whole numbers by nature: MLflow keeps every metric as a float, but no output says 75958.0.
+COUNTS = (PARAMS_COUNT, EPOCHS_TRAINED)
+
 
 def decimals_of(name: str) -> int | None:
     """The decimals a figure named `name` is shown with: those of the quantity its name is or
     ends with (`miou`, `best_val_miou`, `val_top5_accuracy`); None for other names."""
     found = [q for q in DECIMALS if name == q or name.endswith("_" + q)]
     return DECIMALS[max(found, key=len)] if found else None
+
+
+def is_count(name: str) -> bool:
+    """Whether a figure named `name` counts something (`params_count`, `val_params_count`)."""
+    return any(name == q or name.endswith("_" + q) for q in COUNTS)
+
+
+def typed(name: str, value):
+    """`value` as a figure named `name` is written: a count as an int, anything else as is."""
+    if is_count(name) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -58,6 +58,10 @@ def test_the_sweep_leaderboard_is_the_csv_as_a_dataframe(swept):
     assert list(result.leaderboard["run_id"]) == [row[header.index("run_id")] for row in rows]
     assert len(result.leaderboard) == 1 and 0 <= result.leaderboard["best_val_miou"][0] <= 1
     assert result.failed == 0 and result.name == "tiny"
+    # a count is a whole number in the CSV and in the DataFrame, as in every output
+    count = rows[0][header.index("params_count")]
+    assert count.isdigit() and result.leaderboard["params_count"][0] == int(count)
+    assert str(result.leaderboard["params_count"].dtype) == "Int64"
 
 
 def test_the_sweep_champion_loads_and_predicts(swept):
