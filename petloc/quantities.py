@@ -19,6 +19,8 @@ TOP5_ACCURACY, MACRO_ACCURACY, SPECIES_ACCURACY = (
 LATENCY_MS_B1, LATENCY_MS_B32 = "latency_ms_b1", "latency_ms_b32"
 PARAMS_COUNT = "params_count"
 TRAIN_SECONDS, EPOCH_SECONDS, EPOCHS_TRAINED = "train_seconds", "epoch_seconds", "epochs_trained"
+LOSS = "loss"  # the training loss, in the epoch lines (train and `val_`)
+SCORE = "score"  # a prediction's probability of its class
 
 # The class figures (petloc.model.metrics.class_figures), each only where it applies:
 # top-5 for more than 5 classes, species for classes with species.
@@ -36,6 +38,8 @@ DECIMALS = {
     TRAIN_SECONDS: 0,
     EPOCH_SECONDS: 1,
     EPOCHS_TRAINED: 0,
+    LOSS: 3,
+    SCORE: 2,
 }
 
 # Whole numbers by nature: MLflow keeps every metric as a float, but no output says 75958.0.

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 
 from petloc.errors import PetlocError
+from petloc.quantities import SCORE
+from petloc.report import figure
 from petloc.training.figures import new_figure, save_figure
 
 TRUE_COLOUR = (0, 200, 0)  # RGB
@@ -152,7 +154,7 @@ def _tile(ax, answers: Answers, i: int, worst: bool) -> None:
     ax.set_title(
         f"true {_short(answers.names[true])}\n"
         f"pred {_short(answers.names[pred])}\n"
-        f"score {float(answers.scores[i]):.2f}   IoU {float(answers.ious[i]):.2f}",
+        f"score {figure(SCORE, float(answers.scores[i]))}   IoU {float(answers.ious[i]):.2f}",
         fontsize=8,
         color=_rgb(RIGHT if pred == true else WRONG),
         linespacing=1.1,
@@ -287,7 +289,7 @@ def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     cv2.rectangle(photo, (x1, y1), (x2, y2), PRED_COLOUR, thickness)
     _label(
         photo,
-        f"{prediction.label} {prediction.score:.2f}",
+        f"{prediction.label} {figure(SCORE, prediction.score)}",
         (max(x1, 2) + 2, max(y1, 20) - 4),
         (40, 40, 40),
     )

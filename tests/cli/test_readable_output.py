@@ -100,6 +100,8 @@ def test_a_quantity_is_rounded_one_way_in_every_row_and_every_table(same_decimal
     ]
     assert report.figure("val_top5_accuracy", 0.9) == "0.900"
     assert report.figure("train_seconds", 12.6) == "13"
+    # the epoch lines' loss, a prediction's score (as `petloc predict` and the gallery show it)
+    assert report.figure("val_loss", 1.5) == "1.500" and report.figure("score", 0.876) == "0.88"
     assert report.figure("learning_rate", 0.00123456) == "0.001235"  # not a quantity
 
 
