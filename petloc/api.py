@@ -239,13 +239,10 @@ def _sweep(exp: Experiment, fresh: bool, say: Say, start: float) -> SweepResult:
 def leaderboard_frame(rows: list[dict]) -> pandas.DataFrame:
     """The leaderboard's rows as a DataFrame with `leaderboard.csv`'s columns, in its order;
     a figure a run lacks (an empty cell in the CSV) is missing (NaN or None), not ''."""
-    import pandas
-
+    from petloc.report import frame
     from petloc.tracking.sweep_record import leaderboard_columns
 
-    columns = leaderboard_columns(rows)
-    cells = [{c: (None if row.get(c, "") == "" else row[c]) for c in columns} for row in rows]
-    return pandas.DataFrame(cells, columns=columns)
+    return frame(rows, leaderboard_columns(rows))
 
 
 def _champion(name: str, alias: str) -> str | None:

@@ -558,13 +558,18 @@ def export(model, format_, out, data, tolerance, tta):
 
 
 def _print_prediction(row: dict, as_json: bool) -> None:
+    from petloc.quantities import SCORE
+    from petloc.report import figure
+
     if as_json:
         click.echo(json.dumps(row))
     elif "error" in row:
         click.echo(f"{row['image']}: error: {row['error']}")
     else:
         warning = f" (warning: {row['warning']})" if "warning" in row else ""
-        click.echo(f"{row['image']}: {row['label']} {row['score']:.2f} box {row['box']}{warning}")
+        click.echo(
+            f"{row['image']}: {row['label']} {figure(SCORE, row['score'])} box {row['box']}{warning}"
+        )
 
 
 @cli.command()

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from petloc import hyperparams, plugins
-from petloc.errors import PetlocError, did_you_mean
+from petloc.errors import PetlocError, closest, did_you_mean
 from petloc.files import SMALL_FILE_LIMIT, read_text_bounded
 from petloc.hyperparams import REGISTERED
 from petloc.registry_names import alias_problem, described, name_problem, parse_ref, printable
@@ -376,16 +376,61 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _first_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "Range")))
+    errors = _users_errors(err.errors())
+    first = errors[0]
+    key = ".".join(str(p) for p in first["loc"] if not _is_branch(p))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = _not_a_key(first["loc"], key)
     elif first["type"] == "literal_error" and isinstance(first["input"], str):
         hint = did_you_mean(first["input"], re.findall(r"'([^']*)'", first["ctx"]["expected"]))
         msg += f";{hint}" if hint else ""
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    others = [e for e in errors[1:] if not _is_alternative(e)]
+    more = f" (and {len(others)} more)" if others else ""
     return f"{source}: {key + ': ' if key else ''}{msg}{more}"
+
+
+def _is_branch(part: Any) -> bool:
+    """A union's branch in an error's location (pydantic names it by its type), not a key."""
+    return isinstance(part, str) and (
+        part.startswith(("function-", "list[")) or part in ("bool", "int", "float", "str")
+    )
+
+
+def _users_errors(errors: list) -> list:
+    """The user's own mistakes among pydantic's errors, a typo first. A value of a union
+    (a range, a list or one value) gets one error per branch; the branch whose type the value
+    has is the one the user meant, so the other branches' "should be a list/number/..." go.
+    A field reported missing next to a typo of its name is that typo, not a second mistake."""
+    meant = [e for e in errors if not _is_alternative(e)]
+    if meant:
+        errors = [e for e in errors if not (_is_alternative(e) and _under_union(e, meant))]
+    else:  # every branch refused the value's type: the one that looked inside it fits best
+        errors = sorted(errors, key=lambda e: -len(e["loc"]))
+    typos = [e for e in errors if e["type"] == "extra_forbidden"]
+    mistyped = {
+        (e["loc"][:-1], closest(str(e["loc"][-1]), list(_section_at(e["loc"][:-1]).model_fields)))
+        for e in typos
+    }
+    rest = [
+        e
+        for e in errors
+        if e["type"] != "extra_forbidden"
+        and not (e["type"] == "missing" and (e["loc"][:-1], e["loc"][-1]) in mistyped)
+    ]
+    return typos + rest
+
+
+def _is_alternative(error: dict) -> bool:
+    """A union branch's "should be a list/number/..." error: pydantic's alternative, not a
+    mistake of its own."""
+    return error["type"].endswith("_type") and bool(error["loc"]) and _is_branch(error["loc"][-1])
+
+
+def _under_union(error: dict, others: list) -> bool:
+    """Whether `error` is a branch of the union value some error of `others` is about."""
+    value = error["loc"][:-1]
+    return any(o["loc"][: len(value)] == value and o is not error for o in others)
 
 
 def _not_a_key(loc: tuple, key: str) -> str:
@@ -437,21 +482,36 @@ BUNDLED_FOLDERS = (
 )
 
 
+def bundled_experiment_name(path: Path) -> bool:
+    """Whether `path` may name one of petloc's own experiments: `NAME.yaml` or
+    `experiments/NAME.yaml`."""
+    return path.parts[:-1] in ((), ("experiments",))
+
+
 def bundled_experiment(path: Path) -> Path | None:
     """petloc's own experiment named by `path` when it is `NAME.yaml` or `experiments/NAME.yaml`
     and no such file is here (a folder other than the checkout, after `pip install .`)."""
-    if path.exists() or path.parts[:-1] not in ((), ("experiments",)):
+    if path.exists() or not bundled_experiment_name(path):
         return None
     return next(
         (folder / path.name for folder in BUNDLED_FOLDERS if (folder / path.name).is_file()), None
     )
 
 
+def _nearby_experiment(path: Path) -> str:
+    """` did you mean FILE?` for the experiment file `path` likely mistypes: one in its folder,
+    or (for a bare or `experiments/` name) one of petloc's own."""
+    folders = [path.parent] + (list(BUNDLED_FOLDERS) if bundled_experiment_name(path) else [])
+    names = {p.name for folder in folders if folder.is_dir() for p in folder.glob("*.y*ml")}
+    prefix = "" if str(path.parent) == "." else f"{path.parent}/"
+    return did_you_mean(path.name, sorted(names), prefix)
+
+
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     path = Path(path)
     path = bundled_experiment(path) or path
     if not path.exists():
-        raise PetlocError(f"{path}: no such experiment file")
+        raise PetlocError(f"{path}: no such experiment file;{_nearby_experiment(path)}".rstrip(";"))
     text = read_text_bounded(path, SMALL_FILE_LIMIT)  # a FIFO, device or huge file: one line
     try:
         raw = _yaml(text) or {}

@@ -5,7 +5,7 @@ Keras's `model.evaluate` names its figures against `fit`'s `val_` ones. A run lo
 measures on its validation photos under their run metric names
 (petloc/tracking/vocabulary.py RUN_METRICS: `val_` + the quantity, mIoU `best_val_miou`).
 Tables and progress lines show each quantity with one count of decimals (DECIMALS), whatever
-the name it goes by; JSON and CSV keep full floats.
+the name it goes by; JSON and CSV keep full floats, and counts (COUNTS) as whole numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ TOP5_ACCURACY, MACRO_ACCURACY, SPECIES_ACCURACY = (
 LATENCY_MS_B1, LATENCY_MS_B32 = "latency_ms_b1", "latency_ms_b32"
 PARAMS_COUNT = "params_count"
 TRAIN_SECONDS, EPOCH_SECONDS, EPOCHS_TRAINED = "train_seconds", "epoch_seconds", "epochs_trained"
+LOSS = "loss"  # the training loss, in the epoch lines (train and `val_`)
+SCORE = "score"  # a prediction's probability of its class
 
 # The class figures (petloc.model.metrics.class_figures), each only where it applies:
 # top-5 for more than 5 classes, species for classes with species.
@@ -36,7 +38,12 @@ DECIMALS = {
     TRAIN_SECONDS: 0,
     EPOCH_SECONDS: 1,
     EPOCHS_TRAINED: 0,
+    LOSS: 3,
+    SCORE: 2,
 }
+
+# Whole numbers by nature: MLflow keeps every metric as a float, but no output says 75958.0.
+COUNTS = (PARAMS_COUNT, EPOCHS_TRAINED)
 
 
 def decimals_of(name: str) -> int | None:
@@ -44,3 +51,15 @@ def decimals_of(name: str) -> int | None:
     ends with (`miou`, `best_val_miou`, `val_top5_accuracy`); None for other names."""
     found = [q for q in DECIMALS if name == q or name.endswith("_" + q)]
     return DECIMALS[max(found, key=len)] if found else None
+
+
+def is_count(name: str) -> bool:
+    """Whether a figure named `name` counts something (`params_count`, `val_params_count`)."""
+    return any(name == q or name.endswith("_" + q) for q in COUNTS)
+
+
+def typed(name: str, value):
+    """`value` as a figure named `name` is written: a count as an int, anything else as is."""
+    if is_count(name) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+from typing import TYPE_CHECKING
 
-from petloc.quantities import decimals_of
+from petloc.quantities import decimals_of, is_count, typed
+
+if TYPE_CHECKING:
+    import pandas
 
 SIGNIFICANT = 4  # digits a column's largest number keeps: 0.7281 mIoU, 16.60 ms, 123.4 s
 MAX_DECIMALS = 8
@@ -107,9 +111,25 @@ def table(
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
-    """The rows as CSV, numbers at full precision: a CSV is read by programs."""
+    """The rows as CSV, numbers at full precision (a CSV is read by programs), counts whole."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(columns)
-    writer.writerows([[row.get(c, "") for c in columns] for row in rows])
+    writer.writerows([[typed(c, row.get(c, "")) for c in columns] for row in rows])
     return out.getvalue()
+
+
+def frame(rows: list[dict], columns: list[str]) -> pandas.DataFrame:
+    """The rows as a DataFrame (the Python API's leaderboard, the MLflow table's JSON): a
+    figure a row lacks ('' in the CSV) is missing, numbers at full precision, counts whole
+    (pandas' nullable Int64, so a missing count does not turn the column's numbers to floats)."""
+    import pandas
+
+    cells = [
+        {c: (None if row.get(c, "") == "" else typed(c, row[c])) for c in columns} for row in rows
+    ]
+    found = pandas.DataFrame(cells, columns=columns)
+    for c in columns:
+        if is_count(c) and all(cell[c] is None or isinstance(cell[c], int) for cell in cells):
+            found[c] = found[c].astype("Int64")
+    return found

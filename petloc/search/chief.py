@@ -25,7 +25,7 @@ from keras_tuner.engine.trial import Trial, TrialStatus
 from petloc import library_internals
 from petloc.config import Experiment
 from petloc.errors import PetlocError
-from petloc.report import number
+from petloc.report import figure, number
 from petloc.search import SEARCH_OVER
 from petloc.search.distributed import (
     DESCRIBE_METHOD,
@@ -166,9 +166,10 @@ class ChiefServicer(_OracleServicer):
         elapsed = time.monotonic() - self.started
         if trial.status == TrialStatus.COMPLETED:
             miou, accuracy = (
-                trial.metrics.get_last_value(name) for name in ("val_miou", "val_accuracy")
+                figure(name, trial.metrics.get_last_value(name))
+                for name in ("val_miou", "val_accuracy")
             )
-            head = f"trial {trial_id} done on {tuner}: val mIoU {miou:.3f}, accuracy {accuracy:.3f}"
+            head = f"trial {trial_id} done on {tuner}: val mIoU {miou}, accuracy {accuracy}"
         else:
             why = (trial.message or "").strip().splitlines()
             head = f"trial {trial_id} {trial.status.lower()} on {tuner}: {why[-1] if why else 'no reason given'}"

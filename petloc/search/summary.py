@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 from petloc.report import table
+from petloc.tracking.ui_links import OPEN_COMMAND
 from petloc.tracking.vocabulary import ENSEMBLE_TRIAL, FINAL_TRIAL, trial_rows
 
 
@@ -30,11 +31,14 @@ def sweep_summary(name: str, result, seconds: float, model_ref: str) -> list[str
     if result.promotion:
         lines += ["", f"registry: {result.promotion.reason}"]
     quoted = shlex.quote(model_ref)  # a registered name may hold quotes or spaces
+    # The links block names what serves its pages (or says a server already does); without
+    # it, the one command that opens the UI follows the parent run's id.
     links = result.links.lines() if result.links else []
+    browse = "" if links else f"; browse with: {OPEN_COMMAND}"
     return [
         *lines,
         "",
-        f"parent run {result.parent_run_id}; browse with: petloc ui",
+        f"parent run {result.parent_run_id}{browse}",
         *links,
         f"pull the model by name: petloc predict {quoted} photo.jpg  |  petloc evaluate {quoted} DATA",
         f"from Python: petloc.load_model({model_ref!r}).predict([image])",

@@ -235,7 +235,7 @@ def score_and_log(
     measured = {
         **figures,
         **latencies(model, int(model.input_shape[1]), forward),
-        quantities.PARAMS_COUNT: float(model.count_params()),
+        quantities.PARAMS_COUNT: model.count_params(),
     }
     summary = {
         **{

@@ -13,6 +13,9 @@ import cv2
 import numpy as np
 
 from petloc.errors import PetlocError
+from petloc.quantities import SCORE
+from petloc.report import figure
+from petloc.training.figures import new_figure, save_figure
 
 TRUE_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (255, 0, 255)
@@ -97,16 +100,12 @@ def gallery_figure(answers: Answers, pick: GalleryPick):
     """The picked photos as titled tiles (true class, predicted class and its score, IoU) with
     both boxes drawn, under a legend of the boxes, the title colours and the worst's frame.
     A matplotlib Figure on its own canvas (no pyplot: nothing global to close)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     indices = pick.indices
     columns = max(1, min(len(indices), max(4, math.ceil(math.sqrt(len(indices))))))
     rows = -(-len(indices) // columns)
     tile_h = TILE_INCHES + TITLE_INCHES
     width, height = max(columns, 4) * TILE_INCHES, HEADER_INCHES + rows * tile_h
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
+    fig = new_figure((width, height))
     for n, i in enumerate(indices):
         r, c = divmod(n, columns)
         bottom = height - HEADER_INCHES - (r + 1) * tile_h + 0.05
@@ -155,7 +154,7 @@ def _tile(ax, answers: Answers, i: int, worst: bool) -> None:
     ax.set_title(
         f"true {_short(answers.names[true])}\n"
         f"pred {_short(answers.names[pred])}\n"
-        f"score {float(answers.scores[i]):.2f}   IoU {float(answers.ious[i]):.2f}",
+        f"score {figure(SCORE, float(answers.scores[i]))}   IoU {float(answers.ious[i]):.2f}",
         fontsize=8,
         color=_rgb(RIGHT if pred == true else WRONG),
         linespacing=1.1,
@@ -255,24 +254,16 @@ def writable_folder(path: str | Path) -> Path:
 
 def plot_curves(history: dict[str, list[float]], path: Path) -> Path:
     """The training curves written as an image at `path`."""
-    import matplotlib.pyplot as plt
-
-    fig = curves_figure(history)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(curves_figure(history), path, tight=False)
 
 
 def curves_figure(history: dict[str, list[float]]):
     """Loss and val mIoU / accuracy per epoch, side by side. Every epoch is a marker, so a run
     of one or two epochs still shows its points (a line needs two)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure((10, 4))
+    left, right = fig.subplots(1, 2)
     for axes, keys in (
         (left, ("loss", "val_loss")),
         (right, ("miou", "val_miou", "accuracy", "val_accuracy")),
@@ -298,7 +289,7 @@ def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     cv2.rectangle(photo, (x1, y1), (x2, y2), PRED_COLOUR, thickness)
     _label(
         photo,
-        f"{prediction.label} {prediction.score:.2f}",
+        f"{prediction.label} {figure(SCORE, prediction.score)}",
         (max(x1, 2) + 2, max(y1, 20) - 4),
         (40, 40, 40),
     )
@@ -309,12 +300,8 @@ def plot_pareto(points: list[dict], path: Path, miou: str, latency: str) -> Path
     """Val mIoU against batch-1 latency, a dot per trial, the Pareto front joined (points
     carry `trial`, their val mIoU under key `miou`, their latency under `latency`, and
     `pareto` "yes"/"no")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure((6, 4))
+    ax = fig.subplots()
     ax.scatter(
         [p[latency] for p in points],
         [p[miou] for p in points],
@@ -339,10 +326,7 @@ def plot_pareto(points: list[dict], path: Path, miou: str, latency: str) -> Path
         )
     ax.set(xlabel="latency, batch 1 (ms)", ylabel="val mIoU", title="val mIoU against latency")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_confusion(true_labels, pred_labels, names: Sequence[str], path: Path) -> Path:
@@ -350,17 +334,14 @@ def plot_confusion(true_labels, pred_labels, names: Sequence[str], path: Path) -
     shares of that class's images so that rare classes read as clearly as common ones; the
     counts are written in the cells while there are few classes. The figure grows with the
     classes, so 37 breed names stay readable."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix
 
     n = len(names)
     counts = confusion_matrix(true_labels, pred_labels, labels=list(range(n)))
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = max(4.0, 0.28 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
+    fig = new_figure((side + 1, side))
+    ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     ticks = list(range(n))
     font = 9 if n <= 12 else 7
@@ -372,7 +353,4 @@ def plot_confusion(true_labels, pred_labels, names: Sequence[str], path: Path) -
             colour = "white" if shares[row, col] > 0.5 else "black"
             ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=font)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

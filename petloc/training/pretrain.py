@@ -107,5 +107,5 @@ def classifier_figures(model: keras.Model, val: ImageSet) -> dict[str, float]:
             f"val_{name}": value
             for name, value in class_figures(val.labels, probs, val.classes).items()
         },
-        "params_count": float(model.count_params()),
+        "params_count": model.count_params(),
     }

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import keras
 
+from petloc.report import figure
+
 # `petloc --verbose` sets this logger to DEBUG; the logging level is a switch every layer can
 # read without importing the command line.
 LOGGER = logging.getLogger("petloc")
@@ -45,9 +47,9 @@ class EpochLine(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        train = "  ".join(f"{name} {logs[name]:.3f}" for name in SHOWN if name in logs)
+        train = "  ".join(f"{name} {figure(name, logs[name])}" for name in SHOWN if name in logs)
         val = "  ".join(
-            f"{name} {logs['val_' + name]:.3f}" for name in SHOWN if "val_" + name in logs
+            f"{name} {figure(name, logs['val_' + name])}" for name in SHOWN if "val_" + name in logs
         )
         seconds = time.perf_counter() - self.started
         self.say(

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from petloc.training.figures import new_figure, save_figure
+
 MIN_TRIALS_FOR_IMPORTANCE = 3  # fewer points than that and a forest has nothing to split
 TRIALS_FOR_A_SOLID_IMPORTANCE = 30  # below this, the importance is said to be indicative
 FOREST_TREES, SHUFFLES = 200, 20
@@ -87,14 +89,19 @@ def parallel_coordinates_png(
 ) -> Path:
     """The same picture drawn by matplotlib: a line per trial, coloured by the objective, the
     best drawn last (on top)."""
-    plt, colormap = _pyplot(), "viridis"
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    colormap = "viridis"
     ordered = sorted(trials, key=lambda t: float(t[objective]))
     scores = [float(t[objective]) for t in ordered]
     axes = [axis(name, [t[name] for t in ordered]) for name in names]
     axes.append(axis(label, scores))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(axes)), 4.5))
+    fig = new_figure((max(6.0, 1.8 * len(axes)), 4.5))
+    ax = fig.subplots()
     low, high = min(scores), max(scores)
-    colours = plt.get_cmap(colormap)
+    colours = colormaps[colormap]
     for i, _ in enumerate(ordered):
         ax.plot(
             range(len(axes)),
@@ -110,9 +117,9 @@ def parallel_coordinates_png(
     ax.set_yticks([])
     ax.set_xlim(-0.2, len(axes) - 0.6)
     ax.set_title(_title(label, len(trials)))
-    mappable = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(low, high))
+    mappable = ScalarMappable(cmap=colormap, norm=Normalize(low, high))
     fig.colorbar(mappable, ax=ax, label=label)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def _unit(a: Axis, position: float) -> float:
@@ -177,9 +184,9 @@ def _all_numbers(trials: list[dict], name: str) -> bool:
 
 def plot_importance(found: dict, path: Path) -> Path:
     """The importances as horizontal bars (most important on top), the method in the title."""
-    plt = _pyplot()
     ranked = list(reversed(found["importance"]))
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(ranked)))
+    fig = new_figure((8, 1.5 + 0.45 * len(ranked)))
+    ax = fig.subplots()
     ax.barh(
         [r["hyperparameter"] for r in ranked],
         [r["importance"] for r in ranked],
@@ -188,7 +195,7 @@ def plot_importance(found: dict, path: Path) -> Path:
     )
     ax.set_xlabel(f"drop in R² of {found['objective']} when shuffled")
     ax.set_title(_wrapped(f"Hyperparameter importance: {found['method']}"), fontsize=9)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def _wrapped(text: str, width: int = 90) -> str:
@@ -201,8 +208,8 @@ def plot_best_so_far(points: list[dict], label: str, path: Path) -> Path:
     """The best objective so far against the trial number and against the time since the
     sweep started; `points` are the trials in the order they started, each with `objective`
     and `minutes` (when it ended)."""
-    plt = _pyplot()
-    fig, (by_trial, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig = new_figure((10, 4))
+    by_trial, by_time = fig.subplots(1, 2, sharey=True)
     numbers = list(range(1, len(points) + 1))
     by_trial.plot(numbers, [p["objective"] for p in points], "o", color="tab:gray", label="trial")
     by_trial.step(
@@ -216,7 +223,7 @@ def plot_best_so_far(points: list[dict], label: str, path: Path) -> Path:
     by_time.step(minutes, _running_best([p["objective"] for p in timed]), where="post")
     by_time.set(xlabel="minutes since the sweep started", title="against time")
     fig.suptitle(f"Best {label} so far")
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def _running_best(values: list[float]) -> list[float]:
@@ -225,19 +232,3 @@ def _running_best(values: list[float]) -> list[float]:
         best = max(best, v)
         out.append(best)
     return out
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path

@@ -1,6 +1,7 @@
 """What a person sees: the sweep's progress lines, rounded and aligned tables, curves with
 points, `--version`, `petloc config`, a quiet terminal, and one registered model per kind of data."""
 
+import json
 import os
 import re
 import subprocess
@@ -99,6 +100,8 @@ def test_a_quantity_is_rounded_one_way_in_every_row_and_every_table(same_decimal
     ]
     assert report.figure("val_top5_accuracy", 0.9) == "0.900"
     assert report.figure("train_seconds", 12.6) == "13"
+    # the epoch lines' loss, a prediction's score (as `petloc predict` and the gallery show it)
+    assert report.figure("val_loss", 1.5) == "1.500" and report.figure("score", 0.876) == "0.88"
     assert report.figure("learning_rate", 0.00123456) == "0.001235"  # not a quantity
 
 
@@ -117,6 +120,21 @@ def test_each_cell_keeps_four_significant_digits_in_tables_of_mixed_quantities()
 
 def test_csv_keeps_full_precision():
     assert "0.0018852184173460574" in report.csv_text(ROWS, list(ROWS[0]))
+
+
+def test_counts_are_whole_numbers_in_every_output():
+    """MLflow keeps the parameter count as a float; no table, CSV or JSON says 837900.0.
+    Real-valued figures keep their full precision."""
+    rows = [*ROWS, {**ROWS[0], "trial": 11, "params_count": ""}]  # a run without the count
+    csv_rows = report.csv_text(rows, list(ROWS[0])).splitlines()
+    assert csv_rows[1] == "0,simple,0.0018852184173460574,0.7346,837900,6.612,12.34"
+    assert csv_rows[3].split(",")[4] == ""
+    frame = report.frame(rows, list(ROWS[0]))
+    written = json.loads(frame.to_json(orient="split", index=False))
+    assert [row[4] for row in written["data"]] == [837900, 1234567, None]
+    assert frame["learning_rate"][0] == 0.0018852184173460574 and written["data"][1][6] == 123.4
+    assert "837900 |" in report.table(ROWS, markdown=True, same_decimals=True)
+    assert "837900.0" not in report.table(ROWS) + report.table(ROWS, same_decimals=True)
 
 
 # --- curves (item 11) ---

@@ -75,6 +75,19 @@ def test_choices_ranges_and_fixed_values():
             "space:\n  learning_rate: {min: 0.1, max: 1, sampl: log}\n",
             r"did you mean space.learning_rate.sampling\?",
         ),
+        # a typo inside a range: the range's keys, and only the user's own mistakes counted
+        (
+            "space:\n  learning_rate: {min: 0.001, maxx: 0.01}\n",
+            r"exp.yaml: space.learning_rate.maxx: not a key; did you mean space.learning_rate.max\?$",
+        ),
+        (
+            "space:\n  learning_rate: {min: 0.001, max: 0.01, lg: true}\n",
+            r"space.learning_rate.lg: not a key; known: min, max, step, sampling, default$",
+        ),
+        (
+            "space:\n  learning_rate: {min: [1], mx: 0.01}\n",
+            r"space.learning_rate.mx: not a key; did you mean space.learning_rate.max\? \(and 1 more\)$",
+        ),
         ("data:\n  colour: red\n", r"data.colour: not a key; known: path, image_size, "),
         ("space:\n  head_units: [64, wide]\n", r"head_units: 'wide' is not an integer"),
         (
@@ -102,6 +115,22 @@ def test_bad_files_get_one_line_naming_the_key(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(PetlocError, match="no such experiment file"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+def test_a_mistyped_file_name_gets_a_suggestion(tmp_path, monkeypatch):
+    """From the folder's files, and for a bare or `experiments/` name from petloc's own."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("name: mine\n")
+    with pytest.raises(
+        PetlocError, match=r"^qick.yaml: no such experiment file; did you mean quick.yaml\?$"
+    ):
+        load_experiment("qick.yaml")
+    with pytest.raises(PetlocError, match=r"did you mean experiments/cats_dogs.yaml\?$"):
+        load_experiment("experiments/cats_dog.yaml")
+    with pytest.raises(
+        PetlocError, match=r"^mien.yaml: no such experiment file; did you mean mine.yaml\?$"
+    ):
+        load_experiment("mien.yaml")
 
 
 def test_overrides_are_typed_and_reach_nested_keys(tmp_path):

@@ -58,6 +58,10 @@ def test_the_sweep_leaderboard_is_the_csv_as_a_dataframe(swept):
     assert list(result.leaderboard["run_id"]) == [row[header.index("run_id")] for row in rows]
     assert len(result.leaderboard) == 1 and 0 <= result.leaderboard["best_val_miou"][0] <= 1
     assert result.failed == 0 and result.name == "tiny"
+    # a count is a whole number in the CSV and in the DataFrame, as in every output
+    count = rows[0][header.index("params_count")]
+    assert count.isdigit() and result.leaderboard["params_count"][0] == int(count)
+    assert str(result.leaderboard["params_count"].dtype) == "Int64"
 
 
 def test_the_sweep_champion_loads_and_predicts(swept):
@@ -68,7 +72,10 @@ def test_the_sweep_champion_loads_and_predicts(swept):
         [answer] = petloc.load_model(result.champion).predict([np.zeros((40, 50, 3), np.uint8)])
     assert answer.label in ("cat", "dog") and len(answer.box) == 4
     # what the command line prints at the end, ready to print
-    assert f"parent run {result.parent_run_id}; browse with: petloc ui" in str(result)
+    assert (
+        f"parent run {result.parent_run_id}\nopen in the MLflow UI once `petloc ui` runs:"
+        in str(result)
+    )
     # the sweep's pages in the UI, where `petloc ui` serves a local store
     assert result.urls["model version"] == "http://127.0.0.1:5000/#/models/petloc/versions/1"
     assert set(result.urls) == {"sweep (parent run)", "champion's run", "model version"}

@@ -3,6 +3,7 @@
 from petloc.search.summary import sweep_summary
 from petloc.search.sweep import SweepResult
 from petloc.tracking.registry import Promotion
+from petloc.tracking.ui_links import SweepLinks
 from petloc.tracking.vocabulary import FINAL_TRIAL
 
 ROWS = [
@@ -21,7 +22,7 @@ def test_the_summary_counts_the_trials_and_tells_where_the_model_is():
         "",
         "registry: registered as version 3",
         "",
-        "parent run p1; browse with: petloc ui",
+        "parent run p1; browse with: petloc ui",  # no links: the command that opens the UI
         "pull the model by name: petloc predict 'my pets@champion' photo.jpg  |  "
         "petloc evaluate 'my pets@champion' DATA",
         "from Python: petloc.load_model('my pets@champion').predict([image])",
@@ -32,3 +33,16 @@ def test_without_a_promotion_there_is_no_registry_line():
     lines = sweep_summary("tiny", SweepResult("p1", ROWS[:2], None, 0), 5, "petloc@champion")
     assert lines[1] == "Leaderboard of sweep 'tiny' (2 finished, 0 failed, 5 s):"
     assert not any(line.startswith("registry:") for line in lines)
+
+
+def test_the_ui_is_named_once_and_not_at_all_on_a_server():
+    """The links block says what opens its pages; the parent run's line does not repeat it,
+    and on a tracking server (which serves the UI) no `petloc ui` is suggested."""
+    urls = {"sweep (parent run)": "https://mlflow.example/#/experiments/7/runs/p1"}
+    for links, opener in ((SweepLinks(urls), 0), (SweepLinks(urls, "petloc ui"), 1)):
+        lines = sweep_summary("tiny", SweepResult("p1", ROWS, None, 0, links), 5, "petloc@champion")
+        at = lines.index("parent run p1")
+        assert lines[at + 1] == (
+            "open in the MLflow UI once `petloc ui` runs:" if opener else "in the MLflow UI:"
+        )
+        assert sum("petloc ui" in line for line in lines) == opener

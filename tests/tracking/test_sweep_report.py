@@ -197,7 +197,8 @@ def test_the_pages_are_urls_on_a_tracking_server_and_petloc_ui_s_otherwise(monke
 
     rows = [{"trial": "0", "val_miou": 0.5, "run_id": "r2"}]
     lines = sweep_summary("tiny", SweepResult("p1", rows, None, 0, local), 3, "petloc@champion")
-    at = lines.index("parent run p1; browse with: petloc ui")
+    at = lines.index("parent run p1")  # the links block says how to open them: said once
+    assert sum("petloc ui" in line for line in lines) == 1
     assert lines[at + 1 : at + 4] == [
         "open in the MLflow UI once `petloc ui` runs:",
         "  sweep (parent run)  http://127.0.0.1:5000/#/experiments/7/runs/p1",
