@@ -212,8 +212,8 @@ def _standing(row: dict) -> ties.Standing | None:
 def ranked_rows(rows: list[dict], min_improvement: float) -> list[dict]:
     """The leaderboard's order, the champion first: val mIoU, where differences at or below
     `min_improvement` (registry.min_improvement) are ties that the lower batch-1 latency
-    wins. Row 1 is the fastest of the rows within min_improvement of the best val mIoU; each
-    next row is chosen the same way from the rows left (`petloc.tracking.ties.ranked`)."""
+    wins: the rows within min_improvement of the best val mIoU, the fastest first, then the
+    other rows by val mIoU (`petloc.tracking.ties.ranked`)."""
     return ties.ranked(rows, _standing, min_improvement)
 
 
