@@ -143,7 +143,8 @@ def finish(
         "the ensemble", lambda: log_ensemble(exp, record, rows, say), say
     ):
         rows = ranked()
-    record.log_leaderboard(rows, failed)
+    best = champion_row(rows, max_latency_ms, min_improvement)
+    record.log_leaderboard(rows, failed, best)
     record.log_pareto(rows)
     record.log_report(rows, say)
     if stopped:
@@ -152,7 +153,6 @@ def finish(
         raise PetlocError(
             f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui"
         )
-    best = champion_row(rows, max_latency_ms, min_improvement)
     if best is None:
         promotion = registry.Promotion(
             exp.registry.name,
