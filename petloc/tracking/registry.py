@@ -456,12 +456,12 @@ def _tie_verdict(
     if not faster:
         return _Verdict(False, "", f"{loses}, and not faster ({times})")
     best = _best_version(candidate, name)
-    if best is not None and not ties.within(best[1].score - candidate.standing.score, threshold):
-        gap = candidate.score(best[1].score - candidate.standing.score)
+    gap = 0.0 if best is None else best[1].score - candidate.standing.score
+    if best is not None and gap > 0 and not ties.within(gap, threshold):
         return _Verdict(
             False,
             "",
-            f"{loses} and faster ({times}), but {gap} below version {best[0]}'s "
+            f"{loses} and faster ({times}), but {candidate.score(gap)} below version {best[0]}'s "
             f"{candidate.score(best[1].score)} (a tie wins only within {threshold:g} of the "
             "best version)",
         )
