@@ -143,7 +143,8 @@ def finish(
         "the ensemble", lambda: log_ensemble(exp, record, rows, say), say
     ):
         rows = ranked()
-    record.log_leaderboard(rows, failed)
+    best = champion_row(rows, max_latency_ms, min_improvement)
+    record.log_leaderboard(rows, failed, best)
     record.log_pareto(rows)
     record.log_report(rows, say)
     if stopped:
@@ -152,7 +153,6 @@ def finish(
         raise PetlocError(
             f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui"
         )
-    best = champion_row(rows, max_latency_ms, min_improvement)
     if best is None:
         promotion = registry.Promotion(
             exp.registry.name,
@@ -212,8 +212,8 @@ def _standing(row: dict) -> ties.Standing | None:
 def ranked_rows(rows: list[dict], min_improvement: float) -> list[dict]:
     """The leaderboard's order, the champion first: val mIoU, where differences at or below
     `min_improvement` (registry.min_improvement) are ties that the lower batch-1 latency
-    wins. Row 1 is the fastest of the rows within min_improvement of the best val mIoU; each
-    next row is chosen the same way from the rows left (`petloc.tracking.ties.ranked`)."""
+    wins: the rows within min_improvement of the best val mIoU, the fastest first, then the
+    other rows by val mIoU (`petloc.tracking.ties.ranked`)."""
     return ties.ranked(rows, _standing, min_improvement)
 
 

@@ -348,13 +348,78 @@ def promote(
 
     Better means a val mIoU higher by more than `min_improvement`, or one within it (a tie)
     with a lower batch-1 latency (`petloc.tracking.ties`); a pretrained classifier's val
-    accuracy ties only when equal.
+    accuracy ties only when equal. A tie wins only when the run is also within
+    `min_improvement` of the best version of `name` measured on the same validation data, so
+    that tie after tie cannot walk the champion down.
     """
     check_name(name)
     check_alias(alias)
-    client = MlflowClient()
+    candidate = _candidate(run_id)
+    if not force and (refused := _over_budget(candidate, name, alias, max_latency_ms)):
+        return refused
+    holder = champion_version(name, alias)
+    if holder is not None and holder.run_id == run_id:
+        return Promotion(
+            name, holder.version, True, f"already {name}@{alias} (version {holder.version})"
+        )
+    if holder is not None and not force and not _comparable(candidate, holder):
+        return _other_data(candidate, holder, name, alias, register_when_not_better)
+    threshold = min_improvement if candidate.metric == vocab.BEST_VAL_MIOU else 0.0
+    verdict = _verdict(candidate, holder, name, alias, threshold)
+    if not (verdict.better or force or register_when_not_better):
+        return Promotion(name, None, False, f"{verdict.loses}; not registered")
+    version = _registered(candidate.run, candidate.model_source, name)
+    if verdict.better or force:
+        why = verdict.why if verdict.better else "forced"
+        return _win(candidate, version, name, alias, threshold, force, why)
+    return Promotion(name, version, False, f"registered as version {version}; {verdict.loses}")
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A run offered to the registry: its model and the figures it is ranked by."""
+
+    run: Any
+    metric: str  # a localiser's val mIoU, a pretrained classifier's val accuracy
+    standing: ties.Standing
+    model_source: str
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    @property
+    def val_data(self) -> str | None:
+        return self.run.data.tags.get(vocab.VAL_DATA)
+
+    @property
+    def label(self) -> str:
+        return METRIC_LABELS.get(self.metric, self.metric)
+
+    def score(self, value: float) -> str:
+        """A score as every table rounds it (`petloc.report.figure`)."""
+        return report.figure(self.metric, value)
+
+    @property
+    def shown(self) -> str:
+        """`val mIoU 0.545`: the run's own score."""
+        return f"{self.label} {self.score(self.standing.score)}"
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """Whether a run beats the holder, and the words for either answer."""
+
+    better: bool
+    why: str  # why it wins: "first champion", "beats 0.549", a tie its latency decided
+    loses: str  # why it does not: "val mIoU 0.530 does not beat petloc@champion's 0.549"
+
+
+def _candidate(run_id: str) -> _Candidate:
+    """Run `run_id` as a promotion weighs it; a one-line error unless it is a finished petloc
+    run with a logged model and its score."""
     try:
-        run = client.get_run(run_id)
+        run = MlflowClient().get_run(run_id)
     except MlflowException:
         raise PetlocError(f"run {printable(run_id)}: not found in {tracking_uri()}") from None
     # A localiser is ranked by val mIoU; a pretrained classifier by val accuracy.
@@ -363,7 +428,6 @@ def promote(
         if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND
         else vocab.BEST_VAL_MIOU
     )
-    label = METRIC_LABELS.get(metric, metric)
     score = run.data.metrics.get(metric)
     model_source = run.data.tags.get(vocab.MODEL_URI)
     if score is None or not model_source:
@@ -371,89 +435,149 @@ def promote(
             f"run {run_id}: has no logged model with {metric}; promote a finished petloc run"
         )
     latency = run.data.metrics.get(vocab.LATENCY_MS_B1)
-    if max_latency_ms is not None and not force and (latency is None or latency > max_latency_ms):
-        why = f"its batch-1 latency {_ms(latency)} is over the budget of {max_latency_ms:g} ms"
-        return Promotion(
-            name,
-            None,
+    return _Candidate(run, metric, ties.Standing(score, latency), model_source)
+
+
+def _over_budget(
+    candidate: _Candidate, name: str, alias: str, max_latency_ms: float | None
+) -> Promotion | None:
+    """The refusal of a run whose batch-1 latency is over `max_latency_ms` or unknown; None
+    when it fits, or without a budget."""
+    latency = candidate.standing.latency_ms
+    if max_latency_ms is None or (latency is not None and latency <= max_latency_ms):
+        return None
+    why = f"its batch-1 latency {_ms(latency)} is over the budget of {max_latency_ms:g} ms"
+    return Promotion(
+        name,
+        None,
+        False,
+        f"run {candidate.run_id} not promoted: {why} (--force moves {name}@{alias} anyway)",
+    )
+
+
+def _comparable(candidate: _Candidate, holder) -> bool:
+    """Whether the holder's score was measured on the run's validation data (`val_data`)."""
+    return (
+        holder.tags.get(vocab.VAL_DATA) == candidate.val_data
+        and holder.tags.get(candidate.metric) is not None
+    )
+
+
+def _other_data(candidate: _Candidate, holder, name: str, alias: str, register: bool) -> Promotion:
+    """A holder measured on other validation data keeps the alias; the run is registered
+    (when `register`), saying why."""
+    why = (
+        f"{name}@{alias} (version {holder.version}) was measured on other validation data "
+        f"({holder.tags.get(vocab.VAL_DATA, 'unknown')}; this run: {candidate.val_data}), so "
+        f"their figures do not compare; petloc promote {candidate.run_id} --name "
+        f"{shlex.quote(name)} --force moves it"
+    )
+    if not register:
+        return Promotion(name, None, False, why + "; not registered")
+    version = _registered(candidate.run, candidate.model_source, name)
+    return Promotion(name, version, False, f"registered as version {version}; {why}")
+
+
+def _verdict(candidate: _Candidate, holder, name: str, alias: str, threshold: float) -> _Verdict:
+    """Whether the run beats `holder`, the version `name@alias` names (None: no holder yet),
+    by the rule of `petloc.tracking.ties`."""
+    if holder is None:
+        return _Verdict(True, "first champion", "")
+    theirs = _standing(holder.tags, candidate.metric)
+    if theirs is None:  # a holder whose score tag is no number: only a forced move passes it
+        return _Verdict(
+            False, "", f"{candidate.shown}; {name}@{alias}'s {candidate.label} is unknown"
+        )
+    verdict = ties.compare(candidate.standing, theirs, threshold)
+    if verdict.tie:
+        return _tie_verdict(candidate, theirs, verdict.better, name, alias, threshold)
+    held = candidate.score(theirs.score)
+    loses = f"{candidate.shown} does not beat {name}@{alias}'s {held}"
+    return _Verdict(verdict.better, f"beats {held}", loses)
+
+
+def _tie_verdict(
+    candidate: _Candidate,
+    theirs: ties.Standing,
+    faster: bool,
+    name: str,
+    alias: str,
+    threshold: float,
+) -> _Verdict:
+    """A tie with the holder of `name@alias`: won by the faster run, when it is also within
+    `threshold` of the best version of `name` on its validation data."""
+    held = candidate.score(theirs.score)
+    times = f"{_ms(candidate.standing.latency_ms)} against {_ms(theirs.latency_ms)}"
+    loses = f"{candidate.shown} does not beat {name}@{alias}'s {held}: a tie within {threshold:g}"
+    if not faster:
+        return _Verdict(False, "", f"{loses}, and not faster ({times})")
+    best = _best_version(candidate, name)
+    gap = 0.0 if best is None else best[1].score - candidate.standing.score
+    if best is not None and gap > 0 and not ties.within(gap, threshold):
+        return _Verdict(
             False,
-            f"run {run_id} not promoted: {why} (--force moves {name}@{alias} anyway)",
+            "",
+            f"{loses} and faster ({times}), but {candidate.score(gap)} below version {best[0]}'s "
+            f"{candidate.score(best[1].score)} (a tie wins only within {threshold:g} of the "
+            "best version)",
         )
-    holder = champion_version(name, alias)
-    if holder is not None and holder.run_id == run_id:
-        return Promotion(
-            name, holder.version, True, f"already {name}@{alias} (version {holder.version})"
-        )
-    val_data = run.data.tags.get(vocab.VAL_DATA)
-    if (
-        holder is not None
-        and not force
-        and (holder.tags.get(vocab.VAL_DATA) != val_data or holder.tags.get(metric) is None)
-    ):
-        why = (
-            f"{name}@{alias} (version {holder.version}) was measured on other validation data "
-            f"({holder.tags.get('val_data', 'unknown')}; this run: {val_data}), so their figures do not compare; "
-            f"petloc promote {run_id} --name {shlex.quote(name)} --force moves it"
-        )
-        if not register_when_not_better:
-            return Promotion(name, None, False, why + "; not registered")
-        version = _registered(run, model_source, name)
-        return Promotion(name, version, False, f"registered as version {version}; {why}")
-    threshold = min_improvement if metric == vocab.BEST_VAL_MIOU else 0.0
-    holder_standing = _standing(holder.tags, metric) if holder is not None else None
-    verdict = (
-        ties.compare(ties.Standing(score, latency), holder_standing, threshold)
-        if holder_standing is not None
-        else None
-    )
-    better = holder is None or (verdict is not None and verdict.better)
-    loses = (
-        f"{label} {score:.4f} does not beat {name}@{alias}'s "
-        + _against(holder_standing, verdict, latency, threshold)
-        if holder_standing is not None
-        else ""
-    )
-    if not (better or force or register_when_not_better):
-        return Promotion(name, None, False, f"{loses}; not registered")
-    version = _registered(run, model_source, name)
-    if better or force:
-        mine = ties.Standing(score, latency)
+    return _Verdict(True, f"ties {held} within {threshold:g} and is faster: {times}", "")
 
-        def beats(other) -> bool:  # a version this run beats on the same validation data
-            theirs = _standing(other.tags, metric)
-            return (
-                other.tags.get(vocab.VAL_DATA) == val_data
-                and theirs is not None
-                and ties.compare(mine, theirs, threshold).better
-            )
 
-        _claim(name, alias, version, only=force, beats=beats)
-        _set_alias(name, alias, version)
-        settled = _settle(name, alias, metric, threshold)
-        if settled is not None and settled.version != version:
-            return Promotion(
-                name,
-                version,
-                False,
-                f"registered as version {version}; {name}@{alias} is version {settled.version}, "
-                f"promoted at the same time ({label} {settled.tags.get(metric, 'unknown')})",
-            )
-        why = (
-            "forced"
-            if not better
-            else (
-                "first champion"
-                if holder_standing is None
-                else _beats(holder_standing, verdict, latency, threshold)
-            )
-        )
+def _best_version(candidate: _Candidate, name: str) -> tuple[str, ties.Standing] | None:
+    """The version of `name` with the highest score measured on the run's validation data
+    (the run's own aside), with its figures; among equals the oldest; None when none is."""
+    measured = [
+        (v.version, standing)
+        for v in versions_of(name)
+        if v.run_id != candidate.run_id
+        and v.tags.get(vocab.VAL_DATA) == candidate.val_data
+        and (standing := _standing(v.tags, candidate.metric)) is not None
+    ]
+    return max(measured, key=lambda m: (m[1].score, -int(m[0])), default=None)
+
+
+def _win(
+    candidate: _Candidate,
+    version: str,
+    name: str,
+    alias: str,
+    threshold: float,
+    force: bool,
+    why: str,
+) -> Promotion:
+    """Moves `alias` to `version`, recording the win and settling a race (`_claim`,
+    `_settle`), and says so; or says which version a racing promotion left it on."""
+    _claim(name, alias, version, only=force, beats=_beaten_by(candidate, threshold))
+    _set_alias(name, alias, version)
+    settled = _settle(name, alias, candidate.metric, threshold)
+    if settled is not None and settled.version != version:
+        theirs = _standing(settled.tags, candidate.metric)
+        held = "unknown" if theirs is None else candidate.score(theirs.score)
         return Promotion(
             name,
             version,
-            True,
-            f"{name}@{alias} is now version {version} ({label} {score:.4f}, {why})",
+            False,
+            f"registered as version {version}; {name}@{alias} is version {settled.version}, "
+            f"promoted at the same time ({candidate.label} {held})",
         )
-    return Promotion(name, version, False, f"registered as version {version}; {loses}")
+    return Promotion(
+        name, version, True, f"{name}@{alias} is now version {version} ({candidate.shown}, {why})"
+    )
+
+
+def _beaten_by(candidate: _Candidate, threshold: float) -> Callable[[Any], bool]:
+    """Whether the run beats a version measured on the same validation data."""
+
+    def beats(other) -> bool:
+        theirs = _standing(other.tags, candidate.metric)
+        return (
+            other.tags.get(vocab.VAL_DATA) == candidate.val_data
+            and theirs is not None
+            and ties.compare(candidate.standing, theirs, threshold).better
+        )
+
+    return beats
 
 
 def _standing(tags: dict, metric: str) -> ties.Standing | None:
@@ -467,26 +591,6 @@ def _number(text: str | None) -> float | None:
         return float(text) if text not in (None, "") else None
     except ValueError:
         return None
-
-
-def _beats(holder: ties.Standing, verdict, latency: float | None, threshold: float) -> str:
-    """Why a run beat the holder: its score, or a tie its latency decided."""
-    if verdict is not None and verdict.tie:
-        return (
-            f"ties {holder.score:.4f} within {threshold:g} and is faster: "
-            f"{_ms(latency)} against {_ms(holder.latency_ms)}"
-        )
-    return f"beats {holder.score:.4f}"
-
-
-def _against(holder: ties.Standing, verdict, latency: float | None, threshold: float) -> str:
-    """The holder's score a run did not beat, and, for a tie, that it is not faster."""
-    if verdict is not None and verdict.tie:
-        return (
-            f"{holder.score:.4f}: a tie within {threshold:g}, and not faster "
-            f"({_ms(latency)} against {_ms(holder.latency_ms)})"
-        )
-    return f"{holder.score:.4f}"
 
 
 # Promotions racing against one registry (two sweeps ending at once, maybe on two machines)
@@ -603,7 +707,8 @@ def registry_settings_of(run_id: str) -> LoggedRegistry:
 
 
 def _ms(latency: float | None) -> str:
-    return "unknown" if latency is None else f"{latency:.2f} ms"
+    """A batch-1 latency as every table rounds it."""
+    return "unknown" if latency is None else f"{report.figure(vocab.LATENCY_MS_B1, latency)} ms"
 
 
 def _registered(run, model_source: str, name: str) -> str:

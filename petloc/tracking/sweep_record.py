@@ -321,8 +321,11 @@ class SweepRecord:
             rows.append(row)
         return _without_absent_class_figures(rows)
 
-    def log_leaderboard(self, rows: list[dict], failed: int) -> None:
-        """`leaderboard.csv` and `.md`, the trial counts, and the best row's figures and IDs."""
+    def log_leaderboard(self, rows: list[dict], failed: int, best: dict | None = None) -> None:
+        """`leaderboard.csv` and `.md`, the trial counts, and the figures and IDs of `best`:
+        the sweep's champion (`petloc.search.sweep.champion_row`, which under a latency budget
+        may be no leaderboard's first row); without one, as when no trial fits the budget,
+        the first row's."""
         columns = leaderboard_columns(rows)
         with log.scratch_dir() as tmp:
             csv_path, md_path = Path(tmp) / "leaderboard.csv", Path(tmp) / "leaderboard.md"
@@ -337,8 +340,8 @@ class SweepRecord:
             vocab.TRIALS_FINISHED: float(len(vocab.trial_rows(rows))),
             vocab.TRIALS_FAILED: float(failed),
         }
-        if rows:
-            best = rows[0]
+        best = best if best is not None else (rows[0] if rows else None)
+        if best is not None:
             self._set_tags({vocab.BEST_TRIAL_ID: best["trial"], vocab.BEST_RUN_ID: best["run_id"]})
             # under the trials' own names: one column of the runs table for parent and trials
             metrics.update({k: float(best[k]) for k in vocab.BEST_FIGURES if best.get(k, "") != ""})

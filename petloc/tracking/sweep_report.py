@@ -30,6 +30,7 @@ PICTURES = (PARALLEL_HTML, PARALLEL_PNG, IMPORTANCE_PNG, BEST_SO_FAR_PNG, "paret
 MAX_DESCRIPTION = 7500
 NOT_HYPERPARAMETERS = ("trial", "run_id", "fits_budget")
 OBJECTIVE_LABEL = "val mIoU"
+BUDGET = "registry.max_latency_ms"
 Say = Callable[[str], None]
 
 
@@ -78,12 +79,25 @@ def description(
         more = f"\n\n{left_out} more in leaderboard.csv." if left_out else ""
         table = report.table(linked[:shown], columns, markdown=True, same_decimals=True)
         text = (
-            f"{head}\n\n**Leaderboard** (best {OBJECTIVE_LABEL} first; a trial links to its run):"
+            f"{head}\n\n**Leaderboard** ({_order(rows)}; a trial links to its run):"
             f"\n\n{table or 'No finished trials.'}{more}{tail}"
         )
         if len(text) <= MAX_DESCRIPTION:
             return text
     return head[:MAX_DESCRIPTION]
+
+
+def _order(rows: list[dict]) -> str:
+    """The leaderboard's order in words (`petloc.search.sweep.ranked_rows`); under a latency
+    budget (a `fits_budget` column) the champion is ranked among the trials that fit, and
+    may not be first."""
+    rule = (
+        f"{OBJECTIVE_LABEL} within registry.min_improvement of the best ranked by batch-1 "
+        f"latency, then by {OBJECTIVE_LABEL}"
+    )
+    if any("fits_budget" in row for row in rows):
+        return f"{rule}; the champion: the first by that rule of those that fit {BUDGET}"
+    return f"champion first: {rule}"
 
 
 def _cell(value):

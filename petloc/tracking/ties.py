@@ -52,19 +52,22 @@ def _faster(one: Standing, other: Standing) -> bool:
 def ranked(
     items: list[T], standing: Callable[[T], Standing | None], min_improvement: float
 ) -> list[T]:
-    """`items` best first. The first is the fastest of those that tie with the best score; the
-    rest are ranked the same way, again and again. Items with no score come last, in their
-    order; among equally fast ties the higher score, then the earlier item, comes first.
-    With min_improvement 0 this is the order of the scores, the faster first when equal."""
+    """`items` best first: those whose score is within `min_improvement` of the best score
+    (ties with it), the fastest first; then every other item by score, the higher first.
+    Only the best score makes ties: an item that ties with a tied one, but not with the best,
+    is ranked by its score (ties do not chain). Equal keys keep the faster, then the higher
+    score, then the earlier item first; items with no score come last, in their order. With
+    min_improvement 0 this is the order of the scores, the faster first when equal."""
     scored = [(item, s) for item in items if (s := standing(item)) is not None]
     rest = [item for item in items if standing(item) is None]
-    order: list[T] = []
-    while scored:
-        top = max(s.score for _, s in scored)
-        ties = [i for i, (_, s) in enumerate(scored) if within(top - s.score, min_improvement)]
-        first = min(ties, key=lambda i: (_latency(scored[i][1]), -scored[i][1].score))
-        order.append(scored.pop(first)[0])
-    return order + rest
+    if not scored:
+        return rest
+    top = max(s.score for _, s in scored)
+    tied = [pair for pair in scored if within(top - pair[1].score, min_improvement)]
+    others = [pair for pair in scored if not within(top - pair[1].score, min_improvement)]
+    tied.sort(key=lambda pair: (_latency(pair[1]), -pair[1].score))
+    others.sort(key=lambda pair: (-pair[1].score, _latency(pair[1])))
+    return [item for item, _ in tied + others] + rest
 
 
 def _latency(standing: Standing) -> float:

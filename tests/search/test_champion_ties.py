@@ -33,8 +33,21 @@ def test_a_tie_goes_to_the_faster_trial_and_it_leads_the_leaderboard():
 def test_a_bigger_difference_is_not_a_tie():
     assert champion_row(ROWS, None, 0.0001)["run_id"] == "slow"
     assert run_ids(ranked_rows(ROWS, 0.0)) == ["slow", "fast", "fastest", "worst"]
-    # within 0.03 all four tie with the best: the fastest first, then again among the rest
+    # within 0.03 all four tie with the best (0.5250 is 0.0246 below it): the fastest first
     assert run_ids(ranked_rows(ROWS, 0.03)) == ["fastest", "worst", "fast", "slow"]
+
+
+def test_ties_do_not_chain():
+    # "third" and "late" tie with "second" (0.006, 0.009 below it) but not with the best
+    # (0.011, 0.014 below it): after the ties with the best, the rows go by val mIoU, and a
+    # faster row 0.014 below the best never ranks above a slower one 0.005 below it
+    rows = [
+        {"best_val_miou": 0.600, "latency_ms_b1": 1.0, "run_id": "best"},
+        {"best_val_miou": 0.595, "latency_ms_b1": 10.0, "run_id": "second"},
+        {"best_val_miou": 0.586, "latency_ms_b1": 5.0, "run_id": "late"},
+        {"best_val_miou": 0.589, "latency_ms_b1": 0.5, "run_id": "third"},
+    ]
+    assert run_ids(ranked_rows(rows, 0.01)) == ["best", "second", "third", "late"]
 
 
 def test_a_difference_of_exactly_min_improvement_is_a_tie():

@@ -3,13 +3,17 @@ batch-1 latency fits; the leaderboard says which fit; the parent run holds the P
 
 import csv
 
+import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
-from petloc.search.sweep import champion_row, mark_latency_fit
-from petloc.tracking.sweep_record import pareto_front
+from petloc.config import load_experiment
+from petloc.search.sweep import champion_row, finish, mark_latency_fit
+from petloc.tracking import runs
+from petloc.tracking.store import configure
+from petloc.tracking.sweep_record import SweepRecord, pareto_front
 from tests.helpers import in_project, tiny_dataset, tiny_experiment
 
 ROWS = [  # a leaderboard, best val mIoU first: the most accurate trial is the slowest
@@ -27,6 +31,45 @@ def test_the_budget_excludes_the_most_accurate_trial():
     assert champion_row(ROWS, 0.5) is None
     assert [r["fits_budget"] for r in mark_latency_fit(ROWS, 5.0)] == ["no", "yes", "yes", "yes"]
     assert mark_latency_fit(ROWS, None) == ROWS
+
+
+def _trial(record: SweepRecord, row: dict) -> str:
+    """A finished trial run under the sweep's parent, as a trial leaves it: its figures,
+    validation data and logged model."""
+    client = record.client
+    run_id = record.trial_run(str(row["trial"]), f"trial-{row['trial']}", {})
+    metrics = {k: row[k] for k in ("best_val_miou", "latency_ms_b1")}
+    mlflow.log_metrics(metrics, run_id=run_id)
+    client.set_tag(run_id, "val_data", "digest=abc split=0.25 seed=0")
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = mlflow.initialize_logged_model(
+        name=f"trial-{row['trial']}-simple", source_run_id=run_id, experiment_id=experiment_id
+    )
+    client.set_tag(run_id, "model_uri", f"models:/{model.model_id}")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def test_under_a_budget_the_parent_s_best_is_the_champion_not_the_top_row(tmp_path):
+    exp = load_experiment(
+        tiny_experiment(
+            tmp_path, tiny_dataset(tmp_path / "photos", count=4), registry={"max_latency_ms": 5.0}
+        )
+    )
+    with in_project(tmp_path):
+        configure()
+        record = SweepRecord.create(exp, "f1", runs.experiment_id(exp.tracking.experiment))
+        run_ids = {row["run_id"]: _trial(record, row) for row in ROWS}
+        result = finish(exp, record, 0, None, say=lambda line: None)
+        parent = record.client.get_run(record.parent_run_id).data
+    champion = run_ids["a"]  # c leads the leaderboard, but its 9 ms are over the budget
+    assert result.leaderboard[0]["run_id"] == run_ids["c"]
+    assert (parent.tags["best_run_id"], parent.tags["best_trial_id"]) == (champion, "0")
+    assert (parent.metrics["best_val_miou"], parent.metrics["latency_ms_b1"]) == (0.70, 3.0)
+    assert result.promotion.champion and result.promotion.reason.startswith(
+        "petloc@champion is now version 1 (val mIoU 0.700"
+    )
+    assert record.client.get_model_version("petloc", "1").run_id == champion
 
 
 def test_pareto_front_keeps_the_trials_nothing_beats_on_both():

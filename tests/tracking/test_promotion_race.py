@@ -111,9 +111,9 @@ def test_a_forced_champion_is_not_undone_by_the_next_promotion(tmp_path, monkeyp
     experiment_id = client.create_experiment("forced")
     best, forced, later = (_finished_run(client, experiment_id, miou) for miou in (0.8, 0.4, 0.6))
     assert promote(best, "forced").champion
-    assert promote(forced, "forced", force=True).reason.endswith("(val mIoU 0.4000, forced)")
+    assert promote(forced, "forced", force=True).reason.endswith("(val mIoU 0.400, forced)")
     assert (
         promote(later, "forced").reason
-        == "forced@champion is now version 3 (val mIoU 0.6000, beats 0.4000)"
+        == "forced@champion is now version 3 (val mIoU 0.600, beats 0.400)"
     )
     assert client.get_model_version_by_alias("forced", "champion").run_id == later

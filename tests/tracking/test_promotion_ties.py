@@ -1,6 +1,7 @@
 """Ties are ties in `promote`: a val mIoU within registry.min_improvement of the champion's
 wins only by a lower batch-1 latency, and the message says so; a bigger difference wins or
-loses by the score alone."""
+loses by the score alone; a tie wins only within min_improvement of the best version on the
+same validation data too, so that ties cannot walk the champion down."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ def test_a_tie_within_min_improvement_goes_to_the_faster_run(store):
     promotion = promote(faster, min_improvement=0.01)
     assert promotion.champion and _champion(store) == faster
     assert promotion.reason == (
-        "petloc@champion is now version 2 (val mIoU 0.5451, "
-        "ties 0.5491 within 0.01 and is faster: 3.10 ms against 6.20 ms)"
+        "petloc@champion is now version 2 (val mIoU 0.545, "
+        "ties 0.549 within 0.01 and is faster: 3.10 ms against 6.20 ms)"
     )
 
 
@@ -60,8 +61,8 @@ def test_a_tie_that_is_not_faster_leaves_the_champion(store):
     promotion = promote(slower, min_improvement=0.01)
     assert not promotion.champion and _champion(store) == holder
     assert promotion.reason == (
-        "registered as version 2; val mIoU 0.5580 does not beat petloc@champion's "
-        "0.5491: a tie within 0.01, and not faster (6.20 ms against 3.10 ms)"
+        "registered as version 2; val mIoU 0.558 does not beat petloc@champion's "
+        "0.549: a tie within 0.01, and not faster (6.20 ms against 3.10 ms)"
     )
 
 
@@ -73,7 +74,7 @@ def test_a_difference_beyond_min_improvement_is_decided_by_the_score(store):
     better = _run(store, 0.5700, 9.0)
     promotion = promote(better, min_improvement=0.01)
     assert promotion.champion and _champion(store) == better
-    assert promotion.reason.endswith("(val mIoU 0.5700, beats 0.5491)")
+    assert promotion.reason.endswith("(val mIoU 0.570, beats 0.549)")
 
 
 def test_without_min_improvement_any_higher_score_wins(store):
@@ -92,7 +93,7 @@ def test_petloc_promote_takes_min_improvement(store):
     assert "a tie within" in invoke("promote", slower).output
     assert _champion(store) != slower
     moved = invoke("promote", slower, "--min-improvement", "0.001").output
-    assert "petloc@champion is now version 2 (val mIoU 0.5580, beats 0.5491)" in moved
+    assert "petloc@champion is now version 2 (val mIoU 0.558, beats 0.549)" in moved
     refused = invoke("promote", slower, "--min-improvement", "-1")
     assert refused.exit_code == 2 and "--min-improvement" in refused.output
 
@@ -111,3 +112,36 @@ def test_a_champion_of_the_past_does_not_come_back_through_a_tie(store):
     third = _run(store, 0.6050, 5.0)  # ties second (0.0051) and is faster; ties first, slower
     promotion = promote(third, min_improvement=0.01)
     assert promotion.champion and _champion(store) == third, promotion.reason
+
+
+def test_ties_do_not_walk_the_champion_down(store):
+    """Each run ties with the champion before it and is faster, but a tie wins only within
+    min_improvement of the best version on the same validation data too."""
+    first = _run(store, 0.600, 10.0)
+    assert promote(first, min_improvement=0.01).champion
+    second = _run(store, 0.591, 9.0)  # 0.009 below version 1: a tie, and faster
+    assert promote(second, min_improvement=0.01).reason == (
+        "petloc@champion is now version 2 (val mIoU 0.591, "
+        "ties 0.600 within 0.01 and is faster: 9.00 ms against 10.00 ms)"
+    )
+    third = _run(store, 0.582, 8.0)  # ties version 2 (0.009), but is 0.018 below version 1
+    refused = promote(third, min_improvement=0.01)
+    assert not refused.champion and _champion(store) == second
+    assert refused.reason == (
+        "registered as version 3; val mIoU 0.582 does not beat petloc@champion's 0.591: "
+        "a tie within 0.01 and faster (8.00 ms against 9.00 ms), but 0.018 below version 1's "
+        "0.600 (a tie wins only within 0.01 of the best version)"
+    )
+    fourth = _run(store, 0.573, 7.0)  # 0.018 below the champion: no tie, the score decides
+    assert not promote(fourth, min_improvement=0.01).champion and _champion(store) == second
+
+
+def test_the_best_version_counts_only_on_the_same_validation_data(store):
+    client = store[0]
+    elsewhere = _run(store, 0.900, 50.0)  # measured on other photos: its 0.900 does not compare
+    client.set_tag(elsewhere, "val_data", "digest=other split=0.25 seed=0")
+    assert promote(elsewhere, min_improvement=0.01).champion
+    holder = _run(store, 0.600, 10.0)
+    assert promote(holder, force=True, min_improvement=0.01).champion
+    faster = _run(store, 0.591, 9.0)  # within 0.01 of the best version on its data, 0.600
+    assert promote(faster, min_improvement=0.01).champion and _champion(store) == faster

@@ -159,7 +159,7 @@ def test_a_model_name_too_long_to_be_a_path_is_looked_up_as_a_name(project):
 def test_promote_registers_a_quoted_name_and_finds_it_again(project):
     first = invoke("promote", project.run_id, "--name", "o'neil")
     assert (
-        first.output.strip() == "o'neil@champion is now version 1 (val mIoU 0.5000, first champion)"
+        first.output.strip() == "o'neil@champion is now version 1 (val mIoU 0.500, first champion)"
     )
     assert (
         invoke("promote", project.run_id, "--name", "o'neil").output.strip()

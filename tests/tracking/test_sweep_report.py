@@ -175,6 +175,24 @@ def test_a_long_leaderboard_fits_the_description_and_counts_what_it_leaves_out()
     assert 10 < shown < 200 and f"{200 - shown} more in leaderboard.csv." in text
 
 
+def test_the_description_says_the_leaderboard_s_order():
+    rows = [{"trial": "0", "val_miou": 0.5, "run_id": "r0"}]
+    assert (
+        "**Leaderboard** (champion first: val mIoU within registry.min_improvement of the best "
+        "ranked by batch-1 latency, then by val mIoU; a trial links to its run)"
+    ) in sweep_report.description("head", rows, "1")
+    # under a latency budget the champion may not lead: it is ranked among the trials that fit
+    budget = sweep_report.description("head", [{**rows[0], "fits_budget": "no"}], "1")
+    assert (
+        "champion first" not in budget
+        and (
+            "then by val mIoU; the champion: the first by that rule of those that fit "
+            "registry.max_latency_ms;"
+        )
+        in budget
+    )
+
+
 def test_the_pages_are_urls_on_a_tracking_server_and_petloc_ui_s_otherwise(monkeypatch):
     promotion = (("petloc", "4"), True)
     monkeypatch.setattr(

@@ -51,7 +51,7 @@ def test_a_pretrained_classifier_is_promoted_and_used_as_a_backbone_under_either
     assert (
         promotion.champion
         and promotion.reason
-        == "backbones@champion is now version 1 (val accuracy 0.8000, first champion)"
+        == "backbones@champion is now version 1 (val accuracy 0.800, first champion)"
     )
     assert client.get_registered_model("backbones").description.startswith(
         "petloc: cat/dog classifier"
