@@ -59,8 +59,9 @@ EVALUATE_CHOICES = {
 class SweepResult:
     """What a sweep ended with.
 
-    `leaderboard`: the finished trials, best val mIoU first, with the columns of the parent
-    run's `leaderboard.csv`, its figures under the runs' metric names (`best_val_miou`,
+    `leaderboard`: the finished trials in the leaderboard's order (the champion first: val mIoU
+    within `registry.min_improvement` of the best by batch-1 latency, then by val mIoU), with
+    the columns of the parent run's `leaderboard.csv`, its figures under the runs' metric names (`best_val_miou`,
     `val_accuracy`, `latency_ms_b1`, ...; a missing figure is NaN). `champion`: the registered model that
     holds the registry alias when the sweep ended, pinned by version (`models:/NAME/VERSION`),
     whether or not this sweep's best took it (`promoted` says); None when no version holds it.

@@ -135,13 +135,7 @@ def head_of(note: str) -> str:
 def log_table(client: MlflowClient, run_id: str, rows: list[dict]) -> None:
     """The leaderboard as an MLflow table. log_table appends to a table already there, so a
     refresh (a resumed sweep) overwrites the file in the same format instead."""
-    import pandas
-
-    columns = sweep_record.leaderboard_columns(rows)
-    frame = pandas.DataFrame(
-        [{c: (None if row.get(c, "") == "" else row[c]) for c in columns} for row in rows],
-        columns=columns,
-    )
+    frame = report.frame(rows, sweep_record.leaderboard_columns(rows))
     if TABLE_FILE not in {f.path for f in client.list_artifacts(run_id)}:
         client.log_table(run_id, frame, TABLE_FILE)
         return

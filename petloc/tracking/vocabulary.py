@@ -119,7 +119,7 @@ RUN_METRICS = {
 # The class figures, each only where it applies (top-5 for more than 5 classes, species for
 # classes with species): quantity -> run metric.
 CLASS_FIGURES = {name: RUN_METRICS[name] for name in quantities.CLASS_FIGURES}
-# The leaderboard's figures, its columns under these same names, best val mIoU first.
+# The leaderboard's figures: its columns under these same names, val mIoU first.
 LEADERBOARD_METRICS = (
     BEST_VAL_MIOU,
     VAL_IOU50,
