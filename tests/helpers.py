@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -91,8 +92,11 @@ def run_id_of(output: str) -> str:
 
 
 def parent_id_of(output: str) -> str:
-    """The parent run id `petloc sweep` prints ("... parent run ID; ...")."""
-    return output.split("parent run ")[1].split(";")[0]
+    """The parent run id `petloc sweep` prints ("parent run ID", then "; browse with: ..." or
+    the lines of its pages)."""
+    found = re.search(r"^parent run ([0-9a-f]{32})\b", output, re.MULTILINE)
+    assert found, f"no parent run id in:\n{output}"
+    return found.group(1)
 
 
 PETLOC = [sys.executable, "-m", "petloc"]

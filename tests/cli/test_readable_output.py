@@ -22,7 +22,7 @@ from petloc.errors import PetlocError
 from petloc.quiet import TENSORFLOW_STARTUP_LOG, native_stderr_filtered
 from petloc.training.gallery import curves_figure, plot_curves
 from petloc.training.progress import EpochLine
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
+from tests.helpers import in_project, parent_id_of, tiny_dataset, tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -304,7 +304,7 @@ def swept(tmp_path_factory):
 
 
 def trial_tags(client, output):
-    parent_id = output.split("parent run ")[1].split(";")[0]
+    parent_id = parent_id_of(output)
     parent = client.get_run(parent_id)
     runs = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"

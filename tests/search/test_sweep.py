@@ -205,7 +205,7 @@ def test_rerun_continues_without_rerunning_or_relogging(swept, monkeypatch):
     versions = len(client.search_model_versions("name='petloc'"))
     again = invoke("sweep", exp)
     assert again.exit_code == 0, again.output
-    assert f"parent run {parent_id};" in again.output
+    assert f"parent run {parent_id}\n" in again.output
     assert {r.info.run_id for r in children(client, parent_id)} == before
     assert len(client.search_model_versions("name='petloc'")) == versions
     # A bigger budget runs only the new trial.
