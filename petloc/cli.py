@@ -63,6 +63,13 @@ class Choice(click.Choice):
             self.fail(f"{err.message.rstrip('.')};{hint}", param, ctx)
 
 
+def tta_option(help_text: str):
+    """`--tta none|flip`, test-time augmentation, as `evaluate` and `export` take it."""
+    return click.option(
+        "--tta", type=Choice(["none", "flip"]), default="none", show_default=True, help=help_text
+    )
+
+
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="petloc", message="%(prog)s %(version)s")
 @click.option(
@@ -458,13 +465,7 @@ def serve(model, host, port):
 @click.option(
     "--seed", type=SEED, default=0, show_default=True, help="The split's seed (data.seed)."
 )
-@click.option(
-    "--tta",
-    type=Choice(["none", "flip"]),
-    default="none",
-    show_default=True,
-    help="flip: also average each photo with its mirror image (on top of what the model does).",
-)
+@tta_option("flip: also average each photo with its mirror image (on top of what the model does).")
 def evaluate(model, data, as_json, on_bad, subset, val_split, seed, tta):
     """mIoU, IoU >= 0.5 share, accuracy and latency of MODEL on the dataset at DATA."""
     from petloc import api
@@ -536,13 +537,7 @@ def predict(model, images, as_json, out):
     help="Largest difference from the Keras model, in box corners (fractions of the image side) "
     "and class scores, that the export may show  [default: 1e-3]",
 )
-@click.option(
-    "--tta",
-    type=Choice(["none", "flip"]),
-    default="none",
-    show_default=True,
-    help="flip: bake averaging each photo with its mirror image into the export.",
-)
+@tta_option("flip: bake averaging each photo with its mirror image into the export.")
 def export(model, format_, out, data, tolerance, tta):
     """MODEL for another runtime: a TensorFlow SavedModel, TFLite or ONNX, in folder OUT.
 

@@ -19,7 +19,11 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from petloc.cli import cli
+from petloc.config import load_experiment
 from petloc.data.synth import generate
+from petloc.tracking import runs
+from petloc.tracking.store import configure
+from petloc.tracking.sweep_record import SweepRecord
 from tests.servers import free_port  # noqa: F401  (the tests take it from here with the other helpers)
 
 TINY_SPACE = {
@@ -62,6 +66,18 @@ def in_project(root: Path):
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         yield
+
+
+@contextmanager
+def recorded_sweep(root: Path):
+    """A tiny sweep's parent run in the fresh project `root`, its settings logged, with no
+    search around it: (experiment, SweepRecord, client on its store)."""
+    exp = load_experiment(tiny_experiment(root, tiny_dataset(root / "photos", count=8)))
+    with in_project(root):
+        uri = configure()
+        record = SweepRecord.create(exp, "f1", runs.experiment_id(exp.tracking.experiment))
+        record.log_settings(exp, "f1")
+        yield exp, record, MlflowClient(uri)
 
 
 def store_client(root: Path) -> MlflowClient:

@@ -58,13 +58,14 @@ def ranked(
     is ranked by its score (ties do not chain). Equal keys keep the faster, then the higher
     score, then the earlier item first; items with no score come last, in their order. With
     min_improvement 0 this is the order of the scores, the faster first when equal."""
-    scored = [(item, s) for item in items if (s := standing(item)) is not None]
-    rest = [item for item in items if standing(item) is None]
-    if not scored:
-        return rest
-    top = max(s.score for _, s in scored)
-    tied = [pair for pair in scored if within(top - pair[1].score, min_improvement)]
-    others = [pair for pair in scored if not within(top - pair[1].score, min_improvement)]
+    standings = [(item, standing(item)) for item in items]
+    scored = [(item, s) for item, s in standings if s is not None]
+    rest = [item for item, s in standings if s is None]
+    top = max((s.score for _, s in scored), default=0.0)
+    tied: list[tuple[T, Standing]] = []
+    others: list[tuple[T, Standing]] = []
+    for pair in scored:
+        (tied if within(top - pair[1].score, min_improvement) else others).append(pair)
     tied.sort(key=lambda pair: (_latency(pair[1]), -pair[1].score))
     others.sort(key=lambda pair: (-pair[1].score, _latency(pair[1])))
     return [item for item, _ in tied + others] + rest

@@ -5,22 +5,16 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from petloc.config import load_experiment
 from petloc.errors import PetlocError
 from petloc.tracking import runs
-from petloc.tracking.store import configure
 from petloc.tracking.sweep_record import SweepRecord
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
+from tests.helpers import recorded_sweep
 
 
 @pytest.fixture
 def sweep(tmp_path):
-    exp = load_experiment(tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=8)))
-    with in_project(tmp_path):
-        uri = configure()
-        record = SweepRecord.create(exp, "f1", runs.experiment_id(exp.tracking.experiment))
-        record.log_settings(exp, "f1")
-        yield exp, record, MlflowClient(uri)
+    with recorded_sweep(tmp_path) as recorded:
+        yield recorded
 
 
 def finish(client: MlflowClient, run_id: str, miou: float) -> None:

@@ -13,15 +13,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from petloc.config import load_experiment
 from petloc.search.summary import sweep_summary
 from petloc.search.sweep import SweepResult
-from petloc.tracking import runs, sweep_report, ui_links
+from petloc.tracking import sweep_report, ui_links
 from petloc.tracking.registry import Promotion
-from petloc.tracking.store import configure
 from petloc.tracking.sweep_record import SweepRecord
 from petloc.training import search_plots
-from tests.helpers import in_project, tiny_dataset, tiny_experiment
+from tests.helpers import recorded_sweep
 
 TRIALS = [  # head_units, learning_rate, backbone -> val mIoU
     (8, 0.001, "simple", 0.41),
@@ -33,12 +31,8 @@ TRIALS = [  # head_units, learning_rate, backbone -> val mIoU
 
 @pytest.fixture
 def sweep(tmp_path):
-    exp = load_experiment(tiny_experiment(tmp_path, tiny_dataset(tmp_path / "photos", count=8)))
-    with in_project(tmp_path):
-        uri = configure()
-        record = SweepRecord.create(exp, "f1", runs.experiment_id(exp.tracking.experiment))
-        record.log_settings(exp, "f1")
-        yield record, MlflowClient(uri), tmp_path
+    with recorded_sweep(tmp_path) as (_exp, record, client):
+        yield record, client, tmp_path
 
 
 def add_trials(record: SweepRecord, client: MlflowClient, trials=TRIALS) -> None:

@@ -37,6 +37,13 @@ def always(label: int, data, seed: int = 0) -> Predictions:
     return Predictions(np.full(n, label), np.full(n, 0.9), boxes, probs)
 
 
+def answers_of(data, pred: Predictions, ious, names) -> Answers:
+    """What the gallery draws: the photos, their true and predicted boxes and classes."""
+    return Answers(
+        data.images, data.boxes, pred.boxes, data.labels, pred.labels, pred.scores, ious, names
+    )
+
+
 def test_a_model_that_always_says_dog_is_shown_on_both_classes_and_its_errors_first():
     data = sorted_by_class(SPECIES, 24)  # 12 cats, then 12 dogs
     pred = always(DOG, data)
@@ -75,16 +82,7 @@ def test_the_gallery_has_a_legend_and_each_tile_says_true_and_predicted_class_sc
     pred = always(DOG, data)
     ious = per_image_iou(data, pred)
     pick = pick_for_gallery(data.labels, pred.labels, ious, 4)
-    answers = Answers(
-        data.images,
-        data.boxes,
-        pred.boxes,
-        data.labels,
-        pred.labels,
-        pred.scores,
-        ious,
-        SPECIES.names,
-    )
+    answers = answers_of(data, pred, ious, SPECIES.names)
     fig = gallery_figure(answers, pick)
     (legend,) = fig.legends
     labels = [t.get_text() for t in legend.get_texts()]
@@ -104,16 +102,7 @@ def test_long_class_names_stay_inside_their_tile():
     pred = always(5, data)
     ious = per_image_iou(data, pred)
     pick = pick_for_gallery(data.labels, pred.labels, ious, 16)
-    answers = Answers(
-        data.images,
-        data.boxes,
-        pred.boxes,
-        data.labels,
-        pred.labels,
-        pred.scores,
-        ious,
-        long_names.names,
-    )
+    answers = answers_of(data, pred, ious, long_names.names)
     fig = gallery_figure(answers, pick)
     figure_rgb(fig)  # drawn: the texts have their sizes
     renderer = fig.canvas.get_renderer()
