@@ -15,7 +15,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from petloc import report, stopping
-from petloc.tracking import log, runs, sweep_record, ui_links
+from petloc.tracking import log, runs, store, sweep_record, ui_links
 from petloc.tracking import vocabulary as vocab
 from petloc.training import search_plots
 
@@ -32,13 +32,6 @@ NOT_HYPERPARAMETERS = ("trial", "run_id", "fits_budget")
 OBJECTIVE_LABEL = "val mIoU"
 BUDGET = "registry.max_latency_ms"
 Say = Callable[[str], None]
-
-
-def column_of(metric: str, columns) -> str | None:
-    """The leaderboard column that holds run metric `metric` (its name may differ from it)."""
-    return next(
-        (c for c, key in sweep_record.LEADERBOARD_COLUMNS if key == f"metrics.{metric}"), None
-    ) or (metric if metric in columns else None)
 
 
 def hyperparameters(rows: list[dict]) -> list[str]:
@@ -148,9 +141,9 @@ def log_table(client: MlflowClient, run_id: str, rows: list[dict]) -> None:
 def log_pictures(client: MlflowClient, run_id: str, rows: list[dict], say: Say) -> None:
     """The search's pictures from its own trials (not the final run or the ensemble); each
     one that fails is a warning line, and the others are still drawn."""
-    objective = column_of(vocab.BEST_VAL_MIOU, rows[0] if rows else {})
-    trials = [r for r in vocab.trial_rows(rows) if objective and _is_number(r.get(objective))]
-    if not trials or objective is None:
+    objective = vocab.BEST_VAL_MIOU  # the leaderboard's columns are the runs' metric names
+    trials = [r for r in vocab.trial_rows(rows) if _is_number(r.get(objective))]
+    if not trials:
         return
     names = hyperparameters(trials)
     with log.scratch_dir() as tmp:
@@ -175,8 +168,7 @@ def guarded(what: str, step: Callable[[], object], say: Say) -> None:
         step()
     except Exception as err:  # noqa: BLE001  (a picture or a description is never worth the sweep)
         stopping.raise_stop_behind(err)  # Ctrl+C that a library turned into its own error
-        first = str(err).splitlines()[0] if str(err) else ""
-        say(f"warning: {what} was not logged: {type(err).__name__}: {first}")
+        say(f"warning: {what} was not logged: {type(err).__name__}: {store.first_line(err)}")
 
 
 def _is_number(value) -> bool:
