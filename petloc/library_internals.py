@@ -6,6 +6,7 @@ imported inside the functions, so the served model and `petloc --help` load none
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -42,13 +43,19 @@ class TunerHooks:
         """Whether a failed trial's traceback is printed (Keras Tuner always prints it)."""
         return True
 
+    def trial_tracked(self, trial) -> contextlib.AbstractContextManager:
+        """A context around one attempt of a trial: its training and the oracle's update,
+        whatever `run_trial` the tuner has (a user's own too); it sees the trial's error."""
+        return contextlib.nullcontext()
+
     def _try_run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
         # BaseTuner's own, but for its print, which only the module global
         # keras_tuner.src.config.DEBUG turns off: a copy, checked against Keras Tuner's source.
         import keras_tuner as kt
 
         try:
-            self._run_and_update_trial(trial, *fit_args, **fit_kwargs)
+            with self.trial_tracked(trial):
+                self._run_and_update_trial(trial, *fit_args, **fit_kwargs)
             trial.status = kt.engine.trial.TrialStatus.COMPLETED
             return
         except Exception as err:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 RAISE_AGAIN_AFTER_SECONDS = 0.05  # out of the hook, where anything raised is dropped too
@@ -41,6 +42,28 @@ def install() -> None:
     # installed twice, it would call itself
     if sys.unraisablehook is not _raise_dropped_interrupt_again:
         _earlier_hook, sys.unraisablehook = sys.unraisablehook, _raise_dropped_interrupt_again
+
+
+@contextmanager
+def handled():
+    """`install` for the block (a library call, such as a tracked search from a notebook):
+    in the main thread only, as Python allows, and the earlier handlers back after it. A stop
+    left over from an earlier block does not stop this one."""
+    global _stopped_by
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    earlier = {
+        number: signal.getsignal(number)
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+    }
+    _stopped_by = None
+    install()
+    try:
+        yield
+    finally:
+        for number, handler in earlier.items():
+            signal.signal(number, handler)
 
 
 def interrupt_behind(err: BaseException) -> BaseException:

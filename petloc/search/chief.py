@@ -43,7 +43,7 @@ from petloc.search.sweep import (
     finish,
     say_why_the_search_ended,
 )
-from petloc.search.tuner import TrackedTuner, searched_names
+from petloc.search.tuner import SweepTuner, searched_names
 from petloc.tracking import store
 from petloc.tracking.sweep_record import LiveChief, SweepRecord
 
@@ -238,7 +238,7 @@ def run_chief(
         record.mark_chief(f"{host}:{port}")
         _refuse_a_concurrent_chief(exp, record.parent_run_id)
         use_chief(host, port, "chief")
-        tuner = TrackedTuner(
+        tuner = SweepTuner(
             exp,
             record,
             None,
@@ -248,7 +248,7 @@ def run_chief(
             project_name=directory.name,
             overwrite=False,
         )
-        tuner.count_finished_runs(say)
+        tuner.count_finished_runs()
         oracle = tuner.oracle
         max_failures, oracle.max_consecutive_failed_trials = (
             oracle.max_consecutive_failed_trials,

@@ -20,7 +20,7 @@ from petloc.search.ensemble import log_ensemble
 from petloc.search.final import train_final
 from petloc.search.state import sweep_state
 from petloc.search.time_budget import TimeBudgetedOracle
-from petloc.search.tuner import TrackedTuner
+from petloc.search.tuner import SweepTuner
 from petloc.tracking import registry, ties
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord, searched
@@ -46,7 +46,7 @@ def run_sweep(
     with sweep_state(exp, fresh) as (directory, record):
         data_for = data_preparer(exp, record, say)
         data_for(exp.data.image_size)  # a data problem is one line now, not a failed trial each
-        tuner = TrackedTuner(
+        tuner = SweepTuner(
             exp,
             record,
             data_for,
@@ -56,7 +56,7 @@ def run_sweep(
             project_name=directory.name,
             overwrite=False,
         )
-        tuner.count_finished_runs(say)
+        tuner.count_finished_runs()
         stopped = None
         try:
             tuner.search()
@@ -72,7 +72,7 @@ def run_sweep(
 
 
 def say_why_the_search_ended(
-    tuner: TrackedTuner,
+    tuner: SweepTuner,
     record: SweepRecord,
     stopped: str | None,
     planned: int,

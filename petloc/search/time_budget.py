@@ -36,7 +36,7 @@ class TimeBudgetedOracle(kt.Oracle):
     """Mixed in before one of Keras Tuner's oracles: `max_minutes` for this start of the sweep,
     counted from `started` (monotonic); None, no budget. It times each trial from its start to
     its end (with workers, trials overlap; the final run starts once all have ended) and reads
-    what each reports (`TrackedTuner.run_trial`): its epochs and steady epoch once ended, its
+    what each reports (`SweepTuner.run_trial`): its epochs and steady epoch once ended, its
     `PACE` while it runs. Before any trial has ended there is nothing to go on, and trials start.
     The leaderboard, ensemble and promotion are not priced; a filled final run leaves them
     `AFTER_FINAL` of the budget (`final_epochs_for`, `tuner.fill_budget`)."""

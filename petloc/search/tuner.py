@@ -1,10 +1,10 @@
 """Keras Tuner over the experiment's search space, each trial a tracked MLflow child run.
 
-The HyperModel turns the space into Keras Tuner hyperparameters; `TrackedTuner` is a plain
-`keras_tuner.Tuner` around any of its oracles that only adds what tracking needs: a child
-run per trial (params, curves, figures, model, gallery), FAILED runs for failed trials, no
-double logging when a stopped sweep is resumed, and petloc's progress lines (trial k of N,
-figures, time left) in place of Keras Tuner's display.
+The HyperModel turns the space into Keras Tuner hyperparameters; `SweepTuner` is the
+tracked tuner every Keras Tuner search can use (`petloc.search.tracked.TrackedTuner`: a child
+run per trial, FAILED runs for failed trials, no double logging when a stopped sweep is
+resumed) whose trials train as `petloc train` does (curves, figures, gallery, model), with
+petloc's progress lines (trial k of N, figures, time left) in place of Keras Tuner's display.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from petloc import library_internals, stopping
+from petloc import stopping
 from petloc.config import Experiment, Range
 from petloc.data.classes import SPECIES, Classes
 from petloc.model import Hyperparameters, build_model, hyperparams
@@ -30,7 +30,7 @@ from petloc.search.time_budget import (
     RandomSearchOracle,
     TimeBudgetedOracle,
 )
-from petloc.tracking import runs
+from petloc.search.tracked import TrackedTuner
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord
 from petloc.tracking.training_runs import train_tracked
@@ -143,10 +143,10 @@ class SpaceHyperModel(kt.HyperModel):
         )
 
 
-class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
-    """Runs each trial as `petloc train` would, inside an MLflow child run of the sweep."""
-
-    holds_the_oracle = True  # alone or as a chief; a worker asks the chief's
+class SweepTuner(TrackedTuner):
+    """petloc's own sweep on the tracked-tuner layer: each trial trained as `petloc train`
+    would, inside its child run of the sweep (`TrackedTuner.trial_tracked`), with petloc's
+    progress lines and time budget."""
 
     def __init__(
         self,
@@ -159,13 +159,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
     ):
         """`started`: when this start of the sweep began (time.monotonic), for `tuner.max_minutes`.
         `data_for`: the data at an image size; None for a chief, which trains no trial."""
-        self.exp, self.record, self.data_for = exp, record, data_for
-        # trial_id -> summary of the trials this process ran
-        self.figures: dict[str, dict[str, float]] = {}
-        self.errors: dict[str, str] = {}  # trial_id -> why it failed
-        self.run_tags: dict[str, str] = {}  # more tags for each trial's run
-        # trial_id -> its run, for the trials this process finished
-        self.trial_runs: dict[str, str] = {}
+        self.exp, self.data_for = exp, data_for
         # The time budget is the oracle's, on the process that holds it.
         budgeted_here = bool(exp.tuner.max_minutes) and self.holds_the_oracle
         oracle = ORACLES[exp.tuner.kind](
@@ -180,7 +174,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         # Keras Tuner prints "Reloading Tuner from FILE" as a sweep resumes; the trial lines
         # (numbered on from the trials done) already show it.
         with keras_tuner_prints_hidden(not progress.detailed()):
-            super().__init__(oracle=oracle, hypermodel=SpaceHyperModel(exp), **kwargs)
+            super().__init__(
+                hypermodel=SpaceHyperModel(exp), oracle=oracle, record=record, say=say, **kwargs
+            )
+        self.sweep = record
         # petloc prints its own trial lines (SweepProgress), numbered by trial_id as the runs
         # and the leaderboard are; Keras Tuner's display counts from 1 and shows every value.
         # Shown under --verbose with the libraries' other lines.
@@ -198,9 +195,6 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
     def show_failed_trial_traceback(self) -> bool:
         # A failed trial's run `error` tag and petloc's line say what failed; --verbose adds the traceback.
         return progress.detailed()
-
-    def pre_create_trial(self):
-        stopping.raise_if_stopped()  # a stopped process never asks for another trial
 
     def on_trial_begin(self, trial):
         super().on_trial_begin(trial)
@@ -242,35 +236,44 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         self.hypermodel.declare_hyperparameters(hp)
         self.oracle.update_space(hp)
 
+    def trial_run_name(self, trial) -> str:
+        return f"trial-{trial.trial_id}-{trial.hyperparameters.values.get('backbone', '')}"
+
+    def log_trial_inputs(self, trial, run_id: str) -> None:
+        """Nothing here: `train_tracked` logs the trial's inputs with its data."""
+
+    def log_trial_outcome(self, trial, run_id: str) -> None:
+        """Nothing here: `train_tracked` logs the figures, the pictures and the model."""
+
+    def oracle_metrics(self, run_metrics: dict[str, float]) -> dict[str, float] | None:
+        return trial_metrics(run_metrics) if vocab.BEST_VAL_MIOU in run_metrics else None
+
     def run_trial(self, trial: kt.engine.trial.Trial, *args, **kwargs) -> dict[str, float]:
         hp = trial.hyperparameters
         values = self.hypermodel.values(hp)
-        run_id = self._child_run(trial)
+        assert self.current_run_id is not None, "a trial runs inside its run (trial_tracked)"
         try:
-            with runs.run_status(run_id):
-                assert self.data_for is not None, "a chief trains no trial"
-                data = self.data_for(int(values["image_size"]))
-                initial = self._warm_start_weights(hp)
-                summary = train_tracked(
-                    self.exp,
-                    values,
-                    data,
-                    run_id,
-                    epochs=hp.values.get("tuner/epochs"),
-                    initial_epoch=hp.values.get("tuner/initial_epoch", 0),
-                    initial_weights=initial,
-                    save_weights=self._weights_file(trial.trial_id),
-                    description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'",
-                    pace=self._pace_reporter(trial.trial_id),
-                    say=self.progress.say,
-                )
+            assert self.data_for is not None, "a chief trains no trial"
+            data = self.data_for(int(values["image_size"]))
+            summary = train_tracked(
+                self.exp,
+                values,
+                data,
+                self.current_run_id,
+                epochs=hp.values.get("tuner/epochs"),
+                initial_epoch=hp.values.get("tuner/initial_epoch", 0),
+                initial_weights=self._warm_start_weights(hp),
+                save_weights=self._weights_file(trial.trial_id),
+                description=f"Trial {trial.trial_id} of sweep '{self.exp.name}'",
+                pace=self._pace_reporter(trial.trial_id),
+                say=self.progress.say,
+            )
         except Exception as err:
             # a stop that a library turned into its own error: no failed trial
             stopping.raise_stop_behind(err)
-            self.errors[trial.trial_id] = runs.why_failed(err)
+            # FAILED, not INVALID: a trial that fails here would fail again
             raise kt.errors.FailedTrialError(f"{type(err).__name__}: {err}") from err
         self.figures[trial.trial_id] = summary
-        self.trial_runs[trial.trial_id] = run_id
         return trial_metrics(summary)
 
     def _pace_reporter(self, trial_id: str) -> Callable[[int, float], None] | None:
@@ -279,45 +282,6 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             return None
         return lambda epoch, seconds: self.oracle.update_trial(
             trial_id, {PACE: seconds}, step=epoch
-        )
-
-    def count_finished_runs(self, say: Callable[[str], None]) -> list[str]:
-        """Trials a killed process left running whose run had already ended FINISHED in the
-        store (a worker finished it while its chief was down) end COMPLETED in the oracle with
-        that run's figures, instead of being handed out and trained again; returns their IDs.
-        Keras Tuner puts such trials in its retry queue when it reloads the oracle."""
-        queued = library_internals.retry_queue(self.oracle)
-        if not queued:
-            return []
-        finished = self.record.finished_runs()
-        counted = []
-        for trial_id in queued:
-            run = finished.get(trial_id)
-            if run is None or vocab.BEST_VAL_MIOU not in run.data.metrics:
-                continue
-            library_internals.take_from_retry_queue(self.oracle, trial_id)
-            self.oracle.update_trial(trial_id, trial_metrics(run.data.metrics))
-            trial = self.oracle.trials[trial_id]
-            trial.status = kt.engine.trial.TrialStatus.COMPLETED
-            self.oracle.end_trial(trial)
-            self.trial_runs[trial_id] = run.info.run_id
-            say(
-                f"trial {trial_id}: its run {run.info.run_id} had ended FINISHED before the sweep stopped; "
-                "counted as done, not run again"
-            )
-            counted.append(trial_id)
-        return counted
-
-    def _child_run(self, trial) -> str:
-        """A new child run for this trial. A run that an earlier attempt of the same trial
-        left unfinished (its process interrupted or killed) ends KILLED, so the trial is
-        logged once as FINISHED: Keras Tuner hands a trial again only to its own tuner ID once
-        that attempt is gone, or, on a resume, when the sweep's lock says nobody runs it."""
-        values = trial.hyperparameters.values
-        tags = {name: str(value) for name, value in values.items() if name.startswith("tuner/")}
-        tags.update(self.run_tags)
-        return self.record.trial_run(
-            trial.trial_id, f"trial-{trial.trial_id}-{values.get('backbone', '')}", tags
         )
 
     def _weights_file(self, trial_id: str) -> Path:

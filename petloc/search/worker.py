@@ -34,7 +34,7 @@ from petloc.search.sweep import (
     data_preparer,
 )
 from petloc.search.time_budget import PACE
-from petloc.search.tuner import TrackedTuner, tuner_dir
+from petloc.search.tuner import SweepTuner, tuner_dir
 from petloc.tracking import store
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.sweep_record import SweepRecord
@@ -42,7 +42,7 @@ from petloc.tracking.sweep_record import SweepRecord
 WORKER_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 
-class WorkerTuner(TrackedTuner):
+class WorkerTuner(SweepTuner):
     """A tuner whose oracle is the chief's: it sends a heartbeat while it trains and prints
     its own lines, prefixed by its ID. `patience`: the seconds any call waits for the chief."""
 
@@ -83,12 +83,14 @@ class WorkerTuner(TrackedTuner):
                 "its run counts once the chief is started again"
             )
 
+        run_id = self.current_run_id
+        assert run_id is not None, "a trial runs inside its run (trial_tracked)"
         with _heartbeat(self.oracle, trial.trial_id, silent):
             result = super().run_trial(trial, *args, **kwargs)
         # a later round may continue this trial on another machine
         if self.exp.tuner.kind == "hyperband":
             self.record.upload_checkpoint(
-                self.trial_runs[trial.trial_id], self._weights_file(trial.trial_id)
+                run_id, self._weights_file(trial.trial_id)
             )
         self._reach_chief(trial.trial_id)
         return result

@@ -135,7 +135,26 @@ def run_status(run_id: str):
             yield
     except BaseException as err:  # noqa: BLE001  (every end, Ctrl+C too, ends the run; re-raised)
         raise end_run(run_id, err)  # noqa: B904  (err itself, or the interrupt behind it with err as its cause)
+    end_finished(run_id)
+
+
+def end_finished(run_id: str) -> None:
     MlflowClient().set_terminated(run_id, "FINISHED")
+
+
+def running_parent(experiment_id: str, tags: dict[str, str]) -> str | None:
+    """The RUNNING parent run with `tags` (values compared here, not pasted into the filter);
+    the latest when there are several."""
+    found = MlflowClient().search_runs(
+        [experiment_id],
+        f"attributes.status = 'RUNNING' and tags.`{vocab.KIND}` = '{vocab.SWEEP_KIND}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    for run in found:
+        if all(run.data.tags.get(key) == value for key, value in tags.items()):
+            return run.info.run_id
+    return None
 
 
 def why_failed(err: Exception) -> str:

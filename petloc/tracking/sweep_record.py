@@ -4,26 +4,21 @@ the search and keeps its state files; everything it records goes through here.""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import mlflow
-from mlflow.entities import RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from petloc import report
 from petloc.config import Experiment, Range
-from petloc.errors import PetlocError
-from petloc.tracking import log, runs, store, sweep_report, ui_links
+from petloc.tracking import log, runs, search_record, store, sweep_report
 from petloc.tracking import vocabulary as vocab
+from petloc.tracking.search_record import FINISHED, MAX, MIN, RUNNING, SearchRecord, number_or_text
 from petloc.tracking.training_runs import run_settings
-from petloc.training.gallery import plot_pareto
 
 LEADERBOARD_COLUMNS = [
     ("trial", f"tags.{vocab.TRIAL_ID}"),
@@ -40,8 +35,9 @@ LEADERBOARD_COLUMNS = [
 # start, since MLflow's params are written once.
 RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes", "fill_budget")
 
+LOCALISER_PARETO = ((vocab.BEST_VAL_MIOU, MAX), (vocab.LATENCY_MS_B1, MIN))
+
 CHIEF_LIVE_SECONDS = 60.0  # many heartbeats: a busy tracking server or some clock skew is no death
-FINISHED, RUNNING = "attributes.status = 'FINISHED'", "attributes.status = 'RUNNING'"
 
 
 def identity_tags(exp: Experiment, fingerprint: str) -> dict[str, str]:
@@ -59,12 +55,9 @@ class LiveChief:
     address: str
 
 
-class SweepRecord:
-    """The runs of one sweep, by its parent run."""
-
-    def __init__(self, parent_run_id: str):
-        self.parent_run_id = parent_run_id
-        self.client = MlflowClient()
+class SweepRecord(SearchRecord):
+    """The runs of one localiser sweep, by its parent run (`SearchRecord`'s, and what
+    only a sweep of an experiment file logs)."""
 
     # ---- the parent run ---------------------------------------------------------------
 
@@ -72,12 +65,9 @@ class SweepRecord:
     def create(cls, exp: Experiment, fingerprint: str, experiment_id: str) -> SweepRecord:
         """A new parent run for the sweep, with only what finds it: the caller records it
         (sweep.json) before `log_settings`, so a stop in between leaves no run nobody knows."""
-        run_id = runs.create_run(
-            experiment_id,
-            f"sweep-{exp.name}",
-            {vocab.KIND: vocab.SWEEP_KIND, **identity_tags(exp, fingerprint)},
+        return cls.create_parent(
+            experiment_id, f"sweep-{exp.name}", identity_tags(exp, fingerprint)
         )
-        return cls(run_id)
 
     def log_settings(self, exp: Experiment, fingerprint: str) -> None:
         """A new sweep's settings: what it is (params, provenance) and what this start runs with."""
@@ -90,68 +80,17 @@ class SweepRecord:
     ) -> SweepRecord:
         """The parent run `state_file` recorded, claimed by this process; the runs a dead process
         left RUNNING under it end KILLED."""
-        record = cls.existing(
+        record = cls.claimed(
             run_id,
             f"{state_file}: its parent run is not in {store.tracking_uri()}; run with --fresh",
         )
-        record.end_orphans("ended when the sweep was resumed")
-        runs.claim_run(run_id)
         # identity tags too: parents made before they existed
         record.log_resumable_settings(exp, fingerprint)
         return record
 
-    @classmethod
-    def existing(cls, run_id: str, missing: str) -> SweepRecord:
-        """The sweep whose parent is `run_id`; PetlocError(`missing`) when the store has no such run."""
-        record = cls(run_id)
-        try:
-            record.client.get_run(run_id)
-        except MlflowException:
-            raise PetlocError(missing) from None
-        return record
-
-    def end_orphans(self, why: str) -> None:
-        """Runs of this sweep left RUNNING by a process that died (kill -9, power loss) end KILLED."""
-        running = [
-            self.parent_run_id,
-            *(r.info.run_id for r in runs.child_runs(self.parent_run_id, RUNNING)),
-        ]
-        runs.end_orphans(running, why)
-
-    def retire(self, why: str) -> None:
-        """end_orphans, for a sweep started over: a parent run gone from the store is no error."""
-        with contextlib.suppress(MlflowException):
-            self.end_orphans(why)
-
-    @overload
-    def ended(self, err: None = None) -> None: ...
-    @overload
-    def ended(self, err: BaseException) -> BaseException: ...
-    def ended(self, err: BaseException | None = None) -> BaseException | None:
-        """Ends the parent run FINISHED, or FAILED / KILLED for `err`; returns what to raise."""
-        if err is not None:
-            return runs.end_run(self.parent_run_id, err)
-        self.client.set_terminated(self.parent_run_id, "FINISHED")
-        return None
-
-    def started(self) -> int:
-        """The parent run's start time (ms)."""
-        return self.client.get_run(self.parent_run_id).info.start_time
-
-    def run(self, run_id: str):
-        """One run of the sweep, as MLflow keeps it."""
-        return self.client.get_run(run_id)
-
-    def _set_tags(self, tags: dict[str, Any], run_id: str | None = None) -> None:
-        # One call for all of them: a call per tag is a store transaction (or a server request) each.
-        self.client.log_batch(
-            run_id or self.parent_run_id,
-            tags=[RunTag(key, str(value)) for key, value in tags.items()],
-        )
-
     def log_data_tags(self, tags: dict[str, Any]) -> None:
         """What data the sweep saw."""
-        self._set_tags(tags)
+        self.set_tags(tags)
 
     def log_resumable_settings(self, exp: Experiment, fingerprint: str) -> None:
         """The settings this start of the sweep runs with, and `search_space.json` rewritten."""
@@ -167,7 +106,7 @@ class SweepRecord:
             f"Keras Tuner sweep '{exp.name}' ({exp.tuner.kind}, {size}); "
             "its trials are the child runs, ranked below once they end"
         )
-        self._set_tags(tags)
+        self.set_tags(tags)
         self.client.log_dict(
             self.parent_run_id,
             {"space": _space(exp), "experiment": exp.model_dump(mode="json")},
@@ -191,22 +130,12 @@ class SweepRecord:
         mlflow.log_params(
             {k: (str(value)[:6000]) for k, value in params.items()}, run_id=self.parent_run_id
         )
-        self._set_tags(log.provenance())
+        self.set_tags(log.provenance())
 
     def set_time_budget(self, why: str) -> None:
         self.client.set_tag(self.parent_run_id, vocab.TIME_BUDGET, why)
 
-    def set_promotion(self, reason: str) -> None:
-        self.client.set_tag(self.parent_run_id, vocab.PROMOTION, reason)
-
     # ---- a distributed sweep's chief --------------------------------------------------
-
-    def mark_chief(self, address: str) -> None:
-        self.client.set_tag(self.parent_run_id, vocab.CHIEF, address)
-
-    def beat(self) -> None:
-        """The chief's sign of life on its parent run, for a second chief to see."""
-        self.client.set_tag(self.parent_run_id, vocab.CHIEF_HEARTBEAT, f"{time.time():.0f}")
 
     @staticmethod
     def live_chiefs(exp: Experiment) -> list[LiveChief]:
@@ -234,72 +163,6 @@ class SweepRecord:
             and _chief_alive(run.data.tags)
         ]
 
-    # ---- its trial runs ---------------------------------------------------------------
-
-    def child_run(self, trial_id: str, run_name: str, tags: dict[str, str]) -> str:
-        """A new child run of the sweep for `trial_id` (a trial, or an end run), RUNNING."""
-        tags = {
-            vocab.PARENT_RUN_ID: self.parent_run_id,
-            vocab.SWEEP_RUN_ID: self.parent_run_id,
-            vocab.TRIAL_ID: trial_id,
-            **tags,
-        }
-        experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        return runs.create_run(experiment_id, run_name, tags)
-
-    def trial_run(self, trial_id: str, run_name: str, tags: dict[str, str]) -> str:
-        """A new child run for a trial. A run that an earlier attempt of the same trial left
-        unfinished (its process interrupted or killed) ends KILLED, so the trial is logged
-        once as FINISHED."""
-        for run in self.runs_of(trial_id):
-            if run.info.status in ("RUNNING", "FINISHED"):  # a FAILED attempt stays FAILED
-                self.client.set_tag(
-                    run.info.run_id,
-                    vocab.ERROR,
-                    f"trial {trial_id} was run again; this attempt "
-                    f"({run.info.status} when it was dropped) did not end it",
-                )
-                self.client.set_terminated(run.info.run_id, "KILLED")
-        return self.child_run(trial_id, run_name, tags)
-
-    def runs_of(self, trial_id: str, status: str | None = None) -> list:
-        """The child runs of `trial_id` (FINAL_TRIAL, ENSEMBLE_TRIAL or a trial's), optionally of one status."""
-        where = f"tags.{vocab.TRIAL_ID} = '{trial_id}'" + (
-            f" and attributes.status = '{status}'" if status else ""
-        )
-        return runs.child_runs(self.parent_run_id, where)
-
-    def finished_runs(self) -> dict[str, Any]:
-        """The FINISHED child runs, by trial_id."""
-        return {
-            run.data.tags.get(vocab.TRIAL_ID): run
-            for run in runs.child_runs(self.parent_run_id, FINISHED)
-        }
-
-    def fail_running(self, reason: str, trial_id: str | None = None) -> None:
-        """The runs a lost worker left RUNNING (for one trial, or any) end FAILED, saying why."""
-        trial = f" and tags.{vocab.TRIAL_ID} = '{trial_id}'" if trial_id is not None else ""
-        for run in runs.child_runs(self.parent_run_id, f"{RUNNING}{trial}"):
-            self.client.set_tag(run.info.run_id, vocab.ERROR, reason)
-            self.client.set_terminated(run.info.run_id, "FAILED")
-
-    def upload_checkpoint(self, run_id: str, weights: Path) -> None:
-        """A Hyperband trial's weights in its run, for a later round on another machine."""
-        log.log_files(run_id, {vocab.CHECKPOINT_FOLDER: weights})
-
-    def download_checkpoint(self, trial_id: str, file_name: str, into: Path) -> Path | None:
-        """The weights a FINISHED run of `trial_id` uploaded, into folder `into`; None when there are none."""
-        for run in self.runs_of(trial_id, "FINISHED"):
-            try:
-                return Path(
-                    self.client.download_artifacts(
-                        run.info.run_id, f"{vocab.CHECKPOINT_FOLDER}/{file_name}", str(into)
-                    )
-                )
-            except MlflowException:
-                continue
-        return None
-
     # ---- the leaderboard --------------------------------------------------------------
 
     def leaderboard(self, extra: Sequence[str] = ()) -> list[dict]:
@@ -316,8 +179,8 @@ class SweepRecord:
                     row[column] = run.data.tags.get(name, "")
                     continue
                 source = {"params": run.data.params, "metrics": run.data.metrics}[kind]
-                row[column] = _number_or_text(source.get(name, ""))
-            row.update({name: _number_or_text(run.data.params.get(name, "")) for name in extra})
+                row[column] = number_or_text(source.get(name, ""))
+            row.update({name: number_or_text(run.data.params.get(name, "")) for name in extra})
             rows.append(row)
         return _without_absent_class_figures(rows)
 
@@ -326,60 +189,14 @@ class SweepRecord:
         the sweep's champion (`petloc.search.sweep.champion_row`, which under a latency budget
         may be no leaderboard's first row); without one, as when no trial fits the budget,
         the first row's."""
-        columns = leaderboard_columns(rows)
-        with log.scratch_dir() as tmp:
-            csv_path, md_path = Path(tmp) / "leaderboard.csv", Path(tmp) / "leaderboard.md"
-            csv_path.write_text(report.csv_text(rows, columns))
-            md_path.write_text(
-                report.table(rows, columns, markdown=True, same_decimals=True)
-                or "No finished trials.\n"
-            )
-            self.client.log_artifact(self.parent_run_id, str(csv_path))
-            self.client.log_artifact(self.parent_run_id, str(md_path))
-        metrics = {
-            vocab.TRIALS_FINISHED: float(len(vocab.trial_rows(rows))),
-            vocab.TRIALS_FAILED: float(failed),
-        }
+        self.log_leaderboard_files(rows, leaderboard_columns(rows))
         best = best if best is not None else (rows[0] if rows else None)
-        if best is not None:
-            self._set_tags({vocab.BEST_TRIAL_ID: best["trial"], vocab.BEST_RUN_ID: best["run_id"]})
-            # under the trials' own names: one column of the runs table for parent and trials
-            metrics.update({k: float(best[k]) for k in vocab.BEST_FIGURES if best.get(k, "") != ""})
-        mlflow.log_metrics(metrics, run_id=self.parent_run_id)
+        self.log_outcome(best, vocab.BEST_FIGURES, len(vocab.trial_rows(rows)), failed)
 
-    def log_pareto(self, rows: list[dict]) -> None:
-        """`pareto.csv` (every trial, on the front or not) and `pareto.png`."""
-        on_front = {row["run_id"] for row in pareto_front(rows)}
-        points = [
-            {
-                "trial": r["trial"],
-                vocab.BEST_VAL_MIOU: r[vocab.BEST_VAL_MIOU],
-                vocab.LATENCY_MS_B1: r[vocab.LATENCY_MS_B1],
-                "pareto": "yes" if r["run_id"] in on_front else "no",
-                "run_id": r["run_id"],
-            }
-            for r in rows
-        ]
-        with log.scratch_dir() as tmp:
-            csv_path = Path(tmp) / "pareto.csv"
-            csv_path.write_text(
-                report.csv_text(
-                    points, ["trial", vocab.BEST_VAL_MIOU, vocab.LATENCY_MS_B1, "pareto", "run_id"]
-                )
-            )
-            self.client.log_artifact(self.parent_run_id, str(csv_path))
-            if points:
-                self.client.log_artifact(
-                    self.parent_run_id,
-                    str(
-                        plot_pareto(
-                            points,
-                            Path(tmp) / "pareto.png",
-                            miou=vocab.BEST_VAL_MIOU,
-                            latency=vocab.LATENCY_MS_B1,
-                        )
-                    ),
-                )
+    def log_pareto(self, rows: list[dict]) -> None:  # type: ignore[override]
+        """`pareto.csv` (every trial, on the front or not) and `pareto.png`: val mIoU against
+        batch-1 latency."""
+        super().log_pareto(rows, *LOCALISER_PARETO)
 
     # ---- the report: the parent run read first -----------------------------------------
 
@@ -405,20 +222,9 @@ class SweepRecord:
             head = sweep_report.head_of(run.data.tags.get(vocab.NOTE, ""))
             logged = frozenset(a.path for a in self.client.list_artifacts(self.parent_run_id))
             text = sweep_report.description(head, rows, run.info.experiment_id, promotion, logged)
-            self._set_tags({vocab.NOTE: text})
+            self.set_tags({vocab.NOTE: text})
 
         sweep_report.guarded("the parent run's description", write, say)
-
-    def links(self, best_run_id: str | None, promotion=None) -> ui_links.SweepLinks:
-        """The URLs of the parent run, the best run and its registered version."""
-        registered = promotion is not None and promotion.version is not None
-        return ui_links.sweep_links(
-            self.client.get_run(self.parent_run_id).info.experiment_id,
-            self.parent_run_id,
-            best_run_id,
-            (promotion.name, promotion.version) if registered else None,
-            bool(registered and promotion.champion),
-        )
 
 
 def _chief_alive(tags: dict[str, str]) -> bool:
@@ -447,20 +253,6 @@ def searched(exp: Experiment) -> list[str]:
     ]
 
 
-def _number_or_text(value):
-    """MLflow keeps params as text; a number reads back as one, so tables can round it."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
 def _without_absent_class_figures(rows: list[dict]) -> list[dict]:
     """The rows without the class figures no run has (top-5 of a 2-class sweep, species of
     classes without species)."""
@@ -477,13 +269,4 @@ def leaderboard_columns(rows: list[dict]) -> list[str]:
 def pareto_front(rows: list[dict]) -> list[dict]:
     """The trials no other trial beats on both val mIoU (higher) and batch-1 latency (lower),
     fastest first."""
-    timed = sorted(
-        (r for r in rows if isinstance(r.get(vocab.LATENCY_MS_B1), (int, float))),
-        key=lambda r: (r[vocab.LATENCY_MS_B1], -r[vocab.BEST_VAL_MIOU]),
-    )
-    front, best = [], float("-inf")
-    for row in timed:
-        if row[vocab.BEST_VAL_MIOU] > best:
-            front.append(row)
-            best = row[vocab.BEST_VAL_MIOU]
-    return front
+    return search_record.pareto_front(rows, *LOCALISER_PARETO)

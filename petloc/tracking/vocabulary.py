@@ -36,6 +36,10 @@ FINGERPRINT = "petloc.sweep_fingerprint"  # a sweep's settings, on its parent ru
 CHIEF = "petloc.chief"  # HOST:PORT of a distributed sweep's chief, on its parent run
 CHIEF_HEARTBEAT = "petloc.chief_heartbeat"  # the chief's last sign of life (wall-clock seconds)
 WORKER = "petloc.worker"  # the worker that ran a trial, on its run
+# What a tracked search's runs are ranked by (petloc.TrackedTuner): a metric of the run and
+# "max" or "min"; on its runs and registered versions. A run without them is a localiser's
+# (best_val_miou, max) or a pretrained classifier's (val_accuracy, max).
+OBJECTIVE, OBJECTIVE_DIRECTION = "petloc.objective", "petloc.objective_direction"
 # The plug-in modules a run's model needs (petloc/plugins.py), comma-separated, on its run;
 # the logged model carries them as a list under its MLmodel metadata key MODEL_PLUGINS.
 PLUGINS = "petloc.plugins"

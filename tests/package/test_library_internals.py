@@ -67,7 +67,7 @@ def test_the_tuner_state_file_hook():
         hasattr(base_tuner(), "_get_tuner_fname") and "self._get_tuner_fname()" in init,
         "keras_tuner BaseTuner._get_tuner_fname (read when a tuner is made)",
         "keras-tuner",
-        "one state file for a sweep's oracle holder (TrackedTuner.state_file)",
+        "one state file for a sweep's oracle holder (SweepTuner.state_file)",
     )
 
 
@@ -76,7 +76,7 @@ def test_the_initial_space_hook():
         "self._populate_initial_space()" in source(base_tuner().__init__),
         "keras_tuner BaseTuner._populate_initial_space (called when a tuner is made)",
         "keras-tuner",
-        "space declared without building a model (TrackedTuner.populate_initial_space)",
+        "space declared without building a model (SweepTuner.populate_initial_space)",
     )
 
 

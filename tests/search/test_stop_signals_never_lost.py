@@ -182,16 +182,16 @@ def test_a_second_ctrl_c_does_not_wait_for_a_held_call():
 
 def test_a_sweep_whose_stop_was_swallowed_starts_no_other_trial(tmp_path, monkeypatch):
     """The stop came during trial 0 and some library swallowed it: trial 1 never starts."""
-    from petloc.search.tuner import TrackedTuner
+    from petloc.search.tuner import SweepTuner
 
-    trial_ends = TrackedTuner.on_trial_end
+    trial_ends = SweepTuner.on_trial_end
 
     def on_trial_end(self, trial):
         # as the SIGTERM handler records it
         monkeypatch.setattr(stopping, "_stopped_by", signal.SIGTERM)
         trial_ends(self, trial)
 
-    monkeypatch.setattr(TrackedTuner, "on_trial_end", on_trial_end)
+    monkeypatch.setattr(SweepTuner, "on_trial_end", on_trial_end)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     exp = tiny_experiment(
