@@ -11,6 +11,10 @@ predictions = model.predict([rgb_image])         # label, score, box in the imag
 
 @petloc.register_backbone("mynet")                # your own backbone (petloc/plugins.py)
 def mynet(image_size, width, weights): ...
+
+tuner = petloc.TrackedTuner(my_hypermodel, objective="val_accuracy", max_trials=20,
+                            experiment="my-search", registry="my-model")  # any Keras Tuner search,
+tuner.search(x, y, validation_data=(xv, yv), epochs=10)                   # tracked in MLflow
 """
 
 from __future__ import annotations
@@ -23,21 +27,30 @@ from petloc.plugins import register_backbone
 __version__ = "0.1.0"
 
 # Loaded on first use (module __getattr__): `import petloc` (and `petloc --help`) stays free
-# of TensorFlow and MLflow.
-API = (
-    "sweep",
-    "train",
-    "evaluate",
-    "export",
-    "SweepResult",
-    "TrainResult",
-    "EvaluationResult",
-    "ExportResult",
-)
+# of TensorFlow and MLflow. Name -> the module that holds it.
+API = {
+    **dict.fromkeys(
+        (
+            "sweep",
+            "train",
+            "evaluate",
+            "export",
+            "SweepResult",
+            "TrainResult",
+            "EvaluationResult",
+            "ExportResult",
+        ),
+        "petloc.api",
+    ),
+    "TrackedTuner": "petloc.search.tracked",
+    "SearchResult": "petloc.search.tracked",
+}
 __all__ = [
     "EvaluationResult",
     "ExportResult",
+    "SearchResult",
     "SweepResult",
+    "TrackedTuner",
     "TrainResult",
     "__version__",
     "evaluate",
@@ -59,6 +72,7 @@ if TYPE_CHECKING:
         sweep,
         train,
     )
+    from petloc.search.tracked import SearchResult, TrackedTuner
 
 
 def load_model(source: str):
@@ -71,9 +85,9 @@ def load_model(source: str):
 
 def __getattr__(name: str):
     if name in API:
-        from petloc import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(API[name]), name)
     raise AttributeError(f"module 'petloc' has no attribute {name!r}")
 
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import keras_tuner as kt
 
 from petloc import library_internals, report, stopping
-from petloc.errors import PetlocError
+from petloc.errors import PetlocError, did_you_mean
 from petloc.files import SMALL_FILE_LIMIT, atomic_write_text, exclusive_lock, read_bounded
 from petloc.tracking import keras_trials, registry, runs, store, ties
 from petloc.tracking import vocabulary as vocab
@@ -320,8 +321,12 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         """The trial's model with its best epoch's weights; None when the trial saved none (a
         `run_trial` of the user's that trains no Keras model)."""
         try:
-            return self.load_model(trial)
-        except (OSError, ValueError, FileNotFoundError):
+            with warnings.catch_warnings():
+                # the weights file keeps the optimizer's state, which a model to predict with
+                # does not build: Keras says so once a trial
+                warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+                return self.load_model(trial)
+        except (OSError, ValueError):
             return None
 
     def count_finished_runs(self) -> list[str]:
@@ -423,7 +428,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
 def _oracle(kind: str, objective, max_trials: int, seed: int | None, max_failed: int) -> kt.Oracle:
     if kind not in ORACLES:
         raise PetlocError(
-            f"oracle: {kind!r} is none of {', '.join(ORACLES)}; pass a keras_tuner.Oracle for another"
+            f"oracle: {kind!r} is none of {', '.join(ORACLES)} (or pass a keras_tuner.Oracle);"
+            + (did_you_mean(kind, ORACLES) or " pick one")
         )
     return ORACLES[kind](
         objective=objective,

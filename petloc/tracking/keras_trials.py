@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,15 @@ def log_keras_model(run_id: str, model: keras.Model, example: Any) -> str:
             keras_model=model,
             signature=signature,
             input_example=example,
+            # MLflow would load the model back to serve the example, with Keras's progress
+            # bar; tests/search/test_tracked_tuner.py loads it as users do
+            validate_serving_input=False,
+            # MLflow's Keras requirements as installed: inferring them loads the model in a
+            # subprocess, seconds per trial
+            pip_requirements=[
+                *mlflow.keras.get_default_pip_requirements(),
+                f"tensorflow=={metadata.version('tensorflow')}",
+            ],
         )
     MlflowClient().set_tag(run_id, vocab.MODEL_URI, info.model_uri)
     return info.model_uri
@@ -100,6 +110,7 @@ class _KerasWithExample:
 
     @staticmethod
     def save_model(keras_model, path, mlflow_model=None, **kwargs):
+        kwargs.pop("validate_serving_input", None)  # read by Model.log itself, not a save setting
         Path(path).mkdir(parents=True, exist_ok=True)
         mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, **kwargs)
 
