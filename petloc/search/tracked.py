@@ -163,11 +163,23 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             self._record = record
             try:
                 self.count_finished_runs()
-                super().search(*fit_args, **fit_kwargs)
-                self.result = self.finish()
+                self._search_then_finish(fit_args, fit_kwargs)
             finally:
                 self._record = None
         return None
+
+    def _search_then_finish(self, fit_args: tuple, fit_kwargs: dict) -> None:
+        """Keras Tuner's search, then `finish`; when Keras Tuner stops it after too many failed
+        trials in a row, the trials that finished are still ranked and offered, and its error
+        then raised, as Keras Tuner raises it."""
+        try:
+            super().search(*fit_args, **fit_kwargs)
+        except RuntimeError as err:
+            if "consecutive failures" not in str(err):
+                raise
+            self.result = self.finish()
+            raise
+        self.result = self.finish()
 
     @contextlib.contextmanager
     def _parent_run(self):

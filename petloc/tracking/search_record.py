@@ -51,11 +51,11 @@ class SearchRecord:
         return record
 
     @classmethod
-    def claimed(cls, run_id: str, missing: str):
-        """The existing parent `run_id`, claimed by this process to go on with the search;
-        the runs a dead process left RUNNING under it end KILLED."""
+    def claimed(cls, run_id: str, missing: str, what: str = "search"):
+        """The existing parent `run_id`, claimed by this process to go on with the `what`
+        (search, sweep); the runs a dead process left RUNNING under it end KILLED."""
         record = cls.existing(run_id, missing)
-        record.end_orphans("ended when the search was resumed")
+        record.end_orphans(f"ended when the {what} was resumed")
         runs.claim_run(run_id)
         return record
 

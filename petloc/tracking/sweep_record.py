@@ -83,6 +83,7 @@ class SweepRecord(SearchRecord):
         record = cls.claimed(
             run_id,
             f"{state_file}: its parent run is not in {store.tracking_uri()}; run with --fresh",
+            "sweep",
         )
         # identity tags too: parents made before they existed
         record.log_resumable_settings(exp, fingerprint)
