@@ -35,6 +35,7 @@ from petloc.tracking import keras_trials, registry, runs, store, ties
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.log import system_metrics as log_system_metrics
 from petloc.tracking.search_record import MAX, SearchRecord
+from petloc.tracking.sweep_report import Board
 from petloc.tracking.ui_links import SweepLinks
 from petloc.training.latency import batch1_latency_ms
 
@@ -401,7 +402,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             self.hyperparameter_names(), [self.objective_name, *figures]
         )
         rows = ties.ranked(rows, self.standing, self.min_improvement)
-        columns = ["trial", *self.hyperparameter_names(), self.objective_name, *figures, "run_id"]
+        board = Board.tracked(
+            self.hyperparameter_names(), self.objective_name, self.direction, figures
+        )
+        columns = list(board.columns)
         failed = sum(t.status in ("FAILED", "INVALID") for t in self.oracle.trials.values())
         self.record.log_leaderboard_files(rows, columns)
         best = rows[0] if rows else None
@@ -413,7 +417,9 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
                 (self.pareto.name, self.pareto.direction),
             )
         self.say(report.table(rows, columns) or "no trial finished")
+        self.record.log_report(rows, board, self.say)
         promotion = self._promote(best)
+        self.record.describe(rows, board, promotion, self.say)
         links = self.record.links(best["run_id"] if best else None, promotion)
         for line in links.lines():
             self.say(line)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -18,12 +18,12 @@ from mlflow.tracking import MlflowClient
 
 from petloc import report
 from petloc.errors import PetlocError
-from petloc.tracking import log, runs, ui_links
+from petloc.tracking import log, runs, sweep_report, ui_links
 from petloc.tracking import vocabulary as vocab
 from petloc.training.gallery import plot_pareto
 
 FINISHED, RUNNING = "attributes.status = 'FINISHED'", "attributes.status = 'RUNNING'"
-MAX, MIN = "max", "min"  # an objective's direction, as Keras Tuner spells it
+MAX, MIN = vocab.MAX, vocab.MIN  # an objective's direction (its callers import it from here)
 
 
 class SearchRecord:
@@ -251,6 +251,48 @@ class SearchRecord:
         self.client.log_batch(
             self.parent_run_id, metrics=[Metric(k, value, now, 0) for k, value in metrics.items()]
         )
+
+    # ---- the report: the parent run read first -----------------------------------------
+
+    def log_report(
+        self, rows: list[dict], board: sweep_report.Board, say: Callable[[str], None] = print
+    ) -> None:
+        """The description (the leaderboard, each trial linked to its run), the leaderboard as
+        an MLflow table, and the search's pictures, as `board` says the leaderboard is; what
+        fails is a warning line."""
+        sweep_report.guarded(
+            f"the table {sweep_report.TABLE_FILE}",
+            lambda: sweep_report.log_table(self, rows, board),
+            say,
+        )
+        sweep_report.log_pictures(self, rows, board, say)
+        self._describe(rows, board, None, say)
+
+    def describe(
+        self,
+        rows: list[dict],
+        board: sweep_report.Board,
+        promotion=None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        """The parent run's description: what the search is, its linked leaderboard and, once
+        known, the registry's answer (`promotion`, a registry.Promotion) linked to its version."""
+        self._describe(rows, board, promotion, say)
+
+    def _describe(
+        self, rows: list[dict], board: sweep_report.Board, promotion, say: Callable[[str], None]
+    ) -> None:
+        # log_report's own description, whatever a subclass makes of `describe`
+        def write() -> None:
+            run = self.client.get_run(self.parent_run_id)
+            head = sweep_report.head_of(run.data.tags.get(vocab.NOTE, ""))
+            logged = frozenset(a.path for a in self.client.list_artifacts(self.parent_run_id))
+            text = sweep_report.description(
+                head, rows, board, run.info.experiment_id, promotion, logged
+            )
+            self.set_tags({vocab.NOTE: text})
+
+        sweep_report.guarded("the parent run's description", write, say)
 
     def links(self, best_run_id: str | None, promotion=None) -> ui_links.SweepLinks:
         """The URLs of the parent run, the best run and its registered version."""

@@ -37,6 +37,13 @@ RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes", "fill_b
 
 LOCALISER_PARETO = ((vocab.BEST_VAL_MIOU, MAX), (vocab.LATENCY_MS_B1, MIN))
 
+# The report's words for the leaderboard (`localiser_board`): the columns that are no
+# hyperparameter, the objective's label and the latency budget's setting.
+FIGURE_COLUMNS = {c for c, key in LEADERBOARD_COLUMNS if not key.startswith("params.")}
+NOT_HYPERPARAMETERS = ("run_id", "fits_budget")
+OBJECTIVE_LABEL = "val mIoU"
+BUDGET = "registry.max_latency_ms"
+
 CHIEF_LIVE_SECONDS = 60.0  # many heartbeats: a busy tracking server or some clock skew is no death
 
 
@@ -201,31 +208,17 @@ class SweepRecord(SearchRecord):
 
     # ---- the report: the parent run read first -----------------------------------------
 
-    def log_report(self, rows: list[dict], say: Callable[[str], None] = print) -> None:
-        """The description (the leaderboard, each trial linked to its run), the leaderboard as
-        an MLflow table, and the search's pictures; what fails is a warning line."""
-        sweep_report.guarded(
-            f"the table {sweep_report.TABLE_FILE}",
-            lambda: sweep_report.log_table(self.client, self.parent_run_id, rows),
-            say,
-        )
-        sweep_report.log_pictures(self.client, self.parent_run_id, rows, say)
-        self.describe(rows, say=say)
+    def log_report(  # type: ignore[override]
+        self, rows: list[dict], say: Callable[[str], None] = print
+    ) -> None:
+        """`SearchRecord.log_report` with the localiser's leaderboard."""
+        super().log_report(rows, localiser_board(rows), say)
 
-    def describe(
+    def describe(  # type: ignore[override]
         self, rows: list[dict], promotion=None, say: Callable[[str], None] = print
     ) -> None:
-        """The parent run's description: what the sweep is, its linked leaderboard and, once
-        known, the registry's answer (`promotion`, a registry.Promotion) linked to its version."""
-
-        def write() -> None:
-            run = self.client.get_run(self.parent_run_id)
-            head = sweep_report.head_of(run.data.tags.get(vocab.NOTE, ""))
-            logged = frozenset(a.path for a in self.client.list_artifacts(self.parent_run_id))
-            text = sweep_report.description(head, rows, run.info.experiment_id, promotion, logged)
-            self.set_tags({vocab.NOTE: text})
-
-        sweep_report.guarded("the parent run's description", write, say)
+        """`SearchRecord.describe` with the localiser's leaderboard."""
+        super().describe(rows, localiser_board(rows), promotion, say)
 
 
 def _chief_alive(tags: dict[str, str]) -> bool:
@@ -259,6 +252,33 @@ def _without_absent_class_figures(rows: list[dict]) -> list[dict]:
     classes without species)."""
     absent = [name for name in vocab.CLASS_FIGURES.values() if all(row[name] == "" for row in rows)]
     return [{k: v for k, v in row.items() if k not in absent} for row in rows]
+
+
+def localiser_board(rows: list[dict]) -> sweep_report.Board:
+    """What the localiser's leaderboard `rows` are, for the sweep's report: its columns as the
+    rows hold them, the params and the extra searched hyperparameters among them, ranked by
+    val mIoU (`petloc.search.sweep.ranked_rows`)."""
+    columns = leaderboard_columns(rows)
+    return sweep_report.Board(
+        tuple(columns),
+        tuple(c for c in columns if c not in FIGURE_COLUMNS and c not in NOT_HYPERPARAMETERS),
+        vocab.BEST_VAL_MIOU,
+        MAX,
+        OBJECTIVE_LABEL,
+        _order(rows),
+    )
+
+
+def _order(rows: list[dict]) -> str:
+    """The leaderboard's order in words; under a latency budget (a `fits_budget` column) the
+    champion is ranked among the trials that fit, and may not be first."""
+    rule = (
+        f"{OBJECTIVE_LABEL} within registry.min_improvement of the best ranked by batch-1 "
+        f"latency, then by {OBJECTIVE_LABEL}"
+    )
+    if any("fits_budget" in row for row in rows):
+        return f"{rule}; the champion: the first by that rule of those that fit {BUDGET}"
+    return f"champion first: {rule}"
 
 
 def leaderboard_columns(rows: list[dict]) -> list[str]:

@@ -1,6 +1,8 @@
-"""A sweep's parent run as its report: the description the MLflow UI shows first (the
+"""A search's parent run as its report: the description the MLflow UI shows first (the
 leaderboard in Markdown, each trial a link to its run, the registry's answer a link to the
-version) and the search's pictures and table among its artifacts.
+version) and the search's pictures and table among its artifacts. For any tracked search: a
+`Board` says what its leaderboard is (columns, hyperparameters, objective and direction);
+petloc's sweep passes the localiser's (`petloc.tracking.sweep_record.localiser_board`).
 
 Nothing here may fail a sweep whose trials are done: a picture that cannot be drawn is one
 warning line, and the rest is still logged."""
@@ -8,16 +10,19 @@ warning line, and the rest is still logged."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from petloc import report, stopping
-from petloc.tracking import log, runs, store, sweep_record, ui_links
+from petloc.tracking import log, store, ui_links
 from petloc.tracking import vocabulary as vocab
 from petloc.training import search_plots
+
+if TYPE_CHECKING:
+    from petloc.tracking.search_record import SearchRecord
 
 # The parent run's artifacts, beside leaderboard.csv/.md and pareto.csv/.png.
 TABLE_FILE = "leaderboard.json"  # the leaderboard as an MLflow table (mlflow.load_table reads it)
@@ -28,20 +33,55 @@ PICTURES = (PARALLEL_HTML, PARALLEL_PNG, IMPORTANCE_PNG, BEST_SO_FAR_PNG, "paret
 
 # An MLflow tag holds at most 8000 characters; the description keeps a margin below that.
 MAX_DESCRIPTION = 7500
-NOT_HYPERPARAMETERS = ("trial", "run_id", "fits_budget")
-OBJECTIVE_LABEL = "val mIoU"
-BUDGET = "registry.max_latency_ms"
+BETTER_FIRST = {vocab.MAX: "the higher first", vocab.MIN: "the lower first"}
 Say = Callable[[str], None]
 
 
-def hyperparameters(rows: list[dict]) -> list[str]:
-    """The leaderboard's hyperparameter columns that the finished trials vary: the params
-    among its columns, and the extra searched ones (a constant one says nothing)."""
-    if not rows:
-        return []
-    figures = {c for c, key in sweep_record.LEADERBOARD_COLUMNS if not key.startswith("params.")}
-    names = [c for c in rows[0] if c not in figures and c not in NOT_HYPERPARAMETERS]
-    return [n for n in names if len({str(row.get(n, "")) for row in rows}) > 1]
+@dataclass(frozen=True)
+class Board:
+    """What a search's leaderboard is, for its report."""
+
+    columns: tuple[str, ...]  # the leaderboard's columns, run_id last
+    hyperparameters: tuple[str, ...]  # those of its columns a trial's hyperparameters fill
+    objective: str  # the run metric it is ranked by (a column)
+    direction: str  # vocab.MAX or vocab.MIN
+    label: str  # the objective in the pictures ("val mIoU")
+    order: str  # its order in words, as the description says it
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.direction == vocab.MIN
+
+    @classmethod
+    def tracked(
+        cls,
+        hyperparameters: Sequence[str],
+        objective: str,
+        direction: str,
+        figures: Sequence[str] = (),
+    ) -> Board:
+        """A tracked search's board (`petloc.search.tracked.TrackedTuner.finish`): the trial,
+        its hyperparameters, the objective and the extra `figures` as columns, ranked as
+        `TrackedTuner.standing` ranks (objectives within min_improvement of the best: the
+        lower batch-1 latency first, when it is measured)."""
+        by_latency = (
+            f"{objective} within min_improvement of the best ranked by {vocab.LATENCY_MS_B1}, then "
+            if vocab.LATENCY_MS_B1 in figures
+            else ""
+        )
+        return cls(
+            ("trial", *hyperparameters, objective, *figures, "run_id"),
+            tuple(hyperparameters),
+            objective,
+            direction,
+            objective,
+            f"champion first: {by_latency}by {objective}, {BETTER_FIRST[direction]}",
+        )
+
+
+def varied(trials: list[dict], names: Sequence[str]) -> list[str]:
+    """The hyperparameters among `names` that the trials vary (a constant one says nothing)."""
+    return [n for n in names if len({str(row.get(n, "")) for row in trials}) > 1]
 
 
 # ---- the description -------------------------------------------------------------------
@@ -50,15 +90,16 @@ def hyperparameters(rows: list[dict]) -> list[str]:
 def description(
     head: str,
     rows: list[dict],
+    board: Board,
     experiment_id: str,
     promotion=None,
     logged: frozenset[str] = frozenset(),
 ) -> str:
-    """`head` (what the sweep is), the leaderboard with each trial linked to its run, and the
-    registry's answer (`promotion`, a registry.Promotion) linked to its version, and which of
-    the pictures the run's artifacts hold (`logged`: their paths). Rows that do
-    not fit in a tag are left out, worst first, and counted."""
-    columns = [c for c in sweep_record.leaderboard_columns(rows) if c != "run_id"]
+    """`head` (what the search is), the leaderboard (`board`'s columns) with each trial
+    linked to its run, and the registry's answer (`promotion`, a registry.Promotion) linked
+    to its version, and which of the pictures the run's artifacts hold (`logged`: their
+    paths). Rows that do not fit in a tag are left out, worst first, and counted."""
+    columns = [c for c in board.columns if c != "run_id"]
     linked = [
         {
             **{c: _cell(row.get(c, "")) for c in columns},
@@ -72,25 +113,12 @@ def description(
         more = f"\n\n{left_out} more in leaderboard.csv." if left_out else ""
         table = report.table(linked[:shown], columns, markdown=True, same_decimals=True)
         text = (
-            f"{head}\n\n**Leaderboard** ({_order(rows)}; a trial links to its run):"
+            f"{head}\n\n**Leaderboard** ({board.order}; a trial links to its run):"
             f"\n\n{table or 'No finished trials.'}{more}{tail}"
         )
         if len(text) <= MAX_DESCRIPTION:
             return text
     return head[:MAX_DESCRIPTION]
-
-
-def _order(rows: list[dict]) -> str:
-    """The leaderboard's order in words (`petloc.search.sweep.ranked_rows`); under a latency
-    budget (a `fits_budget` column) the champion is ranked among the trials that fit, and
-    may not be first."""
-    rule = (
-        f"{OBJECTIVE_LABEL} within registry.min_improvement of the best ranked by batch-1 "
-        f"latency, then by {OBJECTIVE_LABEL}"
-    )
-    if any("fits_budget" in row for row in rows):
-        return f"{rule}; the champion: the first by that rule of those that fit {BUDGET}"
-    return f"champion first: {rule}"
 
 
 def _cell(value):
@@ -118,17 +146,18 @@ def _artifacts_line(logged: frozenset[str]) -> str:
 
 
 def head_of(note: str) -> str:
-    """The description's first paragraph: what the sweep is, as its parent run's start wrote it."""
+    """The description's first paragraph: what the search is, as its parent run's start wrote it."""
     return note.split("\n\n", 1)[0]
 
 
 # ---- the artifacts ---------------------------------------------------------------------
 
 
-def log_table(client: MlflowClient, run_id: str, rows: list[dict]) -> None:
+def log_table(record: SearchRecord, rows: list[dict], board: Board) -> None:
     """The leaderboard as an MLflow table. log_table appends to a table already there, so a
     refresh (a resumed sweep) overwrites the file in the same format instead."""
-    frame = report.frame(rows, sweep_record.leaderboard_columns(rows))
+    client, run_id = record.client, record.parent_run_id
+    frame = report.frame(rows, list(board.columns))
     if TABLE_FILE not in {f.path for f in client.list_artifacts(run_id)}:
         client.log_table(run_id, frame, TABLE_FILE)
         return
@@ -138,28 +167,28 @@ def log_table(client: MlflowClient, run_id: str, rows: list[dict]) -> None:
         client.log_artifact(run_id, str(path))
 
 
-def log_pictures(client: MlflowClient, run_id: str, rows: list[dict], say: Say) -> None:
-    """The search's pictures from its own trials (not the final run or the ensemble); each
-    one that fails is a warning line, and the others are still drawn."""
-    objective = vocab.BEST_VAL_MIOU  # the leaderboard's columns are the runs' metric names
-    trials = [r for r in vocab.trial_rows(rows) if _is_number(r.get(objective))]
+def log_pictures(record: SearchRecord, rows: list[dict], board: Board, say: Say) -> None:
+    """The search's pictures from its own trials (not the final run or the ensemble), on
+    `board`'s objective (a column: the runs' metric name); each one that fails is a warning
+    line, and the others are still drawn."""
+    trials = [r for r in vocab.trial_rows(rows) if _is_number(r.get(board.objective))]
     if not trials:
         return
-    names = hyperparameters(trials)
+    names = varied(trials, board.hyperparameters)
     with log.scratch_dir() as tmp:
         folder = Path(tmp)
         pictures: dict[str, Callable[[], list[Path]]] = {
-            "parallel coordinates": lambda: _parallel(folder, trials, names, objective),
-            "hyperparameter importance": lambda: _importance(folder, trials, names, objective),
-            "best so far": lambda: _best_so_far(client, run_id, folder, trials, objective),
+            "parallel coordinates": lambda: _parallel(folder, trials, names, board),
+            "hyperparameter importance": lambda: _importance(folder, trials, names, board),
+            "best so far": lambda: _best_so_far(record, folder, trials, board),
         }
         for what, draw in pictures.items():
-            guarded(f"the sweep's {what} picture", partial(_log, client, run_id, draw), say)
+            guarded(f"the sweep's {what} picture", partial(_log, record, draw), say)
 
 
-def _log(client: MlflowClient, run_id: str, draw: Callable[[], list[Path]]) -> None:
+def _log(record: SearchRecord, draw: Callable[[], list[Path]]) -> None:
     for path in draw():
-        client.log_artifact(run_id, str(path))
+        record.client.log_artifact(record.parent_run_id, str(path))
 
 
 def guarded(what: str, step: Callable[[], object], say: Say) -> None:
@@ -175,21 +204,22 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _parallel(folder: Path, trials: list[dict], names: list[str], objective: str) -> list[Path]:
+def _parallel(folder: Path, trials: list[dict], names: list[str], board: Board) -> list[Path]:
     if len(trials) < 2 or not names:
         return []
+    drawn = {
+        PARALLEL_HTML: search_plots.parallel_coordinates_html,
+        PARALLEL_PNG: search_plots.parallel_coordinates_png,
+    }
     return [
-        search_plots.parallel_coordinates_html(
-            trials, names, objective, OBJECTIVE_LABEL, folder / PARALLEL_HTML
-        ),
-        search_plots.parallel_coordinates_png(
-            trials, names, objective, OBJECTIVE_LABEL, folder / PARALLEL_PNG
-        ),
+        draw(trials, names, board.objective, board.label, folder / name, board.lower_is_better)
+        for name, draw in drawn.items()
     ]
 
 
-def _importance(folder: Path, trials: list[dict], names: list[str], objective: str) -> list[Path]:
-    found = search_plots.importance(trials, names, objective, OBJECTIVE_LABEL)
+def _importance(folder: Path, trials: list[dict], names: list[str], board: Board) -> list[Path]:
+    """Importance for the objective as it is (whichever way is better, what moves it)."""
+    found = search_plots.importance(trials, names, board.objective, board.label)
     if found is None:
         return []
     path = folder / IMPORTANCE_JSON
@@ -198,21 +228,23 @@ def _importance(folder: Path, trials: list[dict], names: list[str], objective: s
 
 
 def _best_so_far(
-    client: MlflowClient, run_id: str, folder: Path, trials: list[dict], objective: str
+    record: SearchRecord, folder: Path, trials: list[dict], board: Board
 ) -> list[Path]:
-    """The trials in the order they started, each at the minute it ended (from the sweep's start)."""
-    started = client.get_run(run_id).info.start_time
-    ended = {r.info.run_id: r.info for r in runs.child_runs(run_id, sweep_record.FINISHED)}
+    """The trials in the order they started, each at the minute it ended (from the sweep's
+    start); the best so far by `board`'s direction."""
+    started = record.started()
+    ended = {r.info.run_id: r.info for r in record.finished_runs().values()}
     points = sorted(
         (
             {
                 "start": ended[t["run_id"]].start_time,
                 "minutes": (ended[t["run_id"]].end_time - started) / 60_000,
-                "objective": float(t[objective]),
+                "objective": float(t[board.objective]),
             }
             for t in trials
             if t["run_id"] in ended
         ),
         key=lambda p: p["start"],
     )
-    return [search_plots.plot_best_so_far(points, OBJECTIVE_LABEL, folder / BEST_SO_FAR_PNG)]
+    path = folder / BEST_SO_FAR_PNG
+    return [search_plots.plot_best_so_far(points, board.label, path, board.lower_is_better)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from petloc.training.figures import new_figure, save_figure
@@ -56,7 +57,12 @@ def _is_number(value) -> bool:
 
 
 def parallel_coordinates_html(
-    trials: list[dict], names: Sequence[str], objective: str, label: str, path: Path
+    trials: list[dict],
+    names: Sequence[str],
+    objective: str,
+    label: str,
+    path: Path,
+    lower_is_better: bool = False,
 ) -> Path:
     """An interactive Plotly page, its JavaScript inlined: it opens offline, and inside the
     MLflow UI's artifact view. Drag along an axis to keep only the trials in that range."""
@@ -71,7 +77,11 @@ def parallel_coordinates_html(
     dimensions.append({"label": label, "values": scores})
     figure = go.Figure(
         go.Parcoords(
-            line={"color": scores, "colorscale": "Viridis", "showscale": True},
+            line={
+                "color": scores,
+                "colorscale": "Viridis" + _reversed(lower_is_better),
+                "showscale": True,
+            },
             dimensions=dimensions,
         )
     )
@@ -84,8 +94,19 @@ def _title(label: str, count: int) -> str:
     return f"Searched hyperparameters against {label} ({count} finished trials)"
 
 
+def _reversed(lower_is_better: bool) -> str:
+    """The suffix that reverses a colour map (Plotly's and matplotlib's) when lower is better:
+    the best trial is the brightest either way."""
+    return "_r" if lower_is_better else ""
+
+
 def parallel_coordinates_png(
-    trials: list[dict], names: Sequence[str], objective: str, label: str, path: Path
+    trials: list[dict],
+    names: Sequence[str],
+    objective: str,
+    label: str,
+    path: Path,
+    lower_is_better: bool = False,
 ) -> Path:
     """The same picture drawn by matplotlib: a line per trial, coloured by the objective, the
     best drawn last (on top)."""
@@ -93,8 +114,8 @@ def parallel_coordinates_png(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    colormap = "viridis"
-    ordered = sorted(trials, key=lambda t: float(t[objective]))
+    colormap = "viridis" + _reversed(lower_is_better)
+    ordered = sorted(trials, key=lambda t: float(t[objective]), reverse=lower_is_better)
     scores = [float(t[objective]) for t in ordered]
     axes = [axis(name, [t[name] for t in ordered]) for name in names]
     axes.append(axis(label, scores))
@@ -204,31 +225,36 @@ def _wrapped(text: str, width: int = 90) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
-def plot_best_so_far(points: list[dict], label: str, path: Path) -> Path:
-    """The best objective so far against the trial number and against the time since the
-    sweep started; `points` are the trials in the order they started, each with `objective`
-    and `minutes` (when it ended)."""
+def plot_best_so_far(
+    points: list[dict], label: str, path: Path, lower_is_better: bool = False
+) -> Path:
+    """The best objective so far (the lowest when `lower_is_better`) against the trial number
+    and against the time since the sweep started; `points` are the trials in the order they
+    started, each with `objective` and `minutes` (when it ended)."""
+    best = partial(_running_best, lower_is_better=lower_is_better)
     fig = new_figure((10, 4))
     by_trial, by_time = fig.subplots(1, 2, sharey=True)
     numbers = list(range(1, len(points) + 1))
     by_trial.plot(numbers, [p["objective"] for p in points], "o", color="tab:gray", label="trial")
     by_trial.step(
-        numbers, _running_best([p["objective"] for p in points]), where="post", label="best so far"
+        numbers, best([p["objective"] for p in points]), where="post", label="best so far"
     )
     by_trial.set(xlabel="trial (in the order started)", ylabel=label, title="against trials")
     by_trial.legend()
     timed = sorted(points, key=lambda p: p["minutes"])
     minutes = [p["minutes"] for p in timed]
     by_time.plot(minutes, [p["objective"] for p in timed], "o", color="tab:gray")
-    by_time.step(minutes, _running_best([p["objective"] for p in timed]), where="post")
+    by_time.step(minutes, best([p["objective"] for p in timed]), where="post")
     by_time.set(xlabel="minutes since the sweep started", title="against time")
     fig.suptitle(f"Best {label} so far")
     return save_figure(fig, path)
 
 
-def _running_best(values: list[float]) -> list[float]:
-    best, out = float("-inf"), []
+def _running_best(values: list[float], lower_is_better: bool) -> list[float]:
+    """The running maximum of `values` (minimum when `lower_is_better`)."""
+    better, best = (min, math.inf) if lower_is_better else (max, -math.inf)
+    out = []
     for v in values:
-        best = max(best, v)
+        best = better(best, v)
         out.append(best)
     return out

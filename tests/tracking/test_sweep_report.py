@@ -17,7 +17,7 @@ from petloc.search.summary import sweep_summary
 from petloc.search.sweep import SweepResult
 from petloc.tracking import sweep_report, ui_links
 from petloc.tracking.registry import Promotion
-from petloc.tracking.sweep_record import SweepRecord
+from petloc.tracking.sweep_record import SweepRecord, localiser_board
 from petloc.training import search_plots
 from tests.helpers import recorded_sweep
 
@@ -163,7 +163,7 @@ def test_a_long_leaderboard_fits_the_description_and_counts_what_it_leaves_out()
         {"trial": str(i), "backbone": "x" * 60, "val_miou": 0.5, "run_id": f"{i:032x}"}
         for i in range(200)
     ]
-    text = sweep_report.description("head", rows, "1")
+    text = sweep_report.description("head", rows, localiser_board(rows), "1")
     assert len(text) <= sweep_report.MAX_DESCRIPTION
     shown = text.count("](#/experiments/1/runs/")
     assert 10 < shown < 200 and f"{200 - shown} more in leaderboard.csv." in text
@@ -174,9 +174,10 @@ def test_the_description_says_the_leaderboard_s_order():
     assert (
         "**Leaderboard** (champion first: val mIoU within registry.min_improvement of the best "
         "ranked by batch-1 latency, then by val mIoU; a trial links to its run)"
-    ) in sweep_report.description("head", rows, "1")
+    ) in sweep_report.description("head", rows, localiser_board(rows), "1")
     # under a latency budget the champion may not lead: it is ranked among the trials that fit
-    budget = sweep_report.description("head", [{**rows[0], "fits_budget": "no"}], "1")
+    budget_rows = [{**rows[0], "fits_budget": "no"}]
+    budget = sweep_report.description("head", budget_rows, localiser_board(budget_rows), "1")
     assert (
         "champion first" not in budget
         and (
