@@ -35,11 +35,11 @@ from petloc.search.distributed import (
     repeating,
     use_chief,
 )
+from petloc.search.ending import failed_trials
 from petloc.search.progress import duration, planned_trials
 from petloc.search.state import fingerprint, sweep_state
 from petloc.search.sweep import (
     SweepResult,
-    failed_trials,
     finish,
     say_why_the_search_ended,
 )

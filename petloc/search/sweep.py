@@ -10,12 +10,12 @@ the chief holds the state and the oracle; workers learn the parent run from the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from petloc import stopping
 from petloc.config import Experiment
 from petloc.errors import PetlocError
+from petloc.search.ending import SearchEnd, SearchResult, failed_trials, finish_search
 from petloc.search.ensemble import log_ensemble
 from petloc.search.final import train_final
 from petloc.search.state import sweep_state
@@ -23,19 +23,12 @@ from petloc.search.time_budget import TimeBudgetedOracle
 from petloc.search.tuner import SweepTuner
 from petloc.tracking import registry, ties
 from petloc.tracking import vocabulary as vocab
-from petloc.tracking.sweep_record import SweepRecord, searched
-from petloc.tracking.ui_links import SweepLinks
+from petloc.tracking.sweep_record import LOCALISER_PARETO, SweepRecord, localiser_board, searched
+from petloc.tracking.sweep_report import Board
 from petloc.tracking.vocabulary import trial_rows
 from petloc.training.dataset import PreparedData, prepare_data
 
-
-@dataclass
-class SweepResult:
-    parent_run_id: str
-    leaderboard: list[dict]
-    promotion: registry.Promotion | None
-    failed: int
-    links: SweepLinks | None = None  # the parent run, the best run and its version in the UI
+SweepResult = SearchResult  # a sweep ends as every tracked search does
 
 
 def run_sweep(
@@ -106,11 +99,6 @@ def data_preparer(
     return data_for
 
 
-def failed_trials(oracle) -> int:
-    """Failed trials as the oracle counts them, this run and earlier ones of the sweep."""
-    return sum(trial.status == "FAILED" for trial in oracle.trials.values())
-
-
 def finish(
     exp: Experiment,
     record: SweepRecord,
@@ -119,60 +107,102 @@ def finish(
     say: Callable[[str], None],
     time_budget: TimeBudgetedOracle | None = None,
 ) -> SweepResult:
-    """Leaderboard and promotion under the parent run once the trials are over; raises when
-    no trial finished. `time_budget`: the sweep's time budget, whose rest a final run fills
-    with `tuner.fill_budget`."""
-    epochs_for = time_budget.final_epochs_for if time_budget and exp.tuner.fill_budget else None
-    max_latency_ms, min_improvement = exp.registry.max_latency_ms, exp.registry.min_improvement
+    """Leaderboard and promotion under the parent run once the trials are over, as every
+    tracked search ends (`petloc.search.ending.finish_search`); raises when no trial
+    finished. `time_budget`: the sweep's time budget, whose rest a final run fills with
+    `tuner.fill_budget`."""
+    return finish_search(SweepEnd(exp, record, say, time_budget), failed, stopped)
 
-    def ranked() -> list[dict]:
-        rows = ranked_rows(record.leaderboard(searched(exp)), min_improvement)
-        return mark_latency_fit(rows, max_latency_ms)
 
-    rows = ranked()
-    best_trial = champion_row(trial_rows(rows), max_latency_ms, min_improvement)
-    if (
-        exp.tuner.final_epochs
-        and best_trial
-        and _end_step(
-            "the final run", lambda: train_final(exp, record, best_trial, say, epochs_for), say
-        )
+class SweepEnd(SearchEnd):
+    """A localiser sweep's end: its leaderboard's columns (`SweepRecord.leaderboard`), the
+    final run and the ensemble as extra candidates, the latency budget, and the registry
+    settings of its experiment file. Its lines are printed by `petloc.search.summary`."""
+
+    noun = "sweep"
+
+    def __init__(
+        self,
+        exp: Experiment,
+        record: SweepRecord,
+        say: Callable[[str], None],
+        time_budget: TimeBudgetedOracle | None = None,
     ):
-        rows = ranked()
-    if exp.registry.ensemble > 1 and _end_step(
-        "the ensemble", lambda: log_ensemble(exp, record, rows, say), say
-    ):
-        rows = ranked()
-    best = champion_row(rows, max_latency_ms, min_improvement)
-    record.log_leaderboard(rows, failed, best)
-    record.log_pareto(rows)
-    record.log_report(rows, say)
-    if stopped:
-        say(f"sweep {stopped}")
-    if not rows:
-        raise PetlocError(
-            f"sweep '{exp.name}': no trial finished ({failed} failed); see the FAILED runs' 'error' tags in petloc ui"
-        )
-    if best is None:
-        promotion = registry.Promotion(
+        super().__init__(
+            record,
+            (vocab.BEST_VAL_MIOU, vocab.MAX),
+            searched(exp),
+            (),
+            (vocab.LATENCY_MS_B1, vocab.MIN),
             exp.registry.name,
-            None,
-            False,
-            f"no trial's batch-1 latency fits registry.max_latency_ms={max_latency_ms:g}; nothing promoted",
+            exp.registry.alias,
+            exp.registry.min_improvement,
+            say,
         )
-    else:
-        promotion = registry.promote(
+        self.exp, self.sweep_record = exp, record
+        fills = time_budget is not None and exp.tuner.fill_budget
+        self.final_epochs_for = time_budget.final_epochs_for if time_budget and fills else None
+
+    def leaderboard(self) -> list[dict]:
+        rows = ranked_rows(
+            self.sweep_record.leaderboard(self.hyperparameters), self.min_improvement
+        )
+        return mark_latency_fit(rows, self.exp.registry.max_latency_ms)
+
+    def champion(self, rows: list[dict]) -> tuple[list[dict], dict | None]:
+        """The final run (the best trial trained again) and the ensemble join the trials."""
+        exp, record = self.exp, self.sweep_record
+        budget = exp.registry.max_latency_ms
+        best_trial = champion_row(trial_rows(rows), budget, self.min_improvement)
+        if best_trial and exp.tuner.final_epochs:
+            trial = best_trial  # a name of its own for the lambda
+            final = lambda: train_final(exp, record, trial, self.say, self.final_epochs_for)  # noqa: E731
+            if _end_step("the final run", final, self.say):
+                rows = self.leaderboard()
+        ensemble = lambda: log_ensemble(exp, record, rows, self.say)  # noqa: E731
+        if exp.registry.ensemble > 1 and _end_step("the ensemble", ensemble, self.say):
+            rows = self.leaderboard()
+        return rows, champion_row(rows, budget, self.min_improvement)
+
+    def board(self, rows: list[dict]) -> Board:
+        return localiser_board(rows)
+
+    def best_figures(self) -> Sequence[str]:
+        return vocab.BEST_FIGURES
+
+    def pareto_pairs(self):
+        return LOCALISER_PARETO
+
+    def show(self, rows: list[dict], board: Board) -> None:
+        """Nothing here: `petloc.search.summary` prints the sweep's leaderboard."""
+
+    def nothing_finished(self, failed: int) -> None:
+        raise PetlocError(
+            f"sweep '{self.exp.name}': no trial finished ({failed} failed); see the FAILED runs' "
+            "'error' tags in petloc ui"
+        )
+
+    def promote(self, best: dict | None) -> registry.Promotion:
+        exp = self.exp
+        max_latency_ms = exp.registry.max_latency_ms
+        if best is None:
+            return registry.Promotion(
+                exp.registry.name,
+                None,
+                False,
+                f"no trial's batch-1 latency fits registry.max_latency_ms={max_latency_ms:g}; nothing promoted",
+            )
+        return registry.promote(
             best["run_id"],
             exp.registry.name,
             exp.registry.alias,
             register_when_not_better=exp.registry.register_when_not_better,
             max_latency_ms=max_latency_ms,
-            min_improvement=min_improvement,
+            min_improvement=self.min_improvement,
         )
-    record.set_promotion(promotion.reason)
-    record.describe(rows, promotion, say)
-    links = record.links(best["run_id"] if best else None, promotion)
-    return SweepResult(record.parent_run_id, rows, promotion, failed, links)
+
+    def announce(self, promotion, links) -> None:
+        """Nothing here: `petloc.search.summary` prints the promotion and the links."""
 
 
 def _end_step(what: str, step: Callable[[], str | None], say: Callable[[str], None]) -> str | None:

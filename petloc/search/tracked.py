@@ -22,21 +22,19 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras_tuner as kt
 
-from petloc import library_internals, report, stopping
+from petloc import library_internals, stopping
 from petloc.errors import PetlocError, did_you_mean
 from petloc.files import SMALL_FILE_LIMIT, atomic_write_text, exclusive_lock, read_bounded
-from petloc.tracking import keras_trials, registry, runs, store, ties
+from petloc.search.ending import SearchEnd, SearchResult, failed_trials, finish_search
+from petloc.tracking import keras_trials, runs, store
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.log import system_metrics as log_system_metrics
-from petloc.tracking.search_record import MAX, SearchRecord
-from petloc.tracking.sweep_report import Board
-from petloc.tracking.ui_links import SweepLinks
+from petloc.tracking.search_record import SearchRecord
 from petloc.training.latency import batch1_latency_ms
 
 STATE_FILE = "tracking.json"  # in the project folder: the search's parent run
@@ -47,18 +45,6 @@ ORACLES: dict[str, Callable[..., kt.Oracle]] = {
     "bayesian": kt.oracles.BayesianOptimizationOracle,
     "grid": kt.oracles.GridSearchOracle,
 }
-
-
-@dataclass
-class SearchResult:
-    """What a tracked search ended with."""
-
-    parent_run_id: str
-    leaderboard: list[dict]
-    promotion: registry.Promotion | None
-    failed: int
-    links: SweepLinks | None = None  # the parent run, the best run and its version in the UI
-    columns: list[str] = field(default_factory=list)
 
 
 class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
@@ -387,60 +373,24 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             extra.append(self.pareto.name)
         return extra
 
-    def standing(self, row: dict) -> ties.Standing | None:
-        """A row's place by the objective, its direction folded in (higher is better)."""
-        score, latency = row.get(self.objective_name), row.get(vocab.LATENCY_MS_B1)
-        if not isinstance(score, (int, float)):
-            return None
-        sign = 1.0 if self.direction == MAX else -1.0
-        return ties.Standing(sign * score, latency if isinstance(latency, (int, float)) else None)
+    def end(self) -> SearchEnd:
+        """How this search ends (`petloc.search.ending.finish_search`)."""
+        return SearchEnd(
+            self.record,
+            (self.objective_name, self.direction),
+            self.hyperparameter_names(),
+            self.extra_figures(),
+            (self.pareto.name, self.pareto.direction) if self.pareto is not None else None,
+            self.registry_name,
+            self.alias,
+            self.min_improvement,
+            self.say,
+        )
 
     def finish(self) -> SearchResult:
-        """The leaderboard (printed and logged) and the best trial offered to the registry."""
-        figures = self.extra_figures()
-        rows = self.record.finished_trials(
-            self.hyperparameter_names(), [self.objective_name, *figures]
-        )
-        rows = ties.ranked(rows, self.standing, self.min_improvement)
-        board = Board.tracked(
-            self.hyperparameter_names(), self.objective_name, self.direction, figures
-        )
-        columns = list(board.columns)
-        failed = sum(t.status in ("FAILED", "INVALID") for t in self.oracle.trials.values())
-        self.record.log_leaderboard_files(rows, columns)
-        best = rows[0] if rows else None
-        self.record.log_outcome(best, [self.objective_name, *figures], len(rows), failed)
-        if self.pareto is not None and rows:
-            self.record.log_pareto(
-                rows,
-                (self.objective_name, self.direction),
-                (self.pareto.name, self.pareto.direction),
-            )
-        self.say(report.table(rows, columns) or "no trial finished")
-        self.record.log_report(rows, board, self.say)
-        promotion = self._promote(best)
-        self.record.describe(rows, board, promotion, self.say)
-        links = self.record.links(best["run_id"] if best else None, promotion)
-        for line in links.lines():
-            self.say(line)
-        return SearchResult(self.record.parent_run_id, rows, promotion, failed, links, columns)
-
-    def _promote(self, best: dict | None) -> registry.Promotion | None:
-        if self.registry_name is None or best is None:
-            return None
-        try:
-            promotion = registry.promote(
-                best["run_id"],
-                self.registry_name,
-                self.alias,
-                min_improvement=self.min_improvement,
-            )
-        except PetlocError as err:  # a trial without a model: the search's results stay
-            self.say(f"registry: nothing promoted: {err}")
-            return None
-        self.record.set_promotion(promotion.reason)
-        self.say(f"registry: {promotion.reason}")
-        return promotion
+        """The leaderboard (printed and logged), the report, and the best trial offered to
+        the registry."""
+        return finish_search(self.end(), failed_trials(self.oracle))
 
 
 def _oracle(kind: str, objective, max_trials: int, seed: int | None, max_failed: int) -> kt.Oracle:

@@ -89,9 +89,7 @@ class WorkerTuner(SweepTuner):
             result = super().run_trial(trial, *args, **kwargs)
         # a later round may continue this trial on another machine
         if self.exp.tuner.kind == "hyperband":
-            self.record.upload_checkpoint(
-                run_id, self._weights_file(trial.trial_id)
-            )
+            self.record.upload_checkpoint(run_id, self._weights_file(trial.trial_id))
         self._reach_chief(trial.trial_id)
         return result
 

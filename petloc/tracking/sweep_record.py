@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,34 +191,6 @@ class SweepRecord(SearchRecord):
             row.update({name: number_or_text(run.data.params.get(name, "")) for name in extra})
             rows.append(row)
         return _without_absent_class_figures(rows)
-
-    def log_leaderboard(self, rows: list[dict], failed: int, best: dict | None = None) -> None:
-        """`leaderboard.csv` and `.md`, the trial counts, and the figures and IDs of `best`:
-        the sweep's champion (`petloc.search.sweep.champion_row`, which under a latency budget
-        may be no leaderboard's first row); without one, as when no trial fits the budget,
-        the first row's."""
-        self.log_leaderboard_files(rows, leaderboard_columns(rows))
-        best = best if best is not None else (rows[0] if rows else None)
-        self.log_outcome(best, vocab.BEST_FIGURES, len(vocab.trial_rows(rows)), failed)
-
-    def log_pareto(self, rows: list[dict]) -> None:  # type: ignore[override]
-        """`pareto.csv` (every trial, on the front or not) and `pareto.png`: val mIoU against
-        batch-1 latency."""
-        super().log_pareto(rows, *LOCALISER_PARETO)
-
-    # ---- the report: the parent run read first -----------------------------------------
-
-    def log_report(  # type: ignore[override]
-        self, rows: list[dict], say: Callable[[str], None] = print
-    ) -> None:
-        """`SearchRecord.log_report` with the localiser's leaderboard."""
-        super().log_report(rows, localiser_board(rows), say)
-
-    def describe(  # type: ignore[override]
-        self, rows: list[dict], promotion=None, say: Callable[[str], None] = print
-    ) -> None:
-        """`SearchRecord.describe` with the localiser's leaderboard."""
-        super().describe(rows, localiser_board(rows), promotion, say)
 
 
 def _chief_alive(tags: dict[str, str]) -> bool:

@@ -6,8 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from petloc.errors import PetlocError
-from petloc.tracking import runs
-from petloc.tracking.sweep_record import SweepRecord
+from petloc.tracking import runs, vocabulary
+from petloc.tracking.sweep_record import LOCALISER_PARETO, SweepRecord, leaderboard_columns
 from tests.helpers import recorded_sweep
 
 
@@ -62,8 +62,9 @@ def test_a_trial_run_again_ends_its_earlier_attempt_and_the_leaderboard_ranks_th
 
     rows = record.leaderboard()
     assert [row["trial"] for row in rows] == ["1", "0"] and rows[0]["run_id"] == better
-    record.log_leaderboard(rows, failed=1)
-    record.log_pareto(rows)
+    record.log_leaderboard_files(rows, leaderboard_columns(rows))
+    record.log_outcome(rows[0], vocabulary.BEST_FIGURES, len(rows), failed=1)
+    record.log_pareto(rows, *LOCALISER_PARETO)
     record.set_promotion("nothing promoted")
     parent = client.get_run(record.parent_run_id)
     assert (

@@ -57,9 +57,9 @@ def test_the_description_is_the_leaderboard_each_trial_linked_and_the_version_li
     add_trials(record, client)
     rows = record.leaderboard()
     said: list[str] = []
-    record.log_report(rows, said.append)
+    record.log_report(rows, localiser_board(rows), said.append)
     promotion = Promotion("my pets", "3", True, "registered as version 3, now the champion")
-    record.describe(rows, promotion, said.append)
+    record.describe(rows, localiser_board(rows), promotion, said.append)
     assert said == []
 
     parent = client.get_run(record.parent_run_id)
@@ -92,7 +92,7 @@ def test_the_parent_run_logs_the_search_pictures_and_the_leaderboard_table(sweep
     add_trials(record, client)
     rows = record.leaderboard()
     said: list[str] = []
-    record.log_report(rows, said.append)
+    record.log_report(rows, localiser_board(rows), said.append)
     assert said == []
     run_id = record.parent_run_id
 
@@ -128,7 +128,7 @@ def test_the_parent_run_logs_the_search_pictures_and_the_leaderboard_table(sweep
     objective = "best_val_miou"
     assert [str(t) for t in table["trial"]] == ["2", "1", "3", "0"]  # pandas reads "2" as 2
     assert list(table[objective]) == pytest.approx([0.62, 0.55, 0.48, 0.41])
-    record.log_report(rows, said.append)
+    record.log_report(rows, localiser_board(rows), said.append)
     assert len(table_of_run()) == len(TRIALS)
 
 
@@ -143,7 +143,7 @@ def test_with_two_trials_there_is_no_importance_and_a_failing_picture_is_one_war
 
     monkeypatch.setattr(search_plots, "plot_best_so_far", broken)
     said: list[str] = []
-    record.log_report(record.leaderboard(), said.append)
+    record.log_report(rows := record.leaderboard(), localiser_board(rows), said.append)
     assert said == [
         "warning: the sweep's best so far picture was not logged: ValueError: no room to draw"
     ]

@@ -178,7 +178,7 @@ def test_a_sweep_of_an_older_petloc_resumes_and_its_parent_gets_the_new_names(cl
     client.set_terminated(trial)
     record = SweepRecord(parent)
     rows = record.leaderboard()
-    record.log_leaderboard(rows, failed=0)
+    record.log_outcome(rows[0], vocabulary.BEST_FIGURES, len(rows), failed=0)
     metrics = client.get_run(parent).data.metrics
     assert rows[0][vocabulary.VAL_ACCURACY] == 0.75
     assert (metrics["best_val_miou"], metrics["val_accuracy"], metrics["val_iou50"]) == (
