@@ -40,6 +40,7 @@ WORKER = "petloc.worker"  # the worker that ran a trial, on its run
 # "max" or "min"; on its runs and registered versions. A run without them is a localiser's
 # (best_val_miou, max) or a pretrained classifier's (val_accuracy, max).
 OBJECTIVE, OBJECTIVE_DIRECTION = "petloc.objective", "petloc.objective_direction"
+MAX, MIN = "max", "min"  # OBJECTIVE_DIRECTION's values, as Keras Tuner spells them
 # The plug-in modules a run's model needs (petloc/plugins.py), comma-separated, on its run;
 # the logged model carries them as a list under its MLmodel metadata key MODEL_PLUGINS.
 PLUGINS = "petloc.plugins"
