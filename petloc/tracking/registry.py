@@ -346,11 +346,14 @@ def promote(
     question. The run is then registered without moving the alias, saying why; `force`
     moves it. The input image size does not matter: the same photos are scored at any size.
 
-    Better means a val mIoU higher by more than `min_improvement`, or one within it (a tie)
-    with a lower batch-1 latency (`petloc.tracking.ties`); a pretrained classifier's val
-    accuracy ties only when equal. A tie wins only when the run is also within
-    `min_improvement` of the best version of `name` measured on the same validation data, so
-    that tie after tie cannot walk the champion down.
+    A run is ranked by its objective (`Objective`): a tracked search's trial by the metric
+    and direction its tags name (vocab.OBJECTIVE, vocab.OBJECTIVE_DIRECTION), a localiser by
+    val mIoU, a pretrained classifier by val accuracy. Better means a score better by more
+    than `min_improvement`, or one within it (a tie) with a lower batch-1 latency
+    (`petloc.tracking.ties`); a pretrained classifier's val accuracy ties only when equal. A
+    tie wins only when the run is also within `min_improvement` of the best version of `name`
+    measured on the same validation data, so that tie after tie cannot walk the champion
+    down. A holder ranked by another objective is not compared either, as other data.
     """
     check_name(name)
     check_alias(alias)
@@ -362,13 +365,13 @@ def promote(
         return Promotion(
             name, holder.version, True, f"already {name}@{alias} (version {holder.version})"
         )
-    if holder is not None and not force and not _comparable(candidate, holder):
-        return _other_data(candidate, holder, name, alias, register_when_not_better)
-    threshold = min_improvement if candidate.metric == vocab.BEST_VAL_MIOU else 0.0
+    if holder is not None and not force and (apart := _apart(candidate, holder, name, alias)):
+        return _not_compared(candidate, name, apart, register_when_not_better)
+    threshold = 0.0 if candidate.exact else min_improvement
     verdict = _verdict(candidate, holder, name, alias, threshold)
     if not (verdict.better or force or register_when_not_better):
         return Promotion(name, None, False, f"{verdict.loses}; not registered")
-    version = _registered(candidate.run, candidate.model_source, name)
+    version = _registered(candidate, name)
     if verdict.better or force:
         why = verdict.why if verdict.better else "forced"
         return _win(candidate, version, name, alias, threshold, force, why)
@@ -376,12 +379,51 @@ def promote(
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What runs and versions are ranked by: a run metric and its direction. Standings hold
+    its value with the direction's sign folded in, so that higher is better for
+    `petloc.tracking.ties` whatever the direction; what people read has the sign undone."""
+
+    metric: str
+    direction: str = vocab.MAX
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.direction == vocab.MIN else 1.0
+
+    def standing(self, value: float, latency_ms: float | None) -> ties.Standing:
+        return ties.Standing(self.sign * value, latency_ms)
+
+    def value(self, score: float) -> str:
+        """A standing's score as the metric's value, as every table rounds it (`report.figure`)."""
+        return report.figure(self.metric, self.sign * score)
+
+    def gap(self, difference: float) -> str:
+        """A difference of two scores, as the metric's values round."""
+        return report.figure(self.metric, abs(difference))
+
+    @property
+    def worse(self) -> str:
+        """How a worse score stands to a better one: `below` it, or `above` for a min."""
+        return "above" if self.direction == vocab.MIN else "below"
+
+    @property
+    def label(self) -> str:
+        return METRIC_LABELS.get(self.metric, self.metric)
+
+    @property
+    def shown(self) -> str:
+        """`val_loss (min)`."""
+        return f"{self.metric} ({self.direction})"
+
+
+@dataclass(frozen=True)
 class _Candidate:
     """A run offered to the registry: its model and the figures it is ranked by."""
 
     run: Any
-    metric: str  # a localiser's val mIoU, a pretrained classifier's val accuracy
-    standing: ties.Standing
+    objective: Objective
+    standing: ties.Standing  # the objective's sign folded in
     model_source: str
 
     @property
@@ -389,16 +431,25 @@ class _Candidate:
         return self.run.info.run_id
 
     @property
+    def metric(self) -> str:
+        return self.objective.metric
+
+    @property
+    def exact(self) -> bool:
+        """Whether only equal scores tie: a pretrained classifier's val accuracy."""
+        return not _tracked(self.run.data.tags) and _is_pretrain(self.run.data.tags)
+
+    @property
     def val_data(self) -> str | None:
         return self.run.data.tags.get(vocab.VAL_DATA)
 
     @property
     def label(self) -> str:
-        return METRIC_LABELS.get(self.metric, self.metric)
+        return self.objective.label
 
     def score(self, value: float) -> str:
-        """A score as every table rounds it (`petloc.report.figure`)."""
-        return report.figure(self.metric, value)
+        """A standing's score as every table rounds the metric, its sign undone."""
+        return self.objective.value(value)
 
     @property
     def shown(self) -> str:
@@ -422,20 +473,49 @@ def _candidate(run_id: str) -> _Candidate:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
         raise PetlocError(f"run {printable(run_id)}: not found in {tracking_uri()}") from None
-    # A localiser is ranked by val mIoU; a pretrained classifier by val accuracy.
-    metric = (
-        vocab.VAL_ACCURACY
-        if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND
-        else vocab.BEST_VAL_MIOU
-    )
-    score = run.data.metrics.get(metric)
+    objective = run_objective(run)
+    score = run.data.metrics.get(objective.metric)
     model_source = run.data.tags.get(vocab.MODEL_URI)
     if score is None or not model_source:
         raise PetlocError(
-            f"run {run_id}: has no logged model with {metric}; promote a finished petloc run"
+            f"run {run_id}: has no logged model with {objective.metric}; promote a finished "
+            "petloc run"
         )
     latency = run.data.metrics.get(vocab.LATENCY_MS_B1)
-    return _Candidate(run, metric, ties.Standing(score, latency), model_source)
+    return _Candidate(run, objective, objective.standing(score, latency), model_source)
+
+
+def _tracked(tags: dict) -> bool:
+    """Whether a run or version names its objective: a tracked search's (petloc.TrackedTuner)."""
+    return bool(tags.get(vocab.OBJECTIVE))
+
+
+def _is_pretrain(tags: dict) -> bool:
+    return vocab.kind_of(tags) == vocab.PRETRAIN_KIND
+
+
+def run_objective(run) -> Objective:
+    """What run `run` is ranked by: the objective its tags name (a tracked search's trial),
+    else a pretrained classifier's val accuracy or a localiser's val mIoU; a one-line error
+    for a direction that is neither max nor min."""
+    tags = run.data.tags
+    if not _tracked(tags):
+        return Objective(vocab.VAL_ACCURACY if _is_pretrain(tags) else vocab.BEST_VAL_MIOU)
+    direction = tags.get(vocab.OBJECTIVE_DIRECTION)
+    if direction not in (vocab.MAX, vocab.MIN):
+        raise PetlocError(
+            f"run {run.info.run_id}: its tag {vocab.OBJECTIVE_DIRECTION} is "
+            f"{printable(str(direction))!r}, not {vocab.MAX} or {vocab.MIN}"
+        )
+    return Objective(tags[vocab.OBJECTIVE], direction)
+
+
+def _version_objective(tags: dict, metric: str) -> Objective:
+    """What a version was ranked by: the objective its tags name, or (petloc's own versions
+    name none) `metric`, higher is better."""
+    if not _tracked(tags):
+        return Objective(metric)
+    return Objective(tags[vocab.OBJECTIVE], tags.get(vocab.OBJECTIVE_DIRECTION, ""))
 
 
 def _over_budget(
@@ -455,26 +535,35 @@ def _over_budget(
     )
 
 
-def _comparable(candidate: _Candidate, holder) -> bool:
-    """Whether the holder's score was measured on the run's validation data (`val_data`)."""
-    return (
+def _apart(candidate: _Candidate, holder, name: str, alias: str) -> str | None:
+    """Why the holder's score does not compare with the run's: ranked by another objective,
+    or not measured on the run's validation data (`val_data`); None when it compares."""
+    theirs = _version_objective(holder.tags, candidate.metric)
+    held = f"{name}@{alias} (version {holder.version})"
+    if theirs != candidate.objective:
+        return (
+            f"{held} is ranked by {theirs.shown} and this run by {candidate.objective.shown}, "
+            "so their figures do not compare"
+        )
+    if (
         holder.tags.get(vocab.VAL_DATA) == candidate.val_data
         and holder.tags.get(candidate.metric) is not None
-    )
-
-
-def _other_data(candidate: _Candidate, holder, name: str, alias: str, register: bool) -> Promotion:
-    """A holder measured on other validation data keeps the alias; the run is registered
-    (when `register`), saying why."""
-    why = (
-        f"{name}@{alias} (version {holder.version}) was measured on other validation data "
+    ):
+        return None
+    return (
+        f"{held} was measured on other validation data "
         f"({holder.tags.get(vocab.VAL_DATA, 'unknown')}; this run: {candidate.val_data}), so "
-        f"their figures do not compare; petloc promote {candidate.run_id} --name "
-        f"{shlex.quote(name)} --force moves it"
+        "their figures do not compare"
     )
+
+
+def _not_compared(candidate: _Candidate, name: str, apart: str, register: bool) -> Promotion:
+    """A holder whose figures do not compare keeps the alias; the run is registered (when
+    `register`), saying why."""
+    why = f"{apart}; petloc promote {candidate.run_id} --name {shlex.quote(name)} --force moves it"
     if not register:
         return Promotion(name, None, False, why + "; not registered")
-    version = _registered(candidate.run, candidate.model_source, name)
+    version = _registered(candidate, name)
     return Promotion(name, version, False, f"registered as version {version}; {why}")
 
 
@@ -483,7 +572,7 @@ def _verdict(candidate: _Candidate, holder, name: str, alias: str, threshold: fl
     by the rule of `petloc.tracking.ties`."""
     if holder is None:
         return _Verdict(True, "first champion", "")
-    theirs = _standing(holder.tags, candidate.metric)
+    theirs = _standing(holder.tags, candidate.objective)
     if theirs is None:  # a holder whose score tag is no number: only a forced move passes it
         return _Verdict(
             False, "", f"{candidate.shown}; {name}@{alias}'s {candidate.label} is unknown"
@@ -517,7 +606,8 @@ def _tie_verdict(
         return _Verdict(
             False,
             "",
-            f"{loses} and faster ({times}), but {candidate.score(gap)} below version {best[0]}'s "
+            f"{loses} and faster ({times}), but {candidate.objective.gap(gap)} "
+            f"{candidate.objective.worse} version {best[0]}'s "
             f"{candidate.score(best[1].score)} (a tie wins only within {threshold:g} of the "
             "best version)",
         )
@@ -525,14 +615,14 @@ def _tie_verdict(
 
 
 def _best_version(candidate: _Candidate, name: str) -> tuple[str, ties.Standing] | None:
-    """The version of `name` with the highest score measured on the run's validation data
+    """The version of `name` with the best score measured on the run's validation data
     (the run's own aside), with its figures; among equals the oldest; None when none is."""
     measured = [
         (v.version, standing)
         for v in versions_of(name)
         if v.run_id != candidate.run_id
         and v.tags.get(vocab.VAL_DATA) == candidate.val_data
-        and (standing := _standing(v.tags, candidate.metric)) is not None
+        and (standing := _standing(v.tags, candidate.objective)) is not None
     ]
     return max(measured, key=lambda m: (m[1].score, -int(m[0])), default=None)
 
@@ -550,9 +640,9 @@ def _win(
     `_settle`), and says so; or says which version a racing promotion left it on."""
     _claim(name, alias, version, only=force, beats=_beaten_by(candidate, threshold))
     _set_alias(name, alias, version)
-    settled = _settle(name, alias, candidate.metric, threshold)
+    settled = _settle(name, alias, candidate.objective, threshold)
     if settled is not None and settled.version != version:
-        theirs = _standing(settled.tags, candidate.metric)
+        theirs = _standing(settled.tags, candidate.objective)
         held = "unknown" if theirs is None else candidate.score(theirs.score)
         return Promotion(
             name,
@@ -570,7 +660,7 @@ def _beaten_by(candidate: _Candidate, threshold: float) -> Callable[[Any], bool]
     """Whether the run beats a version measured on the same validation data."""
 
     def beats(other) -> bool:
-        theirs = _standing(other.tags, candidate.metric)
+        theirs = _standing(other.tags, candidate.objective)
         return (
             other.tags.get(vocab.VAL_DATA) == candidate.val_data
             and theirs is not None
@@ -580,10 +670,14 @@ def _beaten_by(candidate: _Candidate, threshold: float) -> Callable[[Any], bool]
     return beats
 
 
-def _standing(tags: dict, metric: str) -> ties.Standing | None:
-    """A registered version's figures, as its tags hold them; None without its score."""
-    score = _number(tags.get(metric))
-    return None if score is None else ties.Standing(score, _number(tags.get(vocab.LATENCY_MS_B1)))
+def _standing(tags: dict, objective: Objective) -> ties.Standing | None:
+    """A registered version's figures, as its tags hold them, the sign of the objective's
+    direction folded in; None without its score, or when the version was ranked by another
+    objective (its tags say so)."""
+    score = _number(tags.get(objective.metric))
+    if score is None or _version_objective(tags, objective.metric) != objective:
+        return None
+    return objective.standing(score, _number(tags.get(vocab.LATENCY_MS_B1)))
 
 
 def _number(text: str | None) -> float | None:
@@ -626,13 +720,13 @@ def _claim(
                 client.delete_model_version_tag(name, other.version, _claim_tag(alias))
 
 
-def _settle(name: str, alias: str, metric: str, threshold: float):
+def _settle(name: str, alias: str, objective: Objective, threshold: float):
     """Moves `alias` to the best version that won it, until a re-read finds it there; the holder."""
     for _ in range(SETTLE_ROUNDS):
         holder = champion_version(name, alias)
         if holder is None:  # the alias was removed meanwhile
             return None
-        best = _best_claim(name, alias, metric, holder, threshold)
+        best = _best_claim(name, alias, objective, holder, threshold)
         if best.version == holder.version:
             return holder
         _set_alias(name, alias, best.version)
@@ -651,22 +745,22 @@ def _set_alias(name: str, alias: str, version: str, attempts: int = 3) -> None:
                 raise
 
 
-def _best_claim(name: str, alias: str, metric: str, holder, threshold: float):
+def _best_claim(name: str, alias: str, objective: Objective, holder, threshold: float):
     """The holder, or a better version that won `alias` on the holder's validation data, by
     the ranking of `petloc.tracking.ties` (the same answer whichever version holds the alias,
     so racing writers agree); among equals the older version, as a promotion needs to beat
     the holder."""
-    if _standing(holder.tags, metric) is None:
+    if _standing(holder.tags, objective) is None:  # ranked otherwise: nothing races it here
         return holder
     rivals = {
         v.version: v
         for v in versions_of(name)
         if _racing(v.tags.get(_claim_tag(alias)))
         and v.tags.get(vocab.VAL_DATA) == holder.tags.get(vocab.VAL_DATA)
-        and _standing(v.tags, metric) is not None
+        and _standing(v.tags, objective) is not None
     }
     candidates = sorted({**rivals, holder.version: holder}.values(), key=lambda v: int(v.version))
-    return ties.ranked(candidates, lambda v: _standing(v.tags, metric), threshold)[0]
+    return ties.ranked(candidates, lambda v: _standing(v.tags, objective), threshold)[0]
 
 
 def _racing(claim: str | None) -> bool:
@@ -711,11 +805,11 @@ def _ms(latency: float | None) -> str:
     return "unknown" if latency is None else f"{report.figure(vocab.LATENCY_MS_B1, latency)} ms"
 
 
-def _registered(run, model_source: str, name: str) -> str:
+def _registered(candidate: _Candidate, name: str) -> str:
     """The version of `name` registered from this run: the one it already has (promotion never
     registers a run twice), else a new one; either way linked from its logged model."""
-    version = _existing_version(name, run.info.run_id) or _register(run, model_source, name)
-    if model_id := _logged_model_id(model_source):
+    version = _existing_version(name, candidate.run_id) or _register(candidate, name)
+    if model_id := _logged_model_id(candidate.model_source):
         _link(model_id, name, version)
     return version
 
@@ -739,24 +833,27 @@ def _logged_model_id(model_source: str) -> str | None:
 # model's tag listing its versions, which its page in the UI reads. Done here rather than by
 # that function: it takes no description, prints to the terminal, and adds its entry even when
 # a tracking server's create call has already written it (listing the version twice).
-def _register(run, model_source: str, name: str) -> str:
+def _register(candidate: _Candidate, name: str) -> str:
+    run, model_source = candidate.run, candidate.model_source
     client = MlflowClient()
     try:
         client.get_registered_model(name)
     except MlflowException:
-        kind = (
-            "cat/dog classifier whose backbone localisers start from"
-            if vocab.kind_of(run.data.tags) == vocab.PRETRAIN_KIND
-            else "cat/dog head localiser (class + head box)"
-        )
         try:
-            client.create_registered_model(name, description=f"petloc: {kind}")
+            client.create_registered_model(name, description=f"petloc: {_kind(candidate)}")
         except MlflowException as err:
             # another promotion created it meanwhile
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     tags = {key: str(run.data.metrics[key]) for key in METRIC_TAGS if key in run.data.metrics}
     tags.update({key: run.data.tags[key] for key in RUN_TAGS if key in run.data.tags})
+    if _tracked(run.data.tags):  # what later promotions compare the holder by
+        objective = candidate.objective
+        tags[objective.metric] = str(run.data.metrics[objective.metric])
+        tags[vocab.OBJECTIVE], tags[vocab.OBJECTIVE_DIRECTION] = (
+            objective.metric,
+            objective.direction,
+        )
     if vocab.CLASSES in run.data.params:  # how many classes the version answers with
         tags[vocab.CLASSES] = run.data.params[vocab.CLASSES]
     tags[vocab.SOURCE_RUN] = run.info.run_id
@@ -770,6 +867,20 @@ def _register(run, model_source: str, name: str) -> str:
         model_id=_logged_model_id(model_source),
     )
     return version.version
+
+
+def _kind(candidate: _Candidate) -> str:
+    """What a registered model holds, for its description when the first version makes it."""
+    tags = candidate.run.data.tags
+    if _tracked(tags):
+        objective = candidate.objective
+        return (
+            "Keras model tuned by petloc.TrackedTuner "
+            f"(objective: {objective.metric}, {objective.direction})"
+        )
+    if _is_pretrain(tags):
+        return "cat/dog classifier whose backbone localisers start from"
+    return "cat/dog head localiser (class + head box)"
 
 
 def _link(model_id: str, name: str, version: str) -> None:
@@ -804,11 +915,21 @@ DESCRIBED = {
 
 def version_description(run, sweep: str | None) -> str:
     """A registered version's description in Markdown: where it comes from (its trial and
-    sweep, or the run) and its figures on the validation photos."""
+    sweep or search, or the run) and its figures on the validation data; a tracked search's
+    objective first."""
     tags, metrics = run.data.tags, run.data.metrics
+    described = dict(DESCRIBED)
+    if _tracked(tags):
+        objective = run_objective(run)
+        better = "lower" if objective.direction == vocab.MIN else "higher"
+        what = DESCRIBED.get(objective.metric, "")
+        described = {
+            objective.metric: f"{what}{', ' if what else ''}the objective ({better} is better)",
+            **{k: v for k, v in DESCRIBED.items() if k != objective.metric},
+        }
     rows = [
         (f"`{key}`", label, report.figure(key, metrics[key]))
-        for key, label in DESCRIBED.items()
+        for key, label in described.items()
         if key in metrics
     ]
     if vocab.CLASSES in run.data.params:
@@ -824,8 +945,12 @@ def version_description(run, sweep: str | None) -> str:
 
 
 def _origin(tags: dict, params: dict, sweep: str | None) -> str:
-    """`Trial 0003 (simple) of sweep 'quick'`, `The final run ...`, `A petloc train run`."""
+    """`Trial 0003 (simple) of sweep 'quick'`, `The final run ...`, `A petloc train run`,
+    `Trial 2 of search 'digits'` (petloc.TrackedTuner's)."""
     trial = tags.get(vocab.TRIAL_ID)
+    if _tracked(tags):
+        of_search = f"search '{sweep}'" if sweep else "a Keras Tuner search"
+        return f"Trial {trial} of {of_search}" if trial else "A run of a Keras Tuner search"
     of_sweep = f" of sweep '{sweep}'" if sweep else ""
     if trial == vocab.FINAL_TRIAL:
         source = tags.get(vocab.SOURCE_TRIAL)
@@ -850,9 +975,11 @@ def _sweep_name(run) -> str | None:
 
 
 def list_versions() -> list[dict]:
-    """Every registered version with its aliases and headline figures, for `petloc models`."""
+    """Every registered version with its aliases and headline figures, for `petloc models`;
+    an `objective` column too when a version comes from a tracked search."""
     rows = []
     versions = _versions_by_name()
+    objectives = any(_tracked(v.tags) for found in versions.values() for v in found)
     for model in _every(MlflowClient().search_registered_models):
         by_version: dict[str, list[str]] = {}
         for alias, version in model.aliases.items():
@@ -865,10 +992,21 @@ def list_versions() -> list[dict]:
                     "aliases": ",".join(sorted(by_version.get(str(v.version), []))) or "-",
                     # the figures under the runs' metric names, as the versions' tags hold them
                     **{name: _float(v.tags.get(name)) for name in LISTED_FIGURES},
+                    **({"objective": _listed_objective(v.tags)} if objectives else {}),
                     "source_run": v.run_id or v.tags.get(vocab.SOURCE_RUN, "-"),
                 }
             )
     return rows
+
+
+def _listed_objective(tags: dict) -> str:
+    """`val_loss 0.1234 (min)`: a tracked version's objective and its value; else `-`."""
+    if not _tracked(tags):
+        return "-"
+    objective = _version_objective(tags, "")
+    value = _number(tags.get(objective.metric))
+    shown = "?" if value is None else report.figure(objective.metric, value)
+    return f"{objective.metric} {shown} ({objective.direction})"
 
 
 def _float(text: str | None):

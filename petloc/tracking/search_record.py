@@ -23,7 +23,6 @@ from petloc.tracking import vocabulary as vocab
 from petloc.training.gallery import plot_pareto
 
 FINISHED, RUNNING = "attributes.status = 'FINISHED'", "attributes.status = 'RUNNING'"
-MAX, MIN = vocab.MAX, vocab.MIN  # an objective's direction (its callers import it from here)
 
 
 class SearchRecord:
@@ -310,7 +309,7 @@ def pareto_front(rows: list[dict], first: tuple[str, str], second: tuple[str, st
     """The rows no other row beats on both figures, each a (metric, direction) pair, best
     `second` first."""
     (a, dir_a), (b, dir_b) = first, second
-    sign_a, sign_b = (1.0 if dir_a == MAX else -1.0), (1.0 if dir_b == MAX else -1.0)
+    sign_a, sign_b = (1.0 if dir_a == vocab.MAX else -1.0), (1.0 if dir_b == vocab.MAX else -1.0)
     scored = [
         r for r in rows if isinstance(r.get(a), (int, float)) and isinstance(r.get(b), (int, float))
     ]

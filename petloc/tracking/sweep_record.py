@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from petloc.config import Experiment, Range
 from petloc.tracking import log, runs, search_record, store, sweep_report
 from petloc.tracking import vocabulary as vocab
-from petloc.tracking.search_record import FINISHED, MAX, MIN, RUNNING, SearchRecord, number_or_text
+from petloc.tracking.search_record import FINISHED, RUNNING, SearchRecord, number_or_text
 from petloc.tracking.training_runs import run_settings
 
 LEADERBOARD_COLUMNS = [
@@ -35,7 +35,7 @@ LEADERBOARD_COLUMNS = [
 # start, since MLflow's params are written once.
 RESUMABLE_TUNER_SETTINGS = ("max_trials", "final_epochs", "max_minutes", "fill_budget")
 
-LOCALISER_PARETO = ((vocab.BEST_VAL_MIOU, MAX), (vocab.LATENCY_MS_B1, MIN))
+LOCALISER_PARETO = ((vocab.BEST_VAL_MIOU, vocab.MAX), (vocab.LATENCY_MS_B1, vocab.MIN))
 
 # The report's words for the leaderboard (`localiser_board`): the columns that are no
 # hyperparameter, the objective's label and the latency budget's setting.
@@ -235,7 +235,7 @@ def localiser_board(rows: list[dict]) -> sweep_report.Board:
         tuple(columns),
         tuple(c for c in columns if c not in FIGURE_COLUMNS and c not in NOT_HYPERPARAMETERS),
         vocab.BEST_VAL_MIOU,
-        MAX,
+        vocab.MAX,
         OBJECTIVE_LABEL,
         _order(rows),
     )
