@@ -49,4 +49,4 @@ def test_the_own_search_example_tracks_promotes_and_loads_the_champion_by_name(t
     assert sorted(run.info.status for run in trials) == ["FINISHED"] * TRIALS
     assert champion.group(1) in {run.info.run_id for run in trials}
     version = client.get_model_version_by_alias("digits-classifier", "champion")
-    assert (version.version, version.run_id) == ("1", champion.group(1))
+    assert (str(version.version), version.run_id) == ("1", champion.group(1))
