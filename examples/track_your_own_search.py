@@ -25,7 +25,6 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-# Exported as `petloc.TrackedTuner` once the lead merges issue #36's export.
 from petloc.search.tracked import TrackedTuner
 
 REGISTRY = "digits-classifier"
