@@ -10,14 +10,24 @@ tests/tracking/test_ui_in_browser.py does. Writes into docs/images/:
     gallery.png         the champion's validation gallery (copied from its artifacts)
     pareto.png          val mIoU against latency (copied from the parent run's artifacts)
 
+With --own-search it runs examples/track_your_own_search.py instead (a user's own Keras
+Tuner search, tracked by `TrackedTuner`) and writes the pictures of
+docs/track-your-own-search.md:
+
+    own-search-runs.png     the runs table, the search's parent run expanded over its trials
+    own-search-parent.png   the parent run's page: its description and params
+    own-search-trial.png    the champion trial's model metrics (its per-epoch curves)
+    own-search-version.png  the registered version page of digits-classifier@champion
+
 Each PNG is kept under 300 KB (palette-quantised when larger). Run from the project folder:
 
-    nice -n 10 .venv/bin/python docs/screenshots.py [--tiny] [--keep] [--store FOLDER]
+    nice -n 10 .venv/bin/python docs/screenshots.py [--tiny | --own-search] [--keep] [--store FOLDER]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import re
@@ -29,12 +39,18 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"
 EXPERIMENT = ROOT / "experiments" / "quick.yaml"
+OWN_SEARCH = ROOT / "examples" / "track_your_own_search.py"
+OWN_EXPERIMENT, OWN_REGISTRY = "digits-search", "digits-classifier"  # as the example names them
 TINY = ["tuner.max_trials=2", "train.epochs=2", "data.synthetic_count=200"]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -73,8 +89,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_sweep(folder: Path, overrides: list[str]) -> None:
-    cmd = [*PETLOC, "sweep", str(EXPERIMENT), *overrides]
+def run_in(folder: Path, cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=folder, env=petloc_env(), check=True)
 
@@ -101,7 +116,9 @@ def save_small(png: bytes, out: Path) -> None:
         buffer = io.BytesIO()
         image.quantize(colors=128).save(buffer, format="PNG", optimize=True)
         data = buffer.getvalue()
-        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.LANCZOS)
+        image = image.resize(
+            (image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS
+        )
     out.write_bytes(data)
     print(f"wrote {out.relative_to(ROOT)} ({len(data) // 1000} KB)", flush=True)
 
@@ -132,6 +149,7 @@ METRIC_COLUMNS = (
     "val_accuracy",
     "latency_ms_b1",
 )  # the runs table's extra columns
+OWN_METRIC_COLUMNS = ("val_accuracy", "latency_ms_b1")
 
 
 def best_effort(what: str, action) -> None:
@@ -142,8 +160,13 @@ def best_effort(what: str, action) -> None:
         print(f"could not {what}: {str(err).splitlines()[0]}", flush=True)
 
 
-def shoot(page, url: str, out: Path, ready, height: int | None = None) -> None:
-    """The page at `url` once `ready()` returns; its top `height` pixels when given."""
+def shoot(
+    page, url: str, out: Path, ready, height: int | None = None, tall: int | None = None
+) -> None:
+    """The page at `url` once `ready()` returns; its top `height` pixels when given. `tall`:
+    a window that many pixels high for this page (MLflow scrolls inside its pages, so a
+    full-page screenshot shows no more than the window)."""
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": tall or VIEWPORT["height"]})
     page.goto(url, timeout=FIRST_LOAD_MS)
     ready()
     page.wait_for_timeout(SETTLE_MS)
@@ -159,8 +182,8 @@ NO_ASSISTANT = (
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"  # not MLflow's GenAI pages
 
 
-def add_metric_columns(page) -> None:
-    for metric in METRIC_COLUMNS:
+def add_metric_columns(page, metrics: tuple[str, ...]) -> None:
+    for metric in metrics:
 
         def add(metric=metric):
             page.get_by_role("button", name="Columns", exact=True).first.click(timeout=10_000)
@@ -170,12 +193,34 @@ def add_metric_columns(page) -> None:
         best_effort(f"add the column {metric}", add)
 
 
-def screenshots(ui: str, experiment_id: str, parent, parent_name: str) -> None:
+def expanded_table(page, parent_name: str, metrics: tuple[str, ...]) -> None:
+    """The runs table once it lists the parent run: that row expanded over its trials, the
+    `metrics` columns added."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("link", name=parent_name, exact=True)).to_be_visible()
+    toggle = page.get_by_role("gridcell", name=parent_name).get_by_role("button")
+    best_effort("expand the parent run's row", lambda: toggle.first.click(timeout=10_000))
+    add_metric_columns(page, metrics)
+
+
+def unfolded_description(page, run_name: str) -> None:
+    """A run's page once it shows, its description unfolded (MLflow folds a long one)."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name=run_name)).to_be_visible()
+    more = page.get_by_text("Show more", exact=True)
+    best_effort("unfold the description", lambda: more.first.click(timeout=10_000))
+
+
+@contextlib.contextmanager
+def browser_page():
+    """A headless Chromium tab set up as a first-time visitor's, MLflow's pop-ups kept shut."""
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=VIEWPORT)
+        context = browser.new_context(viewport=cast("ViewportSize", VIEWPORT))
         context.set_default_timeout(FIRST_LOAD_MS)
         expect.set_options(timeout=FIRST_LOAD_MS)
         context.add_init_script(NO_ASSISTANT)
@@ -183,38 +228,144 @@ def screenshots(ui: str, experiment_id: str, parent, parent_name: str) -> None:
         # MLflow's modal about its "new Model Registry UI" on a first visit
         promo = page.get_by_role("dialog", name=re.compile("new Model Registry UI"))
         page.add_locator_handler(promo, lambda d: d.get_by_role("button", name="Close").click())
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
 
-        runs = f"{ui}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
-        parent_link = page.get_by_role("link", name=parent_name, exact=True)
 
-        def expanded_table() -> None:
-            expect(parent_link).to_be_visible()
-            toggle = page.get_by_role("gridcell", name=parent_name).get_by_role("button")
-            best_effort("expand the sweep's row", lambda: toggle.first.click(timeout=10_000))
-            add_metric_columns(page)
+def runs_url(ui: str, experiment_id: str, run_id: str = "") -> str:
+    run = f"/{run_id}" if run_id else ""
+    return f"{ui}/#/experiments/{experiment_id}/runs{run}?{MODEL_TRAINING_VIEW}"
 
-        def unfolded_description() -> None:
-            expect(page.get_by_role("heading", name=parent_name)).to_be_visible()
-            # MLflow folds a long description: the leaderboard is what the picture is for
-            more = page.get_by_text("Show more", exact=True)
-            best_effort("unfold the description", lambda: more.first.click(timeout=10_000))
 
-        shoot(page, runs, IMAGES / "ui-runs-table.png", expanded_table, TABLE_HEIGHT)
+def screenshots(ui: str, experiment_id: str, parent) -> None:
+    with browser_page() as page:
         shoot(
             page,
-            f"{ui}/#/experiments/{experiment_id}/runs/{parent.info.run_id}?{MODEL_TRAINING_VIEW}",
-            IMAGES / "ui-parent-run.png",
-            unfolded_description,
+            runs_url(ui, experiment_id),
+            IMAGES / "ui-runs-table.png",
+            lambda: expanded_table(page, parent.info.run_name, METRIC_COLUMNS),
+            TABLE_HEIGHT,
         )
-        context.close()
-        browser.close()
+        shoot(
+            page,
+            runs_url(ui, experiment_id, parent.info.run_id),
+            IMAGES / "ui-parent-run.png",
+            lambda: unfolded_description(page, parent.info.run_name),
+        )
+
+
+def own_search_screenshots(ui: str, experiment_id: str, parent, trial, version) -> None:
+    """The pages of docs/track-your-own-search.md: the runs table, the parent run, the
+    champion trial's curves and its registered version."""
+    from playwright.sync_api import expect
+
+    with browser_page() as page:
+        shoot(
+            page,
+            runs_url(ui, experiment_id),
+            IMAGES / "own-search-runs.png",
+            lambda: expanded_table(page, parent.info.run_name, OWN_METRIC_COLUMNS),
+            TABLE_HEIGHT,
+        )
+        shoot(
+            page,
+            runs_url(ui, experiment_id, parent.info.run_id),
+            IMAGES / "own-search-parent.png",
+            lambda: unfolded_description(page, parent.info.run_name),
+            tall=1100,  # the space's params are below the tuner's
+        )
+        trial_url = f"{ui}/#/experiments/{experiment_id}/runs/{trial.info.run_id}/model-metrics"
+        shoot(
+            page,
+            f"{trial_url}?{MODEL_TRAINING_VIEW}",
+            IMAGES / "own-search-trial.png",
+            lambda: expect(page.get_by_role("heading", name=trial.info.run_name)).to_be_visible(),
+            tall=1060,  # the val/ curves below the train/ ones
+        )
+        shoot(
+            page,
+            f"{ui}/#/models/{OWN_REGISTRY}/versions/{version.version}?{MODEL_TRAINING_VIEW}",
+            IMAGES / "own-search-version.png",
+            lambda: expect(
+                page.get_by_role("heading", name=f"Version {version.version}")
+            ).to_be_visible(),
+            tall=1000,  # its schema (the signature) below its tags
+        )
+
+
+@contextlib.contextmanager
+def petloc_ui(folder: Path):
+    """`petloc ui` on the folder's store, on a free port: its address."""
+    port = free_port()
+    ui = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [*PETLOC, "ui", "--port", str(port)],
+        cwd=folder,
+        env=petloc_env(),
+        stdout=(folder / "ui.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until_answering(ui + "/", proc)
+        yield ui
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+
+
+def parent_run(client, experiment):
+    """The latest search's parent run in `experiment`."""
+    from petloc.tracking import vocabulary as vocab
+
+    [parent] = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{vocab.KIND}` = '{vocab.SWEEP_KIND}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return parent
+
+
+def sweep_pictures(folder: Path, client) -> None:
+    """The quick sweep's pictures (README.md, the tour)."""
+    from petloc.config import load_experiment
+
+    exp = load_experiment(EXPERIMENT)
+    experiment = client.get_experiment_by_name(exp.tracking.experiment)
+    parent = parent_run(client, experiment)
+    champion = client.get_model_version_by_alias(exp.registry.name, exp.registry.alias)
+    scratch = folder / "downloads"
+    scratch.mkdir(exist_ok=True)
+    copy_artifact(client, champion.run_id, "val_gallery.png", IMAGES / "gallery.png", scratch)
+    copy_artifact(client, parent.info.run_id, "pareto.png", IMAGES / "pareto.png", scratch)
+    with petloc_ui(folder) as ui:
+        screenshots(ui, experiment.experiment_id, parent)
+
+
+def own_search_pictures(folder: Path, client) -> None:
+    """The example's pictures (docs/track-your-own-search.md)."""
+    experiment = client.get_experiment_by_name(OWN_EXPERIMENT)
+    parent = parent_run(client, experiment)
+    version = client.get_model_version_by_alias(OWN_REGISTRY, "champion")
+    with petloc_ui(folder) as ui:
+        own_search_screenshots(
+            ui, experiment.experiment_id, parent, client.get_run(version.run_id), version
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="2 short trials, not the quick sweep")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--tiny", action="store_true", help="2 short trials, not the quick sweep")
+    which.add_argument(
+        "--own-search", action="store_true", help="examples/track_your_own_search.py's pictures"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    parser.add_argument("--store", type=Path, help="a folder where a sweep already ran: no sweep")
+    parser.add_argument("--store", type=Path, help="a folder where it already ran: no run")
     args = parser.parse_args()
     if not CHROMIUM.exists():
         sys.exit(f"{CHROMIUM} is missing: apt-get install chromium")
@@ -222,49 +373,19 @@ def main() -> None:
     folder = (
         args.store.resolve() if args.store else Path(tempfile.mkdtemp(prefix="petloc-screenshots-"))
     )
-    ui_proc = None
     try:
-        if not args.store:
-            run_sweep(folder, TINY if args.tiny else [])
+        if not args.store and args.own_search:
+            run_in(folder, [sys.executable, str(OWN_SEARCH)])
+        elif not args.store:
+            run_in(folder, [*PETLOC, "sweep", str(EXPERIMENT), *(TINY if args.tiny else [])])
         os.chdir(folder)  # the store petloc made: ./mlruns
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         from mlflow.tracking import MlflowClient
 
-        from petloc.config import load_experiment
-        from petloc.tracking import vocabulary as vocab
-
-        exp = load_experiment(EXPERIMENT)
         uri = f"sqlite:///{folder}/mlruns/mlflow.db"
         client = MlflowClient(uri, registry_uri=uri)
-        experiment = client.get_experiment_by_name(exp.tracking.experiment)
-        [parent] = client.search_runs(
-            [experiment.experiment_id],
-            f"tags.`{vocab.KIND}` = '{vocab.SWEEP_KIND}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        champion = client.get_model_version_by_alias(exp.registry.name, exp.registry.alias)
-        scratch = folder / "downloads"
-        scratch.mkdir(exist_ok=True)
-        copy_artifact(client, champion.run_id, "val_gallery.png", IMAGES / "gallery.png", scratch)
-        copy_artifact(client, parent.info.run_id, "pareto.png", IMAGES / "pareto.png", scratch)
-
-        port = free_port()
-        ui = f"http://127.0.0.1:{port}"
-        ui_proc = subprocess.Popen(
-            [*PETLOC, "ui", "--port", str(port)],
-            cwd=folder,
-            env=petloc_env(),
-            stdout=(folder / "ui.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_until_answering(ui + "/", ui_proc)
-        screenshots(ui, experiment.experiment_id, parent, parent.info.run_name)
+        (own_search_pictures if args.own_search else sweep_pictures)(folder, client)
     finally:
-        if ui_proc is not None:
-            os.killpg(ui_proc.pid, 15)
-            ui_proc.wait(timeout=60)
         if args.keep or args.store:
             print(f"kept {folder}")
         else:
