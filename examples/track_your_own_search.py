@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from petloc.search.tracked import TrackedTuner
+from petloc import TrackedTuner
 
 REGISTRY = "digits-classifier"
 
