@@ -25,6 +25,10 @@ from petloc.training.gallery import plot_pareto
 FINISHED, RUNNING = "attributes.status = 'FINISHED'", "attributes.status = 'RUNNING'"
 
 
+# The pictures' words for petloc's own figures; any other figure is shown by its name.
+PARETO_LABELS = {vocab.BEST_VAL_MIOU: "val mIoU", vocab.LATENCY_MS_B1: "latency, batch 1 (ms)"}
+
+
 class SearchRecord:
     """The runs of one search, by its parent run."""
 
@@ -221,7 +225,7 @@ class SearchRecord:
             self.client.log_artifact(self.parent_run_id, str(csv_path))
             if points:
                 picture = plot_pareto(
-                    points, Path(tmp) / "pareto.png", miou=first[0], latency=second[0]
+                    points, Path(tmp) / "pareto.png", first[0], second[0], PARETO_LABELS
                 )
                 self.client.log_artifact(self.parent_run_id, str(picture))
 

@@ -296,10 +296,13 @@ def draw_box_on_photo(image: np.ndarray, prediction) -> np.ndarray:
     return photo
 
 
-def plot_pareto(points: list[dict], path: Path, miou: str, latency: str) -> Path:
-    """Val mIoU against batch-1 latency, a dot per trial, the Pareto front joined (points
-    carry `trial`, their val mIoU under key `miou`, their latency under `latency`, and
-    `pareto` "yes"/"no")."""
+def plot_pareto(
+    points: list[dict], path: Path, miou: str, latency: str, labels: dict[str, str] | None = None
+) -> Path:
+    """A score against a cost (a localiser's val mIoU against its batch-1 latency), a dot per
+    trial, the Pareto front joined (points carry `trial`, the score under key `miou`, the
+    cost under `latency`, and `pareto` "yes"/"no"). `labels`: the axes' words for those
+    keys, each key itself where none is given."""
     fig = new_figure((6, 4))
     ax = fig.subplots()
     ax.scatter(
@@ -324,7 +327,9 @@ def plot_pareto(points: list[dict], path: Path, miou: str, latency: str) -> Path
             xytext=(4, 4),
             fontsize=8,
         )
-    ax.set(xlabel="latency, batch 1 (ms)", ylabel="val mIoU", title="val mIoU against latency")
+    named = labels or {}
+    y_label, x_label = named.get(miou, miou), named.get(latency, latency)
+    ax.set(xlabel=x_label, ylabel=y_label, title=f"{y_label} against {x_label}")
     ax.legend()
     return save_figure(fig, path)
 
