@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import keras_tuner as kt
+import numpy as np
 
 from petloc import library_internals, stopping
 from petloc.errors import PetlocError, did_you_mean
@@ -457,11 +458,14 @@ def _validation_data(fit_args: tuple, fit_kwargs: dict) -> Any:
 
 
 def _inputs(data: Any) -> Any:
-    """The inputs of validation data given as arrays (`(x, y)`), else None."""
-    if data is None:
-        return None
-    x = data[0] if isinstance(data, (tuple, list)) else None
-    return x if hasattr(x, "shape") or isinstance(x, dict) else None
+    """Validation inputs as arrays: those of `(x, y)`, or of the first batch of a
+    `tf.data.Dataset`; None for data that cannot be read again (a generator)."""
+    if hasattr(data, "element_spec") and hasattr(data, "take"):  # a tf.data.Dataset
+        data = next(iter(data.take(1)), None)
+    x = data[0] if isinstance(data, (tuple, list)) else data
+    if isinstance(x, dict):
+        return {k: np.asarray(v) for k, v in x.items()}
+    return np.asarray(x) if hasattr(x, "shape") else None
 
 
 def _first(x: Any, count: int) -> Any:

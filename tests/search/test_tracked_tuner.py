@@ -219,3 +219,21 @@ def test_mlflow_keras_log_model_with_an_input_example_still_fails(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     with mlflow.start_run(), pytest.raises(FileNotFoundError, match="input_example"):
         mlflow.keras.log_model(model, name="m", input_example=np.zeros((1, 3), "float32"))
+
+
+def test_validation_data_as_a_dataset_still_gives_the_model_its_input_example(tmp_path, digits):
+    import tensorflow as tf
+
+    (x, y), (xv, yv) = digits
+    with in_project(tmp_path):
+        tuner = tracked(tmp_path, max_trials=1, registry=None)
+        tuner.search(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(32),
+            validation_data=tf.data.Dataset.from_tensor_slices((xv, yv)).batch(32),
+            epochs=1,
+            verbose=0,
+        )
+    _, _, (trial,) = runs_of(tmp_path, tuner)
+    model = mlflow.models.get_model_info(trial.data.tags["model_uri"])
+    assert model.saved_input_example_info is not None
+    assert trial.data.tags["val_data"] == "unhashed:digits"  # a dataset is not read twice
