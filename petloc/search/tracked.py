@@ -112,6 +112,11 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             oracle = _oracle(oracle, objective, max_trials, seed, max_consecutive_failed_trials)
         if record is None:  # the user's tracking store, before anything is logged
             store.configure(tracking_uri)
+        if record is None and _is_worker():
+            # Workers share the chief's project folder on one machine (as Keras Tuner's docs
+            # run them) and run the same script: a worker's overwrite would wipe the chief's
+            # state and the other workers' checkpoints mid-search. The chief's alone starts over.
+            kwargs["overwrite"] = False
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
 
     # ---- the search: one parent run ---------------------------------------------------
@@ -139,12 +144,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         self.validation = _validation_data(fit_args, fit_kwargs)
         fit_kwargs = {**fit_kwargs, "callbacks": [*fit_kwargs.get("callbacks", []), self.curves]}
         if _is_worker():
-            self._record = self._chief_record()
-            try:
-                super().search(*fit_args, **fit_kwargs)
-            finally:
-                self._record = None
-            return None
+            return self._search_as_worker(fit_args, fit_kwargs)
         lock = Path(self.project_dir).with_name(Path(self.project_dir).name + ".lock")
         busy = f"search '{self.project_name}' is already running in another process"
         with stopping.handled(), exclusive_lock(lock, busy), self._parent_run() as record:
@@ -197,23 +197,45 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             raise record.ended(err)  # noqa: B904  (err itself, or the interrupt behind it)
         record.ended()
 
-    def _chief_record(self) -> SearchRecord:
-        """A worker's parent run: the chief's, found by the address the chief marked on it."""
-        address = _chief_address()
-        deadline = time.monotonic() + CHIEF_WAIT_SECONDS
-        while True:
-            found = runs.running_parent(
-                runs.experiment_id(self.experiment or self.project_name),
-                {vocab.SWEEP: self.project_name, vocab.CHIEF: address},
+    def _search_as_worker(self, fit_args: tuple, fit_kwargs: dict) -> None:
+        """A worker of Keras Tuner's distributed mode: the trials its chief hands out, each in
+        a child run of the chief's parent run, tagged with this worker's ID. The chief's
+        process ends the parent run and ranks the trials; a worker has no `result`."""
+        with stopping.handled():
+            self._record = self._chief_record()
+            self.run_tags = {**self.run_tags, vocab.WORKER: self.tuner_id}
+            self.say(
+                f"{self.tuner_id}: trials of search '{self.project_name}' go under the chief's "
+                f"parent run {self.record.parent_run_id}"
             )
-            if found is not None:
-                return SearchRecord(found)
+            try:
+                super().search(*fit_args, **fit_kwargs)
+            finally:
+                self._record = None
+
+    def _chief_record(self) -> SearchRecord:
+        """A worker's parent run: the chief's, found by the address the chief marked on it
+        before serving its oracle. A worker started first waits for it (CHIEF_WAIT_SECONDS)."""
+        address, experiment = _chief_address(), self.experiment or self.project_name
+        tags = {vocab.SWEEP: self.project_name, vocab.CHIEF: address}
+        deadline = time.monotonic() + CHIEF_WAIT_SECONDS
+        waiting = False
+        while (found := runs.running_parent(experiment, tags)) is None:
             if time.monotonic() >= deadline:
                 raise PetlocError(
-                    f"search '{self.project_name}': no running parent run of a chief at {address} in "
-                    f"{store.tracking_uri()}; start the chief first, with the same tracking URI"
+                    f"search '{self.project_name}': no chief at {address} started its parent run in "
+                    f"experiment '{experiment}' of {store.tracking_uri()} within {CHIEF_WAIT_SECONDS:g} s; "
+                    "start the chief (KERASTUNER_TUNER_ID=chief) with the same tracking URI, "
+                    "experiment and project_name"
                 )
+            if not waiting:
+                self.say(
+                    f"{self.tuner_id}: waiting up to {CHIEF_WAIT_SECONDS:g} s for the chief at {address} "
+                    f"to start search '{self.project_name}' in {store.tracking_uri()}"
+                )
+                waiting = True
             time.sleep(1)
+        return SearchRecord(found)
 
     def objective_tags(self) -> dict[str, str]:
         """What a run's figures are ranked by, for the registry to compare versions."""

@@ -142,17 +142,26 @@ def end_finished(run_id: str) -> None:
     MlflowClient().set_terminated(run_id, "FINISHED")
 
 
-def running_parent(experiment_id: str, tags: dict[str, str]) -> str | None:
-    """The RUNNING parent run with `tags` (values compared here, not pasted into the filter);
-    the latest when there are several."""
-    found = MlflowClient().search_runs(
-        [experiment_id],
+def running_parent(experiment: str, tags: dict[str, str]) -> str | None:
+    """The RUNNING parent run with `tags` (values compared here, not pasted into the filter)
+    in experiment `experiment`, the latest when there are several; one whose process is known
+    to have died (left RUNNING by a kill) does not count. None when there is none, nor the
+    experiment: a worker looking for its chief's run never creates the experiment itself."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        return None
+    candidates = client.search_runs(
+        [found.experiment_id],
         f"attributes.status = 'RUNNING' and tags.`{vocab.KIND}` = '{vocab.SWEEP_KIND}'",
         order_by=["attributes.start_time DESC"],
         max_results=1000,
     )
-    for run in found:
-        if all(run.data.tags.get(key) == value for key, value in tags.items()):
+    for run in candidates:
+        owner = run.data.tags.get(vocab.OWNER)
+        if all(run.data.tags.get(key) == value for key, value in tags.items()) and (
+            not owner or owner_alive(owner)
+        ):
             return run.info.run_id
     return None
 

@@ -310,6 +310,8 @@ class Lines:
             found = next((line for line in list(self.lines) if text in line), None)
             if found:
                 return found
+            if not self.thread.is_alive():  # the process ended without it
+                break
             time.sleep(0.5)
         raise AssertionError(f"no line with {text!r} in {timeout} s:\n{''.join(self.lines)}")
 
