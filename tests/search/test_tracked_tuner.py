@@ -175,7 +175,9 @@ def test_a_stopped_search_ends_killed_and_resumes_with_no_trial_logged_twice(tmp
 
 def test_the_champion_loaded_by_name_predicts_as_keras_tuners_best_model(finished, digits):
     root, tuner = finished
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlruns/mlflow.db")  # other tests moved it
+    store = f"sqlite:///{root}/mlruns/mlflow.db"  # other tests of this module moved MLflow's
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
     champion = mlflow.pyfunc.load_model("models:/digits@champion")
     best = tuner.get_best_models(1)[0]
     assert tuner.result.promotion.champion
