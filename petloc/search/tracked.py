@@ -289,11 +289,11 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
                 if isinstance(err, kt.errors.FailedTrialError) and err.__cause__
                 else err
             )
+            if isinstance(cause, Exception):  # first: ending the run may fail the same way
+                self.errors[trial.trial_id] = runs.why_failed(cause)
             stop = runs.end_run(run_id, cause)
             if isinstance(stop, KeyboardInterrupt) and stop is not err:
                 raise stop from err  # a stop that a library turned into its own error: no failed trial
-            if isinstance(cause, Exception):
-                self.errors[trial.trial_id] = runs.why_failed(cause)
             raise
         finally:
             self.curves.run_id = self.current_run_id = None
