@@ -1,4 +1,5 @@
-"""Keras Tuner sweeps: the search space as a HyperModel, tracked trials, and the sweep around them."""
+"""Keras Tuner searches, tracked: `TrackedTuner` for any HyperModel (tracked.py), and petloc's
+own sweep on it (its space as a HyperModel, its trials, its chief and workers)."""
 
 # The chief's line when every trial has ended: the launcher of `--workers N` then waits for
 # the end steps (final run, ensemble, promotion) instead of watching for gone workers.
