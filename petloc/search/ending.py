@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from petloc import report
-from petloc.errors import PetlocError
 from petloc.tracking import registry, ties
 from petloc.tracking import vocabulary as vocab
 from petloc.tracking.search_record import SearchRecord
@@ -47,6 +46,7 @@ class SearchEnd:
     alias: str
     min_improvement: float
     say: Callable[[str], None]
+    name: str = ""  # the search's, as its lines name it
     noun = "search"  # what the lines call it
 
     def standing(self, row: dict) -> ties.Standing | None:
@@ -78,7 +78,12 @@ class SearchEnd:
         return (self.objective, self.pareto) if self.pareto is not None else None
 
     def show(self, rows: list[dict], board: Board) -> None:
-        self.say(report.table(rows, list(board.columns)) or "no trial finished")
+        table = report.table(rows, list(board.columns))
+        self.say(
+            f"\nleaderboard of {self.noun} '{self.name}' ({board.order}):\n{table}"
+            if table
+            else "no trial finished"
+        )
 
     def nothing_finished(self, failed: int) -> None:
         """A search whose trials all failed ends with its parent run, and no promotion."""
@@ -86,15 +91,16 @@ class SearchEnd:
     def promote(self, best: dict | None) -> registry.Promotion | None:
         if self.registry_name is None or best is None:
             return None
-        try:
-            return registry.promote(
-                best["run_id"], self.registry_name, self.alias, min_improvement=self.min_improvement
+        if not self.record.run(best["run_id"]).data.tags.get(vocab.MODEL_URI):
+            self.say(
+                f"registry: nothing promoted: the best trial ({best['trial']}) logged no model; "
+                "its training saved no Keras Tuner checkpoint (a run_trial or fit of your own "
+                "that does not pass on the search's callbacks), or its validation data was a generator"
             )
-        except (
-            PetlocError
-        ) as err:  # a trial without a model (a run_trial of the user's): its results stay
-            self.say(f"registry: nothing promoted: {err}")
             return None
+        return registry.promote(
+            best["run_id"], self.registry_name, self.alias, min_improvement=self.min_improvement
+        )
 
     def announce(self, promotion: registry.Promotion | None, links: SweepLinks) -> None:
         if promotion is not None:

@@ -31,6 +31,7 @@ import numpy as np
 from petloc import library_internals, stopping
 from petloc.errors import PetlocError, did_you_mean
 from petloc.files import SMALL_FILE_LIMIT, atomic_write_text, exclusive_lock, read_bounded
+from petloc.registry_names import check_alias, check_name
 from petloc.search.ending import SearchEnd, SearchResult, failed_trials, finish_search
 from petloc.tracking import keras_trials, runs, store
 from petloc.tracking import vocabulary as vocab
@@ -38,6 +39,7 @@ from petloc.tracking.log import system_metrics as log_system_metrics
 from petloc.tracking.search_record import SearchRecord
 from petloc.training.latency import batch1_latency_ms
 
+MAX_TRIALS = "tuner.max_trials"  # a tag of the parent: a resumed search may raise it
 STATE_FILE = "tracking.json"  # in the project folder: the search's parent run
 CHIEF_WAIT_SECONDS = 120.0  # how long a worker looks for its chief's parent run
 
@@ -100,6 +102,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             tracking_uri,
         )
         self.pareto = _objective(pareto) if pareto is not None else None
+        if self.pareto is not None and self.pareto.name == vocab.LATENCY_MS_B1:
+            self.latency = True  # the figure drawn must be measured
         self.figures: dict[str, dict[str, float]] = {}  # trial_id -> its figures, this process's
         self.errors: dict[str, str] = {}  # trial_id -> why it failed
         self.trial_runs: dict[str, str] = {}  # trial_id -> its run, this process's finished ones
@@ -110,14 +114,22 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         self.result: SearchResult | None = None
         if isinstance(oracle, str):
             oracle = _oracle(oracle, objective, max_trials, seed, max_consecutive_failed_trials)
-        if record is None:  # the user's tracking store, before anything is logged
-            store.configure(tracking_uri)
+        if record is None:
+            if registry is not None:  # a bad name is one line now, not after the trials
+                check_name(registry)
+                check_alias(alias)
+            _refuse_hyperband(oracle)
+            store.configure(tracking_uri, "tracking_uri")  # before anything is logged
+            if kwargs.get("overwrite") and not _is_worker():
+                _refuse_when_running(_project_dir(kwargs))  # Keras Tuner deletes it right away
         if record is None and _is_worker():
             # Workers share the chief's project folder on one machine (as Keras Tuner's docs
             # run them) and run the same script: a worker's overwrite would wipe the chief's
             # state and the other workers' checkpoints mid-search. The chief's alone starts over.
             kwargs["overwrite"] = False
         super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
+        objectives = getattr(self.oracle.objective, "objectives", [self.oracle.objective])
+        self.curves.expected = tuple(o.name for o in objectives)
 
     # ---- the search: one parent run ---------------------------------------------------
 
@@ -145,8 +157,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         fit_kwargs = {**fit_kwargs, "callbacks": [*fit_kwargs.get("callbacks", []), self.curves]}
         if _is_worker():
             return self._search_as_worker(fit_args, fit_kwargs)
-        lock = Path(self.project_dir).with_name(Path(self.project_dir).name + ".lock")
-        busy = f"search '{self.project_name}' is already running in another process"
+        lock, busy = _lock_of(Path(self.project_dir))
         with stopping.handled(), exclusive_lock(lock, busy), self._parent_run() as record:
             self._record = record
             try:
@@ -242,25 +253,32 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         return {vocab.OBJECTIVE: self.objective_name, vocab.OBJECTIVE_DIRECTION: self.direction}
 
     def _log_search_settings(self, record: SearchRecord) -> None:
-        """The space and the tuner's settings, as the parent run's params and `search_space.json`."""
+        """The space and the tuner's settings, as the parent run's params (its trial budget,
+        which a resumed search may raise, as a tag) and `search_space.json`."""
         space = self.oracle.get_space()
         settings = {
             "tuner.oracle": type(self.oracle).__name__,
             "tuner.objective": self.objective_name,
             "tuner.direction": self.direction,
-            "tuner.max_trials": self.oracle.max_trials,
             "tuner.executions_per_trial": self.executions_per_trial,
             "tuner.seed": self.oracle.seed,
-            "tuner.hypermodel": type(self.hypermodel).__name__,
+            "tuner.hypermodel": _hypermodel_name(self.hypermodel),
         }
         params = {f"space.{hp.name}": json.dumps(hp.get_config()) for hp in space.space}
         record.log_params_once({**settings, **params})
-        record.log_dict({"space": space.get_config(), "tuner": settings}, "search_space.json")
+        record.log_dict(
+            {
+                "space": space.get_config(),
+                "tuner": {**settings, MAX_TRIALS: self.oracle.max_trials},
+            },
+            "search_space.json",
+        )
         record.set_tags(
             {
+                MAX_TRIALS: self.oracle.max_trials,
                 vocab.NOTE: f"Keras Tuner search '{self.project_name}' ({type(self.oracle).__name__}, "
                 f"up to {self.oracle.max_trials} trials, {self.objective_name} {self.direction}); "
-                "its trials are the child runs, ranked below once the search ends"
+                "its trials are the child runs, ranked below once the search ends",
             }
         )
 
@@ -281,6 +299,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             with log_system_metrics(run_id):
                 self.log_trial_inputs(trial, run_id)
                 yield run_id
+                self.log_trial_inputs(trial, run_id)  # hyperparameters the trial declared itself
                 self.log_trial_outcome(trial, run_id)
         except BaseException as err:
             # petloc's own trials wrap their error for Keras Tuner: the run keeps the first
@@ -316,7 +335,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         )
         tags = {
             **self.objective_tags(),
-            vocab.VAL_DATA: val_data or f"unhashed:{self.project_name}",
+            # unread data (a Dataset, a generator) compares only within this search
+            vocab.VAL_DATA: val_data or f"unhashed:{self.record.parent_run_id}",
             vocab.NOTE: f"Trial {trial.trial_id} of Keras Tuner search '{self.project_name}'",
         }
         keras_trials.log_trial_inputs(run_id, trial.hyperparameters.values, tags)
@@ -342,6 +362,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
     def _best_epoch_model(self, trial):
         """The trial's model with its best epoch's weights; None when the trial saved none (a
         `run_trial` of the user's that trains no Keras model)."""
+        if self.hypermodel is None:  # a run_trial of the user's, with no Keras model to rebuild
+            return None
         try:
             with warnings.catch_warnings():
                 # the weights file keeps the optimizer's state, which a model to predict with
@@ -408,12 +430,52 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             self.alias,
             self.min_improvement,
             self.say,
+            self.project_name,
         )
 
     def finish(self) -> SearchResult:
         """The leaderboard (printed and logged), the report, and the best trial offered to
         the registry."""
         return finish_search(self.end(), failed_trials(self.oracle))
+
+
+def _project_dir(tuner_kwargs: dict) -> Path:
+    """The project folder Keras Tuner will use, before it is made (its defaults)."""
+    folder = tuner_kwargs.get("directory") or "."
+    return Path(folder) / (tuner_kwargs.get("project_name") or "untitled_project")
+
+
+def _lock_of(project_dir: Path) -> tuple[Path, str]:
+    """The lock a running search holds beside its project folder, and the line refusing a second."""
+    busy = f"search '{project_dir.name}' is already running in another process"
+    return project_dir.with_name(project_dir.name + ".lock"), busy
+
+
+def _refuse_when_running(project_dir: Path) -> None:
+    """overwrite=True of a search that another process runs: refused before Keras Tuner
+    deletes its folder under it."""
+    lock, busy = _lock_of(project_dir)
+    if lock.parent.is_dir():
+        with exclusive_lock(lock, busy):
+            pass
+
+
+def _refuse_hyperband(oracle) -> None:
+    # Hyperband's trials continue one another (tuner/epochs, the earlier round's weights),
+    # which Keras Tuner's own Hyperband tuner does and a plain Tuner does not.
+    if isinstance(oracle, kt.oracles.HyperbandOracle):
+        raise PetlocError(
+            "oracle: a HyperbandOracle needs Keras Tuner's Hyperband tuner, which TrackedTuner "
+            "is not; pass bayesian, random, grid or another keras_tuner.Oracle"
+        )
+
+
+def _hypermodel_name(hypermodel) -> str:
+    """The user's HyperModel class, or the build function Keras Tuner wrapped."""
+    built_by = getattr(getattr(hypermodel, "build", None), "__name__", None)
+    if type(hypermodel).__name__ == "DefaultHyperModel" and built_by:
+        return str(built_by)
+    return type(hypermodel).__name__
 
 
 def _oracle(kind: str, objective, max_trials: int, seed: int | None, max_failed: int) -> kt.Oracle:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import keras_tuner as kt
 import mlflow
 import mlflow.keras
 import numpy as np
@@ -24,6 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from petloc.errors import PetlocError, did_you_mean
 from petloc.tracking import log
 from petloc.tracking import vocabulary as vocab
 
@@ -33,13 +35,19 @@ class EpochCurves(keras.callbacks.Callback):
     Keras Tuner deep-copies a search's callbacks for each trial: this one holds nothing but
     the run ID, which the tracked tuner sets before the copy is made."""
 
-    def __init__(self, run_id: str | None = None):
+    def __init__(self, run_id: str | None = None, expected: tuple[str, ...] = ()):
         super().__init__()
-        self.run_id = run_id
+        self.run_id, self.expected = run_id, expected
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.run_id or not logs:
             return
+        missing = [name for name in self.expected if name not in logs]
+        if missing:  # Keras Tuner would find out after the last epoch of every trial
+            raise ObjectiveNotLogged(
+                f"objective: the model logs no {missing[0]!r} (it logs {', '.join(sorted(logs))});"
+                + (did_you_mean(missing[0], logs) or " compile it with that metric")
+            )
         now = int(time.time() * 1000)
         metrics = [
             Metric(curve_name(key), float(value), now, epoch + 1)
@@ -48,6 +56,10 @@ class EpochCurves(keras.callbacks.Callback):
         ]
         if metrics:
             MlflowClient().log_batch(self.run_id, metrics=metrics)
+
+
+class ObjectiveNotLogged(PetlocError, kt.errors.FatalError):
+    """An objective the model does not log: no trial can be scored, so the search stops."""
 
 
 def curve_name(key: str) -> str:
@@ -79,7 +91,7 @@ def log_keras_model(run_id: str, model: keras.Model, example: Any) -> str:
     """The model in MLflow's Keras flavour (loadable with `mlflow.pyfunc.load_model`), with
     the signature of `example` (a few validation inputs) and the example itself, named after
     its run; its URI becomes the run's `model_uri` tag and is returned."""
-    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+    signature = infer_signature(example, np.asarray(model(example, training=False)))
     name = log.logged_model_name(MlflowClient().get_run(run_id))
     with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.models.Model.log(

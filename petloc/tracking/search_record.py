@@ -103,11 +103,13 @@ class SearchRecord:
         )
 
     def log_params_once(self, params: dict[str, Any]) -> None:
-        """The parent's params (what the search is), each cut to MLflow's length; a resumed
-        search logs the same values again, which MLflow accepts."""
-        self.client.log_batch(
-            self.parent_run_id, params=[Param(k, str(value)[:6000]) for k, value in params.items()]
-        )
+        """The parent's params (what the search is), each cut to MLflow's length. MLflow
+        refuses to change a param: a resumed search logs only those its parent lacks (a
+        hyperparameter the space gained); what a start may change belongs in tags."""
+        logged = self.client.get_run(self.parent_run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in logged]
+        if new:
+            self.client.log_batch(self.parent_run_id, params=new)
 
     def log_dict(self, content: dict, file_name: str) -> None:
         self.client.log_dict(self.parent_run_id, content, file_name)

@@ -238,4 +238,98 @@ def test_validation_data_as_a_dataset_still_gives_the_model_its_input_example(tm
     _, _, (trial,) = runs_of(tmp_path, tuner)
     model = mlflow.models.get_model_info(trial.data.tags["model_uri"])
     assert model.saved_input_example_info is not None
-    assert trial.data.tags["val_data"] == "unhashed:digits"  # a dataset is not read twice
+    # a dataset is not read twice: its figures compare only within this search
+    assert trial.data.tags["val_data"] == f"unhashed:{tuner.result.parent_run_id}"
+
+
+class FunctionTuner(petloc.TrackedTuner):
+    """Keras Tuner's "tune any function": a run_trial of the user's, with no Keras model."""
+
+    def run_trial(self, trial, *args, **kwargs):
+        x = trial.hyperparameters.Float("x", -1.0, 1.0)
+        return {"score": x * x}
+
+
+def test_a_run_trial_of_the_users_own_is_tracked_and_says_why_nothing_is_promoted(tmp_path):
+    said = []
+    with in_project(tmp_path):
+        tuner = FunctionTuner(
+            objective=kt.Objective("score", "min"),
+            oracle="random",
+            max_trials=2,
+            experiment="functions",
+            registry="anything",
+            directory=str(tmp_path / "tuner"),
+            project_name="function",
+            say=said.append,
+        )
+        tuner.search()
+    _, _, trials = runs_of(tmp_path, tuner)
+    assert [r.info.status for r in trials] == ["FINISHED", "FINISHED"]
+    assert all("score" in r.data.metrics and "x" in r.data.params for r in trials)
+    assert tuner.result.promotion is None
+    assert any("the best trial" in line and "logged no model" in line for line in said)
+
+
+def test_a_finished_search_goes_on_with_more_trials_in_the_same_parent(tmp_path, digits):
+    with in_project(tmp_path):
+        first = tracked(tmp_path, oracle="random", max_trials=1, registry=None)
+        search(first, digits)
+        more = tracked(tmp_path, oracle="random", max_trials=2, registry=None)
+        search(more, digits)
+    assert more.result.parent_run_id == first.result.parent_run_id
+    _, parent, trials = runs_of(tmp_path, more)
+    assert parent.info.status == "FINISHED" and parent.data.tags["tuner.max_trials"] == "2"
+    assert sorted(r.data.tags["trial_id"] for r in trials) == ["0", "1"]
+
+
+def deep_model(hp):
+    """Keras Tuner's tutorial shape: hyperparameters declared as the model is built."""
+    model = keras.Sequential([keras.Input((64,))])
+    for i in range(hp.Int("layers", 1, 2)):
+        model.add(keras.layers.Dense(hp.Choice(f"units_{i}", [4, 8]), activation="relu"))
+    model.add(keras.layers.Dense(10, activation="softmax"))
+    model.compile("adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_hyperparameters_a_trial_declares_are_its_params(tmp_path, digits):
+    with in_project(tmp_path):
+        tuner = tracked(tmp_path, deep_model, oracle="random", max_trials=3, registry=None, seed=3)
+        search(tuner, digits)
+    _, _, trials = runs_of(tmp_path, tuner)
+    for run in trials:
+        values = tuner.oracle.get_trial(run.data.tags["trial_id"]).hyperparameters.values
+        assert {k: str(v) for k, v in values.items()} == run.data.params
+
+
+def test_an_objective_the_model_does_not_log_stops_the_search_in_one_line(tmp_path, digits):
+    with in_project(tmp_path), pytest.raises(PetlocError, match="logs no 'val_auc'"):
+        search(tracked(tmp_path, objective=kt.Objective("val_auc", "max")), digits)
+    client = store_client(tmp_path)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("digits-search").experiment_id],
+        "tags.`petloc.kind` = 'sweep'",
+    )
+    assert parent.info.status == "FAILED"
+
+
+def test_overwriting_a_running_search_is_refused_before_its_folder_is_touched(tmp_path):
+    from petloc.files import exclusive_lock
+
+    folder = tmp_path / "tuner" / "digits"
+    folder.mkdir(parents=True)
+    (folder / "kept").write_text("state")
+    with (
+        in_project(tmp_path),
+        exclusive_lock(folder.with_name("digits.lock"), "busy"),
+        pytest.raises(PetlocError, match="already running"),
+    ):
+        tracked(tmp_path, overwrite=True)
+    assert (folder / "kept").is_file()
+
+
+def test_a_hyperband_oracle_is_refused_in_one_line(tmp_path):
+    oracle = kt.oracles.HyperbandOracle(objective="val_accuracy", max_epochs=2)
+    with in_project(tmp_path), pytest.raises(PetlocError, match="Hyperband tuner"):
+        tracked(tmp_path, oracle=oracle)
