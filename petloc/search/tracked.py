@@ -186,9 +186,13 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         one; it ends FINISHED, or FAILED / KILLED with the reason."""
         state_file = Path(self.project_dir) / STATE_FILE
         parent = _recorded_parent(state_file)
+        # a deleted experiment is one line, a new search's or a resumed one's
+        experiment_id = runs.experiment_id(
+            self.experiment or self.project_name, "pass experiment= with"
+        )
         if parent is None:
             record = SearchRecord.create_parent(
-                runs.experiment_id(self.experiment or self.project_name),
+                experiment_id,
                 f"search-{self.project_name}",
                 {vocab.SWEEP: self.project_name, **self.objective_tags()},
             )

@@ -19,14 +19,15 @@ from petloc.tracking import vocabulary as vocab
 from petloc.tracking.store import STORE_DIR
 
 
-def experiment_id(name: str) -> str:
-    """The MLflow experiment `name`, created on first use with artifacts under mlruns/artifacts."""
+def experiment_id(name: str, setting: str = "set tracking.experiment") -> str:
+    """The MLflow experiment `name`, created on first use with artifacts under mlruns/artifacts.
+    `setting`: how the user names another experiment, for the error of a deleted one."""
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found and found.lifecycle_stage == "deleted":
         raise PetlocError(
             f"MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore) "
-            "or set tracking.experiment to another name"
+            f"or {setting} to another name"
         )
     if found:
         return found.experiment_id
