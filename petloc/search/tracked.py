@@ -71,6 +71,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
     """
 
     holds_the_oracle = True  # alone or as a chief; a worker asks the chief's
+    noun = "search"  # what its lines call it
 
     def __init__(
         self,
@@ -306,6 +307,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
                 self.log_trial_inputs(trial, run_id)  # hyperparameters the trial declared itself
                 self.log_trial_outcome(trial, run_id)
         except BaseException as err:
+            if self.ends_finished(err):
+                runs.end_finished(run_id)
+                self.trial_runs[trial.trial_id] = run_id
+                raise
             # petloc's own trials wrap their error for Keras Tuner: the run keeps the first
             cause = (
                 err.__cause__
@@ -322,6 +327,11 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             self.curves.run_id = self.current_run_id = None
         runs.end_finished(run_id)
         self.trial_runs[trial.trial_id] = run_id
+
+    def ends_finished(self, err: BaseException) -> bool:
+        """Whether `err`, raised once the trial has trained and been logged, leaves its run
+        FINISHED (a worker that lost its chief: the run counts once the chief is back)."""
+        return False
 
     def trial_run_name(self, trial) -> str:
         return f"trial-{trial.trial_id}"
@@ -399,7 +409,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             self.oracle.end_trial(trial)
             self.trial_runs[trial_id] = run.info.run_id
             self.say(
-                f"trial {trial_id}: its run {run.info.run_id} had ended FINISHED before the search stopped; "
+                f"trial {trial_id}: its run {run.info.run_id} had ended FINISHED before the {self.noun} stopped; "
                 "counted as done, not run again"
             )
             counted.append(trial_id)

@@ -148,6 +148,8 @@ class SweepTuner(TrackedTuner):
     would, inside its child run of the sweep (`TrackedTuner.trial_tracked`), with petloc's
     progress lines and time budget."""
 
+    noun = "sweep"
+
     def __init__(
         self,
         exp: Experiment,

@@ -93,6 +93,9 @@ class WorkerTuner(SweepTuner):
         self._reach_chief(trial.trial_id)
         return result
 
+    def ends_finished(self, err: BaseException) -> bool:
+        return isinstance(err, ChiefLost)  # raised once the trial trained (`_reach_chief`)
+
     def _reach_chief(self, trial_id: str) -> None:
         """Before Keras Tuner reports the trial: a chief gone for longer than the worker's
         patience ends the worker in one line (Keras Tuner would count its lost call as a
