@@ -97,11 +97,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         self._record = record  # given: the caller runs the parent (petloc's own sweep)
         self.owns_parent = record is None
         self.experiment, self.registry_name, self.alias = experiment, registry, alias
-        self.min_improvement, self.latency, self.tracking_uri = (
-            min_improvement,
-            latency,
-            tracking_uri,
-        )
+        self.min_improvement, self.latency = min_improvement, latency
         self.pareto = _objective(pareto) if pareto is not None else None
         if self.pareto is not None and self.pareto.name == vocab.LATENCY_MS_B1:
             self.latency = True  # the figure drawn must be measured
@@ -112,6 +108,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         self.current_run_id: str | None = None  # the run of the trial being trained
         self.curves = keras_trials.EpochCurves()  # the same, for Keras's callbacks
         self.validation: Any = None  # the search's validation data, once it runs
+        self.val_data: str | None = None  # its digest, when given as arrays
+        self.example: Any = None  # validation inputs as arrays, for the models and latency
         self.result: SearchResult | None = None
         if isinstance(oracle, str):
             oracle = _oracle(oracle, objective, max_trials, seed, max_consecutive_failed_trials)
@@ -155,6 +153,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
         if not self.owns_parent:  # petloc's own sweep: the caller runs the parent
             return super().search(*fit_args, **fit_kwargs)
         self.validation = _validation_data(fit_args, fit_kwargs)
+        # once a search, not once a trial: a digest reads every validation array
+        if self.validation is not None:
+            self.val_data = keras_trials.data_digest(self.validation)
+            self.example = _inputs(self.validation)
         fit_kwargs = {**fit_kwargs, "callbacks": [*fit_kwargs.get("callbacks", []), self.curves]}
         if _is_worker():
             return self._search_as_worker(fit_args, fit_kwargs)
@@ -304,7 +306,6 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             with log_system_metrics(run_id):
                 self.log_trial_inputs(trial, run_id)
                 yield run_id
-                self.log_trial_inputs(trial, run_id)  # hyperparameters the trial declared itself
                 self.log_trial_outcome(trial, run_id)
         except BaseException as err:
             if self.ends_finished(err):
@@ -344,13 +345,10 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
 
     def log_trial_inputs(self, trial, run_id: str) -> None:
         """The trial's hyperparameters, what they are ranked by and on what data."""
-        val_data = (
-            keras_trials.data_digest(self.validation) if self.validation is not None else None
-        )
         tags = {
             **self.objective_tags(),
             # unread data (a Dataset, a generator) compares only within this search
-            vocab.VAL_DATA: val_data or f"unhashed:{self.record.parent_run_id}",
+            vocab.VAL_DATA: self.val_data or f"unhashed:{self.record.parent_run_id}",
             vocab.NOTE: f"Trial {trial.trial_id} of Keras Tuner search '{self.project_name}'",
         }
         keras_trials.log_trial_inputs(run_id, trial.hyperparameters.values, tags)
@@ -358,6 +356,8 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
     def log_trial_outcome(self, trial, run_id: str) -> None:
         """The figures Keras Tuner scored the trial by (its best epoch), the latency when asked,
         and the model as `get_best_models` rebuilds it (the best epoch's weights)."""
+        # hyperparameters the trial declared itself, as its model was built or fitted
+        keras_trials.log_hyperparameters(run_id, trial.hyperparameters.values)
         scored = self.oracle.get_trial(trial.trial_id)
         figures = {
             name: float(value)
@@ -365,7 +365,7 @@ class TrackedTuner(library_internals.TunerHooks, kt.Tuner):
             if (value := scored.metrics.get_last_value(name)) is not None
         }
         model = self._best_epoch_model(scored)
-        example = _inputs(self.validation)
+        example = self.example
         if self.latency and model is not None and example is not None:
             figures[vocab.LATENCY_MS_B1] = batch1_latency_ms(model, example)
         keras_trials.log_figures(run_id, figures)

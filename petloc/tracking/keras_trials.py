@@ -70,13 +70,24 @@ def curve_name(key: str) -> str:
 def log_trial_inputs(run_id: str, values: dict[str, Any], tags: dict[str, str]) -> None:
     """A trial's hyperparameters as flat params (Keras Tuner's own `tuner/*` as tags), where
     it comes from, and `tags`."""
-    params = {k: v for k, v in values.items() if not k.startswith("tuner/")}
     every = {**log.provenance(), **tags}
     MlflowClient().log_batch(
-        run_id,
-        params=[Param(k, "none" if v is None else str(v)[:6000]) for k, v in params.items()],
-        tags=[RunTag(k, str(v)) for k, v in every.items()],
+        run_id, params=_params(values), tags=[RunTag(k, str(v)) for k, v in every.items()]
     )
+
+
+def log_hyperparameters(run_id: str, values: dict[str, Any]) -> None:
+    """A trial's hyperparameters again once it trained: those its model declared as it was
+    built or fitted join the params (MLflow accepts the others, unchanged)."""
+    MlflowClient().log_batch(run_id, params=_params(values))
+
+
+def _params(values: dict[str, Any]) -> list[Param]:
+    return [
+        Param(k, "none" if v is None else str(v)[:6000])
+        for k, v in values.items()
+        if not k.startswith("tuner/")
+    ]
 
 
 def log_figures(run_id: str, figures: dict[str, float]) -> None:
